@@ -1,0 +1,123 @@
+/** The one module that loads the native addon (build/Release/viommu_native.node) and gives it types. */
+import * as path from 'node:path';
+
+/** The single owner of an OS file descriptor. Closing twice is harmless; a closed one is refused everywhere. */
+export interface FileDescriptor {
+  readonly fd: number;
+  readonly closed: boolean;
+  /** Closes the fd; false when it was already closed or handed over. Throws EBUSY while an FdWatch borrows it. */
+  close(): boolean;
+  /** A new owner of a duplicate of this fd. */
+  dup(): FileDescriptor;
+  /** fstat size in bytes. */
+  size(): number;
+  /** What /proc/self/fd says the fd is (e.g. "/memfd:guest-ram (deleted)", "anon_inode:[eventfd]"). */
+  describe(): string;
+}
+
+/** An mmap'd range. `buffer` is zero-copy; unmap() detaches it, so later access sees a length-0 buffer. */
+export interface Mapping {
+  readonly buffer: ArrayBuffer;
+  readonly length: number;
+  readonly mapped: boolean;
+  /** False for read-only mappings, which are private copy-on-write: JS writes never reach the peer. */
+  readonly writable: boolean;
+  readonly shared: boolean;
+  unmap(): boolean;
+}
+
+export interface MessageSocketOptions {
+  /** Largest accepted message, header included; a bigger header size closes the connection with EMSGSIZE. */
+  maxMessageSize?: number;
+  /** Most fds accepted with one message (0..253). */
+  maxFds?: number;
+}
+
+/** A connected UNIX stream socket carrying framed messages (16-byte header, u32 total size at offset 4) and fds. */
+export interface NativeMessageSocket {
+  /** Sends one whole message; fds travel with its first byte. The caller keeps ownership of its fds. */
+  send(bytes: Uint8Array, fds?: FileDescriptor[]): void;
+  /** Closes the socket; onClose runs once, synchronously, with no error. */
+  close(): boolean;
+  readonly pendingBytes: number;
+  readonly closed: boolean;
+}
+
+export interface NativeListener {
+  close(): boolean;
+}
+
+export interface NativeFdWatch {
+  stop(): boolean;
+}
+
+/** An Error from a failed system call, as the addon throws it. */
+export interface SystemCallError extends Error {
+  code: string;
+  errno: number;
+  syscall: string;
+  target?: string;
+}
+
+export interface NativeAddon {
+  FileDescriptor: new () => FileDescriptor;
+  Mapping: new () => Mapping;
+  MessageSocket: new (
+    fd: FileDescriptor,
+    options: MessageSocketOptions,
+    onMessage: (bytes: Buffer, fds: FileDescriptor[]) => void,
+    onClose: (error: SystemCallError | undefined) => void,
+  ) => NativeMessageSocket;
+  Listener: new (
+    fd: FileDescriptor,
+    onConnection: (fd: FileDescriptor) => void,
+    onError: (error: SystemCallError) => void,
+  ) => NativeListener;
+  FdWatch: new (fd: FileDescriptor, onReadable: () => void) => NativeFdWatch;
+
+  /** Takes ownership of an fd number this process inherited or opened outside the addon. */
+  adoptFd(fd: number): FileDescriptor;
+  /** How many FileDescriptor objects currently own an open fd. */
+  liveFileDescriptors(): number;
+
+  /** An anonymous shared-memory file of `size` bytes, sealed against shrinking. */
+  memfdCreate(name: string, size: number): FileDescriptor;
+  /** Maps [offset, offset + length) of a regular file or memfd; refuses ranges past its end. */
+  mapFd(fd: FileDescriptor, offset: number, length: number, writable: boolean): Mapping;
+  readonly pageSize: number;
+
+  unixListen(path: string, backlog?: number): FileDescriptor;
+  unixConnect(path: string): FileDescriptor;
+  unixSocketPair(): [FileDescriptor, FileDescriptor];
+
+  eventfdCreate(initial?: number, semaphore?: boolean): FileDescriptor;
+  /** Adds value (default 1); false when the counter is saturated and the signal is still pending. */
+  eventfdWrite(fd: FileDescriptor, value?: number): boolean;
+  /** Reads and resets the counter (or takes 1 in semaphore mode); 0 when nothing is pending. */
+  eventfdRead(fd: FileDescriptor): number;
+}
+
+function load(): NativeAddon {
+  // dist/lib/native.js and lib/native.ts both sit two levels below the package root.
+  const root = path.resolve(__dirname, '..', '..');
+  const candidates = [path.join(root, 'build', 'Release', 'viommu_native.node'), path.resolve(__dirname, '..', 'build', 'Release', 'viommu_native.node')];
+  let lastError: unknown;
+  for (const candidate of candidates) {
+    try {
+      return require(candidate) as NativeAddon;
+    } catch (error) {
+      lastError = error;
+    }
+  }
+  const error = new Error(
+    `viommu: the native addon is not built (looked for ${candidates.join(', ')}); run \`npm install\` or \`npm run build\` (${String(lastError)})`,
+  );
+  (error as Error & { code: string }).code = 'ERR_VIOMMU_ADDON_MISSING';
+  throw error;
+}
+
+export const native: NativeAddon = load();
+
+export function isSystemCallError(error: unknown): error is SystemCallError {
+  return error instanceof Error && typeof (error as SystemCallError).syscall === 'string';
+}

@@ -1,0 +1,97 @@
+// UNIX stream sockets for framed messages that carry fds: listen/accept/connect/socketpair, and a MessageSocket that
+// receives whole messages (16-byte header, u32 total size at offset 4) with their fds on the libuv loop.
+#pragma once
+#include <napi.h>
+#include <uv.h>
+
+#include <deque>
+#include <memory>
+#include <vector>
+
+namespace viommu {
+
+// A uv_poll_t whose memory outlives the JS object until libuv has finished closing it.
+struct PollHandle {
+  uv_poll_t poll;
+  void* owner;
+};
+
+class MessageSocket : public Napi::ObjectWrap<MessageSocket> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+  // new MessageSocket(fd, { maxMessageSize, maxFds }, onMessage(bytes, fds), onClose(error | undefined))
+  explicit MessageSocket(const Napi::CallbackInfo& info);
+  ~MessageSocket() override;
+
+ private:
+  struct PendingSend {
+    std::vector<uint8_t> bytes;
+    size_t sent = 0;
+    std::vector<int> fds;  // dup'd copies owned here until they leave with the first byte
+  };
+
+  Napi::Value Send(const Napi::CallbackInfo& info);
+  Napi::Value Close(const Napi::CallbackInfo& info);
+  Napi::Value GetPendingBytes(const Napi::CallbackInfo& info);
+  Napi::Value GetClosed(const Napi::CallbackInfo& info);
+
+  static void OnPoll(uv_poll_t* handle, int status, int events);
+  void ReadMessages();
+  void FlushSends();
+  void UpdatePollEvents();
+  // Ends the connection: stops polling, closes the fd and every fd still held, then reports `error` (or a clean
+  // close when error is empty) to onClose exactly once.
+  void Shutdown(Napi::Value error);
+  Napi::Value ProtocolError(int err, const std::string& what);
+  void DropReceivedFds();
+
+  Napi::Env env_;
+  int fd_ = -1;
+  PollHandle* handle_ = nullptr;
+  int pollEvents_ = 0;
+  size_t maxMessageSize_;
+  size_t maxFds_;
+  Napi::FunctionReference onMessage_;
+  Napi::FunctionReference onClose_;
+  std::unique_ptr<Napi::AsyncContext> asyncContext_;
+
+  uint8_t header_[16];
+  size_t headerFill_ = 0;
+  std::unique_ptr<uint8_t[]> body_;
+  size_t messageSize_ = 0;
+  size_t bodyFill_ = 0;
+  std::vector<int> receivedFds_;
+
+  std::deque<PendingSend> sendQueue_;
+  size_t pendingBytes_ = 0;
+  bool dispatching_ = false;
+};
+
+class Listener : public Napi::ObjectWrap<Listener> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+  // new Listener(fd, onConnection(fd), onError(error))
+  explicit Listener(const Napi::CallbackInfo& info);
+  ~Listener() override;
+
+ private:
+  static void OnPoll(uv_poll_t* handle, int status, int events);
+  Napi::Value Close(const Napi::CallbackInfo& info);
+  void Stop();
+
+  Napi::Env env_;
+  int fd_ = -1;
+  PollHandle* handle_ = nullptr;
+  Napi::FunctionReference onConnection_;
+  Napi::FunctionReference onError_;
+  std::unique_ptr<Napi::AsyncContext> asyncContext_;
+};
+
+// Exposed functions: unixListen(path, backlog), unixConnect(path), unixSocketPair().
+void InitSockets(Napi::Env env, Napi::Object exports);
+
+// Starts a uv_poll on fd for `owner`; shared by sockets, listeners and fd watches.
+PollHandle* StartPoll(Napi::Env env, int fd, void* owner, int events, uv_poll_cb callback, int* error);
+void ClosePoll(PollHandle* handle);
+
+}  // namespace viommu
