@@ -1,0 +1,26 @@
+/** The `viommu` command line: parses arguments (commander) and dispatches to subcommands. */
+import { Command, CommanderError } from 'commander';
+
+const packageVersion: string = (require('../../../package.json') as { version: string }).version;
+
+/** Builds the command tree; subcommands register themselves here as they are implemented. */
+export function buildProgram(): Command {
+  const program = new Command('viommu')
+    .description('An emulated Intel VT-d IOMMU for JavaScript VMMs, with a vfio-user transport')
+    .version(packageVersion)
+    .exitOverride()
+    .showHelpAfterError();
+  return program;
+}
+
+/** Runs the CLI; resolves to the process exit code. */
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+    return 0;
+  } catch (error) {
+    if (error instanceof CommanderError) return error.exitCode;
+    throw error;
+  }
+}

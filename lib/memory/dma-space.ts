@@ -1,0 +1,28 @@
+/** DmaSpace: what a device's DMA goes through (guest RAM directly, or a translation in front of it). */
+import { ViommuError } from '../errors';
+
+export type DmaAccess = 'read' | 'write';
+
+/** Why a DMA failed; errno is what a vfio-user peer is told. */
+export class DmaFault extends ViommuError {
+  constructor(
+    readonly address: bigint,
+    readonly length: number,
+    readonly access: DmaAccess,
+    readonly reason: string,
+    readonly errno: number,
+    code = 'ERR_DMA_FAULT',
+  ) {
+    super(code, `DMA ${access} of ${length} bytes at 0x${address.toString(16)} failed: ${reason}`);
+    this.name = 'DmaFault';
+  }
+}
+
+export const EFAULT = 14;
+export const EPERM = 1;
+
+/** A device's view of memory. Each call either completes entirely or throws a DmaFault and transfers nothing. */
+export interface DmaSpace {
+  read(address: bigint, into: Uint8Array): void;
+  write(address: bigint, data: Uint8Array): void;
+}
