@@ -1,0 +1,364 @@
+/** The unit's configuration in QEMU intel-iommu property terms, its validity rules, and the CAP/ECAP it implies. */
+
+import { ViommuError } from '../errors';
+import { bigToWords, getFieldBig, setField, wordsToBig, type Field } from './bitfield';
+import {
+  CAP_FIELDS, ECAP_FIELDS, FAULT_RECORD_COUNT, FAULT_RECORD_OFFSET, IOTLB_REGISTERS_OFFSET, type CapabilityValues,
+} from './registers';
+
+export type OnOffAuto = 'on' | 'off' | 'auto';
+export type AddressWidth = 39 | 48;
+/**
+ * Which QEMU the capability values imitate. Not a QEMU property: 'qemu-7.2' reproduces the measured values;
+ * 'qemu-latest' adds the bits newer QEMU sets for the same properties (see CAPABILITY_EXTENSIONS).
+ */
+export type Compat = 'qemu-7.2' | 'qemu-latest';
+
+/** Properties by their QEMU names, so QEMU command lines map one to one. */
+export interface VtdProperties {
+  readonly 'aw-bits': AddressWidth;
+  readonly 'caching-mode': boolean;
+  readonly 'dma-drain': boolean;
+  readonly intremap: OnOffAuto;
+  readonly eim: OnOffAuto;
+  readonly 'device-iotlb': boolean;
+  readonly pt: boolean;
+  readonly 'snoop-control': boolean;
+  readonly 'dma-translation': boolean;
+  readonly 'x-scalable-mode': boolean;
+  readonly 'x-pasid-mode': boolean;
+  readonly 'x-flts': boolean;
+  readonly compat: Compat;
+}
+
+/** A configuration after defaults and 'auto' were decided: what the unit runs with. */
+export interface VtdConfig extends Omit<VtdProperties, 'intremap' | 'eim'> {
+  readonly intremap: boolean;
+  readonly eim: boolean;
+}
+
+type PropertyName = keyof VtdProperties;
+type PropertyKind = 'bool' | 'on-off-auto' | 'aw-bits' | 'compat';
+
+interface PropertyDescription {
+  readonly name: PropertyName;
+  readonly kind: PropertyKind;
+  readonly origin: string;
+  readonly description: string;
+}
+
+/** The properties the parser accepts, where each comes from, and what it does. */
+export const VTD_PROPERTIES: readonly PropertyDescription[] = [
+  { name: 'aw-bits', kind: 'aw-bits', origin: 'intel-iommu', description: 'guest address width: 39 (3-level) or 48 (4-level)' },
+  { name: 'caching-mode', kind: 'bool', origin: 'intel-iommu', description: 'CAP.CM: guests invalidate after creating entries (needed for shadowing)' },
+  { name: 'dma-drain', kind: 'bool', origin: 'intel-iommu', description: 'CAP.DRD and CAP.DWD' },
+  { name: 'intremap', kind: 'on-off-auto', origin: 'x86-iommu', description: 'interrupt remapping (ECAP.IR)' },
+  { name: 'eim', kind: 'on-off-auto', origin: 'intel-iommu', description: 'extended interrupt mode for x2APIC (ECAP.EIM)' },
+  { name: 'device-iotlb', kind: 'bool', origin: 'x86-iommu', description: 'device TLBs / ATS (ECAP.DT)' },
+  { name: 'pt', kind: 'bool', origin: 'x86-iommu', description: 'pass-through translation type (ECAP.PT)' },
+  { name: 'snoop-control', kind: 'bool', origin: 'intel-iommu', description: 'snoop control (ECAP.SC)' },
+  { name: 'dma-translation', kind: 'bool', origin: 'intel-iommu', description: 'DMA translation at all; off leaves SAGAW empty (interrupt remapping only)' },
+  { name: 'x-scalable-mode', kind: 'bool', origin: 'intel-iommu', description: 'scalable-mode translation (ECAP.SMTS)' },
+  { name: 'x-pasid-mode', kind: 'bool', origin: 'intel-iommu', description: 'requests with PASID (ECAP.PASID)' },
+  { name: 'x-flts', kind: 'bool', origin: 'intel-iommu, newer than 7.2', description: 'first-stage translation (ECAP.FSTS)' },
+  { name: 'compat', kind: 'compat', origin: 'viommu only', description: "capability values of 'qemu-7.2' (default) or 'qemu-latest'" },
+];
+
+const DEFAULTS: Omit<VtdProperties, 'aw-bits'> = {
+  'caching-mode': false,
+  'dma-drain': true,
+  intremap: 'auto',
+  eim: 'auto',
+  'device-iotlb': false,
+  pt: true,
+  'snoop-control': false,
+  'dma-translation': true,
+  'x-scalable-mode': false,
+  'x-pasid-mode': false,
+  'x-flts': false,
+  compat: 'qemu-7.2',
+};
+
+/** QEMU 7.2 defaults to 39 bits; newer QEMU (9.2 on) to 48. */
+function defaultAddressWidth(compat: Compat): AddressWidth {
+  return compat === 'qemu-latest' ? 48 : 39;
+}
+
+// ---- errors ----
+
+/** A configuration that QEMU (or this project) refuses; `rule` is the id of the rule in CONFIG_RULES. */
+export class VtdConfigError extends ViommuError {
+  constructor(
+    readonly rule: string,
+    message: string,
+  ) {
+    super('ERR_VTD_CONFIG', message);
+    this.name = 'VtdConfigError';
+  }
+}
+
+/** A property string that does not parse: unknown name or a value of the wrong kind. */
+export class VtdPropertyError extends ViommuError {
+  constructor(
+    readonly property: string,
+    message: string,
+  ) {
+    super('ERR_VTD_PROPERTY', message);
+    this.name = 'VtdPropertyError';
+  }
+}
+
+// ---- rules ----
+
+interface ConfigRule {
+  readonly id: string;
+  readonly source: string;
+  readonly violatedBy: (p: VtdProperties) => boolean;
+  readonly message: string;
+}
+
+/*
+ * The rules, each with where it comes from (QEMU hw/i386/intel_iommu.c unless stated):
+ * - aw-bits-39-or-48: vtd_decide_config, "Supported values for aw-bits are: 39, 48" (all versions).
+ * - eim-needs-intremap: vtd_decide_config, "eim=on cannot be selected without intremap=on" (all versions).
+ * - scalable-needs-dma-drain: vtd_decide_config, "Need to set dma_drain for scalable mode" (5.x on).
+ * - pasid-needs-scalable: vtd_decide_config, "Need to set scalable mode for PASID" (7.2 on).
+ * - pasid-excludes-device-iotlb: vtd_realize, "PASID based device IOTLB is not supported" (7.2).
+ * - flts-needs-scalable: vtd_decide_config, "Legacy mode: not support x-flts=on" (x-flts, 9.2 on).
+ * - flts-needs-aw-bits-48: vtd_decide_config, "Scalable mode(flts=on): supported value for aw-bits is: 48".
+ * Not applicable here: QEMU's kernel-irqchip rules (intremap with kernel-irqchip=on; eim=on needing KVM's
+ * X2APIC API) concern KVM's in-kernel APIC, which a JavaScript VMM does not have. Like QEMU under TCG,
+ * 'auto' resolves to intremap on and eim off.
+ */
+export const CONFIG_RULES: readonly ConfigRule[] = [
+  {
+    id: 'aw-bits-39-or-48', source: 'QEMU vtd_decide_config',
+    violatedBy: (p) => p['aw-bits'] !== 39 && p['aw-bits'] !== 48,
+    message: 'aw-bits must be 39 or 48',
+  },
+  {
+    id: 'eim-needs-intremap', source: 'QEMU vtd_decide_config',
+    violatedBy: (p) => p.eim === 'on' && p.intremap === 'off',
+    message: 'eim=on needs intremap=on',
+  },
+  {
+    id: 'scalable-needs-dma-drain', source: 'QEMU vtd_decide_config',
+    violatedBy: (p) => p['x-scalable-mode'] && !p['dma-drain'],
+    message: 'x-scalable-mode=on needs dma-drain=on',
+  },
+  {
+    id: 'pasid-needs-scalable', source: 'QEMU 7.2 vtd_decide_config',
+    violatedBy: (p) => p['x-pasid-mode'] && !p['x-scalable-mode'],
+    message: 'x-pasid-mode=on needs x-scalable-mode=on',
+  },
+  {
+    id: 'pasid-excludes-device-iotlb', source: 'QEMU 7.2 vtd_realize',
+    violatedBy: (p) => p['x-pasid-mode'] && p['device-iotlb'],
+    message: 'x-pasid-mode=on cannot be combined with device-iotlb=on (PASID-based device-TLB invalidation is not offered)',
+  },
+  {
+    id: 'flts-needs-scalable', source: 'QEMU 9.2+ vtd_decide_config',
+    violatedBy: (p) => p['x-flts'] && !p['x-scalable-mode'],
+    message: 'x-flts=on needs x-scalable-mode=on',
+  },
+  {
+    id: 'flts-needs-aw-bits-48', source: 'QEMU 9.2+ vtd_decide_config',
+    violatedBy: (p) => p['x-flts'] && p['aw-bits'] !== 48,
+    message: 'x-flts=on needs aw-bits=48 (first stage is 4-level, 48-bit)',
+  },
+];
+
+/** Fills in defaults, checks every rule and decides 'auto'; throws VtdConfigError naming the first broken rule. */
+export function resolveVtdConfig(properties: Partial<VtdProperties> = {}): VtdConfig {
+  const compat = properties.compat ?? DEFAULTS.compat;
+  const full: VtdProperties = { ...DEFAULTS, 'aw-bits': defaultAddressWidth(compat), ...properties };
+  for (const rule of CONFIG_RULES) {
+    if (rule.violatedBy(full)) {
+      throw new VtdConfigError(rule.id, `intel-iommu configuration refused (rule ${rule.id}, from ${rule.source}): ${rule.message}`);
+    }
+  }
+  const intremap = full.intremap !== 'off';
+  return { ...full, intremap, eim: full.eim === 'on' };
+}
+
+// ---- parsing QEMU property strings ----
+
+const TRUE_WORDS = new Set(['on', 'yes', 'true', 'y']);
+const FALSE_WORDS = new Set(['off', 'no', 'false', 'n']);
+
+function parseValue(name: PropertyName, kind: PropertyKind, text: string): VtdProperties[PropertyName] {
+  switch (kind) {
+    case 'bool':
+      if (TRUE_WORDS.has(text)) return true;
+      if (FALSE_WORDS.has(text)) return false;
+      throw new VtdPropertyError(name, `Parameter '${name}' expects 'on' or 'off' (also yes/no, true/false), got '${text}'`);
+    case 'on-off-auto':
+      if (text === 'on' || text === 'off' || text === 'auto') return text;
+      throw new VtdPropertyError(name, `Parameter '${name}' expects 'on', 'off' or 'auto', got '${text}'`);
+    case 'aw-bits': {
+      const value = /^(0x[0-9a-f]+|[0-9]+)$/i.test(text) ? Number(text) : Number.NaN;
+      if (!Number.isInteger(value) || value > 255) {
+        throw new VtdPropertyError(name, `Parameter '${name}' expects a number (39 or 48), got '${text}'`);
+      }
+      // Range is a rule, not a parse error, so that the message names the rule like QEMU's does.
+      return value as AddressWidth;
+    }
+    case 'compat':
+      if (text === 'qemu-7.2' || text === 'qemu-latest') return text;
+      throw new VtdPropertyError(name, `Parameter '${name}' expects 'qemu-7.2' or 'qemu-latest', got '${text}'`);
+  }
+}
+
+const propertiesByName = new Map(VTD_PROPERTIES.map((p) => [p.name as string, p]));
+
+/**
+ * Parses `aw-bits=48,caching-mode=on` (optionally led by the driver name, as in `-device intel-iommu,...`).
+ * A later occurrence of a property wins. Only syntax and value kinds are checked here; resolveVtdConfig
+ * applies the combination rules.
+ */
+export function parseVtdProperties(text: string): Partial<VtdProperties> {
+  const result: Record<string, unknown> = {};
+  const items = text.trim() === '' ? [] : text.split(',');
+  items.forEach((item, index) => {
+    const trimmed = item.trim();
+    if (index === 0 && trimmed === 'intel-iommu') return;
+    const equals = trimmed.indexOf('=');
+    if (equals <= 0) {
+      throw new VtdPropertyError(trimmed, `Expected 'property=value' in intel-iommu options, got '${trimmed}'`);
+    }
+    const name = trimmed.slice(0, equals);
+    const description = propertiesByName.get(name);
+    if (!description) {
+      throw new VtdPropertyError(name, `Property 'intel-iommu.${name}' not found (known: ${VTD_PROPERTIES.map((p) => p.name).join(', ')})`);
+    }
+    result[name] = parseValue(description.name, description.kind, trimmed.slice(equals + 1));
+  });
+  return result as Partial<VtdProperties>;
+}
+
+/** Parses and resolves in one step. */
+export function vtdConfigFromString(text: string): VtdConfig {
+  return resolveVtdConfig(parseVtdProperties(text));
+}
+
+// ---- capabilities ----
+
+/** Values QEMU hard-wires, expressed as field values (the bit positions live in CAP_FIELDS/ECAP_FIELDS). */
+const DOMAIN_ID_BITS = 16;
+const FIXED_CAP = {
+  ND: (DOMAIN_ID_BITS - 4) / 2,
+  FRO: FAULT_RECORD_OFFSET / 16,
+  NFR: FAULT_RECORD_COUNT - 1,
+  MAMV: 18,
+  PSI: 1,
+  SLLPS: 0b0011,
+} as const;
+const FIXED_ECAP = { QI: 1, IRO: IOTLB_REGISTERS_OFFSET / 16 } as const;
+const MAX_HANDLE_MASK = 15;
+const SAGAW_39 = 0b00010;
+const SAGAW_48 = 0b00100;
+/** Newer QEMU offers 20-bit PASIDs; PSS is the width minus one. */
+const PASID_BITS_LATEST = 20;
+
+type CapabilityRegister = 'CAP' | 'ECAP';
+
+export interface CapabilityExtension {
+  readonly register: CapabilityRegister;
+  readonly field: string;
+  readonly value: number;
+  /** 'property': follows a property 7.2 lacks, applied in every compat; 'compat': only with compat=qemu-latest. */
+  readonly trigger: 'property' | 'compat';
+  readonly applies: (config: VtdConfig) => boolean;
+  readonly origin: string;
+  readonly note: string;
+}
+
+/**
+ * Bits that QEMU 7.2 does not set for a configuration but newer QEMU (or this project) does. QEMU 7.2's own
+ * logic is in computeCapabilities; everything beyond it is listed here.
+ */
+export const CAPABILITY_EXTENSIONS: readonly CapabilityExtension[] = [
+  {
+    register: 'ECAP', field: 'SMTS', value: 1, trigger: 'property', applies: (c) => c['x-flts'],
+    origin: 'QEMU 9.2+ vtd_cap_init', note: 'x-flts: scalable mode with first stage only (SRS and SSTS stay clear)',
+  },
+  {
+    register: 'ECAP', field: 'FSTS', value: 1, trigger: 'property', applies: (c) => c['x-flts'],
+    origin: 'QEMU 9.2+ vtd_cap_init', note: 'x-flts: first-stage translation',
+  },
+  {
+    register: 'CAP', field: 'FS1GP', value: 1, trigger: 'property', applies: (c) => c['x-flts'],
+    origin: 'QEMU 9.2+ vtd_cap_init', note: 'x-flts: first-stage 1 GiB pages (QEMU property fs1gp, default on)',
+  },
+  {
+    register: 'CAP', field: 'ESRTPS', value: 1, trigger: 'compat', applies: () => true,
+    origin: 'newer QEMU vtd_cap_init', note: 'SRTP also invalidates caches; the unit must then flush on SRTP',
+  },
+  {
+    register: 'ECAP', field: 'PSS', value: PASID_BITS_LATEST - 1, trigger: 'compat', applies: (c) => c['x-pasid-mode'],
+    origin: 'newer QEMU vtd_cap_init', note: 'x-pasid-mode: 20-bit PASIDs (7.2 leaves PSS 0)',
+  },
+];
+
+function fieldOf(register: CapabilityRegister, name: string): Field {
+  const table = register === 'CAP' ? CAP_FIELDS : ECAP_FIELDS;
+  const field = (table.f as Record<string, Field | undefined>)[name];
+  if (!field) throw new ViommuError('ERR_FIELD_TABLE', `${register} has no field ${name}`);
+  return field;
+}
+
+/** CAP, ECAP and VCCAP for a configuration: QEMU 7.2's vtd_init logic, then CAPABILITY_EXTENSIONS. */
+export function computeCapabilities(config: VtdConfig): CapabilityValues {
+  const cap = new Uint32Array(2);
+  const ecap = new Uint32Array(2);
+  const c = CAP_FIELDS.f;
+  const e = ECAP_FIELDS.f;
+
+  for (const [name, value] of Object.entries(FIXED_CAP)) setField(cap, fieldOf('CAP', name), value);
+  setField(cap, c.MGAW, config['aw-bits'] - 1);
+  if (config['dma-drain']) {
+    setField(cap, c.DRD, 1);
+    setField(cap, c.DWD, 1);
+  }
+  if (config['dma-translation']) setField(cap, c.SAGAW, config['aw-bits'] === 48 ? SAGAW_39 | SAGAW_48 : SAGAW_39);
+  if (config['caching-mode']) setField(cap, c.CM, 1);
+
+  for (const [name, value] of Object.entries(FIXED_ECAP)) setField(ecap, fieldOf('ECAP', name), value);
+  if (config.intremap) {
+    setField(ecap, e.IR, 1);
+    setField(ecap, e.MHMV, MAX_HANDLE_MASK);
+    if (config.eim) setField(ecap, e.EIM, 1);
+  }
+  if (config['device-iotlb']) setField(ecap, e.DT, 1);
+  if (config.pt) setField(ecap, e.PT, 1);
+  if (config['x-scalable-mode'] && !config['x-flts']) {
+    setField(ecap, e.SMTS, 1);
+    setField(ecap, e.SRS, 1);
+    setField(ecap, e.SSTS, 1);
+  }
+  if (config['snoop-control']) setField(ecap, e.SC, 1);
+  if (config['x-pasid-mode']) setField(ecap, e.PASID, 1);
+
+  for (const extension of CAPABILITY_EXTENSIONS) {
+    if (extension.trigger === 'compat' && config.compat !== 'qemu-latest') continue;
+    if (!extension.applies(config)) continue;
+    setField(extension.register === 'CAP' ? cap : ecap, fieldOf(extension.register, extension.field), extension.value);
+  }
+  return { cap: wordsToBig(cap), ecap: wordsToBig(ecap), vccap: 0n };
+}
+
+/** Reads one capability field by name, e.g. capabilityField(caps, 'ECAP', 'SMTS'). */
+export function capabilityField(caps: CapabilityValues, register: CapabilityRegister, name: string): number {
+  const value = register === 'CAP' ? caps.cap : caps.ecap;
+  return Number(getFieldBig(value, fieldOf(register, name)));
+}
+
+/** The features that make optional structure bits legal (see FieldSpec.reservedUnless), from ECAP. */
+export function enabledFeatures(caps: CapabilityValues): Set<string> {
+  const words = bigToWords(caps.ecap, 2);
+  const features = new Set<string>();
+  for (const field of ECAP_FIELDS.fields) {
+    if (field.width === 1 && ((words[field.lsb >>> 5]! >>> (field.lsb & 31)) & 1) === 1) features.add(field.name);
+  }
+  return features;
+}

@@ -1,0 +1,85 @@
+/** Test helpers for the vfio-user codec: raw message building, field patching and protocol-error assertions. */
+
+import assert from 'node:assert/strict';
+import { encodeHeader } from '../../lib/vfio-user/codec';
+import { VfioUserProtocolError, type VfioUserProtocolErrorCode } from '../../lib/vfio-user/errors';
+import type { FieldSpec, StructLayout } from '../../lib/vfio-user/layout';
+import { HEADER_LAYOUT, HEADER_SIZE } from '../../lib/vfio-user/protocol';
+
+export interface RawMessage {
+  command: number;
+  flags?: number;
+  payload?: Uint8Array;
+  msgId?: number;
+  error?: number;
+  /** msg_size to write; defaults to the real size. */
+  messageSize?: number;
+}
+
+/** Builds message bytes by hand, bypassing the encoder, so tests can say things the encoder never would. */
+export function rawMessage(message: RawMessage): Uint8Array {
+  const payload = message.payload ?? new Uint8Array(0);
+  const header = encodeHeader({
+    msgId: message.msgId ?? 1,
+    command: message.command,
+    messageSize: message.messageSize ?? HEADER_SIZE + payload.length,
+    flags: message.flags ?? 0,
+    error: message.error ?? 0,
+  });
+  const bytes = new Uint8Array(HEADER_SIZE + payload.length);
+  bytes.set(header);
+  bytes.set(payload, HEADER_SIZE);
+  return bytes;
+}
+
+/** A copy of `bytes` with one field of a struct (at `structAt`) set to `value`, reserved fields included. */
+export function patchField<F extends readonly FieldSpec[]>(
+  bytes: Uint8Array,
+  layout: StructLayout<F>,
+  key: string,
+  value: number | bigint,
+  structAt: number,
+): Uint8Array {
+  const copy = bytes.slice();
+  const field = layout.fields.find((candidate) => candidate.key === key);
+  assert.ok(field, `${layout.name} has no field ${key}`);
+  const view = new DataView(copy.buffer);
+  const at = structAt + layout.offsetOf(key);
+  if (field.width === 8) view.setBigUint64(at, BigInt(value), true);
+  else if (field.width === 4) view.setUint32(at, Number(value), true);
+  else if (field.width === 2) view.setUint16(at, Number(value), true);
+  else view.setUint8(at, Number(value));
+  return copy;
+}
+
+/** Patches a payload field of a whole message (the struct starts `structAt` bytes into the payload). */
+export function patchPayload<F extends readonly FieldSpec[]>(
+  message: Uint8Array,
+  layout: StructLayout<F>,
+  key: string,
+  value: number | bigint,
+  structAt = 0,
+): Uint8Array {
+  return patchField(message, layout, key, value, HEADER_SIZE + structAt);
+}
+
+export function patchHeader(message: Uint8Array, key: string, value: number): Uint8Array {
+  return patchField(message, HEADER_LAYOUT, key, value, 0);
+}
+
+export function expectProtocolError(run: () => unknown, code: VfioUserProtocolErrorCode, errno: number): VfioUserProtocolError {
+  try {
+    run();
+  } catch (error) {
+    assert.ok(error instanceof VfioUserProtocolError, `expected VfioUserProtocolError, got ${String(error)}`);
+    assert.equal(error.code, code, error.message);
+    assert.equal(error.errno, errno);
+    assert.ok(error.message.length > 0);
+    return error;
+  }
+  assert.fail(`expected ${code}, but nothing was thrown`);
+}
+
+export function fromHex(hex: string): Uint8Array {
+  return new Uint8Array(Buffer.from(hex, 'hex'));
+}
