@@ -65,7 +65,7 @@ export interface NativeAddon {
   MessageSocket: new (
     fd: FileDescriptor,
     options: MessageSocketOptions,
-    onMessage: (bytes: Buffer, fds: FileDescriptor[]) => void,
+    onMessage: (bytes: Buffer, fds: FileDescriptor[] | undefined) => void,
     onClose: (error: SystemCallError | undefined) => void,
   ) => NativeMessageSocket;
   Listener: new (

@@ -20,6 +20,8 @@ constexpr size_t kMaxFdsPerMessage = 253;
 constexpr size_t kMaxMessageSizeLimit = size_t(1) << 30;
 // Messages handed to JS per readiness callback before yielding back to the event loop.
 constexpr int kMessagesPerWakeup = 64;
+// Messages up to half this size are read in batches through the inbox; larger ones go to their own buffer.
+constexpr size_t kInboxSize = 64 * 1024;
 
 std::string SocketName(int fd) { return "socket fd " + std::to_string(fd); }
 
@@ -152,6 +154,7 @@ MessageSocket::MessageSocket(const Napi::CallbackInfo& info) : Napi::ObjectWrap<
     return;
   }
   pollEvents_ = UV_READABLE | UV_DISCONNECT;
+  inbox_.resize(kInboxSize);
   fd_ = owner->Release();
   onMessage_ = Napi::Persistent(info[2].As<Napi::Function>());
   onClose_ = Napi::Persistent(info[3].As<Napi::Function>());
@@ -186,16 +189,80 @@ Napi::Value MessageSocket::ProtocolError(int err, const std::string& what) {
   return error.Value();
 }
 
-void MessageSocket::DropReceivedFds() { CloseAll(receivedFds_); }
+void MessageSocket::DropReceivedFds() {
+  for (auto& batch : fdBatches_) CloseAll(batch.fds);
+  fdBatches_.clear();
+}
 
+uint64_t MessageSocket::MessageContaining(size_t index) const {
+  size_t position = inboxStart_;
+  while (position + kHeaderSize <= inboxEnd_) {
+    uint32_t size;
+    memcpy(&size, inbox_.data() + position + kSizeFieldOffset, sizeof size);
+    if (size < kHeaderSize || position + size > index) break;
+    position += size;
+  }
+  return inboxBase_ + position;
+}
+
+bool MessageSocket::AttachFds(std::vector<int>& arrived, uint64_t messageStart) {
+  if (arrived.empty()) return true;
+  if (fdBatches_.empty() || fdBatches_.back().messageStart != messageStart) fdBatches_.push_back({messageStart, {}});
+  std::vector<int>& fds = fdBatches_.back().fds;
+  fds.insert(fds.end(), arrived.begin(), arrived.end());
+  arrived.clear();
+  if (fds.size() <= maxFds_) return true;
+  Shutdown(ProtocolError(EMSGSIZE, "message carries " + std::to_string(fds.size()) + " fds, more than the limit of " +
+                                       std::to_string(maxFds_)));
+  return false;
+}
+
+void MessageSocket::Deliver(const uint8_t* data, std::unique_ptr<uint8_t[]> owned, size_t size, uint64_t start) {
+  // Small messages are copied into V8-managed memory (cheaper than an external buffer's finalizer); large ones
+  // were read straight into their own allocation and are handed over without a copy.
+  Napi::Buffer<uint8_t> bytes =
+      owned ? Napi::Buffer<uint8_t>::New(env_, owned.release(), size, [](Napi::Env, uint8_t* p) { delete[] p; })
+            : Napi::Buffer<uint8_t>::Copy(env_, data, size);
+  while (!fdBatches_.empty() && fdBatches_.front().messageStart < start) {
+    CloseAll(fdBatches_.front().fds);  // unreachable with a sane peer; never leak
+    fdBatches_.pop_front();
+  }
+  Napi::Value fds = env_.Undefined();
+  if (!fdBatches_.empty() && fdBatches_.front().messageStart == start) {
+    std::vector<int>& batch = fdBatches_.front().fds;
+    Napi::Array list = Napi::Array::New(env_, batch.size());
+    for (size_t i = 0; i < batch.size(); i++) list.Set(i, FileDescriptor::Adopt(env_, batch[i]));
+    fdBatches_.pop_front();
+    fds = list;
+  }
+  onMessage_.MakeCallback(Value(), {bytes, fds}, *asyncContext_);
+  ReportPendingException(env_);
+}
+
+// Reads greedily into the inbox and cuts messages out of it. The kernel ends a recvmsg right after the segment
+// that carried fds, and a sender attaches fds to the sendmsg that starts (or continues) their message, so the fds
+// of one read belong to the message that holds the last byte read. Messages too big for the inbox are read
+// exactly, straight into their own buffer.
 void MessageSocket::ReadMessages() {
   int delivered = 0;
   alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)];
+  std::vector<int> arrived;
   while (fd_ >= 0 && delivered < kMessagesPerWakeup) {
-    // Reads stop exactly at message boundaries, so the fds that arrive in one recvmsg belong to the message
-    // being assembled and never to its neighbour.
-    uint8_t* into = body_ ? body_.get() + bodyFill_ : header_ + headerFill_;
-    size_t want = body_ ? messageSize_ - bodyFill_ : kHeaderSize - headerFill_;
+    uint8_t* into;
+    size_t want;
+    if (large_) {
+      into = large_.get() + largeFill_;
+      want = largeSize_ - largeFill_;
+    } else {
+      if (inboxStart_ > 0 && (inboxStart_ == inboxEnd_ || inboxEnd_ == inbox_.size())) {
+        memmove(inbox_.data(), inbox_.data() + inboxStart_, inboxEnd_ - inboxStart_);
+        inboxBase_ += inboxStart_;
+        inboxEnd_ -= inboxStart_;
+        inboxStart_ = 0;
+      }
+      into = inbox_.data() + inboxEnd_;
+      want = inbox_.size() - inboxEnd_;
+    }
     struct iovec iov = {into, want};
     struct msghdr msg = {};
     msg.msg_iov = &iov;
@@ -213,33 +280,51 @@ void MessageSocket::ReadMessages() {
       if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
       size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
       const int* fds = reinterpret_cast<const int*>(CMSG_DATA(c));
-      for (size_t i = 0; i < count; i++) receivedFds_.push_back(fds[i]);
+      arrived.insert(arrived.end(), fds, fds + count);
     }
     if (msg.msg_flags & MSG_CTRUNC) {
+      CloseAll(arrived);
       Shutdown(ProtocolError(EMSGSIZE, "peer sent more fds than one message can carry"));
       return;
     }
-    if (receivedFds_.size() > maxFds_) {
-      Shutdown(ProtocolError(EMSGSIZE, "message carries " + std::to_string(receivedFds_.size()) +
-                                           " fds, more than the limit of " + std::to_string(maxFds_)));
-      return;
-    }
     if (n == 0) {
-      if (headerFill_ > 0 || body_) {
-        size_t got = body_ ? bodyFill_ : headerFill_;
-        std::string of = body_ ? std::to_string(messageSize_) : "at least 16";
-        Shutdown(ProtocolError(EPIPE, "peer closed mid-message after " + std::to_string(got) + " of " + of +
+      size_t buffered = inboxEnd_ - inboxStart_;
+      if (large_) {
+        Shutdown(ProtocolError(EPIPE, "peer closed mid-message after " + std::to_string(largeFill_) + " of " +
+                                          std::to_string(largeSize_) + " bytes"));
+      } else if (buffered > 0) {
+        std::string of = "at least 16";
+        if (buffered >= kHeaderSize) {
+          uint32_t size;
+          memcpy(&size, inbox_.data() + inboxStart_ + kSizeFieldOffset, sizeof size);
+          of = std::to_string(size);
+        }
+        Shutdown(ProtocolError(EPIPE, "peer closed mid-message after " + std::to_string(buffered) + " of " + of +
                                           " bytes"));
       } else {
         Shutdown(env_.Undefined());
       }
       return;
     }
-    if (!body_) {
-      headerFill_ += static_cast<size_t>(n);
-      if (headerFill_ < kHeaderSize) continue;
+    bool drained = static_cast<size_t>(n) < want;
+    if (large_) {
+      if (!AttachFds(arrived, largeStart_)) return;
+      largeFill_ += static_cast<size_t>(n);
+      if (largeFill_ < largeSize_) continue;
+      size_t size = largeSize_;
+      uint64_t start = largeStart_;
+      largeSize_ = largeFill_ = 0;
+      inboxBase_ = start + size;
+      inboxStart_ = inboxEnd_ = 0;
+      Deliver(nullptr, std::move(large_), size, start);
+      delivered++;
+      continue;
+    }
+    inboxEnd_ += static_cast<size_t>(n);
+    if (!arrived.empty() && !AttachFds(arrived, MessageContaining(inboxEnd_ - 1))) return;
+    while (fd_ >= 0 && inboxEnd_ - inboxStart_ >= kHeaderSize) {
       uint32_t size;
-      memcpy(&size, header_ + kSizeFieldOffset, sizeof size);
+      memcpy(&size, inbox_.data() + inboxStart_ + kSizeFieldOffset, sizeof size);
       if (size < kHeaderSize) {
         Shutdown(ProtocolError(EPROTO, "message size " + std::to_string(size) + " is below the 16-byte header"));
         return;
@@ -249,26 +334,26 @@ void MessageSocket::ReadMessages() {
                                              std::to_string(maxMessageSize_)));
         return;
       }
-      body_.reset(new uint8_t[size]);
-      memcpy(body_.get(), header_, kHeaderSize);
-      messageSize_ = size;
-      bodyFill_ = kHeaderSize;
-      headerFill_ = 0;
-    } else {
-      bodyFill_ += static_cast<size_t>(n);
+      size_t buffered = inboxEnd_ - inboxStart_;
+      if (buffered < size) {
+        if (size > inbox_.size() / 2) {
+          large_.reset(new uint8_t[size]);
+          memcpy(large_.get(), inbox_.data() + inboxStart_, buffered);
+          largeSize_ = size;
+          largeFill_ = buffered;
+          largeStart_ = inboxBase_ + inboxStart_;
+          inboxStart_ = inboxEnd_;
+          drained = false;
+        }
+        break;
+      }
+      uint64_t start = inboxBase_ + inboxStart_;
+      inboxStart_ += size;
+      Deliver(inbox_.data() + inboxStart_ - size, nullptr, size, start);
+      delivered++;
     }
-    if (bodyFill_ < messageSize_) continue;
-
-    size_t size = messageSize_;
-    Napi::Buffer<uint8_t> bytes = Napi::Buffer<uint8_t>::New(
-        env_, body_.release(), size, [](Napi::Env, uint8_t* data) { delete[] data; });
-    Napi::Array fds = Napi::Array::New(env_, receivedFds_.size());
-    for (size_t i = 0; i < receivedFds_.size(); i++) fds.Set(i, FileDescriptor::Adopt(env_, receivedFds_[i]));
-    receivedFds_.clear();
-    messageSize_ = bodyFill_ = 0;
-    delivered++;
-    onMessage_.MakeCallback(Value(), {bytes, fds}, *asyncContext_);
-    ReportPendingException(env_);
+    // A short read means the socket is empty: the level-triggered poll calls again when more arrives.
+    if (drained) return;
   }
 }
 
@@ -364,8 +449,8 @@ void MessageSocket::Shutdown(Napi::Value error) {
   close(fd_);
   fd_ = -1;
   DropReceivedFds();
-  body_.reset();
-  headerFill_ = bodyFill_ = messageSize_ = 0;
+  large_.reset();
+  inboxStart_ = inboxEnd_ = 0;
   for (auto& pending : sendQueue_) CloseAll(pending.fds);
   sendQueue_.clear();
   pendingBytes_ = 0;

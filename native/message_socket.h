@@ -55,12 +55,24 @@ class MessageSocket : public Napi::ObjectWrap<MessageSocket> {
   Napi::FunctionReference onClose_;
   std::unique_ptr<Napi::AsyncContext> asyncContext_;
 
-  uint8_t header_[16];
-  size_t headerFill_ = 0;
-  std::unique_ptr<uint8_t[]> body_;
-  size_t messageSize_ = 0;
-  size_t bodyFill_ = 0;
-  std::vector<int> receivedFds_;
+  struct FdBatch {
+    uint64_t messageStart;  // stream offset of the message these fds arrived with
+    std::vector<int> fds;
+  };
+  // Which message holds inbox byte `index`, as a stream offset.
+  uint64_t MessageContaining(size_t index) const;
+  bool AttachFds(std::vector<int>& arrived, uint64_t messageStart);
+  void Deliver(const uint8_t* data, std::unique_ptr<uint8_t[]> owned, size_t size, uint64_t start);
+
+  std::vector<uint8_t> inbox_;
+  size_t inboxStart_ = 0;  // first byte not yet delivered
+  size_t inboxEnd_ = 0;    // end of the bytes read
+  uint64_t inboxBase_ = 0; // stream offset of inbox_[0]
+  std::unique_ptr<uint8_t[]> large_;
+  size_t largeSize_ = 0;
+  size_t largeFill_ = 0;
+  uint64_t largeStart_ = 0;
+  std::deque<FdBatch> fdBatches_;
 
   std::deque<PendingSend> sendQueue_;
   size_t pendingBytes_ = 0;

@@ -40,6 +40,8 @@ export class GuestRegion {
   readonly view: DataView;
   /** 32-bit words, for aligned little-endian entry reads on little-endian hosts (the fast path). */
   readonly words: Uint32Array | undefined;
+  /** The highest offset at which a whole 8-byte entry fits. */
+  readonly lastEntryOffset: number;
 
   constructor(
     readonly name: string,
@@ -53,7 +55,10 @@ export class GuestRegion {
     this.end = checkedEnd(start, length);
     this.bytes = new Uint8Array(buffer, byteOffset, length);
     this.view = new DataView(buffer, byteOffset, length);
-    this.words = littleEndianHost && byteOffset % 4 === 0 ? new Uint32Array(buffer, byteOffset, length >>> 2) : undefined;
+    // A Uint32Array indexes at most 2^32 - 1 words; larger regions take the DataView path.
+    const wordCount = Math.floor(length / 4);
+    this.words = littleEndianHost && byteOffset % 4 === 0 && wordCount < 2 ** 32 ? new Uint32Array(buffer, byteOffset, wordCount) : undefined;
+    this.lastEntryOffset = length - 8;
   }
 
   /** True once the memory under this region was unmapped (its views read as empty). */
@@ -140,18 +145,28 @@ export class GuestMemory {
    * when no RAM backs all eight bytes: page walkers turn that into a fault reason, not an exception.
    */
   readEntry(address: number, out: EntryWords): boolean {
-    const region = this.regionAt(address);
-    if (region === undefined || address + 8 > region.end) return this.readEntrySlow(address, out);
-    const offset = address - region.start;
-    const words = region.words;
-    if (words !== undefined && (offset & 7) === 0) {
-      const lo = words[offset >>> 2];
-      if (lo === undefined) return false; // detached under us
-      out.lo = lo;
-      out.hi = words[(offset >>> 2) + 1]!;
-      return true;
+    // Fast path, kept small enough to inline into page walks: an aligned entry in the last region used.
+    const hint = this.hint;
+    if (hint !== undefined) {
+      const offset = address - hint.start;
+      const words = hint.words;
+      if (offset >= 0 && offset <= hint.lastEntryOffset && words !== undefined && offset % 8 === 0) {
+        const index = offset / 4;
+        const lo = words[index];
+        if (lo !== undefined) {
+          out.lo = lo;
+          out.hi = words[index + 1]!;
+          return true;
+        }
+      }
     }
-    if (region.detached) return false;
+    return this.readEntryAnywhere(address, out);
+  }
+
+  private readEntryAnywhere(address: number, out: EntryWords): boolean {
+    const region = this.regionAt(address);
+    if (region === undefined || address + 8 > region.end || region.detached) return this.readEntrySlow(address, out);
+    const offset = address - region.start;
     out.lo = region.view.getUint32(offset, true);
     out.hi = region.view.getUint32(offset + 4, true);
     return true;

@@ -5,6 +5,8 @@ import { ReceivedFds } from './received-fds';
 
 export type { MessageSocketOptions };
 
+const NO_FDS = new ReceivedFds([]);
+
 export interface MessageSocketEvents {
   /** One whole message. Take the fds you keep from `fds` during the handler; the rest are closed right after. */
   message: [bytes: Buffer, fds: ReceivedFds];
@@ -74,7 +76,11 @@ export class MessageSocket extends EventEmitter<MessageSocketEvents> {
     return this.socket.pendingBytes;
   }
 
-  private dispatch(bytes: Buffer, fds: FileDescriptor[]): void {
+  private dispatch(bytes: Buffer, fds: FileDescriptor[] | undefined): void {
+    if (fds === undefined) {
+      this.emit('message', bytes, NO_FDS);
+      return;
+    }
     const received = new ReceivedFds(fds);
     try {
       this.emit('message', bytes, received);
