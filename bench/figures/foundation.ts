@@ -40,11 +40,13 @@ async function netPingPong(deadline: bigint): Promise<number> {
   const socketPath = path.join(dir, 'net.sock');
   const server = net.createServer((connection) => {
     let pending = 0;
+    const reply = framed(64);
     connection.on('data', (chunk) => {
+      if (pending === 0 && chunk.length === 64) return void connection.write(chunk); // echo, as the addon side does
       pending += chunk.length;
       while (pending >= 64) {
         pending -= 64;
-        connection.write(framed(64));
+        connection.write(reply);
       }
     });
   });

@@ -86,7 +86,11 @@ export const SCALABLE_PASID_ENTRY = defineFields('PASID entry (scalable)', 512, 
 
 // ---- second-stage paging entries ----
 
-/** Feature names (ECAP fields) that make optional bits legal; see config.enabledFeatures. */
+/*
+ * Reserved bits follow QEMU 7.2's vtd_spte_rsvd tables, which are stricter than the spec for table entries:
+ * SNP and TM are reserved in every table-pointing entry and legal only in leaves (SNP with snoop control or
+ * scalable mode, TM with device TLBs). Feature names are ECAP field names; see config.enabledFeatures.
+ */
 const SECOND_STAGE_COMMON = [
   { name: 'R', bit: 0, width: 1, description: 'read' },
   { name: 'W', bit: 1, width: 1, description: 'write' },
@@ -96,35 +100,46 @@ const SECOND_STAGE_COMMON = [
   { name: 'A', bit: 8, width: 1, description: 'accessed (with SSADE)' },
   { name: 'D', bit: 9, width: 1, description: 'dirty (leaf, with SSADE)' },
   { name: 'IGN10', bit: 10, width: 1, description: 'ignored' },
-  // QEMU 7.2: SNP is legal in scalable mode or with snoop-control; reserved otherwise.
-  { name: 'SNP', bit: 11, width: 1, description: 'snoop (leaf)', reservedUnless: ['SC', 'SMTS'] },
   { name: 'IGN52', bit: 52, width: 10, description: 'ignored' },
-  // QEMU 7.2: TM is legal only with device-iotlb; reserved since spec 3.2.
-  { name: 'TM', bit: 62, width: 1, description: 'transient mapping (leaf)', reservedUnless: 'DT' },
   { name: 'IGN63', bit: 63, width: 1, description: 'ignored' },
 ] as const;
 
-/** Entries at levels 1..3 that point to a table or map 4 KiB; bit 7 decides leaf or table at levels 2..3. */
-export const SECOND_STAGE_ENTRY = defineFields('second-stage entry', 64, [
+const SECOND_STAGE_LEAF_ONLY = [
+  { name: 'SNP', bit: 11, width: 1, description: 'snoop', reservedUnless: ['SC', 'SMTS'] },
+  { name: 'TM', bit: 62, width: 1, description: 'transient mapping (reserved since spec 3.2)', reservedUnless: 'DT' },
+] as const;
+
+/** Entries at levels 2..3 with PS = 0: they point to the next table. */
+export const SECOND_STAGE_TABLE_ENTRY = defineFields('second-stage table entry', 64, [
   ...SECOND_STAGE_COMMON,
-  { name: 'PS', bit: 7, width: 1, description: 'page size: leaf at levels 2 and 3' },
-  { name: 'ADDR', bit: 12, width: 40, addressShift: 12, description: 'next table or 4 KiB page' },
+  { name: 'PS', bit: 7, width: 1, description: 'page size: 1 makes this entry a leaf at levels 2 and 3' },
+  { name: 'ADDR', bit: 12, width: 40, addressShift: 12, description: 'next table' },
 ] as const);
 
-/** The top (level 4 or 5) entry: always a table pointer, so bit 7 is reserved. */
+/** The top entry (level 4 or 5): always a table pointer, so bit 7 is reserved too. */
 export const SECOND_STAGE_TOP_ENTRY = defineFields('second-stage PML4E/PML5E', 64, [
   ...SECOND_STAGE_COMMON,
   { name: 'ADDR', bit: 12, width: 40, addressShift: 12, description: 'next table' },
 ] as const);
 
+/** Level-1 entries. */
+export const SECOND_STAGE_4K_LEAF = defineFields('second-stage 4 KiB leaf', 64, [
+  ...SECOND_STAGE_COMMON,
+  ...SECOND_STAGE_LEAF_ONLY,
+  { name: 'IGN7', bit: 7, width: 1, description: 'ignored' },
+  { name: 'ADDR', bit: 12, width: 40, addressShift: 12, description: '4 KiB page' },
+] as const);
+
 export const SECOND_STAGE_2M_LEAF = defineFields('second-stage 2 MiB leaf', 64, [
   ...SECOND_STAGE_COMMON,
+  ...SECOND_STAGE_LEAF_ONLY,
   { name: 'PS', bit: 7, width: 1, description: 'page size (1)' },
   { name: 'ADDR', bit: 21, width: 31, addressShift: 21, description: '2 MiB page' },
 ] as const);
 
 export const SECOND_STAGE_1G_LEAF = defineFields('second-stage 1 GiB leaf', 64, [
   ...SECOND_STAGE_COMMON,
+  ...SECOND_STAGE_LEAF_ONLY,
   { name: 'PS', bit: 7, width: 1, description: 'page size (1)' },
   { name: 'ADDR', bit: 30, width: 22, addressShift: 30, description: '1 GiB page' },
 ] as const);

@@ -7,7 +7,7 @@ import {
 } from '../../lib/vtd/bitfield';
 import { ViommuError } from '../../lib/errors';
 import { CAP_FIELDS, ECAP_FIELDS, FRCD_HI_FIELDS, IOTLB_FIELDS } from '../../lib/vtd/registers';
-import { IRTE, SCALABLE_PASID_ENTRY, SECOND_STAGE_ENTRY } from '../../lib/vtd/structures';
+import { IRTE, SCALABLE_PASID_ENTRY, SECOND_STAGE_4K_LEAF } from '../../lib/vtd/structures';
 
 const SAMPLE = defineFields('sample', 128, [
   { name: 'FLAG', bit: 0, width: 1, description: 'a flag' },
@@ -26,7 +26,7 @@ function structureFor(table: FieldTable): fc.Arbitrary<bigint> {
   return fc.bigInt({ min: 0n, max: (1n << BigInt(table.sizeBits)) - 1n });
 }
 
-const TABLES: FieldTable[] = [SAMPLE, CAP_FIELDS, ECAP_FIELDS, IOTLB_FIELDS, FRCD_HI_FIELDS, IRTE, SCALABLE_PASID_ENTRY, SECOND_STAGE_ENTRY];
+const TABLES: FieldTable[] = [SAMPLE, CAP_FIELDS, ECAP_FIELDS, IOTLB_FIELDS, FRCD_HI_FIELDS, IRTE, SCALABLE_PASID_ENTRY, SECOND_STAGE_4K_LEAF];
 
 describe('bitfield', () => {
   it('reads every field the same way on the number path and the bigint path', () => {

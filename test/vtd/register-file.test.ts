@@ -104,7 +104,7 @@ describe('vtd register file', () => {
   it('reads 0 and ignores writes at unknown, misaligned and out-of-window offsets', () => {
     const hook = sinon.spy();
     const regs = registerFile('', hook);
-    for (const offset of [0x48, 0x200, 0x230, 0xffc, 0xe00]) {
+    for (const offset of [0x48, 0x4c, 0x118, 0x230, 0xffc, 0xe00]) {
       assert.deepEqual(regs.write(offset, 4, 0xffffffff), []);
       assert.equal(regs.read(offset, 4), 0);
     }

@@ -5,7 +5,8 @@ import { bigToWords, decodeBig, encodeBig, reservedMaskBig, type FieldTable } fr
 import {
   CONTEXT_CACHE_INVALIDATE, DEVICE_TLB_INVALIDATE, INVALIDATION_DESCRIPTORS, INVALIDATION_WAIT, IOTLB_INVALIDATE,
   IRTE, LEGACY_CONTEXT_ENTRY, LEGACY_ROOT_ENTRY, PASID_DIRECTORY_ENTRY, PASID_IOTLB_INVALIDATE, SCALABLE_CONTEXT_ENTRY,
-  SCALABLE_PASID_ENTRY, SECOND_STAGE_1G_LEAF, SECOND_STAGE_2M_LEAF, SECOND_STAGE_ENTRY, SECOND_STAGE_TOP_ENTRY,
+  SCALABLE_PASID_ENTRY, SECOND_STAGE_1G_LEAF, SECOND_STAGE_2M_LEAF, SECOND_STAGE_4K_LEAF, SECOND_STAGE_TABLE_ENTRY,
+  SECOND_STAGE_TOP_ENTRY,
   FIRST_STAGE_2M_LEAF, FIRST_STAGE_4K_LEAF, FIRST_STAGE_TOP_ENTRY, descriptorKind, descriptorType,
 } from '../../lib/vtd/structures';
 
@@ -15,7 +16,7 @@ const hawMask = (aw: number) => (1n << BigInt(aw)) - 1n;
 /** Bits 11:9 carry the upper type bits; QEMU's masks count them as reserved because it knows no types above 15. */
 const TYPE_HI = 0xe00n;
 
-function qword(table: FieldTable, mask: bigint, index: number): bigint {
+function qword(mask: bigint, index: number): bigint {
   return (mask >> BigInt(64 * index)) & QWORD;
 }
 
@@ -24,55 +25,60 @@ describe('vtd structures', () => {
     describe(`reserved masks equal QEMU's for aw-bits=${aw}`, () => {
       it('legacy root entry: lo 0xffe | above HAW, hi all', () => {
         const mask = reservedMaskBig(LEGACY_ROOT_ENTRY, { addressWidth: aw });
-        assert.equal(qword(LEGACY_ROOT_ENTRY, mask, 0), 0xffen | (QWORD & ~hawMask(aw)));
-        assert.equal(qword(LEGACY_ROOT_ENTRY, mask, 1), QWORD);
+        assert.equal(qword(mask, 0), 0xffen | (QWORD & ~hawMask(aw)));
+        assert.equal(qword(mask, 1), QWORD);
       });
 
       it('legacy context entry: lo 0xff0 | above HAW, hi 0xffffffffff000080', () => {
         const mask = reservedMaskBig(LEGACY_CONTEXT_ENTRY, { addressWidth: aw });
-        assert.equal(qword(LEGACY_CONTEXT_ENTRY, mask, 0), 0xff0n | (QWORD & ~hawMask(aw)));
-        assert.equal(qword(LEGACY_CONTEXT_ENTRY, mask, 1), 0xffffffffff000080n);
+        assert.equal(qword(mask, 0), 0xff0n | (QWORD & ~hawMask(aw)));
+        assert.equal(qword(mask, 1), 0xffffffffff000080n);
       });
 
       it('scalable context entry: lo 0x1e0 | above HAW, hi 0xffffffffffe00000, upper half all', () => {
         const mask = reservedMaskBig(SCALABLE_CONTEXT_ENTRY, { addressWidth: aw });
-        assert.equal(qword(SCALABLE_CONTEXT_ENTRY, mask, 0), 0x1e0n | (QWORD & ~hawMask(aw)));
-        assert.equal(qword(SCALABLE_CONTEXT_ENTRY, mask, 1), 0xffffffffffe00000n);
+        assert.equal(qword(mask, 0), 0x1e0n | (QWORD & ~hawMask(aw)));
+        assert.equal(qword(mask, 1), 0xffffffffffe00000n);
         assert.equal(mask >> 128n, (1n << 128n) - 1n);
       });
 
       it('second-stage entries match QEMU vtd_spte_rsvd (SNP legal with SC or scalable mode, TM with DT)', () => {
-        const ignored = 0xbff0000000000000n;
-        const above = QWORD & ~(hawMask(aw) | ignored);
-        assert.equal(reservedMaskBig(SECOND_STAGE_ENTRY, { addressWidth: aw, features: ['DT'] }), 0x800n | above);
-        assert.equal(reservedMaskBig(SECOND_STAGE_ENTRY, { addressWidth: aw }), 0x800n | above | (1n << 62n));
-        assert.equal(reservedMaskBig(SECOND_STAGE_ENTRY, { addressWidth: aw, features: ['SMTS', 'DT'] }), above);
-        assert.equal(reservedMaskBig(SECOND_STAGE_TOP_ENTRY, { addressWidth: aw, features: ['DT'] }), 0x880n | above);
-        assert.equal(reservedMaskBig(SECOND_STAGE_2M_LEAF, { addressWidth: aw, features: ['DT'] }), 0x1ff800n | above);
-        assert.equal(reservedMaskBig(SECOND_STAGE_1G_LEAF, { addressWidth: aw, features: ['DT'] }), 0x3ffff800n | above);
+        const tm = 1n << 62n;
+        const above = QWORD & ~(hawMask(aw) | 0xbff0000000000000n | tm);
+        const leaf = (features: string[]) => reservedMaskBig(SECOND_STAGE_4K_LEAF, { addressWidth: aw, features });
+        assert.equal(leaf(['DT']), 0x800n | above); // rsvd[1] with device-iotlb
+        assert.equal(leaf([]), 0x800n | above | tm); // rsvd[1] without
+        assert.equal(leaf(['SMTS', 'DT']), above); // scalable mode clears SNP
+        assert.equal(leaf(['SC']), above | tm);
+        const table = (t: FieldTable) => reservedMaskBig(t, { addressWidth: aw, features: ['SC', 'SMTS', 'DT'] });
+        assert.equal(table(SECOND_STAGE_TABLE_ENTRY), 0x800n | above | tm); // rsvd[2], rsvd[3]
+        assert.equal(table(SECOND_STAGE_TOP_ENTRY), 0x880n | above | tm); // rsvd[4]
+        const large = (t: FieldTable, features: string[]) => reservedMaskBig(t, { addressWidth: aw, features });
+        assert.equal(large(SECOND_STAGE_2M_LEAF, ['DT']), 0x1ff800n | above); // rsvd_large[2]
+        assert.equal(large(SECOND_STAGE_1G_LEAF, []), 0x3ffff800n | above | tm); // rsvd_large[3]
       });
     });
   }
 
   it('invalidation descriptor reserved bits match QEMU 7.2 except where the spec defines more', () => {
     const cc = reservedMaskBig(CONTEXT_CACHE_INVALIDATE);
-    assert.equal(qword(CONTEXT_CACHE_INVALIDATE, cc, 0), 0xfffc00000000ffc0n & ~TYPE_HI);
-    assert.equal(qword(CONTEXT_CACHE_INVALIDATE, cc, 1), QWORD);
+    assert.equal(qword(cc, 0), 0xfffc00000000ffc0n & ~TYPE_HI);
+    assert.equal(qword(cc, 1), QWORD);
     const iotlb = reservedMaskBig(IOTLB_INVALIDATE);
-    assert.equal(qword(IOTLB_INVALIDATE, iotlb, 0), 0xffffffff0000ff00n & ~TYPE_HI);
-    assert.equal(qword(IOTLB_INVALIDATE, iotlb, 1), 0xf80n);
+    assert.equal(qword(iotlb, 0), 0xffffffff0000ff00n & ~TYPE_HI);
+    assert.equal(qword(iotlb, 1), 0xf80n);
     const piotlb = reservedMaskBig(PASID_IOTLB_INVALIDATE);
     // QEMU leaves 15:12 unchecked; the spec reserves them.
-    assert.equal(qword(PASID_IOTLB_INVALIDATE, piotlb, 0), 0xfff00000000001c0n | 0xf000n);
-    assert.equal(qword(PASID_IOTLB_INVALIDATE, piotlb, 1), 0xf80n);
+    assert.equal(qword(piotlb, 0), 0xfff00000000001c0n | 0xf000n);
+    assert.equal(qword(piotlb, 1), 0xf80n);
     const wait = reservedMaskBig(INVALIDATION_WAIT, { addressWidth: 52 });
     // QEMU 7.2 also reserves PD (bit 7).
-    assert.equal(qword(INVALIDATION_WAIT, wait, 0), 0xffffff80n & ~TYPE_HI & ~0x80n);
-    assert.equal(qword(INVALIDATION_WAIT, wait, 1), 0x3n | (0xfffn << 52n));
+    assert.equal(qword(wait, 0), 0xffffff80n & ~TYPE_HI & ~0x80n);
+    assert.equal(qword(wait, 1), 0x3n | (0xfffn << 52n));
     const devtlb = reservedMaskBig(DEVICE_TLB_INVALIDATE);
-    // QEMU 7.2 reserves PFSID (15:12, 63:52); the spec defines it.
-    assert.equal(qword(DEVICE_TLB_INVALIDATE, devtlb, 0), 0xffff0000ffe0fff8n & ~TYPE_HI & ~0xf000n & ~(0xfffn << 52n));
-    assert.equal(qword(DEVICE_TLB_INVALIDATE, devtlb, 1), 0xffen);
+    // QEMU 7.2 reserves PFSID (15:12, 63:52), which the spec defines, and bit 3, which is part of the type.
+    assert.equal(qword(devtlb, 0), 0xffff0000ffe0fff8n & ~TYPE_HI & ~0x8n & ~0xf000n & ~(0xfffn << 52n));
+    assert.equal(qword(devtlb, 1), 0xffen);
   });
 
   it('decodes the descriptor type from bits 3:0 and 11:9', () => {
