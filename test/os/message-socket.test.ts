@@ -3,6 +3,7 @@ import { strict as assert } from 'node:assert';
 import { once } from 'node:events';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
+import fc from 'fast-check';
 import { native, type SystemCallError } from '../../lib/native';
 import { MessageSocket, UnixServer, type ReceivedFds } from '../../lib/os';
 import { SharedRegion } from '../../lib/memory';
@@ -55,6 +56,59 @@ describe('MessageSocket', () => {
     region.close();
     a.close();
     b.close();
+  });
+
+  it('gives fds to exactly the message they were sent with when several arrive in one read', async () => {
+    const [a, b] = MessageSocket.pair();
+    const seen: Array<{ text: string; fds: string[] }> = [];
+    b.on('message', (bytes, fds) => seen.push({ text: bytes.subarray(16, 22).toString(), fds: fds.describe() }));
+    const event = native.eventfdCreate();
+    const memory = native.memfdCreate('second', native.pageSize);
+    // Sent back to back, so they arrive together; a large message in the middle goes through the direct path.
+    a.send(frame('first '));
+    a.send(frame('second'), [memory]);
+    a.send(frame('third '));
+    a.send(frame(Buffer.concat([Buffer.from('large '), Buffer.alloc(100_000)])), [event, memory]);
+    a.send(frame('fifth '), [event]);
+    await waitFor(() => seen.length === 5, 'five messages');
+    assert.deepEqual(seen.map((m) => m.text), ['first ', 'second', 'third ', 'large ', 'fifth ']);
+    assert.deepEqual(seen.map((m) => m.fds.length), [0, 1, 0, 2, 1]);
+    assert.match(seen[1]!.fds[0]!, /memfd:second/);
+    assert.match(seen[3]!.fds[0]!, /eventfd/);
+    assert.match(seen[3]!.fds[1]!, /memfd:second/);
+    assert.match(seen[4]!.fds[0]!, /eventfd/);
+    event.close();
+    memory.close();
+    a.close();
+    b.close();
+  });
+
+  it('reassembles messages however the byte stream is cut (property)', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(fc.integer({ min: 0, max: 70_000 }), { minLength: 1, maxLength: 8 }),
+        fc.array(fc.integer({ min: 1, max: 40_000 }), { minLength: 1, maxLength: 20 }),
+        async (payloadSizes, cuts) => {
+          const { server, ours, raw } = await rawPeer({ maxMessageSize: 1 << 20 });
+          const messages = payloadSizes.map((size, i) => frame(Buffer.alloc(size, i + 1), i));
+          const stream = Buffer.concat(messages);
+          const received: Buffer[] = [];
+          ours.on('message', (bytes) => received.push(bytes));
+          let position = 0;
+          for (let i = 0; position < stream.length; i++) {
+            const end = Math.min(stream.length, position + cuts[i % cuts.length]!);
+            raw.write(stream.subarray(position, end));
+            position = end;
+          }
+          await waitFor(() => received.length === messages.length, 'all messages');
+          received.forEach((bytes, i) => assert.ok(bytes.equals(messages[i]!), `message ${i} intact`));
+          raw.destroy();
+          await once(ours, 'close');
+          server.close();
+        },
+      ),
+      { numRuns: 25 },
+    );
   });
 
   it('closes fds that no handler claimed', async () => {
