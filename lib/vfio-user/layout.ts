@@ -29,9 +29,16 @@ export type StructValue<F extends readonly FieldSpec[]> = {
   [E in F[number] as E extends { reserved: true } ? never : E['key']]: FieldValue<E>;
 };
 
-export interface StructLayout<F extends readonly FieldSpec[]> {
+/** What every layout offers whatever its fields: enough for tools that point into structs by field name. */
+export interface StructShape {
   readonly name: string;
   readonly size: number;
+  readonly fields: readonly FieldSpec[];
+  /** The field's byte offset, for code that must point into a struct (e.g. tests that corrupt one field). */
+  offsetOf(key: string): number;
+}
+
+export interface StructLayout<F extends readonly FieldSpec[]> extends StructShape {
   readonly fields: F;
   /** Reads every non-reserved field; the caller has already checked that `size` bytes are there. */
   decode(view: DataView, at: number): StructValue<F>;
@@ -39,8 +46,6 @@ export interface StructLayout<F extends readonly FieldSpec[]> {
   encode(value: StructValue<F>, view: DataView, at: number): void;
   /** The first reserved field that is not zero, for the caller to report; undefined when all are zero. */
   findNonZeroReserved(view: DataView, at: number): FieldSpec | undefined;
-  /** The field's byte offset, for code that must point into a struct (e.g. error messages). */
-  offsetOf(key: string): number;
 }
 
 const INTEGER_WIDTHS: readonly number[] = [1, 2, 4, 8];

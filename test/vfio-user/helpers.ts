@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { encodeHeader } from '../../lib/vfio-user/codec';
 import { VfioUserProtocolError, type VfioUserProtocolErrorCode } from '../../lib/vfio-user/errors';
-import type { FieldSpec, StructLayout } from '../../lib/vfio-user/layout';
+import type { StructShape } from '../../lib/vfio-user/layout';
 import { HEADER_LAYOUT, HEADER_SIZE } from '../../lib/vfio-user/protocol';
 
 export interface RawMessage {
@@ -33,9 +33,9 @@ export function rawMessage(message: RawMessage): Uint8Array {
 }
 
 /** A copy of `bytes` with one field of a struct (at `structAt`) set to `value`, reserved fields included. */
-export function patchField<F extends readonly FieldSpec[]>(
+export function patchField(
   bytes: Uint8Array,
-  layout: StructLayout<F>,
+  layout: StructShape,
   key: string,
   value: number | bigint,
   structAt: number,
@@ -53,9 +53,9 @@ export function patchField<F extends readonly FieldSpec[]>(
 }
 
 /** Patches a payload field of a whole message (the struct starts `structAt` bytes into the payload). */
-export function patchPayload<F extends readonly FieldSpec[]>(
+export function patchPayload(
   message: Uint8Array,
-  layout: StructLayout<F>,
+  layout: StructShape,
   key: string,
   value: number | bigint,
   structAt = 0,
@@ -82,4 +82,14 @@ export function expectProtocolError(run: () => unknown, code: VfioUserProtocolEr
 
 export function fromHex(hex: string): Uint8Array {
   return new Uint8Array(Buffer.from(hex, 'hex'));
+}
+
+/**
+ * A deep copy with ordinary prototypes: fast-check builds records with a null prototype, which deepStrictEqual
+ * tells apart from the decoder's plain objects although they mean the same.
+ */
+export function plain<T>(value: T): T {
+  if (Array.isArray(value)) return value.map(plain) as T;
+  if (value instanceof Uint8Array || value === null || typeof value !== 'object') return value;
+  return Object.fromEntries(Object.entries(value).map(([key, inner]) => [key, plain(inner)])) as T;
 }
