@@ -88,6 +88,7 @@ export class QtestServer {
   private discardingLongLine = false;
   private queue: Promise<void> = Promise.resolve();
   private outputBroken = false;
+  private finished = false;
   private resolveClosed!: () => void;
 
   constructor(
@@ -141,15 +142,20 @@ export class QtestServer {
       }
       const line = this.pending + piece;
       this.pending = '';
-      this.enqueueLine(line);
+      if (line.length > this.maxLineLength) this.enqueueTooLong();
+      else this.enqueueLine(line);
     }
     if (this.discardingLongLine) return;
     this.pending += text.slice(start);
     if (this.pending.length > this.maxLineLength) {
       this.pending = '';
       this.discardingLongLine = true;
-      this.enqueue(async () => this.writeLine(formatQtestFail(`line longer than ${this.maxLineLength} characters`)));
+      this.enqueueTooLong();
     }
+  }
+
+  private enqueueTooLong(): void {
+    this.enqueue(async () => this.writeLine(formatQtestFail(`line longer than ${this.maxLineLength} characters`)));
   }
 
   private enqueueLine(line: string): void {
@@ -177,7 +183,6 @@ export class QtestServer {
     }
   }
 
-  private finished = false;
   private finish(): void {
     if (this.finished) return;
     this.finished = true;
