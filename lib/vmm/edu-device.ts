@@ -1,0 +1,152 @@
+/** An in-process DMA engine with the register interface of QEMU's edu device; its DMA goes through a DmaSpace. */
+import type { DmaSpace } from '../memory';
+import type { AccessSize, MmioHandler } from './mmio-bus';
+
+/** The register map, as QEMU's docs/specs/edu.rst lists it. */
+const REG = {
+  identification: 0x00,
+  liveness: 0x04,
+  factorial: 0x08,
+  status: 0x20,
+  interruptStatus: 0x24,
+  raiseInterrupt: 0x60,
+  acknowledgeInterrupt: 0x64,
+  dmaSource: 0x80,
+  dmaDestination: 0x88,
+  dmaCount: 0x90,
+  dmaCommand: 0x98,
+} as const;
+
+export const EDU_IDENTIFICATION = 0x010000ed;
+export const EDU_BAR_SIZE = 1 << 20;
+export const EDU_BUFFER_ADDRESS = 0x40000;
+export const EDU_BUFFER_SIZE = 4096;
+export const EDU_PCI_IDENTITY = { vendorId: 0x1234, deviceId: 0x11e8, revision: 0x10, classCode: 0x00ff00 } as const;
+
+const STATUS_COMPUTING = 0x01;
+const STATUS_IRQ_ON_FACTORIAL = 0x80;
+const DMA_RUN = 0x1;
+const DMA_TO_RAM = 0x2;
+const DMA_IRQ = 0x4;
+const FACTORIAL_IRQ = 0x1;
+const DMA_DONE_IRQ = 0x100;
+const ALL_ONES = (1n << 64n) - 1n;
+
+export interface EduDmaOutcome {
+  source: bigint;
+  destination: bigint;
+  count: number;
+  /** The error of a refused or faulted transfer (out-of-range buffer, a DMA fault from the IOMMU). */
+  error?: Error;
+}
+
+export class EduDevice implements MmioHandler {
+  private liveness = 0;
+  private factorial = 0;
+  private status = 0;
+  private interruptStatus = 0;
+  private dmaSource = 0n;
+  private dmaDestination = 0n;
+  private dmaCount = 0n;
+  private dmaCommand = 0n;
+  private readonly buffer = new Uint8Array(EDU_BUFFER_SIZE);
+
+  constructor(
+    private dma: DmaSpace,
+    private readonly options: {
+      /** Device addresses are masked to this many bits (QEMU's dma_mask default: 28). */
+      dmaMaskBits?: number;
+      onInterrupt?: (raised: boolean) => void;
+      onDma?: (outcome: EduDmaOutcome) => void;
+    } = {},
+  ) {}
+
+  /** Swaps the DMA path (e.g. when an IOMMU is attached in front of the device). */
+  attachDmaSpace(dma: DmaSpace): void {
+    this.dma = dma;
+  }
+
+  read(offset: number, size: AccessSize): bigint {
+    // QEMU's edu answers all ones for accesses of a width the register does not take.
+    if (offset < REG.dmaSource ? size !== 4 : size !== 4 && size !== 8) return size === 8 ? ALL_ONES : (1n << BigInt(8 * size)) - 1n;
+    const narrow = (value: bigint) => (size === 4 ? value & 0xffffffffn : value);
+    switch (offset) {
+      case REG.identification: return BigInt(EDU_IDENTIFICATION);
+      case REG.liveness: return BigInt(~this.liveness >>> 0);
+      case REG.factorial: return BigInt(this.factorial >>> 0);
+      case REG.status: return BigInt(this.status);
+      case REG.interruptStatus: return BigInt(this.interruptStatus >>> 0);
+      case REG.dmaSource: return narrow(this.dmaSource);
+      case REG.dmaDestination: return narrow(this.dmaDestination);
+      case REG.dmaCount: return narrow(this.dmaCount);
+      case REG.dmaCommand: return narrow(this.dmaCommand);
+      default: return size === 8 ? ALL_ONES : 0xffffffffn;
+    }
+  }
+
+  write(offset: number, size: AccessSize, value: bigint): void {
+    if (offset < REG.dmaSource ? size !== 4 : size !== 4 && size !== 8) return;
+    const low = Number(value & 0xffffffffn);
+    switch (offset) {
+      case REG.liveness: this.liveness = low; break;
+      case REG.factorial: this.computeFactorial(low); break;
+      case REG.status: this.status = (this.status & STATUS_COMPUTING) | (low & STATUS_IRQ_ON_FACTORIAL); break;
+      case REG.raiseInterrupt: this.raise(low); break;
+      case REG.acknowledgeInterrupt: this.acknowledge(low); break;
+      case REG.dmaSource: this.dmaSource = value; break;
+      case REG.dmaDestination: this.dmaDestination = value; break;
+      case REG.dmaCount: this.dmaCount = value; break;
+      case REG.dmaCommand:
+        if ((value & BigInt(DMA_RUN)) !== 0n && (this.dmaCommand & BigInt(DMA_RUN)) === 0n) {
+          this.dmaCommand = value;
+          this.runDma();
+        }
+        break;
+    }
+  }
+
+  private computeFactorial(n: number): void {
+    let result = 1;
+    for (let i = 2; i <= n && result !== 0; i++) result = Math.imul(result, i) >>> 0;
+    this.factorial = n === 0 ? 1 : result;
+    if (this.status & STATUS_IRQ_ON_FACTORIAL) this.raise(FACTORIAL_IRQ);
+  }
+
+  private raise(bits: number): void {
+    this.interruptStatus = (this.interruptStatus | bits) >>> 0;
+    this.options.onInterrupt?.(true);
+  }
+
+  private acknowledge(bits: number): void {
+    this.interruptStatus = (this.interruptStatus & ~bits) >>> 0;
+    if (this.interruptStatus === 0) this.options.onInterrupt?.(false);
+  }
+
+  /**
+   * Runs the transfer at once (QEMU runs it from a timer; guests poll the run bit either way). A transfer outside
+   * the device buffer is refused without touching memory, where QEMU 7.2 aborts the whole process.
+   */
+  private runDma(): void {
+    const mask = (1n << BigInt(this.options.dmaMaskBits ?? 28)) - 1n;
+    const toRam = (this.dmaCommand & BigInt(DMA_TO_RAM)) !== 0n;
+    const ramAddress = (toRam ? this.dmaDestination : this.dmaSource) & mask;
+    const deviceAddress = toRam ? this.dmaSource : this.dmaDestination;
+    const count = this.dmaCount;
+    const outcome: EduDmaOutcome = { source: this.dmaSource, destination: this.dmaDestination, count: Number(count & 0xffffffffn) };
+    const start = deviceAddress - BigInt(EDU_BUFFER_ADDRESS);
+    if (count === 0n || start < 0n || count > BigInt(EDU_BUFFER_SIZE) || start + count > BigInt(EDU_BUFFER_SIZE - 1)) {
+      outcome.error = new RangeError(`edu DMA of ${count} bytes at device address 0x${deviceAddress.toString(16)} leaves the 4 KiB buffer`);
+    } else {
+      const window = this.buffer.subarray(Number(start), Number(start + count));
+      try {
+        if (toRam) this.dma.write(ramAddress, window);
+        else this.dma.read(ramAddress, window);
+      } catch (error) {
+        outcome.error = error as Error;
+      }
+    }
+    this.dmaCommand &= ~BigInt(DMA_RUN);
+    if ((this.dmaCommand & BigInt(DMA_IRQ)) !== 0n) this.raise(DMA_DONE_IRQ);
+    this.options.onDma?.(outcome);
+  }
+}

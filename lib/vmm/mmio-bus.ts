@@ -1,0 +1,43 @@
+/** MmioBus: routes guest-physical MMIO accesses to the device windows mapped on it. */
+import { ViommuError } from '../errors';
+
+export type AccessSize = 1 | 2 | 4 | 8;
+
+/** A device's register window; offsets are relative to the window's base. Values are little-endian as on x86. */
+export interface MmioHandler {
+  read(offset: number, size: AccessSize): bigint;
+  write(offset: number, size: AccessSize, value: bigint): void;
+}
+
+interface Window {
+  name: string;
+  base: number;
+  size: number;
+  handler: MmioHandler;
+}
+
+export class MmioBus {
+  private windows: Window[] = [];
+
+  /** Maps (or, with the same name, moves) a window; overlapping another window is refused. */
+  map(name: string, base: number, size: number, handler: MmioHandler): void {
+    this.unmap(name);
+    const clash = this.windows.find((w) => w.base < base + size && base < w.base + w.size);
+    if (clash) throw new ViommuError('ERR_MMIO_OVERLAP', `MMIO window '${name}' at 0x${base.toString(16)} overlaps '${clash.name}'`);
+    this.windows.push({ name, base, size, handler });
+  }
+
+  unmap(name: string): void {
+    this.windows = this.windows.filter((w) => w.name !== name);
+  }
+
+  /** The window holding the whole access, with the offset into it. */
+  find(address: number, size: number): { handler: MmioHandler; offset: number } | undefined {
+    for (const window of this.windows) {
+      if (address >= window.base && address + size <= window.base + window.size) {
+        return { handler: window.handler, offset: address - window.base };
+      }
+    }
+    return undefined;
+  }
+}
