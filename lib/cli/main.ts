@@ -1,5 +1,6 @@
 /** The `viommu` command line: parses arguments (commander) and dispatches to subcommands. */
 import { Command, CommanderError } from 'commander';
+import { registerQtestCommand } from './qtest';
 
 const packageVersion: string = (require('../../../package.json') as { version: string }).version;
 
@@ -10,6 +11,7 @@ export function buildProgram(): Command {
     .version(packageVersion)
     .exitOverride()
     .showHelpAfterError();
+  registerQtestCommand(program);
   return program;
 }
 

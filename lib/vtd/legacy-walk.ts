@@ -1,0 +1,209 @@
+/** Legacy-mode translation structures: root entry -> context entry -> second-stage page walk, with fault reasons. */
+
+import type { EntryWords, GuestMemory } from '../memory/guest-memory';
+import { getField, getField64, hasReservedBits, reservedWords, type Field } from './bitfield';
+import type { CachedContext } from './caches';
+import type { QuirkId } from './compat-quirks';
+import { faultCode } from './fault-reasons';
+import { wordMask } from './register-bits';
+import {
+  LEGACY_CONTEXT_ENTRY, LEGACY_ROOT_ENTRY, SECOND_STAGE_1G_LEAF, SECOND_STAGE_2M_LEAF, SECOND_STAGE_4K_LEAF,
+  SECOND_STAGE_TABLE_ENTRY, SECOND_STAGE_TOP_ENTRY,
+} from './structures';
+
+export const FR = {
+  ROOT_ENTRY_NOT_PRESENT: faultCode('ROOT_ENTRY_NOT_PRESENT'),
+  CONTEXT_ENTRY_NOT_PRESENT: faultCode('CONTEXT_ENTRY_NOT_PRESENT'),
+  CONTEXT_ENTRY_INVALID: faultCode('CONTEXT_ENTRY_INVALID'),
+  ADDRESS_BEYOND_MGAW: faultCode('ADDRESS_BEYOND_MGAW'),
+  WRITE: faultCode('WRITE'),
+  READ: faultCode('READ'),
+  PAGING_ENTRY_INVALID: faultCode('PAGING_ENTRY_INVALID'),
+  ROOT_TABLE_INVALID: faultCode('ROOT_TABLE_INVALID'),
+  CONTEXT_TABLE_INVALID: faultCode('CONTEXT_TABLE_INVALID'),
+  ROOT_ENTRY_RESERVED: faultCode('ROOT_ENTRY_RESERVED'),
+  CONTEXT_ENTRY_RESERVED: faultCode('CONTEXT_ENTRY_RESERVED'),
+  PAGING_ENTRY_RESERVED: faultCode('PAGING_ENTRY_RESERVED'),
+  INTERRUPT_ADDRESS: faultCode('INTERRUPT_ADDRESS'),
+} as const;
+
+/** Addresses 0xfee00000..0xfeefffff carry interrupt messages, never DMA (spec 3.15). */
+export const INTERRUPT_RANGE_START = 0xfee00000;
+export const INTERRUPT_RANGE_END = 0xfef00000;
+
+export function isInterruptAddress(address: number): boolean {
+  return address >= INTERRUPT_RANGE_START && address < INTERRUPT_RANGE_END;
+}
+
+/** Translation types of a legacy context entry. */
+export const TT = { TRANSLATED: 0, DEVICE_TLB: 1, PASS_THROUGH: 2 } as const;
+
+export interface WalkFault {
+  readonly ok: false;
+  readonly reason: number;
+  /** Page-table level where the walk stopped (for second-stage faults). */
+  readonly level?: number;
+  /** The context entry was read, is valid enough for its FPD to count, and has FPD set: the fault is not recorded. */
+  readonly fpd: boolean;
+  /** The entry that stopped the walk had R = W = 0 (a not-present page rather than a permission mismatch). */
+  readonly notPresent: boolean;
+}
+
+export interface ContextFound {
+  readonly ok: true;
+  readonly context: CachedContext;
+}
+
+export interface PageFound {
+  readonly ok: true;
+  /** Guest-physical base of the page and its size. */
+  readonly address: number;
+  readonly pageSize: number;
+  readonly readable: boolean;
+  readonly writable: boolean;
+}
+
+/** What the walker needs from the configuration, decided once. */
+export interface WalkerOptions {
+  /** Host/guest address width (aw-bits): reserved address bits and the MGAW limit. */
+  readonly addressWidth: number;
+  /** CAP.SAGAW: bit n set means AW = n is supported. */
+  readonly sagaw: number;
+  /** CAP.SLLPS: bit 0 2 MiB, bit 1 1 GiB. */
+  readonly sllps: number;
+  readonly deviceTlb: boolean;
+  readonly passThrough: boolean;
+  /** ECAP features that make optional entry bits legal. */
+  readonly features: ReadonlySet<string>;
+}
+
+const PTE_R = wordMask(SECOND_STAGE_TABLE_ENTRY.f.R);
+const PTE_W = wordMask(SECOND_STAGE_TABLE_ENTRY.f.W);
+const PTE_PS = wordMask(SECOND_STAGE_TABLE_ENTRY.f.PS);
+const ENTRIES_PER_TABLE = 512;
+const BITS_PER_LEVEL = 9;
+const PAGE_SHIFT = 12;
+const ROOT_ENTRY_BYTES = LEGACY_ROOT_ENTRY.sizeBits / 8;
+const CONTEXT_ENTRY_BYTES = LEGACY_CONTEXT_ENTRY.sizeBits / 8;
+const PTE_BYTES = 8;
+const DEVFNS_PER_BUS = 256;
+const BUSES = 256;
+/** AW encodes levels - 2. */
+const AW_LEVEL_BIAS = 2;
+
+/** Per-level shift: 2^(12 + 9 * (level - 1)). Index 0 unused. */
+const LEVEL_SPAN = [0, 1, 2, 3, 4, 5].map((level) => 2 ** (PAGE_SHIFT + BITS_PER_LEVEL * (level - 1)));
+
+function fault(reason: number, fpd: boolean, level?: number, notPresent = false): WalkFault {
+  return level === undefined ? { ok: false, reason, fpd, notPresent } : { ok: false, reason, level, fpd, notPresent };
+}
+
+export class LegacyWalker {
+  private readonly rootReserved: Uint32Array;
+  private readonly contextReserved: Uint32Array;
+  private readonly topReserved: Uint32Array;
+  private readonly tableReserved: Uint32Array;
+  private readonly leafReserved: readonly Uint32Array[];
+  private readonly entry: EntryWords = { lo: 0, hi: 0 };
+  private readonly words = new Uint32Array(4);
+
+  constructor(
+    private readonly memory: GuestMemory,
+    private readonly options: WalkerOptions,
+    private readonly quirks: ReadonlySet<QuirkId>,
+  ) {
+    const reserved = { addressWidth: options.addressWidth, features: options.features };
+    this.rootReserved = reservedWords(LEGACY_ROOT_ENTRY, reserved);
+    this.contextReserved = reservedWords(LEGACY_CONTEXT_ENTRY, reserved);
+    this.topReserved = reservedWords(SECOND_STAGE_TOP_ENTRY, reserved);
+    this.tableReserved = reservedWords(SECOND_STAGE_TABLE_ENTRY, reserved);
+    this.leafReserved = [
+      reservedWords(SECOND_STAGE_4K_LEAF, reserved),
+      reservedWords(SECOND_STAGE_2M_LEAF, reserved),
+      reservedWords(SECOND_STAGE_1G_LEAF, reserved),
+    ];
+  }
+
+  /** Reads a 16-byte entry into this.words; false when RAM does not back it. */
+  private read128(address: number): boolean {
+    const e = this.entry;
+    if (!this.memory.readEntry(address, e)) return false;
+    this.words[0] = e.lo;
+    this.words[1] = e.hi;
+    if (!this.memory.readEntry(address + 8, e)) return false;
+    this.words[2] = e.lo;
+    this.words[3] = e.hi;
+    return true;
+  }
+
+  /** Root and context entry for `sid` under the root table at `rootTable`. */
+  lookupContext(rootTable: number, sid: number): ContextFound | WalkFault {
+    const bus = Math.floor(sid / DEVFNS_PER_BUS) % BUSES;
+    const devfn = sid % DEVFNS_PER_BUS;
+    const w = this.words;
+    if (!this.read128(rootTable + bus * ROOT_ENTRY_BYTES)) return fault(FR.ROOT_TABLE_INVALID, false);
+    if (!getField(w, LEGACY_ROOT_ENTRY.f.P)) return fault(FR.ROOT_ENTRY_NOT_PRESENT, false);
+    if (hasReservedBits(w, this.rootReserved)) return fault(FR.ROOT_ENTRY_RESERVED, false);
+    const contextTable = getField(w, LEGACY_ROOT_ENTRY.f.CTP) * 2 ** PAGE_SHIFT;
+    if (!this.read128(contextTable + devfn * CONTEXT_ENTRY_BYTES)) return fault(FR.CONTEXT_TABLE_INVALID, false);
+    const c = LEGACY_CONTEXT_ENTRY.f;
+    if (!getField(w, c.P)) return fault(FR.CONTEXT_ENTRY_NOT_PRESENT, false);
+    if (hasReservedBits(w, this.contextReserved)) return fault(FR.CONTEXT_ENTRY_RESERVED, false);
+    // From here the entry is valid enough for its FPD to count.
+    const fpd = getField(w, c.FPD) === 1;
+    const aw = getField(w, c.AW);
+    if (((this.options.sagaw >>> aw) & 1) === 0) return fault(FR.CONTEXT_ENTRY_INVALID, fpd);
+    const tt = getField(w, c.TT);
+    const ttAllowed = tt === TT.TRANSLATED || (tt === TT.DEVICE_TLB && this.options.deviceTlb) || (tt === TT.PASS_THROUGH && this.options.passThrough);
+    if (!ttAllowed) return fault(FR.CONTEXT_ENTRY_INVALID, fpd);
+    const levels = aw + AW_LEVEL_BIAS;
+    const inputWidth = Math.min(PAGE_SHIFT + BITS_PER_LEVEL * levels, this.options.addressWidth);
+    return {
+      ok: true,
+      context: {
+        sid, did: getField(w, c.DID), tt, fpd, levels,
+        tableAddress: getField(w, c.SLPTPTR) * 2 ** PAGE_SHIFT,
+        limit: tt === TT.PASS_THROUGH ? 2 ** this.options.addressWidth : 2 ** inputWidth,
+      },
+    };
+  }
+
+  /** Second-stage walk of `iova` (already checked against context.limit). */
+  walk(context: CachedContext, iova: number, write: boolean): PageFound | WalkFault {
+    const e = this.entry;
+    const w = this.words;
+    let table = context.tableAddress;
+    let readable = true;
+    let writable = true;
+    for (let level = context.levels; level >= 1; level--) {
+      const span = LEVEL_SPAN[level]!;
+      const index = Math.floor(iova / span) % ENTRIES_PER_TABLE;
+      if (!this.memory.readEntry(table + index * PTE_BYTES, e)) {
+        const top = level === context.levels && this.quirks.has('top-table-read-error-is-context-invalid');
+        return fault(top ? FR.CONTEXT_ENTRY_INVALID : FR.PAGING_ENTRY_INVALID, context.fpd, level);
+      }
+      const lo = e.lo;
+      if ((lo & (PTE_R | PTE_W)) === 0) return fault(write ? FR.WRITE : FR.READ, context.fpd, level, true);
+      const large = (level === 2 || level === 3) && (lo & PTE_PS) !== 0;
+      let reserved: Uint32Array;
+      if (level === 1) reserved = this.leafReserved[0]!;
+      else if (large) {
+        if (((this.options.sllps >>> (level - 2)) & 1) === 0) return fault(FR.PAGING_ENTRY_RESERVED, context.fpd, level);
+        reserved = this.leafReserved[level - 1]!;
+      } else reserved = level >= 4 ? this.topReserved : this.tableReserved;
+      w[0] = lo;
+      w[1] = e.hi;
+      if ((w[0]! & reserved[0]!) !== 0 || (w[1]! & reserved[1]!) !== 0) return fault(FR.PAGING_ENTRY_RESERVED, context.fpd, level);
+      readable = readable && (lo & PTE_R) !== 0;
+      writable = writable && (lo & PTE_W) !== 0;
+      if (write ? !writable : !readable) return fault(write ? FR.WRITE : FR.READ, context.fpd, level);
+      if (level === 1 || large) {
+        const field: Field = level === 1 ? SECOND_STAGE_4K_LEAF.f.ADDR : level === 2 ? SECOND_STAGE_2M_LEAF.f.ADDR : SECOND_STAGE_1G_LEAF.f.ADDR;
+        return { ok: true, address: getField64(lo, e.hi, field) * 2 ** field.addressShift!, pageSize: span, readable, writable };
+      }
+      table = getField64(lo, e.hi, SECOND_STAGE_TABLE_ENTRY.f.ADDR) * 2 ** PAGE_SHIFT;
+    }
+    // Unreachable for levels >= 1; a context with 0 levels cannot be built (AW is checked against SAGAW).
+    return fault(FR.CONTEXT_ENTRY_INVALID, context.fpd);
+  }
+}

@@ -1,0 +1,405 @@
+/** VtdUnit: one emulated DMAR unit in legacy mode: MMIO registers, commands, translation, caches, invalidation, faults. */
+
+import { MAX_GUEST_ADDRESS } from '../memory/addresses';
+import { DmaFault, EFAULT, EPERM, type DmaAccess, type DmaSpace } from '../memory/dma-space';
+import type { GuestMemory } from '../memory/guest-memory';
+import { getField64, getFieldBig, setFieldBig } from './bitfield';
+import { ContextCache, Iotlb, type CachedContext } from './caches';
+import { quirksFor, type QuirkId } from './compat-quirks';
+import { capabilityField, computeCapabilities, enabledFeatures, resolveVtdConfig, vtdConfigFromString, type VtdConfig } from './config';
+import { FaultRecorder, type RecordOutcome } from './fault-recorder';
+import { describeFaultReason } from './fault-reasons';
+import { InvalidationQueue, type InvalidationTarget } from './invalidation-queue';
+import { FR, LegacyWalker, TT, isInterruptAddress } from './legacy-walk';
+import { RegisterFile, type AccessSize, type RegisterWriteEvent } from './register-file';
+import { GCMD, GSTS, OFFSET } from './register-bits';
+import { CCMD_FIELDS, IOTLB_FIELDS, IVA_FIELDS, RTADDR_FIELDS, type CapabilityValues } from './registers';
+
+export interface VtdUnitOptions {
+  readonly memory: GuestMemory;
+  /** A resolved configuration, or QEMU-style properties such as 'aw-bits=48,caching-mode=on'. */
+  readonly config?: VtdConfig | string;
+  /** Delivers an MSI the unit raises (fault event, invalidation completion): address and data as the guest set them. */
+  readonly onInterrupt: (address: number, data: number) => void;
+}
+
+export interface TranslationRequest {
+  /** Requester id: bus << 8 | devfn. */
+  readonly sid: number;
+  readonly iova: bigint;
+  readonly write: boolean;
+  readonly pasid?: number;
+}
+
+export interface TranslationSuccess {
+  readonly ok: true;
+  /** Guest-physical address the IOVA maps to. */
+  readonly address: number;
+  /** Size of the page that maps it (the translation holds for the whole page). */
+  readonly pageSize: number;
+  readonly readable: boolean;
+  readonly writable: boolean;
+}
+
+export interface TranslationFailure {
+  readonly ok: false;
+  /** Fault reason code (FRCD.FR). */
+  readonly reason: number;
+  readonly level?: number;
+  readonly sid: number;
+  readonly iova: bigint;
+  readonly write: boolean;
+  /** The entry that stopped the walk was not present (as opposed to a permission or programming error). */
+  readonly notPresent: boolean;
+  /** What happened to the record: written, suppressed by FPD, or lost (collapse / overflow); 'none' with TE off. */
+  readonly recording: RecordOutcome | 'suppressed-fpd' | 'none';
+}
+
+export type TranslationResult = TranslationSuccess | TranslationFailure;
+
+const PAGE = 4096;
+const UNTRANSLATED_LIMIT = BigInt(MAX_GUEST_ADDRESS) + 1n;
+const IOVA_LIMIT = 1n << 64n;
+/** Requested-granularity codes shared by CCMD.CIRG and IOTLB.IIRG. */
+const GRANULARITY = { GLOBAL: 1, DOMAIN: 2, SELECTIVE: 3 } as const;
+
+function splitRaw(value: bigint): [lo: number, hi: number] {
+  return [Number(BigInt.asUintN(32, value)), Number(value >> 32n)];
+}
+
+export class VtdUnit implements InvalidationTarget {
+  readonly config: VtdConfig;
+  readonly capabilities: CapabilityValues;
+  readonly quirks: ReadonlySet<QuirkId>;
+  readonly registers: RegisterFile;
+  readonly contextCache = new ContextCache();
+  readonly iotlb = new Iotlb();
+  private readonly memory: GuestMemory;
+  private readonly recorder: FaultRecorder;
+  private readonly queue: InvalidationQueue;
+  private readonly walker: LegacyWalker;
+  private readonly mgawLimit: bigint;
+  private readonly maxAddressMask: number;
+  private readonly hasInterruptRemapping: boolean;
+  private rootTable = 0;
+  private rootMode = 0;
+  private translationEnabled = false;
+  /** IRTA as latched by SIRTP (interrupt remapping itself is not implemented yet). */
+  private interruptTable = 0n;
+
+  constructor(options: VtdUnitOptions) {
+    const config = options.config ?? resolveVtdConfig();
+    this.config = typeof config === 'string' ? vtdConfigFromString(config) : config;
+    this.memory = options.memory;
+    this.capabilities = computeCapabilities(this.config);
+    this.quirks = quirksFor(this.config);
+    const caps = this.capabilities;
+    const features = enabledFeatures(caps);
+    this.registers = new RegisterFile(caps, (event) => this.onRegisterWrite(event));
+    this.recorder = new FaultRecorder(
+      this.registers, capabilityField(caps, 'CAP', 'NFR') + 1, capabilityField(caps, 'CAP', 'FRO') * 16, this.quirks,
+      options.onInterrupt,
+    );
+    this.walker = new LegacyWalker(this.memory, {
+      addressWidth: this.config['aw-bits'],
+      sagaw: capabilityField(caps, 'CAP', 'SAGAW'),
+      sllps: capabilityField(caps, 'CAP', 'SLLPS'),
+      deviceTlb: capabilityField(caps, 'ECAP', 'DT') === 1,
+      passThrough: capabilityField(caps, 'ECAP', 'PT') === 1,
+      features,
+    }, this.quirks);
+    this.queue = new InvalidationQueue(
+      this.registers, this.memory, this.recorder, this, { wideDescriptors: capabilityField(caps, 'ECAP', 'SMTS') === 1, features },
+      this.quirks, options.onInterrupt,
+    );
+    this.mgawLimit = 1n << BigInt(this.config['aw-bits']);
+    this.maxAddressMask = capabilityField(caps, 'CAP', 'MAMV');
+    this.hasInterruptRemapping = capabilityField(caps, 'ECAP', 'IR') === 1;
+  }
+
+  // ---- MMIO ----
+
+  read(offset: number, size: 4): number;
+  read(offset: number, size: 8): bigint;
+  read(offset: number, size: AccessSize): number | bigint;
+  read(offset: number, size: AccessSize): number | bigint {
+    return this.registers.read(offset, size);
+  }
+
+  write(offset: number, size: AccessSize, value: number | bigint): void {
+    this.registers.write(offset, size, value);
+  }
+
+  /** Device reset: registers to reset values, caches and latched pointers dropped. */
+  reset(): void {
+    this.registers.reset();
+    this.contextCache.invalidateAll();
+    this.iotlb.invalidateAll();
+    this.queue.reset();
+    this.recorder.reset();
+    this.rootTable = 0;
+    this.rootMode = 0;
+    this.translationEnabled = false;
+    this.interruptTable = 0n;
+  }
+
+  /** IRTA latched by the last SIRTP. */
+  get interruptRemappingTable(): bigint {
+    return this.interruptTable;
+  }
+
+  /** The descriptor count of the invalidation queue (2^QS pages). */
+  get queueSize(): number {
+    return this.queue.size;
+  }
+
+  private onRegisterWrite(event: RegisterWriteEvent): void {
+    const register = event.register;
+    const upperOrWhole = event.size === 8 || event.offset === register.offset + 4;
+    switch (register.offset) {
+      case OFFSET.GCMD: this.command(Number(event.written)); break;
+      case OFFSET.CCMD: if (upperOrWhole) this.contextCommand(); break;
+      case OFFSET.IOTLB: if (upperOrWhole) this.iotlbCommand(); break;
+      case OFFSET.FSTS: this.recorder.afterStatusWrite(); break;
+      case OFFSET.FECTL: this.recorder.afterControlWrite(); break;
+      case OFFSET.IQA: this.queue.onIqaWrite(); break;
+      case OFFSET.IQT: this.queue.onIqtWrite(); break;
+      case OFFSET.ICS: this.queue.afterIcsWrite(); break;
+      case OFFSET.IECTL: this.queue.afterIectlWrite(); break;
+      default:
+        if (register.name.startsWith('FRCD') && register.name.endsWith('_HI')) this.recorder.afterRecordCleared();
+    }
+  }
+
+  /** GCMD: one-shot commands act whenever their bit is written as 1; persistent enables follow the written value. */
+  private command(value: number): void {
+    const regs = this.registers;
+    if (value & GCMD.SRTP) {
+      const [lo, hi] = splitRaw(regs.readRaw('RTADDR'));
+      this.rootTable = getField64(lo, hi, RTADDR_FIELDS.f.RTA) * PAGE;
+      this.rootMode = getField64(lo, hi, RTADDR_FIELDS.f.TTM);
+      regs.updateWordRaw(OFFSET.GSTS, 0, GSTS.RTPS);
+      if (this.quirks.has('srtp-flushes-caches')) {
+        this.contextCache.invalidateAll();
+        this.iotlb.invalidateAll();
+      }
+    }
+    if (value & GCMD.SIRTP) {
+      this.interruptTable = regs.readRaw('IRTA');
+      regs.updateWordRaw(OFFSET.GSTS, 0, GSTS.IRTPS);
+    }
+    // WBF completes at once (CAP.RWBF is 0), so WBFS is never seen set.
+    const te = (value & GCMD.TE) !== 0;
+    this.translationEnabled = te;
+    regs.updateWordRaw(OFFSET.GSTS, te ? 0 : GSTS.TES, te ? GSTS.TES : 0);
+    const qie = (value & GCMD.QIE) !== 0;
+    const qies = (regs.readWordRaw(OFFSET.GSTS) & GSTS.QIES) !== 0;
+    if (qie !== qies) {
+      regs.updateWordRaw(OFFSET.GSTS, qie ? 0 : GSTS.QIES, qie ? GSTS.QIES : 0);
+      this.queue.setEnabled(qie);
+    }
+    if (this.hasInterruptRemapping) {
+      const ire = (value & GCMD.IRE) !== 0;
+      regs.updateWordRaw(OFFSET.GSTS, ire ? 0 : GSTS.IRES, ire ? GSTS.IRES : 0);
+      const cfi = (value & GCMD.CFI) !== 0;
+      regs.updateWordRaw(OFFSET.GSTS, cfi ? 0 : GSTS.CFIS, cfi ? GSTS.CFIS : 0);
+    }
+  }
+
+  private get queuedInvalidation(): boolean {
+    return (this.registers.readWordRaw(OFFSET.GSTS) & GSTS.QIES) !== 0;
+  }
+
+  /** CCMD with ICC: invalidate, report the granularity done in CAIG, clear ICC. Ignored (ICC stays) under QI. */
+  private contextCommand(): void {
+    const raw = this.registers.readRaw('CCMD');
+    const f = CCMD_FIELDS.f;
+    if (getFieldBig(raw, f.ICC) === 0n || this.queuedInvalidation) return;
+    const [lo, hi] = splitRaw(raw);
+    const granularity = getField64(lo, hi, f.CIRG);
+    let done = 0;
+    if (granularity === GRANULARITY.GLOBAL) {
+      this.contextGlobal();
+      done = granularity;
+    } else if (granularity === GRANULARITY.DOMAIN) {
+      this.contextDomain(getField64(lo, hi, f.DID));
+      done = granularity;
+    } else if (granularity === GRANULARITY.SELECTIVE) {
+      this.contextDevice(getField64(lo, hi, f.SID), getField64(lo, hi, f.FM));
+      done = granularity;
+    }
+    this.registers.writeRaw('CCMD', setFieldBig(setFieldBig(raw, f.ICC, 0), f.CAIG, done));
+  }
+
+  /** IOTLB with IVT: invalidate (page-selective takes IVA), report IAIG, clear IVT. Ignored (IVT stays) under QI. */
+  private iotlbCommand(): void {
+    const raw = this.registers.readRaw('IOTLB');
+    const f = IOTLB_FIELDS.f;
+    if (getFieldBig(raw, f.IVT) === 0n || this.queuedInvalidation) return;
+    const [lo, hi] = splitRaw(raw);
+    const granularity = getField64(lo, hi, f.IIRG);
+    const did = getField64(lo, hi, f.DID);
+    let done = 0;
+    if (granularity === GRANULARITY.GLOBAL) {
+      this.iotlbGlobal();
+      done = granularity;
+    } else if (granularity === GRANULARITY.DOMAIN) {
+      this.iotlbDomain(did);
+      done = granularity;
+    } else if (granularity === GRANULARITY.SELECTIVE) {
+      const [alo, ahi] = splitRaw(this.registers.readRaw('IVA'));
+      const ok = this.iotlbPages(did, getField64(alo, ahi, IVA_FIELDS.f.ADDR), getField64(alo, ahi, IVA_FIELDS.f.AM));
+      done = ok ? granularity : 0;
+    }
+    this.registers.writeRaw('IOTLB', setFieldBig(setFieldBig(raw, f.IVT, 0), f.IAIG, done));
+  }
+
+  // ---- InvalidationTarget ----
+
+  contextGlobal(): void {
+    this.contextCache.invalidateAll();
+    // Context changes can move a device to another domain or table: QEMU drops the IOTLB with them.
+    this.iotlb.invalidateAll();
+  }
+
+  contextDomain(did: number): void {
+    this.contextCache.invalidateDomain(did);
+    this.iotlb.invalidateDomain(did);
+  }
+
+  contextDevice(sid: number, fm: number): void {
+    this.contextCache.invalidateDevice(sid, fm);
+  }
+
+  iotlbGlobal(): void {
+    this.iotlb.invalidateAll();
+  }
+
+  iotlbDomain(did: number): void {
+    this.iotlb.invalidateDomain(did);
+  }
+
+  /** IH needs no handling: only leaf translations are cached. */
+  iotlbPages(did: number, pfn: number, am: number): boolean {
+    if (am > this.maxAddressMask) return false;
+    this.iotlb.invalidatePages(did, pfn, am);
+    return true;
+  }
+
+  interruptEntryCache(): void {
+    // No interrupt entry cache is kept yet (interrupt remapping is not implemented).
+  }
+
+  // ---- translation ----
+
+  /** Translates one request; a failure has already been recorded (unless FPD, TE off or the ring says otherwise). */
+  translate(request: TranslationRequest): TranslationResult {
+    const { sid, iova } = request;
+    if (!this.translationEnabled) {
+      if (iova < 0n || iova >= UNTRANSLATED_LIMIT) return this.failure(request, FR.ADDRESS_BEYOND_MGAW, undefined, false, 'none');
+      return { ok: true, address: Number(iova), pageSize: PAGE, readable: true, writable: true };
+    }
+    if (this.rootMode !== 0) {
+      // Scalable mode (and TTM 11, abort-DMA) are not implemented in this unit: no root table can be used.
+      return this.report(request, FR.ROOT_TABLE_INVALID, undefined, false, false);
+    }
+    let context = this.contextCache.get(sid);
+    if (context === undefined) {
+      const found = this.walker.lookupContext(this.rootTable, sid);
+      if (!found.ok) return this.report(request, found.reason, found.level, found.fpd, found.notPresent);
+      context = found.context;
+      this.contextCache.set(context);
+    }
+    if (iova < 0n || iova >= this.mgawLimit) return this.report(request, FR.ADDRESS_BEYOND_MGAW, undefined, context.fpd, false);
+    const input = Number(iova);
+    if (input >= context.limit) return this.report(request, FR.ADDRESS_BEYOND_MGAW, undefined, context.fpd, false);
+    if (isInterruptAddress(input)) return this.report(request, FR.INTERRUPT_ADDRESS, undefined, context.fpd, false);
+    if (context.tt === TT.PASS_THROUGH) return { ok: true, address: input, pageSize: PAGE, readable: true, writable: true };
+    return this.translatePage(request, context, input);
+  }
+
+  private translatePage(request: TranslationRequest, context: CachedContext, input: number): TranslationResult {
+    const write = request.write;
+    const pfn = Math.floor(input / PAGE);
+    const hit = this.iotlb.lookup(context.did, pfn);
+    if (hit !== undefined && (write ? hit.writable : hit.readable)) {
+      return { ok: true, address: hit.address + (input % hit.pageSize), pageSize: hit.pageSize, readable: hit.readable, writable: hit.writable };
+    }
+    const page = this.walker.walk(context, input, write);
+    if (!page.ok) return this.report(request, page.reason, page.level, page.fpd, page.notPresent);
+    const address = page.address + (input % page.pageSize);
+    if (isInterruptAddress(address)) return this.report(request, FR.INTERRUPT_ADDRESS, undefined, context.fpd, false);
+    this.iotlb.insert({
+      did: context.did, pfn: pfn - (pfn % (page.pageSize / PAGE)), address: page.address, pageSize: page.pageSize,
+      readable: page.readable, writable: page.writable,
+    });
+    return { ok: true, address, pageSize: page.pageSize, readable: page.readable, writable: page.writable };
+  }
+
+  private report(request: TranslationRequest, reason: number, level: number | undefined, fpd: boolean, notPresent: boolean): TranslationFailure {
+    if (fpd) return this.failure(request, reason, level, notPresent, 'suppressed-fpd');
+    const outcome = this.recorder.record({ sid: request.sid, reason, iova: request.iova, write: request.write, pasid: request.pasid });
+    return this.failure(request, reason, level, notPresent, outcome);
+  }
+
+  private failure(
+    request: TranslationRequest, reason: number, level: number | undefined, notPresent: boolean, recording: TranslationFailure['recording'],
+  ): TranslationFailure {
+    const base = { ok: false as const, reason, sid: request.sid, iova: request.iova, write: request.write, notPresent, recording };
+    return level === undefined ? base : { ...base, level };
+  }
+
+  // ---- DMA ----
+
+  /** A device's DMA view through this unit: page-by-page translation, all or nothing. */
+  dmaSpace(sid: number): DmaSpace {
+    return {
+      read: (address, into) => {
+        const staging = new Uint8Array(into.length);
+        this.dma(sid, address, into.length, 'read', (gpa, position, count) => this.memory.tryRead(gpa, staging.subarray(position, position + count)));
+        into.set(staging);
+      },
+      write: (address, data) => {
+        const undo: Array<[number, Uint8Array]> = [];
+        try {
+          this.dma(sid, address, data.length, 'write', (gpa, position, count) => {
+            const before = new Uint8Array(count);
+            if (!this.memory.tryRead(gpa, before)) return false;
+            if (!this.memory.tryWrite(gpa, data.subarray(position, position + count))) return false;
+            undo.push([gpa, before]);
+            return true;
+          });
+        } catch (error) {
+          for (const [gpa, before] of undo.reverse()) this.memory.tryWrite(gpa, before);
+          throw error;
+        }
+      },
+    };
+  }
+
+  /** Translates every page first (faults recorded, nothing moved), then moves the pieces. */
+  private dma(sid: number, address: bigint, length: number, access: DmaAccess, move: (gpa: number, position: number, count: number) => boolean): void {
+    if (address < 0n || address + BigInt(length) > IOVA_LIMIT) {
+      throw new DmaFault(address, length, access, 'beyond the 64-bit IOVA space', EFAULT);
+    }
+    const pieces: number[] = [];
+    const write = access === 'write';
+    let position = 0;
+    while (position < length) {
+      const result = this.translate({ sid, iova: address + BigInt(position), write });
+      if (!result.ok) {
+        const permission = (result.reason === FR.READ || result.reason === FR.WRITE) && !result.notPresent;
+        throw new DmaFault(address, length, access, describeFaultReason(result.reason), permission ? EPERM : EFAULT);
+      }
+      const count = Math.min(length - position, result.pageSize - (result.address % result.pageSize));
+      pieces.push(result.address, position, count);
+      position += count;
+    }
+    for (let i = 0; i < pieces.length; i += 3) {
+      if (!move(pieces[i]!, pieces[i + 1]!, pieces[i + 2]!)) {
+        throw new DmaFault(address, length, access, `no ${write ? 'writable ' : ''}guest RAM at 0x${pieces[i]!.toString(16)}`, EFAULT);
+      }
+    }
+  }
+}
+
