@@ -9,7 +9,9 @@ export type QuirkId =
   | 'second-stage-not-present-is-permission-fault'
   | 'srtp-acts-on-every-gcmd-write'
   | 'srtp-flushes-caches'
-  | 'collapse-faults-from-pending-source';
+  | 'collapse-faults-from-pending-source'
+  | 'context-domain-invalidation-is-global'
+  | 'compatibility-interrupts-pass-without-cfi';
 
 export interface CompatQuirk {
   readonly id: QuirkId;
@@ -46,6 +48,14 @@ export const COMPAT_QUIRKS: readonly CompatQuirk[] = [
   {
     id: 'collapse-faults-from-pending-source', compat: 'all',
     description: 'a fault from a source id that already has a pending record is not recorded (spec-permitted fault compression)',
+  },
+  {
+    id: 'context-domain-invalidation-is-global', compat: 'all',
+    description: 'a domain-selective context-cache invalidation is done (and reported in CCMD.CAIG) as global, as in QEMU',
+  },
+  {
+    id: 'compatibility-interrupts-pass-without-cfi', compat: ['qemu-7.2'],
+    description: 'with IRE on, compatibility-format MSIs pass even when GSTS.CFIS is 0 (spec: blocked with fault 0x25)',
   },
 ];
 

@@ -97,6 +97,9 @@ export class InvalidationQueue {
     this.base = getField64(lo, hi, IQA_FIELDS.f.IQA) * PAGE_BYTES;
     this.wide = getField64(lo, hi, IQA_FIELDS.f.DW) === 1 && this.options.wideDescriptors;
     this.entries = (2 ** getField64(lo, hi, IQA_FIELDS.f.QS) * PAGE_BYTES) / this.descriptorBytes;
+    // Moving an enabled queue is undefined by the spec; keeping the head inside the new queue keeps IQH meaningful.
+    this.head %= this.entries;
+    this.publishHead();
     if (this.quirks.has('iqa-readback-drops-dw')) {
       const dwBit = 1n << BigInt(IQA_FIELDS.f.DW.lsb);
       this.regs.writeRaw('IQA', raw & ~dwBit);

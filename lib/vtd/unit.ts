@@ -1,4 +1,4 @@
-/** VtdUnit: one emulated DMAR unit in legacy mode: MMIO registers, commands, translation, caches, invalidation, faults. */
+/** VtdUnit: one emulated DMAR unit in legacy mode, wiring registers and commands to translation, caches, invalidation, faults and IR. */
 
 import { MAX_GUEST_ADDRESS } from '../memory/addresses';
 import { DmaFault, EFAULT, EPERM, type DmaAccess, type DmaSpace } from '../memory/dma-space';
@@ -9,6 +9,7 @@ import { quirksFor, type QuirkId } from './compat-quirks';
 import { capabilityField, computeCapabilities, enabledFeatures, resolveVtdConfig, vtdConfigFromString, type VtdConfig } from './config';
 import { FaultRecorder, type RecordOutcome } from './fault-recorder';
 import { describeFaultReason } from './fault-reasons';
+import { InterruptRemapper, type InterruptFault, type InterruptRequest, type RemappedInterrupt } from './interrupt-remap';
 import { InvalidationQueue, type InvalidationTarget } from './invalidation-queue';
 import { FR, LegacyWalker, TT, isInterruptAddress } from './legacy-walk';
 import { RegisterFile, type AccessSize, type RegisterWriteEvent } from './register-file';
@@ -57,9 +58,17 @@ export interface TranslationFailure {
 
 export type TranslationResult = TranslationSuccess | TranslationFailure;
 
+export interface InterruptFailure extends InterruptFault {
+  readonly recording: RecordOutcome | 'suppressed-fpd';
+}
+
+export type InterruptResult = RemappedInterrupt | InterruptFailure;
+
 const PAGE = 4096;
 const UNTRANSLATED_LIMIT = BigInt(MAX_GUEST_ADDRESS) + 1n;
 const IOVA_LIMIT = 1n << 64n;
+/** Interrupt faults carry the interrupt index in FRCD.FI bits 63:48. */
+const INDEX_SHIFT = 48n;
 /** Requested-granularity codes shared by CCMD.CIRG and IOTLB.IIRG. */
 const GRANULARITY = { GLOBAL: 1, DOMAIN: 2, SELECTIVE: 3 } as const;
 
@@ -78,13 +87,14 @@ export class VtdUnit implements InvalidationTarget {
   private readonly recorder: FaultRecorder;
   private readonly queue: InvalidationQueue;
   private readonly walker: LegacyWalker;
+  private readonly remapper: InterruptRemapper;
   private readonly mgawLimit: bigint;
   private readonly maxAddressMask: number;
   private readonly hasInterruptRemapping: boolean;
   private rootTable = 0;
   private rootMode = 0;
   private translationEnabled = false;
-  /** IRTA as latched by SIRTP (interrupt remapping itself is not implemented yet). */
+  /** IRTA as latched by SIRTP; IRTEs are read afresh for every interrupt. */
   private interruptTable = 0n;
 
   constructor(options: VtdUnitOptions) {
@@ -112,6 +122,7 @@ export class VtdUnit implements InvalidationTarget {
       this.registers, this.memory, this.recorder, this, { wideDescriptors: capabilityField(caps, 'ECAP', 'SMTS') === 1, features },
       this.quirks, options.onInterrupt,
     );
+    this.remapper = new InterruptRemapper(this.memory, this.config['aw-bits'], features, this.quirks.has('compatibility-interrupts-pass-without-cfi'));
     this.mgawLimit = 1n << BigInt(this.config['aw-bits']);
     this.maxAddressMask = capabilityField(caps, 'CAP', 'MAMV');
     this.hasInterruptRemapping = capabilityField(caps, 'ECAP', 'IR') === 1;
@@ -141,6 +152,22 @@ export class VtdUnit implements InvalidationTarget {
     this.rootMode = 0;
     this.translationEnabled = false;
     this.interruptTable = 0n;
+  }
+
+  /**
+   * An interrupt request (an MSI write by device `sid`): with IRE on it is remapped through the IRTE, else it
+   * passes unchanged. Faults (0x20..0x26) are recorded like DMA faults, with the index in FRCD bits 63:48.
+   */
+  remapInterrupt(request: InterruptRequest): InterruptResult {
+    const ires = (this.registers.readWordRaw(OFFSET.GSTS) & GSTS.IRES) !== 0;
+    const cfis = (this.registers.readWordRaw(OFFSET.GSTS) & GSTS.CFIS) !== 0;
+    // With IRE off every interrupt is taken as it is (compatibility format).
+    if (!ires) return this.remapper.passThrough(request);
+    const result = this.remapper.remap(request, { irta: this.interruptTable, compatibilityAllowed: cfis });
+    if (result.ok) return result;
+    if (result.fpd) return { ...result, recording: 'suppressed-fpd' };
+    const recording = this.recorder.record({ sid: request.sid, reason: result.reason, iova: BigInt(result.index ?? 0) << INDEX_SHIFT, write: true });
+    return { ...result, recording };
   }
 
   /** IRTA latched by the last SIRTP. */
@@ -223,7 +250,7 @@ export class VtdUnit implements InvalidationTarget {
       done = granularity;
     } else if (granularity === GRANULARITY.DOMAIN) {
       this.contextDomain(getField64(lo, hi, f.DID));
-      done = granularity;
+      done = this.quirks.has('context-domain-invalidation-is-global') ? GRANULARITY.GLOBAL : granularity;
     } else if (granularity === GRANULARITY.SELECTIVE) {
       this.contextDevice(getField64(lo, hi, f.SID), getField64(lo, hi, f.FM));
       done = granularity;
@@ -256,15 +283,14 @@ export class VtdUnit implements InvalidationTarget {
 
   // ---- InvalidationTarget ----
 
+  // Context invalidation leaves the IOTLB alone: the spec has software follow it with an IOTLB invalidation.
   contextGlobal(): void {
     this.contextCache.invalidateAll();
-    // Context changes can move a device to another domain or table: QEMU drops the IOTLB with them.
-    this.iotlb.invalidateAll();
   }
 
   contextDomain(did: number): void {
-    this.contextCache.invalidateDomain(did);
-    this.iotlb.invalidateDomain(did);
+    if (this.quirks.has('context-domain-invalidation-is-global')) this.contextCache.invalidateAll();
+    else this.contextCache.invalidateDomain(did);
   }
 
   contextDevice(sid: number, fm: number): void {
@@ -287,7 +313,7 @@ export class VtdUnit implements InvalidationTarget {
   }
 
   interruptEntryCache(): void {
-    // No interrupt entry cache is kept yet (interrupt remapping is not implemented).
+    // No interrupt entry cache is kept (every interrupt reads its IRTE), so there is nothing to drop.
   }
 
   // ---- translation ----
