@@ -11,6 +11,8 @@ export interface FileDescriptor {
   dup(): FileDescriptor;
   /** fstat size in bytes. */
   size(): number;
+  /** The F_GET_SEALS bitmask (FILE_SEALS); 0 for files that cannot be sealed. */
+  seals(): number;
   /** What /proc/self/fd says the fd is (e.g. "/memfd:guest-ram (deleted)", "anon_inode:[eventfd]"). */
   describe(): string;
 }
@@ -117,6 +119,9 @@ function load(): NativeAddon {
 }
 
 export const native: NativeAddon = load();
+
+/** Linux memfd seal bits, as FileDescriptor.seals() reports them. */
+export const FILE_SEALS = { SEAL: 0x1, SHRINK: 0x2, GROW: 0x4, WRITE: 0x8, FUTURE_WRITE: 0x10 } as const;
 
 export function isSystemCallError(error: unknown): error is SystemCallError {
   return error instanceof Error && typeof (error as SystemCallError).syscall === 'string';

@@ -1,4 +1,4 @@
-// FileDescriptor ownership and the small set of generic fd operations (dup, size, describe).
+// FileDescriptor ownership and the small set of generic fd operations (dup, size, seals, describe).
 #include "file_descriptor.h"
 
 #include <fcntl.h>
@@ -29,6 +29,7 @@ Napi::Function FileDescriptor::Define(Napi::Env env) {
                          InstanceMethod<&FileDescriptor::Close>("close"),
                          InstanceMethod<&FileDescriptor::Dup>("dup"),
                          InstanceMethod<&FileDescriptor::Size>("size"),
+                         InstanceMethod<&FileDescriptor::Seals>("seals"),
                          InstanceMethod<&FileDescriptor::Describe>("describe"),
                      });
 }
@@ -103,6 +104,16 @@ Napi::Value FileDescriptor::Size(const Napi::CallbackInfo& info) {
   if (fd_ < 0) return ThrowSystemError(env, EBADF, "fstat", "closed FileDescriptor"), env.Undefined();
   if (fstat(fd_, &st) != 0) return ThrowSystemError(env, errno, "fstat", FdName(fd_)), env.Undefined();
   return Napi::Number::New(env, static_cast<double>(st.st_size));
+}
+
+Napi::Value FileDescriptor::Seals(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (fd_ < 0) return ThrowSystemError(env, EBADF, "fcntl", "closed FileDescriptor"), env.Undefined();
+  int seals = fcntl(fd_, F_GET_SEALS);
+  // Files that cannot carry seals (anything but memfd/shmem) answer EINVAL: they have none.
+  if (seals < 0 && errno == EINVAL) return Napi::Number::New(env, 0);
+  if (seals < 0) return ThrowSystemError(env, errno, "fcntl(F_GET_SEALS)", FdName(fd_)), env.Undefined();
+  return Napi::Number::New(env, seals);
 }
 
 Napi::Value FileDescriptor::Describe(const Napi::CallbackInfo& info) {

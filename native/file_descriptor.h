@@ -30,6 +30,7 @@ class FileDescriptor : public Napi::ObjectWrap<FileDescriptor> {
   Napi::Value Close(const Napi::CallbackInfo& info);
   Napi::Value Dup(const Napi::CallbackInfo& info);
   Napi::Value Size(const Napi::CallbackInfo& info);
+  Napi::Value Seals(const Napi::CallbackInfo& info);
   Napi::Value Describe(const Napi::CallbackInfo& info);
 
   int fd_ = -1;

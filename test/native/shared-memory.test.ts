@@ -1,7 +1,7 @@
 /** The addon's shared memory: memfd regions, mappings of fds, detaching on unmap, and fd ownership. */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
-import { native } from '../../lib/native';
+import { FILE_SEALS, native } from '../../lib/native';
 import { SharedRegion } from '../../lib/memory';
 import { openFdCount } from '../helpers';
 
@@ -69,6 +69,20 @@ describe('native shared memory', () => {
     fd.close();
     assert.throws(() => native.mapFd(fd, 0, page, true), (error: any) => error.code === 'EBADF');
     assert.throws(() => native.mapFd({} as never, 0, page, true), (error: any) => error.code === 'ERR_INVALID_ARG_TYPE');
+  });
+
+  it('reports seals: a memfd from memfdCreate cannot shrink, a plain file and an eventfd have none', () => {
+    const memfd = native.memfdCreate('sealed', page);
+    assert.equal(memfd.seals() & FILE_SEALS.SHRINK, FILE_SEALS.SHRINK);
+    memfd.close();
+    assert.throws(() => memfd.seals(), (error: any) => error.code === 'EBADF');
+    const file = fs.openSync(__filename, 'r');
+    const plain = native.adoptFd(file);
+    assert.equal(plain.seals(), 0);
+    plain.close();
+    const event = native.eventfdCreate();
+    assert.equal(event.seals(), 0);
+    event.close();
   });
 
   it('refuses to map what is not a regular file or memfd', () => {
