@@ -1,5 +1,6 @@
 /** The `viommu` command line: parses arguments (commander) and dispatches to subcommands. */
 import { Command, CommanderError } from 'commander';
+import { registerProbeCommand } from './probe';
 import { registerQtestCommand } from './qtest';
 
 const packageVersion: string = (require('../../../package.json') as { version: string }).version;
@@ -12,6 +13,7 @@ export function buildProgram(): Command {
     .exitOverride()
     .showHelpAfterError();
   registerQtestCommand(program);
+  registerProbeCommand(program);
   return program;
 }
 
