@@ -1,6 +1,7 @@
 /** Typed errors of a vfio-user connection and the one mapping from an error to the errno a reply carries. */
 
 import { GuestMemoryError, ViommuError } from '../errors';
+import { DmaFault } from '../memory/dma-space';
 import { ERRNO, VfioUserProtocolError, type ErrnoName } from './errors';
 
 /** The peer answered our command with an error reply. */
@@ -92,5 +93,7 @@ export function errnoOf(error: unknown): number | undefined {
   }
   // A DMA handler reading outside guest RAM: the device asked for an address nobody backs.
   if (error instanceof GuestMemoryError) return ERRNO.EFAULT;
+  // A DmaSpace (an IOMMU in front of guest RAM) refused the access and chose the errno the device is told.
+  if (error instanceof DmaFault) return error.errno;
   return undefined;
 }
