@@ -2,6 +2,7 @@
 import { Command, CommanderError } from 'commander';
 import { registerProbeCommand } from './probe';
 import { registerQtestCommand } from './qtest';
+import { registerServeCommand } from './serve';
 
 const packageVersion: string = (require('../../../package.json') as { version: string }).version;
 
@@ -14,6 +15,7 @@ export function buildProgram(): Command {
     .showHelpAfterError();
   registerQtestCommand(program);
   registerProbeCommand(program);
+  registerServeCommand(program);
   return program;
 }
 

@@ -7,6 +7,9 @@ import { QtestServer } from '../vmm/qtest/server';
 export interface QtestCommandOptions {
   iommu?: string;
   ram: string;
+  eduDmaMaskBits?: string;
+  traceInterrupts?: boolean;
+  extraEdu?: string;
 }
 
 export function registerQtestCommand(program: Command): void {
@@ -15,6 +18,9 @@ export function registerQtestCommand(program: Command): void {
     .description('speak the qtest line protocol on stdin/stdout to a q35-like testbed with the VT-d unit at 0xfed90000 and the edu DMA device at 00:04.0')
     .option('--iommu <props>', "intel-iommu properties as QEMU takes them, e.g. 'aw-bits=48,caching-mode=on'", '')
     .option('--ram <MiB>', 'guest RAM size in MiB', '256')
+    .option('--trace-interrupts', "print every MSI the IOMMU delivers (fault and completion events, remapped device interrupts) on stderr as 'interrupt address 0x... data 0x...'")
+    .option('--extra-edu <slots>', "further edu devices on bus 0 at these slots, comma-separated (QEMU's -device edu,addr=SLOT)")
+    .option('--edu-dma-mask-bits <bits>', "the edu device's DMA address mask in bits, as QEMU's -device edu,dma_mask=2^bits-1 (default 28)")
     .action(async (options: QtestCommandOptions) => {
       await runQtest(options, process.stdin, process.stdout);
     });
@@ -23,9 +29,24 @@ export function registerQtestCommand(program: Command): void {
 export async function runQtest(options: QtestCommandOptions, input: NodeJS.ReadableStream, output: NodeJS.WritableStream): Promise<void> {
   const ramMiB = Number(options.ram);
   if (!Number.isInteger(ramMiB) || ramMiB < 1 || ramMiB > 4096) throw new Error(`--ram ${options.ram}: a whole number of MiB from 1 to 4096`);
+  const maskBits = options.eduDmaMaskBits === undefined ? undefined : Number(options.eduDmaMaskBits);
+  if (maskBits !== undefined && (!Number.isInteger(maskBits) || maskBits < 1 || maskBits > 64)) {
+    throw new Error(`--edu-dma-mask-bits ${options.eduDmaMaskBits}: a whole number from 1 to 64`);
+  }
+  const extraSlots = (options.extraEdu ?? '').split(',').filter((text) => text.trim() !== '').map((text) => Number(text));
+  if (extraSlots.some((slot) => !Number.isInteger(slot) || slot < 0 || slot > 31 || slot === 4)) {
+    throw new Error(`--extra-edu ${options.extraEdu}: slot numbers from 0 to 31 other than 4 (the first edu)`);
+  }
   const machine = new TestbedMachine({
+    extraEduSlots: extraSlots,
     ramBytes: ramMiB << 20,
-    iommu: (memory) => new VtdUnit({ memory, config: options.iommu ?? '', onInterrupt: () => undefined }),
+    ...(maskBits !== undefined ? { eduDmaMaskBits: maskBits } : {}),
+    iommu: (memory) => new VtdUnit({
+      memory, config: options.iommu ?? '',
+      onInterrupt: options.traceInterrupts === true
+        ? (address, data) => process.stderr.write(`interrupt address 0x${(address >>> 0).toString(16)} data 0x${(data >>> 0).toString(16)}\n`)
+        : () => undefined,
+    }),
   });
   const server = new QtestServer(machine, input as never, output as never, { endOutputWhenInputEnds: true });
   try {

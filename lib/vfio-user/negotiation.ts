@@ -3,7 +3,7 @@
 import { native, type FileDescriptor } from '../native';
 import { MessageSocket } from '../os';
 import { versionBody } from './codec';
-import { replyWithFds, type VfioUserConnection } from './connection';
+import { replyWithFds, type CommandHandler, type VfioUserConnection } from './connection';
 import { ERRNO, VfioUserProtocolError } from './errors';
 import { PROTOCOL_VERSION } from './protocol';
 import { socketTransport, type Transport } from './transport';
@@ -96,7 +96,12 @@ export interface ServeVersionOptions {
  * other becomes this connection's twin channel for our own commands.
  */
 export function serveVersion(connection: VfioUserConnection, options: ServeVersionOptions = {}): void {
-  connection.onCommand('VERSION', (command) => {
+  connection.onCommand('VERSION', versionHandler(connection, options));
+}
+
+/** The VERSION handler that serveVersion registers, for servers that wrap it (e.g. to refuse a second VERSION). */
+export function versionHandler(connection: VfioUserConnection, options: ServeVersionOptions = {}): CommandHandler<'VERSION'> {
+  return (command) => {
     if (command.major !== PROTOCOL_VERSION.major) {
       throw versionError(`the client asked for version ${command.major}.${command.minor}; we speak ${PROTOCOL_VERSION.major}.x`);
     }
@@ -116,5 +121,5 @@ export function serveVersion(connection: VfioUserConnection, options: ServeVersi
     }
     const body = versionBody(PROTOCOL_VERSION.major, minor, { ...ours, twinSocket: { supported: true, fdIndex: 0 } });
     return replyWithFds<'VERSION'>(body, [theirs], { transfer: true });
-  });
+  };
 }

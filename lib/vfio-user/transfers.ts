@@ -22,11 +22,27 @@ export function splitTransfer(length: number, maxPiece: number): TransferPiece[]
   return pieces;
 }
 
-export type TransferOptions = Pick<RequestOptions, 'timeoutMs'>;
+export interface TransferOptions extends Pick<RequestOptions, 'timeoutMs'> {
+  /**
+   * Pieces no larger than this even when the peer accepts more: a DMA_READ's reply carries the data, so a server
+   * keeps its pieces within what its own socket accepts.
+   */
+  readonly maxPieceSize?: number;
+}
 
 /** Pieces go one after another: a later piece must not overtake an earlier one that overlaps device state. */
-async function eachPiece(connection: VfioUserConnection, length: number, run: (piece: TransferPiece) => Promise<void>): Promise<void> {
-  for (const piece of splitTransfer(length, connection.peerCapabilities.maxDataXferSize)) await run(piece);
+async function eachPiece(
+  connection: VfioUserConnection,
+  length: number,
+  options: TransferOptions,
+  run: (piece: TransferPiece) => Promise<void>,
+): Promise<void> {
+  const limit = Math.min(connection.peerCapabilities.maxDataXferSize, options.maxPieceSize ?? Number.MAX_SAFE_INTEGER);
+  for (const piece of splitTransfer(length, limit)) await run(piece);
+}
+
+function requestOptions(options: TransferOptions): Pick<RequestOptions, 'timeoutMs'> {
+  return options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs };
 }
 
 function closeAll(fds: { close(): boolean }[]): void {
@@ -42,8 +58,8 @@ export async function regionRead(
   options: TransferOptions = {},
 ): Promise<Uint8Array> {
   const result = new Uint8Array(length);
-  await eachPiece(connection, length, async (piece) => {
-    const reply = await connection.request('REGION_READ', { offset: offset + BigInt(piece.at), region, count: piece.length }, options);
+  await eachPiece(connection, length, options, async (piece) => {
+    const reply = await connection.request('REGION_READ', { offset: offset + BigInt(piece.at), region, count: piece.length }, requestOptions(options));
     closeAll(reply.fds);
     result.set(reply.body.data, piece.at);
   });
@@ -58,9 +74,9 @@ export async function regionWrite(
   data: Uint8Array,
   options: TransferOptions = {},
 ): Promise<void> {
-  await eachPiece(connection, data.length, async (piece) => {
+  await eachPiece(connection, data.length, options, async (piece) => {
     const chunk = data.subarray(piece.at, piece.at + piece.length);
-    const reply = await connection.request('REGION_WRITE', { offset: offset + BigInt(piece.at), region, data: chunk }, options);
+    const reply = await connection.request('REGION_WRITE', { offset: offset + BigInt(piece.at), region, data: chunk }, requestOptions(options));
     closeAll(reply.fds);
   });
 }
@@ -73,8 +89,8 @@ export async function dmaRead(
   options: TransferOptions = {},
 ): Promise<Uint8Array> {
   const result = new Uint8Array(length);
-  await eachPiece(connection, length, async (piece) => {
-    const reply = await connection.request('DMA_READ', { address: address + BigInt(piece.at), count: BigInt(piece.length) }, options);
+  await eachPiece(connection, length, options, async (piece) => {
+    const reply = await connection.request('DMA_READ', { address: address + BigInt(piece.at), count: BigInt(piece.length) }, requestOptions(options));
     closeAll(reply.fds);
     result.set(reply.body.data, piece.at);
   });
@@ -88,9 +104,9 @@ export async function dmaWrite(
   data: Uint8Array,
   options: TransferOptions = {},
 ): Promise<void> {
-  await eachPiece(connection, data.length, async (piece) => {
+  await eachPiece(connection, data.length, options, async (piece) => {
     const chunk = data.subarray(piece.at, piece.at + piece.length);
-    const reply = await connection.request('DMA_WRITE', { address: address + BigInt(piece.at), data: chunk }, options);
+    const reply = await connection.request('DMA_WRITE', { address: address + BigInt(piece.at), data: chunk }, requestOptions(options));
     closeAll(reply.fds);
   });
 }

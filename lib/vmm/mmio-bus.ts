@@ -1,13 +1,8 @@
 /** MmioBus: routes guest-physical MMIO accesses to the device windows mapped on it. */
+import type { MmioHandler } from '../devices/register-access';
 import { ViommuError } from '../errors';
 
-export type AccessSize = 1 | 2 | 4 | 8;
-
-/** A device's register window; offsets are relative to the window's base. Values are little-endian as on x86. */
-export interface MmioHandler {
-  read(offset: number, size: AccessSize): bigint;
-  write(offset: number, size: AccessSize, value: bigint): void;
-}
+export type { AccessSize, MmioHandler } from '../devices/register-access';
 
 interface Window {
   name: string;

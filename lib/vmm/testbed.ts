@@ -4,7 +4,7 @@ import type { QtestMachine, QtestNarrowSize } from './qtest/machine';
 import type { QtestPortSize } from './qtest/protocol';
 import { MmioBus, type AccessSize } from './mmio-bus';
 import { PciFunction, PciHost } from './pci';
-import { EduDevice, EDU_BAR_SIZE, EDU_PCI_IDENTITY, type EduDmaOutcome } from './edu-device';
+import { EduDevice, EDU_BAR_SIZE, EDU_PCI_IDENTITY, type EduDmaOutcome } from '../devices/edu';
 
 /** Where q35 puts the DMAR unit's registers. */
 export const DMAR_BASE = 0xfed90000;
@@ -25,6 +25,10 @@ export interface TestbedOptions {
   /** Builds the IOMMU over the machine's guest memory; without one, devices DMA to guest-physical addresses. */
   iommu?: (memory: GuestMemory) => TestbedIommu;
   onDma?: (outcome: EduDmaOutcome) => void;
+  /** The edu device's DMA mask in bits (QEMU's `-device edu,dma_mask=2^n-1`; default 28). */
+  eduDmaMaskBits?: number;
+  /** Slots on bus 0 for further edu devices (QEMU's `-device edu,addr=SLOT`), e.g. to fault from a second requester id. */
+  extraEduSlots?: readonly number[];
 }
 
 export class TestbedMachine implements QtestMachine {
@@ -33,6 +37,8 @@ export class TestbedMachine implements QtestMachine {
   readonly mmio = new MmioBus();
   readonly pci: PciHost;
   readonly edu: EduDevice;
+  /** The devices of `extraEduSlots`, in that order. */
+  readonly extraEdus: EduDevice[] = [];
   readonly iommu: TestbedIommu | undefined;
   private readonly ramBytes: number;
 
@@ -43,9 +49,18 @@ export class TestbedMachine implements QtestMachine {
     this.iommu = options.iommu?.(this.memory);
     if (this.iommu) this.mmio.map('dmar', DMAR_BASE, DMAR_WINDOW_SIZE, dmarWindow(this.iommu));
     this.pci = new PciHost(this.mmio);
-    const eduDma = this.iommu ? this.iommu.dmaSpace(EDU_DEVFN) : this.memory.dma;
-    this.edu = new EduDevice(eduDma, { ...(options.onDma ? { onDma: options.onDma } : {}) });
-    this.pci.add(new PciFunction('edu', 0, EDU_DEVFN, EDU_PCI_IDENTITY, [{ size: EDU_BAR_SIZE, handler: this.edu }]));
+    this.edu = this.addEdu('edu', EDU_DEVFN, options);
+    for (const slot of options.extraEduSlots ?? []) this.extraEdus.push(this.addEdu(`edu@${slot}`, slot << 3, options));
+  }
+
+  private addEdu(name: string, devfn: number, options: TestbedOptions): EduDevice {
+    const dma = this.iommu ? this.iommu.dmaSpace(devfn) : this.memory.dma;
+    const edu = new EduDevice(dma, {
+      ...(options.onDma ? { onDma: options.onDma } : {}),
+      ...(options.eduDmaMaskBits !== undefined ? { dmaMaskBits: options.eduDmaMaskBits } : {}),
+    });
+    this.pci.add(new PciFunction(name, 0, devfn, EDU_PCI_IDENTITY, [{ size: EDU_BAR_SIZE, handler: edu }]));
+    return edu;
   }
 
   close(): void {

@@ -1,7 +1,7 @@
 /** The testbed machine as a guest sees it: PCI enumeration of the edu device, its registers, and its DMA. */
 import { strict as assert } from 'node:assert';
 import { TestbedMachine } from '../../lib/vmm/testbed';
-import type { EduDmaOutcome } from '../../lib/vmm/edu-device';
+import type { EduDmaOutcome } from '../../lib/devices/edu';
 
 describe('TestbedMachine (no IOMMU)', () => {
   const outcomes: EduDmaOutcome[] = [];

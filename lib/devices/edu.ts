@@ -1,6 +1,6 @@
-/** An in-process DMA engine with the register interface of QEMU's edu device; its DMA goes through a DmaSpace. */
-import type { DmaSpace } from '../memory';
-import type { AccessSize, MmioHandler } from './mmio-bus';
+/** A DMA engine with the register interface of QEMU's edu device; its DMA goes through a (possibly asynchronous) DMA space. */
+import { isPromise, type DeviceDmaSpace } from './dma';
+import type { AccessSize, MmioHandler } from './register-access';
 
 /** The register map, as QEMU's docs/specs/edu.rst lists it. */
 const REG = {
@@ -22,22 +22,30 @@ export const EDU_BAR_SIZE = 1 << 20;
 export const EDU_BUFFER_ADDRESS = 0x40000;
 export const EDU_BUFFER_SIZE = 4096;
 export const EDU_PCI_IDENTITY = { vendorId: 0x1234, deviceId: 0x11e8, revision: 0x10, classCode: 0x00ff00 } as const;
+/** Register offsets, for drivers and tests that program the device. */
+export const EDU_REGISTERS = REG;
 
 const STATUS_COMPUTING = 0x01;
 const STATUS_IRQ_ON_FACTORIAL = 0x80;
-const DMA_RUN = 0x1;
-const DMA_TO_RAM = 0x2;
-const DMA_IRQ = 0x4;
-const FACTORIAL_IRQ = 0x1;
-const DMA_DONE_IRQ = 0x100;
+export const EDU_DMA_COMMAND = { RUN: 0x1, TO_RAM: 0x2, IRQ: 0x4 } as const;
+export const EDU_INTERRUPTS = { FACTORIAL: 0x1, DMA_DONE: 0x100 } as const;
 const ALL_ONES = (1n << 64n) - 1n;
+const RUN = BigInt(EDU_DMA_COMMAND.RUN);
 
 export interface EduDmaOutcome {
   source: bigint;
   destination: bigint;
   count: number;
-  /** The error of a refused or faulted transfer (out-of-range buffer, a DMA fault from the IOMMU). */
+  /** The error of a refused or faulted transfer (out-of-range buffer, a DMA fault from the IOMMU or the peer). */
   error?: Error;
+}
+
+export interface EduOptions {
+  /** Device addresses are masked to this many bits (QEMU's dma_mask default: 28). */
+  dmaMaskBits?: number;
+  /** The interrupt line: true when the device raises it, false once every cause is acknowledged. */
+  onInterrupt?: (raised: boolean) => void;
+  onDma?: (outcome: EduDmaOutcome) => void;
 }
 
 export class EduDevice implements MmioHandler {
@@ -50,20 +58,37 @@ export class EduDevice implements MmioHandler {
   private dmaCount = 0n;
   private dmaCommand = 0n;
   private readonly buffer = new Uint8Array(EDU_BUFFER_SIZE);
-
+  /** Bumped by reset, so a transfer still in flight from before cannot complete into the new state. */
+  private generation = 0;
   constructor(
-    private dma: DmaSpace,
-    private readonly options: {
-      /** Device addresses are masked to this many bits (QEMU's dma_mask default: 28). */
-      dmaMaskBits?: number;
-      onInterrupt?: (raised: boolean) => void;
-      onDma?: (outcome: EduDmaOutcome) => void;
-    } = {},
+    private dma: DeviceDmaSpace,
+    private readonly options: EduOptions = {},
   ) {}
 
   /** Swaps the DMA path (e.g. when an IOMMU is attached in front of the device). */
-  attachDmaSpace(dma: DmaSpace): void {
+  attachDmaSpace(dma: DeviceDmaSpace): void {
     this.dma = dma;
+  }
+
+  /** True while a transfer has been started and has not completed (the run bit a guest polls). */
+  get dmaRunning(): boolean {
+    return (this.dmaCommand & RUN) !== 0n;
+  }
+
+  /** Back to power-on state: registers cleared, the line lowered, a transfer in flight forgotten. */
+  reset(): void {
+    this.generation++;
+    const wasRaised = this.interruptStatus !== 0;
+    this.liveness = 0;
+    this.factorial = 0;
+    this.status = 0;
+    this.interruptStatus = 0;
+    this.dmaSource = 0n;
+    this.dmaDestination = 0n;
+    this.dmaCount = 0n;
+    this.dmaCommand = 0n;
+    this.buffer.fill(0);
+    if (wasRaised) this.options.onInterrupt?.(false);
   }
 
   read(offset: number, size: AccessSize): bigint {
@@ -86,6 +111,8 @@ export class EduDevice implements MmioHandler {
 
   write(offset: number, size: AccessSize, value: bigint): void {
     if (offset < REG.dmaSource ? size !== 4 : size !== 4 && size !== 8) return;
+    // As in QEMU, the DMA registers do not change while a transfer runs.
+    if (offset >= REG.dmaSource && this.dmaRunning) return;
     const low = Number(value & 0xffffffffn);
     switch (offset) {
       case REG.liveness: this.liveness = low; break;
@@ -97,7 +124,7 @@ export class EduDevice implements MmioHandler {
       case REG.dmaDestination: this.dmaDestination = value; break;
       case REG.dmaCount: this.dmaCount = value; break;
       case REG.dmaCommand:
-        if ((value & BigInt(DMA_RUN)) !== 0n && (this.dmaCommand & BigInt(DMA_RUN)) === 0n) {
+        if ((value & RUN) !== 0n) {
           this.dmaCommand = value;
           this.runDma();
         }
@@ -109,7 +136,7 @@ export class EduDevice implements MmioHandler {
     let result = 1;
     for (let i = 2; i <= n && result !== 0; i++) result = Math.imul(result, i) >>> 0;
     this.factorial = n === 0 ? 1 : result;
-    if (this.status & STATUS_IRQ_ON_FACTORIAL) this.raise(FACTORIAL_IRQ);
+    if (this.status & STATUS_IRQ_ON_FACTORIAL) this.raise(EDU_INTERRUPTS.FACTORIAL);
   }
 
   private raise(bits: number): void {
@@ -123,12 +150,13 @@ export class EduDevice implements MmioHandler {
   }
 
   /**
-   * Runs the transfer at once (QEMU runs it from a timer; guests poll the run bit either way). A transfer outside
-   * the device buffer is refused without touching memory, where QEMU 7.2 aborts the whole process.
+   * Starts the transfer. A synchronous DMA space completes it at once; an asynchronous one (DMA by message) keeps
+   * the run bit set until the transfer is done, as QEMU's timer-driven edu does (guests poll the bit either way).
+   * A transfer outside the device buffer is refused without touching memory, where QEMU 7.2 aborts the process.
    */
   private runDma(): void {
     const mask = (1n << BigInt(this.options.dmaMaskBits ?? 28)) - 1n;
-    const toRam = (this.dmaCommand & BigInt(DMA_TO_RAM)) !== 0n;
+    const toRam = (this.dmaCommand & BigInt(EDU_DMA_COMMAND.TO_RAM)) !== 0n;
     const ramAddress = (toRam ? this.dmaDestination : this.dmaSource) & mask;
     const deviceAddress = toRam ? this.dmaSource : this.dmaDestination;
     const count = this.dmaCount;
@@ -136,17 +164,38 @@ export class EduDevice implements MmioHandler {
     const start = deviceAddress - BigInt(EDU_BUFFER_ADDRESS);
     if (count === 0n || start < 0n || count > BigInt(EDU_BUFFER_SIZE) || start + count > BigInt(EDU_BUFFER_SIZE - 1)) {
       outcome.error = new RangeError(`edu DMA of ${count} bytes at device address 0x${deviceAddress.toString(16)} leaves the 4 KiB buffer`);
-    } else {
-      const window = this.buffer.subarray(Number(start), Number(start + count));
-      try {
-        if (toRam) this.dma.write(ramAddress, window);
-        else this.dma.read(ramAddress, window);
-      } catch (error) {
-        outcome.error = error as Error;
-      }
+      this.finishDma(outcome);
+      return;
     }
-    this.dmaCommand &= ~BigInt(DMA_RUN);
-    if ((this.dmaCommand & BigInt(DMA_IRQ)) !== 0n) this.raise(DMA_DONE_IRQ);
+    const window = this.buffer.subarray(Number(start), Number(start + count));
+    let pending: void | Promise<void>;
+    try {
+      pending = toRam ? this.dma.write(ramAddress, window) : this.dma.read(ramAddress, window);
+    } catch (error) {
+      outcome.error = error as Error;
+      this.finishDma(outcome);
+      return;
+    }
+    if (!isPromise(pending)) {
+      this.finishDma(outcome);
+      return;
+    }
+    const generation = this.generation;
+    pending.then(
+      () => {
+        if (generation === this.generation) this.finishDma(outcome);
+      },
+      (error: unknown) => {
+        if (generation !== this.generation) return;
+        outcome.error = error instanceof Error ? error : new Error(String(error));
+        this.finishDma(outcome);
+      },
+    );
+  }
+
+  private finishDma(outcome: EduDmaOutcome): void {
+    this.dmaCommand &= ~RUN;
+    if ((this.dmaCommand & BigInt(EDU_DMA_COMMAND.IRQ)) !== 0n) this.raise(EDU_INTERRUPTS.DMA_DONE);
     this.options.onDma?.(outcome);
   }
 }

@@ -1,0 +1,410 @@
+/** PciConfigSpace: a type-0 function's configuration space with BAR sizing, command/status and a capability list. */
+import { ViommuError } from '../errors';
+import {
+  CAPABILITY_AREA,
+  MSI_CONTROL,
+  MSI_MULTIPLE_MESSAGE_CAPABLE_SHIFT,
+  MSI_MULTIPLE_MESSAGE_ENABLE_SHIFT,
+  MSIX_BIR_MASK,
+  MSIX_CONTROL,
+  MSIX_STRUCTURE,
+  msiStructure,
+  PCI_BAR_BITS,
+  PCI_BAR_COUNT,
+  PCI_BAR_FLAG_MASK,
+  PCI_CAPABILITY_IDS,
+  PCI_COMMAND,
+  PCI_ROM_BITS,
+  PCI_STATUS,
+  readConfigField,
+  TYPE0_HEADER,
+  type ConfigField,
+  type ConfigStructure,
+} from './pci-layout';
+
+export interface PciIdentity {
+  vendorId: number;
+  deviceId: number;
+  revision?: number;
+  /** 24 bits: base class << 16 | sub-class << 8 | programming interface. */
+  classCode: number;
+  subsystemVendorId?: number;
+  subsystemId?: number;
+  /** 0 for none, 1..4 for INTA#..INTD# (default INTA#). */
+  interruptPin?: number;
+}
+
+export type PciBarKind = 'mem32' | 'mem64' | 'io';
+
+export interface PciBarDefinition {
+  /** A power of two: at least 16 bytes for memory, 4 for I/O. */
+  size: number | bigint;
+  kind?: PciBarKind;
+  prefetchable?: boolean;
+}
+
+export type PciCapabilityDefinition =
+  | {
+      kind: 'msi';
+      /** Vectors the function can use: a power of two up to 32. */
+      vectors?: number;
+      address64?: boolean;
+      perVectorMasking?: boolean;
+    }
+  | {
+      kind: 'msix';
+      /** Number of table entries (1..2048). */
+      tableSize: number;
+      tableBar: number;
+      tableOffset: number;
+      pbaBar: number;
+      pbaOffset: number;
+    };
+
+export interface PciConfigOptions {
+  identity: PciIdentity;
+  /** BAR0..BAR5; a 64-bit BAR takes the slot after it too, which must stay undefined. */
+  bars?: readonly (PciBarDefinition | undefined)[];
+  /** Size of the expansion ROM (a power of two of at least 2 KiB), when the function has one. */
+  romSize?: number;
+  capabilities?: readonly PciCapabilityDefinition[];
+  /** 256 (conventional PCI, the default) or 4096 (PCI Express extended space, read-only zeros here). */
+  size?: 256 | 4096;
+}
+
+export interface PlacedCapability {
+  readonly id: number;
+  readonly offset: number;
+  readonly structure: ConfigStructure;
+}
+
+/** What software has programmed into the MSI capability. */
+export interface MsiState {
+  readonly enabled: boolean;
+  /** Vectors software enabled (Multiple Message Enable), at most the capable count. */
+  readonly vectorsEnabled: number;
+  readonly address: bigint;
+  readonly data: number;
+  /** With per-vector masking: is this vector masked? */
+  masked(vector: number): boolean;
+}
+
+export interface MsixState {
+  readonly enabled: boolean;
+  readonly functionMasked: boolean;
+  readonly tableSize: number;
+}
+
+type WriteListener = (offset: number, length: number) => void;
+
+function configError(message: string): ViommuError {
+  return new ViommuError('ERR_PCI_CONFIG', message);
+}
+
+function isPowerOfTwo(value: bigint): boolean {
+  return value > 0n && (value & (value - 1n)) === 0n;
+}
+
+export class PciConfigSpace {
+  readonly size: number;
+  private readonly bytes: Uint8Array;
+  private readonly initial: Uint8Array;
+  private readonly writable: Uint8Array;
+  private readonly w1c: Uint8Array;
+  private readonly placed: PlacedCapability[] = [];
+  private readonly listeners = new Set<WriteListener>();
+  private readonly barSizes: (bigint | undefined)[] = [];
+
+  constructor(options: PciConfigOptions) {
+    this.size = options.size ?? 256;
+    if (this.size !== 256 && this.size !== 4096) throw configError(`config space size ${this.size}: use 256 or 4096`);
+    this.bytes = new Uint8Array(this.size);
+    this.writable = new Uint8Array(this.size);
+    this.w1c = new Uint8Array(this.size);
+    this.writeIdentity(options.identity);
+    this.applyMasks(0, TYPE0_HEADER);
+    this.defineBars(options.bars ?? []);
+    if (options.romSize !== undefined) this.defineRom(options.romSize);
+    this.placeCapabilities(options.capabilities ?? []);
+    this.initial = this.bytes.slice();
+  }
+
+  // ---- generic access ---------------------------------------------------------------------------------------
+
+  /** Copies config bytes [offset, offset + into.length) into `into`. */
+  read(offset: number, into: Uint8Array): void {
+    this.checkRange(offset, into.length);
+    into.set(this.bytes.subarray(offset, offset + into.length));
+  }
+
+  /** Applies a write byte by byte: read-only bits keep their value, write-1-to-clear bits clear where 1 is written. */
+  write(offset: number, data: Uint8Array): void {
+    this.checkRange(offset, data.length);
+    for (let i = 0; i < data.length; i++) {
+      const at = offset + i;
+      const value = data[i]!;
+      const mask = this.writable[at]!;
+      this.bytes[at] = ((this.bytes[at]! & ~mask) | (value & mask)) & ~(value & this.w1c[at]!) & 0xff;
+    }
+    for (const listener of [...this.listeners]) listener(offset, data.length);
+  }
+
+  readU8(offset: number): number {
+    return this.readValue(offset, 1);
+  }
+  readU16(offset: number): number {
+    return this.readValue(offset, 2);
+  }
+  readU32(offset: number): number {
+    return this.readValue(offset, 4);
+  }
+
+  /** A header field by its table key (e.g. 'command'). */
+  header(key: Parameters<typeof TYPE0_HEADER.field>[0]): number {
+    return readConfigField(this.bytes, 0, TYPE0_HEADER.field(key));
+  }
+
+  /** Called after every software write, with the range written, so the device can react (enables, masks). */
+  onWrite(listener: WriteListener): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  /** Back to the power-on values (a function-level reset). */
+  reset(): void {
+    this.bytes.set(this.initial);
+  }
+
+  /** A copy of the whole space, for snapshots and tests. */
+  snapshot(): Uint8Array {
+    return this.bytes.slice();
+  }
+
+  // ---- header state -----------------------------------------------------------------------------------------
+
+  get command(): number {
+    return this.header('command');
+  }
+
+  get memoryEnabled(): boolean {
+    return (this.command & PCI_COMMAND.MEMORY_SPACE) !== 0;
+  }
+
+  get busMasterEnabled(): boolean {
+    return (this.command & PCI_COMMAND.BUS_MASTER) !== 0;
+  }
+
+  get intxDisabled(): boolean {
+    return (this.command & PCI_COMMAND.INTX_DISABLE) !== 0;
+  }
+
+  /** Hardware sets the status register's Interrupt Status bit while INTx is asserted. */
+  setInterruptStatus(asserted: boolean): void {
+    const at = TYPE0_HEADER.field('status').offset;
+    this.bytes[at] = asserted ? this.bytes[at]! | PCI_STATUS.INTERRUPT : this.bytes[at]! & ~PCI_STATUS.INTERRUPT;
+  }
+
+  /** The size of BAR `index` as declared (undefined for an unused BAR or the upper half of a 64-bit one). */
+  barSize(index: number): bigint | undefined {
+    return this.barSizes[index];
+  }
+
+  /** The address software has programmed into BAR `index` (both halves for a 64-bit BAR). */
+  barAddress(index: number): bigint {
+    const offset = TYPE0_HEADER.field('bar0').offset + 4 * index;
+    const low = this.readU32(offset);
+    if ((low & PCI_BAR_BITS.IO_SPACE) !== 0) return BigInt(low & ~PCI_BAR_FLAG_MASK.io) & 0xffffffffn;
+    const address = BigInt((low & ~PCI_BAR_FLAG_MASK.memory) >>> 0);
+    if ((low & PCI_BAR_BITS.MEMORY_TYPE_64) !== 0 && index + 1 < PCI_BAR_COUNT) {
+      return address | (BigInt(this.readU32(offset + 4)) << 32n);
+    }
+    return address;
+  }
+
+  // ---- capabilities -----------------------------------------------------------------------------------------
+
+  get capabilities(): readonly PlacedCapability[] {
+    return this.placed;
+  }
+
+  capability(id: number): PlacedCapability | undefined {
+    return this.placed.find((capability) => capability.id === id);
+  }
+
+  /** MSI as software has programmed it; undefined when the function has no MSI capability. */
+  get msi(): MsiState | undefined {
+    const capability = this.capability(PCI_CAPABILITY_IDS.MSI);
+    if (capability === undefined) return undefined;
+    const field = (key: string): number => readConfigField(this.bytes, capability.offset, capability.structure.field(key));
+    const has = (key: string) => capability.structure.fields.some((candidate) => candidate.key === key);
+    const control = field('control');
+    const capable = 1 << ((control & MSI_CONTROL.MULTIPLE_MESSAGE_CAPABLE) >> MSI_MULTIPLE_MESSAGE_CAPABLE_SHIFT);
+    const enabledLog2 = (control & MSI_CONTROL.MULTIPLE_MESSAGE_ENABLE) >> MSI_MULTIPLE_MESSAGE_ENABLE_SHIFT;
+    const upper = has('upperAddress') ? BigInt(field('upperAddress')) << 32n : 0n;
+    const maskBits = has('maskBits') ? field('maskBits') : 0;
+    return {
+      enabled: (control & MSI_CONTROL.ENABLE) !== 0,
+      vectorsEnabled: Math.min(capable, 1 << enabledLog2),
+      address: upper | BigInt(field('address')),
+      data: field('data'),
+      masked: (vector) => vector < 32 && ((maskBits >>> vector) & 1) === 1,
+    };
+  }
+
+  /** Records MSI pending bits (with per-vector masking), which software reads and hardware alone changes. */
+  setMsiPending(vector: number, pending: boolean): void {
+    const capability = this.capability(PCI_CAPABILITY_IDS.MSI);
+    const field = capability?.structure.fields.find((candidate) => candidate.key === 'pendingBits');
+    if (capability === undefined || field === undefined || vector < 0 || vector >= 32) return;
+    const at = capability.offset + field.offset + (vector >> 3);
+    const bit = 1 << (vector & 7);
+    this.bytes[at] = pending ? this.bytes[at]! | bit : this.bytes[at]! & ~bit;
+  }
+
+  get msix(): MsixState | undefined {
+    const capability = this.capability(PCI_CAPABILITY_IDS.MSIX);
+    if (capability === undefined) return undefined;
+    const control = readConfigField(this.bytes, capability.offset, MSIX_STRUCTURE.field('control'));
+    return {
+      enabled: (control & MSIX_CONTROL.ENABLE) !== 0,
+      functionMasked: (control & MSIX_CONTROL.FUNCTION_MASK) !== 0,
+      tableSize: (control & MSIX_CONTROL.TABLE_SIZE) + 1,
+    };
+  }
+
+  // ---- construction -----------------------------------------------------------------------------------------
+
+  private readValue(offset: number, width: 1 | 2 | 4): number {
+    this.checkRange(offset, width);
+    return readConfigField(this.bytes, offset, { key: 'value', spec: 'value', offset: 0, width });
+  }
+
+  private checkRange(offset: number, length: number): void {
+    if (!Number.isSafeInteger(offset) || offset < 0 || length < 0 || offset + length > this.size) {
+      throw configError(`config access of ${length} bytes at ${offset} leaves the ${this.size}-byte space`);
+    }
+  }
+
+  private put(base: number, field: ConfigField, value: number): void {
+    for (let i = 0; i < field.width; i++) this.bytes[base + field.offset + i] = Math.floor(value / 256 ** i) & 0xff;
+  }
+
+  private setFieldMask(target: Uint8Array, at: number, width: number, mask: number): void {
+    for (let i = 0; i < width; i++) target[at + i] = Math.floor((mask >>> 0) / 256 ** i) & 0xff;
+  }
+
+  private applyMasks(base: number, structure: ConfigStructure): void {
+    for (const field of structure.fields) {
+      if (field.writable !== undefined) this.setFieldMask(this.writable, base + field.offset, field.width, field.writable);
+      if (field.w1c !== undefined) this.setFieldMask(this.w1c, base + field.offset, field.width, field.w1c);
+    }
+  }
+
+  private writeIdentity(identity: PciIdentity): void {
+    const header = (key: Parameters<typeof TYPE0_HEADER.field>[0], value: number) => this.put(0, TYPE0_HEADER.field(key), value);
+    const pin = identity.interruptPin ?? 1;
+    if (!Number.isInteger(identity.classCode) || identity.classCode < 0 || identity.classCode > 0xffffff) {
+      throw configError(`class code ${identity.classCode} is not a 24-bit number`);
+    }
+    if (!Number.isInteger(pin) || pin < 0 || pin > 4) throw configError(`interrupt pin ${pin}: use 0 (none) or 1..4 (INTA#..INTD#)`);
+    header('vendorId', identity.vendorId);
+    header('deviceId', identity.deviceId);
+    header('revisionId', identity.revision ?? 0);
+    header('programmingInterface', identity.classCode & 0xff);
+    header('subClass', (identity.classCode >> 8) & 0xff);
+    header('baseClass', (identity.classCode >> 16) & 0xff);
+    header('subsystemVendorId', identity.subsystemVendorId ?? 0);
+    header('subsystemId', identity.subsystemId ?? 0);
+    header('interruptPin', pin);
+  }
+
+  /** BAR sizing falls out of the write masks: the address bits below the size are read-only zero. */
+  private defineBars(bars: readonly (PciBarDefinition | undefined)[]): void {
+    if (bars.length > PCI_BAR_COUNT) throw configError(`a type-0 function has ${PCI_BAR_COUNT} BARs, got ${bars.length}`);
+    const bar0 = TYPE0_HEADER.field('bar0').offset;
+    for (let index = 0; index < PCI_BAR_COUNT; index++) {
+      const bar = bars[index];
+      if (bar === undefined) continue;
+      const at = bar0 + 4 * index;
+      const size = BigInt(bar.size);
+      const kind = bar.kind ?? 'mem32';
+      if (this.barSizes[index] !== undefined || (index > 0 && bars[index - 1]?.kind === 'mem64')) {
+        throw configError(`BAR${index} is the upper half of the 64-bit BAR${index - 1}; leave it undefined`);
+      }
+      if (!isPowerOfTwo(size) || size < (kind === 'io' ? 4n : 16n)) throw configError(`BAR${index} size ${size} must be a power of two of at least ${kind === 'io' ? 4 : 16}`);
+      if (kind === 'io') {
+        if (size > 1n << 16n) throw configError(`I/O BAR${index} of ${size} bytes exceeds the 64 KiB I/O space`);
+        this.bytes[at] = PCI_BAR_BITS.IO_SPACE;
+        this.setFieldMask(this.writable, at, 4, Number(~(size - 1n) & 0xffffffffn) & ~PCI_BAR_FLAG_MASK.io);
+      } else if (kind === 'mem32') {
+        if (size > 1n << 31n) throw configError(`32-bit BAR${index} of ${size} bytes: use kind 'mem64'`);
+        this.bytes[at] = bar.prefetchable ? PCI_BAR_BITS.PREFETCHABLE : 0;
+        this.setFieldMask(this.writable, at, 4, Number(~(size - 1n) & 0xffffffffn) & ~PCI_BAR_FLAG_MASK.memory);
+      } else {
+        if (index === PCI_BAR_COUNT - 1) throw configError('BAR5 cannot hold a 64-bit BAR: it has no upper half');
+        this.bytes[at] = PCI_BAR_BITS.MEMORY_TYPE_64 | (bar.prefetchable ? PCI_BAR_BITS.PREFETCHABLE : 0);
+        const mask = ~(size - 1n) & ((1n << 64n) - 1n);
+        this.setFieldMask(this.writable, at, 4, Number(mask & 0xffffffffn) & ~PCI_BAR_FLAG_MASK.memory);
+        this.setFieldMask(this.writable, at + 4, 4, Number(mask >> 32n));
+      }
+      this.barSizes[index] = size;
+    }
+  }
+
+  private defineRom(size: number): void {
+    if (!isPowerOfTwo(BigInt(size)) || size < 2048 || size > 2 ** 31) throw configError(`ROM size ${size} must be a power of two from 2 KiB`);
+    const mask = ((~(size - 1) & PCI_ROM_BITS.ADDRESS_MASK) | PCI_ROM_BITS.ENABLE) >>> 0;
+    this.setFieldMask(this.writable, TYPE0_HEADER.field('expansionRomBase').offset, 4, mask);
+  }
+
+  /** Lays capabilities out from 0x40, dword aligned, linked through their next pointers from 0x34. */
+  private placeCapabilities(capabilities: readonly PciCapabilityDefinition[]): void {
+    let at = CAPABILITY_AREA.start;
+    let previousNext = TYPE0_HEADER.field('capabilitiesPointer').offset;
+    for (const definition of capabilities) {
+      const { id, structure } = this.buildCapability(definition);
+      if (at + structure.size > CAPABILITY_AREA.end) throw configError(`capabilities do not fit below 0x${CAPABILITY_AREA.end.toString(16)}`);
+      if (this.capability(id) !== undefined) throw configError(`capability 0x${id.toString(16)} is listed twice`);
+      this.bytes[previousNext] = at;
+      this.bytes[at] = id;
+      this.applyMasks(at, structure);
+      this.fillCapability(definition, at, structure);
+      this.placed.push({ id, offset: at, structure });
+      previousNext = at + 1;
+      at += (structure.size + 3) & ~3;
+    }
+    if (this.placed.length > 0) this.bytes[TYPE0_HEADER.field('status').offset] |= PCI_STATUS.CAPABILITIES_LIST;
+  }
+
+  private buildCapability(definition: PciCapabilityDefinition): { id: number; structure: ConfigStructure } {
+    if (definition.kind === 'msi') {
+      return { id: PCI_CAPABILITY_IDS.MSI, structure: msiStructure(definition.address64 ?? true, definition.perVectorMasking ?? false) };
+    }
+    return { id: PCI_CAPABILITY_IDS.MSIX, structure: MSIX_STRUCTURE };
+  }
+
+  private fillCapability(definition: PciCapabilityDefinition, at: number, structure: ConfigStructure): void {
+    if (definition.kind === 'msi') {
+      const vectors = definition.vectors ?? 1;
+      const log2 = Math.log2(vectors);
+      if (!Number.isInteger(log2) || log2 < 0 || log2 > 5) throw configError(`MSI vectors ${vectors}: use 1, 2, 4, 8, 16 or 32`);
+      const control =
+        (log2 << MSI_MULTIPLE_MESSAGE_CAPABLE_SHIFT) |
+        ((definition.address64 ?? true) ? MSI_CONTROL.ADDRESS_64 : 0) |
+        ((definition.perVectorMasking ?? false) ? MSI_CONTROL.PER_VECTOR_MASKING : 0);
+      this.put(at, structure.field('control'), control);
+      const mask = structure.fields.find((field) => field.key === 'maskBits');
+      if (mask !== undefined) this.setFieldMask(this.writable, at + mask.offset, 4, vectors === 32 ? 0xffffffff : (1 << vectors) - 1);
+      return;
+    }
+    const { tableSize, tableBar, tableOffset, pbaBar, pbaOffset } = definition;
+    if (!Number.isInteger(tableSize) || tableSize < 1 || tableSize > MSIX_CONTROL.TABLE_SIZE + 1) throw configError(`MSI-X table size ${tableSize}: use 1..2048`);
+    for (const [name, bar, offset] of [['table', tableBar, tableOffset], ['PBA', pbaBar, pbaOffset]] as const) {
+      if (!Number.isInteger(bar) || bar < 0 || bar >= PCI_BAR_COUNT || this.barSizes[bar] === undefined) throw configError(`MSI-X ${name} BAR ${bar} is not a defined BAR`);
+      if (!Number.isInteger(offset) || offset < 0 || offset % 8 !== 0 || offset > 0xfffffff8) throw configError(`MSI-X ${name} offset ${offset} must be qword aligned`);
+    }
+    this.put(at, structure.field('control'), tableSize - 1);
+    this.put(at, structure.field('tableOffsetBir'), (tableOffset | (tableBar & MSIX_BIR_MASK)) >>> 0);
+    this.put(at, structure.field('pbaOffsetBir'), (pbaOffset | (pbaBar & MSIX_BIR_MASK)) >>> 0);
+  }
+}
