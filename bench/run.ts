@@ -1,12 +1,13 @@
 /** `npm run bench`: measures every figure against its same-run baseline and prints the ratios. */
 import * as fs from 'node:fs';
 import { foundationFigures } from './figures/foundation';
+import { vtdFigures } from './figures/vtd';
 import { formatResult, runFigure, type Figure } from './harness';
 
 async function main(): Promise<void> {
   const only = process.argv.slice(2);
   const rounds = Number(process.env.BENCH_ROUNDS ?? 5);
-  const figures: Figure[] = [...foundationFigures()].filter((figure) => only.length === 0 || only.some((id) => figure.id.startsWith(id)));
+  const figures: Figure[] = [...foundationFigures(), ...vtdFigures()].filter((figure) => only.length === 0 || only.some((id) => figure.id.startsWith(id)));
   const results = [];
   console.log(`viommu bench: ${figures.length} figures, ${rounds} interleaved rounds each, median rates\n`);
   for (const figure of figures) {

@@ -122,7 +122,19 @@ export class Iotlb {
     const span = 2 ** am;
     const first = pfn - (pfn % span);
     const end = first + span;
-    this.removeWhere((entry) => entry.did === did && entry.pfn < end && entry.pfn + entry.pageSize / PAGE > first);
+    if (span > this.count) {
+      this.removeWhere((entry) => entry.did === did && entry.pfn < end && entry.pfn + entry.pageSize / PAGE > first);
+      return;
+    }
+    // Fewer pages than entries: look up the keys the range can hold instead of scanning the whole IOTLB.
+    const base = did * PFN_SPAN;
+    PAGE_SIZES.forEach((size, index) => {
+      const pages = size / PAGE;
+      const map = this.maps[index]!;
+      for (let key = first - (first % pages); key < end; key += pages) {
+        if (map.delete(base + key)) this.count--;
+      }
+    });
   }
 
   private removeWhere(predicate: (entry: IotlbEntry) => boolean): void {

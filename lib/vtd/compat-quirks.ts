@@ -3,7 +3,7 @@
 import type { Compat, VtdConfig } from './config';
 
 export type QuirkId =
-  | 'iqa-readback-drops-dw'
+  | 'iqa-readback-shows-latched-base'
   | 'frcd-pv-ffff-without-pasid'
   | 'top-table-read-error-is-context-invalid'
   | 'second-stage-not-present-is-permission-fault'
@@ -11,51 +11,128 @@ export type QuirkId =
   | 'srtp-flushes-caches'
   | 'collapse-faults-from-pending-source'
   | 'context-domain-invalidation-is-global'
-  | 'compatibility-interrupts-pass-without-cfi';
+  | 'compatibility-interrupts-pass-without-cfi'
+  | 'gcmd-cfi-ignored'
+  | 'iotlb-hit-without-permission-not-recorded'
+  | 'interrupt-range-read-returns-zeros'
+  | 'interrupt-remapping-faults-not-recorded'
+  | 'qi-disable-needs-drained-queue'
+  | 'iec-descriptor-reserved-bits-ignored'
+  | 'pasid-descriptors-accepted-unchecked'
+  | 'interrupt-dma-writes-skip-source-id-check'
+  | 'irte-posted-and-xapic-destination-unchecked'
+  | 'fectl-ip-kept-when-records-cleared';
 
 export interface CompatQuirk {
   readonly id: QuirkId;
-  /** The compat settings that enable it; 'all' means the unit always behaves this way (spec-permitted or spec-silent). */
+  /**
+   * The compat settings that enable it. 'all' means the unit always behaves this way: the spec permits it or is
+   * silent, so QEMU's choice is kept in every mode.
+   */
   readonly compat: readonly Compat[] | 'all';
+  /** What QEMU does, and what the spec asks instead. */
   readonly description: string;
+  /** Where it was seen: the differential test that shows it against QEMU 7.2, or why none can. */
+  readonly evidence: string;
 }
+
+const QEMU_7_2: readonly Compat[] = ['qemu-7.2'];
 
 export const COMPAT_QUIRKS: readonly CompatQuirk[] = [
   {
-    id: 'iqa-readback-drops-dw', compat: ['qemu-7.2'],
-    description: 'IQA reads back as base | QS; DW is latched but not shown (QEMU 7.2 vtd_handle_iqa_write)',
+    id: 'iqa-readback-shows-latched-base', compat: QEMU_7_2,
+    description: 'IQA reads back as the queue base latched by the last QIE enable (0 before the first) plus QS; DW is never shown. The spec reads back what was written.',
+    evidence: 'test/oracle/differential-queued-invalidation.test.ts',
   },
   {
-    id: 'frcd-pv-ffff-without-pasid', compat: ['qemu-7.2'],
-    description: 'FRCD.PV is 0xffff (PP = 0) for requests without PASID; the spec leaves PV 0',
+    id: 'frcd-pv-ffff-without-pasid', compat: QEMU_7_2,
+    description: 'FRCD.PV is 0xffff (with PP = 0) for faults of requests without PASID found at or after the page walk (root and context faults get PV 0). The spec leaves PV 0 when PP is 0.',
+    evidence: 'test/oracle/differential-faults.test.ts',
   },
   {
-    id: 'top-table-read-error-is-context-invalid', compat: ['qemu-7.2'],
-    description: 'an unreadable top-level page table gives fault 3 (invalid context entry) instead of 7',
+    id: 'top-table-read-error-is-context-invalid', compat: QEMU_7_2,
+    description: 'an unreadable top-level page table gives fault 3 (invalid context entry); the spec reports 7 (next page table pointer invalid)',
+    evidence: 'test/oracle/differential-faults.test.ts',
   },
   {
     id: 'second-stage-not-present-is-permission-fault', compat: 'all',
-    description: 'a second-stage entry with R = W = 0 gives fault 6 (read) or 5 (write); legacy mode has no separate not-present code',
+    description: 'a second-stage entry with R = W = 0 gives fault 6 (read) or 5 (write): legacy mode has no separate not-present code',
+    evidence: 'test/oracle/differential-faults.test.ts',
   },
   {
     id: 'srtp-acts-on-every-gcmd-write', compat: 'all',
     description: 'SRTP and SIRTP latch the pointer on every GCMD write with the bit set, not only on a 0 -> 1 change',
+    evidence: 'test/oracle/differential-commands.test.ts',
   },
   {
     id: 'srtp-flushes-caches', compat: 'all',
     description: 'SRTP drops the context cache and IOTLB (QEMU 7.2 vtd_handle_gcmd_srtp; later advertised as CAP.ESRTPS)',
+    evidence: 'test/oracle/differential-legacy-translation.test.ts',
   },
   {
     id: 'collapse-faults-from-pending-source', compat: 'all',
     description: 'a fault from a source id that already has a pending record is not recorded (spec-permitted fault compression)',
+    evidence: 'test/oracle/differential-faults.test.ts',
   },
   {
     id: 'context-domain-invalidation-is-global', compat: 'all',
-    description: 'a domain-selective context-cache invalidation is done (and reported in CCMD.CAIG) as global, as in QEMU',
+    description: 'a domain-selective context-cache invalidation is done (and reported in CCMD.CAIG) as global',
+    evidence: 'test/oracle/differential-commands.test.ts',
   },
   {
-    id: 'compatibility-interrupts-pass-without-cfi', compat: ['qemu-7.2'],
-    description: 'with IRE on, compatibility-format MSIs pass even when GSTS.CFIS is 0 (spec: blocked with fault 0x25)',
+    id: 'compatibility-interrupts-pass-without-cfi', compat: QEMU_7_2,
+    description: 'with IRE on, compatibility-format interrupts pass even when GSTS.CFIS is 0; the spec blocks them with fault 0x25',
+    evidence: 'test/oracle/differential-interrupt-remapping.test.ts',
+  },
+  {
+    id: 'gcmd-cfi-ignored', compat: QEMU_7_2,
+    description: 'GCMD.CFI is not implemented: GSTS.CFIS never sets. The spec sets CFIS while CFI is written as 1.',
+    evidence: 'test/oracle/differential-commands.test.ts',
+  },
+  {
+    id: 'iotlb-hit-without-permission-not-recorded', compat: QEMU_7_2,
+    description: 'a request that hits a cached translation lacking the needed permission (a write after a read of a read-only page) is blocked without a fault record; the spec records fault 5 or 6 as for an uncached walk',
+    evidence: 'test/oracle/differential-faults.test.ts',
+  },
+  {
+    id: 'interrupt-range-read-returns-zeros', compat: QEMU_7_2,
+    description: 'a DMA read (without PASID) of 0xfee00000-0xfeefffff completes with zeros; the spec treats it as an illegal request and blocks it (no fault record either way)',
+    evidence: 'test/oracle/differential-interrupt-remapping.test.ts',
+  },
+  {
+    id: 'interrupt-remapping-faults-not-recorded', compat: QEMU_7_2,
+    description: 'an interrupt request that fails remapping (faults 0x20-0x26) is dropped with a message on stderr but never recorded in FRCD and raises no fault event',
+    evidence: 'test/oracle/differential-interrupt-remapping.test.ts',
+  },
+  {
+    id: 'qi-disable-needs-drained-queue', compat: QEMU_7_2,
+    description: 'clearing GCMD.QIE is ignored (QIES stays 1, IQH kept) unless IQH = IQT and the last descriptor processed was a wait descriptor; the spec disables queued invalidation and resets IQH to 0',
+    evidence: 'test/oracle/differential-queued-invalidation.test.ts',
+  },
+  {
+    id: 'iec-descriptor-reserved-bits-ignored', compat: QEMU_7_2,
+    description: 'reserved bits of an interrupt entry cache invalidation descriptor are not checked; the spec reports an invalid descriptor (IQE)',
+    evidence: 'test/oracle/differential-queued-invalidation.test.ts',
+  },
+  {
+    id: 'pasid-descriptors-accepted-unchecked', compat: QEMU_7_2,
+    description: 'PASID-based IOTLB (type 6) and PASID-cache (type 7) descriptors are accepted unchecked, also in a 128-bit queue without scalable mode; the spec reports IQE for them there',
+    evidence: 'test/oracle/differential-queued-invalidation.test.ts',
+  },
+  {
+    id: 'interrupt-dma-writes-skip-source-id-check', compat: QEMU_7_2,
+    description: "a device's plain DMA write to the interrupt range is remapped without source-id verification (it carries no requester id in QEMU; its MSIs do): SID/SQ/SVT, SVT = 3 included, are not checked. The spec verifies every interrupt request.",
+    evidence: 'test/oracle/differential-interrupt-remapping.test.ts',
+  },
+  {
+    id: 'irte-posted-and-xapic-destination-unchecked', compat: QEMU_7_2,
+    description: 'an IRTE with IM = 1 (posted, while CAP.PI = 0) or, in xAPIC mode, destination bits outside 15:8 set is used as a remapped entry (destination = DST bits 15:8); the spec reports fault 0x24',
+    evidence: 'test/oracle/differential-interrupt-remapping.test.ts',
+  },
+  {
+    id: 'fectl-ip-kept-when-records-cleared', compat: QEMU_7_2,
+    description: 'clearing the last pending fault record (FRCD.F) leaves FECTL.IP set, so unmasking later sends a stale fault event; QEMU clears IP only on an FSTS write. The spec clears IP once no fault condition is left.',
+    evidence: 'test/oracle/differential-faults.test.ts',
   },
 ];
 
@@ -67,3 +144,33 @@ export function quirksFor(config: Pick<VtdConfig, 'compat'>): ReadonlySet<QuirkI
   }
   return set;
 }
+
+/** QEMU 7.2 behaviour seen by the oracle tests that no compat setting reproduces, and why. */
+export interface UnreproducedDifference {
+  readonly id: string;
+  readonly description: string;
+  readonly why: string;
+}
+
+export const UNREPRODUCED_QEMU_DIFFERENCES: readonly UnreproducedDifference[] = [
+  {
+    id: 'wait-descriptor-sw-and-if-aborts',
+    description: 'a wait descriptor with both SW and IF set stops QEMU 7.2 with an assertion failure (vtd_process_wait_desc)',
+    why: 'a guest must never be able to stop the unit; we write the status and signal completion',
+  },
+  {
+    id: 'no-interrupt-entry-cache',
+    description: 'QEMU reads the IRTE for every interrupt, so a changed IRTE takes effect without an interrupt entry cache invalidation',
+    why: 'we keep an interrupt entry cache, as hardware may; software that follows the spec invalidates and sees no difference',
+  },
+  {
+    id: 'iotlb-keyed-by-source-id',
+    description: "QEMU's IOTLB is keyed by source id and looked up before the context entry",
+    why: 'ours is keyed by domain, as the spec describes; the two differ only for software that skips a required invalidation',
+  },
+  {
+    id: 'partial-dma-transfers',
+    description: "QEMU's memory core translates a transfer page by page and moves the pages that translate; a failed read gives the device zeros",
+    why: 'a DmaSpace transfer is all or nothing (lib/memory/dma-space.ts); what a device makes of a failed read is the device model\'s business',
+  },
+];

@@ -9,10 +9,12 @@ import {
 export type OnOffAuto = 'on' | 'off' | 'auto';
 export type AddressWidth = 39 | 48;
 /**
- * Which QEMU the capability values imitate. Not a QEMU property: 'qemu-7.2' reproduces the measured values;
- * 'qemu-latest' adds the bits newer QEMU sets for the same properties (see CAPABILITY_EXTENSIONS).
+ * Which behaviour the unit imitates. Not a QEMU property. 'spec' (the default) follows the VT-d specification
+ * with QEMU 7.2's capability values; 'qemu-7.2' also reproduces QEMU 7.2's departures from the spec (the quirks
+ * in compat-quirks.ts), for differential testing; 'qemu-latest' adds the capability bits newer QEMU sets for the
+ * same properties (see CAPABILITY_EXTENSIONS) and otherwise follows the spec.
  */
-export type Compat = 'qemu-7.2' | 'qemu-latest';
+export type Compat = 'spec' | 'qemu-7.2' | 'qemu-latest';
 
 /** Properties by their QEMU names, so QEMU command lines map one to one. */
 export interface VtdProperties {
@@ -61,7 +63,7 @@ export const VTD_PROPERTIES: readonly PropertyDescription[] = [
   { name: 'x-scalable-mode', kind: 'bool', origin: 'intel-iommu', description: 'scalable-mode translation (ECAP.SMTS)' },
   { name: 'x-pasid-mode', kind: 'bool', origin: 'intel-iommu', description: 'requests with PASID (ECAP.PASID)' },
   { name: 'x-flts', kind: 'bool', origin: 'intel-iommu, newer than 7.2', description: 'first-stage translation (ECAP.FSTS)' },
-  { name: 'compat', kind: 'compat', origin: 'viommu only', description: "capability values of 'qemu-7.2' (default) or 'qemu-latest'" },
+  { name: 'compat', kind: 'compat', origin: 'viommu only', description: "'spec' (default), 'qemu-7.2' (with QEMU 7.2's quirks) or 'qemu-latest' (newer QEMU's capability bits)" },
 ];
 
 const DEFAULTS: Omit<VtdProperties, 'aw-bits'> = {
@@ -76,10 +78,10 @@ const DEFAULTS: Omit<VtdProperties, 'aw-bits'> = {
   'x-scalable-mode': false,
   'x-pasid-mode': false,
   'x-flts': false,
-  compat: 'qemu-7.2',
+  compat: 'spec',
 };
 
-/** QEMU 7.2 defaults to 39 bits; newer QEMU (9.2 on) to 48. */
+/** QEMU 7.2 defaults to 39 bits (and so do 'spec' and 'qemu-7.2'); newer QEMU (9.2 on) to 48. */
 function defaultAddressWidth(compat: Compat): AddressWidth {
   return compat === 'qemu-latest' ? 48 : 39;
 }
@@ -204,8 +206,8 @@ function parseValue(name: PropertyName, kind: PropertyKind, text: string): VtdPr
       return value as AddressWidth;
     }
     case 'compat':
-      if (text === 'qemu-7.2' || text === 'qemu-latest') return text;
-      throw new VtdPropertyError(name, `Parameter '${name}' expects 'qemu-7.2' or 'qemu-latest', got '${text}'`);
+      if (text === 'spec' || text === 'qemu-7.2' || text === 'qemu-latest') return text;
+      throw new VtdPropertyError(name, `Parameter '${name}' expects 'spec', 'qemu-7.2' or 'qemu-latest', got '${text}'`);
   }
 }
 

@@ -14,6 +14,11 @@ export interface FaultRecord {
   readonly iova: bigint;
   readonly write: boolean;
   readonly pasid?: number | undefined;
+  /**
+   * The fault was found at or after the page walk (address checks, paging entries), not at the root or context
+   * entry. Only QEMU 7.2's PV quirk tells the two apart.
+   */
+  readonly pastContext?: boolean;
 }
 
 export type RecordOutcome = 'recorded' | 'overflow' | 'collapsed' | 'dropped-pfo';
@@ -23,7 +28,7 @@ const F_MASK = wordMask(FRCD_HI_FIELDS.f.F);
 const F_DWORD = 8 + 4 * FRCD_HI_FIELDS.f.F.segments[0]!.word;
 const SID_MASK = FRCD_HI_FIELDS.f.SID.maxValue;
 const PAGE_MASK = ~((1n << BigInt(FRCD_LO_FIELDS.f.FI.addressShift!)) - 1n) & ((1n << 64n) - 1n);
-/** QEMU 7.2's PV for requests without PASID. */
+/** QEMU 7.2's PV for requests without PASID (its PCI_NO_PASID cut to 16 bits), on faults past the context entry. */
 const QEMU_NO_PASID_PV = 0xffff;
 /** Status bits whose presence means software has an unserviced fault condition (spec 7.3.1). */
 const PENDING_CONDITIONS = FSTS.PFO | FSTS.PPF | FSTS.IQE | FSTS.ICE | FSTS.ITE;
@@ -75,7 +80,8 @@ export class FaultRecorder {
       return 'overflow';
     }
     const hasPasid = fault.pasid !== undefined;
-    const pv = hasPasid ? fault.pasid! : this.quirks.has('frcd-pv-ffff-without-pasid') ? QEMU_NO_PASID_PV : 0;
+    const qemuPv = fault.pastContext === true && this.quirks.has('frcd-pv-ffff-without-pasid');
+    const pv = hasPasid ? fault.pasid! : qemuPv ? QEMU_NO_PASID_PV : 0;
     const hi = encodeBig(FRCD_HI_FIELDS, {
       SID: fault.sid & SID_MASK, FR: fault.reason, PV: pv, PP: hasPasid ? 1 : 0, T: fault.write ? 0 : 1, F: 1,
     });
@@ -117,7 +123,7 @@ export class FaultRecorder {
     let any = false;
     for (let i = 0; i < this.slotCount && !any; i++) any = this.slotFull(i);
     this.regs.updateWordRaw(OFFSET.FSTS, any ? 0 : FSTS.PPF, any ? FSTS.PPF : 0);
-    this.clearPendingIfServiced();
+    if (!this.quirks.has('fectl-ip-kept-when-records-cleared')) this.clearPendingIfServiced();
   }
 
   /** After an FSTS write (W1C of PFO/IQE). */

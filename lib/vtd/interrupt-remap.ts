@@ -3,6 +3,7 @@
 import type { EntryWords, GuestMemory } from '../memory/guest-memory';
 import { defineFields, getField, getField64, hasReservedBits, reservedWords } from './bitfield';
 import { faultCode } from './fault-reasons';
+import type { InterruptEntryCache } from './interrupt-entry-cache';
 import { INTERRUPT_RANGE_START } from './legacy-walk';
 import { IRTA_FIELDS } from './registers';
 import { IRTE } from './structures';
@@ -34,6 +35,7 @@ export const MSI_COMPAT_ADDRESS = defineFields('MSI address (compatibility)', 32
 export const MSI_COMPAT_DATA = defineFields('MSI data (compatibility)', 32, [
   { name: 'VECTOR', bit: 0, width: 8, description: 'vector' },
   { name: 'DLM', bit: 8, width: 3, description: 'delivery mode' },
+  { name: 'LEVEL', bit: 14, width: 1, description: 'level: 1 assert (a remapped interrupt always asserts)' },
   { name: 'TM', bit: 15, width: 1, description: 'trigger mode' },
 ] as const);
 
@@ -82,6 +84,10 @@ export interface RemapState {
   readonly irta: bigint;
   /** GSTS.CFIS. */
   readonly compatibilityAllowed: boolean;
+  /** Check the requester against the IRTE's SID/SQ/SVT (QEMU 7.2 cannot for DMA writes: they carry no requester id). */
+  readonly verifySource: boolean;
+  /** Reject posted-format IRTEs and xAPIC-mode destinations with reserved bits (QEMU 7.2 takes both). */
+  readonly strictEntries: boolean;
 }
 
 /** The top 12 bits of every MSI address (0xfee00000..0xfeefffff). */
@@ -108,6 +114,8 @@ export class InterruptRemapper {
     addressWidth: number,
     features: ReadonlySet<string>,
     private readonly allowCompatibilityWithoutCfi: boolean,
+    /** Present IRTEs are taken from here when cached and put here when read. */
+    private readonly cache: InterruptEntryCache,
   ) {
     this.reserved = reservedWords(IRTE, { addressWidth, features });
   }
@@ -128,29 +136,30 @@ export class InterruptRemapper {
     if (getField(one, a.SHV)) index += getField([request.data >>> 0], MSI_REMAPPABLE_DATA.f.SUBHANDLE);
     const entries = 2 ** (getField64(irtaLo, irtaHi, IRTA_FIELDS.f.S) + 1);
     if (index >= entries) return fault(IR_FAULT.INDEX_OVER, false, index);
-    const table = getField64(irtaLo, irtaHi, IRTA_FIELDS.f.IRTA) * 4096;
-    const w = this.words;
-    const e = this.entry;
-    const at = table + index * IRTE_BYTES;
-    if (!this.memory.readEntry(at, e)) return fault(IR_FAULT.TABLE_INVALID, false, index);
-    w[0] = e.lo;
-    w[1] = e.hi;
-    if (!this.memory.readEntry(at + 8, e)) return fault(IR_FAULT.TABLE_INVALID, false, index);
-    w[2] = e.lo;
-    w[3] = e.hi;
     const f = IRTE.f;
-    if (!getField(w, f.P)) return fault(IR_FAULT.ENTRY_NOT_PRESENT, false, index);
+    let w: ArrayLike<number> | undefined = this.cache.get(index);
+    if (w === undefined) {
+      const table = getField64(irtaLo, irtaHi, IRTA_FIELDS.f.IRTA) * 4096;
+      if (!this.readIrte(table + index * IRTE_BYTES)) return fault(IR_FAULT.TABLE_INVALID, false, index);
+      w = this.words;
+      // Like a context entry's, the IRTE's FPD covers its own P = 0 (a qualified fault).
+      if (!getField(w, f.P)) return fault(IR_FAULT.ENTRY_NOT_PRESENT, getField(w, f.FPD) === 1, index);
+      // Only present entries are cached; every request still checks the entry and its source id.
+      this.cache.set(index, w);
+    }
     const fpd = getField(w, f.FPD) === 1;
     const dst = getField(w, f.DST);
     // Posted format needs CAP.PI (not offered); xAPIC mode allows only DST bits 15:8.
     const badDestination = !eime && (dst % XAPIC_IDS !== 0 || dst >= XAPIC_IDS * XAPIC_IDS);
-    if (hasReservedBits(w, this.reserved) || getField(w, f.IM) === 1 || getField(w, f.SVT) === 3 || badDestination) {
+    const badMode = getField(w, f.IM) === 1 || badDestination;
+    if (hasReservedBits(w, this.reserved) || (state.strictEntries && badMode) || (state.verifySource && getField(w, f.SVT) === 3)) {
       return fault(IR_FAULT.ENTRY_RESERVED, fpd, index);
     }
-    if (!this.sourceMatches(request.sid, getField(w, f.SVT), getField(w, f.SQ), getField(w, f.SID))) {
+    if (state.verifySource && !this.sourceMatches(request.sid, getField(w, f.SVT), getField(w, f.SQ), getField(w, f.SID))) {
       return fault(IR_FAULT.SOURCE_ID_MISMATCH, fpd, index);
     }
-    const destination = eime ? dst : dst / XAPIC_IDS;
+    // xAPIC destinations are DST bits 15:8 (QEMU 7.2 takes those bits whatever the others hold).
+    const destination = eime ? dst : Math.floor(dst / XAPIC_IDS) % XAPIC_IDS;
     const destinationMode = getField(w, f.DM);
     const vector = getField(w, f.V);
     const deliveryMode = getField(w, f.DLM);
@@ -160,6 +169,19 @@ export class InterruptRemapper {
       address: this.compatAddress(destination % XAPIC_IDS, destinationMode, getField(w, f.RH)),
       data: this.compatData(vector, deliveryMode, triggerMode),
     };
+  }
+
+  /** Reads the 16-byte IRTE at `address` into this.words; false when RAM does not back it. */
+  private readIrte(address: number): boolean {
+    const e = this.entry;
+    const w = this.words;
+    if (!this.memory.readEntry(address, e)) return false;
+    w[0] = e.lo;
+    w[1] = e.hi;
+    if (!this.memory.readEntry(address + 8, e)) return false;
+    w[2] = e.lo;
+    w[3] = e.hi;
+    return true;
   }
 
   private sourceMatches(sid: number, svt: number, sq: number, expected: number): boolean {
@@ -192,6 +214,6 @@ export class InterruptRemapper {
 
   private compatData(vector: number, deliveryMode: number, triggerMode: number): number {
     const d = MSI_COMPAT_DATA.f;
-    return vector + deliveryMode * 2 ** d.DLM.lsb + triggerMode * 2 ** d.TM.lsb;
+    return vector + deliveryMode * 2 ** d.DLM.lsb + 2 ** d.LEVEL.lsb + triggerMode * 2 ** d.TM.lsb;
   }
 }

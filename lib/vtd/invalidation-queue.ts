@@ -5,7 +5,7 @@ import { getField, getField64, hasReservedBits, reservedWords } from './bitfield
 import type { QuirkId } from './compat-quirks';
 import type { FaultRecorder } from './fault-recorder';
 import type { RegisterFile } from './register-file';
-import { EVENT_CONTROL, FSTS, ICS, OFFSET } from './register-bits';
+import { EVENT_CONTROL, FSTS, GSTS, ICS, OFFSET } from './register-bits';
 import { IQA_FIELDS, QUEUE_POINTER_FIELDS } from './registers';
 import {
   CONTEXT_CACHE_INVALIDATE, INTERRUPT_ENTRY_CACHE_INVALIDATE, INVALIDATION_DESCRIPTORS, INVALIDATION_WAIT,
@@ -34,6 +34,7 @@ const PAGE_BYTES = 4096;
 const NARROW_BYTES = 16;
 const WIDE_BYTES = 32;
 const GRANULARITY = { GLOBAL: 1, DOMAIN: 2, SELECTIVE: 3 } as const;
+const NO_DESCRIPTOR = 0;
 const TYPE = {
   CONTEXT: 1, IOTLB: 2, DEVICE_TLB: 3, INTERRUPT_ENTRY: 4, WAIT: 5, PASID_IOTLB: 6, PASID_CACHE: 7,
   PASID_DEVICE_TLB: 8, PAGE_GROUP_RESPONSE: 9,
@@ -44,7 +45,6 @@ export class InvalidationQueue {
   private entries = 2 ** 8;
   private wide = false;
   private head = 0;
-  private tail = 0;
   private readonly words = new Uint32Array(8);
   private readonly entry: EntryWords = { lo: 0, hi: 0 };
   private readonly reserved = new Map<number, Uint32Array>();
@@ -69,11 +69,13 @@ export class InvalidationQueue {
     this.entries = PAGE_BYTES / NARROW_BYTES;
     this.wide = false;
     this.head = 0;
-    this.tail = 0;
+    this.tailOffset = 0;
     this.qie = false;
+    this.writtenIqa = 0n;
+    this.lastType = NO_DESCRIPTOR;
   }
 
-  /** Descriptors the queue holds (2^QS pages). */
+  /** Descriptors the queue holds (2^QS pages), as latched when queued invalidation was last enabled. */
   get size(): number {
     return this.entries;
   }
@@ -86,48 +88,80 @@ export class InvalidationQueue {
     return this.wide ? WIDE_BYTES : NARROW_BYTES;
   }
 
-  /** Mirrors GCMD.QIE as the unit last applied it. */
+  /** Mirrors GSTS.QIES. */
   private qie = false;
+  /** IQT as the guest last wrote it, in 16-byte units. */
+  private tailOffset = 0;
+  /** IQA as the guest last wrote it (the register may show something else under compat=qemu-7.2). */
+  private writtenIqa = 0n;
+  /** Type of the last descriptor fetched (QEMU 7.2 only lets QI be disabled after a wait descriptor). */
+  private lastType = NO_DESCRIPTOR;
 
-  /** IQA was written: latch base, size and width (QEMU 7.2 then shows the register without DW). */
+  /**
+   * IQA was written. Base, size and width take effect when queued invalidation is enabled (changing them while
+   * it is enabled is undefined by the spec), as in QEMU.
+   */
   onIqaWrite(): void {
-    const raw = this.regs.readRaw('IQA');
-    const lo = Number(BigInt.asUintN(32, raw));
-    const hi = Number(raw >> 32n);
-    this.base = getField64(lo, hi, IQA_FIELDS.f.IQA) * PAGE_BYTES;
-    this.wide = getField64(lo, hi, IQA_FIELDS.f.DW) === 1 && this.options.wideDescriptors;
-    this.entries = (2 ** getField64(lo, hi, IQA_FIELDS.f.QS) * PAGE_BYTES) / this.descriptorBytes;
-    // Moving an enabled queue is undefined by the spec; keeping the head inside the new queue keeps IQH meaningful.
-    this.head %= this.entries;
-    this.publishHead();
-    if (this.quirks.has('iqa-readback-drops-dw')) {
-      const dwBit = 1n << BigInt(IQA_FIELDS.f.DW.lsb);
-      this.regs.writeRaw('IQA', raw & ~dwBit);
-    }
+    this.writtenIqa = this.regs.readRaw('IQA');
+    this.showIqa();
+  }
+
+  /** QEMU 7.2 shows the base latched at the last enable, plus the written QS, and never DW. */
+  private showIqa(): void {
+    if (!this.quirks.has('iqa-readback-shows-latched-base')) return;
+    const qs = BigInt(this.writtenIqa) & BigInt(IQA_FIELDS.f.QS.maxValue);
+    this.regs.writeRaw('IQA', BigInt(this.base) | qs);
+  }
+
+  private wideRequested(): boolean {
+    const [lo, hi] = [Number(BigInt.asUintN(32, this.writtenIqa)), Number(this.writtenIqa >> 32n)];
+    return getField64(lo, hi, IQA_FIELDS.f.DW) === 1 && this.options.wideDescriptors;
   }
 
   /** IQT was written: take the new tail and process while enabled and no IQE is pending. */
   onIqtWrite(): void {
-    const raw = Number(this.regs.readRaw('IQT'));
+    const raw = Number(BigInt.asUintN(32, this.regs.readRaw('IQT')));
     const offset = getField64(raw, 0, QUEUE_POINTER_FIELDS.f.QH);
-    if (this.wide && offset % 2 !== 0) {
+    if ((this.qie ? this.wide : this.wideRequested()) && offset % 2 !== 0) {
       // A 256-bit queue needs 32-byte aligned offsets; bit 4 set is an error (QEMU VTD_IQT_QT_256_RSV_BIT).
       this.recorder.raiseQueueError();
       return;
     }
-    this.tail = this.wide ? offset / 2 : offset;
+    this.tailOffset = offset;
     if (this.qie && !(this.regs.readWordRaw(OFFSET.FSTS) & FSTS.IQE)) this.process();
   }
 
-  /** GCMD.QIE changed. Enabling with a tail already set processes it (QEMU); disabling resets IQH to 0. */
+  /**
+   * GCMD.QIE changed; publishes GSTS.QIES. Enabling latches IQA and processes a tail that was set before (QEMU
+   * does; Windows relies on it). Disabling resets IQH to 0, or is refused under compat=qemu-7.2 unless the queue
+   * is drained and ended with a wait descriptor.
+   */
   setEnabled(enable: boolean): void {
-    this.qie = enable;
     if (enable) {
-      if (this.tail !== 0 && !(this.regs.readWordRaw(OFFSET.FSTS) & FSTS.IQE)) this.process();
-    } else {
-      this.head = 0;
+      const [lo, hi] = [Number(BigInt.asUintN(32, this.writtenIqa)), Number(this.writtenIqa >> 32n)];
+      this.base = getField64(lo, hi, IQA_FIELDS.f.IQA) * PAGE_BYTES;
+      this.wide = this.wideRequested();
+      this.entries = (2 ** getField64(lo, hi, IQA_FIELDS.f.QS) * PAGE_BYTES) / this.descriptorBytes;
+      this.head %= this.entries;
+      this.qie = true;
+      this.regs.updateWordRaw(OFFSET.GSTS, 0, GSTS.QIES);
+      this.showIqa();
       this.publishHead();
+      if (this.tailOffset !== 0 && !(this.regs.readWordRaw(OFFSET.FSTS) & FSTS.IQE)) this.process();
+      return;
     }
+    const drained = this.head === this.tailIndex() && this.lastType === TYPE.WAIT;
+    if (this.quirks.has('qi-disable-needs-drained-queue') && !drained) return;
+    this.qie = false;
+    this.regs.updateWordRaw(OFFSET.GSTS, GSTS.QIES, 0);
+    this.head = 0;
+    this.publishHead();
+  }
+
+  /** The tail as a descriptor index; -1 when it cannot be one (odd offset in a 256-bit queue). */
+  private tailIndex(): number {
+    if (!this.wide) return this.tailOffset;
+    return this.tailOffset % 2 === 0 ? this.tailOffset / 2 : -1;
   }
 
   private publishHead(): void {
@@ -136,12 +170,13 @@ export class InvalidationQueue {
 
   /** Runs descriptors from head to tail: at most one pass over the queue per call, however hostile. */
   private process(): void {
-    if (this.tail >= this.entries) {
+    const tail = this.tailIndex();
+    if (tail < 0 || tail >= this.entries) {
       this.recorder.raiseQueueError();
       return;
     }
     let budget = this.entries;
-    while (this.head !== this.tail && budget-- > 0) {
+    while (this.head !== tail && budget-- > 0) {
       if (!this.fetch(this.base + this.head * this.descriptorBytes) || !this.execute()) {
         this.publishHead();
         this.recorder.raiseQueueError();
@@ -166,11 +201,18 @@ export class InvalidationQueue {
   private execute(): boolean {
     const w = this.words;
     const type = descriptorType(w);
+    this.lastType = type;
     const kind = descriptorKind(type);
     if (kind === undefined) return false;
-    if (kind.qemuNeeds256Bit && !this.wide) return false;
-    if (hasReservedBits(w, this.reserved.get(type)!)) return false;
-    if (this.wide && (w[4] || w[5] || w[6] || w[7])) return false;
+    if ((type === TYPE.PASID_IOTLB || type === TYPE.PASID_CACHE) && this.quirks.has('pasid-descriptors-accepted-unchecked')) {
+      // QEMU 7.2 takes both as no-ops; flushing the domain's IOTLB for type 6 stays on the safe side.
+      if (type === TYPE.PASID_IOTLB) this.target.iotlbDomain(getField(w, PASID_IOTLB_INVALIDATE.f.DID));
+      return true;
+    }
+    if (kind.wideOnly && !this.wide) return false;
+    const unchecked = type === TYPE.INTERRUPT_ENTRY && this.quirks.has('iec-descriptor-reserved-bits-ignored');
+    if (!unchecked && hasReservedBits(w, this.reserved.get(type)!)) return false;
+    if (this.wide && !unchecked && (w[4] || w[5] || w[6] || w[7])) return false;
     switch (type) {
       case TYPE.CONTEXT: {
         const f = CONTEXT_CACHE_INVALIDATE.f;

@@ -147,10 +147,11 @@ export class LegacyWalker {
     const contextTable = getField(w, LEGACY_ROOT_ENTRY.f.CTP) * 2 ** PAGE_SHIFT;
     if (!this.read128(contextTable + devfn * CONTEXT_ENTRY_BYTES)) return fault(FR.CONTEXT_TABLE_INVALID, false);
     const c = LEGACY_CONTEXT_ENTRY.f;
-    if (!getField(w, c.P)) return fault(FR.CONTEXT_ENTRY_NOT_PRESENT, false);
-    if (hasReservedBits(w, this.contextReserved)) return fault(FR.CONTEXT_ENTRY_RESERVED, false);
-    // From here the entry is valid enough for its FPD to count.
+    // FPD covers the qualified faults of the entry that carries it, P = 0 included (QEMU's qualified-fault table
+    // agrees); reserved bits are not a qualified fault.
     const fpd = getField(w, c.FPD) === 1;
+    if (!getField(w, c.P)) return fault(FR.CONTEXT_ENTRY_NOT_PRESENT, fpd);
+    if (hasReservedBits(w, this.contextReserved)) return fault(FR.CONTEXT_ENTRY_RESERVED, false);
     const aw = getField(w, c.AW);
     if (((this.options.sagaw >>> aw) & 1) === 0) return fault(FR.CONTEXT_ENTRY_INVALID, fpd);
     const tt = getField(w, c.TT);

@@ -65,7 +65,7 @@ export const SCALABLE_PASID_ENTRY = defineFields('PASID entry (scalable)', 512, 
     name: 'PGTT', bit: 6, width: 3, description: 'PASID granular translation type',
     values: { 1: 'first stage', 2: 'second stage', 3: 'nested', 4: 'pass-through' },
   },
-  { name: 'SSADE', bit: 9, width: 1, description: 'second-stage accessed/dirty enable' },
+  { name: 'SSADE', bit: 9, width: 1, description: 'second-stage accessed/dirty enable', reservedUnless: 'SLADS' },
   { name: 'SSPTPTR', bit: 12, width: 52, addressShift: 12, description: 'second-stage page table pointer' },
   { name: 'DID', bit: 64, width: 16, description: 'domain id' },
   { name: 'PWSNP', bit: 87, width: 1, description: 'page-walk snoop' },
@@ -76,11 +76,11 @@ export const SCALABLE_PASID_ENTRY = defineFields('PASID entry (scalable)', 512, 
   { name: 'PWT', bit: 94, width: 1, description: 'page-level write-through' },
   { name: 'PCD', bit: 95, width: 1, description: 'page-level cache disable' },
   { name: 'PAT', bit: 96, width: 32, description: 'page attribute table' },
-  { name: 'SRE', bit: 128, width: 1, description: 'supervisor requests enable' },
-  { name: 'ERE', bit: 129, width: 1, description: 'execute requests enable' },
+  { name: 'SRE', bit: 128, width: 1, description: 'supervisor requests enable', reservedUnless: 'SRS' },
+  { name: 'ERE', bit: 129, width: 1, description: 'execute requests enable', reservedUnless: 'ERS' },
   { name: 'FSPM', bit: 130, width: 2, description: 'first-stage paging mode', values: { 0: '4-level, 48-bit', 1: '5-level, 57-bit' } },
   { name: 'WPE', bit: 132, width: 1, description: 'write protect enable for supervisor requests' },
-  { name: 'EAFE', bit: 135, width: 1, description: 'extended accessed flag enable' },
+  { name: 'EAFE', bit: 135, width: 1, description: 'extended accessed flag enable', reservedUnless: 'EAFS' },
   { name: 'FSPTPTR', bit: 140, width: 52, addressShift: 12, description: 'first-stage page table pointer' },
 ] as const);
 
@@ -161,7 +161,9 @@ export const FIRST_STAGE_TABLE_ENTRY = defineFields('first-stage table entry', 6
   ...FIRST_STAGE_COMMON,
   { name: 'IGN6', bit: 6, width: 1, description: 'ignored' },
   { name: 'PS', bit: 7, width: 1, description: 'page size: leaf at PDE and PDPE' },
-  { name: 'IGN8', bit: 8, width: 4, description: 'ignored' },
+  { name: 'IGN8', bit: 8, width: 2, description: 'ignored' },
+  { name: 'EA', bit: 10, width: 1, description: 'extended accessed (set with A when the PASID entry has EAFE; else ignored)' },
+  { name: 'IGN11', bit: 11, width: 1, description: 'ignored' },
   { name: 'ADDR', bit: 12, width: 40, addressShift: 12, description: 'next table' },
 ] as const);
 
@@ -169,7 +171,9 @@ export const FIRST_STAGE_TABLE_ENTRY = defineFields('first-stage table entry', 6
 export const FIRST_STAGE_TOP_ENTRY = defineFields('first-stage PML4E/PML5E', 64, [
   ...FIRST_STAGE_COMMON,
   { name: 'IGN6', bit: 6, width: 1, description: 'ignored' },
-  { name: 'IGN8', bit: 8, width: 4, description: 'ignored' },
+  { name: 'IGN8', bit: 8, width: 2, description: 'ignored' },
+  { name: 'EA', bit: 10, width: 1, description: 'extended accessed (set with A when the PASID entry has EAFE; else ignored)' },
+  { name: 'IGN11', bit: 11, width: 1, description: 'ignored' },
   { name: 'ADDR', bit: 12, width: 40, addressShift: 12, description: 'next table' },
 ] as const);
 
@@ -177,7 +181,9 @@ const FIRST_STAGE_LEAF_COMMON = [
   ...FIRST_STAGE_COMMON,
   { name: 'D', bit: 6, width: 1, description: 'dirty' },
   { name: 'G', bit: 8, width: 1, description: 'global' },
-  { name: 'IGN9', bit: 9, width: 3, description: 'ignored' },
+  { name: 'IGN9', bit: 9, width: 1, description: 'ignored' },
+  { name: 'EA', bit: 10, width: 1, description: 'extended accessed (set with A when the PASID entry has EAFE; else ignored)' },
+  { name: 'IGN11', bit: 11, width: 1, description: 'ignored' },
 ] as const;
 
 export const FIRST_STAGE_4K_LEAF = defineFields('first-stage 4 KiB leaf', 64, [
@@ -270,7 +276,7 @@ export const INVALIDATION_WAIT = defineFields('invalidation wait', 128, [
   { name: 'IF', bit: 4, width: 1, description: 'interrupt on completion' },
   { name: 'SW', bit: 5, width: 1, description: 'status write' },
   { name: 'FN', bit: 6, width: 1, description: 'fence' },
-  { name: 'PD', bit: 7, width: 1, description: 'page request drain' },
+  { name: 'PD', bit: 7, width: 1, description: 'page request drain', reservedUnless: 'PDS' },
   { name: 'SDATA', bit: 32, width: 32, description: 'status data' },
   // Bits 127:116 would be address bits 63:52, beyond any host address width.
   { name: 'SADDR', bit: 66, width: 50, addressShift: 2, description: 'status address (dword aligned)' },
@@ -320,21 +326,21 @@ export interface DescriptorKind {
   readonly type: number;
   readonly name: string;
   readonly fields: FieldTable;
-  /** QEMU accepts it only in a 256-bit queue (IQA.DW = 1). */
-  readonly qemuNeeds256Bit: boolean;
+  /** A scalable-mode descriptor: valid only in a 256-bit queue (IQA.DW = 1); in a 128-bit queue it is an IQE. */
+  readonly wideOnly: boolean;
 }
 
 /** Descriptor types by number, the way the queue decoder dispatches. */
 export const INVALIDATION_DESCRIPTORS: readonly DescriptorKind[] = [
-  { type: 1, name: 'context-cache', fields: CONTEXT_CACHE_INVALIDATE, qemuNeeds256Bit: false },
-  { type: 2, name: 'IOTLB', fields: IOTLB_INVALIDATE, qemuNeeds256Bit: false },
-  { type: 3, name: 'device-TLB', fields: DEVICE_TLB_INVALIDATE, qemuNeeds256Bit: false },
-  { type: 4, name: 'interrupt entry cache', fields: INTERRUPT_ENTRY_CACHE_INVALIDATE, qemuNeeds256Bit: false },
-  { type: 5, name: 'wait', fields: INVALIDATION_WAIT, qemuNeeds256Bit: false },
-  { type: 6, name: 'PASID-based IOTLB', fields: PASID_IOTLB_INVALIDATE, qemuNeeds256Bit: true },
-  { type: 7, name: 'PASID cache', fields: PASID_CACHE_INVALIDATE, qemuNeeds256Bit: true },
-  { type: 8, name: 'PASID-based device-TLB', fields: PASID_DEVICE_TLB_INVALIDATE, qemuNeeds256Bit: true },
-  { type: 9, name: 'page group response', fields: PAGE_GROUP_RESPONSE, qemuNeeds256Bit: true },
+  { type: 1, name: 'context-cache', fields: CONTEXT_CACHE_INVALIDATE, wideOnly: false },
+  { type: 2, name: 'IOTLB', fields: IOTLB_INVALIDATE, wideOnly: false },
+  { type: 3, name: 'device-TLB', fields: DEVICE_TLB_INVALIDATE, wideOnly: false },
+  { type: 4, name: 'interrupt entry cache', fields: INTERRUPT_ENTRY_CACHE_INVALIDATE, wideOnly: false },
+  { type: 5, name: 'wait', fields: INVALIDATION_WAIT, wideOnly: false },
+  { type: 6, name: 'PASID-based IOTLB', fields: PASID_IOTLB_INVALIDATE, wideOnly: true },
+  { type: 7, name: 'PASID cache', fields: PASID_CACHE_INVALIDATE, wideOnly: true },
+  { type: 8, name: 'PASID-based device-TLB', fields: PASID_DEVICE_TLB_INVALIDATE, wideOnly: true },
+  { type: 9, name: 'page group response', fields: PAGE_GROUP_RESPONSE, wideOnly: true },
 ];
 
 const descriptorsByType = new Map(INVALIDATION_DESCRIPTORS.map((d) => [d.type, d]));

@@ -9,9 +9,10 @@ import { quirksFor, type QuirkId } from './compat-quirks';
 import { capabilityField, computeCapabilities, enabledFeatures, resolveVtdConfig, vtdConfigFromString, type VtdConfig } from './config';
 import { FaultRecorder, type RecordOutcome } from './fault-recorder';
 import { describeFaultReason } from './fault-reasons';
+import { InterruptEntryCache } from './interrupt-entry-cache';
 import { InterruptRemapper, type InterruptFault, type InterruptRequest, type RemappedInterrupt } from './interrupt-remap';
 import { InvalidationQueue, type InvalidationTarget } from './invalidation-queue';
-import { FR, LegacyWalker, TT, isInterruptAddress } from './legacy-walk';
+import { FR, INTERRUPT_RANGE_END, INTERRUPT_RANGE_START, LegacyWalker, TT, isInterruptAddress } from './legacy-walk';
 import { RegisterFile, type AccessSize, type RegisterWriteEvent } from './register-file';
 import { GCMD, GSTS, OFFSET } from './register-bits';
 import { CCMD_FIELDS, IOTLB_FIELDS, IVA_FIELDS, RTADDR_FIELDS, type CapabilityValues } from './registers';
@@ -20,7 +21,10 @@ export interface VtdUnitOptions {
   readonly memory: GuestMemory;
   /** A resolved configuration, or QEMU-style properties such as 'aw-bits=48,caching-mode=on'. */
   readonly config?: VtdConfig | string;
-  /** Delivers an MSI the unit raises (fault event, invalidation completion): address and data as the guest set them. */
+  /**
+   * Delivers an MSI toward the CPUs: the unit's own events (fault event, invalidation completion; address and data
+   * as the guest set them) and device interrupts, i.e. DMA writes to 0xfee00000-0xfeefffff, after remapping.
+   */
   readonly onInterrupt: (address: number, data: number) => void;
 }
 
@@ -52,14 +56,18 @@ export interface TranslationFailure {
   readonly write: boolean;
   /** The entry that stopped the walk was not present (as opposed to a permission or programming error). */
   readonly notPresent: boolean;
-  /** What happened to the record: written, suppressed by FPD, or lost (collapse / overflow); 'none' with TE off. */
+  /**
+   * What happened to the record: written, suppressed by FPD, or lost (collapse / overflow); 'none' when no record
+   * is due (TE off, an input in the interrupt range, which is not DMA-remapped, or a QEMU 7.2 quirk).
+   */
   readonly recording: RecordOutcome | 'suppressed-fpd' | 'none';
 }
 
 export type TranslationResult = TranslationSuccess | TranslationFailure;
 
 export interface InterruptFailure extends InterruptFault {
-  readonly recording: RecordOutcome | 'suppressed-fpd';
+  /** 'none' when compat=qemu-7.2 drops remapping faults unrecorded. */
+  readonly recording: RecordOutcome | 'suppressed-fpd' | 'none';
 }
 
 export type InterruptResult = RemappedInterrupt | InterruptFailure;
@@ -67,6 +75,12 @@ export type InterruptResult = RemappedInterrupt | InterruptFailure;
 const PAGE = 4096;
 const UNTRANSLATED_LIMIT = BigInt(MAX_GUEST_ADDRESS) + 1n;
 const IOVA_LIMIT = 1n << 64n;
+const INTERRUPT_RANGE_FIRST = BigInt(INTERRUPT_RANGE_START);
+const INTERRUPT_RANGE_LIMIT = BigInt(INTERRUPT_RANGE_END);
+/** An IOVA at or above 2^52 (or negative), as a number. */
+const BEYOND = -1;
+/** Interrupt messages are DWORD writes. */
+const MSI_BYTES = 4;
 /** Interrupt faults carry the interrupt index in FRCD.FI bits 63:48. */
 const INDEX_SHIFT = 48n;
 /** Requested-granularity codes shared by CCMD.CIRG and IOTLB.IIRG. */
@@ -83,14 +97,15 @@ export class VtdUnit implements InvalidationTarget {
   readonly registers: RegisterFile;
   readonly contextCache = new ContextCache();
   readonly iotlb = new Iotlb();
+  readonly interruptEntries = new InterruptEntryCache();
   private readonly memory: GuestMemory;
   private readonly recorder: FaultRecorder;
   private readonly queue: InvalidationQueue;
   private readonly walker: LegacyWalker;
   private readonly remapper: InterruptRemapper;
-  private readonly mgawLimit: bigint;
   private readonly maxAddressMask: number;
   private readonly hasInterruptRemapping: boolean;
+  private readonly deliver: (address: number, data: number) => void;
   private rootTable = 0;
   private rootMode = 0;
   private translationEnabled = false;
@@ -122,8 +137,10 @@ export class VtdUnit implements InvalidationTarget {
       this.registers, this.memory, this.recorder, this, { wideDescriptors: capabilityField(caps, 'ECAP', 'SMTS') === 1, features },
       this.quirks, options.onInterrupt,
     );
-    this.remapper = new InterruptRemapper(this.memory, this.config['aw-bits'], features, this.quirks.has('compatibility-interrupts-pass-without-cfi'));
-    this.mgawLimit = 1n << BigInt(this.config['aw-bits']);
+    this.remapper = new InterruptRemapper(
+      this.memory, this.config['aw-bits'], features, this.quirks.has('compatibility-interrupts-pass-without-cfi'), this.interruptEntries,
+    );
+    this.deliver = options.onInterrupt;
     this.maxAddressMask = capabilityField(caps, 'CAP', 'MAMV');
     this.hasInterruptRemapping = capabilityField(caps, 'ECAP', 'IR') === 1;
   }
@@ -146,6 +163,7 @@ export class VtdUnit implements InvalidationTarget {
     this.registers.reset();
     this.contextCache.invalidateAll();
     this.iotlb.invalidateAll();
+    this.interruptEntries.invalidateAll();
     this.queue.reset();
     this.recorder.reset();
     this.rootTable = 0;
@@ -158,16 +176,31 @@ export class VtdUnit implements InvalidationTarget {
    * An interrupt request (an MSI write by device `sid`): with IRE on it is remapped through the IRTE, else it
    * passes unchanged. Faults (0x20..0x26) are recorded like DMA faults, with the index in FRCD bits 63:48.
    */
-  remapInterrupt(request: InterruptRequest): InterruptResult {
+  remapInterrupt(request: InterruptRequest, origin: 'message' | 'dma-write' = 'message'): InterruptResult {
     const ires = (this.registers.readWordRaw(OFFSET.GSTS) & GSTS.IRES) !== 0;
     const cfis = (this.registers.readWordRaw(OFFSET.GSTS) & GSTS.CFIS) !== 0;
     // With IRE off every interrupt is taken as it is (compatibility format).
     if (!ires) return this.remapper.passThrough(request);
-    const result = this.remapper.remap(request, { irta: this.interruptTable, compatibilityAllowed: cfis });
+    const result = this.remapper.remap(request, {
+      irta: this.interruptTable, compatibilityAllowed: cfis,
+      verifySource: origin === 'message' || !this.quirks.has('interrupt-dma-writes-skip-source-id-check'),
+      strictEntries: !this.quirks.has('irte-posted-and-xapic-destination-unchecked'),
+    });
     if (result.ok) return result;
     if (result.fpd) return { ...result, recording: 'suppressed-fpd' };
+    if (this.quirks.has('interrupt-remapping-faults-not-recorded')) return { ...result, recording: 'none' };
     const recording = this.recorder.record({ sid: request.sid, reason: result.reason, iova: BigInt(result.index ?? 0) << INDEX_SHIFT, write: true });
     return { ...result, recording };
+  }
+
+  /**
+   * A device's interrupt request (a DWORD write to the interrupt range): remapped, then handed to the VMM.
+   * `origin` says whether it came as an MSI or as a plain DMA write (only QEMU 7.2 tells them apart).
+   */
+  interruptRequest(request: InterruptRequest, origin: 'message' | 'dma-write' = 'message'): InterruptResult {
+    const result = this.remapInterrupt(request, origin);
+    if (result.ok) this.deliver(result.address, result.data);
+    return result;
   }
 
   /** IRTA latched by the last SIRTP. */
@@ -175,9 +208,14 @@ export class VtdUnit implements InvalidationTarget {
     return this.interruptTable;
   }
 
-  /** The descriptor count of the invalidation queue (2^QS pages). */
+  /** The descriptor count of the invalidation queue (2^QS pages), as latched when QI was last enabled. */
   get queueSize(): number {
     return this.queue.size;
+  }
+
+  /** Bytes per descriptor in the invalidation queue (16, or 32 with IQA.DW), as latched when QI was last enabled. */
+  get queueDescriptorBytes(): number {
+    return this.queue.descriptorBytes;
   }
 
   private onRegisterWrite(event: RegisterWriteEvent): void {
@@ -214,6 +252,8 @@ export class VtdUnit implements InvalidationTarget {
     if (value & GCMD.SIRTP) {
       this.interruptTable = regs.readRaw('IRTA');
       regs.updateWordRaw(OFFSET.GSTS, 0, GSTS.IRTPS);
+      // A new table makes every cached IRTE stale (QEMU also flushes here; later specs advertise it as ESIRTPS).
+      this.interruptEntries.invalidateAll();
     }
     // WBF completes at once (CAP.RWBF is 0), so WBFS is never seen set.
     const te = (value & GCMD.TE) !== 0;
@@ -221,14 +261,12 @@ export class VtdUnit implements InvalidationTarget {
     regs.updateWordRaw(OFFSET.GSTS, te ? 0 : GSTS.TES, te ? GSTS.TES : 0);
     const qie = (value & GCMD.QIE) !== 0;
     const qies = (regs.readWordRaw(OFFSET.GSTS) & GSTS.QIES) !== 0;
-    if (qie !== qies) {
-      regs.updateWordRaw(OFFSET.GSTS, qie ? 0 : GSTS.QIES, qie ? GSTS.QIES : 0);
-      this.queue.setEnabled(qie);
-    }
+    // The queue publishes QIES itself: enabling processes a tail that was set before (QEMU), so QIES must show first.
+    if (qie !== qies) this.queue.setEnabled(qie);
     if (this.hasInterruptRemapping) {
       const ire = (value & GCMD.IRE) !== 0;
       regs.updateWordRaw(OFFSET.GSTS, ire ? 0 : GSTS.IRES, ire ? GSTS.IRES : 0);
-      const cfi = (value & GCMD.CFI) !== 0;
+      const cfi = (value & GCMD.CFI) !== 0 && !this.quirks.has('gcmd-cfi-ignored');
       regs.updateWordRaw(OFFSET.GSTS, cfi ? 0 : GSTS.CFIS, cfi ? GSTS.CFIS : 0);
     }
   }
@@ -312,8 +350,9 @@ export class VtdUnit implements InvalidationTarget {
     return true;
   }
 
-  interruptEntryCache(): void {
-    // No interrupt entry cache is kept (every interrupt reads its IRTE), so there is nothing to drop.
+  interruptEntryCache(global: boolean, index: number, mask: number): void {
+    if (global) this.interruptEntries.invalidateAll();
+    else this.interruptEntries.invalidateIndex(index, mask);
   }
 
   // ---- translation ----
@@ -321,25 +360,29 @@ export class VtdUnit implements InvalidationTarget {
   /** Translates one request; a failure has already been recorded (unless FPD, TE off or the ring says otherwise). */
   translate(request: TranslationRequest): TranslationResult {
     const { sid, iova } = request;
+    // The one BigInt step: below 2^52 the IOVA is an exact number (any MGAW is smaller); -1 stands for beyond.
+    const input = iova >= 0n && iova < UNTRANSLATED_LIMIT ? Number(iova) : BEYOND;
+    // Requests without PASID to the interrupt range are interrupt requests, never DMA-remapped (spec 3.14).
+    if (input >= INTERRUPT_RANGE_START && input < INTERRUPT_RANGE_END && request.pasid === undefined) {
+      return this.failure(request, FR.INTERRUPT_ADDRESS, undefined, false, 'none');
+    }
     if (!this.translationEnabled) {
-      if (iova < 0n || iova >= UNTRANSLATED_LIMIT) return this.failure(request, FR.ADDRESS_BEYOND_MGAW, undefined, false, 'none');
-      return { ok: true, address: Number(iova), pageSize: PAGE, readable: true, writable: true };
+      if (input === BEYOND) return this.failure(request, FR.ADDRESS_BEYOND_MGAW, undefined, false, 'none');
+      return { ok: true, address: input, pageSize: PAGE, readable: true, writable: true };
     }
     if (this.rootMode !== 0) {
       // Scalable mode (and TTM 11, abort-DMA) are not implemented in this unit: no root table can be used.
-      return this.report(request, FR.ROOT_TABLE_INVALID, undefined, false, false);
+      return this.report(request, FR.ROOT_TABLE_INVALID, undefined, false, false, false);
     }
     let context = this.contextCache.get(sid);
     if (context === undefined) {
       const found = this.walker.lookupContext(this.rootTable, sid);
-      if (!found.ok) return this.report(request, found.reason, found.level, found.fpd, found.notPresent);
+      if (!found.ok) return this.report(request, found.reason, found.level, found.fpd, found.notPresent, false);
       context = found.context;
       this.contextCache.set(context);
     }
-    if (iova < 0n || iova >= this.mgawLimit) return this.report(request, FR.ADDRESS_BEYOND_MGAW, undefined, context.fpd, false);
-    const input = Number(iova);
-    if (input >= context.limit) return this.report(request, FR.ADDRESS_BEYOND_MGAW, undefined, context.fpd, false);
-    if (isInterruptAddress(input)) return this.report(request, FR.INTERRUPT_ADDRESS, undefined, context.fpd, false);
+    // context.limit is at most 2^MGAW, so this is also the MGAW check.
+    if (input === BEYOND || input >= context.limit) return this.report(request, FR.ADDRESS_BEYOND_MGAW, undefined, context.fpd, false, true);
     if (context.tt === TT.PASS_THROUGH) return { ok: true, address: input, pageSize: PAGE, readable: true, writable: true };
     return this.translatePage(request, context, input);
   }
@@ -348,13 +391,19 @@ export class VtdUnit implements InvalidationTarget {
     const write = request.write;
     const pfn = Math.floor(input / PAGE);
     const hit = this.iotlb.lookup(context.did, pfn);
-    if (hit !== undefined && (write ? hit.writable : hit.readable)) {
-      return { ok: true, address: hit.address + (input % hit.pageSize), pageSize: hit.pageSize, readable: hit.readable, writable: hit.writable };
+    if (hit !== undefined) {
+      if (write ? hit.writable : hit.readable) {
+        return { ok: true, address: hit.address + (input % hit.pageSize), pageSize: hit.pageSize, readable: hit.readable, writable: hit.writable };
+      }
+      if (this.quirks.has('iotlb-hit-without-permission-not-recorded')) {
+        return this.failure(request, write ? FR.WRITE : FR.READ, undefined, false, 'none');
+      }
+      // The spec: a cached entry without the right is a fault like an uncached one; walking again reports it.
     }
     const page = this.walker.walk(context, input, write);
-    if (!page.ok) return this.report(request, page.reason, page.level, page.fpd, page.notPresent);
+    if (!page.ok) return this.report(request, page.reason, page.level, page.fpd, page.notPresent, true);
     const address = page.address + (input % page.pageSize);
-    if (isInterruptAddress(address)) return this.report(request, FR.INTERRUPT_ADDRESS, undefined, context.fpd, false);
+    if (isInterruptAddress(address)) return this.report(request, FR.INTERRUPT_ADDRESS, undefined, context.fpd, false, true);
     this.iotlb.insert({
       did: context.did, pfn: pfn - (pfn % (page.pageSize / PAGE)), address: page.address, pageSize: page.pageSize,
       readable: page.readable, writable: page.writable,
@@ -362,9 +411,12 @@ export class VtdUnit implements InvalidationTarget {
     return { ok: true, address, pageSize: page.pageSize, readable: page.readable, writable: page.writable };
   }
 
-  private report(request: TranslationRequest, reason: number, level: number | undefined, fpd: boolean, notPresent: boolean): TranslationFailure {
+  /** Records a fault (unless FPD); `pastContext`: found at or after the page walk rather than at the root or context. */
+  private report(
+    request: TranslationRequest, reason: number, level: number | undefined, fpd: boolean, notPresent: boolean, pastContext: boolean,
+  ): TranslationFailure {
     if (fpd) return this.failure(request, reason, level, notPresent, 'suppressed-fpd');
-    const outcome = this.recorder.record({ sid: request.sid, reason, iova: request.iova, write: request.write, pasid: request.pasid });
+    const outcome = this.recorder.record({ sid: request.sid, reason, iova: request.iova, write: request.write, pasid: request.pasid, pastContext });
     return this.failure(request, reason, level, notPresent, outcome);
   }
 
@@ -377,55 +429,100 @@ export class VtdUnit implements InvalidationTarget {
 
   // ---- DMA ----
 
-  /** A device's DMA view through this unit: page-by-page translation, all or nothing. */
+  /**
+   * A device's DMA view through this unit: page-by-page translation, all or nothing. DWORD writes to the
+   * interrupt range are interrupt messages (remapped, then delivered through onInterrupt once the whole write
+   * has been accepted); reads there are illegal requests.
+   */
   dmaSpace(sid: number): DmaSpace {
     return {
       read: (address, into) => {
         const staging = new Uint8Array(into.length);
-        this.dma(sid, address, into.length, 'read', (gpa, position, count) => this.memory.tryRead(gpa, staging.subarray(position, position + count)));
+        this.dma(sid, address, into.length, 'read', (piece) => {
+          // Zero pieces (QEMU 7.2's reads of the interrupt range) stay as the staging buffer was made.
+          return piece.kind === 'zeros' || this.memory.tryRead(piece.address, staging.subarray(piece.position, piece.position + piece.count));
+        });
         into.set(staging);
       },
       write: (address, data) => {
         const undo: Array<[number, Uint8Array]> = [];
+        const messages: InterruptRequest[] = [];
         try {
-          this.dma(sid, address, data.length, 'write', (gpa, position, count) => {
-            const before = new Uint8Array(count);
-            if (!this.memory.tryRead(gpa, before)) return false;
-            if (!this.memory.tryWrite(gpa, data.subarray(position, position + count))) return false;
-            undo.push([gpa, before]);
+          this.dma(sid, address, data.length, 'write', (piece) => {
+            const bytes = data.subarray(piece.position, piece.position + piece.count);
+            if (piece.kind === 'interrupt') {
+              const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+              for (let at = 0; at < piece.count; at += MSI_BYTES) {
+                messages.push({ sid, address: piece.address + at, data: view.getUint32(at, true) });
+              }
+              return true;
+            }
+            const before = new Uint8Array(piece.count);
+            if (!this.memory.tryRead(piece.address, before)) return false;
+            if (!this.memory.tryWrite(piece.address, bytes)) return false;
+            undo.push([piece.address, before]);
             return true;
           });
         } catch (error) {
           for (const [gpa, before] of undo.reverse()) this.memory.tryWrite(gpa, before);
           throw error;
         }
+        // A blocked interrupt is recorded by the remapping (unless compat says otherwise), never reported to the writer.
+        for (const message of messages) this.interruptRequest(message, 'dma-write');
       },
     };
   }
 
   /** Translates every page first (faults recorded, nothing moved), then moves the pieces. */
-  private dma(sid: number, address: bigint, length: number, access: DmaAccess, move: (gpa: number, position: number, count: number) => boolean): void {
+  private dma(sid: number, address: bigint, length: number, access: DmaAccess, move: (piece: DmaPiece) => boolean): void {
     if (address < 0n || address + BigInt(length) > IOVA_LIMIT) {
       throw new DmaFault(address, length, access, 'beyond the 64-bit IOVA space', EFAULT);
     }
-    const pieces: number[] = [];
+    const pieces: DmaPiece[] = [];
     const write = access === 'write';
     let position = 0;
     while (position < length) {
-      const result = this.translate({ sid, iova: address + BigInt(position), write });
+      const iova = address + BigInt(position);
+      if (iova >= INTERRUPT_RANGE_FIRST && iova < INTERRUPT_RANGE_LIMIT) {
+        const at = Number(iova);
+        const count = Math.min(length - position, INTERRUPT_RANGE_END - at);
+        pieces.push({ kind: this.interruptRangePiece(address, length, access, at, count), address: at, position, count });
+        position += count;
+        continue;
+      }
+      const result = this.translate({ sid, iova, write });
       if (!result.ok) {
         const permission = (result.reason === FR.READ || result.reason === FR.WRITE) && !result.notPresent;
         throw new DmaFault(address, length, access, describeFaultReason(result.reason), permission ? EPERM : EFAULT);
       }
       const count = Math.min(length - position, result.pageSize - (result.address % result.pageSize));
-      pieces.push(result.address, position, count);
+      pieces.push({ kind: 'ram', address: result.address, position, count });
       position += count;
     }
-    for (let i = 0; i < pieces.length; i += 3) {
-      if (!move(pieces[i]!, pieces[i + 1]!, pieces[i + 2]!)) {
-        throw new DmaFault(address, length, access, `no ${write ? 'writable ' : ''}guest RAM at 0x${pieces[i]!.toString(16)}`, EFAULT);
+    for (const piece of pieces) {
+      if (!move(piece)) {
+        throw new DmaFault(address, length, access, `no ${write ? 'writable ' : ''}guest RAM at 0x${piece.address.toString(16)}`, EFAULT);
       }
     }
   }
+
+  /** What a transfer piece inside 0xfee00000-0xfeefffff is; illegal requests (spec 3.14) throw, unrecorded. */
+  private interruptRangePiece(address: bigint, length: number, access: DmaAccess, at: number, count: number): DmaPiece['kind'] {
+    if (access === 'write') {
+      if (at % MSI_BYTES === 0 && count % MSI_BYTES === 0) return 'interrupt';
+      throw new DmaFault(address, length, access, 'a write to the interrupt address range that is not whole DWORDs', EFAULT);
+    }
+    if (this.quirks.has('interrupt-range-read-returns-zeros')) return 'zeros';
+    throw new DmaFault(address, length, access, 'a read of the interrupt address range (an illegal request)', EFAULT);
+  }
 }
 
+/** One contiguous part of a DMA transfer: guest RAM, interrupt messages, or (QEMU 7.2) zeros. */
+interface DmaPiece {
+  readonly kind: 'ram' | 'interrupt' | 'zeros';
+  /** Guest-physical address (RAM) or interrupt-range address. */
+  readonly address: number;
+  /** Offset of the piece in the transfer. */
+  readonly position: number;
+  readonly count: number;
+}

@@ -72,8 +72,9 @@ describe('vtd structures', () => {
     assert.equal(qword(piotlb, 0), 0xfff00000000001c0n | 0xf000n);
     assert.equal(qword(piotlb, 1), 0xf80n);
     const wait = reservedMaskBig(INVALIDATION_WAIT, { addressWidth: 52 });
-    // QEMU 7.2 also reserves PD (bit 7).
-    assert.equal(qword(wait, 0), 0xffffff80n & ~TYPE_HI & ~0x80n);
+    // PD (bit 7) is reserved without ECAP.PDS, as QEMU 7.2 has it.
+    assert.equal(qword(wait, 0), 0xffffff80n & ~TYPE_HI);
+    assert.equal(qword(reservedMaskBig(INVALIDATION_WAIT, { addressWidth: 52, features: new Set(['PDS']) }), 0), 0xffffff80n & ~TYPE_HI & ~0x80n);
     assert.equal(qword(wait, 1), 0x3n | (0xfffn << 52n));
     const devtlb = reservedMaskBig(DEVICE_TLB_INVALIDATE);
     // QEMU 7.2 reserves PFSID (15:12, 63:52), which the spec defines, and bit 3, which is part of the type.

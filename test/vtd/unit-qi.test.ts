@@ -1,7 +1,7 @@
 /** VtdUnit queued invalidation: IQA/IQH/IQT, descriptors, wait status and completion event, IQE cases, QIE disable. */
 import { strict as assert } from 'node:assert';
 import { encodeBig } from '../../lib/vtd/bitfield';
-import { GCMD, OFFSET } from '../../lib/vtd/register-bits';
+import { GCMD, GSTS, OFFSET } from '../../lib/vtd/register-bits';
 import { IQA_FIELDS } from '../../lib/vtd/registers';
 import { INVALIDATION_WAIT, PASID_CACHE_INVALIDATE } from '../../lib/vtd/structures';
 import { descriptor, SID, TestGuest } from './unit-guest';
@@ -146,15 +146,46 @@ describe('VtdUnit queued invalidation', () => {
     assert.equal(guest.read32(OFFSET.GSTS) & GCMD.QIE, 0);
   });
 
-  it('IQA reads back without DW under compat qemu-7.2, with it under qemu-latest; 256-bit queues step IQH by 0x20', () => {
-    const old = new TestGuest('x-scalable-mode=on');
+  it('IQA reads back as written (spec); compat qemu-7.2 shows the base latched at QIE, no DW; 256-bit queues step IQH by 0x20', () => {
+    const old = new TestGuest('x-scalable-mode=on,compat=qemu-7.2');
+    const queue = old.allocPage();
+    old.unit.write(OFFSET.IQA, 8, BigInt(queue) | (1n << 11n) | 1n);
+    assert.equal(old.read64(OFFSET.IQA), 1n, 'QEMU 7.2: nothing latched before QIE, only QS shows');
     old.setupQueue(0, 1);
     assert.equal(old.read64(OFFSET.IQA), BigInt(old.queue));
     old.submit([descriptor.contextGlobal(), descriptor.iotlbGlobal(), descriptor.wait({})], 0, 32);
     assert.equal(old.read64(OFFSET.IQH), 0x60n);
-    const latest = new TestGuest('x-scalable-mode=on,compat=qemu-latest');
-    latest.setupQueue(0, 1);
-    assert.equal(latest.read64(OFFSET.IQA), BigInt(latest.queue) | (1n << 11n));
+    for (const config of ['x-scalable-mode=on', 'x-scalable-mode=on,compat=qemu-latest']) {
+      const spec = new TestGuest(config);
+      spec.setupQueue(0, 1);
+      assert.equal(spec.read64(OFFSET.IQA), BigInt(spec.queue) | (1n << 11n), config);
+    }
+  });
+
+  it('IQA takes effect when QI is enabled: a write while enabled does not move the queue', () => {
+    const guest = new TestGuest();
+    guest.setupQueue(0);
+    const status = guest.allocPage();
+    const elsewhere = guest.allocPage();
+    guest.unit.write(OFFSET.IQA, 8, BigInt(elsewhere));
+    guest.submit([descriptor.wait({ sw: true, data: 9, address: status })], 0);
+    assert.equal(guest.memory.readU32(status), 9);
+    assert.equal(guest.read64(OFFSET.IQH), 0x10n);
+  });
+
+  it('disabling QI resets IQH (spec); compat qemu-7.2 refuses unless the queue ended with a wait descriptor', () => {
+    for (const [config, disabled] of [['', true], ['compat=qemu-7.2', false]] as const) {
+      const guest = new TestGuest(config);
+      guest.setupQueue(0);
+      guest.submit([descriptor.contextGlobal()], 0);
+      guest.command(0, GCMD.QIE);
+      assert.equal((guest.read32(OFFSET.GSTS) & GSTS.QIES) === 0, disabled, config);
+      assert.equal(guest.read64(OFFSET.IQH), disabled ? 0n : 0x10n, config);
+      guest.submit([descriptor.wait({})], 1);
+      guest.command(0, GCMD.QIE);
+      assert.equal(guest.read32(OFFSET.GSTS) & GSTS.QIES, 0, `${config}: disabled after a wait`);
+      assert.equal(guest.read64(OFFSET.IQH), 0n);
+    }
   });
 
   it('an IQT with bit 4 set in a 256-bit queue sets IQE', () => {

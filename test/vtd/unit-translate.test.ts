@@ -131,8 +131,9 @@ describe('VtdUnit translation (legacy)', () => {
     expectFault(guest, 0x1000, false, FR.PAGING_ENTRY_INVALID);
   });
 
-  it('an unreadable top-level table: fault 3 with compat qemu-7.2, fault 7 with qemu-latest', () => {
-    for (const [config, reason] of [['', FR.CONTEXT_ENTRY_INVALID], ['compat=qemu-latest,aw-bits=39', FR.PAGING_ENTRY_INVALID]] as const) {
+  it('an unreadable top-level table: fault 7 (spec, qemu-latest), fault 3 with compat qemu-7.2', () => {
+    const cases = [['', FR.PAGING_ENTRY_INVALID], ['compat=qemu-7.2', FR.CONTEXT_ENTRY_INVALID], ['compat=qemu-latest,aw-bits=39', FR.PAGING_ENTRY_INVALID]] as const;
+    for (const [config, reason] of cases) {
       const guest = new TestGuest(config);
       guest.setContext(SID, {}, true, encodeBig(LEGACY_CONTEXT_ENTRY, { P: 1, SLPTPTR: 0x40000000 / PAGE, AW: 1, DID: 1 }));
       guest.enable();
@@ -171,25 +172,39 @@ describe('VtdUnit translation (legacy)', () => {
     expectFault(guest, 0x1000, false, FR.PAGING_ENTRY_RESERVED);
   });
 
-  it('fault E: requests into the interrupt range, as input or as output', () => {
+  it('fault E for an output address in the interrupt range; an input there is no DMA and is not recorded', () => {
     const guest = new TestGuest();
     guest.setContext(SID);
     guest.map(SID, 0x1000, 0xfee00000);
+    guest.map(SID, 0xfee01000, 0x300000);
     guest.enable();
-    expectFault(guest, 0xfee01000, true, FR.INTERRUPT_ADDRESS);
-    expectFault(guest, 0x1000, true, FR.INTERRUPT_ADDRESS);
+    const input = guest.translate(0xfee01000, true);
+    assert.ok(!input.ok && input.reason === FR.INTERRUPT_ADDRESS && input.recording === 'none');
+    assert.equal(guest.read32(OFFSET.FSTS), 0);
+    const output = guest.translate(0x1000, true);
+    assert.ok(!output.ok && output.reason === FR.INTERRUPT_ADDRESS && output.recording === 'recorded');
   });
 
-  it('FPD suppresses faults at and after the context entry, never those before it', () => {
+  it('FPD suppresses the qualified faults at and after the context entry (P = 0 included), never reserved bits or earlier faults', () => {
     const guest = new TestGuest();
     guest.setContext(SID, { fpd: true });
     guest.setContext(SID + 1, { fpd: true }, false);
+    guest.setContext(SID + 2, {}, false);
+    guest.setContext(SID + 3, {}, true, encodeBig(LEGACY_CONTEXT_ENTRY, { P: 1, FPD: 1, AW: 1, DID: 1 }) | (1n << 5n));
     guest.enable();
     const suppressed = guest.translate(0x1000, true);
     assert.ok(!suppressed.ok && suppressed.recording === 'suppressed-fpd' && suppressed.reason === FR.WRITE);
+    const notPresent = guest.translate(0x1000, true, SID + 1);
+    assert.ok(!notPresent.ok && notPresent.recording === 'suppressed-fpd' && notPresent.reason === FR.CONTEXT_ENTRY_NOT_PRESENT);
     assert.equal(guest.read32(OFFSET.FSTS), 0);
-    const recorded = guest.translate(0x1000, true, SID + 1);
+    const recorded = guest.translate(0x1000, true, SID + 2);
     assert.ok(!recorded.ok && recorded.recording === 'recorded' && recorded.reason === FR.CONTEXT_ENTRY_NOT_PRESENT);
+    guest.unit.write(FRCD + 0xc, 4, 0x80000000);
+    const reserved = guest.translate(0x1000, true, SID + 3);
+    assert.ok(!reserved.ok && reserved.recording === 'recorded' && reserved.reason === FR.CONTEXT_ENTRY_RESERVED);
+    guest.unit.write(FRCD + 0xc, 4, 0x80000000);
+    const noRoot = guest.translate(0x1000, true, 0x520);
+    assert.ok(!noRoot.ok && noRoot.recording === 'recorded' && noRoot.reason === FR.ROOT_ENTRY_NOT_PRESENT);
   });
 
   it('a cached translation equals a fresh walk', () => {

@@ -1,0 +1,321 @@
+/** First-stage translation: IA-32e 4- and 5-level walks with the CPU's access rules and A/EA/D updates in guest memory. */
+
+import type { EntryWords, GuestMemory } from '../memory/guest-memory';
+import { getField64, reservedWords, wordsToBig, type Field, type FieldTable } from './bitfield';
+import { faultCode } from './fault-reasons';
+import { wordMask } from './register-bits';
+import {
+  FIRST_STAGE_1G_LEAF, FIRST_STAGE_2M_LEAF, FIRST_STAGE_4K_LEAF, FIRST_STAGE_TABLE_ENTRY, FIRST_STAGE_TOP_ENTRY,
+} from './structures';
+import type { WalkTraceSink } from './walk-trace';
+
+export const FS_FR = {
+  ACCESS: faultCode('SM_FIRST_STAGE_ACCESS'),
+  NOT_PRESENT: faultCode('SM_FIRST_STAGE_NOT_PRESENT'),
+  RESERVED: faultCode('SM_FIRST_STAGE_RESERVED'),
+  TOP_ACCESS: faultCode('SM_FIRST_STAGE_PML4_ACCESS'),
+  TABLE_WRITE_NESTED: faultCode('SM_FIRST_STAGE_WRITE_NESTED'),
+  NON_CANONICAL: faultCode('SM_NON_CANONICAL'),
+  USER_SUPERVISOR: faultCode('SM_USER_SUPERVISOR'),
+  EXECUTE: faultCode('SM_EXECUTE'),
+  WRITE: faultCode('SM_WRITE'),
+} as const;
+
+export type WalkStage = 'first' | 'second';
+
+/** Why a first-stage or nested walk stopped: which stage, which first-stage level, which entry. */
+export interface StageFault {
+  readonly ok: false;
+  readonly reason: number;
+  /** The stage whose structures or permissions caused the fault. */
+  readonly stage: WalkStage;
+  /** The first-stage level (5..1) being processed; 0 when the fault concerns the first stage's output. */
+  readonly level: number;
+  /** Guest address of the first-stage entry involved, when the fault concerns one. */
+  readonly entryAddress?: number;
+  /** Second-stage faults: the second-stage level where that walk stopped, when it stopped inside one. */
+  readonly secondStageLevel?: number;
+  /** The entry chain that led here has FPD set: a qualified fault, not recorded. */
+  readonly fpd: boolean;
+  /** The entry that stopped the walk was not present (rather than present and refusing the access). */
+  readonly notPresent: boolean;
+}
+
+/** What the walk needs from the PASID entry (the names match PasidEntry, so one is passed as is). */
+export interface FirstStageParams {
+  /** FSPTPTR: address of the top table (guest-physical when nested). */
+  readonly fsTable: number;
+  /** 4 (FSPM 0, 48-bit) or 5 (FSPM 1, 57-bit). */
+  readonly fsLevels: number;
+  readonly wpe: boolean;
+  readonly eafe: boolean;
+  readonly fpd: boolean;
+}
+
+/** One request, the input address split once at the edge into 32-bit halves (see splitAddress). */
+export interface FirstStageRequest {
+  readonly hi: number;
+  readonly lo: number;
+  readonly write: boolean;
+  readonly execute: boolean;
+  /** Privilege-mode-requested (from the request's PASID prefix, or RID_PRIV). */
+  readonly supervisor: boolean;
+}
+
+export interface FirstStagePage {
+  readonly ok: true;
+  /** Base of the output page (guest-physical when nested) and its size. */
+  readonly address: number;
+  readonly pageSize: number;
+  /** Level of the leaf: 1 (4 KiB), 2 (2 MiB), 3 (1 GiB). */
+  readonly level: number;
+  /** What the request's privilege may do with the page, accumulated over every level: what an IOTLB may cache. */
+  readonly writable: boolean;
+  readonly executable: boolean;
+  /** The leaf's D flag is set in memory, so a later write through a cached translation needs no walk. */
+  readonly dirty: boolean;
+}
+
+/**
+ * How the walker reaches first-stage tables. Without nesting the table addresses are host addresses; with
+ * nesting every table is translated through the second stage first (see NestedWalker).
+ */
+export interface FirstStageTableAccess {
+  /** Host address of the first-stage entry at `entry` (in the table of `level`), or the fault translating it met. */
+  hostEntry(entry: number, level: number, top: boolean): number | StageFault;
+  /** Whether the entry last returned by hostEntry may be written (A/EA/D updates). */
+  readonly entryWritable: boolean;
+}
+
+export interface FirstStageOptions {
+  /** Host address width: output and table address bits at or above it are reserved. */
+  readonly addressWidth: number;
+  /** CAP.FS1GP: 1 GiB pages; without it PS in a PDPE is reserved. */
+  readonly fs1gp: boolean;
+}
+
+const ENTRY_BYTES = 8;
+const INDEX_MASK = 511;
+const BITS_PER_LEVEL = 9;
+const PAGE_SHIFT = 12;
+const WORD_BITS = 32;
+/** Input bits above these are the sign extension a canonical address carries (bit 47 or 56 copied upwards). */
+const CANONICAL_TOP_BIT: Readonly<Record<number, number>> = { 4: 47, 5: 56 };
+/**
+ * Flag updates found the entry changed by another agent between the read and the update: like a CPU, the walk
+ * starts again; a guest that keeps rewriting its tables gets an access fault after this many tries.
+ */
+const MAX_RESTARTS = 3;
+
+const P = wordMask(FIRST_STAGE_TABLE_ENTRY.f.P);
+const RW = wordMask(FIRST_STAGE_TABLE_ENTRY.f.RW);
+const US = wordMask(FIRST_STAGE_TABLE_ENTRY.f.US);
+const A = wordMask(FIRST_STAGE_TABLE_ENTRY.f.A);
+const EA = wordMask(FIRST_STAGE_TABLE_ENTRY.f.EA);
+const PS = wordMask(FIRST_STAGE_TABLE_ENTRY.f.PS);
+const D = wordMask(FIRST_STAGE_4K_LEAF.f.D);
+/** XD lives in the upper word. */
+const XD = wordMask(FIRST_STAGE_TABLE_ENTRY.f.XD);
+
+const LEAF_LAYOUTS: readonly FieldTable[] = [FIRST_STAGE_4K_LEAF, FIRST_STAGE_2M_LEAF, FIRST_STAGE_1G_LEAF];
+const LEAF_ADDRESS: readonly Field[] = [FIRST_STAGE_4K_LEAF.f.ADDR, FIRST_STAGE_2M_LEAF.f.ADDR, FIRST_STAGE_1G_LEAF.f.ADDR];
+const TABLE_ADDRESS: Field = FIRST_STAGE_TABLE_ENTRY.f.ADDR;
+
+/** Bits of the input address that index the table at `level`. */
+export function levelShift(level: number): number {
+  return PAGE_SHIFT + BITS_PER_LEVEL * (level - 1);
+}
+
+function levelIndex(hi: number, lo: number, level: number): number {
+  const shift = levelShift(level);
+  if (shift >= WORD_BITS) return (hi >>> (shift - WORD_BITS)) & INDEX_MASK;
+  return ((lo >>> shift) | (hi << (WORD_BITS - shift))) & INDEX_MASK;
+}
+
+/** Bits 63:47 (4-level) or 63:56 (5-level) all equal. */
+export function isCanonical(hi: number, levels: number): boolean {
+  const topBit = CANONICAL_TOP_BIT[levels]!;
+  const upper = hi >>> (topBit - WORD_BITS);
+  return upper === 0 || upper === 2 ** (64 - topBit) - 1;
+}
+
+/** The public API's bigint address as the two halves the walkers use. */
+export function splitAddress(address: bigint): { hi: number; lo: number } {
+  const value = BigInt.asUintN(64, address);
+  return { hi: Number(value >> 32n), lo: Number(value & 0xffffffffn) };
+}
+
+function stageFault(
+  reason: number, stage: WalkStage, level: number, fpd: boolean, entryAddress?: number, notPresent = false,
+): StageFault {
+  return entryAddress === undefined
+    ? { ok: false, reason, stage, level, fpd, notPresent }
+    : { ok: false, reason, stage, level, entryAddress, fpd, notPresent };
+}
+
+/** First-stage tables are host-physical: used as they are. */
+const DIRECT_TABLES: FirstStageTableAccess = { hostEntry: (entry) => entry, entryWritable: true };
+
+type FlagUpdate = 'done' | 'changed' | 'failed';
+const RESTART = 'restart';
+
+export class FirstStageWalker {
+  private readonly topReserved: Uint32Array;
+  private readonly tableReserved: Uint32Array;
+  private readonly leafReserved: readonly Uint32Array[];
+  private readonly entry: EntryWords = { lo: 0, hi: 0 };
+  private readonly reread: EntryWords = { lo: 0, hi: 0 };
+
+  constructor(
+    private readonly memory: GuestMemory,
+    private readonly options: FirstStageOptions,
+  ) {
+    const reserved = { addressWidth: options.addressWidth };
+    this.topReserved = reservedWords(FIRST_STAGE_TOP_ENTRY, reserved);
+    this.tableReserved = reservedWords(FIRST_STAGE_TABLE_ENTRY, reserved);
+    this.leafReserved = LEAF_LAYOUTS.map((layout) => reservedWords(layout, reserved));
+  }
+
+  /**
+   * Translates one request. Faults are results, never exceptions; the walk reads at most one entry per level
+   * (plus one re-read per flag update) and restarts at most MAX_RESTARTS times, so a hostile table costs bounded time.
+   */
+  walk(
+    params: FirstStageParams,
+    request: FirstStageRequest,
+    tables: FirstStageTableAccess = DIRECT_TABLES,
+    trace?: WalkTraceSink,
+  ): FirstStagePage | StageFault {
+    const levels = params.fsLevels;
+    if (!isCanonical(request.hi, levels)) return stageFault(FS_FR.NON_CANONICAL, 'first', levels, params.fpd);
+    for (let attempt = 0; ; attempt++) {
+      const result = this.walkOnce(params, request, tables, trace);
+      if (result !== RESTART) return result;
+      if (attempt + 1 >= MAX_RESTARTS) return stageFault(FS_FR.ACCESS, 'first', levels, params.fpd);
+    }
+  }
+
+  private walkOnce(
+    params: FirstStageParams,
+    request: FirstStageRequest,
+    tables: FirstStageTableAccess,
+    trace: WalkTraceSink | undefined,
+  ): FirstStagePage | StageFault | typeof RESTART {
+    const e = this.entry;
+    const top = params.fsLevels;
+    const fpd = params.fpd;
+    let table = params.fsTable;
+    let allWritable = true;
+    let allUser = true;
+    let anyExecuteDisable = false;
+    for (let level = top; level >= 1; level--) {
+      const index = levelIndex(request.hi, request.lo, level);
+      const guestEntry = table + index * ENTRY_BYTES;
+      const hostEntry = tables.hostEntry(guestEntry, level, level === top);
+      if (typeof hostEntry !== 'number') return hostEntry;
+      const host = hostEntry - index * ENTRY_BYTES;
+      const unreadable = level === top ? FS_FR.TOP_ACCESS : FS_FR.ACCESS;
+      if (!this.memory.readEntry(hostEntry, e)) return stageFault(unreadable, 'first', level, fpd, guestEntry);
+      const lo = e.lo;
+      const hi = e.hi;
+      const large = (level === 2 || level === 3) && (lo & PS) !== 0;
+      const leaf = level === 1 || large;
+      const layout = leaf ? LEAF_LAYOUTS[level - 1]! : level >= 4 ? FIRST_STAGE_TOP_ENTRY : FIRST_STAGE_TABLE_ENTRY;
+      if ((lo & P) === 0) {
+        if (trace) this.record(trace, level, table, host, index, lo, hi, layout, tables !== DIRECT_TABLES, 0);
+        return stageFault(FS_FR.NOT_PRESENT, 'first', level, fpd, guestEntry, true);
+      }
+      let reserved: Uint32Array;
+      if (level === 1) reserved = this.leafReserved[0]!;
+      else if (large) reserved = this.leafReserved[level - 1]!;
+      else reserved = level >= 4 ? this.topReserved : this.tableReserved;
+      const pageSizeReserved = large && level === 3 && !this.options.fs1gp;
+      if (pageSizeReserved || (lo & reserved[0]!) !== 0 || (hi & reserved[1]!) !== 0) {
+        if (trace) this.record(trace, level, table, host, index, lo, hi, layout, tables !== DIRECT_TABLES, 0);
+        return stageFault(FS_FR.RESERVED, 'first', level, fpd, guestEntry);
+      }
+      allWritable = allWritable && (lo & RW) !== 0;
+      allUser = allUser && (lo & US) !== 0;
+      anyExecuteDisable = anyExecuteDisable || (hi & XD) !== 0;
+
+      let permissionFault = 0;
+      let flags = params.eafe ? A | EA : A;
+      if (leaf) {
+        permissionFault = accessRightsFault(request, params.wpe, allUser, allWritable, anyExecuteDisable);
+        if (permissionFault === 0 && request.write) flags |= D;
+      }
+      const update = (flags & ~lo) >>> 0;
+      if (update !== 0) {
+        // Hardware needs write access to the entry to set flags: in nested mode the second stage must allow it.
+        if (!tables.entryWritable) {
+          if (trace) this.record(trace, level, table, host, index, lo, hi, layout, tables !== DIRECT_TABLES, 0);
+          return stageFault(FS_FR.TABLE_WRITE_NESTED, 'second', level, fpd, guestEntry);
+        }
+        const outcome = this.setFlags(hostEntry, lo, hi, update);
+        if (outcome === 'changed') return RESTART;
+        if (outcome === 'failed') return stageFault(unreadable, 'first', level, fpd, guestEntry);
+      }
+      if (trace) this.record(trace, level, table, host, index, lo, hi, layout, tables !== DIRECT_TABLES, update);
+      if (permissionFault !== 0) return stageFault(permissionFault, 'first', level, fpd, guestEntry);
+      if (leaf) {
+        const address = LEAF_ADDRESS[level - 1]!;
+        const supervisor = request.supervisor;
+        return {
+          ok: true,
+          address: getField64(lo, hi, address) * 2 ** address.addressShift!,
+          pageSize: 2 ** levelShift(level),
+          level,
+          writable: supervisor ? !params.wpe || allWritable : allUser && allWritable,
+          executable: !anyExecuteDisable && (supervisor || allUser),
+          dirty: ((lo | update) & D) !== 0,
+        };
+      }
+      table = getField64(lo, hi, TABLE_ADDRESS) * 2 ** PAGE_SHIFT;
+    }
+    // Unreachable: level 1 is always a leaf.
+    return stageFault(FS_FR.ACCESS, 'first', 1, fpd);
+  }
+
+  /**
+   * Sets flag bits the way hardware does: the entry is re-read and updated only if it still holds what the walk
+   * used (a compare-and-exchange on the whole 64-bit entry), so a concurrent change restarts the walk instead
+   * of writing flags into an entry the guest has just rewritten.
+   */
+  private setFlags(address: number, lo: number, hi: number, bits: number): FlagUpdate {
+    const now = this.reread;
+    if (!this.memory.readEntry(address, now)) return 'failed';
+    if (now.lo !== lo || now.hi !== hi) return 'changed';
+    return this.memory.writeEntry(address, (lo | bits) >>> 0, hi) ? 'done' : 'failed';
+  }
+
+  private record(
+    trace: WalkTraceSink, level: number, table: number, host: number, index: number, lo: number, hi: number,
+    layout: FieldTable, nested: boolean, flagsSet: number,
+  ): void {
+    const set: string[] = [];
+    if (flagsSet & A) set.push('A');
+    if (flagsSet & EA) set.push('EA');
+    if (flagsSet & D) set.push('D');
+    trace.step({
+      structure: 'first-stage', level, tableAddress: table, index,
+      entryAddress: host + index * ENTRY_BYTES,
+      ...(nested ? { guestEntryAddress: table + index * ENTRY_BYTES } : {}),
+      value: wordsToBig([lo, hi]), layout,
+      ...(set.length > 0 ? { flagsSet: set } : {}),
+    });
+  }
+}
+
+/**
+ * The first-stage access rights over the accumulated flags (the CPU's rules): user requests need U/S in every
+ * entry; writes need R/W in every entry, except supervisor writes with WPE clear; execute requests need XD
+ * clear in every entry. Checked in that order, so a user write to a supervisor page reports U/S.
+ */
+function accessRightsFault(
+  request: FirstStageRequest, wpe: boolean, allUser: boolean, allWritable: boolean, anyExecuteDisable: boolean,
+): number {
+  if (!request.supervisor && !allUser) return FS_FR.USER_SUPERVISOR;
+  if (request.execute && anyExecuteDisable) return FS_FR.EXECUTE;
+  if (request.write && !allWritable && (!request.supervisor || wpe)) return FS_FR.WRITE;
+  return 0;
+}

@@ -1,0 +1,129 @@
+/** Each QEMU 7.2 quirk: the spec behaviour by default, QEMU's with compat=qemu-7.2 (the oracle tests show QEMU's side). */
+import { strict as assert } from 'node:assert';
+import { encodeBig } from '../../lib/vtd/bitfield';
+import { COMPAT_QUIRKS, quirksFor } from '../../lib/vtd/compat-quirks';
+import { vtdConfigFromString } from '../../lib/vtd/config';
+import { IR_FAULT, MSI_REMAPPABLE_ADDRESS } from '../../lib/vtd/interrupt-remap';
+import { FR } from '../../lib/vtd/legacy-walk';
+import { GCMD, GSTS, OFFSET } from '../../lib/vtd/register-bits';
+import { IRTA_FIELDS } from '../../lib/vtd/registers';
+import { INTERRUPT_ENTRY_CACHE_INVALIDATE, IRTE } from '../../lib/vtd/structures';
+import { FRCD, PAGE, SID, TestGuest } from './unit-guest';
+
+const QEMU = 'compat=qemu-7.2';
+
+function irGuest(config: string): { guest: TestGuest; table: number } {
+  const guest = new TestGuest(config);
+  const table = guest.allocPage();
+  guest.unit.write(OFFSET.IRTA, 8, encodeBig(IRTA_FIELDS, { IRTA: table / PAGE, S: 7 }));
+  guest.command(GCMD.SIRTP);
+  guest.command(GCMD.IRE);
+  return { guest, table };
+}
+
+function remappable(handle: number): number {
+  return Number(encodeBig(MSI_REMAPPABLE_ADDRESS, { BASE: 0xfee, IF: 1, HANDLE_LO: handle }));
+}
+
+describe('compat quirks', () => {
+  it('every quirk is either always on or only with compat=qemu-7.2; the default (spec) has only the permitted ones', () => {
+    const spec = quirksFor(vtdConfigFromString(''));
+    const qemu = quirksFor(vtdConfigFromString(QEMU));
+    for (const quirk of COMPAT_QUIRKS) {
+      if (quirk.compat === 'all') assert.ok(spec.has(quirk.id) && qemu.has(quirk.id), quirk.id);
+      else assert.ok(!spec.has(quirk.id) && qemu.has(quirk.id), quirk.id);
+    }
+  });
+
+  it('frcd-pv-ffff-without-pasid: PV 0xffff only for faults past the context entry', () => {
+    for (const [config, walkPv] of [['', 0n], [QEMU, 0xffffn]] as const) {
+      const guest = new TestGuest(config);
+      guest.setContext(SID);
+      guest.enable();
+      guest.translate(0x5000, false);
+      assert.equal((guest.read64(FRCD + 8) >> 40n) & 0xfffffn, walkPv, `${config}: a walk fault`);
+      guest.unit.write(FRCD + 0xc, 4, 0x80000000);
+      guest.translate(0x5000, false, 0x300);
+      assert.equal((guest.read64(FRCD + 8) >> 32n) & 0xffn, BigInt(FR.ROOT_ENTRY_NOT_PRESENT));
+      assert.equal((guest.read64(FRCD + 8) >> 40n) & 0xfffffn, 0n, `${config}: a root fault`);
+    }
+  });
+
+  it('iotlb-hit-without-permission-not-recorded: a write after a cached read of a read-only page', () => {
+    for (const [config, recording] of [['', 'recorded'], [QEMU, 'none']] as const) {
+      const guest = new TestGuest(config);
+      guest.setContext(SID);
+      guest.map(SID, 0x1000, 0x300000, { write: false });
+      guest.enable();
+      assert.ok(guest.translate(0x1000, false).ok);
+      const write = guest.translate(0x1000, true);
+      assert.ok(!write.ok && write.reason === FR.WRITE && write.recording === recording, config);
+    }
+  });
+
+  it('gcmd-cfi-ignored: CFIS follows CFI unless QEMU', () => {
+    for (const [config, cfis] of [['', GSTS.CFIS], [QEMU, 0]] as const) {
+      const { guest } = irGuest(config);
+      guest.command(GCMD.CFI);
+      assert.equal(guest.read32(OFFSET.GSTS) & GSTS.CFIS, cfis, config);
+    }
+  });
+
+  it('fectl-ip-kept-when-records-cleared: clearing F clears IP unless QEMU', () => {
+    for (const [config, fectl] of [['', 0x80000000], [QEMU, 0xc0000000]] as const) {
+      const guest = new TestGuest(config);
+      guest.setContext(SID);
+      guest.enable();
+      guest.translate(0x9000, false);
+      assert.equal(guest.read32(OFFSET.FECTL), 0xc0000000);
+      guest.unit.write(FRCD + 0xc, 4, 0x80000000);
+      assert.equal(guest.read32(OFFSET.FECTL), fectl, config);
+      guest.unit.write(OFFSET.FSTS, 4, 0);
+      assert.equal(guest.read32(OFFSET.FECTL), 0x80000000, `${config}: an FSTS write clears IP`);
+    }
+  });
+
+  it('iec-descriptor-reserved-bits-ignored and pasid-descriptors-accepted-unchecked: IQE unless QEMU', () => {
+    const bad = [encodeBig(INTERRUPT_ENTRY_CACHE_INVALIDATE, { TYPE_LO: 4 }) | (1n << 5n), 0x26n, 0x37n];
+    for (const descriptor of bad) {
+      for (const [config, fsts] of [['', 0x10], [QEMU, 0]] as const) {
+        const guest = new TestGuest(config);
+        guest.setupQueue(0);
+        guest.submit([descriptor], 0);
+        assert.equal(guest.read32(OFFSET.FSTS), fsts, `${config}: 0x${descriptor.toString(16)}`);
+      }
+    }
+  });
+
+  it('interrupt-remapping-faults-not-recorded: a not-present IRTE is recorded unless QEMU', () => {
+    for (const [config, recording] of [['', 'recorded'], [QEMU, 'none']] as const) {
+      const { guest } = irGuest(config);
+      const result = guest.unit.remapInterrupt({ sid: SID, address: remappable(9), data: 0 });
+      assert.ok(!result.ok && result.reason === IR_FAULT.ENTRY_NOT_PRESENT && result.recording === recording, config);
+    }
+  });
+
+  it('irte-posted-and-xapic-destination-unchecked: fault 0x24 unless QEMU', () => {
+    for (const fields of [{ IM: 1 }, { DST: 0x101 }]) {
+      for (const [config, ok] of [['', false], [QEMU, true]] as const) {
+        const { guest, table } = irGuest(config);
+        guest.write128(table + 4 * 16, encodeBig(IRTE, { P: 1, V: 0x30, DST: 0x100, ...fields }));
+        const result = guest.unit.remapInterrupt({ sid: SID, address: remappable(4), data: 0 });
+        assert.equal(result.ok, ok, `${config} ${JSON.stringify(fields)}`);
+        if (!result.ok) assert.equal(result.reason, IR_FAULT.ENTRY_RESERVED);
+        else assert.equal(result.destination, 1);
+      }
+    }
+  });
+
+  it('interrupt-dma-writes-skip-source-id-check: only plain DMA writes, only with QEMU', () => {
+    for (const [config, dmaOk] of [['', false], [QEMU, true]] as const) {
+      const { guest, table } = irGuest(config);
+      guest.write128(table + 4 * 16, encodeBig(IRTE, { P: 1, V: 0x30, DST: 0x100, SVT: 1, SID: 0x28 }));
+      const message = guest.unit.interruptRequest({ sid: SID, address: remappable(4), data: 0 });
+      assert.ok(!message.ok && message.reason === IR_FAULT.SOURCE_ID_MISMATCH, `${config}: an MSI is checked`);
+      const write = guest.unit.interruptRequest({ sid: SID, address: remappable(4), data: 0 }, 'dma-write');
+      assert.equal(write.ok, dmaOk, config);
+    }
+  });
+});
