@@ -6,18 +6,17 @@ import { VfioUserClient, VfioUserClientError, type RegionDescription } from '../
 import type { DeviceDescription, IrqDescription } from '../vfio-user/client/enumeration';
 import {
   DEVSEL_TIMINGS,
-  describePciConfig,
-  field,
-  PCI_CLASS_NAMES,
+  HEADER_LAYOUT_MASK,
+  PCI_BASE_CLASSES,
+  PCI_CAPABILITY_IDS,
   PCI_COMMAND,
   PCI_CONFIG_SIZE,
   PCI_EXTENDED_CONFIG_SIZE,
   PCI_HEADER_SIZE,
   PCI_STATUS,
-  PCI_TYPE0_HEADER,
-  wantsMoreConfig,
-  type PciDescription,
-} from '../vfio-user/client/pci-config';
+  TYPE0_HEADER,
+} from '../devices/pci-layout';
+import { describePciConfig, wantsMoreConfig, type PciDescription } from '../vfio-user/client/pci-config';
 import { VfioUserClosedError, VfioUserRemoteError, VfioUserTimeoutError } from '../vfio-user/connection-errors';
 import { ERRNO, VfioUserProtocolError } from '../vfio-user/errors';
 import { COMMANDS, DEVICE_INFO_FLAGS, IRQ_INFO_FLAGS, REGION_INDEXES, REGION_INFO_FLAGS } from '../vfio-user/protocol';
@@ -77,11 +76,11 @@ async function readConfig(client: VfioUserClient, device: DeviceDescription): Pr
   let bytes: Uint8Array;
   try {
     bytes = await client.regionRead(index, 0, PCI_HEADER_SIZE);
-    const header = PCI_TYPE0_HEADER.decode(new DataView(bytes.buffer, bytes.byteOffset, bytes.length), 0);
+    const header = TYPE0_HEADER.decode(bytes, 0);
     const conventional = Math.min(Number(region.size), PCI_CONFIG_SIZE);
     if (wantsMoreConfig(header) && conventional > PCI_HEADER_SIZE) {
       bytes = concat(bytes, await client.regionRead(index, PCI_HEADER_SIZE, conventional - PCI_HEADER_SIZE));
-      const expressFound = describePciConfig(bytes).capabilities.some((cap) => cap.name === 'Express');
+      const expressFound = describePciConfig(bytes).capabilities.some((cap) => cap.id === PCI_CAPABILITY_IDS.PCI_EXPRESS);
       if (expressFound && region.size >= BigInt(PCI_EXTENDED_CONFIG_SIZE)) {
         bytes = concat(bytes, await client.regionRead(index, PCI_CONFIG_SIZE, PCI_EXTENDED_CONFIG_SIZE - PCI_CONFIG_SIZE));
       }
@@ -176,22 +175,28 @@ function renderIrq(irq: IrqDescription): string {
   return `\t${name}: count=${irq.count} ${flagList(IRQ_INFO_FLAGS.names(irq.flags))}`;
 }
 
+/** A register's flags in its table's order, with lspci's labels ("Mem+ BusMaster-"). */
+function renderFlags(register: number, entries: readonly { key: string; label?: string; mask: number }[]): string {
+  return entries.map((entry) => `${entry.label ?? entry.key}${onOff((register & entry.mask) !== 0)}`).join(' ');
+}
+
 function renderStatus(status: number): string {
-  const parts = Object.entries(PCI_STATUS.bits).map(([label, mask]) =>
-    label === 'DEVSEL' ? `DEVSEL=${DEVSEL_TIMINGS[field(status, mask)]}` : `${label}${onOff((status & mask) !== 0)}`,
+  const parts = PCI_STATUS.entries.map((entry) =>
+    entry.key === 'DEVSEL_TIMING' ? `DEVSEL=${DEVSEL_TIMINGS[PCI_STATUS.get(status, 'DEVSEL_TIMING')]}` : renderFlags(status, [entry]),
   );
   return `Status: ${parts.join(' ')}`;
 }
 
 function renderPci(pci: PciDescription): string[] {
   const h = pci.header;
-  const className = PCI_CLASS_NAMES.nameOf(h.baseClass) ?? 'Class';
+  const className = PCI_BASE_CLASSES.nameOf(h.baseClass) ?? 'Class';
+  const progIf = h.programmingInterface === 0 ? '' : ` (prog-if ${hex(h.programmingInterface, 2)})`;
   const lines = [
-    `\t${className} [${hex(h.baseClass, 2)}${hex(h.subclass, 2)}]: Device ${hex(h.vendorId, 4)}:${hex(h.deviceId, 4)} (rev ${hex(h.revisionId, 2)})${h.progIf === 0 ? '' : ` (prog-if ${hex(h.progIf, 2)})`}`,
+    `\t${className} [${hex(h.baseClass, 2)}${hex(h.subClass, 2)}]: Device ${hex(h.vendorId, 4)}:${hex(h.deviceId, 4)} (rev ${hex(h.revisionId, 2)})${progIf}`,
   ];
-  if ((h.headerType & 0x7f) === 0) lines.push(`\tSubsystem: Device ${hex(h.subsystemVendorId, 4)}:${hex(h.subsystemId, 4)}`);
+  if ((h.headerType & HEADER_LAYOUT_MASK) === 0) lines.push(`\tSubsystem: Device ${hex(h.subsystemVendorId, 4)}:${hex(h.subsystemId, 4)}`);
   else lines.push(`\tHeader type ${hex(h.headerType, 2)}: only the fields common to every header are decoded`);
-  lines.push(`\tControl: ${Object.entries(PCI_COMMAND.bits).map(([label, bit]) => `${label}${onOff((h.command & bit) !== 0)}`).join(' ')}`);
+  lines.push(`\tControl: ${renderFlags(h.command, PCI_COMMAND.entries)}`);
   lines.push(`\t${renderStatus(h.status)}`);
   if (h.interruptPin !== 0) {
     lines.push(`\tInterrupt: pin ${INTERRUPT_PINS[h.interruptPin] ?? `?${h.interruptPin}`} routed to IRQ ${h.interruptLine}`);

@@ -48,7 +48,8 @@ export async function runServe(options: ServeCommandOptions, io: ServeIo): Promi
   if (sample === undefined) {
     throw new Error(`--device ${options.device}: unknown device; known: ${Object.keys(SAMPLE_DEVICES).join(', ')}`);
   }
-  const { device } = sample.create();
+  const log = (line: string) => io.stderr.write(`viommu serve: ${line}\n`);
+  const { device } = sample.create({ log: (message) => log(`${options.device}: ${message}`) });
   let server: VfioUserServer;
   try {
     server = VfioUserServer.listen(options.socket, device, { twinSocket: options.twinSocket });
@@ -56,7 +57,6 @@ export async function runServe(options: ServeCommandOptions, io: ServeIo): Promi
     device.close();
     throw error;
   }
-  const log = (line: string) => io.stderr.write(`viommu serve: ${line}\n`);
   server.on('clientConnected', (client) => log(`client ${client.id} connected`));
   server.on('clientDisconnected', (client, error) => log(`client ${client.id} disconnected${error ? ` (${error.message})` : ''}`));
   server.on('clientWaiting', (client, waiting) => log(`client ${client.id} waits for its turn (${waiting} waiting)`));

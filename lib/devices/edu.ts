@@ -1,5 +1,5 @@
 /** A DMA engine with the register interface of QEMU's edu device; its DMA goes through a (possibly asynchronous) DMA space. */
-import { isPromise, type DeviceDmaSpace } from './dma';
+import { isPromiseLike, type AsyncDmaSpace } from '../memory';
 import type { AccessSize, MmioHandler } from './register-access';
 
 /** The register map, as QEMU's docs/specs/edu.rst lists it. */
@@ -21,7 +21,18 @@ export const EDU_IDENTIFICATION = 0x010000ed;
 export const EDU_BAR_SIZE = 1 << 20;
 export const EDU_BUFFER_ADDRESS = 0x40000;
 export const EDU_BUFFER_SIZE = 4096;
-export const EDU_PCI_IDENTITY = { vendorId: 0x1234, deviceId: 0x11e8, revision: 0x10, classCode: 0x00ff00 } as const;
+/** QEMU 7.2's edu as a guest enumerates it (measured: docs/vfio-user-server.md), QEMU's subsystem ids included. */
+export const EDU_PCI_IDENTITY = {
+  vendorId: 0x1234,
+  deviceId: 0x11e8,
+  revision: 0x10,
+  classCode: 0x00ff00,
+  subsystemVendorId: 0x1af4,
+  subsystemId: 0x1100,
+  interruptPin: 1,
+} as const;
+/** One MSI vector with a 64-bit address, no per-vector masking: QEMU's edu capability at 0x40. */
+export const EDU_PCI_CAPABILITIES = [{ kind: 'msi', vectors: 1, address64: true, perVectorMasking: false }] as const;
 /** Register offsets, for drivers and tests that program the device. */
 export const EDU_REGISTERS = REG;
 
@@ -61,12 +72,12 @@ export class EduDevice implements MmioHandler {
   /** Bumped by reset, so a transfer still in flight from before cannot complete into the new state. */
   private generation = 0;
   constructor(
-    private dma: DeviceDmaSpace,
+    private dma: AsyncDmaSpace,
     private readonly options: EduOptions = {},
   ) {}
 
   /** Swaps the DMA path (e.g. when an IOMMU is attached in front of the device). */
-  attachDmaSpace(dma: DeviceDmaSpace): void {
+  attachDmaSpace(dma: AsyncDmaSpace): void {
     this.dma = dma;
   }
 
@@ -176,7 +187,7 @@ export class EduDevice implements MmioHandler {
       this.finishDma(outcome);
       return;
     }
-    if (!isPromise(pending)) {
+    if (!isPromiseLike(pending)) {
       this.finishDma(outcome);
       return;
     }

@@ -1,5 +1,5 @@
-/** Device models that depend only on memory/: register access shapes, the DMA path, the edu DMA engine, PCI config space. */
-export * from './dma';
+/** Device models that depend only on memory/: register access shapes, the edu DMA engine, PCI config space tables and model. */
+export * from './config-table';
 export * from './edu';
 export * from './register-access';
 export * from './pci-config-space';

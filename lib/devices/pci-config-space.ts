@@ -1,25 +1,25 @@
 /** PciConfigSpace: a type-0 function's configuration space with BAR sizing, command/status and a capability list. */
 import { ViommuError } from '../errors';
+import { readConfigField, type ConfigField, type ConfigStructure } from './config-table';
 import {
   CAPABILITY_AREA,
   MSI_CONTROL,
-  MSI_MULTIPLE_MESSAGE_CAPABLE_SHIFT,
-  MSI_MULTIPLE_MESSAGE_ENABLE_SHIFT,
-  MSIX_BIR_MASK,
   MSIX_CONTROL,
+  MSIX_LOCATION,
   MSIX_STRUCTURE,
   msiStructure,
-  PCI_BAR_BITS,
+  PCI_BAR,
   PCI_BAR_COUNT,
   PCI_BAR_FLAG_MASK,
+  PCI_BAR_MEMORY_TYPES,
   PCI_CAPABILITY_IDS,
   PCI_COMMAND,
+  PCI_CONFIG_SIZE,
+  PCI_EXTENDED_CONFIG_SIZE,
   PCI_ROM_BITS,
   PCI_STATUS,
-  readConfigField,
+  readBar,
   TYPE0_HEADER,
-  type ConfigField,
-  type ConfigStructure,
 } from './pci-layout';
 
 export interface PciIdentity {
@@ -116,8 +116,8 @@ export class PciConfigSpace {
   private readonly barSizes: (bigint | undefined)[] = [];
 
   constructor(options: PciConfigOptions) {
-    this.size = options.size ?? 256;
-    if (this.size !== 256 && this.size !== 4096) throw configError(`config space size ${this.size}: use 256 or 4096`);
+    this.size = options.size ?? PCI_CONFIG_SIZE;
+    if (this.size !== PCI_CONFIG_SIZE && this.size !== PCI_EXTENDED_CONFIG_SIZE) throw configError(`config space size ${this.size}: use 256 or 4096`);
     this.bytes = new Uint8Array(this.size);
     this.writable = new Uint8Array(this.size);
     this.w1c = new Uint8Array(this.size);
@@ -187,21 +187,21 @@ export class PciConfigSpace {
   }
 
   get memoryEnabled(): boolean {
-    return (this.command & PCI_COMMAND.MEMORY_SPACE) !== 0;
+    return (this.command & PCI_COMMAND.bits.MEMORY_SPACE) !== 0;
   }
 
   get busMasterEnabled(): boolean {
-    return (this.command & PCI_COMMAND.BUS_MASTER) !== 0;
+    return (this.command & PCI_COMMAND.bits.BUS_MASTER) !== 0;
   }
 
   get intxDisabled(): boolean {
-    return (this.command & PCI_COMMAND.INTX_DISABLE) !== 0;
+    return (this.command & PCI_COMMAND.bits.INTX_DISABLE) !== 0;
   }
 
   /** Hardware sets the status register's Interrupt Status bit while INTx is asserted. */
   setInterruptStatus(asserted: boolean): void {
     const at = TYPE0_HEADER.field('status').offset;
-    this.bytes[at] = asserted ? this.bytes[at]! | PCI_STATUS.INTERRUPT : this.bytes[at]! & ~PCI_STATUS.INTERRUPT;
+    this.bytes[at] = asserted ? this.bytes[at]! | PCI_STATUS.bits.INTERRUPT : this.bytes[at]! & ~PCI_STATUS.bits.INTERRUPT;
   }
 
   /** The size of BAR `index` as declared (undefined for an unused BAR or the upper half of a 64-bit one). */
@@ -211,14 +211,7 @@ export class PciConfigSpace {
 
   /** The address software has programmed into BAR `index` (both halves for a 64-bit BAR). */
   barAddress(index: number): bigint {
-    const offset = TYPE0_HEADER.field('bar0').offset + 4 * index;
-    const low = this.readU32(offset);
-    if ((low & PCI_BAR_BITS.IO_SPACE) !== 0) return BigInt(low & ~PCI_BAR_FLAG_MASK.io) & 0xffffffffn;
-    const address = BigInt((low & ~PCI_BAR_FLAG_MASK.memory) >>> 0);
-    if ((low & PCI_BAR_BITS.MEMORY_TYPE_64) !== 0 && index + 1 < PCI_BAR_COUNT) {
-      return address | (BigInt(this.readU32(offset + 4)) << 32n);
-    }
-    return address;
+    return readBar(this.bytes, index).address;
   }
 
   // ---- capabilities -----------------------------------------------------------------------------------------
@@ -235,18 +228,17 @@ export class PciConfigSpace {
   get msi(): MsiState | undefined {
     const capability = this.capability(PCI_CAPABILITY_IDS.MSI);
     if (capability === undefined) return undefined;
-    const field = (key: string): number => readConfigField(this.bytes, capability.offset, capability.structure.field(key));
-    const has = (key: string) => capability.structure.fields.some((candidate) => candidate.key === key);
-    const control = field('control');
-    const capable = 1 << ((control & MSI_CONTROL.MULTIPLE_MESSAGE_CAPABLE) >> MSI_MULTIPLE_MESSAGE_CAPABLE_SHIFT);
-    const enabledLog2 = (control & MSI_CONTROL.MULTIPLE_MESSAGE_ENABLE) >> MSI_MULTIPLE_MESSAGE_ENABLE_SHIFT;
-    const upper = has('upperAddress') ? BigInt(field('upperAddress')) << 32n : 0n;
-    const maskBits = has('maskBits') ? field('maskBits') : 0;
+    const fields = capability.structure.decode(this.bytes, capability.offset) as Partial<Record<string, number>>;
+    const control = fields.control!;
+    const capable = 1 << MSI_CONTROL.get(control, 'MULTIPLE_MESSAGE_CAPABLE');
+    const enabledLog2 = MSI_CONTROL.get(control, 'MULTIPLE_MESSAGE_ENABLE');
+    const upper = BigInt(fields.upperAddress ?? 0) << 32n;
+    const maskBits = fields.maskBits ?? 0;
     return {
-      enabled: (control & MSI_CONTROL.ENABLE) !== 0,
+      enabled: (control & MSI_CONTROL.bits.ENABLE) !== 0,
       vectorsEnabled: Math.min(capable, 1 << enabledLog2),
-      address: upper | BigInt(field('address')),
-      data: field('data'),
+      address: upper | BigInt(fields.address!),
+      data: fields.data!,
       masked: (vector) => vector < 32 && ((maskBits >>> vector) & 1) === 1,
     };
   }
@@ -254,9 +246,8 @@ export class PciConfigSpace {
   /** Records MSI pending bits (with per-vector masking), which software reads and hardware alone changes. */
   setMsiPending(vector: number, pending: boolean): void {
     const capability = this.capability(PCI_CAPABILITY_IDS.MSI);
-    const field = capability?.structure.fields.find((candidate) => candidate.key === 'pendingBits');
-    if (capability === undefined || field === undefined || vector < 0 || vector >= 32) return;
-    const at = capability.offset + field.offset + (vector >> 3);
+    if (capability === undefined || !capability.structure.has('pendingBits') || vector < 0 || vector >= 32) return;
+    const at = capability.offset + capability.structure.field('pendingBits').offset + (vector >> 3);
     const bit = 1 << (vector & 7);
     this.bytes[at] = pending ? this.bytes[at]! | bit : this.bytes[at]! & ~bit;
   }
@@ -266,9 +257,9 @@ export class PciConfigSpace {
     if (capability === undefined) return undefined;
     const control = readConfigField(this.bytes, capability.offset, MSIX_STRUCTURE.field('control'));
     return {
-      enabled: (control & MSIX_CONTROL.ENABLE) !== 0,
-      functionMasked: (control & MSIX_CONTROL.FUNCTION_MASK) !== 0,
-      tableSize: (control & MSIX_CONTROL.TABLE_SIZE) + 1,
+      enabled: (control & MSIX_CONTROL.bits.ENABLE) !== 0,
+      functionMasked: (control & MSIX_CONTROL.bits.FUNCTION_MASK) !== 0,
+      tableSize: MSIX_CONTROL.get(control, 'TABLE_SIZE') + 1,
     };
   }
 
@@ -334,15 +325,15 @@ export class PciConfigSpace {
       if (!isPowerOfTwo(size) || size < (kind === 'io' ? 4n : 16n)) throw configError(`BAR${index} size ${size} must be a power of two of at least ${kind === 'io' ? 4 : 16}`);
       if (kind === 'io') {
         if (size > 1n << 16n) throw configError(`I/O BAR${index} of ${size} bytes exceeds the 64 KiB I/O space`);
-        this.bytes[at] = PCI_BAR_BITS.IO_SPACE;
+        this.bytes[at] = PCI_BAR.bits.IO_SPACE;
         this.setFieldMask(this.writable, at, 4, Number(~(size - 1n) & 0xffffffffn) & ~PCI_BAR_FLAG_MASK.io);
       } else if (kind === 'mem32') {
         if (size > 1n << 31n) throw configError(`32-bit BAR${index} of ${size} bytes: use kind 'mem64'`);
-        this.bytes[at] = bar.prefetchable ? PCI_BAR_BITS.PREFETCHABLE : 0;
+        this.bytes[at] = bar.prefetchable ? PCI_BAR.bits.PREFETCHABLE : 0;
         this.setFieldMask(this.writable, at, 4, Number(~(size - 1n) & 0xffffffffn) & ~PCI_BAR_FLAG_MASK.memory);
       } else {
         if (index === PCI_BAR_COUNT - 1) throw configError('BAR5 cannot hold a 64-bit BAR: it has no upper half');
-        this.bytes[at] = PCI_BAR_BITS.MEMORY_TYPE_64 | (bar.prefetchable ? PCI_BAR_BITS.PREFETCHABLE : 0);
+        this.bytes[at] = PCI_BAR.place('MEMORY_TYPE', PCI_BAR_MEMORY_TYPES.values.BITS_64) | (bar.prefetchable ? PCI_BAR.bits.PREFETCHABLE : 0);
         const mask = ~(size - 1n) & ((1n << 64n) - 1n);
         this.setFieldMask(this.writable, at, 4, Number(mask & 0xffffffffn) & ~PCI_BAR_FLAG_MASK.memory);
         this.setFieldMask(this.writable, at + 4, 4, Number(mask >> 32n));
@@ -373,7 +364,7 @@ export class PciConfigSpace {
       previousNext = at + 1;
       at += (structure.size + 3) & ~3;
     }
-    if (this.placed.length > 0) this.bytes[TYPE0_HEADER.field('status').offset] |= PCI_STATUS.CAPABILITIES_LIST;
+    if (this.placed.length > 0) this.bytes[TYPE0_HEADER.field('status').offset] |= PCI_STATUS.bits.CAPABILITIES_LIST;
   }
 
   private buildCapability(definition: PciCapabilityDefinition): { id: number; structure: ConfigStructure } {
@@ -389,22 +380,21 @@ export class PciConfigSpace {
       const log2 = Math.log2(vectors);
       if (!Number.isInteger(log2) || log2 < 0 || log2 > 5) throw configError(`MSI vectors ${vectors}: use 1, 2, 4, 8, 16 or 32`);
       const control =
-        (log2 << MSI_MULTIPLE_MESSAGE_CAPABLE_SHIFT) |
-        ((definition.address64 ?? true) ? MSI_CONTROL.ADDRESS_64 : 0) |
-        ((definition.perVectorMasking ?? false) ? MSI_CONTROL.PER_VECTOR_MASKING : 0);
+        MSI_CONTROL.place('MULTIPLE_MESSAGE_CAPABLE', log2) |
+        ((definition.address64 ?? true) ? MSI_CONTROL.bits.ADDRESS_64 : 0) |
+        ((definition.perVectorMasking ?? false) ? MSI_CONTROL.bits.PER_VECTOR_MASKING : 0);
       this.put(at, structure.field('control'), control);
-      const mask = structure.fields.find((field) => field.key === 'maskBits');
-      if (mask !== undefined) this.setFieldMask(this.writable, at + mask.offset, 4, vectors === 32 ? 0xffffffff : (1 << vectors) - 1);
+      if (structure.has('maskBits')) this.setFieldMask(this.writable, at + structure.field('maskBits').offset, 4, vectors === 32 ? 0xffffffff : (1 << vectors) - 1);
       return;
     }
     const { tableSize, tableBar, tableOffset, pbaBar, pbaOffset } = definition;
-    if (!Number.isInteger(tableSize) || tableSize < 1 || tableSize > MSIX_CONTROL.TABLE_SIZE + 1) throw configError(`MSI-X table size ${tableSize}: use 1..2048`);
+    if (!Number.isInteger(tableSize) || tableSize < 1 || tableSize > MSIX_CONTROL.bits.TABLE_SIZE + 1) throw configError(`MSI-X table size ${tableSize}: use 1..2048`);
     for (const [name, bar, offset] of [['table', tableBar, tableOffset], ['PBA', pbaBar, pbaOffset]] as const) {
       if (!Number.isInteger(bar) || bar < 0 || bar >= PCI_BAR_COUNT || this.barSizes[bar] === undefined) throw configError(`MSI-X ${name} BAR ${bar} is not a defined BAR`);
-      if (!Number.isInteger(offset) || offset < 0 || offset % 8 !== 0 || offset > 0xfffffff8) throw configError(`MSI-X ${name} offset ${offset} must be qword aligned`);
+      if (!Number.isInteger(offset) || offset < 0 || offset % 8 !== 0 || offset > MSIX_LOCATION.bits.OFFSET) throw configError(`MSI-X ${name} offset ${offset} must be qword aligned`);
     }
-    this.put(at, structure.field('control'), tableSize - 1);
-    this.put(at, structure.field('tableOffsetBir'), (tableOffset | (tableBar & MSIX_BIR_MASK)) >>> 0);
-    this.put(at, structure.field('pbaOffsetBir'), (pbaOffset | (pbaBar & MSIX_BIR_MASK)) >>> 0);
+    this.put(at, structure.field('control'), MSIX_CONTROL.place('TABLE_SIZE', tableSize - 1));
+    this.put(at, structure.field('tableOffsetBir'), (tableOffset | MSIX_LOCATION.place('BIR', tableBar)) >>> 0);
+    this.put(at, structure.field('pbaOffsetBir'), (pbaOffset | MSIX_LOCATION.place('BIR', pbaBar)) >>> 0);
   }
 }

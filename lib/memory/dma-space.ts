@@ -26,3 +26,19 @@ export interface DmaSpace {
   read(address: bigint, into: Uint8Array): void;
   write(address: bigint, data: Uint8Array): void;
 }
+
+/**
+ * A DmaSpace whose accesses may also complete later (DMA by vfio-user message, a translation that waits on
+ * something): each call completes at once (returns undefined) or returns a Promise that settles when the transfer
+ * is done; failures are DmaFaults, thrown or rejected. An asynchronous write copies `data` before returning, so the
+ * caller may reuse its buffer; an asynchronous read fills `into` before its Promise resolves. Every DmaSpace is one.
+ */
+export interface AsyncDmaSpace {
+  read(address: bigint, into: Uint8Array): void | Promise<void>;
+  write(address: bigint, data: Uint8Array): void | Promise<void>;
+}
+
+/** Whether a maybe-asynchronous result (an AsyncDmaSpace access, a device hook) is still running. */
+export function isPromiseLike(result: unknown): result is PromiseLike<unknown> {
+  return typeof (result as PromiseLike<unknown> | undefined)?.then === 'function';
+}

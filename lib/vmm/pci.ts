@@ -1,23 +1,17 @@
-/** PCI configuration space through ports 0xcf8/0xcfc (mechanism #1), type-0 headers and memory BARs. */
+/** PCI configuration space through ports 0xcf8/0xcfc (mechanism #1): type-0 functions and the memory BARs they decode. */
+import { PciConfigSpace, type PciCapabilityDefinition, type PciIdentity } from '../devices/pci-config-space';
+import { BAR_KEYS, PCI_BAR_COUNT, TYPE0_HEADER } from '../devices/pci-layout';
 import type { MmioBus, MmioHandler } from './mmio-bus';
+
+export type { PciIdentity } from '../devices/pci-config-space';
 
 export const CONFIG_ADDRESS_PORT = 0xcf8;
 export const CONFIG_DATA_PORT = 0xcfc;
 
 const ENABLE_BIT = 0x80000000;
-const COMMAND = 0x04;
-const COMMAND_MEMORY = 0x2;
-const BAR0 = 0x10;
-const BAR_COUNT = 6;
-
-export interface PciIdentity {
-  vendorId: number;
-  deviceId: number;
-  revision: number;
-  classCode: number; // 24 bits: class, subclass, prog-if
-  subsystemVendorId?: number;
-  subsystemId?: number;
-}
+/** Config writes in [command, end of BAR5) may change what the function decodes. */
+const DECODING_START = TYPE0_HEADER.field('command').offset;
+const DECODING_END = TYPE0_HEADER.field(BAR_KEYS[PCI_BAR_COUNT - 1]).offset + 4;
 
 export interface PciBar {
   /** Size in bytes, a power of two of at least 16. */
@@ -25,10 +19,9 @@ export interface PciBar {
   handler: MmioHandler;
 }
 
-/** One PCI function: its 256-byte configuration space and the memory BARs it decodes when enabled. */
+/** One PCI function: its configuration space (write masks, BAR sizing, capabilities) and the memory BARs it decodes. */
 export class PciFunction {
-  readonly config = new Uint8Array(256);
-  private readonly view = new DataView(this.config.buffer);
+  readonly config: PciConfigSpace;
   private readonly bars: (PciBar | undefined)[];
 
   constructor(
@@ -37,16 +30,10 @@ export class PciFunction {
     readonly devfn: number,
     identity: PciIdentity,
     bars: (PciBar | undefined)[],
+    capabilities: readonly PciCapabilityDefinition[] = [],
   ) {
-    this.bars = Array.from({ length: BAR_COUNT }, (_, i) => bars[i]);
-    this.view.setUint16(0x00, identity.vendorId, true);
-    this.view.setUint16(0x02, identity.deviceId, true);
-    this.view.setUint8(0x08, identity.revision);
-    this.view.setUint8(0x09, identity.classCode & 0xff);
-    this.view.setUint16(0x0a, identity.classCode >>> 8, true);
-    this.view.setUint16(0x2c, identity.subsystemVendorId ?? 0x1af4, true);
-    this.view.setUint16(0x2e, identity.subsystemId ?? 0x1100, true);
-    this.view.setUint8(0x3d, 1); // INTA#
+    this.bars = Array.from({ length: PCI_BAR_COUNT }, (_, i) => bars[i]);
+    this.config = new PciConfigSpace({ identity, bars: this.bars.map((bar) => (bar === undefined ? undefined : { size: bar.size })), capabilities });
   }
 
   /** The requester id a DMA from this function carries. */
@@ -55,40 +42,28 @@ export class PciFunction {
   }
 
   readConfig(offset: number, size: 1 | 2 | 4): number {
-    if (size === 1) return this.view.getUint8(offset);
-    if (size === 2) return this.view.getUint16(offset, true);
-    return this.view.getUint32(offset, true);
+    if (size === 1) return this.config.readU8(offset);
+    if (size === 2) return this.config.readU16(offset);
+    return this.config.readU32(offset);
   }
 
   /** Applies a config write; returns true when the memory decoding (command or a BAR) may have changed. */
   writeConfig(offset: number, size: 1 | 2 | 4, value: number): boolean {
-    for (let i = 0; i < size; i++) this.writeConfigByte(offset + i, (value >>> (8 * i)) & 0xff);
-    return offset < BAR0 + 4 * BAR_COUNT && offset + size > COMMAND;
-  }
-
-  private writeConfigByte(offset: number, byte: number): void {
-    if (offset === COMMAND) this.config[offset] = byte & 0x07; // I/O, memory, bus master
-    else if (offset >= BAR0 && offset < BAR0 + 4 * BAR_COUNT) {
-      const index = (offset - BAR0) >> 2;
-      const bar = this.bars[index];
-      // Writable bits are the address bits above the BAR's size; sizing writes of all ones read back the mask.
-      const mask = bar === undefined ? 0 : ~(bar.size - 1) >>> 0;
-      const shift = 8 * ((offset - BAR0) & 3);
-      this.config[offset] = (byte & (mask >>> shift)) & 0xff;
-    } else if (offset === 0x3c || offset === 0x0c || offset === 0x0d) this.config[offset] = byte; // line, cache, latency
+    this.config.write(offset, Uint8Array.from({ length: size }, (_, i) => (value >>> (8 * i)) & 0xff));
+    return offset < DECODING_END && offset + size > DECODING_START;
   }
 
   /** Maps every enabled BAR on the bus (or removes them when memory decoding is off). */
   updateMappings(bus: MmioBus): void {
-    const enabled = (this.view.getUint16(COMMAND, true) & COMMAND_MEMORY) !== 0;
+    const enabled = this.config.memoryEnabled;
     this.bars.forEach((bar, index) => {
       const name = `${this.name}.bar${index}`;
       bus.unmap(name);
       if (bar === undefined || !enabled) return;
-      const base = this.view.getUint32(BAR0 + 4 * index, true) & ~(bar.size - 1) & ~0xf;
-      if (base === 0) return;
+      const base = this.config.barAddress(index);
+      if (base === 0n) return;
       try {
-        bus.map(name, base >>> 0, bar.size, bar.handler);
+        bus.map(name, Number(base), bar.size, bar.handler);
       } catch {
         // A guest may program overlapping BARs; the clashing one simply decodes nothing, as on real buses.
       }

@@ -1,11 +1,11 @@
 /** The edu DMA engine with synchronous and asynchronous DMA spaces: run bit, interrupt, faults, reset mid-transfer. */
 import assert from 'node:assert/strict';
-import type { DeviceDmaSpace } from '../../lib/devices/dma';
+import type { AsyncDmaSpace } from '../../lib/memory';
 import { EDU_BUFFER_ADDRESS, EDU_INTERRUPTS, EDU_REGISTERS, EduDevice, type EduDmaOutcome } from '../../lib/devices/edu';
 import { DmaFault, EFAULT, GuestMemory } from '../../lib/memory';
 
 /** A DMA space whose transfers complete only when the test says so. */
-class DeferredDma implements DeviceDmaSpace {
+class DeferredDma implements AsyncDmaSpace {
   readonly memory = new Uint8Array(0x10000);
   readonly queue: { settle: (error?: Error) => void; address: bigint; length: number }[] = [];
   read(address: bigint, into: Uint8Array): Promise<void> {

@@ -1,8 +1,9 @@
 /** PciConfigSpace: BAR sizing for 32-bit, 64-bit and I/O BARs and the ROM, command/status masks, capabilities. */
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
+import { EDU_BAR_SIZE, EDU_PCI_CAPABILITIES, EDU_PCI_IDENTITY } from '../../lib/devices/edu';
 import { PciConfigSpace } from '../../lib/devices/pci-config-space';
-import { decodeConfigStructure, MSI_CONTROL, MSIX_CONTROL, PCI_CAPABILITY_IDS, PCI_STATUS, TYPE0_HEADER } from '../../lib/devices/pci-layout';
+import { MSI_CONTROL, MSIX_CONTROL, PCI_CAPABILITY_IDS, PCI_STATUS, TYPE0_HEADER } from '../../lib/devices/pci-layout';
 import { alignedAccesses } from '../../lib/devices/register-access';
 
 const identity = { vendorId: 0x1234, deviceId: 0x5678, classCode: 0x020000, revision: 3 };
@@ -42,12 +43,14 @@ describe('PciConfigSpace', () => {
     write32(config, 0, 0);
     assert.equal(config.header('vendorId'), 0x1234);
     config.write(4, Uint8Array.of(0xff, 0xff, 0, 0));
-    assert.equal(config.command, 0x0547);
+    assert.equal(config.command, 0x0507, 'I/O, Mem, BusMaster, SERR, DisINTx: what QEMU 7.2 lets software set');
+    config.write(TYPE0_HEADER.field('cacheLineSize').offset, Uint8Array.of(0xff, 0xff));
+    assert.deepEqual([config.header('cacheLineSize'), config.header('latencyTimer')], [0xff, 0], 'the latency timer is read-only zero');
     const status = TYPE0_HEADER.field('status').offset;
     // Hardware would set error bits; emulate one by the internal path and clear it the way software does.
     (config as unknown as { bytes: Uint8Array }).bytes[status + 1] = 0x20; // Received Master Abort
     config.write(status, Uint8Array.of(0, 0x20));
-    assert.equal(config.header('status') & PCI_STATUS.RECEIVED_MASTER_ABORT, 0);
+    assert.equal(config.header('status') & PCI_STATUS.bits.RECEIVED_MASTER_ABORT, 0);
   });
 
   it('links MSI and MSI-X from 0x34 and sets the capabilities-list status bit', () => {
@@ -59,29 +62,41 @@ describe('PciConfigSpace', () => {
         { kind: 'msix', tableSize: 16, tableBar: 0, tableOffset: 0x800, pbaBar: 0, pbaOffset: 0xc00 },
       ],
     });
-    assert.ok((config.header('status') & PCI_STATUS.CAPABILITIES_LIST) !== 0);
+    assert.ok((config.header('status') & PCI_STATUS.bits.CAPABILITIES_LIST) !== 0);
     const [msi, msix] = config.capabilities;
     assert.equal(config.header('capabilitiesPointer'), msi!.offset);
     assert.equal(config.readU8(msi!.offset + 1), msix!.offset);
     assert.equal(config.readU8(msix!.offset + 1), 0);
-    const msiFields = decodeConfigStructure(config.snapshot(), msi!.offset, msi!.structure);
+    const msiFields = msi!.structure.decode(config.snapshot(), msi!.offset);
     assert.equal(msiFields.id, PCI_CAPABILITY_IDS.MSI);
-    assert.equal(msiFields.control, (3 << 1) | MSI_CONTROL.PER_VECTOR_MASKING);
-    const msixFields = decodeConfigStructure(config.snapshot(), msix!.offset, msix!.structure);
+    assert.equal(msiFields.control, (3 << 1) | MSI_CONTROL.bits.PER_VECTOR_MASKING);
+    const msixFields = msix!.structure.decode(config.snapshot(), msix!.offset);
     assert.equal(msixFields.control, 15);
     assert.equal(msixFields.tableOffsetBir, 0x800);
     assert.equal(msixFields.pbaOffsetBir, 0xc00);
     // Software enables 4 of the 8 MSI vectors and masks vector 9 (not implemented: stays clear).
-    config.write(msi!.offset + 2, Uint8Array.of(MSI_CONTROL.ENABLE | (2 << 4), 0xff));
+    config.write(msi!.offset + 2, Uint8Array.of(MSI_CONTROL.bits.ENABLE | (2 << 4), 0xff));
     config.write(msi!.offset + 0x0c, Uint8Array.of(0xff, 0xff, 0, 0));
     assert.equal(config.msi!.enabled, true);
     assert.equal(config.msi!.vectorsEnabled, 4);
     assert.equal(config.readU32(msi!.offset + 0x0c), 0xff);
-    assert.equal(config.readU16(msi!.offset + 2) & MSI_CONTROL.PER_VECTOR_MASKING, MSI_CONTROL.PER_VECTOR_MASKING, 'read-only bits stay');
+    assert.equal(config.readU16(msi!.offset + 2) & MSI_CONTROL.bits.PER_VECTOR_MASKING, MSI_CONTROL.bits.PER_VECTOR_MASKING, 'read-only bits stay');
     config.write(msix!.offset + 2, Uint8Array.of(0xff, 0xff));
-    assert.equal(config.readU16(msix!.offset + 2), MSIX_CONTROL.ENABLE | MSIX_CONTROL.FUNCTION_MASK | 15);
+    assert.equal(config.readU16(msix!.offset + 2), MSIX_CONTROL.bits.ENABLE | MSIX_CONTROL.bits.FUNCTION_MASK | 15);
     config.reset();
     assert.equal(config.msi!.enabled, false);
+  });
+
+  it("lays out the edu's configuration space as QEMU 7.2 does (dwords 0x00-0x5c and write masks, measured)", () => {
+    const config = new PciConfigSpace({ identity: EDU_PCI_IDENTITY, bars: [{ size: EDU_BAR_SIZE }], capabilities: EDU_PCI_CAPABILITIES });
+    const measured: Record<number, number> = { 0x00: 0x11e81234, 0x04: 0x00100000, 0x08: 0x00ff0010, 0x2c: 0x11001af4, 0x34: 0x40, 0x3c: 0x100, 0x40: 0x00800005 };
+    for (let offset = 0; offset < 0x60; offset += 4) assert.equal(config.readU32(offset), measured[offset] ?? 0, `dword 0x${offset.toString(16)}`);
+    const writeAllOnes = (offset: number, width: 1 | 2 | 4) => config.write(offset, new Uint8Array(width).fill(0xff));
+    const readsBack: [number, 1 | 2 | 4, number][] = [[0x04, 2, 0x0507], [0x0c, 1, 0xff], [0x0d, 1, 0], [0x0f, 1, 0], [0x3c, 1, 0xff], [0x30, 4, 0], [0x14, 4, 0], [0x10, 4, 0xfff00000]];
+    for (const [offset, width, value] of readsBack) {
+      writeAllOnes(offset, width);
+      assert.equal(width === 1 ? config.readU8(offset) : width === 2 ? config.readU16(offset) : config.readU32(offset), value, `0x${offset.toString(16)} after writing all ones`);
+    }
   });
 
   it('refuses impossible definitions with typed errors', () => {

@@ -1,6 +1,7 @@
 /** VfioUserClient: the VMM side of vfio-user: negotiate, enumerate, region I/O, DMA maps, IRQs, reset, server DMA. */
 
 import { EventEmitter } from 'node:events';
+import type { AsyncDmaSpace } from '../../memory';
 import type { FileDescriptor } from '../../native';
 import { MessageSocket, type MessageSocketOptions } from '../../os';
 import { VfioUserConnection, type ConnectionOptions } from '../connection';
@@ -10,7 +11,7 @@ import { splitTransfer } from '../transfers';
 import { socketTransport, type Transport } from '../transport';
 import type { ResolvedCapabilities, VersionCapabilities } from '../version';
 import { DmaMapTable, type DmaMapping } from './dma-map-table';
-import { serveDma, type AsyncDmaSpace, type DmaFaultEvent } from './dma-service';
+import { serveDma, type DmaFaultEvent } from './dma-service';
 import { enumerateDevice, type DeviceDescription, type EnumerationOptions, type IrqDescription } from './enumeration';
 import { VfioUserClientError } from './errors';
 import { eventFdBatches, eventFdDescriptor, setIrqsBody, type IrqAction, type IrqData, type IrqEventFd } from './irqs';

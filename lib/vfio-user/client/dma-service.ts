@@ -1,16 +1,8 @@
 /** Serves the server's DMA_READ/DMA_WRITE from the DmaSpace the VMM supplies (where a vIOMMU plugs in). */
 
-import { DmaFault, type DmaAccess } from '../../memory';
-import { VfioUserErrnoError } from '../connection-errors';
+import { DmaFault, EFAULT, isPromiseLike, type AsyncDmaSpace, type DmaAccess } from '../../memory';
 import type { VfioUserConnection } from '../connection';
-import { ERRNO, type ErrnoName } from '../errors';
 import type { DmaDataBody, DmaWriteReplyBody } from '../messages';
-
-/** A DmaSpace whose accesses may complete later (a translation that waits on something); a plain DmaSpace is one. */
-export interface AsyncDmaSpace {
-  read(address: bigint, into: Uint8Array): void | Promise<void>;
-  write(address: bigint, data: Uint8Array): void | Promise<void>;
-}
 
 /** One failed server DMA, as reported to the VMM. */
 export interface DmaFaultEvent {
@@ -29,42 +21,28 @@ export interface DmaServiceHooks {
   onFault(event: DmaFaultEvent): void;
 }
 
-const ERRNO_NAMES = new Map<number, ErrnoName>(Object.entries(ERRNO).map(([name, value]) => [value, name as ErrnoName]));
-
-/** A DmaFault's errno as a typed error the connection answers with; errnos we have no name for become EFAULT. */
-function errnoError(errno: number, message: string): VfioUserErrnoError {
-  return new VfioUserErrnoError(ERRNO_NAMES.get(errno) ?? 'EFAULT', message);
-}
-
-function isPromiseLike(value: unknown): value is PromiseLike<void> {
-  return typeof (value as PromiseLike<void> | undefined)?.then === 'function';
-}
-
-/** Registers the DMA_READ and DMA_WRITE handlers on a client connection. */
+/**
+ * Registers the DMA_READ and DMA_WRITE handlers on a client connection. A refusal or a DmaFault from the space is
+ * reported through onFault and thrown on as a DmaFault, which the connection answers with its errno.
+ */
 export function serveDma(connection: VfioUserConnection, hooks: DmaServiceHooks): void {
-  const fail = (access: DmaAccess, address: bigint, length: number, errno: number, reason: string): never => {
-    hooks.onFault({ access, address, length, errno, reason });
-    throw errnoError(errno, `DMA ${access} of ${length} bytes at 0x${address.toString(16)}: ${reason}`);
-  };
-  const failed = (access: DmaAccess, address: bigint, length: number) => (error: unknown): never => {
-    if (error instanceof DmaFault) return fail(access, address, length, error.errno, error.reason);
-    throw error;
-  };
-
   /** Runs the access: synchronously when the space is synchronous, so a plain DmaSpace costs no promise. */
   const run = <T>(access: DmaAccess, address: bigint, length: number, perform: (space: AsyncDmaSpace) => void | Promise<void>, reply: () => T): T | Promise<T> => {
+    // The event describes the server's request; the fault's own address may be a page inside it.
+    const reported = (error: unknown): never => {
+      if (error instanceof DmaFault) hooks.onFault({ access, address, length, errno: error.errno, reason: error.reason });
+      throw error;
+    };
     const space = hooks.space();
-    if (space === undefined) return fail(access, address, length, ERRNO.EFAULT, 'the VMM supplied no DMA space');
-    const refusal = hooks.refuse(address, length, access);
-    if (refusal !== undefined) return fail(access, address, length, ERRNO.EFAULT, refusal);
+    const refusal = space === undefined ? 'the VMM supplied no DMA space' : hooks.refuse(address, length, access);
+    if (refusal !== undefined) return reported(new DmaFault(address, length, access, refusal, EFAULT));
     let pending: void | Promise<void>;
     try {
-      pending = perform(space);
+      pending = perform(space!);
     } catch (error) {
-      return failed(access, address, length)(error);
+      return reported(error);
     }
-    if (isPromiseLike(pending)) return Promise.resolve(pending).then(reply, failed(access, address, length));
-    return reply();
+    return isPromiseLike(pending) ? Promise.resolve(pending).then(reply, reported) : reply();
   };
 
   connection.onCommand('DMA_READ', (command) => {

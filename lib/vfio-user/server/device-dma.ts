@@ -1,7 +1,6 @@
 /** The device's DMA path: mapped client memory directly (synchronous, zero copy), DMA_READ/DMA_WRITE messages otherwise. */
 
-import type { DeviceDmaSpace } from '../../devices/dma';
-import { DmaFault, EFAULT, EPERM, type DmaAccess } from '../../memory';
+import { DmaFault, EFAULT, EPERM, type AsyncDmaSpace, type DmaAccess } from '../../memory';
 import type { VfioUserConnection } from '../connection';
 import { VfioUserRemoteError } from '../connection-errors';
 import { ERRNO } from '../errors';
@@ -30,8 +29,9 @@ interface Piece {
 
 function faultFrom(error: unknown, address: bigint, length: number, access: DmaAccess): DmaFault {
   if (error instanceof DmaFault) return error;
-  const errno = error instanceof VfioUserRemoteError ? error.errno : ERRNO.EIO;
-  return new DmaFault(address, length, access, `the client did not complete the DMA by message: ${(error as Error).message}`, errno);
+  const command = access === 'read' ? 'DMA_READ' : 'DMA_WRITE';
+  if (error instanceof VfioUserRemoteError) return new DmaFault(address, length, access, `the client refused the ${command}`, error.errno);
+  return new DmaFault(address, length, access, `the client did not complete the ${command}: ${(error as Error).message}`, ERRNO.EIO);
 }
 
 /**
@@ -41,7 +41,7 @@ function faultFrom(error: unknown, address: bigint, length: number, access: DmaA
  * once; if any piece needs messages, the call returns a Promise and the pieces go out in order, each split to the
  * client's max_data_xfer_size, on the twin socket when one was negotiated.
  */
-export class VfioUserDeviceDma implements DeviceDmaSpace {
+export class VfioUserDeviceDma implements AsyncDmaSpace {
   private path: DmaPath | undefined;
   private readonly alwaysByMessage: boolean;
 

@@ -1,6 +1,7 @@
 /** The sample "dma-engine" device: QEMU's edu register interface over vfio-user, DMA mapped or by message, MSI and INTx. */
 
-import { EduDevice, EDU_BAR_SIZE, EDU_PCI_IDENTITY, type EduDmaOutcome } from '../../devices/edu';
+import { EduDevice, EDU_BAR_SIZE, EDU_PCI_CAPABILITIES, EDU_PCI_IDENTITY, type EduDmaOutcome } from '../../devices/edu';
+import { DmaFault } from '../../memory';
 import { VfioUserDevice, type VfioUserDeviceOptions } from './device';
 import { registerRegion } from './regions';
 
@@ -39,10 +40,7 @@ export function createDmaEngine(options: DmaEngineOptions = {}): DmaEngine {
     },
   );
   device = new VfioUserDevice({
-    pci: {
-      identity: { ...EDU_PCI_IDENTITY, subsystemVendorId: 0x1af4, subsystemId: 0x1100, interruptPin: 1 },
-      capabilities: [{ kind: 'msi', vectors: 1, address64: true }],
-    },
+    pci: { identity: EDU_PCI_IDENTITY, capabilities: EDU_PCI_CAPABILITIES },
     regions: { BAR0: { size: EDU_BAR_SIZE, handler: registerRegion(edu) } },
     irqs: { INTX: 1, MSI: 1, ERR: 1, REQ: 1 },
     reset: () => edu.reset(),
@@ -51,10 +49,35 @@ export function createDmaEngine(options: DmaEngineOptions = {}): DmaEngine {
   return { device, edu };
 }
 
+/** What `viommu serve` hands a sample device: where to say what the device did that nobody else sees. */
+export interface SampleDeviceHooks {
+  log(message: string): void;
+}
+
+export interface SampleDevice {
+  readonly description: string;
+  create(hooks: SampleDeviceHooks): { device: VfioUserDevice };
+}
+
+/** A transfer that failed (a DMA fault, a range outside the buffer), in the words of the server's log. */
+export function describeFailedDma(outcome: EduDmaOutcome): string | undefined {
+  const { error } = outcome;
+  if (error === undefined) return undefined;
+  const why = error instanceof DmaFault ? `${error.reason} (errno ${error.errno})` : error.message;
+  return `DMA of ${outcome.count} bytes from 0x${outcome.source.toString(16)} to 0x${outcome.destination.toString(16)} failed: ${why}`;
+}
+
 /** The devices `viommu serve --device NAME` knows. */
-export const SAMPLE_DEVICES: Readonly<Record<string, { description: string; create: () => { device: VfioUserDevice } }>> = {
+export const SAMPLE_DEVICES: Readonly<Record<string, SampleDevice>> = {
   'dma-engine': {
     description: "a DMA engine with the register interface of QEMU's edu device (1234:11e8): BAR0 registers, a 4 KiB buffer at 0x40000, MSI and INTx",
-    create: () => createDmaEngine(),
+    // The edu register file has no error bit (QEMU's neither): a failed transfer still completes and interrupts.
+    create: (hooks) =>
+      createDmaEngine({
+        onDma: (outcome) => {
+          const failure = describeFailedDma(outcome);
+          if (failure !== undefined) hooks.log(failure);
+        },
+      }),
   },
 };

@@ -1,7 +1,7 @@
 /** VfioUserSession: one client of a device, from VERSION to disconnect; its DMA maps and eventfds die with it. */
 
 import { EventEmitter } from 'node:events';
-import { isPromise } from '../../devices/dma';
+import { isPromiseLike } from '../../memory';
 import { VfioUserConnection, replyWithFds, type CommandHandler, type FailedCommandInfo } from '../connection';
 import { VfioUserErrnoError } from '../connection-errors';
 import { versionHandler } from '../negotiation';
@@ -145,7 +145,7 @@ export class VfioUserSession extends EventEmitter<SessionEvents> {
         else this.dmaMaps.remove(body.address, body.size);
         return echo;
       };
-      return notices.some(isPromise) ? Promise.all(notices).then(done) : done();
+      return notices.some(isPromiseLike) ? Promise.all(notices).then(done) : done();
     });
 
     this.handle('DEVICE_GET_INFO', () => ({ argsz: DEVICE_INFO_LAYOUT.size, flags: DEVICE_FLAGS, numRegions: REGION_COUNT, numIrqs: IRQ_INDEX_COUNT }));
@@ -171,13 +171,13 @@ export class VfioUserSession extends EventEmitter<SessionEvents> {
     this.handle('REGION_READ', (body) => {
       const data = device.regions.read(body.region, body.offset, body.count);
       const reply = (bytes: Uint8Array) => ({ offset: body.offset, region: body.region, data: bytes });
-      return isPromise(data) ? data.then(reply) : reply(data);
+      return isPromiseLike(data) ? data.then(reply) : reply(data);
     });
 
     this.handle('REGION_WRITE', (body) => {
       const pending = device.regions.write(body.region, body.offset, body.data);
       const reply = { offset: body.offset, region: body.region, count: body.data.length };
-      return isPromise(pending) ? pending.then(() => reply) : reply;
+      return isPromiseLike(pending) ? pending.then(() => reply) : reply;
     });
 
     this.handle('REGION_WRITE_MULTI', async (body) => {
@@ -187,7 +187,7 @@ export class VfioUserSession extends EventEmitter<SessionEvents> {
 
     this.handle('DEVICE_RESET', () => {
       const pending = device.reset('client');
-      return isPromise(pending) ? pending.then(() => ({})) : {};
+      return isPromiseLike(pending) ? pending.then(() => ({})) : {};
     });
   }
 
@@ -201,7 +201,7 @@ export class VfioUserSession extends EventEmitter<SessionEvents> {
     for (const mapping of this.dmaMaps.mappings) {
       try {
         const notice = device.dmaUnmapping(mapping);
-        if (isPromise(notice)) notice.catch((reason: unknown) => this.emit('warning', `onDmaUnmap failed after the client left: ${String(reason)}`));
+        if (isPromiseLike(notice)) notice.then(undefined, (reason: unknown) => this.emit('warning', `onDmaUnmap failed after the client left: ${String(reason)}`));
       } catch (reason) {
         this.emit('warning', `onDmaUnmap failed after the client left: ${String(reason)}`);
       }
@@ -214,7 +214,7 @@ export class VfioUserSession extends EventEmitter<SessionEvents> {
     };
     try {
       const reset = device.reset('lost-connection');
-      if (isPromise(reset)) {
+      if (isPromiseLike(reset)) {
         reset.then(done, (reason: unknown) => {
           this.emit('warning', `the device reset failed after the client left: ${String(reason)}`);
           done();

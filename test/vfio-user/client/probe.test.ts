@@ -1,10 +1,8 @@
 /** `viommu probe`: the renderer on a capture (exact lines), PCI config decoding, and the CLI end to end against live servers. */
 
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import net from 'node:net';
 import path from 'node:path';
-import { buildProgram } from '../../../lib/cli/main';
 import { describeServer, formatSize, probeToJson, renderProbe, runProbe, type ProbeDescription } from '../../../lib/cli/probe';
 import { native } from '../../../lib/native';
 import { MessageSocket, UnixServer } from '../../../lib/os';
@@ -12,10 +10,10 @@ import { VfioUserClient } from '../../../lib/vfio-user/client';
 import { describePciConfig } from '../../../lib/vfio-user/client/pci-config';
 import { InMemoryTransport, socketTransport } from '../../../lib/vfio-user/transport';
 import { openFdCount, tempSocketPath, tick } from '../../helpers';
+import { runViommu } from '../cli-process';
 import { CaptureReplayServer, capturesPresent, readCapture } from './capture-replay';
 import { ScriptedServer, type ScriptedServerOptions } from './scripted-server';
 
-const REPO = path.resolve(__dirname, '..', '..', '..', '..');
 
 interface CapSpec {
   at: number;
@@ -168,20 +166,7 @@ describe('viommu probe', () => {
   });
 
   describe('the CLI, end to end in a child process', () => {
-    const useBin = buildProgram().commands.some((command) => command.name() === 'probe');
-    const entry = useBin ? path.join(REPO, 'bin', 'viommu.js') : path.join(__dirname, 'probe-cli.js');
-
-    function runCli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-      return new Promise((resolve, reject) => {
-        const child = spawn(process.execPath, [entry, 'probe', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-        let stdout = '';
-        let stderr = '';
-        child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-        child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-        child.on('error', reject);
-        child.on('close', (code) => resolve({ code, stdout, stderr }));
-      });
-    }
+    const runCli = (args: string[]) => runViommu(['probe', ...args]);
 
     function listen(onConnection: (socket: MessageSocket) => void): string {
       const socketPath = tempSocketPath('probe');

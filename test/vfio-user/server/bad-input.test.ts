@@ -24,7 +24,7 @@ import {
 } from '../../../lib/vfio-user/protocol';
 import { openFdCount, waitFor } from '../../helpers';
 import { patchHeader, patchPayload, rawMessage } from '../helpers';
-import { BAR0, Cleanup, CONFIG, serveEngine, serverIdle, type Served } from './harness';
+import { BAR0, Cleanup, cleanupAfterEachTest, CONFIG, serveEngine, serverIdle, type Served } from './harness';
 
 const CAPTURES = process.env.VIOMMU_CAPTURES ?? path.resolve(__dirname, '../../../../../shared/captures');
 const FUZZ_RUNS = Number(process.env.VIOMMU_FUZZ_RUNS ?? 60);
@@ -108,15 +108,7 @@ async function expectErrno(client: RawClient, bytes: Uint8Array, errno: number, 
 }
 
 describe('vfio-user server: bad input', () => {
-  const cleanup = new Cleanup();
-  let fdsBefore: number;
-  beforeEach(() => {
-    fdsBefore = openFdCount();
-  });
-  afterEach(async () => {
-    await cleanup.run();
-    await waitFor(() => openFdCount() === fdsBefore, `fd count back to ${fdsBefore} (now ${openFdCount()})`);
-  });
+  const cleanup = cleanupAfterEachTest();
 
   it('answers commands before VERSION, and a second VERSION, with EINVAL', async () => {
     const served = serveEngine(cleanup);

@@ -11,7 +11,7 @@ import { createDmaEngine, type DmaEngine, type DmaEngineOptions } from '../../..
 import type { VfioUserDevice } from '../../../lib/vfio-user/server/device';
 import { VfioUserServer, type VfioUserServerOptions } from '../../../lib/vfio-user/server/server';
 import { socketTransport } from '../../../lib/vfio-user/transport';
-import { tempSocketPath, waitFor } from '../../helpers';
+import { openFdCount, tempSocketPath, waitFor } from '../../helpers';
 
 export const BAR0 = REGION_INDEXES.values.BAR0;
 export const CONFIG = REGION_INDEXES.values.CONFIG;
@@ -26,6 +26,20 @@ export class Cleanup {
   async run(): Promise<void> {
     for (const step of this.steps.splice(0).reverse()) await step();
   }
+}
+
+/** For a describe block: a Cleanup run after each test, which then checks that every fd the test opened is closed. */
+export function cleanupAfterEachTest(): Cleanup {
+  const cleanup = new Cleanup();
+  let fdsBefore = 0;
+  beforeEach(() => {
+    fdsBefore = openFdCount();
+  });
+  afterEach(async () => {
+    await cleanup.run();
+    await waitFor(() => openFdCount() === fdsBefore, `fd count back to ${fdsBefore} (now ${openFdCount()})`);
+  });
+  return cleanup;
 }
 
 export interface Served {

@@ -1,11 +1,9 @@
 /** VfioUserServer's life: clients one after another, a client vanishing mid-request, close, and `viommu serve` as a process. */
 
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
-import * as path from 'node:path';
 import { EDU_BUFFER_ADDRESS, EDU_IDENTIFICATION } from '../../../lib/devices/edu';
 import { SharedRegion } from '../../../lib/memory';
 import { MessageSocket } from '../../../lib/os';
@@ -14,19 +12,12 @@ import { VfioUserConnection } from '../../../lib/vfio-user/connection';
 import { negotiateVersion } from '../../../lib/vfio-user/negotiation';
 import { PROTOCOL_VERSION } from '../../../lib/vfio-user/protocol';
 import { socketTransport } from '../../../lib/vfio-user/transport';
-import { openFdCount, tempSocketPath, waitFor } from '../../helpers';
-import { BAR0, Cleanup, connect, dmaMapBody, readU32, serveEngine, serverIdle, socketGone, startEduDma, waitForEduIdle } from './harness';
+import { waitFor } from '../../helpers';
+import { ServeProcess } from '../cli-process';
+import { BAR0, cleanupAfterEachTest, connect, dmaMapBody, readU32, serveEngine, serverIdle, socketGone, startEduDma, waitForEduIdle } from './harness';
 
 describe('VfioUserServer', () => {
-  const cleanup = new Cleanup();
-  let fdsBefore: number;
-  beforeEach(() => {
-    fdsBefore = openFdCount();
-  });
-  afterEach(async () => {
-    await cleanup.run();
-    await waitFor(() => openFdCount() === fdsBefore, `fd count back to ${fdsBefore} (now ${openFdCount()})`);
-  });
+  const cleanup = cleanupAfterEachTest();
 
   it('serves clients one after another: a second client waits, and is answered when the first leaves', async () => {
     const served = serveEngine(cleanup);
@@ -113,31 +104,12 @@ describe('VfioUserServer', () => {
 
 // ---- `viommu serve` as a separate process ------------------------------------------------------------------
 
-const root = path.resolve(__dirname, '..', '..', '..', '..');
-
-function serveCommand(socketPath: string): string[] {
-  return [path.join(root, 'bin', 'viommu.js'), 'serve', '--socket', socketPath, '--device', 'dma-engine'];
-}
-
-let setpriv: boolean | undefined;
-function spawnWithParentDeath(args: string[]): ChildProcess {
-  setpriv ??= spawnSync('setpriv', ['--pdeathsig', 'KILL', 'true'], { stdio: 'ignore', timeout: 5000 }).status === 0;
-  const [command, argv] = setpriv ? ['setpriv', ['--pdeathsig', 'KILL', '--', process.execPath, ...args]] : [process.execPath, args];
-  return spawn(command, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
-}
-
 describe('viommu serve (a separate process)', () => {
   it('prints where it listens, serves a client in this process (mapped and message DMA), logs it, and exits cleanly on SIGTERM', async () => {
-    const socketPath = tempSocketPath('serve');
-    const child = spawnWithParentDeath(serveCommand(socketPath));
-    let stdout = '';
-    let stderr = '';
-    child.stdout!.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-    child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    const exited = once(child, 'exit');
+    const served = await ServeProcess.start();
+    const socketPath = served.socketPath;
     try {
-      await waitFor(() => stdout.includes('\n'), `the listening line (stderr: ${stderr})`, 10000);
-      assert.equal(stdout, `viommu serve: dma-engine listening on ${socketPath}\n`);
+      assert.equal(served.stdout, `viommu serve: dma-engine listening on ${socketPath}\n`);
       const connection = new VfioUserConnection(socketTransport(MessageSocket.connect(socketPath)), { role: 'client', requestTimeoutMs: 10000 });
       try {
         const version = await negotiateVersion(connection, { twinSocket: true });
@@ -166,14 +138,12 @@ describe('viommu serve (a separate process)', () => {
       } finally {
         connection.close();
       }
-      await waitFor(() => /client 1 disconnected/.test(stderr), `the disconnect log line (stderr: ${stderr})`);
-      assert.match(stderr, /client 1 connected/);
-      child.kill('SIGTERM');
-      const [code, signal] = await exited;
-      assert.deepEqual([code, signal], [0, null], stderr);
+      await waitFor(() => /client 1 disconnected/.test(served.stderr), `the disconnect log line (stderr: ${served.stderr})`);
+      assert.match(served.stderr, /client 1 connected/);
+      assert.deepEqual(await served.stop(), [0, null], served.stderr);
       assert.ok(!fs.existsSync(socketPath), 'the socket file is removed');
     } finally {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      served.kill();
     }
   });
 });

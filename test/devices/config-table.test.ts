@@ -1,0 +1,42 @@
+/** The PCI table shapes: definitions checked at load time, bit fields read and placed, ids looked up both ways. */
+import assert from 'node:assert/strict';
+import fc from 'fast-check';
+import { defineConfigBits, defineConfigStructure, defineIdTable } from '../../lib/devices/config-table';
+import { MSI_CONTROL, PCI_CAPABILITIES, PCI_COMMAND, PCI_STATUS, TYPE0_HEADER } from '../../lib/devices/pci-layout';
+
+describe('PCI config tables', () => {
+  it('refuse overlapping fields, fields past the size, overlapping or empty bits, and ids listed twice', () => {
+    assert.throws(() => defineConfigStructure('bad', [{ key: 'a', spec: 'A', offset: 0, width: 2 }, { key: 'b', spec: 'B', offset: 1, width: 1 }]), /a overlaps b/);
+    assert.throws(() => defineConfigStructure('bad', [{ key: 'a', spec: 'A', offset: 4, width: 4 }], 6), /beyond its size 6/);
+    assert.throws(() => defineConfigBits('bad', [{ key: 'A', mask: 0x3 }, { key: 'B', mask: 0x2 }]), /B has an empty mask or overlaps/);
+    assert.throws(() => defineConfigBits('bad', [{ key: 'A', mask: 0 }]), /A has an empty mask/);
+    assert.throws(() => defineIdTable('bad', [{ value: 1, name: 'one' }, { value: 1, name: 'uno' }]), /uno and one share the value 1/);
+  });
+
+  it('decode a structure by its table, zero past the bytes given', () => {
+    const bytes = Uint8Array.of(0x34, 0x12, 0xe8, 0x11);
+    const header = TYPE0_HEADER.decode(bytes, 0);
+    assert.deepEqual([header.vendorId, header.deviceId, header.command], [0x1234, 0x11e8, 0]);
+    assert.equal(TYPE0_HEADER.has('latencyTimer'), true);
+    assert.equal(TYPE0_HEADER.has('latency'), false);
+    assert.throws(() => TYPE0_HEADER.field('latency' as 'latencyTimer'), /has no field latency/);
+  });
+
+  it('get and place are inverse on every multi-bit field (property)', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: 7 }), fc.integer({ min: 0, max: 0xffff }), (value, noise) => {
+        const placed = MSI_CONTROL.place('MULTIPLE_MESSAGE_ENABLE', value);
+        assert.equal(placed & ~MSI_CONTROL.bits.MULTIPLE_MESSAGE_ENABLE, 0);
+        assert.equal(MSI_CONTROL.get(placed | (noise & ~MSI_CONTROL.bits.MULTIPLE_MESSAGE_ENABLE), 'MULTIPLE_MESSAGE_ENABLE'), value);
+      }),
+    );
+  });
+
+  it('derive write masks from the bits marked writable or write-1-to-clear', () => {
+    assert.equal(PCI_COMMAND.writable, 0x0507);
+    assert.equal(PCI_STATUS.w1c, 0xf900);
+    assert.equal(TYPE0_HEADER.field('command').writable, PCI_COMMAND.writable);
+    assert.equal(PCI_CAPABILITIES.nameOf(PCI_CAPABILITIES.values.MSIX), 'MSI-X');
+    assert.equal(PCI_CAPABILITIES.nameOf(0x7f), undefined);
+  });
+});
