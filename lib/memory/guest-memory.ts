@@ -150,7 +150,7 @@ export class GuestMemory {
     if (hint !== undefined) {
       const offset = address - hint.start;
       const words = hint.words;
-      if (offset >= 0 && offset <= hint.lastEntryOffset && words !== undefined && offset % 8 === 0) {
+      if (offset >= 0 && offset <= hint.lastEntryOffset && words !== undefined && (offset & 7) === 0) {
         const index = offset / 4;
         const lo = words[index];
         if (lo !== undefined) {

@@ -80,7 +80,13 @@ function compileField(structName: string, sizeBits: number, spec: FieldSpec): Fi
     segments.push({ word: bit >>> 5, shift, mask: take === 32 ? 0xffffffff : (1 << take) - 1, scale: 2 ** done });
     done += take;
   }
-  return { ...spec, lsb, msb, maxValue: 2 ** spec.width - 1, segments };
+  // Every field gets the same properties in the same order (absent ones as undefined): one hidden class, so
+  // decoders that read fields of many tables stay monomorphic.
+  return {
+    name: spec.name, bit: spec.bit, width: spec.width, qword: spec.qword, description: spec.description,
+    addressShift: spec.addressShift, reservedUnless: spec.reservedUnless, values: spec.values,
+    lsb, msb, maxValue: 2 ** spec.width - 1, segments,
+  };
 }
 
 /** Builds a table; refuses overlapping fields and duplicate names so each bit has at most one meaning. */

@@ -182,7 +182,8 @@ export class InvalidationQueue {
         this.recorder.raiseQueueError();
         return;
       }
-      this.head = (this.head + 1) % this.entries;
+      // Not % this.entries: entries comes from 2 ** QS arithmetic as a double, and % on doubles is slow.
+      this.head = this.head + 1 === this.entries ? 0 : this.head + 1;
     }
     this.publishHead();
   }

@@ -1,7 +1,8 @@
 /** Legacy-mode translation structures: root entry -> context entry -> second-stage page walk, with fault reasons. */
 
+import { ViommuError } from '../errors';
 import type { EntryWords, GuestMemory } from '../memory/guest-memory';
-import { getField, getField64, hasReservedBits, reservedWords, type Field } from './bitfield';
+import { getField, hasReservedBits, reservedWords, type Field } from './bitfield';
 import type { CachedContext } from './caches';
 import type { QuirkId } from './compat-quirks';
 import { faultCode } from './fault-reasons';
@@ -91,6 +92,19 @@ const BUSES = 256;
 /** AW encodes levels - 2. */
 const AW_LEVEL_BIAS = 2;
 
+/**
+ * An address field kept in place (its addressShift equals its lowest bit) as two word masks, so the byte
+ * address is (hi & masks.hi) * 2^32 + (lo & masks.lo) with no shifting or scaling.
+ */
+function inPlaceMasks(field: Field): { lo: number; hi: number } {
+  if (field.addressShift !== field.lsb) throw new ViommuError('ERR_FIELD_TABLE', `${field.name} is not stored in place: decode it with getField64`);
+  const bits = (from: number, to: number): number => (to < from ? 0 : (2 ** (to + 1) - 2 ** from) >>> 0);
+  return { lo: bits(field.lsb, Math.min(field.msb, 31)), hi: bits(Math.max(field.lsb, 32) - 32, field.msb - 32) | 0 };
+}
+
+const TABLE_ADDRESS = inPlaceMasks(SECOND_STAGE_TABLE_ENTRY.f.ADDR);
+/** Per leaf level (1..3) the address masks of its leaf format. Index 0 unused. */
+const LEAF_ADDRESS = [SECOND_STAGE_4K_LEAF, SECOND_STAGE_4K_LEAF, SECOND_STAGE_2M_LEAF, SECOND_STAGE_1G_LEAF].map((table) => inPlaceMasks(table.f.ADDR));
 /** Per-level shift: 2^(12 + 9 * (level - 1)). Index 0 unused. */
 const LEVEL_SPAN = [0, 1, 2, 3, 4, 5].map((level) => 2 ** (PAGE_SHIFT + BITS_PER_LEVEL * (level - 1)));
 
@@ -169,21 +183,25 @@ export class LegacyWalker {
     };
   }
 
+  private unreadable(context: CachedContext, level: number): WalkFault {
+    const top = level === context.levels && this.quirks.has('top-table-read-error-is-context-invalid');
+    return fault(top ? FR.CONTEXT_ENTRY_INVALID : FR.PAGING_ENTRY_INVALID, context.fpd, level);
+  }
+
   /** Second-stage walk of `iova` (already checked against context.limit). */
   walk(context: CachedContext, iova: number, write: boolean): PageFound | WalkFault {
     const e = this.entry;
-    const w = this.words;
+    const memory = this.memory;
     let table = context.tableAddress;
     let readable = true;
     let writable = true;
     for (let level = context.levels; level >= 1; level--) {
       const span = LEVEL_SPAN[level]!;
-      const index = Math.floor(iova / span) % ENTRIES_PER_TABLE;
-      if (!this.memory.readEntry(table + index * PTE_BYTES, e)) {
-        const top = level === context.levels && this.quirks.has('top-table-read-error-is-context-invalid');
-        return fault(top ? FR.CONTEXT_ENTRY_INVALID : FR.PAGING_ENTRY_INVALID, context.fpd, level);
-      }
+      // & keeps the low bits of the (positive) quotient; % on a double above 2^31 would be far slower.
+      const index = (iova / span) & (ENTRIES_PER_TABLE - 1);
+      if (!memory.readEntry(table + index * PTE_BYTES, e)) return this.unreadable(context, level);
       const lo = e.lo;
+      const hi = e.hi;
       if ((lo & (PTE_R | PTE_W)) === 0) return fault(write ? FR.WRITE : FR.READ, context.fpd, level, true);
       const large = (level === 2 || level === 3) && (lo & PTE_PS) !== 0;
       let reserved: Uint32Array;
@@ -192,17 +210,15 @@ export class LegacyWalker {
         if (((this.options.sllps >>> (level - 2)) & 1) === 0) return fault(FR.PAGING_ENTRY_RESERVED, context.fpd, level);
         reserved = this.leafReserved[level - 1]!;
       } else reserved = level >= 4 ? this.topReserved : this.tableReserved;
-      w[0] = lo;
-      w[1] = e.hi;
-      if ((w[0]! & reserved[0]!) !== 0 || (w[1]! & reserved[1]!) !== 0) return fault(FR.PAGING_ENTRY_RESERVED, context.fpd, level);
+      if ((lo & reserved[0]!) !== 0 || (hi & reserved[1]!) !== 0) return fault(FR.PAGING_ENTRY_RESERVED, context.fpd, level);
       readable = readable && (lo & PTE_R) !== 0;
       writable = writable && (lo & PTE_W) !== 0;
       if (write ? !writable : !readable) return fault(write ? FR.WRITE : FR.READ, context.fpd, level);
       if (level === 1 || large) {
-        const field: Field = level === 1 ? SECOND_STAGE_4K_LEAF.f.ADDR : level === 2 ? SECOND_STAGE_2M_LEAF.f.ADDR : SECOND_STAGE_1G_LEAF.f.ADDR;
-        return { ok: true, address: getField64(lo, e.hi, field) * 2 ** field.addressShift!, pageSize: span, readable, writable };
+        const masks = LEAF_ADDRESS[level]!;
+        return { ok: true, address: (hi & masks.hi) * 2 ** 32 + ((lo & masks.lo) >>> 0), pageSize: span, readable, writable };
       }
-      table = getField64(lo, e.hi, SECOND_STAGE_TABLE_ENTRY.f.ADDR) * 2 ** PAGE_SHIFT;
+      table = (hi & TABLE_ADDRESS.hi) * 2 ** 32 + ((lo & TABLE_ADDRESS.lo) >>> 0);
     }
     // Unreachable for levels >= 1; a context with 0 levels cannot be built (AW is checked against SAGAW).
     return fault(FR.CONTEXT_ENTRY_INVALID, context.fpd);
