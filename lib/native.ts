@@ -61,6 +61,92 @@ export interface SystemCallError extends Error {
   target?: string;
 }
 
+/** One CPUID leaf as KVM_GET_SUPPORTED_CPUID and KVM_SET_CPUID2 carry it (function = leaf, index = subleaf). */
+export interface KvmCpuidEntry {
+  function: number;
+  index: number;
+  /** KVM_CPUID_FLAG_* (bit 0: the index is significant). */
+  flags: number;
+  eax: number;
+  ebx: number;
+  ecx: number;
+  edx: number;
+}
+
+/** struct kvm_segment: a segment register's hidden state. */
+export interface KvmSegment {
+  base: bigint;
+  limit: number;
+  selector: number;
+  type: number;
+  present: boolean;
+  dpl: number;
+  db: boolean;
+  s: boolean;
+  /** 64-bit code segment. */
+  l: boolean;
+  g: boolean;
+  avl: boolean;
+  unusable: boolean;
+}
+
+export interface KvmDescriptorTable {
+  base: bigint;
+  limit: number;
+}
+
+/** struct kvm_sregs without the pending-interrupt bitmap, which setSregs leaves as it is. */
+export interface KvmSregs {
+  cs: KvmSegment;
+  ds: KvmSegment;
+  es: KvmSegment;
+  fs: KvmSegment;
+  gs: KvmSegment;
+  ss: KvmSegment;
+  tr: KvmSegment;
+  ldt: KvmSegment;
+  gdt: KvmDescriptorTable;
+  idt: KvmDescriptorTable;
+  cr0: bigint;
+  cr2: bigint;
+  cr3: bigint;
+  cr4: bigint;
+  cr8: bigint;
+  efer: bigint;
+  apicBase: bigint;
+}
+
+/** struct kvm_translation as KVM_TRANSLATE fills it (physicalAddress is all ones when not valid). */
+export interface KvmRawTranslation {
+  physicalAddress: bigint;
+  valid: boolean;
+  writeable: boolean;
+  usermode: boolean;
+}
+
+/**
+ * A KVM VM used only to translate addresses (no guest code runs). It owns the /dev/kvm, VM and vCPU fds; close()
+ * or garbage collection closes them all. Memory given to it stays referenced until then; if that memory's mapping
+ * is unmapped meanwhile, translate() refuses with EFAULT. Failed ioctls throw SystemCallErrors.
+ */
+export interface NativeKvmVm {
+  /** KVM_GET_API_VERSION (always 12 on a VM that opened). */
+  readonly apiVersion: number;
+  readonly closed: boolean;
+  readonly vcpuCount: number;
+  supportedCpuid(): KvmCpuidEntry[];
+  /** Shows `buffer` (page aligned, e.g. a Mapping's) to the guest at `guestPhysicalAddress`; replaces the slot's memory. */
+  setUserMemoryRegion(slot: number, guestPhysicalAddress: number, buffer: ArrayBuffer): void;
+  /** Creates the next vCPU and returns its index (0, 1, ...). */
+  createVcpu(): number;
+  setCpuid(vcpu: number, entries: readonly KvmCpuidEntry[]): void;
+  getSregs(vcpu: number): KvmSregs;
+  setSregs(vcpu: number, sregs: KvmSregs): void;
+  translate(vcpu: number, linearAddress: bigint): KvmRawTranslation;
+  /** Closes every fd; false when already closed. */
+  close(): boolean;
+}
+
 export interface NativeAddon {
   FileDescriptor: new () => FileDescriptor;
   Mapping: new () => Mapping;
@@ -97,6 +183,9 @@ export interface NativeAddon {
   eventfdWrite(fd: FileDescriptor, value?: number): boolean;
   /** Reads and resets the counter (or takes 1 in semaphore mode); 0 when nothing is pending. */
   eventfdRead(fd: FileDescriptor): number;
+
+  /** Opens `devicePath` (default /dev/kvm) and creates an empty VM. Absent from builds for hosts other than x86-64. */
+  KvmVm?: new (devicePath?: string) => NativeKvmVm;
 }
 
 function load(): NativeAddon {

@@ -5,6 +5,7 @@
 #include "event_fd.h"
 #include "fd_watch.h"
 #include "file_descriptor.h"
+#include "kvm.h"
 #include "message_socket.h"
 #include "shared_memory.h"
 
@@ -26,6 +27,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitSharedMemory(env, exports);
   InitSockets(env, exports);
   InitEventFd(env, exports);
+  InitKvm(env, exports);
   return exports;
 }
 

@@ -3,3 +3,4 @@ export * from './event-fd';
 export * from './message-socket';
 export * from './received-fds';
 export * from './unix-server';
+export * from './kvm';
