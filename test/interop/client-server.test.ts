@@ -230,7 +230,7 @@ describe('interop: our client against `viommu serve --device dma-engine` in anot
       assert.deepEqual(await server.stop(), [0, null], server.stderr);
       assert.ok(!fs.existsSync(server.socketPath), 'the socket file is removed');
       assert.match(server.stderr, /viommu serve: stopped\n$/);
-      assert.equal(openFdCount(), fdsBeforeServer);
+      await waitFor(() => openFdCount() === fdsBeforeServer, `every fd of the session to be closed (${openFdCount()} open, ${fdsBeforeServer} before)`);
     } finally {
       server.kill();
     }
