@@ -1,5 +1,6 @@
 /** The `viommu` command line: parses arguments (commander) and dispatches to subcommands. */
 import { Command, CommanderError } from 'commander';
+import { registerDemoCommand } from './demo';
 import { registerProbeCommand } from './probe';
 import { registerQtestCommand } from './qtest';
 import { registerServeCommand } from './serve';
@@ -13,6 +14,7 @@ export function buildProgram(): Command {
     .version(packageVersion)
     .exitOverride()
     .showHelpAfterError();
+  registerDemoCommand(program);
   registerQtestCommand(program);
   registerProbeCommand(program);
   registerServeCommand(program);

@@ -10,6 +10,7 @@ export interface QtestCommandOptions {
   eduDmaMaskBits?: string;
   traceInterrupts?: boolean;
   extraEdu?: string;
+  deviceSocket?: string;
 }
 
 export function registerQtestCommand(program: Command): void {
@@ -20,6 +21,7 @@ export function registerQtestCommand(program: Command): void {
     .option('--ram <MiB>', 'guest RAM size in MiB', '256')
     .option('--trace-interrupts', "print every MSI the IOMMU delivers (fault and completion events, remapped device interrupts) on stderr as 'interrupt address 0x... data 0x...'")
     .option('--extra-edu <slots>', "further edu devices on bus 0 at these slots, comma-separated (QEMU's -device edu,addr=SLOT)")
+    .option('--device-socket <path>', 'attach the vfio-user device served on this UNIX socket (e.g. by `viommu serve`) at 00:04.0 in place of the in-process edu; its DMA and MSIs go through the IOMMU')
     .option('--edu-dma-mask-bits <bits>', "the edu device's DMA address mask in bits, as QEMU's -device edu,dma_mask=2^bits-1 (default 28)")
     .action(async (options: QtestCommandOptions) => {
       await runQtest(options, process.stdin, process.stdout);
@@ -39,6 +41,7 @@ export async function runQtest(options: QtestCommandOptions, input: NodeJS.Reada
   }
   const machine = new TestbedMachine({
     extraEduSlots: extraSlots,
+    builtInEdu: options.deviceSocket === undefined,
     ramBytes: ramMiB << 20,
     ...(maskBits !== undefined ? { eduDmaMaskBits: maskBits } : {}),
     iommu: (memory) => new VtdUnit({
@@ -48,6 +51,15 @@ export async function runQtest(options: QtestCommandOptions, input: NodeJS.Reada
         : () => undefined,
     }),
   });
+  if (options.deviceSocket !== undefined) {
+    try {
+      const device = await machine.attachVfioUser(options.deviceSocket);
+      device.client.on('close', (error) => device.closed || process.stderr.write(`viommu qtest: the vfio-user device at ${options.deviceSocket} went away${error ? ` (${error.message})` : ''}\n`));
+    } catch (error) {
+      machine.close();
+      throw new Error(`--device-socket ${options.deviceSocket}: ${(error as Error).message}`);
+    }
+  }
   const server = new QtestServer(machine, input as never, output as never, { endOutputWhenInputEnds: true });
   try {
     await server.closed;

@@ -1,7 +1,8 @@
 /** PCI configuration space through ports 0xcf8/0xcfc (mechanism #1): type-0 functions and the memory BARs they decode. */
 import { PciConfigSpace, type PciCapabilityDefinition, type PciIdentity } from '../devices/pci-config-space';
 import { BAR_KEYS, PCI_BAR_COUNT, TYPE0_HEADER } from '../devices/pci-layout';
-import type { MmioBus, MmioHandler } from './mmio-bus';
+import { isPromiseLike } from '../memory/dma-space';
+import type { AsyncMmioHandler, MmioBus } from './mmio-bus';
 
 export type { PciIdentity } from '../devices/pci-config-space';
 
@@ -16,11 +17,31 @@ const DECODING_END = TYPE0_HEADER.field(BAR_KEYS[PCI_BAR_COUNT - 1]).offset + 4;
 export interface PciBar {
   /** Size in bytes, a power of two of at least 16. */
   size: number;
-  handler: MmioHandler;
+  handler: AsyncMmioHandler;
+}
+
+/**
+ * What the host bridge needs of a function on the bus. A function whose configuration space lives elsewhere (a
+ * vfio-user device in another process) answers with promises; the host bridge passes them on to the CPU access.
+ */
+export interface PciEndpoint {
+  readonly name: string;
+  readonly bus: number;
+  readonly devfn: number;
+  readConfig(offset: number, size: 1 | 2 | 4): number | Promise<number>;
+  /** Applies a config write; true when the memory decoding (command or a BAR) may have changed. */
+  writeConfig(offset: number, size: 1 | 2 | 4, value: number): boolean | Promise<boolean>;
+  /** Maps every enabled BAR on the bus (or removes them when memory decoding is off). */
+  updateMappings(bus: MmioBus): void | Promise<void>;
+}
+
+/** Whether a config write at [offset, offset + size) touches the command register or a BAR. */
+export function touchesDecoding(offset: number, size: number): boolean {
+  return offset < DECODING_END && offset + size > DECODING_START;
 }
 
 /** One PCI function: its configuration space (write masks, BAR sizing, capabilities) and the memory BARs it decodes. */
-export class PciFunction {
+export class PciFunction implements PciEndpoint {
   readonly config: PciConfigSpace;
   private readonly bars: (PciBar | undefined)[];
 
@@ -50,7 +71,7 @@ export class PciFunction {
   /** Applies a config write; returns true when the memory decoding (command or a BAR) may have changed. */
   writeConfig(offset: number, size: 1 | 2 | 4, value: number): boolean {
     this.config.write(offset, Uint8Array.from({ length: size }, (_, i) => (value >>> (8 * i)) & 0xff));
-    return offset < DECODING_END && offset + size > DECODING_START;
+    return touchesDecoding(offset, size);
   }
 
   /** Maps every enabled BAR on the bus (or removes them when memory decoding is off). */
@@ -74,15 +95,23 @@ export class PciFunction {
 /** The host bridge's config mechanism: 0xcf8 selects bus/device/function/register, 0xcfc moves the data. */
 export class PciHost {
   private address = 0;
-  private readonly functions = new Map<number, PciFunction>();
+  private readonly functions = new Map<number, PciEndpoint>();
 
   constructor(private readonly mmio: MmioBus) {}
 
-  add(fn: PciFunction): void {
+  add(fn: PciEndpoint): void {
     this.functions.set((fn.bus << 8) | fn.devfn, fn);
   }
 
-  readPort(port: number, size: 1 | 2 | 4): number | undefined {
+  /** Takes a function off the bus, with its BAR windows. */
+  remove(fn: PciEndpoint): void {
+    const key = (fn.bus << 8) | fn.devfn;
+    if (this.functions.get(key) !== fn) return;
+    this.functions.delete(key);
+    for (let index = 0; index < PCI_BAR_COUNT; index++) this.mmio.unmap(`${fn.name}.bar${index}`);
+  }
+
+  readPort(port: number, size: 1 | 2 | 4): number | Promise<number> | undefined {
     if (port === CONFIG_ADDRESS_PORT && size === 4) return this.address >>> 0;
     if (port >= CONFIG_DATA_PORT && port + size <= CONFIG_DATA_PORT + 4) {
       const target = this.selected();
@@ -92,22 +121,31 @@ export class PciHost {
     return undefined;
   }
 
-  writePort(port: number, size: 1 | 2 | 4, value: number): boolean {
+  /** True when the port is the bridge's (a promise of true while a remote function takes the write). */
+  writePort(port: number, size: 1 | 2 | 4, value: number): boolean | Promise<boolean> {
     if (port === CONFIG_ADDRESS_PORT && size === 4) {
       this.address = value >>> 0;
       return true;
     }
     if (port >= CONFIG_DATA_PORT && port + size <= CONFIG_DATA_PORT + 4) {
       const target = this.selected();
-      if (target !== undefined && target.fn.writeConfig(target.register + (port - CONFIG_DATA_PORT), size, value)) {
-        target.fn.updateMappings(this.mmio);
+      if (target === undefined) return true;
+      const fn = target.fn;
+      const changed = fn.writeConfig(target.register + (port - CONFIG_DATA_PORT), size, value);
+      if (!isPromiseLike(changed)) {
+        if (!changed) return true;
+        const mapped = fn.updateMappings(this.mmio);
+        return isPromiseLike(mapped) ? mapped.then(() => true) : true;
       }
-      return true;
+      return changed.then(async (decodingChanged) => {
+        if (decodingChanged) await fn.updateMappings(this.mmio);
+        return true;
+      });
     }
     return false;
   }
 
-  private selected(): { fn: PciFunction; register: number } | undefined {
+  private selected(): { fn: PciEndpoint; register: number } | undefined {
     if ((this.address & ENABLE_BIT) === 0) return undefined;
     const fn = this.functions.get((this.address >>> 8) & 0xffff);
     return fn === undefined ? undefined : { fn, register: this.address & 0xfc };

@@ -1,10 +1,14 @@
-/** The testbed machine: guest RAM, PCI config ports, an MMIO bus with the DMAR unit, and the edu DMA device. */
-import { GuestMemory, SharedRegion, type DmaSpace } from '../memory';
+/** The testbed machine: guest RAM, PCI config ports, an MMIO bus with the DMAR unit, and DMA devices (edu, vfio-user). */
+import { GuestMemory, SharedRegion, isPromiseLike, type DmaSpace } from '../memory';
+import { ShadowBackend } from '../host/shadow-backend';
+import type { DeviceDomainListener } from '../vtd/address-space';
 import type { QtestMachine, QtestNarrowSize } from './qtest/machine';
 import type { QtestPortSize } from './qtest/protocol';
-import { MmioBus, type AccessSize } from './mmio-bus';
+import { MmioBus, type AccessSize, type AsyncMmioHandler } from './mmio-bus';
 import { PciFunction, PciHost } from './pci';
+import { VfioUserAttachment, type AttachOptions } from './vfio-user-attachment';
 import { EduDevice, EDU_BAR_SIZE, EDU_PCI_IDENTITY, type EduDmaOutcome } from '../devices/edu';
+import { ViommuError } from '../errors';
 
 /** Where q35 puts the DMAR unit's registers. */
 export const DMAR_BASE = 0xfed90000;
@@ -17,6 +21,20 @@ export interface TestbedIommu {
   read(offset: number, size: 4 | 8): number | bigint;
   write(offset: number, size: 4 | 8, value: number | bigint): void;
   dmaSpace(sourceId: number): DmaSpace;
+  /** A device's MSI (a DWORD write to the interrupt range): remapped when the unit does so, then delivered. */
+  interruptRequest?(request: { sid: number; address: number; data: number }, origin: 'message'): unknown;
+  /** The domain contract of lib/vtd/address-space.ts; with caching mode on, attached vfio-user devices are shadowed. */
+  watchDevice?(sid: number, listener: DeviceDomainListener): () => void;
+  readonly config?: { readonly 'caching-mode'?: boolean };
+}
+
+/** An MSI a device raised, as the machine saw it. */
+export interface DeviceInterrupt {
+  readonly sid: number;
+  readonly address: bigint;
+  readonly data: number;
+  /** What the IOMMU made of it (its interruptRequest result), when there is one that remaps. */
+  readonly result?: unknown;
 }
 
 export interface TestbedOptions {
@@ -29,31 +47,93 @@ export interface TestbedOptions {
   eduDmaMaskBits?: number;
   /** Slots on bus 0 for further edu devices (QEMU's `-device edu,addr=SLOT`), e.g. to fault from a second requester id. */
   extraEduSlots?: readonly number[];
+  /** Put the in-process edu at 00:04.0 (default true); false leaves the slot for a vfio-user device. */
+  builtInEdu?: boolean;
+  /** Every MSI a device raises (after the IOMMU's interrupt path, when it has one). */
+  onDeviceInterrupt?: (interrupt: DeviceInterrupt) => void;
 }
+
+/** Device interrupts kept in `deviceInterrupts`; older ones are dropped. */
+const INTERRUPT_LOG_LIMIT = 256;
+/** The MSI address range (0xfee00000-0xfeefffff): writes there are interrupt requests, not memory writes. */
+const MSI_RANGE = { start: 0xfee00000n, end: 0xfef00000n } as const;
 
 export class TestbedMachine implements QtestMachine {
   readonly memory = new GuestMemory();
   readonly ram: SharedRegion;
   readonly mmio = new MmioBus();
   readonly pci: PciHost;
-  readonly edu: EduDevice;
+  /** The in-process edu at 00:04.0 (undefined with `builtInEdu: false`). */
+  readonly edu: EduDevice | undefined;
   /** The devices of `extraEduSlots`, in that order. */
   readonly extraEdus: EduDevice[] = [];
   readonly iommu: TestbedIommu | undefined;
+  /** Keeps attached vfio-user devices' DMA tables equal to the guest's mappings (caching mode with a unit that tells domains). */
+  readonly shadow: ShadowBackend | undefined;
+  /** The last device MSIs, oldest first. */
+  readonly deviceInterrupts: DeviceInterrupt[] = [];
+  readonly attachments: VfioUserAttachment[] = [];
   private readonly ramBytes: number;
+  private readonly onDeviceInterrupt: ((interrupt: DeviceInterrupt) => void) | undefined;
 
   constructor(options: TestbedOptions = {}) {
     this.ramBytes = options.ramBytes ?? 256 << 20;
     this.ram = SharedRegion.create('guest-ram', this.ramBytes);
     this.memory.addSharedRegion('ram', 0, this.ram);
+    this.onDeviceInterrupt = options.onDeviceInterrupt;
     this.iommu = options.iommu?.(this.memory);
-    if (this.iommu) this.mmio.map('dmar', DMAR_BASE, DMAR_WINDOW_SIZE, dmarWindow(this.iommu));
+    const iommu = this.iommu;
+    if (iommu?.watchDevice !== undefined && iommu.config?.['caching-mode'] === true) {
+      this.shadow = new ShadowBackend(this.memory, { watchDevice: (sid, listener) => iommu.watchDevice!(sid, listener) });
+    }
+    if (iommu) this.mmio.map('dmar', DMAR_BASE, DMAR_WINDOW_SIZE, dmarWindow(iommu, this.shadow));
     this.pci = new PciHost(this.mmio);
-    this.edu = this.addEdu('edu', EDU_DEVFN, options);
+    this.edu = options.builtInEdu === false ? undefined : this.addEdu('edu', EDU_DEVFN, options);
     for (const slot of options.extraEduSlots ?? []) this.extraEdus.push(this.addEdu(`edu@${slot}`, slot << 3, options));
   }
 
+  /**
+   * Puts the vfio-user device served at `socketPath` on bus 0 at `devfn` (default 00:04.0): its config space and
+   * BARs forward to the server, its DMA by message goes through the IOMMU for its requester id, its MSIs through
+   * the IOMMU's interrupt path, and with caching mode its DMA table follows the guest's mappings.
+   */
+  async attachVfioUser(socketPath: string, options: Partial<AttachOptions> = {}): Promise<VfioUserAttachment> {
+    const devfn = options.devfn ?? EDU_DEVFN;
+    if (this.occupied.has(devfn)) {
+      throw new ViommuError('ERR_TESTBED_SLOT_TAKEN', `00:${(devfn >> 3).toString(16).padStart(2, '0')}.${devfn & 7} already holds a device; pick another devfn (or start the testbed with builtInEdu: false)`);
+    }
+    this.occupied.add(devfn);
+    try {
+      const attachment = await VfioUserAttachment.connect(socketPath, {
+        memory: this.memory,
+        mmio: this.mmio,
+        pci: this.pci,
+        shadow: this.shadow,
+        dmaSpace: (sid) => (this.iommu ? this.iommu.dmaSpace(sid) : this.memory.dma),
+        deviceInterrupt: (sid, address, data) => this.deviceInterrupt(sid, address, data),
+      }, { ...options, devfn });
+      this.attachments.push(attachment);
+      return attachment;
+    } catch (error) {
+      this.occupied.delete(devfn);
+      throw error;
+    }
+  }
+
+  private readonly occupied = new Set<number>();
+
+  /** A device's MSI: through the IOMMU's interrupt path when it has one (remapping, fault records), then logged. */
+  deviceInterrupt(sid: number, address: bigint, data: number): void {
+    const remappable = this.iommu?.interruptRequest !== undefined && address >= MSI_RANGE.start && address < MSI_RANGE.end;
+    const result = remappable ? this.iommu!.interruptRequest!({ sid, address: Number(address), data }, 'message') : undefined;
+    const interrupt: DeviceInterrupt = result === undefined ? { sid, address, data } : { sid, address, data, result };
+    this.deviceInterrupts.push(interrupt);
+    if (this.deviceInterrupts.length > INTERRUPT_LOG_LIMIT) this.deviceInterrupts.shift();
+    this.onDeviceInterrupt?.(interrupt);
+  }
+
   private addEdu(name: string, devfn: number, options: TestbedOptions): EduDevice {
+    this.occupied.add(devfn);
     const dma = this.iommu ? this.iommu.dmaSpace(devfn) : this.memory.dma;
     const edu = new EduDevice(dma, {
       ...(options.onDma ? { onDma: options.onDma } : {}),
@@ -63,52 +143,71 @@ export class TestbedMachine implements QtestMachine {
     return edu;
   }
 
+  /** Disconnects attached devices (their servers drop every mapping with the connection) and frees guest RAM. */
   close(): void {
+    for (const attachment of this.attachments.splice(0)) attachment.closeNow();
     this.ram.close();
   }
 
-  readPort(port: number, size: QtestPortSize): number {
+  readPort(port: number, size: QtestPortSize): number | Promise<number> {
     return this.pci.readPort(port, size) ?? (size === 4 ? 0xffffffff : (1 << (8 * size)) - 1);
   }
 
-  writePort(port: number, size: QtestPortSize, value: number): void {
-    this.pci.writePort(port, size, value);
+  writePort(port: number, size: QtestPortSize, value: number): void | Promise<void> {
+    const done = this.pci.writePort(port, size, value);
+    if (isPromiseLike(done)) return done.then(() => undefined);
   }
 
-  readMemory(address: bigint, size: QtestNarrowSize): number {
-    return Number(this.access(address, size, undefined));
+  readMemory(address: bigint, size: QtestNarrowSize): number | Promise<number> {
+    return after(this.access(address, size, undefined), Number);
   }
 
-  writeMemory(address: bigint, size: QtestNarrowSize, value: number): void {
-    this.access(address, size, BigInt(value >>> 0) & ((1n << BigInt(8 * size)) - 1n));
+  writeMemory(address: bigint, size: QtestNarrowSize, value: number): void | Promise<void> {
+    return after(this.access(address, size, BigInt(value >>> 0) & ((1n << BigInt(8 * size)) - 1n)), ignore);
   }
 
-  readMemory64(address: bigint): bigint {
+  readMemory64(address: bigint): bigint | Promise<bigint> {
     return this.access(address, 8, undefined);
   }
 
-  writeMemory64(address: bigint, value: bigint): void {
-    this.access(address, 8, BigInt.asUintN(64, value));
+  writeMemory64(address: bigint, value: bigint): void | Promise<void> {
+    return after(this.access(address, 8, BigInt.asUintN(64, value)), ignore);
   }
 
-  readBytes(address: bigint, length: number): Uint8Array {
+  readBytes(address: bigint, length: number): Uint8Array | Promise<Uint8Array> {
     if (this.inRam(address, length)) return this.memory.read(Number(address), length);
     const bytes = new Uint8Array(length);
-    for (let i = 0; i < length; i++) bytes[i] = Number(this.access(address + BigInt(i), 1, undefined));
-    return bytes;
+    const from = (start: number): Uint8Array | Promise<Uint8Array> => {
+      for (let i = start; i < length; i++) {
+        const value = this.access(address + BigInt(i), 1, undefined);
+        if (isPromiseLike(value)) return value.then((byte) => ((bytes[i] = Number(byte)), from(i + 1)));
+        bytes[i] = Number(value);
+      }
+      return bytes;
+    };
+    return from(0);
   }
 
-  writeBytes(address: bigint, data: Uint8Array): void {
+  writeBytes(address: bigint, data: Uint8Array): void | Promise<void> {
     if (this.inRam(address, data.length)) return this.memory.write(Number(address), data);
-    data.forEach((byte, i) => this.access(address + BigInt(i), 1, BigInt(byte)));
+    const from = (start: number): void | Promise<void> => {
+      for (let i = start; i < data.length; i++) {
+        const done = this.access(address + BigInt(i), 1, BigInt(data[i]!));
+        if (isPromiseLike(done)) return done.then(() => from(i + 1));
+      }
+    };
+    return from(0);
   }
 
   private inRam(address: bigint, length: number): boolean {
     return address >= 0n && address + BigInt(length) <= BigInt(this.ramBytes);
   }
 
-  /** One sized CPU access: RAM, a device window, or nothing (reads 0, writes dropped, as QEMU's unassigned memory). */
-  private access(address: bigint, size: AccessSize, value: bigint | undefined): bigint {
+  /**
+   * One sized CPU access: RAM, a device window, or nothing (reads 0, writes dropped, as QEMU's unassigned memory).
+   * A window in another process answers with a promise; everything else stays synchronous.
+   */
+  private access(address: bigint, size: AccessSize, value: bigint | undefined): bigint | Promise<bigint> {
     if (this.inRam(address, size)) {
       const at = Number(address);
       if (value === undefined) {
@@ -122,21 +221,33 @@ export class TestbedMachine implements QtestMachine {
     const target = address <= BigInt(Number.MAX_SAFE_INTEGER) ? this.mmio.find(Number(address), size) : undefined;
     if (target === undefined) return 0n;
     if (value === undefined) return target.handler.read(target.offset, size);
-    target.handler.write(target.offset, size, value);
-    return 0n;
+    return after(target.handler.write(target.offset, size, value), () => 0n);
   }
 }
 
-/** QEMU's DMAR window takes 4- and 8-byte accesses; narrower ones read 0 and are dropped. */
-function dmarWindow(iommu: TestbedIommu) {
+function ignore(): void {}
+
+/** Applies `next` to a value now, or when its promise resolves. */
+function after<T, U>(value: T | Promise<T>, next: (value: T) => U): U | Promise<U> {
+  return isPromiseLike(value) ? (value as Promise<T>).then(next) : next(value as T);
+}
+
+/**
+ * QEMU's DMAR window takes 4- and 8-byte accesses; narrower ones read 0 and are dropped. With a shadow backend, a
+ * write completes only when the DMA_MAP/DMA_UNMAPs it caused are answered, so a guest never races its own
+ * invalidation (the device has lost an unmapped range before the invalidation's status is read).
+ */
+function dmarWindow(iommu: TestbedIommu, shadow: ShadowBackend | undefined): AsyncMmioHandler {
   return {
     read(offset: number, size: AccessSize): bigint {
       if (size !== 4 && size !== 8) return 0n;
       return BigInt(iommu.read(offset, size));
     },
-    write(offset: number, size: AccessSize, value: bigint): void {
+    write(offset: number, size: AccessSize, value: bigint): void | Promise<void> {
       if (size === 4) iommu.write(offset, 4, Number(value & 0xffffffffn));
       else if (size === 8) iommu.write(offset, 8, value);
+      else return;
+      return shadow?.settled();
     },
   };
 }

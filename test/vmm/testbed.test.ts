@@ -48,11 +48,11 @@ describe('TestbedMachine (no IOMMU)', () => {
     machine.writeMemory64(bar + 0x88n, 0x40000n);
     machine.writeMemory64(bar + 0x90n, 20n);
     machine.writeMemory64(bar + 0x98n, 1n);
-    assert.equal(machine.readMemory64(bar + 0x98n) & 1n, 0n);
+    assert.equal((machine.readMemory64(bar + 0x98n) as bigint) & 1n, 0n);
     machine.writeMemory64(bar + 0x80n, 0x40000n);
     machine.writeMemory64(bar + 0x88n, 0x20000n);
     machine.writeMemory64(bar + 0x98n, 3n);
-    assert.equal(Buffer.from(machine.readBytes(0x20000n, 20)).toString(), 'hello from guest RAM');
+    assert.equal(Buffer.from(machine.readBytes(0x20000n, 20) as Uint8Array).toString(), 'hello from guest RAM');
     assert.equal(outcomes.filter((o) => o.error).length, 0);
   });
 

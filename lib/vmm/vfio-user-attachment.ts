@@ -1,0 +1,223 @@
+/**
+ * A vfio-user device on the testbed's bus: config space and BARs forwarded to the server, its DMA by message
+ * served through the IOMMU for its requester id, its MSI turned into interrupt requests, and (caching mode) its
+ * DMA table shadowing the guest's mappings.
+ */
+import type { DmaSpace, GuestMemory } from '../memory';
+import type { ShadowAttachment, ShadowBackend } from '../host/shadow-backend';
+import { bytesToValue, valueToBytes, type AccessSize } from '../devices/register-access';
+import { BAR_KEYS, MSI_CONTROL, msiStructureFor, PCI_BAR_COUNT, PCI_CAPABILITY_IDS, PCI_COMMAND, PCI_CONFIG_SIZE, PCI_HEADER_SIZE, readBar, TYPE0_HEADER } from '../devices/pci-layout';
+import { EventFd } from '../os';
+import { VfioUserClient, type DmaFaultEvent, type VfioUserClientOptions } from '../vfio-user/client';
+import { describePciConfig } from '../vfio-user/client/pci-config';
+import { IRQ_INDEXES, REGION_INDEXES } from '../vfio-user/protocol';
+import { ViommuError } from '../errors';
+import { DeviceDmaTable } from './device-dma-table';
+import type { AsyncMmioHandler, MmioBus } from './mmio-bus';
+import { touchesDecoding, type PciEndpoint, type PciHost } from './pci';
+
+const CONFIG_REGION = REGION_INDEXES.values.CONFIG;
+/** Failed device DMAs kept for inspection; older ones are dropped. */
+const FAULT_LOG_LIMIT = 64;
+/** MSIs delivered per eventfd wake-up at most: the counter collapses signals, and a storm must not stall the loop. */
+const MSI_BURST_LIMIT = 64;
+/** The largest MSI capability (64-bit address with per-vector masking). */
+const MSI_CAPABILITY_MAX_BYTES = 24;
+
+/** What the machine gives a device it attaches. */
+export interface AttachmentHost {
+  readonly memory: GuestMemory;
+  readonly mmio: MmioBus;
+  readonly pci: PciHost;
+  /** The device's DMA view: the IOMMU's translation for its requester id, or guest RAM without one. */
+  dmaSpace(sid: number): DmaSpace;
+  /** The device raised an MSI: the DWORD write of `data` to `address` it stands for. */
+  deviceInterrupt(sid: number, address: bigint, data: number): void;
+  /** The shadow backend when the IOMMU shadows (caching mode and a unit that tells domains). */
+  readonly shadow: ShadowBackend | undefined;
+}
+
+export interface AttachOptions {
+  /** Device and function on bus 0 (default 00:04.0, where the oracle scripts expect their DMA engine). */
+  readonly devfn: number;
+  /** Names the function's BAR windows on the MMIO bus. */
+  readonly name?: string;
+  readonly client?: Omit<VfioUserClientOptions, 'dmaSpace' | 'checkDmaAgainstMaps' | 'enumerate'>;
+}
+
+/** One attached vfio-user device. */
+export class VfioUserAttachment implements PciEndpoint {
+  readonly bus = 0;
+  readonly name: string;
+  readonly table: DeviceDmaTable;
+  /** The server DMAs that were refused (translation faults included), newest last. */
+  readonly dmaFaults: DmaFaultEvent[] = [];
+  private msi: EventFd | undefined;
+  private msiCapability: number | undefined;
+  private shadowAttachment: ShadowAttachment | undefined;
+  private isClosed = false;
+
+  private constructor(
+    readonly client: VfioUserClient,
+    private readonly host: AttachmentHost,
+    readonly devfn: number,
+    name: string | undefined,
+  ) {
+    this.name = name ?? `vfio-user@${(devfn >> 3).toString(16).padStart(2, '0')}.${devfn & 7}`;
+    this.table = new DeviceDmaTable({
+      dmaMap: (request) => client.dmaMap(request),
+      dmaUnmap: (address, size) => client.dmaUnmap(address, size),
+      get maxDmaMaps() {
+        return client.connection.peerCapabilities.maxDmaMaps;
+      },
+    });
+  }
+
+  /** Connects to the server at `socketPath` and puts its function on the host's bus; closes it again on failure. */
+  static async connect(socketPath: string, host: AttachmentHost, options: AttachOptions): Promise<VfioUserAttachment> {
+    const devfn = options.devfn;
+    const client = await VfioUserClient.connect(socketPath, {
+      twinSocket: true,
+      ...options.client,
+      dmaSpace: host.dmaSpace(devfn),
+      // The IOMMU decides what the device may reach; the client's own table only says which ranges go by message.
+      checkDmaAgainstMaps: false,
+    });
+    const attachment = new VfioUserAttachment(client, host, devfn, options.name);
+    try {
+      await attachment.start();
+    } catch (error) {
+      attachment.closeNow();
+      throw error;
+    }
+    return attachment;
+  }
+
+  /** The requester id the device's DMA and interrupts carry. */
+  get sourceId(): number {
+    return (this.bus << 8) | this.devfn;
+  }
+
+  get closed(): boolean {
+    return this.isClosed;
+  }
+
+  /** Whether the guest's mappings reach the device as DMA_MAPs of guest RAM. */
+  get shadowed(): boolean {
+    return this.shadowAttachment !== undefined;
+  }
+
+  private async start(): Promise<void> {
+    const device = this.client.device;
+    if (device === undefined || this.client.regions.length <= CONFIG_REGION || this.client.region(CONFIG_REGION).size < BigInt(PCI_HEADER_SIZE)) {
+      throw new ViommuError('ERR_VFIO_USER_ATTACH', 'the vfio-user server offers no PCI configuration region, so it cannot sit on a PCI bus');
+    }
+    this.client.on('dmaFault', (event) => {
+      this.dmaFaults.push(event);
+      if (this.dmaFaults.length > FAULT_LOG_LIMIT) this.dmaFaults.shift();
+    });
+    const configSize = Math.min(PCI_CONFIG_SIZE, Number(this.client.region(CONFIG_REGION).size));
+    const config = describePciConfig(await this.client.regionRead(CONFIG_REGION, 0, configSize));
+    this.msiCapability = config.capabilities.find((capability) => capability.id === PCI_CAPABILITY_IDS.MSI)?.offset;
+    if (this.msiCapability !== undefined && (this.client.irqs[IRQ_INDEXES.values.MSI]?.count ?? 0) > 0) {
+      const msi = EventFd.create();
+      this.msi = msi;
+      await this.client.enableMsi([msi]);
+      msi.watch((count) => void this.raiseMsi(Math.min(count, MSI_BURST_LIMIT)));
+    }
+    if (this.host.shadow !== undefined) this.shadowAttachment = this.host.shadow.attach(this.sourceId, this.table);
+    await this.table.start();
+    this.host.pci.add(this);
+  }
+
+  /** Resolves when every DMA_MAP/DMA_UNMAP decided so far has been answered. */
+  async settled(): Promise<void> {
+    await this.shadowAttachment?.settled();
+    await this.table.settled();
+  }
+
+  // ---- configuration space and BARs ----------------------------------------------------------------------------
+
+  async readConfig(offset: number, size: 1 | 2 | 4): Promise<number> {
+    return Number(bytesToValue(await this.client.regionRead(CONFIG_REGION, offset, size)));
+  }
+
+  async writeConfig(offset: number, size: 1 | 2 | 4, value: number): Promise<boolean> {
+    const bytes = new Uint8Array(size);
+    valueToBytes(BigInt(value >>> 0), bytes);
+    await this.client.regionWrite(CONFIG_REGION, offset, bytes);
+    return touchesDecoding(offset, size);
+  }
+
+  /** Reads the header back from the device (its write masks and BAR sizing are the server's) and maps the BARs. */
+  async updateMappings(bus: MmioBus): Promise<void> {
+    const header = await this.client.regionRead(CONFIG_REGION, 0, PCI_HEADER_SIZE);
+    const command = Number(bytesToValue(header.subarray(TYPE0_HEADER.field('command').offset, TYPE0_HEADER.field('command').offset + 2)));
+    const enabled = (command & PCI_COMMAND.bits.MEMORY_SPACE) !== 0;
+    for (let index = 0; index < PCI_BAR_COUNT; index++) {
+      const windowName = `${this.name}.bar${index}`;
+      bus.unmap(windowName);
+      const region = this.client.regions[index];
+      if (!enabled || region === undefined || region.size === 0n || BAR_KEYS[index] === undefined) continue;
+      const bar = readBar(header, index);
+      if (bar.kind !== 'memory' || bar.address === 0n || bar.address + region.size > BigInt(Number.MAX_SAFE_INTEGER)) continue;
+      try {
+        bus.map(windowName, Number(bar.address), Number(region.size), this.barHandler(index));
+      } catch {
+        // Overlapping BARs decode nothing, as on real buses.
+      }
+    }
+  }
+
+  private barHandler(index: number): AsyncMmioHandler {
+    return {
+      read: async (offset: number, size: AccessSize) => bytesToValue(await this.client.regionRead(index, offset, size)),
+      write: async (offset: number, size: AccessSize, value: bigint) => {
+        const bytes = new Uint8Array(size);
+        valueToBytes(value, bytes);
+        await this.client.regionWrite(index, offset, bytes);
+      },
+    };
+  }
+
+  // ---- interrupts -----------------------------------------------------------------------------------------------
+
+  /** The message the guest programmed into the device's MSI capability, read from the device when it fires. */
+  private async raiseMsi(count: number): Promise<void> {
+    if (this.msiCapability === undefined || this.isClosed) return;
+    let message: { address: bigint; data: number } | undefined;
+    try {
+      const bytes = await this.client.regionRead(CONFIG_REGION, this.msiCapability, Math.min(MSI_CAPABILITY_MAX_BYTES, PCI_CONFIG_SIZE - this.msiCapability));
+      const control = Number(bytesToValue(bytes.subarray(2, 4)));
+      if ((control & MSI_CONTROL.bits.ENABLE) === 0) return;
+      const fields = msiStructureFor(control).decode(bytes, 0) as Partial<Record<string, number>>;
+      message = { address: (BigInt(fields.upperAddress ?? 0) << 32n) | BigInt(fields.address ?? 0), data: fields.data ?? 0 };
+    } catch {
+      // The device went away while its MSI was in flight: nothing to deliver.
+      return;
+    }
+    for (let i = 0; i < count; i++) this.host.deviceInterrupt(this.sourceId, message.address, message.data);
+  }
+
+  // ---- life cycle -----------------------------------------------------------------------------------------------
+
+  /** Withdraws the device's shadow mappings, then disconnects it and takes it off the bus. */
+  async close(): Promise<void> {
+    if (this.isClosed) return;
+    try {
+      await this.shadowAttachment?.detach();
+    } finally {
+      this.closeNow();
+    }
+  }
+
+  /** Disconnects at once (the server drops every mapping with the connection) and takes the device off the bus. */
+  closeNow(): void {
+    if (this.isClosed) return;
+    this.isClosed = true;
+    void this.shadowAttachment?.detach().catch(() => undefined);
+    this.host.pci.remove(this);
+    this.client.close();
+    this.msi?.close();
+  }
+}
