@@ -1,4 +1,6 @@
-/** The context cache (by source id) and the IOTLB (by domain and page), with the invalidation scopes of the spec. */
+/** The context caches (by source id), the PASID cache and the IOTLB (by domain, PASID and page), with the invalidation scopes of the spec. */
+
+import type { PasidEntry, ScalableContext } from './scalable-context';
 
 /** What a present, valid legacy context entry tells the translation path. */
 export interface CachedContext {
@@ -15,9 +17,21 @@ export interface CachedContext {
   readonly limit: number;
 }
 
+/**
+ * Which invalidations reach an IOTLB entry (spec 6.5.2.3/6.5.2.4): IOTLB invalidation (type 2) reaches
+ * second-stage and pass-through entries by address and nested entries of the domain whatever the address;
+ * PASID-based IOTLB invalidation (type 6) reaches first-stage and nested entries. Legacy entries are SECOND.
+ */
+export const TRANSLATION_KIND = { SECOND: 0, FIRST: 1, NESTED: 2 } as const;
+export type TranslationKind = (typeof TRANSLATION_KIND)[keyof typeof TRANSLATION_KIND];
+
 /** One leaf translation: the page the IOVA falls in and the permissions along the walk. */
 export interface IotlbEntry {
   readonly did: number;
+  /** The PASID the translation was made for (requests without PASID: RID_PASID); 0 in legacy mode. */
+  readonly pasid?: number;
+  /** Defaults to SECOND. */
+  readonly kind?: TranslationKind;
   /** First 4 KiB page number of the (possibly large) page on the IOVA side. */
   readonly pfn: number;
   /** Guest-physical base of the page. */
@@ -25,6 +39,12 @@ export interface IotlbEntry {
   readonly pageSize: number;
   readonly readable: boolean;
   readonly writable: boolean;
+  /** First-stage rights depend on the privilege of the request: an entry serves requests of the same privilege only. */
+  readonly supervisor?: boolean;
+  /** Execute allowed (first stage: XD clear along the walk); defaults to true. */
+  readonly executable?: boolean;
+  /** A write needs no walk to set D (first-stage D already set, or no D to set); defaults to true. */
+  readonly dirty?: boolean;
 }
 
 const PAGE_SHIFT = 12;
@@ -33,11 +53,8 @@ const PAGE = 2 ** PAGE_SHIFT;
 export const PAGE_SIZES = [PAGE, 2 ** 21, 2 ** 30] as const;
 /** Device-function masks selected by CCMD/descriptor FM (spec: mask none, bit 2, bits 2:1, bits 2:0). */
 const FUNCTION_MASKS = [0b000, 0b100, 0b110, 0b111] as const;
-/**
- * IOVAs the IOTLB holds are below 2^48, i.e. page numbers below 2^36, so DID * 2^36 + pfn stays a safe
- * integer: one number key, composed once, no BigInt.
- */
-const PFN_SPAN = 2 ** 36;
+/** The IOTLB holds inputs below 2^52 (page numbers are exact doubles); translations above it are walked each time. */
+const PFN_SPAN = 2 ** 40;
 /** Bounded like QEMU's (VTD_IOTLB_MAX_SIZE): a full cache is emptied rather than grown. */
 export const IOTLB_CAPACITY = 1024;
 
@@ -71,6 +88,77 @@ export class ContextCache {
   }
 }
 
+/** Whether `key` is among the source ids a device-selective invalidation of `sid` with function mask `fm` names. */
+function sidMatches(key: number, sid: number, fm: number): boolean {
+  const keep = ~(FUNCTION_MASKS[fm & 3] ?? 0);
+  return (key & keep) === (sid & keep);
+}
+
+/** Scalable-mode context entries by source id. They carry no DID, so a domain-selective invalidation drops all. */
+export class ScalableContextCache {
+  private readonly entries = new Map<number, ScalableContext>();
+
+  get size(): number {
+    return this.entries.size;
+  }
+
+  get(sid: number): ScalableContext | undefined {
+    return this.entries.get(sid);
+  }
+
+  set(entry: ScalableContext): void {
+    this.entries.set(entry.sid, entry);
+  }
+
+  invalidateAll(): void {
+    this.entries.clear();
+  }
+
+  invalidateDevice(sid: number, fm: number): void {
+    for (const key of this.entries.keys()) if (sidMatches(key, sid, fm)) this.entries.delete(key);
+  }
+}
+
+/** PASIDs are 20 bits: SID * 2^20 + PASID is one exact number key. */
+const PASID_SPAN = 2 ** 20;
+
+/**
+ * PASID-table entries, found by (source id, PASID) -- the lookup knows no DID before it reads the entry -- and
+ * tagged with the entry's DID, which the PASID-cache invalidation scopes (domain, PASID within domain) select by.
+ */
+export class PasidCache {
+  private readonly entries = new Map<number, { readonly sid: number; readonly entry: PasidEntry }>();
+
+  get size(): number {
+    return this.entries.size;
+  }
+
+  get(sid: number, pasid: number): PasidEntry | undefined {
+    return this.entries.get(sid * PASID_SPAN + pasid)?.entry;
+  }
+
+  set(sid: number, entry: PasidEntry): void {
+    this.entries.set(sid * PASID_SPAN + entry.pasid, { sid, entry });
+  }
+
+  invalidateAll(): void {
+    this.entries.clear();
+  }
+
+  invalidateDomain(did: number): void {
+    for (const [key, value] of this.entries) if (value.entry.did === did) this.entries.delete(key);
+  }
+
+  invalidatePasid(did: number, pasid: number): void {
+    for (const [key, value] of this.entries) if (value.entry.did === did && value.entry.pasid === pasid) this.entries.delete(key);
+  }
+
+  /** The entries reached through the context entries of these devices (a context-cache invalidation). */
+  invalidateDevice(sid: number, fm: number): void {
+    for (const [key, value] of this.entries) if (sidMatches(value.sid, sid, fm)) this.entries.delete(key);
+  }
+}
+
 /** Pages of 4 KiB one entry of each IOTLB page size covers. */
 const PAGES_PER_ENTRY = PAGE_SIZES.map((size) => size / PAGE);
 /** Table slots: a power of two, four per entry the IOTLB can hold, so linear probes stay short. */
@@ -84,11 +172,16 @@ const PROBE_LIMIT = 64;
 /** A slot's entry, allocated once with the table and overwritten in place. */
 interface SlotEntry {
   did: number;
+  pasid: number;
+  kind: TranslationKind;
   pfn: number;
   address: number;
   pageSize: number;
   readable: boolean;
   writable: boolean;
+  supervisor: boolean;
+  executable: boolean;
+  dirty: boolean;
 }
 
 /**
@@ -99,51 +192,62 @@ interface SlotEntry {
 export class Iotlb {
   /** Domain of the entry in each slot, or EMPTY. */
   private readonly dids = new Int32Array(SLOTS).fill(EMPTY);
+  /** PASID tag of the entry in each slot (0 in legacy mode). */
+  private readonly pasids = new Int32Array(SLOTS);
   /** First 4 KiB page of the entry, aligned to its size. */
   private readonly pfns = new Float64Array(SLOTS);
   /** Index into PAGE_SIZES. */
   private readonly orders = new Uint8Array(SLOTS);
-  private readonly entries: SlotEntry[] = Array.from({ length: SLOTS }, () => ({ did: 0, pfn: 0, address: 0, pageSize: PAGE, readable: false, writable: false }));
+  private readonly entries: SlotEntry[] = Array.from({ length: SLOTS }, () => ({
+    did: 0, pasid: 0, kind: TRANSLATION_KIND.SECOND, pfn: 0, address: 0, pageSize: PAGE, readable: false, writable: false,
+    supervisor: false, executable: true, dirty: true,
+  }));
   /** Entries per page size: lookups skip sizes that hold none. */
   private readonly perOrder = new Int32Array(PAGE_SIZES.length);
   private count = 0;
+  /**
+   * Entries with a non-zero PASID or a first-stage/nested kind: while there are none (legacy mode, or scalable
+   * second stage with RID_PASID 0) page-selective invalidation may probe by (DID, PASID 0) instead of scanning.
+   */
+  private tagged = 0;
 
   get size(): number {
     return this.count;
   }
 
-  private static home(did: number, pfn: number, order: number): number {
+  private static home(did: number, pasid: number, pfn: number, order: number): number {
     const low = pfn >>> 0;
     const high = (pfn / 2 ** 32) >>> 0;
-    const mixed = Math.imul(low ^ Math.imul(did + 1, 0x9e3779b1) ^ Math.imul(high + (order << 8), 0x85ebca6b), 0xc2b2ae35);
+    const tag = Math.imul(did + 1, 0x9e3779b1) ^ Math.imul(pasid, 0x27d4eb2f);
+    const mixed = Math.imul(low ^ tag ^ Math.imul(high + (order << 8), 0x85ebca6b), 0xc2b2ae35);
     return (mixed ^ (mixed >>> 15)) >>> (32 - SLOT_BITS);
   }
 
-  /** The slot holding (did, aligned pfn, order), or -1. */
-  private slotOf(did: number, pfn: number, order: number): number {
+  /** The slot holding (did, pasid, aligned pfn, order), or -1. */
+  private slotOf(did: number, pasid: number, pfn: number, order: number): number {
     const dids = this.dids;
-    for (let slot = Iotlb.home(did, pfn, order); dids[slot] !== EMPTY; slot = (slot + 1) & SLOT_MASK) {
-      if (dids[slot] === did && this.pfns[slot] === pfn && this.orders[slot] === order) return slot;
+    for (let slot = Iotlb.home(did, pasid, pfn, order); dids[slot] !== EMPTY; slot = (slot + 1) & SLOT_MASK) {
+      if (dids[slot] === did && this.pfns[slot] === pfn && this.orders[slot] === order && this.pasids[slot] === pasid) return slot;
     }
     return -1;
   }
 
   /**
-   * The entry covering 4 KiB page `pfn` of domain `did`. The object belongs to the IOTLB and changes with it:
-   * read it at once, never keep it.
+   * The entry covering 4 KiB page `pfn` of domain `did` (and PASID `pasid` in scalable mode). The object belongs
+   * to the IOTLB and changes with it: read it at once, never keep it.
    */
-  find(did: number, pfn: number): Readonly<IotlbEntry> | undefined {
+  find(did: number, pfn: number, pasid = 0): Readonly<IotlbEntry> | undefined {
     const perOrder = this.perOrder;
     let slot = -1;
-    if (perOrder[0]! > 0) slot = this.slotOf(did, pfn, 0);
-    if (slot < 0 && perOrder[1]! > 0) slot = this.slotOf(did, Math.floor(pfn / 512) * 512, 1);
-    if (slot < 0 && perOrder[2]! > 0) slot = this.slotOf(did, Math.floor(pfn / 262144) * 262144, 2);
+    if (perOrder[0]! > 0) slot = this.slotOf(did, pasid, pfn, 0);
+    if (slot < 0 && perOrder[1]! > 0) slot = this.slotOf(did, pasid, Math.floor(pfn / 512) * 512, 1);
+    if (slot < 0 && perOrder[2]! > 0) slot = this.slotOf(did, pasid, Math.floor(pfn / 262144) * 262144, 2);
     return slot < 0 ? undefined : this.entries[slot];
   }
 
   /** Like find(), as a copy that stays as it is. */
-  lookup(did: number, pfn: number): IotlbEntry | undefined {
-    const entry = this.find(did, pfn);
+  lookup(did: number, pfn: number, pasid = 0): IotlbEntry | undefined {
+    const entry = this.find(did, pfn, pasid);
     return entry === undefined ? undefined : { ...entry };
   }
 
@@ -152,56 +256,87 @@ export class Iotlb {
     if (order < 0 || entry.pfn >= PFN_SPAN) return;
     if (this.count >= IOTLB_CAPACITY) this.invalidateAll();
     const { did, pfn } = entry;
+    const pasid = entry.pasid ?? 0;
+    const kind = entry.kind ?? TRANSLATION_KIND.SECOND;
     const dids = this.dids;
-    let slot = Iotlb.home(did, pfn, order);
-    while (dids[slot] !== EMPTY && !(dids[slot] === did && this.pfns[slot] === pfn && this.orders[slot] === order)) slot = (slot + 1) & SLOT_MASK;
+    let slot = Iotlb.home(did, pasid, pfn, order);
+    while (dids[slot] !== EMPTY
+      && !(dids[slot] === did && this.pfns[slot] === pfn && this.orders[slot] === order && this.pasids[slot] === pasid)) slot = (slot + 1) & SLOT_MASK;
+    const target = this.entries[slot]!;
     if (dids[slot] === EMPTY) {
       this.count++;
       this.perOrder[order]!++;
+    } else if (isTagged(target)) {
+      this.tagged--;
     }
     dids[slot] = did;
+    this.pasids[slot] = pasid;
     this.pfns[slot] = pfn;
     this.orders[slot] = order;
-    const target = this.entries[slot]!;
     target.did = did;
+    target.pasid = pasid;
+    target.kind = kind;
     target.pfn = pfn;
     target.address = entry.address;
     target.pageSize = entry.pageSize;
     target.readable = entry.readable;
     target.writable = entry.writable;
+    target.supervisor = entry.supervisor ?? false;
+    target.executable = entry.executable ?? true;
+    target.dirty = entry.dirty ?? true;
+    if (isTagged(target)) this.tagged++;
   }
 
   invalidateAll(): void {
     this.dids.fill(EMPTY);
     this.perOrder.fill(0);
     this.count = 0;
+    this.tagged = 0;
   }
 
+  /** Domain-selective IOTLB invalidation: second-stage, pass-through and nested entries of `did`, every PASID. */
   invalidateDomain(did: number): void {
-    this.removeWhere((entry) => entry.did === did);
+    this.removeWhere((entry) => entry.did === did && entry.kind !== TRANSLATION_KIND.FIRST);
   }
 
   /**
-   * Page-selective: the 2^am pages from `pfn` (aligned down to that size, as the spec requires software to
-   * align). IH only promises that non-leaf entries did not change; the IOTLB holds leaves only, so it
-   * removes the same entries either way.
+   * Page-selective IOTLB invalidation: second-stage (and pass-through) entries of `did` in the 2^am pages from
+   * `pfn` (aligned down to that size, as the spec requires software to align), every PASID, and every nested
+   * entry of `did`: the address is a second-stage input, which a combined translation is not tagged with.
+   * IH only promises that non-leaf entries did not change; the IOTLB holds leaves only, so it removes the same
+   * entries either way.
    */
   invalidatePages(did: number, pfn: number, am: number): void {
     const span = 2 ** am;
     const first = Math.floor(pfn / span) * span;
     const end = first + span;
-    if (span > PROBE_LIMIT) {
-      this.removeWhere((entry) => entry.did === did && entry.pfn < end && entry.pfn + entry.pageSize / PAGE > first);
+    if (span > PROBE_LIMIT || this.tagged > 0) {
+      this.removeWhere((entry) => entry.did === did && (entry.kind === TRANSLATION_KIND.NESTED
+        || (entry.kind === TRANSLATION_KIND.SECOND && entry.pfn < end && entry.pfn + entry.pageSize / PAGE > first)));
       return;
     }
     for (let order = 0; order < PAGE_SIZES.length; order++) {
       if (this.perOrder[order] === 0) continue;
       const pages = PAGES_PER_ENTRY[order]!;
       for (let page = Math.floor(first / pages) * pages; page < end; page += pages) {
-        const slot = this.slotOf(did, page, order);
+        const slot = this.slotOf(did, 0, page, order);
         if (slot >= 0) this.removeSlot(slot);
       }
     }
+  }
+
+  /** PASID-based IOTLB invalidation, all of a PASID: first-stage and nested entries of (did, pasid). */
+  invalidatePasid(did: number, pasid: number): void {
+    this.removeWhere((entry) => entry.did === did && entry.pasid === pasid && entry.kind !== TRANSLATION_KIND.SECOND);
+  }
+
+  /** PASID-based IOTLB invalidation of the 2^am pages from `pfn` (first-stage inputs): first-stage and nested entries. */
+  invalidatePasidPages(did: number, pasid: number, pfn: number, am: number): void {
+    const span = 2 ** am;
+    const first = Math.floor(pfn / span) * span;
+    const end = first + span;
+    this.removeWhere((entry) => entry.did === did && entry.pasid === pasid && entry.kind !== TRANSLATION_KIND.SECOND
+      && entry.pfn < end && entry.pfn + entry.pageSize / PAGE > first);
   }
 
   /** Empties `hole` and shifts later members of its probe run back, so no lookup stops early at a gap. */
@@ -209,13 +344,15 @@ export class Iotlb {
     const dids = this.dids;
     this.perOrder[this.orders[hole]!]!--;
     this.count--;
+    if (isTagged(this.entries[hole]!)) this.tagged--;
     dids[hole] = EMPTY;
     for (let slot = (hole + 1) & SLOT_MASK; dids[slot] !== EMPTY; slot = (slot + 1) & SLOT_MASK) {
-      const home = Iotlb.home(dids[slot]!, this.pfns[slot]!, this.orders[slot]!);
+      const home = Iotlb.home(dids[slot]!, this.pasids[slot]!, this.pfns[slot]!, this.orders[slot]!);
       // The entry must stay if its home lies cyclically in (hole, slot]: moving it would put it before its home.
       const stays = hole < slot ? home > hole && home <= slot : home > hole || home <= slot;
       if (stays) continue;
       dids[hole] = dids[slot]!;
+      this.pasids[hole] = this.pasids[slot]!;
       this.pfns[hole] = this.pfns[slot]!;
       this.orders[hole] = this.orders[slot]!;
       const moved = this.entries[slot]!;
@@ -233,4 +370,8 @@ export class Iotlb {
       while (this.dids[slot] !== EMPTY && matches(this.entries[slot]!)) this.removeSlot(slot);
     }
   }
+}
+
+function isTagged(entry: SlotEntry): boolean {
+  return entry.pasid !== 0 || entry.kind !== TRANSLATION_KIND.SECOND;
 }

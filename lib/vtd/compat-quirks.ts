@@ -21,7 +21,10 @@ export type QuirkId =
   | 'pasid-descriptors-accepted-unchecked'
   | 'interrupt-dma-writes-skip-source-id-check'
   | 'irte-posted-and-xapic-destination-unchecked'
-  | 'fectl-ip-kept-when-records-cleared';
+  | 'fectl-ip-kept-when-records-cleared'
+  | 'rid-pasid-used-without-rps'
+  | 'scalable-faults-use-legacy-reasons'
+  | 'scalable-rid-pasid-recorded-as-pasid';
 
 export interface CompatQuirk {
   readonly id: QuirkId;
@@ -133,6 +136,21 @@ export const COMPAT_QUIRKS: readonly CompatQuirk[] = [
     id: 'fectl-ip-kept-when-records-cleared', compat: QEMU_7_2,
     description: 'clearing the last pending fault record (FRCD.F) leaves FECTL.IP set, so unmasking later sends a stale fault event; QEMU clears IP only on an FSTS write. The spec clears IP once no fault condition is left.',
     evidence: 'test/oracle/differential-faults.test.ts',
+  },
+  {
+    id: 'rid-pasid-used-without-rps', compat: QEMU_7_2,
+    description: "requests without PASID in scalable mode use whatever RID_PASID the context entry holds; the spec (ECAP.RPS = 0, as here) requires RID_PASID 0 and reports fault 0x48 otherwise",
+    evidence: 'test/oracle/differential-scalable.test.ts',
+  },
+  {
+    id: 'scalable-faults-use-legacy-reasons', compat: QEMU_7_2,
+    description: 'scalable-mode faults are recorded with legacy codes: root entry not present 1, context entry not present 2, write 5, read 6, and 0x58 for every PASID directory or PASID entry fault (not present, unreadable, reserved bits, invalid PGTT or AW); the spec has a scalable-mode code for each (0x39, 0x41, 0x85, 0x86, 0x50..0x5b)',
+    evidence: 'test/oracle/differential-scalable.test.ts',
+  },
+  {
+    id: 'scalable-rid-pasid-recorded-as-pasid', compat: QEMU_7_2,
+    description: 'a page-walk fault of a request without PASID in scalable mode is recorded with PP = 1 and PV = RID_PASID, as if the request carried that PASID; the spec records PP = 0 (QEMU too for root, context and PASID-structure faults)',
+    evidence: 'test/oracle/differential-scalable.test.ts',
   },
 ];
 

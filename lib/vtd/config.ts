@@ -30,6 +30,7 @@ export interface VtdProperties {
   readonly 'x-scalable-mode': boolean;
   readonly 'x-pasid-mode': boolean;
   readonly 'x-flts': boolean;
+  readonly 'x-nested': boolean;
   readonly compat: Compat;
 }
 
@@ -63,6 +64,7 @@ export const VTD_PROPERTIES: readonly PropertyDescription[] = [
   { name: 'x-scalable-mode', kind: 'bool', origin: 'intel-iommu', description: 'scalable-mode translation (ECAP.SMTS)' },
   { name: 'x-pasid-mode', kind: 'bool', origin: 'intel-iommu', description: 'requests with PASID (ECAP.PASID)' },
   { name: 'x-flts', kind: 'bool', origin: 'intel-iommu, newer than 7.2', description: 'first-stage translation (ECAP.FSTS)' },
+  { name: 'x-nested', kind: 'bool', origin: 'viommu only', description: 'nested translation for guests (ECAP.NEST with SSTS beside x-flts FSTS); QEMU offers no such property' },
   { name: 'compat', kind: 'compat', origin: 'viommu only', description: "'spec' (default), 'qemu-7.2' (with QEMU 7.2's quirks) or 'qemu-latest' (newer QEMU's capability bits)" },
 ];
 
@@ -78,6 +80,7 @@ const DEFAULTS: Omit<VtdProperties, 'aw-bits'> = {
   'x-scalable-mode': false,
   'x-pasid-mode': false,
   'x-flts': false,
+  'x-nested': false,
   compat: 'spec',
 };
 
@@ -167,6 +170,11 @@ export const CONFIG_RULES: readonly ConfigRule[] = [
     id: 'flts-needs-aw-bits-48', source: 'QEMU 9.2+ vtd_decide_config',
     violatedBy: (p) => p['x-flts'] && p['aw-bits'] !== 48,
     message: 'x-flts=on needs aw-bits=48 (first stage is 4-level, 48-bit)',
+  },
+  {
+    id: 'nested-needs-flts', source: 'viommu (nesting composes both stages)',
+    violatedBy: (p) => p['x-nested'] && !p['x-flts'],
+    message: 'x-nested=on needs x-flts=on (and so x-scalable-mode=on, aw-bits=48)',
   },
 ];
 
@@ -291,6 +299,18 @@ export const CAPABILITY_EXTENSIONS: readonly CapabilityExtension[] = [
   {
     register: 'CAP', field: 'FS1GP', value: 1, trigger: 'property', applies: (c) => c['x-flts'],
     origin: 'QEMU 9.2+ vtd_cap_init', note: 'x-flts: first-stage 1 GiB pages (QEMU property fs1gp, default on)',
+  },
+  {
+    register: 'ECAP', field: 'SSTS', value: 1, trigger: 'property', applies: (c) => c['x-nested'],
+    origin: 'viommu x-nested', note: 'x-nested: second-stage translation beside the first stage',
+  },
+  {
+    register: 'ECAP', field: 'NEST', value: 1, trigger: 'property', applies: (c) => c['x-nested'],
+    origin: 'viommu x-nested', note: 'x-nested: nested translation (PGTT 3)',
+  },
+  {
+    register: 'ECAP', field: 'SRS', value: 1, trigger: 'property', applies: (c) => c['x-nested'],
+    origin: 'viommu x-nested', note: 'x-nested: supervisor requests (SRE in PASID entries)',
   },
   {
     register: 'CAP', field: 'ESRTPS', value: 1, trigger: 'compat', applies: () => true,

@@ -9,7 +9,7 @@ import { EVENT_CONTROL, FSTS, GSTS, ICS, OFFSET } from './register-bits';
 import { IQA_FIELDS, QUEUE_POINTER_FIELDS } from './registers';
 import {
   CONTEXT_CACHE_INVALIDATE, INTERRUPT_ENTRY_CACHE_INVALIDATE, INVALIDATION_DESCRIPTORS, INVALIDATION_WAIT,
-  IOTLB_INVALIDATE, PASID_IOTLB_INVALIDATE, descriptorKind, descriptorType,
+  IOTLB_INVALIDATE, PASID_CACHE_INVALIDATE, PASID_DEVICE_TLB_INVALIDATE, PASID_IOTLB_INVALIDATE, descriptorKind, descriptorType,
 } from './structures';
 
 /** The cache operations invalidation requests map to (shared by register-based and queued invalidation). */
@@ -22,6 +22,16 @@ export interface InvalidationTarget {
   /** Returns false when AM exceeds CAP.MAMV (the request is invalid). */
   iotlbPages(did: number, pfn: number, am: number, ih: boolean): boolean;
   interruptEntryCache(global: boolean, index: number, mask: number): void;
+  /** PASID-based IOTLB invalidation (descriptor 6), all of one PASID in a domain. */
+  pasidIotlb(did: number, pasid: number): void;
+  /** PASID-based IOTLB invalidation of 2^am pages; false when AM exceeds CAP.MAMV. */
+  pasidIotlbPages(did: number, pasid: number, pfn: number, am: number, ih: boolean): boolean;
+  /** PASID-cache invalidation (descriptor 7) by scope. */
+  pasidCacheGlobal(): void;
+  pasidCacheDomain(did: number): void;
+  pasidCachePasid(did: number, pasid: number): void;
+  /** PASID-based device-TLB invalidation (descriptor 8) of one PASID (or all, `global`) of device `sid`. */
+  pasidDeviceTlb(sid: number, pasid: number, global: boolean): void;
 }
 
 export interface QueueOptions {
@@ -34,6 +44,8 @@ const PAGE_BYTES = 4096;
 const NARROW_BYTES = 16;
 const WIDE_BYTES = 32;
 const GRANULARITY = { GLOBAL: 1, DOMAIN: 2, SELECTIVE: 3 } as const;
+/** PASID-cache invalidation granularities (G = 2 is reserved). */
+const PASID_CACHE_GRANULARITY = { DOMAIN: 0, PASID: 1, GLOBAL: 3 } as const;
 const NO_DESCRIPTOR = 0;
 const TYPE = {
   CONTEXT: 1, IOTLB: 2, DEVICE_TLB: 3, INTERRUPT_ENTRY: 4, WAIT: 5, PASID_IOTLB: 6, PASID_CACHE: 7,
@@ -206,8 +218,14 @@ export class InvalidationQueue {
     const kind = descriptorKind(type);
     if (kind === undefined) return false;
     if ((type === TYPE.PASID_IOTLB || type === TYPE.PASID_CACHE) && this.quirks.has('pasid-descriptors-accepted-unchecked')) {
-      // QEMU 7.2 takes both as no-ops; flushing the domain's IOTLB for type 6 stays on the safe side.
-      if (type === TYPE.PASID_IOTLB) this.target.iotlbDomain(getField(w, PASID_IOTLB_INVALIDATE.f.DID));
+      // QEMU 7.2 takes both as no-ops; flushing what either could name stays on the safe side.
+      const did = getField(w, PASID_IOTLB_INVALIDATE.f.DID);
+      if (type === TYPE.PASID_IOTLB) {
+        this.target.iotlbDomain(did);
+        this.target.pasidIotlb(did, getField(w, PASID_IOTLB_INVALIDATE.f.PASID));
+      } else {
+        this.target.pasidCacheGlobal();
+      }
       return true;
     }
     if (kind.wideOnly && !this.wide) return false;
@@ -242,18 +260,33 @@ export class InvalidationQueue {
       case TYPE.WAIT:
         return this.wait();
       case TYPE.PASID_IOTLB: {
-        // Legacy-mode IOTLB entries have no PASID tag: flushing the domain covers every PASID in it.
+        // G = 2: all of the PASID; G = 3: pages in the PASID. First-stage and nested entries only (spec 6.5.2.4).
         const f = PASID_IOTLB_INVALIDATE.f;
         const g = getField(w, f.G);
-        if (g !== GRANULARITY.DOMAIN && g !== GRANULARITY.SELECTIVE) return false;
-        this.target.iotlbDomain(getField(w, f.DID));
+        const did = getField(w, f.DID);
+        const pasid = getField(w, f.PASID);
+        if (g === GRANULARITY.DOMAIN) this.target.pasidIotlb(did, pasid);
+        else if (g === GRANULARITY.SELECTIVE) return this.target.pasidIotlbPages(did, pasid, getField(w, f.ADDR), getField(w, f.AM), getField(w, f.IH) === 1);
+        else return false;
+        return true;
+      }
+      case TYPE.PASID_CACHE: {
+        const f = PASID_CACHE_INVALIDATE.f;
+        const g = getField(w, f.G);
+        if (g === PASID_CACHE_GRANULARITY.DOMAIN) this.target.pasidCacheDomain(getField(w, f.DID));
+        else if (g === PASID_CACHE_GRANULARITY.PASID) this.target.pasidCachePasid(getField(w, f.DID), getField(w, f.PASID));
+        else if (g === PASID_CACHE_GRANULARITY.GLOBAL) this.target.pasidCacheGlobal();
+        else return false;
+        return true;
+      }
+      case TYPE.PASID_DEVICE_TLB: {
+        const f = PASID_DEVICE_TLB_INVALIDATE.f;
+        this.target.pasidDeviceTlb(getField(w, f.SID), getField(w, f.PASID), getField(w, f.G) === 1);
         return true;
       }
       case TYPE.DEVICE_TLB:
-      case TYPE.PASID_CACHE:
-      case TYPE.PASID_DEVICE_TLB:
       case TYPE.PAGE_GROUP_RESPONSE:
-        // No device TLBs, PASID caches or page requests are modelled: a well-formed request has nothing to drop.
+        // No device TLBs or page requests are modelled: a well-formed request has nothing to drop.
         return true;
       default:
         return false;

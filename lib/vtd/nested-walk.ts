@@ -46,6 +46,8 @@ export interface NestedPage {
   readonly pageSize: number;
   /** First-stage leaf level. */
   readonly level: number;
+  /** The second stage allows reading the output (the first stage always does for a present page). */
+  readonly readable: boolean;
   readonly writable: boolean;
   /** First-stage execute rights; second-stage X (SSEE) is not modelled. */
   readonly executable: boolean;
@@ -122,6 +124,7 @@ export class NestedWalker implements FirstStageTableAccess {
       address: host - (guestAddress % pageSize),
       pageSize,
       level: first.level,
+      readable: second.readable,
       writable: first.writable && second.writable,
       executable: first.executable,
       dirty: first.dirty,

@@ -190,6 +190,11 @@ export class ScalableContextReader {
     this.pointerLimit = 2 ** options.addressWidth;
   }
 
+  /** ECAP.RPS (or its stand-in): RID_PASID may be non-zero. */
+  get ridPasidOffered(): boolean {
+    return this.options.ridPasid;
+  }
+
   /** Reads `qwords` 64-bit words at `address` into this.words; false when RAM does not back them all. */
   private read(address: number, qwords: number): boolean {
     const e = this.entry;

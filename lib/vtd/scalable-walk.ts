@@ -11,6 +11,7 @@ export interface ScalablePage {
   /** Host-physical base of the page and its size. */
   readonly address: number;
   readonly pageSize: number;
+  readonly readable: boolean;
   readonly writable: boolean;
   readonly executable: boolean;
   /** A write through a cached copy of this translation needs no walk (first-stage D already set, or no D to set). */
@@ -38,15 +39,15 @@ export class ScalableWalker {
     switch (pgtt) {
       case PASID_PGTT.FIRST_STAGE: {
         const page = this.firstStage.walk(entry, request, undefined, trace);
-        return page.ok ? { ok: true, address: page.address, pageSize: page.pageSize, writable: page.writable, executable: page.executable, dirty: page.dirty, did, pgtt } : page;
+        return page.ok ? { ok: true, address: page.address, pageSize: page.pageSize, readable: true, writable: page.writable, executable: page.executable, dirty: page.dirty, did, pgtt } : page;
       }
       case PASID_PGTT.NESTED: {
         const page = this.nested.walk(entry, request, trace);
-        return page.ok ? { ok: true, address: page.address, pageSize: page.pageSize, writable: page.writable, executable: page.executable, dirty: page.dirty, did, pgtt } : page;
+        return page.ok ? { ok: true, address: page.address, pageSize: page.pageSize, readable: page.readable, writable: page.writable, executable: page.executable, dirty: page.dirty, did, pgtt } : page;
       }
       case PASID_PGTT.SECOND_STAGE: {
         const page = this.nested.secondStageOnly(entry, inputAsNumber(request), request.write, trace);
-        return page.ok ? { ok: true, address: page.address, pageSize: page.pageSize, writable: page.writable, executable: true, dirty: true, did, pgtt } : page;
+        return page.ok ? { ok: true, address: page.address, pageSize: page.pageSize, readable: page.readable, writable: page.writable, executable: true, dirty: true, did, pgtt } : page;
       }
       default: {
         // Pass-through (the lookup refuses any other PGTT).
@@ -54,7 +55,7 @@ export class ScalableWalker {
         if (input >= 2 ** this.addressWidth) {
           return { ok: false, reason: SS_FR.INPUT_BEYOND, stage: 'second', level: 0, fpd: entry.fpd, notPresent: false };
         }
-        return { ok: true, address: input - (input % PAGE), pageSize: PAGE, writable: true, executable: true, dirty: true, did, pgtt };
+        return { ok: true, address: input - (input % PAGE), pageSize: PAGE, readable: true, writable: true, executable: true, dirty: true, did, pgtt };
       }
     }
   }

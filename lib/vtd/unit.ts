@@ -1,4 +1,4 @@
-/** VtdUnit: one emulated DMAR unit in legacy mode, wiring registers and commands to translation, caches, invalidation, faults and IR. */
+/** VtdUnit: one emulated DMAR unit in legacy and scalable mode, wiring registers and commands to translation, caches, invalidation, faults and IR. */
 
 import { MAX_GUEST_ADDRESS } from '../memory/addresses';
 import { DmaFault, EFAULT, EPERM, type DmaAccess, type DmaSpace } from '../memory/dma-space';
@@ -14,6 +14,8 @@ import { InterruptRemapper, type InterruptFault, type InterruptRequest, type Rem
 import { InvalidationQueue, type InvalidationTarget } from './invalidation-queue';
 import { FR, INTERRUPT_RANGE_END, INTERRUPT_RANGE_START, LegacyWalker, TT, isInterruptAddress } from './legacy-walk';
 import { RegisterFile, type AccessSize, type RegisterWriteEvent } from './register-file';
+import { faultCode } from './fault-reasons';
+import { ScalableTranslator } from './scalable-translation';
 import { GCMD, GSTS, OFFSET } from './register-bits';
 import { CCMD_FIELDS, IOTLB_FIELDS, IVA_FIELDS, RTADDR_FIELDS, type CapabilityValues } from './registers';
 
@@ -34,6 +36,10 @@ export interface TranslationRequest {
   readonly iova: bigint;
   readonly write: boolean;
   readonly pasid?: number;
+  /** Scalable mode, requests with PASID: privilege-mode-requested (supervisor). */
+  readonly supervisor?: boolean;
+  /** Scalable mode, requests with PASID: execute-requested. */
+  readonly execute?: boolean;
 }
 
 export interface TranslationSuccess {
@@ -85,6 +91,9 @@ const MSI_BYTES = 4;
 const INDEX_SHIFT = 48n;
 /** Requested-granularity codes shared by CCMD.CIRG and IOTLB.IIRG. */
 const GRANULARITY = { GLOBAL: 1, DOMAIN: 2, SELECTIVE: 3 } as const;
+/** RTADDR.TTM: 00 legacy, 01 scalable (with ECAP.SMTS); 10 reserved; 11 abort-DMA (needs ECAP.ADMS, not offered). */
+const TTM = { LEGACY: 0, SCALABLE: 1 } as const;
+const SM_ROOT_TABLE_ADDRESS_INVALID = faultCode('SM_ROOT_TABLE_ADDRESS_INVALID');
 
 function splitRaw(value: bigint): [lo: number, hi: number] {
   return [Number(BigInt.asUintN(32, value)), Number(value >> 32n)];
@@ -102,6 +111,9 @@ export class VtdUnit implements InvalidationTarget {
   private readonly recorder: FaultRecorder;
   private readonly queue: InvalidationQueue;
   private readonly walker: LegacyWalker;
+  /** Scalable-mode lookup, walks and the scalable context and PASID caches (it shares this.iotlb). */
+  readonly scalable: ScalableTranslator;
+  private readonly scalableOffered: boolean;
   private readonly remapper: InterruptRemapper;
   private readonly maxAddressMask: number;
   private readonly hasInterruptRemapping: boolean;
@@ -133,6 +145,19 @@ export class VtdUnit implements InvalidationTarget {
       passThrough: capabilityField(caps, 'ECAP', 'PT') === 1,
       features,
     }, this.quirks);
+    this.scalableOffered = capabilityField(caps, 'ECAP', 'SMTS') === 1;
+    this.scalable = new ScalableTranslator(this.memory, this.walker, {
+      lookup: {
+        addressWidth: this.config['aw-bits'],
+        sagaw: capabilityField(caps, 'CAP', 'SAGAW'),
+        fs5lp: capabilityField(caps, 'CAP', 'FS5LP') === 1,
+        ridPasid: this.quirks.has('rid-pasid-used-without-rps'),
+        features,
+      },
+      addressWidth: this.config['aw-bits'],
+      fs1gp: capabilityField(caps, 'CAP', 'FS1GP') === 1,
+      hitWithoutPermissionUnrecorded: this.quirks.has('iotlb-hit-without-permission-not-recorded'),
+    }, this.iotlb);
     this.queue = new InvalidationQueue(
       this.registers, this.memory, this.recorder, this, { wideDescriptors: capabilityField(caps, 'ECAP', 'SMTS') === 1, features },
       this.quirks, options.onInterrupt,
@@ -162,6 +187,7 @@ export class VtdUnit implements InvalidationTarget {
   reset(): void {
     this.registers.reset();
     this.contextCache.invalidateAll();
+    this.scalable.invalidateAll();
     this.iotlb.invalidateAll();
     this.interruptEntries.invalidateAll();
     this.queue.reset();
@@ -246,6 +272,7 @@ export class VtdUnit implements InvalidationTarget {
       regs.updateWordRaw(OFFSET.GSTS, 0, GSTS.RTPS);
       if (this.quirks.has('srtp-flushes-caches')) {
         this.contextCache.invalidateAll();
+        this.scalable.invalidateAll();
         this.iotlb.invalidateAll();
       }
     }
@@ -321,18 +348,27 @@ export class VtdUnit implements InvalidationTarget {
 
   // ---- InvalidationTarget ----
 
-  // Context invalidation leaves the IOTLB alone: the spec has software follow it with an IOTLB invalidation.
+  /*
+   * Context invalidation leaves the IOTLB alone: the spec has software follow it with an IOTLB invalidation (and,
+   * in scalable mode, a PASID-cache invalidation first). PASID-cache entries are found through the context entry
+   * (its PASID directory), so they are dropped with it here as well: more than the spec asks, never less.
+   * Scalable context entries carry no DID: a domain-selective invalidation drops them all.
+   */
   contextGlobal(): void {
     this.contextCache.invalidateAll();
+    this.scalable.invalidateAll();
   }
 
   contextDomain(did: number): void {
     if (this.quirks.has('context-domain-invalidation-is-global')) this.contextCache.invalidateAll();
     else this.contextCache.invalidateDomain(did);
+    this.scalable.invalidateAll();
   }
 
   contextDevice(sid: number, fm: number): void {
     this.contextCache.invalidateDevice(sid, fm);
+    this.scalable.contexts.invalidateDevice(sid, fm);
+    this.scalable.pasidEntries.invalidateDevice(sid, fm);
   }
 
   iotlbGlobal(): void {
@@ -349,6 +385,33 @@ export class VtdUnit implements InvalidationTarget {
     this.iotlb.invalidatePages(did, pfn, am);
     return true;
   }
+
+  /** PASID-based IOTLB invalidation of a whole PASID: first-stage and nested translations of (DID, PASID). */
+  pasidIotlb(did: number, pasid: number): void {
+    this.iotlb.invalidatePasid(did, pasid);
+  }
+
+  /** PASID-based page-selective IOTLB invalidation; false when AM exceeds CAP.MAMV. IH: only leaves are cached. */
+  pasidIotlbPages(did: number, pasid: number, pfn: number, am: number): boolean {
+    if (am > this.maxAddressMask) return false;
+    this.iotlb.invalidatePasidPages(did, pasid, pfn, am);
+    return true;
+  }
+
+  pasidCacheGlobal(): void {
+    this.scalable.pasidEntries.invalidateAll();
+  }
+
+  pasidCacheDomain(did: number): void {
+    this.scalable.pasidEntries.invalidateDomain(did);
+  }
+
+  pasidCachePasid(did: number, pasid: number): void {
+    this.scalable.pasidEntries.invalidatePasid(did, pasid);
+  }
+
+  /** PASID-based device-TLB invalidation: the unit models no device TLBs, so a valid request has nothing to drop. */
+  pasidDeviceTlb(_sid: number, _pasid: number): void {}
 
   interruptEntryCache(global: boolean, index: number, mask: number): void {
     if (global) this.interruptEntries.invalidateAll();
@@ -370,9 +433,10 @@ export class VtdUnit implements InvalidationTarget {
       if (input === BEYOND) return this.failure(request, FR.ADDRESS_BEYOND_MGAW, undefined, false, 'none');
       return { ok: true, address: input, pageSize: PAGE, readable: true, writable: true };
     }
-    if (this.rootMode !== 0) {
-      // Scalable mode (and TTM 11, abort-DMA) are not implemented in this unit: no root table can be used.
-      return this.report(request, FR.ROOT_TABLE_INVALID, undefined, false, false, false);
+    if (this.rootMode !== TTM.LEGACY) {
+      if (this.rootMode === TTM.SCALABLE && this.scalableOffered) return this.translateScalable(request);
+      // TTM 10 is reserved and 11 (abort DMA) needs ECAP.ADMS: the root table pointer is invalid.
+      return this.report(request, this.scalableOffered ? SM_ROOT_TABLE_ADDRESS_INVALID : FR.ROOT_TABLE_INVALID, undefined, false, false, false);
     }
     let context = this.contextCache.get(sid);
     if (context === undefined) {
@@ -412,6 +476,19 @@ export class VtdUnit implements InvalidationTarget {
       readable: page.readable, writable: page.writable,
     });
     return { ok: true, address, pageSize: page.pageSize, readable: page.readable, writable: page.writable };
+  }
+
+  private translateScalable(request: TranslationRequest): TranslationResult {
+    const result = this.scalable.translate(this.rootTable, request);
+    if (result.ok) return result;
+    let reason = result.reason;
+    if (this.quirks.has('scalable-faults-use-legacy-reasons')) reason = LEGACY_REASON_IN_QEMU_7_2.get(reason) ?? reason;
+    if (result.unrecorded === true) return this.failure(request, reason, result.level, result.notPresent, 'none');
+    if (result.fpd) return this.failure(request, reason, result.level, result.notPresent, 'suppressed-fpd');
+    // PP and PV say which PASID a request carried; requests without PASID have none (QEMU 7.2 records RID_PASID).
+    const pasid = request.pasid ?? (result.pastContext && this.quirks.has('scalable-rid-pasid-recorded-as-pasid') ? result.pasid : undefined);
+    const outcome = this.recorder.record({ sid: request.sid, reason, iova: request.iova, write: request.write, pasid, pastContext: result.pastContext });
+    return this.failure(request, reason, result.level, result.notPresent, outcome);
   }
 
   /** Records a fault (unless FPD); `pastContext`: found at or after the page walk rather than at the root or context. */
@@ -519,6 +596,20 @@ export class VtdUnit implements InvalidationTarget {
     throw new DmaFault(address, length, access, 'a read of the interrupt address range (an illegal request)', EFAULT);
   }
 }
+
+/**
+ * The codes QEMU 7.2 records for scalable-mode faults (quirk scalable-faults-use-legacy-reasons), as measured by
+ * test/oracle/differential-scalable.test.ts: legacy codes for the root, context and paging faults, and 0x58
+ * (its VTD_FR_PASID_TABLE_INV) for every PASID directory and PASID entry fault.
+ */
+const LEGACY_REASON_IN_QEMU_7_2: ReadonlyMap<number, number> = new Map([
+  [faultCode('SM_ROOT_ENTRY_NOT_PRESENT'), FR.ROOT_ENTRY_NOT_PRESENT],
+  [faultCode('SM_CONTEXT_ENTRY_NOT_PRESENT'), FR.CONTEXT_ENTRY_NOT_PRESENT],
+  ...['SM_PASID_DIRECTORY_ACCESS', 'SM_PASID_DIRECTORY_NOT_PRESENT', 'SM_PASID_DIRECTORY_RESERVED', 'SM_PASID_ENTRY_ACCESS',
+    'SM_PASID_ENTRY_NOT_PRESENT', 'SM_PASID_ENTRY_RESERVED', 'SM_PASID_ENTRY_INVALID'].map((name) => [faultCode(name), faultCode('SM_PASID_ENTRY_ACCESS')] as const),
+  [faultCode('SM_WRITE'), FR.WRITE],
+  [faultCode('SM_READ'), FR.READ],
+]);
 
 /** One contiguous part of a DMA transfer: guest RAM, interrupt messages, or (QEMU 7.2) zeros. */
 interface DmaPiece {

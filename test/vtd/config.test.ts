@@ -110,6 +110,7 @@ describe('vtd config', () => {
       ['x-scalable-mode=on,x-pasid-mode=on,device-iotlb=on', 'pasid-excludes-device-iotlb'],
       ['x-flts=on,aw-bits=48', 'flts-needs-scalable'],
       ['x-scalable-mode=on,x-flts=on', 'flts-needs-aw-bits-48'],
+      ['x-scalable-mode=on,aw-bits=48,x-nested=on', 'nested-needs-flts'],
     ];
     for (const [text, rule] of refusals) {
       it(`refuses ${text} naming ${rule}`, () => {
