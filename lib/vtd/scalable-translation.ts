@@ -137,6 +137,20 @@ export class ScalableTranslator {
     return this.translatePage(entry, pasid, request, supervisor, execute, trace);
   }
 
+  /**
+   * The context and PASID entry a device's requests (with `pasid`, or without PASID) resolve to, read afresh and
+   * recording nothing: what the domain registry keys a domain by. Undefined when the lookup would fault.
+   */
+  resolve(rootTable: number, sid: number, pasid: number | undefined): { context: ScalableContext; entry: PasidEntry } | undefined {
+    const found = this.reader.lookupContext(rootTable, sid);
+    if (!found.ok) return undefined;
+    const context = found.context;
+    if (pasid !== undefined && !context.pasidEnabled) return undefined;
+    if (pasid === undefined && !this.ridPasidAllowed(context)) return undefined;
+    const looked = this.reader.lookupPasidEntry(context, pasid ?? context.ridPasid, pasid === undefined);
+    return looked.ok ? { context, entry: looked.entry } : undefined;
+  }
+
   private ridPasidAllowed(context: ScalableContext): boolean {
     return context.ridPasid === 0 || this.reader.ridPasidOffered;
   }

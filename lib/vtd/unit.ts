@@ -4,19 +4,23 @@ import { MAX_GUEST_ADDRESS } from '../memory/addresses';
 import { DmaFault, EFAULT, EPERM, type DmaAccess, type DmaSpace } from '../memory/dma-space';
 import type { GuestMemory } from '../memory/guest-memory';
 import { getField64, getFieldBig, setFieldBig } from './bitfield';
+import type { DeviceDomainListener } from './address-space';
 import { ContextCache, Iotlb, type CachedContext } from './caches';
 import { quirksFor, type QuirkId } from './compat-quirks';
 import { capabilityField, computeCapabilities, enabledFeatures, resolveVtdConfig, vtdConfigFromString, type VtdConfig } from './config';
+import { DomainRegistry, type DomainDescriptor } from './domains';
 import { FaultRecorder, type RecordOutcome } from './fault-recorder';
 import { describeFaultReason } from './fault-reasons';
 import { InterruptEntryCache } from './interrupt-entry-cache';
 import { InterruptRemapper, type InterruptFault, type InterruptRequest, type RemappedInterrupt } from './interrupt-remap';
 import { InvalidationQueue, type InvalidationTarget } from './invalidation-queue';
 import { FR, INTERRUPT_RANGE_END, INTERRUPT_RANGE_START, LegacyWalker, TT, isInterruptAddress } from './legacy-walk';
+import { MappingEnumerator } from './mapping-enumerator';
 import { RegisterFile, type AccessSize, type RegisterWriteEvent } from './register-file';
 import { faultCode } from './fault-reasons';
 import { ScalableTranslator } from './scalable-translation';
 import { GCMD, GSTS, OFFSET } from './register-bits';
+import { PASID_PGTT } from './structures';
 import { CCMD_FIELDS, IOTLB_FIELDS, IVA_FIELDS, RTADDR_FIELDS, type CapabilityValues } from './registers';
 
 export interface VtdUnitOptions {
@@ -99,6 +103,12 @@ function splitRaw(value: bigint): [lo: number, hi: number] {
   return [Number(BigInt.asUintN(32, value)), Number(value >> 32n)];
 }
 
+/** The first page of the 2^am-page block holding `pfn`, as page-selective invalidations name it. */
+function alignedFirstPage(pfn: number, am: number): number {
+  const span = 2 ** am;
+  return Math.floor(pfn / span) * span;
+}
+
 export class VtdUnit implements InvalidationTarget {
   readonly config: VtdConfig;
   readonly capabilities: CapabilityValues;
@@ -114,6 +124,8 @@ export class VtdUnit implements InvalidationTarget {
   /** Scalable-mode lookup, walks and the scalable context and PASID caches (it shares this.iotlb). */
   readonly scalable: ScalableTranslator;
   private readonly scalableOffered: boolean;
+  /** The domains devices translate through, for host backends (see address-space.ts). */
+  readonly domains: DomainRegistry;
   private readonly remapper: InterruptRemapper;
   private readonly maxAddressMask: number;
   private readonly hasInterruptRemapping: boolean;
@@ -158,6 +170,15 @@ export class VtdUnit implements InvalidationTarget {
       fs1gp: capabilityField(caps, 'CAP', 'FS1GP') === 1,
       hitWithoutPermissionUnrecorded: this.quirks.has('iotlb-hit-without-permission-not-recorded'),
     }, this.iotlb);
+    this.domains = new DomainRegistry({
+      enumerator: new MappingEnumerator(this.memory, {
+        addressWidth: this.config['aw-bits'],
+        sllps: capabilityField(caps, 'CAP', 'SLLPS'),
+        features,
+        fs1gp: capabilityField(caps, 'CAP', 'FS1GP') === 1,
+      }),
+      resolve: (sid, pasid) => this.resolveDomain(sid, pasid),
+    });
     this.queue = new InvalidationQueue(
       this.registers, this.memory, this.recorder, this, { wideDescriptors: capabilityField(caps, 'ECAP', 'SMTS') === 1, features },
       this.quirks, options.onInterrupt,
@@ -196,6 +217,7 @@ export class VtdUnit implements InvalidationTarget {
     this.rootMode = 0;
     this.translationEnabled = false;
     this.interruptTable = 0n;
+    this.domains.devicesChanged();
   }
 
   /**
@@ -265,6 +287,7 @@ export class VtdUnit implements InvalidationTarget {
   /** GCMD: one-shot commands act whenever their bit is written as 1; persistent enables follow the written value. */
   private command(value: number): void {
     const regs = this.registers;
+    const wasEnabled = this.translationEnabled;
     if (value & GCMD.SRTP) {
       const [lo, hi] = splitRaw(regs.readRaw('RTADDR'));
       this.rootTable = getField64(lo, hi, RTADDR_FIELDS.f.RTA) * PAGE;
@@ -296,6 +319,8 @@ export class VtdUnit implements InvalidationTarget {
       const cfi = (value & GCMD.CFI) !== 0 && !this.quirks.has('gcmd-cfi-ignored');
       regs.updateWordRaw(OFFSET.GSTS, cfi ? 0 : GSTS.CFIS, cfi ? GSTS.CFIS : 0);
     }
+    // A new root table or TE toggled can move every device to another domain.
+    if ((value & GCMD.SRTP) !== 0 || te !== wasEnabled) this.domains.devicesChanged();
   }
 
   private get queuedInvalidation(): boolean {
@@ -357,57 +382,68 @@ export class VtdUnit implements InvalidationTarget {
   contextGlobal(): void {
     this.contextCache.invalidateAll();
     this.scalable.invalidateAll();
+    this.domains.devicesChanged();
   }
 
   contextDomain(did: number): void {
     if (this.quirks.has('context-domain-invalidation-is-global')) this.contextCache.invalidateAll();
     else this.contextCache.invalidateDomain(did);
     this.scalable.invalidateAll();
+    this.domains.devicesChanged();
   }
 
   contextDevice(sid: number, fm: number): void {
     this.contextCache.invalidateDevice(sid, fm);
     this.scalable.contexts.invalidateDevice(sid, fm);
     this.scalable.pasidEntries.invalidateDevice(sid, fm);
+    this.domains.devicesChanged({ sid, functionMask: fm });
   }
 
   iotlbGlobal(): void {
     this.iotlb.invalidateAll();
+    this.domains.mappingsInvalidated();
   }
 
   iotlbDomain(did: number): void {
     this.iotlb.invalidateDomain(did);
+    this.domains.mappingsInvalidated(did);
   }
 
   /** IH needs no handling: only leaf translations are cached. */
   iotlbPages(did: number, pfn: number, am: number): boolean {
     if (am > this.maxAddressMask) return false;
     this.iotlb.invalidatePages(did, pfn, am);
+    this.domains.mappingsInvalidated(did, alignedFirstPage(pfn, am), 2 ** am);
     return true;
   }
 
   /** PASID-based IOTLB invalidation of a whole PASID: first-stage and nested translations of (DID, PASID). */
   pasidIotlb(did: number, pasid: number): void {
     this.iotlb.invalidatePasid(did, pasid);
+    this.domains.mappingsInvalidated(did, undefined, undefined, pasid);
   }
 
   /** PASID-based page-selective IOTLB invalidation; false when AM exceeds CAP.MAMV. IH: only leaves are cached. */
   pasidIotlbPages(did: number, pasid: number, pfn: number, am: number): boolean {
     if (am > this.maxAddressMask) return false;
     this.iotlb.invalidatePasidPages(did, pasid, pfn, am);
+    this.domains.mappingsInvalidated(did, alignedFirstPage(pfn, am), 2 ** am, pasid);
     return true;
   }
 
   pasidCacheGlobal(): void {
     this.scalable.pasidEntries.invalidateAll();
+    this.domains.devicesChanged();
   }
 
   pasidCacheDomain(did: number): void {
     this.scalable.pasidEntries.invalidateDomain(did);
+    this.domains.devicesChanged();
   }
 
   pasidCachePasid(did: number, pasid: number): void {
     this.scalable.pasidEntries.invalidatePasid(did, pasid);
+    this.domains.devicesChanged();
   }
 
   /** PASID-based device-TLB invalidation: the unit models no device TLBs, so a valid request has nothing to drop. */
@@ -416,6 +452,51 @@ export class VtdUnit implements InvalidationTarget {
   interruptEntryCache(global: boolean, index: number, mask: number): void {
     if (global) this.interruptEntries.invalidateAll();
     else this.interruptEntries.invalidateIndex(index, mask);
+  }
+
+  // ---- domains (for host backends) ----
+
+  /**
+   * Follows the domain that `sid`'s requests (with `pasid`, or without PASID) translate through: `listener` hears
+   * it at once and after every move (context/PASID-cache invalidation, SRTP, TE). Its mappings are re-read on each
+   * IOTLB invalidation that covers it, once per domain.
+   */
+  watchDevice(sid: number, listener: DeviceDomainListener, pasid?: number): () => void {
+    return this.domains.watchDevice(sid, listener, pasid);
+  }
+
+  private resolveDomain(sid: number, pasid: number | undefined): DomainDescriptor | undefined {
+    const withoutPasid = pasid === undefined;
+    if (!this.translationEnabled) return withoutPasid ? { kind: 'identity', did: 0, inputWidth: 52, withoutPasid } : undefined;
+    if (this.rootMode === TTM.SCALABLE && this.scalableOffered) return this.resolveScalableDomain(sid, pasid);
+    if (this.rootMode !== TTM.LEGACY || !withoutPasid) return undefined;
+    const found = this.walker.lookupContext(this.rootTable, sid);
+    if (!found.ok) return undefined;
+    const context = found.context;
+    if (context.tt === TT.PASS_THROUGH) return { kind: 'identity', did: context.did, inputWidth: this.config['aw-bits'], withoutPasid };
+    return {
+      kind: 'second-stage', did: context.did, withoutPasid,
+      secondStage: { table: context.tableAddress, levels: context.levels, inputWidth: Math.log2(context.limit) },
+    };
+  }
+
+  private resolveScalableDomain(sid: number, pasid: number | undefined): DomainDescriptor | undefined {
+    const resolved = this.scalable.resolve(this.rootTable, sid, pasid);
+    if (resolved === undefined) return undefined;
+    const { context, entry } = resolved;
+    const common = { did: entry.did, pasid: entry.pasid, withoutPasid: pasid === undefined };
+    const secondStage = { table: entry.ssTable, levels: entry.ssLevels, inputWidth: entry.ssInputWidth };
+    const firstStage = {
+      table: entry.fsTable, levels: entry.fsLevels, wpe: entry.wpe, eafe: entry.eafe,
+      supervisor: pasid === undefined && context.ridPrivileged,
+    };
+    switch (entry.pgtt) {
+      case PASID_PGTT.FIRST_STAGE: return { ...common, kind: 'first-stage', firstStage };
+      case PASID_PGTT.SECOND_STAGE: return { ...common, kind: 'second-stage', secondStage };
+      case PASID_PGTT.NESTED: return { ...common, kind: 'nested', firstStage, secondStage };
+      case PASID_PGTT.PASS_THROUGH: return { ...common, kind: 'identity', inputWidth: this.config['aw-bits'] };
+      default: return undefined;
+    }
   }
 
   // ---- translation ----

@@ -41,9 +41,10 @@ export class TableWriter {
     private nextPage: number,
   ) {}
 
-  page(): number {
+  /** `count` contiguous zeroed pages (a PASID directory of 2^(PDTS+7) entries needs up to 32). */
+  page(count = 1): number {
     const page = this.nextPage;
-    this.nextPage += PAGE;
+    this.nextPage += count * PAGE;
     return page;
   }
 

@@ -25,7 +25,8 @@ class Structures {
   readonly root = this.t.page();
   readonly lowerContexts = this.t.page();
   readonly upperContexts = this.t.page();
-  readonly directory = this.t.page();
+  /** Large enough for the biggest directory (PDTS 7: 2^14 eight-byte entries). */
+  readonly directory = this.t.page(32);
   readonly pasidTable = this.t.page();
 
   rootEntry(bus: number, values: Values<typeof SCALABLE_ROOT_ENTRY> = {}, extra = 0n): number {
