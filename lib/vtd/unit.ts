@@ -18,7 +18,7 @@ import { FR, INTERRUPT_RANGE_END, INTERRUPT_RANGE_START, LegacyWalker, TT, isInt
 import { MappingEnumerator } from './mapping-enumerator';
 import { RegisterFile, type AccessSize, type RegisterWriteEvent } from './register-file';
 import { faultCode } from './fault-reasons';
-import { ScalableTranslator } from './scalable-translation';
+import { ScalableTranslator, type ScalableRequestInput } from './scalable-translation';
 import { GCMD, GSTS, OFFSET } from './register-bits';
 import { PASID_PGTT } from './structures';
 import { CCMD_FIELDS, IOTLB_FIELDS, IVA_FIELDS, RTADDR_FIELDS, type CapabilityValues } from './registers';
@@ -34,17 +34,8 @@ export interface VtdUnitOptions {
   readonly onInterrupt: (address: number, data: number) => void;
 }
 
-export interface TranslationRequest {
-  /** Requester id: bus << 8 | devfn. */
-  readonly sid: number;
-  readonly iova: bigint;
-  readonly write: boolean;
-  readonly pasid?: number;
-  /** Scalable mode, requests with PASID: privilege-mode-requested (supervisor). */
-  readonly supervisor?: boolean;
-  /** Scalable mode, requests with PASID: execute-requested. */
-  readonly execute?: boolean;
-}
+/** One DMA request: requester id (bus << 8 | devfn), input address, write or read, and the PASID it carries, if any. */
+export type TranslationRequest = ScalableRequestInput;
 
 export interface TranslationSuccess {
   readonly ok: true;

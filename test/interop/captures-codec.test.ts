@@ -1,30 +1,12 @@
 /** Golden vfio-user captures of real libvfio-user sessions, replayed through our codec byte for byte. */
 
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import path from 'node:path';
 import { decodeMessage, encodeMessage, type VfioUserMessage } from '../../lib/vfio-user/codec';
 import { decodeDmaLoggingReport, decodeMigrationStateFeature } from '../../lib/vfio-user/device-feature';
 import { VfioUserProtocolError } from '../../lib/vfio-user/errors';
 import type { ReplyOf, VfioUserCommand } from '../../lib/vfio-user/messages';
 import { DEVICE_FEATURES, HEADER_FLAGS, HEADER_SIZE, MESSAGE_TYPES, MIGRATION_STATES, REGION_INDEXES } from '../../lib/vfio-user/protocol';
-
-/** dist/test/interop -> the repository's parent, where `shared/captures` lives next to the repository. */
-const CAPTURES = process.env.VIOMMU_CAPTURES ?? path.resolve(__dirname, '../../../../shared/captures');
-
-interface CaptureRecord {
-  dir: 'c2s' | 's2c';
-  seq: number;
-  chan: 'main' | 'twin';
-  msg_id: number;
-  cmd: number;
-  cmd_name: string;
-  flags: number;
-  error: number;
-  size: number;
-  nfds: number;
-  hex: string;
-}
+import { captureFiles, CAPTURES, capturesPresent, readCapture, type CaptureRecord } from '../captures';
 
 interface Replayed {
   record: CaptureRecord;
@@ -35,14 +17,6 @@ interface Replayed {
   request?: VfioUserCommand;
   /** Why re-encoding cannot give the recorded bytes back, when it cannot. */
   nonCanonical?: string;
-}
-
-function readCapture(file: string): CaptureRecord[] {
-  return fs
-    .readFileSync(path.join(CAPTURES, file), 'utf8')
-    .split('\n')
-    .filter((line) => line.trim() !== '')
-    .map((line) => JSON.parse(line) as CaptureRecord);
 }
 
 const isReply = (record: CaptureRecord) => (record.flags & HEADER_FLAGS.bits.TYPE) === MESSAGE_TYPES.values.REPLY;
@@ -96,8 +70,7 @@ function replay(records: CaptureRecord[]): Replayed[] {
   return out;
 }
 
-const capturesPresent = fs.existsSync(CAPTURES);
-const files = capturesPresent ? fs.readdirSync(CAPTURES).filter((file) => file.endsWith('.jsonl')).sort() : [];
+const files = captureFiles();
 
 function messages(file: string): Replayed[] {
   return replay(readCapture(file));

@@ -1,8 +1,6 @@
 /** Our server fed the recorded client commands of real libvfio-user sessions answers with replies of the same shape. */
 
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import path from 'node:path';
 import { SharedRegion } from '../../lib/memory';
 import type { FileDescriptor } from '../../lib/native';
 import { EventFd, MessageSocket } from '../../lib/os';
@@ -15,31 +13,7 @@ import type { DmaMapping } from '../../lib/vfio-user/server/dma-maps';
 import { bufferRegion, type RegionHandler } from '../../lib/vfio-user/server/regions';
 import { VfioUserServer } from '../../lib/vfio-user/server/server';
 import { openFdCount, tempSocketPath, waitFor } from '../helpers';
-
-/** dist/test/interop -> the repository's parent, where `shared/captures` lives next to the repository. */
-const CAPTURES = process.env.VIOMMU_CAPTURES ?? path.resolve(__dirname, '../../../../shared/captures');
-
-interface CaptureRecord {
-  dir: 'c2s' | 's2c';
-  seq: number;
-  chan: 'main' | 'twin';
-  msg_id: number;
-  cmd: number;
-  cmd_name: string;
-  flags: number;
-  error: number;
-  size: number;
-  nfds: number;
-  hex: string;
-}
-
-function readCapture(file: string): CaptureRecord[] {
-  return fs
-    .readFileSync(path.join(CAPTURES, file), 'utf8')
-    .split('\n')
-    .filter((line) => line.trim() !== '')
-    .map((line) => JSON.parse(line) as CaptureRecord);
-}
+import { capturesPresent, readCapture, type CaptureRecord } from '../captures';
 
 const isReply = (flags: number) => (flags & HEADER_FLAGS.bits.TYPE) === MESSAGE_TYPES.values.REPLY;
 const MIGRATION_COMMANDS = new Set<number>([COMMANDS.values.DEVICE_FEATURE, COMMANDS.values.MIG_DATA_READ, COMMANDS.values.MIG_DATA_WRITE]);
@@ -357,8 +331,6 @@ async function replayAgainstServer(setup: CaptureSetup): Promise<Outcome> {
   }
   return outcome;
 }
-
-const capturesPresent = fs.existsSync(CAPTURES);
 
 describe('captures: our server answers recorded client commands like the recorded server', function () {
   before(function () {

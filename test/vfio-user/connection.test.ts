@@ -1,8 +1,6 @@
 /** VfioUserConnection: one suite run over the in-memory and the socket transport (matching, errors, limits, VERSION, fds). */
 
 import assert from 'node:assert/strict';
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { native, type FileDescriptor } from '../../lib/native';
 import { MessageSocket, ReceivedFds } from '../../lib/os';
 import { decodeMessage, encodeCommand, encodeReply, versionBody, type VfioUserMessage } from '../../lib/vfio-user/codec';
@@ -21,6 +19,7 @@ import { dmaRead, dmaWrite, regionRead, regionWrite, splitTransfer } from '../..
 import { InMemoryTransport, socketTransport, type Transport } from '../../lib/vfio-user/transport';
 import { openFdCount, tick, waitFor } from '../helpers';
 import { rawMessage } from './helpers';
+import { readCapture } from '../captures';
 
 const KINDS: Record<string, () => [Transport, Transport]> = {
   'in-memory': () => InMemoryTransport.pair(),
@@ -29,7 +28,6 @@ const KINDS: Record<string, () => [Transport, Transport]> = {
 
 const ERROR_REPLY_FLAGS = MESSAGE_TYPES.values.REPLY | HEADER_FLAGS.bits.ERROR;
 const UNKNOWN_COMMAND = 0x7777;
-const CAPTURES = path.resolve(__dirname, '..', '..', '..', '..', 'shared', 'captures');
 
 /** A peer that speaks raw bytes: records what arrives and answers by hand. */
 class RawPeer {
@@ -55,8 +53,7 @@ function dmaMapBody(address: bigint) {
 }
 
 function versionReplyFromCapture(file: string): Buffer {
-  const lines = fs.readFileSync(path.join(CAPTURES, file), 'utf8').split('\n').filter((line) => line.length > 0);
-  const record = lines.map((line) => JSON.parse(line) as { dir: string; cmd: number; hex: string }).find((r) => r.dir === 's2c' && r.cmd === COMMANDS.values.VERSION);
+  const record = readCapture(file).find((r) => r.dir === 's2c' && r.cmd === COMMANDS.values.VERSION);
   assert.ok(record, `no VERSION reply in ${file}`);
   return Buffer.from(record.hex, 'hex');
 }

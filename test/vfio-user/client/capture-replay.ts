@@ -1,7 +1,5 @@
 /** Plays the server side of a recorded vfio-user session to a client: each command gets the recorded reply. */
 
-import fs from 'node:fs';
-import path from 'node:path';
 import { native, type FileDescriptor } from '../../../lib/native';
 import { MessageSocket } from '../../../lib/os';
 import { decodeHeader, decodeMessage, encodeErrorReply } from '../../../lib/vfio-user/codec';
@@ -9,24 +7,8 @@ import { ERRNO } from '../../../lib/vfio-user/errors';
 import type { VfioUserCommand, VfioUserMessage } from '../../../lib/vfio-user/messages';
 import { HEADER_FLAGS, MESSAGE_TYPES } from '../../../lib/vfio-user/protocol';
 import { socketTransport, type Transport } from '../../../lib/vfio-user/transport';
-
-/** dist/test/vfio-user/client -> the repository's parent, where `shared/captures` lives next to the repository. */
-export const CAPTURES = process.env.VIOMMU_CAPTURES ?? path.resolve(__dirname, '../../../../../shared/captures');
-
-export interface CaptureRecord {
-  dir: 'c2s' | 's2c';
-  seq: number;
-  chan: 'main' | 'twin';
-  msg_id: number;
-  cmd: number;
-  cmd_name: string;
-  flags: number;
-  error: number;
-  size: number;
-  nfds: number;
-  fds?: { index: number; kind: string }[];
-  hex: string;
-}
+import { CAPTURES, capturesPresent, readCapture, type CaptureRecord } from '../../captures';
+export { CAPTURES, capturesPresent, readCapture, type CaptureRecord };
 
 export interface RecordedExchange {
   readonly command: CaptureRecord;
@@ -35,16 +17,6 @@ export interface RecordedExchange {
   readonly request: VfioUserCommand | undefined;
   readonly answer: VfioUserMessage | undefined;
 }
-
-export function readCapture(file: string): CaptureRecord[] {
-  return fs
-    .readFileSync(path.join(CAPTURES, file), 'utf8')
-    .split('\n')
-    .filter((line) => line.trim() !== '')
-    .map((line) => JSON.parse(line) as CaptureRecord);
-}
-
-export const capturesPresent = fs.existsSync(CAPTURES);
 
 const isReply = (record: CaptureRecord) => (record.flags & HEADER_FLAGS.bits.TYPE) === MESSAGE_TYPES.values.REPLY;
 
