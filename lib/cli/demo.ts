@@ -108,7 +108,7 @@ export async function runDemo(io: DemoIo, modes: readonly DemoMode[] = DEMO_MODE
       if (report.failures.length > 0) failed++;
     }
     say('');
-    say(scalableNote(modes));
+    for (const line of configurationLines(modes)) say(line);
   } catch (error) {
     io.stderr.write(`viommu demo: ${(error as Error).message}\n`);
     return 1;
@@ -120,9 +120,9 @@ export async function runDemo(io: DemoIo, modes: readonly DemoMode[] = DEMO_MODE
   return failed === 0 ? 0 : 1;
 }
 
-function scalableNote(modes: readonly DemoMode[]): string {
-  const scalable = modes.filter((mode) => mode.iommu.includes('x-scalable-mode=on'));
-  return scalable.length === 0
-    ? 'scalable modes: not available in this build (the demo has no scalable-mode guest-driver sequences yet)'
-    : `scalable modes run: ${scalable.map((mode) => mode.name).join(', ')}`;
+/** The unit configurations the modes ran on, each with the modes it served. */
+function configurationLines(modes: readonly DemoMode[]): string[] {
+  const byConfiguration = new Map<string, string[]>();
+  for (const mode of modes) byConfiguration.set(mode.iommu, [...(byConfiguration.get(mode.iommu) ?? []), mode.name]);
+  return [...byConfiguration].map(([iommu, names]) => `unit configuration intel-iommu,${iommu}: ${names.join(', ')}`);
 }

@@ -1,15 +1,18 @@
 /**
  * Guest-driver programming sequences played through a machine's CPU accesses (ports and memory, as a qtest script
- * or a guest kernel makes them): PCI set-up, the edu DMA engine, and the VT-d unit's registers, queue and legacy tables.
+ * or a guest kernel makes them): PCI set-up, the edu DMA engine, and the VT-d unit's registers, queue, legacy and
+ * scalable-mode tables, and second-stage and first-stage (IA-32e) paging, first-stage tables also in guest-physical space.
  */
 import { EDU_DMA_COMMAND, EDU_REGISTERS } from '../devices/edu';
 import { CAPABILITY_HEADER, MSI_CONTROL, msiStructureFor, PCI_CAPABILITY_IDS, PCI_COMMAND, TYPE0_HEADER } from '../devices/pci-layout';
-import { decodeBig, encodeBig, getFieldBig } from '../vtd/bitfield';
+import { decodeBig, encodeBig, getFieldBig, type Field, type FieldTable } from '../vtd/bitfield';
 import { GCMD, GSTS, OFFSET } from '../vtd/register-bits';
-import { CAP_FIELDS, FRCD_HI_FIELDS, FRCD_LO_FIELDS, IQA_FIELDS } from '../vtd/registers';
+import { CAP_FIELDS, FRCD_HI_FIELDS, FRCD_LO_FIELDS, IQA_FIELDS, RTADDR_FIELDS } from '../vtd/registers';
 import {
-  CONTEXT_CACHE_INVALIDATE, INVALIDATION_DESCRIPTORS, INVALIDATION_WAIT, IOTLB_INVALIDATE, LEGACY_CONTEXT_ENTRY, LEGACY_ROOT_ENTRY,
-  SECOND_STAGE_4K_LEAF, SECOND_STAGE_TABLE_ENTRY, SECOND_STAGE_TOP_ENTRY,
+  CONTEXT_CACHE_INVALIDATE, FIRST_STAGE_4K_LEAF, FIRST_STAGE_TABLE_ENTRY, FIRST_STAGE_TOP_ENTRY, INVALIDATION_DESCRIPTORS,
+  INVALIDATION_WAIT, IOTLB_INVALIDATE, LEGACY_CONTEXT_ENTRY, LEGACY_ROOT_ENTRY, PASID_CACHE_INVALIDATE, PASID_DIRECTORY_ENTRY,
+  PASID_IOTLB_INVALIDATE, PASID_PGTT, SCALABLE_CONTEXT_ENTRY, SCALABLE_PASID_ENTRY, SCALABLE_ROOT_ENTRY, SECOND_STAGE_4K_LEAF,
+  SECOND_STAGE_TABLE_ENTRY, SECOND_STAGE_TOP_ENTRY,
 } from '../vtd/structures';
 import { CONFIG_ADDRESS_PORT, CONFIG_DATA_PORT } from './pci';
 import type { QtestMachine } from './qtest/machine';
@@ -127,6 +130,18 @@ export interface GuestFaultRecord {
   readonly write: boolean;
   /** The faulting page address (FRCD.FI). */
   readonly address: bigint;
+  /** FRCD.PV when FRCD.PP says the request carried a PASID. */
+  readonly pasid?: number;
+}
+
+/** How the unit finds its root table: RTADDR.TTM by its value names. */
+export type TranslationTableMode = 'legacy' | 'scalable';
+
+/** The number a field's value table gives `name` (the field tables name enumerated values; drivers use the names). */
+function valueNamed(field: Field, name: string): number {
+  const entry = Object.entries(field.values ?? {}).find(([, text]) => text === name);
+  if (entry === undefined) throw driverError(`field ${field.name} has no value named '${name}'`);
+  return Number(entry[0]);
 }
 
 /** The VT-d unit's register interface: commands with status polling, the invalidation queue, fault records. */
@@ -134,6 +149,7 @@ export class VtdDriver {
   private queueBase = 0;
   private queueTail = 0;
   private queueEntries = 0;
+  private descriptorBytes = 16;
   private statusPage = 0;
   private waitCount = 0;
 
@@ -154,18 +170,24 @@ export class VtdDriver {
     }
   }
 
-  async setRootTable(rootTable: number): Promise<void> {
-    await this.write64(OFFSET.RTADDR, BigInt(rootTable));
+  /** RTADDR with the root table and its mode (scalable: RTADDR.TTM = 01), then SRTP. */
+  async setRootTable(rootTable: number, mode: TranslationTableMode = 'legacy'): Promise<void> {
+    await this.write64(OFFSET.RTADDR, encodeBig(RTADDR_FIELDS, { RTA: rootTable / PAGE_SIZE, TTM: valueNamed(RTADDR_FIELDS.f.TTM, mode) }));
     await this.command(GCMD.SRTP, GSTS.RTPS);
   }
 
-  /** A one-page queue (256 descriptors of 128 bits) and a status page for wait descriptors, then QIE. */
-  async enableQueue(): Promise<void> {
+  /**
+   * A one-page queue and a status page for wait descriptors, then QIE. Scalable mode's PASID-based descriptors
+   * need 256-bit slots (IQA.DW = 1): 128 of them in the page instead of 256 of 128 bits.
+   */
+  async enableQueue(descriptorBits: 128 | 256 = 128): Promise<void> {
     this.queueBase = await this.pages.page();
     this.statusPage = await this.pages.page();
-    this.queueEntries = PAGE_SIZE / 16;
+    this.descriptorBytes = descriptorBits / 8;
+    this.queueEntries = PAGE_SIZE / this.descriptorBytes;
     this.queueTail = 0;
-    await this.write64(OFFSET.IQA, encodeBig(IQA_FIELDS, { IQA: this.queueBase / PAGE_SIZE, QS: 0, DW: 0 }));
+    const width = valueNamed(IQA_FIELDS.f.DW, `${descriptorBits}-bit`);
+    await this.write64(OFFSET.IQA, encodeBig(IQA_FIELDS, { IQA: this.queueBase / PAGE_SIZE, QS: 0, DW: width }));
     await this.write64(OFFSET.IQT, 0n);
     await this.command(GCMD.QIE, GSTS.QIES);
   }
@@ -174,17 +196,21 @@ export class VtdDriver {
     await this.command(GCMD.TE, GSTS.TES);
   }
 
-  /** Submits `descriptors` and a wait descriptor with a status write, and polls the status as drivers do. */
+  /**
+   * Submits `descriptors` and a wait descriptor with a status write, and polls the status as drivers do. Each
+   * descriptor fills a whole slot (a 128-bit one in a 256-bit slot has its upper half zero).
+   */
   async invalidate(descriptors: readonly bigint[]): Promise<void> {
     const token = ++this.waitCount;
     const wait = encodeBig(INVALIDATION_WAIT, { TYPE_LO: descriptorType('wait'), SW: 1, SDATA: token, SADDR: this.statusPage / 4 });
     for (const descriptor of [...descriptors, wait]) {
-      const at = this.queueBase + this.queueTail * 16;
-      await this.cpu.writeMemory64(BigInt(at), BigInt.asUintN(64, descriptor));
-      await this.cpu.writeMemory64(BigInt(at + 8), descriptor >> 64n);
+      const at = this.queueBase + this.queueTail * this.descriptorBytes;
+      for (let q = 0; q < this.descriptorBytes / 8; q++) {
+        await this.cpu.writeMemory64(BigInt(at + q * 8), BigInt.asUintN(64, descriptor >> BigInt(64 * q)));
+      }
       this.queueTail = (this.queueTail + 1) % this.queueEntries;
     }
-    await this.write64(OFFSET.IQT, BigInt(this.queueTail * 16));
+    await this.write64(OFFSET.IQT, BigInt(this.queueTail * this.descriptorBytes));
     for (let polls = 0; (await this.cpu.readMemory(BigInt(this.statusPage), 4)) !== token; polls++) {
       if (polls > POLL_LIMIT) throw driverError(`the invalidation wait descriptor ${token} never completed (FSTS 0x${(await this.read32(OFFSET.FSTS)).toString(16)})`);
       await pause(0);
@@ -200,11 +226,12 @@ export class VtdDriver {
     for (let index = 0; index < count; index++) {
       const lo = await this.read64(first + index * 16);
       const hi = await this.read64(first + index * 16 + 8);
-      if ((hi >> 63n) === 0n) continue;
       const fields = decodeBig(FRCD_HI_FIELDS, hi);
+      if (fields.F === 0n) continue;
       records.push({
         index, sid: Number(fields.SID), reason: Number(fields.FR), write: fields.T === 0n,
         address: decodeBig(FRCD_LO_FIELDS, lo).FI << 12n,
+        ...(fields.PP === 1n ? { pasid: Number(fields.PV) } : {}),
       });
     }
     return { fsts: await this.read32(OFFSET.FSTS), records };
@@ -225,16 +252,180 @@ function descriptorType(name: string): number {
   return kind.type;
 }
 
-/** The legacy-mode descriptors a driver queues. */
+/** The legacy-mode descriptors a driver queues (context-cache and IOTLB ones serve scalable mode's second stage too). */
 export const LEGACY_INVALIDATIONS = {
   contextGlobal: (): bigint => encodeBig(CONTEXT_CACHE_INVALIDATE, { TYPE_LO: descriptorType('context-cache'), G: 1 }),
   iotlbGlobal: (): bigint => encodeBig(IOTLB_INVALIDATE, { TYPE_LO: descriptorType('IOTLB'), G: 1 }),
   iotlbPage: (did: number, iova: number, am = 0): bigint => encodeBig(IOTLB_INVALIDATE, { TYPE_LO: descriptorType('IOTLB'), G: 3, DID: did, ADDR: iova / PAGE_SIZE, AM: am }),
 };
 
+/** Scalable mode's PASID-based descriptors (256-bit queue only), granularities by their names in the field tables. */
+export const PASID_INVALIDATIONS = {
+  pasidCacheGlobal: (): bigint => encodeBig(PASID_CACHE_INVALIDATE, {
+    TYPE_LO: descriptorType('PASID cache'), G: valueNamed(PASID_CACHE_INVALIDATE.f.G, 'global'),
+  }),
+  pasidCache: (did: number, pasid: number): bigint => encodeBig(PASID_CACHE_INVALIDATE, {
+    TYPE_LO: descriptorType('PASID cache'), G: valueNamed(PASID_CACHE_INVALIDATE.f.G, 'PASID'), DID: did, PASID: pasid,
+  }),
+  iotlbPasid: (did: number, pasid: number): bigint => encodeBig(PASID_IOTLB_INVALIDATE, {
+    TYPE_LO: descriptorType('PASID-based IOTLB'), G: valueNamed(PASID_IOTLB_INVALIDATE.f.G, 'all of PASID'), DID: did, PASID: pasid,
+  }),
+  /** 2^am pages from `iova` (aligned to that size); `leafOnly` is IH: only leaf entries changed. */
+  iotlbPages: (did: number, pasid: number, iova: number, am = 0, leafOnly = false): bigint => encodeBig(PASID_IOTLB_INVALIDATE, {
+    TYPE_LO: descriptorType('PASID-based IOTLB'), G: valueNamed(PASID_IOTLB_INVALIDATE.f.G, 'page in PASID'),
+    DID: did, PASID: pasid, ADDR: iova / PAGE_SIZE, AM: am, IH: leafOnly ? 1 : 0,
+  }),
+};
+
 export interface PageAccess {
   readonly read: boolean;
   readonly write: boolean;
+  /** First stage only: a supervisor page (U/S = 0), out of reach of user requests. */
+  readonly supervisorOnly?: boolean;
+}
+
+type Values = Partial<Record<string, number | bigint>>;
+
+/** One paging format as a driver writes it: the layout of each level's entries and the values that make them present. */
+export interface PagingFormat {
+  readonly name: string;
+  /** Layout of a non-leaf entry at `level` (PML5E/PML4E at 5 and 4, else a table entry). */
+  tableLayout(level: number): FieldTable;
+  readonly leafLayout: FieldTable;
+  /** A non-leaf entry's values besides ADDR: permissive, so that the leaf decides. */
+  readonly tableValues: Values;
+  leafValues(access: PageAccess): Values;
+  /** Whether an entry, decoded with its layout, points somewhere. */
+  present(entry: Record<string, bigint>): boolean;
+}
+
+export const SECOND_STAGE_FORMAT: PagingFormat = {
+  name: 'second stage',
+  tableLayout: (level) => (level >= 4 ? SECOND_STAGE_TOP_ENTRY : SECOND_STAGE_TABLE_ENTRY),
+  leafLayout: SECOND_STAGE_4K_LEAF,
+  tableValues: { R: 1, W: 1 },
+  leafValues: (access) => ({ R: access.read ? 1 : 0, W: access.write ? 1 : 0 }),
+  present: (entry) => entry.R === 1n || entry.W === 1n,
+};
+
+/** IA-32e paging: every page is readable, so a mapping that is not readable cannot be written. */
+export const FIRST_STAGE_FORMAT: PagingFormat = {
+  name: 'first stage (IA-32e)',
+  tableLayout: (level) => (level >= 4 ? FIRST_STAGE_TOP_ENTRY : FIRST_STAGE_TABLE_ENTRY),
+  leafLayout: FIRST_STAGE_4K_LEAF,
+  tableValues: { P: 1, RW: 1, US: 1 },
+  leafValues: (access) => {
+    if (!access.read) throw driverError('a first-stage page is always readable: map it with read access');
+    return { P: 1, RW: access.write ? 1 : 0, US: access.supervisorOnly ? 0 : 1 };
+  },
+  present: (entry) => entry.P === 1n,
+};
+
+/**
+ * Where a hierarchy's tables live. Usually guest RAM as the unit reads it; for nested translation's first stage,
+ * guest-physical space that the second stage maps onto RAM, so entries hold addresses the CPU cannot use directly.
+ */
+export interface TableSpace {
+  /** A zeroed table page; returns its address as entries (and table pointers) hold it. */
+  allocate(): Promise<number>;
+  /** Where the CPU reaches `address` of this space in RAM. */
+  ramAddress(address: number): number;
+}
+
+/** Tables straight in RAM. */
+export function ramTables(pages: PageAllocator): TableSpace {
+  return { allocate: () => pages.page(), ramAddress: (address) => address };
+}
+
+/**
+ * Tables in guest-physical space from `base` upwards: each table is a RAM page that the second stage `second`
+ * maps (read-write, since the unit writes A/D into first-stage entries) at the next guest-physical page.
+ */
+export class GuestPhysicalTables implements TableSpace {
+  private readonly ramOf = new Map<number, number>();
+  private next: number;
+
+  constructor(private readonly pages: PageAllocator, private readonly second: PagingTables, readonly base: number) {
+    this.next = base;
+  }
+
+  async allocate(): Promise<number> {
+    const ram = await this.pages.page();
+    const address = this.next;
+    this.next += PAGE_SIZE;
+    await this.second.map(address, ram, 1, { read: true, write: true });
+    this.ramOf.set(address, ram);
+    return address;
+  }
+
+  ramAddress(address: number): number {
+    const ram = this.ramOf.get(address - (address % PAGE_SIZE));
+    if (ram === undefined) throw driverError(`guest-physical 0x${address.toString(16)} holds no table of this space`);
+    return ram + (address % PAGE_SIZE);
+  }
+
+  /** How many table pages the space holds. */
+  get size(): number {
+    return this.ramOf.size;
+  }
+}
+
+/** A `levels`-level hierarchy of one paging format with 4 KiB leaves, built as a driver builds it (present last). */
+export class PagingTables {
+  private constructor(
+    private readonly cpu: GuestCpu,
+    readonly format: PagingFormat,
+    readonly space: TableSpace,
+    readonly levels: number,
+    /** The top table, in the space's addresses (what SSPTPTR/FSPTPTR/SLPTPTR holds). */
+    readonly top: number,
+  ) {}
+
+  static async create(cpu: GuestCpu, format: PagingFormat, space: TableSpace, levels = 4): Promise<PagingTables> {
+    return new PagingTables(cpu, format, space, levels, await space.allocate());
+  }
+
+  /** RAM address of the leaf entry for `iova`, creating intermediate tables. */
+  private async leafEntry(iova: number): Promise<number> {
+    let table = this.top;
+    for (let level = this.levels; level > 1; level--) {
+      const entry = this.space.ramAddress(table) + (Math.floor(iova / 2 ** (12 + 9 * (level - 1))) % 512) * 8;
+      const layout = this.format.tableLayout(level);
+      const current = decodeBig(layout, await this.cpu.readMemory64(BigInt(entry)));
+      if (this.format.present(current)) {
+        table = Number(current.ADDR) * PAGE_SIZE;
+        continue;
+      }
+      table = await this.space.allocate();
+      await this.cpu.writeMemory64(BigInt(entry), encodeBig(layout, { ...this.format.tableValues, ADDR: table / PAGE_SIZE }));
+    }
+    return this.space.ramAddress(table) + (Math.floor(iova / PAGE_SIZE) % 512) * 8;
+  }
+
+  /** Maps `pages` 4 KiB pages from `iova` to `output` with `access`. */
+  async map(iova: number, output: number, pages: number, access: PageAccess): Promise<void> {
+    for (let i = 0; i < pages; i++) {
+      const entry = await this.leafEntry(iova + i * PAGE_SIZE);
+      await this.cpu.writeMemory64(BigInt(entry), encodeBig(this.format.leafLayout, { ...this.format.leafValues(access), ADDR: output / PAGE_SIZE + i }));
+    }
+  }
+
+  /** Clears the leaves of `pages` pages from `iova` (tables stay, as Linux leaves them until the domain goes). */
+  async unmap(iova: number, pages: number): Promise<void> {
+    for (let i = 0; i < pages; i++) await this.cpu.writeMemory64(BigInt(await this.leafEntry(iova + i * PAGE_SIZE)), 0n);
+  }
+}
+
+/** Writes a structure of whole qwords, qword 0 (which holds P in every VT-d table entry) last. */
+async function writeStructure(cpu: GuestCpu, address: number, table: FieldTable, values: Values): Promise<void> {
+  const value = encodeBig(table, values);
+  for (let q = table.sizeBits / 64 - 1; q >= 0; q--) await cpu.writeMemory64(BigInt(address + q * 8), BigInt.asUintN(64, value >> BigInt(64 * q)));
+}
+
+async function readStructure(cpu: GuestCpu, address: number, table: FieldTable): Promise<Record<string, bigint>> {
+  let value = 0n;
+  for (let q = table.sizeBits / 64 - 1; q >= 0; q--) value = (value << 64n) | (await cpu.readMemory64(BigInt(address + q * 8)));
+  return decodeBig(table, value);
 }
 
 /**
@@ -243,64 +434,118 @@ export interface PageAccess {
  */
 export class LegacyTables {
   readonly root: Promise<number>;
-  private readonly domains = new Map<number, { did: number; top: number; levels: number }>();
+  private readonly domains = new Map<number, { did: number; tables: PagingTables }>();
 
   constructor(private readonly cpu: GuestCpu, private readonly pages: PageAllocator) {
     this.root = pages.page();
   }
 
-  private async write128(address: number, value: bigint): Promise<void> {
-    await this.cpu.writeMemory64(BigInt(address + 8), value >> 64n);
-    await this.cpu.writeMemory64(BigInt(address), BigInt.asUintN(64, value));
-  }
-
   /** Gives `sid` its own domain `did` with an empty `levels`-level table. */
   async addDevice(sid: number, did: number, levels = 4): Promise<void> {
-    const root = await this.root;
-    const rootEntry = root + (sid >> 8) * 16;
-    let contextTable = Number((await this.cpu.readMemory64(BigInt(rootEntry))) >> 12n) * PAGE_SIZE;
+    const rootEntry = (await this.root) + (sid >> 8) * 16;
+    let contextTable = Number((await readStructure(this.cpu, rootEntry, LEGACY_ROOT_ENTRY)).CTP) * PAGE_SIZE;
     if (contextTable === 0) {
       contextTable = await this.pages.page();
-      await this.write128(rootEntry, encodeBig(LEGACY_ROOT_ENTRY, { P: 1, CTP: contextTable / PAGE_SIZE }));
+      await writeStructure(this.cpu, rootEntry, LEGACY_ROOT_ENTRY, { P: 1, CTP: contextTable / PAGE_SIZE });
     }
-    const top = await this.pages.page();
-    await this.write128(contextTable + (sid & 0xff) * 16, encodeBig(LEGACY_CONTEXT_ENTRY, { P: 1, TT: 0, SLPTPTR: top / PAGE_SIZE, AW: levels - 2, DID: did }));
-    this.domains.set(sid, { did, top, levels });
+    const tables = await PagingTables.create(this.cpu, SECOND_STAGE_FORMAT, ramTables(this.pages), levels);
+    await writeStructure(this.cpu, contextTable + (sid & 0xff) * 16, LEGACY_CONTEXT_ENTRY, { P: 1, TT: 0, SLPTPTR: tables.top / PAGE_SIZE, AW: levels - 2, DID: did });
+    this.domains.set(sid, { did, tables });
   }
 
-  /** Address of the leaf entry for `iova`, creating intermediate tables. */
-  private async leafEntry(sid: number, iova: number): Promise<number> {
+  private domain(sid: number): { did: number; tables: PagingTables } {
     const domain = this.domains.get(sid);
     if (domain === undefined) throw driverError(`no domain for SID 0x${sid.toString(16)}; addDevice first`);
-    let table = domain.top;
-    for (let level = domain.levels; level > 1; level--) {
-      const entry = table + (Math.floor(iova / 2 ** (12 + 9 * (level - 1))) % 512) * 8;
-      let next = Number((await this.cpu.readMemory64(BigInt(entry))) >> 12n) * PAGE_SIZE;
-      if (next === 0) {
-        next = await this.pages.page();
-        const layout = level === domain.levels ? SECOND_STAGE_TOP_ENTRY : SECOND_STAGE_TABLE_ENTRY;
-        await this.cpu.writeMemory64(BigInt(entry), encodeBig(layout, { R: 1, W: 1, ADDR: next / PAGE_SIZE }));
-      }
-      table = next;
-    }
-    return table + (Math.floor(iova / PAGE_SIZE) % 512) * 8;
+    return domain;
   }
 
   /** Maps `pages` 4 KiB pages from `iova` to `gpa` with `access`. */
   async map(sid: number, iova: number, gpa: number, pages: number, access: PageAccess): Promise<void> {
-    for (let i = 0; i < pages; i++) {
-      const entry = await this.leafEntry(sid, iova + i * PAGE_SIZE);
-      await this.cpu.writeMemory64(BigInt(entry), encodeBig(SECOND_STAGE_4K_LEAF, { R: access.read ? 1 : 0, W: access.write ? 1 : 0, ADDR: gpa / PAGE_SIZE + i }));
-    }
+    await this.domain(sid).tables.map(iova, gpa, pages, access);
   }
 
   async unmap(sid: number, iova: number, pages: number): Promise<void> {
-    for (let i = 0; i < pages; i++) await this.cpu.writeMemory64(BigInt(await this.leafEntry(sid, iova + i * PAGE_SIZE)), 0n);
+    await this.domain(sid).tables.unmap(iova, pages);
   }
 
   domainId(sid: number): number {
-    const domain = this.domains.get(sid);
-    if (domain === undefined) throw driverError(`no domain for SID 0x${sid.toString(16)}`);
-    return domain.did;
+    return this.domain(sid).did;
+  }
+}
+
+/** The PASID entry values for each kind of scalable-mode domain (PGTT by name, as PASID_PGTT gives them). */
+export const PASID_ENTRY = {
+  secondStage: (did: number, second: PagingTables): Values => ({
+    PGTT: PASID_PGTT.SECOND_STAGE, AW: second.levels - 2, SSPTPTR: second.top / PAGE_SIZE, DID: did,
+  }),
+  /** 4-level (FSPM 0) or 5-level (FSPM 1) first stage; SRE stays clear, so supervisor requests fault. */
+  firstStage: (did: number, first: PagingTables): Values => ({
+    PGTT: PASID_PGTT.FIRST_STAGE, FSPM: first.levels - 4, FSPTPTR: first.top / PAGE_SIZE, DID: did,
+  }),
+  /** FSPTPTR is guest-physical: the second stage translates it, every first-stage table and the output. */
+  nested: (did: number, first: PagingTables, second: PagingTables): Values => ({
+    PGTT: PASID_PGTT.NESTED, AW: second.levels - 2, SSPTPTR: second.top / PAGE_SIZE,
+    FSPM: first.levels - 4, FSPTPTR: first.top / PAGE_SIZE, DID: did,
+  }),
+};
+
+/** Devices' functions 0..127 use the lower context table of their bus, 128..255 the upper one. */
+const DEVFNS_PER_CONTEXT_TABLE = 128;
+const SCALABLE_CONTEXT_BYTES = SCALABLE_CONTEXT_ENTRY.sizeBits / 8;
+const PASID_DIRECTORY_ENTRY_BYTES = PASID_DIRECTORY_ENTRY.sizeBits / 8;
+const PASID_ENTRY_BYTES = SCALABLE_PASID_ENTRY.sizeBits / 8;
+/** A PASID table is one page of 64 entries: the directory index is PASID >> 6. */
+const PASIDS_PER_TABLE = PAGE_SIZE / PASID_ENTRY_BYTES;
+
+/**
+ * Scalable-mode structures: a root table whose entries hold a lower and an upper context table, 256-bit context
+ * entries with a PASID directory (PDTS 0: 128 entries, PASIDs below 8192), PASID tables on demand and 512-bit PASID
+ * entries, written as a driver writes them (present last).
+ */
+export class ScalableTables {
+  readonly root: Promise<number>;
+  private readonly directories = new Map<number, number>();
+  private readonly pasidTables = new Map<string, number>();
+
+  constructor(private readonly cpu: GuestCpu, private readonly pages: PageAllocator) {
+    this.root = pages.page();
+  }
+
+  /**
+   * Gives `sid` a context entry with a PASID directory; its requests without PASID use `ridPasid`'s entry, and
+   * requests with a PASID are allowed when `pasidEnabled` (PASIDE).
+   */
+  async addDevice(sid: number, options: { ridPasid?: number; pasidEnabled?: boolean } = {}): Promise<void> {
+    const { ridPasid = 0, pasidEnabled = false } = options;
+    const rootEntry = (await this.root) + (sid >> 8) * 16;
+    const upper = (sid & 0xff) >= DEVFNS_PER_CONTEXT_TABLE;
+    const current = await readStructure(this.cpu, rootEntry, SCALABLE_ROOT_ENTRY);
+    let contextTable = Number(upper ? current.UCTP : current.LCTP) * PAGE_SIZE;
+    if (contextTable === 0) {
+      contextTable = await this.pages.page();
+      await writeStructure(this.cpu, rootEntry, SCALABLE_ROOT_ENTRY, {
+        ...current, ...(upper ? { UP: 1, UCTP: contextTable / PAGE_SIZE } : { LP: 1, LCTP: contextTable / PAGE_SIZE }),
+      });
+    }
+    const directory = await this.pages.page();
+    this.directories.set(sid, directory);
+    await writeStructure(this.cpu, contextTable + ((sid & 0xff) % DEVFNS_PER_CONTEXT_TABLE) * SCALABLE_CONTEXT_BYTES, SCALABLE_CONTEXT_ENTRY, {
+      P: 1, PASIDE: pasidEnabled ? 1 : 0, PDTS: 0, PASIDDIRPTR: directory / PAGE_SIZE, RID_PASID: ridPasid,
+    });
+  }
+
+  /** Writes `pasid`'s entry for `sid` (see PASID_ENTRY), with its PASID table and directory entry on first use. */
+  async setPasidEntry(sid: number, pasid: number, values: Values): Promise<void> {
+    const directory = this.directories.get(sid);
+    if (directory === undefined) throw driverError(`no PASID directory for SID 0x${sid.toString(16)}; addDevice first`);
+    const index = Math.floor(pasid / PASIDS_PER_TABLE);
+    const key = `${sid}/${index}`;
+    let table = this.pasidTables.get(key);
+    if (table === undefined) {
+      table = await this.pages.page();
+      this.pasidTables.set(key, table);
+      await writeStructure(this.cpu, directory + index * PASID_DIRECTORY_ENTRY_BYTES, PASID_DIRECTORY_ENTRY, { P: 1, PTP: table / PAGE_SIZE });
+    }
+    await writeStructure(this.cpu, table + (pasid % PASIDS_PER_TABLE) * PASID_ENTRY_BYTES, SCALABLE_PASID_ENTRY, { ...values, P: 1 });
   }
 }
