@@ -1,13 +1,16 @@
 /** `npm run bench`: measures every figure against its same-run baseline and prints the ratios. */
 import * as fs from 'node:fs';
 import { foundationFigures } from './figures/foundation';
+import { shadowFigures } from './figures/shadow';
+import { softNestingFigures } from './figures/soft-nesting';
+import { vfioUserFigures } from './figures/vfio-user';
 import { vtdFigures } from './figures/vtd';
 import { formatResult, runFigure, type Figure } from './harness';
 
 async function main(): Promise<void> {
   const only = process.argv.slice(2);
   const rounds = Number(process.env.BENCH_ROUNDS ?? 5);
-  const figures: Figure[] = [...foundationFigures(), ...vtdFigures()].filter((figure) => only.length === 0 || only.some((id) => figure.id.startsWith(id)));
+  const figures: Figure[] = [...foundationFigures(), ...vtdFigures(), ...vfioUserFigures(), ...softNestingFigures(), ...shadowFigures()].filter((figure) => only.length === 0 || only.some((id) => figure.id.startsWith(id)));
   const results = [];
   console.log(`viommu bench: ${figures.length} figures, ${rounds} interleaved rounds each, median rates\n`);
   for (const figure of figures) {

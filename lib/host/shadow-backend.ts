@@ -7,6 +7,7 @@ import { ViommuError } from '../errors';
 import type { GuestMemory } from '../memory/guest-memory';
 import type { FileDescriptor } from '../native';
 import type { DeviceDomainListener, MappedRun, VtdDomain } from '../vtd/address-space';
+import { HeldRuns } from './held-runs';
 import { ShadowMappings, type ShadowChanges, type ShadowExtent } from './shadow-mappings';
 
 const PAGE_SHIFT = 12;
@@ -50,12 +51,45 @@ interface DomainShadow {
   readonly unlisten: () => void;
 }
 
+/** One batch of changes for one device; 'held' unmaps what the device holds when the batch starts. */
+interface Batch {
+  readonly unmap: readonly ShadowExtent[] | 'held';
+  readonly map: readonly ShadowExtent[];
+  /** Called once the batch is answered: settled() callers waiting for it (made when the first one asks). */
+  done: (() => void)[] | undefined;
+}
+
+/** The DMA_MAP/DMA_UNMAP arguments of a run, made once per run however many devices it goes to. */
+interface RunMessages {
+  readonly generation: number;
+  readonly address: bigint;
+  readonly size: bigint;
+  readonly map: ShadowMapRequest;
+}
+
+type ShadowMapRequest = Parameters<ShadowTarget['dmaMap']>[0];
+
+/**
+ * Sends one device its batches in order: a batch starts when the one before it is answered; inside a batch the
+ * unmaps go first, all answered before the first map. At most MAX_IN_FLIGHT requests are out at once, a new one
+ * leaving as each is answered. A plain state machine rather than a chain of promises: with many devices on one
+ * domain, what each device costs per invalidation is what this class does.
+ */
 class DeviceShadow implements ShadowAttachment {
   domain: VtdDomain | undefined;
   /** Runs the device holds right now (as sent): what a later move away from the domain must unmap. */
-  readonly held = new Map<number, ShadowExtent>();
-  private queue: Promise<void> = Promise.resolve();
+  readonly held = new HeldRuns();
   stopWatching: () => void = () => undefined;
+  private readonly batches: Batch[] = [];
+  private phase: 'unmap' | 'map' = 'unmap';
+  private runs: readonly ShadowExtent[] = [];
+  private nextRun = 0;
+  private inFlight = 0;
+  private readonly answered = (): void => this.requestDone();
+  private readonly unmapFailed = (error: unknown): void => {
+    this.backend.report(this.sid, error as Error);
+    this.requestDone();
+  };
 
   constructor(
     readonly sid: number,
@@ -64,46 +98,98 @@ class DeviceShadow implements ShadowAttachment {
   ) {}
 
   settled(): Promise<void> {
-    return this.queue;
+    return new Promise((resolve) => {
+      if (!this.whenSettled(resolve)) resolve();
+    });
+  }
+
+  /** Calls `callback` once every batch queued so far is answered; false (and no call) when nothing is queued. */
+  whenSettled(callback: () => void): boolean {
+    const last = this.batches[this.batches.length - 1];
+    if (last === undefined) return false;
+    (last.done ??= []).push(callback);
+    return true;
   }
 
   detach(): Promise<void> {
     return this.backend.detach(this);
   }
 
-  /**
-   * Changes go out in order: a batch starts when the one before it is answered; inside a batch, unmaps go first.
-   * 'everything' unmaps what the device holds when the batch runs (earlier batches may still be on their way).
-   */
+  /** Queues a batch; 'everything' unmaps what the device holds when the batch runs (earlier batches may still be on their way). */
   send(changes: ShadowChanges | 'everything'): void {
     if (changes !== 'everything' && changes.unmap.length === 0 && changes.map.length === 0) return;
-    this.queue = this.queue.then(() => this.apply(changes === 'everything' ? { unmap: [...this.held.values()], map: [] } : changes));
+    const batch: Batch = changes === 'everything' ? { unmap: 'held', map: [], done: undefined } : { unmap: changes.unmap, map: changes.map, done: undefined };
+    this.batches.push(batch);
+    if (this.batches.length > 1) return;
+    this.beginBatch();
+    this.launch();
   }
 
-  private async apply(changes: ShadowChanges): Promise<void> {
-    await this.inWindows(changes.unmap, async (run) => {
-      if (!this.held.delete(run.iovaPage)) return;
-      await this.target.dmaUnmap(BigInt(run.iovaPage) * BigInt(PAGE), BigInt(run.pages) * BigInt(PAGE));
-    });
-    await this.inWindows(changes.map, async (run) => {
-      if (this.held.size >= this.target.maxDmaMaps) {
-        throw new ViommuError('ERR_VIOMMU_SHADOW_LIMIT', `device ${sidName(this.sid)} takes at most ${this.target.maxDmaMaps} DMA mappings; IOVA page 0x${run.iovaPage.toString(16)} stays unmapped`);
-      }
-      this.held.set(run.iovaPage, run);
-      try {
-        await this.target.dmaMap(this.backend.mapRequest(run));
-      } catch (error) {
-        this.held.delete(run.iovaPage);
-        throw error;
-      }
-    });
+  private beginBatch(): void {
+    const batch = this.batches[0]!;
+    this.phase = 'unmap';
+    this.runs = batch.unmap === 'held' ? this.held.values() : batch.unmap;
+    this.nextRun = 0;
   }
 
-  private async inWindows(runs: readonly ShadowExtent[], step: (run: ShadowExtent) => Promise<void>): Promise<void> {
-    for (let start = 0; start < runs.length; start += MAX_IN_FLIGHT) {
-      const results = await Promise.allSettled(runs.slice(start, start + MAX_IN_FLIGHT).map(step));
-      for (const result of results) if (result.status === 'rejected') this.backend.report(this.sid, result.reason as Error);
+  /** Sends requests of the current phase up to the window; moves on when the phase is done. */
+  private launch(): void {
+    for (;;) {
+      while (this.inFlight < MAX_IN_FLIGHT && this.nextRun < this.runs.length) {
+        const run = this.runs[this.nextRun++]!;
+        if (this.phase === 'unmap') this.unmap(run);
+        else this.map(run);
+      }
+      if (this.inFlight > 0 || this.nextRun < this.runs.length) return;
+      if (this.phase === 'unmap') {
+        this.phase = 'map';
+        this.runs = this.batches[0]!.map;
+        this.nextRun = 0;
+        continue;
+      }
+      const done = this.batches.shift()!.done;
+      if (done !== undefined) for (const callback of done) callback();
+      if (this.batches.length === 0) return;
+      this.beginBatch();
     }
+  }
+
+  private unmap(run: ShadowExtent): void {
+    if (!this.held.delete(run.iovaPage)) return;
+    const messages = this.backend.messagesOf(run);
+    this.inFlight++;
+    let answer: Promise<void>;
+    try {
+      answer = this.target.dmaUnmap(messages.address, messages.size);
+    } catch (error) {
+      answer = Promise.reject(error);
+    }
+    answer.then(this.answered, this.unmapFailed);
+  }
+
+  private map(run: ShadowExtent): void {
+    if (this.held.size >= this.target.maxDmaMaps) {
+      this.backend.report(this.sid, new ViommuError('ERR_VIOMMU_SHADOW_LIMIT', `device ${sidName(this.sid)} takes at most ${this.target.maxDmaMaps} DMA mappings; IOVA page 0x${run.iovaPage.toString(16)} stays unmapped`));
+      return;
+    }
+    this.held.set(run.iovaPage, run);
+    this.inFlight++;
+    let answer: Promise<unknown>;
+    try {
+      answer = this.target.dmaMap(this.backend.messagesOf(run).map);
+    } catch (error) {
+      answer = Promise.reject(error);
+    }
+    answer.then(this.answered, (error: unknown) => {
+      this.held.delete(run.iovaPage);
+      this.backend.report(this.sid, error as Error);
+      this.requestDone();
+    });
+  }
+
+  private requestDone(): void {
+    this.inFlight--;
+    if (this.inFlight === 0 || this.nextRun < this.runs.length) this.launch();
   }
 }
 
@@ -116,6 +202,7 @@ function sidName(sid: number): string {
 export class ShadowBackend extends EventEmitter<ShadowBackendEvents> {
   private readonly domains = new Map<VtdDomain, DomainShadow>();
   private readonly attachments = new Set<DeviceShadow>();
+  private readonly messageCache = new WeakMap<ShadowExtent, RunMessages>();
 
   constructor(
     private readonly memory: GuestMemory,
@@ -138,8 +225,15 @@ export class ShadowBackend extends EventEmitter<ShadowBackendEvents> {
   }
 
   /** Resolves once every attached device has answered everything decided so far. */
-  async settled(): Promise<void> {
-    await Promise.all([...this.attachments].map((device) => device.settled()));
+  settled(): Promise<void> {
+    return new Promise((resolve) => {
+      let busy = 0;
+      const deviceSettled = (): void => {
+        if (--busy === 0) resolve();
+      };
+      for (const device of this.attachments) if (device.whenSettled(deviceSettled)) busy++;
+      if (busy === 0) resolve();
+    });
   }
 
   async detach(device: DeviceShadow): Promise<void> {
@@ -153,8 +247,22 @@ export class ShadowBackend extends EventEmitter<ShadowBackendEvents> {
     if (this.listenerCount('error') > 0) this.emit('error', sid, error);
   }
 
+  /**
+   * The DMA_UNMAP range and DMA_MAP request of a run, made once and shared by every device of the domain (runs are
+   * immutable; the guest memory's generation tells when a region change makes the fd part stale).
+   */
+  messagesOf(run: ShadowExtent): RunMessages {
+    const generation = this.memory.generation;
+    const cached = this.messageCache.get(run);
+    if (cached !== undefined && cached.generation === generation) return cached;
+    const map = this.mapRequest(run);
+    const messages = { generation, address: map.address, size: map.size, map };
+    this.messageCache.set(run, messages);
+    return messages;
+  }
+
   /** DMA_MAP of one run: with the guest RAM fd when one region with a shareable backing holds it all. */
-  mapRequest(run: ShadowExtent): { address: bigint; size: bigint; readable: boolean; writable: boolean; fd?: FileDescriptor; offset?: bigint } {
+  mapRequest(run: ShadowExtent): ShadowMapRequest & { address: bigint; size: bigint } {
     const request = {
       address: BigInt(run.iovaPage) * BigInt(PAGE),
       size: BigInt(run.pages) * BigInt(PAGE),

@@ -11,7 +11,17 @@ import type {
   VfioUserMessage,
   VfioUserReply,
 } from './messages';
-import { encodeError, PayloadReader, PayloadWriter } from './payload-io';
+import {
+  encodeError,
+  encodeStruct,
+  fieldOffsets,
+  PayloadReader,
+  PayloadWriter,
+  readU16,
+  readU32,
+  takeFramable,
+  zeroedMessageBuffer,
+} from './payload-io';
 import { PAYLOAD_CODECS, type PayloadCodec } from './payloads';
 import { COMMANDS, HEADER_FLAGS, HEADER_LAYOUT, HEADER_SIZE, MESSAGE_TYPES, type CommandName } from './protocol';
 import { formatVersionCapabilities, parseVersionCapabilities, type VersionCapabilities } from './version';
@@ -33,16 +43,21 @@ const NO_REPLY = HEADER_FLAGS.bits.NO_REPLY;
 const ERROR = HEADER_FLAGS.bits.ERROR;
 const MAX_MESSAGE_SIZE = 2 ** 32 - 1;
 
-function viewOf(bytes: Uint8Array): DataView {
-  return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-}
+const HEADER_AT = fieldOffsets(HEADER_LAYOUT, { msgId: 2, command: 2, messageSize: 4, flags: 4, error: 4 });
 
 /** Reads the header of the first message in `bytes`, checking only that 16 bytes are there. */
 export function decodeHeader(bytes: Uint8Array): VfioUserHeader {
   if (bytes.length < HEADER_SIZE) {
     throw invalid('ERR_VFIO_USER_TRUNCATED', `a message needs a ${HEADER_SIZE}-byte header, got ${bytes.length} bytes`);
   }
-  return HEADER_LAYOUT.decode(viewOf(bytes), 0);
+  // Every message's header: read field by field into one fixed shape (offsets from HEADER_LAYOUT).
+  return {
+    msgId: readU16(bytes, HEADER_AT.msgId),
+    command: readU16(bytes, HEADER_AT.command),
+    messageSize: readU32(bytes, HEADER_AT.messageSize),
+    flags: readU32(bytes, HEADER_AT.flags),
+    error: readU32(bytes, HEADER_AT.error),
+  };
 }
 
 export function encodeHeader(header: VfioUserHeader): Uint8Array {
@@ -96,6 +111,10 @@ function validateHeader(bytes: Uint8Array, header: VfioUserHeader): void {
   }
 }
 
+/** What a payload is called in errors ("DMA_MAP command"), made once per command rather than per message. */
+const COMMAND_WHAT = Object.fromEntries(Object.keys(COMMANDS.values).map((name) => [name, `${name} command`])) as Record<CommandName, string>;
+const REPLY_WHAT = Object.fromEntries(Object.keys(COMMANDS.values).map((name) => [name, `${name} reply`])) as Record<CommandName, string>;
+
 type AnyPayloadCodec = PayloadCodec<VfioUserCommand, VfioUserReply>;
 
 function codecFor(name: CommandName): AnyPayloadCodec {
@@ -108,7 +127,11 @@ function codecFor(name: CommandName): AnyPayloadCodec {
  * command. `context` supplies what a reply's bytes cannot say alone (see DecodeContext).
  */
 export function decodeMessage(bytes: Uint8Array, context: DecodeContext = {}): VfioUserMessage {
-  const header = decodeHeader(bytes);
+  return decodeMessageWithHeader(bytes, decodeHeader(bytes), context);
+}
+
+/** decodeMessage for a caller that already read the header with decodeHeader (the connection, which must route first). */
+export function decodeMessageWithHeader(bytes: Uint8Array, header: VfioUserHeader, context: DecodeContext = {}): VfioUserMessage {
   try {
     validateHeader(bytes, header);
     const isReply = (header.flags & TYPE_BITS) === MESSAGE_TYPES.values.REPLY;
@@ -118,13 +141,15 @@ export function decodeMessage(bytes: Uint8Array, context: DecodeContext = {}): V
     const name = COMMANDS.nameOf(header.command);
     // libvfio-user answers an unknown command with EINVAL (command 0x7777 in the captures), and so do we.
     if (name === undefined) throw invalid('ERR_VFIO_USER_UNKNOWN_COMMAND', `unknown command ${header.command}`);
-    const payload = new PayloadReader(bytes.subarray(HEADER_SIZE, header.messageSize), `${name} ${isReply ? 'reply' : 'command'}`);
+    // A plain Uint8Array view: a Buffer's subarray() costs a FastBuffer construction on every message.
+    const payloadBytes = new Uint8Array(bytes.buffer, bytes.byteOffset + HEADER_SIZE, header.messageSize - HEADER_SIZE);
+    const payload = new PayloadReader(payloadBytes, isReply ? REPLY_WHAT[name] : COMMAND_WHAT[name]);
     const codec = codecFor(name);
     if (isReply) {
-      const body = { ...codec.decodeReply(payload, context), command: name } as VfioUserReply;
+      const body = { command: name, ...(codec.decodeReply(payload, context) as object) } as VfioUserReply;
       return { type: 'reply', msgId: header.msgId, body };
     }
-    const body = { ...codec.decodeCommand(payload), command: name } as VfioUserCommand;
+    const body = { command: name, ...(codec.decodeCommand(payload) as object) } as VfioUserCommand;
     return { type: 'command', msgId: header.msgId, noReply: (header.flags & NO_REPLY) !== 0, body };
   } catch (error) {
     if (error instanceof VfioUserProtocolError && error.header === undefined) throw error.withHeader(headerFacts(header));
@@ -135,9 +160,16 @@ export function decodeMessage(bytes: Uint8Array, context: DecodeContext = {}): V
 function frame(msgId: number, command: number, flags: number, error: number, payload: Uint8Array): Uint8Array {
   const messageSize = HEADER_SIZE + payload.length;
   if (messageSize > MAX_MESSAGE_SIZE) throw encodeError('message', `${messageSize} bytes do not fit the u32 msg_size`);
-  const writer = new PayloadWriter(messageSize);
-  writer.write(HEADER_LAYOUT, { msgId, command, messageSize, flags, error }).put(payload, HEADER_SIZE);
-  return writer.bytes;
+  // A payload built by a PayloadWriter has room for the header in front of it: no second buffer, no copy.
+  const message = takeFramable(payload) ?? copyBehindHeader(payload);
+  encodeStruct(HEADER_LAYOUT, { msgId, command, messageSize, flags, error }, message);
+  return message;
+}
+
+function copyBehindHeader(payload: Uint8Array): Uint8Array {
+  const message = zeroedMessageBuffer(HEADER_SIZE + payload.length);
+  message.set(payload, HEADER_SIZE);
+  return message;
 }
 
 /** Encodes one whole message; a body that cannot be put on the wire throws ViommuError ERR_VFIO_USER_ENCODE. */

@@ -176,6 +176,21 @@ for (const [kind, makePair] of Object.entries(KINDS)) {
       assert.equal(dropped[0]!.reason, 'late');
     });
 
+    it('times each request out at its own limit, whatever order they were sent in, and answers the rest', async () => {
+      const { connection, raw } = withRawPeer('client');
+      const order: string[] = [];
+      const track = (name: string, request: Promise<unknown>) =>
+        request.then(() => order.push(`${name} answered`), (error) => order.push(error instanceof VfioUserTimeoutError ? `${name} timed out` : `${name} ${error}`));
+      const long = track('long', connection.request('DEVICE_RESET', {}, { timeoutMs: 600 }));
+      const answered = track('answered', connection.request('DEVICE_RESET', {}, { timeoutMs: 1000 }));
+      const short = track('short', connection.request('DEVICE_RESET', {}, { timeoutMs: 150 }));
+      await raw.next(3);
+      raw.transport.send(encodeReply(raw.received[1]!.message!.msgId, { command: 'DEVICE_RESET' }));
+      await Promise.all([long, answered, short]);
+      assert.deepEqual(order, ['answered answered', 'short timed out', 'long timed out']);
+      assert.equal(connection.pendingRequests, 0);
+    });
+
     it('rejects every pending request when the connection closes, locally or by the peer', async () => {
       const { connection, raw } = withRawPeer('client', { requestTimeoutMs: 60000 });
       const pending = [connection.request('DEVICE_RESET', {}), connection.request('DEVICE_RESET', {})];
