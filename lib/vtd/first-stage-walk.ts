@@ -126,6 +126,13 @@ export function levelShift(level: number): number {
   return PAGE_SHIFT + BITS_PER_LEVEL * (level - 1);
 }
 
+/** Scales computed once at load: ** with a variable exponent is a slow call on the walk path. */
+const PAGE_BYTES = 2 ** PAGE_SHIFT;
+/** Bytes a leaf maps at each level (index = level; 0 unused). */
+const PAGE_SIZE_AT_LEVEL = [0, 1, 2, 3, 4, 5].map((level) => 2 ** levelShift(level));
+/** Multiplier from a leaf's address field to its guest-physical address, per leaf level - 1. */
+const LEAF_ADDRESS_SCALE = LEAF_ADDRESS.map((field) => 2 ** field.addressShift!);
+
 function levelIndex(hi: number, lo: number, level: number): number {
   const shift = levelShift(level);
   if (shift >= WORD_BITS) return (hi >>> (shift - WORD_BITS)) & INDEX_MASK;
@@ -262,15 +269,15 @@ export class FirstStageWalker {
         const supervisor = request.supervisor;
         return {
           ok: true,
-          address: getField64(lo, hi, address) * 2 ** address.addressShift!,
-          pageSize: 2 ** levelShift(level),
+          address: getField64(lo, hi, address) * LEAF_ADDRESS_SCALE[level - 1]!,
+          pageSize: PAGE_SIZE_AT_LEVEL[level]!,
           level,
           writable: supervisor ? !params.wpe || allWritable : allUser && allWritable,
           executable: !anyExecuteDisable && (supervisor || allUser),
           dirty: ((lo | update) & D) !== 0,
         };
       }
-      table = getField64(lo, hi, TABLE_ADDRESS) * 2 ** PAGE_SHIFT;
+      table = getField64(lo, hi, TABLE_ADDRESS) * PAGE_BYTES;
     }
     // Unreachable: level 1 is always a leaf.
     return stageFault(FS_FR.ACCESS, 'first', 1, fpd);

@@ -8,6 +8,17 @@ import type {
 import { FR, type LegacyWalker, type PageFound, type WalkFault } from './legacy-walk';
 import type { WalkTraceSink } from './walk-trace';
 
+/** 2^n for every address width, computed once: ** with a variable exponent is a slow call on the walk path. */
+const POWERS_OF_TWO = Array.from({ length: 65 }, (_, n) => 2 ** n);
+
+/**
+ * The offset of `address` inside its page. Page sizes are powers of two up to 1 GiB, so the mask sees only bits the
+ * 32-bit & keeps exactly; % on a double above 2^31 would take V8's slow path.
+ */
+function offsetInPage(address: number, pageSize: number): number {
+  return address & (pageSize - 1);
+}
+
 export const SS_FR = {
   ACCESS: faultCode('SM_SECOND_STAGE_ACCESS'),
   RESERVED: faultCode('SM_SECOND_STAGE_RESERVED'),
@@ -104,7 +115,7 @@ export class NestedWalker implements FirstStageTableAccess {
     c.fpd = params.fpd;
     c.levels = params.ssLevels;
     c.tableAddress = params.ssTable;
-    c.limit = 2 ** params.ssInputWidth;
+    c.limit = POWERS_OF_TWO[params.ssInputWidth]!;
     this.trace = trace;
     this.entryWritable = false;
     this.lastPage = undefined;
@@ -114,14 +125,14 @@ export class NestedWalker implements FirstStageTableAccess {
     this.use(params, trace, true);
     const first = this.firstStage.walk(params, request, this, trace);
     if (!first.ok) return this.finish(first);
-    const guestAddress = first.address + (request.lo >>> 0) % first.pageSize;
+    const guestAddress = first.address + offsetInPage(request.lo >>> 0, first.pageSize);
     const host = this.translate(guestAddress, 'access', 0, request.write);
     if (typeof host !== 'number') return this.finish(host);
     const second = this.lastPage!;
     const pageSize = Math.min(first.pageSize, second.pageSize);
     return this.finish({
       ok: true,
-      address: host - (guestAddress % pageSize),
+      address: host - offsetInPage(guestAddress, pageSize),
       pageSize,
       level: first.level,
       readable: second.readable,
@@ -170,7 +181,7 @@ export class NestedWalker implements FirstStageTableAccess {
     }
     this.lastPage = page;
     this.entryWritable = page.writable;
-    const host = page.address + (input % page.pageSize);
+    const host = page.address + offsetInPage(input, page.pageSize);
     this.note(purpose, level, input, host, page);
     return host;
   }
