@@ -59,8 +59,8 @@ const QEMU_MSI_PATTERNS = [
   /vtd_ir_remap_msi \(addr 0x[0-9a-f]+, data 0x[0-9a-f]+\) -> \(addr (0x[0-9a-f]+), data (0x[0-9a-f]+)\)/,
 ];
 const VIOMMU_MSI_PATTERN = /^interrupt address (0x[0-9a-f]+) data (0x[0-9a-f]+)$/;
-/** Trace lines and answers travel on different pipes: this covers the reader seeing the answer first. */
-const TRACE_SETTLE_MS = 25;
+/** A last guard after the synchronising round trip below (trace lines and answers travel on different pipes). */
+const TRACE_SETTLE_MS = 5;
 
 /**
  * The MSIs a peer delivered toward the CPUs, from its stderr: QEMU's vtd_irq_generate and vtd_ir_remap_msi trace
@@ -84,8 +84,13 @@ export class InterruptLog {
     });
   }
 
-  /** Messages since the last call (address/data in hex). */
-  async take(): Promise<string[]> {
+  /**
+   * Messages since the last call (address/data in hex). Both peers write a trace line to stderr before they answer
+   * the command that caused it; `sync` makes one more round trip, and by the time its answer is read the event loop
+   * has polled the stderr pipe with those lines already in it.
+   */
+  async take(sync?: () => Promise<unknown>): Promise<string[]> {
+    if (sync !== undefined) await sync();
     await new Promise((resolve) => setTimeout(resolve, TRACE_SETTLE_MS));
     const taken = this.messages.slice(this.cursor);
     this.cursor = this.messages.length;
@@ -112,7 +117,7 @@ export class OracleGuest {
   /** Notes the MSIs delivered since the last call (fault events, completion events, remapped interrupts). */
   async observeInterrupts(label: string, quirks: readonly QuirkId[] = []): Promise<string[]> {
     if (this.interruptLog === undefined) throw new Error('this guest was made without an interrupt log');
-    const messages = await this.interruptLog.take();
+    const messages = await this.interruptLog.take(() => this.peer.readb(0));
     this.note(label, messages.length === 0 ? 'none' : messages.join(' '), quirks);
     return messages;
   }
