@@ -18,6 +18,10 @@ export class HeldRuns {
     return this.live;
   }
 
+  get(iovaPage: number): ShadowExtent | undefined {
+    return this.map.get(iovaPage);
+  }
+
   set(iovaPage: number, run: ShadowExtent): void {
     if (this.map.get(iovaPage) === undefined) this.live++;
     this.map.set(iovaPage, run);

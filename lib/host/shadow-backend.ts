@@ -8,7 +8,7 @@ import type { GuestMemory } from '../memory/guest-memory';
 import type { FileDescriptor } from '../native';
 import type { DeviceDomainListener, MappedRun, VtdDomain } from '../vtd/address-space';
 import { HeldRuns } from './held-runs';
-import { ShadowMappings, type ShadowChanges, type ShadowExtent } from './shadow-mappings';
+import { SHADOW_ACCESS, ShadowMappings, type ShadowChanges, type ShadowExtent } from './shadow-mappings';
 
 const PAGE_SHIFT = 12;
 const PAGE = 2 ** PAGE_SHIFT;
@@ -86,10 +86,6 @@ class DeviceShadow implements ShadowAttachment {
   private nextRun = 0;
   private inFlight = 0;
   private readonly answered = (): void => this.requestDone();
-  private readonly unmapFailed = (error: unknown): void => {
-    this.backend.report(this.sid, error as Error);
-    this.requestDone();
-  };
 
   constructor(
     readonly sid: number,
@@ -155,6 +151,7 @@ class DeviceShadow implements ShadowAttachment {
   }
 
   private unmap(run: ShadowExtent): void {
+    // The run leaves `held` as it goes out, so a map of the same page in this batch does not see it.
     if (!this.held.delete(run.iovaPage)) return;
     const messages = this.backend.messagesOf(run);
     this.inFlight++;
@@ -164,12 +161,23 @@ class DeviceShadow implements ShadowAttachment {
     } catch (error) {
       answer = Promise.reject(error);
     }
-    answer.then(this.answered, this.unmapFailed);
+    answer.then(this.answered, (error: unknown) => {
+      // The device still holds it (or may: a timed-out unmap), so a later unmap of everything must name it again.
+      this.held.set(run.iovaPage, run);
+      this.backend.report(this.sid, error as Error);
+      this.requestDone();
+    });
   }
 
   private map(run: ShadowExtent): void {
     if (this.held.size >= this.target.maxDmaMaps) {
       this.backend.report(this.sid, new ViommuError('ERR_VIOMMU_SHADOW_LIMIT', `device ${sidName(this.sid)} takes at most ${this.target.maxDmaMaps} DMA mappings; IOVA page 0x${run.iovaPage.toString(16)} stays unmapped`));
+      return;
+    }
+    const kept = this.held.get(run.iovaPage);
+    if (kept !== undefined) {
+      // Only a refused unmap leaves a run here; the device would refuse the overlap too, and `held` must keep naming it.
+      this.backend.report(this.sid, new ViommuError('ERR_VIOMMU_SHADOW_STALE', `device ${sidName(this.sid)} still holds IOVA pages 0x${kept.iovaPage.toString(16)}+${kept.pages} (its unmap failed); the new mapping there is not sent`));
       return;
     }
     this.held.set(run.iovaPage, run);
@@ -181,7 +189,8 @@ class DeviceShadow implements ShadowAttachment {
       answer = Promise.reject(error);
     }
     answer.then(this.answered, (error: unknown) => {
-      this.held.delete(run.iovaPage);
+      // Only its own entry: a failed unmap of an older run at this page may have put that one back.
+      if (this.held.get(run.iovaPage) === run) this.held.delete(run.iovaPage);
       this.backend.report(this.sid, error as Error);
       this.requestDone();
     });
@@ -266,8 +275,8 @@ export class ShadowBackend extends EventEmitter<ShadowBackendEvents> {
     const request = {
       address: BigInt(run.iovaPage) * BigInt(PAGE),
       size: BigInt(run.pages) * BigInt(PAGE),
-      readable: (run.access & 0x1) !== 0,
-      writable: (run.access & 0x2) !== 0,
+      readable: (run.access & SHADOW_ACCESS.READ) !== 0,
+      writable: (run.access & SHADOW_ACCESS.WRITE) !== 0,
     };
     const start = run.gpaPage * PAGE;
     const region = this.memory.regionAt(start);

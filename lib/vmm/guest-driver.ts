@@ -6,7 +6,7 @@
 import { EDU_DMA_COMMAND, EDU_REGISTERS } from '../devices/edu';
 import { CAPABILITY_HEADER, MSI_CONTROL, msiStructureFor, PCI_CAPABILITY_IDS, PCI_COMMAND, TYPE0_HEADER } from '../devices/pci-layout';
 import { decodeBig, encodeBig, getFieldBig, type Field, type FieldTable } from '../vtd/bitfield';
-import { GCMD, GSTS, OFFSET } from '../vtd/register-bits';
+import { GCMD, GSTS, OFFSET, registerOffset } from '../vtd/register-bits';
 import { CAP_FIELDS, FRCD_HI_FIELDS, FRCD_LO_FIELDS, IQA_FIELDS, RTADDR_FIELDS } from '../vtd/registers';
 import {
   CONTEXT_CACHE_INVALIDATE, FIRST_STAGE_4K_LEAF, FIRST_STAGE_TABLE_ENTRY, FIRST_STAGE_TOP_ENTRY, INVALIDATION_DESCRIPTORS,
@@ -14,7 +14,7 @@ import {
   PASID_IOTLB_INVALIDATE, PASID_PGTT, SCALABLE_CONTEXT_ENTRY, SCALABLE_PASID_ENTRY, SCALABLE_ROOT_ENTRY, SECOND_STAGE_4K_LEAF,
   SECOND_STAGE_TABLE_ENTRY, SECOND_STAGE_TOP_ENTRY,
 } from '../vtd/structures';
-import { CONFIG_ADDRESS_PORT, CONFIG_DATA_PORT } from './pci';
+import { CONFIG_ADDRESS_ENABLE, CONFIG_ADDRESS_PORT, CONFIG_DATA_PORT } from './pci';
 import type { QtestMachine } from './qtest/machine';
 import { ViommuError } from '../errors';
 
@@ -22,7 +22,15 @@ import { ViommuError } from '../errors';
 export type GuestCpu = Pick<QtestMachine, 'readPort' | 'writePort' | 'readMemory' | 'writeMemory' | 'readMemory64' | 'writeMemory64' | 'readBytes' | 'writeBytes'>;
 
 export const PAGE_SIZE = 4096;
-const CONFIG_ENABLE = 0x80000000;
+const CAP_OFFSET = registerOffset('CAP');
+/** A fault record: FRCD.lo then FRCD.hi, 64 bits each (CAP.FRO counts in these units). */
+const FRCD_HI_BYTE = 8;
+const FRCD_BYTES = 16;
+/** The DWORD write that clears a record's F (write-1-to-clear) and nothing else, placed by the FRCD.hi field table. */
+const FAULT_CLEAR = (() => {
+  const segment = FRCD_HI_FIELDS.f.F.segments[0]!;
+  return { offset: FRCD_HI_BYTE + segment.word * 4, value: (segment.mask << segment.shift) >>> 0 };
+})();
 /** A bound on every poll, so a device or unit that never answers fails the sequence instead of hanging it. */
 const POLL_LIMIT = 5000;
 
@@ -55,7 +63,7 @@ export class GuestPci {
   constructor(private readonly cpu: GuestCpu) {}
 
   private async select(devfn: number, offset: number): Promise<void> {
-    await this.cpu.writePort(CONFIG_ADDRESS_PORT, 4, (CONFIG_ENABLE | (devfn << 8) | (offset & 0xfc)) >>> 0);
+    await this.cpu.writePort(CONFIG_ADDRESS_PORT, 4, (CONFIG_ADDRESS_ENABLE | (devfn << 8) | (offset & 0xfc)) >>> 0);
   }
 
   async read(devfn: number, offset: number, size: 1 | 2 | 4): Promise<number> {
@@ -219,13 +227,13 @@ export class VtdDriver {
 
   /** FSTS and every fault record with F set. */
   async faults(): Promise<{ fsts: number; records: GuestFaultRecord[] }> {
-    const cap = await this.read64(0x08);
-    const first = Number(getFieldBig(cap, CAP_FIELDS.f.FRO)) * 16;
+    const cap = await this.read64(CAP_OFFSET);
+    const first = Number(getFieldBig(cap, CAP_FIELDS.f.FRO)) * FRCD_BYTES;
     const count = Number(getFieldBig(cap, CAP_FIELDS.f.NFR)) + 1;
     const records: GuestFaultRecord[] = [];
     for (let index = 0; index < count; index++) {
-      const lo = await this.read64(first + index * 16);
-      const hi = await this.read64(first + index * 16 + 8);
+      const lo = await this.read64(first + index * FRCD_BYTES);
+      const hi = await this.read64(first + index * FRCD_BYTES + FRCD_HI_BYTE);
       const fields = decodeBig(FRCD_HI_FIELDS, hi);
       if (fields.F === 0n) continue;
       records.push({
@@ -239,9 +247,9 @@ export class VtdDriver {
 
   /** Clears every recorded fault (F is write-1-to-clear in each record's top dword) and FSTS's overflow. */
   async clearFaults(records: readonly GuestFaultRecord[]): Promise<void> {
-    const cap = await this.read64(0x08);
-    const first = Number(getFieldBig(cap, CAP_FIELDS.f.FRO)) * 16;
-    for (const record of records) await this.write32(first + record.index * 16 + 12, 0x80000000);
+    const cap = await this.read64(CAP_OFFSET);
+    const first = Number(getFieldBig(cap, CAP_FIELDS.f.FRO)) * FRCD_BYTES;
+    for (const record of records) await this.write32(first + record.index * FRCD_BYTES + FAULT_CLEAR.offset, FAULT_CLEAR.value);
     await this.write32(OFFSET.FSTS, await this.read32(OFFSET.FSTS));
   }
 }

@@ -9,7 +9,8 @@ export type { PciIdentity } from '../devices/pci-config-space';
 export const CONFIG_ADDRESS_PORT = 0xcf8;
 export const CONFIG_DATA_PORT = 0xcfc;
 
-const ENABLE_BIT = 0x80000000;
+/** CONFIG_ADDRESS bit 31: the next CONFIG_DATA access goes to configuration space. */
+export const CONFIG_ADDRESS_ENABLE = 0x80000000;
 /** Config writes in [command, end of BAR5) may change what the function decodes. */
 const DECODING_START = TYPE0_HEADER.field('command').offset;
 const DECODING_END = TYPE0_HEADER.field(BAR_KEYS[PCI_BAR_COUNT - 1]).offset + 4;
@@ -146,7 +147,7 @@ export class PciHost {
   }
 
   private selected(): { fn: PciEndpoint; register: number } | undefined {
-    if ((this.address & ENABLE_BIT) === 0) return undefined;
+    if ((this.address & CONFIG_ADDRESS_ENABLE) === 0) return undefined;
     const fn = this.functions.get((this.address >>> 8) & 0xffff);
     return fn === undefined ? undefined : { fn, register: this.address & 0xfc };
   }

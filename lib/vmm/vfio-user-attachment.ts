@@ -5,8 +5,9 @@
  */
 import type { DmaSpace, GuestMemory } from '../memory';
 import type { ShadowAttachment, ShadowBackend } from '../host/shadow-backend';
+import { readConfigField } from '../devices/config-table';
 import { bytesToValue, valueToBytes, type AccessSize } from '../devices/register-access';
-import { BAR_KEYS, MSI_CONTROL, msiStructureFor, PCI_BAR_COUNT, PCI_CAPABILITY_IDS, PCI_COMMAND, PCI_CONFIG_SIZE, PCI_HEADER_SIZE, readBar, TYPE0_HEADER } from '../devices/pci-layout';
+import { BAR_KEYS, MSI_CONTROL, msiStructure, msiStructureFor, PCI_BAR_COUNT, PCI_CAPABILITY_IDS, PCI_COMMAND, PCI_CONFIG_SIZE, PCI_HEADER_SIZE, readBar, TYPE0_HEADER } from '../devices/pci-layout';
 import { EventFd } from '../os';
 import { VfioUserClient, type DmaFaultEvent, type VfioUserClientOptions } from '../vfio-user/client';
 import { describePciConfig } from '../vfio-user/client/pci-config';
@@ -23,6 +24,10 @@ const FAULT_LOG_LIMIT = 64;
 const MSI_BURST_LIMIT = 64;
 /** The largest MSI capability (64-bit address with per-vector masking). */
 const MSI_CAPABILITY_MAX_BYTES = 24;
+/** Message Control sits at the same place in all four MSI layouts, and says which layout the rest follows. */
+const MSI_CONTROL_FIELD = msiStructure(false, false).field('control');
+/** Errors kept in `errors`; older ones are dropped. */
+const ERROR_LOG_LIMIT = 64;
 
 /** What the machine gives a device it attaches. */
 export interface AttachmentHost {
@@ -52,6 +57,11 @@ export class VfioUserAttachment implements PciEndpoint {
   readonly table: DeviceDmaTable;
   /** The server DMAs that were refused (translation faults included), newest last. */
   readonly dmaFaults: DmaFaultEvent[] = [];
+  /**
+   * What went wrong beside the guest's requests, newest last: gaps of the DMA table the device refused to map
+   * (its DMA by message there fails until the next change) and interrupts that could not be delivered.
+   */
+  readonly errors: Error[] = [];
   private msi: EventFd | undefined;
   private msiCapability: number | undefined;
   private shadowAttachment: ShadowAttachment | undefined;
@@ -64,13 +74,21 @@ export class VfioUserAttachment implements PciEndpoint {
     name: string | undefined,
   ) {
     this.name = name ?? `vfio-user@${(devfn >> 3).toString(16).padStart(2, '0')}.${devfn & 7}`;
-    this.table = new DeviceDmaTable({
-      dmaMap: (request) => client.dmaMap(request),
-      dmaUnmap: (address, size) => client.dmaUnmap(address, size),
-      get maxDmaMaps() {
-        return client.connection.peerCapabilities.maxDmaMaps;
+    this.table = new DeviceDmaTable(
+      {
+        dmaMap: (request) => client.dmaMap(request),
+        dmaUnmap: (address, size) => client.dmaUnmap(address, size),
+        get maxDmaMaps() {
+          return client.connection.peerCapabilities.maxDmaMaps;
+        },
       },
-    });
+      (error) => this.report(error),
+    );
+  }
+
+  private report(error: Error): void {
+    this.errors.push(error);
+    if (this.errors.length > ERROR_LOG_LIMIT) this.errors.shift();
   }
 
   /** Connects to the server at `socketPath` and puts its function on the host's bus; closes it again on failure. */
@@ -123,7 +141,7 @@ export class VfioUserAttachment implements PciEndpoint {
       const msi = EventFd.create();
       this.msi = msi;
       await this.client.enableMsi([msi]);
-      msi.watch((count) => void this.raiseMsi(Math.min(count, MSI_BURST_LIMIT)));
+      msi.watch((count) => void this.raiseMsi(Math.min(count, MSI_BURST_LIMIT)).catch((error: unknown) => this.report(error as Error)));
     }
     if (this.host.shadow !== undefined) this.shadowAttachment = this.host.shadow.attach(this.sourceId, this.table);
     await this.table.start();
@@ -188,7 +206,7 @@ export class VfioUserAttachment implements PciEndpoint {
     let message: { address: bigint; data: number } | undefined;
     try {
       const bytes = await this.client.regionRead(CONFIG_REGION, this.msiCapability, Math.min(MSI_CAPABILITY_MAX_BYTES, PCI_CONFIG_SIZE - this.msiCapability));
-      const control = Number(bytesToValue(bytes.subarray(2, 4)));
+      const control = readConfigField(bytes, 0, MSI_CONTROL_FIELD);
       if ((control & MSI_CONTROL.bits.ENABLE) === 0) return;
       const fields = msiStructureFor(control).decode(bytes, 0) as Partial<Record<string, number>>;
       message = { address: (BigInt(fields.upperAddress ?? 0) << 32n) | BigInt(fields.address ?? 0), data: fields.data ?? 0 };
@@ -196,6 +214,7 @@ export class VfioUserAttachment implements PciEndpoint {
       // The device went away while its MSI was in flight: nothing to deliver.
       return;
     }
+    // A host that fails to take the interrupt rejects this call; the watcher reports it in `errors`.
     for (let i = 0; i < count; i++) this.host.deviceInterrupt(this.sourceId, message.address, message.data);
   }
 

@@ -169,6 +169,41 @@ describe('ShadowBackend with a real vfio-user server', () => {
     assert.equal(openFdCount(), fds);
   });
 
+  it('keeps a run whose unmap failed among what the device holds, so detach still unmaps it', async () => {
+    const served = await serveDevice();
+    const domain = new PageMapDomain('ss:did=1', 1);
+    domain.pages.set(0x100, [10, RW]);
+    domain.pages.set(0x300, [20, RW]);
+    const directory = new DeviceDirectory();
+    directory.place(0x20, domain);
+    const backend = new ShadowBackend(memory, directory);
+    const errors: Error[] = [];
+    backend.on('error', (_sid, error) => errors.push(error));
+    let failUnmaps = 0;
+    const target = shadowTarget(served.client);
+    const attachment = backend.attach(0x20, {
+      ...target,
+      maxDmaMaps: target.maxDmaMaps,
+      dmaUnmap: (address: bigint, size: bigint) => (failUnmaps-- > 0 ? Promise.reject(new Error('DMA_UNMAP timed out')) : target.dmaUnmap(address, size)),
+    });
+    await attachment.settled();
+    assert.equal(served.table.size, 2);
+
+    // The guest unmaps page 0x100 and remaps page 0x300 elsewhere; both unmaps fail, so the device keeps both runs.
+    domain.pages.delete(0x100);
+    domain.pages.set(0x300, [30, RW]);
+    failUnmaps = 2;
+    domain.invalidate(0x100, 1);
+    domain.invalidate(0x300, 1);
+    await attachment.settled();
+    assert.equal(served.table.size, 2);
+    assert.deepEqual(errors.map((error) => (error as { code?: string }).code ?? error.message), ['DMA_UNMAP timed out', 'DMA_UNMAP timed out', 'ERR_VIOMMU_SHADOW_STALE']);
+
+    await attachment.detach();
+    assert.equal(served.table.size, 0, 'detach unmaps the runs whose unmaps failed');
+    await served.close();
+  });
+
   it('walks a shared domain once per invalidation and replays it to a device that joins later', async () => {
     const first = await serveDevice();
     const second = await serveDevice();

@@ -1,6 +1,7 @@
 /** VfioUserConnection: one suite run over the in-memory and the socket transport (matching, errors, limits, VERSION, fds). */
 
 import assert from 'node:assert/strict';
+import sinon from 'sinon';
 import { native, type FileDescriptor } from '../../lib/native';
 import { MessageSocket, ReceivedFds } from '../../lib/os';
 import { decodeMessage, encodeCommand, encodeReply, versionBody, type VfioUserMessage } from '../../lib/vfio-user/codec';
@@ -30,6 +31,14 @@ const ERROR_REPLY_FLAGS = MESSAGE_TYPES.values.REPLY | HEADER_FLAGS.bits.ERROR;
 const UNKNOWN_COMMAND = 0x7777;
 
 /** A peer that speaks raw bytes: records what arrives and answers by hand. */
+/** Waits for `condition` on real event-loop turns (setImmediate), for tests that fake setTimeout. */
+async function untilImmediate(condition: () => boolean): Promise<void> {
+  for (let turns = 0; !condition(); turns++) {
+    if (turns > 100000) throw new Error('the condition never became true');
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+}
+
 class RawPeer {
   readonly received: { bytes: Buffer; message: VfioUserMessage | undefined; fds: number }[] = [];
   constructor(readonly transport: Transport) {
@@ -177,6 +186,10 @@ for (const [kind, makePair] of Object.entries(KINDS)) {
     });
 
     it('times each request out at its own limit, whatever order they were sent in, and answers the rest', async () => {
+      // The connection's one timer and its performance.now() deadlines run on a fake clock, so the order below is
+      // the deadlines' order however slow the machine is; message delivery (setImmediate, sockets) stays real.
+      const clock = sinon.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'performance'] });
+      cleanup.push(() => clock.restore());
       const { connection, raw } = withRawPeer('client');
       const order: string[] = [];
       const track = (name: string, request: Promise<unknown>) =>
@@ -184,9 +197,17 @@ for (const [kind, makePair] of Object.entries(KINDS)) {
       const long = track('long', connection.request('DEVICE_RESET', {}, { timeoutMs: 600 }));
       const answered = track('answered', connection.request('DEVICE_RESET', {}, { timeoutMs: 1000 }));
       const short = track('short', connection.request('DEVICE_RESET', {}, { timeoutMs: 150 }));
-      await raw.next(3);
+      await untilImmediate(() => raw.received.length >= 3);
       raw.transport.send(encodeReply(raw.received[1]!.message!.msgId, { command: 'DEVICE_RESET' }));
-      await Promise.all([long, answered, short]);
+      await answered;
+      assert.deepEqual(order, ['answered answered']);
+      await clock.tickAsync(149);
+      assert.deepEqual(order, ['answered answered'], 'nothing expires before its limit');
+      await clock.tickAsync(1);
+      await short;
+      assert.deepEqual(order, ['answered answered', 'short timed out']);
+      await clock.tickAsync(450);
+      await long;
       assert.deepEqual(order, ['answered answered', 'short timed out', 'long timed out']);
       assert.equal(connection.pendingRequests, 0);
     });

@@ -1,5 +1,6 @@
 /** The testbed with a vfio-user DMA engine attached behind the VT-d unit: config and BAR forwarding, translated DMA by message, faults, MSI, shadowing. */
 import { strict as assert } from 'node:assert';
+import sinon from 'sinon';
 import { EDU_BUFFER_ADDRESS, EDU_IDENTIFICATION, EDU_REGISTERS, type EduDmaOutcome } from '../../lib/devices/edu';
 import { DmaFault, EFAULT } from '../../lib/memory';
 import { createDmaEngine } from '../../lib/vfio-user/server/dma-engine';
@@ -129,6 +130,27 @@ describe('vmm: a vfio-user device attached to the testbed', function () {
     assert.deepEqual(bench.delivered, [{ address: 0xfee01000, data: 0x4242 }]);
     assert.deepEqual(machine.deviceInterrupts.map(({ sid, address, data }) => [sid, address, data]), [[SID, 0xfee01000n, 0x4242]]);
     assert.equal(await edu.acknowledge(), 1);
+  });
+
+  it('reports an MSI the host fails to take in the attachment\'s errors, not as an unhandled rejection', async () => {
+    bench = await new Bench('').attach();
+    const { machine, pci, device } = bench;
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown): void => void unhandled.push(reason);
+    process.on('unhandledRejection', onUnhandled);
+    const failing = sinon.stub(machine, 'deviceInterrupt').throws(new Error('the interrupt controller is gone'));
+    try {
+      await pci.enable(EDU_DEVFN, BAR0);
+      await pci.enableMsi(EDU_DEVFN, 0xfee01000, 0x4242);
+      await machine.writeMemory(BigInt(BAR0 + EDU_REGISTERS.raiseInterrupt), 4, 1);
+      await waitFor(() => device.errors.length === 1, 'the failed delivery in the attachment\'s errors');
+      assert.match(device.errors[0]!.message, /the interrupt controller is gone/);
+      await new Promise((resolve) => setImmediate(resolve));
+      assert.deepEqual(unhandled, []);
+    } finally {
+      failing.restore();
+      process.off('unhandledRejection', onUnhandled);
+    }
   });
 
   it('keeps the whole IOVA space mapped: fd runs where given, fd-less gaps around them, merged back on unmap', async () => {

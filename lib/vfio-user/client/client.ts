@@ -5,6 +5,7 @@ import type { AsyncDmaSpace } from '../../memory';
 import type { FileDescriptor } from '../../native';
 import { MessageSocket, type MessageSocketOptions } from '../../os';
 import { VfioUserConnection, type ConnectionOptions } from '../connection';
+import { VfioUserTimeoutError } from '../connection-errors';
 import { negotiateVersion, type NegotiatedVersion } from '../negotiation';
 import { DMA_MAP_FLAGS, DMA_MAP_LAYOUT, DMA_UNMAP_FLAGS, DMA_UNMAP_LAYOUT, IRQ_INDEXES } from '../protocol';
 import { splitTransfer } from '../transfers';
@@ -14,6 +15,7 @@ import { DmaMapTable, type DmaMapping } from './dma-map-table';
 import { serveDma, type DmaFaultEvent } from './dma-service';
 import { enumerateDevice, type DeviceDescription, type EnumerationOptions, type IrqDescription } from './enumeration';
 import { VfioUserClientError } from './errors';
+import { ViommuError } from '../../errors';
 import { eventFdBatches, eventFdDescriptor, setIrqsBody, type IrqAction, type IrqData, type IrqEventFd } from './irqs';
 import type { ClientRegion, MappedArea, RegionDescription } from './region';
 
@@ -86,6 +88,18 @@ export interface ClientEvents {
 
 type Offset = bigint | number;
 
+/** A DMA request timed out: the server's table is unknown, so the client closed (the close event carries this too). */
+export class VfioUserDmaOutcomeError extends ViommuError {
+  constructor(readonly timeout: VfioUserTimeoutError) {
+    super(
+      'ERR_VFIO_USER_DMA_OUTCOME_UNKNOWN',
+      `${timeout.message}; the server may or may not have applied it, so the client closed the connection (the server drops every mapping with it) rather than guess its DMA table`,
+    );
+    this.name = 'VfioUserDmaOutcomeError';
+  }
+  declare readonly code: 'ERR_VFIO_USER_DMA_OUTCOME_UNKNOWN';
+}
+
 function stateError(message: string): VfioUserClientError {
   return new VfioUserClientError('ERR_VFIO_USER_CLIENT_STATE', message);
 }
@@ -106,6 +120,9 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
   private irqList: IrqDescription[] = [];
   private started = false;
   private isClosed = false;
+  /** DMA_MAP/DMA_UNMAP replies not yet settled. */
+  private readonly dmaInFlight = new Set<Promise<unknown>>();
+  private unmappingAll = false;
 
   /** Connects to a server's UNIX socket and starts (VERSION, then enumeration). */
   static async connect(path: string, options: VfioUserClientOptions = {}): Promise<VfioUserClient> {
@@ -291,10 +308,12 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
 
   /**
    * DMA_MAP: refused locally when it overlaps a mapping, exceeds max_dma_maps or is not aligned to the server's
-   * smallest page; the caller keeps `fd` (the kernel passes the server a duplicate).
+   * smallest page; the caller keeps `fd` (the kernel passes the server a duplicate). When the server does not answer
+   * in time the client closes (see dmaOutcomeUnknown).
    */
   async dmaMap(request: DmaMapRequest): Promise<DmaMapping> {
     this.requireOpen();
+    this.refuseDuringUnmapAll('DMA_MAP');
     const readable = request.readable ?? true;
     const writable = request.writable ?? true;
     const offset = request.fd === undefined ? 0n : (request.offset ?? 0n);
@@ -307,13 +326,14 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     const entry = this.dmaMaps.reserve({ address: request.address, size: request.size, readable, writable, withFd: request.fd !== undefined, offset });
     const flags = (readable ? DMA_MAP_FLAGS.bits.READ : 0) | (writable ? DMA_MAP_FLAGS.bits.WRITE : 0);
     try {
-      const reply = await this.connection.request(
+      const reply = await this.inFlight(this.connection.request(
         'DMA_MAP',
         { argsz: DMA_MAP_LAYOUT.size, flags, offset, address: request.address, size: request.size },
         request.fd === undefined ? {} : { fds: [request.fd] },
-      );
+      ));
       for (const fd of reply.fds) fd.close();
     } catch (error) {
+      if (error instanceof VfioUserTimeoutError) throw this.dmaOutcomeUnknown(error, [entry]);
       this.dmaMaps.remove(entry);
       throw error;
     }
@@ -324,34 +344,75 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
   /** DMA_UNMAP of exactly one earlier mapping; the server may use the range until this resolves. */
   async dmaUnmap(address: bigint, size: bigint): Promise<void> {
     this.requireOpen();
+    this.refuseDuringUnmapAll('DMA_UNMAP');
     const entry = this.dmaMaps.exact(address, size);
     if (entry.state !== 'mapped') {
       throw new VfioUserClientError('ERR_VFIO_USER_DMA_NOT_MAPPED', `DMA_UNMAP of [0x${address.toString(16)}, +0x${size.toString(16)}) while it is ${entry.state}`);
     }
     entry.state = 'unmapping';
     try {
-      const reply = await this.connection.request('DMA_UNMAP', { argsz: DMA_UNMAP_LAYOUT.size, flags: 0, address, size });
+      const reply = await this.inFlight(this.connection.request('DMA_UNMAP', { argsz: DMA_UNMAP_LAYOUT.size, flags: 0, address, size }));
       for (const fd of reply.fds) fd.close();
     } catch (error) {
+      if (error instanceof VfioUserTimeoutError) throw this.dmaOutcomeUnknown(error, [entry]);
       entry.state = 'mapped';
       throw error;
     }
     this.dmaMaps.remove(entry);
   }
 
-  /** DMA_UNMAP with the unmap-all flag (libvfio-user accepts it; the spec's servers may not). */
+  /**
+   * DMA_UNMAP with the unmap-all flag (libvfio-user accepts it; the spec's servers may not). Waits for the DMA_MAPs
+   * and DMA_UNMAPs already in flight to be answered first, so their mappings are known to be in or out before the
+   * server drops everything; new ones are refused until this resolves.
+   */
   async dmaUnmapAll(): Promise<void> {
     this.requireOpen();
-    const affected = this.dmaMaps.entries.filter((entry) => entry.state === 'mapped');
-    for (const entry of affected) entry.state = 'unmapping';
+    this.refuseDuringUnmapAll('DMA_UNMAP of all mappings');
+    this.unmappingAll = true;
     try {
-      const reply = await this.connection.request('DMA_UNMAP', { argsz: DMA_UNMAP_LAYOUT.size, flags: DMA_UNMAP_FLAGS.bits.ALL, address: 0n, size: 0n });
-      for (const fd of reply.fds) fd.close();
-    } catch (error) {
-      for (const entry of affected) entry.state = 'mapped';
-      throw error;
+      while (this.dmaInFlight.size > 0) await Promise.allSettled([...this.dmaInFlight]);
+      this.requireOpen();
+      const affected = this.dmaMaps.entries.filter((entry) => entry.state === 'mapped');
+      for (const entry of affected) entry.state = 'unmapping';
+      try {
+        const reply = await this.connection.request('DMA_UNMAP', { argsz: DMA_UNMAP_LAYOUT.size, flags: DMA_UNMAP_FLAGS.bits.ALL, address: 0n, size: 0n });
+        for (const fd of reply.fds) fd.close();
+      } catch (error) {
+        if (error instanceof VfioUserTimeoutError) throw this.dmaOutcomeUnknown(error, affected);
+        for (const entry of affected) entry.state = 'mapped';
+        throw error;
+      }
+      for (const entry of affected) this.dmaMaps.remove(entry);
+    } finally {
+      this.unmappingAll = false;
     }
-    for (const entry of affected) this.dmaMaps.remove(entry);
+  }
+
+  /** Remembers a DMA request's reply while it is in flight, so dmaUnmapAll() can wait for it. */
+  private inFlight<T>(reply: Promise<T>): Promise<T> {
+    this.dmaInFlight.add(reply);
+    const forget = (): void => void this.dmaInFlight.delete(reply);
+    reply.then(forget, forget);
+    return reply;
+  }
+
+  private refuseDuringUnmapAll(what: string): void {
+    if (this.unmappingAll) throw stateError(`${what} while a DMA_UNMAP of all mappings is in flight; wait for dmaUnmapAll() to resolve`);
+  }
+
+  /**
+   * A DMA_MAP/DMA_UNMAP the server did not answer in time may or may not have been applied, and vfio-user has no way
+   * to ask the server for its table. The entries stay reserved ('unknown') and the client closes: the server drops
+   * every mapping with the connection, the one resync the protocol offers, and a peer that does not answer DMA
+   * requests in time is not one to keep using.
+   */
+  private dmaOutcomeUnknown(timeout: VfioUserTimeoutError, entries: readonly DmaMapping[]): Error {
+    for (const entry of entries) entry.state = 'unknown';
+    const error = new VfioUserDmaOutcomeError(timeout);
+    this.release(error);
+    this.connection.close();
+    return error;
   }
 
   // ---- IRQs ---------------------------------------------------------------------------------------------------

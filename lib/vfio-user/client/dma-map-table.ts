@@ -4,7 +4,11 @@ import { VfioUserClientError } from './errors';
 
 const U64_END = 1n << 64n;
 
-export type DmaMappingState = 'mapping' | 'mapped' | 'unmapping';
+/**
+ * 'unknown': a DMA_MAP or DMA_UNMAP of it timed out, so the server may or may not have applied it; the entry stays
+ * reserved (no overlapping DMA_MAP goes out) until the client closes, which it does at once.
+ */
+export type DmaMappingState = 'mapping' | 'mapped' | 'unmapping' | 'unknown';
 
 export interface DmaMapping {
   readonly address: bigint;
@@ -17,7 +21,7 @@ export interface DmaMapping {
   readonly withFd: boolean;
   /** Offset of the range inside the fd (0 without an fd). */
   readonly offset: bigint;
-  /** 'mapping' until the server answered DMA_MAP, 'unmapping' while a DMA_UNMAP is in flight. */
+  /** 'mapping' until the server answered DMA_MAP, 'unmapping' while a DMA_UNMAP is in flight ('unknown': see the type). */
   state: DmaMappingState;
 }
 

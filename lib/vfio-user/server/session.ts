@@ -191,21 +191,35 @@ export class VfioUserSession extends EventEmitter<SessionEvents> {
     });
   }
 
-  /** The client is gone: the device forgets its mappings (told first), its eventfds and its state. */
+  /**
+   * The client is gone: the device forgets its mappings (told first; the views stay attached until every
+   * onDmaUnmap settled, as a device may still be finishing a DMA), its eventfds and its state.
+   */
   private finish(error: Error | undefined): void {
     if (this.finished) return;
     this.finished = true;
     const { device } = this;
     device.dma.detach(this.path);
     device.dmaByMessage.detach(this.path);
+    const warn = (reason: unknown): void => void this.emit('warning', `onDmaUnmap failed after the client left: ${String(reason)}`);
+    const notices: PromiseLike<void>[] = [];
     for (const mapping of this.dmaMaps.mappings) {
       try {
         const notice = device.dmaUnmapping(mapping);
-        if (isPromiseLike(notice)) notice.then(undefined, (reason: unknown) => this.emit('warning', `onDmaUnmap failed after the client left: ${String(reason)}`));
+        if (isPromiseLike(notice)) notices.push(notice.then(undefined, warn));
       } catch (reason) {
-        this.emit('warning', `onDmaUnmap failed after the client left: ${String(reason)}`);
+        warn(reason);
       }
     }
+    if (notices.length === 0) {
+      this.releaseDevice(error);
+      return;
+    }
+    void Promise.all(notices).then(() => this.releaseDevice(error));
+  }
+
+  private releaseDevice(error: Error | undefined): void {
+    const { device } = this;
     this.dmaMaps.removeAll();
     device.irqs.releaseAll();
     const done = () => {

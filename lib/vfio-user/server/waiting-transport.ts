@@ -67,17 +67,21 @@ export class WaitingTransport extends EventEmitter<TransportEvents> implements T
     const held = this.held;
     this.held = [];
     this.heldBytes = 0;
-    for (const [i, message] of held.entries()) {
-      if (this.inner.closed) {
-        for (const rest of held.slice(i)) for (const fd of rest.fds) fd.close();
-        return;
+    let next = 0;
+    try {
+      // A closed socket (or a listener that throws) ends the replay; the fds of what was not replayed are closed.
+      while (next < held.length && !this.inner.closed) {
+        const message = held[next]!;
+        next++;
+        const received = new ReceivedFds(message.fds);
+        try {
+          this.emit('message', message.bytes, received);
+        } finally {
+          received.closeUnclaimed();
+        }
       }
-      const received = new ReceivedFds(message.fds);
-      try {
-        this.emit('message', message.bytes, received);
-      } finally {
-        received.closeUnclaimed();
-      }
+    } finally {
+      for (const rest of held.slice(next)) for (const fd of rest.fds) fd.close();
     }
   }
 

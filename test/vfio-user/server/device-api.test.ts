@@ -12,8 +12,8 @@ import { DMA_MAP_FLAGS, DMA_UNMAP_FLAGS, REGION_INFO_FLAGS, SET_IRQS_FLAGS } fro
 import { VfioUserDevice, type VfioUserDeviceOptions } from '../../../lib/vfio-user/server/device';
 import type { DmaMapping } from '../../../lib/vfio-user/server/dma-maps';
 import { bufferRegion } from '../../../lib/vfio-user/server/regions';
-import { openFdCount, waitFor } from '../../helpers';
-import { Cleanup, CONFIG, connect, dmaMapBody, readRegion, readU32, serve, writeRegion } from './harness';
+import { waitFor } from '../../helpers';
+import { Cleanup, CONFIG, connect, dmaMapBody, expectFdsBack, openFdTargets, readRegion, readU32, serve, writeRegion } from './harness';
 
 const BAR1 = 1;
 const BAR2 = 2;
@@ -33,7 +33,7 @@ async function expectErrno(promise: Promise<unknown>, errno: number): Promise<vo
 
 describe('vfio-user device-model API', () => {
   const cleanup = new Cleanup();
-  let fdsBefore: number;
+  let fdsBefore = new Map<string, string>();
   const mapped: DmaMapping[] = [];
   const unmapped: DmaMapping[] = [];
   const resets: string[] = [];
@@ -61,14 +61,14 @@ describe('vfio-user device-model API', () => {
   }
 
   beforeEach(() => {
-    fdsBefore = openFdCount();
+    fdsBefore = openFdTargets();
     mapped.length = 0;
     unmapped.length = 0;
     resets.length = 0;
   });
   afterEach(async () => {
     await cleanup.run();
-    await waitFor(() => openFdCount() === fdsBefore, `fd count back to ${fdsBefore} (now ${openFdCount()})`);
+    await expectFdsBack(fdsBefore);
   });
 
   async function client(device = sampleDevice()): Promise<{ client: VfioUserConnection; device: VfioUserDevice }> {
@@ -282,6 +282,32 @@ describe('vfio-user device-model API', () => {
       assert.equal(answered, false);
       release!();
       await unmap;
+    });
+
+    it('keeps a mapping readable while an asynchronous onDmaUnmap runs after the client left, and resets after it', async () => {
+      let release: (() => void) | undefined;
+      let seenDuringNotice: number | undefined;
+      const device = sampleDevice({
+        onDmaUnmap: (mapping) => {
+          seenDuringNotice = mapping.memory!.byteLength;
+          return new Promise<void>((resolve) => (release = resolve));
+        },
+      });
+      const { client: c } = await client(device);
+      const ram = SharedRegion.create('dma', 0x1000);
+      cleanup.add(() => ram.close());
+      new Uint8Array(ram.buffer)[0] = 0x5a;
+      await c.request('DMA_MAP', dmaMapBody(0x10000n, 0x1000n, DMA_MAP_FLAGS.bits.READ | DMA_MAP_FLAGS.bits.WRITE, 0n), { fds: [ram.fd] });
+      c.close();
+      await waitFor(() => release !== undefined, 'onDmaUnmap after the client left');
+      assert.equal(seenDuringNotice, 0x1000);
+      await new Promise((resolve) => setTimeout(resolve, 5));
+      assert.equal(mapped[0]!.memory!.byteLength, 0x1000, 'the device may still finish its DMA there');
+      assert.equal(mapped[0]!.memory![0], 0x5a);
+      assert.deepEqual(resets, [], 'no reset before the device let go of its mappings');
+      release!();
+      await waitFor(() => resets.length === 1, 'the reset after the notices settled');
+      assert.equal(mapped[0]!.memory!.byteLength, 0, 'the mapping is gone once the device let go');
     });
   });
 

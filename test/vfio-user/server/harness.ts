@@ -11,7 +11,7 @@ import { createDmaEngine, type DmaEngine, type DmaEngineOptions } from '../../..
 import type { VfioUserDevice } from '../../../lib/vfio-user/server/device';
 import { VfioUserServer, type VfioUserServerOptions } from '../../../lib/vfio-user/server/server';
 import { socketTransport } from '../../../lib/vfio-user/transport';
-import { openFdCount, tempSocketPath, waitFor } from '../../helpers';
+import { tempSocketPath, waitFor } from '../../helpers';
 
 export const BAR0 = REGION_INDEXES.values.BAR0;
 export const CONFIG = REGION_INDEXES.values.CONFIG;
@@ -28,16 +28,49 @@ export class Cleanup {
   }
 }
 
+/** Each open fd of this process and what it is (its /proc/self/fd link), so a leak message says what leaked. */
+export function openFdTargets(): Map<string, string> {
+  const targets = new Map<string, string>();
+  for (const fd of fs.readdirSync('/proc/self/fd')) {
+    try {
+      targets.set(fd, fs.readlinkSync(`/proc/self/fd/${fd}`));
+    } catch {
+      // Closed between the listing and the look-up (the listing's own directory fd, at least).
+    }
+  }
+  return targets;
+}
+
+/** Waits until the fds open now are those of `before`; the failure lists what was opened and closed meanwhile. */
+export async function expectFdsBack(before: Map<string, string>): Promise<void> {
+  try {
+    await waitFor(() => sameFds(before), 'the fds of before the test');
+  } catch {
+    const now = openFdTargets();
+    const opened = [...now].filter(([fd, target]) => before.get(fd) !== target).map(([fd, target]) => `${fd} -> ${target}`);
+    const closed = [...before].filter(([fd, target]) => now.get(fd) !== target).map(([fd, target]) => `${fd} -> ${target}`);
+    throw new Error(`open fds did not return to the ${before.size} of before the test (now ${now.size}); still open: [${opened.join(', ')}]; closed: [${closed.join(', ')}]`);
+  }
+}
+
+/** The same fd numbers point at the same things (readdir's own directory fd comes and goes). */
+function sameFds(before: Map<string, string>): boolean {
+  const now = openFdTargets();
+  if (now.size !== before.size) return false;
+  for (const [fd, target] of before) if (now.get(fd) !== target) return false;
+  return true;
+}
+
 /** For a describe block: a Cleanup run after each test, which then checks that every fd the test opened is closed. */
 export function cleanupAfterEachTest(): Cleanup {
   const cleanup = new Cleanup();
-  let fdsBefore = 0;
+  let fdsBefore = new Map<string, string>();
   beforeEach(() => {
-    fdsBefore = openFdCount();
+    fdsBefore = openFdTargets();
   });
   afterEach(async () => {
     await cleanup.run();
-    await waitFor(() => openFdCount() === fdsBefore, `fd count back to ${fdsBefore} (now ${openFdCount()})`);
+    await expectFdsBack(fdsBefore);
   });
   return cleanup;
 }
