@@ -32,6 +32,11 @@ export interface EntryWords {
 }
 
 const littleEndianHost = os.endianness() === 'LE';
+/** Page tables are 4 KiB pages of 8-byte entries. */
+const TABLE_PAGE_BYTES = 4096;
+const TABLE_ENTRY_BYTES = 8;
+const TABLE_INDEX_MASK = TABLE_PAGE_BYTES / TABLE_ENTRY_BYTES - 1;
+const WORDS_PER_TABLE_PAGE = TABLE_PAGE_BYTES / 4;
 
 export class GuestRegion {
   /** Exclusive end address. */
@@ -42,6 +47,10 @@ export class GuestRegion {
   readonly words: Uint32Array | undefined;
   /** The highest offset at which a whole 8-byte entry fits. */
   readonly lastEntryOffset: number;
+  /** Guest page number of the region's first byte (meaningful when `wholePages` > 0). */
+  readonly firstPage: number;
+  /** 4 KiB pages wholly inside the region, for readTableEntry's fast path; 0 when the start is not page-aligned. */
+  readonly wholePages: number;
 
   constructor(
     readonly name: string,
@@ -59,6 +68,9 @@ export class GuestRegion {
     const wordCount = Math.floor(length / 4);
     this.words = littleEndianHost && byteOffset % 4 === 0 && wordCount < 2 ** 32 ? new Uint32Array(buffer, byteOffset, wordCount) : undefined;
     this.lastEntryOffset = length - 8;
+    const aligned = start % TABLE_PAGE_BYTES === 0;
+    this.firstPage = aligned ? start / TABLE_PAGE_BYTES : 0;
+    this.wholePages = aligned ? Math.floor(length / TABLE_PAGE_BYTES) : 0;
   }
 
   /** True once the memory under this region was unmapped (its views read as empty). */
@@ -72,6 +84,8 @@ export class GuestMemory {
   private hint: GuestRegion | undefined;
   private generationCounter = 0;
   private readonly unmapSubscriptions = new Map<GuestRegion, () => void>();
+  /** A subclass that overrides readEntry (to record or check reads) sees table reads through it too. */
+  private readonly tableReadsBypassReadEntry = this.readEntry === GuestMemory.prototype.readEntry;
 
   /** Changes whenever the set of regions changes; caches built on guest memory compare it to know they are stale. */
   get generation(): number {
@@ -161,6 +175,30 @@ export class GuestMemory {
       }
     }
     return this.readEntryAnywhere(address, out);
+  }
+
+  /**
+   * readEntry() of entry `index` (0..511) of the 4 KiB table at guest page `page`. Page walkers that carry
+   * table locations as page numbers stay in small-integer arithmetic on the fast path (the last region used),
+   * which keeps a walk's chain of dependent reads short.
+   */
+  readTableEntry(page: number, index: number, out: EntryWords): boolean {
+    const hint = this.hint;
+    const entry = index & TABLE_INDEX_MASK;
+    if (hint !== undefined && this.tableReadsBypassReadEntry) {
+      const relative = page - hint.firstPage;
+      const words = hint.words;
+      if (relative >= 0 && relative < hint.wholePages && words !== undefined) {
+        const at = relative * WORDS_PER_TABLE_PAGE + entry * 2;
+        const lo = words[at];
+        if (lo !== undefined) {
+          out.lo = lo;
+          out.hi = words[at + 1]!;
+          return true;
+        }
+      }
+    }
+    return this.readEntry(page * TABLE_PAGE_BYTES + entry * TABLE_ENTRY_BYTES, out);
   }
 
   private readEntryAnywhere(address: number, out: EntryWords): boolean {

@@ -58,33 +58,51 @@ const PFN_SPAN = 2 ** 40;
 /** Bounded like QEMU's (VTD_IOTLB_MAX_SIZE): a full cache is emptied rather than grown. */
 export const IOTLB_CAPACITY = 1024;
 
+/** Source ids are 16 bits (bus, device, function). */
+const SOURCE_IDS = 2 ** 16;
+
+/**
+ * Legacy context entries by source id. Every translation looks here first, so the lookup is an array index;
+ * the Map beside it keeps the invalidation scopes a walk over the cached entries only.
+ */
 export class ContextCache {
   private readonly entries = new Map<number, CachedContext>();
+  private readonly bySid: (CachedContext | undefined)[] = new Array<CachedContext | undefined>(SOURCE_IDS).fill(undefined);
 
   get size(): number {
     return this.entries.size;
   }
 
   get(sid: number): CachedContext | undefined {
-    return this.entries.get(sid);
+    const entry = this.bySid[sid & (SOURCE_IDS - 1)];
+    return entry !== undefined && entry.sid === sid ? entry : undefined;
   }
 
   set(entry: CachedContext): void {
+    // A source id outside 16 bits is never cached: each of its requests walks (and faults) again.
+    if (!Number.isInteger(entry.sid) || entry.sid < 0 || entry.sid >= SOURCE_IDS) return;
     this.entries.set(entry.sid, entry);
+    this.bySid[entry.sid] = entry;
   }
 
   invalidateAll(): void {
+    for (const sid of this.entries.keys()) this.bySid[sid] = undefined;
     this.entries.clear();
   }
 
   invalidateDomain(did: number): void {
-    for (const [sid, entry] of this.entries) if (entry.did === did) this.entries.delete(sid);
+    for (const [sid, entry] of this.entries) if (entry.did === did) this.remove(sid);
   }
 
   /** Device-selective, with the function mask FM (0..3). */
   invalidateDevice(sid: number, fm: number): void {
     const keep = ~(FUNCTION_MASKS[fm & 3] ?? 0);
-    for (const key of this.entries.keys()) if ((key & keep) === (sid & keep)) this.entries.delete(key);
+    for (const key of this.entries.keys()) if ((key & keep) === (sid & keep)) this.remove(key);
+  }
+
+  private remove(sid: number): void {
+    this.entries.delete(sid);
+    this.bySid[sid] = undefined;
   }
 }
 
@@ -161,6 +179,17 @@ export class PasidCache {
 
 /** Pages of 4 KiB one entry of each IOTLB page size covers. */
 const PAGES_PER_ENTRY = PAGE_SIZES.map((size) => size / PAGE);
+/** 2^0 .. 2^63, so that a 6-bit address mask costs no Math.pow per invalidation. */
+const POWERS_OF_TWO = Array.from({ length: 64 }, (_, exponent) => 2 ** exponent);
+
+/**
+ * `value` rounded down to a multiple of the power of two `size`. Multiplying by 1/size is exact for powers of
+ * two and cheaper than dividing; page-selective invalidations do this for every descriptor.
+ */
+function alignDown(value: number, size: number): number {
+  return size === 1 ? value : Math.floor(value * (1 / size)) * size;
+}
+
 /** Table slots: a power of two, four per entry the IOTLB can hold, so linear probes stay short. */
 const SLOT_BITS = 12;
 const SLOTS = 2 ** SLOT_BITS;
@@ -169,8 +198,8 @@ const EMPTY = -1;
 /** Page-selective invalidations up to this many pages probe for each page; wider ones scan the table. */
 const PROBE_LIMIT = 64;
 
-/** A slot's entry, allocated once with the table and overwritten in place. */
-interface SlotEntry {
+/** The entry find() hands out: one object per IOTLB, refilled from the slot arrays on each hit. */
+interface FoundEntry {
   did: number;
   pasid: number;
   kind: TranslationKind;
@@ -184,10 +213,14 @@ interface SlotEntry {
   dirty: boolean;
 }
 
+/** Bits of a slot's permission byte. */
+const ALLOWS = { READ: 1, WRITE: 2, SUPERVISOR: 4, EXECUTE: 8, DIRTY: 16 } as const;
+
 /**
- * The IOTLB as an open-addressed hash table (linear probing, backward-shift deletion) whose keys live in typed
- * arrays and whose entries are allocated once: a hit is one hash and a compare, and filling or flushing the
- * cache allocates nothing for the GC to chase.
+ * The IOTLB as an open-addressed hash table (linear probing, backward-shift deletion) held entirely in typed
+ * arrays: a hit is one hash and a compare, and filling or flushing the cache allocates nothing. Probes read the
+ * small `dids` array first (it stays in the L1 cache); one heap object per slot made a walk-miss insert mostly
+ * a series of cache misses, and interleaving all fields of a slot in one array measured slower still.
  */
 export class Iotlb {
   /** Domain of the entry in each slot, or EMPTY. */
@@ -198,10 +231,15 @@ export class Iotlb {
   private readonly pfns = new Float64Array(SLOTS);
   /** Index into PAGE_SIZES. */
   private readonly orders = new Uint8Array(SLOTS);
-  private readonly entries: SlotEntry[] = Array.from({ length: SLOTS }, () => ({
+  /** Guest-physical base of the page. */
+  private readonly addresses = new Float64Array(SLOTS);
+  private readonly kinds = new Uint8Array(SLOTS);
+  /** ALLOWS bits. */
+  private readonly allows = new Uint8Array(SLOTS);
+  private readonly found: FoundEntry = {
     did: 0, pasid: 0, kind: TRANSLATION_KIND.SECOND, pfn: 0, address: 0, pageSize: PAGE, readable: false, writable: false,
     supervisor: false, executable: true, dirty: true,
-  }));
+  };
   /** Entries per page size: lookups skip sizes that hold none. */
   private readonly perOrder = new Int32Array(PAGE_SIZES.length);
   private count = 0;
@@ -232,17 +270,31 @@ export class Iotlb {
     return -1;
   }
 
+  /** The entry in `slot`, as the shared FoundEntry. */
+  private entryAt(slot: number): FoundEntry {
+    const found = this.found;
+    const allows = this.allows[slot]!;
+    found.did = this.dids[slot]!;
+    found.pasid = this.pasids[slot]!;
+    found.kind = this.kinds[slot]! as TranslationKind;
+    found.pfn = this.pfns[slot]!;
+    found.address = this.addresses[slot]!;
+    found.pageSize = PAGE_SIZES[this.orders[slot]!]!;
+    found.readable = (allows & ALLOWS.READ) !== 0;
+    found.writable = (allows & ALLOWS.WRITE) !== 0;
+    found.supervisor = (allows & ALLOWS.SUPERVISOR) !== 0;
+    found.executable = (allows & ALLOWS.EXECUTE) !== 0;
+    found.dirty = (allows & ALLOWS.DIRTY) !== 0;
+    return found;
+  }
+
   /**
    * The entry covering 4 KiB page `pfn` of domain `did` (and PASID `pasid` in scalable mode). The object belongs
    * to the IOTLB and changes with it: read it at once, never keep it.
    */
   find(did: number, pfn: number, pasid = 0): Readonly<IotlbEntry> | undefined {
-    const perOrder = this.perOrder;
-    let slot = -1;
-    if (perOrder[0]! > 0) slot = this.slotOf(did, pasid, pfn, 0);
-    if (slot < 0 && perOrder[1]! > 0) slot = this.slotOf(did, pasid, Math.floor(pfn / 512) * 512, 1);
-    if (slot < 0 && perOrder[2]! > 0) slot = this.slotOf(did, pasid, Math.floor(pfn / 262144) * 262144, 2);
-    return slot < 0 ? undefined : this.entries[slot];
+    const slot = this.findSlot(did, pfn, pasid);
+    return slot < 0 ? undefined : this.entryAt(slot);
   }
 
   /** Like find(), as a copy that stays as it is. */
@@ -251,40 +303,75 @@ export class Iotlb {
     return entry === undefined ? undefined : { ...entry };
   }
 
+  /**
+   * find() as a slot number, or -1: the translation hot path reads just the fields it needs through the slot
+   * accessors below. A slot number is valid until the IOTLB next changes.
+   */
+  findSlot(did: number, pfn: number, pasid = 0): number {
+    const perOrder = this.perOrder;
+    let slot = -1;
+    if (perOrder[0]! > 0) slot = this.slotOf(did, pasid, pfn, 0);
+    if (slot < 0 && perOrder[1]! > 0) slot = this.slotOf(did, pasid, alignDown(pfn, PAGES_PER_ENTRY[1]!), 1);
+    if (slot < 0 && perOrder[2]! > 0) slot = this.slotOf(did, pasid, alignDown(pfn, PAGES_PER_ENTRY[2]!), 2);
+    return slot;
+  }
+
+  /** Guest-physical base of the page in `slot`. */
+  slotAddress(slot: number): number {
+    return this.addresses[slot]!;
+  }
+
+  /** First 4 KiB page number (IOVA side) of the page in `slot`. */
+  slotPfn(slot: number): number {
+    return this.pfns[slot]!;
+  }
+
+  slotPageSize(slot: number): number {
+    return PAGE_SIZES[this.orders[slot]!]!;
+  }
+
+  slotReadable(slot: number): boolean {
+    return (this.allows[slot]! & ALLOWS.READ) !== 0;
+  }
+
+  slotWritable(slot: number): boolean {
+    return (this.allows[slot]! & ALLOWS.WRITE) !== 0;
+  }
+
   insert(entry: IotlbEntry): void {
-    const order = PAGE_SIZES.indexOf(entry.pageSize as (typeof PAGE_SIZES)[number]);
-    if (order < 0 || entry.pfn >= PFN_SPAN) return;
+    const allows = (entry.readable ? ALLOWS.READ : 0) | (entry.writable ? ALLOWS.WRITE : 0) | (entry.supervisor === true ? ALLOWS.SUPERVISOR : 0)
+      | (entry.executable === false ? 0 : ALLOWS.EXECUTE) | (entry.dirty === false ? 0 : ALLOWS.DIRTY);
+    this.store(entry.did, entry.pasid ?? 0, entry.kind ?? TRANSLATION_KIND.SECOND, entry.pfn, entry.address, orderOf(entry.pageSize), allows);
+  }
+
+  /** insert() of a legacy (second-stage, PASID 0) translation without an entry object: the walk-miss path. */
+  insertSecondStage(did: number, pfn: number, address: number, pageSize: number, readable: boolean, writable: boolean): void {
+    const allows = (readable ? ALLOWS.READ : 0) | (writable ? ALLOWS.WRITE : 0) | ALLOWS.EXECUTE | ALLOWS.DIRTY;
+    this.store(did, 0, TRANSLATION_KIND.SECOND, pfn, address, orderOf(pageSize), allows);
+  }
+
+  /** `order` indexes PAGE_SIZES (-1: a size the IOTLB does not hold); `allows` holds ALLOWS bits. */
+  private store(did: number, pasid: number, kind: TranslationKind, pfn: number, address: number, order: number, allows: number): void {
+    if (order < 0 || pfn >= PFN_SPAN) return;
     if (this.count >= IOTLB_CAPACITY) this.invalidateAll();
-    const { did, pfn } = entry;
-    const pasid = entry.pasid ?? 0;
-    const kind = entry.kind ?? TRANSLATION_KIND.SECOND;
     const dids = this.dids;
     let slot = Iotlb.home(did, pasid, pfn, order);
     while (dids[slot] !== EMPTY
       && !(dids[slot] === did && this.pfns[slot] === pfn && this.orders[slot] === order && this.pasids[slot] === pasid)) slot = (slot + 1) & SLOT_MASK;
-    const target = this.entries[slot]!;
     if (dids[slot] === EMPTY) {
       this.count++;
       this.perOrder[order]!++;
-    } else if (isTagged(target)) {
+    } else if (this.isTagged(slot)) {
       this.tagged--;
     }
     dids[slot] = did;
     this.pasids[slot] = pasid;
     this.pfns[slot] = pfn;
     this.orders[slot] = order;
-    target.did = did;
-    target.pasid = pasid;
-    target.kind = kind;
-    target.pfn = pfn;
-    target.address = entry.address;
-    target.pageSize = entry.pageSize;
-    target.readable = entry.readable;
-    target.writable = entry.writable;
-    target.supervisor = entry.supervisor ?? false;
-    target.executable = entry.executable ?? true;
-    target.dirty = entry.dirty ?? true;
-    if (isTagged(target)) this.tagged++;
+    this.addresses[slot] = address;
+    this.kinds[slot] = kind;
+    this.allows[slot] = allows;
+    if (pasid !== 0 || kind !== TRANSLATION_KIND.SECOND) this.tagged++;
   }
 
   invalidateAll(): void {
@@ -307,8 +394,8 @@ export class Iotlb {
    * entries either way.
    */
   invalidatePages(did: number, pfn: number, am: number): void {
-    const span = 2 ** am;
-    const first = Math.floor(pfn / span) * span;
+    const span = POWERS_OF_TWO[am] ?? 2 ** am;
+    const first = alignDown(pfn, span);
     const end = first + span;
     if (span > PROBE_LIMIT || this.tagged > 0) {
       this.removeWhere((entry) => entry.did === did && (entry.kind === TRANSLATION_KIND.NESTED
@@ -318,7 +405,7 @@ export class Iotlb {
     for (let order = 0; order < PAGE_SIZES.length; order++) {
       if (this.perOrder[order] === 0) continue;
       const pages = PAGES_PER_ENTRY[order]!;
-      for (let page = Math.floor(first / pages) * pages; page < end; page += pages) {
+      for (let page = alignDown(first, pages); page < end; page += pages) {
         const slot = this.slotOf(did, 0, page, order);
         if (slot >= 0) this.removeSlot(slot);
       }
@@ -339,12 +426,17 @@ export class Iotlb {
       && entry.pfn < end && entry.pfn + entry.pageSize / PAGE > first);
   }
 
+  /** A non-zero PASID or a kind other than SECOND (see `tagged`). */
+  private isTagged(slot: number): boolean {
+    return this.pasids[slot] !== 0 || this.kinds[slot] !== TRANSLATION_KIND.SECOND;
+  }
+
   /** Empties `hole` and shifts later members of its probe run back, so no lookup stops early at a gap. */
   private removeSlot(hole: number): void {
     const dids = this.dids;
     this.perOrder[this.orders[hole]!]!--;
     this.count--;
-    if (isTagged(this.entries[hole]!)) this.tagged--;
+    if (this.isTagged(hole)) this.tagged--;
     dids[hole] = EMPTY;
     for (let slot = (hole + 1) & SLOT_MASK; dids[slot] !== EMPTY; slot = (slot + 1) & SLOT_MASK) {
       const home = Iotlb.home(dids[slot]!, this.pasids[slot]!, this.pfns[slot]!, this.orders[slot]!);
@@ -355,9 +447,9 @@ export class Iotlb {
       this.pasids[hole] = this.pasids[slot]!;
       this.pfns[hole] = this.pfns[slot]!;
       this.orders[hole] = this.orders[slot]!;
-      const moved = this.entries[slot]!;
-      this.entries[slot] = this.entries[hole]!;
-      this.entries[hole] = moved;
+      this.addresses[hole] = this.addresses[slot]!;
+      this.kinds[hole] = this.kinds[slot]!;
+      this.allows[hole] = this.allows[slot]!;
       dids[slot] = EMPTY;
       hole = slot;
     }
@@ -367,11 +459,11 @@ export class Iotlb {
   private removeWhere(matches: (entry: Readonly<IotlbEntry>) => boolean): void {
     for (let slot = 0; slot < SLOTS; slot++) {
       // removeSlot may shift a later entry into this slot: look at the slot again until it keeps its entry.
-      while (this.dids[slot] !== EMPTY && matches(this.entries[slot]!)) this.removeSlot(slot);
+      while (this.dids[slot] !== EMPTY && matches(this.entryAt(slot))) this.removeSlot(slot);
     }
   }
 }
-
-function isTagged(entry: SlotEntry): boolean {
-  return entry.pasid !== 0 || entry.kind !== TRANSLATION_KIND.SECOND;
+/** The index of `pageSize` in PAGE_SIZES, or -1. */
+function orderOf(pageSize: number): number {
+  return pageSize === PAGE_SIZES[0] ? 0 : pageSize === PAGE_SIZES[1] ? 1 : pageSize === PAGE_SIZES[2] ? 2 : -1;
 }

@@ -1,7 +1,7 @@
 /** Queued invalidation: IQA/IQH/IQT, descriptor fetch and dispatch, wait descriptors and the completion event. */
 
 import type { EntryWords, GuestMemory } from '../memory/guest-memory';
-import { getField, getField64, hasReservedBits, reservedWords } from './bitfield';
+import { fieldReader, getField, getField64, hasReservedBits, readField, reservedWords } from './bitfield';
 import type { QuirkId } from './compat-quirks';
 import type { FaultRecorder } from './fault-recorder';
 import type { RegisterFile } from './register-file';
@@ -9,7 +9,8 @@ import { EVENT_CONTROL, FSTS, GSTS, ICS, OFFSET } from './register-bits';
 import { IQA_FIELDS, QUEUE_POINTER_FIELDS } from './registers';
 import {
   CONTEXT_CACHE_INVALIDATE, INTERRUPT_ENTRY_CACHE_INVALIDATE, INVALIDATION_DESCRIPTORS, INVALIDATION_WAIT,
-  IOTLB_INVALIDATE, PASID_CACHE_INVALIDATE, PASID_DEVICE_TLB_INVALIDATE, PASID_IOTLB_INVALIDATE, descriptorKind, descriptorType,
+  IOTLB_INVALIDATE, PASID_CACHE_INVALIDATE, PASID_DEVICE_TLB_INVALIDATE, PASID_IOTLB_INVALIDATE, descriptorKind,
+  type DescriptorKind,
 } from './structures';
 
 /** The cache operations invalidation requests map to (shared by register-based and queued invalidation). */
@@ -52,6 +53,21 @@ const TYPE = {
   PASID_DEVICE_TLB: 8, PAGE_GROUP_RESPONSE: 9,
 } as const;
 
+/** Descriptor types are 7 bits (TYPE_HI:TYPE_LO). */
+const DESCRIPTOR_TYPES = 2 ** 7;
+/**
+ * Readers for what every descriptor is dispatched on and for the IOTLB descriptor, which guests queue by the
+ * thousand (one per unmapped page): decoding them field by field through getField was most of the cost.
+ * The type fields are common to every descriptor layout; IOTLB_INVALIDATE's copies serve for all.
+ */
+const TYPE_LO = fieldReader(IOTLB_INVALIDATE.f.TYPE_LO);
+const TYPE_HI = fieldReader(IOTLB_INVALIDATE.f.TYPE_HI);
+const TYPE_LO_BITS = IOTLB_INVALIDATE.f.TYPE_LO.width;
+const IOTLB = {
+  G: fieldReader(IOTLB_INVALIDATE.f.G), DID: fieldReader(IOTLB_INVALIDATE.f.DID), ADDR: fieldReader(IOTLB_INVALIDATE.f.ADDR),
+  AM: fieldReader(IOTLB_INVALIDATE.f.AM), IH: fieldReader(IOTLB_INVALIDATE.f.IH),
+} as const;
+
 export class InvalidationQueue {
   private base = 0;
   private entries = 2 ** 8;
@@ -59,7 +75,9 @@ export class InvalidationQueue {
   private head = 0;
   private readonly words = new Uint32Array(8);
   private readonly entry: EntryWords = { lo: 0, hi: 0 };
-  private readonly reserved = new Map<number, Uint32Array>();
+  /** Reserved-bit masks and layouts by descriptor type (arrays: looked up once per descriptor). */
+  private readonly reserved: (Uint32Array | undefined)[] = new Array<Uint32Array | undefined>(DESCRIPTOR_TYPES).fill(undefined);
+  private readonly kinds: (DescriptorKind | undefined)[] = new Array<DescriptorKind | undefined>(DESCRIPTOR_TYPES).fill(undefined);
   private readonly status = new Uint8Array(4);
 
   constructor(
@@ -72,8 +90,9 @@ export class InvalidationQueue {
     private readonly deliver: (address: number, data: number) => void,
   ) {
     for (const kind of INVALIDATION_DESCRIPTORS) {
-      this.reserved.set(kind.type, reservedWords(kind.fields, { features: options.features }));
+      this.reserved[kind.type] = reservedWords(kind.fields, { features: options.features });
     }
+    for (let type = 0; type < DESCRIPTOR_TYPES; type++) this.kinds[type] = descriptorKind(type);
   }
 
   reset(): void {
@@ -213,9 +232,9 @@ export class InvalidationQueue {
   /** Dispatches this.words; false means an invalid descriptor (IQE). */
   private execute(): boolean {
     const w = this.words;
-    const type = descriptorType(w);
+    const type = readField(w, TYPE_LO) | (readField(w, TYPE_HI) << TYPE_LO_BITS);
     this.lastType = type;
-    const kind = descriptorKind(type);
+    const kind = this.kinds[type];
     if (kind === undefined) return false;
     if ((type === TYPE.PASID_IOTLB || type === TYPE.PASID_CACHE) && this.quirks.has('pasid-descriptors-accepted-unchecked')) {
       // QEMU 7.2 takes both as no-ops; flushing what either could name stays on the safe side.
@@ -230,7 +249,7 @@ export class InvalidationQueue {
     }
     if (kind.wideOnly && !this.wide) return false;
     const unchecked = type === TYPE.INTERRUPT_ENTRY && this.quirks.has('iec-descriptor-reserved-bits-ignored');
-    if (!unchecked && hasReservedBits(w, this.reserved.get(type)!)) return false;
+    if (!unchecked && hasReservedBits(w, this.reserved[type]!)) return false;
     if (this.wide && !unchecked && (w[4] || w[5] || w[6] || w[7])) return false;
     switch (type) {
       case TYPE.CONTEXT: {
@@ -243,12 +262,11 @@ export class InvalidationQueue {
         return true;
       }
       case TYPE.IOTLB: {
-        const f = IOTLB_INVALIDATE.f;
-        const g = getField(w, f.G);
+        const g = readField(w, IOTLB.G);
         if (g === GRANULARITY.GLOBAL) this.target.iotlbGlobal();
-        else if (g === GRANULARITY.DOMAIN) this.target.iotlbDomain(getField(w, f.DID));
+        else if (g === GRANULARITY.DOMAIN) this.target.iotlbDomain(readField(w, IOTLB.DID));
         else if (g === GRANULARITY.SELECTIVE) {
-          return this.target.iotlbPages(getField(w, f.DID), getField(w, f.ADDR), getField(w, f.AM), getField(w, f.IH) === 1);
+          return this.target.iotlbPages(readField(w, IOTLB.DID), readField(w, IOTLB.ADDR), readField(w, IOTLB.AM), readField(w, IOTLB.IH) === 1);
         } else return false;
         return true;
       }

@@ -86,7 +86,6 @@ const BITS_PER_LEVEL = 9;
 const PAGE_SHIFT = 12;
 const ROOT_ENTRY_BYTES = LEGACY_ROOT_ENTRY.sizeBits / 8;
 const CONTEXT_ENTRY_BYTES = LEGACY_CONTEXT_ENTRY.sizeBits / 8;
-const PTE_BYTES = 8;
 const DEVFNS_PER_BUS = 256;
 const BUSES = 256;
 /** AW encodes levels - 2. */
@@ -107,6 +106,15 @@ const TABLE_ADDRESS = inPlaceMasks(SECOND_STAGE_TABLE_ENTRY.f.ADDR);
 const LEAF_ADDRESS = [SECOND_STAGE_4K_LEAF, SECOND_STAGE_4K_LEAF, SECOND_STAGE_2M_LEAF, SECOND_STAGE_1G_LEAF].map((table) => inPlaceMasks(table.f.ADDR));
 /** Per-level shift: 2^(12 + 9 * (level - 1)). Index 0 unused. */
 const LEVEL_SPAN = [0, 1, 2, 3, 4, 5].map((level) => 2 ** (PAGE_SHIFT + BITS_PER_LEVEL * (level - 1)));
+/** 1 / LEVEL_SPAN: an IOVA times this is its index-bearing quotient at that level, exactly. */
+const LEVEL_SCALE = LEVEL_SPAN.map((span) => (span === 0 ? 0 : 1 / span));
+const TABLE_PAGE_BYTES = 2 ** PAGE_SHIFT;
+/** Page numbers below 2^31 (tables below 2^43) are small integers to V8. */
+const SMALL_PAGE_LIMIT = 2 ** 31;
+/** An in-place address field's high-word bits sit this far up in a page number... */
+const HIGH_WORD_SHIFT = 32 - PAGE_SHIFT;
+/** ...so high-word bits below this keep the page number below SMALL_PAGE_LIMIT. */
+const SMALL_HIGH_LIMIT = SMALL_PAGE_LIMIT / 2 ** HIGH_WORD_SHIFT;
 
 function fault(reason: number, fpd: boolean, level?: number, notPresent = false): WalkFault {
   return level === undefined ? { ok: false, reason, fpd, notPresent } : { ok: false, reason, level, fpd, notPresent };
@@ -190,37 +198,86 @@ export class LegacyWalker {
 
   /** Second-stage walk of `iova` (already checked against context.limit). */
   walk(context: CachedContext, iova: number, write: boolean): PageFound | WalkFault {
+    const top = context.tableAddress / TABLE_PAGE_BYTES;
+    if (top < SMALL_PAGE_LIMIT) {
+      const found = this.walkSmallPages(context, iova, write, top | 0);
+      if (found !== undefined) return found;
+    }
+    return this.walkAnyPages(context, iova, write, top);
+  }
+
+  /**
+   * The walk while every table lies below 2^43: table locations are page numbers that V8 keeps as small
+   * integers, which shortens the chain of dependent work from one entry read to the next. Undefined when a
+   * table pointer leads higher; the caller then starts over with walkAnyPages (reads have no side effects).
+   */
+  private walkSmallPages(context: CachedContext, iova: number, write: boolean, topPage: number): PageFound | WalkFault | undefined {
     const e = this.entry;
-    const memory = this.memory;
-    let table = context.tableAddress;
-    let readable = true;
-    let writable = true;
+    let page = topPage;
+    let rights = PTE_R | PTE_W;
     for (let level = context.levels; level >= 1; level--) {
-      const span = LEVEL_SPAN[level]!;
-      // & keeps the low bits of the (positive) quotient; % on a double above 2^31 would be far slower.
-      const index = (iova / span) & (ENTRIES_PER_TABLE - 1);
-      if (!memory.readEntry(table + index * PTE_BYTES, e)) return this.unreadable(context, level);
+      if (!this.memory.readTableEntry(page, levelIndex(iova, level), e)) return this.unreadable(context, level);
       const lo = e.lo;
       const hi = e.hi;
-      if ((lo & (PTE_R | PTE_W)) === 0) return fault(write ? FR.WRITE : FR.READ, context.fpd, level, true);
       const large = (level === 2 || level === 3) && (lo & PTE_PS) !== 0;
-      let reserved: Uint32Array;
-      if (level === 1) reserved = this.leafReserved[0]!;
-      else if (large) {
-        if (((this.options.sllps >>> (level - 2)) & 1) === 0) return fault(FR.PAGING_ENTRY_RESERVED, context.fpd, level);
-        reserved = this.leafReserved[level - 1]!;
-      } else reserved = level >= 4 ? this.topReserved : this.tableReserved;
-      if ((lo & reserved[0]!) !== 0 || (hi & reserved[1]!) !== 0) return fault(FR.PAGING_ENTRY_RESERVED, context.fpd, level);
-      readable = readable && (lo & PTE_R) !== 0;
-      writable = writable && (lo & PTE_W) !== 0;
-      if (write ? !writable : !readable) return fault(write ? FR.WRITE : FR.READ, context.fpd, level);
-      if (level === 1 || large) {
-        const masks = LEAF_ADDRESS[level]!;
-        return { ok: true, address: (hi & masks.hi) * 2 ** 32 + ((lo & masks.lo) >>> 0), pageSize: span, readable, writable };
-      }
-      table = (hi & TABLE_ADDRESS.hi) * 2 ** 32 + ((lo & TABLE_ADDRESS.lo) >>> 0);
+      rights &= lo;
+      const failed = this.entryFault(context, level, lo, hi, large, write, rights);
+      if (failed !== undefined) return failed;
+      if (level === 1 || large) return leafFound(level, lo, hi, rights);
+      const high = hi & TABLE_ADDRESS.hi;
+      if (high >= SMALL_HIGH_LIMIT) return undefined;
+      page = (high << HIGH_WORD_SHIFT) | ((lo & TABLE_ADDRESS.lo) >>> PAGE_SHIFT);
+    }
+    return fault(FR.CONTEXT_ENTRY_INVALID, context.fpd);
+  }
+
+  /** The same walk with table page numbers as doubles: any table a 52-bit address can name. */
+  private walkAnyPages(context: CachedContext, iova: number, write: boolean, topPage: number): PageFound | WalkFault {
+    const e = this.entry;
+    let page = topPage;
+    let rights = PTE_R | PTE_W;
+    for (let level = context.levels; level >= 1; level--) {
+      if (!this.memory.readTableEntry(page, levelIndex(iova, level), e)) return this.unreadable(context, level);
+      const lo = e.lo;
+      const hi = e.hi;
+      const large = (level === 2 || level === 3) && (lo & PTE_PS) !== 0;
+      rights &= lo;
+      const failed = this.entryFault(context, level, lo, hi, large, write, rights);
+      if (failed !== undefined) return failed;
+      if (level === 1 || large) return leafFound(level, lo, hi, rights);
+      page = (hi & TABLE_ADDRESS.hi) * 2 ** HIGH_WORD_SHIFT + ((lo & TABLE_ADDRESS.lo) >>> PAGE_SHIFT);
     }
     // Unreachable for levels >= 1; a context with 0 levels cannot be built (AW is checked against SAGAW).
     return fault(FR.CONTEXT_ENTRY_INVALID, context.fpd);
   }
+
+  /** The fault entry (lo, hi) at `level` raises for this access, `rights` being R/W along the walk including it. */
+  private entryFault(
+    context: CachedContext, level: number, lo: number, hi: number, large: boolean, write: boolean, rights: number,
+  ): WalkFault | undefined {
+    if ((lo & (PTE_R | PTE_W)) === 0) return fault(write ? FR.WRITE : FR.READ, context.fpd, level, true);
+    let reserved: Uint32Array;
+    if (level === 1) reserved = this.leafReserved[0]!;
+    else if (large) {
+      if (((this.options.sllps >>> (level - 2)) & 1) === 0) return fault(FR.PAGING_ENTRY_RESERVED, context.fpd, level);
+      reserved = this.leafReserved[level - 1]!;
+    } else reserved = level >= 4 ? this.topReserved : this.tableReserved;
+    if ((lo & reserved[0]!) !== 0 || (hi & reserved[1]!) !== 0) return fault(FR.PAGING_ENTRY_RESERVED, context.fpd, level);
+    if ((rights & (write ? PTE_W : PTE_R)) === 0) return fault(write ? FR.WRITE : FR.READ, context.fpd, level);
+    return undefined;
+  }
+}
+
+/** The table index `iova` takes at `level`: & keeps the low bits of the quotient (% on a double above 2^31 is slow). */
+function levelIndex(iova: number, level: number): number {
+  return (iova * LEVEL_SCALE[level]!) & (ENTRIES_PER_TABLE - 1);
+}
+
+/** The page a leaf entry at `level` maps, with the rights along the walk. */
+function leafFound(level: number, lo: number, hi: number, rights: number): PageFound {
+  const masks = LEAF_ADDRESS[level]!;
+  return {
+    ok: true, address: (hi & masks.hi) * 2 ** 32 + ((lo & masks.lo) >>> 0), pageSize: LEVEL_SPAN[level]!,
+    readable: (rights & PTE_R) !== 0, writable: (rights & PTE_W) !== 0,
+  };
 }

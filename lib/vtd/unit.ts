@@ -3,7 +3,7 @@
 import { MAX_GUEST_ADDRESS } from '../memory/addresses';
 import { DmaFault, EFAULT, EPERM, type DmaAccess, type DmaSpace } from '../memory/dma-space';
 import type { GuestMemory } from '../memory/guest-memory';
-import { getField64, getFieldBig, setFieldBig } from './bitfield';
+import { bigToNumber, getField64, getFieldBig, setFieldBig } from './bitfield';
 import type { DeviceDomainListener } from './address-space';
 import { ContextCache, Iotlb, type CachedContext } from './caches';
 import { quirksFor, type QuirkId } from './compat-quirks';
@@ -496,7 +496,7 @@ export class VtdUnit implements InvalidationTarget {
   translate(request: TranslationRequest): TranslationResult {
     const { sid, iova } = request;
     // The one BigInt step: below 2^52 the IOVA is an exact number (any MGAW is smaller); -1 stands for beyond.
-    const input = iova >= 0n && iova < UNTRANSLATED_LIMIT ? Number(iova) : BEYOND;
+    const input = iova >= 0n && iova < UNTRANSLATED_LIMIT ? bigToNumber(iova) : BEYOND;
     // Requests without PASID to the interrupt range are interrupt requests, never DMA-remapped (spec 3.14).
     if (input >= INTERRUPT_RANGE_START && input < INTERRUPT_RANGE_END && request.pasid === undefined) {
       return this.failure(request, FR.INTERRUPT_ADDRESS, undefined, false, 'none');
@@ -523,30 +523,34 @@ export class VtdUnit implements InvalidationTarget {
     return this.translatePage(request, context, input);
   }
 
+  /** The IOTLB hit, kept small so that it compiles into translate(); anything else goes to walkPage(). */
   private translatePage(request: TranslationRequest, context: CachedContext, input: number): TranslationResult {
-    const write = request.write;
     const pfn = Math.floor(input / PAGE);
-    const hit = this.iotlb.find(context.did, pfn);
-    if (hit !== undefined) {
-      if (write ? hit.writable : hit.readable) {
-        // The offset from the entry's first page, not input % pageSize: % on a double above 2^31 is slow.
-        return { ok: true, address: hit.address + (input - hit.pfn * PAGE), pageSize: hit.pageSize, readable: hit.readable, writable: hit.writable };
-      }
-      if (this.quirks.has('iotlb-hit-without-permission-not-recorded')) {
-        return this.failure(request, write ? FR.WRITE : FR.READ, undefined, false, 'none');
-      }
-      // The spec: a cached entry without the right is a fault like an uncached one; walking again reports it.
+    const iotlb = this.iotlb;
+    const hit = iotlb.findSlot(context.did, pfn);
+    if (hit >= 0 && (request.write ? iotlb.slotWritable(hit) : iotlb.slotReadable(hit))) {
+      // The offset from the entry's first page, not input % pageSize: % on a double above 2^31 is slow.
+      const address = iotlb.slotAddress(hit) + (input - iotlb.slotPfn(hit) * PAGE);
+      return { ok: true, address, pageSize: iotlb.slotPageSize(hit), readable: iotlb.slotReadable(hit), writable: iotlb.slotWritable(hit) };
     }
+    return this.walkPage(request, context, input, pfn, hit >= 0);
+  }
+
+  /** An IOTLB miss (or a hit without the right): walk, check, cache. */
+  private walkPage(request: TranslationRequest, context: CachedContext, input: number, pfn: number, cached: boolean): TranslationResult {
+    const write = request.write;
+    if (cached && this.quirks.has('iotlb-hit-without-permission-not-recorded')) {
+      return this.failure(request, write ? FR.WRITE : FR.READ, undefined, false, 'none');
+    }
+    // The spec: a cached entry without the right is a fault like an uncached one; walking again reports it.
     const page = this.walker.walk(context, input, write);
     if (!page.ok) return this.report(request, page.reason, page.level, page.fpd, page.notPresent, true);
-    const pagesPerEntry = page.pageSize / PAGE;
-    const firstPfn = Math.floor(pfn / pagesPerEntry) * pagesPerEntry;
+    // A 4 KiB page needs no alignment: skip the divisions a large page's first page number costs.
+    const pagesPerEntry = page.pageSize === PAGE ? 1 : page.pageSize / PAGE;
+    const firstPfn = pagesPerEntry === 1 ? pfn : Math.floor(pfn / pagesPerEntry) * pagesPerEntry;
     const address = page.address + (input - firstPfn * PAGE);
     if (isInterruptAddress(address)) return this.report(request, FR.INTERRUPT_ADDRESS, undefined, context.fpd, false, true);
-    this.iotlb.insert({
-      did: context.did, pfn: firstPfn, address: page.address, pageSize: page.pageSize,
-      readable: page.readable, writable: page.writable,
-    });
+    this.iotlb.insertSecondStage(context.did, firstPfn, page.address, page.pageSize, page.readable, page.writable);
     return { ok: true, address, pageSize: page.pageSize, readable: page.readable, writable: page.writable };
   }
 
