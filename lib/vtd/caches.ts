@@ -180,13 +180,13 @@ export class PasidCache {
 /** Pages of 4 KiB one entry of each IOTLB page size covers. */
 const PAGES_PER_ENTRY = PAGE_SIZES.map((size) => size / PAGE);
 /** 2^0 .. 2^63, so that a 6-bit address mask costs no Math.pow per invalidation. */
-const POWERS_OF_TWO = Array.from({ length: 64 }, (_, exponent) => 2 ** exponent);
+export const POWERS_OF_TWO: readonly number[] = Array.from({ length: 64 }, (_, exponent) => 2 ** exponent);
 
 /**
  * `value` rounded down to a multiple of the power of two `size`. Multiplying by 1/size is exact for powers of
  * two and cheaper than dividing; page-selective invalidations do this for every descriptor.
  */
-function alignDown(value: number, size: number): number {
+export function alignDown(value: number, size: number): number {
   return size === 1 ? value : Math.floor(value * (1 / size)) * size;
 }
 
@@ -419,8 +419,8 @@ export class Iotlb {
 
   /** PASID-based IOTLB invalidation of the 2^am pages from `pfn` (first-stage inputs): first-stage and nested entries. */
   invalidatePasidPages(did: number, pasid: number, pfn: number, am: number): void {
-    const span = 2 ** am;
-    const first = Math.floor(pfn / span) * span;
+    const span = POWERS_OF_TWO[am] ?? 2 ** am;
+    const first = alignDown(pfn, span);
     const end = first + span;
     this.removeWhere((entry) => entry.did === did && entry.pasid === pasid && entry.kind !== TRANSLATION_KIND.SECOND
       && entry.pfn < end && entry.pfn + entry.pageSize / PAGE > first);

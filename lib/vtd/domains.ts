@@ -198,11 +198,24 @@ export class DomainRegistry {
    * once, and all its listeners get that one result.
    */
   mappingsInvalidated(did?: number, firstPage?: number, pageCount?: number, pasid?: number): void {
-    const targets = did === undefined ? [...this.domains.values()] : [...(this.byDid.get(did) ?? [])];
+    const registered = did === undefined ? this.domains.values() : this.byDid.get(did)?.values();
+    if (registered === undefined) return;
+    // A copy: listeners may release domains while hearing of them.
+    const targets = [...registered];
+    // A page-selective IOTLB invalidation (no PASID) names second-stage input addresses: guest-physical pages.
+    const secondStageRange = pasid === undefined && firstPage !== undefined;
     for (const domain of targets) {
       // Identity domains map RAM, which no IOTLB invalidation changes (see regionsChanged).
       if (domain.kind === 'identity' || domain.listeners.size === 0) continue;
       if (pasid !== undefined && !domain.pasids.has(pasid)) continue;
+      if (secondStageRange && domain.kind !== 'second-stage') {
+        // A nested domain's IOVAs are not the range's addresses, and any of them may run through the named
+        // guest-physical pages: re-read it whole (the IOTLB drops all its nested entries of the DID). First-stage
+        // domains have no second-stage input; QEMU reads the spec as dropping their entries of the DID too, and
+        // re-reading is always allowed, so they are re-read whole as well.
+        this.notify(domain, 0, domain.pageLimit);
+        continue;
+      }
       this.notify(domain, firstPage ?? 0, pageCount ?? domain.pageLimit);
     }
   }

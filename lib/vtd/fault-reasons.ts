@@ -13,17 +13,22 @@ export interface FaultReason {
   readonly condition: string;
   /** What usually causes it, for `viommu explain`. */
   readonly explanation: string;
+  /**
+   * 'permission': the translation exists but does not grant this request's access or privilege (a device sees
+   * EPERM, as for mprotect'ed memory); undefined: anything else (EFAULT).
+   */
+  readonly kind?: 'permission';
 }
 
-type Row = readonly [code: number, name: string, condition: string, explanation: string];
+type Row = readonly [code: number, name: string, condition: string, explanation: string, kind?: 'permission'];
 
 const LEGACY: readonly Row[] = [
   [0x1, 'ROOT_ENTRY_NOT_PRESENT', 'Present bit in root entry is clear', 'no context table for this bus: the root entry for the bus has P = 0'],
   [0x2, 'CONTEXT_ENTRY_NOT_PRESENT', 'Present bit in context entry is clear', 'the device (devfn) has no context entry: P = 0'],
   [0x3, 'CONTEXT_ENTRY_INVALID', 'Invalid context entry', 'context entry programmed wrongly, e.g. an AW the unit does not support or a reserved TT'],
   [0x4, 'ADDRESS_BEYOND_MGAW', 'Access beyond MGAW', 'the input address is above 2^MGAW or above the width the context entry selects'],
-  [0x5, 'WRITE', 'PTE Write access is not set', 'a write to a page mapped without W'],
-  [0x6, 'READ', 'PTE Read access is not set', 'a read of a page mapped without R (or not mapped)'],
+  [0x5, 'WRITE', 'PTE Write access is not set', 'a write to a page mapped without W', 'permission'],
+  [0x6, 'READ', 'PTE Read access is not set', 'a read of a page mapped without R (or not mapped)', 'permission'],
   [0x7, 'PAGING_ENTRY_INVALID', 'Next page table ptr is invalid', 'a paging-structure pointer led outside memory, or the walk could not read it'],
   [0x8, 'ROOT_TABLE_INVALID', 'Root table address invalid', 'the root table address (RTADDR) could not be read'],
   [0x9, 'CONTEXT_TABLE_INVALID', 'Context table ptr is invalid', 'the context table pointer of the root entry could not be read'],
@@ -83,19 +88,19 @@ const SCALABLE: readonly Row[] = [
   [0x7b, 'SM_SECOND_STAGE_POINTER_INVALID', 'SM: Invalid second-level page table pointer', 'SSPTPTR or a second-stage table address is beyond the host width'],
   [0x7c, 'SM_SECOND_STAGE_AD_NO_SNOOP', 'SM: A/D bit update needed in second-level entry when set up in no snoop', 'SSADE with a non-snooped page walk'],
   [0x80, 'SM_NON_CANONICAL', 'SM: Address in first-level translation is not canonical', 'bits above 47 (or 56) are not copies of the top bit'],
-  [0x81, 'SM_USER_SUPERVISOR', 'SM: U/S set 0 for first-level translation with user privilege', 'a user request reached a supervisor page'],
-  [0x82, 'SM_EXECUTE', 'SM: No execute permission for request with PASID and ER=1', 'an execute request to a page with XD set'],
+  [0x81, 'SM_USER_SUPERVISOR', 'SM: U/S set 0 for first-level translation with user privilege', 'a user request reached a supervisor page', 'permission'],
+  [0x82, 'SM_EXECUTE', 'SM: No execute permission for request with PASID and ER=1', 'an execute request to a page with XD set', 'permission'],
   [0x83, 'SM_BEYOND_HARDWARE_MAX', 'SM: Address beyond the DMA hardware max', 'the input address exceeds what the unit can translate'],
   [0x84, 'SM_SECOND_STAGE_ADDRESS_BEYOND_MAX', 'SM: Second-level entry address beyond the max', 'a second-stage output address is beyond the host width'],
-  [0x85, 'SM_WRITE', 'SM: No write permission for Write/AtomicOp request', 'a write to a page mapped read-only'],
-  [0x86, 'SM_READ', 'SM: No read permission for Read/AtomicOp request', 'a read of a page mapped without read permission'],
+  [0x85, 'SM_WRITE', 'SM: No write permission for Write/AtomicOp request', 'a write to a page mapped read-only', 'permission'],
+  [0x86, 'SM_READ', 'SM: No read permission for Read/AtomicOp request', 'a read of a page mapped without read permission', 'permission'],
   [0x87, 'SM_INTERRUPT_ADDRESS', 'SM: Invalid address-interrupt address', 'translation produced an address in the interrupt range'],
   [0x90, 'SM_FIRST_STAGE_AD_NO_SNOOP', 'SM: A/D bit update needed in first-level entry when set up in no snoop', 'first-stage A/D update with a non-snooped page walk'],
   [0x91, 'SM_AD_UPDATE_FAILED', 'QEMU: failed A/D bit update (not in the specification)', 'newer QEMU records this when it cannot write A/D back to memory'],
 ];
 
 function build(rows: readonly Row[], mode: FaultMode): FaultReason[] {
-  return rows.map(([code, name, condition, explanation]) => ({ code, mode, name, condition, explanation }));
+  return rows.map(([code, name, condition, explanation, kind]) => ({ code, mode, name, condition, explanation, ...(kind ? { kind } : {}) }));
 }
 
 /** Fault reasons by hardware code; codes the table lacks are reserved. FRCD.FR is 8 bits wide. */
@@ -115,6 +120,11 @@ const reasonsByName = new Map(
 export function faultReason(code: number): FaultReason | undefined {
   if (!Number.isInteger(code) || code < 0 || code >= FAULT_REASONS.length) return undefined;
   return FAULT_REASONS[code];
+}
+
+/** Whether `code` is a permission fault (see FaultReason.kind). */
+export function isPermissionFault(code: number): boolean {
+  return faultReason(code)?.kind === 'permission';
 }
 
 /** A human-readable line for any code, including unknown ones (for explain and traces). */

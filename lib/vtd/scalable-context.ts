@@ -336,8 +336,19 @@ export class ScalableContextReader {
   }
 
   /**
+   * The check between a request's context entry and its PASID entry: PASIDE for requests with PASID, a usable
+   * RID_PASID for requests without. 0 when the request may go on; otherwise the fault reason. The one copy of
+   * this rule: ScalableTranslator (production) and resolve() both use it.
+   */
+  contextRefusal(context: ScalableContext, withPasid: boolean): number {
+    if (withPasid) return context.pasidEnabled ? 0 : SM_FR.PASIDE_CLEAR;
+    return context.ridPasid === 0 || this.options.ridPasid ? 0 : SM_FR.RID_PASID_ERROR;
+  }
+
+  /**
    * Root entry, context entry, PASID directory and PASID entry for one request, with the request-level checks
-   * between them (DTE, PASIDE, RID_PASID) and after them (SRE, ERE for walks that use the first stage).
+   * between them (DTE, then contextRefusal) and after them (pasidEntryRefusal), uncached: for tools and tests;
+   * translation goes through ScalableTranslator, which applies the same two checks to its cached entries.
    */
   resolve(rootTable: number, request: ScalableRequest, trace?: WalkTraceSink): ScalableTarget | LookupFault {
     const found = this.lookupContext(rootTable, request.sid, trace);
@@ -345,27 +356,27 @@ export class ScalableContextReader {
     const context = found.context;
     if (request.translationRequest && !context.dte) return fault(SM_FR.DTE_CLEAR, 'context', context.fpd);
     const withPasid = request.pasid !== undefined;
-    let pasid: number;
-    let supervisor: boolean;
-    let execute: boolean;
-    if (withPasid) {
-      if (!context.pasidEnabled) return fault(SM_FR.PASIDE_CLEAR, 'context', context.fpd);
-      pasid = request.pasid!;
-      supervisor = request.supervisor ?? false;
-      execute = request.execute ?? false;
-    } else {
-      if (!this.options.ridPasid && context.ridPasid !== 0) return fault(SM_FR.RID_PASID_ERROR, 'context', context.fpd);
-      pasid = context.ridPasid;
-      supervisor = context.ridPrivileged;
-      execute = false;
-    }
+    const refused = this.contextRefusal(context, withPasid);
+    if (refused !== 0) return fault(refused, 'context', context.fpd);
+    const pasid = withPasid ? request.pasid! : context.ridPasid;
+    const supervisor = withPasid ? request.supervisor ?? false : context.ridPrivileged;
+    const execute = withPasid && (request.execute ?? false);
     const looked = this.lookupPasidEntry(context, pasid, !withPasid, trace);
     if (!looked.ok) return looked;
     const entry = looked.entry;
-    if (entry.pgtt === PASID_PGTT.FIRST_STAGE || entry.pgtt === PASID_PGTT.NESTED) {
-      if (supervisor && !entry.sre) return fault(SM_FR.SRE_CLEAR, 'pasid-table', entry.fpd, entry.address);
-      if (execute && !entry.ere) return fault(SM_FR.ERE_CLEAR, 'pasid-table', entry.fpd, entry.address);
-    }
+    const entryRefused = pasidEntryRefusal(entry, supervisor, execute);
+    if (entryRefused !== 0) return fault(entryRefused, 'pasid-table', entry.fpd, entry.address);
     return { ok: true, context, entry, pasid, withPasid, supervisor, execute };
   }
+}
+
+/**
+ * The check after a PASID entry: walks that use the first stage need SRE for supervisor requests and ERE for
+ * execute requests. 0 when allowed; otherwise the fault reason.
+ */
+export function pasidEntryRefusal(entry: PasidEntry, supervisor: boolean, execute: boolean): number {
+  if (entry.pgtt !== PASID_PGTT.FIRST_STAGE && entry.pgtt !== PASID_PGTT.NESTED) return 0;
+  if (supervisor && !entry.sre) return SM_FR.SRE_CLEAR;
+  if (execute && !entry.ere) return SM_FR.ERE_CLEAR;
+  return 0;
 }

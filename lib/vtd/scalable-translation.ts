@@ -4,9 +4,9 @@ import type { GuestMemory } from '../memory/guest-memory';
 import { Iotlb, PasidCache, ScalableContextCache, TRANSLATION_KIND, type TranslationKind } from './caches';
 import { faultCode } from './fault-reasons';
 import { FirstStageWalker, splitAddress, type FirstStageRequest, type StageFault } from './first-stage-walk';
-import { isInterruptAddress, type LegacyWalker } from './legacy-walk';
+import { isInterruptAddress, overlapsInterruptRange, type LegacyWalker } from './legacy-walk';
 import { NestedWalker } from './nested-walk';
-import { ScalableContextReader, SM_FR, type LookupFault, type PasidEntry, type ScalableContext, type ScalableLookupOptions } from './scalable-context';
+import { ScalableContextReader, SM_FR, pasidEntryRefusal, type LookupFault, type PasidEntry, type ScalableContext, type ScalableLookupOptions } from './scalable-context';
 import { ScalableWalker } from './scalable-walk';
 import { PASID_PGTT } from './structures';
 import type { WalkTraceSink } from './walk-trace';
@@ -111,17 +111,10 @@ export class ScalableTranslator {
       this.contexts.set(context);
     }
     const withPasid = request.pasid !== undefined;
-    let pasid: number;
-    let supervisor: boolean;
-    if (withPasid) {
-      if (!context.pasidEnabled) return fault(SM_FR.PASIDE_CLEAR, context.fpd, false, request.pasid);
-      pasid = request.pasid!;
-      supervisor = request.supervisor ?? false;
-    } else {
-      if (!this.ridPasidAllowed(context)) return fault(SM_FR.RID_PASID_ERROR, context.fpd, false, context.ridPasid);
-      pasid = context.ridPasid;
-      supervisor = context.ridPrivileged;
-    }
+    const refused = this.reader.contextRefusal(context, withPasid);
+    if (refused !== 0) return fault(refused, context.fpd, false, withPasid ? request.pasid : context.ridPasid);
+    const pasid = withPasid ? request.pasid! : context.ridPasid;
+    const supervisor = withPasid ? request.supervisor ?? false : context.ridPrivileged;
     const execute = withPasid && (request.execute ?? false);
     let entry = trace === undefined ? this.pasidEntries.get(sid, pasid) : undefined;
     if (entry === undefined) {
@@ -130,10 +123,8 @@ export class ScalableTranslator {
       entry = looked.entry;
       this.pasidEntries.set(sid, entry);
     }
-    if (usesFirstStage(entry.pgtt)) {
-      if (supervisor && !entry.sre) return fault(SM_FR.SRE_CLEAR, entry.fpd, false, pasid);
-      if (execute && !entry.ere) return fault(SM_FR.ERE_CLEAR, entry.fpd, false, pasid);
-    }
+    const entryRefused = pasidEntryRefusal(entry, supervisor, execute);
+    if (entryRefused !== 0) return fault(entryRefused, entry.fpd, false, pasid);
     return this.translatePage(entry, pasid, request, supervisor, execute, trace);
   }
 
@@ -145,14 +136,9 @@ export class ScalableTranslator {
     const found = this.reader.lookupContext(rootTable, sid);
     if (!found.ok) return undefined;
     const context = found.context;
-    if (pasid !== undefined && !context.pasidEnabled) return undefined;
-    if (pasid === undefined && !this.ridPasidAllowed(context)) return undefined;
+    if (this.reader.contextRefusal(context, pasid !== undefined) !== 0) return undefined;
     const looked = this.reader.lookupPasidEntry(context, pasid ?? context.ridPasid, pasid === undefined);
     return looked.ok ? { context, entry: looked.entry } : undefined;
-  }
-
-  private ridPasidAllowed(context: ScalableContext): boolean {
-    return context.ridPasid === 0 || this.reader.ridPasidOffered;
   }
 
   private translatePage(
@@ -181,7 +167,7 @@ export class ScalableTranslator {
     if (!page.ok) return stageFault(page, pasid);
     const address = page.address + (lo % page.pageSize);
     if (isInterruptAddress(address)) return fault(SM_INTERRUPT_ADDRESS, entry.fpd, false, pasid, true);
-    if (cacheable) {
+    if (cacheable && !overlapsInterruptRange(page.address, page.pageSize)) {
       const pagesPerEntry = page.pageSize / PAGE;
       this.iotlb.insert({
         did: entry.did, pasid, kind: kindOf(entry.pgtt), pfn: Math.floor(pfn / pagesPerEntry) * pagesPerEntry,

@@ -1,20 +1,21 @@
 /** VtdUnit: one emulated DMAR unit in legacy and scalable mode, wiring registers and commands to translation, caches, invalidation, faults and IR. */
 
+import { ViommuError } from '../errors';
 import { MAX_GUEST_ADDRESS } from '../memory/addresses';
 import { DmaFault, EFAULT, EPERM, type DmaAccess, type DmaSpace } from '../memory/dma-space';
 import type { GuestMemory } from '../memory/guest-memory';
 import { bigToNumber, getField64, getFieldBig, setFieldBig } from './bitfield';
 import type { DeviceDomainListener } from './address-space';
-import { ContextCache, Iotlb, type CachedContext } from './caches';
+import { ContextCache, Iotlb, POWERS_OF_TWO, alignDown, type CachedContext } from './caches';
 import { quirksFor, type QuirkId } from './compat-quirks';
 import { capabilityField, computeCapabilities, enabledFeatures, resolveVtdConfig, vtdConfigFromString, type VtdConfig } from './config';
 import { DomainRegistry, type DomainDescriptor } from './domains';
 import { FaultRecorder, type RecordOutcome } from './fault-recorder';
-import { describeFaultReason } from './fault-reasons';
+import { describeFaultReason, isPermissionFault } from './fault-reasons';
 import { InterruptEntryCache } from './interrupt-entry-cache';
 import { InterruptRemapper, type InterruptFault, type InterruptRequest, type RemappedInterrupt } from './interrupt-remap';
 import { InvalidationQueue, type InvalidationTarget } from './invalidation-queue';
-import { FR, INTERRUPT_RANGE_END, INTERRUPT_RANGE_START, LegacyWalker, TT, isInterruptAddress } from './legacy-walk';
+import { FR, INTERRUPT_RANGE_END, INTERRUPT_RANGE_START, LegacyWalker, TT, isInterruptAddress, overlapsInterruptRange } from './legacy-walk';
 import { MappingEnumerator } from './mapping-enumerator';
 import { RegisterFile, type AccessSize, type RegisterWriteEvent } from './register-file';
 import { faultCode } from './fault-reasons';
@@ -36,6 +37,29 @@ export interface VtdUnitOptions {
 
 /** One DMA request: requester id (bus << 8 | devfn), input address, write or read, and the PASID it carries, if any. */
 export type TranslationRequest = ScalableRequestInput;
+
+const SOURCE_ID_MASK = 0xffff;
+const PASID_MASK = 0xfffff;
+
+/**
+ * A source id outside [0, 2^16) or a PASID outside [0, 2^20) (or not an integer): the caller's mistake, since no
+ * bus can carry one. Left unchecked, a PASID of 2^20 would reach the next device's cached entries.
+ */
+export class VtdRequestError extends ViommuError {
+  constructor(
+    readonly field: 'sid' | 'pasid',
+    readonly value: unknown,
+  ) {
+    super('ERR_VTD_REQUEST', `${field} ${String(value)} is not an integer in [0, 0x${(field === 'sid' ? SOURCE_ID_MASK + 1 : PASID_MASK + 1).toString(16)})`);
+    this.name = 'VtdRequestError';
+  }
+}
+
+/** Throws VtdRequestError unless `sid` and `pasid` (when given) fit their fields; the masks also refuse fractions and NaN. */
+function requireSource(sid: number, pasid: number | undefined): void {
+  if ((sid & SOURCE_ID_MASK) !== sid) throw new VtdRequestError('sid', sid);
+  if (pasid !== undefined && (pasid & PASID_MASK) !== pasid) throw new VtdRequestError('pasid', pasid);
+}
 
 export interface TranslationSuccess {
   readonly ok: true;
@@ -96,8 +120,7 @@ function splitRaw(value: bigint): [lo: number, hi: number] {
 
 /** The first page of the 2^am-page block holding `pfn`, as page-selective invalidations name it. */
 function alignedFirstPage(pfn: number, am: number): number {
-  const span = 2 ** am;
-  return Math.floor(pfn / span) * span;
+  return alignDown(pfn, POWERS_OF_TWO[am]!);
 }
 
 export class VtdUnit implements InvalidationTarget {
@@ -404,7 +427,7 @@ export class VtdUnit implements InvalidationTarget {
   iotlbPages(did: number, pfn: number, am: number): boolean {
     if (am > this.maxAddressMask) return false;
     this.iotlb.invalidatePages(did, pfn, am);
-    this.domains.mappingsInvalidated(did, alignedFirstPage(pfn, am), 2 ** am);
+    this.domains.mappingsInvalidated(did, alignedFirstPage(pfn, am), POWERS_OF_TWO[am]!);
     return true;
   }
 
@@ -418,7 +441,7 @@ export class VtdUnit implements InvalidationTarget {
   pasidIotlbPages(did: number, pasid: number, pfn: number, am: number): boolean {
     if (am > this.maxAddressMask) return false;
     this.iotlb.invalidatePasidPages(did, pasid, pfn, am);
-    this.domains.mappingsInvalidated(did, alignedFirstPage(pfn, am), 2 ** am, pasid);
+    this.domains.mappingsInvalidated(did, alignedFirstPage(pfn, am), POWERS_OF_TWO[am]!, pasid);
     return true;
   }
 
@@ -453,6 +476,7 @@ export class VtdUnit implements InvalidationTarget {
    * IOTLB invalidation that covers it, once per domain.
    */
   watchDevice(sid: number, listener: DeviceDomainListener, pasid?: number): () => void {
+    requireSource(sid, pasid);
     return this.domains.watchDevice(sid, listener, pasid);
   }
 
@@ -495,6 +519,7 @@ export class VtdUnit implements InvalidationTarget {
   /** Translates one request; a failure has already been recorded (unless FPD, TE off or the ring says otherwise). */
   translate(request: TranslationRequest): TranslationResult {
     const { sid, iova } = request;
+    requireSource(sid, request.pasid);
     // The one BigInt step: below 2^52 the IOVA is an exact number (any MGAW is smaller); -1 stands for beyond.
     const input = iova >= 0n && iova < UNTRANSLATED_LIMIT ? bigToNumber(iova) : BEYOND;
     // Requests without PASID to the interrupt range are interrupt requests, never DMA-remapped (spec 3.14).
@@ -550,7 +575,9 @@ export class VtdUnit implements InvalidationTarget {
     const firstPfn = pagesPerEntry === 1 ? pfn : Math.floor(pfn / pagesPerEntry) * pagesPerEntry;
     const address = page.address + (input - firstPfn * PAGE);
     if (isInterruptAddress(address)) return this.report(request, FR.INTERRUPT_ADDRESS, undefined, context.fpd, false, true);
-    this.iotlb.insertSecondStage(context.did, firstPfn, page.address, page.pageSize, page.readable, page.writable);
+    if (!overlapsInterruptRange(page.address, page.pageSize)) {
+      this.iotlb.insertSecondStage(context.did, firstPfn, page.address, page.pageSize, page.readable, page.writable);
+    }
     return { ok: true, address, pageSize: page.pageSize, readable: page.readable, writable: page.writable };
   }
 
@@ -591,6 +618,7 @@ export class VtdUnit implements InvalidationTarget {
    * has been accepted); reads there are illegal requests.
    */
   dmaSpace(sid: number): DmaSpace {
+    requireSource(sid, undefined);
     return {
       read: (address, into) => {
         const staging = new Uint8Array(into.length);
@@ -648,10 +676,14 @@ export class VtdUnit implements InvalidationTarget {
       }
       const result = this.translate({ sid, iova, write });
       if (!result.ok) {
-        const permission = (result.reason === FR.READ || result.reason === FR.WRITE) && !result.notPresent;
+        const permission = isPermissionFault(result.reason) && !result.notPresent;
         throw new DmaFault(address, length, access, describeFaultReason(result.reason), permission ? EPERM : EFAULT);
       }
-      const count = Math.min(length - position, result.pageSize - (result.address % result.pageSize));
+      let count = Math.min(length - position, result.pageSize - (result.address % result.pageSize));
+      // A large page may run on into the interrupt range: stop there, so that the next piece is translated (and faults).
+      if (result.address < INTERRUPT_RANGE_START && result.address + count > INTERRUPT_RANGE_START) {
+        count = INTERRUPT_RANGE_START - result.address;
+      }
       pieces.push({ kind: 'ram', address: result.address, position, count });
       position += count;
     }

@@ -69,7 +69,7 @@ describe('cli: viommu demo', function () {
       /^ {16}4-level IA-32e first stage: IOVA 0xa000000\+0x2000 -> GPA 0x2000000 \(rw, user\), IOVA 0xa010000\+0x1000 -> GPA 0x2100000 \(r, user\),\n {18}IOVA 0xb002000 -> GPA 0x2200000 \(rw, supervisor\)$/m,
       /the engine sends no PASID and RID_PRIV is 0, so its requests are user requests/,
       /^ {16}FRCD\[0\] read by 00:04\.0 at IOVA 0xb000000, reason 0x71 SM_FIRST_STAGE_NOT_PRESENT /m,
-      /^ {2}fault {9}engine reads IOVA 0xb002000 \(a supervisor page, U\/S = 0\): device got errno 14/m,
+      /^ {2}fault {9}engine reads IOVA 0xb002000 \(a supervisor page, U\/S = 0\): device got errno 1;/m,
       /^ {16}FRCD\[0\] read by 00:04\.0 at IOVA 0xb002000, reason 0x81 SM_USER_SUPERVISOR /m,
       /^ {2}unmap {9}guest clears IOVA 0xa001000: PASID-based IOTLB invalidation \(DID 3, PASID 0, one page\)$/m,
       /^ {16}a write there afterwards: blocked, FRCD\[0\] write by 00:04\.0 at IOVA 0xa001000, reason 0x71 SM_FIRST_STAGE_NOT_PRESENT /m,

@@ -139,3 +139,52 @@ describe('GuestMemory', () => {
     );
   });
 });
+
+describe('GuestMemory.readTableEntry', () => {
+  /** Regions with and without page-aligned starts, adjacent, read-only, and one high above 2^44. */
+  function layout(memory: GuestMemory): void {
+    const fill = (size: number, seed: number) => {
+      const bytes = new Uint8Array(size);
+      for (let i = 0; i < size; i++) bytes[i] = (i * 7 + seed) & 0xff;
+      return bytes.buffer;
+    };
+    memory.addRegion({ name: 'aligned', start: 0x10000, buffer: fill(0x3000, 1) });
+    memory.addRegion({ name: 'adjacent', start: 0x13000, buffer: fill(0x1000, 2) });
+    memory.addRegion({ name: 'unaligned', start: 0x20800, buffer: fill(0x2000, 3) });
+    memory.addRegion({ name: 'rom', start: 0x30000, buffer: fill(0x1000, 4), readOnly: true });
+    memory.addRegion({ name: 'high', start: 2 ** 45, buffer: fill(0x2000, 5) });
+  }
+  const pages = [0x10, 0x11, 0x12, 0x13, 0x14, 0x20, 0x21, 0x22, 0x30, 0x31, 2 ** 33, 2 ** 33 + 1, 2 ** 33 + 2, 0];
+
+  it('reads what readEntry reads at page * 4096 + index * 8, in and out of RAM, whatever region was used last', () => {
+    const memory = new GuestMemory();
+    layout(memory);
+    fc.assert(fc.property(fc.array(fc.tuple(fc.constantFrom(...pages), fc.integer({ min: 0, max: 511 })), { minLength: 1, maxLength: 40 }), (reads) => {
+      for (const [page, index] of reads) {
+        const viaTable = { lo: -1, hi: -1 };
+        const viaEntry = { lo: -1, hi: -1 };
+        const tableOk = memory.readTableEntry(page, index, viaTable);
+        const entryOk = memory.readEntry(page * 4096 + index * 8, viaEntry);
+        assert.equal(tableOk, entryOk, `page 0x${page.toString(16)} index ${index}`);
+        if (entryOk) assert.deepEqual(viaTable, viaEntry);
+      }
+    }));
+  });
+
+  it('goes through an overriding readEntry of a subclass for every table read', () => {
+    class CountingMemory extends GuestMemory {
+      readonly seen: number[] = [];
+      override readEntry(address: number, out: { lo: number; hi: number }): boolean {
+        this.seen.push(address);
+        return super.readEntry(address, out);
+      }
+    }
+    const memory = new CountingMemory();
+    layout(memory);
+    const out = { lo: 0, hi: 0 };
+    for (let i = 0; i < 3; i++) assert.equal(memory.readTableEntry(0x10, 5, out), true, 'a warm fast path would skip readEntry');
+    memory.readTableEntry(2 ** 33, 511, out);
+    memory.readTableEntry(0x99, 0, out);
+    assert.deepEqual(memory.seen, [0x10028, 0x10028, 0x10028, 2 ** 45 + 0xff8, 0x99000]);
+  });
+});

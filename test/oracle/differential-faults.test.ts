@@ -46,8 +46,8 @@ async function faultReasons(guest: OracleGuest): Promise<void> {
   await probe('read of a read-write page', 0x200000);
   await probe('write to a read-only page (5)', 0x201000, 'to-ram');
   await probe('read of a write-only page (6)', 0x202000);
-  await probe('read of an R = W = 0 entry (6)', 0x203000);
-  await probe('write to an R = W = 0 entry (5)', 0x203000, 'to-ram');
+  await probe('read of an R = W = 0 entry (6)', 0x203000, 'to-device', ['second-stage-not-present-is-permission-fault']);
+  await probe('write to an R = W = 0 entry (5)', 0x203000, 'to-ram', ['second-stage-not-present-is-permission-fault']);
   await probe('read of an unmapped IOVA (6)', 0x280000);
   await probe('a leaf pointing outside RAM (no fault; the data is not RAM)', 0x205000);
   await probe('an output address in the interrupt range (E)', 0x206000);
@@ -157,7 +157,7 @@ async function recordingAndEvents(guest: OracleGuest): Promise<void> {
   await guest.dma('to-device', 0x1000, 8);
   await state('a fault from 00:04.0');
   await guest.dma('to-device', 0x2000, 8);
-  await state('a second fault from 00:04.0 (compressed)');
+  await state('a second fault from 00:04.0 (compressed)', ['collapse-faults-from-pending-source']);
   await guest.dma('to-device', 0x3000, 8, 0, SECOND_EDU_SLOT);
   await state('a fault from 00:05.0 with the record full (PFO)');
   await guest.dma('to-device', 0x4000, 8, 0, SECOND_EDU_SLOT);

@@ -1,15 +1,18 @@
 /** Differential: legacy-mode translated DMA with 3- and 4-level tables, 2 MiB and 1 GiB pages, and invalidation, QEMU 7.2 vs viommu. */
 import { encodeBig } from '../../lib/vtd/bitfield';
+import type { QuirkId } from '../../lib/vtd/compat-quirks';
 import { IOTLB_FIELDS, IVA_FIELDS } from '../../lib/vtd/registers';
 import { SECOND_STAGE_TOP_ENTRY } from '../../lib/vtd/structures';
 import { EDU_SID, differential, skipWithoutQemu, type OracleGuest } from './harness';
 
 /** Copies `count` bytes from `from` to `to` (both IOVAs) through the edu buffer and notes what arrived at `landing`. */
-async function copy(guest: OracleGuest, label: string, from: number | bigint, to: number | bigint, landing: number, count: number): Promise<void> {
+async function copy(
+  guest: OracleGuest, label: string, from: number | bigint, to: number | bigint, landing: number, count: number, quirks: readonly QuirkId[] = [],
+): Promise<void> {
   await guest.dma('to-device', from, count);
   await guest.dma('to-ram', to, count);
-  guest.note(`${label}: data`, await guest.peer.readBytes(landing, count));
-  await guest.observeFault(label);
+  guest.note(`${label}: data`, await guest.peer.readBytes(landing, count), quirks);
+  await guest.observeFault(label, { quirks });
 }
 
 /**
@@ -93,7 +96,7 @@ async function invalidationAndModes(guest: OracleGuest): Promise<void> {
   // SRTP drops cached translations (QEMU 7.2 does so without being asked).
   await guest.map(top, 3, 0x210000, 0x310000);
   await guest.gcmd(0xc0000000);
-  await copy(guest, 'after re-mapping and SRTP', 0x210000, 0x201000, 0x301000, 64);
+  await copy(guest, 'after re-mapping and SRTP', 0x210000, 0x201000, 0x301000, 64, ['srtp-flushes-caches']);
   // Pass-through (TT 2): IOVA = guest-physical address.
   await guest.setContext(root, EDU_SID, { aw: 1, did: 3, tt: 2, table: top });
   await guest.setReg('CCMD', 0xa000000000000000n);

@@ -1,7 +1,11 @@
 /** Field tables: number and bigint paths agree, encode/decode round trips, reserved masks, rendering. */
 import { strict as assert } from 'node:assert';
 import fc from 'fast-check';
+import * as interruptRemapTables from '../../lib/vtd/interrupt-remap';
+import * as registerTables from '../../lib/vtd/registers';
+import * as structureTables from '../../lib/vtd/structures';
 import {
+  bigToNumber, fieldReader, readField,
   bigToWords, decodeBig, defineFields, encodeBig, getField, getField64, getFieldBig, hasReservedBits, isSet,
   renderFields, reservedMaskBig, reservedWords, setField, setFieldBig, wordsToBig, type FieldTable,
 } from '../../lib/vtd/bitfield';
@@ -119,5 +123,33 @@ describe('bitfield', () => {
     assert.match(text, /reserved bits set: 0x20$/);
     const sparse = renderFields(SAMPLE, [1, 0, 0, 0], { skipZero: true });
     assert.equal(sparse.split('\n').length, 2);
+  });
+});
+
+describe('hot-path readers', () => {
+  it('bigToNumber agrees with Number() at the edges of each word and of exact doubles', () => {
+    for (const value of [0n, 1n, 2n ** 32n - 1n, 2n ** 32n, 2n ** 32n + 1n, 2n ** 52n - 1n, 2n ** 53n - 1n, 2n ** 53n, 2n ** 64n - 1n]) {
+      assert.equal(bigToNumber(value), Number(value), `0x${value.toString(16)}`);
+    }
+    fc.assert(fc.property(fc.bigInt({ min: 0n, max: 2n ** 53n - 1n }), (value) => bigToNumber(value) === Number(value)));
+  });
+
+  /** Every field table the vtd layer defines (registers, structures, interrupt formats). */
+  const TABLES: FieldTable[] = [registerTables, structureTables, interruptRemapTables]
+    .flatMap((module) => Object.values(module as Record<string, unknown>))
+    .filter((value): value is FieldTable => typeof value === 'object' && value !== null && 'fields' in value && 'sizeWords' in value);
+
+  it('readField(fieldReader(f)) equals getField(f) for every field of every table, on random words', () => {
+    assert.ok(TABLES.length >= 30, `found ${TABLES.length} tables`);
+    const fields = TABLES.flatMap((table) => table.fields.filter((field) => field.segments.length <= 2).map((field) => ({ table, field })));
+    assert.ok(fields.length > 200, `${fields.length} fields`);
+    const wordsFor = (sizeWords: number) => fc.array(fc.integer({ min: 0, max: 2 ** 32 - 1 }), { minLength: sizeWords, maxLength: sizeWords });
+    for (const { table, field } of fields) {
+      const reader = fieldReader(field);
+      fc.assert(fc.property(wordsFor(table.sizeWords), (list) => {
+        const words = Uint32Array.from(list);
+        return readField(words, reader) === getField(words, field);
+      }), { numRuns: 20, examples: [[new Array(table.sizeWords).fill(2 ** 32 - 1)], [new Array(table.sizeWords).fill(0)]] });
+    }
   });
 });

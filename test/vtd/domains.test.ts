@@ -578,6 +578,34 @@ describe('DomainRegistry', () => {
     assert.equal(l8.calls.length, 1);
   });
 
+  it('re-reads nested and first-stage domains of the DID whole on a page-selective IOTLB invalidation (its range is guest-physical)', () => {
+    const t = tables.t;
+    const ssTop = t.page();
+    const fsTop = t.page();
+    // The guest's tables sit at GPA = HPA in the first 8 MiB; IOVA page 0x10 -> GPA page 0x10000 -> HPA page 0x100.
+    for (let chunk = 0; chunk < 4; chunk++) t.mapSecond(ssTop, 4, chunk * 2 ** 21, chunk * 2 ** 21, { size: '2m' });
+    t.mapFirst(fsTop, 4, 0x10n * 4096n, 0x10000 * PAGE, { rw: true });
+    t.mapSecond(ssTop, 4, 0x10000 * PAGE, 0x100 * PAGE);
+    const firstStage: FirstStageTables = { table: fsTop, levels: 4, wpe: false, eafe: false, supervisor: false };
+    placement.set(1 * 2 ** 20 + 5, { kind: 'nested', did: 3, pasid: 5, withoutPasid: false, firstStage, secondStage: { table: ssTop, levels: 4, inputWidth: 48 } });
+    placement.set(2 * 2 ** 20 + 6, { kind: 'first-stage', did: 3, pasid: 6, withoutPasid: false, firstStage });
+    placement.set(3, tables.descriptor(3));
+    const nested = watch(1, 5).domains[0]!;
+    const firstOnly = watch(2, 6).domains[0]!;
+    const second = watch(3).domains[0]!;
+    const [nestedListener, firstListener, secondListener] = [new RecordingListener(), new RecordingListener(), new RecordingListener()];
+    nested.listen(nestedListener);
+    firstOnly.listen(firstListener);
+    second.listen(secondListener);
+    // The guest moves GPA page 0x10000 to HPA page 0x200 and invalidates that guest-physical page (type 2, DID 3).
+    t.mapSecond(ssTop, 4, 0x10000 * PAGE, 0x200 * PAGE);
+    registry.mappingsInvalidated(3, 0x10000, 1);
+    assert.deepEqual(nestedListener.calls, [[0, nested.pageLimit, [{ iovaPage: 0x10, gpaPage: 0x200, pages: 1, access: READ | WRITE }]]]);
+    assert.equal(firstListener.calls.length, 1);
+    assert.deepEqual(firstListener.calls[0]!.slice(0, 2), [0, firstOnly.pageLimit]);
+    assert.deepEqual(secondListener.calls, [[0x10000, 1, []]], 'a second-stage domain: only the pages named');
+  });
+
   it('never maps the interrupt window: IOVAs of requests without PASID, and outputs of any request', () => {
     tables.map(1, 0xfee00, 0x50);
     tables.map(1, 0x60, 0xfee01);

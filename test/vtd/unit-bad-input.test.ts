@@ -11,6 +11,8 @@ import { FSTS, GCMD, OFFSET } from '../../lib/vtd/register-bits';
 import { IQA_FIELDS, IRTA_FIELDS } from '../../lib/vtd/registers';
 import { LEGACY_CONTEXT_ENTRY, LEGACY_ROOT_ENTRY, SECOND_STAGE_TABLE_ENTRY } from '../../lib/vtd/structures';
 import { FRCD, PAGE, RAM_SIZE, SID, TestGuest, descriptor } from './unit-guest';
+import { ScalableGuest } from './scalable-guest';
+import { VtdRequestError } from '../../lib/vtd/unit';
 
 /** Guest-memory reads (8-byte entries and byte ranges) made while `action` runs. */
 function readsDuring(guest: TestGuest, action: () => void): number {
@@ -150,5 +152,21 @@ describe('VtdUnit against a hostile guest', () => {
     guest.enable();
     const result = guest.translate(0x4123, true);
     assert.ok(result.ok && result.address === 0x500123);
+  });
+
+  it('a source id outside 16 bits or a PASID outside 20 bits is the caller\'s mistake: VtdRequestError, before any cache is consulted', () => {
+    const guest = new ScalableGuest('x-scalable-mode=on,x-flts=on,aw-bits=48,x-pasid-mode=on');
+    // Device SID + 1 has PASID 0 cached; (SID, 2^20) would share its PASID-cache key SID * 2^20 + 2^20.
+    for (const sid of [SID, SID + 1]) guest.scalableContext(sid);
+    guest.writer.mapFirst(guest.firstStage(SID + 1, 0, 4), 4, 0x1000n, 0x400000);
+    guest.enableScalable();
+    assert.equal(guest.reach(0x1000, { sid: SID + 1, pasid: 0 }), '0x400000');
+    const refused = (error: unknown) => error instanceof VtdRequestError && error.code === 'ERR_VTD_REQUEST';
+    for (const pasid of [2 ** 20, -1, 1.5, Number.NaN]) assert.throws(() => guest.request(0x1000, { pasid }), refused, `PASID ${pasid}`);
+    for (const sid of [0x10000, -1, 0.5]) assert.throws(() => guest.request(0x1000, { sid }), refused, `SID ${sid}`);
+    assert.throws(() => guest.unit.dmaSpace(0x10000), refused);
+    assert.throws(() => guest.unit.watchDevice(SID, { domainChanged: () => undefined }, 2 ** 20), refused);
+    assert.equal(guest.read32(OFFSET.FSTS), 0, 'nothing recorded');
+    assert.equal(guest.reach(0x1000, { pasid: 2 ** 20 - 1 }).startsWith('fault'), true, 'the largest PASID is a request like any other');
   });
 });

@@ -40,6 +40,18 @@ describe('VtdUnit fault recording', () => {
     assert.equal(other.read64(FRCD + 8), 0x8000050580000020n);
   });
 
+  it('checks an entry\'s access right before its reserved bits (QEMU\'s order; the spec gives none)', () => {
+    const guest = new TestGuest();
+    guest.setContext(SID);
+    // A read-only leaf whose address has a bit above the host address width: a reserved bit.
+    guest.map(SID, 0x202000, 0x202000, { write: false, extra: 1n << 51n });
+    guest.enable();
+    const write = guest.translate(0x202000, true);
+    assert.ok(!write.ok && write.reason === FR.WRITE, `write: ${write.ok ? 'ok' : write.reason}`);
+    const read = guest.translate(0x202000, false);
+    assert.ok(!read.ok && read.reason === FR.PAGING_ENTRY_RESERVED, `read: ${read.ok ? 'ok' : read.reason}`);
+  });
+
   it('T is 1 for reads: an unmapped read gives FR 6 with T = 1', () => {
     const guest = faultingGuest();
     guest.translate(0x900000, false);

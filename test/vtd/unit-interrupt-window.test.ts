@@ -7,6 +7,9 @@ import { GCMD, OFFSET } from '../../lib/vtd/register-bits';
 import { IRTA_FIELDS } from '../../lib/vtd/registers';
 import { IRTE } from '../../lib/vtd/structures';
 import { FRCD, PAGE, SID, TestGuest } from './unit-guest';
+import { ScalableGuest } from './scalable-guest';
+import { faultCode } from '../../lib/vtd/fault-reasons';
+import { FR } from '../../lib/vtd/legacy-walk';
 
 function dwords(...values: number[]): Uint8Array {
   const bytes = new Uint8Array(values.length * 4);
@@ -69,5 +72,40 @@ describe('dmaSpace and the interrupt address range', () => {
     // A transfer that runs from RAM into the window moves nothing at all.
     assert.throws(() => dma.write(0xfedffffen, new Uint8Array(6).fill(1)), DmaFault);
     assert.equal(guest.interrupts.callCount, 0);
+  });
+
+  describe('output addresses in the window, through cached translations', () => {
+    it('legacy: a 2 MiB page over the window, cached by a read outside it, still faults inside it', () => {
+      const guest = new TestGuest('aw-bits=48');
+      guest.setContext(SID);
+      guest.map(SID, 0x40000000, 0xfee00000, { size: '2m' });
+      guest.enable();
+      const outside = guest.translate(0x40100000);
+      assert.ok(outside.ok && outside.address === 0xfef00000);
+      const inside = guest.translate(0x40000010);
+      assert.ok(!inside.ok, `reached 0x${inside.ok ? inside.address.toString(16) : ''}`);
+      assert.equal(inside.reason, FR.INTERRUPT_ADDRESS);
+    });
+
+    it('scalable: the same through a second-stage PASID entry', () => {
+      const guest = new ScalableGuest('x-scalable-mode=on,aw-bits=48');
+      guest.scalableContext();
+      const top = guest.secondStage(SID, 0, 1);
+      guest.writer.mapSecond(top, 4, 0x40000000, 0xfee00000, { size: '2m' });
+      guest.enableScalable();
+      assert.equal(guest.reach(0x40100000), '0xfef00000');
+      assert.equal(guest.reach(0x40000010), `fault 0x${faultCode('SM_INTERRUPT_ADDRESS').toString(16)}`);
+    });
+
+    it('a DMA through a 1 GiB page stops at the window: the part inside it faults, nothing moves', () => {
+      const guest = new TestGuest('aw-bits=48');
+      guest.setContext(SID);
+      guest.map(SID, 0x40000000, 0xc0000000, { size: '1g' });
+      guest.enable();
+      // IOVA 0x7edff000 is GPA 0xfedff000: the transfer runs on into 0xfee00000.
+      assert.throws(() => guest.unit.dmaSpace(SID).read(0x7edff000n, new Uint8Array(0x2000)), DmaFault);
+      assert.equal((guest.read64(FRCD + 8) >> 32n) & 0xffn, BigInt(FR.INTERRUPT_ADDRESS));
+      assert.equal(guest.read64(FRCD), 0x7ee00000n, 'the fault names the first page inside the window');
+    });
   });
 });

@@ -1,5 +1,6 @@
 /** VtdUnit in scalable mode, programmed as a guest: each PGTT, the scalable fault reasons in FRCD, FPD, TTM values. */
 import { strict as assert } from 'node:assert';
+import { DmaFault, EFAULT, EPERM } from '../../lib/memory/dma-space';
 import { faultCode } from '../../lib/vtd/fault-reasons';
 import { FSTS, OFFSET } from '../../lib/vtd/register-bits';
 import { PASID_PGTT } from '../../lib/vtd/structures';
@@ -202,6 +203,33 @@ describe('VtdUnit scalable mode', () => {
       const guest = new ScalableGuest('');
       guest.enableScalable(TTM_SCALABLE);
       refused(guest, 'ROOT_TABLE_INVALID', 0x200000);
+    });
+  });
+
+  describe('the errno a device sees for a DMA fault', () => {
+    const errnoOf = (action: () => void): number => {
+      try {
+        action();
+      } catch (error) {
+        if (error instanceof DmaFault) return error.errno;
+        throw error;
+      }
+      return assert.fail('the DMA succeeded');
+    };
+
+    it('permission faults of scalable second-stage (0x85) and first-stage (0x81) translation are EPERM; unmapped is EFAULT', () => {
+      const { guest } = secondStageGuest();
+      const dma = guest.unit.dmaSpace(SID);
+      assert.equal(errnoOf(() => dma.write(0x201000n, new Uint8Array(4))), EPERM, '0x85 on a read-only page');
+      assert.equal(errnoOf(() => dma.read(0x900000n, new Uint8Array(4))), EFAULT, 'nothing mapped');
+
+      const user = new ScalableGuest(FIRST_STAGE);
+      user.scalableContext();
+      const top = user.firstStage(SID, 0, 9);
+      user.writer.mapFirst(top, 4, 0x7000_1000n, 0x401000, { us: false });
+      user.enableScalable();
+      assert.equal(errnoOf(() => user.unit.dmaSpace(SID).read(0x7000_1000n, new Uint8Array(4))), EPERM, '0x81: a user request to a supervisor page');
+      assert.equal(user.frcdHi() >> 32n & 0xffn, 0x81n);
     });
   });
 });

@@ -278,4 +278,35 @@ describe('VtdUnit translation (legacy)', () => {
       assert.deepEqual(guest.memory.read(0x7000, 3), Uint8Array.of(1, 2, 3));
     });
   });
+
+  describe('tables above 2^44 (the walk with table page numbers as doubles)', () => {
+    const HIGH = 2 ** 45;
+
+    /** A 4-level walk to 0x5000 for IOVA `iova`, with table i (top = 3) in high RAM when `high[i]`. */
+    function guestWithTables(high: readonly boolean[]): TestGuest {
+      const guest = new TestGuest('aw-bits=48');
+      guest.memory.addRegion({ name: 'high', start: HIGH, buffer: new ArrayBuffer(4 * PAGE) });
+      const tables = high.map((isHigh, level) => (isHigh ? HIGH + level * PAGE : guest.allocPage()));
+      const iova = 0x7f_8040_3000;
+      const index = (level: number) => Math.floor(iova / 2 ** (12 + 9 * level)) % 512;
+      for (let level = 3; level >= 1; level--) {
+        guest.memory.writeU64(tables[level]! + index(level) * 8, encodeBig(SECOND_STAGE_TABLE_ENTRY, { R: 1, W: 1, ADDR: tables[level - 1]! / PAGE }));
+      }
+      guest.memory.writeU64(tables[0]! + index(0) * 8, (0x5000n) | 3n);
+      guest.setContext(SID, {}, true, encodeBig(LEGACY_CONTEXT_ENTRY, { P: 1, SLPTPTR: tables[3]! / PAGE, AW: 2, DID: 1 }));
+      guest.enable();
+      return guest;
+    }
+
+    it('translates through every combination of low and high tables; an unmapped neighbour still faults', () => {
+      for (let mask = 0; mask < 16; mask++) {
+        const high = [0, 1, 2, 3].map((bit) => ((mask >> bit) & 1) === 1);
+        const guest = guestWithTables(high);
+        const result = guest.translate(0x7f_8040_3abc, true);
+        assert.ok(result.ok && result.address === 0x5abc, `tables high: ${high.join(',')}: ${result.ok ? result.address.toString(16) : result.reason}`);
+        const unmapped = guest.translate(0x7f_8040_4000, false);
+        assert.ok(!unmapped.ok && unmapped.reason === FR.READ, 'a neighbour entry of the same (zeroed) table');
+      }
+    });
+  });
 });
