@@ -197,6 +197,9 @@ function queuedInvalidationFigure(): Figure {
   };
 }
 
-export function vtdFigures(): Figure[] {
-  return [iotlbHitFigure(), walkMissFigure(), queuedInvalidationFigure()];
-}
+/** One factory per figure: each builds only its own unit, so one figure's setup cannot shape another's code. */
+export const VTD_FIGURES: Readonly<Record<string, () => Figure>> = {
+  'vtd.a': iotlbHitFigure,
+  'vtd.b': walkMissFigure,
+  'vtd.c': queuedInvalidationFigure,
+};
