@@ -398,8 +398,7 @@ export class Iotlb {
     const first = alignDown(pfn, span);
     const end = first + span;
     if (span > PROBE_LIMIT || this.tagged > 0) {
-      this.removeWhere((entry) => entry.did === did && (entry.kind === TRANSLATION_KIND.NESTED
-        || (entry.kind === TRANSLATION_KIND.SECOND && entry.pfn < end && entry.pfn + entry.pageSize / PAGE > first)));
+      this.scanOutPages(did, first, end);
       return;
     }
     for (let order = 0; order < PAGE_SIZES.length; order++) {
@@ -410,6 +409,15 @@ export class Iotlb {
         if (slot >= 0) this.removeSlot(slot);
       }
     }
+  }
+
+  /**
+   * invalidatePages() by one pass over the table. Out of line: a closure in invalidatePages() itself made V8 box
+   * `first` and `end` into a context on every call, probe path included (one allocation per descriptor).
+   */
+  private scanOutPages(did: number, first: number, end: number): void {
+    this.removeWhere((entry) => entry.did === did && (entry.kind === TRANSLATION_KIND.NESTED
+      || (entry.kind === TRANSLATION_KIND.SECOND && entry.pfn < end && entry.pfn + entry.pageSize / PAGE > first)));
   }
 
   /** PASID-based IOTLB invalidation, all of a PASID: first-stage and nested entries of (did, pasid). */

@@ -427,7 +427,8 @@ export class VtdUnit implements InvalidationTarget {
   iotlbPages(did: number, pfn: number, am: number): boolean {
     if (am > this.maxAddressMask) return false;
     this.iotlb.invalidatePages(did, pfn, am);
-    this.domains.mappingsInvalidated(did, alignedFirstPage(pfn, am), POWERS_OF_TWO[am]!);
+    // Skipped while no domain is alive: the call would box the page number (a double) once per descriptor.
+    if (this.domains.domainCount !== 0) this.domains.mappingsInvalidated(did, alignedFirstPage(pfn, am), POWERS_OF_TWO[am]!);
     return true;
   }
 
