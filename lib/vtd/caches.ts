@@ -261,9 +261,17 @@ export class Iotlb {
     return (mixed ^ (mixed >>> 15)) >>> (32 - SLOT_BITS);
   }
 
-  /** The slot holding (did, pasid, aligned pfn, order), or -1. */
-  private slotOf(did: number, pasid: number, pfn: number, order: number): number {
+  /**
+   * The page number slotOf() probes for. Passed through this array, not as an argument: wherever V8 leaves
+   * slotOf() out of line (its caller's inlining budget spent), a page number above 2^31 would be boxed into a
+   * new heap number on every call.
+   */
+  private readonly probePfn = new Float64Array(1);
+
+  /** The slot holding (did, pasid, probePfn[0], order), or -1; the page number is aligned to the order's size. */
+  private slotOf(did: number, pasid: number, order: number): number {
     const dids = this.dids;
+    const pfn = this.probePfn[0]!;
     for (let slot = Iotlb.home(did, pasid, pfn, order); dids[slot] !== EMPTY; slot = (slot + 1) & SLOT_MASK) {
       if (dids[slot] === did && this.pfns[slot] === pfn && this.orders[slot] === order && this.pasids[slot] === pasid) return slot;
     }
@@ -309,10 +317,20 @@ export class Iotlb {
    */
   findSlot(did: number, pfn: number, pasid = 0): number {
     const perOrder = this.perOrder;
+    const probe = this.probePfn;
     let slot = -1;
-    if (perOrder[0]! > 0) slot = this.slotOf(did, pasid, pfn, 0);
-    if (slot < 0 && perOrder[1]! > 0) slot = this.slotOf(did, pasid, alignDown(pfn, PAGES_PER_ENTRY[1]!), 1);
-    if (slot < 0 && perOrder[2]! > 0) slot = this.slotOf(did, pasid, alignDown(pfn, PAGES_PER_ENTRY[2]!), 2);
+    if (perOrder[0]! > 0) {
+      probe[0] = pfn;
+      slot = this.slotOf(did, pasid, 0);
+    }
+    if (slot < 0 && perOrder[1]! > 0) {
+      probe[0] = alignDown(pfn, PAGES_PER_ENTRY[1]!);
+      slot = this.slotOf(did, pasid, 1);
+    }
+    if (slot < 0 && perOrder[2]! > 0) {
+      probe[0] = alignDown(pfn, PAGES_PER_ENTRY[2]!);
+      slot = this.slotOf(did, pasid, 2);
+    }
     return slot;
   }
 
@@ -394,6 +412,21 @@ export class Iotlb {
    * entries either way.
    */
   invalidatePages(did: number, pfn: number, am: number): void {
+    const perOrder = this.perOrder;
+    if (am === 0 && this.tagged === 0 && perOrder[1] === 0 && perOrder[2] === 0) {
+      // One page, legacy entries of 4 KiB only: the case guests queue by the thousand, kept small enough for V8
+      // to inline into the descriptor dispatch together with the probe.
+      if (perOrder[0] === 0) return;
+      this.probePfn[0] = pfn;
+      const slot = this.slotOf(did, 0, 0);
+      if (slot >= 0) this.removeSlot(slot);
+      return;
+    }
+    this.invalidatePageRange(did, pfn, am);
+  }
+
+  /** invalidatePages() of any span, on a table that may hold large pages or tagged entries. */
+  private invalidatePageRange(did: number, pfn: number, am: number): void {
     const span = POWERS_OF_TWO[am] ?? 2 ** am;
     const first = alignDown(pfn, span);
     const end = first + span;
@@ -405,7 +438,8 @@ export class Iotlb {
       if (this.perOrder[order] === 0) continue;
       const pages = PAGES_PER_ENTRY[order]!;
       for (let page = alignDown(first, pages); page < end; page += pages) {
-        const slot = this.slotOf(did, 0, page, order);
+        this.probePfn[0] = page;
+        const slot = this.slotOf(did, 0, order);
         if (slot >= 0) this.removeSlot(slot);
       }
     }

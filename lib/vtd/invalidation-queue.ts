@@ -1,7 +1,7 @@
 /** Queued invalidation: IQA/IQH/IQT, descriptor fetch and dispatch, wait descriptors and the completion event. */
 
 import type { EntryWords, GuestMemory } from '../memory/guest-memory';
-import { fieldReader, getField, getField64, hasReservedBits, readField, reservedWords } from './bitfield';
+import { fieldReader, getField, getField64, hasReservedBits, readField, readWordField, reservedWords, wordFieldReader } from './bitfield';
 import type { QuirkId } from './compat-quirks';
 import type { FaultRecorder } from './fault-recorder';
 import type { RegisterFile } from './register-file';
@@ -60,12 +60,12 @@ const DESCRIPTOR_TYPES = 2 ** 7;
  * thousand (one per unmapped page): decoding them field by field through getField was most of the cost.
  * The type fields are common to every descriptor layout; IOTLB_INVALIDATE's copies serve for all.
  */
-const TYPE_LO = fieldReader(IOTLB_INVALIDATE.f.TYPE_LO);
-const TYPE_HI = fieldReader(IOTLB_INVALIDATE.f.TYPE_HI);
+const TYPE_LO = wordFieldReader(IOTLB_INVALIDATE.f.TYPE_LO);
+const TYPE_HI = wordFieldReader(IOTLB_INVALIDATE.f.TYPE_HI);
 const TYPE_LO_BITS = IOTLB_INVALIDATE.f.TYPE_LO.width;
 const IOTLB = {
-  G: fieldReader(IOTLB_INVALIDATE.f.G), DID: fieldReader(IOTLB_INVALIDATE.f.DID), ADDR: fieldReader(IOTLB_INVALIDATE.f.ADDR),
-  AM: fieldReader(IOTLB_INVALIDATE.f.AM), IH: fieldReader(IOTLB_INVALIDATE.f.IH),
+  G: wordFieldReader(IOTLB_INVALIDATE.f.G), DID: wordFieldReader(IOTLB_INVALIDATE.f.DID), ADDR: fieldReader(IOTLB_INVALIDATE.f.ADDR),
+  AM: wordFieldReader(IOTLB_INVALIDATE.f.AM), IH: wordFieldReader(IOTLB_INVALIDATE.f.IH),
 } as const;
 
 export class InvalidationQueue {
@@ -232,7 +232,7 @@ export class InvalidationQueue {
   /** Dispatches this.words; false means an invalid descriptor (IQE). */
   private execute(): boolean {
     const w = this.words;
-    const type = readField(w, TYPE_LO) | (readField(w, TYPE_HI) << TYPE_LO_BITS);
+    const type = readWordField(w, TYPE_LO) | (readWordField(w, TYPE_HI) << TYPE_LO_BITS);
     this.lastType = type;
     const kind = this.kinds[type];
     if (kind === undefined) return false;
@@ -262,11 +262,11 @@ export class InvalidationQueue {
         return true;
       }
       case TYPE.IOTLB: {
-        const g = readField(w, IOTLB.G);
+        const g = readWordField(w, IOTLB.G);
         if (g === GRANULARITY.GLOBAL) this.target.iotlbGlobal();
-        else if (g === GRANULARITY.DOMAIN) this.target.iotlbDomain(readField(w, IOTLB.DID));
+        else if (g === GRANULARITY.DOMAIN) this.target.iotlbDomain(readWordField(w, IOTLB.DID));
         else if (g === GRANULARITY.SELECTIVE) {
-          return this.target.iotlbPages(readField(w, IOTLB.DID), readField(w, IOTLB.ADDR), readField(w, IOTLB.AM), readField(w, IOTLB.IH) === 1);
+          return this.target.iotlbPages(readWordField(w, IOTLB.DID), readField(w, IOTLB.ADDR), readWordField(w, IOTLB.AM), readWordField(w, IOTLB.IH) === 1);
         } else return false;
         return true;
       }

@@ -37,4 +37,21 @@ describe('Iotlb', () => {
         }
       }), { numRuns: 300 });
   });
+
+  it('single-page invalidation of 4 KiB entries (the fast path) removes exactly that page, page numbers above 2^32 included', () => {
+    const page = fc.oneof(fc.integer({ min: 0, max: 2 ** 20 }), fc.integer({ min: 2 ** 32, max: 2 ** 36 - 1 }));
+    fc.assert(fc.property(fc.uniqueArray(fc.tuple(fc.integer({ min: 0, max: 3 }), page), { maxLength: 60, selector: ([d, p]) => `${d}/${p}` }), fc.nat(59),
+      (pages, pick) => {
+        const iotlb = new Iotlb();
+        for (const [did, pfn] of pages) iotlb.insert({ did, pfn, address: 0, pageSize: PAGE, readable: true, writable: true });
+        const victim = pages[pick % Math.max(pages.length, 1)];
+        const [did, pfn] = victim ?? [1, 2 ** 33];
+        iotlb.invalidatePages(did, pfn, 0);
+        for (const [d, p] of pages) {
+          const gone = d === did && p === pfn;
+          assert.equal(iotlb.lookup(d, p) === undefined, gone, `entry ${d}/${p} ${gone ? 'should be gone' : 'should stay'}`);
+        }
+        assert.equal(iotlb.size, pages.length - (victim === undefined ? 0 : 1));
+      }), { numRuns: 300 });
+  });
 });
