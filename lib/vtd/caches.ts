@@ -215,6 +215,17 @@ interface FoundEntry {
 
 /** Bits of a slot's permission byte. */
 const ALLOWS = { READ: 1, WRITE: 2, SUPERVISOR: 4, EXECUTE: 8, DIRTY: 16 } as const;
+/** Where a slot's meta word keeps its ALLOWS bits, kind and order: allows lowest, then kind, then order. */
+const ALLOWS_BITS = 5;
+const KIND_BITS = 2;
+const KIND_SHIFT = ALLOWS_BITS;
+const ORDER_SHIFT = KIND_SHIFT + KIND_BITS;
+const ALLOWS_MASK = 2 ** ALLOWS_BITS - 1;
+const KIND_MASK = 2 ** KIND_BITS - 1;
+
+function packMeta(order: number, kind: number, allows: number): number {
+  return (order << ORDER_SHIFT) | (kind << KIND_SHIFT) | allows;
+}
 
 /**
  * The IOTLB as an open-addressed hash table (linear probing, backward-shift deletion) held entirely in typed
@@ -229,13 +240,10 @@ export class Iotlb {
   private readonly pasids = new Int32Array(SLOTS);
   /** First 4 KiB page of the entry, aligned to its size. */
   private readonly pfns = new Float64Array(SLOTS);
-  /** Index into PAGE_SIZES. */
-  private readonly orders = new Uint8Array(SLOTS);
   /** Guest-physical base of the page. */
   private readonly addresses = new Float64Array(SLOTS);
-  private readonly kinds = new Uint8Array(SLOTS);
-  /** ALLOWS bits. */
-  private readonly allows = new Uint8Array(SLOTS);
+  /** Order (index into PAGE_SIZES), kind and ALLOWS bits of each slot, packed by META (one store per insert). */
+  private readonly metas = new Uint16Array(SLOTS);
   private readonly found: FoundEntry = {
     did: 0, pasid: 0, kind: TRANSLATION_KIND.SECOND, pfn: 0, address: 0, pageSize: PAGE, readable: false, writable: false,
     supervisor: false, executable: true, dirty: true,
@@ -273,7 +281,7 @@ export class Iotlb {
     const dids = this.dids;
     const pfn = this.probePfn[0]!;
     for (let slot = Iotlb.home(did, pasid, pfn, order); dids[slot] !== EMPTY; slot = (slot + 1) & SLOT_MASK) {
-      if (dids[slot] === did && this.pfns[slot] === pfn && this.orders[slot] === order && this.pasids[slot] === pasid) return slot;
+      if (dids[slot] === did && this.pfns[slot] === pfn && this.metas[slot]! >>> ORDER_SHIFT === order && this.pasids[slot] === pasid) return slot;
     }
     return -1;
   }
@@ -281,13 +289,14 @@ export class Iotlb {
   /** The entry in `slot`, as the shared FoundEntry. */
   private entryAt(slot: number): FoundEntry {
     const found = this.found;
-    const allows = this.allows[slot]!;
+    const meta = this.metas[slot]!;
+    const allows = meta & ALLOWS_MASK;
     found.did = this.dids[slot]!;
     found.pasid = this.pasids[slot]!;
-    found.kind = this.kinds[slot]! as TranslationKind;
+    found.kind = ((meta >>> KIND_SHIFT) & KIND_MASK) as TranslationKind;
     found.pfn = this.pfns[slot]!;
     found.address = this.addresses[slot]!;
-    found.pageSize = PAGE_SIZES[this.orders[slot]!]!;
+    found.pageSize = PAGE_SIZES[meta >>> ORDER_SHIFT]!;
     found.readable = (allows & ALLOWS.READ) !== 0;
     found.writable = (allows & ALLOWS.WRITE) !== 0;
     found.supervisor = (allows & ALLOWS.SUPERVISOR) !== 0;
@@ -345,15 +354,15 @@ export class Iotlb {
   }
 
   slotPageSize(slot: number): number {
-    return PAGE_SIZES[this.orders[slot]!]!;
+    return PAGE_SIZES[this.metas[slot]! >>> ORDER_SHIFT]!;
   }
 
   slotReadable(slot: number): boolean {
-    return (this.allows[slot]! & ALLOWS.READ) !== 0;
+    return (this.metas[slot]! & ALLOWS.READ) !== 0;
   }
 
   slotWritable(slot: number): boolean {
-    return (this.allows[slot]! & ALLOWS.WRITE) !== 0;
+    return (this.metas[slot]! & ALLOWS.WRITE) !== 0;
   }
 
   insert(entry: IotlbEntry): void {
@@ -375,7 +384,7 @@ export class Iotlb {
     const dids = this.dids;
     let slot = Iotlb.home(did, pasid, pfn, order);
     while (dids[slot] !== EMPTY
-      && !(dids[slot] === did && this.pfns[slot] === pfn && this.orders[slot] === order && this.pasids[slot] === pasid)) slot = (slot + 1) & SLOT_MASK;
+      && !(dids[slot] === did && this.pfns[slot] === pfn && this.metas[slot]! >>> ORDER_SHIFT === order && this.pasids[slot] === pasid)) slot = (slot + 1) & SLOT_MASK;
     if (dids[slot] === EMPTY) {
       this.count++;
       this.perOrder[order]!++;
@@ -385,10 +394,8 @@ export class Iotlb {
     dids[slot] = did;
     this.pasids[slot] = pasid;
     this.pfns[slot] = pfn;
-    this.orders[slot] = order;
     this.addresses[slot] = address;
-    this.kinds[slot] = kind;
-    this.allows[slot] = allows;
+    this.metas[slot] = packMeta(order, kind, allows);
     if (pasid !== 0 || kind !== TRANSLATION_KIND.SECOND) this.tagged++;
   }
 
@@ -470,28 +477,26 @@ export class Iotlb {
 
   /** A non-zero PASID or a kind other than SECOND (see `tagged`). */
   private isTagged(slot: number): boolean {
-    return this.pasids[slot] !== 0 || this.kinds[slot] !== TRANSLATION_KIND.SECOND;
+    return this.pasids[slot] !== 0 || ((this.metas[slot]! >>> KIND_SHIFT) & KIND_MASK) !== TRANSLATION_KIND.SECOND;
   }
 
   /** Empties `hole` and shifts later members of its probe run back, so no lookup stops early at a gap. */
   private removeSlot(hole: number): void {
     const dids = this.dids;
-    this.perOrder[this.orders[hole]!]!--;
+    this.perOrder[this.metas[hole]! >>> ORDER_SHIFT]!--;
     this.count--;
     if (this.isTagged(hole)) this.tagged--;
     dids[hole] = EMPTY;
     for (let slot = (hole + 1) & SLOT_MASK; dids[slot] !== EMPTY; slot = (slot + 1) & SLOT_MASK) {
-      const home = Iotlb.home(dids[slot]!, this.pasids[slot]!, this.pfns[slot]!, this.orders[slot]!);
+      const home = Iotlb.home(dids[slot]!, this.pasids[slot]!, this.pfns[slot]!, this.metas[slot]! >>> ORDER_SHIFT);
       // The entry must stay if its home lies cyclically in (hole, slot]: moving it would put it before its home.
       const stays = hole < slot ? home > hole && home <= slot : home > hole || home <= slot;
       if (stays) continue;
       dids[hole] = dids[slot]!;
       this.pasids[hole] = this.pasids[slot]!;
       this.pfns[hole] = this.pfns[slot]!;
-      this.orders[hole] = this.orders[slot]!;
       this.addresses[hole] = this.addresses[slot]!;
-      this.kinds[hole] = this.kinds[slot]!;
-      this.allows[hole] = this.allows[slot]!;
+      this.metas[hole] = this.metas[slot]!;
       dids[slot] = EMPTY;
       hole = slot;
     }

@@ -124,6 +124,9 @@ const HIGH_WORD_SHIFT = 32 - PAGE_SHIFT;
 /** ...so high-word bits below this keep the page number below SMALL_PAGE_LIMIT. */
 const SMALL_HIGH_LIMIT = SMALL_PAGE_LIMIT / 2 ** HIGH_WORD_SHIFT;
 
+/** walkSmallPages met a table it cannot name by a small page number. */
+const TABLE_ABOVE_SMALL_PAGES = null;
+
 function fault(reason: number, fpd: boolean, level?: number, notPresent = false): WalkFault {
   return level === undefined ? { ok: false, reason, fpd, notPresent } : { ok: false, reason, level, fpd, notPresent };
 }
@@ -134,8 +137,16 @@ export class LegacyWalker {
   private readonly topReserved: Uint32Array;
   private readonly tableReserved: Uint32Array;
   private readonly leafReserved: readonly Uint32Array[];
+  /** Per level (index = level, 1..5) the reserved bits of a non-leaf entry there (level 1: a 4 KiB leaf), low and high word. */
+  private readonly levelReservedLo = new Int32Array(6);
+  private readonly levelReservedHi = new Int32Array(6);
   private readonly entry: EntryWords = { lo: 0, hi: 0 };
   private readonly words = new Uint32Array(4);
+  /** The page the last successful walkLeaf() found (see there). */
+  leafAddress = 0;
+  leafPageSize = 0;
+  leafReadable = false;
+  leafWritable = false;
 
   constructor(
     private readonly memory: GuestMemory,
@@ -152,6 +163,11 @@ export class LegacyWalker {
       reservedWords(SECOND_STAGE_2M_LEAF, reserved),
       reservedWords(SECOND_STAGE_1G_LEAF, reserved),
     ];
+    for (let level = 1; level < this.levelReservedLo.length; level++) {
+      const words = level === 1 ? this.leafReserved[0]! : level >= 4 ? this.topReserved : this.tableReserved;
+      this.levelReservedLo[level] = words[0]!;
+      this.levelReservedHi[level] = words[1]!;
+    }
   }
 
   /** Reads a 16-byte entry into this.words; false when RAM does not back it. */
@@ -206,21 +222,34 @@ export class LegacyWalker {
 
   /** Second-stage walk of `iova` (already checked against context.limit). */
   walk(context: CachedContext, iova: number, write: boolean): PageFound | WalkFault {
+    const failed = this.walkLeaf(context, iova, write);
+    if (failed !== undefined) return failed;
+    return { ok: true, address: this.leafAddress, pageSize: this.leafPageSize, readable: this.leafReadable, writable: this.leafWritable };
+  }
+
+  /**
+   * walk() without a result object, for the IOTLB-miss path: undefined when a leaf was found, its page then in
+   * leafAddress, leafPageSize, leafReadable and leafWritable (valid until the next walk).
+   */
+  walkLeaf(context: CachedContext, iova: number, write: boolean): WalkFault | undefined {
     const top = context.tableAddress / TABLE_PAGE_BYTES;
     if (top < SMALL_PAGE_LIMIT) {
       const found = this.walkSmallPages(context, iova, write, top | 0);
-      if (found !== undefined) return found;
+      if (found !== TABLE_ABOVE_SMALL_PAGES) return found;
     }
     return this.walkAnyPages(context, iova, write, top);
   }
 
   /**
    * The walk while every table lies below 2^43: table locations are page numbers that V8 keeps as small
-   * integers, which shortens the chain of dependent work from one entry read to the next. Undefined when a
-   * table pointer leads higher; the caller then starts over with walkAnyPages (reads have no side effects).
+   * integers, which shortens the chain of dependent work from one entry read to the next. TABLE_ABOVE_SMALL_PAGES
+   * when a table pointer leads higher; the caller then starts over with walkAnyPages (reads have no side effects).
    */
-  private walkSmallPages(context: CachedContext, iova: number, write: boolean, topPage: number): PageFound | WalkFault | undefined {
+  private walkSmallPages(context: CachedContext, iova: number, write: boolean, topPage: number): WalkFault | undefined | typeof TABLE_ABOVE_SMALL_PAGES {
     const e = this.entry;
+    const need = write ? PTE_W : PTE_R;
+    const reservedLo = this.levelReservedLo;
+    const reservedHi = this.levelReservedHi;
     let page = topPage;
     let rights = PTE_R | PTE_W;
     for (let level = context.levels; level >= 1; level--) {
@@ -229,19 +258,29 @@ export class LegacyWalker {
       const hi = e.hi;
       const large = (level === 2 || level === 3) && (lo & PTE_PS) !== 0;
       rights &= lo;
-      const failed = this.entryFault(context, level, lo, hi, large, write, rights);
-      if (failed !== undefined) return failed;
-      if (level === 1 || large) return leafFound(level, lo, hi, rights);
+      // The common entry (right granted, not a large page, no reserved bit) skips entryFault's case analysis.
+      const plain = (rights & need) !== 0 && !large && (lo & reservedLo[level]!) === 0 && (hi & reservedHi[level]!) === 0;
+      if (!plain) {
+        const failed = this.entryFault(context, level, lo, hi, large, write, rights);
+        if (failed !== undefined) return failed;
+      }
+      if (level === 1 || large) {
+        this.setLeaf(level, lo, hi, rights);
+        return undefined;
+      }
       const high = hi & TABLE_ADDRESS.hi;
-      if (high >= SMALL_HIGH_LIMIT) return undefined;
+      if (high >= SMALL_HIGH_LIMIT) return TABLE_ABOVE_SMALL_PAGES;
       page = (high << HIGH_WORD_SHIFT) | ((lo & TABLE_ADDRESS.lo) >>> PAGE_SHIFT);
     }
     return fault(FR.CONTEXT_ENTRY_INVALID, context.fpd);
   }
 
   /** The same walk with table page numbers as doubles: any table a 52-bit address can name. */
-  private walkAnyPages(context: CachedContext, iova: number, write: boolean, topPage: number): PageFound | WalkFault {
+  private walkAnyPages(context: CachedContext, iova: number, write: boolean, topPage: number): WalkFault | undefined {
     const e = this.entry;
+    const need = write ? PTE_W : PTE_R;
+    const reservedLo = this.levelReservedLo;
+    const reservedHi = this.levelReservedHi;
     let page = topPage;
     let rights = PTE_R | PTE_W;
     for (let level = context.levels; level >= 1; level--) {
@@ -250,13 +289,28 @@ export class LegacyWalker {
       const hi = e.hi;
       const large = (level === 2 || level === 3) && (lo & PTE_PS) !== 0;
       rights &= lo;
-      const failed = this.entryFault(context, level, lo, hi, large, write, rights);
-      if (failed !== undefined) return failed;
-      if (level === 1 || large) return leafFound(level, lo, hi, rights);
+      const plain = (rights & need) !== 0 && !large && (lo & reservedLo[level]!) === 0 && (hi & reservedHi[level]!) === 0;
+      if (!plain) {
+        const failed = this.entryFault(context, level, lo, hi, large, write, rights);
+        if (failed !== undefined) return failed;
+      }
+      if (level === 1 || large) {
+        this.setLeaf(level, lo, hi, rights);
+        return undefined;
+      }
       page = (hi & TABLE_ADDRESS.hi) * 2 ** HIGH_WORD_SHIFT + ((lo & TABLE_ADDRESS.lo) >>> PAGE_SHIFT);
     }
     // Unreachable for levels >= 1; a context with 0 levels cannot be built (AW is checked against SAGAW).
     return fault(FR.CONTEXT_ENTRY_INVALID, context.fpd);
+  }
+
+  /** Records the page a leaf entry at `level` maps, with the rights along the walk. */
+  private setLeaf(level: number, lo: number, hi: number, rights: number): void {
+    const masks = LEAF_ADDRESS[level]!;
+    this.leafAddress = (hi & masks.hi) * 2 ** 32 + ((lo & masks.lo) >>> 0);
+    this.leafPageSize = LEVEL_SPAN[level]!;
+    this.leafReadable = (rights & PTE_R) !== 0;
+    this.leafWritable = (rights & PTE_W) !== 0;
   }
 
   /** The fault entry (lo, hi) at `level` raises for this access, `rights` being R/W along the walk including it. */
@@ -281,13 +335,4 @@ export class LegacyWalker {
 /** The table index `iova` takes at `level`: & keeps the low bits of the quotient (% on a double above 2^31 is slow). */
 function levelIndex(iova: number, level: number): number {
   return (iova * LEVEL_SCALE[level]!) & (ENTRIES_PER_TABLE - 1);
-}
-
-/** The page a leaf entry at `level` maps, with the rights along the walk. */
-function leafFound(level: number, lo: number, hi: number, rights: number): PageFound {
-  const masks = LEAF_ADDRESS[level]!;
-  return {
-    ok: true, address: (hi & masks.hi) * 2 ** 32 + ((lo & masks.lo) >>> 0), pageSize: LEVEL_SPAN[level]!,
-    readable: (rights & PTE_R) !== 0, writable: (rights & PTE_W) !== 0,
-  };
 }

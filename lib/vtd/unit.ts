@@ -569,17 +569,22 @@ export class VtdUnit implements InvalidationTarget {
       return this.failure(request, write ? FR.WRITE : FR.READ, undefined, false, 'none');
     }
     // The spec: a cached entry without the right is a fault like an uncached one; walking again reports it.
-    const page = this.walker.walk(context, input, write);
-    if (!page.ok) return this.report(request, page.reason, page.level, page.fpd, page.notPresent, true);
+    const walker = this.walker;
+    const failed = walker.walkLeaf(context, input, write);
+    if (failed !== undefined) return this.report(request, failed.reason, failed.level, failed.fpd, failed.notPresent, true);
+    const pageAddress = walker.leafAddress;
+    const pageSize = walker.leafPageSize;
+    const readable = walker.leafReadable;
+    const writable = walker.leafWritable;
     // A 4 KiB page needs no alignment: skip the divisions a large page's first page number costs.
-    const pagesPerEntry = page.pageSize === PAGE ? 1 : page.pageSize / PAGE;
+    const pagesPerEntry = pageSize === PAGE ? 1 : pageSize / PAGE;
     const firstPfn = pagesPerEntry === 1 ? pfn : Math.floor(pfn / pagesPerEntry) * pagesPerEntry;
-    const address = page.address + (input - firstPfn * PAGE);
+    const address = pageAddress + (input - firstPfn * PAGE);
     if (isInterruptAddress(address)) return this.report(request, FR.INTERRUPT_ADDRESS, undefined, context.fpd, false, true);
-    if (!overlapsInterruptRange(page.address, page.pageSize)) {
-      this.iotlb.insertSecondStage(context.did, firstPfn, page.address, page.pageSize, page.readable, page.writable);
+    if (!overlapsInterruptRange(pageAddress, pageSize)) {
+      this.iotlb.insertSecondStage(context.did, firstPfn, pageAddress, pageSize, readable, writable);
     }
-    return { ok: true, address, pageSize: page.pageSize, readable: page.readable, writable: page.writable };
+    return { ok: true, address, pageSize, readable, writable };
   }
 
   private translateScalable(request: TranslationRequest): TranslationResult {
