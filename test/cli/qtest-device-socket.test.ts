@@ -4,57 +4,17 @@ import type { QtestPeer } from '../../lib/vmm/qtest/client';
 import { ViommuQtest } from '../oracle/qemu';
 import { ServeProcess } from '../vfio-user/cli-process';
 import { waitFor } from '../helpers';
+import { DMAR, EDU, eduDma, enableEdu, hex, programUnit } from '../oracle/legacy-dma-scenario';
 
 // The essentials of test/oracle/differential-legacy-dma.test.ts: one 3-level domain for 00:04.0 with a read-write
 // and a read-only page, DMA through both, a write fault, a read of an unmapped IOVA.
-const DMAR = 0xfed90000;
-const EDU = 0xfe000000;
-const ROOT = 0x100000;
-const CONTEXT = 0x101000;
-const LEVEL3 = 0x102000;
-const LEVEL2 = 0x103000;
-const LEVEL1 = 0x104000;
-const READ = 1n;
-const WRITE = 2n;
 const DATA = 'data the device reads through the IOMMU, 64 bytes long.........';
-
-async function programUnit(peer: QtestPeer): Promise<void> {
-  await peer.outl(0xcf8, 0x80002010);
-  await peer.outl(0xcfc, EDU);
-  await peer.outl(0xcf8, 0x80002004);
-  await peer.outw(0xcfc, 0x6);
-  await peer.writeq(ROOT, BigInt(CONTEXT) | 1n);
-  await peer.writeq(CONTEXT + 0x20 * 16, BigInt(LEVEL3) | 1n);
-  await peer.writeq(CONTEXT + 0x20 * 16 + 8, 1n | (5n << 8n));
-  await peer.writeq(LEVEL3, BigInt(LEVEL2) | READ | WRITE);
-  await peer.writeq(LEVEL2 + 8, BigInt(LEVEL1) | READ | WRITE);
-  await peer.writeq(LEVEL1, 0x300000n | READ | WRITE);
-  await peer.writeq(LEVEL1 + 8, 0x301000n | READ);
-  await peer.writeq(DMAR + 0x20, BigInt(ROOT));
-  await peer.writel(DMAR + 0x18, 0x40000000);
-  await peer.writeq(DMAR + 0x28, 0xa000000000000000n);
-  await peer.writeq(DMAR + 0xf8, 0x9000000000000000n);
-  await peer.writel(DMAR + 0x18, 0x80000000);
-}
-
-async function eduDma(peer: QtestPeer, source: bigint, destination: bigint, count: bigint, toRam: boolean): Promise<void> {
-  await peer.writeq(EDU + 0x80, source);
-  await peer.writeq(EDU + 0x88, destination);
-  await peer.writeq(EDU + 0x90, count);
-  await peer.writeq(EDU + 0x98, toRam ? 3n : 1n);
-  for (let attempt = 0; attempt < 500; attempt++) {
-    if (((await peer.readq(EDU + 0x98)) & 1n) === 0n) return;
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-  throw new Error(`${peer.name}: edu DMA did not finish`);
-}
-
-const hex = (bytes: Uint8Array) => Buffer.from(bytes).toString('hex');
 
 async function scenario(peer: QtestPeer): Promise<Array<[string, string]>> {
   const seen: Array<[string, string]> = [];
   const note = (name: string, value: bigint | number | string) => seen.push([name, typeof value === 'string' ? value : `0x${value.toString(16)}`]);
   note('ids', await (async () => (await peer.outl(0xcf8, 0x80002000), peer.inl(0xcfc)))());
+  await enableEdu(peer);
   await programUnit(peer);
   note('GSTS', await peer.readl(DMAR + 0x1c));
   note('edu identification', await peer.readl(EDU));
