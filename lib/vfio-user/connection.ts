@@ -2,6 +2,7 @@
 
 import { EventEmitter } from 'node:events';
 import { ViommuError } from '../errors';
+import { isPromiseLike } from '../memory/dma-space';
 import type { FileDescriptor } from '../native';
 import type { ReceivedFds } from '../os';
 import { decodeHeader, decodeMessageWithHeader, encodeCommand, encodeErrorReply, encodeReply, type VfioUserHeader } from './codec';
@@ -166,9 +167,6 @@ function withCommand<T extends object>(command: string, body: T): T & { command:
   return tagged;
 }
 
-function isPromiseLike(value: unknown): value is PromiseLike<unknown> {
-  return typeof (value as PromiseLike<unknown> | undefined)?.then === 'function';
-}
 
 export class VfioUserConnection extends EventEmitter<ConnectionEvents> {
   readonly role: 'client' | 'server';
