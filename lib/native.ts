@@ -124,8 +124,39 @@ export interface KvmRawTranslation {
   usermode: boolean;
 }
 
+/** The general-purpose registers of KVM_GET_REGS / KVM_SET_REGS. */
+export interface KvmRegs {
+  rax: bigint; rbx: bigint; rcx: bigint; rdx: bigint; rsi: bigint; rdi: bigint; rsp: bigint; rbp: bigint;
+  r8: bigint; r9: bigint; r10: bigint; r11: bigint; r12: bigint; r13: bigint; r14: bigint; r15: bigint;
+  rip: bigint; rflags: bigint;
+}
+
 /**
- * A KVM VM used only to translate addresses (no guest code runs). It owns the /dev/kvm, VM and vCPU fds; close()
+ * One exit of a vCPU runner. `io`, `mmio` and `ioapic-eoi` wait for `complete()`; the others end the runner:
+ * `stopped` (stop() or close), `shutdown` (triple fault), `hlt`, `fail-entry` and `internal-error` (detail: KVM's
+ * hardware reason or suberror), `system-event` (detail: its type), `error` (KVM_RUN failed), `unknown` (detail: the
+ * raw exit reason).
+ */
+export type KvmExit =
+  | { readonly reason: 'io'; readonly vcpu: number; readonly port: number; readonly size: 1 | 2 | 4; readonly count: number; readonly write: boolean; readonly bytes?: Uint8Array }
+  | { readonly reason: 'mmio'; readonly vcpu: number; readonly address: number; readonly size: number; readonly count: 1; readonly write: boolean; readonly bytes?: Uint8Array }
+  | { readonly reason: 'ioapic-eoi'; readonly vcpu: number; readonly vector: number }
+  | { readonly reason: 'stopped' | 'shutdown' | 'hlt' | 'fail-entry' | 'internal-error' | 'system-event' | 'error' | 'unknown'; readonly vcpu: number; readonly detail: number; readonly error?: SystemCallError };
+
+/** A vCPU running on its own thread; each resumable exit waits for complete(). */
+export interface NativeKvmVcpuRunner {
+  /** Answers the pending exit: an IN or MMIO read passes its size * count bytes, a write or EOI nothing. */
+  complete(bytes?: Uint8Array): void;
+  /** Takes the vCPU out of the guest; the runner then reports a `stopped` exit (unless it already ended). */
+  stop(): void;
+  /** True until the terminal exit has been delivered. */
+  readonly running: boolean;
+  /** Resumable exits handed over so far. */
+  readonly exits: number;
+}
+
+/**
+ * A KVM VM: as a translation oracle (no guest code runs) or as a machine (split irqchip, runner threads). It owns the /dev/kvm, VM and vCPU fds; close()
  * or garbage collection closes them all. Memory given to it stays referenced until then; if that memory's mapping
  * is unmapped meanwhile, translate() refuses with EFAULT. Failed ioctls throw SystemCallErrors.
  */
@@ -143,7 +174,17 @@ export interface NativeKvmVm {
   getSregs(vcpu: number): KvmSregs;
   setSregs(vcpu: number, sregs: KvmSregs): void;
   translate(vcpu: number, linearAddress: bigint): KvmRawTranslation;
-  /** Closes every fd; false when already closed. */
+  getRegs(vcpu: number): KvmRegs;
+  /** Registers left out keep their values. */
+  setRegs(vcpu: number, regs: Partial<KvmRegs>): void;
+  /** Local APICs in KVM, the I/O APIC (with this many pins) in the VMM; call before createVcpu. */
+  enableSplitIrqchip(ioapicPins: number): void;
+  setTssAddress(address: number): void;
+  /** KVM_SIGNAL_MSI: > 0 delivered, 0 blocked by the guest's APIC state. */
+  signalMsi(address: bigint | number, data: number): number;
+  /** Starts the vCPU on a thread of its own; exits arrive on the event loop. close() stops every runner first. */
+  runVcpu(vcpu: number, onExit: (exit: KvmExit) => void): NativeKvmVcpuRunner;
+  /** Stops every runner, then closes every fd; false when already closed. */
   close(): boolean;
 }
 

@@ -6,6 +6,7 @@
 #include "fd_watch.h"
 #include "file_descriptor.h"
 #include "kvm.h"
+#include "kvm_run.h"
 #include "message_socket.h"
 #include "shared_memory.h"
 
@@ -28,6 +29,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitSockets(env, exports);
   InitEventFd(env, exports);
   InitKvm(env, exports);
+  InitKvmRun(env, exports);
   return exports;
 }
 

@@ -7,6 +7,7 @@ namespace viommu {
 struct AddonData {
   Napi::FunctionReference fileDescriptorConstructor;
   Napi::FunctionReference mappingConstructor;
+  Napi::FunctionReference kvmVcpuRunnerConstructor;
 };
 
 inline AddonData& GetAddonData(Napi::Env env) { return *env.GetInstanceData<AddonData>(); }

@@ -1,6 +1,6 @@
-// KVM ioctls for the translation oracle: open /dev/kvm, create a VM and vCPUs, give the VM guest memory that JS
-// owns, get/set special registers and CPUID, and KVM_TRANSLATE. It knows nothing about paging: JS decides what
-// the registers hold.
+// KVM ioctls for the translation oracle and the machine: open /dev/kvm, create a VM and vCPUs, give the VM guest
+// memory that JS owns, get/set registers and CPUID, KVM_TRANSLATE, a split irqchip, KVM_SIGNAL_MSI, and a runner
+// thread per vCPU (kvm_run.cc). It knows nothing about paging or devices: JS decides what registers and exits mean.
 #include "kvm.h"
 
 #if defined(__x86_64__)
@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "errors.h"
+#include "kvm_run.h"
 
 namespace viommu {
 
@@ -200,6 +201,18 @@ const RegisterName kRegisters[] = {
     {"apicBase", &kvm_sregs::apic_base},
 };
 
+struct GeneralRegisterName {
+  const char* name;
+  __u64 kvm_regs::*member;
+};
+const GeneralRegisterName kGeneralRegisters[] = {
+    {"rax", &kvm_regs::rax}, {"rbx", &kvm_regs::rbx}, {"rcx", &kvm_regs::rcx},       {"rdx", &kvm_regs::rdx},
+    {"rsi", &kvm_regs::rsi}, {"rdi", &kvm_regs::rdi}, {"rsp", &kvm_regs::rsp},       {"rbp", &kvm_regs::rbp},
+    {"r8", &kvm_regs::r8},   {"r9", &kvm_regs::r9},   {"r10", &kvm_regs::r10},       {"r11", &kvm_regs::r11},
+    {"r12", &kvm_regs::r12}, {"r13", &kvm_regs::r13}, {"r14", &kvm_regs::r14},       {"r15", &kvm_regs::r15},
+    {"rip", &kvm_regs::rip}, {"rflags", &kvm_regs::rflags},
+};
+
 class KvmVm : public Napi::ObjectWrap<KvmVm> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -215,6 +228,12 @@ class KvmVm : public Napi::ObjectWrap<KvmVm> {
                            InstanceMethod<&KvmVm::GetSregs>("getSregs"),
                            InstanceMethod<&KvmVm::SetSregs>("setSregs"),
                            InstanceMethod<&KvmVm::Translate>("translate"),
+                           InstanceMethod<&KvmVm::GetRegs>("getRegs"),
+                           InstanceMethod<&KvmVm::SetRegs>("setRegs"),
+                           InstanceMethod<&KvmVm::EnableSplitIrqchip>("enableSplitIrqchip"),
+                           InstanceMethod<&KvmVm::SetTssAddress>("setTssAddress"),
+                           InstanceMethod<&KvmVm::SignalMsi>("signalMsi"),
+                           InstanceMethod<&KvmVm::RunVcpu>("runVcpu"),
                            InstanceMethod<&KvmVm::Close>("close"),
                        });
   }
@@ -262,7 +281,7 @@ class KvmVm : public Napi::ObjectWrap<KvmVm> {
   }
 
   // Last resort when JS never called close(): the fds go, and so do the references that kept guest memory mapped.
-  ~KvmVm() override { CloseAll(); }
+  ~KvmVm() override { CloseAll(true); }
 
  private:
   bool CheckOpen(Napi::Env env, const char* operation) {
@@ -285,7 +304,13 @@ class KvmVm : public Napi::ObjectWrap<KvmVm> {
     return vcpus_[static_cast<size_t>(id)];
   }
 
-  void CloseAll() {
+  void CloseAll(bool finalizing = false) {
+    // A runner thread may be inside KVM_RUN on these fds: it leaves the guest before they close. (While one runs it
+    // holds this VM, so finalization only ever finds runners that have ended.)
+    if (!finalizing)
+      for (auto& runner : runners_)
+        if (!runner.IsEmpty() && !runner.Value().IsEmpty()) StopVcpuRunner(runner.Value());
+    runners_.clear();
     for (int fd : vcpus_) close(fd);
     vcpus_.clear();
     if (vm_ >= 0) close(vm_);
@@ -515,8 +540,111 @@ class KvmVm : public Napi::ObjectWrap<KvmVm> {
     return o;
   }
 
+  Napi::Value GetRegs(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    int fd = VcpuFd(info, 0, "ioctl(KVM_GET_REGS)");
+    if (fd < 0) return env.Undefined();
+    kvm_regs regs;
+    if (IoctlRetry(fd, KVM_GET_REGS, &regs) < 0)
+      return ThrowSystemError(env, errno, "ioctl(KVM_GET_REGS)", "vCPU fd " + std::to_string(fd)), env.Undefined();
+    Napi::Object o = Napi::Object::New(env);
+    for (const GeneralRegisterName& r : kGeneralRegisters)
+      o.Set(r.name, Napi::BigInt::New(env, static_cast<uint64_t>(regs.*(r.member))));
+    return o;
+  }
+
+  // setRegs(vcpu, regs): registers missing from `regs` keep their current values.
+  Napi::Value SetRegs(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const char* op = "ioctl(KVM_SET_REGS)";
+    int fd = VcpuFd(info, 0, op);
+    if (fd < 0) return env.Undefined();
+    if (!info[1].IsObject()) {
+      ThrowArgumentError(env, "ERR_INVALID_ARG_TYPE", "setRegs(vcpu, regs): regs must be an object");
+      return env.Undefined();
+    }
+    Napi::Object o = info[1].As<Napi::Object>();
+    kvm_regs regs;
+    if (IoctlRetry(fd, KVM_GET_REGS, &regs) < 0)
+      return ThrowSystemError(env, errno, "ioctl(KVM_GET_REGS)", "vCPU fd " + std::to_string(fd)), env.Undefined();
+    for (const GeneralRegisterName& r : kGeneralRegisters) {
+      if (!o.Has(r.name) || o.Get(r.name).IsUndefined()) continue;
+      uint64_t value;
+      if (!ReadU64(env, o.Get(r.name), std::string("regs.") + r.name, &value)) return env.Undefined();
+      regs.*(r.member) = value;
+    }
+    if (IoctlRetry(fd, KVM_SET_REGS, &regs) < 0)
+      return ThrowSystemError(env, errno, op, "vCPU fd " + std::to_string(fd)), env.Undefined();
+    return env.Undefined();
+  }
+
+  // enableSplitIrqchip(ioapicPins): local APICs in KVM, the I/O APIC left to the VMM; before any vCPU exists.
+  Napi::Value EnableSplitIrqchip(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const char* op = "ioctl(KVM_ENABLE_CAP, KVM_CAP_SPLIT_IRQCHIP)";
+    if (!CheckOpen(env, op)) return env.Undefined();
+    double pins;
+    if (!ReadInteger(env, info[0], "enableSplitIrqchip(ioapicPins): ioapicPins", 256, &pins)) return env.Undefined();
+    kvm_enable_cap cap = {};
+    cap.cap = KVM_CAP_SPLIT_IRQCHIP;
+    cap.args[0] = static_cast<uint64_t>(pins);
+    if (IoctlRetry(vm_, KVM_ENABLE_CAP, &cap) < 0) return ThrowSystemError(env, errno, op, "VM"), env.Undefined();
+    return env.Undefined();
+  }
+
+  // setTssAddress(address): the three pages Intel's VMX needs for real-mode emulation (ignored on AMD).
+  Napi::Value SetTssAddress(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const char* op = "ioctl(KVM_SET_TSS_ADDR)";
+    if (!CheckOpen(env, op)) return env.Undefined();
+    double address;
+    if (!ReadInteger(env, info[0], "setTssAddress(address): address", 4294967295.0, &address)) return env.Undefined();
+    if (IoctlRetry(vm_, KVM_SET_TSS_ADDR, static_cast<unsigned long>(address)) < 0)
+      return ThrowSystemError(env, errno, op, "VM"), env.Undefined();
+    return env.Undefined();
+  }
+
+  // signalMsi(address, data): injects an MSI into the local APICs; returns KVM's answer (> 0 delivered, 0 blocked
+  // by the guest).
+  Napi::Value SignalMsi(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const char* op = "ioctl(KVM_SIGNAL_MSI)";
+    if (!CheckOpen(env, op)) return env.Undefined();
+    uint64_t address;
+    double data;
+    if (!ReadU64(env, info[0], "signalMsi(address, data): address", &address) ||
+        !ReadInteger(env, info[1], "signalMsi: data", 4294967295.0, &data))
+      return env.Undefined();
+    kvm_msi msi = {};
+    msi.address_lo = static_cast<uint32_t>(address);
+    msi.address_hi = static_cast<uint32_t>(address >> 32);
+    msi.data = static_cast<uint32_t>(data);
+    int result = IoctlRetry(vm_, KVM_SIGNAL_MSI, &msi);
+    if (result < 0) return ThrowSystemError(env, errno, op, "VM"), env.Undefined();
+    return Napi::Number::New(env, result);
+  }
+
+  // runVcpu(vcpu, onExit): starts the vCPU's runner thread (kvm_run.cc).
+  Napi::Value RunVcpu(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    int fd = VcpuFd(info, 0, "runVcpu");
+    if (fd < 0) return env.Undefined();
+    if (!info[1].IsFunction()) {
+      ThrowArgumentError(env, "ERR_INVALID_ARG_TYPE", "runVcpu(vcpu, onExit): onExit must be a function");
+      return env.Undefined();
+    }
+    Napi::Value runner = StartVcpuRunner(env, system_, fd, static_cast<uint32_t>(info[0].As<Napi::Number>().Uint32Value()),
+                                         info[1].As<Napi::Function>());
+    if (runner.IsUndefined()) return runner;
+    runners_.push_back(Napi::Weak(runner.As<Napi::Object>()));
+    // The runner holds this VM while its thread may use the fds.
+    runner.As<Napi::Object>().Set("vm", Value());
+    return runner;
+  }
+
   int system_ = -1;
   int vm_ = -1;
+  std::vector<Napi::ObjectReference> runners_;
   std::vector<int> vcpus_;
   int apiVersion_ = 0;
   std::map<uint32_t, Napi::Reference<Napi::ArrayBuffer>> memory_;

@@ -1,5 +1,5 @@
-// KvmVm: a KVM virtual machine used only as an address-translation oracle: guest memory slots over JS-owned
-// mappings, vCPUs whose registers JS sets, and KVM_TRANSLATE. No guest code ever runs. x86-64 hosts only.
+// KvmVm: a KVM virtual machine: guest memory slots over JS-owned mappings, vCPUs with registers JS sets,
+// KVM_TRANSLATE, a split irqchip, KVM_SIGNAL_MSI, and runner threads (kvm_run.h). x86-64 hosts only.
 #pragma once
 #include <napi.h>
 

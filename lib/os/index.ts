@@ -4,3 +4,4 @@ export * from './message-socket';
 export * from './received-fds';
 export * from './unix-server';
 export * from './kvm';
+export * from './kvm-vm';

@@ -84,7 +84,8 @@ class Unusable extends Error {
   }
 }
 
-function unusable(error: unknown, path: string): { reason: string; cause: KvmUnusableCause } {
+/** Why KVM cannot serve, from the error opening or setting it up raised (other errors are rethrown). */
+export function unusable(error: unknown, path: string): { reason: string; cause: KvmUnusableCause } {
   if (error instanceof Unusable) return { reason: error.message, cause: error.unusableCause };
   if (!isSystemCallError(error)) throw error;
   if (error.syscall === 'open' && error.code === 'ENOENT') {
