@@ -1,9 +1,11 @@
 /** The `viommu` command line: parses arguments (commander) and dispatches to subcommands. */
 import { Command, CommanderError } from 'commander';
 import { registerDemoCommand } from './demo';
+import { takeCommandExitCode } from './exit-code';
 import { registerProbeCommand } from './probe';
 import { registerQtestCommand } from './qtest';
 import { registerServeCommand } from './serve';
+import { registerSmokeCommand } from './smoke';
 
 const packageVersion: string = (require('../../../package.json') as { version: string }).version;
 
@@ -18,6 +20,7 @@ export function buildProgram(): Command {
   registerQtestCommand(program);
   registerProbeCommand(program);
   registerServeCommand(program);
+  registerSmokeCommand(program);
   return program;
 }
 
@@ -25,8 +28,9 @@ export function buildProgram(): Command {
 export async function main(argv: string[]): Promise<number> {
   const program = buildProgram();
   try {
+    takeCommandExitCode();
     await program.parseAsync(argv);
-    return 0;
+    return takeCommandExitCode() ?? 0;
   } catch (error) {
     if (error instanceof CommanderError) return error.exitCode;
     throw error;

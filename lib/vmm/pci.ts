@@ -11,6 +11,8 @@ export const CONFIG_DATA_PORT = 0xcfc;
 
 /** CONFIG_ADDRESS bit 31: the next CONFIG_DATA access goes to configuration space. */
 export const CONFIG_ADDRESS_ENABLE = 0x80000000;
+/** CONFIG_ADDRESS bits 7:0: the register within the function's 256-byte space. */
+const CONFIG_REGISTER_MASK = 0xff;
 /** Config writes in [command, end of BAR5) may change what the function decodes. */
 const DECODING_START = TYPE0_HEADER.field('command').offset;
 const DECODING_END = TYPE0_HEADER.field(BAR_KEYS[PCI_BAR_COUNT - 1]).offset + 4;
@@ -117,7 +119,7 @@ export class PciHost {
     if (port >= CONFIG_DATA_PORT && port + size <= CONFIG_DATA_PORT + 4) {
       const target = this.selected();
       if (target === undefined) return size === 4 ? 0xffffffff : (1 << (8 * size)) - 1;
-      return target.fn.readConfig(target.register + (port - CONFIG_DATA_PORT), size);
+      return target.fn.readConfig(target.register | (port - CONFIG_DATA_PORT), size);
     }
     return undefined;
   }
@@ -132,7 +134,7 @@ export class PciHost {
       const target = this.selected();
       if (target === undefined) return true;
       const fn = target.fn;
-      const changed = fn.writeConfig(target.register + (port - CONFIG_DATA_PORT), size, value);
+      const changed = fn.writeConfig(target.register | (port - CONFIG_DATA_PORT), size, value);
       if (!isPromiseLike(changed)) {
         if (!changed) return true;
         const mapped = fn.updateMappings(this.mmio);
@@ -149,6 +151,8 @@ export class PciHost {
   private selected(): { fn: PciEndpoint; register: number } | undefined {
     if ((this.address & CONFIG_ADDRESS_ENABLE) === 0) return undefined;
     const fn = this.functions.get((this.address >>> 8) & 0xffff);
-    return fn === undefined ? undefined : { fn, register: this.address & 0xfc };
+    // The register keeps CONFIG_ADDRESS bits 1:0, ORed with the data port's byte lane, as QEMU's host bridge does:
+    // kvm-unit-tests selects register 2 and reads a word at 0xcfc to get the device id.
+    return fn === undefined ? undefined : { fn, register: this.address & CONFIG_REGISTER_MASK };
   }
 }

@@ -7,7 +7,7 @@ import type { QtestPortSize } from './qtest/protocol';
 import { MmioBus, type AccessSize, type AsyncMmioHandler } from './mmio-bus';
 import { PciFunction, PciHost } from './pci';
 import { VfioUserAttachment, type AttachOptions } from './vfio-user-attachment';
-import { EduDevice, EDU_BAR_SIZE, EDU_PCI_IDENTITY, type EduDmaOutcome } from '../devices/edu';
+import { EduDevice, EDU_BAR_SIZE, EDU_PCI_CAPABILITIES, EDU_PCI_IDENTITY, type EduDmaOutcome } from '../devices/edu';
 import { ViommuError } from '../errors';
 
 /** Where q35 puts the DMAR unit's registers. */
@@ -21,8 +21,11 @@ export interface TestbedIommu {
   read(offset: number, size: 4 | 8): number | bigint;
   write(offset: number, size: 4 | 8, value: number | bigint): void;
   dmaSpace(sourceId: number): DmaSpace;
-  /** A device's MSI (a DWORD write to the interrupt range): remapped when the unit does so, then delivered. */
-  interruptRequest?(request: { sid: number; address: number; data: number }, origin: 'message'): unknown;
+  /**
+   * A device's MSI (a DWORD write to the interrupt range): remapped when the unit does so, then delivered.
+   * 'platform': a request without a requester id (an I/O APIC's), whose `sid` only fills fault records.
+   */
+  interruptRequest?(request: { sid: number; address: number; data: number }, origin: 'message' | 'platform'): unknown;
   /** The domain contract of lib/vtd/address-space.ts; with caching mode on, attached vfio-user devices are shadowed. */
   watchDevice?(sid: number, listener: DeviceDomainListener): () => void;
   readonly config?: { readonly 'caching-mode'?: boolean };
@@ -51,6 +54,11 @@ export interface TestbedOptions {
   builtInEdu?: boolean;
   /** Every MSI a device raises (after the IOMMU's interrupt path, when it has one). */
   onDeviceInterrupt?: (interrupt: DeviceInterrupt) => void;
+  /**
+   * A device's INTx line changed (edu with MSI off, as QEMU's edu). A vfio-user device's INTx eventfd carries no
+   * level: each signal arrives as a rise and a fall.
+   */
+  onIntx?: (sourceId: number, asserted: boolean) => void;
 }
 
 /** Device interrupts kept in `deviceInterrupts`; older ones are dropped. */
@@ -75,12 +83,14 @@ export class TestbedMachine implements QtestMachine {
   readonly attachments: VfioUserAttachment[] = [];
   private readonly ramBytes: number;
   private readonly onDeviceInterrupt: ((interrupt: DeviceInterrupt) => void) | undefined;
+  private readonly onIntx: ((sourceId: number, asserted: boolean) => void) | undefined;
 
   constructor(options: TestbedOptions = {}) {
     this.ramBytes = options.ramBytes ?? 256 << 20;
     this.ram = SharedRegion.create('guest-ram', this.ramBytes);
     this.memory.addSharedRegion('ram', 0, this.ram);
     this.onDeviceInterrupt = options.onDeviceInterrupt;
+    this.onIntx = options.onIntx;
     this.iommu = options.iommu?.(this.memory);
     const iommu = this.iommu;
     if (iommu?.watchDevice !== undefined && iommu.config?.['caching-mode'] === true) {
@@ -111,6 +121,7 @@ export class TestbedMachine implements QtestMachine {
         shadow: this.shadow,
         dmaSpace: (sid) => (this.iommu ? this.iommu.dmaSpace(sid) : this.memory.dma),
         deviceInterrupt: (sid, address, data) => this.deviceInterrupt(sid, address, data),
+        ...(this.onIntx !== undefined ? { deviceIntx: (sid: number) => this.pulseIntx(sid) } : {}),
       }, { ...options, devfn });
       this.attachments.push(attachment);
       return attachment;
@@ -122,6 +133,11 @@ export class TestbedMachine implements QtestMachine {
 
   private readonly occupied = new Set<number>();
 
+  private pulseIntx(sid: number): void {
+    this.onIntx?.(sid, true);
+    this.onIntx?.(sid, false);
+  }
+
   /** A device's MSI: through the IOMMU's interrupt path when it has one (remapping, fault records), then logged. */
   deviceInterrupt(sid: number, address: bigint, data: number): void {
     const remappable = this.iommu?.interruptRequest !== undefined && address >= MSI_RANGE.start && address < MSI_RANGE.end;
@@ -132,14 +148,27 @@ export class TestbedMachine implements QtestMachine {
     this.onDeviceInterrupt?.(interrupt);
   }
 
+  /** An edu as QEMU's: MSI when software enabled it (a message per raise), else the INTx line. */
   private addEdu(name: string, devfn: number, options: TestbedOptions): EduDevice {
     this.occupied.add(devfn);
     const dma = this.iommu ? this.iommu.dmaSpace(devfn) : this.memory.dma;
+    let fn: PciFunction | undefined;
     const edu = new EduDevice(dma, {
       ...(options.onDma ? { onDma: options.onDma } : {}),
       ...(options.eduDmaMaskBits !== undefined ? { dmaMaskBits: options.eduDmaMaskBits } : {}),
+      onInterrupt: (raised) => {
+        if (fn === undefined) return;
+        const msi = fn.config.msi;
+        if (msi?.enabled === true) {
+          if (raised && !msi.masked(0)) this.deviceInterrupt(fn.sourceId, msi.address, msi.data);
+          return;
+        }
+        fn.config.setInterruptStatus(raised);
+        if (!fn.config.intxDisabled || !raised) this.onIntx?.(fn.sourceId, raised);
+      },
     });
-    this.pci.add(new PciFunction(name, 0, devfn, EDU_PCI_IDENTITY, [{ size: EDU_BAR_SIZE, handler: edu }]));
+    fn = new PciFunction(name, 0, devfn, EDU_PCI_IDENTITY, [{ size: EDU_BAR_SIZE, handler: edu }], EDU_PCI_CAPABILITIES);
+    this.pci.add(fn);
     return edu;
   }
 

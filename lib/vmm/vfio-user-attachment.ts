@@ -38,6 +38,8 @@ export interface AttachmentHost {
   dmaSpace(sid: number): DmaSpace;
   /** The device raised an MSI: the DWORD write of `data` to `address` it stands for. */
   deviceInterrupt(sid: number, address: bigint, data: number): void;
+  /** The device signalled its INTx eventfd (vfio-user carries edges, not levels); absent: INTx is not wired. */
+  deviceIntx?(sid: number): void;
   /** The shadow backend when the IOMMU shadows (caching mode and a unit that tells domains). */
   readonly shadow: ShadowBackend | undefined;
 }
@@ -63,6 +65,9 @@ export class VfioUserAttachment implements PciEndpoint {
    */
   readonly errors: Error[] = [];
   private msi: EventFd | undefined;
+  private intx: EventFd | undefined;
+  /** Which IRQ index the server signals: INTx until the guest enables MSI, when INTx is wired at all. */
+  private interruptMode: 'intx' | 'msi' | 'none' = 'none';
   private msiCapability: number | undefined;
   private shadowAttachment: ShadowAttachment | undefined;
   private isClosed = false;
@@ -137,11 +142,26 @@ export class VfioUserAttachment implements PciEndpoint {
     const configSize = Math.min(PCI_CONFIG_SIZE, Number(this.client.region(CONFIG_REGION).size));
     const config = describePciConfig(await this.client.regionRead(CONFIG_REGION, 0, configSize));
     this.msiCapability = config.capabilities.find((capability) => capability.id === PCI_CAPABILITY_IDS.MSI)?.offset;
-    if (this.msiCapability !== undefined && (this.client.irqs[IRQ_INDEXES.values.MSI]?.count ?? 0) > 0) {
+    const hasMsi = this.msiCapability !== undefined && (this.client.irqs[IRQ_INDEXES.values.MSI]?.count ?? 0) > 0;
+    if (hasMsi) {
       const msi = EventFd.create();
       this.msi = msi;
-      await this.client.enableMsi([msi]);
       msi.watch((count) => void this.raiseMsi(Math.min(count, MSI_BURST_LIMIT)).catch((error: unknown) => this.report(error as Error)));
+    }
+    if (this.host.deviceIntx !== undefined && (this.client.irqs[IRQ_INDEXES.values.INTX]?.count ?? 0) > 0) {
+      // INTx, MSI and MSI-X exclude each other (as in VFIO): INTx until the guest turns MSI on, as QEMU's vfio-pci.
+      const intx = EventFd.create();
+      this.intx = intx;
+      await this.client.enableIntx(intx);
+      this.interruptMode = 'intx';
+      const deliver = this.host.deviceIntx.bind(this.host);
+      intx.watch((count) => {
+        if (this.isClosed) return;
+        for (let i = 0; i < Math.min(count, MSI_BURST_LIMIT); i++) deliver(this.sourceId);
+      });
+    } else if (hasMsi) {
+      await this.client.enableMsi([this.msi!]);
+      this.interruptMode = 'msi';
     }
     if (this.host.shadow !== undefined) this.shadowAttachment = this.host.shadow.attach(this.sourceId, this.table);
     await this.table.start();
@@ -164,7 +184,29 @@ export class VfioUserAttachment implements PciEndpoint {
     const bytes = new Uint8Array(size);
     valueToBytes(BigInt(value >>> 0), bytes);
     await this.client.regionWrite(CONFIG_REGION, offset, bytes);
+    if (this.touchesMsiControl(offset, size)) await this.followMsiEnable();
     return touchesDecoding(offset, size);
+  }
+
+  private touchesMsiControl(offset: number, size: number): boolean {
+    if (this.msiCapability === undefined || this.intx === undefined || this.msi === undefined) return false;
+    const control = this.msiCapability + MSI_CONTROL_FIELD.offset;
+    return offset < control + MSI_CONTROL_FIELD.width && offset + size > control;
+  }
+
+  /** Moves the server's signalling between INTx and MSI as the guest flips MSI Enable. */
+  private async followMsiEnable(): Promise<void> {
+    const bytes = await this.client.regionRead(CONFIG_REGION, this.msiCapability! + MSI_CONTROL_FIELD.offset, MSI_CONTROL_FIELD.width);
+    const enabled = (Number(bytesToValue(bytes)) & MSI_CONTROL.bits.ENABLE) !== 0;
+    if (enabled && this.interruptMode !== 'msi') {
+      await this.client.disableIrqs(IRQ_INDEXES.values.INTX);
+      await this.client.enableMsi([this.msi!]);
+      this.interruptMode = 'msi';
+    } else if (!enabled && this.interruptMode === 'msi') {
+      await this.client.disableIrqs(IRQ_INDEXES.values.MSI);
+      await this.client.enableIntx(this.intx!);
+      this.interruptMode = 'intx';
+    }
   }
 
   /** Reads the header back from the device (its write masks and BAR sizing are the server's) and maps the BARs. */
@@ -238,5 +280,6 @@ export class VfioUserAttachment implements PciEndpoint {
     this.host.pci.remove(this);
     this.client.close();
     this.msi?.close();
+    this.intx?.close();
   }
 }

@@ -23,6 +23,8 @@ export function registerOffset(name: string): number {
 }
 
 export const OFFSET = {
+  CAP: registerOffset('CAP'),
+  ECAP: registerOffset('ECAP'),
   GCMD: registerOffset('GCMD'),
   GSTS: registerOffset('GSTS'),
   RTADDR: registerOffset('RTADDR'),

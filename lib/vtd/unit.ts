@@ -97,6 +97,9 @@ export interface InterruptFailure extends InterruptFault {
 
 export type InterruptResult = RemappedInterrupt | InterruptFailure;
 
+/** How an interrupt request reached the unit: an MSI, a plain DMA write into the interrupt range, or a platform source without a requester id. */
+export type InterruptOrigin = 'message' | 'dma-write' | 'platform';
+
 const PAGE = 4096;
 const UNTRANSLATED_LIMIT = BigInt(MAX_GUEST_ADDRESS) + 1n;
 const IOVA_LIMIT = 1n << 64n;
@@ -237,15 +240,17 @@ export class VtdUnit implements InvalidationTarget {
   /**
    * An interrupt request (an MSI write by device `sid`): with IRE on it is remapped through the IRTE, else it
    * passes unchanged. Faults (0x20..0x26) are recorded like DMA faults, with the index in FRCD bits 63:48.
+   * `origin` 'platform' is a request that carries no requester id (QEMU q35's I/O APIC under a split irqchip):
+   * there is nothing to check the IRTE's SVT against, and `sid` only fills fault records.
    */
-  remapInterrupt(request: InterruptRequest, origin: 'message' | 'dma-write' = 'message'): InterruptResult {
+  remapInterrupt(request: InterruptRequest, origin: InterruptOrigin = 'message'): InterruptResult {
     const ires = (this.registers.readWordRaw(OFFSET.GSTS) & GSTS.IRES) !== 0;
     const cfis = (this.registers.readWordRaw(OFFSET.GSTS) & GSTS.CFIS) !== 0;
     // With IRE off every interrupt is taken as it is (compatibility format).
     if (!ires) return this.remapper.passThrough(request);
     const result = this.remapper.remap(request, {
       irta: this.interruptTable, compatibilityAllowed: cfis,
-      verifySource: origin === 'message' || !this.quirks.has('interrupt-dma-writes-skip-source-id-check'),
+      verifySource: origin === 'message' || (origin === 'dma-write' && !this.quirks.has('interrupt-dma-writes-skip-source-id-check')),
       strictEntries: !this.quirks.has('irte-posted-and-xapic-destination-unchecked'),
     });
     if (result.ok) return result;
@@ -259,7 +264,7 @@ export class VtdUnit implements InvalidationTarget {
    * A device's interrupt request (a DWORD write to the interrupt range): remapped, then handed to the VMM.
    * `origin` says whether it came as an MSI or as a plain DMA write (only QEMU 7.2 tells them apart).
    */
-  interruptRequest(request: InterruptRequest, origin: 'message' | 'dma-write' = 'message'): InterruptResult {
+  interruptRequest(request: InterruptRequest, origin: InterruptOrigin = 'message'): InterruptResult {
     const result = this.remapInterrupt(request, origin);
     if (result.ok) this.deliver(result.address, result.data);
     return result;

@@ -1,0 +1,91 @@
+/** `viommu smoke`: boots a Multiboot guest (kvm-unit-tests' intel-iommu.flat) on the KVM machine with the unit, passes its serial output through, and ends with a report. */
+import * as fs from 'node:fs';
+import type { Command } from 'commander';
+import { KvmMachine, type MachineEvent } from '../machine/kvm-machine';
+import { parseGuestChecks, renderSmokeReport, smokeExitCode } from '../machine/smoke-report';
+import { summarizeUnit } from '../machine/unit-summary';
+import { setCommandExitCode } from './exit-code';
+
+export interface SmokeCommandOptions {
+  kernel: string;
+  iommu: string;
+  deviceSocket?: string;
+  timeout: string;
+  trace?: string;
+  ram: string;
+  append?: string;
+  initrd?: string;
+}
+
+export interface SmokeIo {
+  readonly stdout: NodeJS.WritableStream;
+  readonly stderr: NodeJS.WritableStream;
+}
+
+export function registerSmokeCommand(program: Command): void {
+  program
+    .command('smoke')
+    .description("boot a Multiboot guest (e.g. kvm-unit-tests' intel-iommu.flat) on a KVM machine with the VT-d unit at 0xfed90000 and edu at 00:04.0, pass its serial output through, and report its checks, what it programmed into the unit and its faults; the exit code follows the guest's status")
+    .requiredOption('--kernel <file>', 'the Multiboot image (ELF or a.out kludge), as QEMU\'s -kernel')
+    .option('--iommu <props>', "intel-iommu properties as QEMU takes them, e.g. 'caching-mode=on,aw-bits=48'", '')
+    .option('--device-socket <path>', 'use the vfio-user device served on this UNIX socket (e.g. `viommu serve --device dma-engine`) at 00:04.0 in place of the in-process edu')
+    .option('--timeout <seconds>', 'stop the guest after this long and report where it was', '60')
+    .option('--trace <file>', 'write machine events as JSON lines (register writes, interrupts, DMA, deliveries, device errors)')
+    .option('--ram <MiB>', 'guest RAM in MiB', '256')
+    .option('--append <cmdline>', 'the guest command line, as QEMU\'s -append')
+    .option('--initrd <file>', 'a Multiboot module, as QEMU\'s -initrd (kvm-unit-tests reads KEY=VALUE environment lines from it)')
+    .action(async (options: SmokeCommandOptions) => {
+      setCommandExitCode(await runSmoke(options, { stdout: process.stdout, stderr: process.stderr }));
+    });
+}
+
+/** Runs the guest and prints its output and the report; resolves to the exit code. Bad options throw. */
+export async function runSmoke(options: SmokeCommandOptions, io: SmokeIo): Promise<number> {
+  const timeoutSeconds = Number(options.timeout);
+  if (!Number.isFinite(timeoutSeconds) || timeoutSeconds <= 0) throw new Error(`--timeout ${options.timeout}: a positive number of seconds`);
+  const ramMiB = Number(options.ram);
+  if (!Number.isInteger(ramMiB) || ramMiB < 16 || ramMiB > 3072) throw new Error(`--ram ${options.ram}: a whole number of MiB from 16 to 3072`);
+  const image = readFile(options.kernel, '--kernel');
+  const modules = options.initrd === undefined ? [] : [{ bytes: readFile(options.initrd, '--initrd'), commandLine: options.initrd }];
+  const trace = options.trace === undefined ? undefined : fs.createWriteStream(options.trace);
+  const created = await KvmMachine.create({
+    iommu: options.iommu,
+    ramBytes: ramMiB << 20,
+    ...(options.deviceSocket !== undefined ? { deviceSocket: options.deviceSocket } : {}),
+    onSerialOutput: (byte) => io.stdout.write(Buffer.of(byte)),
+    ...(trace ? { onEvent: (event: MachineEvent, atMs: number) => trace.write(`${JSON.stringify({ t: atMs, ...event })}\n`) } : {}),
+  }).catch((error: Error) => {
+    trace?.end();
+    throw new Error(options.deviceSocket !== undefined ? `--device-socket ${options.deviceSocket}: ${error.message}` : error.message);
+  });
+  if (!created.machine) {
+    trace?.end();
+    throw new Error(`KVM cannot run the guest here: ${created.reason}`);
+  }
+  const machine = created.machine;
+  try {
+    machine.load(image, { ...(options.append !== undefined ? { commandLine: options.append } : {}), modules });
+    const outcome = await machine.run(timeoutSeconds * 1000);
+    const sids = machine.placedFunctions.map((fn) => fn.devfn);
+    io.stdout.write(renderSmokeReport({
+      image: options.kernel, iommu: options.iommu, timeoutMs: timeoutSeconds * 1000,
+      checks: parseGuestChecks(Buffer.from(machine.serialOutput).toString('latin1')),
+      unit: summarizeUnit(machine.unit, sids), outcome,
+      deviceErrors: machine.deviceErrors, unclaimedMmio: machine.unclaimedMmio,
+      ...(options.deviceSocket !== undefined ? { deviceSocket: options.deviceSocket } : {}),
+    }));
+    trace?.write(`${JSON.stringify({ t: outcome.elapsedMs, kind: 'end', end: outcome.end })}\n`);
+    return smokeExitCode(outcome.end);
+  } finally {
+    machine.close();
+    await new Promise<void>((resolve) => (trace ? trace.end(resolve) : resolve()));
+  }
+}
+
+function readFile(file: string, option: string): Uint8Array {
+  try {
+    return fs.readFileSync(file);
+  } catch (error) {
+    throw new Error(`${option} ${file}: ${(error as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (error as Error).message}`);
+  }
+}
