@@ -71,7 +71,7 @@ export async function runSmoke(options: SmokeCommandOptions, io: SmokeIo): Promi
       image: options.kernel, iommu: options.iommu, timeoutMs: timeoutSeconds * 1000,
       checks: parseGuestChecks(Buffer.from(machine.serialOutput).toString('latin1')),
       unit: summarizeUnit(machine.unit, sids), outcome,
-      deviceErrors: machine.deviceErrors, unclaimedMmio: machine.unclaimedMmio,
+      deviceErrors: machine.deviceErrors, unclaimedMmio: machine.unclaimedMmio, unshadowed: machine.unshadowedMappings(),
       ...(options.deviceSocket !== undefined ? { deviceSocket: options.deviceSocket } : {}),
     }));
     trace?.write(`${JSON.stringify({ t: outcome.elapsedMs, kind: 'end', end: outcome.end })}\n`);

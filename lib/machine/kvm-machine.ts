@@ -21,6 +21,7 @@ import { loadMultiboot, type MultibootBoot, type MultibootModule } from './multi
 import { setUpPci, type PlacedFunction } from './pci-firmware';
 import { PortBus, type PortSize } from './port-bus';
 import { COM1_BASE, Serial16550, SERIAL_PORT_COUNT } from './serial';
+import { summarizeUnit } from './unit-summary';
 
 /** Where the machine puts things; q35's choices where a guest might care. */
 export const MACHINE_LAYOUT = {
@@ -45,6 +46,7 @@ const HOST_BRIDGE = { vendorId: 0x8086, deviceId: 0x29c0, revision: 0, classCode
 const MAX_RAM_BYTES = MACHINE_LAYOUT.pciMemory.start;
 const SERIAL_KEEP_BYTES = 1 << 20;
 const EVENT_KEEP = 4096;
+const PAGE_BYTES = 4096;
 
 /** Something that happened in the machine, for `--trace` and reports. */
 export type MachineEvent =
@@ -254,6 +256,30 @@ export class KvmMachine {
       });
       this.runner = runner;
     });
+  }
+
+  /**
+   * Mappings the guest's tables hold that a shadowed device's DMA table lacks. With caching mode a guest must
+   * invalidate after making entries present; one that does not leaves its device without them (its DMA there
+   * still works, by message through the unit), and a host IOMMU backing the device would miss them too.
+   */
+  unshadowedMappings(): { readonly sid: number; readonly iova: number; readonly bytes: number }[] {
+    const missing: { sid: number; iova: number; bytes: number }[] = [];
+    const attachment = this.attachment;
+    if (attachment === undefined || !attachment.shadowed || attachment.closed) return missing;
+    const shared = attachment.table.shared;
+    const covered = (iova: number): boolean => shared.some((run) => BigInt(iova) >= run.address && BigInt(iova) < run.address + run.size);
+    for (const domain of summarizeUnit(this.unit, [attachment.sourceId]).domains) {
+      for (const run of domain.mappings) {
+        for (let page = run.iova; page < run.iova + run.bytes; page += PAGE_BYTES) {
+          if (covered(page)) continue;
+          const last = missing[missing.length - 1];
+          if (last !== undefined && last.iova + last.bytes === page) last.bytes += PAGE_BYTES;
+          else missing.push({ sid: attachment.sourceId, iova: page, bytes: PAGE_BYTES });
+        }
+      }
+    }
+    return missing;
   }
 
   /** Stops the vCPU (if running), disconnects devices and frees the VM and RAM. */

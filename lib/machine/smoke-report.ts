@@ -69,6 +69,8 @@ export interface SmokeReportInput {
   readonly deviceErrors: readonly string[];
   readonly unclaimedMmio: ReadonlyMap<number, { reads: number; writes: number }>;
   readonly deviceSocket?: string;
+  /** Mappings of the guest's tables a shadowed device's DMA table lacks (KvmMachine.unshadowedMappings). */
+  readonly unshadowed?: readonly { readonly sid: number; readonly iova: number; readonly bytes: number }[];
 }
 
 /** The report as text, one fact per line, for a driver developer to read at a glance. */
@@ -91,6 +93,9 @@ export function renderSmokeReport(input: SmokeReportInput): string {
   lines.push(`faults: ${unit.faults.length === 0 ? 'none recorded' : `${unit.faults.length} recorded`}${unit.faultStatus.length ? ` (FSTS ${unit.faultStatus.join(' ')})` : ''}`);
   for (const fault of unit.faults) {
     lines.push(`  FRCD${fault.index}: ${bdf(fault.sid)} ${fault.access} ${hex(fault.address)}${fault.pasid !== undefined ? ` PASID ${fault.pasid}` : ''}: reason ${hex(fault.reason)} ${fault.description}`);
+  }
+  for (const gap of input.unshadowed ?? []) {
+    lines.push(`shadow: ${bdf(gap.sid)}'s DMA table lacks IOVA ${hex(gap.iova)}-${hex(gap.iova + gap.bytes - 1)}, which the guest's tables map: with caching mode the guest must invalidate after making entries present, and it did not (the device's DMA there went by message through the unit)`);
   }
   for (const error of input.deviceErrors) lines.push(`device error: ${error}`);
   for (const [address, count] of input.unclaimedMmio) lines.push(`unclaimed MMIO at ${hex(address)}: ${count.reads} read(s), ${count.writes} write(s) (nothing decodes it)`);
