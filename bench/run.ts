@@ -10,6 +10,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { foundationFigures } from './figures/foundation';
+import { MACHINE_FIGURES } from './figures/machine';
 import { shadowFigures } from './figures/shadow';
 import { softNestingFigures } from './figures/soft-nesting';
 import { vfioUserFigures } from './figures/vfio-user';
@@ -32,6 +33,7 @@ const FIGURES: Readonly<Record<string, () => Figure>> = {
   'soft.a': fromSet(softNestingFigures, 'soft.a'),
   'shadow.a': fromSet(shadowFigures, 'shadow.a'),
   'shadow.b': fromSet(shadowFigures, 'shadow.b'),
+  ...MACHINE_FIGURES,
 };
 
 interface Row {
