@@ -123,7 +123,8 @@ export class KvmMachine {
   readonly events: MachineEvent[] = [];
   /** Accesses to addresses nothing decodes, by address. */
   readonly unclaimedMmio = new Map<number, { reads: number; writes: number }>();
-  readonly deviceErrors: string[] = [];
+  /** What went wrong with devices (an access a vfio-user server failed, an MSI KVM refused), with how often. */
+  readonly deviceErrors = new Map<string, number>();
   placedFunctions: readonly PlacedFunction[] = [];
   acpi: AcpiTableImage | undefined;
   boot: MultibootBoot | undefined;
@@ -428,8 +429,8 @@ export class KvmMachine {
   }
 
   private deviceError(message: string): void {
-    this.deviceErrors.push(message);
-    if (this.deviceErrors.length > EVENT_KEEP) this.deviceErrors.shift();
+    const seen = this.deviceErrors.get(message);
+    if (seen !== undefined || this.deviceErrors.size < EVENT_KEEP) this.deviceErrors.set(message, (seen ?? 0) + 1);
     this.emit({ kind: 'device-error', message });
   }
 

@@ -66,7 +66,7 @@ export interface SmokeReportInput {
   readonly unit: UnitSummary;
   readonly outcome: MachineOutcome;
   readonly timeoutMs: number;
-  readonly deviceErrors: readonly string[];
+  readonly deviceErrors: ReadonlyMap<string, number>;
   readonly unclaimedMmio: ReadonlyMap<number, { reads: number; writes: number }>;
   readonly deviceSocket?: string;
   /** Mappings of the guest's tables a shadowed device's DMA table lacks (KvmMachine.unshadowedMappings). */
@@ -97,7 +97,7 @@ export function renderSmokeReport(input: SmokeReportInput): string {
   for (const gap of input.unshadowed ?? []) {
     lines.push(`shadow: ${bdf(gap.sid)}'s DMA table lacks IOVA ${hex(gap.iova)}-${hex(gap.iova + gap.bytes - 1)}, which the guest's tables map: with caching mode the guest must invalidate after making entries present, and it did not (the device's DMA there went by message through the unit)`);
   }
-  for (const error of input.deviceErrors) lines.push(`device error: ${error}`);
+  for (const [error, count] of input.deviceErrors) lines.push(`device error: ${error}${count > 1 ? ` (${count} times)` : ''}`);
   for (const [address, count] of input.unclaimedMmio) lines.push(`unclaimed MMIO at ${hex(address)}: ${count.reads} read(s), ${count.writes} write(s) (nothing decodes it)`);
   lines.push(`end: ${describeEnd(outcome.end, input.timeoutMs)}, after ${outcome.exits} exits in ${(outcome.elapsedMs / 1000).toFixed(2)} s`);
   if (outcome.end.kind !== 'debug-exit' && outcome.registers) {

@@ -31,6 +31,12 @@ export class GuestCode {
     return this;
   }
 
+  /** mov [address], eax */
+  storeEax(address: number): this {
+    this.bytes.push(0xa3, ...u32(address));
+    return this;
+  }
+
   /** Spins until the dword at `address` has every bit of `mask` set (or, with `clear`, none of them). */
   waitFor(address: number, mask: number, clear = false): this {
     const top = this.bytes.length;

@@ -10,6 +10,8 @@ import { DMAR_BASE } from '../../lib/vmm/testbed';
 import { OFFSET, GCMD, GSTS } from '../../lib/vtd/register-bits';
 import { GUEST_LOAD_ADDRESS, GuestCode, multibootImage } from './guest-images';
 import { requireKvm } from './kvm-support';
+import { ServeProcess } from '../vfio-user/cli-process';
+import { waitFor } from '../helpers';
 
 /** Where the machine's firmware puts edu's BAR0: the first BAR of the PCI window. */
 const EDU_BAR0 = 0xc000_0000;
@@ -98,6 +100,23 @@ describe('KVM machine with tiny guests', function () {
     assert.match(report, /faults: 1 recorded \(FSTS PPF\)/);
     assert.match(report, /FRCD0: 00:04\.0 read 0x1000: reason 0x1 /);
     assert.match(report, /domains: none/);
+  });
+
+  it('gives the guest all-ones from a vfio-user device whose server died, lists the failures once each, and keeps running', async function () {
+    requireKvm(this);
+    const server = await ServeProcess.start();
+    const created = await KvmMachine.create({ deviceSocket: server.socketPath });
+    assert.ok(created.machine, created.reason);
+    const machine = created.machine;
+    machines.push(machine);
+    await server.stop();
+    await waitFor(() => machine.attachment!.client.closed, 'the attachment to notice its server is gone');
+    const result = 0x20_0000;
+    machine.load(multibootImage(new GuestCode().load32(EDU_BAR0).storeEax(result).load32(EDU_BAR0).exit(0)));
+    const outcome = await machine.run(10_000);
+    assert.deepEqual(outcome.end, { kind: 'debug-exit', status: 1, written: 0 });
+    assert.equal(machine.testbed.memory.readU32(result), 0xffff_ffff);
+    assert.equal(machine.deviceErrors.get(`MMIO ${'0x' + EDU_BAR0.toString(16)} failed: the vfio-user client is closed`), 2);
   });
 });
 
