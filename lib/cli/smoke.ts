@@ -1,7 +1,7 @@
 /** `viommu smoke`: boots a Multiboot guest (kvm-unit-tests' intel-iommu.flat) on the KVM machine with the unit, passes its serial output through, and ends with a report. */
 import * as fs from 'node:fs';
 import type { Command } from 'commander';
-import { KvmMachine, type MachineEvent } from '../machine/kvm-machine';
+import { KvmMachine, MAX_CPUS, type MachineEvent } from '../machine/kvm-machine';
 import { parseGuestChecks, renderSmokeReport, smokeExitCode } from '../machine/smoke-report';
 import { summarizeUnit } from '../machine/unit-summary';
 import { setCommandExitCode } from './exit-code';
@@ -13,6 +13,7 @@ export interface SmokeCommandOptions {
   timeout: string;
   trace?: string;
   ram: string;
+  smp?: string;
   append?: string;
   initrd?: string;
 }
@@ -32,6 +33,7 @@ export function registerSmokeCommand(program: Command): void {
     .option('--timeout <seconds>', 'stop the guest after this long and report where it was', '60')
     .option('--trace <file>', 'write machine events as JSON lines (register writes, interrupts, DMA, deliveries, device errors)')
     .option('--ram <MiB>', 'guest RAM in MiB', '256')
+    .option('--smp <cpus>', `vCPUs, 1 to ${MAX_CPUS} (kvm-unit-tests' own configuration of this test uses 4)`, '1')
     .option('--append <cmdline>', 'the guest command line, as QEMU\'s -append')
     .option('--initrd <file>', 'a Multiboot module, as QEMU\'s -initrd (kvm-unit-tests reads KEY=VALUE environment lines from it)')
     .action(async (options: SmokeCommandOptions) => {
@@ -45,12 +47,15 @@ export async function runSmoke(options: SmokeCommandOptions, io: SmokeIo): Promi
   if (!Number.isFinite(timeoutSeconds) || timeoutSeconds <= 0) throw new Error(`--timeout ${options.timeout}: a positive number of seconds`);
   const ramMiB = Number(options.ram);
   if (!Number.isInteger(ramMiB) || ramMiB < 16 || ramMiB > 3072) throw new Error(`--ram ${options.ram}: a whole number of MiB from 16 to 3072`);
+  const cpus = Number(options.smp ?? '1');
+  if (!Number.isInteger(cpus) || cpus < 1 || cpus > MAX_CPUS) throw new Error(`--smp ${options.smp}: a whole number of vCPUs from 1 to ${MAX_CPUS}`);
   const image = readFile(options.kernel, '--kernel');
   const modules = options.initrd === undefined ? [] : [{ bytes: readFile(options.initrd, '--initrd'), commandLine: options.initrd }];
   const trace = options.trace === undefined ? undefined : fs.createWriteStream(options.trace);
   const created = await KvmMachine.create({
     iommu: options.iommu,
     ramBytes: ramMiB << 20,
+    cpus,
     ...(options.deviceSocket !== undefined ? { deviceSocket: options.deviceSocket } : {}),
     onSerialOutput: (byte) => io.stdout.write(Buffer.of(byte)),
     ...(trace ? { onEvent: (event: MachineEvent, atMs: number) => trace.write(`${JSON.stringify({ t: atMs, ...event })}\n`) } : {}),

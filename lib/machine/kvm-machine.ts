@@ -44,6 +44,8 @@ export const MACHINE_LAYOUT = {
 /** q35's host bridge (8086:29c0), so bus 0 has a function 0 as every PC does. */
 const HOST_BRIDGE = { vendorId: 0x8086, deviceId: 0x29c0, revision: 0, classCode: 0x060000, subsystemVendorId: 0x1af4, subsystemId: 0x1100, interruptPin: 0 } as const;
 const MAX_RAM_BYTES = MACHINE_LAYOUT.pciMemory.start;
+/** Enough for kvm-unit-tests' configurations; each vCPU is a thread of this process. */
+export const MAX_CPUS = 8;
 const SERIAL_KEEP_BYTES = 1 << 20;
 const EVENT_KEEP = 4096;
 const PAGE_BYTES = 4096;
@@ -60,6 +62,8 @@ export type MachineEvent =
 export interface KvmMachineOptions {
   /** Unit properties as QEMU's intel-iommu takes them ('aw-bits=48,caching-mode=on'). */
   readonly iommu?: string;
+  /** vCPUs (default 1, at most MAX_CPUS): the first boots, the others wait for the guest's INIT-SIPI. */
+  readonly cpus?: number;
   /** Guest RAM in bytes (default 256 MiB), below the PCI window at 3 GiB. */
   readonly ramBytes?: number;
   /** A vfio-user server (e.g. `viommu serve --device dma-engine`) at 00:04.0 in place of the in-process edu. */
@@ -129,8 +133,8 @@ export class KvmMachine {
   acpi: AcpiTableImage | undefined;
   boot: MultibootBoot | undefined;
   attachment: VfioUserAttachment | undefined;
-  private readonly vcpu: number;
-  private runner: KvmVcpuRunner | undefined;
+  private readonly vcpus: number[] = [];
+  private runners: KvmVcpuRunner[] | undefined;
   private debugExit: { status: number; written: number } | undefined;
   private readonly started = Date.now();
 
@@ -153,7 +157,7 @@ export class KvmMachine {
     });
     testbed.mmio.map('ioapic', IOAPIC_BASE, IOAPIC_WINDOW_SIZE, this.ioapic);
     this.ports.map('com1', COM1_BASE, SERIAL_PORT_COUNT, new Serial16550(COM1_BASE, (byte) => this.serialByte(byte)));
-    this.ports.map('fw_cfg', FW_CFG_PORTS.selector, FW_CFG_PORT_COUNT, FwCfg.forMachine({ ramBytes, cpus: 1 }));
+    this.ports.map('fw_cfg', FW_CFG_PORTS.selector, FW_CFG_PORT_COUNT, FwCfg.forMachine({ ramBytes, cpus: options.cpus ?? 1 }));
     this.ports.map('isa-debug-exit', DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_COUNT, new DebugExit((status, written) => this.guestExited(status, written)));
     this.ports.map('pci-host', MACHINE_LAYOUT.pciPorts.base, MACHINE_LAYOUT.pciPorts.length, {
       readPort: (port, size) => testbed.pci.readPort(port, size) ?? (size === 4 ? 0xffffffff : (1 << (8 * size)) - 1),
@@ -164,7 +168,8 @@ export class KvmMachine {
     });
     testbed.pci.add(new PciFunction('host-bridge', 0, 0, HOST_BRIDGE, []));
     vm.addMemory(0, 0, testbed.ram);
-    this.vcpu = vm.createVcpu();
+    // vCPU 0 is the boot CPU; the others wait in KVM for the INIT and SIPI the guest sends them.
+    for (let i = 0; i < (options.cpus ?? 1); i++) this.vcpus.push(vm.createVcpu());
   }
 
   /** Builds the machine, or says why KVM cannot run it here. Bad options throw ViommuError. */
@@ -172,6 +177,10 @@ export class KvmMachine {
     const ramBytes = options.ramBytes ?? 256 << 20;
     if (!Number.isSafeInteger(ramBytes) || ramBytes < 16 << 20 || ramBytes > MAX_RAM_BYTES || ramBytes % 4096 !== 0) {
       throw new ViommuError('ERR_MACHINE_RAM', `RAM of ${ramBytes} bytes: a multiple of 4 KiB from 16 MiB to 3 GiB (the PCI window starts at 3 GiB)`);
+    }
+    const cpus = options.cpus ?? 1;
+    if (!Number.isInteger(cpus) || cpus < 1 || cpus > MAX_CPUS) {
+      throw new ViommuError('ERR_MACHINE_CPUS', `${cpus} vCPUs: a whole number from 1 to ${MAX_CPUS}`);
     }
     const opened = KvmVirtualMachine.open({ ioapicPins: MACHINE_LAYOUT.ioapicPins, ...(options.kvmDevicePath ? { devicePath: options.kvmDevicePath } : {}) });
     if (!opened.vm) return { reason: opened.reason };
@@ -221,30 +230,33 @@ export class KvmMachine {
       ...(options.commandLine !== undefined ? { commandLine: options.commandLine } : {}),
       ...(options.modules !== undefined ? { modules: options.modules } : {}),
     });
-    this.vm.enterProtectedMode(this.vcpu, { eip: boot.entry, eax: boot.magic, ebx: boot.infoAddress });
+    this.vm.enterProtectedMode(this.vcpus[0]!, { eip: boot.entry, eax: boot.magic, ebx: boot.infoAddress });
     this.boot = boot;
     return boot;
   }
 
-  /** Runs the vCPU until the guest ends, the CPU stops, or `timeoutMs` passes. */
+  /**
+   * Runs every vCPU until the guest ends (isa-debug-exit), a vCPU stops any other way, or `timeoutMs` passes; then
+   * stops the others and resolves once all have left the guest, with the registers of the vCPU that ended it.
+   */
   run(timeoutMs: number): Promise<MachineOutcome> {
-    if (this.runner !== undefined) throw new ViommuError('ERR_MACHINE_RUNNING', 'this machine already ran; build a new one for another run');
+    if (this.runners !== undefined) throw new ViommuError('ERR_MACHINE_RUNNING', 'this machine already ran; build a new one for another run');
     if (this.boot === undefined) throw new ViommuError('ERR_MACHINE_NOT_LOADED', 'load() a guest image before run()');
     return new Promise((resolve) => {
       let timedOut = false;
+      let first: { vcpu: number; exit: Exclude<KvmExit, ResumableExit> } | undefined;
+      let running = this.vcpus.length;
+      const stopAll = (): void => this.runners?.forEach((runner) => runner.stop());
       const timer = setTimeout(() => {
         timedOut = true;
-        this.runner?.stop();
+        stopAll();
       }, timeoutMs);
-      const runner = this.vm.run(this.vcpu, (exit) => {
-        if (exit.reason === 'io' || exit.reason === 'mmio' || exit.reason === 'ioapic-eoi') {
-          this.handle(runner, exit);
-          return;
-        }
+      const finish = (): void => {
         clearTimeout(timer);
+        const { vcpu, exit } = first!;
         let registers: MachineOutcome['registers'];
         try {
-          registers = this.vm.registers(this.vcpu);
+          registers = this.vm.registers(vcpu);
         } catch {
           registers = undefined;
         }
@@ -252,10 +264,25 @@ export class KvmMachine {
           ? { kind: 'debug-exit', ...this.debugExit }
           : timedOut && exit.reason === 'stopped'
             ? { kind: 'timeout' }
-            : { kind: exit.reason, detail: exit.detail, message: exit.error?.message ?? TERMINAL_MESSAGES[exit.reason] ?? exit.reason };
-        resolve({ end, ...(registers ? { registers } : {}), exits: runner.exits, elapsedMs: Date.now() - this.started });
+            : { kind: exit.reason, detail: exit.detail, message: `vCPU ${vcpu}: ${exit.error?.message ?? TERMINAL_MESSAGES[exit.reason] ?? exit.reason}` };
+        const exits = this.runners!.reduce((sum, runner) => sum + runner.exits, 0);
+        resolve({ end, ...(registers ? { registers } : {}), exits, elapsedMs: Date.now() - this.started });
+      };
+      this.runners = this.vcpus.map((vcpu) => {
+        const runner = this.vm.run(vcpu, (exit) => {
+          if (exit.reason === 'io' || exit.reason === 'mmio' || exit.reason === 'ioapic-eoi') {
+            this.handle(runner, exit);
+            return;
+          }
+          // The first vCPU to stop decides how the run ended; the rest are stopped with it.
+          if (first === undefined) {
+            first = { vcpu, exit };
+            stopAll();
+          }
+          if (--running === 0) finish();
+        });
+        return runner;
       });
-      this.runner = runner;
     });
   }
 
@@ -403,7 +430,7 @@ export class KvmMachine {
   private guestExited(status: number, written: number): void {
     if (this.debugExit !== undefined) return;
     this.debugExit = { status, written };
-    this.runner?.stop();
+    this.runners?.forEach((runner) => runner.stop());
   }
 
   private serialByte(byte: number): void {
@@ -442,7 +469,7 @@ export class KvmMachine {
 
   private installAcpi(): void {
     const platform = acpiPlatformFromUnit(this.unit.config, {
-      cpuApicIds: [0],
+      cpuApicIds: this.vcpus,
       ioapic: { id: MACHINE_LAYOUT.ioapicId, address: IOAPIC_BASE, gsiBase: 0, bus: MACHINE_LAYOUT.ioapicBus, device: MACHINE_LAYOUT.ioapicDevfn >> 3, function: MACHINE_LAYOUT.ioapicDevfn & 7 },
       iommuRegisterBase: DMAR_BASE,
     });

@@ -11,7 +11,7 @@ import { INTEL_IOMMU_FLAT, requireKvm } from '../machine/kvm-support';
 import { qemuAvailability } from './qemu';
 
 /** The guest's lines that carry register values or programming choices, not addresses its allocator picked. */
-const COMPARED = /^(VT-d version:.*|\s+cap:.*|\s+ecap:.*|(PASS|FAIL|SKIP): .*|vtd_setup_msi: .*|INTR: alloc IRTE index .*|map 4K page IOVA 0 to 0x[0-9a-f]+ \(sid=.*\)|SUMMARY: .*)$/;
+const COMPARED = /^(smp: waiting for .*|VT-d version:.*|\s+cap:.*|\s+ecap:.*|(PASS|FAIL|SKIP): .*|vtd_setup_msi: .*|INTR: alloc IRTE index .*|map 4K page IOVA 0 to 0x[0-9a-f]+ \(sid=.*\)|SUMMARY: .*)$/;
 
 function comparedLines(serial: string): string[] {
   return serial.split('\n').map((line) => line.replace(/\r$/, '')).filter((line) => COMPARED.test(line))
@@ -19,9 +19,9 @@ function comparedLines(serial: string): string[] {
     .map((line) => line.replace(/to 0x[0-9a-f]+ /, 'to (page) '));
 }
 
-function runQemu(iommu: string): Promise<{ code: number | null; serial: string }> {
+function runQemu(iommu: string, cpus: number): Promise<{ code: number | null; serial: string }> {
   const args = [
-    '-accel', 'kvm', '-cpu', 'host,-arch-capabilities', '-M', 'q35,kernel-irqchip=split', '-smp', '1', '-m', '256M',
+    '-accel', 'kvm', '-cpu', 'host,-arch-capabilities', '-M', 'q35,kernel-irqchip=split', '-smp', String(cpus), '-m', '256M',
     '-display', 'none', '-serial', 'stdio', '-no-reboot', '-device', 'isa-debug-exit,iobase=0xf4,iosize=0x4',
     '-device', `intel-iommu,${iommu}`, '-device', 'edu,addr=4', '-kernel', INTEL_IOMMU_FLAT,
   ];
@@ -34,26 +34,32 @@ function runQemu(iommu: string): Promise<{ code: number | null; serial: string }
   });
 }
 
-async function runOurs(iommu: string): Promise<{ code: number; serial: string }> {
+async function runOurs(iommu: string, cpus: number): Promise<{ code: number; serial: string }> {
   const stdout = new PassThrough();
   let serial = '';
   stdout.on('data', (chunk: Buffer) => (serial += chunk.toString('latin1')));
-  const code = await runSmoke({ kernel: INTEL_IOMMU_FLAT, iommu, timeout: '60', ram: '256' }, { stdout, stderr: new PassThrough() });
+  const code = await runSmoke({ kernel: INTEL_IOMMU_FLAT, iommu, timeout: '60', ram: '256', smp: String(cpus) }, { stdout, stderr: new PassThrough() });
   return { code, serial: serial.slice(0, serial.indexOf('==== viommu smoke report ====')) };
 }
 
 describe('differential: kvm-unit-tests intel-iommu.flat on QEMU 7.2 with KVM vs viommu smoke', function () {
   this.timeout(120_000);
 
-  for (const iommu of ['intremap=on,eim=off', 'intremap=on,eim=off,caching-mode=on', 'intremap=on,eim=off,aw-bits=48']) {
-    it(`prints the same register values and checks with ${iommu}`, async function () {
+  const runs = [
+    { iommu: 'intremap=on,eim=off', cpus: 1 },
+    { iommu: 'intremap=on,eim=off,caching-mode=on', cpus: 1 },
+    { iommu: 'intremap=on,eim=off,aw-bits=48', cpus: 1 },
+    { iommu: 'intremap=on,eim=off', cpus: 4 },
+  ];
+  for (const { iommu, cpus } of runs) {
+    it(`prints the same register values and checks with ${iommu} on ${cpus} vCPU(s)`, async function () {
       requireKvm(this, true);
       const qemu = qemuAvailability();
       if (!qemu.available) {
         console.log(`      skipped: ${qemu.reason}`);
         this.skip();
       }
-      const [reference, ours] = [await runQemu(iommu), await runOurs(iommu)];
+      const [reference, ours] = [await runQemu(iommu, cpus), await runOurs(iommu, cpus)];
       assert.equal(reference.code, 1, `QEMU's isa-debug-exit status for a guest that passed is 1:\n${reference.serial}`);
       assert.equal(ours.code, 0, ours.serial);
       const expected = comparedLines(reference.serial);
