@@ -56,7 +56,7 @@ describe('KVM machine with tiny guests', function () {
     assert.equal(outcome.end.kind, 'shutdown');
     assert.equal(smokeExitCode(outcome.end), 125);
     assert.ok(outcome.registers, 'registers are reported');
-    assert.match(report, /end: shutdown: the guest shut the CPU down \(a triple fault/);
+    assert.match(report, /end: shutdown: vCPU 0: the guest shut the CPU down \(a triple fault/);
     assert.match(report, /rip 0x[0-9a-f]+ rsp/);
   });
 
