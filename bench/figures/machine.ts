@@ -145,7 +145,10 @@ function kvmUnitTestsFigure(): Figure {
 
 function qemuMissingReason(): string | undefined {
   const probe = spawnSync(QEMU, ['--version'], { stdio: 'ignore', timeout: 10_000 });
-  if (probe.error !== undefined) return `${QEMU} cannot be run: ${(probe.error as NodeJS.ErrnoException).code ?? probe.error.message}`;
+  if (probe.error !== undefined) {
+    const code = (probe.error as NodeJS.ErrnoException).code;
+    return code === 'ENOENT' ? `${QEMU} is not on PATH` : `${QEMU} cannot be run: ${code ?? probe.error.message}`;
+  }
   return probe.status === 0 ? undefined : `${QEMU} --version exited with ${probe.status ?? probe.signal}`;
 }
 
@@ -175,8 +178,8 @@ async function timedGuest(image: Uint8Array, deviceSocket: string | undefined): 
     const outcome = await machine.run(RUN_TIMEOUT_MS);
     const ns = Number(process.hrtime.bigint() - start);
     const side = deviceSocket === undefined ? 'in-process edu' : 'served edu';
-    check(outcome.end.kind === 'debug-exit' && outcome.end.status === 0, `${side}: the guest ended with ${JSON.stringify(outcome.end)}`);
-    check(machine.deviceErrors.length === 0, `${side}: device errors: ${machine.deviceErrors.join('; ')}`);
+    check(outcome.end.kind === 'debug-exit' && outcome.end.written === 0, `${side}: the guest ended with ${JSON.stringify(outcome.end)}`);
+    check(machine.deviceErrors.size === 0, `${side}: device errors: ${[...machine.deviceErrors.keys()].join('; ')}`);
     const ebx = outcome.registers === undefined ? undefined : Number(outcome.registers.regs.rbx & 0xffff_ffffn);
     check(ebx === EDU_IDENTIFICATION, `${side}: the guest read ${ebx?.toString(16)} from edu's identification register`);
     return { ns, exits: outcome.exits };
