@@ -99,6 +99,11 @@ class DeviceShadow implements ShadowAttachment {
     });
   }
 
+  /** Requests decided and not yet answered. */
+  get busy(): boolean {
+    return this.batches.length > 0;
+  }
+
   /** Calls `callback` once every batch queued so far is answered; false (and no call) when nothing is queued. */
   whenSettled(callback: () => void): boolean {
     const last = this.batches[this.batches.length - 1];
@@ -231,6 +236,12 @@ export class ShadowBackend extends EventEmitter<ShadowBackendEvents> {
     this.attachments.add(device);
     device.stopWatching = this.unit.watchDevice(sid, { domainChanged: (domain) => this.move(device, domain) });
     return device;
+  }
+
+  /** What is outstanding: a promise of settled() while any device has requests on their way, else undefined. */
+  pending(): Promise<void> | undefined {
+    for (const device of this.attachments) if (device.busy) return this.settled();
+    return undefined;
   }
 
   /** Resolves once every attached device has answered everything decided so far. */

@@ -94,7 +94,8 @@ export class ShadowMappings {
     const last = old[old.length - 1];
     if (last !== undefined && last.iovaPage + last.pages > end) this.append(wanted, slice(last, Math.max(end, last.iovaPage), last.iovaPage + last.pages));
 
-    this.runs.splice(from, to - from, ...wanted);
+    // Not splice(from, n, ...wanted): a call takes its arguments on the stack, and a domain can hold a million runs.
+    this.runs = this.runs.slice(0, from).concat(wanted, this.runs.slice(to));
     return difference(old, wanted);
   }
 

@@ -495,5 +495,6 @@ function tracedIommu(unit: VtdUnit, emit: (event: MachineEvent) => void): Testbe
     dmaSpace: (sid) => unit.dmaSpace(sid),
     interruptRequest: (request, origin) => unit.interruptRequest(request, origin),
     watchDevice: (sid, listener) => unit.watchDevice(sid, listener),
+    holdCompletionsWhile: (pending) => unit.holdCompletionsWhile(pending),
   };
 }

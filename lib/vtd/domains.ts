@@ -127,6 +127,11 @@ interface Watch {
 export interface DomainRegistryOptions {
   readonly enumerator: MappingEnumerator;
   readonly resolve: DomainResolver;
+  /**
+   * A listener threw. It is a host backend's failure, not the guest's: the invalidation or command that
+   * notified it still completes, and the other listeners still hear of it.
+   */
+  readonly onListenerError?: (error: Error) => void;
 }
 
 export class DomainRegistry {
@@ -135,10 +140,21 @@ export class DomainRegistry {
   private readonly watches = new Map<number, Set<Watch>>();
   private readonly enumerator: MappingEnumerator;
   private readonly resolve: DomainResolver;
+  private readonly onListenerError: (error: Error) => void;
 
   constructor(options: DomainRegistryOptions) {
     this.enumerator = options.enumerator;
     this.resolve = options.resolve;
+    this.onListenerError = options.onListenerError ?? (() => undefined);
+  }
+
+  /** Calls a listener; what it throws goes to onListenerError instead of into the guest's command. */
+  private tell(call: () => void): void {
+    try {
+      call();
+    } catch (error) {
+      this.onListenerError(error instanceof Error ? error : new Error(String(error)));
+    }
   }
 
   /** Domains alive: watched by a device or listened to. */
@@ -162,7 +178,8 @@ export class DomainRegistry {
     forSid.add(watch);
     watch.domain = this.domainFor(watch);
     if (watch.domain !== undefined) watch.domain.watchers++;
-    listener.domainChanged(watch.domain);
+    const current = watch.domain;
+    this.tell(() => listener.domainChanged(current));
     return () => this.unwatch(watch);
   }
 
@@ -184,7 +201,7 @@ export class DomainRegistry {
       if (next === previous) continue;
       if (next !== undefined) next.watchers++;
       watch.domain = next;
-      watch.listener.domainChanged(next);
+      this.tell(() => watch.listener.domainChanged(next));
       if (previous !== undefined) {
         previous.watchers--;
         this.release(previous);
@@ -271,7 +288,7 @@ export class DomainRegistry {
     if (from >= to) return;
     const runs = domain.mappings(from, to - from);
     for (const listener of [...domain.listeners]) {
-      if (domain.listeners.has(listener)) listener.mappingsChanged(from, to - from, runs);
+      if (domain.listeners.has(listener)) this.tell(() => listener.mappingsChanged(from, to - from, runs));
     }
   }
 

@@ -4,6 +4,7 @@ import type { EntryWords, GuestMemory } from '../memory/guest-memory';
 import { fieldReader, getField, getField64, hasReservedBits, readField, readWordField, reservedWords, wordFieldReader } from './bitfield';
 import type { QuirkId } from './compat-quirks';
 import type { FaultRecorder } from './fault-recorder';
+import type { HostCompletion } from './host-completion';
 import type { RegisterFile } from './register-file';
 import { EVENT_CONTROL, FSTS, GSTS, ICS, OFFSET } from './register-bits';
 import { IQA_FIELDS, QUEUE_POINTER_FIELDS } from './registers';
@@ -88,6 +89,7 @@ export class InvalidationQueue {
     private readonly options: QueueOptions,
     private readonly quirks: ReadonlySet<QuirkId>,
     private readonly deliver: (address: number, data: number) => void,
+    private readonly completion: HostCompletion,
   ) {
     for (const kind of INVALIDATION_DESCRIPTORS) {
       this.reserved[kind.type] = reservedWords(kind.fields, { features: options.features });
@@ -104,6 +106,8 @@ export class InvalidationQueue {
     this.qie = false;
     this.writtenIqa = 0n;
     this.lastType = NO_DESCRIPTOR;
+    this.holdToken++;
+    this.heldAtWait = false;
   }
 
   /** Descriptors the queue holds (2^QS pages), as latched when queued invalidation was last enabled. */
@@ -127,6 +131,10 @@ export class InvalidationQueue {
   private writtenIqa = 0n;
   /** Type of the last descriptor fetched (QEMU 7.2 only lets QI be disabled after a wait descriptor). */
   private lastType = NO_DESCRIPTOR;
+  /** Processing stopped at a wait descriptor until host backends settle (IQH names the wait descriptor meanwhile). */
+  private heldAtWait = false;
+  /** Identifies the current hold: a reset or a disable makes an older hold's resumption a no-op. */
+  private holdToken = 0;
 
   /**
    * IQA was written. Base, size and width take effect when queued invalidation is enabled (changing them while
@@ -159,7 +167,7 @@ export class InvalidationQueue {
       return;
     }
     this.tailOffset = offset;
-    if (this.qie && !(this.regs.readWordRaw(OFFSET.FSTS) & FSTS.IQE)) this.process();
+    if (this.qie && !this.heldAtWait && !(this.regs.readWordRaw(OFFSET.FSTS) & FSTS.IQE)) this.process();
   }
 
   /**
@@ -185,6 +193,8 @@ export class InvalidationQueue {
     if (this.quirks.has('qi-disable-needs-drained-queue') && !drained) return;
     this.qie = false;
     this.regs.updateWordRaw(OFFSET.GSTS, GSTS.QIES, 0);
+    this.holdToken++;
+    this.heldAtWait = false;
     this.head = 0;
     this.publishHead();
   }
@@ -208,7 +218,18 @@ export class InvalidationQueue {
     }
     let budget = this.entries;
     while (this.head !== tail && budget-- > 0) {
-      if (!this.fetch(this.base + this.head * this.descriptorBytes) || !this.execute()) {
+      if (!this.fetch(this.base + this.head * this.descriptorBytes)) {
+        this.publishHead();
+        this.recorder.raiseQueueError();
+        return;
+      }
+      // A wait descriptor reports completion of everything before it, host side included: the guest may reuse
+      // what it unmapped once the status is written, so the device must have lost those mappings by then.
+      if (this.fetchedType() === TYPE.WAIT && this.completion.busy) {
+        this.holdAtWait();
+        return;
+      }
+      if (!this.execute()) {
         this.publishHead();
         this.recorder.raiseQueueError();
         return;
@@ -217,6 +238,21 @@ export class InvalidationQueue {
       this.head = this.head + 1 === this.entries ? 0 : this.head + 1;
     }
     this.publishHead();
+  }
+
+  private fetchedType(): number {
+    return readWordField(this.words, TYPE_LO) | (readWordField(this.words, TYPE_HI) << TYPE_LO_BITS);
+  }
+
+  private holdAtWait(): void {
+    this.publishHead();
+    this.heldAtWait = true;
+    const token = ++this.holdToken;
+    this.completion.whenSettled(() => {
+      if (token !== this.holdToken) return;
+      this.heldAtWait = false;
+      if (this.qie && !(this.regs.readWordRaw(OFFSET.FSTS) & FSTS.IQE)) this.process();
+    });
   }
 
   private fetch(address: number): boolean {
@@ -232,7 +268,7 @@ export class InvalidationQueue {
   /** Dispatches this.words; false means an invalid descriptor (IQE). */
   private execute(): boolean {
     const w = this.words;
-    const type = readWordField(w, TYPE_LO) | (readWordField(w, TYPE_HI) << TYPE_LO_BITS);
+    const type = this.fetchedType();
     this.lastType = type;
     const kind = this.kinds[type];
     if (kind === undefined) return false;

@@ -14,6 +14,7 @@ import { FaultRecorder, type RecordOutcome } from './fault-recorder';
 import { describeFaultReason, isPermissionFault } from './fault-reasons';
 import { InterruptEntryCache } from './interrupt-entry-cache';
 import { InterruptRemapper, type InterruptFault, type InterruptRequest, type RemappedInterrupt } from './interrupt-remap';
+import { HostCompletion, type HostPending } from './host-completion';
 import { InvalidationQueue, type InvalidationTarget } from './invalidation-queue';
 import { FR, INTERRUPT_RANGE_END, INTERRUPT_RANGE_START, LegacyWalker, TT, isInterruptAddress, overlapsInterruptRange } from './legacy-walk';
 import { MappingEnumerator } from './mapping-enumerator';
@@ -33,12 +34,18 @@ export interface VtdUnitOptions {
    * as the guest set them) and device interrupts, i.e. DMA writes to 0xfee00000-0xfeefffff, after remapping.
    */
   readonly onInterrupt: (address: number, data: number) => void;
+  /**
+   * A host backend following the unit's domains failed (a listener threw). The guest's command completes anyway;
+   * the VMM decides what to do. Default: kept in `hostErrors`.
+   */
+  readonly onHostError?: (error: Error) => void;
 }
 
 /** One DMA request: requester id (bus << 8 | devfn), input address, write or read, and the PASID it carries, if any. */
 export type TranslationRequest = ScalableRequestInput;
 
 const SOURCE_ID_MASK = 0xffff;
+const HOST_ERROR_LOG_LIMIT = 64;
 const PASID_MASK = 0xfffff;
 
 /**
@@ -152,6 +159,11 @@ export class VtdUnit implements InvalidationTarget {
   private translationEnabled = false;
   /** IRTA as latched by SIRTP; IRTEs are read afresh for every interrupt. */
   private interruptTable = 0n;
+  /** The last host backend failures (when no onHostError is given), oldest first. */
+  readonly hostErrors: Error[] = [];
+  private readonly onHostError: ((error: Error) => void) | undefined;
+  /** Completions held while host backends apply invalidations (holdCompletionsWhile). */
+  private readonly completion = new HostCompletion();
 
   constructor(options: VtdUnitOptions) {
     const config = options.config ?? resolveVtdConfig();
@@ -195,10 +207,12 @@ export class VtdUnit implements InvalidationTarget {
         fs1gp: capabilityField(caps, 'CAP', 'FS1GP') === 1,
       }),
       resolve: (sid, pasid) => this.resolveDomain(sid, pasid),
+      onListenerError: (error) => this.hostError(error),
     });
+    this.onHostError = options.onHostError;
     this.queue = new InvalidationQueue(
       this.registers, this.memory, this.recorder, this, { wideDescriptors: capabilityField(caps, 'ECAP', 'SMTS') === 1, features },
-      this.quirks, options.onInterrupt,
+      this.quirks, options.onInterrupt, this.completion,
     );
     this.remapper = new InterruptRemapper(
       this.memory, this.config['aw-bits'], features, this.quirks.has('compatibility-interrupts-pass-without-cfi'), this.interruptEntries,
@@ -223,6 +237,7 @@ export class VtdUnit implements InvalidationTarget {
 
   /** Device reset: registers to reset values, caches and latched pointers dropped. */
   reset(): void {
+    this.completion.reset();
     this.registers.reset();
     this.contextCache.invalidateAll();
     this.scalable.invalidateAll();
@@ -311,7 +326,6 @@ export class VtdUnit implements InvalidationTarget {
       const [lo, hi] = splitRaw(regs.readRaw('RTADDR'));
       this.rootTable = getField64(lo, hi, RTADDR_FIELDS.f.RTA) * PAGE;
       this.rootMode = getField64(lo, hi, RTADDR_FIELDS.f.TTM);
-      regs.updateWordRaw(OFFSET.GSTS, 0, GSTS.RTPS);
       if (this.quirks.has('srtp-flushes-caches')) {
         this.contextCache.invalidateAll();
         this.scalable.invalidateAll();
@@ -327,7 +341,6 @@ export class VtdUnit implements InvalidationTarget {
     // WBF completes at once (CAP.RWBF is 0), so WBFS is never seen set.
     const te = (value & GCMD.TE) !== 0;
     this.translationEnabled = te;
-    regs.updateWordRaw(OFFSET.GSTS, te ? 0 : GSTS.TES, te ? GSTS.TES : 0);
     const qie = (value & GCMD.QIE) !== 0;
     const qies = (regs.readWordRaw(OFFSET.GSTS) & GSTS.QIES) !== 0;
     // The queue publishes QIES itself: enabling processes a tail that was set before (QEMU), so QIES must show first.
@@ -340,6 +353,28 @@ export class VtdUnit implements InvalidationTarget {
     }
     // A new root table or TE toggled can move every device to another domain.
     if ((value & GCMD.SRTP) !== 0 || te !== wasEnabled) this.domains.devicesChanged();
+    // RTPS and TES report the change done, host side included: a device moved away from a domain has lost its
+    // mappings before the guest reads them. TES shows the latest TE, however many writes came meanwhile.
+    const rootTableSet = (value & GCMD.SRTP) !== 0;
+    this.completion.whenSettled(() => {
+      const tes = this.translationEnabled;
+      regs.updateWordRaw(OFFSET.GSTS, tes ? 0 : GSTS.TES, (tes ? GSTS.TES : 0) | (rootTableSet ? GSTS.RTPS : 0));
+    });
+  }
+
+  /**
+   * From now on, architectural completions wait for `pending` (a host backend's outstanding work): a wait
+   * descriptor's status write and completion event, CCMD.ICC and IOTLB.IVT clearing, GSTS.RTPS and TES. Register
+   * writes themselves never wait, so a guest sees progress whatever a backend costs.
+   */
+  holdCompletionsWhile(pending: HostPending | undefined): void {
+    this.completion.follow(pending);
+  }
+
+  private hostError(error: Error): void {
+    if (this.onHostError !== undefined) return this.onHostError(error);
+    this.hostErrors.push(error);
+    if (this.hostErrors.length > HOST_ERROR_LOG_LIMIT) this.hostErrors.shift();
   }
 
   private get queuedInvalidation(): boolean {
@@ -364,7 +399,7 @@ export class VtdUnit implements InvalidationTarget {
       this.contextDevice(getField64(lo, hi, f.SID), getField64(lo, hi, f.FM));
       done = granularity;
     }
-    this.registers.writeRaw('CCMD', setFieldBig(setFieldBig(raw, f.ICC, 0), f.CAIG, done));
+    this.completion.whenSettled(() => this.registers.writeRaw('CCMD', setFieldBig(setFieldBig(raw, f.ICC, 0), f.CAIG, done)));
   }
 
   /** IOTLB with IVT: invalidate (page-selective takes IVA), report IAIG, clear IVT. Ignored (IVT stays) under QI. */
@@ -387,7 +422,7 @@ export class VtdUnit implements InvalidationTarget {
       const ok = this.iotlbPages(did, getField64(alo, ahi, IVA_FIELDS.f.ADDR), getField64(alo, ahi, IVA_FIELDS.f.AM));
       done = ok ? granularity : 0;
     }
-    this.registers.writeRaw('IOTLB', setFieldBig(setFieldBig(raw, f.IVT, 0), f.IAIG, done));
+    this.completion.whenSettled(() => this.registers.writeRaw('IOTLB', setFieldBig(setFieldBig(raw, f.IVT, 0), f.IAIG, done)));
   }
 
   // ---- InvalidationTarget ----

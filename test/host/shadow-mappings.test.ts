@@ -123,3 +123,17 @@ describe('ShadowMappings', () => {
     );
   });
 });
+
+describe('ShadowMappings at scale', () => {
+  it('takes 300,000 separate runs in one update and splits them again (no call takes the runs as arguments)', () => {
+    const shadow = new ShadowMappings();
+    const count = 300_000;
+    const scattered = Array.from({ length: count }, (_, i) => ({ iovaPage: 2 * i, gpaPage: 7, pages: 1, access: RW }));
+    const changes = shadow.update(0, 2 * count, scattered);
+    assert.equal(changes.map.length, count);
+    assert.equal(shadow.count, count);
+    const dropped = shadow.update(count, count, []);
+    assert.equal(dropped.unmap.length, count / 2);
+    assert.equal(shadow.count, count / 2);
+  });
+});
