@@ -17,10 +17,19 @@ export interface FileDescriptor {
   describe(): string;
 }
 
-/** An mmap'd range. `buffer` is zero-copy; unmap() detaches it, so later access sees a length-0 buffer. */
+/**
+ * An mmap'd range, reached through zero-copy ArrayBuffers; unmap() detaches every one of them, so later access
+ * sees length-0 buffers. Node 20 caps one ArrayBuffer at 4 GiB, so a range is also cut into windows of
+ * `mappingWindowSize` bytes (the last one shorter) that reach all of it, however large.
+ */
 export interface Mapping {
+  /** The whole range in one ArrayBuffer; throws EFBIG for ranges over 4 GiB (use window()). */
   readonly buffer: ArrayBuffer;
   readonly length: number;
+  /** ceil(length / mappingWindowSize). */
+  readonly windowCount: number;
+  /** Bytes [index * mappingWindowSize, ...) of the range, the same ArrayBuffer on every call; ERANGE past the last. */
+  window(index: number): ArrayBuffer;
   readonly mapped: boolean;
   /** False for read-only mappings, which are private copy-on-write: JS writes never reach the peer. */
   readonly writable: boolean;
@@ -47,6 +56,20 @@ export interface NativeMessageSocket {
 
 export interface NativeListener {
   close(): boolean;
+}
+
+/** An accept failure as a Listener reports it: once per run of failures with one errno, then retried by itself. */
+export interface AcceptError extends SystemCallError {
+  /** When accepting is tried again; meanwhile pending connections wait in the kernel's backlog. */
+  retryMs?: number;
+}
+
+/** This process's fds, for refusing more before it runs out. */
+export interface FdUsage {
+  /** Open fds; undefined when /proc cannot tell. */
+  readonly open: number | undefined;
+  /** The soft RLIMIT_NOFILE: fd numbers stay below it (Infinity when unlimited). */
+  readonly limit: number;
 }
 
 export interface NativeFdWatch {
@@ -197,10 +220,14 @@ export interface NativeAddon {
     onMessage: (bytes: Buffer, fds: FileDescriptor[] | undefined) => void,
     onClose: (error: SystemCallError | undefined) => void,
   ) => NativeMessageSocket;
+  /**
+   * Accepts on a listening socket. A failed accept (EMFILE, ENFILE, ENOMEM...) pauses accepting and retries after a
+   * delay (100 ms doubling to 1 s) instead of spinning; onError hears the first failure of each run of them.
+   */
   Listener: new (
     fd: FileDescriptor,
     onConnection: (fd: FileDescriptor) => void,
-    onError: (error: SystemCallError) => void,
+    onError: (error: AcceptError) => void,
   ) => NativeListener;
   FdWatch: new (fd: FileDescriptor, onReadable: () => void) => NativeFdWatch;
 
@@ -213,11 +240,25 @@ export interface NativeAddon {
   memfdCreate(name: string, size: number): FileDescriptor;
   /** Maps [offset, offset + length) of a regular file or memfd; refuses ranges past its end. */
   mapFd(fd: FileDescriptor, offset: number, length: number, writable: boolean): Mapping;
+  /**
+   * pread of `into.length` bytes at `position` of a regular file, for files a peer may shrink (never mapped, so
+   * never SIGBUS). Throws ENXIO, before reading, for a range past the file's current end and ENODEV for anything
+   * but a regular file; returns the bytes read (fewer only if the file shrank during the call).
+   */
+  readFile(fd: FileDescriptor, position: number, into: Uint8Array): number;
+  /** pwrite with readFile's checks: a write never grows the file. Returns the bytes written. */
+  writeFile(fd: FileDescriptor, position: number, data: Uint8Array): number;
   readonly pageSize: number;
+  /** The size of a Mapping's windows (1 GiB). */
+  readonly mappingWindowSize: number;
+  /** Largest offset or length mapFd, readFile and writeFile take (2^46). */
+  readonly maxMappingLength: number;
 
   unixListen(path: string, backlog?: number): FileDescriptor;
   unixConnect(path: string): FileDescriptor;
   unixSocketPair(): [FileDescriptor, FileDescriptor];
+  /** One stat of /proc/self/fd and a getrlimit (a listing of /proc/self/fd before Linux 6.2). */
+  fdUsage(): FdUsage;
 
   eventfdCreate(initial?: number, semaphore?: boolean): FileDescriptor;
   /** Adds value (default 1); false when the counter is saturated and the signal is still pending. */

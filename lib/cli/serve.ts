@@ -7,6 +7,7 @@ export interface ServeCommandOptions {
   socket: string;
   device: string;
   twinSocket: boolean;
+  allowUnsealedDmaFds?: boolean;
 }
 
 export interface ServeIo {
@@ -25,6 +26,10 @@ export function registerServeCommand(program: Command): void {
     .requiredOption('--socket <path>', 'UNIX socket path to listen on (a stale socket file is replaced)')
     .option('--device <name>', `the device to serve: ${Object.keys(SAMPLE_DEVICES).join(', ')}`, 'dma-engine')
     .option('--no-twin-socket', 'do not offer a twin socket for the device\'s DMA messages')
+    .option(
+      '--allow-unsealed-dma-fds',
+      'accept DMA_MAP fds not sealed against shrinking (regular files, unsealed memfds): reached by pread/pwrite, not mapped (default: refused with EPERM)',
+    )
     .action(async (options: ServeCommandOptions) => {
       await runServe(options, { stdout: process.stdout, stderr: process.stderr, stop: untilSignal() });
     });
@@ -52,7 +57,7 @@ export async function runServe(options: ServeCommandOptions, io: ServeIo): Promi
   const { device } = sample.create({ log: (message) => log(`${options.device}: ${message}`) });
   let server: VfioUserServer;
   try {
-    server = VfioUserServer.listen(options.socket, device, { twinSocket: options.twinSocket });
+    server = VfioUserServer.listen(options.socket, device, { twinSocket: options.twinSocket, allowUnsealedDmaFds: options.allowUnsealedDmaFds ?? false });
   } catch (error) {
     device.close();
     throw error;

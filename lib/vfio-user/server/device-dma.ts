@@ -1,13 +1,17 @@
-/** The device's DMA path: mapped client memory directly (synchronous, zero copy), DMA_READ/DMA_WRITE messages otherwise. */
+/** The device's DMA path: the client's fds directly (mapped, or pread/pwrite when unsealed), DMA_READ/DMA_WRITE otherwise. */
 
 import { DmaFault, EFAULT, EPERM, type AsyncDmaSpace, type DmaAccess } from '../../memory';
 import type { VfioUserConnection } from '../connection';
 import { VfioUserRemoteError } from '../connection-errors';
 import { ERRNO } from '../errors';
 import { dmaRead, dmaWrite, type TransferOptions } from '../transfers';
-import type { DmaMapping, DmaMapTable } from './dma-maps';
+import type { DmaMapTable, TableMapping } from './dma-maps';
 
 const U64_END = 1n << 64n;
+
+function hex(value: bigint): string {
+  return `0x${value.toString(16)}`;
+}
 
 /** What DMA goes through while a client is attached. */
 export interface DmaPath {
@@ -20,7 +24,7 @@ export interface DmaPath {
 }
 
 interface Piece {
-  readonly mapping: DmaMapping;
+  readonly mapping: TableMapping;
   readonly address: bigint;
   /** Offset of the piece inside the caller's buffer. */
   readonly position: number;
@@ -37,9 +41,12 @@ function faultFrom(error: unknown, address: bigint, length: number, access: DmaA
 /**
  * One object for the device's whole life; sessions attach and detach their map table and connection. An access
  * is planned against the map table before anything moves: a byte not covered by a mapping, or not allowed by its
- * flags, fails the whole access with a DmaFault (EFAULT, EPERM) and transfers nothing. Mapped pieces are copied at
- * once; if any piece needs messages, the call returns a Promise and the pieces go out in order, each split to the
- * client's max_data_xfer_size, on the twin socket when one was negotiated.
+ * flags, fails the whole access with a DmaFault (EFAULT, EPERM) and transfers nothing. Pieces the server reaches
+ * directly (a mapped fd of any size, or an unsealed file by pread/pwrite) are copied at once; one that cannot be
+ * reached any more (the client shrank its unsealed file) fails the access with EFAULT (a read leaves the caller's
+ * buffer as it was; a write spanning two mappings may already have moved the piece before). If any piece needs
+ * messages, the call returns a Promise and the pieces go out in order, each split to the client's
+ * max_data_xfer_size, on the twin socket when one was negotiated.
  */
 export class VfioUserDeviceDma implements AsyncDmaSpace {
   private path: DmaPath | undefined;
@@ -63,15 +70,22 @@ export class VfioUserDeviceDma implements AsyncDmaSpace {
 
   read(address: bigint, into: Uint8Array): void | Promise<void> {
     const path = this.requirePath(address, into.length, 'read');
+    const pieces = this.plan(path, address, into.length, 'read');
     const byMessage: Piece[] = [];
-    for (const piece of this.plan(path, address, into.length, 'read')) {
-      const memory = this.alwaysByMessage ? undefined : piece.mapping.memory;
-      if (memory === undefined) byMessage.push(piece);
-      else {
-        const at = Number(piece.address - piece.mapping.address);
-        into.set(memory.subarray(at, at + piece.length), piece.position);
+    // With several pieces, direct ones are read aside first: one failing must not leave the others in `into`.
+    const target = pieces.length === 1 ? into : new Uint8Array(into.length);
+    const direct: Piece[] = [];
+    for (const piece of pieces) {
+      const access = this.alwaysByMessage ? undefined : piece.mapping.direct;
+      if (access === undefined) {
+        byMessage.push(piece);
+        continue;
       }
+      const failure = access.read(Number(piece.address - piece.mapping.address), target.subarray(piece.position, piece.position + piece.length));
+      if (failure !== undefined) throw new DmaFault(address, into.length, 'read', `${hex(piece.address)}: ${failure}`, EFAULT);
+      direct.push(piece);
     }
+    if (target !== into) for (const piece of direct) into.set(target.subarray(piece.position, piece.position + piece.length), piece.position);
     if (byMessage.length === 0) return undefined;
     return (async () => {
       for (const piece of byMessage) {
@@ -88,9 +102,13 @@ export class VfioUserDeviceDma implements AsyncDmaSpace {
     const path = this.requirePath(address, data.length, 'write');
     const byMessage: Piece[] = [];
     for (const piece of this.plan(path, address, data.length, 'write')) {
-      const memory = this.alwaysByMessage ? undefined : piece.mapping.memory;
-      if (memory === undefined) byMessage.push(piece);
-      else memory.set(data.subarray(piece.position, piece.position + piece.length), Number(piece.address - piece.mapping.address));
+      const access = this.alwaysByMessage ? undefined : piece.mapping.direct;
+      if (access === undefined) {
+        byMessage.push(piece);
+        continue;
+      }
+      const failure = access.write(Number(piece.address - piece.mapping.address), data.subarray(piece.position, piece.position + piece.length));
+      if (failure !== undefined) throw new DmaFault(address, data.length, 'write', `${hex(piece.address)}: ${failure}`, EFAULT);
     }
     if (byMessage.length === 0) return undefined;
     // The device may reuse its buffer as soon as we return.
@@ -129,9 +147,6 @@ export class VfioUserDeviceDma implements AsyncDmaSpace {
       if (mapping === undefined) throw new DmaFault(address, length, access, `0x${at.toString(16)} is not in any DMA mapping`, EFAULT);
       if (access === 'read' ? !mapping.readable : !mapping.writable) {
         throw new DmaFault(address, length, access, `the mapping at 0x${mapping.address.toString(16)} does not allow ${access}s`, EPERM);
-      }
-      if (mapping.memory !== undefined && mapping.memory.byteLength === 0) {
-        throw new DmaFault(address, length, access, `the mapping at 0x${mapping.address.toString(16)} was unmapped`, EFAULT);
       }
       const mappingEnd = mapping.address + mapping.size;
       const pieceEnd = end < mappingEnd ? end : mappingEnd;

@@ -1,4 +1,4 @@
-/** The server's DMA map table: DMA_MAP/DMA_UNMAP bookkeeping, checked and mapped fds, and lookups for device DMA. */
+/** The server's DMA map table: DMA_MAP/DMA_UNMAP bookkeeping, checked fds (mapped or read by pread), lookups for device DMA. */
 
 import { SharedRegion } from '../../memory';
 import { FILE_SEALS, isSystemCallError, native, type FileDescriptor } from '../../native';
@@ -8,6 +8,13 @@ import { DMA_MAP_FLAGS } from '../protocol';
 
 const U64_END = 1n << 64n;
 
+/**
+ * How device DMA reaches a mapping: `mapped` (an fd sealed against shrinking, mapped into this process),
+ * `file` (an fd the client could shrink: reached with pread/pwrite, never mapped, so a truncation cannot raise
+ * SIGBUS here), `message` (no fd: DMA_READ/DMA_WRITE).
+ */
+export type DmaBacking = 'mapped' | 'file' | 'message';
+
 /** One range the client made available for DMA. */
 export interface DmaMapping {
   readonly address: bigint;
@@ -16,27 +23,99 @@ export interface DmaMapping {
   readonly offset: bigint;
   readonly readable: boolean;
   readonly writable: boolean;
-  /** Zero-copy view of the range when the client sent an fd; undefined means DMA by message. */
-  readonly memory: Uint8Array | undefined;
+  readonly backing: DmaBacking;
   /**
-   * Whether the fd was sealed against shrinking (F_SEAL_SHRINK). An unsealed file can be truncated by the client
-   * after we mapped it, and a later access past its new end would raise SIGBUS in this process.
+   * Zero-copy view of the whole range, for `mapped` ranges that fit one window of the mapping (1 GiB, as Node
+   * caps a single view); undefined otherwise. Device DMA (device.dma) reaches every range, whatever its size.
    */
+  readonly memory: Uint8Array | undefined;
+  /** Whether the fd was sealed against shrinking (F_SEAL_SHRINK); undefined without an fd. */
   readonly sealed: boolean | undefined;
   /** What the fd was (/proc/self/fd), for logs. */
   readonly fdDescription: string | undefined;
 }
 
-interface Entry extends DmaMapping {
+/** Moves bytes between device DMA and a mapping reached without messages; offsets are inside the mapping. */
+export interface DirectDmaAccess {
+  /** Copies [offset, offset + into.length) into `into`; returns why it could not (nothing copied), else undefined. */
+  read(offset: number, into: Uint8Array): string | undefined;
+  /** Copies `data` to [offset, offset + data.length); returns why it could not (nothing written), else undefined. */
+  write(offset: number, data: Uint8Array): string | undefined;
+}
+
+/** A mapping as the device's DMA path sees it: with direct access for `mapped` and `file` backings. */
+export interface TableMapping extends DmaMapping {
+  readonly direct: DirectDmaAccess | undefined;
+}
+
+interface Entry extends TableMapping {
   readonly end: bigint;
-  readonly region: SharedRegion | undefined;
+  release(): void;
 }
 
 export interface DmaMapTableOptions {
   /** Most mappings at once (max_dma_maps); the spec's default is 65535. */
   readonly maxMappings: number;
-  /** Refuse (EPERM) fds not sealed against shrinking instead of accepting them with the residual SIGBUS risk. */
-  readonly requireSealedFds?: boolean;
+  /**
+   * Accept fds not sealed against shrinking (reached by pread/pwrite) instead of refusing them with EPERM.
+   * Sealed fds are mapped either way.
+   */
+  readonly allowUnsealedFds?: boolean;
+}
+
+/** A sealed fd's range inside its mapping; the mapping starts at the page that holds the range's first byte. */
+class MappedAccess implements DirectDmaAccess {
+  constructor(
+    readonly region: SharedRegion,
+    private readonly start: number,
+  ) {}
+
+  read(offset: number, into: Uint8Array): string | undefined {
+    return this.region.copyOut(this.start + offset, into) ? undefined : 'the mapping was unmapped';
+  }
+
+  write(offset: number, data: Uint8Array): string | undefined {
+    return this.region.copyIn(this.start + offset, data) ? undefined : 'the mapping was unmapped';
+  }
+}
+
+/** An unsealed fd: every access checks the file's size first and moves nothing past its end. */
+class FileAccess implements DirectDmaAccess {
+  private closed = false;
+
+  constructor(
+    private readonly fd: FileDescriptor,
+    private readonly start: number,
+  ) {}
+
+  read(offset: number, into: Uint8Array): string | undefined {
+    if (this.closed) return 'the mapping was unmapped';
+    // A file that shrinks during the read leaves a short count: read aside, so a failed access moves nothing.
+    const bytes = new Uint8Array(into.length);
+    const failure = this.move(() => native.readFile(this.fd, this.start + offset, bytes), into.length);
+    if (failure === undefined) into.set(bytes);
+    return failure;
+  }
+
+  write(offset: number, data: Uint8Array): string | undefined {
+    if (this.closed) return 'the mapping was unmapped';
+    return this.move(() => native.writeFile(this.fd, this.start + offset, data), data.length);
+  }
+
+  close(): void {
+    this.closed = true;
+    this.fd.close();
+  }
+
+  private move(transfer: () => number, length: number): string | undefined {
+    try {
+      if (transfer() === length) return undefined;
+      return "the client's file shrank during the access";
+    } catch (error) {
+      if (!isSystemCallError(error)) throw error;
+      return error.code === 'ENXIO' ? "the client's file no longer covers the range (truncated after DMA_MAP)" : `${error.code} from ${error.syscall}`;
+    }
+  }
 }
 
 function hex(value: bigint): string {
@@ -89,25 +168,23 @@ export class DmaMapTable {
     }
     const readable = (body.flags & DMA_MAP_FLAGS.bits.READ) !== 0;
     const writable = (body.flags & DMA_MAP_FLAGS.bits.WRITE) !== 0;
-    let region: SharedRegion | undefined;
-    let memory: Uint8Array | undefined;
-    let sealed: boolean | undefined;
-    let fdDescription: string | undefined;
-    if (fd !== undefined) {
-      fdDescription = fd.describe();
-      ({ region, memory, sealed } = this.mapFd(body, fd, writable));
-    }
-    const entry: Entry = { address, size, offset, readable, writable, memory, sealed, fdDescription, end: address + size, region };
+    const common = { address, size, offset, readable, writable, end: address + size };
+    const entry: Entry =
+      fd === undefined
+        ? { ...common, backing: 'message', memory: undefined, sealed: undefined, fdDescription: undefined, direct: undefined, release: () => undefined }
+        : { ...common, ...this.reach(body, fd, writable) };
     this.entries.splice(this.insertionPoint(address), 0, entry);
     return entry;
   }
 
   /**
-   * Checks the fd before touching it: a regular file (or memfd) at least offset + size long, so the client cannot
-   * make us map pages past its end. mmap needs a page-aligned offset, so the map starts at the page holding offset.
+   * Checks the fd before touching it: at least offset + size long, and sealed against shrinking unless unsealed
+   * fds are allowed. A sealed fd is mapped (mmap needs a page-aligned offset, so the map starts at the page holding
+   * offset); an unsealed one is only ever read and written with pread/pwrite, checked against its size each time.
    */
-  private mapFd(body: DmaMapBody, fd: FileDescriptor, writable: boolean): { region: SharedRegion; memory: Uint8Array; sealed: boolean } {
+  private reach(body: DmaMapBody, fd: FileDescriptor, writable: boolean): Pick<Entry, 'backing' | 'memory' | 'sealed' | 'fdDescription' | 'direct' | 'release'> {
     const end = body.offset + body.size;
+    const fdDescription = fd.describe();
     let fileSize: number;
     let seals: number;
     try {
@@ -117,25 +194,43 @@ export class DmaMapTable {
       throw new VfioUserErrnoError('EINVAL', `DMA_MAP ${describe(body)}: cannot inspect the fd (${(error as Error).message})`);
     }
     if (BigInt(fileSize) < end) {
-      throw new VfioUserErrnoError('EINVAL', `DMA_MAP ${describe(body)}: the fd (${fd.describe()}) has ${fileSize} bytes, the mapping needs ${end}`);
+      throw new VfioUserErrnoError('EINVAL', `DMA_MAP ${describe(body)}: the fd (${fdDescription}) has ${fileSize} bytes, the mapping needs ${end}`);
+    }
+    if (end > BigInt(native.maxMappingLength)) {
+      throw new VfioUserErrnoError('EINVAL', `DMA_MAP ${describe(body)}: ends at ${hex(end)} in the fd, past the ${hex(BigInt(native.maxMappingLength))} this server reaches`);
     }
     const sealed = (seals & FILE_SEALS.SHRINK) !== 0;
-    if (!sealed && this.options.requireSealedFds) {
-      throw new VfioUserErrnoError('EPERM', `DMA_MAP ${describe(body)}: the fd (${fd.describe()}) is not sealed against shrinking`);
+    if (sealed) return { ...this.mapSealed(body, fd, writable), sealed, fdDescription };
+    if (!this.options.allowUnsealedFds) {
+      throw new VfioUserErrnoError(
+        'EPERM',
+        `DMA_MAP ${describe(body)}: the fd (${fdDescription}) is not sealed against shrinking (F_SEAL_SHRINK); send a sealed memfd, or allow unsealed fds (allowUnsealedDmaFds, viommu serve --allow-unsealed-dma-fds)`,
+      );
     }
+    try {
+      // A zero-length access: refuses anything but a regular file (ENODEV) without moving a byte.
+      native.readFile(fd, Number(body.offset), new Uint8Array(0));
+    } catch (error) {
+      const why = isSystemCallError(error) ? `${error.code} from ${error.syscall}` : (error as Error).message;
+      throw new VfioUserErrnoError('EINVAL', `DMA_MAP ${describe(body)}: the fd (${fdDescription}) cannot back DMA (${why})`);
+    }
+    const access = new FileAccess(fd, Number(body.offset));
+    return { backing: 'file', memory: undefined, sealed, fdDescription, direct: access, release: () => access.close() };
+  }
+
+  private mapSealed(body: DmaMapBody, fd: FileDescriptor, writable: boolean): Pick<Entry, 'backing' | 'memory' | 'direct' | 'release'> {
     const page = BigInt(native.pageSize);
     const mapStart = (body.offset / page) * page;
-    const length = end - mapStart;
-    if (length > BigInt(Number.MAX_SAFE_INTEGER)) throw new VfioUserErrnoError('EINVAL', `DMA_MAP ${describe(body)} is too large to map here`);
+    const start = Number(body.offset - mapStart);
+    const size = Number(body.size);
     let region: SharedRegion;
     try {
-      region = SharedRegion.fromFd(fd, { offset: Number(mapStart), length: Number(length), writable }, `dma ${describe(body)}`);
+      region = SharedRegion.fromFd(fd, { offset: Number(mapStart), length: start + size, writable }, `dma ${describe(body)}`);
     } catch (error) {
       const why = isSystemCallError(error) ? `${error.code} from ${error.syscall}` : (error as Error).message;
       throw new VfioUserErrnoError('EINVAL', `DMA_MAP ${describe(body)}: the fd cannot be mapped (${why})`);
     }
-    const memory = new Uint8Array(region.buffer, Number(body.offset - mapStart), Number(body.size));
-    return { region, memory, sealed };
+    return { backing: 'mapped', memory: region.view(start, size), direct: new MappedAccess(region, start), release: () => region.close() };
   }
 
   /** The mapping of exactly [address, address + size); ENOENT when there is none (libvfio-user's answer). */
@@ -165,7 +260,7 @@ export class DmaMapTable {
   }
 
   /** The mapping containing `address`, or undefined. */
-  lookup(address: bigint): DmaMapping | undefined {
+  lookup(address: bigint): TableMapping | undefined {
     const hint = this.hint;
     if (hint !== undefined && address >= hint.address && address < hint.end) return hint;
     let low = 0;
@@ -207,6 +302,6 @@ export class DmaMapTable {
 
   private release(entry: Entry): void {
     if (this.hint === entry) this.hint = undefined;
-    entry.region?.close();
+    entry.release();
   }
 }

@@ -28,8 +28,11 @@ export interface SessionOptions {
   readonly maxDmaMaps?: number;
   /** Offer a twin socket to clients that ask, for our DMA_READ/DMA_WRITE (default true). */
   readonly twinSocket?: boolean;
-  /** Refuse DMA_MAP fds that are not sealed against shrinking (EPERM) rather than accept them with a warning. */
-  readonly requireSealedDmaFds?: boolean;
+  /**
+   * Accept DMA_MAP fds not sealed against shrinking (unsealed memfds, regular files), reached by pread/pwrite
+   * rather than mapped, with a warning; by default they are refused with EPERM (docs/vfio-user-server.md).
+   */
+  readonly allowUnsealedDmaFds?: boolean;
   /** Time limit for each DMA_READ/DMA_WRITE the device sends (default 30 s); null waits forever. */
   readonly dmaTimeoutMs?: number | null;
 }
@@ -77,7 +80,7 @@ export class VfioUserSession extends EventEmitter<SessionEvents> {
       ...(maxDmaMaps === CAPABILITY_DEFAULTS.maxDmaMaps ? {} : { maxDmaMaps }),
     };
     this.connection = new VfioUserConnection(transport, { role: 'server', capabilities });
-    this.dmaMaps = new DmaMapTable({ maxMappings: maxDmaMaps, requireSealedFds: options.requireSealedDmaFds ?? false });
+    this.dmaMaps = new DmaMapTable({ maxMappings: maxDmaMaps, allowUnsealedFds: options.allowUnsealedDmaFds ?? false });
     const timeout = options.dmaTimeoutMs === undefined ? DEFAULT_DMA_TIMEOUT_MS : options.dmaTimeoutMs;
     this.path = {
       table: this.dmaMaps,
@@ -123,7 +126,7 @@ export class VfioUserSession extends EventEmitter<SessionEvents> {
       const mapping = this.dmaMaps.add(body, fds.count === 1 ? fds.take(0) : undefined);
       if (mapping.sealed === false && !this.warnedUnsealed) {
         this.warnedUnsealed = true;
-        this.emit('warning', `DMA_MAP fd ${mapping.fdDescription} is not sealed against shrinking: a client that truncates it could crash this process`);
+        this.emit('warning', `DMA_MAP fd ${mapping.fdDescription} is not sealed against shrinking: reached by pread/pwrite, not mapped; device DMA past a truncation fails with EFAULT`);
       }
       try {
         device.dmaMapped(mapping);
