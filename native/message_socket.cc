@@ -1,11 +1,17 @@
 // Framed message I/O with fd passing over non-blocking UNIX stream sockets, driven by libuv readiness.
 #include "message_socket.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
 
 #include "errors.h"
 #include "file_descriptor.h"
@@ -22,8 +28,47 @@ constexpr size_t kMaxMessageSizeLimit = size_t(1) << 30;
 constexpr int kMessagesPerWakeup = 64;
 // Messages up to half this size are read in batches through the inbox; larger ones go to their own buffer.
 constexpr size_t kInboxSize = 64 * 1024;
+// A listener whose accept4 lacks a resource retries after this long, doubling up to the cap: short enough that a
+// freed fd is used promptly, long enough that a process stuck at its limit costs nothing measurable.
+constexpr uint64_t kAcceptRetryFirstMs = 100;
+constexpr uint64_t kAcceptRetryMaxMs = 1000;
 
 std::string SocketName(int fd) { return "socket fd " + std::to_string(fd); }
+
+// The soft RLIMIT_NOFILE (fd numbers must stay below it), or -1 when unlimited.
+long long OpenFileLimit() {
+  struct rlimit limit;
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) return -1;
+  return static_cast<long long>(limit.rlim_cur);
+}
+
+// How many fds this process has open, or -1 when /proc cannot tell.
+long long OpenFileCount() {
+  struct stat st;
+  // Linux 6.2 and later give the count as the size of /proc/self/fd: one stat instead of a listing.
+  if (stat("/proc/self/fd", &st) == 0 && st.st_size > 0) return static_cast<long long>(st.st_size);
+  DIR* dir = opendir("/proc/self/fd");
+  if (!dir) return errno == EMFILE ? OpenFileLimit() : -1;  // no fd left even to list them: all are in use
+  long long count = 0;
+  while (struct dirent* entry = readdir(dir)) {
+    if (entry->d_name[0] != '.') count++;
+  }
+  closedir(dir);
+  return count - 1;  // the listing's own fd
+}
+
+// Says which limit an EMFILE or ENFILE hit, with the numbers, for error messages.
+std::string FdLimitText(int err) {
+  if (err == ENFILE) return "the system-wide limit on open files (fs.file-max) is reached";
+  std::string text = "this process is at its fd limit (RLIMIT_NOFILE";
+  long long limit = OpenFileLimit();
+  long long open = OpenFileCount();
+  text += limit < 0 ? " unlimited" : " " + std::to_string(limit);
+  if (open >= 0) text += ", " + std::to_string(open) + " open";
+  return text + ")";
+}
+
+bool IsFdLimit(int err) { return err == EMFILE || err == ENFILE; }
 
 void CloseAll(std::vector<int>& fds) {
   for (int fd : fds) close(fd);
@@ -114,6 +159,26 @@ void ClosePoll(PollHandle* handle) {
            [](uv_handle_t* h) { delete static_cast<PollHandle*>(h->data); });
 }
 
+namespace {
+TimerHandle* StartTimerHandle(Napi::Env env, void* owner) {
+  uv_loop_t* loop = nullptr;
+  napi_get_uv_event_loop(env, &loop);
+  auto* handle = new TimerHandle();
+  handle->owner = owner;
+  handle->timer.data = handle;
+  uv_timer_init(loop, &handle->timer);
+  return handle;
+}
+
+void CloseTimerHandle(TimerHandle* handle) {
+  if (!handle) return;
+  uv_timer_stop(&handle->timer);
+  handle->owner = nullptr;
+  uv_close(reinterpret_cast<uv_handle_t*>(&handle->timer),
+           [](uv_handle_t* h) { delete static_cast<TimerHandle*>(h->data); });
+}
+}  // namespace
+
 // ---- MessageSocket ----
 
 Napi::Function MessageSocket::Define(Napi::Env env) {
@@ -187,6 +252,25 @@ Napi::Value MessageSocket::ProtocolError(int err, const std::string& what) {
   Napi::Error error = SystemError(env_, err, "recvmsg", SocketName(fd_));
   error.Set("message", Napi::String::New(env_, SocketName(fd_) + ": " + what));
   return error.Value();
+}
+
+// The control buffer holds SCM_MAX_FD fds, as many as any sender can attach, so a truncation almost always means
+// the kernel could not install them here: the fd table is full. Probed before the fds that did arrive are closed,
+// since they are part of what filled it. A message that lost its fds cannot be served as sent, and which of them
+// went missing is unknown, so the connection ends with an error that names the limit.
+void MessageSocket::RefuseTruncatedFds(std::vector<int>& arrived) {
+  int probe = fcntl(fd_, F_DUPFD_CLOEXEC, 0);
+  int err = probe < 0 ? errno : 0;
+  if (probe >= 0) close(probe);
+  std::string limit = IsFdLimit(err) ? FdLimitText(err) : "";
+  CloseAll(arrived);
+  if (!limit.empty()) {
+    Shutdown(ProtocolError(err, "the fds the peer sent with a message could not be received: " + limit +
+                                    "; closing the connection, since that message cannot be served without them"));
+    return;
+  }
+  Shutdown(ProtocolError(EMSGSIZE, "the kernel truncated the fds the peer sent with a message (more than " +
+                                       std::to_string(kMaxFdsPerMessage) + ", or refused by a security module)"));
 }
 
 void MessageSocket::DropReceivedFds() {
@@ -283,8 +367,7 @@ void MessageSocket::ReadMessages() {
       arrived.insert(arrived.end(), fds, fds + count);
     }
     if (msg.msg_flags & MSG_CTRUNC) {
-      CloseAll(arrived);
-      Shutdown(ProtocolError(EMSGSIZE, "peer sent more fds than one message can carry"));
+      RefuseTruncatedFds(arrived);
       return;
     }
     if (n == 0) {
@@ -491,6 +574,8 @@ Listener::Listener(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Listener>(
     ThrowSystemError(env, err, "uv_poll_start", SocketName(owner->fd()));
     return;
   }
+  retry_ = StartTimerHandle(env, this);
+  retryDelayMs_ = kAcceptRetryFirstMs;
   fd_ = owner->Release();
   onConnection_ = Napi::Persistent(info[1].As<Napi::Function>());
   onError_ = Napi::Persistent(info[2].As<Napi::Function>());
@@ -501,6 +586,7 @@ Listener::Listener(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Listener>(
 Listener::~Listener() {
   if (fd_ < 0) return;
   ClosePoll(handle_);
+  CloseTimerHandle(retry_);
   close(fd_);
 }
 
@@ -510,9 +596,8 @@ void Listener::OnPoll(uv_poll_t* handle, int status, int) {
   Napi::Env env = self->env_;
   Napi::HandleScope scope(env);
   if (status < 0) {
-    self->onError_.MakeCallback(self->Value(), {SystemError(env, -status, "poll", SocketName(self->fd_)).Value()},
-                                *self->asyncContext_);
-    ReportPendingException(env);
+    // A poll error would be reported again on the next loop iteration: back off as for a failed accept.
+    self->BackOff(-status, "poll");
     return;
   }
   for (int i = 0; i < kMessagesPerWakeup && self->fd_ >= 0; i++) {
@@ -520,20 +605,51 @@ void Listener::OnPoll(uv_poll_t* handle, int status, int) {
     if (client < 0) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) return;
-      self->onError_.MakeCallback(self->Value(), {SystemError(env, errno, "accept4", SocketName(self->fd_)).Value()},
-                                  *self->asyncContext_);
-      ReportPendingException(env);
+      self->BackOff(errno, "accept4");
       return;
     }
+    self->failingErrno_ = 0;
+    self->retryDelayMs_ = kAcceptRetryFirstMs;
     self->onConnection_.MakeCallback(self->Value(), {FileDescriptor::Adopt(env, client)}, *self->asyncContext_);
     ReportPendingException(env);
   }
+}
+
+// Every failure that reaches here persists while the connection stays pending (a full fd table, no memory, a
+// broken poll), so the listener stops polling instead of being called again at once.
+void Listener::BackOff(int err, const char* syscall) {
+  uint64_t delay = retryDelayMs_;
+  retryDelayMs_ = std::min(retryDelayMs_ * 2, kAcceptRetryMaxMs);
+  uv_poll_stop(&handle_->poll);
+  uv_timer_start(&retry_->timer, OnRetry, delay, 0);
+  if (failingErrno_ == err) return;
+  failingErrno_ = err;
+  Napi::Error error = SystemError(env_, err, syscall, SocketName(fd_));
+  std::string message = error.Message();
+  if (IsFdLimit(err)) message += ": " + FdLimitText(err);
+  message += "; pending connections wait, and accepting is retried in " + std::to_string(delay) +
+             " ms (then less often, up to every " + std::to_string(kAcceptRetryMaxMs) +
+             " ms) without another report until it succeeds";
+  error.Set("message", Napi::String::New(env_, message));
+  error.Set("retryMs", Napi::Number::New(env_, static_cast<double>(delay)));
+  onError_.MakeCallback(Value(), {error.Value()}, *asyncContext_);
+  ReportPendingException(env_);
+}
+
+void Listener::OnRetry(uv_timer_t* handle) {
+  auto* self = static_cast<Listener*>(static_cast<TimerHandle*>(handle->data)->owner);
+  if (!self || self->fd_ < 0) return;
+  Napi::HandleScope scope(self->env_);
+  int rc = uv_poll_start(&self->handle_->poll, UV_READABLE, OnPoll);
+  if (rc != 0) self->BackOff(-rc, "uv_poll_start");
 }
 
 void Listener::Stop() {
   if (fd_ < 0) return;
   ClosePoll(handle_);
   handle_ = nullptr;
+  CloseTimerHandle(retry_);
+  retry_ = nullptr;
   close(fd_);
   fd_ = -1;
   Unref();
@@ -618,9 +734,22 @@ Napi::Value UnixSocketPair(const Napi::CallbackInfo& info) {
   return pair;
 }
 
+// { open, limit }: this process's open fds (undefined when /proc cannot tell) and its soft RLIMIT_NOFILE
+// (Infinity when unlimited), so that a server can refuse fds before it runs out.
+Napi::Value FdUsage(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  long long open = OpenFileCount();
+  long long limit = OpenFileLimit();
+  Napi::Object usage = Napi::Object::New(env);
+  usage.Set("open", open < 0 ? env.Undefined() : Napi::Number::New(env, static_cast<double>(open)));
+  usage.Set("limit", Napi::Number::New(env, limit < 0 ? INFINITY : static_cast<double>(limit)));
+  return usage;
+}
+
 }  // namespace
 
 void InitSockets(Napi::Env env, Napi::Object exports) {
+  exports.Set("fdUsage", Napi::Function::New(env, FdUsage));
   exports.Set("unixListen", Napi::Function::New(env, UnixListen));
   exports.Set("unixConnect", Napi::Function::New(env, UnixConnect));
   exports.Set("unixSocketPair", Napi::Function::New(env, UnixSocketPair));

@@ -16,6 +16,12 @@ struct PollHandle {
   void* owner;
 };
 
+// The same for a uv_timer_t.
+struct TimerHandle {
+  uv_timer_t timer;
+  void* owner;
+};
+
 class MessageSocket : public Napi::ObjectWrap<MessageSocket> {
  public:
   static Napi::Function Define(Napi::Env env);
@@ -43,6 +49,8 @@ class MessageSocket : public Napi::ObjectWrap<MessageSocket> {
   // close when error is empty) to onClose exactly once.
   void Shutdown(Napi::Value error);
   Napi::Value ProtocolError(int err, const std::string& what);
+  // MSG_CTRUNC: the kernel could not install every fd the peer sent with the bytes just read.
+  void RefuseTruncatedFds(std::vector<int>& arrived);
   void DropReceivedFds();
 
   Napi::Env env_;
@@ -79,6 +87,10 @@ class MessageSocket : public Napi::ObjectWrap<MessageSocket> {
   bool dispatching_ = false;
 };
 
+// Accepts on a listening socket. When accept4 fails for want of a resource (EMFILE, ENFILE, ENOBUFS, ENOMEM) the
+// pending connection stays readable, so a level-triggered poll would call again at once, forever: instead the
+// listener stops polling and retries after a delay that doubles up to a cap, and reports the failure once per run of
+// failures with the same errno (a later success ends the run). Pending connections wait in the kernel's backlog.
 class Listener : public Napi::ObjectWrap<Listener> {
  public:
   static Napi::Function Define(Napi::Env env);
@@ -88,18 +100,25 @@ class Listener : public Napi::ObjectWrap<Listener> {
 
  private:
   static void OnPoll(uv_poll_t* handle, int status, int events);
+  static void OnRetry(uv_timer_t* handle);
   Napi::Value Close(const Napi::CallbackInfo& info);
   void Stop();
+  // Pauses accepting after a failed accept4 and reports it when it starts a new run of failures.
+  void BackOff(int err, const char* syscall);
+  void Report(Napi::Value error);
 
   Napi::Env env_;
   int fd_ = -1;
   PollHandle* handle_ = nullptr;
+  TimerHandle* retry_ = nullptr;
+  uint64_t retryDelayMs_;
+  int failingErrno_ = 0;  // the errno of the current run of failed accepts; 0 after a success
   Napi::FunctionReference onConnection_;
   Napi::FunctionReference onError_;
   std::unique_ptr<Napi::AsyncContext> asyncContext_;
 };
 
-// Exposed functions: unixListen(path, backlog), unixConnect(path), unixSocketPair().
+// Exposed functions: unixListen(path, backlog), unixConnect(path), unixSocketPair(), fdUsage().
 void InitSockets(Napi::Env env, Napi::Object exports);
 
 // Starts a uv_poll on fd for `owner`; shared by sockets, listeners and fd watches.

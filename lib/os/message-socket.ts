@@ -1,9 +1,24 @@
 /** MessageSocket: a UNIX stream socket carrying framed messages with fds, as events on the Node event loop. */
 import { EventEmitter } from 'node:events';
-import { native, type FileDescriptor, type MessageSocketOptions, type NativeMessageSocket, type SystemCallError } from '../native';
+import {
+  native,
+  type FdUsage,
+  type FileDescriptor,
+  type MessageSocketOptions,
+  type NativeMessageSocket,
+  type SystemCallError,
+} from '../native';
 import { ReceivedFds } from './received-fds';
 
-export type { MessageSocketOptions };
+export type { FdUsage, MessageSocketOptions };
+
+/**
+ * This process's open fds and its RLIMIT_NOFILE. Every fd a peer sends takes a slot, and a process with none left
+ * can neither accept a connection nor receive fds, so receivers check how many they may keep.
+ */
+export function processFdUsage(): FdUsage {
+  return native.fdUsage();
+}
 
 const NO_FDS = new ReceivedFds([]);
 

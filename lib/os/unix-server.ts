@@ -4,14 +4,25 @@ import * as fs from 'node:fs';
 import { native, isSystemCallError, type NativeListener, type SystemCallError } from '../native';
 import { MessageSocket, type MessageSocketOptions } from './message-socket';
 
+/**
+ * At most one 'error' per this interval. The native listener already reports a run of identical failures once, but
+ * runs can alternate with successes (a process hovering at its fd limit), and every report becomes a log line.
+ */
+export const ERROR_REPORT_INTERVAL_MS = 10_000;
+
 export interface UnixServerEvents {
   connection: [socket: MessageSocket];
-  /** accept() failed (e.g. EMFILE); the server keeps listening. */
+  /**
+   * accept() failed (e.g. EMFILE); the server keeps listening and retries by itself. Rate-limited: failures in
+   * between are counted in the next report's message.
+   */
   error: [error: SystemCallError];
 }
 
 export class UnixServer extends EventEmitter<UnixServerEvents> {
   private listener: NativeListener | undefined;
+  private lastErrorReport = -Infinity;
+  private unreportedErrors = 0;
 
   private constructor(
     readonly path: string,
@@ -38,9 +49,7 @@ export class UnixServer extends EventEmitter<UnixServerEvents> {
       server.listener = new native.Listener(
         fd,
         (connection) => server.accept(connection),
-        (error) => {
-          if (server.listenerCount('error') > 0) server.emit('error', error);
-        },
+        (error) => server.reportError(error),
       );
     } catch (error) {
       fd.close();
@@ -67,11 +76,26 @@ export class UnixServer extends EventEmitter<UnixServerEvents> {
       socket = new MessageSocket(fd, this.socketOptions);
     } catch (error) {
       fd.close();
-      if (isSystemCallError(error) && this.listenerCount('error') > 0) this.emit('error', error);
+      if (isSystemCallError(error)) this.reportError(error);
       return;
     }
     if (this.listenerCount('connection') === 0) socket.close();
     else this.emit('connection', socket);
+  }
+
+  private reportError(error: SystemCallError): void {
+    if (this.listenerCount('error') === 0) return;
+    const now = performance.now();
+    if (now - this.lastErrorReport < ERROR_REPORT_INTERVAL_MS) {
+      this.unreportedErrors++;
+      return;
+    }
+    if (this.unreportedErrors > 0) {
+      error.message += ` (${this.unreportedErrors} more accept failures went unreported since the last report)`;
+    }
+    this.lastErrorReport = now;
+    this.unreportedErrors = 0;
+    this.emit('error', error);
   }
 }
 

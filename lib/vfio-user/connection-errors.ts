@@ -1,5 +1,6 @@
 /** Typed errors of a vfio-user connection and the one mapping from an error to the errno a reply carries. */
 
+import { constants } from 'node:os';
 import { GuestMemoryError, ViommuError } from '../errors';
 import { DmaFault } from '../memory/dma-space';
 import { ERRNO, VfioUserProtocolError, type ErrnoName } from './errors';
@@ -50,15 +51,27 @@ export type VfioUserLimitErrorCode =
   /** A data transfer above the receiver's max_data_xfer_size: split it (see transfers.ts). */
   | 'ERR_VFIO_USER_TRANSFER_TOO_BIG'
   /** Every one of the 65536 msg_ids is waiting for a reply. */
-  | 'ERR_VFIO_USER_IDS_EXHAUSTED';
+  | 'ERR_VFIO_USER_IDS_EXHAUSTED'
+  /** Keeping the fds a command carried would leave this process too few free fds to go on serving (EMFILE). */
+  | 'ERR_VFIO_USER_FD_LIMIT';
+
+/**
+ * EMFILE, "Too many open files": the errno of ERR_VFIO_USER_FD_LIMIT. vfio-user carries the host's errno numbers
+ * and both peers are Linux, so the host's constant is the wire value.
+ */
+export const EMFILE: number = constants.errno.EMFILE;
 
 /**
  * A negotiated limit was exceeded. Thrown before sending when we would break the peer's limit; when the peer broke
- * ours, the same error becomes the errno of our reply (EINVAL, as libvfio-user answers oversized requests).
+ * ours, the same error becomes the errno of our reply (EINVAL, as libvfio-user answers oversized requests, unless
+ * the limit is one with an errno of its own).
  */
 export class VfioUserLimitError extends ViommuError {
-  readonly errno: number = ERRNO.EINVAL;
-  constructor(code: VfioUserLimitErrorCode, message: string) {
+  constructor(
+    code: VfioUserLimitErrorCode,
+    message: string,
+    readonly errno: number = ERRNO.EINVAL,
+  ) {
     super(code, message);
     this.name = 'VfioUserLimitError';
   }

@@ -3,10 +3,11 @@
 import { EventEmitter } from 'node:events';
 import { ViommuError } from '../errors';
 import { isPromiseLike } from '../memory/dma-space';
-import type { FileDescriptor } from '../native';
-import type { ReceivedFds } from '../os';
+import type { FdUsage, FileDescriptor } from '../native';
+import { processFdUsage, type ReceivedFds } from '../os';
 import { decodeHeader, decodeMessageWithHeader, encodeCommand, encodeErrorReply, encodeReply, type VfioUserHeader } from './codec';
 import {
+  EMFILE,
   errnoOf,
   UNEXPECTED_ERROR_ERRNO,
   VfioUserClosedError,
@@ -26,6 +27,13 @@ const MSG_ID_COUNT = 2 ** 16;
 /** What we announce when the owner states nothing: libvfio-user's own limits. */
 export const DEFAULT_LOCAL_CAPABILITIES: VersionCapabilities = { maxMsgFds: 8, maxDataXferSize: 1048576 };
 
+/**
+ * Fds the process keeps free after taking a command's fds. A server must still be able to accept the next client
+ * and the waiting ones (8 by default), create a twin socket pair, receive one more message's fds (max_msg_fds, 8)
+ * and let Node open what it needs; 32 covers that with room to spare.
+ */
+export const DEFAULT_FD_HEADROOM = 32;
+
 export type ChannelName = 'main' | 'twin';
 
 export interface ConnectionOptions {
@@ -40,6 +48,13 @@ export interface ConnectionOptions {
   readonly requestTimeoutMs?: number;
   /** How DMA_READ replies are laid out by this peer (see DecodeContext). */
   readonly dmaReadReplyLayout?: DecodeContext['dmaReadReplyLayout'];
+  /**
+   * A command whose fds would leave the process fewer free fds than this (below its RLIMIT_NOFILE) is refused with
+   * EMFILE and its fds are closed (default DEFAULT_FD_HEADROOM; 0 turns the check off).
+   */
+  readonly fdHeadroom?: number;
+  /** Where the process's fd usage comes from; injectable for tests. */
+  readonly fdUsage?: () => FdUsage;
 }
 
 export interface RequestOptions {
@@ -518,6 +533,7 @@ export class VfioUserConnection extends EventEmitter<ConnectionEvents> {
         `${body.command} carried ${fds.count} fds, we announced max_msg_fds ${this.local.maxMsgFds}`,
       );
     }
+    if (fds.count > 0) this.checkFdHeadroom(body, fds.count);
     const size = transferSize(body);
     if (size !== undefined && size > this.local.maxDataXferSize) {
       throw new VfioUserLimitError(
@@ -525,6 +541,27 @@ export class VfioUserConnection extends EventEmitter<ConnectionEvents> {
         `${body.command} of ${size} bytes, we announced max_data_xfer_size ${this.local.maxDataXferSize}`,
       );
     }
+  }
+
+  /**
+   * A peer may send an fd with every DMA_MAP, up to max_dma_maps of them, and each one we keep takes a slot of our
+   * RLIMIT_NOFILE. A process with no slot left cannot accept a connection or receive the next fd, so we refuse while
+   * there is still room to answer: EMFILE ("Too many open files") names the resource that ran short and tells the
+   * operator which limit to raise. ENOSPC (what Linux VFIO answers past its DMA entry limit) would point at the map
+   * table, which is not what is full: the same map without an fd is still accepted. The received fds are already
+   * open (counted in `open`); refusing closes them.
+   */
+  private checkFdHeadroom(body: VfioUserCommand, received: number): void {
+    const headroom = this.options.fdHeadroom ?? DEFAULT_FD_HEADROOM;
+    if (headroom <= 0) return;
+    const { open, limit } = (this.options.fdUsage ?? processFdUsage)();
+    if (open === undefined || limit - open >= headroom) return;
+    throw new VfioUserLimitError(
+      'ERR_VFIO_USER_FD_LIMIT',
+      `${body.command} carried ${received} fd${received === 1 ? '' : 's'}, but keeping ${received === 1 ? 'it' : 'them'} would leave ` +
+        `${Math.max(0, limit - open)} of this process's ${limit} fds (RLIMIT_NOFILE) free, fewer than the ${headroom} it keeps to go on serving`,
+      EMFILE,
+    );
   }
 
   /** Sends the reply to one command (none for NO_REPLY), and releases fds the handler gave us. */

@@ -48,22 +48,42 @@ function badData(message: string) {
   return invalid('ERR_VFIO_USER_BAD_VERSION_DATA', `VERSION data: ${message}`);
 }
 
+/**
+ * Deepest nesting of arrays and objects accepted in VERSION data: json-c's default (libvfio-user parses with json-c),
+ * far above the 3 levels the spec's capabilities use, so a newer peer's additions still fit.
+ */
+export const MAX_VERSION_JSON_DEPTH = 32;
+
+/** Longest quoted value in an error message: a peer's huge value must not become a huge log line. */
+const MAX_QUOTED_LENGTH = 64;
+
+/**
+ * A short rendering of a peer's value. JSON.stringify is avoided for arrays and objects: it recurses, so a deep value
+ * would overflow the stack, and a large one would fill the message.
+ */
+function quote(value: unknown): string {
+  if (Array.isArray(value)) return `an array of ${value.length}`;
+  if (typeof value === 'object' && value !== null) return 'an object';
+  const text = JSON.stringify(value) ?? String(value);
+  return text.length <= MAX_QUOTED_LENGTH ? text : `${text.slice(0, MAX_QUOTED_LENGTH)}... (${text.length} characters)`;
+}
+
 function positiveInteger(value: unknown, name: string): number {
   if (typeof value !== 'number' || !Number.isSafeInteger(value) || value <= 0) {
-    throw badData(`"${name}" must be a positive integer, got ${JSON.stringify(value)}`);
+    throw badData(`"${name}" must be a positive integer, got ${quote(value)}`);
   }
   return value;
 }
 
 function nonNegativeInteger(value: unknown, name: string): number {
   if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
-    throw badData(`"${name}" must be a non-negative integer, got ${JSON.stringify(value)}`);
+    throw badData(`"${name}" must be a non-negative integer, got ${quote(value)}`);
   }
   return value;
 }
 
 function boolean(value: unknown, name: string): boolean {
-  if (typeof value !== 'boolean') throw badData(`"${name}" must be true or false, got ${JSON.stringify(value)}`);
+  if (typeof value !== 'boolean') throw badData(`"${name}" must be true or false, got ${quote(value)}`);
   return value;
 }
 
@@ -73,14 +93,46 @@ function boolean(value: unknown, name: string): boolean {
  */
 function pageSizeBitmap(value: unknown, name: string): bigint {
   if (typeof value !== 'number' || !Number.isInteger(value) || value <= 0 || value >= 2 ** 64) {
-    throw badData(`"${name}" must be a positive integer below 2^64, got ${JSON.stringify(value)}`);
+    throw badData(`"${name}" must be a positive integer below 2^64, got ${quote(value)}`);
   }
   return BigInt(value);
 }
 
 function object(value: unknown, name: string): JsonObject {
-  if (!isObject(value)) throw badData(`"${name}" must be an object, got ${JSON.stringify(value)}`);
+  if (!isObject(value)) throw badData(`"${name}" must be an object, got ${quote(value)}`);
   return value;
+}
+
+const QUOTE = 0x22;
+const BACKSLASH = 0x5c;
+const OPEN_BRACKET = 0x5b;
+const OPEN_BRACE = 0x7b;
+const CLOSE_BRACKET = 0x5d;
+const CLOSE_BRACE = 0x7d;
+
+/**
+ * Refuses text nested deeper than MAX_VERSION_JSON_DEPTH before JSON.parse sees it: whatever parses or walks the
+ * result later (JSON.parse itself in some engines, JSON.stringify, our own checks) may recurse once per level.
+ * Brackets inside strings do not count; malformed text is left for JSON.parse to describe.
+ */
+function checkNestingDepth(text: string): void {
+  let depth = 0;
+  let inString = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (inString) {
+      if (c === BACKSLASH) i++;
+      else if (c === QUOTE) inString = false;
+    } else if (c === QUOTE) {
+      inString = true;
+    } else if (c === OPEN_BRACKET || c === OPEN_BRACE) {
+      if (++depth > MAX_VERSION_JSON_DEPTH) {
+        throw badData(`arrays and objects nest deeper than ${MAX_VERSION_JSON_DEPTH} levels (at character ${i})`);
+      }
+    } else if (c === CLOSE_BRACKET || c === CLOSE_BRACE) {
+      depth--;
+    }
+  }
 }
 
 /**
@@ -89,6 +141,7 @@ function object(value: unknown, name: string): JsonObject {
  */
 export function parseVersionCapabilities(text: string): VersionCapabilities {
   if (text === '') return {};
+  checkNestingDepth(text);
   let parsed: unknown;
   try {
     parsed = JSON.parse(text);

@@ -9,12 +9,21 @@ export const VIOMMU_BIN = path.resolve(__dirname, '..', '..', '..', 'bin', 'viom
 
 let setprivWorks: boolean | undefined;
 
+export interface SpawnOptions {
+  /**
+   * RLIMIT_NOFILE (soft and hard) for the child, set by `prlimit`, so a test can run it out of fds. prlimit execs
+   * node, so the child's pid stays the node process's (its /proc/PID/fd is the server's).
+   */
+  readonly maxOpenFiles?: number;
+}
+
 /** Starts `node bin/viommu.js ARGS` under `setpriv --pdeathsig KILL` where setpriv exists. */
-export function spawnViommu(args: readonly string[]): ChildProcess {
+export function spawnViommu(args: readonly string[], options: SpawnOptions = {}): ChildProcess {
   setprivWorks ??= spawnSync('setpriv', ['--pdeathsig', 'KILL', 'true'], { stdio: 'ignore', timeout: 5000 }).status === 0;
-  const argv = [VIOMMU_BIN, ...args];
-  const [command, commandArgs] = setprivWorks ? ['setpriv', ['--pdeathsig', 'KILL', '--', process.execPath, ...argv]] : [process.execPath, argv];
-  return spawn(command, commandArgs, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const limit = options.maxOpenFiles === undefined ? [] : ['prlimit', `--nofile=${options.maxOpenFiles}:${options.maxOpenFiles}`, '--'];
+  const argv = [...limit, process.execPath, VIOMMU_BIN, ...args];
+  const [command, ...commandArgs] = setprivWorks ? ['setpriv', '--pdeathsig', 'KILL', '--', ...argv] : argv;
+  return spawn(command!, commandArgs, { stdio: ['ignore', 'pipe', 'pipe'] });
 }
 
 export interface CliResult {
@@ -54,9 +63,9 @@ export class ServeProcess {
   }
 
   /** Starts `viommu serve --socket (fresh path) --device DEVICE ...extra` and waits for its listening line. */
-  static async start(device = 'dma-engine', extra: readonly string[] = []): Promise<ServeProcess> {
+  static async start(device = 'dma-engine', extra: readonly string[] = [], options: SpawnOptions = {}): Promise<ServeProcess> {
     const socketPath = tempSocketPath('serve');
-    const served = new ServeProcess(spawnViommu(['serve', '--socket', socketPath, '--device', device, ...extra]), socketPath);
+    const served = new ServeProcess(spawnViommu(['serve', '--socket', socketPath, '--device', device, ...extra], options), socketPath);
     try {
       await waitFor(() => served.stdout.includes('\n') || served.child.exitCode !== null, `the listening line (stderr: ${served.stderr})`, 10000);
     } catch (error) {
