@@ -1,6 +1,5 @@
 /** Typed errors of a vfio-user connection and the one mapping from an error to the errno a reply carries. */
 
-import { constants } from 'node:os';
 import { GuestMemoryError, ViommuError } from '../errors';
 import { DmaFault } from '../memory/dma-space';
 import { ERRNO, VfioUserProtocolError, type ErrnoName } from './errors';
@@ -55,11 +54,8 @@ export type VfioUserLimitErrorCode =
   /** Keeping the fds a command carried would leave this process too few free fds to go on serving (EMFILE). */
   | 'ERR_VFIO_USER_FD_LIMIT';
 
-/**
- * EMFILE, "Too many open files": the errno of ERR_VFIO_USER_FD_LIMIT. vfio-user carries the host's errno numbers
- * and both peers are Linux, so the host's constant is the wire value.
- */
-export const EMFILE: number = constants.errno.EMFILE;
+/** EMFILE, "Too many open files": the errno of ERR_VFIO_USER_FD_LIMIT. */
+export const EMFILE: number = ERRNO.EMFILE;
 
 /**
  * A negotiated limit was exceeded. Thrown before sending when we would break the peer's limit; when the peer broke

@@ -16,6 +16,7 @@ export const ERRNO = {
   EEXIST: 17,
   ENODEV: 19,
   EINVAL: 22,
+  EMFILE: 24,
   ENOSPC: 28,
   ENOSYS: 38,
   ENOTSUP: 95,
