@@ -13,8 +13,22 @@ export interface FileDescriptor {
   size(): number;
   /** The F_GET_SEALS bitmask (FILE_SEALS); 0 for files that cannot be sealed. */
   seals(): number;
+  /**
+   * Which open file this fd names: fstat's st_dev and st_ino (the same for every fd of one file, whoever opened it,
+   * and never reused while an fd of it stays open), and F_GETFL's access mode and status flags, which belong to the
+   * open file description (every fd that dup or SCM_RIGHTS made of it shares them).
+   */
+  identity(): FileIdentity;
   /** What /proc/self/fd says the fd is (e.g. "/memfd:guest-ram (deleted)", "anon_inode:[eventfd]"). */
   describe(): string;
+}
+
+/** FileDescriptor.identity(): the file behind an fd, and how it was opened. */
+export interface FileIdentity {
+  readonly device: bigint;
+  readonly inode: bigint;
+  /** O_ACCMODE bits and status flags (O_APPEND, O_DIRECT, ...), as fcntl(F_GETFL) reports them. */
+  readonly flags: number;
 }
 
 /**

@@ -1,4 +1,4 @@
-// FileDescriptor ownership and the small set of generic fd operations (dup, size, seals, describe).
+// FileDescriptor ownership and the small set of generic fd operations (dup, size, seals, identity, describe).
 #include "file_descriptor.h"
 
 #include <fcntl.h>
@@ -30,6 +30,7 @@ Napi::Function FileDescriptor::Define(Napi::Env env) {
                          InstanceMethod<&FileDescriptor::Dup>("dup"),
                          InstanceMethod<&FileDescriptor::Size>("size"),
                          InstanceMethod<&FileDescriptor::Seals>("seals"),
+                         InstanceMethod<&FileDescriptor::Identity>("identity"),
                          InstanceMethod<&FileDescriptor::Describe>("describe"),
                      });
 }
@@ -114,6 +115,21 @@ Napi::Value FileDescriptor::Seals(const Napi::CallbackInfo& info) {
   if (seals < 0 && errno == EINVAL) return Napi::Number::New(env, 0);
   if (seals < 0) return ThrowSystemError(env, errno, "fcntl(F_GET_SEALS)", FdName(fd_)), env.Undefined();
   return Napi::Number::New(env, seals);
+}
+
+Napi::Value FileDescriptor::Identity(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (fd_ < 0) return ThrowSystemError(env, EBADF, "fstat", "closed FileDescriptor"), env.Undefined();
+  struct stat st;
+  if (fstat(fd_, &st) != 0) return ThrowSystemError(env, errno, "fstat", FdName(fd_)), env.Undefined();
+  // The status flags belong to the open file description (shared by every fd that SCM_RIGHTS or dup made of it).
+  int flags = fcntl(fd_, F_GETFL);
+  if (flags < 0) return ThrowSystemError(env, errno, "fcntl(F_GETFL)", FdName(fd_)), env.Undefined();
+  Napi::Object identity = Napi::Object::New(env);
+  identity.Set("device", Napi::BigInt::New(env, static_cast<uint64_t>(st.st_dev)));
+  identity.Set("inode", Napi::BigInt::New(env, static_cast<uint64_t>(st.st_ino)));
+  identity.Set("flags", Napi::Number::New(env, flags));
+  return identity;
 }
 
 Napi::Value FileDescriptor::Describe(const Napi::CallbackInfo& info) {

@@ -31,6 +31,7 @@ class FileDescriptor : public Napi::ObjectWrap<FileDescriptor> {
   Napi::Value Dup(const Napi::CallbackInfo& info);
   Napi::Value Size(const Napi::CallbackInfo& info);
   Napi::Value Seals(const Napi::CallbackInfo& info);
+  Napi::Value Identity(const Napi::CallbackInfo& info);
   Napi::Value Describe(const Napi::CallbackInfo& info);
 
   int fd_ = -1;

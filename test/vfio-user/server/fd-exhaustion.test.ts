@@ -60,7 +60,13 @@ describe('viommu serve at its fd limit', function () {
     let mapped = 0;
     while (refused === undefined && openFds(pid) < FD_LIMIT) {
       try {
-        await first.request('DMA_MAP', dmaMapBody(BigInt(mapped) * PAGE, PAGE), { fds: [memory] });
+        // A fresh file each time: the server keeps one fd per backing file, so the same memfd again costs nothing.
+        const fresh = native.memfdCreate(`dma-map-fd-${mapped}`, Number(PAGE));
+        try {
+          await first.request('DMA_MAP', dmaMapBody(BigInt(mapped) * PAGE, PAGE), { fds: [fresh] });
+        } finally {
+          fresh.close();
+        }
         mapped++;
       } catch (error) {
         if (!(error instanceof VfioUserRemoteError)) throw error;
