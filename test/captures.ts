@@ -7,6 +7,29 @@ export const CAPTURES = process.env.VIOMMU_CAPTURES ?? path.resolve(__dirname, '
 
 export const capturesPresent = fs.existsSync(CAPTURES);
 
+/** Why the capture-dependent tests cannot run here; undefined when they can. */
+export const capturesMissingReason: string | undefined = capturesPresent
+  ? undefined
+  : `the vfio-user captures are not at ${CAPTURES} (the shared folder next to the repository; set VIOMMU_CAPTURES to a folder of *.jsonl captures)`;
+
+// Said once, when the first capture-dependent test file is loaded, so that no test skips without a word.
+if (capturesMissingReason !== undefined) console.log(`note: ${capturesMissingReason}: the tests that replay them skip`);
+
+/** Skips the suite (in `before`) or the test, printing why, when the captures are not there. */
+export function skipWithoutCaptures(context: Mocha.Context): void {
+  if (capturesMissingReason === undefined) return;
+  console.log(`      skipped: ${capturesMissingReason}`);
+  context.skip();
+}
+
+/** Skips a test that needs one capture file, printing why, when that file is not there. */
+export function skipWithoutCaptureFile(context: Mocha.Context, file: string): void {
+  skipWithoutCaptures(context);
+  if (fs.existsSync(path.join(CAPTURES, file))) return;
+  console.log(`      skipped: ${file} is not in ${CAPTURES}`);
+  context.skip();
+}
+
 /** One message as the capture README describes its JSON lines. */
 export interface CaptureRecord {
   dir: 'c2s' | 's2c';

@@ -1,6 +1,8 @@
 /** Places where the unit follows QEMU rather than the letter of the VT-d spec, each listed once and selectable by compat. */
 
+import type { FieldTable } from './bitfield';
 import type { Compat, VtdConfig } from './config';
+import { FRCD_HI_FIELDS, FRCD_LO_FIELDS, findRegister } from './registers';
 
 export type QuirkId =
   | 'iqa-readback-shows-latched-base'
@@ -37,6 +39,55 @@ export interface CompatQuirk {
   readonly description: string;
   /** Where it was seen: the differential test that shows it against QEMU 7.2, or why none can. */
   readonly evidence: string;
+  /**
+   * What it may change in what a guest sees, and nothing more: the differential harness (test/oracle/harness.ts)
+   * excuses a spec-mode difference at a value tagged with the quirk only inside these bits or kinds.
+   */
+  readonly changes: QuirkChanges;
+}
+
+/** Differential observations that are not register values. */
+export type ObservationKind =
+  /** Bytes in guest memory: what a device moved, or what the unit wrote there (wait-descriptor status). */
+  | 'data'
+  /** The MSIs the unit delivered: fault and completion events, remapped interrupts. */
+  | 'interrupts';
+
+export interface QuirkChanges {
+  /**
+   * Register name (as in lib/vtd/registers.ts; FRCD_LO and FRCD_HI stand for every fault-recording register) to
+   * the names of the fields the quirk may change there.
+   */
+  readonly registers?: Readonly<Record<string, readonly string[]>>;
+  /** Observations other than register values that it may change as a whole. */
+  readonly observations?: readonly ObservationKind[];
+}
+
+/** What a fault that is recorded in one mode and not in the other changes: the record, the status and the event. */
+const FAULT_RECORD: QuirkChanges = {
+  registers: {
+    FSTS: ['PFO', 'PPF', 'FRI'],
+    FECTL: ['IP'],
+    FRCD_LO: FRCD_LO_FIELDS.fields.map((field) => field.name),
+    FRCD_HI: FRCD_HI_FIELDS.fields.map((field) => field.name),
+  },
+  observations: ['interrupts'],
+};
+
+/** What an invalidation descriptor accepted in one mode and refused (IQE) in the other changes. */
+const QUEUE_ERROR: QuirkChanges = {
+  registers: { FSTS: ['IQE'], FECTL: ['IP'], IQH: ['QH'] },
+  observations: ['interrupts', 'data'],
+};
+
+function merge(...parts: QuirkChanges[]): QuirkChanges {
+  const registers: Record<string, string[]> = {};
+  const observations = new Set<ObservationKind>();
+  for (const part of parts) {
+    for (const [name, fields] of Object.entries(part.registers ?? {})) registers[name] = [...new Set([...(registers[name] ?? []), ...fields])];
+    for (const kind of part.observations ?? []) observations.add(kind);
+  }
+  return { registers, observations: [...observations] };
 }
 
 const QEMU_7_2: readonly Compat[] = ['qemu-7.2'];
@@ -46,111 +97,133 @@ export const COMPAT_QUIRKS: readonly CompatQuirk[] = [
     id: 'iqa-readback-shows-latched-base', compat: QEMU_7_2,
     description: 'IQA reads back as the queue base latched by the last QIE enable (0 before the first) plus QS; DW is never shown. The spec reads back what was written.',
     evidence: 'test/oracle/differential-queued-invalidation.test.ts',
+    changes: { registers: { IQA: ['IQA', 'DW'] } },
   },
   {
     id: 'frcd-pv-ffff-without-pasid', compat: QEMU_7_2,
     description: 'FRCD.PV is 0xffff (with PP = 0) for faults of requests without PASID found at or after the page walk (root and context faults get PV 0). The spec leaves PV 0 when PP is 0.',
     evidence: 'test/oracle/differential-faults.test.ts',
+    changes: { registers: { FRCD_HI: ['PV'] } },
   },
   {
     id: 'top-table-read-error-is-context-invalid', compat: QEMU_7_2,
     description: 'an unreadable top-level page table gives fault 3 (invalid context entry); the spec reports 7 (next page table pointer invalid)',
     evidence: 'test/oracle/differential-faults.test.ts',
+    changes: { registers: { FRCD_HI: ['FR'] } },
   },
   {
     id: 'second-stage-not-present-is-permission-fault', compat: 'all',
     description: 'a second-stage entry with R = W = 0 gives fault 6 (read) or 5 (write): legacy mode has no separate not-present code',
     evidence: 'test/oracle/differential-faults.test.ts',
+    changes: { registers: { FRCD_HI: ['FR'] } },
   },
   {
     id: 'srtp-acts-on-every-gcmd-write', compat: 'all',
     description: 'SRTP and SIRTP latch the pointer on every GCMD write with the bit set, not only on a 0 -> 1 change',
     evidence: 'test/oracle/differential-commands.test.ts',
+    changes: { registers: { RTADDR: ['TTM', 'RTA'] }, observations: ['data'] },
   },
   {
     id: 'srtp-flushes-caches', compat: 'all',
     description: 'SRTP drops the context cache and IOTLB (QEMU 7.2 vtd_handle_gcmd_srtp; later advertised as CAP.ESRTPS)',
     evidence: 'test/oracle/differential-legacy-translation.test.ts',
+    changes: { observations: ['data'] },
   },
   {
     id: 'collapse-faults-from-pending-source', compat: 'all',
     description: 'a fault from a source id that already has a pending record is not recorded (spec-permitted fault compression)',
     evidence: 'test/oracle/differential-faults.test.ts',
+    changes: FAULT_RECORD,
   },
   {
     id: 'context-domain-invalidation-is-global', compat: 'all',
     description: 'a domain-selective context-cache invalidation is done (and reported in CCMD.CAIG) as global',
     evidence: 'test/oracle/differential-commands.test.ts',
+    changes: { registers: { CCMD: ['CAIG'] }, observations: ['data'] },
   },
   {
     id: 'compatibility-interrupts-pass-without-cfi', compat: QEMU_7_2,
     description: 'with IRE on, compatibility-format interrupts pass even when GSTS.CFIS is 0; the spec blocks them with fault 0x25',
     evidence: 'test/oracle/differential-interrupt-remapping.test.ts',
+    changes: FAULT_RECORD,
   },
   {
     id: 'gcmd-cfi-ignored', compat: QEMU_7_2,
     description: 'GCMD.CFI is not implemented: GSTS.CFIS never sets. The spec sets CFIS while CFI is written as 1.',
     evidence: 'test/oracle/differential-commands.test.ts',
+    changes: { registers: { GSTS: ['CFIS'] } },
   },
   {
     id: 'iotlb-hit-without-permission-not-recorded', compat: QEMU_7_2,
-    description: 'a request that hits a cached translation lacking the needed permission (a write after a read of a read-only page) is blocked without a fault record; the spec records fault 5 or 6 as for an uncached walk',
+    description: 'a request that hits a cached translation lacking the needed permission (a write after a read of a read-only page, a read after a write of a write-only page) is blocked without a fault record; the spec records fault 5 or 6 as for an uncached walk',
     evidence: 'test/oracle/differential-faults.test.ts',
+    changes: FAULT_RECORD,
   },
   {
     id: 'interrupt-range-read-returns-zeros', compat: QEMU_7_2,
     description: 'a DMA read (without PASID) of 0xfee00000-0xfeefffff completes with zeros; the spec treats it as an illegal request and blocks it (no fault record either way)',
     evidence: 'test/oracle/differential-interrupt-remapping.test.ts',
+    changes: { observations: ['data'] },
   },
   {
     id: 'interrupt-remapping-faults-not-recorded', compat: QEMU_7_2,
     description: 'an interrupt request that fails remapping (faults 0x20-0x26) is dropped with a message on stderr but never recorded in FRCD and raises no fault event',
     evidence: 'test/oracle/differential-interrupt-remapping.test.ts',
+    changes: FAULT_RECORD,
   },
   {
     id: 'qi-disable-needs-drained-queue', compat: QEMU_7_2,
     description: 'clearing GCMD.QIE is ignored (QIES stays 1, IQH kept) unless IQH = IQT and the last descriptor processed was a wait descriptor; the spec disables queued invalidation and resets IQH to 0',
     evidence: 'test/oracle/differential-queued-invalidation.test.ts',
+    changes: { registers: { GSTS: ['QIES'], IQH: ['QH'], CCMD: ['ICC', 'CAIG'] } },
   },
   {
     id: 'iec-descriptor-reserved-bits-ignored', compat: QEMU_7_2,
     description: 'reserved bits of an interrupt entry cache invalidation descriptor are not checked; the spec reports an invalid descriptor (IQE)',
     evidence: 'test/oracle/differential-queued-invalidation.test.ts',
+    changes: QUEUE_ERROR,
   },
   {
     id: 'pasid-descriptors-accepted-unchecked', compat: QEMU_7_2,
     description: 'PASID-based IOTLB (type 6) and PASID-cache (type 7) descriptors are accepted unchecked, also in a 128-bit queue without scalable mode; the spec reports IQE for them there',
     evidence: 'test/oracle/differential-queued-invalidation.test.ts',
+    changes: QUEUE_ERROR,
   },
   {
     id: 'interrupt-dma-writes-skip-source-id-check', compat: QEMU_7_2,
     description: "a device's plain DMA write to the interrupt range is remapped without source-id verification (it carries no requester id in QEMU; its MSIs do): SID/SQ/SVT, SVT = 3 included, are not checked. The spec verifies every interrupt request.",
     evidence: 'test/oracle/differential-interrupt-remapping.test.ts',
+    changes: FAULT_RECORD,
   },
   {
     id: 'irte-posted-and-xapic-destination-unchecked', compat: QEMU_7_2,
     description: 'an IRTE with IM = 1 (posted, while CAP.PI = 0) or, in xAPIC mode, destination bits outside 15:8 set is used as a remapped entry (destination = DST bits 15:8); the spec reports fault 0x24',
     evidence: 'test/oracle/differential-interrupt-remapping.test.ts',
+    changes: FAULT_RECORD,
   },
   {
     id: 'fectl-ip-kept-when-records-cleared', compat: QEMU_7_2,
     description: 'clearing the last pending fault record (FRCD.F) leaves FECTL.IP set, so unmasking later sends a stale fault event; QEMU clears IP only on an FSTS write. The spec clears IP once no fault condition is left.',
     evidence: 'test/oracle/differential-faults.test.ts',
+    changes: { registers: { FECTL: ['IP'] }, observations: ['interrupts'] },
   },
   {
     id: 'rid-pasid-used-without-rps', compat: QEMU_7_2,
     description: "requests without PASID in scalable mode use whatever RID_PASID the context entry holds; the spec (ECAP.RPS = 0, as here) requires RID_PASID 0 and reports fault 0x48 otherwise",
     evidence: 'test/oracle/differential-scalable.test.ts',
+    changes: merge(FAULT_RECORD, { observations: ['data'] }),
   },
   {
     id: 'scalable-faults-use-legacy-reasons', compat: QEMU_7_2,
     description: 'scalable-mode faults are recorded with legacy codes: root entry not present 1, context entry not present 2, write 5, read 6, and 0x58 for every PASID directory or PASID entry fault (not present, unreadable, reserved bits, invalid PGTT or AW); the spec has a scalable-mode code for each (0x39, 0x41, 0x85, 0x86, 0x50..0x5b)',
     evidence: 'test/oracle/differential-scalable.test.ts',
+    changes: { registers: { FRCD_HI: ['FR'] } },
   },
   {
     id: 'scalable-rid-pasid-recorded-as-pasid', compat: QEMU_7_2,
     description: 'a page-walk fault of a request without PASID in scalable mode is recorded with PP = 1 and PV = RID_PASID, as if the request carried that PASID; the spec records PP = 0 (QEMU too for root, context and PASID-structure faults)',
     evidence: 'test/oracle/differential-scalable.test.ts',
+    changes: { registers: { FRCD_HI: ['PP', 'PV'] } },
   },
 ];
 
@@ -161,6 +234,45 @@ export function quirksFor(config: Pick<VtdConfig, 'compat'>): ReadonlySet<QuirkI
     if (quirk.compat === 'all' || quirk.compat.includes(config.compat)) set.add(quirk.id);
   }
   return set;
+}
+
+/** The field table of register `name` (FRCD_LO / FRCD_HI, or FRCDn_LO / FRCDn_HI, for the fault records). */
+function registerFields(name: string): FieldTable | undefined {
+  if (/^FRCD\d*_LO$/.test(name)) return FRCD_LO_FIELDS;
+  if (/^FRCD\d*_HI$/.test(name)) return FRCD_HI_FIELDS;
+  return findRegister(name)?.fields;
+}
+
+/** Register names as a quirk's `changes` spells them: every fault-recording register is FRCD_LO / FRCD_HI. */
+function changesKey(name: string): string {
+  return name.replace(/^FRCD\d+_/, 'FRCD_');
+}
+
+/**
+ * The bits of register `name` (a name of lib/vtd/registers.ts) that quirk `id` may change: the union of the
+ * fields its `changes` lists there, 0n when it lists none. Throws for a field the register does not have.
+ */
+export function quirkRegisterMask(id: QuirkId, name: string): bigint {
+  const quirk = COMPAT_QUIRKS.find((q) => q.id === id);
+  if (quirk === undefined) throw new Error(`no compat quirk ${id}`);
+  const fields = quirk.changes.registers?.[changesKey(name)] ?? [];
+  if (fields.length === 0) return 0n;
+  const table = registerFields(name);
+  if (table === undefined) throw new Error(`${id}: register ${name} has no field table`);
+  let mask = 0n;
+  for (const fieldName of fields) {
+    const field = table.fields.find((f) => f.name === fieldName);
+    if (field === undefined) throw new Error(`${id}: register ${name} has no field ${fieldName}`);
+    mask |= ((1n << BigInt(field.msb - field.lsb + 1)) - 1n) << BigInt(field.lsb);
+  }
+  return mask;
+}
+
+/** Whether quirk `id` may change an observation of `kind` (not a register value) as a whole. */
+export function quirkChangesObservation(id: QuirkId, kind: ObservationKind): boolean {
+  const quirk = COMPAT_QUIRKS.find((q) => q.id === id);
+  if (quirk === undefined) throw new Error(`no compat quirk ${id}`);
+  return quirk.changes.observations?.includes(kind) ?? false;
 }
 
 /** QEMU 7.2 behaviour seen by the oracle tests that no compat setting reproduces, and why. */

@@ -7,7 +7,8 @@ import { decodeMessage } from '../../lib/vfio-user/codec';
 import { REGION_INFO_FLAGS } from '../../lib/vfio-user/protocol';
 import { InMemoryTransport, type Transport } from '../../lib/vfio-user/transport';
 import { waitFor } from '../helpers';
-import { CAPTURES, CaptureReplayServer, capturesPresent, exchanges, readCapture, type CaptureRecord } from '../vfio-user/client/capture-replay';
+import { skipWithoutCaptures } from '../captures';
+import { CaptureReplayServer, exchanges, readCapture, type CaptureRecord } from '../vfio-user/client/capture-replay';
 
 /** The files whose client enumerated the device (the migration destinations never ask). */
 const ENUMERATED = ['client-server.src.jsonl', 'old-client-server.src.jsonl', 'probe-gpio.jsonl', 'probe-null.jsonl', 'probe-server.jsonl'];
@@ -43,10 +44,7 @@ function expectedDevice(records: CaptureRecord[]) {
 
 describe('interop: our client accepts the recorded server replies', function () {
   before(function () {
-    if (!capturesPresent) {
-      console.warn(`captures not found at ${CAPTURES}; set VIOMMU_CAPTURES to run these tests`);
-      this.skip();
-    }
+    skipWithoutCaptures(this);
   });
 
   const cleanup: (() => void)[] = [];
@@ -66,7 +64,7 @@ describe('interop: our client accepts the recorded server replies', function () 
 
   for (const file of ENUMERATED) {
     it(`${file}: enumerates the device exactly as the capture describes it`, async function () {
-      if (!capturesPresent) this.skip();
+      skipWithoutCaptures(this);
       const { client, replay, records } = await replayTo(file);
       const expected = expectedDevice(records);
       const description = client.description;
@@ -94,7 +92,7 @@ describe('interop: our client accepts the recorded server replies', function () 
   }
 
   it('client-server.src.jsonl: the README\'s facts (BAR1 sparse areas with an fd, config 256 bytes, INTx 1)', async function () {
-    if (!capturesPresent) this.skip();
+    skipWithoutCaptures(this);
     const { client } = await replayTo('client-server.src.jsonl');
     const bar1 = client.description.regions[1]!;
     assert.deepEqual(
@@ -109,7 +107,7 @@ describe('interop: our client accepts the recorded server replies', function () 
   });
 
   it('probe-gpio.jsonl: BAR2 of 0x100 bytes, INTx/ERR/REQ one vector each, and the config header read back', async function () {
-    if (!capturesPresent) this.skip();
+    skipWithoutCaptures(this);
     const { client } = await replayTo('probe-gpio.jsonl');
     assert.deepEqual([client.description.regions[2]!.size, client.description.regions[2]!.flags], [0x100n, 3]);
     assert.deepEqual(client.irqs.map((irq) => irq.count), [1, 0, 0, 1, 1]);
@@ -119,7 +117,7 @@ describe('interop: our client accepts the recorded server replies', function () 
   });
 
   it('probetwin-server.jsonl: answers the server\'s twin-socket DMA byte for byte as the recorded client did', async function () {
-    if (!capturesPresent) this.skip();
+    skipWithoutCaptures(this);
     const memory = new GuestMemory();
     memory.addRegion({ name: 'ram', start: 0, buffer: new ArrayBuffer(0x2000) });
     const { client, replay, records } = await replayTo('probetwin-server.jsonl', { enumerate: false, dmaSpace: memory.dma });

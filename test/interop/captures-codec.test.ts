@@ -6,7 +6,7 @@ import { decodeDmaLoggingReport, decodeMigrationStateFeature } from '../../lib/v
 import { VfioUserProtocolError } from '../../lib/vfio-user/errors';
 import type { ReplyOf, VfioUserCommand } from '../../lib/vfio-user/messages';
 import { DEVICE_FEATURES, HEADER_FLAGS, HEADER_SIZE, MESSAGE_TYPES, MIGRATION_STATES, REGION_INDEXES } from '../../lib/vfio-user/protocol';
-import { captureFiles, CAPTURES, capturesPresent, readCapture, type CaptureRecord } from '../captures';
+import { captureFiles, CAPTURES, readCapture, skipWithoutCaptureFile, skipWithoutCaptures, type CaptureRecord } from '../captures';
 
 interface Replayed {
   record: CaptureRecord;
@@ -94,10 +94,7 @@ function commandsOf<N extends VfioUserCommand['command']>(file: string, name: N)
 
 describe('interop: golden captures through the codec', function () {
   before(function () {
-    if (!capturesPresent) {
-      console.warn(`captures not found at ${CAPTURES}; set VIOMMU_CAPTURES to run these tests`);
-      this.skip();
-    }
+    skipWithoutCaptures(this);
   });
 
   it('finds the capture files', () => {
@@ -166,7 +163,11 @@ describe('interop: golden captures through the codec', function () {
   }
 
   describe('facts from the captures README', () => {
-    const onlyIf = (file: string) => (files.includes(file) ? it : it.skip);
+    /** `it` for a test that needs `file`; without it, the test says so and skips. */
+    const onlyIf = (file: string) => (title: string, test: () => void | PromiseLike<unknown>) => it(title, function () {
+      skipWithoutCaptureFile(this, file);
+      return test();
+    });
 
     onlyIf('client-server.src.jsonl')('VERSION capabilities of the sample client and server', () => {
       const [clientVersion] = commandsOf('client-server.src.jsonl', 'VERSION');

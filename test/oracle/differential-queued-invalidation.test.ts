@@ -43,7 +43,7 @@ async function queueScenario(guest: OracleGuest): Promise<void> {
   const after = async (label: string, quirks: QuirkId[] = []) => {
     await guest.observe('IQH', `${label}: IQH`, quirks);
     await guest.observe('FSTS', `${label}: FSTS`, quirks);
-    guest.note(`${label}: status`, await statusValue(), quirks);
+    guest.note(`${label}: status`, await statusValue(), quirks, 'data');
   };
 
   // Every valid descriptor type, then a wait with status write.
@@ -146,10 +146,10 @@ async function tailBeforeEnable(guest: OracleGuest): Promise<void> {
   const status = guest.allocPage();
   const queue = await OracleQueue.create(guest, 0);
   await queue.submit(D.context({ G: 1 }), D.wait({ SW: 1, SDATA: 0x55, address: status }));
-  guest.note('status before QIE', await guest.peer.readl(status));
+  guest.note('status before QIE', await guest.peer.readl(status), [], 'data');
   await guest.gcmd(GCMD.QIE);
   await guest.observe('IQH', 'IQH after QIE with a tail already set');
-  guest.note('status after QIE', await guest.peer.readl(status));
+  guest.note('status after QIE', await guest.peer.readl(status), [], 'data');
   // A register invalidation while QI is on is ignored: the busy bit stays.
   await guest.setReg('CCMD', 0xa000000000000000n);
   await guest.observe('CCMD', 'CCMD written under QI');

@@ -1,7 +1,7 @@
 /** Each QEMU 7.2 quirk: the spec behaviour by default, QEMU's with compat=qemu-7.2 (the oracle tests show QEMU's side). */
 import { strict as assert } from 'node:assert';
 import { encodeBig } from '../../lib/vtd/bitfield';
-import { COMPAT_QUIRKS, quirksFor } from '../../lib/vtd/compat-quirks';
+import { COMPAT_QUIRKS, quirkRegisterMask, quirksFor } from '../../lib/vtd/compat-quirks';
 import { vtdConfigFromString } from '../../lib/vtd/config';
 import { IR_FAULT, MSI_REMAPPABLE_ADDRESS } from '../../lib/vtd/interrupt-remap';
 import { FR } from '../../lib/vtd/legacy-walk';
@@ -33,6 +33,20 @@ describe('compat quirks', () => {
       if (quirk.compat === 'all') assert.ok(spec.has(quirk.id) && qemu.has(quirk.id), quirk.id);
       else assert.ok(!spec.has(quirk.id) && qemu.has(quirk.id), quirk.id);
     }
+  });
+
+  it('every quirk says what it changes, in registers and fields that exist (the differential harness excuses only that)', () => {
+    for (const quirk of COMPAT_QUIRKS) {
+      const registers = Object.entries(quirk.changes.registers ?? {});
+      assert.ok(registers.length > 0 || (quirk.changes.observations ?? []).length > 0, `${quirk.id} changes nothing`);
+      for (const [register, fields] of registers) {
+        assert.ok(fields.length > 0, `${quirk.id}: no fields for ${register}`);
+        const name = register.replace(/^FRCD_/, 'FRCD0_');
+        assert.notEqual(quirkRegisterMask(quirk.id, name), 0n, `${quirk.id}: ${register}`);
+      }
+    }
+    assert.equal(quirkRegisterMask('frcd-pv-ffff-without-pasid', 'GSTS'), 0n, 'a register it does not name');
+    assert.throws(() => quirkRegisterMask('no-such-quirk' as never, 'GSTS'), /no compat quirk/);
   });
 
   it('frcd-pv-ffff-without-pasid: PV 0xffff only for faults past the context entry', () => {
