@@ -1,16 +1,16 @@
-/** The recorded vfio-user sessions in ../shared/captures (or $VIOMMU_CAPTURES): where they are and how to read them. */
+/** The recorded vfio-user sessions in test/fixtures/captures (or $VIOMMU_CAPTURES): where they are and how to read them. */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
-/** dist/test -> the repository's parent, where `shared/captures` lives next to the repository. */
-export const CAPTURES = process.env.VIOMMU_CAPTURES ?? path.resolve(__dirname, '../../../shared/captures');
+/** dist/test -> the repository's test/fixtures/captures: copies of the shared captures, so a clone on its own replays them. */
+export const CAPTURES = process.env.VIOMMU_CAPTURES ?? path.resolve(__dirname, '../../test/fixtures/captures');
 
 export const capturesPresent = fs.existsSync(CAPTURES);
 
 /** Why the capture-dependent tests cannot run here; undefined when they can. */
 export const capturesMissingReason: string | undefined = capturesPresent
   ? undefined
-  : `the vfio-user captures are not at ${CAPTURES} (the shared folder next to the repository; set VIOMMU_CAPTURES to a folder of *.jsonl captures)`;
+  : `the vfio-user captures are not at ${CAPTURES} (test/fixtures/captures in the repository; VIOMMU_CAPTURES names another folder of *.jsonl captures)`;
 
 // Said once, when the first capture-dependent test file is loaded, so that no test skips without a word.
 if (capturesMissingReason !== undefined) console.log(`note: ${capturesMissingReason}: the tests that replay them skip`);

@@ -22,11 +22,11 @@ import {
   REGION_ACCESS_LAYOUT,
   SET_IRQS_FLAGS,
 } from '../../../lib/vfio-user/protocol';
+import { CAPTURES } from '../../captures';
 import { openFdCount, waitFor } from '../../helpers';
 import { patchHeader, patchPayload, rawMessage } from '../helpers';
 import { BAR0, Cleanup, cleanupAfterEachTest, CONFIG, serveEngine, serverIdle, type Served } from './harness';
 
-const CAPTURES = process.env.VIOMMU_CAPTURES ?? path.resolve(__dirname, '../../../../../shared/captures');
 const FUZZ_RUNS = Number(process.env.VIOMMU_FUZZ_RUNS ?? 60);
 const REPLY = MESSAGE_TYPES.values.REPLY;
 const ERROR_REPLY = REPLY | HEADER_FLAGS.bits.ERROR;
