@@ -167,6 +167,8 @@ export class KvmMachine {
       },
     });
     testbed.pci.add(new PciFunction('host-bridge', 0, 0, HOST_BRIDGE, []));
+    // A device that refused a shadow DMA_MAP/UNMAP (or outgrew its max_dma_maps) works on by message: say so.
+    testbed.shadow?.on('error', (sid, error) => this.deviceError(`device ${hex(sid)} shadow: ${error.message}`));
     vm.addMemory(0, 0, testbed.ram);
     // vCPU 0 is the boot CPU; the others wait in KVM for the INIT and SIPI the guest sends them.
     for (let i = 0; i < (options.cpus ?? 1); i++) this.vcpus.push(vm.createVcpu());
@@ -193,7 +195,11 @@ export class KvmMachine {
         ramBytes,
         builtInEdu: options.deviceSocket === undefined,
         iommu: (memory) => {
-          unit = new VtdUnit({ memory, config: options.iommu ?? '', onInterrupt: (address, data) => machine?.signalMsi(address, data) });
+          unit = new VtdUnit({
+            memory, config: options.iommu ?? '',
+            onInterrupt: (address, data) => machine?.signalMsi(address, data),
+            onHostError: (error) => machine?.deviceError(`the shadow of the guest's mappings failed: ${error.message}`),
+          });
           return options.onEvent ? tracedIommu(unit, (event) => machine?.emit(event)) : unit;
         },
         onIntx: (sid, asserted) => machine?.intx(sid, asserted),
