@@ -19,8 +19,8 @@ import {
 import { describePciConfig, wantsMoreConfig, type PciDescription } from '../vfio-user/client/pci-config';
 import { VfioUserClosedError, VfioUserRemoteError, VfioUserTimeoutError } from '../vfio-user/connection-errors';
 import { ERRNO, VfioUserProtocolError } from '../vfio-user/errors';
-import { COMMANDS, DEVICE_INFO_FLAGS, IRQ_INFO_FLAGS, REGION_INDEXES, REGION_INFO_FLAGS } from '../vfio-user/protocol';
-import type { ResolvedCapabilities } from '../vfio-user/version';
+import { CAPABILITY_JSON_NAMES, COMMANDS, DEVICE_INFO_FLAGS, IRQ_INFO_FLAGS, REGION_INDEXES, REGION_INFO_FLAGS } from '../vfio-user/protocol';
+import type { ResolvedCapabilities, VersionCapabilities } from '../vfio-user/version';
 
 export const DEFAULT_PROBE_TIMEOUT_MS = 5000;
 /** The whole probe may take this many request timeouts, however the server drips its answers. */
@@ -36,7 +36,12 @@ export interface ProbeDescription {
   readonly socket: string;
   readonly version: { readonly major: number; readonly minor: number };
   readonly twinSocket: boolean;
+  /** What the server's capabilities amount to, the spec's defaults filled in. */
   readonly capabilities: ResolvedCapabilities;
+  /** Only what the server's VERSION reply stated. */
+  readonly capabilitiesSent: VersionCapabilities;
+  /** JSON names of the capabilities the server left out, whose values in `capabilities` are the spec's defaults. */
+  readonly capabilitiesDefaulted: readonly string[];
   readonly device: DeviceDescription;
   readonly regions: readonly RegionDescription[];
   readonly irqs: readonly IrqDescription[];
@@ -111,6 +116,8 @@ export async function describeServer(client: VfioUserClient, socket: string): Pr
     version: summary.version,
     twinSocket: summary.twinSocket,
     capabilities: summary.serverCapabilities,
+    capabilitiesSent: summary.serverStatedCapabilities,
+    capabilitiesDefaulted: CAPABILITY_ORDER.filter((key) => summary.serverStatedCapabilities[key] === undefined).map((key) => CAPABILITY_JSON_NAMES[key]),
     device,
     regions: summary.regions,
     irqs: summary.irqs,
@@ -143,18 +150,37 @@ function flagList(names: readonly string[]): string {
   return `[${names.join(' ')}]`;
 }
 
-function renderCapabilities(caps: ResolvedCapabilities): string {
-  const parts = [
-    `max_msg_fds=${caps.maxMsgFds}`,
-    `max_data_xfer_size=${caps.maxDataXferSize}`,
-    `max_dma_maps=${caps.maxDmaMaps}`,
-    `pgsizes=0x${hex(caps.pgsizes)}`,
-    `write_multiple${onOff(caps.writeMultiple)}`,
-    caps.migration === undefined
-      ? 'migration-'
-      : `migration=pgsize ${caps.migration.pgsize}${caps.migration.maxBitmapSize === undefined ? '' : `,max_bitmap_size ${caps.migration.maxBitmapSize}`}`,
+/** The capabilities in the spec's order, as VERSION lists them. */
+const CAPABILITY_ORDER = ['maxMsgFds', 'maxDataXferSize', 'maxDmaMaps', 'pgsizes', 'twinSocket', 'writeMultiple', 'migration'] as const;
+
+function renderCapability(key: (typeof CAPABILITY_ORDER)[number], caps: ResolvedCapabilities): string {
+  const name = CAPABILITY_JSON_NAMES[key];
+  switch (key) {
+    case 'maxMsgFds': return `${name}=${caps.maxMsgFds}`;
+    case 'maxDataXferSize': return `${name}=${caps.maxDataXferSize}`;
+    case 'maxDmaMaps': return `${name}=${caps.maxDmaMaps}`;
+    case 'pgsizes': return `${name}=0x${hex(caps.pgsizes)}`;
+    case 'twinSocket': {
+      const twin = caps.twinSocket;
+      return twin.supported ? `${name}+${twin.fdIndex === undefined ? '' : ` (fd_index ${twin.fdIndex})`}` : `${name}-`;
+    }
+    case 'writeMultiple': return `${name}${onOff(caps.writeMultiple)}`;
+    case 'migration': {
+      const migration = caps.migration;
+      if (migration === undefined) return `${name}-`;
+      return `${name}=pgsize ${migration.pgsize}${migration.maxBitmapSize === undefined ? '' : `,max_bitmap_size ${migration.maxBitmapSize}`}`;
+    }
+  }
+}
+
+/** Two lines: what the server sent, and what it left to the spec's defaults (so a default never passes for an offer). */
+function renderCapabilities(caps: ResolvedCapabilities, sent: VersionCapabilities): string[] {
+  const stated = CAPABILITY_ORDER.filter((key) => sent[key] !== undefined).map((key) => renderCapability(key, caps));
+  const defaulted = CAPABILITY_ORDER.filter((key) => sent[key] === undefined).map((key) => renderCapability(key, caps));
+  return [
+    `\tCapabilities sent: ${stated.length === 0 ? 'none' : stated.join(' ')}`,
+    `\tCapability defaults (not sent): ${defaulted.length === 0 ? 'none' : defaulted.join(' ')}`,
   ];
-  return parts.join(' ');
 }
 
 function renderRegion(region: RegionDescription): string[] {
@@ -231,7 +257,7 @@ export function renderProbe(description: ProbeDescription): string[] {
   const lines = [
     `vfio-user server at ${description.socket}`,
     `\tProtocol: version ${description.version.major}.${description.version.minor}, twin socket${onOff(description.twinSocket)}`,
-    `\tCapabilities: ${renderCapabilities(description.capabilities)}`,
+    ...renderCapabilities(description.capabilities, description.capabilitiesSent),
     `\tDevice: flags 0x${hex(device.flags)} ${flagList(DEVICE_INFO_FLAGS.names(device.flags))}, ${device.numRegions} regions, ${device.numIrqs} IRQ indexes`,
     ...description.regions.flatMap(renderRegion),
     ...description.irqs.map(renderIrq),

@@ -13,6 +13,8 @@ export interface NegotiatedVersion {
   readonly major: number;
   readonly minor: number;
   readonly peer: ResolvedCapabilities;
+  /** The capabilities as the server stated them: a member it left out is absent here (and a default in `peer`). */
+  readonly stated: VersionCapabilities;
   /** True when a twin socket now carries the server's own commands. */
   readonly twinSocket: boolean;
 }
@@ -76,7 +78,7 @@ export async function negotiateVersion(connection: VfioUserConnection, options: 
       twin = true;
     }
     connection.setPeerCapabilities(peer, minor);
-    return { major, minor, peer, twinSocket: twin };
+    return { major, minor, peer, stated: capabilities, twinSocket: twin };
   } finally {
     for (const fd of fds) fd?.close();
   }
@@ -85,15 +87,20 @@ export async function negotiateVersion(connection: VfioUserConnection, options: 
 export interface ServeVersionOptions {
   /** Offer a twin socket to clients that ask for one (needs a transport that can carry a socket fd). */
   readonly twinSocket?: boolean;
+  /**
+   * Offer REGION_WRITE_MULTI (write_multiple) unless the connection's own capabilities say otherwise. Default true:
+   * VfioUserSession, the server built on this handler, serves it; a server without that handler passes false.
+   */
+  readonly writeMultiple?: boolean;
   /** Creates the twin socket pair; injectable for tests. */
   readonly socketPair?: () => [FileDescriptor, FileDescriptor];
   readonly twinTransport?: TwinTransportFactory;
 }
 
 /**
- * Server side: answers VERSION with major 0, minor min(client's, ours) and our capabilities, and stores the client's
- * limits. With `twinSocket` and a client that asks, one end of a new socket pair goes back at fd_index 0 and the
- * other becomes this connection's twin channel for our own commands.
+ * Server side: answers VERSION with major 0, minor min(client's, ours) and our capabilities (write_multiple among
+ * them), and stores the client's limits. With `twinSocket` and a client that asks, one end of a new socket pair goes
+ * back at fd_index 0 and the other becomes this connection's twin channel for our own commands.
  */
 export function serveVersion(connection: VfioUserConnection, options: ServeVersionOptions = {}): void {
   connection.onCommand('VERSION', versionHandler(connection, options));
@@ -108,7 +115,8 @@ export function versionHandler(connection: VfioUserConnection, options: ServeVer
     const minor = Math.min(command.minor, PROTOCOL_VERSION.minor);
     const peer = resolveCapabilities(command.capabilities);
     connection.setPeerCapabilities(peer, minor);
-    const ours = connection.announcedCapabilities;
+    const stated = connection.announcedCapabilities;
+    const ours: VersionCapabilities = { ...stated, writeMultiple: stated.writeMultiple ?? options.writeMultiple ?? true };
     if (!options.twinSocket || !peer.twinSocket.supported || connection.hasTwin || peer.maxMsgFds < 1) {
       return versionBody(PROTOCOL_VERSION.major, minor, ours);
     }

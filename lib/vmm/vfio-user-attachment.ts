@@ -163,8 +163,12 @@ export class VfioUserAttachment implements PciEndpoint {
       await this.client.enableMsi([this.msi!]);
       this.interruptMode = 'msi';
     }
+    // Queued before the shadow backend's replay, so the gaps are laid out (and the peer's size limit learnt) first.
+    const covered = this.table.start();
+    // Should attach() throw, the start's own failure must not go unhandled meanwhile.
+    covered.catch(() => undefined);
     if (this.host.shadow !== undefined) this.shadowAttachment = this.host.shadow.attach(this.sourceId, this.table);
-    await this.table.start();
+    await covered;
     this.host.pci.add(this);
   }
 

@@ -74,6 +74,8 @@ export interface ClientDescription {
   readonly twinSocket: boolean;
   /** The server's capabilities with the spec's defaults filled in. */
   readonly serverCapabilities: ResolvedCapabilities;
+  /** Only what the server's VERSION reply stated: an absent member is a default in `serverCapabilities`. */
+  readonly serverStatedCapabilities: VersionCapabilities;
   readonly device: DeviceDescription | undefined;
   readonly regions: readonly RegionDescription[];
   readonly irqs: readonly IrqDescription[];
@@ -218,6 +220,7 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
       version: { major: version.major, minor: version.minor },
       twinSocket: version.twinSocket,
       serverCapabilities: version.peer,
+      serverStatedCapabilities: version.stated,
       device: this.deviceInfo,
       regions: this.regionList.map((region) => region.description),
       irqs: this.irqList,

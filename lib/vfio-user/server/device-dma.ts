@@ -47,6 +47,12 @@ function faultFrom(error: unknown, address: bigint, length: number, access: DmaA
  * buffer as it was; a write spanning two mappings may already have moved the piece before). If any piece needs
  * messages, the call returns a Promise and the pieces go out in order, each split to the client's
  * max_data_xfer_size, on the twin socket when one was negotiated.
+ *
+ * Without a twin socket our DMA_READ/DMA_WRITE share the main socket with the client's commands, and a client that
+ * waits for a reply (libvfio-user's own) cannot take a command of ours in its place. A device usually starts DMA
+ * from a register write, inside the REGION_WRITE handler, before the reply is sent; so the first message waits for
+ * the next turn of the event loop, after the reply of a command answered synchronously (or within its microtasks).
+ * QEMU's edu does the same with its DMA timer. On the twin socket the messages go out at once.
  */
 export class VfioUserDeviceDma implements AsyncDmaSpace {
   private path: DmaPath | undefined;
@@ -88,6 +94,7 @@ export class VfioUserDeviceDma implements AsyncDmaSpace {
     if (target !== into) for (const piece of direct) into.set(target.subarray(piece.position, piece.position + piece.length), piece.position);
     if (byMessage.length === 0) return undefined;
     return (async () => {
+      await this.afterCurrentReply(path);
       for (const piece of byMessage) {
         try {
           into.set(await dmaRead(path.connection, piece.address, piece.length, this.options(path)), piece.position);
@@ -114,6 +121,7 @@ export class VfioUserDeviceDma implements AsyncDmaSpace {
     // The device may reuse its buffer as soon as we return.
     const copies = byMessage.map((piece) => data.slice(piece.position, piece.position + piece.length));
     return (async () => {
+      await this.afterCurrentReply(path);
       for (const [i, piece] of byMessage.entries()) {
         try {
           await dmaWrite(path.connection, piece.address, copies[i]!, this.options(path));
@@ -122,6 +130,11 @@ export class VfioUserDeviceDma implements AsyncDmaSpace {
         }
       }
     })();
+  }
+
+  private afterCurrentReply(path: DmaPath): Promise<void> | undefined {
+    if (path.connection.hasTwin) return undefined;
+    return new Promise((resolve) => setImmediate(resolve));
   }
 
   private options(path: DmaPath): TransferOptions {

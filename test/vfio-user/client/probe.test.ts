@@ -80,7 +80,8 @@ describe('viommu probe', () => {
     assert.deepEqual(renderProbe(description), [
       'vfio-user server at /tmp/server.sock',
       '\tProtocol: version 0.2, twin socket+',
-      '\tCapabilities: max_msg_fds=8 max_data_xfer_size=1048576 max_dma_maps=65535 pgsizes=0x1000 write_multiple- migration=pgsize 4096',
+      '\tCapabilities sent: max_msg_fds=8 max_data_xfer_size=1048576 twin_socket+ (fd_index 0) migration=pgsize 4096',
+      '\tCapability defaults (not sent): max_dma_maps=65535 pgsizes=0x1000 write_multiple-',
       '\tDevice: flags 0x3 [RESET PCI], 9 regions, 5 IRQ indexes',
       '\tRegion 0 (BAR0): size=8 [READ WRITE]',
       '\tRegion 1 (BAR1): size=16K [READ WRITE MMAP CAPS] mmap-fd',
@@ -112,6 +113,30 @@ describe('viommu probe', () => {
     assert.deepEqual(json.regions[1]!.flagNames, ['READ', 'WRITE', 'MMAP', 'CAPS']);
     assert.equal(json.config.pci.header.vendorId, 0xdead);
     assert.equal(json.config.bytes.length, 128);
+    assert.deepEqual(description.capabilitiesDefaulted, ['max_dma_maps', 'pgsizes', 'write_multiple']);
+  });
+
+  it('tells the capabilities a server sent from the defaults it left to the spec', async () => {
+    const sentAll = await describeScripted({
+      capabilities: { maxMsgFds: 4, maxDataXferSize: 4096, maxDmaMaps: 16, pgsizes: 0x201000n, writeMultiple: false, migration: { pgsize: 4096, maxBitmapSize: 1 } },
+      twinSocket: true,
+    });
+    const allLines = renderProbe(sentAll).slice(2, 4);
+    assert.deepEqual(allLines, [
+      '\tCapabilities sent: max_msg_fds=4 max_data_xfer_size=4096 max_dma_maps=16 pgsizes=0x201000 write_multiple- migration=pgsize 4096,max_bitmap_size 1',
+      // The twin socket was not asked for, so the server did not offer one.
+      '\tCapability defaults (not sent): twin_socket-',
+    ]);
+    // Our connection always states max_msg_fds and max_data_xfer_size, and the server side offers write_multiple.
+    const sentFew = await describeScripted({});
+    assert.deepEqual(renderProbe(sentFew).slice(2, 4), [
+      '\tCapabilities sent: max_msg_fds=8 max_data_xfer_size=1048576 write_multiple+',
+      '\tCapability defaults (not sent): max_dma_maps=65535 pgsizes=0x1000 twin_socket- migration-',
+    ]);
+    const json = JSON.parse(probeToJson(sentFew)) as { capabilitiesSent: Record<string, unknown>; capabilitiesDefaulted: string[]; capabilities: { maxDmaMaps: number } };
+    assert.deepEqual(json.capabilitiesSent, { maxMsgFds: 8, maxDataXferSize: 1048576, writeMultiple: true });
+    assert.deepEqual(json.capabilitiesDefaulted, ['max_dma_maps', 'pgsizes', 'twin_socket', 'migration']);
+    assert.equal(json.capabilities.maxDmaMaps, 65535);
   });
 
   it('walks the capability list (MSI, MSI-X, PM, vendor) and sizes BARs from the regions', async () => {

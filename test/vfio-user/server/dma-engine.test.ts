@@ -4,10 +4,15 @@ import assert from 'node:assert/strict';
 import { EDU_BUFFER_ADDRESS, EDU_IDENTIFICATION, EDU_REGISTERS } from '../../../lib/devices/edu';
 import { MSI_CONTROL, PCI_CAPABILITY_IDS, PCI_COMMAND, PCI_STATUS, TYPE0_HEADER } from '../../../lib/devices/pci-layout';
 import { SharedRegion } from '../../../lib/memory';
-import { EventFd } from '../../../lib/os';
+import { EventFd, MessageSocket } from '../../../lib/os';
 import { VfioUserRemoteError } from '../../../lib/vfio-user/connection-errors';
 import { ERRNO } from '../../../lib/vfio-user/errors';
 import { DEVICE_INFO_FLAGS, IRQ_INDEXES, IRQ_INFO_FLAGS, REGION_INFO_FLAGS, SET_IRQS_FLAGS } from '../../../lib/vfio-user/protocol';
+import { decodeHeader } from '../../../lib/vfio-user/codec';
+import { VfioUserConnection } from '../../../lib/vfio-user/connection';
+import { negotiateVersion } from '../../../lib/vfio-user/negotiation';
+import { COMMANDS, HEADER_FLAGS, MESSAGE_TYPES } from '../../../lib/vfio-user/protocol';
+import { socketTransport } from '../../../lib/vfio-user/transport';
 import { waitFor } from '../../helpers';
 import {
   BAR0,
@@ -245,6 +250,47 @@ describe('dma-engine over vfio-user', () => {
     assert.equal(device.irqs.enabled('INTX'), false);
     await client.request('DEVICE_SET_IRQS', setIrqsEventFd(IRQ_INDEXES.values.MSI), { fds: [msi.fd] });
     assert.ok(device.irqs.enabled('MSI'));
+  });
+
+  it('DMA ordering without a twin socket: the REGION_WRITE that starts a transfer is answered before the DMA request', async () => {
+    const { path } = serveEngine(cleanup);
+    // What arrives, in order, as a client that waits for each reply (libvfio-user's) would read it off the socket.
+    const arrivals: string[] = [];
+    const socket = MessageSocket.connect(path);
+    socket.on('message', (bytes: Buffer) => {
+      const header = decodeHeader(bytes);
+      const isReply = (header.flags & HEADER_FLAGS.bits.TYPE) === MESSAGE_TYPES.values.REPLY;
+      arrivals.push(`${isReply ? 'reply' : 'command'} ${COMMANDS.nameOf(header.command)}`);
+    });
+    const client = new VfioUserConnection(socketTransport(socket), { role: 'client', requestTimeoutMs: 10000 });
+    cleanup.add(() => client.close());
+    const negotiated = await negotiateVersion(client, { twinSocket: false });
+    assert.equal(negotiated.twinSocket, false);
+    const guest = new Uint8Array(0x1000);
+    let releaseWrite: (() => void) | undefined;
+    client.onCommand('DMA_WRITE', async (command) => {
+      await new Promise<void>((resolve) => (releaseWrite = resolve));
+      guest.set(command.data, Number(command.address - 0x300000n));
+      return { transfer: { address: command.address, count: BigInt(command.data.length) } };
+    });
+    client.onCommand('DMA_READ', (command) => {
+      const at = Number(command.address - 0x300000n);
+      return { address: command.address, data: guest.slice(at, at + Number(command.count)) };
+    });
+    await client.request('DMA_MAP', dmaMapBody(0x300000n, 0x1000n));
+    guest.set(Buffer.from('in order'), 0x20);
+    // Into the device buffer first, so the transfer under test is a DMA_WRITE the client can hold.
+    await startEduDma(client, { source: 0x300020n, destination: BigInt(EDU_BUFFER_ADDRESS), count: 8, toRam: false });
+    await waitForEduIdle(client);
+
+    arrivals.length = 0;
+    await startEduDma(client, { source: BigInt(EDU_BUFFER_ADDRESS), destination: 0x300800n, count: 8, toRam: true });
+    await waitFor(() => releaseWrite !== undefined, 'the DMA_WRITE');
+    assert.deepEqual(arrivals, ['reply REGION_WRITE', 'reply REGION_WRITE', 'reply REGION_WRITE', 'reply REGION_WRITE', 'command DMA_WRITE']);
+    assert.equal((await readU64(client, BAR0, EDU_REGISTERS.dmaCommand)) & 1n, 1n, 'the run bit stays set until the transfer completes');
+    releaseWrite!();
+    await waitForEduIdle(client);
+    assert.equal(Buffer.from(guest.subarray(0x800, 0x808)).toString(), 'in order');
   });
 
   it('releases DMA maps and eventfds when the client leaves, and serves the next client', async () => {
