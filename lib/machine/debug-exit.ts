@@ -1,5 +1,5 @@
 /** DebugExit: QEMU's isa-debug-exit, the port through which kvm-unit-tests ends the machine with its result. */
-import type { PortDevice, PortSize } from './port-bus';
+import type { PortDevice, PortSize } from '../vmm/port-bus';
 
 /** QEMU's isa-debug-exit defaults as kvm-unit-tests runs it: iobase 0xf4, iosize 4. */
 export const DEBUG_EXIT_PORT = 0xf4;

@@ -1,6 +1,6 @@
 /** FwCfg: QEMU's fw_cfg through its legacy x86 I/O interface, from which kvm-unit-tests reads RAM size and CPU counts. */
 import { ViommuError } from '../errors';
-import type { PortDevice, PortSize } from './port-bus';
+import type { PortDevice, PortSize } from '../vmm/port-bus';
 
 /*
  * QEMU maps one 2-port region ("fwcfg", at 0x510) and decodes by access size, not by port:

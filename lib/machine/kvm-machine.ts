@@ -7,7 +7,6 @@ import { ViommuError } from '../errors';
 import { isPromiseLike } from '../memory';
 import { KvmVirtualMachine, type KvmExit, type KvmRegs, type KvmSregs, type KvmVcpuRunner } from '../os/kvm-vm';
 import { PciFunction } from '../vmm/pci';
-import { CONFIG_ADDRESS_PORT } from '../vmm/pci';
 import { DMAR_BASE, TestbedMachine, type DeviceInterrupt, type TestbedIommu } from '../vmm/testbed';
 import type { VfioUserAttachment } from '../vmm/vfio-user-attachment';
 import { VtdUnit } from '../vtd/unit';
@@ -19,7 +18,7 @@ import { FwCfg, FW_CFG_PORTS, FW_CFG_PORT_COUNT } from './fw-cfg';
 import { Ioapic, IOAPIC_BASE, IOAPIC_WINDOW_SIZE } from './ioapic';
 import { loadMultiboot, type MultibootBoot, type MultibootModule } from './multiboot';
 import { setUpPci, type PlacedFunction } from './pci-firmware';
-import { PortBus, type PortSize } from './port-bus';
+import { PortBus, type PortSize } from '../vmm/port-bus';
 import { COM1_BASE, Serial16550, SERIAL_PORT_COUNT } from './serial';
 import { summarizeUnit } from './unit-summary';
 
@@ -37,8 +36,6 @@ export const MACHINE_LAYOUT = {
   biosArea: { base: 0xe0000, length: 0x20000 },
   pciMemory: { start: 0xc000_0000, end: IOAPIC_BASE },
   pciIo: { start: 0xc000, end: 0x1_0000 },
-  /** PCI host bridge config ports 0xcf8-0xcff. */
-  pciPorts: { base: CONFIG_ADDRESS_PORT, length: 8 },
 } as const;
 
 /** q35's host bridge (8086:29c0), so bus 0 has a function 0 as every PC does. */
@@ -120,7 +117,8 @@ function fromLittleEndian(bytes: Uint8Array, at = 0, size = bytes.length): bigin
 }
 
 export class KvmMachine {
-  readonly ports = new PortBus();
+  /** The testbed's port bus: its PCI host bridge and device I/O BARs, plus the machine's ISA devices. */
+  readonly ports: PortBus;
   readonly ioapic: Ioapic;
   readonly serialOutput: number[] = [];
   /** The last events (all of them go to onEvent). */
@@ -145,6 +143,7 @@ export class KvmMachine {
     readonly ramBytes: number,
     private readonly options: KvmMachineOptions,
   ) {
+    this.ports = testbed.ports;
     this.ioapic = new Ioapic({
       id: MACHINE_LAYOUT.ioapicId,
       pins: MACHINE_LAYOUT.ioapicPins,
@@ -159,13 +158,6 @@ export class KvmMachine {
     this.ports.map('com1', COM1_BASE, SERIAL_PORT_COUNT, new Serial16550(COM1_BASE, (byte) => this.serialByte(byte)));
     this.ports.map('fw_cfg', FW_CFG_PORTS.selector, FW_CFG_PORT_COUNT, FwCfg.forMachine({ ramBytes, cpus: options.cpus ?? 1 }));
     this.ports.map('isa-debug-exit', DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_COUNT, new DebugExit((status, written) => this.guestExited(status, written)));
-    this.ports.map('pci-host', MACHINE_LAYOUT.pciPorts.base, MACHINE_LAYOUT.pciPorts.length, {
-      readPort: (port, size) => testbed.pci.readPort(port, size) ?? (size === 4 ? 0xffffffff : (1 << (8 * size)) - 1),
-      writePort: (port, size, value) => {
-        const done = testbed.pci.writePort(port, size, value);
-        if (isPromiseLike(done)) return done.then(() => undefined);
-      },
-    });
     testbed.pci.add(new PciFunction('host-bridge', 0, 0, HOST_BRIDGE, []));
     // A device that refused a shadow DMA_MAP/UNMAP (or outgrew its max_dma_maps) works on by message: say so.
     testbed.shadow?.on('error', (sid, error) => this.deviceError(`device ${hex(sid)} shadow: ${error.message}`));

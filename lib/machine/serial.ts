@@ -1,5 +1,5 @@
 /** Serial16550: a 16550A UART with a transmitter that never backs up and a receiver that never gets data, enough for a polled-output guest console. */
-import type { PortDevice, PortSize } from './port-bus';
+import type { PortDevice, PortSize } from '../vmm/port-bus';
 
 export const COM1_BASE = 0x3f8;
 export const SERIAL_PORT_COUNT = 8;

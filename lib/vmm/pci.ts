@@ -3,6 +3,7 @@ import { PciConfigSpace, type PciCapabilityDefinition, type PciIdentity } from '
 import { BAR_KEYS, PCI_BAR_COUNT, TYPE0_HEADER } from '../devices/pci-layout';
 import { isPromiseLike } from '../memory/dma-space';
 import type { AsyncMmioHandler, MmioBus } from './mmio-bus';
+import type { PortBus } from './port-bus';
 
 export type { PciIdentity } from '../devices/pci-config-space';
 
@@ -34,8 +35,8 @@ export interface PciEndpoint {
   readConfig(offset: number, size: 1 | 2 | 4): number | Promise<number>;
   /** Applies a config write; true when the memory decoding (command or a BAR) may have changed. */
   writeConfig(offset: number, size: 1 | 2 | 4, value: number): boolean | Promise<boolean>;
-  /** Maps every enabled BAR on the bus (or removes them when memory decoding is off). */
-  updateMappings(bus: MmioBus): void | Promise<void>;
+  /** Maps every enabled BAR: memory BARs on `bus`, I/O BARs on `ports` (or removes them when decoding is off). */
+  updateMappings(bus: MmioBus, ports?: PortBus): void | Promise<void>;
 }
 
 /** Whether a config write at [offset, offset + size) touches the command register or a BAR. */
@@ -100,7 +101,10 @@ export class PciHost {
   private address = 0;
   private readonly functions = new Map<number, PciEndpoint>();
 
-  constructor(private readonly mmio: MmioBus) {}
+  constructor(
+    private readonly mmio: MmioBus,
+    private readonly ports?: PortBus,
+  ) {}
 
   add(fn: PciEndpoint): void {
     this.functions.set((fn.bus << 8) | fn.devfn, fn);
@@ -111,7 +115,10 @@ export class PciHost {
     const key = (fn.bus << 8) | fn.devfn;
     if (this.functions.get(key) !== fn) return;
     this.functions.delete(key);
-    for (let index = 0; index < PCI_BAR_COUNT; index++) this.mmio.unmap(`${fn.name}.bar${index}`);
+    for (let index = 0; index < PCI_BAR_COUNT; index++) {
+      this.mmio.unmap(`${fn.name}.bar${index}`);
+      this.ports?.unmap(`${fn.name}.bar${index}`);
+    }
   }
 
   readPort(port: number, size: 1 | 2 | 4): number | Promise<number> | undefined {
@@ -137,11 +144,11 @@ export class PciHost {
       const changed = fn.writeConfig(target.register | (port - CONFIG_DATA_PORT), size, value);
       if (!isPromiseLike(changed)) {
         if (!changed) return true;
-        const mapped = fn.updateMappings(this.mmio);
+        const mapped = fn.updateMappings(this.mmio, this.ports);
         return isPromiseLike(mapped) ? mapped.then(() => true) : true;
       }
       return changed.then(async (decodingChanged) => {
-        if (decodingChanged) await fn.updateMappings(this.mmio);
+        if (decodingChanged) await fn.updateMappings(this.mmio, this.ports);
         return true;
       });
     }

@@ -5,7 +5,8 @@ import type { DeviceDomainListener } from '../vtd/address-space';
 import type { QtestMachine, QtestNarrowSize } from './qtest/machine';
 import type { QtestPortSize } from './qtest/protocol';
 import { MmioBus, type AccessSize, type AsyncMmioHandler } from './mmio-bus';
-import { PciFunction, PciHost } from './pci';
+import { CONFIG_ADDRESS_PORT, PciFunction, PciHost } from './pci';
+import { PortBus } from './port-bus';
 import { VfioUserAttachment, type AttachOptions } from './vfio-user-attachment';
 import { EduDevice, EDU_BAR_SIZE, EDU_PCI_CAPABILITIES, EDU_PCI_IDENTITY, type EduDmaOutcome } from '../devices/edu';
 import { ViommuError } from '../errors';
@@ -63,6 +64,8 @@ export interface TestbedOptions {
   onIntx?: (sourceId: number, asserted: boolean) => void;
 }
 
+/** The host bridge's ports: CONFIG_ADDRESS at 0xcf8 and CONFIG_DATA's four bytes from 0xcfc. */
+const PCI_HOST_PORTS = 8;
 /** Device interrupts kept in `deviceInterrupts`; older ones are dropped. */
 const INTERRUPT_LOG_LIMIT = 256;
 /** The MSI address range (0xfee00000-0xfeefffff): writes there are interrupt requests, not memory writes. */
@@ -72,6 +75,8 @@ export class TestbedMachine implements QtestMachine {
   readonly memory = new GuestMemory();
   readonly ram: SharedRegion;
   readonly mmio = new MmioBus();
+  /** x86 port I/O: the PCI host bridge's config ports and the I/O BARs of attached devices (and, on the KVM machine, its ISA devices). */
+  readonly ports = new PortBus();
   readonly pci: PciHost;
   /** The in-process edu at 00:04.0 (undefined with `builtInEdu: false`). */
   readonly edu: EduDevice | undefined;
@@ -102,7 +107,14 @@ export class TestbedMachine implements QtestMachine {
       iommu.holdCompletionsWhile?.(() => shadow.pending());
     }
     if (iommu) this.mmio.map('dmar', DMAR_BASE, DMAR_WINDOW_SIZE, dmarWindow(iommu));
-    this.pci = new PciHost(this.mmio);
+    this.pci = new PciHost(this.mmio, this.ports);
+    this.ports.map('pci-host', CONFIG_ADDRESS_PORT, PCI_HOST_PORTS, {
+      readPort: (port, size) => this.pci.readPort(port, size) ?? (size === 4 ? 0xffffffff : (1 << (8 * size)) - 1),
+      writePort: (port, size, value) => {
+        const done = this.pci.writePort(port, size, value);
+        if (isPromiseLike(done)) return done.then(() => undefined);
+      },
+    });
     this.edu = options.builtInEdu === false ? undefined : this.addEdu('edu', EDU_DEVFN, options);
     for (const slot of options.extraEduSlots ?? []) this.extraEdus.push(this.addEdu(`edu@${slot}`, slot << 3, options));
   }
@@ -184,12 +196,11 @@ export class TestbedMachine implements QtestMachine {
   }
 
   readPort(port: number, size: QtestPortSize): number | Promise<number> {
-    return this.pci.readPort(port, size) ?? (size === 4 ? 0xffffffff : (1 << (8 * size)) - 1);
+    return this.ports.read(port, size);
   }
 
   writePort(port: number, size: QtestPortSize, value: number): void | Promise<void> {
-    const done = this.pci.writePort(port, size, value);
-    if (isPromiseLike(done)) return done.then(() => undefined);
+    return this.ports.write(port, size, value);
   }
 
   readMemory(address: bigint, size: QtestNarrowSize): number | Promise<number> {

@@ -15,6 +15,7 @@ import { IRQ_INDEXES, REGION_INDEXES } from '../vfio-user/protocol';
 import { ViommuError } from '../errors';
 import { DeviceDmaTable } from './device-dma-table';
 import type { AsyncMmioHandler, MmioBus } from './mmio-bus';
+import { PORT_SPACE, type PortBus, type PortDevice, type PortSize } from './port-bus';
 import { touchesDecoding, type PciEndpoint, type PciHost } from './pci';
 
 const CONFIG_REGION = REGION_INDEXES.values.CONFIG;
@@ -213,20 +214,29 @@ export class VfioUserAttachment implements PciEndpoint {
     }
   }
 
-  /** Reads the header back from the device (its write masks and BAR sizing are the server's) and maps the BARs. */
-  async updateMappings(bus: MmioBus): Promise<void> {
+  /**
+   * Reads the header back from the device (its write masks and BAR sizing are the server's) and maps the BARs:
+   * memory BARs on the MMIO bus while memory decoding is on, I/O BARs on the port bus while I/O decoding is on.
+   */
+  async updateMappings(bus: MmioBus, ports?: PortBus): Promise<void> {
     const header = await this.client.regionRead(CONFIG_REGION, 0, PCI_HEADER_SIZE);
     const command = Number(bytesToValue(header.subarray(TYPE0_HEADER.field('command').offset, TYPE0_HEADER.field('command').offset + 2)));
-    const enabled = (command & PCI_COMMAND.bits.MEMORY_SPACE) !== 0;
+    const memoryEnabled = (command & PCI_COMMAND.bits.MEMORY_SPACE) !== 0;
+    const ioEnabled = (command & PCI_COMMAND.bits.IO_SPACE) !== 0;
     for (let index = 0; index < PCI_BAR_COUNT; index++) {
       const windowName = `${this.name}.bar${index}`;
       bus.unmap(windowName);
+      ports?.unmap(windowName);
       const region = this.client.regions[index];
-      if (!enabled || region === undefined || region.size === 0n || BAR_KEYS[index] === undefined) continue;
+      if (region === undefined || region.size === 0n || BAR_KEYS[index] === undefined) continue;
       const bar = readBar(header, index);
-      if (bar.kind !== 'memory' || bar.address === 0n || bar.address + region.size > BigInt(Number.MAX_SAFE_INTEGER)) continue;
+      if (bar.address === 0n) continue;
       try {
-        bus.map(windowName, Number(bar.address), Number(region.size), this.barHandler(index));
+        if (bar.kind === 'memory' && memoryEnabled && bar.address + region.size <= BigInt(Number.MAX_SAFE_INTEGER)) {
+          bus.map(windowName, Number(bar.address), Number(region.size), this.barHandler(index));
+        } else if (bar.kind === 'io' && ioEnabled && ports !== undefined && bar.address + region.size <= BigInt(PORT_SPACE)) {
+          ports.map(windowName, Number(bar.address), Number(region.size), this.portBarHandler(index, Number(bar.address)));
+        }
       } catch {
         // Overlapping BARs decode nothing, as on real buses.
       }
@@ -241,6 +251,15 @@ export class VfioUserAttachment implements PciEndpoint {
         valueToBytes(value, bytes);
         await this.client.regionWrite(index, offset, bytes);
       },
+    };
+  }
+
+  /** An I/O BAR: the port bus hands absolute ports, the region takes offsets from the BAR's base. */
+  private portBarHandler(index: number, base: number): PortDevice {
+    const region = this.barHandler(index);
+    return {
+      readPort: async (port: number, size: PortSize) => Number(await region.read(port - base, size)),
+      writePort: (port: number, size: PortSize, value: number) => region.write(port - base, size, BigInt(value >>> 0)),
     };
   }
 

@@ -182,9 +182,8 @@ describe('interop: libvfio-user sample programs', function () {
 
   describe('viommu qtest --device-socket', () => {
     /**
-     * The testbed decodes memory BARs only, and both samples have I/O BARs (libvfio-user makes every region without
-     * VFU_REGION_FLAG_MEM one), so their registers are not reachable by inl/readl through it; configuration space is,
-     * BAR sizing and programming included.
+     * Both samples have I/O BARs (libvfio-user makes every region without VFU_REGION_FLAG_MEM one): the testbed's
+     * port bus decodes them once I/O decoding is on, so inb reaches the device's region.
      */
     async function sizeBar(qtest: ViommuQtest, offset: number, base: number): Promise<{ flags: number; sized: number; programmed: number }> {
       await qtest.outl(0xcf8, configAddress(offset));
@@ -195,7 +194,7 @@ describe('interop: libvfio-user sample programs', function () {
       return { flags, sized, programmed: await qtest.inl(0xcfc) };
     }
 
-    it('attaches gpio-pci-idio-16 (libvfio-user refuses DMA maps above 8 TiB) and reads its configuration through the testbed', async () => {
+    it('attaches gpio-pci-idio-16 (libvfio-user refuses DMA maps above 8 TiB) and reads its configuration and its I/O BAR through the testbed', async () => {
       const gpio = await startPeer('gpio-pci-idio-16');
       const qtest = await ViommuQtest.start({ extraArgs: ['--device-socket', gpio.socketPath], startTimeoutMs: 20000 });
       try {
@@ -210,6 +209,9 @@ describe('interop: libvfio-user sample programs', function () {
         await qtest.outl(0xcf8, configAddress(0x04));
         await qtest.outw(0xcfc, 0x0001);
         assert.equal((await qtest.inl(0xcfc)) & 0xffff, 0x0001, 'I/O decoding on');
+        // gpio's BAR2 is its pin register (reads 0 here); a port nothing decodes would read 0xff.
+        assert.equal(await qtest.inb(0xc000), 0x00, 'BAR2 answers through the port bus');
+        assert.equal(await qtest.inb(0xc100), 0xff, 'past BAR2 nothing decodes');
         assert.doesNotMatch(qtest.stderrText, /went away/);
       } finally {
         await qtest.close();

@@ -4,7 +4,7 @@ import fc from 'fast-check';
 import { ViommuError } from '../../lib/errors';
 import { DEBUG_EXIT_PORT, DebugExit } from '../../lib/machine/debug-exit';
 import { FW_CFG_KEYS, FW_CFG_PORTS, FwCfg } from '../../lib/machine/fw-cfg';
-import { PortBus, type PortDevice, type PortSize } from '../../lib/machine/port-bus';
+import { PortBus, type PortDevice, type PortSize } from '../../lib/vmm/port-bus';
 import { COM1_BASE, Serial16550 } from '../../lib/machine/serial';
 
 const THR = COM1_BASE;

@@ -17,7 +17,7 @@ interface Claim {
 }
 
 /** The x86 I/O address space is 64 KiB of byte-wide ports. */
-const PORT_SPACE = 0x10000;
+export const PORT_SPACE = 0x10000;
 
 const SIZE_MASK: Record<PortSize, number> = { 1: 0xff, 2: 0xffff, 4: 0xffffffff };
 
@@ -44,6 +44,14 @@ export class PortBus {
     const claim: Claim = { name, base, length, device };
     this.claims.push(claim);
     for (let port = base; port < base + length; port++) this.owner[port] = claim;
+  }
+
+  /** Releases the range `name` claimed (a BAR moved or decoding turned off); nothing when it holds none. */
+  unmap(name: string): void {
+    const index = this.claims.findIndex((c) => c.name === name);
+    if (index < 0) return;
+    const [claim] = this.claims.splice(index, 1);
+    for (let port = claim!.base; port < claim!.base + claim!.length; port++) this.owner[port] = undefined;
   }
 
   /** Unclaimed ports read all-ones (of the access size) and drop writes, as an ISA bus does; counted per port in `unclaimed` for reports. */
