@@ -1,10 +1,10 @@
 /** The testbed machine: guest RAM, PCI config ports, an MMIO bus with the DMAR unit, and DMA devices (edu, vfio-user). */
-import { GuestMemory, SharedRegion, isPromiseLike, type DmaSpace } from '../memory';
-import { ShadowBackend } from '../host/shadow-backend';
-import type { DeviceDomainListener } from '../vtd/address-space';
+import { GuestMemory, SharedRegion, isPromiseLike } from '../memory';
+import type { ShadowBackend } from '../host/shadow-backend';
 import type { QtestMachine, QtestNarrowSize } from './qtest/machine';
 import type { QtestPortSize } from './qtest/protocol';
-import { MmioBus, type AccessSize, type AsyncMmioHandler } from './mmio-bus';
+import { DeviceRegistry, IOMMU_WINDOW_SIZE, registerWindow, shadowBackendFor, type DeviceInterrupt, type EmbeddedIommu } from './embedding';
+import { MmioBus, type AccessSize } from './mmio-bus';
 import { CONFIG_ADDRESS_PORT, PciFunction, PciHost } from './pci';
 import { PortBus } from './port-bus';
 import { VfioUserAttachment, type AttachOptions } from './vfio-user-attachment';
@@ -13,35 +13,14 @@ import { ViommuError } from '../errors';
 
 /** Where q35 puts the DMAR unit's registers. */
 export const DMAR_BASE = 0xfed90000;
-export const DMAR_WINDOW_SIZE = 0x1000;
+export const DMAR_WINDOW_SIZE = IOMMU_WINDOW_SIZE;
 /** 00:04.0, where the oracle scripts expect the edu device (SID 0x20). */
 export const EDU_DEVFN = 4 << 3;
 
-/** What the testbed needs of an IOMMU: its register window and a translated DMA view per requester id. */
-export interface TestbedIommu {
-  read(offset: number, size: 4 | 8): number | bigint;
-  write(offset: number, size: 4 | 8, value: number | bigint): void;
-  dmaSpace(sourceId: number): DmaSpace;
-  /**
-   * A device's MSI (a DWORD write to the interrupt range): remapped when the unit does so, then delivered.
-   * 'platform': a request without a requester id (an I/O APIC's), whose `sid` only fills fault records.
-   */
-  interruptRequest?(request: { sid: number; address: number; data: number }, origin: 'message' | 'platform'): unknown;
-  /** The domain contract of lib/vtd/address-space.ts; with caching mode on, attached vfio-user devices are shadowed. */
-  watchDevice?(sid: number, listener: DeviceDomainListener): () => void;
-  /** Completions the guest sees wait for this (the shadow backend's outstanding DMA_MAP/UNMAPs). */
-  holdCompletionsWhile?(pending: () => Promise<void> | undefined): void;
-  readonly config?: { readonly 'caching-mode'?: boolean };
-}
+/** What the testbed needs of an IOMMU: the embedding contract's (lib/vmm/embedding.ts), which VtdUnit meets. */
+export type TestbedIommu = EmbeddedIommu;
 
-/** An MSI a device raised, as the machine saw it. */
-export interface DeviceInterrupt {
-  readonly sid: number;
-  readonly address: bigint;
-  readonly data: number;
-  /** What the IOMMU made of it (its interruptRequest result), when there is one that remaps. */
-  readonly result?: unknown;
-}
+export type { DeviceInterrupt } from './embedding';
 
 export interface TestbedOptions {
   /** Guest RAM size in bytes (default 256 MiB, as the oracle's QEMU runs with -m 256M). */
@@ -68,8 +47,6 @@ export interface TestbedOptions {
 const PCI_HOST_PORTS = 8;
 /** Device interrupts kept in `deviceInterrupts`; older ones are dropped. */
 const INTERRUPT_LOG_LIMIT = 256;
-/** The MSI address range (0xfee00000-0xfeefffff): writes there are interrupt requests, not memory writes. */
-const MSI_RANGE = { start: 0xfee00000n, end: 0xfef00000n } as const;
 
 export class TestbedMachine implements QtestMachine {
   readonly memory = new GuestMemory();
@@ -88,6 +65,11 @@ export class TestbedMachine implements QtestMachine {
   /** The last device MSIs, oldest first. */
   readonly deviceInterrupts: DeviceInterrupt[] = [];
   readonly attachments: VfioUserAttachment[] = [];
+  /**
+   * Every device behind the IOMMU by full requester id: edu and vfio-user functions on bus 0 (this PCI host has
+   * one bus), and any DMA device a test puts on another bus with `devices.attachDevice(sid)`.
+   */
+  readonly devices: DeviceRegistry;
   private readonly ramBytes: number;
   private readonly onDeviceInterrupt: ((interrupt: DeviceInterrupt) => void) | undefined;
   private readonly onIntx: ((sourceId: number, asserted: boolean) => void) | undefined;
@@ -100,13 +82,11 @@ export class TestbedMachine implements QtestMachine {
     this.onIntx = options.onIntx;
     this.iommu = options.iommu?.(this.memory);
     const iommu = this.iommu;
-    if (iommu?.watchDevice !== undefined && iommu.config?.['caching-mode'] === true) {
-      const shadow = new ShadowBackend(this.memory, { watchDevice: (sid, listener) => iommu.watchDevice!(sid, listener) });
-      this.shadow = shadow;
-      // The guest sees its invalidations complete only once attached devices have followed them.
-      iommu.holdCompletionsWhile?.(() => shadow.pending());
-    }
-    if (iommu) this.mmio.map('dmar', DMAR_BASE, DMAR_WINDOW_SIZE, dmarWindow(iommu));
+    this.devices = new DeviceRegistry({ memory: this.memory, iommu, onInterrupt: (interrupt) => this.logInterrupt(interrupt) });
+    this.shadow = iommu ? shadowBackendFor(iommu, this.memory) : undefined;
+    // QEMU's DMAR window: 4- and 8-byte accesses, narrower ones read 0 and are dropped. Writes complete at once:
+    // what shadowing costs shows in the unit's completions (held wait descriptors, ICC/IVT, RTPS/TES).
+    if (iommu) this.mmio.map('dmar', DMAR_BASE, DMAR_WINDOW_SIZE, registerWindow(iommu));
     this.pci = new PciHost(this.mmio, this.ports);
     this.ports.map('pci-host', CONFIG_ADDRESS_PORT, PCI_HOST_PORTS, {
       readPort: (port, size) => this.pci.readPort(port, size) ?? (size === 4 ? 0xffffffff : (1 << (8 * size)) - 1),
@@ -122,33 +102,32 @@ export class TestbedMachine implements QtestMachine {
   /**
    * Puts the vfio-user device served at `socketPath` on bus 0 at `devfn` (default 00:04.0): its config space and
    * BARs forward to the server, its DMA by message goes through the IOMMU for its requester id, its MSIs through
-   * the IOMMU's interrupt path, and with caching mode its DMA table follows the guest's mappings.
+   * the IOMMU's interrupt path, and with caching mode its DMA table follows the guest's mappings. Bus 0 because
+   * the testbed's PCI host has one bus; the contract itself (`devices`) takes any requester id.
    */
   async attachVfioUser(socketPath: string, options: Partial<AttachOptions> = {}): Promise<VfioUserAttachment> {
     const devfn = options.devfn ?? EDU_DEVFN;
-    if (this.occupied.has(devfn)) {
+    if (this.devices.has(devfn)) {
       throw new ViommuError('ERR_TESTBED_SLOT_TAKEN', `00:${(devfn >> 3).toString(16).padStart(2, '0')}.${devfn & 7} already holds a device; pick another devfn (or start the testbed with builtInEdu: false)`);
     }
-    this.occupied.add(devfn);
+    const device = this.devices.attachDevice(devfn, options.name ?? 'vfio-user');
     try {
       const attachment = await VfioUserAttachment.connect(socketPath, {
         memory: this.memory,
         mmio: this.mmio,
         pci: this.pci,
         shadow: this.shadow,
-        dmaSpace: (sid) => (this.iommu ? this.iommu.dmaSpace(sid) : this.memory.dma),
+        dmaSpace: () => device.dma,
         deviceInterrupt: (sid, address, data) => this.deviceInterrupt(sid, address, data),
         ...(this.onIntx !== undefined ? { deviceIntx: (sid: number) => this.pulseIntx(sid) } : {}),
       }, { ...options, devfn });
       this.attachments.push(attachment);
       return attachment;
     } catch (error) {
-      this.occupied.delete(devfn);
+      this.devices.detachDevice(devfn);
       throw error;
     }
   }
-
-  private readonly occupied = new Set<number>();
 
   private pulseIntx(sid: number): void {
     this.onIntx?.(sid, true);
@@ -157,9 +136,10 @@ export class TestbedMachine implements QtestMachine {
 
   /** A device's MSI: through the IOMMU's interrupt path when it has one (remapping, fault records), then logged. */
   deviceInterrupt(sid: number, address: bigint, data: number): void {
-    const remappable = this.iommu?.interruptRequest !== undefined && address >= MSI_RANGE.start && address < MSI_RANGE.end;
-    const result = remappable ? this.iommu!.interruptRequest!({ sid, address: Number(address), data }, 'message') : undefined;
-    const interrupt: DeviceInterrupt = result === undefined ? { sid, address, data } : { sid, address, data, result };
+    this.devices.interrupt(sid, address, data);
+  }
+
+  private logInterrupt(interrupt: DeviceInterrupt): void {
     this.deviceInterrupts.push(interrupt);
     if (this.deviceInterrupts.length > INTERRUPT_LOG_LIMIT) this.deviceInterrupts.shift();
     this.onDeviceInterrupt?.(interrupt);
@@ -167,8 +147,7 @@ export class TestbedMachine implements QtestMachine {
 
   /** An edu as QEMU's: MSI when software enabled it (a message per raise), else the INTx line. */
   private addEdu(name: string, devfn: number, options: TestbedOptions): EduDevice {
-    this.occupied.add(devfn);
-    const dma = this.iommu ? this.iommu.dmaSpace(devfn) : this.memory.dma;
+    const { dma } = this.devices.attachDevice(devfn, name);
     let fn: PciFunction | undefined;
     const edu = new EduDevice(dma, {
       ...(options.onDma ? { onDma: options.onDma } : {}),
@@ -275,22 +254,4 @@ function ignore(): void {}
 /** Applies `next` to a value now, or when its promise resolves. */
 function after<T, U>(value: T | Promise<T>, next: (value: T) => U): U | Promise<U> {
   return isPromiseLike(value) ? (value as Promise<T>).then(next) : next(value as T);
-}
-
-/**
- * QEMU's DMAR window takes 4- and 8-byte accesses; narrower ones read 0 and are dropped. Writes complete at once:
- * what shadowing costs shows in the unit's completions (held wait descriptors, ICC/IVT, RTPS/TES), not in a
- * stalled register write.
- */
-function dmarWindow(iommu: TestbedIommu): AsyncMmioHandler {
-  return {
-    read(offset: number, size: AccessSize): bigint {
-      if (size !== 4 && size !== 8) return 0n;
-      return BigInt(iommu.read(offset, size));
-    },
-    write(offset: number, size: AccessSize, value: bigint): void {
-      if (size === 4) iommu.write(offset, 4, Number(value & 0xffffffffn));
-      else if (size === 8) iommu.write(offset, 8, value);
-    },
-  };
 }

@@ -1,0 +1,46 @@
+/** `viommu/vtd`: the emulated VT-d unit, its configuration (QEMU's property names), results, and the hardware tables. */
+
+// The unit: a VMM routes its register window to read/write, and gives each device dmaSpace(sid).
+export { VtdUnit, VtdRequestError } from '../vtd/unit';
+export type {
+  VtdUnitOptions, TranslationRequest, TranslationResult, TranslationSuccess, TranslationFailure,
+  InterruptResult, InterruptFailure, InterruptOrigin,
+} from '../vtd/unit';
+export type { InterruptRequest, RemappedInterrupt, InterruptFault } from '../vtd/interrupt-remap';
+export type { RecordOutcome } from '../vtd/fault-recorder';
+
+// Configuration: QEMU intel-iommu property names ('aw-bits=48,caching-mode=on'), with the list of them and their rules.
+export {
+  VTD_PROPERTIES, resolveVtdConfig, parseVtdProperties, vtdConfigFromString, VtdConfigError, VtdPropertyError,
+} from '../vtd/config';
+export type { VtdConfig, VtdProperties, Compat, AddressWidth, OnOffAuto } from '../vtd/config';
+
+// Fault reasons: one table indexed by the hardware code (FRCD.FR).
+export { FAULT_REASONS, faultReason, faultCode, describeFaultReason, isPermissionFault } from '../vtd/fault-reasons';
+export type { FaultReason, FaultMode } from '../vtd/fault-reasons';
+
+// Domains, for host backends that follow what the guest maps (ShadowBackend is one: viommu/host).
+export { MAPPING_ACCESS } from '../vtd/address-space';
+export type { VtdDomain, DeviceDomainListener, DomainMappingListener, MappedRun } from '../vtd/address-space';
+export type { HostPending } from '../vtd/host-completion';
+
+// The hardware described once: registers, in-memory structures and descriptors as field tables, with their
+// encoder, decoder and renderer. A guest driver (or a test, or a VMM's firmware) programs the unit with these.
+export { REGISTERS, REGISTER_WINDOW_SIZE, findRegister } from '../vtd/registers';
+export {
+  CAP_FIELDS, ECAP_FIELDS, GCMD_FIELDS, GSTS_FIELDS, RTADDR_FIELDS, CCMD_FIELDS, FSTS_FIELDS, EVENT_CONTROL_FIELDS,
+  IQA_FIELDS, QUEUE_POINTER_FIELDS, ICS_FIELDS, IRTA_FIELDS, IOTLB_FIELDS, IVA_FIELDS, FRCD_LO_FIELDS, FRCD_HI_FIELDS,
+  MSI_DATA_FIELDS, MSI_ADDRESS_FIELDS,
+} from '../vtd/registers';
+export type { RegisterSpec } from '../vtd/registers';
+export { registerOffset } from '../vtd/register-bits';
+export {
+  LEGACY_ROOT_ENTRY, SCALABLE_ROOT_ENTRY, LEGACY_CONTEXT_ENTRY, SCALABLE_CONTEXT_ENTRY, PASID_DIRECTORY_ENTRY,
+  SCALABLE_PASID_ENTRY, PASID_PGTT, SECOND_STAGE_TOP_ENTRY, SECOND_STAGE_TABLE_ENTRY, SECOND_STAGE_4K_LEAF,
+  SECOND_STAGE_2M_LEAF, SECOND_STAGE_1G_LEAF, FIRST_STAGE_TOP_ENTRY, FIRST_STAGE_TABLE_ENTRY, FIRST_STAGE_4K_LEAF,
+  FIRST_STAGE_2M_LEAF, FIRST_STAGE_1G_LEAF, IRTE, CONTEXT_CACHE_INVALIDATE, IOTLB_INVALIDATE, DEVICE_TLB_INVALIDATE,
+  INTERRUPT_ENTRY_CACHE_INVALIDATE, INVALIDATION_WAIT, PASID_IOTLB_INVALIDATE, PASID_CACHE_INVALIDATE,
+  PASID_DEVICE_TLB_INVALIDATE, INVALIDATION_DESCRIPTORS,
+} from '../vtd/structures';
+export { encodeBig, decodeBig, getFieldBig, setFieldBig, renderFields } from '../vtd/bitfield';
+export type { Field, FieldTable, RenderOptions } from '../vtd/bitfield';
