@@ -13,7 +13,7 @@ import { foundationFigures } from './figures/foundation';
 import { MACHINE_FIGURES } from './figures/machine';
 import { shadowFigures } from './figures/shadow';
 import { softNestingFigures } from './figures/soft-nesting';
-import { vfioUserFigures } from './figures/vfio-user';
+import { serverProcessFigure, vfioUserFigures } from './figures/vfio-user';
 import { VTD_FIGURES } from './figures/vtd';
 import { formatResult, runFigure, type Figure } from './harness';
 
@@ -30,6 +30,7 @@ const FIGURES: Readonly<Record<string, () => Figure>> = {
   'vfio.a': fromSet(vfioUserFigures, 'vfio.a'),
   'vfio.b': fromSet(vfioUserFigures, 'vfio.b'),
   'vfio.c': fromSet(vfioUserFigures, 'vfio.c'),
+  'vfio.d': serverProcessFigure,
   'soft.a': fromSet(softNestingFigures, 'soft.a'),
   'shadow.a': fromSet(shadowFigures, 'shadow.a'),
   'shadow.b': fromSet(shadowFigures, 'shadow.b'),

@@ -23,7 +23,10 @@ export function processFdUsage(): FdUsage {
 const NO_FDS = new ReceivedFds([]);
 
 export interface MessageSocketEvents {
-  /** One whole message. Take the fds you keep from `fds` during the handler; the rest are closed right after. */
+  /**
+   * One whole message. Take the fds you keep from `fds` during the handler; the rest are closed right after.
+   * `bytes` is the receiver's own: a fresh allocation per message that the socket never touches again.
+   */
   message: [bytes: Buffer, fds: ReceivedFds];
   /** Emitted once: `error` is undefined for a clean close (by either side), set for a failure or broken framing. */
   close: [error: SystemCallError | undefined];
@@ -33,6 +36,14 @@ export class MessageSocket extends EventEmitter<MessageSocketEvents> {
   private readonly socket: NativeMessageSocket;
   private closeError: SystemCallError | undefined;
   private closeReported = false;
+  /**
+   * Set when the native socket closes: by close(), or by its onClose callback, which it calls synchronously from
+   * every shutdown. Read on every send, so it stays on the JS side rather than asking the addon each time.
+   */
+  private isClosed = false;
+
+  /** An open MessageSocket keeps the event loop running (its poll handle is referenced until it closes). */
+  readonly keepsProcessAlive = true;
 
   /** Wraps a connected socket; the MessageSocket takes ownership of `fd`. */
   constructor(fd: FileDescriptor, options: MessageSocketOptions = {}) {
@@ -74,11 +85,12 @@ export class MessageSocket extends EventEmitter<MessageSocketEvents> {
   }
 
   close(): void {
+    this.isClosed = true;
     this.socket.close();
   }
 
   get closed(): boolean {
-    return this.socket.closed;
+    return this.isClosed;
   }
 
   /** Why the socket closed, once it has. */
@@ -105,6 +117,7 @@ export class MessageSocket extends EventEmitter<MessageSocketEvents> {
   }
 
   private reportClose(error: SystemCallError | undefined): void {
+    this.isClosed = true;
     this.closeError = error;
     // Deferred so that close() returns before listeners run, as Node's own sockets behave.
     process.nextTick(() => {

@@ -2,7 +2,9 @@
 
 import { invalid, VfioUserProtocolError, type ProtocolErrorHeader } from './errors';
 import type {
+  CommandBodies,
   CommandMessage,
+  ReplyBodies,
   DecodeContext,
   ErrorReplyMessage,
   ReplyMessage,
@@ -111,15 +113,30 @@ function validateHeader(bytes: Uint8Array, header: VfioUserHeader): void {
   }
 }
 
-/** What a payload is called in errors ("DMA_MAP command"), made once per command rather than per message. */
-const COMMAND_WHAT = Object.fromEntries(Object.keys(COMMANDS.values).map((name) => [name, `${name} command`])) as Record<CommandName, string>;
-const REPLY_WHAT = Object.fromEntries(Object.keys(COMMANDS.values).map((name) => [name, `${name} reply`])) as Record<CommandName, string>;
+/** What the decoder needs per command number, in an array indexed by the number (the header's command field). */
+interface CommandEntry {
+  readonly name: CommandName;
+  readonly codec: AnyPayloadCodec;
+  /** What a payload is called in errors ("DMA_MAP command"), made once per command rather than per message. */
+  readonly commandWhat: string;
+  readonly replyWhat: string;
+}
 
 type AnyPayloadCodec = PayloadCodec<VfioUserCommand, VfioUserReply>;
 
 function codecFor(name: CommandName): AnyPayloadCodec {
   return PAYLOAD_CODECS[name] as unknown as AnyPayloadCodec;
 }
+
+const COMMAND_ENTRIES: readonly (CommandEntry | undefined)[] = (() => {
+  const entries: (CommandEntry | undefined)[] = [];
+  for (const [name, number] of Object.entries(COMMANDS.values) as [CommandName, number][]) {
+    entries[number] = { name, codec: codecFor(name), commandWhat: `${name} command`, replyWhat: `${name} reply` };
+  }
+  // Holes would make the array slow to index; unknown numbers read as undefined either way.
+  for (let i = 0; i < entries.length; i++) entries[i] ??= undefined;
+  return entries;
+})();
 
 /**
  * Decodes one whole message (`bytes` must be exactly msg_size long). Bad bytes only ever throw
@@ -130,26 +147,30 @@ export function decodeMessage(bytes: Uint8Array, context: DecodeContext = {}): V
   return decodeMessageWithHeader(bytes, decodeHeader(bytes), context);
 }
 
-/** decodeMessage for a caller that already read the header with decodeHeader (the connection, which must route first). */
-export function decodeMessageWithHeader(bytes: Uint8Array, header: VfioUserHeader, context: DecodeContext = {}): VfioUserMessage {
+/**
+ * decodeMessage for a caller that already read the header with decodeHeader (the connection, which must route first).
+ * `owned`: the caller hands `bytes` over for good (a message its Transport delivered), so decoded data (a DMA or
+ * region transfer's bytes) may be views of them rather than copies; by default they are copied, since a caller's
+ * own buffer may be reused.
+ */
+export function decodeMessageWithHeader(bytes: Uint8Array, header: VfioUserHeader, context: DecodeContext = {}, owned = false): VfioUserMessage {
   try {
     validateHeader(bytes, header);
     const isReply = (header.flags & TYPE_BITS) === MESSAGE_TYPES.values.REPLY;
     if (isReply && (header.flags & ERROR) !== 0) {
       return { type: 'error', msgId: header.msgId, command: header.command, errno: header.error };
     }
-    const name = COMMANDS.nameOf(header.command);
+    const entry = header.command < COMMAND_ENTRIES.length ? COMMAND_ENTRIES[header.command] : undefined;
     // libvfio-user answers an unknown command with EINVAL (command 0x7777 in the captures), and so do we.
-    if (name === undefined) throw invalid('ERR_VFIO_USER_UNKNOWN_COMMAND', `unknown command ${header.command}`);
+    if (entry === undefined) throw invalid('ERR_VFIO_USER_UNKNOWN_COMMAND', `unknown command ${header.command}`);
     // A plain Uint8Array view: a Buffer's subarray() costs a FastBuffer construction on every message.
     const payloadBytes = new Uint8Array(bytes.buffer, bytes.byteOffset + HEADER_SIZE, header.messageSize - HEADER_SIZE);
-    const payload = new PayloadReader(payloadBytes, isReply ? REPLY_WHAT[name] : COMMAND_WHAT[name]);
-    const codec = codecFor(name);
+    const payload = new PayloadReader(payloadBytes, isReply ? entry.replyWhat : entry.commandWhat, owned);
     if (isReply) {
-      const body = { command: name, ...(codec.decodeReply(payload, context) as object) } as VfioUserReply;
+      const body = tagged(entry.name, entry.codec.decodeReply(payload, context)) as VfioUserReply;
       return { type: 'reply', msgId: header.msgId, body };
     }
-    const body = { command: name, ...(codec.decodeCommand(payload) as object) } as VfioUserCommand;
+    const body = tagged(entry.name, entry.codec.decodeCommand(payload)) as VfioUserCommand;
     return { type: 'command', msgId: header.msgId, noReply: (header.flags & NO_REPLY) !== 0, body };
   } catch (error) {
     if (error instanceof VfioUserProtocolError && error.header === undefined) throw error.withHeader(headerFacts(header));
@@ -157,13 +178,60 @@ export function decodeMessageWithHeader(bytes: Uint8Array, header: VfioUserHeade
   }
 }
 
+/**
+ * A decoded body with its command name. Payload decoders return a new object for every message (PayloadReader.read
+ * and literals; see payloads.ts), so the name is added to it in place: copying it into `{ command, ...decoded }`
+ * costs more than decoding a small struct.
+ */
+function tagged(name: CommandName, decoded: object): object {
+  (decoded as { command: CommandName }).command = name;
+  return decoded;
+}
+
 function frame(msgId: number, command: number, flags: number, error: number, payload: Uint8Array): Uint8Array {
   const messageSize = HEADER_SIZE + payload.length;
   if (messageSize > MAX_MESSAGE_SIZE) throw encodeError('message', `${messageSize} bytes do not fit the u32 msg_size`);
   // A payload built by a PayloadWriter has room for the header in front of it: no second buffer, no copy.
   const message = takeFramable(payload) ?? copyBehindHeader(payload);
-  encodeStruct(HEADER_LAYOUT, { msgId, command, messageSize, flags, error }, message);
+  writeHeader(message, msgId, command, messageSize, flags, error);
   return message;
+}
+
+/**
+ * Writes the header field by field (offsets from HEADER_LAYOUT, as decodeHeader reads them): every message passes
+ * here, and building a header object for encodeStruct costs more than the rest of a small message's framing. A
+ * value that does not fit its field goes to encodeStruct, which throws the layout's error.
+ */
+function writeHeader(message: Uint8Array, msgId: number, command: number, messageSize: number, flags: number, error: number): void {
+  if (!fitsU16(msgId) || !fitsU16(command) || !fitsU32(messageSize) || !fitsU32(flags) || !fitsU32(error)) {
+    encodeStruct(HEADER_LAYOUT, { msgId, command, messageSize, flags, error }, message);
+    return;
+  }
+  writeU16(message, HEADER_AT.msgId, msgId);
+  writeU16(message, HEADER_AT.command, command);
+  writeU32(message, HEADER_AT.messageSize, messageSize);
+  writeU32(message, HEADER_AT.flags, flags);
+  writeU32(message, HEADER_AT.error, error);
+}
+
+function fitsU16(value: number): boolean {
+  return Number.isInteger(value) && value >= 0 && value <= 0xffff;
+}
+
+function fitsU32(value: number): boolean {
+  return Number.isInteger(value) && value >= 0 && value <= 0xffff_ffff;
+}
+
+function writeU16(bytes: Uint8Array, at: number, value: number): void {
+  bytes[at] = value;
+  bytes[at + 1] = value >>> 8;
+}
+
+function writeU32(bytes: Uint8Array, at: number, value: number): void {
+  bytes[at] = value;
+  bytes[at + 1] = value >>> 8;
+  bytes[at + 2] = value >>> 16;
+  bytes[at + 3] = value >>> 24;
 }
 
 function copyBehindHeader(payload: Uint8Array): Uint8Array {
@@ -196,6 +264,20 @@ export function encodeCommand(msgId: number, body: VfioUserCommand, options: { n
 
 export function encodeReply(msgId: number, body: VfioUserReply): Uint8Array {
   return encodeMessage({ type: 'reply', msgId, body });
+}
+
+/** encodeCommand for a caller that holds the command name apart from the body (see encodeReplyOf). */
+export function encodeCommandOf<N extends CommandName>(msgId: number, name: N, body: CommandBodies[N], noReply = false): Uint8Array {
+  const flags = MESSAGE_TYPES.values.COMMAND | (noReply ? NO_REPLY : 0);
+  return frame(msgId, COMMANDS.values[name], flags, 0, codecFor(name).encodeCommand(body as unknown as VfioUserCommand));
+}
+
+/**
+ * encodeReply for a caller that holds the command name apart from the body (the connection answering a command):
+ * the body needs no `command` member, so no tagged copy of it is made.
+ */
+export function encodeReplyOf<N extends CommandName>(msgId: number, name: N, body: ReplyBodies[N]): Uint8Array {
+  return frame(msgId, COMMANDS.values[name], MESSAGE_TYPES.values.REPLY, 0, codecFor(name).encodeReply(body as unknown as VfioUserReply));
 }
 
 /** The one way to answer a command with an errno: the header alone, REPLY|ERROR, msg_id and command echoed. */

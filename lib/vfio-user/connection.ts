@@ -5,7 +5,7 @@ import { ViommuError } from '../errors';
 import { isPromiseLike } from '../memory/dma-space';
 import type { FdUsage, FileDescriptor } from '../native';
 import { processFdUsage, type ReceivedFds } from '../os';
-import { decodeHeader, decodeMessageWithHeader, encodeCommand, encodeErrorReply, encodeReply, type VfioUserHeader } from './codec';
+import { decodeHeader, decodeMessageWithHeader, encodeCommandOf, encodeErrorReply, encodeReplyOf, type VfioUserHeader } from './codec';
 import {
   EMFILE,
   errnoOf,
@@ -16,6 +16,7 @@ import {
   VfioUserTimeoutError,
 } from './connection-errors';
 import { ERRNO, invalid, VfioUserProtocolError } from './errors';
+import { releaseMessageBuffer } from './payload-io';
 import type { CommandBodies, CommandMessage, CommandOf, DecodeContext, ReplyBodies, ReplyOf, VfioUserCommand } from './messages';
 import { COMMANDS, HEADER_FLAGS, MESSAGE_TYPES, type CommandName } from './protocol';
 import type { Transport } from './transport';
@@ -151,6 +152,7 @@ interface Pending {
 type Outcome = { readonly ok: true; readonly value: unknown } | { readonly ok: false; readonly error: unknown };
 
 const TYPE_BITS = HEADER_FLAGS.bits.TYPE;
+const NO_CONTEXT: DecodeContext = {};
 const NO_REPLY_BIT = HEADER_FLAGS.bits.NO_REPLY;
 
 function isReplyHeader(header: VfioUserHeader): boolean {
@@ -202,6 +204,8 @@ export class VfioUserConnection extends EventEmitter<ConnectionEvents> {
   private timeoutTimer: NodeJS.Timeout | undefined;
   private timeoutAt = Infinity;
   private timedRequests = 0;
+  /** Every channel's transport keeps the process running while open (Transport.keepsProcessAlive). */
+  private transportsHoldProcess = false;
   private isClosed = false;
   private closeReason: Error | undefined;
 
@@ -301,11 +305,12 @@ export class VfioUserConnection extends EventEmitter<ConnectionEvents> {
       }
       const channel = this.commandChannel();
       const msgId = this.allocateId();
-      const bytes = encodeCommand(msgId, tagged, { noReply: options.noReply ?? false });
+      const bytes = encodeCommandOf(msgId, command, body, options.noReply ?? false);
       // Transports send synchronously and duplicate what they keep, so the caller's list needs no copy.
       const sent = fds.length === 0 ? undefined : (fds as FileDescriptor[]);
       if (options.noReply) {
         channel.transport.send(bytes, sent);
+        releaseMessageBuffer(bytes);
         resolve();
         return;
       }
@@ -327,9 +332,12 @@ export class VfioUserConnection extends EventEmitter<ConnectionEvents> {
         this.pending.delete(msgId);
         throw error;
       }
+      // The transport is done with the bytes (Transport.send): a large message's buffer serves the next one.
+      releaseMessageBuffer(bytes);
       if (this.pending.get(msgId) === pending && pending.deadline !== Infinity) {
-        // A timer left armed (unreferenced) by the last request serves this one too; it holds the process again.
-        if (this.timedRequests++ === 0) this.timeoutTimer?.ref();
+        // A timer left armed (unreferenced) by the last request serves this one too; it holds the process again,
+        // unless the transports already do.
+        if (this.timedRequests++ === 0 && !this.transportsHoldProcess) this.timeoutTimer?.ref();
         this.armTimeout(pending.deadline);
       }
     });
@@ -342,7 +350,7 @@ export class VfioUserConnection extends EventEmitter<ConnectionEvents> {
    */
   private settled(request: Pending): void {
     if (request.deadline === Infinity || this.timedRequests === 0) return;
-    if (--this.timedRequests === 0) this.timeoutTimer?.unref();
+    if (--this.timedRequests === 0 && !this.transportsHoldProcess) this.timeoutTimer?.unref();
   }
 
   private armTimeout(deadline: number): void {
@@ -350,6 +358,9 @@ export class VfioUserConnection extends EventEmitter<ConnectionEvents> {
     if (this.timeoutTimer !== undefined) clearTimeout(this.timeoutTimer);
     this.timeoutAt = deadline;
     this.timeoutTimer = setTimeout(() => this.expireRequests(), Math.max(0, Math.ceil(deadline - performance.now())));
+    // Sockets keep the process running while a reply can still come; then the timer need never hold it, and
+    // request after request costs no ref/unref of it (see Transport.keepsProcessAlive).
+    if (this.transportsHoldProcess || this.timedRequests === 0) this.timeoutTimer.unref();
   }
 
   private disarmTimeout(): void {
@@ -388,6 +399,9 @@ export class VfioUserConnection extends EventEmitter<ConnectionEvents> {
   private attach(name: ChannelName, transport: Transport): void {
     const channel: Channel = { name, transport };
     this.channels.push(channel);
+    const held = this.transportsHoldProcess;
+    this.transportsHoldProcess = this.channels.every((each) => each.transport.keepsProcessAlive === true);
+    if (held && !this.transportsHoldProcess && this.timedRequests > 0) this.timeoutTimer?.ref();
     transport.on('message', (bytes, fds) => this.receive(channel, bytes, fds));
     transport.on('close', (error) => this.teardown(error));
     if (transport.closed) this.teardown(undefined);
@@ -453,7 +467,7 @@ export class VfioUserConnection extends EventEmitter<ConnectionEvents> {
     }
     let message;
     try {
-      message = decodeMessageWithHeader(bytes, header);
+      message = decodeMessageWithHeader(bytes, header, NO_CONTEXT, true);
     } catch (error) {
       this.finish(channel, header.msgId, header.command, (header.flags & NO_REPLY_BIT) !== 0, { ok: false, error });
       return;
@@ -462,7 +476,7 @@ export class VfioUserConnection extends EventEmitter<ConnectionEvents> {
       this.emit('protocolError', invalid('ERR_VFIO_USER_BAD_HEADER', 'a command header decoded as a reply'), channel.name);
       return;
     }
-    this.dispatch(channel, message, fds);
+    this.dispatch(channel, message, fds, header.command);
   }
 
   private receiveReply(channel: Channel, header: VfioUserHeader, bytes: Buffer, fds: ReceivedFds): void {
@@ -483,7 +497,8 @@ export class VfioUserConnection extends EventEmitter<ConnectionEvents> {
     }
     let message;
     try {
-      message = decodeMessageWithHeader(bytes, header, { command: pending.body, dmaReadReplyLayout: this.options.dmaReadReplyLayout });
+      // The transport handed us the bytes for good (TransportEvents): decoded data may be views of them.
+      message = decodeMessageWithHeader(bytes, header, { command: pending.body, dmaReadReplyLayout: this.options.dmaReadReplyLayout }, true);
     } catch (error) {
       pending.reject(error as Error);
       return;
@@ -503,9 +518,9 @@ export class VfioUserConnection extends EventEmitter<ConnectionEvents> {
     }
   }
 
-  private dispatch(channel: Channel, message: CommandMessage, fds: ReceivedFds): void {
+  /** `command`: the header's command number (the decoder found `body.command` by it). */
+  private dispatch(channel: Channel, message: CommandMessage, fds: ReceivedFds, command: number): void {
     const { msgId, noReply, body } = message;
-    const command = COMMANDS.values[body.command];
     let result: unknown;
     try {
       this.checkIncomingLimits(body, fds);
@@ -586,7 +601,7 @@ export class VfioUserConnection extends EventEmitter<ConnectionEvents> {
             `the ${name} reply has ${fds.length} fds, the peer accepts ${this.peer.maxMsgFds}`,
           );
         }
-        bytes = encodeReply(msgId, withCommand(name, body as object) as ReplyOf<CommandName>);
+        bytes = encodeReplyOf(msgId, name, body as ReplyOf<CommandName>);
       } catch (error) {
         // The handler's reply cannot go out as it is: that is our bug, not the peer's, so it is always reported.
         this.replyWithError(channel, msgId, command, error, { msgId, noReply, channel: channel.name, command }, true);
@@ -620,5 +635,6 @@ export class VfioUserConnection extends EventEmitter<ConnectionEvents> {
       // A reply that cannot be sent means the channel is broken; the close event reports why.
       this.teardown(error as Error);
     }
+    releaseMessageBuffer(bytes);
   }
 }

@@ -12,94 +12,181 @@ import { HEADER_SIZE } from './protocol';
 export const FRAME_HEADROOM = HEADER_SIZE;
 
 /**
- * A layout's field table turned once into byte-level accessors for the hot path: integers up to 32 bits are put
- * together from bytes and 64-bit ones go through one shared 8-byte DataView, so no message needs a DataView of its
- * own. Every value the fast writer would refuse goes to the layout's own encode(), which throws its typed error.
+ * A layout's field table turned once into code for the hot path. Every message decodes and encodes a few small
+ * structs, and a loop over a field list that reads `value[field.key]` sees every layout's keys at one place (a
+ * megamorphic property access), so each layout gets its own decoder and encoder, generated from its field table
+ * when first used: one object literal per decoded struct (one hidden class), one fixed property load per field.
+ * Integers up to 32 bits are put together from bytes and 64-bit ones go through one shared 8-byte DataView, so no
+ * message needs a DataView of its own. The generated code holds only offsets, widths and the table's keys (quoted
+ * with JSON.stringify); a value the encoder refuses goes to the layout's own encode(), which throws its typed error.
  */
 interface CompiledField {
   readonly key: string;
   readonly offset: number;
   readonly width: number;
   readonly bytes: boolean;
-  /** 2^(8 * width) for integers of at most 4 bytes. */
-  readonly limit: number;
 }
 
 interface CompiledStruct {
-  readonly visible: readonly CompiledField[];
   readonly reserved: readonly CompiledField[];
   readonly reservedSpecs: readonly FieldSpec[];
-  /** An object with every visible key in table order: decoded values start as a copy of it (one hidden class). */
-  readonly template: Readonly<Record<string, unknown>>;
+  /** Reads every visible field of the struct at `at` (bounds already checked). */
+  readonly decode: (bytes: Uint8Array, at: number) => Record<string, unknown>;
+  /** Writes every field (reserved ones as zero); false when a value does not fit (some fields may be written). */
+  readonly encode: (bytes: Uint8Array, at: number, value: Record<string, unknown>) => boolean;
 }
 
-const compiledStructs = new WeakMap<StructShape, CompiledStruct>();
+/**
+ * A layout's compiled form rides on the layout object itself under a private symbol: every struct read and write
+ * looks it up, and a property load on the (one-shaped) layout objects is cheaper than a WeakMap lookup.
+ */
+const COMPILED = Symbol('compiled struct');
+type CompiledHolder = { [COMPILED]?: CompiledStruct };
+/** For layouts that cannot take the property (frozen ones). */
+const compiledElsewhere = new WeakMap<StructShape, CompiledStruct>();
 const WIDE = new DataView(new ArrayBuffer(8));
 const WIDE_BYTES = new Uint8Array(WIDE.buffer);
 const U64_LIMIT = 1n << 64n;
 
-function compile(layout: StructShape): CompiledStruct {
-  let compiled = compiledStructs.get(layout);
-  if (compiled !== undefined) return compiled;
-  const fields = layout.fields.map((field) => ({
-    key: field.key,
-    offset: field.offset,
-    width: field.width,
-    bytes: field.kind === 'bytes',
-    limit: field.kind === 'bytes' || field.width === 8 ? 0 : 2 ** (8 * field.width),
-  }));
-  const visible = fields.filter((_, i) => layout.fields[i]!.reserved !== true);
-  const template: Record<string, unknown> = {};
-  for (const field of visible) template[field.key] = field.bytes ? undefined : field.width === 8 ? 0n : 0;
-  compiled = {
-    visible,
-    reserved: fields.filter((_, i) => layout.fields[i]!.reserved === true),
-    reservedSpecs: layout.fields.filter((field) => field.reserved === true),
-    template,
-  };
-  compiledStructs.set(layout, compiled);
-  return compiled;
+function readU64(bytes: Uint8Array, p: number): bigint {
+  for (let i = 0; i < 8; i++) WIDE_BYTES[i] = bytes[p + i]!;
+  return WIDE.getBigUint64(0, true);
 }
 
-function readField(bytes: Uint8Array, at: number, field: CompiledField): unknown {
-  const p = at + field.offset;
-  if (field.bytes) return bytes.slice(p, p + field.width);
+function writeU64(bytes: Uint8Array, p: number, value: unknown): boolean {
+  if (typeof value !== 'bigint' || value < 0n || value >= U64_LIMIT) return false;
+  WIDE.setBigUint64(0, value, true);
+  for (let i = 0; i < 8; i++) bytes[p + i] = WIDE_BYTES[i]!;
+  return true;
+}
+
+function writeBytes(bytes: Uint8Array, p: number, width: number, value: unknown): boolean {
+  if (!(value instanceof Uint8Array) || value.length > width) return false;
+  bytes.fill(0, p, p + width);
+  bytes.set(value, p);
+  return true;
+}
+
+function isU8(value: unknown): value is number {
+  return typeof value === 'number' && Number.isInteger(value) && value >= 0 && value < 0x100;
+}
+
+function isU16(value: unknown): value is number {
+  return typeof value === 'number' && Number.isInteger(value) && value >= 0 && value < 0x1_0000;
+}
+
+function isU32(value: unknown): value is number {
+  return typeof value === 'number' && Number.isInteger(value) && value >= 0 && value < 0x1_0000_0000;
+}
+
+/** The expression reading `field` (bytes, at: parameters of the generated decoder). */
+function readExpression(field: CompiledField): string {
+  const p = `at + ${field.offset}`;
+  if (field.bytes) return `bytes.slice(${p}, ${p} + ${field.width})`;
   switch (field.width) {
     case 1:
-      return bytes[p]!;
+      return `bytes[${p}]`;
     case 2:
-      return bytes[p]! | (bytes[p + 1]! << 8);
+      return `(bytes[${p}] | (bytes[${p} + 1] << 8))`;
     case 4:
-      return (bytes[p]! | (bytes[p + 1]! << 8) | (bytes[p + 2]! << 16) | (bytes[p + 3]! << 24)) >>> 0;
+      return `((bytes[${p}] | (bytes[${p} + 1] << 8) | (bytes[${p} + 2] << 16) | (bytes[${p} + 3] << 24)) >>> 0)`;
     default:
-      for (let i = 0; i < 8; i++) WIDE_BYTES[i] = bytes[p + i]!;
-      return WIDE.getBigUint64(0, true);
+      return `readU64(bytes, ${p})`;
   }
 }
 
-/** Writes one valid field; false (nothing written) when the value does not fit, for the layout to report. */
-function writeField(bytes: Uint8Array, at: number, field: CompiledField, value: unknown): boolean {
-  const p = at + field.offset;
-  if (field.bytes) {
-    if (!(value instanceof Uint8Array) || value.length > field.width) return false;
-    bytes.fill(0, p, p + field.width);
-    bytes.set(value, p);
+/** The statements writing `field` from `v` (or returning false when it does not fit). */
+function writeStatements(field: CompiledField): string {
+  const p = `at + ${field.offset}`;
+  const load = `v = value[${JSON.stringify(field.key)}];`;
+  if (field.bytes) return `${load} if (!writeBytes(bytes, ${p}, ${field.width}, v)) return false;`;
+  switch (field.width) {
+    case 1:
+      return `${load} if (!isU8(v)) return false; bytes[${p}] = v;`;
+    case 2:
+      return `${load} if (!isU16(v)) return false; bytes[${p}] = v; bytes[${p} + 1] = v >>> 8;`;
+    case 4:
+      return `${load} if (!isU32(v)) return false; bytes[${p}] = v; bytes[${p} + 1] = v >>> 8; bytes[${p} + 2] = v >>> 16; bytes[${p} + 3] = v >>> 24;`;
+    default:
+      return `${load} if (!writeU64(bytes, ${p}, v)) return false;`;
+  }
+}
+
+const HELPERS = { readU64, writeU64, writeBytes, isU8, isU16, isU32 };
+
+type Accessors = [CompiledStruct['decode'], CompiledStruct['encode']];
+
+/** The layout's accessors as generated code; undefined where the process forbids code generation from strings. */
+function generated(visible: readonly CompiledField[], reserved: readonly CompiledField[]): Accessors | undefined {
+  const literal = visible.map((field) => `${JSON.stringify(field.key)}: ${readExpression(field)}`).join(', ');
+  const zeroes = reserved.map((field) => `bytes.fill(0, at + ${field.offset}, at + ${field.offset + field.width});`).join(' ');
+  const writes = visible.map(writeStatements).join('\n');
+  const names = Object.keys(HELPERS);
+  let make: (...helpers: unknown[]) => Accessors;
+  try {
+    make = new Function(
+      ...names,
+      `return [function decode(bytes, at) { return { ${literal} }; },\n` +
+        `function encode(bytes, at, value) { let v;\n${writes}\n${zeroes}\nreturn true; }];`,
+    ) as (...helpers: unknown[]) => Accessors;
+  } catch {
+    return undefined; // node --disallow-code-generation-from-strings
+  }
+  return make(...names.map((name) => HELPERS[name as keyof typeof HELPERS]));
+}
+
+/** The same accessors as loops over the field list: slower, for processes that forbid generated code. */
+function interpreted(visible: readonly CompiledField[], reserved: readonly CompiledField[]): Accessors {
+  const decode = (bytes: Uint8Array, at: number): Record<string, unknown> => {
+    const out: Record<string, unknown> = {};
+    for (const field of visible) {
+      const p = at + field.offset;
+      if (field.bytes) out[field.key] = bytes.slice(p, p + field.width);
+      else if (field.width === 8) out[field.key] = readU64(bytes, p);
+      else {
+        let value = 0;
+        for (let i = field.width - 1; i >= 0; i--) value = value * 256 + bytes[p + i]!;
+        out[field.key] = value;
+      }
+    }
+    return out;
+  };
+  const encode = (bytes: Uint8Array, at: number, value: Record<string, unknown>): boolean => {
+    for (const field of visible) {
+      const p = at + field.offset;
+      const v = value[field.key];
+      if (field.bytes) {
+        if (!writeBytes(bytes, p, field.width, v)) return false;
+      } else if (field.width === 8) {
+        if (!writeU64(bytes, p, v)) return false;
+      } else {
+        if (!fits({ key: field.key, spec: field.key, offset: field.offset, width: field.width }, v)) return false;
+        for (let i = 0; i < field.width; i++) bytes[p + i] = Math.floor((v as number) / 2 ** (8 * i)) & 0xff;
+      }
+    }
+    for (const field of reserved) bytes.fill(0, at + field.offset, at + field.offset + field.width);
     return true;
+  };
+  return [decode, encode];
+}
+
+function compile(layout: StructShape): CompiledStruct {
+  let compiled = (layout as CompiledHolder)[COMPILED] ?? compiledElsewhere.get(layout);
+  if (compiled !== undefined) return compiled;
+  for (const field of layout.fields) {
+    const integer = field.kind !== 'bytes';
+    if (!Number.isInteger(field.offset) || field.offset < 0 || (integer && ![1, 2, 4, 8].includes(field.width)) || !(field.width > 0)) {
+      throw new ViommuError('ERR_VFIO_USER_LAYOUT', `${layout.name}.${field.key}: offset ${field.offset} and width ${field.width} cannot be compiled`);
+    }
   }
-  if (field.width === 8) {
-    if (typeof value !== 'bigint' || value < 0n || value >= U64_LIMIT) return false;
-    WIDE.setBigUint64(0, value, true);
-    for (let i = 0; i < 8; i++) bytes[p + i] = WIDE_BYTES[i]!;
-    return true;
-  }
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value >= field.limit) return false;
-  bytes[p] = value;
-  if (field.width >= 2) bytes[p + 1] = value >>> 8;
-  if (field.width === 4) {
-    bytes[p + 2] = value >>> 16;
-    bytes[p + 3] = value >>> 24;
-  }
-  return true;
+  const fields = layout.fields.map((field) => ({ key: field.key, offset: field.offset, width: field.width, bytes: field.kind === 'bytes' }));
+  const visible = fields.filter((_, i) => layout.fields[i]!.reserved !== true);
+  const reserved = fields.filter((_, i) => layout.fields[i]!.reserved === true);
+  const [decode, encode] = generated(visible, reserved) ?? interpreted(visible, reserved);
+  compiled = { reserved, reservedSpecs: layout.fields.filter((field) => field.reserved === true), decode, encode };
+  if (Object.isExtensible(layout)) Object.defineProperty(layout, COMPILED, { value: compiled, enumerable: false });
+  else compiledElsewhere.set(layout, compiled);
+  return compiled;
 }
 
 /** Little-endian integer reads for fixed hot-path structs (offsets from fieldOffsets). */
@@ -129,30 +216,31 @@ export function fieldOffsets<K extends string>(layout: StructShape, widths: Read
 
 /** Reads every non-reserved field of `layout` at `at`; the caller has checked that the struct fits. */
 export function decodeStruct<F extends readonly FieldSpec[]>(layout: StructLayout<F>, bytes: Uint8Array, at = 0): StructValue<F> {
-  const { visible, template } = compile(layout);
-  const out: Record<string, unknown> = { ...template };
-  for (let i = 0; i < visible.length; i++) {
-    const field = visible[i]!;
-    out[field.key] = readField(bytes, at, field);
-  }
-  return out as StructValue<F>;
+  return compile(layout).decode(bytes, at) as StructValue<F>;
 }
 
 /** Writes every field of `layout` at `at` (reserved ones as zero); a value that does not fit throws the layout's error. */
 export function encodeStruct<F extends readonly FieldSpec[]>(layout: StructLayout<F>, value: StructValue<F>, bytes: Uint8Array, at = 0): void {
-  const { visible, reserved } = compile(layout);
+  if (compile(layout).encode(bytes, at, value as Record<string, unknown>)) return;
+  // The layout words the error; its encode throws before it would write anything we have not checked.
+  layout.encode(value, new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength), at);
   const record = value as Record<string, unknown>;
-  for (let i = 0; i < visible.length; i++) {
-    const field = visible[i]!;
-    if (!writeField(bytes, at, field, record[field.key])) {
-      // The layout words the error; its encode throws before it would write anything we have not checked.
-      layout.encode(value, new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength), at);
-      throw new ViommuError('ERR_VFIO_USER_LAYOUT', `${layout.name}.${field.key} does not fit its field`);
-    }
-  }
-  for (let i = 0; i < reserved.length; i++) {
-    const field = reserved[i]!;
-    bytes.fill(0, at + field.offset, at + field.offset + field.width);
+  const field = layout.fields.find((candidate) => candidate.reserved !== true && !fits(candidate, record[candidate.key]));
+  throw new ViommuError('ERR_VFIO_USER_LAYOUT', `${layout.name}.${field?.key ?? '?'} does not fit its field`);
+}
+
+/** What the generated encoder accepts for one field (for the error message of a value it refused). */
+function fits(field: FieldSpec, value: unknown): boolean {
+  if (field.kind === 'bytes') return value instanceof Uint8Array && value.length <= field.width;
+  switch (field.width) {
+    case 1:
+      return isU8(value);
+    case 2:
+      return isU16(value);
+    case 4:
+      return isU32(value);
+    default:
+      return typeof value === 'bigint' && value >= 0n && value < U64_LIMIT;
   }
 }
 
@@ -174,6 +262,11 @@ export class PayloadReader {
     readonly bytes: Uint8Array,
     /** What this payload is, for messages: e.g. "DMA_MAP command". */
     readonly what: string,
+    /**
+     * True when `bytes` were handed over for good: nobody else holds or will write them (a message a Transport
+     * delivered; see TransportEvents). Decoded data may then be views of them instead of copies.
+     */
+    readonly owned = false,
   ) {}
 
   get view(): DataView {
@@ -212,11 +305,12 @@ export class PayloadReader {
   }
 
   /**
-   * A copy of bytes [start, end): decoded data must not alias the receive buffer, which a transport may reuse for
-   * the next message.
+   * Bytes [start, end) as decoded data that the decoded message owns: a view when the payload is `owned` (nothing
+   * else can change those bytes, and a 1 MiB DMA or region transfer is not copied once more), a copy otherwise
+   * (the caller's buffer, which it may reuse).
    */
   copy(start: number, end = this.bytes.length): Uint8Array {
-    return this.bytes.slice(start, end);
+    return this.owned ? this.bytes.subarray(start, end) : this.bytes.slice(start, end);
   }
 
   requireKnownFlags(flags: number, set: FlagSet<string>): void {
@@ -247,9 +341,47 @@ const SLAB_MAX_MESSAGE = 4 * 1024;
 let slab = new ArrayBuffer(SLAB_SIZE);
 let slabUsed = 0;
 
-/** A zero-filled buffer of `size` bytes: a fresh slab piece when small, its own ArrayBuffer otherwise. */
+/**
+ * Large messages (a DMA or region transfer of up to max_data_xfer_size) get their own ArrayBuffer, and a fresh one
+ * costs a page fault per 4 KiB on first touch: more than the copy that fills it. Their buffers are taken back once
+ * sent (releaseMessageBuffer: a Transport is done with the bytes when send returns) and reused, a few at a time.
+ */
+const SPARE_MAX_BUFFERS = 2;
+const SPARE_MAX_BYTES = 4 * 1024 * 1024;
+const spares: ArrayBuffer[] = [];
+/** Large buffers that zeroedMessageBuffer handed out and nobody has given back: the only ones release accepts. */
+const handedOut = new WeakSet<ArrayBuffer>();
+
+function largeMessageBuffer(size: number): Uint8Array {
+  for (let i = 0; i < spares.length; i++) {
+    const spare = spares[i]!;
+    // A spare at most twice the size asked for, so that a small message never pins a big buffer.
+    if (spare.byteLength < size || spare.byteLength > 2 * size) continue;
+    spares.splice(i, 1);
+    handedOut.add(spare);
+    return new Uint8Array(spare, 0, size).fill(0);
+  }
+  const bytes = new Uint8Array(size);
+  if (size <= SPARE_MAX_BYTES) handedOut.add(bytes.buffer);
+  return bytes;
+}
+
+/**
+ * Gives back a message from zeroedMessageBuffer (or a codec's encode) once its transport has sent it; anything
+ * else is ignored. Only a message's one owner may call this (the connection, right after Transport.send), since
+ * the buffer is zeroed and handed to the next large message.
+ */
+export function releaseMessageBuffer(message: Uint8Array): void {
+  if (message.byteLength <= SLAB_MAX_MESSAGE || message.byteOffset !== 0) return;
+  const buffer = message.buffer as ArrayBuffer;
+  if (!handedOut.delete(buffer)) return;
+  if (spares.length >= SPARE_MAX_BUFFERS) spares.shift();
+  spares.push(buffer);
+}
+
+/** A zero-filled buffer of `size` bytes: a fresh slab piece when small, its own ArrayBuffer (maybe reused) otherwise. */
 export function zeroedMessageBuffer(size: number): Uint8Array {
-  if (size > SLAB_MAX_MESSAGE) return new Uint8Array(size);
+  if (size > SLAB_MAX_MESSAGE) return largeMessageBuffer(size);
   if (slabUsed + size > SLAB_SIZE) {
     slab = new ArrayBuffer(SLAB_SIZE);
     slabUsed = 0;

@@ -37,8 +37,11 @@ async function eachPiece(
   options: TransferOptions,
   run: (piece: TransferPiece) => Promise<void>,
 ): Promise<void> {
-  const limit = Math.min(connection.peerCapabilities.maxDataXferSize, options.maxPieceSize ?? Number.MAX_SAFE_INTEGER);
-  for (const piece of splitTransfer(length, limit)) await run(piece);
+  for (const piece of splitTransfer(length, pieceLimit(connection, options))) await run(piece);
+}
+
+function pieceLimit(connection: VfioUserConnection, options: TransferOptions): number {
+  return Math.min(connection.peerCapabilities.maxDataXferSize, options.maxPieceSize ?? Number.MAX_SAFE_INTEGER);
 }
 
 function requestOptions(options: TransferOptions): Pick<RequestOptions, 'timeoutMs'> {
@@ -49,7 +52,31 @@ function closeAll(fds: { close(): boolean }[]): void {
   for (const fd of fds) fd.close();
 }
 
-/** REGION_READ of `length` bytes at `offset` of `region` (client to server). */
+/**
+ * A read of `length` bytes in pieces. One piece answered in full is returned as it came: a reply's data is the
+ * caller's own (the connection decodes received messages without copying, see PayloadReader.copy), so it is not
+ * copied once more, and it may be a view into the received message (read it through its byteOffset, not from the
+ * start of its .buffer). Anything else is put together in a new buffer (a short reply leaves zeros, as before).
+ */
+async function readInPieces(
+  connection: VfioUserConnection,
+  length: number,
+  options: TransferOptions,
+  readPiece: (piece: TransferPiece) => Promise<Uint8Array>,
+): Promise<Uint8Array> {
+  if (length > 0 && length <= pieceLimit(connection, options)) {
+    const data = await readPiece({ at: 0, length });
+    if (data.length === length) return data;
+    const result = new Uint8Array(length);
+    result.set(data);
+    return result;
+  }
+  const result = new Uint8Array(length);
+  await eachPiece(connection, length, options, async (piece) => result.set(await readPiece(piece), piece.at));
+  return result;
+}
+
+/** REGION_READ of `length` bytes at `offset` of `region` (client to server); see readInPieces for the result. */
 export async function regionRead(
   connection: VfioUserConnection,
   region: number,
@@ -57,13 +84,12 @@ export async function regionRead(
   length: number,
   options: TransferOptions = {},
 ): Promise<Uint8Array> {
-  const result = new Uint8Array(length);
-  await eachPiece(connection, length, options, async (piece) => {
+  const readPiece = async (piece: TransferPiece): Promise<Uint8Array> => {
     const reply = await connection.request('REGION_READ', { offset: offset + BigInt(piece.at), region, count: piece.length }, requestOptions(options));
     closeAll(reply.fds);
-    result.set(reply.body.data, piece.at);
-  });
-  return result;
+    return reply.body.data;
+  };
+  return readInPieces(connection, length, options, readPiece);
 }
 
 /** REGION_WRITE of `data` at `offset` of `region` (client to server). */
@@ -81,20 +107,19 @@ export async function regionWrite(
   });
 }
 
-/** DMA_READ of `length` bytes at IOVA `address` (server to client). */
+/** DMA_READ of `length` bytes at IOVA `address` (server to client); see readInPieces for the result. */
 export async function dmaRead(
   connection: VfioUserConnection,
   address: bigint,
   length: number,
   options: TransferOptions = {},
 ): Promise<Uint8Array> {
-  const result = new Uint8Array(length);
-  await eachPiece(connection, length, options, async (piece) => {
+  const readPiece = async (piece: TransferPiece): Promise<Uint8Array> => {
     const reply = await connection.request('DMA_READ', { address: address + BigInt(piece.at), count: BigInt(piece.length) }, requestOptions(options));
     closeAll(reply.fds);
-    result.set(reply.body.data, piece.at);
-  });
-  return result;
+    return reply.body.data;
+  };
+  return readInPieces(connection, length, options, readPiece);
 }
 
 /** DMA_WRITE of `data` at IOVA `address` (server to client). */

@@ -5,7 +5,11 @@ import { MessageSocket, ReceivedFds } from '../os';
 import { ViommuError } from '../errors';
 
 export interface TransportEvents {
-  /** One whole message; take the fds you keep during the handler, the rest are closed right after. */
+  /**
+   * One whole message; take the fds you keep during the handler, the rest are closed right after. `bytes` belong
+   * to the receiver from then on: a transport keeps no reference to them and never writes them again (the socket
+   * hands over a fresh allocation per message, the in-memory one a copy), so a decoder may return views of them.
+   */
   message: [bytes: Buffer, fds: ReceivedFds];
   /** Once; error is undefined for a clean close by either side. */
   close: [error: Error | undefined];
@@ -13,9 +17,18 @@ export interface TransportEvents {
 
 /** The socket transport is MessageSocket itself; the in-memory one below has the same shape and fd semantics. */
 export interface Transport extends EventEmitter<TransportEvents> {
+  /**
+   * Sends one message. The transport is done with `bytes` when send returns (whatever the peer has not taken yet
+   * is copied: the socket's send queue, the in-memory copy), so the caller may reuse them at once.
+   */
   send(bytes: Uint8Array, fds?: FileDescriptor[]): void;
   close(): void;
   readonly closed: boolean;
+  /**
+   * True when the open transport alone keeps the process running (a socket handle on the event loop), so that a
+   * connection waiting for a reply need not hold the process with its request timer as well.
+   */
+  readonly keepsProcessAlive?: boolean;
 }
 
 export function socketTransport(socket: MessageSocket): Transport {

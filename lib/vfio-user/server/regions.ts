@@ -77,10 +77,16 @@ export function registerRegion(registers: MmioHandler): RegionHandler {
   };
 }
 
+/** Accesses up to this size are copied byte by byte: cheaper than the view that set(subarray(...)) needs. */
+const SMALL_ACCESS = 8;
+
 /** A handler over plain bytes (a buffer the device owns). */
 export function bufferRegion(bytes: Uint8Array): RegionHandler {
   return {
-    read: (offset, into) => void into.set(bytes.subarray(offset, offset + into.length)),
+    read(offset, into) {
+      if (into.length <= SMALL_ACCESS) for (let i = 0; i < into.length; i++) into[i] = bytes[offset + i]!;
+      else into.set(bytes.subarray(offset, offset + into.length));
+    },
     write: (offset, data) => void bytes.set(data, offset),
   };
 }
@@ -165,8 +171,8 @@ export class DeviceRegions {
     };
   }
 
-  /** The region and the checked offset of an access; every refusal is EINVAL, as libvfio-user answers. */
-  private target(index: number, offset: bigint, count: number, write: boolean): { region: Region; at: number } {
+  /** The region of an access, checked (its offset is then Number(offset)); every refusal is EINVAL, as libvfio-user answers. */
+  private target(index: number, offset: bigint, count: number, write: boolean): Region {
     const region = this.regions[index];
     if (region === undefined) throw new VfioUserErrnoError('EINVAL', `region ${index} does not exist (the device has ${REGION_COUNT})`);
     if (region.handler === undefined) throw new VfioUserErrnoError('EINVAL', `region ${index} is not implemented by this device`);
@@ -175,19 +181,19 @@ export class DeviceRegions {
     }
     const allowed = write ? REGION_INFO_FLAGS.bits.WRITE : REGION_INFO_FLAGS.bits.READ;
     if ((region.flags & allowed) === 0) throw new VfioUserErrnoError('EINVAL', `region ${index} is not ${write ? 'writable' : 'readable'}`);
-    return { region, at: Number(offset) };
+    return region;
   }
 
   read(index: number, offset: bigint, count: number): Uint8Array | Promise<Uint8Array> {
-    const { region, at } = this.target(index, offset, count, false);
+    const region = this.target(index, offset, count, false);
     const into = new Uint8Array(count);
-    const pending = region.handler!.read(at, into);
+    const pending = region.handler!.read(Number(offset), into);
     return pending === undefined ? into : pending.then(() => into);
   }
 
   write(index: number, offset: bigint, data: Uint8Array): void | Promise<void> {
-    const { region, at } = this.target(index, offset, data.length, true);
-    return region.handler!.write(at, data);
+    const region = this.target(index, offset, data.length, true);
+    return region.handler!.write(Number(offset), data);
   }
 
   /** Releases the shared memory of every region (the device is going away). */
