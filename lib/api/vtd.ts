@@ -11,7 +11,7 @@ export type { RecordOutcome } from '../vtd/fault-recorder';
 
 // Configuration: QEMU intel-iommu property names ('aw-bits=48,caching-mode=on'), with the list of them and their rules.
 export {
-  VTD_PROPERTIES, resolveVtdConfig, parseVtdProperties, vtdConfigFromString, VtdConfigError, VtdPropertyError,
+  VTD_PROPERTIES, COMPAT_VALUES, resolveVtdConfig, parseVtdProperties, vtdConfigFromString, VtdConfigError, VtdPropertyError,
 } from '../vtd/config';
 export type { VtdConfig, VtdProperties, Compat, AddressWidth, OnOffAuto } from '../vtd/config';
 

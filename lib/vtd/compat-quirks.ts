@@ -3,6 +3,7 @@
 import type { FieldTable } from './bitfield';
 import type { Compat, VtdConfig } from './config';
 import { FRCD_HI_FIELDS, FRCD_LO_FIELDS, findRegister } from './registers';
+import { FIRST_STAGE_2M_LEAF, FIRST_STAGE_4K_LEAF, FIRST_STAGE_TABLE_ENTRY, FIRST_STAGE_TOP_ENTRY } from './structures';
 
 export type QuirkId =
   | 'iqa-readback-shows-latched-base'
@@ -26,7 +27,11 @@ export type QuirkId =
   | 'fectl-ip-kept-when-records-cleared'
   | 'rid-pasid-used-without-rps'
   | 'scalable-faults-use-legacy-reasons'
-  | 'scalable-rid-pasid-recorded-as-pasid';
+  | 'scalable-rid-pasid-recorded-as-pasid'
+  | 'first-stage-rights-checked-per-level'
+  | 'first-stage-flags-written-only-when-all-clear'
+  | 'first-stage-canonical-check-uses-pasid-aw'
+  | 'interrupt-dma-write-faults-recorded-with-sid-ffff';
 
 export interface CompatQuirk {
   readonly id: QuirkId;
@@ -37,7 +42,7 @@ export interface CompatQuirk {
   readonly compat: readonly Compat[] | 'all';
   /** What QEMU does, and what the spec asks instead. */
   readonly description: string;
-  /** Where it was seen: the differential test that shows it against QEMU 7.2, or why none can. */
+  /** Where it was seen: the differential tests (comma-separated) that show it against QEMU 7.2 or 10.0. */
   readonly evidence: string;
   /**
    * What it may change in what a guest sees, and nothing more: the differential harness (test/oracle/harness.ts)
@@ -55,8 +60,9 @@ export type ObservationKind =
 
 export interface QuirkChanges {
   /**
-   * Register name (as in lib/vtd/registers.ts; FRCD_LO and FRCD_HI stand for every fault-recording register) to
-   * the names of the fields the quirk may change there.
+   * Register name (as in lib/vtd/registers.ts; FRCD_LO and FRCD_HI stand for every fault-recording register), or a
+   * paging-entry name of ENTRY_FIELDS (entries the tests read back from guest memory), to the names of the fields
+   * the quirk may change there.
    */
   readonly registers?: Readonly<Record<string, readonly string[]>>;
   /** Observations other than register values that it may change as a whole. */
@@ -91,22 +97,32 @@ function merge(...parts: QuirkChanges[]): QuirkChanges {
 }
 
 const QEMU_7_2: readonly Compat[] = ['qemu-7.2'];
+const QEMU_10_0: readonly Compat[] = ['qemu-10.0'];
+const QEMU_7_2_AND_10_0: readonly Compat[] = ['qemu-7.2', 'qemu-10.0'];
+
+/** The first-stage entries the tests read back, by their ENTRY_FIELDS names. */
+const FIRST_STAGE_ENTRIES = ['FS_TOP_ENTRY', 'FS_TABLE_ENTRY', 'FS_4K_LEAF', 'FS_2M_LEAF'] as const;
+
+function inFirstStageEntries(fields: readonly string[], leavesOnly = false): Record<string, readonly string[]> {
+  const names = leavesOnly ? FIRST_STAGE_ENTRIES.filter((name) => name.endsWith('LEAF')) : FIRST_STAGE_ENTRIES;
+  return Object.fromEntries(names.map((name) => [name, fields]));
+}
 
 export const COMPAT_QUIRKS: readonly CompatQuirk[] = [
   {
-    id: 'iqa-readback-shows-latched-base', compat: QEMU_7_2,
+    id: 'iqa-readback-shows-latched-base', compat: QEMU_7_2_AND_10_0,
     description: 'IQA reads back as the queue base latched by the last QIE enable (0 before the first) plus QS; DW is never shown. The spec reads back what was written.',
     evidence: 'test/oracle/differential-queued-invalidation.test.ts',
     changes: { registers: { IQA: ['IQA', 'DW'] } },
   },
   {
-    id: 'frcd-pv-ffff-without-pasid', compat: QEMU_7_2,
+    id: 'frcd-pv-ffff-without-pasid', compat: QEMU_7_2_AND_10_0,
     description: 'FRCD.PV is 0xffff (with PP = 0) for faults of requests without PASID found at or after the page walk (root and context faults get PV 0). The spec leaves PV 0 when PP is 0.',
     evidence: 'test/oracle/differential-faults.test.ts',
     changes: { registers: { FRCD_HI: ['PV'] } },
   },
   {
-    id: 'top-table-read-error-is-context-invalid', compat: QEMU_7_2,
+    id: 'top-table-read-error-is-context-invalid', compat: QEMU_7_2_AND_10_0,
     description: 'an unreadable top-level page table gives fault 3 (invalid context entry); the spec reports 7 (next page table pointer invalid)',
     evidence: 'test/oracle/differential-faults.test.ts',
     changes: { registers: { FRCD_HI: ['FR'] } },
@@ -142,25 +158,25 @@ export const COMPAT_QUIRKS: readonly CompatQuirk[] = [
     changes: { registers: { CCMD: ['CAIG'] }, observations: ['data'] },
   },
   {
-    id: 'compatibility-interrupts-pass-without-cfi', compat: QEMU_7_2,
+    id: 'compatibility-interrupts-pass-without-cfi', compat: QEMU_7_2_AND_10_0,
     description: 'with IRE on, compatibility-format interrupts pass even when GSTS.CFIS is 0; the spec blocks them with fault 0x25',
     evidence: 'test/oracle/differential-interrupt-remapping.test.ts',
     changes: FAULT_RECORD,
   },
   {
-    id: 'gcmd-cfi-ignored', compat: QEMU_7_2,
+    id: 'gcmd-cfi-ignored', compat: QEMU_7_2_AND_10_0,
     description: 'GCMD.CFI is not implemented: GSTS.CFIS never sets. The spec sets CFIS while CFI is written as 1.',
     evidence: 'test/oracle/differential-commands.test.ts',
     changes: { registers: { GSTS: ['CFIS'] } },
   },
   {
-    id: 'iotlb-hit-without-permission-not-recorded', compat: QEMU_7_2,
-    description: 'a request that hits a cached translation lacking the needed permission (a write after a read of a read-only page, a read after a write of a write-only page) is blocked without a fault record; the spec records fault 5 or 6 as for an uncached walk',
-    evidence: 'test/oracle/differential-faults.test.ts',
+    id: 'iotlb-hit-without-permission-not-recorded', compat: QEMU_7_2_AND_10_0,
+    description: 'a request that hits a cached translation lacking the needed permission (a write after a read of a read-only page, a read after a write of a write-only page; in 10.0 first-stage translations too) is blocked without a fault record; the spec records the fault (5 or 6, 0x85 in scalable mode) as for an uncached walk',
+    evidence: 'test/oracle/differential-faults.test.ts, test/oracle/differential-first-stage.test.ts',
     changes: FAULT_RECORD,
   },
   {
-    id: 'interrupt-range-read-returns-zeros', compat: QEMU_7_2,
+    id: 'interrupt-range-read-returns-zeros', compat: QEMU_7_2_AND_10_0,
     description: 'a DMA read (without PASID) of 0xfee00000-0xfeefffff completes with zeros; the spec treats it as an illegal request and blocks it (no fault record either way)',
     evidence: 'test/oracle/differential-interrupt-remapping.test.ts',
     changes: { observations: ['data'] },
@@ -172,7 +188,7 @@ export const COMPAT_QUIRKS: readonly CompatQuirk[] = [
     changes: FAULT_RECORD,
   },
   {
-    id: 'qi-disable-needs-drained-queue', compat: QEMU_7_2,
+    id: 'qi-disable-needs-drained-queue', compat: QEMU_7_2_AND_10_0,
     description: 'clearing GCMD.QIE is ignored (QIES stays 1, IQH kept) unless IQH = IQT and the last descriptor processed was a wait descriptor; the spec disables queued invalidation and resets IQH to 0',
     evidence: 'test/oracle/differential-queued-invalidation.test.ts',
     changes: { registers: { GSTS: ['QIES'], IQH: ['QH'], CCMD: ['ICC', 'CAIG'] } },
@@ -190,40 +206,64 @@ export const COMPAT_QUIRKS: readonly CompatQuirk[] = [
     changes: QUEUE_ERROR,
   },
   {
-    id: 'interrupt-dma-writes-skip-source-id-check', compat: QEMU_7_2,
+    id: 'interrupt-dma-writes-skip-source-id-check', compat: QEMU_7_2_AND_10_0,
     description: "a device's plain DMA write to the interrupt range is remapped without source-id verification (it carries no requester id in QEMU; its MSIs do): SID/SQ/SVT, SVT = 3 included, are not checked. The spec verifies every interrupt request.",
     evidence: 'test/oracle/differential-interrupt-remapping.test.ts',
     changes: FAULT_RECORD,
   },
   {
-    id: 'irte-posted-and-xapic-destination-unchecked', compat: QEMU_7_2,
+    id: 'irte-posted-and-xapic-destination-unchecked', compat: QEMU_7_2_AND_10_0,
     description: 'an IRTE with IM = 1 (posted, while CAP.PI = 0) or, in xAPIC mode, destination bits outside 15:8 set is used as a remapped entry (destination = DST bits 15:8); the spec reports fault 0x24',
     evidence: 'test/oracle/differential-interrupt-remapping.test.ts',
     changes: FAULT_RECORD,
   },
   {
-    id: 'fectl-ip-kept-when-records-cleared', compat: QEMU_7_2,
+    id: 'fectl-ip-kept-when-records-cleared', compat: QEMU_7_2_AND_10_0,
     description: 'clearing the last pending fault record (FRCD.F) leaves FECTL.IP set, so unmasking later sends a stale fault event; QEMU clears IP only on an FSTS write. The spec clears IP once no fault condition is left.',
     evidence: 'test/oracle/differential-faults.test.ts',
     changes: { registers: { FECTL: ['IP'] }, observations: ['interrupts'] },
   },
   {
-    id: 'rid-pasid-used-without-rps', compat: QEMU_7_2,
+    id: 'rid-pasid-used-without-rps', compat: QEMU_7_2_AND_10_0,
     description: "requests without PASID in scalable mode use whatever RID_PASID the context entry holds; the spec (ECAP.RPS = 0, as here) requires RID_PASID 0 and reports fault 0x48 otherwise",
     evidence: 'test/oracle/differential-scalable.test.ts',
     changes: merge(FAULT_RECORD, { observations: ['data'] }),
   },
   {
-    id: 'scalable-faults-use-legacy-reasons', compat: QEMU_7_2,
-    description: 'scalable-mode faults are recorded with legacy codes: root entry not present 1, context entry not present 2, write 5, read 6, and 0x58 for every PASID directory or PASID entry fault (not present, unreadable, reserved bits, invalid PGTT or AW); the spec has a scalable-mode code for each (0x39, 0x41, 0x85, 0x86, 0x50..0x5b)',
-    evidence: 'test/oracle/differential-scalable.test.ts',
+    id: 'scalable-faults-use-legacy-reasons', compat: QEMU_7_2_AND_10_0,
+    description: 'scalable-mode faults are recorded with legacy codes: root entry not present 1, context entry not present 2, second-stage write 5 and read 6, and (7.2 only) 0x58 for every PASID directory or PASID entry fault (not present, unreadable, reserved bits, invalid PGTT or AW); 10.0 records those with their own codes (0x51, 0x58, 0x59, 0x5b), and first-stage faults too (0x85 for a write). The spec has a scalable-mode code for each (0x39, 0x41, 0x85, 0x86, 0x50..0x5b)',
+    evidence: 'test/oracle/differential-scalable.test.ts, test/oracle/differential-first-stage.test.ts',
     changes: { registers: { FRCD_HI: ['FR'] } },
   },
   {
-    id: 'scalable-rid-pasid-recorded-as-pasid', compat: QEMU_7_2,
-    description: 'a page-walk fault of a request without PASID in scalable mode is recorded with PP = 1 and PV = RID_PASID, as if the request carried that PASID; the spec records PP = 0 (QEMU too for root, context and PASID-structure faults)',
-    evidence: 'test/oracle/differential-scalable.test.ts',
+    id: 'scalable-rid-pasid-recorded-as-pasid', compat: QEMU_7_2_AND_10_0,
+    description: 'a page-walk fault of a request without PASID in scalable mode is recorded with PP = 1 and PV = RID_PASID, as if the request carried that PASID (10.0: first-stage walks too); the spec records PP = 0 (QEMU too for root, context and PASID-structure faults)',
+    evidence: 'test/oracle/differential-scalable.test.ts, test/oracle/differential-first-stage.test.ts',
     changes: { registers: { FRCD_HI: ['PP', 'PV'] } },
+  },
+  {
+    id: 'first-stage-rights-checked-per-level', compat: QEMU_10_0,
+    description: 'first-stage U/S and R/W are checked entry by entry as the walk goes, before that entry\'s reserved bits and before the entries below: a refused right faults at once (0x81, or 0x85 for a write), the refusing entry and those below it get no A, and it wins over a not-present or reserved entry further down. The spec applies the IA-32e rules (SDM 4.7): a not-present or reserved entry anywhere means no translation (0x71, 0x72), and rights are judged on the complete translation. Which A flags a faulting walk sets is left open (SDM 4.8; Intel CPUs set none)',
+    evidence: 'test/oracle/differential-first-stage.test.ts',
+    changes: { registers: { FRCD_HI: ['FR'], ...inFirstStageEntries(['A']) } },
+  },
+  {
+    id: 'first-stage-flags-written-only-when-all-clear', compat: QEMU_10_0,
+    description: 'a first-stage entry is written back only when none of the flags due is set yet: a write through a leaf whose A is set leaves D clear, one whose D is set leaves A clear, and the translation is cached as written, so a write after a read (which set A) never sets D. The spec (3.6.2, as SDM 4.8) sets D on every write and A on every use',
+    evidence: 'test/oracle/differential-first-stage.test.ts',
+    changes: { registers: inFirstStageEntries(['A', 'D'], true) },
+  },
+  {
+    id: 'first-stage-canonical-check-uses-pasid-aw', compat: QEMU_10_0,
+    description: 'the first-stage canonical check uses the width of the PASID entry\'s AW (a second-stage field: 39 bits for AW 1) instead of FSPM\'s 48 bits, so a canonical address above 2^38 faults (0x80) under AW 1. The spec checks bits 63:47 (FSPM 0) and ignores AW for first-stage translation',
+    evidence: 'test/oracle/differential-first-stage.test.ts',
+    changes: merge(FAULT_RECORD, { observations: ['data'] }),
+  },
+  {
+    id: 'interrupt-dma-write-faults-recorded-with-sid-ffff', compat: QEMU_10_0,
+    description: "the interrupt-remapping fault of a device's plain DMA write to the interrupt range is recorded with SID 0xffff: the write reaches QEMU's interrupt window without its requester id (7.2 recorded no such fault at all). The spec records the requester id of the faulting request",
+    evidence: 'test/oracle/differential-qemu10.test.ts',
+    changes: { registers: { FRCD_HI: ['SID'] } },
   },
 ];
 
@@ -236,11 +276,22 @@ export function quirksFor(config: Pick<VtdConfig, 'compat'>): ReadonlySet<QuirkI
   return set;
 }
 
-/** The field table of register `name` (FRCD_LO / FRCD_HI, or FRCDn_LO / FRCDn_HI, for the fault records). */
+/**
+ * Paging entries that differential tests read back from guest memory (the A and D flags the walk sets) and
+ * compare bit by bit like registers, by the names a quirk's `changes` uses for them.
+ */
+export const ENTRY_FIELDS: Readonly<Record<string, FieldTable>> = {
+  FS_TOP_ENTRY: FIRST_STAGE_TOP_ENTRY,
+  FS_TABLE_ENTRY: FIRST_STAGE_TABLE_ENTRY,
+  FS_4K_LEAF: FIRST_STAGE_4K_LEAF,
+  FS_2M_LEAF: FIRST_STAGE_2M_LEAF,
+};
+
+/** The field table of register `name` (FRCD_LO / FRCD_HI, or FRCDn_LO / FRCDn_HI, for the fault records) or entry `name`. */
 function registerFields(name: string): FieldTable | undefined {
   if (/^FRCD\d*_LO$/.test(name)) return FRCD_LO_FIELDS;
   if (/^FRCD\d*_HI$/.test(name)) return FRCD_HI_FIELDS;
-  return findRegister(name)?.fields;
+  return ENTRY_FIELDS[name] ?? findRegister(name)?.fields;
 }
 
 /** Register names as a quirk's `changes` spells them: every fault-recording register is FRCD_LO / FRCD_HI. */

@@ -11,10 +11,15 @@ export type AddressWidth = 39 | 48;
 /**
  * Which behaviour the unit imitates. Not a QEMU property. 'spec' (the default) follows the VT-d specification
  * with QEMU 7.2's capability values; 'qemu-7.2' also reproduces QEMU 7.2's departures from the spec (the quirks
- * in compat-quirks.ts), for differential testing; 'qemu-latest' adds the capability bits newer QEMU sets for the
- * same properties (see CAPABILITY_EXTENSIONS) and otherwise follows the spec.
+ * in compat-quirks.ts), for differential testing; 'qemu-10.0' reproduces QEMU 10.0.2 (Debian bookworm-backports,
+ * measured by test/oracle): its capability values (aw-bits 48 by default, x-flts) and its departures from the
+ * spec; 'qemu-latest' follows the spec with aw-bits 48 by default and the capability bits of QEMU after 10.0.2
+ * (CAPABILITY_EXTENSIONS with trigger 'compat'; not measured here, 10.0.2 sets neither ESRTPS nor PSS).
  */
-export type Compat = 'spec' | 'qemu-7.2' | 'qemu-latest';
+export type Compat = 'spec' | 'qemu-7.2' | 'qemu-latest' | 'qemu-10.0';
+
+/** The compat values, in the order messages list them. */
+export const COMPAT_VALUES: readonly Compat[] = ['spec', 'qemu-7.2', 'qemu-latest', 'qemu-10.0'];
 
 /** Properties by their QEMU names, so QEMU command lines map one to one. */
 export interface VtdProperties {
@@ -65,7 +70,7 @@ export const VTD_PROPERTIES: readonly PropertyDescription[] = [
   { name: 'x-pasid-mode', kind: 'bool', origin: 'intel-iommu', description: 'requests with PASID (ECAP.PASID)' },
   { name: 'x-flts', kind: 'bool', origin: 'intel-iommu, newer than 7.2', description: 'first-stage translation (ECAP.FSTS)' },
   { name: 'x-nested', kind: 'bool', origin: 'viommu only', description: 'nested translation for guests (ECAP.NEST with SSTS beside x-flts FSTS); QEMU offers no such property' },
-  { name: 'compat', kind: 'compat', origin: 'viommu only', description: "'spec' (default), 'qemu-7.2' (with QEMU 7.2's quirks) or 'qemu-latest' (newer QEMU's capability bits)" },
+  { name: 'compat', kind: 'compat', origin: 'viommu only', description: "'spec' (default), 'qemu-7.2' (with QEMU 7.2's quirks), 'qemu-10.0' (QEMU 10.0.2's defaults and quirks) or 'qemu-latest' (newer QEMU's capability bits)" },
 ];
 
 const DEFAULTS: Omit<VtdProperties, 'aw-bits'> = {
@@ -84,9 +89,9 @@ const DEFAULTS: Omit<VtdProperties, 'aw-bits'> = {
   compat: 'spec',
 };
 
-/** QEMU 7.2 defaults to 39 bits (and so do 'spec' and 'qemu-7.2'); newer QEMU (9.2 on) to 48. */
+/** QEMU 7.2 defaults to 39 bits (and so do 'spec' and 'qemu-7.2'); newer QEMU (9.2 on, 10.0.2 measured) to 48. */
 function defaultAddressWidth(compat: Compat): AddressWidth {
-  return compat === 'qemu-latest' ? 48 : 39;
+  return compat === 'qemu-latest' || compat === 'qemu-10.0' ? 48 : 39;
 }
 
 // ---- errors ----
@@ -214,8 +219,8 @@ function parseValue(name: PropertyName, kind: PropertyKind, text: string): VtdPr
       return value as AddressWidth;
     }
     case 'compat':
-      if (text === 'spec' || text === 'qemu-7.2' || text === 'qemu-latest') return text;
-      throw new VtdPropertyError(name, `Parameter '${name}' expects 'spec', 'qemu-7.2' or 'qemu-latest', got '${text}'`);
+      if ((COMPAT_VALUES as readonly string[]).includes(text)) return text as Compat;
+      throw new VtdPropertyError(name, `Parameter '${name}' expects ${COMPAT_VALUES.map((value) => `'${value}'`).join(', ')}, got '${text}'`);
   }
 }
 
@@ -314,11 +319,11 @@ export const CAPABILITY_EXTENSIONS: readonly CapabilityExtension[] = [
   },
   {
     register: 'CAP', field: 'ESRTPS', value: 1, trigger: 'compat', applies: () => true,
-    origin: 'newer QEMU vtd_cap_init', note: 'SRTP also invalidates caches; the unit must then flush on SRTP',
+    origin: 'QEMU after 10.0.2 vtd_cap_init (10.0.2 measured without it)', note: 'SRTP also invalidates caches; the unit must then flush on SRTP',
   },
   {
     register: 'ECAP', field: 'PSS', value: PASID_BITS_LATEST - 1, trigger: 'compat', applies: (c) => c['x-pasid-mode'],
-    origin: 'newer QEMU vtd_cap_init', note: 'x-pasid-mode: 20-bit PASIDs (7.2 leaves PSS 0)',
+    origin: 'QEMU after 10.0.2 vtd_cap_init (10.0.2 measured without it)', note: 'x-pasid-mode: 20-bit PASIDs (7.2 and 10.0.2 leave PSS 0)',
   },
 ];
 

@@ -2,6 +2,7 @@
 
 import type { EntryWords, GuestMemory } from '../memory/guest-memory';
 import { getField64, reservedWords, wordsToBig, type Field, type FieldTable } from './bitfield';
+import type { QuirkId } from './compat-quirks';
 import { faultCode } from './fault-reasons';
 import { wordMask } from './register-bits';
 import {
@@ -50,6 +51,8 @@ export interface FirstStageParams {
   readonly wpe: boolean;
   readonly eafe: boolean;
   readonly fpd: boolean;
+  /** The PASID entry's second-stage input width (from AW); read only by the quirk first-stage-canonical-check-uses-pasid-aw. */
+  readonly ssInputWidth?: number;
 }
 
 /** One request, the input address split once at the edge into 32-bit halves (see splitAddress). */
@@ -92,6 +95,8 @@ export interface FirstStageOptions {
   readonly addressWidth: number;
   /** CAP.FS1GP: 1 GiB pages; without it PS in a PDPE is reserved. */
   readonly fs1gp: boolean;
+  /** The compat quirks in effect (lib/vtd/compat-quirks.ts); the walk acts on the first-stage ones. */
+  readonly quirks?: ReadonlySet<QuirkId>;
 }
 
 const ENTRY_BYTES = 8;
@@ -172,11 +177,21 @@ export class FirstStageWalker {
   private readonly leafReserved: readonly Uint32Array[];
   private readonly entry: EntryWords = { lo: 0, hi: 0 };
   private readonly reread: EntryWords = { lo: 0, hi: 0 };
+  /** QEMU 10.0: U/S and R/W are checked entry by entry as the walk goes, before reserved bits and lower levels. */
+  private readonly rightsPerLevel: boolean;
+  /** QEMU 10.0: A and D are written back only when the entry has neither of the flags due set. */
+  private readonly flagsOnlyWhenAllClear: boolean;
+  /** QEMU 10.0: the canonical check uses the width of the PASID entry's AW. */
+  private readonly canonicalFromAw: boolean;
 
   constructor(
     private readonly memory: GuestMemory,
     private readonly options: FirstStageOptions,
   ) {
+    const quirks = options.quirks;
+    this.rightsPerLevel = quirks?.has('first-stage-rights-checked-per-level') ?? false;
+    this.flagsOnlyWhenAllClear = quirks?.has('first-stage-flags-written-only-when-all-clear') ?? false;
+    this.canonicalFromAw = quirks?.has('first-stage-canonical-check-uses-pasid-aw') ?? false;
     const reserved = { addressWidth: options.addressWidth };
     this.topReserved = reservedWords(FIRST_STAGE_TOP_ENTRY, reserved);
     this.tableReserved = reservedWords(FIRST_STAGE_TABLE_ENTRY, reserved);
@@ -195,6 +210,9 @@ export class FirstStageWalker {
   ): FirstStagePage | StageFault {
     const levels = params.fsLevels;
     if (!isCanonical(request.hi, levels)) return stageFault(FS_FR.NON_CANONICAL, 'first', levels, params.fpd);
+    if (this.canonicalFromAw && params.ssInputWidth !== undefined && !isCanonicalWidth(request.hi, request.lo, params.ssInputWidth)) {
+      return stageFault(FS_FR.NON_CANONICAL, 'first', levels, params.fpd);
+    }
     for (let attempt = 0; ; attempt++) {
       const result = this.walkOnce(params, request, tables, trace);
       if (result !== RESTART) return result;
@@ -232,6 +250,13 @@ export class FirstStageWalker {
         if (trace) this.record(trace, level, table, host, index, lo, hi, layout, tables !== DIRECT_TABLES, 0);
         return stageFault(FS_FR.NOT_PRESENT, 'first', level, fpd, guestEntry, true);
       }
+      if (this.rightsPerLevel) {
+        const refused = entryRightsFault(request, params.wpe, lo);
+        if (refused !== 0) {
+          if (trace) this.record(trace, level, table, host, index, lo, hi, layout, tables !== DIRECT_TABLES, 0);
+          return stageFault(refused, 'first', level, fpd, guestEntry);
+        }
+      }
       let reserved: Uint32Array;
       if (level === 1) reserved = this.leafReserved[0]!;
       else if (large) reserved = this.leafReserved[level - 1]!;
@@ -251,7 +276,7 @@ export class FirstStageWalker {
         permissionFault = accessRightsFault(request, params.wpe, allUser, allWritable, anyExecuteDisable);
         if (permissionFault === 0 && request.write) flags |= D;
       }
-      const update = (flags & ~lo) >>> 0;
+      const update = this.flagsOnlyWhenAllClear && (flags & lo) !== 0 ? 0 : (flags & ~lo) >>> 0;
       if (update !== 0) {
         // Hardware needs write access to the entry to set flags: in nested mode the second stage must allow it.
         if (!tables.entryWritable) {
@@ -274,7 +299,8 @@ export class FirstStageWalker {
           level,
           writable: supervisor ? !params.wpe || allWritable : allUser && allWritable,
           executable: !anyExecuteDisable && (supervisor || allUser),
-          dirty: ((lo | update) & D) !== 0,
+          // QEMU 10.0 caches the translation as walked: a later write through it sets no D (a quirk).
+          dirty: this.flagsOnlyWhenAllClear || ((lo | update) & D) !== 0,
         };
       }
       table = getField64(lo, hi, TABLE_ADDRESS) * PAGE_BYTES;
@@ -311,6 +337,25 @@ export class FirstStageWalker {
       ...(set.length > 0 ? { flagsSet: set } : {}),
     });
   }
+}
+
+/** Bits 63:width-1 all equal (the canonical form for an input width), the address given as two 32-bit halves. */
+function isCanonicalWidth(hi: number, lo: number, width: number): boolean {
+  if (width >= 64) return true;
+  if (width > WORD_BITS) {
+    const upper = hi >>> (width - 1 - WORD_BITS);
+    return upper === 0 || upper === 2 ** (64 - (width - 1)) - 1;
+  }
+  const low = lo >>> (width - 1);
+  const lowBits = 2 ** (WORD_BITS - (width - 1)) - 1;
+  return (low === 0 && hi === 0) || (low === lowBits && hi === -1 >>> 0);
+}
+
+/** QEMU 10.0's rights check of one entry (quirk first-stage-rights-checked-per-level): U/S, then R/W. */
+function entryRightsFault(request: FirstStageRequest, wpe: boolean, lo: number): number {
+  if (!request.supervisor && (lo & US) === 0) return FS_FR.USER_SUPERVISOR;
+  if (request.write && (lo & RW) === 0 && (!request.supervisor || wpe)) return FS_FR.WRITE;
+  return 0;
 }
 
 /**

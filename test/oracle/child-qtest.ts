@@ -16,6 +16,12 @@ export interface ChildQtestOptions {
   exitGraceMs?: number;
   /** Called once the child has exited, whatever the reason (temp-file cleanup). */
   onExit?: () => void;
+  /**
+   * Resend the first command every this many ms until it is answered. QEMU 10 drops qtest lines that arrive before
+   * its qtest chardev has opened, so a single first command may never be answered; a sentinel command after the
+   * first answer then drains the answers of the repeats, so that every later answer belongs to its own command.
+   */
+  openRetryMs?: number;
 }
 
 const STDERR_TAIL_LIMIT = 16 * 1024;
@@ -55,6 +61,71 @@ export class StderrTail {
   append(chunk: Buffer): void {
     this.text = (this.text + chunk.toString('utf8')).slice(-STDERR_TAIL_LIMIT);
   }
+}
+
+/** The answer every qtest server gives to `endianness` on x86. */
+const HANDSHAKE_ANSWER = 'OK little';
+/** Sent once the first `endianness` was answered: its answer differs from the handshake's, so it marks the end of theirs. */
+const SENTINEL = 'readb 0x0';
+
+/**
+ * Sends `endianness` every `retryMs` until one is answered, then a sentinel, and reads (and drops) every answer up
+ * to the sentinel's. Leaves stdout paused with nothing pending, for the client to take over.
+ */
+function waitUntilOpen(child: ChildProcess, retryMs: number, timeoutMs: number): Promise<void> {
+  const stdout = child.stdout!;
+  const stdin = child.stdin!;
+  return new Promise<void>((resolve, reject) => {
+    let text = '';
+    let opened = false;
+    let sent = 0;
+    const probe = () => {
+      sent++;
+      stdin.write('endianness\n');
+    };
+    const finish = (error?: Error) => {
+      clearInterval(retry);
+      clearTimeout(deadline);
+      stdout.removeListener('data', onData);
+      child.removeListener('exit', onExit);
+      child.removeListener('error', onError);
+      stdin.removeListener('error', ignore);
+      stdout.pause();
+      if (error === undefined) resolve();
+      else reject(error);
+    };
+    const onExit = (code: number | null, signal: NodeJS.Signals | null) => {
+      finish(new Error(`the process ${signal !== null ? `was killed by ${signal}` : `exited with code ${code}`} before its qtest stream answered`));
+    };
+    const onError = (error: Error) => finish(new Error(`the process could not be started: ${error.message}`));
+    // A write after the process died fails with EPIPE; its exit is what gets reported.
+    const ignore = () => {};
+    const onData = (chunk: Buffer) => {
+      text += chunk.toString('latin1');
+      for (let newline = text.indexOf('\n'); newline >= 0; newline = text.indexOf('\n')) {
+        const line = text.slice(0, newline).trim();
+        text = text.slice(newline + 1);
+        if (line.startsWith('IRQ') || line === '') continue;
+        if (!opened) {
+          if (line !== HANDSHAKE_ANSWER) return finish(new Error(`unexpected handshake answer '${line}'`));
+          opened = true;
+          clearInterval(retry);
+          stdin.write(`${SENTINEL}\n`);
+        } else if (line !== HANDSHAKE_ANSWER) {
+          if (!line.startsWith('OK')) return finish(new Error(`unexpected answer '${line}' to '${SENTINEL}'`));
+          if (text.trim() !== '') return finish(new Error(`unexpected output after the handshake: '${text.trim()}'`));
+          return finish();
+        }
+      }
+    };
+    const retry = setInterval(probe, retryMs);
+    const deadline = setTimeout(() => finish(new Error(`no answer to ${sent} 'endianness' lines sent ${retryMs} ms apart within ${timeoutMs} ms of start`)), timeoutMs);
+    stdout.on('data', onData);
+    child.once('exit', onExit);
+    child.once('error', onError);
+    stdin.on('error', ignore);
+    probe();
+  });
 }
 
 export class ChildQtestPeer extends QtestClient {
@@ -111,7 +182,22 @@ export class ChildQtestPeer extends QtestClient {
     liveChildren.add(child);
     const stderr = new StderrTail();
     child.stderr!.on('data', (chunk: Buffer) => stderr.append(chunk));
+    if (options.openRetryMs !== undefined) {
+      try {
+        await waitUntilOpen(child, options.openRetryMs, options.startTimeoutMs ?? 20_000);
+      } catch (error) {
+        const gone = child.pid === undefined || child.exitCode !== null || child.signalCode !== null;
+        const exited = gone ? Promise.resolve() : new Promise<void>((resolve) => child.once('exit', () => resolve()));
+        child.kill('SIGKILL');
+        await exited;
+        liveChildren.delete(child);
+        options.onExit?.();
+        const tail = stderr.text.trim();
+        throw new QtestConnectionError(`${options.name} failed to start: ${(error as Error).message}\n  command: ${options.command} ${options.args.join(' ')}${tail ? `\n  stderr: ${tail.split('\n').slice(-20).join('\n          ')}` : ''}`);
+      }
+    }
     const peer = create(child, stderr, options);
+    if (options.openRetryMs !== undefined) child.stdout!.resume();
     const handshake = peer.send('endianness');
     const startTimeoutMs = options.startTimeoutMs ?? 20_000;
     let timer: NodeJS.Timeout | undefined;

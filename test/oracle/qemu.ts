@@ -90,6 +90,10 @@ export interface QemuQtestOptions {
   binary?: string;
   commandTimeoutMs?: number;
   startTimeoutMs?: number;
+  /** Resend the first qtest command this often until answered (QEMU 10 drops lines sent before its chardev opens). */
+  openRetryMs?: number;
+  /** Names the peer in messages instead of `qemu` (e.g. `qemu-10.0`). */
+  label?: string;
 }
 
 /** The argument list for QEMU; exported so that a failing test can print the exact command to rerun by hand. */
@@ -113,11 +117,12 @@ export class QemuQtest extends ChildQtestPeer {
       throw new Error(`QEMU is not available: ${availability.reason}`);
     }
     return QemuQtest.launch({
-      name: `qemu(${formatIommuProps(options.iommuProps) || 'default'})`,
+      name: `${options.label ?? 'qemu'}(${formatIommuProps(options.iommuProps) || 'default'})`,
       command: binary,
       args: qemuArguments(options, haltFirmware()),
       ...(options.commandTimeoutMs !== undefined ? { commandTimeoutMs: options.commandTimeoutMs } : {}),
       ...(options.startTimeoutMs !== undefined ? { startTimeoutMs: options.startTimeoutMs } : {}),
+      ...(options.openRetryMs !== undefined ? { openRetryMs: options.openRetryMs } : {}),
     }, (child, stderr, opts) => new QemuQtest(child, stderr, opts));
   }
 }

@@ -1,13 +1,15 @@
-/** Each QEMU 7.2 quirk: the spec behaviour by default, QEMU's with compat=qemu-7.2 (the oracle tests show QEMU's side). */
+/** Each QEMU quirk: the spec behaviour by default, QEMU's with compat=qemu-7.2 or qemu-10.0 (the oracle tests show QEMU's side). */
 import { strict as assert } from 'node:assert';
 import { encodeBig } from '../../lib/vtd/bitfield';
-import { COMPAT_QUIRKS, quirkRegisterMask, quirksFor } from '../../lib/vtd/compat-quirks';
-import { vtdConfigFromString } from '../../lib/vtd/config';
+import { COMPAT_QUIRKS, quirkRegisterMask, quirksFor, type QuirkId } from '../../lib/vtd/compat-quirks';
+import { COMPAT_VALUES } from '../../lib/vtd/config';
+import { FirstStageWalker, FS_FR, splitAddress, type FirstStagePage, type StageFault } from '../../lib/vtd/first-stage-walk';
 import { IR_FAULT, MSI_REMAPPABLE_ADDRESS } from '../../lib/vtd/interrupt-remap';
 import { FR } from '../../lib/vtd/legacy-walk';
 import { GCMD, GSTS, OFFSET } from '../../lib/vtd/register-bits';
 import { IRTA_FIELDS } from '../../lib/vtd/registers';
 import { INTERRUPT_ENTRY_CACHE_INVALIDATE, IRTE } from '../../lib/vtd/structures';
+import { TableMemory } from './paging-builder';
 import { FRCD, PAGE, SID, TestGuest } from './unit-guest';
 
 const QEMU = 'compat=qemu-7.2';
@@ -26,12 +28,16 @@ function remappable(handle: number): number {
 }
 
 describe('compat quirks', () => {
-  it('every quirk is either always on or only with compat=qemu-7.2; the default (spec) has only the permitted ones', () => {
-    const spec = quirksFor(vtdConfigFromString(''));
-    const qemu = quirksFor(vtdConfigFromString(QEMU));
+  it('every quirk is either always on or only with the QEMU compat values it names; spec and qemu-latest have only the permitted ones', () => {
+    const sets = new Map(COMPAT_VALUES.map((compat) => [compat, quirksFor({ compat })]));
     for (const quirk of COMPAT_QUIRKS) {
-      if (quirk.compat === 'all') assert.ok(spec.has(quirk.id) && qemu.has(quirk.id), quirk.id);
-      else assert.ok(!spec.has(quirk.id) && qemu.has(quirk.id), quirk.id);
+      for (const [compat, set] of sets) {
+        const wanted = quirk.compat === 'all' || quirk.compat.includes(compat);
+        assert.equal(set.has(quirk.id), wanted, `${quirk.id} with compat=${compat}`);
+      }
+      if (quirk.compat !== 'all') {
+        assert.ok(quirk.compat.length > 0 && !quirk.compat.includes('spec') && !quirk.compat.includes('qemu-latest'), `${quirk.id}: only QEMU versions`);
+      }
     }
   });
 
@@ -139,5 +145,78 @@ describe('compat quirks', () => {
       const write = guest.unit.interruptRequest({ sid: SID, address: remappable(4), data: 0 }, 'dma-write');
       assert.equal(write.ok, dmaOk, config);
     }
+  });
+
+  describe('QEMU 10.0 first-stage quirks, in the walker (the unit hands the walker its quirks)', () => {
+    const A = 1n << 5n;
+    const D = 1n << 6n;
+    const US = 1n << 2n;
+
+    function setUp(quirks: readonly QuirkId[]): { t: TableMemory; walker: FirstStageWalker; top: number } {
+      const t = new TableMemory();
+      return { t, walker: new FirstStageWalker(t.memory, { addressWidth: 48, fs1gp: true, quirks: new Set(quirks) }), top: t.page() };
+    }
+
+    function walk(walker: FirstStageWalker, top: number, va: bigint, write: boolean, ssInputWidth?: number): FirstStagePage | StageFault {
+      return walker.walk(
+        { fsTable: top, fsLevels: 4, wpe: false, eafe: false, fpd: false, ...(ssInputWidth !== undefined ? { ssInputWidth } : {}) },
+        { ...splitAddress(va), write, execute: false, supervisor: false },
+      );
+    }
+
+    it('first-stage-rights-checked-per-level: a refusing entry faults at once, without A, before lower not-present entries', () => {
+      for (const [quirks, reason, pdeA] of [[[], FS_FR.NOT_PRESENT, A], [['first-stage-rights-checked-per-level'], FS_FR.USER_SUPERVISOR, 0n]] as const) {
+        const { t, walker, top } = setUp(quirks);
+        t.mapFirst(top, 4, 0x4000_0000n, 0x300000);
+        const pde = t.firstEntryAddress(top, 4, 0x4000_0000n, 2);
+        t.memory.writeU64(pde, t.memory.readU64(pde) & ~US);
+        const pte = t.firstEntryAddress(top, 4, 0x4000_0000n, 1);
+        t.memory.writeU64(pte, 0n);
+        const result = walk(walker, top, 0x4000_0000n, false);
+        assert.ok(!result.ok && result.reason === reason, `${quirks.join() || 'spec'}: reason`);
+        assert.equal(t.memory.readU64(pde) & A, pdeA, `${quirks.join() || 'spec'}: A of the PDE`);
+      }
+      for (const [quirks, leafA] of [[[], A], [['first-stage-rights-checked-per-level'], 0n]] as const) {
+        const { t, walker, top } = setUp(quirks);
+        t.mapFirst(top, 4, 0x1000n, 0x300000, { rw: false });
+        const result = walk(walker, top, 0x1000n, true);
+        assert.ok(!result.ok && result.reason === FS_FR.WRITE);
+        assert.equal(t.memory.readU64(t.firstEntryAddress(top, 4, 0x1000n, 1)) & A, leafA, `${quirks.join() || 'spec'}: A of a read-only leaf a write refused`);
+      }
+    });
+
+    it('first-stage-flags-written-only-when-all-clear: a write through a leaf with A set leaves D clear, with D set leaves A clear', () => {
+      for (const [preset, quirks, after] of [
+        [A, [], A | D], [A, ['first-stage-flags-written-only-when-all-clear'], A],
+        [D, [], A | D], [D, ['first-stage-flags-written-only-when-all-clear'], D],
+        [0n, ['first-stage-flags-written-only-when-all-clear'], A | D],
+      ] as const) {
+        const { t, walker, top } = setUp(quirks);
+        t.mapFirst(top, 4, 0x1000n, 0x300000, { extra: preset });
+        const page = walk(walker, top, 0x1000n, true);
+        assert.ok(page.ok);
+        const leaf = t.memory.readU64(t.firstEntryAddress(top, 4, 0x1000n, 1));
+        assert.equal(leaf & (A | D), after, `${quirks.join() || 'spec'}, leaf flags 0x${preset.toString(16)}`);
+        // The walk reports the page as needing no further D update, as QEMU caches it: later writes hit.
+        assert.equal(page.dirty, quirks.length > 0 || (after & D) !== 0n);
+      }
+    });
+
+    it('first-stage-canonical-check-uses-pasid-aw: AW 1 (39 bits) makes a canonical 48-bit address above 2^38 fault', () => {
+      for (const [quirks, ok] of [[[], true], [['first-stage-canonical-check-uses-pasid-aw'], false]] as const) {
+        const { t, walker, top } = setUp(quirks);
+        t.mapFirst(top, 4, 0x80_0000_0000n, 0x300000);
+        const result = walk(walker, top, 0x80_0000_0000n, false, 39);
+        assert.equal(result.ok, ok, quirks.join() || 'spec');
+        if (!result.ok) assert.equal(result.reason, FS_FR.NON_CANONICAL);
+      }
+      const { t, walker, top } = setUp(['first-stage-canonical-check-uses-pasid-aw']);
+      t.mapFirst(top, 4, 0x40_0000_0000n, 0x300000);
+      assert.ok(!walk(walker, top, 0x40_0000_0000n, false, 39).ok, 'bit 38 set, 47:39 clear: not canonical at 39 bits');
+      t.mapFirst(top, 4, 0x3f_ffff_f000n, 0x301000);
+      assert.ok(walk(walker, top, 0x3f_ffff_f000n, false, 39).ok, 'below 2^38');
+      t.mapFirst(top, 4, 0x80_0000_0000n, 0x302000);
+      assert.ok(walk(walker, top, 0x80_0000_0000n, false, 48).ok, 'AW 2: 48 bits');
+    });
   });
 });
