@@ -225,11 +225,12 @@ export class InvalidationQueue {
       }
       // A wait descriptor reports completion of everything before it, host side included: the guest may reuse
       // what it unmapped once the status is written, so the device must have lost those mappings by then.
-      if (this.fetchedType() === TYPE.WAIT && this.completion.busy) {
+      const type = this.fetchedType();
+      if (type === TYPE.WAIT && this.completion.busy) {
         this.holdAtWait();
         return;
       }
-      if (!this.execute()) {
+      if (!this.execute(type)) {
         this.publishHead();
         this.recorder.raiseQueueError();
         return;
@@ -265,10 +266,9 @@ export class InvalidationQueue {
     return true;
   }
 
-  /** Dispatches this.words; false means an invalid descriptor (IQE). */
-  private execute(): boolean {
+  /** Dispatches this.words, a descriptor of `type`; false means an invalid descriptor (IQE). */
+  private execute(type: number): boolean {
     const w = this.words;
-    const type = this.fetchedType();
     this.lastType = type;
     const kind = this.kinds[type];
     if (kind === undefined) return false;
