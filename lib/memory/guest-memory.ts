@@ -36,7 +36,8 @@ const littleEndianHost = os.endianness() === 'LE';
 const TABLE_PAGE_BYTES = 4096;
 const TABLE_ENTRY_BYTES = 8;
 const TABLE_INDEX_MASK = TABLE_PAGE_BYTES / TABLE_ENTRY_BYTES - 1;
-const WORDS_PER_TABLE_PAGE = TABLE_PAGE_BYTES / 4;
+/** 32-bit words in a 4 KiB table page (see tableRegion). */
+export const WORDS_PER_TABLE_PAGE = TABLE_PAGE_BYTES / 4;
 
 export class GuestRegion {
   /** Exclusive end address. */
@@ -175,6 +176,22 @@ export class GuestMemory {
       }
     }
     return this.readEntryAnywhere(address, out);
+  }
+
+  /**
+   * The region whose RAM holds all of the 4 KiB table at guest page `page`, when table reads may go straight to
+   * its `words`: one region backs the whole page, the host is little-endian and no subclass watches readEntry.
+   * Entry i of the table is then words[(page - firstPage) * 1024 + 2i] (low half) and the word after it: bounds
+   * and alignment hold by construction, so a walker that reads many entries of one table (a paging-structure
+   * cache) resolves the page once. Whoever keeps the answer must drop it when `generation` changes, and still
+   * treat an undefined word as unreadable (an unmapped region's views read as empty).
+   */
+  tableRegion(page: number): GuestRegion | undefined {
+    if (!this.tableReadsBypassReadEntry) return undefined;
+    const region = this.regionAt(page * TABLE_PAGE_BYTES);
+    if (region === undefined || region.words === undefined || region.detached) return undefined;
+    const relative = page - region.firstPage;
+    return relative >= 0 && relative < region.wholePages ? region : undefined;
   }
 
   /**

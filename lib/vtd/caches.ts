@@ -177,6 +177,213 @@ export class PasidCache {
   }
 }
 
+/** Paging-structure cache slots: direct-mapped by domain and 2 MiB region, so neighbouring regions never evict each other. */
+const PSC_SLOT_BITS = 8;
+const PSC_SLOTS = 2 ** PSC_SLOT_BITS;
+const PSC_SLOT_MASK = PSC_SLOTS - 1;
+/** An odd multiplier that spreads domains over the slots. */
+const PSC_DID_STRIDE = 97;
+/** Buckets of the per-domain entry counts (PagingStructureCache.mayHold). */
+const PSC_DID_BUCKETS = 256;
+const PSC_DID_BUCKET_MASK = PSC_DID_BUCKETS - 1;
+/** 4 KiB pages one leaf table maps (2^9): a paging-structure cache entry serves this many. */
+const LEAF_TABLE_BITS = 9;
+const PAGES_PER_LEAF_TABLE = 2 ** LEAF_TABLE_BITS;
+/** Regions above this many per invalidation are dropped by one pass over the slots instead of a probe each. */
+const PSC_PROBE_LIMIT = PSC_SLOTS / 4;
+/** The last word index a kept view may start at: base + 2 * 511 + 1 stays a 32-bit integer. */
+const MAX_VIEW_BASE = 2 ** 31 - 2 ** 10;
+
+/** One paging-structure cache entry, as tests and explain see it. */
+export interface PagingStructureEntry {
+  readonly did: number;
+  /** First 4 KiB page (IOVA side) of the 2 MiB region the leaf table maps. */
+  readonly pfn: number;
+  /** The context's second-stage table address plus its level count: the walk the entry was made by. */
+  readonly root: number;
+  /** Guest page number of the leaf (level 1) table. */
+  readonly tablePage: number;
+  /** R and W along the non-leaf entries above it (their logical AND, as the spec's PDE cache keeps). */
+  readonly readable: boolean;
+  readonly writable: boolean;
+}
+
+/** R and W of a second-stage entry (bits 0 and 1), as the cache stores them. */
+const PSC_READ = 1;
+const PSC_WRITE = 2;
+export const PSC_RIGHTS = PSC_READ | PSC_WRITE;
+/** Numbers per paging-structure cache slot (see PagingStructureCache.slots). */
+const PSC_FIELDS = 4;
+/** Regions are below 2^31 (IOVAs below 2^52): DID * 2^31 + region is one exact key. */
+const REGION_KEY_SPAN = 2 ** 31;
+const EMPTY_KEY = -1;
+/** 32-bit words per 4 KiB table: a view base (a table's first word) is a multiple of this. */
+const WORDS_PER_PAGE = 1024;
+
+/**
+ * The paging-structure cache of the legacy second-stage walk (spec 6.2.4, the PDE cache): for a domain and a
+ * 2 MiB IOVA region, the leaf table the non-leaf entries lead to and the rights they grant, so an IOTLB miss
+ * reads one entry instead of walking every level. Direct-mapped and small, like hardware's. Entries are made
+ * only by walks through present non-leaf entries without reserved bits, are tagged with the context's table
+ * root, and go with the IOTLB's invalidations: global, domain-selective, and page-selective unless IH says that
+ * only leaves changed. An entry may also hold the RAM view of its table (GuestMemory.tableRegion), valid for the
+ * memory generation the cache was filled under; a new generation empties the cache.
+ */
+export class PagingStructureCache {
+  /**
+   * PSC_FIELDS numbers per slot, side by side so that a lookup reads one cache line: the key (DID * 2^31 +
+   * region, EMPTY_KEY when free), the context's table root, the leaf table's page number, and the table's first
+   * word in its view plus the R/W bits (a view base is a multiple of 1024, so the low bits are free).
+   */
+  private readonly slots = new Float64Array(PSC_SLOTS * PSC_FIELDS).fill(EMPTY_KEY);
+  /** The leaf table's RAM as 32-bit words, when one region holds it (GuestMemory.tableRegion). */
+  private readonly views: (Uint32Array | undefined)[] = new Array<Uint32Array | undefined>(PSC_SLOTS).fill(undefined);
+  /** Entries per DID bucket (DID mod PSC_DID_BUCKETS): invalidations of a domain without entries skip the cache. */
+  private readonly perBucket = new Int32Array(PSC_DID_BUCKETS);
+  private count = 0;
+  /** The guest memory generation the views belong to (see useGeneration). */
+  private generation = -1;
+
+  get size(): number {
+    return this.count;
+  }
+
+  /**
+   * Whether the cache may hold entries of `did` (false: it surely holds none). Tiny on purpose: invalidations
+   * ask it before each page-selective drop, and V8 inlines it into the descriptor dispatch without cost.
+   */
+  mayHold(did: number): boolean {
+    return this.perBucket[did & PSC_DID_BUCKET_MASK] !== 0;
+  }
+
+  /** Empties the cache when guest memory is no longer the one its views were taken from. */
+  useGeneration(generation: number): void {
+    if (generation === this.generation) return;
+    this.invalidateAll();
+    this.generation = generation;
+  }
+
+  /** Neighbouring regions of a domain take neighbouring slots. Kept tiny: V8 always inlines it. */
+  private static home(did: number, region: number): number {
+    return (region ^ (did * PSC_DID_STRIDE)) & PSC_SLOT_MASK;
+  }
+
+  /** The slot holding (did, region, root), or -1. `region` is IOVA / 2^21, below 2^31; `did` below 2^16. */
+  find(did: number, region: number, root: number): number {
+    const slot = PagingStructureCache.home(did, region);
+    const at = slot * PSC_FIELDS;
+    return this.slots[at] === did * REGION_KEY_SPAN + region && this.slots[at + 1] === root ? slot : -1;
+  }
+
+  slotTablePage(slot: number): number {
+    return this.slots[slot * PSC_FIELDS + 2]!;
+  }
+
+  /**
+   * The R/W bits (second-stage entry positions, PSC_RIGHTS) of the non-leaf entries above the table, plus the
+   * index of the table's first word in slotView() (a multiple of 1024; 0 without a view): one number, one load.
+   */
+  slotWord(slot: number): number {
+    return this.slots[slot * PSC_FIELDS + 3]!;
+  }
+
+  /** The leaf table's words (undefined: read it through GuestMemory). */
+  slotView(slot: number): Uint32Array | undefined {
+    return this.views[slot];
+  }
+
+  store(did: number, region: number, root: number, tablePage: number, rights: number, view: Uint32Array | undefined, viewBase: number): void {
+    const slot = PagingStructureCache.home(did, region);
+    const at = slot * PSC_FIELDS;
+    const slots = this.slots;
+    if (slots[at] === EMPTY_KEY) this.count++;
+    else this.perBucket[Math.floor(slots[at]! / REGION_KEY_SPAN) & PSC_DID_BUCKET_MASK]!--;
+    this.perBucket[did & PSC_DID_BUCKET_MASK]!++;
+    const usable = view !== undefined && viewBase >= 0 && viewBase <= MAX_VIEW_BASE && viewBase % WORDS_PER_PAGE === 0;
+    slots[at] = did * REGION_KEY_SPAN + region;
+    slots[at + 1] = root;
+    slots[at + 2] = tablePage;
+    slots[at + 3] = (usable ? viewBase : 0) + (rights & PSC_RIGHTS);
+    this.views[slot] = usable ? view : undefined;
+  }
+
+  /** The entries held, for tests and explain. */
+  entries(): PagingStructureEntry[] {
+    const out: PagingStructureEntry[] = [];
+    const slots = this.slots;
+    for (let slot = 0; slot < PSC_SLOTS; slot++) {
+      const at = slot * PSC_FIELDS;
+      const key = slots[at]!;
+      if (key === EMPTY_KEY) continue;
+      const did = Math.floor(key / REGION_KEY_SPAN);
+      const rights = slots[at + 3]! & PSC_RIGHTS;
+      out.push({
+        did, pfn: (key - did * REGION_KEY_SPAN) * PAGES_PER_LEAF_TABLE, root: slots[at + 1]!, tablePage: slots[at + 2]!,
+        readable: (rights & PSC_READ) !== 0, writable: (rights & PSC_WRITE) !== 0,
+      });
+    }
+    return out;
+  }
+
+  invalidateAll(): void {
+    if (this.count === 0) return;
+    for (let slot = 0; slot < PSC_SLOTS; slot++) this.removeSlot(slot);
+  }
+
+  invalidateDomain(did: number): void {
+    if (!this.mayHold(did)) return;
+    const first = did * REGION_KEY_SPAN;
+    for (let slot = 0; slot < PSC_SLOTS; slot++) {
+      const key = this.slots[slot * PSC_FIELDS]!;
+      if (key >= first && key < first + REGION_KEY_SPAN) this.removeSlot(slot);
+    }
+  }
+
+  /**
+   * Drops the entries of `did` whose 2 MiB region overlaps the 2^am pages from the first page of `region`
+   * (IOVA / 2^21) on, aligned down to their size: a page-selective invalidation of the pages containing it. The
+   * caller passes the region rather than the page number, which is a small integer for any IOVA below 2^51.
+   */
+  invalidatePages(did: number, region: number, am: number): void {
+    if (!this.mayHold(did)) return;
+    if (am <= LEAF_TABLE_BITS) {
+      // Up to 2 MiB, aligned: within one region.
+      const slot = PagingStructureCache.home(did, region);
+      if (this.slots[slot * PSC_FIELDS] === did * REGION_KEY_SPAN + region) this.removeSlot(slot);
+      return;
+    }
+    this.invalidateRegions(did, region, POWERS_OF_TWO[am - LEAF_TABLE_BITS] ?? 2 ** (am - LEAF_TABLE_BITS));
+  }
+
+  /** invalidatePages() of more than one region: `span` regions, aligned, from the one holding `region`. */
+  private invalidateRegions(did: number, region: number, span: number): void {
+    const first = alignDown(region, span);
+    const end = first + span;
+    const key = did * REGION_KEY_SPAN;
+    if (span <= PSC_PROBE_LIMIT) {
+      for (let r = first; r < end; r++) {
+        const slot = PagingStructureCache.home(did, r);
+        if (this.slots[slot * PSC_FIELDS] === key + r) this.removeSlot(slot);
+      }
+      return;
+    }
+    for (let slot = 0; slot < PSC_SLOTS; slot++) {
+      const k = this.slots[slot * PSC_FIELDS]!;
+      if (k >= key + first && k < key + Math.min(end, REGION_KEY_SPAN)) this.removeSlot(slot);
+    }
+  }
+
+  private removeSlot(slot: number): void {
+    const at = slot * PSC_FIELDS;
+    const key = this.slots[at]!;
+    if (key === EMPTY_KEY) return;
+    this.perBucket[Math.floor(key / REGION_KEY_SPAN) & PSC_DID_BUCKET_MASK]!--;
+    this.slots[at] = EMPTY_KEY;
+    this.views[slot] = undefined;
+    this.count--;
+  }
+}
+
 /** Pages of 4 KiB one entry of each IOTLB page size covers. */
 const PAGES_PER_ENTRY = PAGE_SIZES.map((size) => size / PAGE);
 /** 2^0 .. 2^63, so that a 6-bit address mask costs no Math.pow per invalidation. */
@@ -227,6 +434,13 @@ function packMeta(order: number, kind: number, allows: number): number {
   return (order << ORDER_SHIFT) | (kind << KIND_SHIFT) | allows;
 }
 
+/** ALLOWS bits as plain constants for the walk-miss insert; a second-stage translation is executable and needs no D update. */
+const ALLOW_READ = ALLOWS.READ;
+const ALLOW_WRITE = ALLOWS.WRITE;
+const SECOND_STAGE_ALLOWS = ALLOWS.EXECUTE | ALLOWS.DIRTY;
+/** The meta word of a 4 KiB second-stage entry, but for its READ and WRITE bits. */
+const SECOND_STAGE_4K_META = packMeta(0, TRANSLATION_KIND.SECOND, SECOND_STAGE_ALLOWS);
+
 /**
  * The IOTLB as an open-addressed hash table (linear probing, backward-shift deletion) held entirely in typed
  * arrays: a hit is one hash and a compare, and filling or flushing the cache allocates nothing. Probes read the
@@ -274,16 +488,27 @@ export class Iotlb {
    * slotOf() out of line (its caller's inlining budget spent), a page number above 2^31 would be boxed into a
    * new heap number on every call.
    */
-  private readonly probePfn = new Float64Array(1);
+  private readonly probePfn = new Float64Array(2);
+  /**
+   * The empty slot where the last probe that missed stopped: until the table next changes, that is where an
+   * insert of the probed key goes (the walk-miss path inserts right after its lookup missed, so it skips a
+   * second probe). -1 when unknown; the key it was probed for is in missDid and probePfn[1], order 0, PASID 0.
+   */
+  private missSlot = -1;
+  private missDid = -1;
 
-  /** The slot holding (did, pasid, probePfn[0], order), or -1; the page number is aligned to the order's size. */
+  /**
+   * The slot holding (did, pasid, probePfn[0], order); the page number is aligned to the order's size. When
+   * there is none, -1 - the empty slot where the probe stopped (negative either way).
+   */
   private slotOf(did: number, pasid: number, order: number): number {
     const dids = this.dids;
     const pfn = this.probePfn[0]!;
-    for (let slot = Iotlb.home(did, pasid, pfn, order); dids[slot] !== EMPTY; slot = (slot + 1) & SLOT_MASK) {
+    let slot = Iotlb.home(did, pasid, pfn, order);
+    for (; dids[slot] !== EMPTY; slot = (slot + 1) & SLOT_MASK) {
       if (dids[slot] === did && this.pfns[slot] === pfn && this.metas[slot]! >>> ORDER_SHIFT === order && this.pasids[slot] === pasid) return slot;
     }
-    return -1;
+    return -1 - slot;
   }
 
   /** The entry in `slot`, as the shared FoundEntry. */
@@ -326,13 +551,30 @@ export class Iotlb {
    */
   findSlot(did: number, pfn: number, pasid = 0): number {
     const perOrder = this.perOrder;
+    this.missSlot = -1;
+    if (perOrder[0]! > 0) {
+      // The 4 KiB probe written out here rather than through slotOf(): the page number stays a local double.
+      const dids = this.dids;
+      let slot = Iotlb.home(did, pasid, pfn, 0);
+      for (; dids[slot] !== EMPTY; slot = (slot + 1) & SLOT_MASK) {
+        if (dids[slot] === did && this.pfns[slot] === pfn && this.metas[slot]! >>> ORDER_SHIFT === 0 && this.pasids[slot] === pasid) return slot;
+      }
+      // Where an insert of this page would go, for insertSecondStage (order 0, PASID 0, a page the IOTLB holds).
+      if (pasid === 0 && pfn < PFN_SPAN) {
+        this.missSlot = slot;
+        this.missDid = did;
+        this.probePfn[1] = pfn;
+      }
+    }
+    return perOrder[1]! > 0 || perOrder[2]! > 0 ? this.findLarge(did, pfn, pasid) : -1;
+  }
+
+  /** findSlot() among the 2 MiB and 1 GiB entries. */
+  private findLarge(did: number, pfn: number, pasid: number): number {
+    const perOrder = this.perOrder;
     const probe = this.probePfn;
     let slot = -1;
-    if (perOrder[0]! > 0) {
-      probe[0] = pfn;
-      slot = this.slotOf(did, pasid, 0);
-    }
-    if (slot < 0 && perOrder[1]! > 0) {
+    if (perOrder[1]! > 0) {
       probe[0] = alignDown(pfn, PAGES_PER_ENTRY[1]!);
       slot = this.slotOf(did, pasid, 1);
     }
@@ -340,7 +582,7 @@ export class Iotlb {
       probe[0] = alignDown(pfn, PAGES_PER_ENTRY[2]!);
       slot = this.slotOf(did, pasid, 2);
     }
-    return slot;
+    return slot < 0 ? -1 : slot;
   }
 
   /** Guest-physical base of the page in `slot`. */
@@ -373,12 +615,26 @@ export class Iotlb {
 
   /** insert() of a legacy (second-stage, PASID 0) translation without an entry object: the walk-miss path. */
   insertSecondStage(did: number, pfn: number, address: number, pageSize: number, readable: boolean, writable: boolean): void {
-    const allows = (readable ? ALLOWS.READ : 0) | (writable ? ALLOWS.WRITE : 0) | ALLOWS.EXECUTE | ALLOWS.DIRTY;
+    const allows = (readable ? ALLOW_READ : 0) | (writable ? ALLOW_WRITE : 0) | SECOND_STAGE_ALLOWS;
+    const slot = this.missSlot;
+    if (slot >= 0 && pageSize === PAGE && did === this.missDid && pfn === this.probePfn[1] && this.count < IOTLB_CAPACITY) {
+      // The slot findSlot() just stopped at, nothing changed since: store() would probe its way to it again.
+      this.missSlot = -1;
+      this.dids[slot] = did;
+      this.pasids[slot] = 0;
+      this.pfns[slot] = pfn;
+      this.addresses[slot] = address;
+      this.metas[slot] = SECOND_STAGE_4K_META | allows;
+      this.count++;
+      this.perOrder[0]!++;
+      return;
+    }
     this.store(did, 0, TRANSLATION_KIND.SECOND, pfn, address, orderOf(pageSize), allows);
   }
 
   /** `order` indexes PAGE_SIZES (-1: a size the IOTLB does not hold); `allows` holds ALLOWS bits. */
   private store(did: number, pasid: number, kind: TranslationKind, pfn: number, address: number, order: number, allows: number): void {
+    this.missSlot = -1;
     if (order < 0 || pfn >= PFN_SPAN) return;
     if (this.count >= IOTLB_CAPACITY) this.invalidateAll();
     const dids = this.dids;
@@ -400,6 +656,7 @@ export class Iotlb {
   }
 
   invalidateAll(): void {
+    this.missSlot = -1;
     this.dids.fill(EMPTY);
     this.perOrder.fill(0);
     this.count = 0;
@@ -482,6 +739,7 @@ export class Iotlb {
 
   /** Empties `hole` and shifts later members of its probe run back, so no lookup stops early at a gap. */
   private removeSlot(hole: number): void {
+    this.missSlot = -1;
     const dids = this.dids;
     this.perOrder[this.metas[hole]! >>> ORDER_SHIFT]!--;
     this.count--;

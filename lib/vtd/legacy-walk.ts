@@ -1,9 +1,9 @@
 /** Legacy-mode translation structures: root entry -> context entry -> second-stage page walk, with fault reasons. */
 
 import { ViommuError } from '../errors';
-import type { EntryWords, GuestMemory } from '../memory/guest-memory';
+import { WORDS_PER_TABLE_PAGE, type EntryWords, type GuestMemory } from '../memory/guest-memory';
 import { getField, hasReservedBits, reservedWords, type Field } from './bitfield';
-import type { CachedContext } from './caches';
+import { PSC_RIGHTS, type CachedContext, type PagingStructureCache } from './caches';
 import type { QuirkId } from './compat-quirks';
 import { faultCode } from './fault-reasons';
 import { wordMask } from './register-bits';
@@ -112,10 +112,13 @@ function inPlaceMasks(field: Field): { lo: number; hi: number } {
 const TABLE_ADDRESS = inPlaceMasks(SECOND_STAGE_TABLE_ENTRY.f.ADDR);
 /** Per leaf level (1..3) the address masks of its leaf format. Index 0 unused. */
 const LEAF_ADDRESS = [SECOND_STAGE_4K_LEAF, SECOND_STAGE_4K_LEAF, SECOND_STAGE_2M_LEAF, SECOND_STAGE_1G_LEAF].map((table) => inPlaceMasks(table.f.ADDR));
+const SMALL_LEAF_ADDRESS = LEAF_ADDRESS[1]!;
 /** Per-level shift: 2^(12 + 9 * (level - 1)). Index 0 unused. */
 const LEVEL_SPAN = [0, 1, 2, 3, 4, 5].map((level) => 2 ** (PAGE_SHIFT + BITS_PER_LEVEL * (level - 1)));
 /** 1 / LEVEL_SPAN: an IOVA times this is its index-bearing quotient at that level, exactly. */
 const LEVEL_SCALE = LEVEL_SPAN.map((span) => (span === 0 ? 0 : 1 / span));
+/** The IOVA span one leaf table maps (2 MiB): what a paging-structure cache entry covers. */
+const REGION_BYTES = LEVEL_SPAN[2]!;
 const TABLE_PAGE_BYTES = 2 ** PAGE_SHIFT;
 /** Page numbers below 2^31 (tables below 2^43) are small integers to V8. */
 const SMALL_PAGE_LIMIT = 2 ** 31;
@@ -140,6 +143,9 @@ export class LegacyWalker {
   /** Per level (index = level, 1..5) the reserved bits of a non-leaf entry there (level 1: a 4 KiB leaf), low and high word. */
   private readonly levelReservedLo = new Int32Array(6);
   private readonly levelReservedHi = new Int32Array(6);
+  /** levelReserved*[1] as plain numbers, for walkLeafCached. */
+  private readonly smallLeafReservedLo: number;
+  private readonly smallLeafReservedHi: number;
   private readonly entry: EntryWords = { lo: 0, hi: 0 };
   private readonly words = new Uint32Array(4);
   /** The page the last successful walkLeaf() found (see there). */
@@ -168,6 +174,8 @@ export class LegacyWalker {
       this.levelReservedLo[level] = words[0]!;
       this.levelReservedHi[level] = words[1]!;
     }
+    this.smallLeafReservedLo = this.levelReservedLo[1]!;
+    this.smallLeafReservedHi = this.levelReservedHi[1]!;
   }
 
   /** Reads a 16-byte entry into this.words; false when RAM does not back it. */
@@ -238,6 +246,84 @@ export class LegacyWalker {
       if (found !== TABLE_ABOVE_SMALL_PAGES) return found;
     }
     return this.walkAnyPages(context, iova, write, top);
+  }
+
+  /**
+   * walkLeaf() of 4 KiB page `index` (0..511) of the 2 MiB IOVA region `region`, through a paging-structure
+   * cache: when `cache` holds the region's leaf table (for this domain and context root) and the rights cached
+   * with it allow the access, only the leaf entry is read, with the full walk's level-1 checks. Otherwise the
+   * full walk runs, and one that ends at level 1 leaves its leaf table in the cache. Cached rights that deny the
+   * access walk again, so the fault names the level the walk finds it at. The IOVA comes as region and index
+   * (small integers below 2^51) so that a call left out of line passes no heap number.
+   */
+  walkLeafCached(context: CachedContext, region: number, index: number, write: boolean, cache: PagingStructureCache): WalkFault | undefined {
+    cache.useGeneration(this.memory.generation);
+    const slot = cache.find(context.did, region, context.tableAddress + context.levels);
+    const need = write ? PTE_W : PTE_R;
+    // slotWord is below 2^31: | 0 keeps the index arithmetic in small integers.
+    const word = slot < 0 ? 0 : cache.slotWord(slot) | 0;
+    const upper = word & PSC_RIGHTS;
+    if ((upper & need) === 0) return this.walkAndCache(context, region, index, write, cache);
+    // The table's words when the entry holds them (bounds and alignment hold by construction), else a RAM read.
+    const view = cache.slotView(slot);
+    const at = word - upper + index * 2;
+    let lo = view === undefined ? undefined : view[at];
+    let hi = 0;
+    if (lo !== undefined) hi = view![at + 1]!;
+    else {
+      const e = this.entry;
+      if (!this.memory.readTableEntry(cache.slotTablePage(slot), index, e)) return this.unreadable(context, 1);
+      lo = e.lo;
+      hi = e.hi;
+    }
+    const rights = upper & lo;
+    if ((rights & need) === 0 || (lo & this.smallLeafReservedLo) !== 0 || (hi & this.smallLeafReservedHi) !== 0) {
+      return this.leafFault(context, lo, hi, write, rights);
+    }
+    // setLeaf(1, ...) written out: this path is hot enough that the call showed.
+    this.leafAddress = (hi & SMALL_LEAF_ADDRESS.hi) * 2 ** 32 + ((lo & SMALL_LEAF_ADDRESS.lo) >>> 0);
+    this.leafPageSize = TABLE_PAGE_BYTES;
+    this.leafReadable = (rights & PTE_R) !== 0;
+    this.leafWritable = (rights & PTE_W) !== 0;
+    return undefined;
+  }
+
+  /** A 4 KiB leaf read through the cache that is not plainly usable: the walk's level-1 checks decide. */
+  private leafFault(context: CachedContext, lo: number, hi: number, write: boolean, rights: number): WalkFault | undefined {
+    const failed = this.entryFault(context, 1, lo, hi, false, write, rights);
+    if (failed === undefined) this.setLeaf(1, lo, hi, rights);
+    return failed;
+  }
+
+  /** walkLeafCached() without a usable entry: the full walk; one that ends at a 4 KiB leaf caches its leaf table. */
+  private walkAndCache(context: CachedContext, region: number, index: number, write: boolean, cache: PagingStructureCache): WalkFault | undefined {
+    const iova = region * REGION_BYTES + index * TABLE_PAGE_BYTES;
+    const failed = this.walkLeaf(context, iova, write);
+    if (failed === undefined && this.leafPageSize === TABLE_PAGE_BYTES) this.cacheLeafTable(context, region, iova, cache);
+    return failed;
+  }
+
+  /**
+   * Reads the non-leaf entries of the walk that just succeeded again, for the leaf table they lead to and the R/W
+   * they grant, and caches both; an entry the walk would not pass plainly (not present, reserved bits, a large
+   * page) caches nothing. Only IOTLB misses outside cached regions come here, so the walk loops stay as they are.
+   */
+  private cacheLeafTable(context: CachedContext, region: number, iova: number, cache: PagingStructureCache): void {
+    const e = this.entry;
+    let page = context.tableAddress / TABLE_PAGE_BYTES;
+    let rights = PTE_R | PTE_W;
+    for (let level = context.levels; level >= 2; level--) {
+      if (!this.memory.readTableEntry(page, levelIndex(iova, level), e)) return;
+      const lo = e.lo;
+      const hi = e.hi;
+      const large = (level === 2 || level === 3) && (lo & PTE_PS) !== 0;
+      if ((lo & (PTE_R | PTE_W)) === 0 || large || (lo & this.levelReservedLo[level]!) !== 0 || (hi & this.levelReservedHi[level]!) !== 0) return;
+      rights &= lo;
+      page = (hi & TABLE_ADDRESS.hi) * 2 ** HIGH_WORD_SHIFT + ((lo & TABLE_ADDRESS.lo) >>> PAGE_SHIFT);
+    }
+    const ram = this.memory.tableRegion(page);
+    const base = ram === undefined ? 0 : (page - ram.firstPage) * WORDS_PER_TABLE_PAGE;
+    cache.store(context.did, region, context.tableAddress + context.levels, page, rights, ram?.words, base);
   }
 
   /**

@@ -6,7 +6,7 @@ import { DmaFault, EFAULT, EPERM, type DmaAccess, type DmaSpace } from '../memor
 import type { GuestMemory } from '../memory/guest-memory';
 import { bigToNumber, getField64, getFieldBig, setFieldBig } from './bitfield';
 import type { DeviceDomainListener } from './address-space';
-import { ContextCache, Iotlb, POWERS_OF_TWO, alignDown, type CachedContext } from './caches';
+import { ContextCache, Iotlb, POWERS_OF_TWO, PagingStructureCache, alignDown, type CachedContext } from './caches';
 import { quirksFor, type QuirkId } from './compat-quirks';
 import { capabilityField, computeCapabilities, enabledFeatures, resolveVtdConfig, vtdConfigFromString, type VtdConfig } from './config';
 import { DomainRegistry, type DomainDescriptor } from './domains';
@@ -108,6 +108,11 @@ export type InterruptResult = RemappedInterrupt | InterruptFailure;
 export type InterruptOrigin = 'message' | 'dma-write' | 'platform';
 
 const PAGE = 4096;
+/** For the paging-structure cache's coordinates of an IOVA: its 2 MiB region and its page in the region (0..511). */
+const INVERSE_PAGE = 1 / PAGE;
+const INVERSE_REGION_BYTES = 1 / 2 ** 21;
+const INVERSE_PAGES_PER_REGION = PAGE / 2 ** 21;
+const PAGE_INDEX_MASK = 511;
 const UNTRANSLATED_LIMIT = BigInt(MAX_GUEST_ADDRESS) + 1n;
 const IOVA_LIMIT = 1n << 64n;
 const INTERRUPT_RANGE_FIRST = BigInt(INTERRUPT_RANGE_START);
@@ -140,6 +145,10 @@ export class VtdUnit implements InvalidationTarget {
   readonly registers: RegisterFile;
   readonly contextCache = new ContextCache();
   readonly iotlb = new Iotlb();
+  /** Leaf tables of the legacy second-stage walk by domain and 2 MiB region; invalidated with the IOTLB. */
+  readonly pagingStructures = new PagingStructureCache();
+  /** The IOVA of the IOTLB miss translatePage() hands to walkPage(). */
+  private readonly missInput = new Float64Array(1);
   readonly interruptEntries = new InterruptEntryCache();
   private readonly memory: GuestMemory;
   private readonly recorder: FaultRecorder;
@@ -242,6 +251,7 @@ export class VtdUnit implements InvalidationTarget {
     this.contextCache.invalidateAll();
     this.scalable.invalidateAll();
     this.iotlb.invalidateAll();
+    this.pagingStructures.invalidateAll();
     this.interruptEntries.invalidateAll();
     this.queue.reset();
     this.recorder.reset();
@@ -330,6 +340,7 @@ export class VtdUnit implements InvalidationTarget {
         this.contextCache.invalidateAll();
         this.scalable.invalidateAll();
         this.iotlb.invalidateAll();
+        this.pagingStructures.invalidateAll();
       }
     }
     if (value & GCMD.SIRTP) {
@@ -419,7 +430,8 @@ export class VtdUnit implements InvalidationTarget {
       done = granularity;
     } else if (granularity === GRANULARITY.SELECTIVE) {
       const [alo, ahi] = splitRaw(this.registers.readRaw('IVA'));
-      const ok = this.iotlbPages(did, getField64(alo, ahi, IVA_FIELDS.f.ADDR), getField64(alo, ahi, IVA_FIELDS.f.AM));
+      const ih = getField64(alo, ahi, IVA_FIELDS.f.IH) === 1;
+      const ok = this.iotlbPages(did, getField64(alo, ahi, IVA_FIELDS.f.ADDR), getField64(alo, ahi, IVA_FIELDS.f.AM), ih);
       done = ok ? granularity : 0;
     }
     this.completion.whenSettled(() => this.registers.writeRaw('IOTLB', setFieldBig(setFieldBig(raw, f.IVT, 0), f.IAIG, done)));
@@ -455,18 +467,26 @@ export class VtdUnit implements InvalidationTarget {
 
   iotlbGlobal(): void {
     this.iotlb.invalidateAll();
+    this.pagingStructures.invalidateAll();
     this.domains.mappingsInvalidated();
   }
 
   iotlbDomain(did: number): void {
     this.iotlb.invalidateDomain(did);
+    this.pagingStructures.invalidateDomain(did);
     this.domains.mappingsInvalidated(did);
   }
 
-  /** IH needs no handling: only leaf translations are cached. */
-  iotlbPages(did: number, pfn: number, am: number): boolean {
+  /**
+   * Page-selective: the IOTLB's leaves in the range, and the paging-structure entries covering it unless IH says
+   * that no non-leaf entry changed (the spec lets those stay; the IOTLB holds leaves only, so IH changes nothing there).
+   */
+  iotlbPages(did: number, pfn: number, am: number, ih?: boolean): boolean {
     if (am > this.maxAddressMask) return false;
     this.iotlb.invalidatePages(did, pfn, am);
+    // Asked first, so that a domain without paging-structure entries costs the descriptor one load.
+    const structures = this.pagingStructures;
+    if (ih !== true && structures.mayHold(did)) structures.invalidatePages(did, Math.floor(pfn * INVERSE_PAGES_PER_REGION), am);
     // Skipped while no domain is alive: the call would box the page number (a double) once per descriptor.
     if (this.domains.domainCount !== 0) this.domains.mappingsInvalidated(did, alignedFirstPage(pfn, am), POWERS_OF_TWO[am]!);
     return true;
@@ -599,18 +619,26 @@ export class VtdUnit implements InvalidationTarget {
       const address = iotlb.slotAddress(hit) + (input - iotlb.slotPfn(hit) * PAGE);
       return { ok: true, address, pageSize: iotlb.slotPageSize(hit), readable: iotlb.slotReadable(hit), writable: iotlb.slotWritable(hit) };
     }
-    return this.walkPage(request, context, input, pfn, hit >= 0);
+    this.missInput[0] = input;
+    return this.walkPage(request, context, hit >= 0);
   }
 
-  /** An IOTLB miss (or a hit without the right): walk, check, cache. */
-  private walkPage(request: TranslationRequest, context: CachedContext, input: number, pfn: number, cached: boolean): TranslationResult {
+  /**
+   * An IOTLB miss (or a hit without the right): walk, check, cache. V8 compiles it on its own, with the walk and
+   * the IOTLB insert inlined: it is larger than V8 inlines (460 bytes of bytecode), so translate() spends its
+   * inlining budget on the IOTLB hit. Hence the IOVA comes through missInput: as an argument, a double would be a
+   * new heap number on every call.
+   */
+  private walkPage(request: TranslationRequest, context: CachedContext, cached: boolean): TranslationResult {
+    const input = this.missInput[0]!;
+    const pfn = Math.floor(input / PAGE);
     const write = request.write;
     if (cached && this.quirks.has('iotlb-hit-without-permission-not-recorded')) {
       return this.failure(request, write ? FR.WRITE : FR.READ, undefined, false, 'none');
     }
     // The spec: a cached entry without the right is a fault like an uncached one; walking again reports it.
     const walker = this.walker;
-    const failed = walker.walkLeaf(context, input, write);
+    const failed = walker.walkLeafCached(context, Math.floor(input * INVERSE_REGION_BYTES), (input * INVERSE_PAGE) & PAGE_INDEX_MASK, write, this.pagingStructures);
     if (failed !== undefined) return this.report(request, failed.reason, failed.level, failed.fpd, failed.notPresent, true);
     const pageAddress = walker.leafAddress;
     const pageSize = walker.leafPageSize;
