@@ -11,26 +11,16 @@ import type { QuirkId } from '../../lib/vtd/compat-quirks';
 import { MSI_REMAPPABLE_ADDRESS } from '../../lib/vtd/interrupt-remap';
 import { GCMD } from '../../lib/vtd/register-bits';
 import { PASID_PGTT } from '../../lib/vtd/structures';
-import type { QtestPeer } from '../../lib/vmm/qtest/client';
 import { EDU_SID, differential, outcome, type OracleGuest } from './harness';
 import { ViommuQtest } from './qemu';
+import { readAllRegisters } from './register-sweep';
 import { skipWithoutQemu10, startQemu10 } from './qemu10';
 import { ScalableGuest } from './scalable-guest';
 
-const DMAR = 0xfed90000;
 const PROPERTY_SETS = [
   '', 'aw-bits=39', 'caching-mode=on', 'x-scalable-mode=on', 'x-scalable-mode=on,x-pasid-mode=on', 'x-scalable-mode=on,x-flts=on',
   'x-scalable-mode=on,x-flts=on,x-pasid-mode=on,caching-mode=on', 'device-iotlb=on', 'pt=off', 'intremap=off', 'dma-drain=off',
 ];
-const DWORD_OFFSETS = Array.from({ length: 0x100 / 4 }, (_, i) => i * 4);
-const QWORD_OFFSETS = [0x08, 0x10, 0x20, 0x28, 0x80, 0x88, 0x90, 0xb8, 0xf0, 0xf8, 0x220, 0x228];
-
-async function readAll(peer: QtestPeer): Promise<Map<string, bigint>> {
-  const values = new Map<string, bigint>();
-  for (const offset of DWORD_OFFSETS) values.set(`readl 0x${offset.toString(16)}`, BigInt(await peer.readl(DMAR + offset)));
-  for (const offset of QWORD_OFFSETS) values.set(`readq 0x${offset.toString(16)}`, await peer.readq(DMAR + offset));
-  return values;
-}
 
 /** Two pages through the translation under test: a read that moves data, a write that writes it out. */
 async function throughAndBack(guest: OracleGuest, label: string, iova: number | bigint, gpa: number, back: { iova: number | bigint; gpa: number }, offset: number): Promise<void> {
@@ -105,8 +95,8 @@ describe('differential: QEMU 10.0 registers, pass-through, 4-level second stage 
       const qemu = await startQemu10({ iommuProps: props });
       const ours = await ViommuQtest.start({ iommuProps: props ? `${props},compat=qemu-10.0` : 'compat=qemu-10.0' });
       try {
-        const expected = await readAll(qemu);
-        const actual = await readAll(ours);
+        const expected = await readAllRegisters(qemu);
+        const actual = await readAllRegisters(ours);
         const differences = [...expected].filter(([key, value]) => actual.get(key) !== value)
           .map(([key, value]) => `${key}: QEMU 10.0 0x${value.toString(16)}, viommu 0x${actual.get(key)?.toString(16)}`);
         assert.deepEqual(differences, [], `registers differ with '${props}'`);
