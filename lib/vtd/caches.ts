@@ -670,8 +670,10 @@ export class Iotlb {
 
   /**
    * Page-selective IOTLB invalidation: second-stage (and pass-through) entries of `did` in the 2^am pages from
-   * `pfn` (aligned down to that size, as the spec requires software to align), every PASID, and every nested
-   * entry of `did`: the address is a second-stage input, which a combined translation is not tagged with.
+   * `pfn` (aligned down to that size, as the spec requires software to align), every PASID, and every first-stage
+   * and nested entry of `did`, whatever its address: the spec's page-selective-within-domain granularity names
+   * the address range for PGTT 010b and 100b only (the address is a second-stage input, which first-stage and
+   * combined translations are not tagged with).
    * IH only promises that non-leaf entries did not change; the IOTLB holds leaves only, so it removes the same
    * entries either way.
    */
@@ -714,8 +716,8 @@ export class Iotlb {
    * `first` and `end` into a context on every call, probe path included (one allocation per descriptor).
    */
   private scanOutPages(did: number, first: number, end: number): void {
-    this.removeWhere((entry) => entry.did === did && (entry.kind === TRANSLATION_KIND.NESTED
-      || (entry.kind === TRANSLATION_KIND.SECOND && entry.pfn < end && entry.pfn + entry.pageSize / PAGE > first)));
+    this.removeWhere((entry) => entry.did === did && (entry.kind !== TRANSLATION_KIND.SECOND
+      || (entry.pfn < end && entry.pfn + entry.pageSize / PAGE > first)));
   }
 
   /** PASID-based IOTLB invalidation, all of a PASID: first-stage and nested entries of (did, pasid). */

@@ -13,8 +13,8 @@ export type AddressWidth = 39 | 48;
  * with QEMU 7.2's capability values; 'qemu-7.2' also reproduces QEMU 7.2's departures from the spec (the quirks
  * in compat-quirks.ts), for differential testing; 'qemu-10.0' reproduces QEMU 10.0.2 (Debian bookworm-backports,
  * measured by test/oracle): its capability values (aw-bits 48 by default, x-flts) and its departures from the
- * spec; 'qemu-latest' follows the spec with aw-bits 48 by default and the capability bits of QEMU after 10.0.2
- * (CAPABILITY_EXTENSIONS with trigger 'compat'; not measured here, 10.0.2 sets neither ESRTPS nor PSS).
+ * spec; 'qemu-latest' follows the spec with the capability values of the newest QEMU measured here (10.0.2:
+ * aw-bits 48 by default). Bits of later QEMU (ESRTPS, PSS 19) stay out until a QEMU that sets them is measured.
  */
 export type Compat = 'spec' | 'qemu-7.2' | 'qemu-latest' | 'qemu-10.0';
 
@@ -70,7 +70,7 @@ export const VTD_PROPERTIES: readonly PropertyDescription[] = [
   { name: 'x-pasid-mode', kind: 'bool', origin: 'intel-iommu', description: 'requests with PASID (ECAP.PASID)' },
   { name: 'x-flts', kind: 'bool', origin: 'intel-iommu, newer than 7.2', description: 'first-stage translation (ECAP.FSTS)' },
   { name: 'x-nested', kind: 'bool', origin: 'viommu only', description: 'nested translation for guests (ECAP.NEST with SSTS beside x-flts FSTS); QEMU offers no such property' },
-  { name: 'compat', kind: 'compat', origin: 'viommu only', description: "'spec' (default), 'qemu-7.2' (with QEMU 7.2's quirks), 'qemu-10.0' (QEMU 10.0.2's defaults and quirks) or 'qemu-latest' (newer QEMU's capability bits)" },
+  { name: 'compat', kind: 'compat', origin: 'viommu only', description: "'spec' (default), 'qemu-7.2' (with QEMU 7.2's quirks), 'qemu-10.0' (QEMU 10.0.2's defaults and quirks) or 'qemu-latest' (the spec with the newest measured QEMU's capabilities, 10.0.2)" },
 ];
 
 const DEFAULTS: Omit<VtdProperties, 'aw-bits'> = {
@@ -272,17 +272,12 @@ const FIXED_ECAP = { QI: 1, IRO: IOTLB_REGISTERS_OFFSET / 16 } as const;
 const MAX_HANDLE_MASK = 15;
 const SAGAW_39 = 0b00010;
 const SAGAW_48 = 0b00100;
-/** Newer QEMU offers 20-bit PASIDs; PSS is the width minus one. */
-const PASID_BITS_LATEST = 20;
-
 type CapabilityRegister = 'CAP' | 'ECAP';
 
 export interface CapabilityExtension {
   readonly register: CapabilityRegister;
   readonly field: string;
   readonly value: number;
-  /** 'property': follows a property 7.2 lacks, applied in every compat; 'compat': only with compat=qemu-latest. */
-  readonly trigger: 'property' | 'compat';
   readonly applies: (config: VtdConfig) => boolean;
   readonly origin: string;
   readonly note: string;
@@ -294,36 +289,28 @@ export interface CapabilityExtension {
  */
 export const CAPABILITY_EXTENSIONS: readonly CapabilityExtension[] = [
   {
-    register: 'ECAP', field: 'SMTS', value: 1, trigger: 'property', applies: (c) => c['x-flts'],
+    register: 'ECAP', field: 'SMTS', value: 1, applies: (c) => c['x-flts'],
     origin: 'QEMU 9.2+ vtd_cap_init', note: 'x-flts: scalable mode with first stage only (SRS and SSTS stay clear)',
   },
   {
-    register: 'ECAP', field: 'FSTS', value: 1, trigger: 'property', applies: (c) => c['x-flts'],
+    register: 'ECAP', field: 'FSTS', value: 1, applies: (c) => c['x-flts'],
     origin: 'QEMU 9.2+ vtd_cap_init', note: 'x-flts: first-stage translation',
   },
   {
-    register: 'CAP', field: 'FS1GP', value: 1, trigger: 'property', applies: (c) => c['x-flts'],
+    register: 'CAP', field: 'FS1GP', value: 1, applies: (c) => c['x-flts'],
     origin: 'QEMU 9.2+ vtd_cap_init', note: 'x-flts: first-stage 1 GiB pages (QEMU property fs1gp, default on)',
   },
   {
-    register: 'ECAP', field: 'SSTS', value: 1, trigger: 'property', applies: (c) => c['x-nested'],
+    register: 'ECAP', field: 'SSTS', value: 1, applies: (c) => c['x-nested'],
     origin: 'viommu x-nested', note: 'x-nested: second-stage translation beside the first stage',
   },
   {
-    register: 'ECAP', field: 'NEST', value: 1, trigger: 'property', applies: (c) => c['x-nested'],
+    register: 'ECAP', field: 'NEST', value: 1, applies: (c) => c['x-nested'],
     origin: 'viommu x-nested', note: 'x-nested: nested translation (PGTT 3)',
   },
   {
-    register: 'ECAP', field: 'SRS', value: 1, trigger: 'property', applies: (c) => c['x-nested'],
+    register: 'ECAP', field: 'SRS', value: 1, applies: (c) => c['x-nested'],
     origin: 'viommu x-nested', note: 'x-nested: supervisor requests (SRE in PASID entries)',
-  },
-  {
-    register: 'CAP', field: 'ESRTPS', value: 1, trigger: 'compat', applies: () => true,
-    origin: 'QEMU after 10.0.2 vtd_cap_init (10.0.2 measured without it)', note: 'SRTP also invalidates caches; the unit must then flush on SRTP',
-  },
-  {
-    register: 'ECAP', field: 'PSS', value: PASID_BITS_LATEST - 1, trigger: 'compat', applies: (c) => c['x-pasid-mode'],
-    origin: 'QEMU after 10.0.2 vtd_cap_init (10.0.2 measured without it)', note: 'x-pasid-mode: 20-bit PASIDs (7.2 and 10.0.2 leave PSS 0)',
   },
 ];
 
@@ -367,7 +354,6 @@ export function computeCapabilities(config: VtdConfig): CapabilityValues {
   if (config['x-pasid-mode']) setField(ecap, e.PASID, 1);
 
   for (const extension of CAPABILITY_EXTENSIONS) {
-    if (extension.trigger === 'compat' && config.compat !== 'qemu-latest') continue;
     if (!extension.applies(config)) continue;
     setField(extension.register === 'CAP' ? cap : ecap, fieldOf(extension.register, extension.field), extension.value);
   }

@@ -2,6 +2,7 @@
 
 import type { GuestMemory } from '../memory/guest-memory';
 import { Iotlb, PasidCache, ScalableContextCache, TRANSLATION_KIND, type TranslationKind } from './caches';
+import type { QuirkId } from './compat-quirks';
 import { faultCode } from './fault-reasons';
 import { FirstStageWalker, splitAddress, type FirstStageRequest, type StageFault } from './first-stage-walk';
 import { isInterruptAddress, overlapsInterruptRange, type LegacyWalker } from './legacy-walk';
@@ -48,6 +49,8 @@ export interface ScalableFault {
   readonly pasid?: number;
   /** Blocked by a cached translation without the right, unrecorded (quirk iotlb-hit-without-permission-not-recorded). */
   readonly unrecorded?: boolean;
+  /** Found in a first-stage structure or by a first-stage permission check (not the second stage of a nested walk). */
+  readonly firstStage?: boolean;
 }
 
 export interface ScalableTranslatorOptions {
@@ -56,8 +59,10 @@ export interface ScalableTranslatorOptions {
   readonly addressWidth: number;
   /** CAP.FS1GP. */
   readonly fs1gp: boolean;
-  /** QEMU 7.2: a request hitting a cached second-stage translation without the right is blocked unrecorded. */
+  /** QEMU: a request hitting a cached translation without the right is blocked unrecorded. */
   readonly hitWithoutPermissionUnrecorded: boolean;
+  /** The compat quirks in effect; the first-stage walker acts on its own. */
+  readonly quirks?: ReadonlySet<QuirkId>;
 }
 
 const PAGE = 4096;
@@ -91,7 +96,7 @@ export class ScalableTranslator {
   ) {
     this.hitWithoutPermissionUnrecorded = options.hitWithoutPermissionUnrecorded;
     this.reader = new ScalableContextReader(memory, options.lookup);
-    const first = new FirstStageWalker(memory, { addressWidth: options.addressWidth, fs1gp: options.fs1gp });
+    const first = new FirstStageWalker(memory, { addressWidth: options.addressWidth, fs1gp: options.fs1gp, quirks: options.quirks });
     this.walker = new ScalableWalker(first, new NestedWalker(secondStage, first), options.addressWidth);
   }
 
@@ -157,8 +162,8 @@ export class ScalableTranslator {
           ok: true, address: hit.address + (lo % hit.pageSize), pageSize: hit.pageSize, readable: hit.readable, writable: hit.writable,
         };
       }
-      if (hit !== undefined && this.hitWithoutPermissionUnrecorded && !firstStage && (write ? !hit.writable : !hit.readable)) {
-        return { ...fault(write ? SM_FR_WRITE : SM_FR_READ, entry.fpd, false, pasid, true), unrecorded: true };
+      if (hit !== undefined && this.hitWithoutPermissionUnrecorded && (write ? !hit.writable : !hit.readable)) {
+        return { ...fault(write ? SM_FR_WRITE : SM_FR_READ, entry.fpd, false, pasid, true), unrecorded: true, firstStage };
       }
       // A miss, or a hit without the right (or needing D set): walking again finds the fault or updates the entry.
     }
@@ -192,5 +197,8 @@ function lookupFault(found: LookupFault, pasid?: number): ScalableFault {
 }
 
 function stageFault(page: StageFault, pasid: number): ScalableFault {
-  return { ok: false, reason: page.reason, level: page.level || page.secondStageLevel, fpd: page.fpd, notPresent: page.notPresent, pastContext: true, pasid };
+  return {
+    ok: false, reason: page.reason, level: page.level || page.secondStageLevel, fpd: page.fpd, notPresent: page.notPresent, pastContext: true, pasid,
+    firstStage: page.stage === 'first',
+  };
 }

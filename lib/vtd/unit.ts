@@ -8,7 +8,7 @@ import { bigToNumber, getField64, getFieldBig, setFieldBig } from './bitfield';
 import type { DeviceDomainListener } from './address-space';
 import { ContextCache, Iotlb, POWERS_OF_TWO, PagingStructureCache, alignDown, type CachedContext } from './caches';
 import { quirksFor, type QuirkId } from './compat-quirks';
-import { capabilityField, computeCapabilities, enabledFeatures, resolveVtdConfig, vtdConfigFromString, type VtdConfig } from './config';
+import { capabilityField, computeCapabilities, enabledFeatures, resolveVtdConfig, vtdConfigFromString, type Compat, type VtdConfig } from './config';
 import { DomainRegistry, type DomainDescriptor } from './domains';
 import { FaultRecorder, type RecordOutcome } from './fault-recorder';
 import { describeFaultReason, isPermissionFault } from './fault-reasons';
@@ -21,6 +21,7 @@ import { MappingEnumerator } from './mapping-enumerator';
 import { RegisterFile, type AccessSize, type RegisterWriteEvent } from './register-file';
 import { faultCode } from './fault-reasons';
 import { ScalableTranslator, type ScalableRequestInput } from './scalable-translation';
+import type { WalkTraceSink } from './walk-trace';
 import { GCMD, GSTS, OFFSET } from './register-bits';
 import { PASID_PGTT } from './structures';
 import { CCMD_FIELDS, IOTLB_FIELDS, IVA_FIELDS, RTADDR_FIELDS, type CapabilityValues } from './registers';
@@ -45,6 +46,8 @@ export interface VtdUnitOptions {
 export type TranslationRequest = ScalableRequestInput;
 
 const SOURCE_ID_MASK = 0xffff;
+/** The source id QEMU 10.0 records for a request that reached it without one. */
+const NO_REQUESTER_ID = 0xffff;
 const HOST_ERROR_LOG_LIMIT = 64;
 const PASID_MASK = 0xfffff;
 
@@ -96,6 +99,19 @@ export interface TranslationFailure {
 }
 
 export type TranslationResult = TranslationSuccess | TranslationFailure;
+
+/** What traceRequest() found: the translation mode, then the page or where and why the walk stopped. */
+export type TracedWalk = { readonly mode: 'off' | 'legacy' | 'scalable' | 'invalid-root' } & (
+  | { readonly ok: true; readonly address: number; readonly pageSize: number; readonly readable: boolean; readonly writable: boolean }
+  | {
+    readonly ok: false;
+    readonly reason: number;
+    readonly level?: number;
+    readonly fpd: boolean;
+    readonly pasid?: number;
+    /** 'first': a first-stage structure or permission stopped it; else the root/context/PASID structures or the second stage. */
+    readonly stage: 'first' | 'second-or-structure';
+  });
 
 export interface InterruptFailure extends InterruptFault {
   /** 'none' when compat=qemu-7.2 drops remapping faults unrecorded. */
@@ -207,6 +223,7 @@ export class VtdUnit implements InvalidationTarget {
       addressWidth: this.config['aw-bits'],
       fs1gp: capabilityField(caps, 'CAP', 'FS1GP') === 1,
       hitWithoutPermissionUnrecorded: this.quirks.has('iotlb-hit-without-permission-not-recorded'),
+      quirks: this.quirks,
     }, this.iotlb);
     this.domains = new DomainRegistry({
       enumerator: new MappingEnumerator(this.memory, {
@@ -281,7 +298,9 @@ export class VtdUnit implements InvalidationTarget {
     if (result.ok) return result;
     if (result.fpd) return { ...result, recording: 'suppressed-fpd' };
     if (this.quirks.has('interrupt-remapping-faults-not-recorded')) return { ...result, recording: 'none' };
-    const recording = this.recorder.record({ sid: request.sid, reason: result.reason, iova: BigInt(result.index ?? 0) << INDEX_SHIFT, write: true });
+    // QEMU 10.0's interrupt window receives a plain DMA write without its requester id.
+    const sid = origin === 'dma-write' && this.quirks.has('interrupt-dma-write-faults-recorded-with-sid-ffff') ? NO_REQUESTER_ID : request.sid;
+    const recording = this.recorder.record({ sid, reason: result.reason, iova: BigInt(result.index ?? 0) << INDEX_SHIFT, write: true });
     return { ...result, recording };
   }
 
@@ -609,6 +628,35 @@ export class VtdUnit implements InvalidationTarget {
     return this.translatePage(request, context, input);
   }
 
+  /**
+   * Walks `request` afresh, as the unit would on a cache miss, and hands every structure entry read to `trace`:
+   * what `viommu explain` renders. Nothing is cached, recorded or counted; A/D flags are set as a walk sets them.
+   * The result says where the walk stopped: the architectural reason (before compat quirks rename it) and level.
+   */
+  traceRequest(request: TranslationRequest, trace: WalkTraceSink): TracedWalk {
+    requireSource(request.sid, request.pasid);
+    const mode = !this.translationEnabled ? 'off' : this.rootMode === TTM.LEGACY ? 'legacy' : this.rootMode === TTM.SCALABLE && this.scalableOffered ? 'scalable' : 'invalid-root';
+    if (mode === 'scalable') {
+      const result = this.scalable.translate(this.rootTable, request, trace);
+      if (result.ok) return { mode, ok: true, address: result.address, pageSize: result.pageSize, readable: result.readable, writable: result.writable };
+      const { reason, level, fpd, pasid, firstStage } = result;
+      return { mode, ok: false, reason, ...(level === undefined ? {} : { level }), fpd, ...(pasid === undefined ? {} : { pasid }), stage: firstStage === true ? 'first' : 'second-or-structure' };
+    }
+    if (mode === 'legacy') {
+      // The legacy walker does not trace yet: the result is still exact.
+      const found = this.walker.lookupContext(this.rootTable, request.sid);
+      if (!found.ok) return { mode, ok: false, reason: found.reason, level: found.level, fpd: found.fpd, stage: 'second-or-structure' };
+      const input = request.iova >= 0n && request.iova < UNTRANSLATED_LIMIT ? bigToNumber(request.iova) : Infinity;
+      if (input >= found.context.limit) return { mode, ok: false, reason: FR.ADDRESS_BEYOND_MGAW, fpd: found.context.fpd, stage: 'second-or-structure' };
+      if (found.context.tt === TT.PASS_THROUGH) return { mode, ok: true, address: input, pageSize: PAGE, readable: true, writable: true };
+      const page = this.walker.walk(found.context, input, request.write);
+      if (!page.ok) return { mode, ok: false, reason: page.reason, level: page.level, fpd: page.fpd, stage: 'second-or-structure' };
+      return { mode, ok: true, address: page.address + (input % page.pageSize), pageSize: page.pageSize, readable: page.readable, writable: page.writable };
+    }
+    if (mode === 'off') return { mode, ok: true, address: bigToNumber(request.iova), pageSize: PAGE, readable: true, writable: true };
+    return { mode, ok: false, reason: this.scalableOffered ? SM_ROOT_TABLE_ADDRESS_INVALID : FR.ROOT_TABLE_INVALID, fpd: false, stage: 'second-or-structure' };
+  }
+
   /** The IOTLB hit, kept small so that it compiles into translate(); anything else goes to walkPage(). */
   private translatePage(request: TranslationRequest, context: CachedContext, input: number): TranslationResult {
     const pfn = Math.floor(input / PAGE);
@@ -659,7 +707,7 @@ export class VtdUnit implements InvalidationTarget {
     const result = this.scalable.translate(this.rootTable, request);
     if (result.ok) return result;
     let reason = result.reason;
-    if (this.quirks.has('scalable-faults-use-legacy-reasons')) reason = LEGACY_REASON_IN_QEMU_7_2.get(reason) ?? reason;
+    if (this.quirks.has('scalable-faults-use-legacy-reasons')) reason = legacyReason(reason, this.config.compat, result.firstStage === true);
     if (result.unrecorded === true) return this.failure(request, reason, result.level, result.notPresent, 'none');
     if (result.fpd) return this.failure(request, reason, result.level, result.notPresent, 'suppressed-fpd');
     // PP and PV say which PASID a request carried; requests without PASID have none (QEMU 7.2 records RID_PASID).
@@ -792,6 +840,26 @@ const LEGACY_REASON_IN_QEMU_7_2: ReadonlyMap<number, number> = new Map([
   [faultCode('SM_WRITE'), FR.WRITE],
   [faultCode('SM_READ'), FR.READ],
 ]);
+
+/**
+ * The codes QEMU 10.0.2 records for scalable-mode faults (quirk scalable-faults-use-legacy-reasons), as measured by
+ * test/oracle/differential-qemu10.test.ts and differential-first-stage.test.ts: legacy codes for root and context
+ * entries not present and for the read and write faults of second-stage walks; PASID-structure faults and
+ * first-stage faults keep their scalable-mode codes.
+ */
+const LEGACY_REASON_IN_QEMU_10_0: ReadonlyMap<number, number> = new Map([
+  [faultCode('SM_ROOT_ENTRY_NOT_PRESENT'), FR.ROOT_ENTRY_NOT_PRESENT],
+  [faultCode('SM_CONTEXT_ENTRY_NOT_PRESENT'), FR.CONTEXT_ENTRY_NOT_PRESENT],
+  [faultCode('SM_WRITE'), FR.WRITE],
+  [faultCode('SM_READ'), FR.READ],
+]);
+
+/** The reason QEMU records for scalable-mode fault `reason` under `compat` (quirk scalable-faults-use-legacy-reasons). */
+function legacyReason(reason: number, compat: Compat, firstStage: boolean): number {
+  if (compat !== 'qemu-10.0') return LEGACY_REASON_IN_QEMU_7_2.get(reason) ?? reason;
+  if (firstStage) return reason;
+  return LEGACY_REASON_IN_QEMU_10_0.get(reason) ?? reason;
+}
 
 /** One contiguous part of a DMA transfer: guest RAM, interrupt messages, or (QEMU 7.2) zeros. */
 interface DmaPiece {

@@ -12,11 +12,6 @@ import { quirkRegisterMask, quirksFor } from '../../lib/vtd/compat-quirks';
 import { vtdConfigFromString } from '../../lib/vtd/config';
 import { FIRST_STAGE_4K_LEAF, FIRST_STAGE_TABLE_ENTRY } from '../../lib/vtd/structures';
 import { ChildQtestPeer } from './child-qtest';
-import { assertAgreement, type DifferentialRun, type Observation } from './harness';
-
-const r = (label: string, register: string, bits: bigint, quirks: Observation['quirks'] = []): Observation => ({
-  label, value: `0x${bits.toString(16)}`, quirks, kind: 'register', register, bits,
-});
 
 /** A qtest stand-in that ignores every line for `deafMs`, then answers endianness and reads (QEMU 10 before OPENED). */
 function deafServer(deafMs: number): string {
@@ -67,23 +62,6 @@ describe('differential harness: QEMU 10.0 parts', function () {
       ChildQtestPeer.startChild({ name: 'deaf', command: process.execPath, args: [server], startTimeoutMs: 800, exitGraceMs: 100 }),
       /failed to start/,
     );
-  });
-
-  it('excuses a difference of compat=qemu-10.0 only where a quirk it cannot act on yet is named, within that quirk\'s fields', () => {
-    const leaf = (flags: Record<string, number>) => encodeBig(FIRST_STAGE_4K_LEAF, { P: 1, RW: 1, US: 1, ADDR: 0x300, ...flags });
-    const quirk = 'first-stage-flags-written-only-when-all-clear' as const;
-    const qemu = [r('PTE', 'FS_4K_LEAF', leaf({ A: 1 }), [quirk])];
-    const run = (ours: Observation[], unreproduced: DifferentialRun['unreproduced']): DifferentialRun => ({
-      qemu, ours, qemuStderr: '', oracle: 'qemu-10.0', ...(unreproduced ? { unreproduced } : {}),
-    });
-    // D differs: what the pending quirk changes.
-    assertAgreement(run([r('PTE', 'FS_4K_LEAF', leaf({ A: 1, D: 1 }))], [quirk]), 'x-scalable-mode=on,x-flts=on,aw-bits=48');
-    // Once the unit acts on it, the same difference fails.
-    assert.throws(() => assertAgreement(run([r('PTE', 'FS_4K_LEAF', leaf({ A: 1, D: 1 }))], undefined), 'x-scalable-mode=on,x-flts=on,aw-bits=48'), /disagree/);
-    // RW differs: no quirk changes it.
-    assert.throws(() => assertAgreement(run([r('PTE', 'FS_4K_LEAF', leaf({ A: 1, RW: 0 }))], [quirk]), 'x-scalable-mode=on,x-flts=on,aw-bits=48'), /disagree/);
-    // A pending quirk that is not named at the value excuses nothing.
-    assert.throws(() => assertAgreement(run([r('PTE', 'FS_4K_LEAF', leaf({ A: 1, D: 1 }))], ['first-stage-canonical-check-uses-pasid-aw']), 'x-scalable-mode=on,x-flts=on,aw-bits=48'), /disagree/);
   });
 
   it('compares page-table entries read back by their fields: the A/D quirks name A and D only', () => {

@@ -1,7 +1,7 @@
 /** Differential harness: a recording guest over a qtest peer, played into QEMU 7.2 and into `viommu qtest`, and compared. */
 import { strict as assert } from 'node:assert';
 import { encodeBig } from '../../lib/vtd/bitfield';
-import { COMPAT_QUIRKS, quirkChangesObservation, quirkRegisterMask, quirksFor, type ObservationKind, type QuirkId } from '../../lib/vtd/compat-quirks';
+import { quirkChangesObservation, quirkRegisterMask, quirksFor, type ObservationKind, type QuirkId } from '../../lib/vtd/compat-quirks';
 import { vtdConfigFromString } from '../../lib/vtd/config';
 import { FSTS } from '../../lib/vtd/register-bits';
 import { findRegister } from '../../lib/vtd/registers';
@@ -13,7 +13,6 @@ import { EDU_BUFFER_ADDRESS, EDU_BUFFER_SIZE, EDU_DMA_COMMAND, EDU_REGISTERS } f
 import type { QtestPeer } from '../../lib/vmm/qtest/client';
 import { QemuQtest, ViommuQtest, qemuAvailability, type QemuQtestOptions } from './qemu';
 import { qemu10Availability, startQemu10 } from './qemu10';
-import { pendingQemu10Wiring, unreproducedQemu10Quirks } from './qemu10-wiring';
 
 export const DMAR = 0xfed90000;
 export const EDU_BAR = 0xfe000000;
@@ -574,12 +573,6 @@ export interface DifferentialOptions {
   eduDmaMaskBits?: number;
   /** Further edu devices (slots on bus 0) on both sides, e.g. to fault from a second requester id. */
   extraEduSlots?: readonly number[];
-  /**
-   * Quirks of compat=<oracle> that our unit cannot act on yet (default: for QEMU 10.0, what qemu10-wiring.ts
-   * probes find missing): our compat peer's DMAs are held to the outcomes without them, and assertAgreement
-   * excuses what they change, within their fields, with a note.
-   */
-  unreproduced?: readonly QuirkId[];
 }
 
 export interface DifferentialRun {
@@ -590,8 +583,6 @@ export interface DifferentialRun {
   oracle?: Oracle;
   /** The properties played, when they differ from the scenario's (a QEMU 7.2 scenario replayed on 10.0). */
   props?: string;
-  /** Quirks of compat=<oracle> the unit does not act on yet (see DifferentialOptions.unreproduced). */
-  unreproduced?: readonly QuirkId[];
   /** Our unit with the default compat (the spec), when checkSpecMode. */
   spec?: Observation[];
   qemuStderr: string;
@@ -644,7 +635,6 @@ export async function playBoth(scenario: Scenario, options: DifferentialOptions 
   // A QEMU 7.2 scenario replayed on QEMU 10.0 ($VIOMMU_ORACLE) keeps 7.2's default geometry: aw-bits=39.
   const replayed = options.oracle === undefined && oracle === 'qemu-10.0' && !/(^|,)aw-bits=/.test(options.props ?? '');
   const props = replayed ? [options.props, 'aw-bits=39'].filter((p) => p !== undefined && p !== '').join(',') : options.props ?? '';
-  const unreproduced = options.unreproduced ?? (oracle === 'qemu-10.0' ? unreproducedQemu10Quirks(props) : []);
   const maskBits = options.eduDmaMaskBits ?? 64;
   const qemuMask = `0x${((1n << BigInt(maskBits)) - 1n).toString(16)}`;
   const slots = options.extraEduSlots ?? [];
@@ -670,13 +660,12 @@ export async function playBoth(scenario: Scenario, options: DifferentialOptions 
     const specQuirks = quirksFor(vtdConfigFromString(specProps(props, oracle)));
     const [qemuSeen, oursSeen, specSeen] = await Promise.all([
       play(qemu, scenario, qemuQuirks),
-      play(ours, scenario, new Set([...qemuQuirks].filter((quirk) => !unreproduced.includes(quirk)))),
+      play(ours, scenario, qemuQuirks),
       spec ? play(spec, scenario, specQuirks) : Promise.resolve(undefined),
     ]);
     const run: DifferentialRun = { qemu: qemuSeen, ours: oursSeen, qemuStderr: qemu.stderrText };
     if (oracle !== 'qemu-7.2') run.oracle = oracle;
     if (replayed) run.props = props;
-    if (unreproduced.length > 0) run.unreproduced = unreproduced;
     if (specSeen) run.spec = specSeen;
     if (process.env.VIOMMU_ORACLE_VERBOSE) {
       qemuSeen.forEach((o, i) => {
@@ -711,22 +700,12 @@ export function assertAgreement(run: DifferentialRun, scenarioProps = ''): void 
   const mismatches: string[] = [];
   const length = Math.max(run.qemu.length, run.ours.length);
   const oracle = run.oracle ?? 'qemu-7.2';
-  const pending = run.unreproduced ?? [];
-  // With quirks the unit cannot act on yet, it acts as a unit lacking them: exactly what unexplainedBy judges.
-  // Only a pending quirk tagged at a value may excuse it: every other quirk counts as acting.
-  const acting = pending.length === 0 ? undefined : new Set(COMPAT_QUIRKS.map((quirk) => quirk.id).filter((id) => !pending.includes(id)));
-  const excused: string[] = [];
   for (let i = 0; i < length; i++) {
     const expected = run.qemu[i];
     const actual = run.ours[i];
     if (expected?.label === actual?.label && expected?.value === actual?.value) continue;
-    if (acting !== undefined && expected !== undefined && actual !== undefined && expected.label === actual.label && unexplainedBy(expected, actual, acting) === '') {
-      excused.push(`${actual.label} = ${actual.value} (QEMU ${expected.value})`);
-      continue;
-    }
     mismatches.push(describeDifference(i, expected, actual, `viommu(compat=${oracle})`));
   }
-  if (excused.length > 0) notePending(excused, oracle, props, pending);
   fail(`${oracleName(oracle)} and viommu(compat=${oracle}) disagree`, mismatches);
   if (run.spec === undefined) return;
   const specQuirks = quirksFor(vtdConfigFromString(specProps(props, oracle)));
@@ -759,18 +738,6 @@ export function unexplainedBy(expected: Observation, actual: Observation, specQu
   }
   if (expected.kind !== 'register' && expected.kind !== 'value' && excusing.some((quirk) => quirkChangesObservation(quirk, expected.kind as ObservationKind))) return '';
   return `${excusing.join(', ')} change no ${expected.kind === 'register' ? `${expected.register ?? 'register'} value` : `${expected.kind} observation`}`;
-}
-
-const notedWiring = new Set<string>();
-
-/** Says, once per change, what compat=<oracle> still lacks, and which values that excused in this run. */
-function notePending(excused: readonly string[], oracle: Oracle, props: string, pending: readonly QuirkId[]): void {
-  for (const { quirks, change } of pendingQemu10Wiring(props).filter((wiring) => wiring.quirks.some((quirk) => pending.includes(quirk)))) {
-    if (notedWiring.has(change)) continue;
-    notedWiring.add(change);
-    console.log(`      note: compat=${oracle} does not act on ${quirks.join(', ')} yet; needs ${change}`);
-  }
-  console.log(`      note: ${excused.length} values differ only as those quirks say, e.g. ${excused.slice(0, 2).join('; ')}`);
 }
 
 /** playBoth then assertAgreement. */
