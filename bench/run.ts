@@ -11,6 +11,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { foundationFigures } from './figures/foundation';
 import { MACHINE_FIGURES } from './figures/machine';
+import { PASID_FIGURES } from './figures/pasid';
 import { shadowFigures } from './figures/shadow';
 import { softNestingFigures } from './figures/soft-nesting';
 import { serverProcessFigure, vfioUserFigures } from './figures/vfio-user';
@@ -35,6 +36,7 @@ const FIGURES: Readonly<Record<string, () => Figure>> = {
   'shadow.a': fromSet(shadowFigures, 'shadow.a'),
   'shadow.b': fromSet(shadowFigures, 'shadow.b'),
   ...MACHINE_FIGURES,
+  ...PASID_FIGURES,
 };
 
 interface Row {
