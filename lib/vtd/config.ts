@@ -3,7 +3,7 @@
 import { ViommuError } from '../errors';
 import { bigToWords, getFieldBig, setField, wordsToBig, type Field } from './bitfield';
 import {
-  CAP_FIELDS, ECAP_FIELDS, FAULT_RECORD_COUNT, FAULT_RECORD_OFFSET, IOTLB_REGISTERS_OFFSET, type CapabilityValues,
+  CAP_FIELDS, ECAP_FIELDS, FAULT_RECORD_COUNT, VCCAP_FIELDS, FAULT_RECORD_OFFSET, IOTLB_REGISTERS_OFFSET, type CapabilityValues,
 } from './registers';
 
 export type OnOffAuto = 'on' | 'off' | 'auto';
@@ -36,6 +36,9 @@ export interface VtdProperties {
   readonly 'x-pasid-mode': boolean;
   readonly 'x-flts': boolean;
   readonly 'x-nested': boolean;
+  readonly 'x-vcmd': boolean;
+  /** PASID width the unit offers (ECAP.PSS + 1); 0: PSS reads 0 as QEMU 7.2 and 10.0.2 report it. */
+  readonly 'x-pasid-bits': number;
   readonly compat: Compat;
 }
 
@@ -46,7 +49,7 @@ export interface VtdConfig extends Omit<VtdProperties, 'intremap' | 'eim'> {
 }
 
 type PropertyName = keyof VtdProperties;
-type PropertyKind = 'bool' | 'on-off-auto' | 'aw-bits' | 'compat';
+type PropertyKind = 'bool' | 'on-off-auto' | 'aw-bits' | 'integer' | 'compat';
 
 interface PropertyDescription {
   readonly name: PropertyName;
@@ -70,6 +73,8 @@ export const VTD_PROPERTIES: readonly PropertyDescription[] = [
   { name: 'x-pasid-mode', kind: 'bool', origin: 'intel-iommu', description: 'requests with PASID (ECAP.PASID)' },
   { name: 'x-flts', kind: 'bool', origin: 'intel-iommu, newer than 7.2', description: 'first-stage translation (ECAP.FSTS)' },
   { name: 'x-nested', kind: 'bool', origin: 'viommu only', description: 'nested translation for guests (ECAP.NEST with SSTS beside x-flts FSTS); QEMU offers no such property' },
+  { name: 'x-vcmd', kind: 'bool', origin: 'viommu only', description: 'the virtual command interface (ECAP.VCS, VCCAP.PAS): the guest allocates and frees PASIDs through VCMD/VCRSP; QEMU never merged it' },
+  { name: 'x-pasid-bits', kind: 'integer', origin: 'viommu only', description: 'PASID width 1..20 (ECAP.PSS + 1), the range VCMD allocates from; 0 (default) leaves PSS 0 as QEMU 7.2 and 10.0.2 do' },
   { name: 'compat', kind: 'compat', origin: 'viommu only', description: "'spec' (default), 'qemu-7.2' (with QEMU 7.2's quirks), 'qemu-10.0' (QEMU 10.0.2's defaults and quirks) or 'qemu-latest' (the spec with the newest measured QEMU's capabilities, 10.0.2)" },
 ];
 
@@ -86,6 +91,8 @@ const DEFAULTS: Omit<VtdProperties, 'aw-bits'> = {
   'x-pasid-mode': false,
   'x-flts': false,
   'x-nested': false,
+  'x-vcmd': false,
+  'x-pasid-bits': 0,
   compat: 'spec',
 };
 
@@ -181,7 +188,20 @@ export const CONFIG_RULES: readonly ConfigRule[] = [
     violatedBy: (p) => p['x-nested'] && !p['x-flts'],
     message: 'x-nested=on needs x-flts=on (and so x-scalable-mode=on, aw-bits=48)',
   },
+  {
+    id: 'vcmd-needs-pasid', source: 'viommu (VT-d: VCMD allocates PASIDs, which only requests with PASID use)',
+    violatedBy: (p) => p['x-vcmd'] && !p['x-pasid-mode'],
+    message: 'x-vcmd=on needs x-pasid-mode=on (and so x-scalable-mode=on)',
+  },
+  {
+    id: 'pasid-bits-1-to-20', source: 'VT-d ECAP.PSS (PASIDs are at most 20 bits)',
+    violatedBy: (p) => p['x-pasid-bits'] !== 0 && (p['x-pasid-bits'] < 1 || p['x-pasid-bits'] > MAX_PASID_BITS || !p['x-pasid-mode']),
+    message: 'x-pasid-bits must be 1..20, with x-pasid-mode=on',
+  },
 ];
+
+/** PASIDs are 20 bits wide in every structure and descriptor. */
+export const MAX_PASID_BITS = 20;
 
 /** Fills in defaults, checks every rule and decides 'auto'; throws VtdConfigError naming the first broken rule. */
 export function resolveVtdConfig(properties: Partial<VtdProperties> = {}): VtdConfig {
@@ -217,6 +237,11 @@ function parseValue(name: PropertyName, kind: PropertyKind, text: string): VtdPr
       }
       // Range is a rule, not a parse error, so that the message names the rule like QEMU's does.
       return value as AddressWidth;
+    }
+    case 'integer': {
+      const value = /^(0x[0-9a-f]+|[0-9]+)$/i.test(text) ? Number(text) : Number.NaN;
+      if (!Number.isSafeInteger(value)) throw new VtdPropertyError(name, `Parameter '${name}' expects a number, got '${text}'`);
+      return value;
     }
     case 'compat':
       if ((COMPAT_VALUES as readonly string[]).includes(text)) return text as Compat;
@@ -277,7 +302,9 @@ type CapabilityRegister = 'CAP' | 'ECAP';
 export interface CapabilityExtension {
   readonly register: CapabilityRegister;
   readonly field: string;
-  readonly value: number;
+  /** The field's value, or how the configuration gives it (`shown` then says so in documents). */
+  readonly value: number | ((config: VtdConfig) => number);
+  readonly shown?: string;
   readonly applies: (config: VtdConfig) => boolean;
   readonly origin: string;
   readonly note: string;
@@ -311,6 +338,14 @@ export const CAPABILITY_EXTENSIONS: readonly CapabilityExtension[] = [
   {
     register: 'ECAP', field: 'SRS', value: 1, applies: (c) => c['x-nested'],
     origin: 'viommu x-nested', note: 'x-nested: supervisor requests (SRE in PASID entries)',
+  },
+  {
+    register: 'ECAP', field: 'VCS', value: 1, applies: (c) => c['x-vcmd'],
+    origin: 'viommu x-vcmd (VT-d 3.3 virtual command interface)', note: 'x-vcmd: VCMD/VCRSP/VCCAP registers at 0xe00, 0xe10, 0xe30',
+  },
+  {
+    register: 'ECAP', field: 'PSS', value: (c) => c['x-pasid-bits'] - 1, shown: 'x-pasid-bits - 1', applies: (c) => c['x-pasid-bits'] !== 0,
+    origin: 'viommu x-pasid-bits', note: 'x-pasid-bits: PSS = width - 1 (QEMU after 10.0.2 sets 19 with x-pasid-mode)',
   },
 ];
 
@@ -355,9 +390,17 @@ export function computeCapabilities(config: VtdConfig): CapabilityValues {
 
   for (const extension of CAPABILITY_EXTENSIONS) {
     if (!extension.applies(config)) continue;
-    setField(extension.register === 'CAP' ? cap : ecap, fieldOf(extension.register, extension.field), extension.value);
+    const value = typeof extension.value === 'number' ? extension.value : extension.value(config);
+    setField(extension.register === 'CAP' ? cap : ecap, fieldOf(extension.register, extension.field), value);
   }
-  return { cap: wordsToBig(cap), ecap: wordsToBig(ecap), vccap: 0n };
+  return { cap: wordsToBig(cap), ecap: wordsToBig(ecap), vccap: config['x-vcmd'] ? wordsToBig(vccapWords()) : 0n };
+}
+
+/** VCCAP of a unit with the virtual command interface: PASID allocation is its one command set. */
+function vccapWords(): Uint32Array {
+  const vccap = new Uint32Array(2);
+  setField(vccap, VCCAP_FIELDS.f.PAS, 1);
+  return vccap;
 }
 
 /** Reads one capability field by name, e.g. capabilityField(caps, 'ECAP', 'SMTS'). */

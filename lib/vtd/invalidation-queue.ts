@@ -34,6 +34,8 @@ export interface InvalidationTarget {
   pasidCachePasid(did: number, pasid: number): void;
   /** PASID-based device-TLB invalidation (descriptor 8) of one PASID (or all, `global`) of device `sid`. */
   pasidDeviceTlb(sid: number, pasid: number, global: boolean): void;
+  /** A wait descriptor was processed (its status written, its event raised): every descriptor before it is done. */
+  waitCompleted(): void;
 }
 
 export interface QueueOptions {
@@ -356,6 +358,7 @@ export class InvalidationQueue {
       if (!this.memory.tryWrite(getField(w, f.SADDR) * 2 ** f.SADDR.addressShift!, this.status)) return false;
     }
     if (getField(w, f.IF)) this.completionEvent();
+    this.target.waitCompleted();
     return true;
   }
 

@@ -43,6 +43,7 @@ export const OFFSET = {
   IRTA: registerOffset('IRTA'),
   IVA: registerOffset('IVA'),
   IOTLB: registerOffset('IOTLB'),
+  VCMD: registerOffset('VCMD'),
 } as const;
 
 export const GCMD = {

@@ -65,6 +65,19 @@ export const VCCAP_FIELDS = defineFields('VCCAP', 64, [
   { name: 'PAS', bit: 0, width: 1, description: 'PASID allocation commands offered' },
 ] as const);
 
+/** VT-d 3.3 layout of the virtual command register. */
+export const VCMD_FIELDS = defineFields('VCMD', 64, [
+  { name: 'CMD', bit: 0, width: 8, description: 'command', values: { 1: 'allocate PASID', 2: 'free PASID' } },
+  { name: 'OPERAND', bit: 16, width: 48, description: 'operand (free: the PASID)' },
+] as const);
+
+/** VT-d 3.3 layout of the virtual command response register. */
+export const VCRSP_FIELDS = defineFields('VCRSP', 64, [
+  { name: 'IP', bit: 0, width: 1, description: 'command in progress' },
+  { name: 'SC', bit: 1, width: 7, description: 'status code', values: { 0: 'success', 1: 'unsupported command', 16: 'no PASID available / PASID not allocated' } },
+  { name: 'RESULT', bit: 16, width: 48, description: 'result (allocate: the PASID)' },
+] as const);
+
 // ---- command, status and pointer registers ----
 
 export const GCMD_FIELDS = defineFields('GCMD', 32, [
@@ -274,8 +287,8 @@ const pageRequestRows: Row[] = [
 
 /** Spec 3.3 layout; only with ECAP.VCS (QEMU never offers it). */
 const virtualCommandRows: Row[] = [
-  ['VCMD', 0xe00, 64, 0n, 0xffffffffffffffffn, 0n, 0n, undefined, 'command 7:0, operand from bit 16'],
-  ['VCRSP', 0xe10, 64, 0n, 0n, 0n, 0n, undefined, 'IP bit 0, status 7:1, result from bit 16'],
+  ['VCMD', 0xe00, 64, 0n, 0xffffffffffffffffn, 0n, 0n, VCMD_FIELDS, 'command 7:0, operand from bit 16; a write runs the command'],
+  ['VCRSP', 0xe10, 64, 0n, 0n, 0n, 0n, VCRSP_FIELDS, 'IP bit 0, status 7:1, result from bit 16; set by the unit'],
   ['VCCAP', 0xe30, 64, 'vccap', 0n, 0n, 0n, VCCAP_FIELDS, 'virtual command capabilities'],
 ];
 

@@ -8,7 +8,7 @@ import { bigToNumber, getField64, getFieldBig, setFieldBig } from './bitfield';
 import type { DeviceDomainListener } from './address-space';
 import { ContextCache, Iotlb, POWERS_OF_TWO, PagingStructureCache, alignDown, type CachedContext } from './caches';
 import { quirksFor, type QuirkId } from './compat-quirks';
-import { capabilityField, computeCapabilities, enabledFeatures, resolveVtdConfig, vtdConfigFromString, type Compat, type VtdConfig } from './config';
+import { capabilityField, computeCapabilities, enabledFeatures, resolveVtdConfig, vtdConfigFromString, MAX_PASID_BITS, type Compat, type VtdConfig } from './config';
 import { DomainRegistry, type DomainDescriptor } from './domains';
 import { FaultRecorder, type RecordOutcome } from './fault-recorder';
 import { describeFaultReason, isPermissionFault } from './fault-reasons';
@@ -21,6 +21,7 @@ import { MappingEnumerator } from './mapping-enumerator';
 import { RegisterFile, type AccessSize, type RegisterWriteEvent } from './register-file';
 import { faultCode } from './fault-reasons';
 import { ScalableTranslator, type ScalableRequestInput } from './scalable-translation';
+import { VirtualCommandInterface, type VirtualCommandOptions } from './virtual-command';
 import type { WalkTraceSink } from './walk-trace';
 import { GCMD, GSTS, OFFSET } from './register-bits';
 import { PASID_PGTT } from './structures';
@@ -40,6 +41,11 @@ export interface VtdUnitOptions {
    * the VMM decides what to do. Default: kept in `hostErrors`.
    */
   readonly onHostError?: (error: Error) => void;
+  /**
+   * With x-vcmd: the PASIDs VCMD hands out, a set of an allocator the VMM may share between units (a quota per VM).
+   * Default: the unit's own allocator over its whole PASID width.
+   */
+  readonly pasids?: VirtualCommandOptions['pasids'];
 }
 
 /** One DMA request: requester id (bus << 8 | devfn), input address, write or read, and the PASID it carries, if any. */
@@ -173,6 +179,8 @@ export class VtdUnit implements InvalidationTarget {
   /** Scalable-mode lookup, walks and the scalable context and PASID caches (it shares this.iotlb). */
   readonly scalable: ScalableTranslator;
   private readonly scalableOffered: boolean;
+  /** The virtual command interface (x-vcmd): PASID allocation for the guest. */
+  readonly virtualCommands: VirtualCommandInterface | undefined;
   /** The domains devices translate through, for host backends (see address-space.ts). */
   readonly domains: DomainRegistry;
   private readonly remapper: InterruptRemapper;
@@ -212,6 +220,9 @@ export class VtdUnit implements InvalidationTarget {
       features,
     }, this.quirks);
     this.scalableOffered = capabilityField(caps, 'ECAP', 'SMTS') === 1;
+    this.virtualCommands = this.config['x-vcmd']
+      ? new VirtualCommandInterface(this.registers, { pasidBits: this.config['x-pasid-bits'] || MAX_PASID_BITS, ...(options.pasids ? { pasids: options.pasids } : {}) })
+      : undefined;
     this.scalable = new ScalableTranslator(this.memory, this.walker, {
       lookup: {
         addressWidth: this.config['aw-bits'],
@@ -272,6 +283,7 @@ export class VtdUnit implements InvalidationTarget {
     this.interruptEntries.invalidateAll();
     this.queue.reset();
     this.recorder.reset();
+    this.virtualCommands?.reset();
     this.rootTable = 0;
     this.rootMode = 0;
     this.translationEnabled = false;
@@ -342,6 +354,7 @@ export class VtdUnit implements InvalidationTarget {
       case OFFSET.IQT: this.queue.onIqtWrite(); break;
       case OFFSET.ICS: this.queue.afterIcsWrite(); break;
       case OFFSET.IECTL: this.queue.afterIectlWrite(); break;
+      case OFFSET.VCMD: if (upperOrWhole) this.virtualCommands?.execute(); break;
       default:
         if (register.name.startsWith('FRCD') && register.name.endsWith('_HI')) this.recorder.afterRecordCleared();
     }
@@ -514,6 +527,7 @@ export class VtdUnit implements InvalidationTarget {
   /** PASID-based IOTLB invalidation of a whole PASID: first-stage and nested translations of (DID, PASID). */
   pasidIotlb(did: number, pasid: number): void {
     this.iotlb.invalidatePasid(did, pasid);
+    this.virtualCommands?.allocator.invalidated(pasid);
     this.domains.mappingsInvalidated(did, undefined, undefined, pasid);
   }
 
@@ -521,12 +535,14 @@ export class VtdUnit implements InvalidationTarget {
   pasidIotlbPages(did: number, pasid: number, pfn: number, am: number): boolean {
     if (am > this.maxAddressMask) return false;
     this.iotlb.invalidatePasidPages(did, pasid, pfn, am);
+    this.virtualCommands?.allocator.invalidated(pasid);
     this.domains.mappingsInvalidated(did, alignedFirstPage(pfn, am), POWERS_OF_TWO[am]!, pasid);
     return true;
   }
 
   pasidCacheGlobal(): void {
     this.scalable.pasidEntries.invalidateAll();
+    this.virtualCommands?.allocator.invalidated('all');
     this.domains.devicesChanged();
   }
 
@@ -537,7 +553,13 @@ export class VtdUnit implements InvalidationTarget {
 
   pasidCachePasid(did: number, pasid: number): void {
     this.scalable.pasidEntries.invalidatePasid(did, pasid);
+    this.virtualCommands?.allocator.invalidated(pasid);
     this.domains.devicesChanged();
+  }
+
+  /** A wait descriptor completed: everything queued before it is done, so PASIDs freed and invalidated before it may be reused. */
+  waitCompleted(): void {
+    this.virtualCommands?.allocator.fenceCompleted();
   }
 
   /** PASID-based device-TLB invalidation: the unit models no device TLBs, so a valid request has nothing to drop. */

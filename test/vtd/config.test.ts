@@ -112,6 +112,9 @@ describe('vtd config', () => {
       ['x-flts=on,aw-bits=48', 'flts-needs-scalable'],
       ['x-scalable-mode=on,x-flts=on', 'flts-needs-aw-bits-48'],
       ['x-scalable-mode=on,aw-bits=48,x-nested=on', 'nested-needs-flts'],
+      ['x-scalable-mode=on,x-vcmd=on', 'vcmd-needs-pasid'],
+      ['x-scalable-mode=on,x-pasid-mode=on,x-pasid-bits=21', 'pasid-bits-1-to-20'],
+      ['x-scalable-mode=on,x-pasid-bits=8', 'pasid-bits-1-to-20'],
     ];
     for (const [text, rule] of refusals) {
       it(`refuses ${text} naming ${rule}`, () => {

@@ -81,7 +81,7 @@ export function renderDeviationsDoc(): string {
     '|---|---|---|---|---|---|',
   );
   for (const extension of CAPABILITY_EXTENSIONS) {
-    lines.push(`| ${extension.register} | ${extension.field} | ${extension.value} | its property is set | ${cell(extension.origin)} | ${cell(extension.note)} |`);
+    lines.push(`| ${extension.register} | ${extension.field} | ${extension.shown ?? String(extension.value)} | its property is set | ${cell(extension.origin)} | ${cell(extension.note)} |`);
   }
   lines.push('', HAND_WRITTEN, '');
   return lines.join('\n');

@@ -1,0 +1,108 @@
+/**
+ * The virtual command interface (ECAP.VCS, VT-d 3.3 layout): a guest allocates and frees PASIDs by writing VCMD and
+ * reads the answer in VCRSP. The PASIDs come from a PasidAllocator set, so a VMM can give several units (VMs) one
+ * host-wide allocator with a quota each; freed PASIDs go through the allocator's quarantine.
+ */
+
+import { encodeBig, getFieldBig } from './bitfield';
+import { PasidAllocator, type PasidSet } from './pasid-allocator';
+import type { RegisterFile } from './register-file';
+import { VCMD_FIELDS, VCRSP_FIELDS } from './registers';
+
+export const VIRTUAL_COMMAND = { ALLOCATE_PASID: 1, FREE_PASID: 2 } as const;
+
+/**
+ * VCRSP.SC values. 16 is the command-specific error of both PASID commands (none left to allocate; freeing a PASID
+ * this guest does not hold). The spec leaves other commands' answers to each command; an unsupported one gets 1,
+ * the general "invalid command" code of the 3.1 layout's status field.
+ */
+export const VIRTUAL_COMMAND_STATUS = { SUCCESS: 0, UNSUPPORTED: 1, PASID_ERROR: 16 } as const;
+
+export interface VirtualCommandOptions {
+  /** PASID width the unit offers (ECAP.PSS + 1, 20 when PSS is not set): allocations stay below 2^bits. */
+  readonly pasidBits: number;
+  /**
+   * Where the PASIDs come from: a set of a host-wide allocator (quota per VM). Default: a private allocator over
+   * [1, 2^pasidBits) with the whole range as quota.
+   */
+  readonly pasids?: { readonly allocator: PasidAllocator<unknown>; readonly set: PasidSet<unknown> };
+}
+
+/** One VCMD command as the guest wrote it, and the response the unit gave: for traces and reports. */
+export interface VirtualCommandRecord {
+  readonly command: number;
+  readonly operand: bigint;
+  readonly status: number;
+  readonly result: bigint;
+}
+
+export class VirtualCommandInterface {
+  readonly allocator: PasidAllocator<unknown>;
+  readonly pasids: PasidSet<unknown>;
+  private readonly limit: number;
+  /** The last commands run, newest last (bounded), for a unit summary. */
+  readonly recent: VirtualCommandRecord[] = [];
+
+  constructor(
+    private readonly registers: RegisterFile,
+    options: VirtualCommandOptions,
+  ) {
+    this.limit = 2 ** options.pasidBits;
+    if (options.pasids !== undefined) {
+      this.allocator = options.pasids.allocator;
+      this.pasids = options.pasids.set;
+    } else {
+      this.allocator = new PasidAllocator<unknown>({ min: 1, max: this.limit });
+      this.pasids = this.allocator.createSet('guest', this.limit - 1);
+    }
+  }
+
+  /** VCMD was written: runs the command at once (VCRSP.IP never reads 1) and sets VCRSP. */
+  execute(): void {
+    const written = this.registers.readRaw('VCMD');
+    const command = Number(getFieldBig(written, VCMD_FIELDS.f.CMD));
+    const operand = getFieldBig(written, VCMD_FIELDS.f.OPERAND);
+    const { status, result } = this.run(command, operand);
+    this.registers.writeRaw('VCRSP', encodeBig(VCRSP_FIELDS, { IP: 0, SC: status, RESULT: result }));
+    this.recent.push({ command, operand, status, result });
+    if (this.recent.length > RECENT_LIMIT) this.recent.shift();
+  }
+
+  /**
+   * The guest was reset and forgot its PASIDs: each goes to quarantine, counted as invalidated (reset dropped every
+   * cache), so the next completed wait releases those no device is still bound to.
+   */
+  reset(): void {
+    for (const pasid of this.pasids.held()) {
+      this.pasids.free(pasid);
+      this.allocator.invalidated(pasid);
+    }
+    this.recent.length = 0;
+  }
+
+  private run(command: number, operand: bigint): { status: number; result: bigint } {
+    switch (command) {
+      case VIRTUAL_COMMAND.ALLOCATE_PASID: {
+        const allocation = this.pasids.allocate();
+        // A PASID of a shared allocator beyond this unit's width would not fit the guest's PASID fields.
+        if (allocation.ok && allocation.pasid >= this.limit) {
+          this.pasids.free(allocation.pasid);
+          return { status: VIRTUAL_COMMAND_STATUS.PASID_ERROR, result: 0n };
+        }
+        return allocation.ok
+          ? { status: VIRTUAL_COMMAND_STATUS.SUCCESS, result: BigInt(allocation.pasid) }
+          : { status: VIRTUAL_COMMAND_STATUS.PASID_ERROR, result: 0n };
+      }
+      case VIRTUAL_COMMAND.FREE_PASID: {
+        // The operand is 48 bits wide; anything that is not a PASID this guest holds is refused the same way.
+        if (operand >= BigInt(this.limit)) return { status: VIRTUAL_COMMAND_STATUS.PASID_ERROR, result: 0n };
+        const released = this.pasids.free(Number(operand));
+        return { status: released.ok ? VIRTUAL_COMMAND_STATUS.SUCCESS : VIRTUAL_COMMAND_STATUS.PASID_ERROR, result: 0n };
+      }
+      default:
+        return { status: VIRTUAL_COMMAND_STATUS.UNSUPPORTED, result: 0n };
+    }
+  }
+}
+
+const RECENT_LIMIT = 64;
