@@ -4,10 +4,15 @@
 export { VtdUnit, VtdRequestError } from '../vtd/unit';
 export type {
   VtdUnitOptions, TranslationRequest, TranslationResult, TranslationSuccess, TranslationFailure,
-  InterruptResult, InterruptFailure, InterruptOrigin,
+  InterruptResult, InterruptFailure, InterruptOrigin, PasidTag, TracedWalk,
 } from '../vtd/unit';
 export type { InterruptRequest, RemappedInterrupt, InterruptFault } from '../vtd/interrupt-remap';
 export type { RecordOutcome } from '../vtd/fault-recorder';
+
+// PASIDs: the allocator a VMM may share between units (x-vcmd), and the virtual command interface's codes.
+export { PasidAllocator, PasidAllocatorError, RID_PASID, PASID_SPACE } from '../vtd/pasid-allocator';
+export type { PasidSet, PasidState, PasidAllocation, PasidRelease, PasidRange } from '../vtd/pasid-allocator';
+export { VIRTUAL_COMMAND, VIRTUAL_COMMAND_STATUS } from '../vtd/virtual-command';
 
 // Configuration: QEMU intel-iommu property names ('aw-bits=48,caching-mode=on'), with the list of them and their rules.
 export {

@@ -10,6 +10,7 @@ import { ShadowBackend } from '../host/shadow-backend';
 import type { DeviceDomainListener } from '../vtd/address-space';
 import type { HostPending } from '../vtd/host-completion';
 import { REGISTER_WINDOW_SIZE } from '../vtd/registers';
+import type { PasidTag } from '../vtd/unit';
 
 /**
  * What a VMM gives the unit. VtdUnit's options take it as it is: `new VtdUnit({ ...host, config: 'aw-bits=48' })`.
@@ -37,8 +38,11 @@ export interface EmbeddedIommu {
   /** The register window: 4- and 8-byte accesses at offsets below REGISTER_WINDOW_SIZE. */
   read(offset: number, size: 4 | 8): number | bigint;
   write(offset: number, size: 4 | 8, value: number | bigint): void;
-  /** The DMA view of the device with requester id `sourceId` (bus << 8 | device << 3 | function). */
-  dmaSpace(sourceId: number): DmaSpace;
+  /**
+   * The DMA view of the device with requester id `sourceId` (bus << 8 | device << 3 | function); with `tag`, of its
+   * requests with that PASID (PCIe PASID prefix: the PASID, privileged-mode and execute requested).
+   */
+  dmaSpace(sourceId: number, tag?: PasidTag): DmaSpace;
   /**
    * An interrupt request (a DWORD write into the interrupt range): remapped when the guest turned remapping on,
    * then delivered through the host's onInterrupt. 'platform': a request without a requester id (an I/O APIC's
@@ -135,6 +139,11 @@ export interface AttachedDevice {
   readonly name: string;
   /** The device's DMA: translated by the IOMMU for `sid` (guest RAM directly without an IOMMU). Faults throw DmaFault. */
   readonly dma: DmaSpace;
+  /**
+   * The device's requests with PASID `tag.pasid`: translated through that PASID's entry. Without an IOMMU there is
+   * nothing to resolve a PASID through, and the requests reach guest RAM untranslated.
+   */
+  pasidDma(tag: PasidTag): DmaSpace;
   /** The device raises an MSI: the DWORD write of `data` to `address` it programmed. */
   interrupt(address: bigint | number, data: number): DeviceInterrupt;
 }
@@ -173,6 +182,7 @@ export class DeviceRegistry {
       sid,
       name: name ?? formatRequesterId(sid),
       dma: iommu ? iommu.dmaSpace(sid) : this.options.memory.dma,
+      pasidDma: (tag) => (iommu ? iommu.dmaSpace(sid, tag) : this.options.memory.dma),
       interrupt: (address, data) => this.interrupt(sid, address, data),
     };
     this.devices.set(sid, device);

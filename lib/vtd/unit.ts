@@ -48,6 +48,13 @@ export interface VtdUnitOptions {
   readonly pasids?: VirtualCommandOptions['pasids'];
 }
 
+/** What a request with PASID carries besides its address: the PASID, and privileged-mode and execute requested. */
+export interface PasidTag {
+  readonly pasid: number;
+  readonly supervisor?: boolean;
+  readonly execute?: boolean;
+}
+
 /** One DMA request: requester id (bus << 8 | devfn), input address, write or read, and the PASID it carries, if any. */
 export type TranslationRequest = ScalableRequestInput;
 
@@ -150,6 +157,7 @@ const GRANULARITY = { GLOBAL: 1, DOMAIN: 2, SELECTIVE: 3 } as const;
 /** RTADDR.TTM: 00 legacy, 01 scalable (with ECAP.SMTS); 10 reserved; 11 abort-DMA (needs ECAP.ADMS, not offered). */
 const TTM = { LEGACY: 0, SCALABLE: 1 } as const;
 const SM_ROOT_TABLE_ADDRESS_INVALID = faultCode('SM_ROOT_TABLE_ADDRESS_INVALID');
+const SM_TTM0_PASID_REQUEST = faultCode('SM_TTM0_PASID_REQUEST');
 
 function splitRaw(value: bigint): [lo: number, hi: number] {
   return [Number(BigInt.asUintN(32, value)), Number(value >> 32n)];
@@ -630,6 +638,8 @@ export class VtdUnit implements InvalidationTarget {
     }
     if (!this.translationEnabled) {
       if (input === BEYOND) return this.failure(request, FR.ADDRESS_BEYOND_MGAW, undefined, false, 'none');
+      // Without remapping there is no PASID table to resolve a PASID through: such requests are unsupported.
+      if (request.pasid !== undefined) return this.failure(request, SM_TTM0_PASID_REQUEST, undefined, false, 'none');
       return { ok: true, address: input, pageSize: PAGE, readable: true, writable: true };
     }
     if (this.rootMode !== TTM.LEGACY) {
@@ -637,6 +647,8 @@ export class VtdUnit implements InvalidationTarget {
       // TTM 10 is reserved and 11 (abort DMA) needs ECAP.ADMS: the root table pointer is invalid.
       return this.report(request, this.scalableOffered ? SM_ROOT_TABLE_ADDRESS_INVALID : FR.ROOT_TABLE_INVALID, undefined, false, false, false);
     }
+    // Legacy tables have no PASID: a unit that could do scalable mode records 0x31; one that cannot never sees PASIDs.
+    if (request.pasid !== undefined) return this.legacyPasidRequest(request);
     let context = this.contextCache.get(sid);
     if (context === undefined) {
       const found = this.walker.lookupContext(this.rootTable, sid);
@@ -677,6 +689,11 @@ export class VtdUnit implements InvalidationTarget {
     }
     if (mode === 'off') return { mode, ok: true, address: bigToNumber(request.iova), pageSize: PAGE, readable: true, writable: true };
     return { mode, ok: false, reason: this.scalableOffered ? SM_ROOT_TABLE_ADDRESS_INVALID : FR.ROOT_TABLE_INVALID, fpd: false, stage: 'second-or-structure' };
+  }
+
+  private legacyPasidRequest(request: TranslationRequest): TranslationResult {
+    if (!this.scalableOffered) return this.failure(request, SM_TTM0_PASID_REQUEST, undefined, false, 'none');
+    return this.report(request, SM_TTM0_PASID_REQUEST, undefined, false, false, false);
   }
 
   /** The IOTLB hit, kept small so that it compiles into translate(); anything else goes to walkPage(). */
@@ -759,14 +776,16 @@ export class VtdUnit implements InvalidationTarget {
   /**
    * A device's DMA view through this unit: page-by-page translation, all or nothing. DWORD writes to the
    * interrupt range are interrupt messages (remapped, then delivered through onInterrupt once the whole write
-   * has been accepted); reads there are illegal requests.
+   * has been accepted); reads there are illegal requests. With `tag`, every request carries that PASID (and its
+   * privilege and execute bits): PCIe PASID-prefixed requests, translated through the PASID's entry; the
+   * interrupt range is then ordinary input.
    */
-  dmaSpace(sid: number): DmaSpace {
-    requireSource(sid, undefined);
+  dmaSpace(sid: number, tag?: PasidTag): DmaSpace {
+    requireSource(sid, tag?.pasid);
     return {
       read: (address, into) => {
         const staging = new Uint8Array(into.length);
-        this.dma(sid, address, into.length, 'read', (piece) => {
+        this.dma(sid, tag, address, into.length, 'read', (piece) => {
           // Zero pieces (QEMU 7.2's reads of the interrupt range) stay as the staging buffer was made.
           return piece.kind === 'zeros' || this.memory.tryRead(piece.address, staging.subarray(piece.position, piece.position + piece.count));
         });
@@ -776,7 +795,7 @@ export class VtdUnit implements InvalidationTarget {
         const undo: Array<[number, Uint8Array]> = [];
         const messages: InterruptRequest[] = [];
         try {
-          this.dma(sid, address, data.length, 'write', (piece) => {
+          this.dma(sid, tag, address, data.length, 'write', (piece) => {
             const bytes = data.subarray(piece.position, piece.position + piece.count);
             if (piece.kind === 'interrupt') {
               const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
@@ -802,7 +821,7 @@ export class VtdUnit implements InvalidationTarget {
   }
 
   /** Translates every page first (faults recorded, nothing moved), then moves the pieces. */
-  private dma(sid: number, address: bigint, length: number, access: DmaAccess, move: (piece: DmaPiece) => boolean): void {
+  private dma(sid: number, tag: PasidTag | undefined, address: bigint, length: number, access: DmaAccess, move: (piece: DmaPiece) => boolean): void {
     if (address < 0n || address + BigInt(length) > IOVA_LIMIT) {
       throw new DmaFault(address, length, access, 'beyond the 64-bit IOVA space', EFAULT);
     }
@@ -811,14 +830,15 @@ export class VtdUnit implements InvalidationTarget {
     let position = 0;
     while (position < length) {
       const iova = address + BigInt(position);
-      if (iova >= INTERRUPT_RANGE_FIRST && iova < INTERRUPT_RANGE_LIMIT) {
+      // Only requests without PASID can be interrupt requests; with a PASID the range is translated as any other.
+      if (tag === undefined && iova >= INTERRUPT_RANGE_FIRST && iova < INTERRUPT_RANGE_LIMIT) {
         const at = Number(iova);
         const count = Math.min(length - position, INTERRUPT_RANGE_END - at);
         pieces.push({ kind: this.interruptRangePiece(address, length, access, at, count), address: at, position, count });
         position += count;
         continue;
       }
-      const result = this.translate({ sid, iova, write });
+      const result = this.translate(tag === undefined ? { sid, iova, write } : { sid, iova, write, ...tag });
       if (!result.ok) {
         const permission = isPermissionFault(result.reason) && !result.notPresent;
         throw new DmaFault(address, length, access, describeFaultReason(result.reason), permission ? EPERM : EFAULT);

@@ -35,9 +35,15 @@ describe('VtdUnit fault recording', () => {
     const guest = faultingGuest();
     guest.translate(0x202123, true);
     assert.equal(guest.read64(FRCD), 0x202000n, 'lo holds the page address');
-    const other = faultingGuest();
-    other.unit.translate({ sid: SID, iova: 0x202000n, write: true, pasid: 5 });
-    assert.equal(other.read64(FRCD + 8), 0x8000050580000020n);
+    // Legacy tables have no PASIDs: a unit that offers scalable mode records 0x31 with PP/PV, one that does not cannot see a PASID.
+    const other = faultingGuest('x-scalable-mode=on');
+    const withPasid = other.unit.translate({ sid: SID, iova: 0x202000n, write: true, pasid: 5 });
+    assert.ok(!withPasid.ok && withPasid.recording === 'recorded');
+    assert.equal(other.read64(FRCD + 8), 0x8000053180000020n);
+    const legacyOnly = faultingGuest();
+    const unseen = legacyOnly.unit.translate({ sid: SID, iova: 0x202000n, write: true, pasid: 5 });
+    assert.ok(!unseen.ok && unseen.recording === 'none');
+    assert.equal(legacyOnly.read64(FRCD + 8), 0n);
   });
 
   it('checks an entry\'s access right before its reserved bits (QEMU\'s order; the spec gives none)', () => {
