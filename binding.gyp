@@ -11,7 +11,8 @@
         "native/event_fd.cc",
         "native/fd_watch.cc",
         "native/kvm.cc",
-        "native/kvm_run.cc"
+        "native/kvm_run.cc",
+        "native/ioctl.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_CPP_EXCEPTIONS"],

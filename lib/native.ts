@@ -284,14 +284,34 @@ export interface NativeAddon {
   KvmVm?: new (devicePath?: string) => NativeKvmVm;
 }
 
-function load(): NativeAddon {
+/** A pointer field of an ioctl argument: the address of `buffer` is written at `offset` before the call. */
+export interface IoctlPointer {
+  readonly offset: number;
+  readonly buffer: Uint8Array;
+}
+
+/**
+ * The addon's generic ioctl (native/ioctl.cc): bytes in, bytes out, no uAPI logic. It works on fd numbers; own them
+ * with `native.adoptFd`.
+ */
+export interface NativeIoctlAddon {
+  /** open(path, O_RDWR | O_CLOEXEC): the new fd number; throws a SystemCallError. */
+  openDevice(path: string): number;
+  /**
+   * ioctl(fd, request, argument) after writing each pointer's buffer address into the argument: the ioctl's result
+   * (0 or more), or -errno. The kernel's out fields land in `argument`, and in the pointed-at buffers.
+   */
+  ioctl(fd: number, request: number, argument: Uint8Array, pointers?: readonly IoctlPointer[]): number;
+}
+
+function load<T>(file: string): T {
   // dist/lib/native.js and lib/native.ts both sit two levels below the package root.
   const root = path.resolve(__dirname, '..', '..');
-  const candidates = [path.join(root, 'build', 'Release', 'viommu_native.node'), path.resolve(__dirname, '..', 'build', 'Release', 'viommu_native.node')];
+  const candidates = [path.join(root, 'build', 'Release', file), path.resolve(__dirname, '..', 'build', 'Release', file)];
   let lastError: unknown;
   for (const candidate of candidates) {
     try {
-      return require(candidate) as NativeAddon;
+      return require(candidate) as T;
     } catch (error) {
       lastError = error;
     }
@@ -303,7 +323,12 @@ function load(): NativeAddon {
   throw error;
 }
 
-export const native: NativeAddon = load();
+export const native: NativeAddon = load<NativeAddon>('viommu_native.node');
+
+/** The addon's ioctl functions (only iommufd and its tests need them). */
+export function nativeIoctl(): NativeIoctlAddon {
+  return native as unknown as NativeIoctlAddon;
+}
 
 /** Linux memfd seal bits, as FileDescriptor.seals() reports them. */
 export const FILE_SEALS = { SEAL: 0x1, SHRINK: 0x2, GROW: 0x4, WRITE: 0x8, FUTURE_WRITE: 0x10 } as const;

@@ -5,6 +5,7 @@
 #include "event_fd.h"
 #include "fd_watch.h"
 #include "file_descriptor.h"
+#include "ioctl.h"
 #include "kvm.h"
 #include "kvm_run.h"
 #include "message_socket.h"
@@ -30,6 +31,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitEventFd(env, exports);
   InitKvm(env, exports);
   InitKvmRun(env, exports);
+  InitIoctl(env, exports);
   return exports;
 }
 

@@ -5,3 +5,4 @@ export * from './received-fds';
 export * from './unix-server';
 export * from './kvm';
 export * from './kvm-vm';
+export * from './iommufd-device';
