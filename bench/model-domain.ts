@@ -1,6 +1,6 @@
 /** A bench-local domain: a page map with the VtdDomain contract (runs in IOVA order, one listener call per change). */
 import type { DomainSource } from '../lib/host/shadow-backend';
-import type { DeviceDomainListener, DomainMappingListener, MappedRun, VtdDomain } from '../lib/vtd/address-space';
+import type { DeviceDomainListener, DomainInvalidationListener, DomainMappingListener, MappedRun, VtdDomain } from '../lib/vtd/address-space';
 
 /** Single pages sorted by IOVA page, as runs. */
 export function pageRuns(pages: readonly { iovaPage: number; gpaPage: number; access: number }[]): MappedRun[] {
@@ -16,6 +16,7 @@ export class ModelDomain implements VtdDomain {
   readonly pageLimit = 2 ** 36;
   private runs: MappedRun[] = [];
   private readonly listeners = new Set<DomainMappingListener>();
+  private readonly rangeListeners = new Set<DomainInvalidationListener>();
 
   constructor(readonly key: string, readonly did: number) {}
 
@@ -34,8 +35,14 @@ export class ModelDomain implements VtdDomain {
     return () => this.listeners.delete(listener);
   }
 
+  listenInvalidations(listener: DomainInvalidationListener): () => void {
+    this.rangeListeners.add(listener);
+    return () => this.rangeListeners.delete(listener);
+  }
+
   /** What the unit does on an invalidation of [firstPage, +pageCount): one walk, every listener told once. */
   invalidate(firstPage = 0, pageCount = this.pageLimit): void {
+    for (const listener of this.rangeListeners) listener.invalidated(firstPage, pageCount);
     const runs = this.mappings(firstPage, pageCount);
     for (const listener of this.listeners) listener.mappingsChanged(firstPage, pageCount, runs);
   }

@@ -32,7 +32,7 @@ export interface IoctlOptions {
 }
 
 /**
- * Where iommufd requests go: a real /dev/iommu (lib/os/iommufd-device.ts) or a recording kernel double. It moves
+ * Where iommufd requests go: a real /dev/iommu (lib/os/iommufd-device.ts) or the dry-run iommufd (iommufd-dry-run.ts). It moves
  * bytes only: the argument is the encoded struct, and the kernel's out fields are written back into it.
  */
 export interface IommufdChannel {

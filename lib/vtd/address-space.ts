@@ -20,6 +20,27 @@ export interface DomainMappingListener {
   mappingsChanged(firstPage: number, pageCount: number, runs: readonly MappedRun[]): void;
 }
 
+export interface DomainInvalidationListener {
+  /**
+   * The guest invalidated IOVA pages [firstPage, firstPage + pageCount) of the domain (a whole first-stage domain
+   * when the invalidation named second-stage addresses). Once per domain and invalidation; nothing is read from
+   * the guest's tables for it: for hosts that walk the guest's tables themselves (iommufd nesting).
+   */
+  invalidated(firstPage: number, pageCount: number): void;
+}
+
+/** The guest's first-stage tables of a domain, as a host that binds them needs them. */
+export interface FirstStageTableRoot {
+  /** Guest-physical address of the top table. */
+  readonly table: number;
+  /** 4 or 5. */
+  readonly levels: number;
+  readonly wpe: boolean;
+  readonly eafe: boolean;
+  /** Requests are supervisor requests (SRE's effect): U/S does not restrict them. */
+  readonly supervisor: boolean;
+}
+
 /**
  * A domain: the address space that a DID selects (and, for first-stage translation, the PASID entry's table too).
  * Devices whose context (or PASID) entries resolve to the same tables share one domain object.
@@ -35,6 +56,10 @@ export interface VtdDomain {
   /** The current mappings of a page range, read from the guest's tables (bounded time: at most one walk per present leaf). */
   mappings(firstPage: number, pageCount: number): MappedRun[];
   listen(listener: DomainMappingListener): () => void;
+  /** Hears the domain's invalidations without its mappings being read (see DomainInvalidationListener). */
+  listenInvalidations(listener: DomainInvalidationListener): () => void;
+  /** The first-stage tables of a 'first-stage' or 'nested' domain. */
+  readonly firstStage?: FirstStageTableRoot;
 }
 
 export interface DeviceDomainListener {

@@ -1,6 +1,6 @@
 /** DomainRegistry: the domains devices translate through, shared between devices, re-read once per domain on each invalidation. */
 
-import type { DeviceDomainListener, DomainMappingListener, MappedRun, VtdDomain } from './address-space';
+import type { DeviceDomainListener, DomainInvalidationListener, DomainMappingListener, MappedRun, VtdDomain } from './address-space';
 import {
   INPUT_SPACE_PAGES, INTERRUPT_WINDOW_END_PAGE, INTERRUPT_WINDOW_FIRST_PAGE, MappingEnumerator, withoutInterruptOutput,
   type FirstStageTables, type SecondStageTables,
@@ -90,6 +90,7 @@ class RegisteredDomain implements VtdDomain {
   readonly kind: VtdDomain['kind'];
   readonly pageLimit: number;
   readonly listeners = new Set<DomainMappingListener>();
+  readonly rangeListeners = new Set<DomainInvalidationListener>();
   /** PASIDs the domain was found under: PASID-based invalidations of them reach it. */
   readonly pasids = new Set<number>();
   watchers = 0;
@@ -108,11 +109,28 @@ class RegisteredDomain implements VtdDomain {
     return this.registry.readMappings(this, firstPage, pageCount);
   }
 
+  get firstStage(): FirstStageTables | undefined {
+    const descriptor = this.descriptor;
+    return descriptor.kind === 'first-stage' || descriptor.kind === 'nested' ? descriptor.firstStage : undefined;
+  }
+
   listen(listener: DomainMappingListener): () => void {
     this.listeners.add(listener);
     return () => {
       if (this.listeners.delete(listener)) this.registry.release(this);
     };
+  }
+
+  listenInvalidations(listener: DomainInvalidationListener): () => void {
+    this.rangeListeners.add(listener);
+    return () => {
+      if (this.rangeListeners.delete(listener)) this.registry.release(this);
+    };
+  }
+
+  /** Someone hears of this domain's invalidations (with or without its mappings). */
+  get heard(): boolean {
+    return this.listeners.size > 0 || this.rangeListeners.size > 0;
   }
 }
 
@@ -223,7 +241,7 @@ export class DomainRegistry {
     const secondStageRange = pasid === undefined && firstPage !== undefined;
     for (const domain of targets) {
       // Identity domains map RAM, which no IOTLB invalidation changes (see regionsChanged).
-      if (domain.kind === 'identity' || domain.listeners.size === 0) continue;
+      if (domain.kind === 'identity' || !domain.heard) continue;
       if (pasid !== undefined && !domain.pasids.has(pasid)) continue;
       if (secondStageRange && domain.kind !== 'second-stage') {
         // A nested domain's IOVAs are not the range's addresses, and any of them may run through the named
@@ -240,7 +258,7 @@ export class DomainRegistry {
   /** Hook: guest RAM regions were added or removed, which changes what identity domains map. */
   regionsChanged(): void {
     for (const domain of [...this.domains.values()]) {
-      if (domain.kind === 'identity' && domain.listeners.size > 0) this.notify(domain, 0, domain.pageLimit);
+      if (domain.kind === 'identity' && domain.heard) this.notify(domain, 0, domain.pageLimit);
     }
   }
 
@@ -261,7 +279,7 @@ export class DomainRegistry {
 
   /** Drops `domain` once nothing watches or listens to it. */
   release(domain: RegisteredDomain): void {
-    if (domain.watchers > 0 || domain.listeners.size > 0) return;
+    if (domain.watchers > 0 || domain.heard) return;
     if (this.domains.get(domain.key) !== domain) return;
     this.domains.delete(domain.key);
     const forDid = this.byDid.get(domain.did);
@@ -286,6 +304,11 @@ export class DomainRegistry {
     const from = Math.max(0, firstPage);
     const to = Math.min(domain.pageLimit, firstPage + pageCount);
     if (from >= to) return;
+    for (const listener of [...domain.rangeListeners]) {
+      if (domain.rangeListeners.has(listener)) this.tell(() => listener.invalidated(from, to - from));
+    }
+    // Read only for listeners that want the mappings: a host that binds the guest's tables needs just the range.
+    if (domain.listeners.size === 0) return;
     const runs = domain.mappings(from, to - from);
     for (const listener of [...domain.listeners]) {
       if (domain.listeners.has(listener)) this.tell(() => listener.mappingsChanged(from, to - from, runs));

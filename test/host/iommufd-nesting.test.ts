@@ -1,5 +1,5 @@
 /**
- * IommufdNesting against the recording kernel double (exact request sequences, capability refusals, faults), the
+ * IommufdNesting against the dry-run iommufd (lib/host/iommufd-dry-run.ts) (exact request sequences, capability refusals, faults), the
  * double's own uAPI rules, and a real /dev/iommu when the machine has one.
  */
 import { strict as assert } from 'node:assert';
@@ -15,7 +15,7 @@ import {
 import { IommufdDevice } from '../../lib/os/iommufd-device';
 import type { FieldSpec } from '../../lib/vfio-user/layout';
 import { native, nativeIoctl } from '../../lib/native';
-import { FULL_VTD_HOST, KernelDouble, PLAIN_VTD_HOST, type HostIommuModel } from './kernel-double';
+import { FULL_VTD_HOST, IommufdDryRun, PLAIN_VTD_HOST, type HostIommuModel } from '../../lib/host/iommufd-dry-run';
 
 const SID_A = 0x18;
 const SID_B = 0x20;
@@ -23,7 +23,7 @@ const TABLE = 0x5000;
 const FS48: FirstStageTable = { table: TABLE, addressWidth: 48, sre: false, wpe: false, eafe: false };
 
 interface Rig {
-  kernel: KernelDouble;
+  kernel: IommufdDryRun;
   nesting: IommufdNesting;
   cdevA: number;
   cdevB: number;
@@ -32,7 +32,7 @@ interface Rig {
 }
 
 function rig(host: HostIommuModel = FULL_VTD_HOST, options: { faultQueue?: boolean } = {}): Rig {
-  const kernel = new KernelDouble(host);
+  const kernel = new IommufdDryRun(host);
   const nesting = new IommufdNesting(kernel, {
     guestRam: [{ guestPhysical: 0, bytes: new Uint8Array(0x10000) }, { guestPhysical: 0x10_0000, bytes: new Uint8Array(0x4000) }],
     ...options,
@@ -54,11 +54,11 @@ function rig(host: HostIommuModel = FULL_VTD_HOST, options: { faultQueue?: boole
 }
 
 /** The requests with a name, newest last. */
-function requestsNamed(kernel: KernelDouble, name: string) {
+function requestsNamed(kernel: IommufdDryRun, name: string) {
   return kernel.requests.filter((request) => request.name === name);
 }
 
-describe('IommufdNesting over the kernel double', () => {
+describe('IommufdNesting over the dry-run iommufd', () => {
   it('sets up: binds devices, reads the host, allocates the IOAS, maps guest RAM at its guest-physical address, the nest parent, the fault queue', () => {
     const { kernel } = rig();
     assert.deepEqual(kernel.names(), [
@@ -238,13 +238,13 @@ describe('IommufdNesting over the kernel double', () => {
     const before = kernel.requests.length;
     assert.throws(() => nesting.bind(SID_A, 0, 1, { ...FS48, wpe: true }), (error: unknown) => error instanceof NestingRefusal && error.requirement === 'WPE-needs-SRE');
     assert.equal(kernel.requests.length, before);
-    const early = new IommufdNesting(new KernelDouble(), { guestRam: [] });
+    const early = new IommufdNesting(new IommufdDryRun(), { guestRam: [] });
     assert.throws(() => early.bind(SID_A, 0, 1, FS48), (error: unknown) => error instanceof NestingRefusal && error.requirement === 'set-up');
     assert.throws(() => early.setUp(), (error: unknown) => error instanceof NestingRefusal && error.requirement === 'device');
   });
 
   it('turns a refused ioctl into IommufdIoctlError, and destroys the HWPT it allocated when the attach fails', () => {
-    const kernel = new KernelDouble();
+    const kernel = new IommufdDryRun();
     let failAttach = false;
     const channel: IommufdChannel = {
       iommufd: kernel.iommufd,
@@ -308,10 +308,10 @@ describe('IommufdNesting over the kernel double', () => {
   });
 });
 
-describe('the kernel double enforces the uAPI', () => {
+describe('the dry-run iommufd enforces the uAPI', () => {
   /** A bound device, an IOAS, a nest parent and a nested HWPT on PASID 0, built with raw requests. */
   function raw(host: HostIommuModel = FULL_VTD_HOST) {
-    const kernel = new KernelDouble(host);
+    const kernel = new IommufdDryRun(host);
     const cdev = kernel.addVfioDevice();
     const send = (name: keyof typeof IOCTLS, value: Record<string, number | bigint>, options: IoctlOptions = {}): { result: number; bytes: Uint8Array } => {
       const spec = IOCTLS[name];
@@ -470,7 +470,7 @@ describe('the kernel double enforces the uAPI', () => {
     assert.equal(send('IOMMU_IOAS_MAP', { ...readOnly, flags: 7 }, { payloads: [{ offset: 16, buffer: new Uint8Array(0x1000) }] }).result, -17, 'overlap');
     assert.equal(send('IOMMU_IOAS_MAP', { ...readOnly, flags: 7, iova: 0x50_0000n }).result, -14, 'user_va NULL');
     // IommufdNesting maps guest RAM read-write, so its parent is allowed on such a host.
-    const kernel = new KernelDouble({ ...FULL_VTD_HOST, errata: true });
+    const kernel = new IommufdDryRun({ ...FULL_VTD_HOST, errata: true });
     const nesting = new IommufdNesting(kernel, { guestRam: [{ guestPhysical: 0, bytes: new Uint8Array(4096) }] });
     nesting.addDevice(SID_A, kernel.addVfioDevice());
     assert.equal(nesting.setUp().readOnlyParentErratum, true);

@@ -10,7 +10,7 @@ import { VfioUserClient } from '../../lib/vfio-user/client';
 import { VfioUserDevice } from '../../lib/vfio-user/server/device';
 import type { DmaMapping } from '../../lib/vfio-user/server/dma-maps';
 import { VfioUserServer } from '../../lib/vfio-user/server/server';
-import { MAPPING_ACCESS, type DeviceDomainListener, type DomainMappingListener, type MappedRun, type VtdDomain } from '../../lib/vtd/address-space';
+import { MAPPING_ACCESS, type DeviceDomainListener, type DomainInvalidationListener, type DomainMappingListener, type MappedRun, type VtdDomain } from '../../lib/vtd/address-space';
 import { openFdCount, tempSocketPath } from '../helpers';
 
 const PAGE = 4096;
@@ -22,6 +22,7 @@ class PageMapDomain implements VtdDomain {
   readonly pageLimit = 1 << 20;
   readonly pages = new Map<number, [number, number]>();
   private readonly listeners = new Set<DomainMappingListener>();
+  private readonly rangeListeners = new Set<DomainInvalidationListener>();
   walks = 0;
 
   constructor(readonly key: string, readonly did: number) {}
@@ -42,12 +43,18 @@ class PageMapDomain implements VtdDomain {
     return () => this.listeners.delete(listener);
   }
 
+  listenInvalidations(listener: DomainInvalidationListener): () => void {
+    this.rangeListeners.add(listener);
+    return () => this.rangeListeners.delete(listener);
+  }
+
   get listenerCount(): number {
     return this.listeners.size;
   }
 
   /** What the unit does on a page-selective IOTLB invalidation. */
   invalidate(firstPage: number, pageCount: number): void {
+    for (const listener of this.rangeListeners) listener.invalidated(firstPage, pageCount);
     const runs = this.mappings(firstPage, pageCount);
     for (const listener of this.listeners) listener.mappingsChanged(firstPage, pageCount, runs);
   }

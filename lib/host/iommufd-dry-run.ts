@@ -1,19 +1,20 @@
 /**
- * A recording kernel double of iommufd and the VFIO cdev ioctls that VT-d nesting uses. It enforces the uAPI's own
- * rules (size fields, unknown flags, reserved fields, object ids, ordering, the VT-d driver's checks) with the
- * errnos Linux answers, and records every request decoded, so tests can assert the exact sequence.
+ * A dry-run iommufd: a host IOMMU in JavaScript that takes the iommufd and VFIO cdev ioctls VT-d nesting uses, enforces
+ * the uAPI's own rules (size fields, unknown flags, reserved fields, object ids, ordering, the VT-d driver's checks)
+ * with the errnos Linux answers, and records every request decoded. What `viommu demo --mode bind` shows on a machine
+ * without /dev/iommu, and what the tests hold the nesting code to; it moves no DMA.
  */
-import { encodeBig } from '../../lib/vtd/bitfield';
-import { CAP_FIELDS, ECAP_FIELDS } from '../../lib/vtd/registers';
-import type { IoctlOptions, IommufdChannel } from '../../lib/host/iommufd-nesting';
+import { encodeBig } from '../vtd/bitfield';
+import { CAP_FIELDS, ECAP_FIELDS } from '../vtd/registers';
+import type { IoctlOptions, IommufdChannel } from './iommufd-nesting';
 import {
   ERRNO, HW_INFO_FLAGS, HW_INFO_TYPE, HWPT_ALLOC_FLAGS, HWPT_DATA_TYPE, HWPT_INVALIDATE_DATA_TYPE, INVALIDATE_ALL_PAGES,
   IOAS_MAP_FLAGS, IOMMU_HW_INFO_VTD_LAYOUT, IOMMU_HWPT_PAGE_RESPONSE_LAYOUT, IOMMU_HWPT_PGFAULT_LAYOUT,
   IOMMU_HWPT_VTD_S1_INVALIDATE_LAYOUT, IOMMU_HWPT_VTD_S1_LAYOUT, PAGE_RESPONSE_CODE, VFIO_ATTACH_FLAGS, VFIO_BIND_FLAGS,
   VFIO_DETACH_FLAGS, VTD_INVALIDATE_FLAGS, VTD_S1_FLAGS, decodeStruct, encodeStruct, ioctlByRequest,
   nonZeroReserved, writeU32, type ErrnoName, type IoctlSpec,
-} from '../../lib/host/iommufd-uapi';
-import type { StructValue } from '../../lib/vfio-user/layout';
+} from './iommufd-uapi';
+import type { StructValue } from '../vfio-user/layout';
 
 /** The host IOMMU the double pretends to be behind every device. */
 export interface HostIommuModel {
@@ -85,7 +86,7 @@ function isZero(bytes: Uint8Array): boolean {
   return bytes.every((byte) => byte === 0);
 }
 
-export class KernelDouble implements IommufdChannel {
+export class IommufdDryRun implements IommufdChannel {
   readonly iommufd = 77;
   readonly requests: RecordedRequest[] = [];
   /** Page responses written to a fault queue, decoded. */
