@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Command } from 'commander';
+import { FaultSnapshots } from '../explain/fault-snapshots';
 import { DEMO_MODES, runDemoMode, type DemoMode, type DemoModeReport } from '../vmm/demo-modes';
 
 /** bin/viommu.js, from dist/lib/cli/. */
@@ -18,13 +19,20 @@ export interface DemoIo {
   readonly stderr: NodeJS.WritableStream;
 }
 
+export interface DemoOptions {
+  /** Write a snapshot of each DMA translation fault into this directory (`viommu explain` reads them). */
+  readonly snapshotOnFault?: string;
+}
+
 export function registerDemoCommand(program: Command): void {
   program
     .command('demo')
     .description('run the sample DMA engine as a vfio-user server process behind the VT-d unit and play a guest driver in each translation mode: mappings, DMA both ways, a fault, an unmap')
-    .action(async () => {
+    .option('--snapshot-on-fault <dir>', 'write a snapshot of each DMA translation fault (at most 16) into this directory, for `viommu explain FILE`')
+    .action(async (options: { snapshotOnFault?: string }) => {
+      const demoOptions = options.snapshotOnFault === undefined ? {} : { snapshotOnFault: options.snapshotOnFault };
       // main() turns a returned action into exit code 0, so a failed check leaves as an error (exit code 1).
-      if ((await runDemo({ stdout: process.stdout, stderr: process.stderr })) !== 0) throw new Error('demo: a check failed (see the lines above)');
+      if ((await runDemo({ stdout: process.stdout, stderr: process.stderr }, DEMO_MODES, demoOptions)) !== 0) throw new Error('demo: a check failed (see the lines above)');
     });
 }
 
@@ -83,7 +91,8 @@ class EngineProcess {
 }
 
 /** Runs every mode; resolves to the exit code (0 when every check passed). */
-export async function runDemo(io: DemoIo, modes: readonly DemoMode[] = DEMO_MODES): Promise<number> {
+export async function runDemo(io: DemoIo, modes: readonly DemoMode[] = DEMO_MODES, options: DemoOptions = {}): Promise<number> {
+  const snapshots = options.snapshotOnFault === undefined ? undefined : new FaultSnapshots(options.snapshotOnFault);
   const directory = fs.mkdtempSync(path.join(os.tmpdir(), 'viommu-demo-'));
   const socketPath = path.join(directory, 'dma-engine.sock');
   const say = (line: string) => io.stdout.write(`${line}\n`);
@@ -96,7 +105,9 @@ export async function runDemo(io: DemoIo, modes: readonly DemoMode[] = DEMO_MODE
     for (const mode of modes) {
       let report: DemoModeReport;
       try {
-        report = await runDemoMode(mode, socketPath);
+        report = await runDemoMode(mode, socketPath, snapshots === undefined ? {} : {
+          onUnit: (unit, memory) => snapshots.watch(unit, memory, `viommu demo, mode ${mode.name}`),
+        });
       } catch (error) {
         report = { mode: mode.name, lines: [], failures: [`the mode stopped: ${(error as Error).message}`] };
       }
@@ -109,6 +120,11 @@ export async function runDemo(io: DemoIo, modes: readonly DemoMode[] = DEMO_MODE
     }
     say('');
     for (const line of configurationLines(modes)) say(line);
+    if (snapshots !== undefined) {
+      say(`fault snapshots: ${snapshots.summary()}`);
+      for (const file of snapshots.written) say(`  ${file}`);
+      if (snapshots.written.length > 0) say(`  explain one with: viommu explain ${snapshots.written[snapshots.written.length - 1]}`);
+    }
   } catch (error) {
     io.stderr.write(`viommu demo: ${(error as Error).message}\n`);
     return 1;

@@ -1,6 +1,7 @@
 /** The `viommu` command line: parses arguments (commander) and dispatches to subcommands. */
 import { Command, CommanderError } from 'commander';
 import { registerDemoCommand } from './demo';
+import { registerExplainCommand } from './explain';
 import { takeCommandExitCode } from './exit-code';
 import { registerProbeCommand } from './probe';
 import { registerQtestCommand } from './qtest';
@@ -21,6 +22,7 @@ export function buildProgram(): Command {
   registerProbeCommand(program);
   registerServeCommand(program);
   registerSmokeCommand(program);
+  registerExplainCommand(program);
   return program;
 }
 

@@ -1,5 +1,6 @@
 /** `viommu qtest`: the testbed machine behind the qtest line protocol on stdin/stdout, as QEMU's -qtest stdio. */
 import type { Command } from 'commander';
+import { FaultSnapshots } from '../explain/fault-snapshots';
 import { VtdUnit } from '../vtd/unit';
 import { TestbedMachine } from '../vmm/testbed';
 import { QtestServer } from '../vmm/qtest/server';
@@ -11,6 +12,7 @@ export interface QtestCommandOptions {
   traceInterrupts?: boolean;
   extraEdu?: string;
   deviceSocket?: string;
+  snapshotOnFault?: string;
 }
 
 export function registerQtestCommand(program: Command): void {
@@ -22,6 +24,7 @@ export function registerQtestCommand(program: Command): void {
     .option('--trace-interrupts', "print every MSI the IOMMU delivers (fault and completion events, remapped device interrupts) on stderr as 'interrupt address 0x... data 0x...'")
     .option('--extra-edu <slots>', "further edu devices on bus 0 at these slots, comma-separated (QEMU's -device edu,addr=SLOT)")
     .option('--device-socket <path>', 'attach the vfio-user device served on this UNIX socket (e.g. by `viommu serve`) at 00:04.0 in place of the in-process edu; its DMA and MSIs go through the IOMMU')
+    .option('--snapshot-on-fault <dir>', 'write a snapshot of each DMA translation fault (at most 16) into this directory, for `viommu explain FILE`; a summary goes to stderr at the end')
     .option('--edu-dma-mask-bits <bits>', "the edu device's DMA address mask in bits, as QEMU's -device edu,dma_mask=2^bits-1 (default 28)")
     .action(async (options: QtestCommandOptions) => {
       await runQtest(options, process.stdin, process.stdout);
@@ -39,17 +42,22 @@ export async function runQtest(options: QtestCommandOptions, input: NodeJS.Reada
   if (extraSlots.some((slot) => !Number.isInteger(slot) || slot < 0 || slot > 31 || slot === 4)) {
     throw new Error(`--extra-edu ${options.extraEdu}: slot numbers from 0 to 31 other than 4 (the first edu)`);
   }
+  const snapshots = options.snapshotOnFault === undefined ? undefined : new FaultSnapshots(options.snapshotOnFault);
   const machine = new TestbedMachine({
     extraEduSlots: extraSlots,
     builtInEdu: options.deviceSocket === undefined,
     ramBytes: ramMiB << 20,
     ...(maskBits !== undefined ? { eduDmaMaskBits: maskBits } : {}),
-    iommu: (memory) => new VtdUnit({
-      memory, config: options.iommu ?? '',
-      onInterrupt: options.traceInterrupts === true
-        ? (address, data) => process.stderr.write(`interrupt address 0x${(address >>> 0).toString(16)} data 0x${(data >>> 0).toString(16)}\n`)
-        : () => undefined,
-    }),
+    iommu: (memory) => {
+      const unit = new VtdUnit({
+        memory, config: options.iommu ?? '',
+        onInterrupt: options.traceInterrupts === true
+          ? (address, data) => process.stderr.write(`interrupt address 0x${(address >>> 0).toString(16)} data 0x${(data >>> 0).toString(16)}\n`)
+          : () => undefined,
+      });
+      snapshots?.watch(unit, memory, 'viommu qtest');
+      return unit;
+    },
   });
   if (options.deviceSocket !== undefined) {
     try {
@@ -65,5 +73,7 @@ export async function runQtest(options: QtestCommandOptions, input: NodeJS.Reada
     await server.closed;
   } finally {
     machine.close();
+    // stdout carries the protocol: the summary goes to stderr.
+    if (snapshots !== undefined) process.stderr.write(`viommu qtest: ${snapshots.summary()}\n`);
   }
 }

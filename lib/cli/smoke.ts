@@ -1,6 +1,8 @@
 /** `viommu smoke`: boots a Multiboot guest (kvm-unit-tests' intel-iommu.flat) on the KVM machine with the unit, passes its serial output through, and ends with a report. */
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import type { Command } from 'commander';
+import { FaultSnapshots } from '../explain/fault-snapshots';
 import { KvmMachine, MAX_CPUS, type MachineEvent } from '../machine/kvm-machine';
 import { parseGuestChecks, renderSmokeReport, smokeExitCode } from '../machine/smoke-report';
 import { summarizeUnit } from '../machine/unit-summary';
@@ -16,6 +18,7 @@ export interface SmokeCommandOptions {
   smp?: string;
   append?: string;
   initrd?: string;
+  snapshotOnFault?: string;
 }
 
 export interface SmokeIo {
@@ -35,6 +38,7 @@ export function registerSmokeCommand(program: Command): void {
     .option('--ram <MiB>', 'guest RAM in MiB', '256')
     .option('--smp <cpus>', `vCPUs, 1 to ${MAX_CPUS} (kvm-unit-tests' own configuration of this test uses 4)`, '1')
     .option('--append <cmdline>', 'the guest command line, as QEMU\'s -append')
+    .option('--snapshot-on-fault <dir>', 'write a snapshot of each DMA translation fault (at most 16) into this directory, for `viommu explain FILE`')
     .option('--initrd <file>', 'a Multiboot module, as QEMU\'s -initrd (kvm-unit-tests reads KEY=VALUE environment lines from it)')
     .action(async (options: SmokeCommandOptions) => {
       setCommandExitCode(await runSmoke(options, { stdout: process.stdout, stderr: process.stderr }));
@@ -51,6 +55,7 @@ export async function runSmoke(options: SmokeCommandOptions, io: SmokeIo): Promi
   if (!Number.isInteger(cpus) || cpus < 1 || cpus > MAX_CPUS) throw new Error(`--smp ${options.smp}: a whole number of vCPUs from 1 to ${MAX_CPUS}`);
   const image = readFile(options.kernel, '--kernel');
   const modules = options.initrd === undefined ? [] : [{ bytes: readFile(options.initrd, '--initrd'), commandLine: options.initrd }];
+  const snapshots = options.snapshotOnFault === undefined ? undefined : new FaultSnapshots(options.snapshotOnFault);
   const trace = options.trace === undefined ? undefined : fs.createWriteStream(options.trace);
   const created = await KvmMachine.create({
     iommu: options.iommu,
@@ -68,6 +73,7 @@ export async function runSmoke(options: SmokeCommandOptions, io: SmokeIo): Promi
     throw new Error(`KVM cannot run the guest here: ${created.reason}`);
   }
   const machine = created.machine;
+  snapshots?.watch(machine.unit, machine.testbed.memory, `viommu smoke ${path.basename(options.kernel)}`);
   try {
     machine.load(image, { ...(options.append !== undefined ? { commandLine: options.append } : {}), modules });
     const outcome = await machine.run(timeoutSeconds * 1000);
@@ -79,6 +85,7 @@ export async function runSmoke(options: SmokeCommandOptions, io: SmokeIo): Promi
       deviceErrors: machine.deviceErrors, unclaimedMmio: machine.unclaimedMmio, unshadowed: machine.unshadowedMappings(),
       ...(options.deviceSocket !== undefined ? { deviceSocket: options.deviceSocket } : {}),
     }));
+    if (snapshots !== undefined) io.stdout.write(`fault snapshots: ${snapshots.summary()}\n`);
     trace?.write(`${JSON.stringify({ t: outcome.elapsedMs, kind: 'end', end: outcome.end })}\n`);
     return smokeExitCode(outcome.end);
   } finally {

@@ -3,6 +3,7 @@
  * 00:04.0, the guest-driver sequence of that mode, DMA both ways, a fault, an unmap; each returns what the guest saw.
  */
 import { EDU_BUFFER_ADDRESS } from '../devices/edu';
+import type { GuestMemory } from '../memory/guest-memory';
 import { faultCode, faultReason } from '../vtd/fault-reasons';
 import { VtdUnit } from '../vtd/unit';
 import {
@@ -104,13 +105,22 @@ async function waitUntil(condition: () => boolean, timeoutMs: number): Promise<b
   return true;
 }
 
+export interface DemoModeOptions {
+  /** Sees the mode's unit and the guest RAM under it as soon as they exist (to watch its faults, say). */
+  readonly onUnit?: (unit: VtdUnit, memory: GuestMemory) => void;
+}
+
 /** Runs one mode against the vfio-user device served at `socketPath` on a machine of its own. */
-export async function runDemoMode(mode: DemoMode, socketPath: string): Promise<DemoModeReport> {
+export async function runDemoMode(mode: DemoMode, socketPath: string, options: DemoModeOptions = {}): Promise<DemoModeReport> {
   const delivered: Array<{ address: number; data: number }> = [];
   const machine = new TestbedMachine({
     builtInEdu: false,
     ramBytes: 64 << 20,
-    iommu: (memory) => new VtdUnit({ memory, config: mode.iommu, onInterrupt: (address, data) => delivered.push({ address, data }) }),
+    iommu: (memory) => {
+      const unit = new VtdUnit({ memory, config: mode.iommu, onInterrupt: (address, data) => delivered.push({ address, data }) });
+      options.onUnit?.(unit, memory);
+      return unit;
+    },
   });
   try {
     const device = await machine.attachVfioUser(socketPath, { devfn: EDU_DEVFN });

@@ -2,7 +2,7 @@
 
 import { ViommuError } from '../errors';
 import { WORDS_PER_TABLE_PAGE, type EntryWords, type GuestMemory } from '../memory/guest-memory';
-import { getField, hasReservedBits, reservedWords, type Field } from './bitfield';
+import { getField, hasReservedBits, reservedWords, wordsToBig, type Field, type FieldTable } from './bitfield';
 import { PSC_RIGHTS, type CachedContext, type PagingStructureCache } from './caches';
 import type { QuirkId } from './compat-quirks';
 import { faultCode } from './fault-reasons';
@@ -11,6 +11,7 @@ import {
   LEGACY_CONTEXT_ENTRY, LEGACY_ROOT_ENTRY, SECOND_STAGE_1G_LEAF, SECOND_STAGE_2M_LEAF, SECOND_STAGE_4K_LEAF,
   SECOND_STAGE_TABLE_ENTRY, SECOND_STAGE_TOP_ENTRY,
 } from './structures';
+import type { WalkTraceSink } from './walk-trace';
 
 export const FR = {
   ROOT_ENTRY_NOT_PRESENT: faultCode('ROOT_ENTRY_NOT_PRESENT'),
@@ -90,6 +91,7 @@ const PTE_R = wordMask(SECOND_STAGE_TABLE_ENTRY.f.R);
 const PTE_W = wordMask(SECOND_STAGE_TABLE_ENTRY.f.W);
 const PTE_PS = wordMask(SECOND_STAGE_TABLE_ENTRY.f.PS);
 const ENTRIES_PER_TABLE = 512;
+const ENTRY_BYTES = 8;
 const BITS_PER_LEVEL = 9;
 const PAGE_SHIFT = 12;
 const ROOT_ENTRY_BYTES = LEGACY_ROOT_ENTRY.sizeBits / 8;
@@ -190,16 +192,18 @@ export class LegacyWalker {
     return true;
   }
 
-  /** Root and context entry for `sid` under the root table at `rootTable`. */
-  lookupContext(rootTable: number, sid: number): ContextFound | WalkFault {
+  /** Root and context entry for `sid` under the root table at `rootTable`; each entry read goes to `trace`, if given. */
+  lookupContext(rootTable: number, sid: number, trace?: WalkTraceSink): ContextFound | WalkFault {
     const bus = Math.floor(sid / DEVFNS_PER_BUS) % BUSES;
     const devfn = sid % DEVFNS_PER_BUS;
     const w = this.words;
     if (!this.read128(rootTable + bus * ROOT_ENTRY_BYTES)) return fault(FR.ROOT_TABLE_INVALID, false);
+    if (trace !== undefined) this.recordStructure(trace, 'root', rootTable, bus, ROOT_ENTRY_BYTES, LEGACY_ROOT_ENTRY);
     if (!getField(w, LEGACY_ROOT_ENTRY.f.P)) return fault(FR.ROOT_ENTRY_NOT_PRESENT, false);
     if (hasReservedBits(w, this.rootReserved)) return fault(FR.ROOT_ENTRY_RESERVED, false);
     const contextTable = getField(w, LEGACY_ROOT_ENTRY.f.CTP) * 2 ** PAGE_SHIFT;
     if (!this.read128(contextTable + devfn * CONTEXT_ENTRY_BYTES)) return fault(FR.CONTEXT_TABLE_INVALID, false);
+    if (trace !== undefined) this.recordStructure(trace, 'context', contextTable, devfn, CONTEXT_ENTRY_BYTES, LEGACY_CONTEXT_ENTRY);
     const c = LEGACY_CONTEXT_ENTRY.f;
     // FPD covers the qualified faults of the entry that carries it, P = 0 included (QEMU's qualified-fault table
     // agrees); reserved bits are not a qualified fault.
@@ -228,8 +232,19 @@ export class LegacyWalker {
     return fault(top ? FR.CONTEXT_ENTRY_INVALID : FR.PAGING_ENTRY_INVALID, context.fpd, level);
   }
 
-  /** Second-stage walk of `iova` (already checked against context.limit). */
-  walk(context: CachedContext, iova: number, write: boolean): PageFound | WalkFault {
+  /** The 128-bit entry read128() just read, as a trace step. */
+  private recordStructure(
+    trace: WalkTraceSink, structure: 'root' | 'context', tableAddress: number, index: number, entryBytes: number, layout: FieldTable,
+  ): void {
+    trace.step({ structure, level: 0, tableAddress, index, entryAddress: tableAddress + index * entryBytes, value: wordsToBig(this.words), layout });
+  }
+
+  /**
+   * Second-stage walk of `iova` (already checked against context.limit). With `trace`, every entry read goes to it
+   * (walkTraced); without, the tuned walk runs untouched.
+   */
+  walk(context: CachedContext, iova: number, write: boolean, trace?: WalkTraceSink): PageFound | WalkFault {
+    if (trace !== undefined) return this.walkTraced(context, iova, write, trace);
     const failed = this.walkLeaf(context, iova, write);
     if (failed !== undefined) return failed;
     return { ok: true, address: this.leafAddress, pageSize: this.leafPageSize, readable: this.leafReadable, writable: this.leafWritable };
@@ -390,6 +405,36 @@ export class LegacyWalker {
     return fault(FR.CONTEXT_ENTRY_INVALID, context.fpd);
   }
 
+  /**
+   * walkAnyPages() for explaining: the same reads and the same checks (entryFault decides every entry, which the
+   * fast walks skip only for entries it would pass), each entry handed to `trace` before it is judged.
+   */
+  private walkTraced(context: CachedContext, iova: number, write: boolean, trace: WalkTraceSink): PageFound | WalkFault {
+    const e = this.entry;
+    let table = context.tableAddress;
+    let rights = PTE_R | PTE_W;
+    for (let level = context.levels; level >= 1; level--) {
+      const index = levelIndex(iova, level);
+      if (!this.memory.readTableEntry(table / TABLE_PAGE_BYTES, index, e)) return this.unreadable(context, level);
+      const lo = e.lo;
+      const hi = e.hi;
+      const large = (level === 2 || level === 3) && (lo & PTE_PS) !== 0;
+      trace.step({
+        structure: 'second-stage', level, tableAddress: table, index, entryAddress: table + index * ENTRY_BYTES,
+        value: wordsToBig([lo, hi]), layout: secondStageLayout(level, large),
+      });
+      rights &= lo;
+      const failed = this.entryFault(context, level, lo, hi, large, write, rights);
+      if (failed !== undefined) return failed;
+      if (level === 1 || large) {
+        this.setLeaf(level, lo, hi, rights);
+        return { ok: true, address: this.leafAddress, pageSize: this.leafPageSize, readable: this.leafReadable, writable: this.leafWritable };
+      }
+      table = (hi & TABLE_ADDRESS.hi) * 2 ** 32 + ((lo & TABLE_ADDRESS.lo) >>> 0);
+    }
+    return fault(FR.CONTEXT_ENTRY_INVALID, context.fpd);
+  }
+
   /** Records the page a leaf entry at `level` maps, with the rights along the walk. */
   private setLeaf(level: number, lo: number, hi: number, rights: number): void {
     const masks = LEAF_ADDRESS[level]!;
@@ -416,6 +461,13 @@ export class LegacyWalker {
     if ((lo & reserved[0]!) !== 0 || (hi & reserved[1]!) !== 0) return fault(FR.PAGING_ENTRY_RESERVED, context.fpd, level);
     return undefined;
   }
+}
+
+/** The layout of a second-stage entry at `level`: what the walk checks it against, and what explain decodes it with. */
+function secondStageLayout(level: number, large: boolean): FieldTable {
+  if (level === 1) return SECOND_STAGE_4K_LEAF;
+  if (large) return level === 2 ? SECOND_STAGE_2M_LEAF : SECOND_STAGE_1G_LEAF;
+  return level >= 4 ? SECOND_STAGE_TOP_ENTRY : SECOND_STAGE_TABLE_ENTRY;
 }
 
 /** The table index `iova` takes at `level`: & keeps the low bits of the quotient (% on a double above 2^31 is slow). */

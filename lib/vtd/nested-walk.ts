@@ -174,7 +174,7 @@ export class NestedWalker implements FirstStageTableAccess {
       this.note(purpose, level, input);
       return this.fault(reason, level, entryAddress, false, undefined);
     }
-    const page = this.secondStage.walk(c, input, write);
+    const page = this.secondStage.walk(c, input, write, this.trace);
     if (!page.ok) {
       this.note(purpose, level, input);
       return this.fault(secondStageFaultReason(page, purpose, c.levels), level, entryAddress, page.notPresent, page.level);

@@ -344,6 +344,11 @@ export class VtdUnit implements InvalidationTarget {
     return this.queue.size;
   }
 
+  /** What GCMD.SRTP and TE latched: the root table, RTADDR.TTM, translation on. */
+  get latchedTranslation(): { readonly rootTable: number; readonly rootMode: number; readonly enabled: boolean } {
+    return { rootTable: this.rootTable, rootMode: this.rootMode, enabled: this.translationEnabled };
+  }
+
   /** Bytes per descriptor in the invalidation queue (16, or 32 with IQA.DW), as latched when QI was last enabled. */
   get queueDescriptorBytes(): number {
     return this.queue.descriptorBytes;
@@ -677,13 +682,12 @@ export class VtdUnit implements InvalidationTarget {
       return { mode, ok: false, reason, ...(level === undefined ? {} : { level }), fpd, ...(pasid === undefined ? {} : { pasid }), stage: firstStage === true ? 'first' : 'second-or-structure' };
     }
     if (mode === 'legacy') {
-      // The legacy walker does not trace yet: the result is still exact.
-      const found = this.walker.lookupContext(this.rootTable, request.sid);
+      const found = this.walker.lookupContext(this.rootTable, request.sid, trace);
       if (!found.ok) return { mode, ok: false, reason: found.reason, level: found.level, fpd: found.fpd, stage: 'second-or-structure' };
       const input = request.iova >= 0n && request.iova < UNTRANSLATED_LIMIT ? bigToNumber(request.iova) : Infinity;
       if (input >= found.context.limit) return { mode, ok: false, reason: FR.ADDRESS_BEYOND_MGAW, fpd: found.context.fpd, stage: 'second-or-structure' };
       if (found.context.tt === TT.PASS_THROUGH) return { mode, ok: true, address: input, pageSize: PAGE, readable: true, writable: true };
-      const page = this.walker.walk(found.context, input, request.write);
+      const page = this.walker.walk(found.context, input, request.write, trace);
       if (!page.ok) return { mode, ok: false, reason: page.reason, level: page.level, fpd: page.fpd, stage: 'second-or-structure' };
       return { mode, ok: true, address: page.address + (input % page.pageSize), pageSize: page.pageSize, readable: page.readable, writable: page.writable };
     }

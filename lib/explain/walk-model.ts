@@ -1,0 +1,182 @@
+/**
+ * A walk trace arranged as the two-dimensional walk it records: the lookup structures, each first-stage level with
+ * the second-stage walk of its table pointer, the second-stage walk of the output (or of a legacy / second-stage-only
+ * request), and where and why the walk stopped. Both renderers (text and HTML) draw this model.
+ */
+
+import { getFieldBig } from '../vtd/bitfield';
+import { faultReason, type FaultReason } from '../vtd/fault-reasons';
+import type { ReplayedWalk } from '../vtd/unit-snapshot';
+import { LEGACY_CONTEXT_ENTRY, PASID_PGTT, SCALABLE_PASID_ENTRY } from '../vtd/structures';
+import type { TracedWalk, TranslationRequest } from '../vtd/unit';
+import type { VtdConfig } from '../vtd/config';
+import type { SecondStageStep, WalkStep } from '../vtd/walk-trace';
+
+/** One second-stage walk: of a first-stage table pointer, of the output, or of the request itself (legacy, PGTT 2). */
+export interface SecondStageWalk {
+  /** The nested walker's summary (input, output); absent for a legacy walk, which has none. */
+  readonly translation?: SecondStageStep;
+  /** The entries the walk read, top level first (empty when the second stage was not traced per level). */
+  readonly steps: readonly WalkStep[];
+  /** This walk is where the request stopped. */
+  readonly failed: boolean;
+}
+
+/** One first-stage level: the second-stage walk that located its table (nested), then the entry read there. */
+export interface FirstStageRow {
+  readonly level: number;
+  readonly table?: SecondStageWalk;
+  readonly entry?: WalkStep;
+}
+
+export type StopStage = 'lookup' | 'first' | 'second';
+
+/** Where and why the walk stopped. */
+export interface WalkStop {
+  readonly code: number;
+  readonly reason: FaultReason | undefined;
+  readonly stage: StopStage;
+  /** The lookup structure that refused the request (stage 'lookup'). */
+  readonly structure?: WalkStep['structure'];
+  /** First-stage level being processed (nested and first-stage walks); 0: the output. */
+  readonly firstStageLevel?: number;
+  /** Second-stage level where a second-stage walk stopped, when known. */
+  readonly secondStageLevel?: number;
+  /** The second-stage walk that stopped (stage 'second'). */
+  readonly secondStageWalk?: SecondStageWalk;
+  /** The entry that decided, when the walk read one (an unreadable entry has none). */
+  readonly entry?: WalkStep;
+  readonly fpd: boolean;
+  readonly pasid?: number;
+}
+
+export interface WalkModel {
+  readonly request: TranslationRequest;
+  readonly config: VtdConfig;
+  readonly result: TracedWalk;
+  /** Root, context, PASID directory and PASID table entries, in the order read. */
+  readonly lookup: readonly WalkStep[];
+  /** PGTT of the PASID entry (scalable mode), when it was read. */
+  readonly pgtt?: number;
+  /** First-stage levels, top first (first-stage and nested walks). */
+  readonly firstStage: readonly FirstStageRow[];
+  /** The second-stage walk of the output (nested) or of the request (legacy, second-stage-only). */
+  readonly secondStage?: SecondStageWalk;
+  /** Levels of the second-stage tables (from the context or PASID entry), when the walk uses them. */
+  readonly secondStageLevels?: number;
+  readonly stop?: WalkStop;
+  /** Pages the replay needed that the snapshot lacks: the walk went where the snapshot cannot follow. */
+  readonly missingPages: readonly number[];
+}
+
+const LOOKUP_BY_REASON: ReadonlyArray<[RegExp, WalkStep['structure']]> = [
+  [/^(SM_)?ROOT_|^SM_TTM0_/, 'root'],
+  [/^(SM_)?CONTEXT_|^ADDRESS_BEYOND_MGAW$/, 'context'],
+  [/^SM_PASID_DIRECTORY_/, 'pasid-directory'],
+  [/^SM_PASID_ENTRY_/, 'pasid-table'],
+];
+
+/** The lookup structure a fault reason names (root, context, PASID directory or entry), if it names one. */
+function lookupStructureOf(reason: FaultReason | undefined): WalkStep['structure'] | undefined {
+  if (reason === undefined) return undefined;
+  return LOOKUP_BY_REASON.find(([pattern]) => pattern.test(reason.name))?.[1];
+}
+
+function isWalkStep(record: ReplayedWalk['records'][number]): record is WalkStep {
+  return record.structure !== 'second-stage-translation';
+}
+
+/** Arranges a replayed walk's trace. */
+export function buildWalkModel(replay: ReplayedWalk): WalkModel {
+  const lookup: WalkStep[] = [];
+  const rows = new Map<number, { level: number; table?: SecondStageWalk; entry?: WalkStep }>();
+  let pending: WalkStep[] = [];
+  let output: SecondStageWalk | undefined;
+  let lastTranslation: SecondStageWalk | undefined;
+  const row = (level: number) => {
+    let found = rows.get(level);
+    if (found === undefined) rows.set(level, (found = { level }));
+    return found;
+  };
+  for (const record of replay.records) {
+    if (!isWalkStep(record)) {
+      // The nested walker notes each translation after walking it: the second-stage steps just read are its walk.
+      const walk: SecondStageWalk = { translation: record, steps: pending, failed: record.output === undefined };
+      pending = [];
+      lastTranslation = walk;
+      if (record.purpose === 'table') row(record.level).table = walk;
+      else output = walk;
+    } else if (record.structure === 'second-stage') pending.push(record);
+    else if (record.structure === 'first-stage') row(record.level).entry = record;
+    else lookup.push(record);
+  }
+  const result = replay.result;
+  // Second-stage steps with no translation after them: a legacy walk, or a walk that stopped inside (no note yet).
+  if (pending.length > 0) output = { steps: pending, failed: !result.ok };
+  else if (output === undefined && !result.ok && result.mode === 'legacy' && lookupStructureOf(faultReason(result.reason)) === undefined) {
+    // A legacy walk that could not read its top table has no steps: still its walk is where it stopped.
+    output = { steps: [], failed: true };
+  }
+  const pasidStep = lookup.find((step) => step.structure === 'pasid-table');
+  const contextStep = lookup.find((step) => step.structure === 'context');
+  const pgtt = pasidStep === undefined ? undefined : Number(getFieldBig(pasidStep.value, SCALABLE_PASID_ENTRY.f.PGTT));
+  let secondStageLevels: number | undefined;
+  if (pasidStep !== undefined && (pgtt === PASID_PGTT.SECOND_STAGE || pgtt === PASID_PGTT.NESTED)) {
+    secondStageLevels = Number(getFieldBig(pasidStep.value, SCALABLE_PASID_ENTRY.f.AW)) + 2;
+  } else if (result.mode === 'legacy' && contextStep !== undefined) {
+    secondStageLevels = Number(getFieldBig(contextStep.value, LEGACY_CONTEXT_ENTRY.f.AW)) + 2;
+  }
+  const firstStage = [...rows.values()].sort((a, b) => b.level - a.level);
+  const base = {
+    request: replay.request, config: replay.config, result, lookup, firstStage, missingPages: replay.missingPages,
+    ...(pgtt === undefined ? {} : { pgtt }),
+    ...(secondStageLevels === undefined ? {} : { secondStageLevels }),
+  };
+  const withOutput = output === undefined ? base : { ...base, secondStage: output };
+  if (result.ok) return withOutput;
+  return { ...withOutput, stop: findStop(result, lookup, firstStage, output, lastTranslation) };
+}
+
+type FailedWalk = Extract<TracedWalk, { ok: false }>;
+
+function findStop(
+  result: FailedWalk, lookup: readonly WalkStep[], firstStage: readonly FirstStageRow[],
+  output: SecondStageWalk | undefined, lastTranslation: SecondStageWalk | undefined,
+): WalkStop {
+  const reason = faultReason(result.reason);
+  const common = { code: result.reason, reason, fpd: result.fpd, ...(result.pasid === undefined ? {} : { pasid: result.pasid }) };
+  const structure = lookupStructureOf(reason);
+  if (structure !== undefined && result.stage !== 'first') {
+    const entry = [...lookup].reverse().find((step) => step.structure === structure);
+    return { ...common, stage: 'lookup', structure, ...(entry === undefined ? {} : { entry }) };
+  }
+  if (result.stage === 'first') {
+    const level = result.level ?? firstStage[firstStage.length - 1]?.level ?? 0;
+    const entry = firstStage.find((r) => r.level === level)?.entry;
+    return { ...common, stage: 'first', firstStageLevel: level, ...(entry === undefined ? {} : { entry }) };
+  }
+  // The second stage: the walk that failed is the last one noted without an output, else the trailing walk.
+  const failedWalk = lastTranslation?.failed === true ? lastTranslation : output?.failed === true ? output : undefined;
+  if (failedWalk === undefined) {
+    // Every translation succeeded: the second stage refused something else about a first-stage level (setting A/D in its table).
+    const row = result.level === undefined ? undefined : firstStage.find((r) => r.level === result.level);
+    if (row === undefined) return { ...common, stage: 'second' };
+    return {
+      ...common, stage: 'second', firstStageLevel: row.level,
+      ...(row.table === undefined ? {} : { secondStageWalk: row.table }),
+      ...(row.entry === undefined ? {} : { entry: row.entry }),
+    };
+  }
+  const translation = failedWalk.translation;
+  const last = failedWalk.steps[failedWalk.steps.length - 1];
+  // For the output (and legacy walks) the result's level is the second-stage level; for a table pointer it is the first-stage level.
+  const forTable = translation?.purpose === 'table';
+  const secondStageLevel = forTable ? last?.level : result.level ?? last?.level;
+  const entry = last !== undefined && last.level === secondStageLevel ? last : undefined;
+  return {
+    ...common, stage: 'second', secondStageWalk: failedWalk,
+    ...(translation === undefined ? {} : { firstStageLevel: translation.level }),
+    ...(secondStageLevel === undefined ? {} : { secondStageLevel }),
+    ...(entry === undefined ? {} : { entry }),
+  };
+}
