@@ -212,22 +212,25 @@ describe('nested walk: hand-built tables', () => {
     assert.equal(absent.entryAddress, pde, 'the guest address of the entry');
   });
 
-  it('traces the two-dimensional walk: a second-stage translation before each first-stage entry, then the output', () => {
+  it('traces the two-dimensional walk: each second-stage walk (its levels, then the translation) before the first-stage entry it found, then the output', () => {
     const va = 0x9000n;
     s.guest.mapFirst(fsTop, 4, va, 0x6100_0000);
     s.host.mapSecond(s.ssTop, 4, 0x6100_0000, 0xc000);
     const trace = new WalkTrace();
     ok(nested.walk(s.params(fsTop), req(va), trace));
     const shape = trace.records.map((r) => `${r.structure}:${r.level}`);
+    const secondStageWalk = ['second-stage:4', 'second-stage:3', 'second-stage:2', 'second-stage:1'];
     assert.deepEqual(shape, [
-      'second-stage-translation:4', 'first-stage:4', 'second-stage-translation:3', 'first-stage:3',
-      'second-stage-translation:2', 'first-stage:2', 'second-stage-translation:1', 'first-stage:1', 'second-stage-translation:0',
+      ...secondStageWalk, 'second-stage-translation:4', 'first-stage:4', ...secondStageWalk, 'second-stage-translation:3', 'first-stage:3',
+      ...secondStageWalk, 'second-stage-translation:2', 'first-stage:2', ...secondStageWalk, 'second-stage-translation:1', 'first-stage:1',
+      ...secondStageWalk, 'second-stage-translation:0',
     ]);
-    const firstLeaf = trace.records[7] as WalkStep;
-    const translation = trace.records[6] as SecondStageStep;
-    assert.equal(firstLeaf.guestEntryAddress, translation.input);
-    assert.equal(firstLeaf.entryAddress, translation.output);
-    assert.equal((trace.records[8] as SecondStageStep).output, 0xc000 + 0);
+    const translations = trace.records.filter((r): r is SecondStageStep => r.structure === 'second-stage-translation');
+    const firstStage = trace.records.filter((r): r is WalkStep => r.structure === 'first-stage');
+    const firstLeaf = firstStage[3]!;
+    assert.equal(firstLeaf.guestEntryAddress, translations[3]!.input);
+    assert.equal(firstLeaf.entryAddress, translations[3]!.output);
+    assert.equal(translations[4]!.output, 0xc000 + 0);
   });
 
   it('dispatches by PGTT: first stage only, second stage only, nested and pass-through', () => {
