@@ -720,6 +720,17 @@ export class Iotlb {
       || (entry.pfn < end && entry.pfn + entry.pageSize / PAGE > first)));
   }
 
+  /**
+   * What QEMU 7.2's page-selective invalidation drops besides invalidatePages() (quirk
+   * iotlb-page-invalidation-mask-truncated): second-stage entries of `did`, every PASID, whose page number agrees
+   * with `pfn` in bits am..7; from AM 8 on no bit is compared.
+   */
+  invalidatePagesAgreeingInBitsAmTo7(did: number, pfn: number, am: number): void {
+    const compared = am >= 8 ? 0 : (0xff >> am) << am;
+    const wanted = (pfn % 256) & compared;
+    this.removeWhere((entry) => entry.did === did && entry.kind === TRANSLATION_KIND.SECOND && ((entry.pfn % 256) & compared) === wanted);
+  }
+
   /** PASID-based IOTLB invalidation, all of a PASID: first-stage and nested entries of (did, pasid). */
   invalidatePasid(did: number, pasid: number): void {
     this.removeWhere((entry) => entry.did === did && entry.pasid === pasid && entry.kind !== TRANSLATION_KIND.SECOND);

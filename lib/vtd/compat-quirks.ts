@@ -17,6 +17,7 @@ export type QuirkId =
   | 'compatibility-interrupts-pass-without-cfi'
   | 'gcmd-cfi-ignored'
   | 'iotlb-hit-without-permission-not-recorded'
+  | 'iotlb-page-invalidation-mask-truncated'
   | 'interrupt-range-read-returns-zeros'
   | 'interrupt-remapping-faults-not-recorded'
   | 'qi-disable-needs-drained-queue'
@@ -174,6 +175,12 @@ export const COMPAT_QUIRKS: readonly CompatQuirk[] = [
     description: 'a request that hits a cached translation lacking the needed permission (a write after a read of a read-only page, a read after a write of a write-only page; in 10.0 first-stage translations too) is blocked without a fault record; the spec records the fault (5 or 6, 0x85 in scalable mode) as for an uncached walk',
     evidence: 'test/oracle/differential-faults.test.ts, test/oracle/differential-first-stage.test.ts',
     changes: FAULT_RECORD,
+  },
+  {
+    id: 'iotlb-page-invalidation-mask-truncated', compat: QEMU_7_2,
+    description: 'a page-selective IOTLB invalidation also drops every cached page of the domain whose page number agrees with the invalidated one in bits AM..7, and from AM 8 on (every 2 MiB or 1 GiB invalidation) the whole domain: QEMU 7.2 holds the address mask in 8 bits (10.0 does not). The spec drops the named range; dropping more is allowed, and shows only where a stale or permission-lacking entry would have been used',
+    evidence: 'test/oracle/differential-random.test.ts',
+    changes: { observations: ['data'] },
   },
   {
     id: 'interrupt-range-read-returns-zeros', compat: QEMU_7_2_AND_10_0,

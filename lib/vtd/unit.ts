@@ -193,6 +193,8 @@ export class VtdUnit implements InvalidationTarget {
   readonly domains: DomainRegistry;
   private readonly remapper: InterruptRemapper;
   private readonly maxAddressMask: number;
+  /** Quirk iotlb-page-invalidation-mask-truncated, read once: page-selective invalidations run by the thousand. */
+  private readonly pageInvalidationMaskTruncated: boolean;
   private readonly hasInterruptRemapping: boolean;
   private readonly deliver: (address: number, data: number) => void;
   private rootTable = 0;
@@ -264,6 +266,7 @@ export class VtdUnit implements InvalidationTarget {
     );
     this.deliver = options.onInterrupt;
     this.maxAddressMask = capabilityField(caps, 'CAP', 'MAMV');
+    this.pageInvalidationMaskTruncated = this.quirks.has('iotlb-page-invalidation-mask-truncated');
     this.hasInterruptRemapping = capabilityField(caps, 'ECAP', 'IR') === 1;
   }
 
@@ -529,6 +532,7 @@ export class VtdUnit implements InvalidationTarget {
   iotlbPages(did: number, pfn: number, am: number, ih?: boolean): boolean {
     if (am > this.maxAddressMask) return false;
     this.iotlb.invalidatePages(did, pfn, am);
+    if (this.pageInvalidationMaskTruncated) this.iotlb.invalidatePagesAgreeingInBitsAmTo7(did, pfn, am);
     // Asked first, so that a domain without paging-structure entries costs the descriptor one load.
     const structures = this.pagingStructures;
     if (ih !== true && structures.mayHold(did)) structures.invalidatePages(did, Math.floor(pfn * INVERSE_PAGES_PER_REGION), am);
