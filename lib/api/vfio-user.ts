@@ -24,7 +24,7 @@ export { DEFAULT_SERVER_CAPABILITIES } from '../vfio-user/server/session';
 export type { VfioUserSession, SessionOptions } from '../vfio-user/server/session';
 export { createDmaEngine, SAMPLE_DEVICES } from '../vfio-user/server/dma-engine';
 export type { DmaEngine, DmaEngineOptions, SampleDevice } from '../vfio-user/server/dma-engine';
-export type { PciIdentity, PciCapabilityDefinition, PciBarDefinition } from '../devices/pci-config-space';
+export type { PciIdentity, PciCapabilityDefinition, PciExtendedCapabilityDefinition, PciBarDefinition } from '../devices/pci-config-space';
 
 // The transport both ends speak over: a UNIX socket, or an in-memory pair for tests.
 export { InMemoryTransport, socketTransport } from '../vfio-user/transport';

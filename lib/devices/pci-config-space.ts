@@ -1,8 +1,15 @@
-/** PciConfigSpace: a type-0 function's configuration space with BAR sizing, command/status and a capability list. */
+/** PciConfigSpace: a type-0 function's configuration space with BAR sizing, command/status, capability and extended capability lists. */
 import { ViommuError } from '../errors';
 import { readConfigField, type ConfigField, type ConfigStructure } from './config-table';
 import {
   CAPABILITY_AREA,
+  EXPRESS_CAPABILITIES,
+  EXPRESS_DEVICE_CAPABILITIES_2,
+  EXPRESS_ENDPOINT_STRUCTURE,
+  EXPRESS_LINK,
+  EXPRESS_LINK_CAPABILITIES_2,
+  EXTENDED_CAPABILITY_AREA,
+  EXTENDED_CAPABILITY_HEADER,
   MSI_CONTROL,
   MSIX_CONTROL,
   MSIX_LOCATION,
@@ -15,9 +22,15 @@ import {
   PCI_CAPABILITY_IDS,
   PCI_COMMAND,
   PCI_CONFIG_SIZE,
+  PCI_EXTENDED_CAPABILITIES,
   PCI_EXTENDED_CONFIG_SIZE,
   PCI_ROM_BITS,
+  PASID_CAPABILITY,
+  PASID_CONTROL,
+  PASID_MAX_WIDTH,
+  PASID_STRUCTURE,
   PCI_STATUS,
+  SERIAL_NUMBER_STRUCTURE,
   readBar,
   TYPE0_HEADER,
 } from './pci-layout';
@@ -59,6 +72,28 @@ export type PciCapabilityDefinition =
       tableOffset: number;
       pbaBar: number;
       pbaOffset: number;
+    }
+  | {
+      /** The PCI Express capability of an endpoint (version 2, a x1 link at 2.5 GT/s). */
+      kind: 'express';
+      /** Device Capabilities 2 announces End-End TLP Prefixes (what a PASID travels in). */
+      endEndTlpPrefix?: boolean;
+    };
+
+/** Capabilities of the PCI Express extended list (from 0x100; needs the 4 KiB space). */
+export type PciExtendedCapabilityDefinition =
+  | {
+      /** Process Address Space ID, version 1: the function may tag its requests with a PASID. */
+      kind: 'pasid';
+      executeSupported?: boolean;
+      privilegedSupported?: boolean;
+      /** Max PASID Width in bits, 1..20 (default 20). */
+      maxPasidWidth?: number;
+    }
+  | {
+      /** Device Serial Number, version 1: a 64-bit EUI-64. */
+      kind: 'serial-number';
+      serial: bigint;
     };
 
 export interface PciConfigOptions {
@@ -68,7 +103,9 @@ export interface PciConfigOptions {
   /** Size of the expansion ROM (a power of two of at least 2 KiB), when the function has one. */
   romSize?: number;
   capabilities?: readonly PciCapabilityDefinition[];
-  /** 256 (conventional PCI, the default) or 4096 (PCI Express extended space, read-only zeros here). */
+  /** Linked from 0x100 in this order; needs `size: 4096`. */
+  extendedCapabilities?: readonly PciExtendedCapabilityDefinition[];
+  /** 256 (conventional PCI, the default) or 4096 (PCI Express: extended space, zeros where nothing is placed). */
   size?: 256 | 4096;
 }
 
@@ -77,6 +114,16 @@ export interface PlacedCapability {
   readonly offset: number;
   readonly structure: ConfigStructure;
 }
+
+export interface PlacedExtendedCapability extends PlacedCapability {
+  readonly version: number;
+}
+
+/** The version each extended capability this builder places has (its header's Capability Version). */
+const EXTENDED_CAPABILITY_LAYOUTS = {
+  pasid: { id: PCI_EXTENDED_CAPABILITIES.values.PASID, version: 1, structure: PASID_STRUCTURE },
+  'serial-number': { id: PCI_EXTENDED_CAPABILITIES.values.SERIAL_NUMBER, version: 1, structure: SERIAL_NUMBER_STRUCTURE },
+} as const;
 
 /** What software has programmed into the MSI capability. */
 export interface MsiState {
@@ -89,6 +136,16 @@ export interface MsiState {
   masked(vector: number): boolean;
 }
 
+/** The PASID capability: what the function supports and what software has enabled. */
+export interface PasidState {
+  readonly enabled: boolean;
+  readonly executeEnabled: boolean;
+  readonly privilegedEnabled: boolean;
+  readonly executeSupported: boolean;
+  readonly privilegedSupported: boolean;
+  readonly maxWidth: number;
+}
+
 export interface MsixState {
   readonly enabled: boolean;
   readonly functionMasked: boolean;
@@ -96,6 +153,10 @@ export interface MsixState {
 }
 
 type WriteListener = (offset: number, length: number) => void;
+
+/** PCI Express capability version 2 (PCIe 2.0 on); port type 0: a PCI Express endpoint. */
+const EXPRESS_CAPABILITY_VERSION = 2;
+const EXPRESS_ENDPOINT = 0;
 
 function configError(message: string): ViommuError {
   return new ViommuError('ERR_PCI_CONFIG', message);
@@ -112,6 +173,7 @@ export class PciConfigSpace {
   private readonly writable: Uint8Array;
   private readonly w1c: Uint8Array;
   private readonly placed: PlacedCapability[] = [];
+  private readonly placedExtended: PlacedExtendedCapability[] = [];
   private readonly listeners = new Set<WriteListener>();
   private readonly barSizes: (bigint | undefined)[] = [];
 
@@ -126,6 +188,7 @@ export class PciConfigSpace {
     this.defineBars(options.bars ?? []);
     if (options.romSize !== undefined) this.defineRom(options.romSize);
     this.placeCapabilities(options.capabilities ?? []);
+    this.placeExtendedCapabilities(options.extendedCapabilities ?? []);
     this.initial = this.bytes.slice();
   }
 
@@ -252,6 +315,30 @@ export class PciConfigSpace {
     this.bytes[at] = pending ? this.bytes[at]! | bit : this.bytes[at]! & ~bit;
   }
 
+  /** The extended capabilities in chain order (the first at 0x100). */
+  get extendedCapabilities(): readonly PlacedExtendedCapability[] {
+    return this.placedExtended;
+  }
+
+  extendedCapability(id: number): PlacedExtendedCapability | undefined {
+    return this.placedExtended.find((capability) => capability.id === id);
+  }
+
+  /** The PASID capability's state; undefined when the function has none. */
+  get pasid(): PasidState | undefined {
+    const capability = this.extendedCapability(PCI_EXTENDED_CAPABILITIES.values.PASID);
+    if (capability === undefined) return undefined;
+    const { capability: supported, control } = PASID_STRUCTURE.decode(this.bytes, capability.offset);
+    return {
+      enabled: (control & PASID_CONTROL.bits.ENABLE) !== 0,
+      executeEnabled: (control & PASID_CONTROL.bits.EXECUTE_ENABLE) !== 0,
+      privilegedEnabled: (control & PASID_CONTROL.bits.PRIVILEGED_ENABLE) !== 0,
+      executeSupported: (supported & PASID_CAPABILITY.bits.EXECUTE_SUPPORTED) !== 0,
+      privilegedSupported: (supported & PASID_CAPABILITY.bits.PRIVILEGED_SUPPORTED) !== 0,
+      maxWidth: PASID_CAPABILITY.get(supported, 'MAX_WIDTH'),
+    };
+  }
+
   get msix(): MsixState | undefined {
     const capability = this.capability(PCI_CAPABILITY_IDS.MSIX);
     if (capability === undefined) return undefined;
@@ -371,7 +458,60 @@ export class PciConfigSpace {
     if (definition.kind === 'msi') {
       return { id: PCI_CAPABILITY_IDS.MSI, structure: msiStructure(definition.address64 ?? true, definition.perVectorMasking ?? false) };
     }
+    if (definition.kind === 'express') return { id: PCI_CAPABILITY_IDS.PCI_EXPRESS, structure: EXPRESS_ENDPOINT_STRUCTURE };
     return { id: PCI_CAPABILITY_IDS.MSIX, structure: MSIX_STRUCTURE };
+  }
+
+  /**
+   * Lays extended capabilities out from 0x100, dword aligned. Each header (ID, version, next offset) is read-only;
+   * the last one's next offset is 0, which ends the chain.
+   */
+  private placeExtendedCapabilities(capabilities: readonly PciExtendedCapabilityDefinition[]): void {
+    if (capabilities.length === 0) return;
+    if (this.size !== PCI_EXTENDED_CONFIG_SIZE) throw configError('extended capabilities need the 4096-byte PCI Express configuration space (size: 4096)');
+    let at = EXTENDED_CAPABILITY_AREA.start;
+    for (const definition of capabilities) {
+      const { id, version, structure } = EXTENDED_CAPABILITY_LAYOUTS[definition.kind];
+      if (at + structure.size > EXTENDED_CAPABILITY_AREA.end) throw configError('extended capabilities do not fit in the 4 KiB space');
+      if (this.extendedCapability(id) !== undefined) throw configError(`extended capability 0x${id.toString(16)} is listed twice`);
+      const previous = this.placedExtended[this.placedExtended.length - 1];
+      if (previous !== undefined) this.writeExtendedHeader(previous.offset, previous.id, previous.version, at);
+      this.writeExtendedHeader(at, id, version, 0);
+      this.applyMasks(at, structure);
+      if (definition.kind === 'pasid') this.fillPasid(definition, at);
+      else this.fillSerialNumber(definition.serial, at);
+      this.placedExtended.push({ id, offset: at, structure, version });
+      at += (structure.size + 3) & ~3;
+    }
+  }
+
+  private fillSerialNumber(serial: bigint, at: number): void {
+    if (serial < 0n || serial >= 1n << 64n) throw configError(`device serial number ${serial} is not a 64-bit number`);
+    this.put(at, SERIAL_NUMBER_STRUCTURE.field('serialLow'), Number(serial & 0xffffffffn));
+    this.put(at, SERIAL_NUMBER_STRUCTURE.field('serialHigh'), Number(serial >> 32n));
+  }
+
+  private writeExtendedHeader(at: number, id: number, version: number, next: number): void {
+    const header = (EXTENDED_CAPABILITY_HEADER.place('ID', id) | EXTENDED_CAPABILITY_HEADER.place('VERSION', version) | EXTENDED_CAPABILITY_HEADER.place('NEXT', next)) >>> 0;
+    this.put(at, PASID_STRUCTURE.field('header'), header);
+  }
+
+  private fillPasid(definition: Extract<PciExtendedCapabilityDefinition, { kind: 'pasid' }>, at: number): void {
+    const width = definition.maxPasidWidth ?? PASID_MAX_WIDTH;
+    if (!Number.isInteger(width) || width < 1 || width > PASID_MAX_WIDTH) throw configError(`Max PASID Width ${width}: use 1..${PASID_MAX_WIDTH}`);
+    const execute = definition.executeSupported ?? false;
+    const privileged = definition.privilegedSupported ?? false;
+    const supported =
+      PASID_CAPABILITY.place('MAX_WIDTH', width) |
+      (execute ? PASID_CAPABILITY.bits.EXECUTE_SUPPORTED : 0) |
+      (privileged ? PASID_CAPABILITY.bits.PRIVILEGED_SUPPORTED : 0);
+    this.put(at, PASID_STRUCTURE.field('capability'), supported);
+    const control = PASID_STRUCTURE.field('control');
+    const writable =
+      PASID_CONTROL.bits.ENABLE |
+      (execute ? PASID_CONTROL.bits.EXECUTE_ENABLE : 0) |
+      (privileged ? PASID_CONTROL.bits.PRIVILEGED_ENABLE : 0);
+    this.setFieldMask(this.writable, at + control.offset, control.width, writable);
   }
 
   private fillCapability(definition: PciCapabilityDefinition, at: number, structure: ConfigStructure): void {
@@ -387,6 +527,10 @@ export class PciConfigSpace {
       if (structure.has('maskBits')) this.setFieldMask(this.writable, at + structure.field('maskBits').offset, 4, vectors === 32 ? 0xffffffff : (1 << vectors) - 1);
       return;
     }
+    if (definition.kind === 'express') {
+      this.fillExpress(definition.endEndTlpPrefix ?? false, at);
+      return;
+    }
     const { tableSize, tableBar, tableOffset, pbaBar, pbaOffset } = definition;
     if (!Number.isInteger(tableSize) || tableSize < 1 || tableSize > MSIX_CONTROL.bits.TABLE_SIZE + 1) throw configError(`MSI-X table size ${tableSize}: use 1..2048`);
     for (const [name, bar, offset] of [['table', tableBar, tableOffset], ['PBA', pbaBar, pbaOffset]] as const) {
@@ -396,5 +540,16 @@ export class PciConfigSpace {
     this.put(at, structure.field('control'), MSIX_CONTROL.place('TABLE_SIZE', tableSize - 1));
     this.put(at, structure.field('tableOffsetBir'), (tableOffset | MSIX_LOCATION.place('BIR', tableBar)) >>> 0);
     this.put(at, structure.field('pbaOffsetBir'), (pbaOffset | MSIX_LOCATION.place('BIR', pbaBar)) >>> 0);
+  }
+
+  /** An endpoint's registers: version 2, one x1 link at 2.5 GT/s; what a port or slot would add stays zero. */
+  private fillExpress(endEndTlpPrefix: boolean, at: number): void {
+    const field = (key: Parameters<typeof EXPRESS_ENDPOINT_STRUCTURE.field>[0]) => EXPRESS_ENDPOINT_STRUCTURE.field(key);
+    this.put(at, field('capabilities'), EXPRESS_CAPABILITIES.place('VERSION', EXPRESS_CAPABILITY_VERSION) | EXPRESS_CAPABILITIES.place('PORT_TYPE', EXPRESS_ENDPOINT));
+    const link = EXPRESS_LINK.place('SPEED', 1) | EXPRESS_LINK.place('WIDTH', 1);
+    this.put(at, field('linkCapabilities'), link);
+    this.put(at, field('linkStatus'), link);
+    this.put(at, field('linkCapabilities2'), EXPRESS_LINK_CAPABILITIES_2.bits.SPEED_2_5GT);
+    if (endEndTlpPrefix) this.put(at, field('deviceCapabilities2'), EXPRESS_DEVICE_CAPABILITIES_2.bits.END_END_TLP_PREFIX);
   }
 }

@@ -265,6 +265,76 @@ export const EXPRESS_PORT_TYPES = defineIdTable('PCI Express port type', [
   { value: 10, name: 'Root Complex Event Collector' },
 ]);
 
+/**
+ * The PCI Express Capability structure of an endpoint (PCIe Base 4.0, 7.5.3): capability version 2 always has every
+ * register up to Slot Status 2, an endpoint leaving the slot and root ones zero. Device Control's and Device
+ * Status's masks come from their bit tables below.
+ */
+export const EXPRESS_DEVICE_CONTROL = defineConfigBits('PCI Express device control', [
+  { key: 'CORRECTABLE_ERROR_REPORTING', mask: 0x1, writable: true },
+  { key: 'NON_FATAL_ERROR_REPORTING', mask: 0x2, writable: true },
+  { key: 'FATAL_ERROR_REPORTING', mask: 0x4, writable: true },
+  { key: 'UNSUPPORTED_REQUEST_REPORTING', mask: 0x8, writable: true },
+  { key: 'RELAXED_ORDERING', mask: 0x10, writable: true },
+  { key: 'MAX_PAYLOAD_SIZE', mask: 0xe0, writable: true },
+  { key: 'EXTENDED_TAG', mask: 0x100, writable: true },
+  { key: 'NO_SNOOP', mask: 0x800, writable: true },
+  { key: 'MAX_READ_REQUEST_SIZE', mask: 0x7000, writable: true },
+]);
+export const EXPRESS_DEVICE_STATUS = defineConfigBits('PCI Express device status', [
+  { key: 'CORRECTABLE_ERROR', mask: 0x1, w1c: true },
+  { key: 'NON_FATAL_ERROR', mask: 0x2, w1c: true },
+  { key: 'FATAL_ERROR', mask: 0x4, w1c: true },
+  { key: 'UNSUPPORTED_REQUEST', mask: 0x8, w1c: true },
+  { key: 'TRANSACTIONS_PENDING', mask: 0x20 },
+]);
+/** Link Capabilities and Link Status share the speed and width fields' positions. */
+export const EXPRESS_LINK = defineConfigBits('PCI Express link speed and width', [
+  { key: 'SPEED', mask: 0xf },
+  { key: 'WIDTH', mask: 0x3f0 },
+]);
+/** Link Capabilities 2: the Supported Link Speeds Vector, one bit per speed (Max Link Speed n names bit n). */
+export const EXPRESS_LINK_CAPABILITIES_2 = defineConfigBits('PCI Express link capabilities 2', [
+  { key: 'SPEED_2_5GT', mask: 0x2 },
+  { key: 'SPEED_5GT', mask: 0x4 },
+  { key: 'SPEED_8GT', mask: 0x8 },
+  { key: 'SPEED_16GT', mask: 0x10 },
+]);
+/**
+ * Device Capabilities 2: a PASID travels in an End-End TLP Prefix, so a function that sends one says it supports
+ * them (Linux refuses to enable PASID on a function whose path lacks the bit).
+ */
+export const EXPRESS_DEVICE_CAPABILITIES_2 = defineConfigBits('PCI Express device capabilities 2', [
+  { key: 'END_END_TLP_PREFIX', mask: 0x200000 },
+  { key: 'MAX_END_END_TLP_PREFIXES', mask: 0xc00000 },
+]);
+export const EXPRESS_ENDPOINT_STRUCTURE = defineConfigStructure('PCI Express capability (endpoint, version 2)', [
+  CAPABILITY_ID,
+  NEXT_POINTER,
+  { key: 'capabilities', spec: 'PCI Express Capabilities Register', offset: 0x02, width: 2 },
+  { key: 'deviceCapabilities', spec: 'Device Capabilities Register', offset: 0x04, width: 4 },
+  { key: 'deviceControl', spec: 'Device Control Register', offset: 0x08, width: 2, writable: EXPRESS_DEVICE_CONTROL.writable },
+  { key: 'deviceStatus', spec: 'Device Status Register', offset: 0x0a, width: 2, w1c: EXPRESS_DEVICE_STATUS.w1c },
+  { key: 'linkCapabilities', spec: 'Link Capabilities Register', offset: 0x0c, width: 4 },
+  { key: 'linkControl', spec: 'Link Control Register', offset: 0x10, width: 2 },
+  { key: 'linkStatus', spec: 'Link Status Register', offset: 0x12, width: 2 },
+  { key: 'slotCapabilities', spec: 'Slot Capabilities Register', offset: 0x14, width: 4 },
+  { key: 'slotControl', spec: 'Slot Control Register', offset: 0x18, width: 2 },
+  { key: 'slotStatus', spec: 'Slot Status Register', offset: 0x1a, width: 2 },
+  { key: 'rootControl', spec: 'Root Control Register', offset: 0x1c, width: 2 },
+  { key: 'rootCapabilities', spec: 'Root Capabilities Register', offset: 0x1e, width: 2 },
+  { key: 'rootStatus', spec: 'Root Status Register', offset: 0x20, width: 4 },
+  { key: 'deviceCapabilities2', spec: 'Device Capabilities 2 Register', offset: 0x24, width: 4 },
+  { key: 'deviceControl2', spec: 'Device Control 2 Register', offset: 0x28, width: 2 },
+  { key: 'deviceStatus2', spec: 'Device Status 2 Register', offset: 0x2a, width: 2 },
+  { key: 'linkCapabilities2', spec: 'Link Capabilities 2 Register', offset: 0x2c, width: 4 },
+  { key: 'linkControl2', spec: 'Link Control 2 Register', offset: 0x30, width: 2 },
+  { key: 'linkStatus2', spec: 'Link Status 2 Register', offset: 0x32, width: 2 },
+  { key: 'slotCapabilities2', spec: 'Slot Capabilities 2 Register', offset: 0x34, width: 4 },
+  { key: 'slotControl2', spec: 'Slot Control 2 Register', offset: 0x38, width: 2 },
+  { key: 'slotStatus2', spec: 'Slot Status 2 Register', offset: 0x3a, width: 2 },
+]);
+
 export const VENDOR_STRUCTURE = defineConfigStructure('Vendor Specific capability', [
   CAPABILITY_ID,
   NEXT_POINTER,
@@ -279,10 +349,46 @@ export const EXTENDED_CAPABILITY_HEADER = defineConfigBits('PCI Express extended
   { key: 'NEXT', mask: 0xfff00000 },
 ]);
 
+/** Extended capabilities live from 0x100 to the end of the 4 KiB space, dword aligned, the first one at 0x100. */
+export const EXTENDED_CAPABILITY_AREA = { start: PCI_CONFIG_SIZE, end: PCI_EXTENDED_CONFIG_SIZE } as const;
+
+/** The header as a structure (one read-only dword), for capability tables; EXTENDED_CAPABILITY_HEADER splits it. */
+const EXTENDED_HEADER = { key: 'header', spec: 'PCI Express Extended Capability Header', offset: 0, width: 4 } as const;
+
+/** PASID Capability register (PCIe Base spec, PASID Extended Capability): what the function can tag its requests with. */
+export const PASID_CAPABILITY = defineConfigBits('PASID capability', [
+  { key: 'EXECUTE_SUPPORTED', mask: 0x2, label: 'Exec' },
+  { key: 'PRIVILEGED_SUPPORTED', mask: 0x4, label: 'Priv' },
+  { key: 'MAX_WIDTH', mask: 0x1f00 },
+]);
+/**
+ * PASID Control register (same capability): software's enables. A function without the matching support bit keeps the
+ * execute or privileged enable read-only zero, so the builder narrows the mask.
+ */
+export const PASID_CONTROL = defineConfigBits('PASID control', [
+  { key: 'ENABLE', mask: 0x1, label: 'Enable', writable: true },
+  { key: 'EXECUTE_ENABLE', mask: 0x2, label: 'Exec', writable: true },
+  { key: 'PRIVILEGED_ENABLE', mask: 0x4, label: 'Priv', writable: true },
+]);
+/** The largest Max PASID Width: a PASID is 20 bits. */
+export const PASID_MAX_WIDTH = 20;
+export const PASID_STRUCTURE = defineConfigStructure('PASID extended capability', [
+  EXTENDED_HEADER,
+  { key: 'capability', spec: 'PASID Capability Register', offset: 4, width: 2 },
+  { key: 'control', spec: 'PASID Control Register', offset: 6, width: 2, writable: PASID_CONTROL.writable },
+]);
+
+/** Device Serial Number extended capability (PCIe Base spec): a read-only 64-bit EUI-64 in two dwords. */
+export const SERIAL_NUMBER_STRUCTURE = defineConfigStructure('Device Serial Number extended capability', [
+  EXTENDED_HEADER,
+  { key: 'serialLow', spec: 'Serial Number Register (Lower DW)', offset: 4, width: 4 },
+  { key: 'serialHigh', spec: 'Serial Number Register (Upper DW)', offset: 8, width: 4 },
+]);
+
 export const PCI_EXTENDED_CAPABILITIES = defineIdTable('PCI Express extended capability', [
   { value: 0x0001, name: 'Advanced Error Reporting' },
   { value: 0x0002, name: 'Virtual Channel' },
-  { value: 0x0003, name: 'Device Serial Number' },
+  { key: 'SERIAL_NUMBER', value: 0x0003, name: 'Device Serial Number' },
   { value: 0x0004, name: 'Power Budgeting' },
   { value: 0x000b, name: 'Vendor Specific Information' },
   { value: 0x000d, name: 'Access Control Services' },
@@ -293,7 +399,7 @@ export const PCI_EXTENDED_CAPABILITIES = defineIdTable('PCI Express extended cap
   { value: 0x0015, name: 'Resizable BAR' },
   { value: 0x0018, name: 'Latency Tolerance Reporting' },
   { value: 0x0019, name: 'Secondary PCI Express' },
-  { value: 0x001b, name: 'Process Address Space ID' },
+  { key: 'PASID', value: 0x001b, name: 'Process Address Space ID' },
   { value: 0x001e, name: 'L1 PM Substates' },
   { value: 0x0023, name: 'Designated Vendor-Specific' },
   { value: 0x0025, name: 'Data Link Feature' },

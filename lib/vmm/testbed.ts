@@ -1,14 +1,17 @@
-/** The testbed machine: guest RAM, PCI config ports, an MMIO bus with the DMAR unit, and DMA devices (edu, vfio-user). */
+/** The testbed machine: guest RAM, PCI config ports, an MMIO bus with the DMAR unit, and DMA devices (edu, the PASID engine, vfio-user). */
 import { GuestMemory, SharedRegion, isPromiseLike } from '../memory';
 import type { ShadowBackend } from '../host/shadow-backend';
 import type { QtestMachine, QtestNarrowSize } from './qtest/machine';
 import type { QtestPortSize } from './qtest/protocol';
 import { DeviceRegistry, IOMMU_WINDOW_SIZE, registerWindow, shadowBackendFor, type DeviceInterrupt, type EmbeddedIommu } from './embedding';
 import { MmioBus, type AccessSize } from './mmio-bus';
-import { CONFIG_ADDRESS_PORT, PciFunction, PciHost } from './pci';
+import { CONFIG_ADDRESS_PORT, PciFunction, PciHost, touchesDecoding, type PciEndpoint } from './pci';
 import { PortBus } from './port-bus';
 import { VfioUserAttachment, type AttachOptions } from './vfio-user-attachment';
 import { EduDevice, EDU_BAR_SIZE, EDU_PCI_CAPABILITIES, EDU_PCI_IDENTITY, type EduDmaOutcome } from '../devices/edu';
+import { PasidDmaEngine, PASID_ENGINE_BAR_SIZE, type PasidDmaOutcome } from '../devices/pasid-dma-engine';
+import type { PciConfigSpace } from '../devices/pci-config-space';
+import type { AccessSize as DeviceAccessSize } from '../devices/register-access';
 import { ViommuError } from '../errors';
 
 /** Where q35 puts the DMAR unit's registers. */
@@ -16,6 +19,12 @@ export const DMAR_BASE = 0xfed90000;
 export const DMAR_WINDOW_SIZE = IOMMU_WINDOW_SIZE;
 /** 00:04.0, where the oracle scripts expect the edu device (SID 0x20). */
 export const EDU_DEVFN = 4 << 3;
+/**
+ * q35's MMCONFIG base (QEMU's default PCIEXBAR): each function's 4 KiB of configuration space at base + (bus << 20 |
+ * devfn << 12). The port mechanism reaches only the first 256 bytes, so PCI Express extended space needs this.
+ */
+export const ECAM_BASE = 0xb0000000;
+const ECAM_FUNCTION_SIZE = 0x1000;
 
 /** What the testbed needs of an IOMMU: the embedding contract's (lib/vmm/embedding.ts), which VtdUnit meets. */
 export type TestbedIommu = EmbeddedIommu;
@@ -41,6 +50,12 @@ export interface TestbedOptions {
    * level: each signal arrives as a rise and a fall.
    */
   onIntx?: (sourceId: number, asserted: boolean) => void;
+  /**
+   * A slot on bus 0 for the PASID DMA engine (lib/devices/pasid-dma-engine.ts), whose requests may carry a PASID.
+   * Its whole 4 KiB configuration space (the PASID capability at 0x100) is also in ECAM at ECAM_BASE.
+   */
+  pasidEngineSlot?: number;
+  onPasidTransfer?: (outcome: PasidDmaOutcome) => void;
 }
 
 /** The host bridge's ports: CONFIG_ADDRESS at 0xcf8 and CONFIG_DATA's four bytes from 0xcfc. */
@@ -59,6 +74,8 @@ export class TestbedMachine implements QtestMachine {
   readonly edu: EduDevice | undefined;
   /** The devices of `extraEduSlots`, in that order. */
   readonly extraEdus: EduDevice[] = [];
+  /** The PASID DMA engine at `pasidEngineSlot` (undefined without one). */
+  readonly pasidEngine: PasidDmaEngine | undefined;
   readonly iommu: TestbedIommu | undefined;
   /** Keeps attached vfio-user devices' DMA tables equal to the guest's mappings (caching mode with a unit that tells domains). */
   readonly shadow: ShadowBackend | undefined;
@@ -97,6 +114,13 @@ export class TestbedMachine implements QtestMachine {
     });
     this.edu = options.builtInEdu === false ? undefined : this.addEdu('edu', EDU_DEVFN, options);
     for (const slot of options.extraEduSlots ?? []) this.extraEdus.push(this.addEdu(`edu@${slot}`, slot << 3, options));
+    try {
+      this.pasidEngine = options.pasidEngineSlot === undefined ? undefined : this.addPasidEngine(options.pasidEngineSlot, options);
+    } catch (error) {
+      // A machine that was never handed out frees its guest RAM itself.
+      this.ram.close();
+      throw error;
+    }
   }
 
   /**
@@ -166,6 +190,56 @@ export class TestbedMachine implements QtestMachine {
     fn = new PciFunction(name, 0, devfn, EDU_PCI_IDENTITY, [{ size: EDU_BAR_SIZE, handler: edu }], EDU_PCI_CAPABILITIES);
     this.pci.add(fn);
     return edu;
+  }
+
+  /**
+   * The PASID engine as a function on bus 0: config space through the ports (its first 256 bytes) and through its
+   * ECAM window (all 4 KiB), BAR0 decoded while memory space is on; its DMA and MSIs through the contract's device.
+   */
+  private addPasidEngine(slot: number, options: TestbedOptions): PasidDmaEngine {
+    if (!Number.isInteger(slot) || slot < 0 || slot > 31) throw new ViommuError('ERR_TESTBED_SLOT', `PASID engine slot ${slot}: use 0..31`);
+    const devfn = slot << 3;
+    if (this.devices.has(devfn)) {
+      throw new ViommuError('ERR_TESTBED_SLOT_TAKEN', `slot ${slot} already holds '${this.devices.get(devfn)!.name}'; pick another pasidEngineSlot`);
+    }
+    const ecam = ECAM_BASE + devfn * ECAM_FUNCTION_SIZE;
+    if (this.ramBytes > ECAM_BASE) throw new ViommuError('ERR_TESTBED_ECAM', `guest RAM of ${this.ramBytes} bytes reaches ECAM at 0x${ECAM_BASE.toString(16)}; use at most ${ECAM_BASE} bytes with a PASID engine`);
+    const name = 'pasid-dma-engine';
+    const device = this.devices.attachDevice(devfn, name);
+    const engine = new PasidDmaEngine(device, {
+      ...(options.onPasidTransfer ? { onTransfer: options.onPasidTransfer } : {}),
+      onIntx: (asserted) => this.onIntx?.(device.sid, asserted),
+    });
+    const config = engine.config;
+    const endpoint: PciEndpoint = {
+      name,
+      bus: 0,
+      devfn,
+      readConfig: (offset, size) => (size === 1 ? config.readU8(offset) : size === 2 ? config.readU16(offset) : config.readU32(offset)),
+      writeConfig: (offset, size, value) => {
+        config.write(offset, Uint8Array.from({ length: size }, (_, i) => (value >>> (8 * i)) & 0xff));
+        return touchesDecoding(offset, size);
+      },
+      updateMappings: (bus) => {
+        bus.unmap(`${name}.bar0`);
+        const base = config.barAddress(0);
+        if (!config.memoryEnabled || base === 0n) return;
+        try {
+          bus.map(`${name}.bar0`, Number(base), PASID_ENGINE_BAR_SIZE, engine);
+        } catch {
+          // A BAR over another window decodes nothing, as on the edu's function.
+        }
+      },
+    };
+    this.pci.add(endpoint);
+    this.mmio.map(`${name}.ecam`, ecam, ECAM_FUNCTION_SIZE, {
+      read: (offset: number, size: DeviceAccessSize) => readConfigBytes(config, offset, size),
+      write: (offset: number, size: DeviceAccessSize, value: bigint) => {
+        config.write(offset, Uint8Array.from({ length: size }, (_, i) => Number((value >> BigInt(8 * i)) & 0xffn)));
+        if (touchesDecoding(offset, size)) endpoint.updateMappings(this.mmio, this.ports);
+      },
+    });
+    return engine;
   }
 
   /** Disconnects attached devices (their servers drop every mapping with the connection) and frees guest RAM. */
@@ -250,6 +324,13 @@ export class TestbedMachine implements QtestMachine {
 }
 
 function ignore(): void {}
+
+/** A little-endian ECAM read of any width (a qword read takes two config dwords at once). */
+function readConfigBytes(config: PciConfigSpace, offset: number, size: number): bigint {
+  const bytes = new Uint8Array(size);
+  config.read(offset, bytes);
+  return bytes.reduceRight((value, byte) => (value << 8n) | BigInt(byte), 0n);
+}
 
 /** Applies `next` to a value now, or when its promise resolves. */
 function after<T, U>(value: T | Promise<T>, next: (value: T) => U): U | Promise<U> {

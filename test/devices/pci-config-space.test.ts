@@ -1,9 +1,13 @@
-/** PciConfigSpace: BAR sizing for 32-bit, 64-bit and I/O BARs and the ROM, command/status masks, capabilities. */
+/** PciConfigSpace: BAR sizing for 32-bit, 64-bit and I/O BARs and the ROM, command/status masks, capabilities, extended capabilities. */
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { EDU_BAR_SIZE, EDU_PCI_CAPABILITIES, EDU_PCI_IDENTITY } from '../../lib/devices/edu';
 import { PciConfigSpace } from '../../lib/devices/pci-config-space';
-import { MSI_CONTROL, MSIX_CONTROL, PCI_CAPABILITY_IDS, PCI_STATUS, TYPE0_HEADER } from '../../lib/devices/pci-layout';
+import {
+  EXPRESS_CAPABILITIES, EXPRESS_DEVICE_CONTROL, EXPRESS_DEVICE_STATUS, EXPRESS_ENDPOINT_STRUCTURE, EXTENDED_CAPABILITY_HEADER, MSI_CONTROL,
+  MSIX_CONTROL, PASID_CAPABILITY, PASID_CONTROL, PASID_STRUCTURE, PCI_CAPABILITY_IDS, PCI_EXTENDED_CAPABILITIES, PCI_STATUS, SERIAL_NUMBER_STRUCTURE,
+  TYPE0_HEADER,
+} from '../../lib/devices/pci-layout';
 import { alignedAccesses } from '../../lib/devices/register-access';
 
 const identity = { vendorId: 0x1234, deviceId: 0x5678, classCode: 0x020000, revision: 3 };
@@ -119,6 +123,112 @@ describe('PciConfigSpace', () => {
         assert.equal(config.readU8(0x34), before[0x34]);
       }),
       { numRuns: 500 },
+    );
+  });
+});
+
+describe('PciConfigSpace extended capabilities', () => {
+  /** The chain as software walks it: from 0x100, each header's next offset, until a zero header or next. */
+  function walk(config: PciConfigSpace): { offset: number; id: number; version: number; next: number }[] {
+    const found: { offset: number; id: number; version: number; next: number }[] = [];
+    for (let offset = 0x100; offset !== 0 && found.length < 16; ) {
+      const header = config.readU32(offset);
+      if (header === 0) break;
+      const next = EXTENDED_CAPABILITY_HEADER.get(header, 'NEXT');
+      found.push({ offset, id: EXTENDED_CAPABILITY_HEADER.get(header, 'ID'), version: EXTENDED_CAPABILITY_HEADER.get(header, 'VERSION'), next });
+      offset = next;
+    }
+    return found;
+  }
+
+  const serial = 0x0123456789abcdefn;
+
+  it('links extended capabilities from 0x100 through real headers (ID, version, next offset), the last with next 0', () => {
+    const config = new PciConfigSpace({
+      identity,
+      size: 4096,
+      extendedCapabilities: [{ kind: 'serial-number', serial }, { kind: 'pasid', privilegedSupported: true, maxPasidWidth: 16 }],
+    });
+    const chain = walk(config);
+    assert.deepEqual(chain.map(({ id, version }) => [id, version]), [[PCI_EXTENDED_CAPABILITIES.values.SERIAL_NUMBER, 1], [PCI_EXTENDED_CAPABILITIES.values.PASID, 1]]);
+    assert.equal(chain[0]!.offset, 0x100);
+    assert.equal(chain[0]!.next, chain[1]!.offset);
+    assert.equal(chain[1]!.offset % 4, 0, 'dword aligned');
+    assert.ok(chain[1]!.offset >= 0x100 + SERIAL_NUMBER_STRUCTURE.size, 'after the serial number');
+    assert.equal(chain[1]!.next, 0);
+    assert.deepEqual(config.extendedCapabilities.map(({ id, offset, version }) => ({ id, offset, version })), chain.map(({ id, offset, version }) => ({ id, offset, version })));
+    const bytes = config.snapshot();
+    const dsn = SERIAL_NUMBER_STRUCTURE.decode(bytes, 0x100);
+    assert.equal((BigInt(dsn.serialHigh) << 32n) | BigInt(dsn.serialLow), serial);
+    const pasid = PASID_STRUCTURE.decode(bytes, chain[1]!.offset);
+    assert.equal(PASID_CAPABILITY.get(pasid.capability, 'MAX_WIDTH'), 16);
+    assert.equal(pasid.capability & PASID_CAPABILITY.bits.EXECUTE_SUPPORTED, 0);
+    assert.ok((pasid.capability & PASID_CAPABILITY.bits.PRIVILEGED_SUPPORTED) !== 0);
+  });
+
+  it('lets software set only the PASID enables the function supports, and keeps headers and capabilities read-only', () => {
+    const config = new PciConfigSpace({ identity, size: 4096, extendedCapabilities: [{ kind: 'serial-number', serial }, { kind: 'pasid', privilegedSupported: true }] });
+    const at = config.extendedCapability(PCI_EXTENDED_CAPABILITIES.values.PASID)!.offset;
+    const before = config.snapshot();
+    for (let offset = 0x100; offset < at + PASID_STRUCTURE.size; offset += 4) config.write(offset, Uint8Array.of(0xff, 0xff, 0xff, 0xff));
+    const control = at + PASID_STRUCTURE.field('control').offset;
+    assert.equal(config.readU16(control), PASID_CONTROL.bits.ENABLE | PASID_CONTROL.bits.PRIVILEGED_ENABLE, 'Execute Permission Enable stays zero without support');
+    const after = config.snapshot();
+    for (let offset = 0x100; offset < at + PASID_STRUCTURE.size; offset++) {
+      if (offset !== control && offset !== control + 1) assert.equal(after[offset], before[offset], `byte 0x${offset.toString(16)}`);
+    }
+    assert.deepEqual(config.pasid, { enabled: true, executeEnabled: false, privilegedEnabled: true, executeSupported: false, privilegedSupported: true, maxWidth: 20 });
+    config.write(control, Uint8Array.of(0, 0));
+    assert.equal(config.pasid!.enabled, false);
+  });
+
+  it('keeps extended space zero without extended capabilities, and has no PASID state then', () => {
+    const config = new PciConfigSpace({ identity, size: 4096 });
+    assert.equal(config.readU32(0x100), 0, 'a zero header at 0x100 ends an empty chain');
+    assert.deepEqual(walk(config), []);
+    assert.equal(config.pasid, undefined);
+  });
+
+  it('places a PCI Express endpoint capability with its writable Device Control and write-1-to-clear Device Status', () => {
+    const config = new PciConfigSpace({ identity, size: 4096, capabilities: [{ kind: 'express' }, { kind: 'msi' }] });
+    const express = config.capability(PCI_CAPABILITY_IDS.PCI_EXPRESS)!;
+    assert.equal(express.offset, 0x40);
+    assert.equal(config.readU8(express.offset + 1), config.capability(PCI_CAPABILITY_IDS.MSI)!.offset);
+    assert.ok(config.capability(PCI_CAPABILITY_IDS.MSI)!.offset >= 0x40 + EXPRESS_ENDPOINT_STRUCTURE.size);
+    const fields = EXPRESS_ENDPOINT_STRUCTURE.decode(config.snapshot(), express.offset);
+    assert.equal(EXPRESS_CAPABILITIES.get(fields.capabilities, 'VERSION'), 2);
+    assert.equal(fields.deviceCapabilities2, 0, 'no End-End TLP Prefix unless asked');
+    const control = express.offset + EXPRESS_ENDPOINT_STRUCTURE.field('deviceControl').offset;
+    config.write(control, Uint8Array.of(0xff, 0xff));
+    assert.equal(config.readU16(control), EXPRESS_DEVICE_CONTROL.writable);
+    const status = express.offset + EXPRESS_ENDPOINT_STRUCTURE.field('deviceStatus').offset;
+    (config as unknown as { bytes: Uint8Array }).bytes[status] = EXPRESS_DEVICE_STATUS.bits.UNSUPPORTED_REQUEST;
+    config.write(status, Uint8Array.of(EXPRESS_DEVICE_STATUS.bits.UNSUPPORTED_REQUEST, 0));
+    assert.equal(config.readU16(status), 0);
+  });
+
+  it('refuses extended capabilities it cannot place', () => {
+    assert.throws(() => new PciConfigSpace({ identity, extendedCapabilities: [{ kind: 'pasid' }] }), /4096-byte/);
+    assert.throws(() => new PciConfigSpace({ identity, size: 4096, extendedCapabilities: [{ kind: 'pasid' }, { kind: 'pasid' }] }), /listed twice/);
+    assert.throws(() => new PciConfigSpace({ identity, size: 4096, extendedCapabilities: [{ kind: 'pasid', maxPasidWidth: 21 }] }), /Max PASID Width/);
+    assert.throws(() => new PciConfigSpace({ identity, size: 4096, extendedCapabilities: [{ kind: 'serial-number', serial: 1n << 64n }] }), /64-bit/);
+  });
+
+  it('never lets a write change a read-only bit of extended space (property)', () => {
+    const config = new PciConfigSpace({ identity, size: 4096, extendedCapabilities: [{ kind: 'serial-number', serial }, { kind: 'pasid', executeSupported: true }] });
+    const control = config.extendedCapability(PCI_EXTENDED_CAPABILITIES.values.PASID)!.offset + PASID_STRUCTURE.field('control').offset;
+    const before = config.snapshot();
+    fc.assert(
+      fc.property(fc.integer({ min: 0x100, max: 0xff8 }), fc.uint8Array({ minLength: 1, maxLength: 8 }), (offset, data) => {
+        config.write(offset, data);
+        const after = config.snapshot();
+        for (let at = 0x100; at < 0x1000; at++) {
+          if (at === control) assert.equal(after[at]! & ~(PASID_CONTROL.bits.ENABLE | PASID_CONTROL.bits.EXECUTE_ENABLE), 0);
+          else if (at !== control + 1) assert.equal(after[at], before[at], `byte 0x${at.toString(16)}`);
+          else assert.equal(after[at], 0);
+        }
+      }),
+      { numRuns: 200 },
     );
   });
 });
