@@ -311,6 +311,7 @@ function load<T>(file: string): T {
   let lastError: unknown;
   for (const candidate of candidates) {
     try {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports -- a .node addon loads only through require
       return require(candidate) as T;
     } catch (error) {
       lastError = error;

@@ -8,6 +8,7 @@ import { registerQtestCommand } from './qtest';
 import { registerServeCommand } from './serve';
 import { registerSmokeCommand } from './smoke';
 
+// eslint-disable-next-line @typescript-eslint/no-require-imports -- package.json sits outside rootDir, so it cannot be imported
 const packageVersion: string = (require('../../../package.json') as { version: string }).version;
 
 /** Builds the command tree; subcommands register themselves here as they are implemented. */

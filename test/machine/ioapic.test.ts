@@ -269,13 +269,12 @@ describe('Ioapic', () => {
     });
 
     it('lets deliver() signal the EOI before it returns: Remote IRR is already set, so each EOI sends exactly one more', () => {
-      let ioapic: Ioapic | undefined;
       const sent: number[] = [];
-      ioapic = new Ioapic({
+      const ioapic: Ioapic = new Ioapic({
         id: 0,
         deliver: (message) => {
           sent.push(message.pin);
-          if (sent.length < 3) ioapic!.endOfInterrupt(message.data & 0xff);
+          if (sent.length < 3) ioapic.endOfInterrupt(message.data & 0xff);
         },
       });
       ioapic.write(IOREGSEL, 4, 0x10n);

@@ -44,6 +44,7 @@ class TwoStages {
   constructor(readonly ssLevels = 4, memory = new GuestMemory(), ramSize = 16 * 1024 * 1024) {
     this.host = new TableMemory(ramSize, 0x10_0000, memory);
     this.ssTop = this.host.page();
+    // eslint-disable-next-line @typescript-eslint/no-this-alias -- the writer subclass below calls back into this object
     const stages = this;
     this.guest = new (class extends TableWriter {
       override page(): number {
