@@ -12,8 +12,8 @@ import type { VtdConfig } from '../vtd/config';
 import {
   INVALIDATE_ALL, NestingRefusal, type FirstStageTable, type HostCapabilities, type HostFault, type IommufdNesting, type InvalidateRange,
 } from './iommufd-nesting';
+import { PAGE_SHIFT } from '../memory/geometry';
 
-const PAGE_SHIFT = 12;
 /** The PASID the host attaches a device's requests without PASID to. */
 const RID_PASID = 0;
 /** First-stage paging: 4 levels cover 48 bits, each further level 9 more. */

@@ -9,9 +9,9 @@ import type { FileDescriptor } from '../native';
 import type { DeviceDomainListener, MappedRun, VtdDomain } from '../vtd/address-space';
 import { HeldRuns } from './held-runs';
 import { SHADOW_ACCESS, ShadowMappings, type ShadowChanges, type ShadowExtent } from './shadow-mappings';
+import { PAGE_BYTES } from '../memory/geometry';
 
-const PAGE_SHIFT = 12;
-const PAGE = 2 ** PAGE_SHIFT;
+const PAGE = PAGE_BYTES;
 /** DMA_MAPs in flight per device: well below the u16 message-id space, deep enough to keep the socket busy. */
 const MAX_IN_FLIGHT = 256;
 

@@ -1,5 +1,6 @@
 /** Multiboot 1 loader: puts a kernel image (ELF32, ELF64 or a.out-kludge), its modules and the boot information into guest RAM, as GRUB or QEMU's -kernel would. */
 import { ViommuError } from '../errors';
+import { PAGE_BYTES } from '../memory/geometry';
 
 /*
  * Multiboot header (Multiboot Specification 0.6.96, section 3.1), 4-byte aligned within the image's first 8 KiB:
@@ -62,7 +63,7 @@ const MMAP_ENTRY_BYTES = 24;
 const MMAP_ENTRY_SIZE_FIELD = 20;
 export const MEMORY_TYPE = { available: 1, reserved: 2 } as const;
 
-const PAGE = 0x1000;
+const PAGE = PAGE_BYTES;
 const KIB = 1024;
 const MIB = 0x100000;
 const FOUR_GIB = 2 ** 32;

@@ -6,6 +6,7 @@ import { CAP_FIELDS, FRCD_HI_FIELDS, FRCD_LO_FIELDS, FSTS_FIELDS, GSTS_FIELDS, I
 import type { VtdDomain } from '../vtd/address-space';
 import { MAPPING_ACCESS } from '../vtd/address-space';
 import type { VtdUnit } from '../vtd/unit';
+import { PAGE_BYTES } from '../memory/geometry';
 
 export interface DomainSummary {
   readonly sid: number;
@@ -41,7 +42,6 @@ export interface UnitSummary {
 }
 
 const MAPPING_LIMIT = 64;
-const PAGE_BYTES = 4096;
 const FRCD_BYTES = 16;
 const FRCD_HI_BYTE = 8;
 const QUEUE_PAGE_BYTES = 4096;

@@ -3,3 +3,4 @@ export * from './addresses';
 export * from './dma-space';
 export * from './guest-memory';
 export * from './shared-region';
+export * from './geometry';

@@ -6,6 +6,7 @@
  */
 import { ViommuError } from '../errors';
 import type { DmaSpace, GuestMemory } from '../memory';
+import { INTERRUPT_WINDOW_END, INTERRUPT_WINDOW_START } from '../memory/geometry';
 import { ShadowBackend } from '../host/shadow-backend';
 import type { DeviceDomainListener } from '../vtd/address-space';
 import type { HostPending } from '../vtd/host-completion';
@@ -60,7 +61,7 @@ export interface EmbeddedIommu {
 export const IOMMU_WINDOW_SIZE = REGISTER_WINDOW_SIZE;
 
 /** The address range (0xfee00000-0xfeefffff) where DWORD writes are interrupt requests, not memory writes. */
-export const INTERRUPT_ADDRESS_RANGE = { start: 0xfee00000n, end: 0xfef00000n } as const;
+export const INTERRUPT_ADDRESS_RANGE = { start: BigInt(INTERRUPT_WINDOW_START), end: BigInt(INTERRUPT_WINDOW_END) } as const;
 
 /** The register window as a VMM's MMIO dispatch drives it: offsets from the window's base, little-endian values. */
 export interface RegisterWindow {

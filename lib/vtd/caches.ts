@@ -1,6 +1,7 @@
 /** The context caches (by source id), the PASID cache and the IOTLB (by domain, PASID and page), with the invalidation scopes of the spec. */
 
 import type { PasidEntry, ScalableContext } from './scalable-context';
+import { PAGE_BYTES } from '../memory/geometry';
 
 /** What a present, valid legacy context entry tells the translation path. */
 export interface CachedContext {
@@ -47,8 +48,7 @@ export interface IotlbEntry {
   readonly dirty?: boolean;
 }
 
-const PAGE_SHIFT = 12;
-const PAGE = 2 ** PAGE_SHIFT;
+const PAGE = PAGE_BYTES;
 /** Page sizes the IOTLB holds, smallest first (4 KiB, 2 MiB, 1 GiB); lookups try each. */
 export const PAGE_SIZES = [PAGE, 2 ** 21, 2 ** 30] as const;
 /** Device-function masks selected by CCMD/descriptor FM (spec: mask none, bit 2, bits 2:1, bits 2:0). */

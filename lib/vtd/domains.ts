@@ -5,6 +5,7 @@ import {
   INPUT_SPACE_PAGES, INTERRUPT_WINDOW_END_PAGE, INTERRUPT_WINDOW_FIRST_PAGE, MappingEnumerator, withoutInterruptOutput,
   type FirstStageTables, type SecondStageTables,
 } from './mapping-enumerator';
+import { PAGE_SHIFT } from '../memory/geometry';
 
 /*
  * Caching mode is what makes a shadow of these domains correct. Without it a guest may create a mapping and use
@@ -19,7 +20,6 @@ import {
  * and by PASID when one is given), never too narrowly.
  */
 
-const PAGE_SHIFT = 12;
 const FUNCTION_BITS = 3;
 
 interface DescriptorCommon {

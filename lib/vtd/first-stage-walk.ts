@@ -9,6 +9,7 @@ import {
   FIRST_STAGE_1G_LEAF, FIRST_STAGE_2M_LEAF, FIRST_STAGE_4K_LEAF, FIRST_STAGE_TABLE_ENTRY, FIRST_STAGE_TOP_ENTRY,
 } from './structures';
 import type { WalkTraceSink } from './walk-trace';
+import { PAGE_SHIFT } from '../memory/geometry';
 
 export const FS_FR = {
   ACCESS: faultCode('SM_FIRST_STAGE_ACCESS'),
@@ -102,7 +103,6 @@ export interface FirstStageOptions {
 const ENTRY_BYTES = 8;
 const INDEX_MASK = 511;
 const BITS_PER_LEVEL = 9;
-const PAGE_SHIFT = 12;
 const WORD_BITS = 32;
 /** Input bits above these are the sign extension a canonical address carries (bit 47 or 56 copied upwards). */
 const CANONICAL_TOP_BIT: Readonly<Record<number, number>> = { 4: 47, 5: 56 };

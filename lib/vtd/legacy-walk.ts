@@ -12,6 +12,7 @@ import {
   SECOND_STAGE_TABLE_ENTRY, SECOND_STAGE_TOP_ENTRY,
 } from './structures';
 import type { WalkTraceSink } from './walk-trace';
+import { INTERRUPT_WINDOW_END, INTERRUPT_WINDOW_START, PAGE_SHIFT } from '../memory/geometry';
 
 export const FR = {
   ROOT_ENTRY_NOT_PRESENT: faultCode('ROOT_ENTRY_NOT_PRESENT'),
@@ -30,8 +31,8 @@ export const FR = {
 } as const;
 
 /** Addresses 0xfee00000..0xfeefffff carry interrupt messages, never DMA (spec 3.15). */
-export const INTERRUPT_RANGE_START = 0xfee00000;
-export const INTERRUPT_RANGE_END = 0xfef00000;
+export const INTERRUPT_RANGE_START = INTERRUPT_WINDOW_START;
+export const INTERRUPT_RANGE_END = INTERRUPT_WINDOW_END;
 
 export function isInterruptAddress(address: number): boolean {
   return address >= INTERRUPT_RANGE_START && address < INTERRUPT_RANGE_END;
@@ -93,7 +94,6 @@ const PTE_PS = wordMask(SECOND_STAGE_TABLE_ENTRY.f.PS);
 const ENTRIES_PER_TABLE = 512;
 const ENTRY_BYTES = 8;
 const BITS_PER_LEVEL = 9;
-const PAGE_SHIFT = 12;
 const ROOT_ENTRY_BYTES = LEGACY_ROOT_ENTRY.sizeBits / 8;
 const CONTEXT_ENTRY_BYTES = LEGACY_CONTEXT_ENTRY.sizeBits / 8;
 const DEVFNS_PER_BUS = 256;

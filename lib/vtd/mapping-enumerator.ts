@@ -9,6 +9,7 @@ import {
   FIRST_STAGE_1G_LEAF, FIRST_STAGE_2M_LEAF, FIRST_STAGE_4K_LEAF, FIRST_STAGE_TABLE_ENTRY, FIRST_STAGE_TOP_ENTRY,
   SECOND_STAGE_1G_LEAF, SECOND_STAGE_2M_LEAF, SECOND_STAGE_4K_LEAF, SECOND_STAGE_TABLE_ENTRY, SECOND_STAGE_TOP_ENTRY,
 } from './structures';
+import { PAGE_BYTES, PAGE_SHIFT } from '../memory/geometry';
 
 /*
  * The rules are the walkers' (legacy-walk.ts, first-stage-walk.ts, nested-walk.ts), applied to whole tables
@@ -21,8 +22,7 @@ import {
  *   subset of what the guest allows, and the pages left out still work by message, translated one by one.
  */
 
-const PAGE_SHIFT = 12;
-const PAGE = 2 ** PAGE_SHIFT;
+const PAGE = PAGE_BYTES;
 const BITS_PER_LEVEL = 9;
 const ENTRIES = 512;
 const ENTRY_BYTES = 8;

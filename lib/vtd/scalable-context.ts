@@ -7,6 +7,7 @@ import {
   PASID_DIRECTORY_ENTRY, PASID_PGTT, SCALABLE_CONTEXT_ENTRY, SCALABLE_PASID_ENTRY, SCALABLE_ROOT_ENTRY,
 } from './structures';
 import type { WalkTraceSink } from './walk-trace';
+import { PAGE_SHIFT } from '../memory/geometry';
 
 export const SM_FR = {
   ROOT_ACCESS: faultCode('SM_ROOT_ENTRY_ACCESS'),
@@ -136,7 +137,6 @@ export interface ScalableTarget {
   readonly execute: boolean;
 }
 
-const PAGE_SHIFT = 12;
 const BITS_PER_LEVEL = 9;
 const DEVFNS_PER_BUS = 256;
 const BUSES = 256;

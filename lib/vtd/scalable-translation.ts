@@ -11,6 +11,7 @@ import { ScalableContextReader, SM_FR, pasidEntryRefusal, type LookupFault, type
 import { ScalableWalker } from './scalable-walk';
 import { PASID_PGTT } from './structures';
 import type { WalkTraceSink } from './walk-trace';
+import { PAGE_BYTES } from '../memory/geometry';
 
 export const SM_INTERRUPT_ADDRESS = faultCode('SM_INTERRUPT_ADDRESS');
 const SM_FR_WRITE = faultCode('SM_WRITE');
@@ -65,7 +66,7 @@ export interface ScalableTranslatorOptions {
   readonly quirks?: ReadonlySet<QuirkId>;
 }
 
-const PAGE = 4096;
+const PAGE = PAGE_BYTES;
 /** Inputs whose upper 32 bits reach this are at or above 2^52: walked every time, never cached. */
 const CACHEABLE_HI_LIMIT = 2 ** 20;
 const WORD = 2 ** 32;

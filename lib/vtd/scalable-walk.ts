@@ -5,6 +5,7 @@ import { SS_FR, type NestedWalker } from './nested-walk';
 import type { PasidEntry } from './scalable-context';
 import { PASID_PGTT } from './structures';
 import type { WalkTraceSink } from './walk-trace';
+import { PAGE_BYTES } from '../memory/geometry';
 
 export interface ScalablePage {
   readonly ok: true;
@@ -21,7 +22,7 @@ export interface ScalablePage {
   readonly pgtt: number;
 }
 
-const PAGE = 4096;
+const PAGE = PAGE_BYTES;
 const WORD = 2 ** 32;
 /** Inputs whose upper half reaches this cannot be below any 2^width the unit supports (width <= 52 < 53). */
 const UPPER_HALF_LIMIT = 2 ** 21;
