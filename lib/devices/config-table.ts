@@ -1,71 +1,50 @@
-/** The table shapes PCI configuration space is described in: structures with write masks, bit sets with labels, id tables. */
+/**
+ * PCI configuration space's tables on top of the common byte layout (lib/byte-layout.ts): structures whose fields
+ * carry write and write-1-to-clear masks, register bits with lspci's labels, id tables with lspci's names.
+ */
+import { defineFlags, defineStruct, readUnsigned, writeUnsigned, type FieldSpec, type FlagSet, type StructLayout } from '../byte-layout';
 import { ViommuError } from '../errors';
 
 export type ConfigWidth = 1 | 2 | 4;
 
 /**
- * One register of a configuration structure, in the PCI spec's terms. `writable` holds the bits software may
- * change and `w1c` the bits a write of 1 clears; every other bit is read-only. Offsets count from the structure's
- * start (the header at 0, a capability wherever it is placed).
+ * One register of a configuration structure: a byte-layout field of 1, 2 or 4 bytes, plus how software may write
+ * it. `writable` holds the bits software may change and `w1c` the bits a write of 1 clears; every other bit is
+ * read-only. Offsets count from the structure's start (the header at 0, a capability wherever it is placed).
  */
-export interface ConfigField {
-  readonly key: string;
-  readonly spec: string;
-  readonly offset: number;
+export interface ConfigField extends FieldSpec {
   readonly width: ConfigWidth;
   readonly writable?: number;
   readonly w1c?: number;
 }
 
-export interface ConfigStructure<K extends string = string> {
-  readonly name: string;
-  readonly size: number;
-  readonly fields: readonly ConfigField[];
-  field(key: K): ConfigField;
-  has(key: string): key is K;
-  /** Every field of the structure placed at `base` in `bytes`; bytes past the end read as zero. */
-  decode(bytes: Uint8Array, base: number): Record<K, number>;
-}
+/**
+ * A configuration structure is a byte layout whose rows are ConfigFields named by `K`: `decode(bytes, base)` reads
+ * every field of the structure placed at `base`, bytes past the end of `bytes` reading as zero (a dump cut short).
+ */
+export type ConfigStructure<K extends string = string> = StructLayout<readonly (ConfigField & { readonly key: K })[]>;
 
 function tableError(message: string): ViommuError {
   return new ViommuError('ERR_PCI_LAYOUT', message);
 }
 
-/** Reads one field of a structure placed at `base` in `bytes` (little-endian). */
+/** Reads one field of a structure placed at `base` in `bytes` (little-endian; zero past the end of `bytes`). */
 export function readConfigField(bytes: Uint8Array, base: number, field: ConfigField): number {
-  let value = 0;
-  for (let i = field.width - 1; i >= 0; i--) value = value * 256 + (bytes[base + field.offset + i] ?? 0);
-  return value;
+  return readUnsigned(bytes, base + field.offset, field.width);
+}
+
+/**
+ * Writes `value` into one field of a structure placed at `base`, keeping its low `width` bytes as a register
+ * would (masks are written this way too, whatever bits they hold above the field).
+ */
+export function writeConfigField(bytes: Uint8Array, base: number, field: ConfigField, value: number): void {
+  const low = field.width === 4 ? value >>> 0 : value & (2 ** (8 * field.width) - 1);
+  writeUnsigned(bytes, base + field.offset, field.width, low);
 }
 
 /** Declares a configuration structure; overlapping fields or fields past `size` fail at load time. */
-export function defineConfigStructure<const F extends readonly ConfigField[]>(
-  name: string,
-  fields: F,
-  size?: number,
-): ConfigStructure<F[number]['key']> {
-  type Key = F[number]['key'];
-  const end = fields.reduce((max, field) => Math.max(max, field.offset + field.width), 0);
-  const structureSize = size ?? end;
-  if (end > structureSize) throw tableError(`${name}: fields end at ${end}, beyond its size ${structureSize}`);
-  const sorted = [...fields].sort((a, b) => a.offset - b.offset);
-  sorted.forEach((field, i) => {
-    const next = sorted[i + 1];
-    if (next !== undefined && field.offset + field.width > next.offset) throw tableError(`${name}: ${field.key} overlaps ${next.key}`);
-  });
-  const byKey = new Map<string, ConfigField>(fields.map((field) => [field.key, field]));
-  return {
-    name,
-    size: structureSize,
-    fields,
-    field(key) {
-      const field = byKey.get(key);
-      if (field === undefined) throw tableError(`${name} has no field ${key}`);
-      return field;
-    },
-    has: (key): key is Key => byKey.has(key),
-    decode: (bytes, base) => Object.fromEntries(fields.map((field) => [field.key, readConfigField(bytes, base, field)])) as Record<Key, number>,
-  };
+export function defineConfigStructure<const F extends readonly ConfigField[]>(name: string, fields: F, size?: number): ConfigStructure<F[number]['key']> {
+  return defineStruct<readonly (ConfigField & { readonly key: F[number]['key'] })[]>(name, fields, size);
 }
 
 /** One bit (or multi-bit field) of a register: its mask, the label lspci prints, and how software may write it. */
@@ -77,11 +56,10 @@ export interface ConfigBit {
   readonly w1c?: true;
 }
 
-export interface ConfigBits<K extends string = string> {
-  readonly name: string;
+/** A register's bits as a flag set (names, unknown bits), with their labels and write masks. */
+export interface ConfigBits<K extends string = string> extends FlagSet<K> {
   /** The table in its declared order (the order renderers print it in). */
   readonly entries: readonly ConfigBit[];
-  readonly bits: Readonly<Record<K, number>>;
   /** The union of the writable entries' masks, and of the write-1-to-clear ones. */
   readonly writable: number;
   readonly w1c: number;
@@ -103,9 +81,8 @@ export function defineConfigBits<const B extends readonly ConfigBit[]>(name: str
   const union = (pick: (entry: ConfigBit) => boolean | undefined) => entries.reduce((all, entry) => (pick(entry) ? all | entry.mask : all), 0) >>> 0;
   const shiftOf = (mask: number) => Math.log2(mask & -mask);
   return {
-    name,
+    ...defineFlags(name, bits),
     entries,
-    bits,
     writable: union((entry) => entry.writable),
     w1c: union((entry) => entry.w1c),
     get: (register, key) => ((register & bits[key]) >>> 0) / 2 ** shiftOf(bits[key]),

@@ -1,7 +1,9 @@
 /** PciConfigSpace: a type-0 function's configuration space with BAR sizing, command/status, capability and extended capability lists. */
+import { readUnsigned } from '../byte-layout';
 import { ViommuError } from '../errors';
-import { readConfigField, type ConfigField, type ConfigStructure } from './config-table';
+import { readConfigField, writeConfigField, type ConfigField, type ConfigStructure } from './config-table';
 import {
+  BAR_KEYS,
   CAPABILITY_AREA,
   EXPRESS_CAPABILITIES,
   EXPRESS_DEVICE_CAPABILITIES_2,
@@ -354,7 +356,7 @@ export class PciConfigSpace {
 
   private readValue(offset: number, width: 1 | 2 | 4): number {
     this.checkRange(offset, width);
-    return readConfigField(this.bytes, offset, { key: 'value', spec: 'value', offset: 0, width });
+    return readUnsigned(this.bytes, offset, width);
   }
 
   private checkRange(offset: number, length: number): void {
@@ -364,17 +366,13 @@ export class PciConfigSpace {
   }
 
   private put(base: number, field: ConfigField, value: number): void {
-    for (let i = 0; i < field.width; i++) this.bytes[base + field.offset + i] = Math.floor(value / 256 ** i) & 0xff;
-  }
-
-  private setFieldMask(target: Uint8Array, at: number, width: number, mask: number): void {
-    for (let i = 0; i < width; i++) target[at + i] = Math.floor((mask >>> 0) / 256 ** i) & 0xff;
+    writeConfigField(this.bytes, base, field, value);
   }
 
   private applyMasks(base: number, structure: ConfigStructure): void {
     for (const field of structure.fields) {
-      if (field.writable !== undefined) this.setFieldMask(this.writable, base + field.offset, field.width, field.writable);
-      if (field.w1c !== undefined) this.setFieldMask(this.w1c, base + field.offset, field.width, field.w1c);
+      if (field.writable !== undefined) writeConfigField(this.writable, base, field, field.writable);
+      if (field.w1c !== undefined) writeConfigField(this.w1c, base, field, field.w1c);
     }
   }
 
@@ -399,11 +397,11 @@ export class PciConfigSpace {
   /** BAR sizing falls out of the write masks: the address bits below the size are read-only zero. */
   private defineBars(bars: readonly (PciBarDefinition | undefined)[]): void {
     if (bars.length > PCI_BAR_COUNT) throw configError(`a type-0 function has ${PCI_BAR_COUNT} BARs, got ${bars.length}`);
-    const bar0 = TYPE0_HEADER.field('bar0').offset;
     for (let index = 0; index < PCI_BAR_COUNT; index++) {
       const bar = bars[index];
       if (bar === undefined) continue;
-      const at = bar0 + 4 * index;
+      const field = TYPE0_HEADER.field(BAR_KEYS[index]!);
+      const at = field.offset;
       const size = BigInt(bar.size);
       const kind = bar.kind ?? 'mem32';
       if (this.barSizes[index] !== undefined || (index > 0 && bars[index - 1]?.kind === 'mem64')) {
@@ -413,17 +411,17 @@ export class PciConfigSpace {
       if (kind === 'io') {
         if (size > 1n << 16n) throw configError(`I/O BAR${index} of ${size} bytes exceeds the 64 KiB I/O space`);
         this.bytes[at] = PCI_BAR.bits.IO_SPACE;
-        this.setFieldMask(this.writable, at, 4, Number(~(size - 1n) & 0xffffffffn) & ~PCI_BAR_FLAG_MASK.io);
+        writeConfigField(this.writable, 0, field, Number(~(size - 1n) & 0xffffffffn) & ~PCI_BAR_FLAG_MASK.io);
       } else if (kind === 'mem32') {
         if (size > 1n << 31n) throw configError(`32-bit BAR${index} of ${size} bytes: use kind 'mem64'`);
         this.bytes[at] = bar.prefetchable ? PCI_BAR.bits.PREFETCHABLE : 0;
-        this.setFieldMask(this.writable, at, 4, Number(~(size - 1n) & 0xffffffffn) & ~PCI_BAR_FLAG_MASK.memory);
+        writeConfigField(this.writable, 0, field, Number(~(size - 1n) & 0xffffffffn) & ~PCI_BAR_FLAG_MASK.memory);
       } else {
         if (index === PCI_BAR_COUNT - 1) throw configError('BAR5 cannot hold a 64-bit BAR: it has no upper half');
         this.bytes[at] = PCI_BAR.place('MEMORY_TYPE', PCI_BAR_MEMORY_TYPES.values.BITS_64) | (bar.prefetchable ? PCI_BAR.bits.PREFETCHABLE : 0);
         const mask = ~(size - 1n) & ((1n << 64n) - 1n);
-        this.setFieldMask(this.writable, at, 4, Number(mask & 0xffffffffn) & ~PCI_BAR_FLAG_MASK.memory);
-        this.setFieldMask(this.writable, at + 4, 4, Number(mask >> 32n));
+        writeConfigField(this.writable, 0, field, Number(mask & 0xffffffffn) & ~PCI_BAR_FLAG_MASK.memory);
+        writeConfigField(this.writable, 0, TYPE0_HEADER.field(BAR_KEYS[index + 1]!), Number(mask >> 32n));
       }
       this.barSizes[index] = size;
     }
@@ -432,7 +430,7 @@ export class PciConfigSpace {
   private defineRom(size: number): void {
     if (!isPowerOfTwo(BigInt(size)) || size < 2048 || size > 2 ** 31) throw configError(`ROM size ${size} must be a power of two from 2 KiB`);
     const mask = ((~(size - 1) & PCI_ROM_BITS.ADDRESS_MASK) | PCI_ROM_BITS.ENABLE) >>> 0;
-    this.setFieldMask(this.writable, TYPE0_HEADER.field('expansionRomBase').offset, 4, mask);
+    writeConfigField(this.writable, 0, TYPE0_HEADER.field('expansionRomBase'), mask);
   }
 
   /** Lays capabilities out from 0x40, dword aligned, linked through their next pointers from 0x34. */
@@ -511,7 +509,7 @@ export class PciConfigSpace {
       PASID_CONTROL.bits.ENABLE |
       (execute ? PASID_CONTROL.bits.EXECUTE_ENABLE : 0) |
       (privileged ? PASID_CONTROL.bits.PRIVILEGED_ENABLE : 0);
-    this.setFieldMask(this.writable, at + control.offset, control.width, writable);
+    writeConfigField(this.writable, at, control, writable);
   }
 
   private fillCapability(definition: PciCapabilityDefinition, at: number, structure: ConfigStructure): void {
@@ -524,7 +522,7 @@ export class PciConfigSpace {
         ((definition.address64 ?? true) ? MSI_CONTROL.bits.ADDRESS_64 : 0) |
         ((definition.perVectorMasking ?? false) ? MSI_CONTROL.bits.PER_VECTOR_MASKING : 0);
       this.put(at, structure.field('control'), control);
-      if (structure.has('maskBits')) this.setFieldMask(this.writable, at + structure.field('maskBits').offset, 4, vectors === 32 ? 0xffffffff : (1 << vectors) - 1);
+      if (structure.has('maskBits')) writeConfigField(this.writable, at, structure.field('maskBits'), vectors === 32 ? 0xffffffff : (1 << vectors) - 1);
       return;
     }
     if (definition.kind === 'express') {

@@ -177,11 +177,20 @@ export const MSI_CONTROL = defineConfigBits('MSI message control', [
 /** The message address is dword aligned: its two low bits are read-only zero. */
 const MSI_ADDRESS_WRITABLE = 0xfffffffc;
 
+type MsiStructure = ReturnType<typeof buildMsiStructure>;
+/** One table per variant, built once (a structure compiles its accessors on first use, and is asked for often). */
+const MSI_STRUCTURES: (MsiStructure | undefined)[] = [];
+
 /**
  * The four MSI layouts (32- or 64-bit address, with or without per-vector masking); Message Control says which
  * one a function has. The mask register's writable bits depend on the number of vectors, so the builder narrows it.
  */
-export function msiStructure(address64: boolean, perVectorMasking: boolean) {
+export function msiStructure(address64: boolean, perVectorMasking: boolean): MsiStructure {
+  const variant = (address64 ? 2 : 0) + (perVectorMasking ? 1 : 0);
+  return (MSI_STRUCTURES[variant] ??= buildMsiStructure(address64, perVectorMasking));
+}
+
+function buildMsiStructure(address64: boolean, perVectorMasking: boolean) {
   const dataAt = address64 ? 0x0c : 0x08;
   const maskAt = address64 ? 0x10 : 0x0c;
   return defineConfigStructure(`MSI capability (${address64 ? '64' : '32'}-bit${perVectorMasking ? ', per-vector masking' : ''})`, [

@@ -14,7 +14,7 @@ import {
   VFIO_DETACH_FLAGS, VTD_INVALIDATE_FLAGS, VTD_S1_FLAGS, decodeStruct, encodeStruct, ioctlByRequest,
   nonZeroReserved, writeU32, type ErrnoName, type IoctlSpec,
 } from './iommufd-uapi';
-import type { StructValue } from '../vfio-user/layout';
+import type { StructValue } from '../byte-layout';
 
 /** The host IOMMU the double pretends to be behind every device. */
 export interface HostIommuModel {

@@ -3,9 +3,9 @@
 import { ViommuError } from '../errors';
 import {
   defineFlags, defineNumbers, defineStruct, type FieldSpec, type StructLayout, type StructShape, type StructValue,
-} from '../vfio-user/layout';
+} from '../byte-layout';
 
-// The vfio-user layout helper fits these structs exactly: packed little-endian fields at byte offsets, u64s as
+// The byte-layout helper fits these structs exactly: packed little-endian fields at byte offsets, u64s as
 // bigint, "__reserved" fields that must be zero. lib/vtd/bitfield.ts describes bit fields inside words instead.
 
 /** `_IO(type, nr)`: iommufd and VFIO ioctls carry no direction or size bits, only the type and the number. */
@@ -263,7 +263,7 @@ export function ioctlByRequest(request: number): IoctlSpec | undefined {
 /** A struct as fresh bytes: every field written, reserved ones zero. */
 export function encodeStruct<F extends readonly FieldSpec[]>(layout: StructLayout<F>, value: StructValue<F>): Uint8Array {
   const bytes = new Uint8Array(layout.size);
-  layout.encode(value, new DataView(bytes.buffer), 0);
+  layout.encode(value, bytes);
   return bytes;
 }
 
@@ -276,12 +276,12 @@ export function decodeStruct<F extends readonly FieldSpec[]>(
   if (at < 0 || bytes.length - at < layout.size) {
     throw new ViommuError('ERR_IOMMUFD_SHORT', `${layout.name} needs ${layout.size} bytes at ${at}, only ${bytes.length - at} there`);
   }
-  return layout.decode(new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength), at);
+  return layout.decode(bytes, at);
 }
 
 /** The first reserved field of a struct in `bytes` that is not zero, or undefined. */
 export function nonZeroReserved(layout: Pick<StructLayout<readonly FieldSpec[]>, 'findNonZeroReserved'>, bytes: Uint8Array, at = 0): FieldSpec | undefined {
-  return layout.findNonZeroReserved(new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength), at);
+  return layout.findNonZeroReserved(bytes, at);
 }
 
 /** Reads or writes a u32 field of an encoded struct in place (out fields the kernel fills, size fields). */

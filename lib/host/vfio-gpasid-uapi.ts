@@ -8,7 +8,7 @@
  * minimum, so a user of that layout learns exactly why, and no second set of offsets has to be kept alive.
  */
 
-import { defineFlags, defineNumbers, defineStruct, type StructValue } from '../vfio-user/layout';
+import { defineFlags, defineNumbers, defineStruct, type StructValue } from '../byte-layout';
 import { ERRNO, decodeStruct, encodeStruct, nonZeroReserved } from './iommufd-uapi';
 
 export const GPASID_BIND_VERSION = 1;
@@ -217,9 +217,8 @@ export function encodeCacheInvalidate(info: CacheInvalidateInfo): Uint8Array {
   const bytes = encodeStruct(CACHE_INVALIDATE_HEADER_LAYOUT, {
     argsz: info.argsz, version: info.version, cache: info.cache, granularity: info.granularity,
   });
-  const view = new DataView(bytes.buffer);
-  if (info.granularity === 1) INV_PASID_INFO_LAYOUT.encode(info.pasidInfo, view, CACHE_INVALIDATE_MINSZ);
-  if (info.granularity === 2) INV_ADDR_INFO_LAYOUT.encode(info.addrInfo, view, CACHE_INVALIDATE_MINSZ);
+  if (info.granularity === 1) INV_PASID_INFO_LAYOUT.encode(info.pasidInfo, bytes, CACHE_INVALIDATE_MINSZ);
+  if (info.granularity === 2) INV_ADDR_INFO_LAYOUT.encode(info.addrInfo, bytes, CACHE_INVALIDATE_MINSZ);
   return bytes;
 }
 

@@ -13,17 +13,8 @@ import type {
   VfioUserMessage,
   VfioUserReply,
 } from './messages';
-import {
-  encodeError,
-  encodeStruct,
-  fieldOffsets,
-  PayloadReader,
-  PayloadWriter,
-  readU16,
-  readU32,
-  takeFramable,
-  zeroedMessageBuffer,
-} from './payload-io';
+import { fieldOffsets, readU16, readU32 } from '../byte-layout';
+import { encodeError, PayloadReader, PayloadWriter, takeFramable, zeroedMessageBuffer } from './payload-io';
 import { PAYLOAD_CODECS, type PayloadCodec } from './payloads';
 import { COMMANDS, HEADER_FLAGS, HEADER_LAYOUT, HEADER_SIZE, MESSAGE_TYPES, type CommandName } from './protocol';
 import { formatVersionCapabilities, parseVersionCapabilities, type VersionCapabilities } from './version';
@@ -199,12 +190,12 @@ function frame(msgId: number, command: number, flags: number, error: number, pay
 
 /**
  * Writes the header field by field (offsets from HEADER_LAYOUT, as decodeHeader reads them): every message passes
- * here, and building a header object for encodeStruct costs more than the rest of a small message's framing. A
- * value that does not fit its field goes to encodeStruct, which throws the layout's error.
+ * here, and building a header object for HEADER_LAYOUT.encode costs more than the rest of a small message's framing. A
+ * value that does not fit its field goes to HEADER_LAYOUT.encode, which throws the layout's error.
  */
 function writeHeader(message: Uint8Array, msgId: number, command: number, messageSize: number, flags: number, error: number): void {
   if (!fitsU16(msgId) || !fitsU16(command) || !fitsU32(messageSize) || !fitsU32(flags) || !fitsU32(error)) {
-    encodeStruct(HEADER_LAYOUT, { msgId, command, messageSize, flags, error }, message);
+    HEADER_LAYOUT.encode({ msgId, command, messageSize, flags, error }, message);
     return;
   }
   writeU16(message, HEADER_AT.msgId, msgId);

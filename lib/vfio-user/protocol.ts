@@ -1,6 +1,6 @@
 /** The vfio-user protocol described once, as data: command numbers, flag bits, indexes and payload struct layouts. */
 
-import { defineFlags, defineNumbers, defineStruct } from './layout';
+import { defineFlags, defineNumbers, defineStruct } from '../byte-layout';
 
 /** The protocol version we speak (libvfio-user answers min(client minor, 2)). */
 export const PROTOCOL_VERSION = { major: 0, minor: 2 } as const;

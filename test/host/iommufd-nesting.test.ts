@@ -13,7 +13,7 @@ import {
   writeU32,
 } from '../../lib/host/iommufd-uapi';
 import { IommufdDevice } from '../../lib/os/iommufd-device';
-import type { FieldSpec } from '../../lib/vfio-user/layout';
+import type { FieldSpec } from '../../lib/byte-layout';
 import { native, nativeIoctl } from '../../lib/native';
 import { FULL_VTD_HOST, IommufdDryRun, PLAIN_VTD_HOST, type HostIommuModel } from '../../lib/host/iommufd-dry-run';
 

@@ -14,7 +14,7 @@ import {
   VFIO_DEVICE_DETACH_IOMMUFD_PT_LAYOUT, decodeStruct, encodeStruct, errnoName, ioctlByRequest, ioctlNumber,
   nonZeroReserved,
 } from '../../lib/host/iommufd-uapi';
-import type { FieldSpec, StructLayout } from '../../lib/vfio-user/layout';
+import type { FieldSpec, StructLayout } from '../../lib/byte-layout';
 
 function hex(bytes: Uint8Array): string {
   return Buffer.from(bytes).toString('hex');

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { encodeHeader } from '../../lib/vfio-user/codec';
 import { VfioUserProtocolError, type VfioUserProtocolErrorCode } from '../../lib/vfio-user/errors';
-import type { StructShape } from '../../lib/vfio-user/layout';
+import type { StructShape } from '../../lib/byte-layout';
 import { HEADER_LAYOUT, HEADER_SIZE } from '../../lib/vfio-user/protocol';
 
 export interface RawMessage {

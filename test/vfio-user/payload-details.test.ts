@@ -14,7 +14,6 @@ import {
   encodeMigrationStateFeature,
 } from '../../lib/vfio-user/device-feature';
 import { ERRNO } from '../../lib/vfio-user/errors';
-import { defineFlags, defineNumbers, defineStruct } from '../../lib/vfio-user/layout';
 import type { ReplyMessage, VfioUserReply } from '../../lib/vfio-user/messages';
 import {
   CAP_HEADER_LAYOUT,
@@ -37,30 +36,7 @@ const { REPLY } = MESSAGE_TYPES.values;
 const utf8 = (text: string) => new Uint8Array(Buffer.from(text, 'utf8'));
 
 describe('vfio-user layouts', () => {
-  it('rejects overlapping fields, fields past the size and odd integer widths at definition', () => {
-    const bad = [
-      () => defineStruct('overlap', [{ key: 'a', spec: 'a', offset: 0, width: 4 }, { key: 'b', spec: 'b', offset: 2, width: 4 }]),
-      () => defineStruct('too long', [{ key: 'a', spec: 'a', offset: 4, width: 8 }], 8),
-      () => defineStruct('odd width', [{ key: 'a', spec: 'a', offset: 0, width: 3 }]),
-      () => defineNumbers('duplicate', { A: 1, B: 1 }),
-    ];
-    for (const define of bad) assert.throws(define, (error: unknown) => error instanceof ViommuError && error.code === 'ERR_VFIO_USER_LAYOUT');
-  });
-
-  it('refuses to encode values that do not fit their field', () => {
-    const layout = defineStruct('small', [{ key: 'a', spec: 'a', offset: 0, width: 2 }, { key: 'b', spec: 'b', offset: 2, width: 8 }]);
-    const view = new DataView(new ArrayBuffer(layout.size));
-    assert.throws(() => layout.encode({ a: 65536, b: 0n }, view, 0), ViommuError);
-    assert.throws(() => layout.encode({ a: 1, b: 1n << 64n }, view, 0), ViommuError);
-    assert.throws(() => layout.encode({ a: 1.5, b: 0n }, view, 0), ViommuError);
-    layout.encode({ a: 65535, b: (1n << 64n) - 1n }, view, 0);
-    assert.deepStrictEqual(layout.decode(view, 0), { a: 65535, b: (1n << 64n) - 1n });
-  });
-
-  it('names flags and finds unknown bits', () => {
-    const flags = defineFlags('demo', { A: 1, B: 4 });
-    assert.deepStrictEqual(flags.names(5), ['A', 'B']);
-    assert.equal(flags.unknownBits(7), 2);
+  it('names command numbers both ways', () => {
     assert.equal(COMMANDS.nameOf(COMMANDS.values.MIG_DATA_WRITE), 'MIG_DATA_WRITE');
     assert.equal(COMMANDS.nameOf(14), undefined);
   });
@@ -196,8 +172,7 @@ describe('vfio-user leniencies toward real peers', () => {
   /** QEMU's reply: u32 count at 8, data at 12, and 4 zero bytes of struct padding after the data. */
   const qemuPayload = (address: bigint, data: number[]) => {
     const payload = new Uint8Array(DMA_ACCESS_NARROW_LAYOUT.size + data.length + 4);
-    const view = new DataView(payload.buffer);
-    DMA_ACCESS_NARROW_LAYOUT.encode({ address, count: data.length }, view, 0);
+    DMA_ACCESS_NARROW_LAYOUT.encode({ address, count: data.length }, payload);
     payload.set(data, DMA_ACCESS_NARROW_LAYOUT.size);
     return payload;
   };
@@ -221,8 +196,8 @@ describe('vfio-user leniencies toward real peers', () => {
   it('accepts DMA_WRITE replies of 16 bytes (libvfio-user), 12 bytes (the spec table) and 0 bytes (QEMU)', () => {
     const reply = (size: number) => {
       const payload = new Uint8Array(size);
-      if (size === DMA_ACCESS_LAYOUT.size) DMA_ACCESS_LAYOUT.encode({ address: 64n, count: 2n }, new DataView(payload.buffer), 0);
-      if (size === DMA_ACCESS_NARROW_LAYOUT.size) DMA_ACCESS_NARROW_LAYOUT.encode({ address: 64n, count: 2 }, new DataView(payload.buffer), 0);
+      if (size === DMA_ACCESS_LAYOUT.size) DMA_ACCESS_LAYOUT.encode({ address: 64n, count: 2n }, payload);
+      if (size === DMA_ACCESS_NARROW_LAYOUT.size) DMA_ACCESS_NARROW_LAYOUT.encode({ address: 64n, count: 2 }, payload);
       return decodeMessage(rawMessage({ command: COMMANDS.values.DMA_WRITE, flags: REPLY, payload })) as ReplyMessage;
     };
     assert.deepStrictEqual((reply(16).body as { transfer: unknown }).transfer, { address: 64n, count: 2n });
