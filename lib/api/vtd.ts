@@ -9,6 +9,10 @@ export type {
 export type { InterruptRequest, RemappedInterrupt, InterruptFault } from '../vtd/interrupt-remap';
 export type { RecordOutcome } from '../vtd/fault-recorder';
 
+// The unit's trace (VtdUnitOptions.trace): one event per register write, descriptor, translation, fault and interrupt.
+export { UNIT_TRACE_KINDS } from '../vtd/unit-trace';
+export type { UnitTraceEvent, UnitTraceSink, UnitTraceKind } from '../vtd/unit-trace';
+
 // PASIDs: the allocator a VMM may share between units (x-vcmd), and the virtual command interface's codes.
 export { PasidAllocator, PasidAllocatorError, RID_PASID, PASID_SPACE } from '../vtd/pasid-allocator';
 export type { PasidSet, PasidState, PasidAllocation, PasidRelease, PasidRange } from '../vtd/pasid-allocator';

@@ -34,7 +34,7 @@ export function registerSmokeCommand(program: Command): void {
     .option('--iommu <props>', "intel-iommu properties as QEMU takes them, e.g. 'caching-mode=on,aw-bits=48'", '')
     .option('--device-socket <path>', 'use the vfio-user device served on this UNIX socket (e.g. `viommu serve --device dma-engine`) at 00:04.0 in place of the in-process edu')
     .option('--timeout <seconds>', 'stop the guest after this long and report where it was', '60')
-    .option('--trace <file>', 'write machine events as JSON lines (register writes, interrupts, DMA, deliveries, device errors)')
+    .option('--trace <file>', "write events as JSON lines: the unit's (register writes, descriptors, translations, faults, interrupts sent) and the machine's (interrupt requests, deliveries, DMA, device errors); docs/trace.md")
     .option('--ram <MiB>', 'guest RAM in MiB', '256')
     .option('--smp <cpus>', `vCPUs, 1 to ${MAX_CPUS} (kvm-unit-tests' own configuration of this test uses 4)`, '1')
     .option('--append <cmdline>', 'the guest command line, as QEMU\'s -append')

@@ -34,13 +34,18 @@ export class FaultSnapshots {
    * instance, so the hook sits there; `memory` is the guest RAM the unit was built on. Returns the unhook.
    */
   watch(unit: VtdUnit, memory: GuestMemory, source: string): () => void {
+    // The unit may carry its own wrapper already (a trace sink installs one): put back exactly what was there.
+    const own = Object.hasOwn(unit, 'translate');
     const translate = unit.translate;
     unit.translate = (request) => {
       const result = translate.call(unit, request);
       if (!result.ok) this.capture(unit, memory, request, result, source);
       return result;
     };
-    return () => void Reflect.deleteProperty(unit, 'translate');
+    return () => {
+      if (own) unit.translate = translate;
+      else Reflect.deleteProperty(unit, 'translate');
+    };
   }
 
   private capture(unit: VtdUnit, memory: GuestMemory, request: TranslationRequest, failure: TranslationFailure, source: string): void {

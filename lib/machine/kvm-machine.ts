@@ -7,9 +7,10 @@ import { ViommuError } from '../errors';
 import { isPromiseLike } from '../memory';
 import { KvmVirtualMachine, type KvmExit, type KvmRegs, type KvmSregs, type KvmVcpuRunner } from '../os/kvm-vm';
 import { PciFunction } from '../vmm/pci';
-import { DMAR_BASE, TestbedMachine, type DeviceInterrupt, type TestbedIommu } from '../vmm/testbed';
+import { DMAR_BASE, TestbedMachine, type DeviceInterrupt } from '../vmm/testbed';
 import type { VfioUserAttachment } from '../vmm/vfio-user-attachment';
 import { VtdUnit } from '../vtd/unit';
+import type { UnitTraceEvent } from '../vtd/unit-trace';
 import type { AccessSize } from '../vmm/mmio-bus';
 import type { EduDmaOutcome } from '../devices/edu';
 import { acpiPlatformFromUnit, buildAcpiTables, type AcpiTableImage } from './acpi';
@@ -47,9 +48,13 @@ const SERIAL_KEEP_BYTES = 1 << 20;
 const EVENT_KEEP = 4096;
 const PAGE_BYTES = 4096;
 
-/** Something that happened in the machine, for `--trace` and reports. */
+/**
+ * Something that happened in the machine, for `--trace` and reports: the unit's own trace events (register writes,
+ * descriptors, translations, faults, the MSIs it sends; docs/trace.md), and the machine's: interrupt requests into
+ * the unit, MSIs KVM took, edu DMA, MMIO nothing decodes, device errors.
+ */
 export type MachineEvent =
-  | { readonly kind: 'register-write'; readonly offset: number; readonly size: number; readonly value: string }
+  | UnitTraceEvent
   | { readonly kind: 'interrupt'; readonly source: 'msi' | 'ioapic'; readonly sid: number; readonly address: string; readonly data: string; readonly result: string }
   | { readonly kind: 'delivered'; readonly address: string; readonly data: string; readonly accepted: boolean }
   | { readonly kind: 'dma'; readonly source: string; readonly destination: string; readonly count: number; readonly error?: string }
@@ -67,7 +72,7 @@ export interface KvmMachineOptions {
   readonly deviceSocket?: string;
   /** Each byte the guest writes to COM1. */
   readonly onSerialOutput?: (byte: number) => void;
-  /** Each machine event as it happens (`--trace`). Off: the unit is not wrapped and nothing is built. */
+  /** Each machine event as it happens (`--trace`). Off: the unit traces nothing and no event is built. */
   readonly onEvent?: (event: MachineEvent, atMs: number) => void;
   readonly kvmDevicePath?: string;
 }
@@ -191,8 +196,9 @@ export class KvmMachine {
             memory, config: options.iommu ?? '',
             onInterrupt: (address, data) => machine?.signalMsi(address, data),
             onHostError: (error) => machine?.deviceError(`the shadow of the guest's mappings failed: ${error.message}`),
+            ...(options.onEvent ? { trace: (event: UnitTraceEvent) => machine?.emit(event) } : {}),
           });
-          return options.onEvent ? tracedIommu(unit, (event) => machine?.emit(event)) : unit;
+          return unit;
         },
         onIntx: (sid, asserted) => machine?.intx(sid, asserted),
         onDeviceInterrupt: (interrupt) => machine?.deviceInterrupt(interrupt),
@@ -479,20 +485,4 @@ export class KvmMachine {
 /** The I/O APIC pin of a bus-0 function's INTx pin (1 = INTA): q35's PIRQ swizzle onto pins 16-19. */
 export function intxPin(devfn: number, pin: number): number {
   return MACHINE_LAYOUT.firstPciIntxPin + (((devfn >> 3) + pin - 1) % MACHINE_LAYOUT.pciIntxPins);
-}
-
-/** The unit with its register writes reported (only built when someone listens). */
-function tracedIommu(unit: VtdUnit, emit: (event: MachineEvent) => void): TestbedIommu {
-  return {
-    config: unit.config,
-    read: (offset, size) => unit.read(offset, size),
-    write: (offset, size, value) => {
-      emit({ kind: 'register-write', offset, size, value: hex(BigInt(value)) });
-      unit.write(offset, size, value);
-    },
-    dmaSpace: (sid) => unit.dmaSpace(sid),
-    interruptRequest: (request, origin) => unit.interruptRequest(request, origin),
-    watchDevice: (sid, listener) => unit.watchDevice(sid, listener),
-    holdCompletionsWhile: (pending) => unit.holdCompletionsWhile(pending),
-  };
 }

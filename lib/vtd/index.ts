@@ -13,3 +13,4 @@ export * from './register-file';
 export * from './registers';
 export * from './structures';
 export * from './unit';
+export * from './unit-trace';

@@ -76,7 +76,8 @@ export class InvalidationQueue {
   private entries = 2 ** 8;
   private wide = false;
   private head = 0;
-  private readonly words = new Uint32Array(8);
+  /** The descriptor being executed (a traced queue reads it too). */
+  protected readonly words = new Uint32Array(8);
   private readonly entry: EntryWords = { lo: 0, hi: 0 };
   /** Reserved-bit masks and layouts by descriptor type (arrays: looked up once per descriptor). */
   private readonly reserved: (Uint32Array | undefined)[] = new Array<Uint32Array | undefined>(DESCRIPTOR_TYPES).fill(undefined);
@@ -268,8 +269,8 @@ export class InvalidationQueue {
     return true;
   }
 
-  /** Dispatches this.words, a descriptor of `type`; false means an invalid descriptor (IQE). */
-  private execute(type: number): boolean {
+  /** Dispatches this.words, a descriptor of `type`; false means an invalid descriptor (IQE). A traced unit's queue extends it (unit-trace.ts). */
+  protected execute(type: number): boolean {
     const w = this.words;
     this.lastType = type;
     const kind = this.kinds[type];

@@ -22,6 +22,7 @@ import { RegisterFile, type AccessSize, type RegisterWriteEvent } from './regist
 import { faultCode } from './fault-reasons';
 import { ScalableTranslator, type ScalableRequestInput } from './scalable-translation';
 import { VirtualCommandInterface, type VirtualCommandOptions } from './virtual-command';
+import { UnitTracer, type UnitTraceSink } from './unit-trace';
 import type { WalkTraceSink } from './walk-trace';
 import { GCMD, GSTS, OFFSET } from './register-bits';
 import { PASID_PGTT } from './structures';
@@ -46,6 +47,12 @@ export interface VtdUnitOptions {
    * Default: the unit's own allocator over its whole PASID width.
    */
   readonly pasids?: VirtualCommandOptions['pasids'];
+  /**
+   * Receives the unit's trace events (register writes, descriptors executed, translations, faults, interrupts sent;
+   * see unit-trace.ts and docs/trace.md), synchronously, in order. Without it the unit builds no event and runs no
+   * tracing code. A sink that throws is dropped after its first throw (see traceErrors); the guest's command goes on.
+   */
+  readonly trace?: UnitTraceSink;
 }
 
 /** What a request with PASID carries besides its address: the PASID, and privileged-mode and execute requested. */
@@ -207,6 +214,8 @@ export class VtdUnit implements InvalidationTarget {
   private readonly onHostError: ((error: Error) => void) | undefined;
   /** Completions held while host backends apply invalidations (holdCompletionsWhile). */
   private readonly completion = new HostCompletion();
+  /** Only with options.trace. */
+  private readonly tracer: UnitTracer | undefined;
 
   constructor(options: VtdUnitOptions) {
     const config = options.config ?? resolveVtdConfig();
@@ -216,10 +225,13 @@ export class VtdUnit implements InvalidationTarget {
     this.quirks = quirksFor(this.config);
     const caps = this.capabilities;
     const features = enabledFeatures(caps);
+    const tracer = options.trace === undefined ? undefined : new UnitTracer(options.trace);
+    this.tracer = tracer;
+    const deliver = options.onInterrupt;
     this.registers = new RegisterFile(caps, (event) => this.onRegisterWrite(event));
     this.recorder = new FaultRecorder(
       this.registers, capabilityField(caps, 'CAP', 'NFR') + 1, capabilityField(caps, 'CAP', 'FRO') * 16, this.quirks,
-      options.onInterrupt,
+      tracer === undefined ? deliver : tracer.delivery('fault-event', deliver),
     );
     this.walker = new LegacyWalker(this.memory, {
       addressWidth: this.config['aw-bits'],
@@ -257,17 +269,30 @@ export class VtdUnit implements InvalidationTarget {
       onListenerError: (error) => this.hostError(error),
     });
     this.onHostError = options.onHostError;
-    this.queue = new InvalidationQueue(
-      this.registers, this.memory, this.recorder, this, { wideDescriptors: capabilityField(caps, 'ECAP', 'SMTS') === 1, features },
-      this.quirks, options.onInterrupt, this.completion,
-    );
+    const queueOptions = { wideDescriptors: capabilityField(caps, 'ECAP', 'SMTS') === 1, features };
+    this.queue = tracer === undefined
+      ? new InvalidationQueue(this.registers, this.memory, this.recorder, this, queueOptions, this.quirks, deliver, this.completion)
+      : tracer.queue(
+        this.registers, this.memory, this.recorder, this, queueOptions, this.quirks, tracer.delivery('invalidation-completion', deliver), this.completion,
+      );
     this.remapper = new InterruptRemapper(
       this.memory, this.config['aw-bits'], features, this.quirks.has('compatibility-interrupts-pass-without-cfi'), this.interruptEntries,
     );
-    this.deliver = options.onInterrupt;
+    this.deliver = tracer === undefined ? deliver : tracer.delivery('device', deliver);
     this.maxAddressMask = capabilityField(caps, 'CAP', 'MAMV');
     this.pageInvalidationMaskTruncated = this.quirks.has('iotlb-page-invalidation-mask-truncated');
     this.hasInterruptRemapping = capabilityField(caps, 'ECAP', 'IR') === 1;
+    tracer?.instrument(this);
+  }
+
+  /** How many times the trace sink threw: 0, or 1 after which it is no longer called (traceFailure says why). */
+  get traceErrors(): number {
+    return this.tracer?.errors ?? 0;
+  }
+
+  /** What the trace sink threw, if it did. */
+  get traceFailure(): unknown {
+    return this.tracer?.failure;
   }
 
   // ---- MMIO ----
