@@ -1,6 +1,7 @@
 /**
  * `viommu demo`: starts the sample DMA engine as a `viommu serve` process, attaches it behind the VT-d unit, plays a
- * guest driver in each translation mode the unit supports, and prints what the guest sees.
+ * guest driver in each translation mode the unit supports, and prints what the guest sees; then the bind mode: a guest
+ * PASID table bound to the host IOMMU, request by request (lib/vmm/demo-bind.ts).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -8,6 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { FaultSnapshots } from '../explain/fault-snapshots';
+import { BIND_IOMMU, BIND_TITLE, chooseBindHost, runBindScenario, type BindHostRequest, type BindReport, type BindTraceEvent } from '../vmm/demo-bind';
 import { DEMO_MODES, runDemoMode, type DemoMode, type DemoModeReport } from '../vmm/demo-modes';
 
 /** bin/viommu.js, from dist/lib/cli/. */
@@ -22,18 +24,87 @@ export interface DemoIo {
 export interface DemoOptions {
   /** Write a snapshot of each DMA translation fault into this directory (`viommu explain` reads them). */
   readonly snapshotOnFault?: string;
+  /** Run the bind mode after the engine modes, on this host (default: the engine modes alone). */
+  readonly bind?: BindHostRequest;
+  /** Write the bind mode's unit and host events to this file as JSON lines. */
+  readonly trace?: string;
 }
 
+/** The name `--mode` takes for each engine mode: its name with dashes for spaces. */
+function modeOptionName(mode: DemoMode): string {
+  return mode.name.replace(/ /g, '-');
+}
+
+const BIND_MODE_NAME = 'bind';
+
 export function registerDemoCommand(program: Command): void {
+  const names = [...DEMO_MODES.map(modeOptionName), BIND_MODE_NAME];
   program
     .command('demo')
-    .description('run the sample DMA engine as a vfio-user server process behind the VT-d unit and play a guest driver in each translation mode: mappings, DMA both ways, a fault, an unmap')
+    .description('run the sample DMA engine as a vfio-user server process behind the VT-d unit and play a guest driver in each translation mode: mappings, DMA both ways, a fault, an unmap; then bind a guest PASID table to the host IOMMU (iommufd nesting) and show each host request')
+    .option('--mode <names>', `run only these modes (comma-separated: ${names.join(', ')}); default: all`)
     .option('--snapshot-on-fault <dir>', 'write a snapshot of each DMA translation fault (at most 16) into this directory, for `viommu explain FILE`')
-    .action(async (options: { snapshotOnFault?: string }) => {
-      const demoOptions = options.snapshotOnFault === undefined ? {} : { snapshotOnFault: options.snapshotOnFault };
+    .option('--vfio-cdev <path>', 'bind mode: the VFIO device cdev (e.g. /dev/vfio/devices/vfio0) to bind on /dev/iommu; without it (or without /dev/iommu) the dry-run iommufd answers')
+    .option('--trace <file>', 'bind mode: write the unit\'s and the host\'s events as JSON lines to this file')
+    .action(async (options: { mode?: string; snapshotOnFault?: string; vfioCdev?: string; trace?: string }) => {
+      const chosen = options.mode === undefined ? names : options.mode.split(',').map((name) => name.trim()).filter((name) => name !== '');
+      const unknown = chosen.filter((name) => !names.includes(name));
+      if (unknown.length > 0 || chosen.length === 0) throw new Error(`demo: no mode named ${unknown.join(', ') || '(none)'}; the modes are ${names.join(', ')}`);
+      const modes = DEMO_MODES.filter((mode) => chosen.includes(modeOptionName(mode)));
+      const withBind = chosen.includes(BIND_MODE_NAME);
+      if (!withBind && (options.trace !== undefined || options.vfioCdev !== undefined)) throw new Error('demo: --trace and --vfio-cdev belong to the bind mode, which --mode leaves out');
+      const demoOptions: DemoOptions = {
+        ...(options.snapshotOnFault === undefined ? {} : { snapshotOnFault: options.snapshotOnFault }),
+        ...(withBind ? { bind: options.vfioCdev === undefined ? {} : { vfioCdev: options.vfioCdev } } : {}),
+        ...(options.trace === undefined ? {} : { trace: options.trace }),
+      };
       // main() turns a returned action into exit code 0, so a failed check leaves as an error (exit code 1).
-      if ((await runDemo({ stdout: process.stdout, stderr: process.stderr }, DEMO_MODES, demoOptions)) !== 0) throw new Error('demo: a check failed (see the lines above)');
+      if ((await runDemo({ stdout: process.stdout, stderr: process.stderr }, modes, demoOptions)) !== 0) throw new Error('demo: a check failed (see the lines above)');
     });
+}
+
+/** Bigints as 0x hex strings (JSON has no 64-bit integers). */
+function jsonValue(_key: string, value: unknown): unknown {
+  return typeof value === 'bigint' ? `0x${value.toString(16)}` : value;
+}
+
+/** A JSON-lines file of trace events, each stamped with the milliseconds since the file was opened. */
+class TraceFile {
+  private readonly fd: number;
+  private readonly start = performance.now();
+
+  constructor(readonly file: string) {
+    this.fd = fs.openSync(file, 'w');
+  }
+
+  readonly write = (event: BindTraceEvent): void => {
+    const t = Math.round((performance.now() - this.start) * 1000) / 1000;
+    fs.writeSync(this.fd, `${JSON.stringify({ t, ...event }, jsonValue)}\n`);
+  };
+
+  close(): void {
+    fs.closeSync(this.fd);
+  }
+}
+
+/** Runs the bind mode, printing its block like the engine modes'; resolves to whether every check passed. */
+async function runBindMode(say: (line: string) => void, host: BindHostRequest, traceFile: string | undefined): Promise<boolean> {
+  const trace = traceFile === undefined ? undefined : new TraceFile(traceFile);
+  let report: Pick<BindReport, 'mode' | 'lines' | 'failures'>;
+  try {
+    report = await runBindScenario({ host: chooseBindHost(host), ...(trace ? { trace: trace.write } : {}) });
+  } catch (error) {
+    report = { mode: BIND_TITLE, lines: [], failures: [`the mode stopped: ${(error as Error).message}`] };
+  } finally {
+    trace?.close();
+  }
+  say('');
+  say(`[${report.mode}]`);
+  for (const line of report.lines) say(`  ${line}`);
+  for (const failure of report.failures) say(`  CHECK FAILED: ${failure}`);
+  say(`  result        ${report.failures.length === 0 ? 'all checks passed' : `${report.failures.length} check(s) failed`}`);
+  if (trace !== undefined) say(`  trace         ${trace.file} (JSON lines: the unit's events and each host request and fault)`);
+  return report.failures.length === 0;
 }
 
 /** A `viommu serve --device dma-engine` child, killed when this process exits however it exits. */
@@ -90,7 +161,7 @@ class EngineProcess {
   }
 }
 
-/** Runs every mode; resolves to the exit code (0 when every check passed). */
+/** Runs every mode (and the bind mode with `options.bind`); resolves to the exit code (0 when every check passed). */
 export async function runDemo(io: DemoIo, modes: readonly DemoMode[] = DEMO_MODES, options: DemoOptions = {}): Promise<number> {
   const snapshots = options.snapshotOnFault === undefined ? undefined : new FaultSnapshots(options.snapshotOnFault);
   const directory = fs.mkdtempSync(path.join(os.tmpdir(), 'viommu-demo-'));
@@ -99,9 +170,14 @@ export async function runDemo(io: DemoIo, modes: readonly DemoMode[] = DEMO_MODE
   let failed = 0;
   let engine: EngineProcess | undefined;
   try {
-    engine = await EngineProcess.start(socketPath);
-    say(`viommu demo: the DMA engine runs as a vfio-user server in process ${engine.pid} (${socketPath}),`);
-    say('attached at 00:04.0 behind an emulated VT-d unit at 0xfed90000; a guest driver programs both.');
+    // The bind mode needs no device process: start the engine only for the modes that drive it.
+    if (modes.length > 0) {
+      engine = await EngineProcess.start(socketPath);
+      say(`viommu demo: the DMA engine runs as a vfio-user server in process ${engine.pid} (${socketPath}),`);
+      say('attached at 00:04.0 behind an emulated VT-d unit at 0xfed90000; a guest driver programs both.');
+    } else {
+      say('viommu demo: a guest driver programs an emulated VT-d unit at 0xfed90000.');
+    }
     for (const mode of modes) {
       let report: DemoModeReport;
       try {
@@ -118,8 +194,9 @@ export async function runDemo(io: DemoIo, modes: readonly DemoMode[] = DEMO_MODE
       say(`  result        ${report.failures.length === 0 ? 'all checks passed' : `${report.failures.length} check(s) failed`}`);
       if (report.failures.length > 0) failed++;
     }
+    if (options.bind !== undefined && !(await runBindMode(say, options.bind, options.trace))) failed++;
     say('');
-    for (const line of configurationLines(modes)) say(line);
+    for (const line of configurationLines(modes, options.bind !== undefined)) say(line);
     if (snapshots !== undefined) {
       say(`fault snapshots: ${snapshots.summary()}`);
       for (const file of snapshots.written) say(`  ${file}`);
@@ -137,8 +214,9 @@ export async function runDemo(io: DemoIo, modes: readonly DemoMode[] = DEMO_MODE
 }
 
 /** The unit configurations the modes ran on, each with the modes it served. */
-function configurationLines(modes: readonly DemoMode[]): string[] {
+function configurationLines(modes: readonly DemoMode[], bind: boolean): string[] {
   const byConfiguration = new Map<string, string[]>();
-  for (const mode of modes) byConfiguration.set(mode.iommu, [...(byConfiguration.get(mode.iommu) ?? []), mode.name]);
+  const served = [...modes.map((mode) => [mode.iommu, mode.name] as const), ...(bind ? [[BIND_IOMMU, BIND_MODE_NAME] as const] : [])];
+  for (const [iommu, name] of served) byConfiguration.set(iommu, [...(byConfiguration.get(iommu) ?? []), name]);
   return [...byConfiguration].map(([iommu, names]) => `unit configuration intel-iommu,${iommu}: ${names.join(', ')}`);
 }

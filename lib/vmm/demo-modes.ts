@@ -77,7 +77,7 @@ function reasonText(code: number): string {
   return reason === undefined ? `${hex(code)} (reserved)` : `${hex(code)} ${reason.name} (${reason.condition.replace(/^SM: /, '')})`;
 }
 
-function recordText(record: GuestFaultRecord, stageOf?: (reason: number) => string): string {
+export function recordText(record: GuestFaultRecord, stageOf?: (reason: number) => string): string {
   const pasid = record.pasid === undefined ? '' : ` with PASID ${record.pasid}`;
   const stage = stageOf === undefined ? '' : `; ${stageOf(record.reason)}`;
   return `FRCD[${record.index}] ${record.write ? 'write' : 'read'} by ${sidName(record.sid)}${pasid} at IOVA ${hex(record.address)}, reason ${reasonText(record.reason)}${stage}`;

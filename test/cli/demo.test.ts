@@ -39,6 +39,7 @@ describe('cli: viommu demo', function () {
       '[scalable second stage (PGTT 2, 256-bit queue)]',
       '[scalable first stage (PGTT 1, 4-level IA-32e paging)]',
       '[nested (PGTT 3: first stage in nested-guest space, through the second stage)]',
+      '[bind (a guest first-stage PASID table bound to the host IOMMU through iommufd nesting)]',
     ]);
 
     const legacy = block(out, 'legacy (caching mode on, 4-level second stage, queued invalidation)');
