@@ -1,4 +1,4 @@
-/** Shared test helpers: open-fd counting, temporary socket paths, message framing. */
+/** Shared test helpers: open-fd counting, temporary socket paths, message framing, the repository root. */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -35,5 +35,16 @@ export async function waitFor(condition: () => boolean, what: string, timeoutMs 
   while (!condition()) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await tick(1);
+  }
+}
+
+/** The repository root, found from this file whether it runs from test/ (ts-node) or dist/test/ (compiled). */
+export function repositoryRoot(): string {
+  let dir = __dirname;
+  for (;;) {
+    if (fs.existsSync(path.join(dir, 'package.json')) && fs.existsSync(path.join(dir, 'bin', 'viommu.js'))) return dir;
+    const parent = path.dirname(dir);
+    if (parent === dir) throw new Error(`no repository root (package.json with bin/viommu.js) above ${__dirname}`);
+    dir = parent;
   }
 }

@@ -4,6 +4,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { ChildQtestPeer } from './child-qtest';
+import { repositoryRoot } from '../helpers';
 
 export { ChildQtestPeer } from './child-qtest';
 export type { QtestPeer, QtestAddress, QtestIrqEvent } from '../../lib/vmm/qtest/client';
@@ -127,16 +128,6 @@ export class QemuQtest extends ChildQtestPeer {
   }
 }
 
-/** The repository root, found from this file whether it runs from test/ (ts-node) or dist/test/ (compiled). */
-export function repositoryRoot(): string {
-  let dir = __dirname;
-  for (;;) {
-    if (fs.existsSync(path.join(dir, 'package.json')) && fs.existsSync(path.join(dir, 'bin', 'viommu.js'))) return dir;
-    const parent = path.dirname(dir);
-    if (parent === dir) throw new Error(`no repository root (package.json with bin/viommu.js) above ${__dirname}`);
-    dir = parent;
-  }
-}
 
 export interface ViommuQtestOptions {
   iommuProps?: IommuProps;
@@ -166,3 +157,5 @@ export class ViommuQtest extends ChildQtestPeer {
     }, (child, stderr, opts) => new ViommuQtest(child, stderr, opts));
   }
 }
+
+export { repositoryRoot };

@@ -6,18 +6,10 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { repositoryRoot } from '../helpers';
 import { COMPAT_QUIRKS, UNREPRODUCED_QEMU_DIFFERENCES, type CompatQuirk } from '../../lib/vtd/compat-quirks';
 import { CAPABILITY_EXTENSIONS } from '../../lib/vtd/config';
 
-function repositoryRoot(): string {
-  let dir = __dirname;
-  while (!fs.existsSync(path.join(dir, 'package.json'))) {
-    const parent = path.dirname(dir);
-    if (parent === dir) throw new Error(`no package.json above ${__dirname}`);
-    dir = parent;
-  }
-  return dir;
-}
 
 const DOC = 'docs/qemu-deviations.md';
 /** The line after which the file is written by hand; the generator keeps what follows. */

@@ -5,15 +5,11 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { repositoryRoot } from '../helpers';
 import { CONFIG_RULES, VTD_PROPERTIES, resolveVtdConfig } from '../../lib/vtd/config';
 
 const DOC = 'docs/properties.md';
 
-function repositoryRoot(): string {
-  let dir = __dirname;
-  while (!fs.existsSync(path.join(dir, 'package.json'))) dir = path.dirname(dir);
-  return dir;
-}
 
 function cell(text: string): string {
   return text.replace(/\|/g, '\\|');
