@@ -31,7 +31,8 @@ export { InMemoryTransport, socketTransport } from '../vfio-user/transport';
 export type { Transport } from '../vfio-user/transport';
 
 // Errors: every one carries a code; protocol errors and refusals carry the errno a peer is told.
-export { VfioUserProtocolError, ERRNO } from '../vfio-user/errors';
+export { VfioUserProtocolError } from '../vfio-user/errors';
+export { ERRNO, errnoName, type ErrnoName } from '../errno';
 export {
   VfioUserRemoteError, VfioUserTimeoutError, VfioUserClosedError, VfioUserLimitError, VfioUserErrnoError, errnoOf,
 } from '../vfio-user/connection-errors';

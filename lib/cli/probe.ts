@@ -18,7 +18,8 @@ import {
 } from '../devices/pci-layout';
 import { describePciConfig, wantsMoreConfig, type PciDescription } from '../vfio-user/client/pci-config';
 import { VfioUserClosedError, VfioUserRemoteError, VfioUserTimeoutError } from '../vfio-user/connection-errors';
-import { ERRNO, VfioUserProtocolError } from '../vfio-user/errors';
+import { ERRNO_TABLE } from '../errno';
+import { VfioUserProtocolError } from '../vfio-user/errors';
 import { CAPABILITY_JSON_NAMES, COMMANDS, DEVICE_INFO_FLAGS, IRQ_INFO_FLAGS, REGION_INDEXES, REGION_INFO_FLAGS } from '../vfio-user/protocol';
 import type { ResolvedCapabilities, VersionCapabilities } from '../vfio-user/version';
 
@@ -66,7 +67,7 @@ export class ProbeError extends ViommuError {
 // ---- gathering ---------------------------------------------------------------------------------------------
 
 function errnoName(errno: number): string {
-  const name = Object.entries(ERRNO).find(([, value]) => value === errno)?.[0];
+  const name = ERRNO_TABLE.nameOf(errno);
   return name === undefined ? `errno ${errno}` : `${name} (${errno})`;
 }
 

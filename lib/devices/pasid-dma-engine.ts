@@ -6,6 +6,7 @@ import { DmaFault, isPromiseLike, type AsyncDmaSpace } from '../memory';
 import { defineConfigBits, defineConfigStructure, defineIdTable, readConfigField, type ConfigField } from './config-table';
 import { PciConfigSpace, type PciCapabilityDefinition, type PciExtendedCapabilityDefinition } from './pci-config-space';
 import type { AccessSize, MmioHandler } from './register-access';
+import { ERRNO } from '../errno';
 
 /**
  * The engine's PCI identity. 1af4:10f0 lies in the range QEMU's docs/specs/pci-ids.rst leaves "available for
@@ -107,7 +108,6 @@ export const PASID_ENGINE_REGISTERS = Object.fromEntries(ENGINE_REGISTERS.fields
 /** The descriptor registers, frozen while a transfer runs. */
 const DESCRIPTOR_START = ENGINE_REGISTERS.field('sourceLow').offset;
 const DESCRIPTOR_END = ENGINE_REGISTERS.field('doorbell').offset;
-const EIO = 5;
 
 /** What a request with PASID carries: the PASID, and privileged-mode and execute requested. */
 export interface EngineTag {
@@ -354,7 +354,7 @@ export class PasidDmaEngine implements MmioHandler {
 
 function failed(outcome: Omit<PasidDmaOutcome, 'error'>, error: unknown): PasidDmaOutcome {
   const fault = error instanceof Error ? error : new Error(String(error));
-  return { ...outcome, error: 'DMA_FAULT', errno: fault instanceof DmaFault ? fault.errno : EIO, fault };
+  return { ...outcome, error: 'DMA_FAULT', errno: fault instanceof DmaFault ? fault.errno : ERRNO.EIO, fault };
 }
 
 /** Writes `value` little-endian over a field's bytes (as a value, or as a mask). */

@@ -4,15 +4,16 @@
  * with the errnos Linux answers, and records every request decoded. What `viommu demo --mode bind` shows on a machine
  * without /dev/iommu, and what the tests hold the nesting code to; it moves no DMA.
  */
+import { ERRNO, type ErrnoName } from '../errno';
 import { encodeBig } from '../vtd/bitfield';
 import { CAP_FIELDS, ECAP_FIELDS } from '../vtd/registers';
 import type { IoctlOptions, IommufdChannel } from './iommufd-nesting';
 import {
-  ERRNO, HW_INFO_FLAGS, HW_INFO_TYPE, HWPT_ALLOC_FLAGS, HWPT_DATA_TYPE, HWPT_INVALIDATE_DATA_TYPE, INVALIDATE_ALL_PAGES,
+  HW_INFO_FLAGS, HW_INFO_TYPE, HWPT_ALLOC_FLAGS, HWPT_DATA_TYPE, HWPT_INVALIDATE_DATA_TYPE, INVALIDATE_ALL_PAGES,
   IOAS_MAP_FLAGS, IOMMU_HW_INFO_VTD_LAYOUT, IOMMU_HWPT_PAGE_RESPONSE_LAYOUT, IOMMU_HWPT_PGFAULT_LAYOUT,
   IOMMU_HWPT_VTD_S1_INVALIDATE_LAYOUT, IOMMU_HWPT_VTD_S1_LAYOUT, PAGE_RESPONSE_CODE, VFIO_ATTACH_FLAGS, VFIO_BIND_FLAGS,
   VFIO_DETACH_FLAGS, VTD_INVALIDATE_FLAGS, VTD_S1_FLAGS, decodeStruct, encodeStruct, ioctlByRequest,
-  nonZeroReserved, writeU32, type ErrnoName, type IoctlSpec,
+  nonZeroReserved, writeU32, type IoctlSpec,
 } from './iommufd-uapi';
 import type { StructValue } from '../byte-layout';
 
@@ -144,7 +145,7 @@ export class IommufdDryRun implements IommufdChannel {
 
   ioctl(request: number, argument: Uint8Array, options: IoctlOptions = {}): number {
     const spec = ioctlByRequest(request);
-    if (!spec) return this.record({ name: `0x${request.toString(16)}`, fields: {}, result: -ERRNO.values.ENOTTY });
+    if (!spec) return this.record({ name: `0x${request.toString(16)}`, fields: {}, result: -ERRNO.ENOTTY });
     const base = { name: spec.name, ...(options.device !== undefined ? { device: options.device } : {}) };
     let fields: Record<string, number | bigint> = {};
     const payloads = new Map<string, Uint8Array>();
@@ -170,15 +171,15 @@ export class IommufdDryRun implements IommufdChannel {
     } catch (error) {
       if (!(error instanceof Refused)) throw error;
       writeBack();
-      return this.record({ ...base, fields, result: -ERRNO.values[error.errno], errno: error.errno });
+      return this.record({ ...base, fields, result: -ERRNO[error.errno], errno: error.errno });
     }
   }
 
   readFaults(faultFd: number, into: Uint8Array): number {
     const queue = this.faultQueues.get(faultFd);
-    if (!queue) return -ERRNO.values.EBADF;
+    if (!queue) return -ERRNO.EBADF;
     const size = IOMMU_HWPT_PGFAULT_LAYOUT.size;
-    if (into.length % size !== 0) return -ERRNO.values.ESPIPE;
+    if (into.length % size !== 0) return -ERRNO.ESPIPE;
     let done = 0;
     while (queue.queued.length > 0 && done + size <= into.length) {
       const record = queue.queued.shift()!;
@@ -191,13 +192,13 @@ export class IommufdDryRun implements IommufdChannel {
 
   writeFaultResponses(faultFd: number, bytes: Uint8Array): number {
     const queue = this.faultQueues.get(faultFd);
-    if (!queue) return -ERRNO.values.EBADF;
+    if (!queue) return -ERRNO.EBADF;
     const size = IOMMU_HWPT_PAGE_RESPONSE_LAYOUT.size;
-    if (bytes.length % size !== 0) return -ERRNO.values.ESPIPE;
+    if (bytes.length % size !== 0) return -ERRNO.ESPIPE;
     for (let at = 0; at < bytes.length; at += size) {
       const response = decodeStruct(IOMMU_HWPT_PAGE_RESPONSE_LAYOUT, bytes, at);
       if (!queue.pending.has(response.cookie) || PAGE_RESPONSE_CODE.nameOf(response.code) === undefined) {
-        return at > 0 ? at : -ERRNO.values.EINVAL;
+        return at > 0 ? at : -ERRNO.EINVAL;
       }
       queue.pending.delete(response.cookie);
       this.responses.push(response);

@@ -3,6 +3,7 @@
  * that maps guest RAM, guest invalidations forwarded once per nested HWPT, and host page faults read back.
  */
 
+import { ERRNO, errnoName } from '../errno';
 import { ViommuError } from '../errors';
 import { decodeBig } from '../vtd/bitfield';
 import { CAP_FIELDS, ECAP_FIELDS } from '../vtd/registers';
@@ -10,7 +11,7 @@ import {
   HW_INFO_TYPE, HW_INFO_VTD_FLAGS, HWPT_ALLOC_FLAGS, HWPT_DATA_TYPE, HWPT_INVALIDATE_DATA_TYPE, INVALIDATE_ALL_PAGES,
   IOAS_MAP_FLAGS, IOCTLS, IOMMU_HW_INFO_VTD_LAYOUT, IOMMU_HWPT_PAGE_RESPONSE_LAYOUT, IOMMU_HWPT_PGFAULT_LAYOUT,
   IOMMU_HWPT_VTD_S1_INVALIDATE_LAYOUT, IOMMU_HWPT_VTD_S1_LAYOUT, PAGE_RESPONSE_CODE, PGFAULT_FLAGS, PGFAULT_PERM,
-  VFIO_ATTACH_FLAGS, VFIO_DETACH_FLAGS, VTD_INVALIDATE_FLAGS, VTD_S1_FLAGS, ERRNO, decodeStruct, encodeStruct, errnoName,
+  VFIO_ATTACH_FLAGS, VFIO_DETACH_FLAGS, VTD_INVALIDATE_FLAGS, VTD_S1_FLAGS, decodeStruct, encodeStruct,
   readU32, type IoctlName, type IoctlSpec,
 } from './iommufd-uapi';
 
@@ -380,7 +381,7 @@ export class IommufdNesting {
     const faults: HostFault[] = [];
     for (;;) {
       const read = this.channel.readFaults(this.fault.fd, buffer);
-      if (read === -ERRNO.values.EAGAIN || read === 0) break;
+      if (read === -ERRNO.EAGAIN || read === 0) break;
       if (read < 0) throw new IommufdIoctlError('FAULT_QUEUE_READ', -read, `fault queue fd ${this.fault.fd}`);
       for (let at = 0; at + size <= read; at += size) faults.push(this.decodeFault(buffer, at));
       if (read < buffer.length) break;

@@ -303,14 +303,5 @@ export function readU64(layout: StructShape, bytes: Uint8Array, key: string): bi
 
 // ---- errno ----
 
-/** The errnos these ioctls answer with (Linux x86-64 numbers). */
-export const ERRNO = defineNumbers('errno', {
-  ENOENT: 2, EINTR: 4, EIO: 5, EBADF: 9, EAGAIN: 11, ENOMEM: 12, EFAULT: 14, EBUSY: 16, EEXIST: 17, ENODEV: 19, EINVAL: 22,
-  ENOTTY: 25, ENOSPC: 28, ESPIPE: 29, ERANGE: 34, E2BIG: 7, EOVERFLOW: 75, EOPNOTSUPP: 95,
-});
-export type ErrnoName = keyof typeof ERRNO.values;
-
-/** "EINVAL" for 22 (or -22); "errno 123" for numbers the table does not name. */
-export function errnoName(errno: number): string {
-  return ERRNO.nameOf(Math.abs(errno)) ?? `errno ${Math.abs(errno)}`;
-}
+/** These ioctls answer with Linux errnos (lib/errno.ts); their names, re-exported for code that reads results from here. */
+export { errnoName } from '../errno';

@@ -9,7 +9,8 @@
  */
 
 import { defineFlags, defineNumbers, defineStruct, type StructValue } from '../byte-layout';
-import { ERRNO, decodeStruct, encodeStruct, nonZeroReserved } from './iommufd-uapi';
+import { ERRNO } from '../errno';
+import { decodeStruct, encodeStruct, nonZeroReserved } from './iommufd-uapi';
 
 export const GPASID_BIND_VERSION = 1;
 export const CACHE_INVALIDATE_VERSION = 1;
@@ -128,7 +129,7 @@ export interface GpasidRefusal {
 export type GpasidDecodeResult<T> = { readonly ok: true; readonly value: T } | { readonly ok: false; readonly refusal: GpasidRefusal };
 
 function refuse(errno: 'EINVAL' | 'EFAULT', rule: GpasidRule, message: string): { ok: false; refusal: GpasidRefusal } {
-  return { ok: false, refusal: { errno, errnoValue: ERRNO.values[errno], rule, message } };
+  return { ok: false, refusal: { errno, errnoValue: ERRNO[errno], rule, message } };
 }
 
 function u32(bytes: Uint8Array, at: number): number {

@@ -1,4 +1,5 @@
 /** DmaSpace: what a device's DMA goes through (guest RAM directly, or a translation in front of it). */
+import { ERRNO } from '../errno';
 import { ViommuError } from '../errors';
 
 export type DmaAccess = 'read' | 'write';
@@ -18,8 +19,9 @@ export class DmaFault extends ViommuError {
   }
 }
 
-export const EFAULT = 14;
-export const EPERM = 1;
+/** The errnos a DmaFault carries: no memory or translation at the address, or an access the rights forbid. */
+export const EFAULT = ERRNO.EFAULT;
+export const EPERM = ERRNO.EPERM;
 
 /** A device's view of memory. Each call either completes entirely or throws a DmaFault and transfers nothing. */
 export interface DmaSpace {

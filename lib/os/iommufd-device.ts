@@ -3,7 +3,7 @@
  * It fits lib/host's IommufdChannel by shape (os/ sits below host/ and imports nothing from it).
  */
 import * as fs from 'node:fs';
-import { constants as osConstants } from 'node:os';
+import { ERRNO, errnoNumber } from '../errno';
 import { native, nativeIoctl, type FileDescriptor, type NativeIoctlAddon } from '../native';
 
 export const IOMMUFD_DEVICE_PATH = '/dev/iommu';
@@ -28,7 +28,7 @@ function defaultAddon(): IommufdDeviceAddon {
 /** -errno for an error Node's fs threw (its `code` names the errno). */
 function negativeErrno(error: unknown): number {
   const code = (error as { code?: string }).code;
-  const errno = code ? (osConstants.errno as Record<string, number>)[code] : undefined;
+  const errno = code === undefined ? undefined : errnoNumber(code);
   if (errno === undefined) throw error;
   return -errno;
 }
@@ -67,7 +67,7 @@ export class IommufdDevice {
 
   ioctl(request: number, argument: Uint8Array, options: IommufdIoctlOptions = {}): number {
     const target = options.device === undefined ? this.file : this.cdevs.get(options.device);
-    if (!target || target.closed) return -(osConstants.errno.EBADF);
+    if (!target || target.closed) return -ERRNO.EBADF;
     const result = this.addon.ioctl.ioctl(target.fd, request, argument, options.payloads ?? []);
     if (result >= 0) {
       const view = new DataView(argument.buffer, argument.byteOffset, argument.byteLength);
@@ -81,7 +81,7 @@ export class IommufdDevice {
 
   readFaults(faultFd: number, into: Uint8Array): number {
     const fd = this.kernelFds.get(faultFd);
-    if (!fd || fd.closed) return -(osConstants.errno.EBADF);
+    if (!fd || fd.closed) return -ERRNO.EBADF;
     try {
       return fs.readSync(fd.fd, into, 0, into.length, null);
     } catch (error) {
@@ -91,7 +91,7 @@ export class IommufdDevice {
 
   writeFaultResponses(faultFd: number, bytes: Uint8Array): number {
     const fd = this.kernelFds.get(faultFd);
-    if (!fd || fd.closed) return -(osConstants.errno.EBADF);
+    if (!fd || fd.closed) return -ERRNO.EBADF;
     try {
       return fs.writeSync(fd.fd, bytes, 0, bytes.length, null);
     } catch (error) {

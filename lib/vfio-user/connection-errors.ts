@@ -1,8 +1,9 @@
 /** Typed errors of a vfio-user connection and the one mapping from an error to the errno a reply carries. */
 
+import { ERRNO, type ErrnoName } from '../errno';
 import { GuestMemoryError, ViommuError } from '../errors';
 import { DmaFault } from '../memory/dma-space';
-import { ERRNO, VfioUserProtocolError, type ErrnoName } from './errors';
+import { VfioUserProtocolError } from './errors';
 
 /** The peer answered our command with an error reply. */
 export class VfioUserRemoteError extends ViommuError {

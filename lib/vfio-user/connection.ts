@@ -1,6 +1,7 @@
 /** VfioUserConnection: requests and replies matched by msg_id, command handlers, limits and fd ownership over Transports. */
 
 import { EventEmitter } from 'node:events';
+import { ERRNO } from '../errno';
 import { ViommuError } from '../errors';
 import { isPromiseLike } from '../memory/dma-space';
 import type { FdUsage, FileDescriptor } from '../native';
@@ -15,7 +16,7 @@ import {
   VfioUserRemoteError,
   VfioUserTimeoutError,
 } from './connection-errors';
-import { ERRNO, invalid, VfioUserProtocolError } from './errors';
+import { invalid, VfioUserProtocolError } from './errors';
 import { releaseMessageBuffer } from './payload-io';
 import type { CommandBodies, CommandMessage, CommandOf, DecodeContext, ReplyBodies, ReplyOf, VfioUserCommand } from './messages';
 import { COMMANDS, HEADER_FLAGS, MESSAGE_TYPES, type CommandName } from './protocol';

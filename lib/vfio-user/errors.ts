@@ -1,27 +1,9 @@
 /** The one error type the vfio-user codec throws on bad peer bytes, with the errno a reply should carry. */
 
+import { ERRNO } from '../errno';
 import { ViommuError } from '../errors';
 
-/** Linux errno values used on the wire (vfio-user carries the host's errno numbers; peers are Linux). */
-export const ERRNO = {
-  EPERM: 1,
-  ENOENT: 2,
-  EIO: 5,
-  E2BIG: 7,
-  EBADF: 9,
-  EAGAIN: 11,
-  ENOMEM: 12,
-  EFAULT: 14,
-  EBUSY: 16,
-  EEXIST: 17,
-  ENODEV: 19,
-  EINVAL: 22,
-  EMFILE: 24,
-  ENOSPC: 28,
-  ENOSYS: 38,
-  ENOTSUP: 95,
-} as const;
-export type ErrnoName = keyof typeof ERRNO;
+/** vfio-user carries Linux errno numbers (its peers are Linux): lib/errno.ts, re-exported for code that imports it from here. */
 
 export type VfioUserProtocolErrorCode =
   /** Fewer than 16 bytes, or fewer bytes than msg_size says. */

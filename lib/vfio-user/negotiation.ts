@@ -1,10 +1,11 @@
 /** VERSION on both sides: the client's negotiateVersion and the server's handler, including the twin socket. */
 
+import { ERRNO } from '../errno';
 import { native, type FileDescriptor } from '../native';
 import { MessageSocket } from '../os';
 import { versionBody } from './codec';
 import { replyWithFds, type CommandHandler, type VfioUserConnection } from './connection';
-import { ERRNO, VfioUserProtocolError } from './errors';
+import { VfioUserProtocolError } from './errors';
 import { PROTOCOL_VERSION } from './protocol';
 import { socketTransport, type Transport } from './transport';
 import { resolveCapabilities, type ResolvedCapabilities, type VersionCapabilities } from './version';

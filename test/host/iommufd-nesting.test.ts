@@ -13,6 +13,7 @@ import {
   writeU32,
 } from '../../lib/host/iommufd-uapi';
 import { IommufdDevice } from '../../lib/os/iommufd-device';
+import { ERRNO } from '../../lib/errno';
 import type { FieldSpec } from '../../lib/byte-layout';
 import { native, nativeIoctl } from '../../lib/native';
 import { FULL_VTD_HOST, IommufdDryRun, PLAIN_VTD_HOST, type HostIommuModel } from '../../lib/host/iommufd-dry-run';
@@ -249,7 +250,7 @@ describe('IommufdNesting over the dry-run iommufd', () => {
     const channel: IommufdChannel = {
       iommufd: kernel.iommufd,
       ioctl: (request: number, argument: Uint8Array, options?: IoctlOptions) =>
-        failAttach && request === IOCTLS.VFIO_DEVICE_ATTACH_IOMMUFD_PT.request ? -16 : kernel.ioctl(request, argument, options),
+        failAttach && request === IOCTLS.VFIO_DEVICE_ATTACH_IOMMUFD_PT.request ? -ERRNO.EBUSY : kernel.ioctl(request, argument, options),
       readFaults: (fd, into) => kernel.readFaults(fd, into),
       writeFaultResponses: (fd, bytes) => kernel.writeFaultResponses(fd, bytes),
     };
@@ -258,7 +259,7 @@ describe('IommufdNesting over the dry-run iommufd', () => {
     nesting.setUp();
     failAttach = true;
     assert.throws(() => nesting.bind(SID_A, 0, 1, FS48), (error: unknown) =>
-      error instanceof IommufdIoctlError && error.request === 'VFIO_DEVICE_ATTACH_IOMMUFD_PT' && error.errno === 16 && /EBUSY/.test(error.message));
+      error instanceof IommufdIoctlError && error.request === 'VFIO_DEVICE_ATTACH_IOMMUFD_PT' && error.errno === ERRNO.EBUSY && /EBUSY/.test(error.message));
     assert.deepEqual(kernel.names().slice(-2), ['IOMMU_HWPT_ALLOC', 'IOMMU_DESTROY']);
     assert.deepEqual(kernel.objectsOf('hwpt-nested'), []);
     assert.deepEqual(nesting.bindings(), []);
@@ -281,7 +282,7 @@ describe('IommufdNesting over the dry-run iommufd', () => {
     nesting.respond(faults[0]!, 'success');
     nesting.respond(faults[1]!, 'invalid');
     assert.deepEqual(kernel.responses, [{ cookie, code: 0 }, { cookie: cookie + 1, code: 1 }]);
-    assert.throws(() => nesting.respond(faults[0]!, 'success'), (error: unknown) => error instanceof IommufdIoctlError && error.errno === 22);
+    assert.throws(() => nesting.respond(faults[0]!, 'success'), (error: unknown) => error instanceof IommufdIoctlError && error.errno === ERRNO.EINVAL);
   });
 
   it('drains more faults than one read holds', () => {
@@ -338,60 +339,60 @@ describe('the dry-run iommufd enforces the uAPI', () => {
   it('checks the size field: below the minimum EINVAL, larger with a non-zero tail E2BIG, with a zero tail accepted', () => {
     const { kernel, childId } = raw();
     const destroy = (bytes: Uint8Array) => kernel.ioctl(IOCTLS.IOMMU_DESTROY.request, bytes);
-    assert.equal(destroy(Uint8Array.of(4, 0, 0, 0, 0, 0, 0, 0)), -22);
+    assert.equal(destroy(Uint8Array.of(4, 0, 0, 0, 0, 0, 0, 0)), -ERRNO.EINVAL);
     const long = new Uint8Array(16);
     new DataView(long.buffer).setUint32(0, 16, true);
     new DataView(long.buffer).setUint32(4, childId, true);
     long[12] = 1;
-    assert.equal(destroy(long), -7);
+    assert.equal(destroy(long), -ERRNO.E2BIG);
     long[12] = 0;
     assert.equal(destroy(long), 0);
-    assert.equal(destroy(long.subarray(0, 3)), -14);
-    assert.equal(kernel.ioctl(0x3b99, new Uint8Array(8)), -25);
+    assert.equal(destroy(long.subarray(0, 3)), -ERRNO.EFAULT);
+    assert.equal(kernel.ioctl(0x3b99, new Uint8Array(8)), -ERRNO.ENOTTY);
   });
 
   it('refuses unknown flags and non-zero reserved fields with the errno the kernel uses', () => {
     const { send, devId, ioasId, parentId, nested, s1 } = raw();
-    assert.equal(send('IOMMU_IOAS_ALLOC', { flags: 1 }).result, -95);
-    assert.equal(send('IOMMU_HWPT_ALLOC', { flags: 0x10, devId, ptId: ioasId }).result, -95);
-    assert.equal(nested(s1(), HWPT_ALLOC_FLAGS.bits.NEST_PARENT).result, -95);
-    assert.equal(nested(s1({ flags: 8n })).result, -95);
+    assert.equal(send('IOMMU_IOAS_ALLOC', { flags: 1 }).result, -ERRNO.EOPNOTSUPP);
+    assert.equal(send('IOMMU_HWPT_ALLOC', { flags: 0x10, devId, ptId: ioasId }).result, -ERRNO.EOPNOTSUPP);
+    assert.equal(nested(s1(), HWPT_ALLOC_FLAGS.bits.NEST_PARENT).result, -ERRNO.EOPNOTSUPP);
+    assert.equal(nested(s1({ flags: 8n })).result, -ERRNO.EOPNOTSUPP);
     const reserved = s1();
     reserved[20] = 1;
-    assert.equal(nested(reserved).result, -95);
+    assert.equal(nested(reserved).result, -ERRNO.EOPNOTSUPP);
     const tail = new Uint8Array(32);
     tail.set(s1());
     assert.equal(send('IOMMU_HWPT_ALLOC', { devId, ptId: parentId, dataType: 1, dataLen: 32 }, { payloads: [{ offset: 32, buffer: tail }] }).result, 0);
     tail[30] = 1;
-    assert.equal(send('IOMMU_HWPT_ALLOC', { devId, ptId: parentId, dataType: 1, dataLen: 32 }, { payloads: [{ offset: 32, buffer: tail }] }).result, -7);
-    assert.equal(send('IOMMU_HWPT_ALLOC', { devId, ptId: parentId, dataType: 1, dataLen: 16 }, { payloads: [{ offset: 32, buffer: s1() }] }).result, -22);
-    assert.equal(send('IOMMU_HWPT_ALLOC', { devId, ptId: parentId, dataType: 1, dataLen: 24 }).result, -14, 'data_uptr NULL');
-    assert.equal(send('IOMMU_HWPT_ALLOC', { devId, ptId: ioasId, dataType: 0, dataLen: 24 }).result, -22);
-    assert.equal(send('IOMMU_GET_HW_INFO', { flags: 2, devId }).result, -95);
-    assert.equal(send('IOMMU_FAULT_QUEUE_ALLOC', { flags: 1 }).result, -95);
+    assert.equal(send('IOMMU_HWPT_ALLOC', { devId, ptId: parentId, dataType: 1, dataLen: 32 }, { payloads: [{ offset: 32, buffer: tail }] }).result, -ERRNO.E2BIG);
+    assert.equal(send('IOMMU_HWPT_ALLOC', { devId, ptId: parentId, dataType: 1, dataLen: 16 }, { payloads: [{ offset: 32, buffer: s1() }] }).result, -ERRNO.EINVAL);
+    assert.equal(send('IOMMU_HWPT_ALLOC', { devId, ptId: parentId, dataType: 1, dataLen: 24 }).result, -ERRNO.EFAULT, 'data_uptr NULL');
+    assert.equal(send('IOMMU_HWPT_ALLOC', { devId, ptId: ioasId, dataType: 0, dataLen: 24 }).result, -ERRNO.EINVAL);
+    assert.equal(send('IOMMU_GET_HW_INFO', { flags: 2, devId }).result, -ERRNO.EOPNOTSUPP);
+    assert.equal(send('IOMMU_FAULT_QUEUE_ALLOC', { flags: 1 }).result, -ERRNO.EOPNOTSUPP);
   });
 
   it('requires objects to exist and be of the right kind, and nesting only under a nest parent', () => {
     const { send, devId, ioasId, childId, cdev, nested, s1 } = raw();
-    assert.equal(send('IOMMU_HWPT_ALLOC', { devId: 999, ptId: ioasId }).result, -2);
-    assert.equal(send('IOMMU_HWPT_ALLOC', { devId, ptId: 999 }).result, -22);
+    assert.equal(send('IOMMU_HWPT_ALLOC', { devId: 999, ptId: ioasId }).result, -ERRNO.ENOENT);
+    assert.equal(send('IOMMU_HWPT_ALLOC', { devId, ptId: 999 }).result, -ERRNO.EINVAL);
     const plainParent = readU32(IOCTLS.IOMMU_HWPT_ALLOC.layout, send('IOMMU_HWPT_ALLOC', { devId, ptId: ioasId }).bytes, 'outHwptId');
-    assert.equal(send('IOMMU_HWPT_ALLOC', { devId, ptId: plainParent, dataType: 1, dataLen: 24 }, { payloads: [{ offset: 32, buffer: s1() }] }).result, -22);
-    assert.equal(send('IOMMU_HWPT_ALLOC', { devId, ptId: childId, dataType: 1, dataLen: 24 }, { payloads: [{ offset: 32, buffer: s1() }] }).result, -22);
-    assert.equal(nested(s1(), HWPT_ALLOC_FLAGS.bits.FAULT_ID_VALID).result, -2, 'fault_id 0 names no fault queue');
-    assert.equal(send('VFIO_DEVICE_ATTACH_IOMMUFD_PT', { ptId: 999 }, { device: cdev }).result, -2);
-    assert.equal(send('IOMMU_DESTROY', { id: 999 }).result, -2);
-    assert.equal(send('VFIO_DEVICE_BIND_IOMMUFD', { iommufd: 3 }, { device: cdev }).result, -22, 'already bound');
-    assert.equal(send('VFIO_DEVICE_ATTACH_IOMMUFD_PT', { ptId: childId }, { device: 42 }).result, -9);
-    assert.equal(send('VFIO_DEVICE_ATTACH_IOMMUFD_PT', { ptId: childId }).result, -25, 'a VFIO ioctl sent to the iommufd');
+    assert.equal(send('IOMMU_HWPT_ALLOC', { devId, ptId: plainParent, dataType: 1, dataLen: 24 }, { payloads: [{ offset: 32, buffer: s1() }] }).result, -ERRNO.EINVAL);
+    assert.equal(send('IOMMU_HWPT_ALLOC', { devId, ptId: childId, dataType: 1, dataLen: 24 }, { payloads: [{ offset: 32, buffer: s1() }] }).result, -ERRNO.EINVAL);
+    assert.equal(nested(s1(), HWPT_ALLOC_FLAGS.bits.FAULT_ID_VALID).result, -ERRNO.ENOENT, 'fault_id 0 names no fault queue');
+    assert.equal(send('VFIO_DEVICE_ATTACH_IOMMUFD_PT', { ptId: 999 }, { device: cdev }).result, -ERRNO.ENOENT);
+    assert.equal(send('IOMMU_DESTROY', { id: 999 }).result, -ERRNO.ENOENT);
+    assert.equal(send('VFIO_DEVICE_BIND_IOMMUFD', { iommufd: 3 }, { device: cdev }).result, -ERRNO.EINVAL, 'already bound');
+    assert.equal(send('VFIO_DEVICE_ATTACH_IOMMUFD_PT', { ptId: childId }, { device: 42 }).result, -ERRNO.EBADF);
+    assert.equal(send('VFIO_DEVICE_ATTACH_IOMMUFD_PT', { ptId: childId }).result, -ERRNO.ENOTTY, 'a VFIO ioctl sent to the iommufd');
   });
 
   it('orders attach and destroy: an attached HWPT, a parent with children and an IOAS with HWPTs are busy', () => {
     const { kernel, send, cdev, childId, parentId, ioasId } = raw();
     assert.equal(send('VFIO_DEVICE_ATTACH_IOMMUFD_PT', { ptId: childId }, { device: cdev }).result, 0);
-    assert.equal(send('IOMMU_DESTROY', { id: childId }).result, -16);
-    assert.equal(send('IOMMU_DESTROY', { id: parentId }).result, -16);
-    assert.equal(send('IOMMU_DESTROY', { id: ioasId }).result, -16);
+    assert.equal(send('IOMMU_DESTROY', { id: childId }).result, -ERRNO.EBUSY);
+    assert.equal(send('IOMMU_DESTROY', { id: parentId }).result, -ERRNO.EBUSY);
+    assert.equal(send('IOMMU_DESTROY', { id: ioasId }).result, -ERRNO.EBUSY);
     assert.equal(send('VFIO_DEVICE_DETACH_IOMMUFD_PT', {}, { device: cdev }).result, 0);
     assert.deepEqual(kernel.attachments(), []);
     assert.equal(send('IOMMU_DESTROY', { id: childId }).result, 0);
@@ -402,23 +403,23 @@ describe('the dry-run iommufd enforces the uAPI', () => {
   it('checks VFIO attach and detach: argsz for the PASID form, unknown flags, PASID-capable HWPTs only', () => {
     const { kernel, send, cdev, childId, nested } = raw();
     const attach = (value: Record<string, number>) => send('VFIO_DEVICE_ATTACH_IOMMUFD_PT', value, { device: cdev });
-    assert.equal(attach({ flags: 2, ptId: childId }).result, -22);
-    assert.equal(attach({ flags: 1, ptId: childId, pasid: 3 }).result, -22, 'not allocated with the PASID flag');
+    assert.equal(attach({ flags: 2, ptId: childId }).result, -ERRNO.EINVAL);
+    assert.equal(attach({ flags: 1, ptId: childId, pasid: 3 }).result, -ERRNO.EINVAL, 'not allocated with the PASID flag');
     const pasidCapable = readU32(IOCTLS.IOMMU_HWPT_ALLOC.layout, nested(undefined, HWPT_ALLOC_FLAGS.bits.PASID).bytes, 'outHwptId');
-    assert.equal(attach({ flags: 1, ptId: pasidCapable, pasid: 1 << 20 }).result, -22, 'beyond the host PASID width');
+    assert.equal(attach({ flags: 1, ptId: pasidCapable, pasid: 1 << 20 }).result, -ERRNO.EINVAL, 'beyond the host PASID width');
     assert.equal(attach({ flags: 1, ptId: pasidCapable, pasid: 3 }).result, 0);
     // The PASID form needs argsz to reach the pasid field; the rest of the struct may be shorter without it.
     const short = encodeStruct(IOCTLS.VFIO_DEVICE_ATTACH_IOMMUFD_PT.layout, { argsz: 12, flags: 1, ptId: pasidCapable, pasid: 3 });
-    assert.equal(kernel.ioctl(IOCTLS.VFIO_DEVICE_ATTACH_IOMMUFD_PT.request, short, { device: cdev }), -22);
+    assert.equal(kernel.ioctl(IOCTLS.VFIO_DEVICE_ATTACH_IOMMUFD_PT.request, short, { device: cdev }), -ERRNO.EINVAL);
     const shortRid = encodeStruct(IOCTLS.VFIO_DEVICE_ATTACH_IOMMUFD_PT.layout, { argsz: 12, flags: 0, ptId: childId, pasid: 0 });
-    assert.equal(kernel.ioctl(IOCTLS.VFIO_DEVICE_ATTACH_IOMMUFD_PT.request, shortRid, { device: cdev }), -22, 'a RID HWPT without the PASID flag beside an attached PASID');
+    assert.equal(kernel.ioctl(IOCTLS.VFIO_DEVICE_ATTACH_IOMMUFD_PT.request, shortRid, { device: cdev }), -ERRNO.EINVAL, 'a RID HWPT without the PASID flag beside an attached PASID');
     const detach = encodeStruct(IOCTLS.VFIO_DEVICE_DETACH_IOMMUFD_PT.layout, { argsz: 8, flags: 1, pasid: 3 });
-    assert.equal(kernel.ioctl(IOCTLS.VFIO_DEVICE_DETACH_IOMMUFD_PT.request, detach, { device: cdev }), -22);
-    assert.equal(send('VFIO_DEVICE_DETACH_IOMMUFD_PT', { flags: 4 }, { device: cdev }).result, -22);
+    assert.equal(kernel.ioctl(IOCTLS.VFIO_DEVICE_DETACH_IOMMUFD_PT.request, detach, { device: cdev }), -ERRNO.EINVAL);
+    assert.equal(send('VFIO_DEVICE_DETACH_IOMMUFD_PT', { flags: 4 }, { device: cdev }).result, -ERRNO.EINVAL);
     assert.equal(send('VFIO_DEVICE_DETACH_IOMMUFD_PT', { flags: 1, pasid: 3 }, { device: cdev }).result, 0);
     assert.equal(kernel.ioctl(IOCTLS.VFIO_DEVICE_ATTACH_IOMMUFD_PT.request, shortRid, { device: cdev }), 0);
     // The RID now holds a HWPT without the PASID flag: no PASID may attach beside it.
-    assert.equal(attach({ flags: 1, ptId: pasidCapable, pasid: 3 }).result, -22);
+    assert.equal(attach({ flags: 1, ptId: pasidCapable, pasid: 3 }).result, -ERRNO.EINVAL);
     assert.deepEqual(kernel.attachments(), [{ devId: kernel.objectsOf('device')[0]!, ptId: childId }]);
   });
 
@@ -428,37 +429,37 @@ describe('the dry-run iommufd enforces the uAPI', () => {
       const id = readU32(IOCTLS.IOMMU_HWPT_ALLOC.layout, nested(data).bytes, 'outHwptId');
       return send('VFIO_DEVICE_ATTACH_IOMMUFD_PT', { ptId: id }, { device: cdev }).result;
     };
-    assert.equal(attach(s1({ addrWidth: 57 })), -22, '57-bit without FS5LP');
-    assert.equal(attach(s1({ flags: 1n })), -22, 'SRE without SRS');
-    assert.equal(attach(s1({ flags: 2n })), -22, 'EAFE without EAFS');
-    assert.equal(attach(s1({ addrWidth: 39 })), -22);
+    assert.equal(attach(s1({ addrWidth: 57 })), -ERRNO.EINVAL, '57-bit without FS5LP');
+    assert.equal(attach(s1({ flags: 1n })), -ERRNO.EINVAL, 'SRE without SRS');
+    assert.equal(attach(s1({ flags: 2n })), -ERRNO.EINVAL, 'EAFE without EAFS');
+    assert.equal(attach(s1({ addrWidth: 39 })), -ERRNO.EINVAL);
     assert.equal(attach(s1()), 0);
     const full = raw(FULL_VTD_HOST);
     const wpe = readU32(IOCTLS.IOMMU_HWPT_ALLOC.layout, full.nested(full.s1({ flags: 4n })).bytes, 'outHwptId');
-    assert.equal(full.send('VFIO_DEVICE_ATTACH_IOMMUFD_PT', { ptId: wpe }, { device: full.cdev }).result, -22, 'WPE without SRE');
+    assert.equal(full.send('VFIO_DEVICE_ATTACH_IOMMUFD_PT', { ptId: wpe }, { device: full.cdev }).result, -ERRNO.EINVAL, 'WPE without SRE');
   });
 
   it('checks invalidations: the target, data type, entry length, flags, reserved bits and the address rules', () => {
     const { invalidate, entry, parentId } = raw();
     assert.equal(invalidate({}).result, 0);
-    assert.equal(invalidate({ hwptId: parentId }).result, -22, 'a parent has no user-managed cache');
-    assert.equal(invalidate({ hwptId: 999 }).result, -2);
-    assert.equal(invalidate({ dataType: 1 }).result, -22);
-    assert.equal(invalidate({ entryLen: 16 }).result, -22);
-    assert.equal(invalidate({ entryLen: 0 }).result, -22);
+    assert.equal(invalidate({ hwptId: parentId }).result, -ERRNO.EINVAL, 'a parent has no user-managed cache');
+    assert.equal(invalidate({ hwptId: 999 }).result, -ERRNO.ENOENT);
+    assert.equal(invalidate({ dataType: 1 }).result, -ERRNO.EINVAL);
+    assert.equal(invalidate({ entryLen: 16 }).result, -ERRNO.EINVAL);
+    assert.equal(invalidate({ entryLen: 0 }).result, -ERRNO.EINVAL);
     assert.equal(invalidate({ entryNum: 0, entryLen: 0 }).result, 0, 'an empty array probes the data type');
-    assert.equal(invalidate({}, entry({ flags: 2 })).result, -95);
+    assert.equal(invalidate({}, entry({ flags: 2 })).result, -ERRNO.EOPNOTSUPP);
     const reserved = entry();
     reserved[22] = 1;
-    assert.equal(invalidate({}, reserved).result, -95);
-    assert.equal(invalidate({}, entry({ addr: 0x1800n })).result, -22);
-    assert.equal(invalidate({}, entry({ addr: 0x1000n, npages: (1n << 64n) - 1n })).result, -22);
-    assert.equal(invalidate({ entryNum: 2 }).result, -14, 'the array is shorter than entry_len * entry_num');
+    assert.equal(invalidate({}, reserved).result, -ERRNO.EOPNOTSUPP);
+    assert.equal(invalidate({}, entry({ addr: 0x1800n })).result, -ERRNO.EINVAL);
+    assert.equal(invalidate({}, entry({ addr: 0x1000n, npages: (1n << 64n) - 1n })).result, -ERRNO.EINVAL);
+    assert.equal(invalidate({ entryNum: 2 }).result, -ERRNO.EFAULT, 'the array is shorter than entry_len * entry_num');
     const two = new Uint8Array(48);
     two.set(entry());
     two.set(entry({ addr: 0x10n }), 24);
     const partial = invalidate({ entryNum: 2 }, two);
-    assert.equal(partial.result, -22);
+    assert.equal(partial.result, -ERRNO.EINVAL);
     assert.equal(readU32(IOCTLS.IOMMU_HWPT_INVALIDATE.layout, partial.bytes, 'entryNum'), 1, 'handled entries are reported');
   });
 
@@ -466,9 +467,9 @@ describe('the dry-run iommufd enforces the uAPI', () => {
     const { send, devId, ioasId } = raw({ ...FULL_VTD_HOST, errata: true });
     const readOnly = { flags: 5, ioasId, length: 0x1000n, iova: 0x40_0000n };
     assert.equal(send('IOMMU_IOAS_MAP', readOnly, { payloads: [{ offset: 16, buffer: new Uint8Array(0x1000) }] }).result, 0);
-    assert.equal(send('IOMMU_HWPT_ALLOC', { flags: 1, devId, ptId: ioasId }).result, -22);
-    assert.equal(send('IOMMU_IOAS_MAP', { ...readOnly, flags: 7 }, { payloads: [{ offset: 16, buffer: new Uint8Array(0x1000) }] }).result, -17, 'overlap');
-    assert.equal(send('IOMMU_IOAS_MAP', { ...readOnly, flags: 7, iova: 0x50_0000n }).result, -14, 'user_va NULL');
+    assert.equal(send('IOMMU_HWPT_ALLOC', { flags: 1, devId, ptId: ioasId }).result, -ERRNO.EINVAL);
+    assert.equal(send('IOMMU_IOAS_MAP', { ...readOnly, flags: 7 }, { payloads: [{ offset: 16, buffer: new Uint8Array(0x1000) }] }).result, -ERRNO.EEXIST, 'overlap');
+    assert.equal(send('IOMMU_IOAS_MAP', { ...readOnly, flags: 7, iova: 0x50_0000n }).result, -ERRNO.EFAULT, 'user_va NULL');
     // IommufdNesting maps guest RAM read-write, so its parent is allowed on such a host.
     const kernel = new IommufdDryRun({ ...FULL_VTD_HOST, errata: true });
     const nesting = new IommufdNesting(kernel, { guestRam: [{ guestPhysical: 0, bytes: new Uint8Array(4096) }] });
@@ -500,8 +501,8 @@ describe('IommufdDevice (the real channel)', () => {
     assert.deepEqual(calls.map((call) => [call.fd, call.pointers]), [[iommu.iommufd, 0], [device, 1]]);
     assert.equal(iommu.readFaults(faultFd, new Uint8Array(40)), 0, '/dev/null reads as an empty queue');
     assert.equal(iommu.writeFaultResponses(faultFd, new Uint8Array(8)), 8);
-    assert.equal(iommu.readFaults(12345, new Uint8Array(40)), -9);
-    assert.equal(iommu.ioctl(1, new Uint8Array(4), { device: 99 }), -9);
+    assert.equal(iommu.readFaults(12345, new Uint8Array(40)), -ERRNO.EBADF);
+    assert.equal(iommu.ioctl(1, new Uint8Array(4), { device: 99 }), -ERRNO.EBADF);
     iommu.close();
     assert.throws(() => fs.fstatSync(faultFd), { code: 'EBADF' });
     assert.throws(() => fs.fstatSync(device), { code: 'EBADF' });
@@ -510,7 +511,7 @@ describe('IommufdDevice (the real channel)', () => {
   it('answers ENOTTY from a file that is not an iommufd, through the native addon', () => {
     const iommu = IommufdDevice.open('/dev/null');
     const argument = encodeStruct(IOCTLS.IOMMU_IOAS_ALLOC.layout, { size: 12, flags: 0, outIoasId: 0 });
-    assert.equal(iommu.ioctl(IOCTLS.IOMMU_IOAS_ALLOC.request, argument), -25);
+    assert.equal(iommu.ioctl(IOCTLS.IOMMU_IOAS_ALLOC.request, argument), -ERRNO.ENOTTY);
     iommu.close();
     assert.throws(() => IommufdDevice.open('/nonexistent/iommu'), { code: 'ENOENT', syscall: 'open' });
   });
@@ -531,7 +532,7 @@ describe('IommufdDevice (the real channel)', () => {
         const id = readU32(IOCTLS.IOMMU_IOAS_ALLOC.layout, alloc, 'outIoasId');
         assert.ok(id > 0);
         const bad = encodeStruct(IOCTLS.IOMMU_IOAS_ALLOC.layout, { size: 12, flags: 1, outIoasId: 0 });
-        assert.equal(iommu.ioctl(IOCTLS.IOMMU_IOAS_ALLOC.request, bad), -95, 'the real kernel agrees with the double');
+        assert.equal(iommu.ioctl(IOCTLS.IOMMU_IOAS_ALLOC.request, bad), -ERRNO.EOPNOTSUPP, 'the real kernel agrees with the double');
         assert.equal(iommu.ioctl(IOCTLS.IOMMU_DESTROY.request, encodeStruct(IOCTLS.IOMMU_DESTROY.layout, { size: 8, id })), 0);
       } finally {
         iommu.close();

@@ -2,6 +2,7 @@
 
 import { strict as assert } from 'node:assert';
 import fc from 'fast-check';
+import { ERRNO } from '../../lib/errno';
 import {
   CACHE_INVALIDATE_HEADER_LAYOUT, CACHE_INVALIDATE_MINSZ, GPASID_BIND_LAYOUT, GPASID_BIND_MINSZ, INV_ADDR_INFO_LAYOUT,
   INV_PASID_INFO_LAYOUT, decodeCacheInvalidate, decodeGpasidBind, encodeCacheInvalidate, encodeGpasidBind,
@@ -115,7 +116,7 @@ describe('decodeGpasidBind: the review\'s extension rules', () => {
         const result = decodeGpasidBind(bytes(), operation);
         assert.deepEqual(refusal(result), expected, result.ok ? '' : result.refusal.message);
         if (!result.ok) {
-          assert.equal(result.refusal.errnoValue, result.refusal.errno === 'EINVAL' ? 22 : 14);
+          assert.equal(result.refusal.errnoValue, result.refusal.errno === 'EINVAL' ? ERRNO.EINVAL : ERRNO.EFAULT);
           assert.match(result.refusal.message, new RegExp(`^${operation} `));
         }
       });

@@ -2,6 +2,7 @@
 import { strict as assert } from 'node:assert';
 import fc from 'fast-check';
 import { GuestMemory, SharedRegion } from '../../lib/memory';
+import { ERRNO } from '../../lib/errno';
 import { GuestMemoryError } from '../../lib/errors';
 
 function ram(size: number, fill = 0): ArrayBuffer {
@@ -104,7 +105,7 @@ describe('GuestMemory', () => {
   it('serves untranslated DMA and fails it with EFAULT outside RAM, transferring nothing', () => {
     const into = new Uint8Array(4);
     memory.dma.read(0x1000n, into);
-    assert.throws(() => memory.dma.read(0x2fffn, new Uint8Array(4)), (error: any) => error.errno === 14);
+    assert.throws(() => memory.dma.read(0x2fffn, new Uint8Array(4)), (error: any) => error.errno === ERRNO.EFAULT);
     assert.throws(() => memory.dma.write(1n << 60n, into), (error: any) => error.name === 'DmaFault');
   });
 

@@ -11,7 +11,8 @@ import {
   versionBody,
   type VfioUserMessage,
 } from '../../lib/vfio-user/codec';
-import { ERRNO, VfioUserProtocolError } from '../../lib/vfio-user/errors';
+import { ERRNO } from '../../lib/errno';
+import { VfioUserProtocolError } from '../../lib/vfio-user/errors';
 import type { VfioUserCommand, VfioUserReply } from '../../lib/vfio-user/messages';
 import {
   COMMANDS,

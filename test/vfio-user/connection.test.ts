@@ -13,7 +13,7 @@ import {
   VfioUserRemoteError,
   VfioUserTimeoutError,
 } from '../../lib/vfio-user/connection-errors';
-import { ERRNO } from '../../lib/vfio-user/errors';
+import { ERRNO } from '../../lib/errno';
 import { negotiateVersion, serveVersion } from '../../lib/vfio-user/negotiation';
 import { COMMANDS, DMA_MAP_FLAGS, HEADER_FLAGS, MESSAGE_TYPES, REGION_INFO_FLAGS } from '../../lib/vfio-user/protocol';
 import { dmaRead, dmaWrite, regionRead, regionWrite, splitTransfer } from '../../lib/vfio-user/transfers';

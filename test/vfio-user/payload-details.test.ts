@@ -13,7 +13,7 @@ import {
   encodeMigrationFeature,
   encodeMigrationStateFeature,
 } from '../../lib/vfio-user/device-feature';
-import { ERRNO } from '../../lib/vfio-user/errors';
+import { ERRNO } from '../../lib/errno';
 import type { ReplyMessage, VfioUserReply } from '../../lib/vfio-user/messages';
 import {
   CAP_HEADER_LAYOUT,

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { decodeHeader, encodeCommand } from '../../lib/vfio-user/codec';
 import { VfioUserConnection } from '../../lib/vfio-user/connection';
-import { ERRNO } from '../../lib/vfio-user/errors';
+import { ERRNO } from '../../lib/errno';
 import { HEADER_FLAGS, MESSAGE_TYPES, PROTOCOL_VERSION } from '../../lib/vfio-user/protocol';
 import { MAX_VERSION_JSON_DEPTH, parseVersionCapabilities } from '../../lib/vfio-user/version';
 import { InMemoryTransport } from '../../lib/vfio-user/transport';

@@ -4,7 +4,7 @@ import fc from 'fast-check';
 import type { FileDescriptor } from '../../lib/native';
 import { DmaMapTable } from '../../lib/vfio-user/client/dma-map-table';
 import { VfioUserRemoteError } from '../../lib/vfio-user/connection-errors';
-import { ERRNO } from '../../lib/vfio-user/errors';
+import { ERRNO } from '../../lib/errno';
 import { DMA_SPACE_END, DeviceDmaTable, TRANSLATABLE_IOVA, type DmaMapPeer } from '../../lib/vmm/device-dma-table';
 
 const PAGE = 0x1000n;

@@ -1,9 +1,9 @@
 /** The device's DMA path: the client's fds directly (mapped, or pread/pwrite when unsealed), DMA_READ/DMA_WRITE otherwise. */
 
+import { ERRNO } from '../../errno';
 import { DmaFault, EFAULT, EPERM, type AsyncDmaSpace, type DmaAccess } from '../../memory';
 import type { VfioUserConnection } from '../connection';
 import { VfioUserRemoteError } from '../connection-errors';
-import { ERRNO } from '../errors';
 import { dmaRead, dmaWrite, type TransferOptions } from '../transfers';
 import type { DmaMapTable, TableMapping } from './dma-maps';
 

@@ -3,7 +3,7 @@
 import { native, type FileDescriptor } from '../../../lib/native';
 import { MessageSocket } from '../../../lib/os';
 import { decodeHeader, decodeMessage, encodeErrorReply } from '../../../lib/vfio-user/codec';
-import { ERRNO } from '../../../lib/vfio-user/errors';
+import { ERRNO } from '../../../lib/errno';
 import type { VfioUserCommand, VfioUserMessage } from '../../../lib/vfio-user/messages';
 import { HEADER_FLAGS, MESSAGE_TYPES } from '../../../lib/vfio-user/protocol';
 import { socketTransport, type Transport } from '../../../lib/vfio-user/transport';

@@ -6,7 +6,7 @@ import { native } from '../../../lib/native';
 import { EventFd, MessageSocket } from '../../../lib/os';
 import { VfioUserClient, VfioUserClientError, type DmaFaultEvent, type VfioUserClientOptions } from '../../../lib/vfio-user/client';
 import { VfioUserRemoteError } from '../../../lib/vfio-user/connection-errors';
-import { ERRNO } from '../../../lib/vfio-user/errors';
+import { ERRNO } from '../../../lib/errno';
 import { DEVICE_INFO_FLAGS, IRQ_INDEXES, REGION_INFO_FLAGS, SET_IRQS_FLAGS } from '../../../lib/vfio-user/protocol';
 import { dmaRead, dmaWrite } from '../../../lib/vfio-user/transfers';
 import { InMemoryTransport, socketTransport, type Transport } from '../../../lib/vfio-user/transport';

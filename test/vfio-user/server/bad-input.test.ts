@@ -9,7 +9,7 @@ import fc from 'fast-check';
 import type { FileDescriptor } from '../../../lib/native';
 import { EventFd, MessageSocket } from '../../../lib/os';
 import { decodeHeader, encodeCommand, encodeReply, versionBody } from '../../../lib/vfio-user/codec';
-import { ERRNO } from '../../../lib/vfio-user/errors';
+import { ERRNO } from '../../../lib/errno';
 import type { VfioUserCommand } from '../../../lib/vfio-user/messages';
 import {
   COMMANDS,

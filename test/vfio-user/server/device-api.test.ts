@@ -7,7 +7,7 @@ import { native } from '../../../lib/native';
 import { EventFd } from '../../../lib/os';
 import { VfioUserRemoteError } from '../../../lib/vfio-user/connection-errors';
 import type { VfioUserConnection } from '../../../lib/vfio-user/connection';
-import { ERRNO } from '../../../lib/vfio-user/errors';
+import { ERRNO } from '../../../lib/errno';
 import { DMA_MAP_FLAGS, DMA_UNMAP_FLAGS, REGION_INFO_FLAGS, SET_IRQS_FLAGS } from '../../../lib/vfio-user/protocol';
 import { VfioUserDevice, type VfioUserDeviceOptions } from '../../../lib/vfio-user/server/device';
 import type { DmaMapping } from '../../../lib/vfio-user/server/dma-maps';

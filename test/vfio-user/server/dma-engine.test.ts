@@ -6,7 +6,7 @@ import { MSI_CONTROL, PCI_CAPABILITY_IDS, PCI_COMMAND, PCI_STATUS, TYPE0_HEADER 
 import { SharedRegion } from '../../../lib/memory';
 import { EventFd, MessageSocket } from '../../../lib/os';
 import { VfioUserRemoteError } from '../../../lib/vfio-user/connection-errors';
-import { ERRNO } from '../../../lib/vfio-user/errors';
+import { ERRNO } from '../../../lib/errno';
 import { DEVICE_INFO_FLAGS, IRQ_INDEXES, IRQ_INFO_FLAGS, REGION_INFO_FLAGS, SET_IRQS_FLAGS } from '../../../lib/vfio-user/protocol';
 import { decodeHeader } from '../../../lib/vfio-user/codec';
 import { VfioUserConnection } from '../../../lib/vfio-user/connection';

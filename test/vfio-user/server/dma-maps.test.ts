@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { VfioUserErrnoError } from '../../../lib/vfio-user/connection-errors';
-import { ERRNO } from '../../../lib/vfio-user/errors';
+import { ERRNO } from '../../../lib/errno';
 import { DmaMapTable } from '../../../lib/vfio-user/server/dma-maps';
 
 type Step = { op: 'map' | 'unmap' | 'lookup'; page: number; pages: number };

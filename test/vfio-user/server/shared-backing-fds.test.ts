@@ -11,7 +11,7 @@ import { DmaFault, EFAULT, EPERM } from '../../../lib/memory';
 import { native, type FileDescriptor, type Mapping } from '../../../lib/native';
 import type { VfioUserConnection } from '../../../lib/vfio-user/connection';
 import { VfioUserRemoteError } from '../../../lib/vfio-user/connection-errors';
-import { ERRNO } from '../../../lib/vfio-user/errors';
+import { ERRNO } from '../../../lib/errno';
 import { DMA_MAP_FLAGS } from '../../../lib/vfio-user/protocol';
 import type { VfioUserServerOptions } from '../../../lib/vfio-user/server/server';
 import { openFdCount, waitFor } from '../../helpers';

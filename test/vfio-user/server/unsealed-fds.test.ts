@@ -8,7 +8,7 @@ import type { EduDmaOutcome } from '../../../lib/devices/edu';
 import { DmaFault, EFAULT } from '../../../lib/memory';
 import { native, type FileDescriptor } from '../../../lib/native';
 import { VfioUserRemoteError } from '../../../lib/vfio-user/connection-errors';
-import { ERRNO } from '../../../lib/vfio-user/errors';
+import { ERRNO } from '../../../lib/errno';
 import { createDmaEngine } from '../../../lib/vfio-user/server/dma-engine';
 import type { VfioUserServerOptions } from '../../../lib/vfio-user/server/server';
 import { waitFor } from '../../helpers';
