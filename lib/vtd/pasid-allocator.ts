@@ -82,6 +82,10 @@ export interface PasidSet<T> {
   holds(pasid: number): boolean;
   /** The PASIDs this set holds, in no particular order. */
   held(): number[];
+  /** This VM's queue processed an invalidation covering `pasid` ('all': a global one): counts only for PASIDs this set freed. */
+  invalidated(pasid: number | 'all'): void;
+  /** This VM's wait descriptor completed: releases the PASIDs this set freed whose invalidation it follows; returns how many. */
+  fenceCompleted(): number;
   /** The VM is gone: frees everything it holds (into quarantine), frees its name for reuse; returns how many. */
   close(): number;
 }
@@ -122,10 +126,6 @@ class PasidSpace<T> {
   /** Every PASID below the cursor has been handed out at least once. */
   cursor: number;
   readonly released: number[] = [];
-  /** Quarantined PASIDs with no device bound, not yet covered by an invalidation. */
-  readonly awaitingInvalidation: number[] = [];
-  /** Quarantined PASIDs covered by an invalidation since the last fence. */
-  readonly awaitingFence: number[] = [];
   readonly sets: QuotaSet<T>[] = [];
   readonly openSetNames = new Set<string>();
   readonly data = new Map<number, T>();
@@ -195,43 +195,47 @@ class PasidSpace<T> {
     return true;
   }
 
-  invalidated(pasid: number): void {
+  /** `pasid` was invalidated by the queue of `by` (any set's when undefined): only its owner's invalidations count. */
+  invalidated(pasid: number, by?: QuotaSet<T>): void {
     if (this.stageOf(pasid) !== Stage.AwaitingInvalidation) return;
-    removeAt(this.awaitingInvalidation, this.listPosition, this.listPosition[pasid]!);
+    const owner = this.sets[this.owner[pasid]!]!;
+    if (by !== undefined && by !== owner) return;
+    removeAt(owner.awaitingInvalidation, this.listPosition, this.listPosition[pasid]!);
     this.stage[pasid] = Stage.AwaitingFence;
-    this.awaitingFence.push(pasid);
+    owner.awaitingFence.push(pasid);
   }
 
-  invalidatedAll(): void {
-    const waiting = this.awaitingInvalidation;
+  invalidatedAll(set: QuotaSet<T>): void {
+    const waiting = set.awaitingInvalidation;
     for (let i = 0; i < waiting.length; i++) {
       const pasid = waiting[i]!;
       this.stage[pasid] = Stage.AwaitingFence;
-      this.awaitingFence.push(pasid);
+      set.awaitingFence.push(pasid);
     }
     waiting.length = 0;
   }
 
-  fenceCompleted(): number {
-    const pending = this.awaitingFence;
+  fenceCompleted(set: QuotaSet<T>): number {
+    const pending = set.awaitingFence;
     const count = pending.length;
     const hasData = this.data.size !== 0;
     for (let i = 0; i < count; i++) {
       const pasid = pending[i]!;
       this.stage[pasid] = Stage.Free;
-      this.sets[this.owner[pasid]!]!.quarantinedCount--;
       if (hasData) this.data.delete(pasid);
       this.released.push(pasid);
     }
     pending.length = 0;
+    set.quarantinedCount -= count;
     this.quarantinedCount -= count;
     return count;
   }
 
   private awaitInvalidation(pasid: number): void {
+    const owner = this.sets[this.owner[pasid]!]!;
     this.stage[pasid] = Stage.AwaitingInvalidation;
-    this.listPosition[pasid] = this.awaitingInvalidation.length;
-    this.awaitingInvalidation.push(pasid);
+    this.listPosition[pasid] = owner.awaitingInvalidation.length;
+    owner.awaitingInvalidation.push(pasid);
   }
 
   private grow(): void {
@@ -260,6 +264,10 @@ function removeAt(list: number[], positions: Int32Array, index: number): void {
 
 class QuotaSet<T> implements PasidSet<T> {
   readonly heldList: number[] = [];
+  /** Quarantined PASIDs this set freed, with no device bound, not yet covered by an invalidation. */
+  readonly awaitingInvalidation: number[] = [];
+  /** Quarantined PASIDs this set freed, covered by an invalidation since its last fence. */
+  readonly awaitingFence: number[] = [];
   quarantinedCount = 0;
   closed = false;
 
@@ -291,6 +299,18 @@ class QuotaSet<T> implements PasidSet<T> {
 
   held(): number[] {
     return [...this.heldList];
+  }
+
+  invalidated(pasid: number | 'all'): void {
+    if (pasid === 'all') this.space.invalidatedAll(this);
+    else {
+      checkPasid(pasid, 'invalidated');
+      this.space.invalidated(pasid, this);
+    }
+  }
+
+  fenceCompleted(): number {
+    return this.space.fenceCompleted(this);
   }
 
   close(): number {
@@ -409,15 +429,23 @@ export class PasidAllocator<T = unknown> {
    * one). It counts for a quarantined PASID only once no device is bound to it.
    */
   invalidated(pasid: number | 'all'): void {
-    if (pasid === 'all') this.#space.invalidatedAll();
+    const space = this.#space;
+    if (pasid === 'all') for (const set of space.sets) space.invalidatedAll(set);
     else {
       checkPasid(pasid, 'invalidated');
-      this.#space.invalidated(pasid);
+      space.invalidated(pasid);
     }
   }
 
-  /** A wait descriptor completed: every invalidation noted so far is done. Releases what they covered; returns how many. */
+  /**
+   * A wait descriptor completed: every invalidation noted so far is done. Releases what they covered; returns how
+   * many. With several units on one allocator, each unit should fence through its own set (PasidSet.fenceCompleted),
+   * so that one guest's wait never releases PASIDs another guest has not finished invalidating.
+   */
   fenceCompleted(): number {
-    return this.#space.fenceCompleted();
+    const space = this.#space;
+    let count = 0;
+    for (const set of space.sets) count += space.fenceCompleted(set);
+    return count;
   }
 }

@@ -75,7 +75,7 @@ export class VirtualCommandInterface {
   reset(): void {
     for (const pasid of this.pasids.held()) {
       this.pasids.free(pasid);
-      this.allocator.invalidated(pasid);
+      this.pasids.invalidated(pasid);
     }
     this.recent.length = 0;
   }

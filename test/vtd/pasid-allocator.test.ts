@@ -267,6 +267,26 @@ describe('PasidAllocator', () => {
       assert.equal(allocator.state(second), 'free');
     });
 
+    it('a set\'s own invalidations and fences release only what that set freed (units sharing one allocator)', () => {
+      const allocator = new PasidAllocator({ max: 16 });
+      const a = allocator.createSet('vm-a', 4);
+      const b = allocator.createSet('vm-b', 4);
+      const fromA = (a.allocate() as { pasid: number }).pasid;
+      const fromB = (b.allocate() as { pasid: number }).pasid;
+      a.free(fromA);
+      b.free(fromB);
+      b.invalidated(fromA);
+      assert.equal(allocator.quarantineStage(fromA), 'awaiting-invalidation', "another VM's invalidation does not count");
+      a.invalidated(fromA);
+      b.invalidated('all');
+      assert.equal(a.fenceCompleted(), 1);
+      assert.equal(allocator.state(fromA), 'free');
+      assert.equal(allocator.quarantineStage(fromB), 'awaiting-fence', "vm-a's wait does not release vm-b's PASID");
+      assert.equal(b.fenceCompleted(), 1);
+      assert.equal(allocator.state(fromB), 'free');
+      assert.deepEqual([a.quarantinedCount, b.quarantinedCount, allocator.quarantinedCount], [0, 0, 0]);
+    });
+
     it('binds only held PASIDs and unbinds only bound devices, answering false otherwise', () => {
       assert.equal(allocator.bind(3, DEVICE_A), false, 'free');
       assert.equal(allocator.bind(RID_PASID, DEVICE_A), false, 'RID_PASID is never held');
