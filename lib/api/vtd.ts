@@ -8,6 +8,8 @@ export type {
 } from '../vtd/unit';
 export type { InterruptRequest, RemappedInterrupt, InterruptFault } from '../vtd/interrupt-remap';
 export type { RecordOutcome } from '../vtd/fault-recorder';
+// Where and why a translation failed (TranslationFailure.fault, TracedWalk): stage, levels, the entry that decided.
+export type { FaultRecord, FaultStage } from '../vtd/fault';
 
 // The unit's trace (VtdUnitOptions.trace): one event per register write, descriptor, translation, fault and interrupt.
 export { UNIT_TRACE_KINDS } from '../vtd/unit-trace';

@@ -5,6 +5,7 @@
  */
 
 import { getFieldBig } from '../vtd/bitfield';
+import type { FaultStage } from '../vtd/fault';
 import { faultReason, type FaultReason } from '../vtd/fault-reasons';
 import type { ReplayedWalk } from '../vtd/unit-snapshot';
 import { LEGACY_CONTEXT_ENTRY, PASID_PGTT, SCALABLE_PASID_ENTRY } from '../vtd/structures';
@@ -48,6 +49,8 @@ export interface WalkStop {
   readonly entry?: WalkStep;
   readonly fpd: boolean;
   readonly pasid?: number;
+  /** The lookup entry that decided was located but could not be read (from the fault record: an address, no value). */
+  readonly unreadable?: boolean;
 }
 
 export interface WalkModel {
@@ -69,17 +72,13 @@ export interface WalkModel {
   readonly missingPages: readonly number[];
 }
 
-const LOOKUP_BY_REASON: ReadonlyArray<[RegExp, WalkStep['structure']]> = [
-  [/^(SM_)?ROOT_|^SM_TTM0_/, 'root'],
-  [/^(SM_)?CONTEXT_|^ADDRESS_BEYOND_MGAW$/, 'context'],
-  [/^SM_PASID_DIRECTORY_/, 'pasid-directory'],
-  [/^SM_PASID_ENTRY_/, 'pasid-table'],
-];
-
-/** The lookup structure a fault reason names (root, context, PASID directory or entry), if it names one. */
-function lookupStructureOf(reason: FaultReason | undefined): WalkStep['structure'] | undefined {
-  if (reason === undefined) return undefined;
-  return LOOKUP_BY_REASON.find(([pattern]) => pattern.test(reason.name))?.[1];
+/** The lookup structure a fault stage names, if it is one; a refused request is shown at the root. */
+function lookupStructureOf(stage: FaultStage): WalkStep['structure'] | undefined {
+  switch (stage) {
+    case 'request': return 'root';
+    case 'root': case 'context': case 'pasid-directory': case 'pasid-table': return stage;
+    default: return undefined;
+  }
 }
 
 function isWalkStep(record: ReplayedWalk['records'][number]): record is WalkStep {
@@ -113,7 +112,7 @@ export function buildWalkModel(replay: ReplayedWalk): WalkModel {
   const result = replay.result;
   // Second-stage steps with no translation after them: a legacy walk, or a walk that stopped inside (no note yet).
   if (pending.length > 0) output = { steps: pending, failed: !result.ok };
-  else if (output === undefined && !result.ok && result.mode === 'legacy' && lookupStructureOf(faultReason(result.reason)) === undefined) {
+  else if (output === undefined && !result.ok && result.mode === 'legacy' && lookupStructureOf(result.fault.stage) === undefined) {
     // A legacy walk that could not read its top table has no steps: still its walk is where it stopped.
     output = { steps: [], failed: true };
   }
@@ -143,23 +142,25 @@ function findStop(
   result: FailedWalk, lookup: readonly WalkStep[], firstStage: readonly FirstStageRow[],
   output: SecondStageWalk | undefined, lastTranslation: SecondStageWalk | undefined,
 ): WalkStop {
-  const reason = faultReason(result.reason);
-  const common = { code: result.reason, reason, fpd: result.fpd, ...(result.pasid === undefined ? {} : { pasid: result.pasid }) };
-  const structure = lookupStructureOf(reason);
-  if (structure !== undefined && result.stage !== 'first') {
+  const fault = result.fault;
+  const reason = faultReason(fault.reason);
+  const common = { code: fault.reason, reason, fpd: fault.fpd, ...(fault.pasid === undefined ? {} : { pasid: fault.pasid }) };
+  const structure = lookupStructureOf(fault.stage);
+  if (structure !== undefined) {
     const entry = [...lookup].reverse().find((step) => step.structure === structure);
-    return { ...common, stage: 'lookup', structure, ...(entry === undefined ? {} : { entry }) };
+    const unreadable = fault.entryAddress !== undefined && fault.entryValue === undefined;
+    return { ...common, stage: 'lookup', structure, ...(entry === undefined ? {} : { entry }), ...(unreadable ? { unreadable } : {}) };
   }
-  if (result.stage === 'first') {
-    const level = result.level ?? firstStage[firstStage.length - 1]?.level ?? 0;
+  if (fault.stage === 'first-stage') {
+    const level = fault.level ?? firstStage[firstStage.length - 1]?.level ?? 0;
     const entry = firstStage.find((r) => r.level === level)?.entry;
     return { ...common, stage: 'first', firstStageLevel: level, ...(entry === undefined ? {} : { entry }) };
   }
-  // The second stage: the walk that failed is the last one noted without an output, else the trailing walk.
+  // The second stage (or its output): the walk that failed is the last one noted without an output, else the trailing walk.
   const failedWalk = lastTranslation?.failed === true ? lastTranslation : output?.failed === true ? output : undefined;
   if (failedWalk === undefined) {
     // Every translation succeeded: the second stage refused something else about a first-stage level (setting A/D in its table).
-    const row = result.level === undefined ? undefined : firstStage.find((r) => r.level === result.level);
+    const row = fault.level === undefined ? undefined : firstStage.find((r) => r.level === fault.level);
     if (row === undefined) return { ...common, stage: 'second' };
     return {
       ...common, stage: 'second', firstStageLevel: row.level,
@@ -169,9 +170,8 @@ function findStop(
   }
   const translation = failedWalk.translation;
   const last = failedWalk.steps[failedWalk.steps.length - 1];
-  // For the output (and legacy walks) the result's level is the second-stage level; for a table pointer it is the first-stage level.
-  const forTable = translation?.purpose === 'table';
-  const secondStageLevel = forTable ? last?.level : result.level ?? last?.level;
+  // Inside a nested walk the record names the second-stage level apart; legacy and second-stage-only walks as the level.
+  const secondStageLevel = translation?.purpose === 'table' ? last?.level : fault.secondStageLevel ?? (fault.level || undefined) ?? last?.level;
   const entry = last !== undefined && last.level === secondStageLevel ? last : undefined;
   return {
     ...common, stage: 'second', secondStageWalk: failedWalk,

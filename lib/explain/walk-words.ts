@@ -57,16 +57,13 @@ export function describeRequest(request: TranslationRequest): string {
   return `request: ${request.write ? 'write' : 'read'} by ${requesterName(request.sid)} (SID ${hex(request.sid)}) ${pasid}${privilege} at IOVA ${hex(BigInt.asUintN(64, request.iova))}`;
 }
 
-/** Reasons that say a structure could not be read (rather than read and refused). */
-const UNREADABLE = /ACCESS$|TABLE_INVALID$|TABLE_ADDRESS_INVALID$/;
-
 /** Where the walk stopped, in one phrase: "second stage, translating the first stage's output (GPA 0x...), at L1 SL-PTE". */
 export function stopPlace(model: WalkModel): string {
   const stop = model.stop;
   if (stop === undefined) return '';
   switch (stop.stage) {
     case 'lookup':
-      return `the ${structureName(stop.structure!)}, before either paging stage${stop.entry === undefined && UNREADABLE.test(stop.reason?.name ?? '') ? ' (the entry could not be read)' : ''}`;
+      return `the ${structureName(stop.structure!)}, before either paging stage${stop.unreadable === true ? ' (the entry could not be read)' : ''}`;
     case 'first':
       return `first stage, level ${stop.firstStageLevel} (${levelName('first-stage', stop.firstStageLevel ?? 0)})${stop.entry === undefined ? ', its entry not read' : ''}`;
     default: {

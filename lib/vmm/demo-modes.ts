@@ -3,9 +3,11 @@
  * 00:04.0, the guest-driver sequence of that mode, DMA both ways, a fault, an unmap; each returns what the guest saw.
  */
 import { EDU_BUFFER_ADDRESS } from '../devices/edu';
+import { PAGE_SHIFT } from '../memory/geometry';
 import type { GuestMemory } from '../memory/guest-memory';
 import { faultCode, faultReason } from '../vtd/fault-reasons';
-import { VtdUnit } from '../vtd/unit';
+import type { FaultRecord } from '../vtd/fault';
+import { VtdUnit, type TranslationFailure } from '../vtd/unit';
 import {
   EduDriver, FIRST_STAGE_FORMAT, GuestPci, GuestPhysicalTables, LEGACY_INVALIDATIONS, LegacyTables, PASID_ENTRY, PASID_INVALIDATIONS,
   PageAllocator, PagingTables, ramTables, ScalableTables, SECOND_STAGE_FORMAT, VtdDriver, type GuestFaultRecord,
@@ -63,6 +65,8 @@ export interface DemoContext {
   readonly pages: PageAllocator;
   /** MSIs the unit delivered toward the CPUs (device interrupts after its interrupt path, and its own events). */
   readonly delivered: Array<{ address: number; data: number }>;
+  /** The unit's failed translations, oldest first: where each fault the guest finds in FRCD was found. */
+  readonly failures: readonly TranslationFailure[];
 }
 
 const hex = (value: number | bigint) => `0x${value.toString(16)}`;
@@ -77,24 +81,39 @@ function reasonText(code: number): string {
   return reason === undefined ? `${hex(code)} (reserved)` : `${hex(code)} ${reason.name} (${reason.condition.replace(/^SM: /, '')})`;
 }
 
-export function recordText(record: GuestFaultRecord, stageOf?: (reason: number) => string): string {
+export function recordText(record: GuestFaultRecord, stage?: string): string {
   const pasid = record.pasid === undefined ? '' : ` with PASID ${record.pasid}`;
-  const stage = stageOf === undefined ? '' : `; ${stageOf(record.reason)}`;
-  return `FRCD[${record.index}] ${record.write ? 'write' : 'read'} by ${sidName(record.sid)}${pasid} at IOVA ${hex(record.address)}, reason ${reasonText(record.reason)}${stage}`;
+  const where = stage === undefined ? '' : `; ${stage}`;
+  return `FRCD[${record.index}] ${record.write ? 'write' : 'read'} by ${sidName(record.sid)}${pasid} at IOVA ${hex(record.address)}, reason ${reasonText(record.reason)}${where}`;
 }
 
-/**
- * Which stage of a nested walk a scalable fault reason blames, from the reason's name: first-stage structure and
- * access-right faults, second-stage faults met while reading first-stage tables, and second-stage faults on the
- * output. A read refusal (SM_READ) can only be the second stage's: a present first-stage page is always readable.
- */
-export function nestedStageOf(code: number): string {
-  const name = faultReason(code)?.name ?? '';
-  if (name.endsWith('_NESTED')) return 'second stage, translating a first-stage table';
-  if (name.startsWith('SM_FIRST_STAGE') || ['SM_NON_CANONICAL', 'SM_USER_SUPERVISOR', 'SM_EXECUTE'].includes(name)) return 'first stage';
-  if (name.startsWith('SM_SECOND_STAGE') || name === 'SM_READ') return 'second stage, translating the first stage\'s output';
-  if (name === 'SM_WRITE') return 'first or second stage (a read-only page in either)';
-  return 'before either stage (root, context or PASID structures)';
+/** Which stage of a nested walk a fault record blames, in words: the first stage, the second stage on a first-stage table or on the output, or neither. */
+export function nestedStageText(fault: FaultRecord): string {
+  switch (fault.stage) {
+    case 'first-stage': return 'first stage';
+    case 'second-stage':
+      if (fault.level === undefined || fault.level === 0) return 'second stage, translating the first stage\'s output';
+      return 'second stage, translating a first-stage table';
+    case 'output': return 'after both stages (the output is in the interrupt range)';
+    default: return 'before either stage (root, context or PASID structures)';
+  }
+}
+
+/** The unit's failed translation a guest's fault record came from: same requester, access and page; the latest. */
+function failureOf(failures: readonly TranslationFailure[], record: GuestFaultRecord): TranslationFailure | undefined {
+  const shift = BigInt(PAGE_SHIFT);
+  const page = record.address >> shift;
+  return [...failures].reverse().find((f) => f.sid === record.sid && f.write === record.write && BigInt.asUintN(64, f.iova) >> shift === page);
+}
+
+/** Keeps every failed translate() of `unit` in `failures` (the unit's DMA spaces call translate() through the instance). */
+function keepFailures(unit: VtdUnit, failures: TranslationFailure[]): void {
+  const translate = unit.translate;
+  unit.translate = (request) => {
+    const result = translate.call(unit, request);
+    if (!result.ok) failures.push(result);
+    return result;
+  };
 }
 
 async function waitUntil(condition: () => boolean, timeoutMs: number): Promise<boolean> {
@@ -113,11 +132,13 @@ export interface DemoModeOptions {
 /** Runs one mode against the vfio-user device served at `socketPath` on a machine of its own. */
 export async function runDemoMode(mode: DemoMode, socketPath: string, options: DemoModeOptions = {}): Promise<DemoModeReport> {
   const delivered: Array<{ address: number; data: number }> = [];
+  const failures: TranslationFailure[] = [];
   const machine = new TestbedMachine({
     builtInEdu: false,
     ramBytes: 64 << 20,
     iommu: (memory) => {
       const unit = new VtdUnit({ memory, config: mode.iommu, onInterrupt: (address, data) => delivered.push({ address, data }) });
+      keepFailures(unit, failures);
       options.onUnit?.(unit, memory);
       return unit;
     },
@@ -126,7 +147,7 @@ export async function runDemoMode(mode: DemoMode, socketPath: string, options: D
     const device = await machine.attachVfioUser(socketPath, { devfn: EDU_DEVFN });
     const pages = new PageAllocator(machine, TABLES_START);
     const context: DemoContext = {
-      machine, device, pages, delivered,
+      machine, device, pages, delivered, failures,
       pci: new GuestPci(machine), vtd: new VtdDriver(machine, DMAR_BASE, pages), edu: new EduDriver(machine, BAR0),
     };
     const report = await mode.run(context);
@@ -167,8 +188,8 @@ export interface DemoTranslation {
   readonly faults: readonly DemoFault[];
   /** The reason (by name) a write to the page taken back must record. */
   readonly unmappedWriteReason: string;
-  /** Names the stage a fault reason blames (nested translation). */
-  readonly stageOf?: (reason: number) => string;
+  /** Names the stage each fault was found in (nested translation), from the unit's record of it. */
+  readonly stageText?: (fault: FaultRecord) => string;
   setUp(context: DemoContext, sid: number): Promise<void>;
   /** Clears the mapping of one page and invalidates it as a driver does; returns how it invalidated. */
   unmapPage(context: DemoContext, sid: number, iova: number): Promise<string>;
@@ -184,7 +205,10 @@ async function runScenario(context: DemoContext, translation: DemoTranslation): 
     return ok;
   };
   const sid = device.sourceId;
-  const describe = (record: GuestFaultRecord) => recordText(record, translation.stageOf);
+  const describe = (record: GuestFaultRecord) => {
+    const failure = translation.stageText === undefined ? undefined : failureOf(context.failures, record);
+    return recordText(record, failure === undefined ? undefined : translation.stageText!(failure.fault));
+  };
 
   await pci.enable(EDU_DEVFN, BAR0);
   await pci.enableMsi(EDU_DEVFN, MSI_ADDRESS, MSI_DATA);
@@ -378,7 +402,7 @@ function nestedTranslation(): DemoTranslation {
       { iova: IOVA_SECOND_STAGE_HOLE, why: `first stage maps it to L2-GPA ${hex(L2_UNBACKED)}, which the second stage does not map`, reason: 'SM_READ' },
     ],
     unmappedWriteReason: 'SM_FIRST_STAGE_NOT_PRESENT',
-    stageOf: nestedStageOf,
+    stageText: nestedStageText,
     async setUp(context, sid) {
       const second = await PagingTables.create(context.machine, SECOND_STAGE_FORMAT, ramTables(context.pages));
       tableSpace = new GuestPhysicalTables(context.pages, second, L2_TABLES);

@@ -4,6 +4,7 @@ import type { EntryWords, GuestMemory } from '../memory/guest-memory';
 import { getField64, reservedWords, wordsToBig, type Field, type FieldTable } from './bitfield';
 import type { QuirkId } from './compat-quirks';
 import { faultCode } from './fault-reasons';
+import { entryValue, faultRecord, type FaultRecord } from './fault';
 import { wordMask } from './register-bits';
 import {
   FIRST_STAGE_1G_LEAF, FIRST_STAGE_2M_LEAF, FIRST_STAGE_4K_LEAF, FIRST_STAGE_TABLE_ENTRY, FIRST_STAGE_TOP_ENTRY,
@@ -22,26 +23,6 @@ export const FS_FR = {
   EXECUTE: faultCode('SM_EXECUTE'),
   WRITE: faultCode('SM_WRITE'),
 } as const;
-
-export type WalkStage = 'first' | 'second';
-
-/** Why a first-stage or nested walk stopped: which stage, which first-stage level, which entry. */
-export interface StageFault {
-  readonly ok: false;
-  readonly reason: number;
-  /** The stage whose structures or permissions caused the fault. */
-  readonly stage: WalkStage;
-  /** The first-stage level (5..1) being processed; 0 when the fault concerns the first stage's output. */
-  readonly level: number;
-  /** Guest address of the first-stage entry involved, when the fault concerns one. */
-  readonly entryAddress?: number;
-  /** Second-stage faults: the second-stage level where that walk stopped, when it stopped inside one. */
-  readonly secondStageLevel?: number;
-  /** The entry chain that led here has FPD set: a qualified fault, not recorded. */
-  readonly fpd: boolean;
-  /** The entry that stopped the walk was not present (rather than present and refusing the access). */
-  readonly notPresent: boolean;
-}
 
 /** What the walk needs from the PASID entry (the names match PasidEntry, so one is passed as is). */
 export interface FirstStageParams {
@@ -86,7 +67,7 @@ export interface FirstStagePage {
  */
 export interface FirstStageTableAccess {
   /** Host address of the first-stage entry at `entry` (in the table of `level`), or the fault translating it met. */
-  hostEntry(entry: number, level: number, top: boolean): number | StageFault;
+  hostEntry(entry: number, level: number, top: boolean): number | FaultRecord;
   /** Whether the entry last returned by hostEntry may be written (A/EA/D updates). */
   readonly entryWritable: boolean;
 }
@@ -157,12 +138,16 @@ export function splitAddress(address: bigint): { hi: number; lo: number } {
   return { hi: Number(value >> 32n), lo: Number(value & 0xffffffffn) };
 }
 
-function stageFault(
-  reason: number, stage: WalkStage, level: number, fpd: boolean, entryAddress?: number, notPresent = false,
-): StageFault {
-  return entryAddress === undefined
-    ? { ok: false, reason, stage, level, fpd, notPresent }
-    : { ok: false, reason, stage, level, entryAddress, fpd, notPresent };
+/** A first-stage fault at `level`; the entry at `entryAddress` (its guest address when nested) decided it when (lo, hi) is given. */
+function firstFaultRecord(reason: number, level: number, fpd: boolean, entryAddress?: number, lo?: number, hi = 0, notPresent = false): FaultRecord {
+  if (entryAddress === undefined) return faultRecord(reason, 'first-stage', fpd, { level });
+  if (lo === undefined) return faultRecord(reason, 'first-stage', fpd, { level, entryAddress });
+  return faultRecord(reason, 'first-stage', fpd, { level, entryAddress, entryValue: entryValue(lo, hi), notPresent });
+}
+
+/** The second stage refuses the write that would set A/D in the first-stage entry (lo, hi) at guest address `entryAddress`. */
+function tableWriteFault(level: number, fpd: boolean, entryAddress: number, lo: number, hi: number): FaultRecord {
+  return faultRecord(FS_FR.TABLE_WRITE_NESTED, 'second-stage', fpd, { level, entryAddress, entryValue: entryValue(lo, hi) });
 }
 
 /** First-stage tables are host-physical: used as they are. */
@@ -207,16 +192,16 @@ export class FirstStageWalker {
     request: FirstStageRequest,
     tables: FirstStageTableAccess = DIRECT_TABLES,
     trace?: WalkTraceSink,
-  ): FirstStagePage | StageFault {
+  ): FirstStagePage | FaultRecord {
     const levels = params.fsLevels;
-    if (!isCanonical(request.hi, levels)) return stageFault(FS_FR.NON_CANONICAL, 'first', levels, params.fpd);
+    if (!isCanonical(request.hi, levels)) return firstFaultRecord(FS_FR.NON_CANONICAL, levels, params.fpd);
     if (this.canonicalFromAw && params.ssInputWidth !== undefined && !isCanonicalWidth(request.hi, request.lo, params.ssInputWidth)) {
-      return stageFault(FS_FR.NON_CANONICAL, 'first', levels, params.fpd);
+      return firstFaultRecord(FS_FR.NON_CANONICAL, levels, params.fpd);
     }
     for (let attempt = 0; ; attempt++) {
       const result = this.walkOnce(params, request, tables, trace);
       if (result !== RESTART) return result;
-      if (attempt + 1 >= MAX_RESTARTS) return stageFault(FS_FR.ACCESS, 'first', levels, params.fpd);
+      if (attempt + 1 >= MAX_RESTARTS) return firstFaultRecord(FS_FR.ACCESS, levels, params.fpd);
     }
   }
 
@@ -225,7 +210,7 @@ export class FirstStageWalker {
     request: FirstStageRequest,
     tables: FirstStageTableAccess,
     trace: WalkTraceSink | undefined,
-  ): FirstStagePage | StageFault | typeof RESTART {
+  ): FirstStagePage | FaultRecord | typeof RESTART {
     const e = this.entry;
     const top = params.fsLevels;
     const fpd = params.fpd;
@@ -240,7 +225,7 @@ export class FirstStageWalker {
       if (typeof hostEntry !== 'number') return hostEntry;
       const host = hostEntry - index * ENTRY_BYTES;
       const unreadable = level === top ? FS_FR.TOP_ACCESS : FS_FR.ACCESS;
-      if (!this.memory.readEntry(hostEntry, e)) return stageFault(unreadable, 'first', level, fpd, guestEntry);
+      if (!this.memory.readEntry(hostEntry, e)) return firstFaultRecord(unreadable, level, fpd, guestEntry);
       const lo = e.lo;
       const hi = e.hi;
       const large = (level === 2 || level === 3) && (lo & PS) !== 0;
@@ -248,13 +233,13 @@ export class FirstStageWalker {
       const layout = leaf ? LEAF_LAYOUTS[level - 1]! : level >= 4 ? FIRST_STAGE_TOP_ENTRY : FIRST_STAGE_TABLE_ENTRY;
       if ((lo & P) === 0) {
         if (trace) this.record(trace, level, table, host, index, lo, hi, layout, tables !== DIRECT_TABLES, 0);
-        return stageFault(FS_FR.NOT_PRESENT, 'first', level, fpd, guestEntry, true);
+        return firstFaultRecord(FS_FR.NOT_PRESENT, level, fpd, guestEntry, lo, hi, true);
       }
       if (this.rightsPerLevel) {
         const refused = entryRightsFault(request, params.wpe, lo);
         if (refused !== 0) {
           if (trace) this.record(trace, level, table, host, index, lo, hi, layout, tables !== DIRECT_TABLES, 0);
-          return stageFault(refused, 'first', level, fpd, guestEntry);
+          return firstFaultRecord(refused, level, fpd, guestEntry, lo, hi);
         }
       }
       let reserved: Uint32Array;
@@ -264,7 +249,7 @@ export class FirstStageWalker {
       const pageSizeReserved = large && level === 3 && !this.options.fs1gp;
       if (pageSizeReserved || (lo & reserved[0]!) !== 0 || (hi & reserved[1]!) !== 0) {
         if (trace) this.record(trace, level, table, host, index, lo, hi, layout, tables !== DIRECT_TABLES, 0);
-        return stageFault(FS_FR.RESERVED, 'first', level, fpd, guestEntry);
+        return firstFaultRecord(FS_FR.RESERVED, level, fpd, guestEntry, lo, hi);
       }
       allWritable = allWritable && (lo & RW) !== 0;
       allUser = allUser && (lo & US) !== 0;
@@ -281,14 +266,14 @@ export class FirstStageWalker {
         // Hardware needs write access to the entry to set flags: in nested mode the second stage must allow it.
         if (!tables.entryWritable) {
           if (trace) this.record(trace, level, table, host, index, lo, hi, layout, tables !== DIRECT_TABLES, 0);
-          return stageFault(FS_FR.TABLE_WRITE_NESTED, 'second', level, fpd, guestEntry);
+          return tableWriteFault(level, fpd, guestEntry, lo, hi);
         }
         const outcome = this.setFlags(hostEntry, lo, hi, update);
         if (outcome === 'changed') return RESTART;
-        if (outcome === 'failed') return stageFault(unreadable, 'first', level, fpd, guestEntry);
+        if (outcome === 'failed') return firstFaultRecord(unreadable, level, fpd, guestEntry);
       }
       if (trace) this.record(trace, level, table, host, index, lo, hi, layout, tables !== DIRECT_TABLES, update);
-      if (permissionFault !== 0) return stageFault(permissionFault, 'first', level, fpd, guestEntry);
+      if (permissionFault !== 0) return firstFaultRecord(permissionFault, level, fpd, guestEntry, lo, hi);
       if (leaf) {
         const address = LEAF_ADDRESS[level - 1]!;
         const supervisor = request.supervisor;
@@ -306,7 +291,7 @@ export class FirstStageWalker {
       table = getField64(lo, hi, TABLE_ADDRESS) * PAGE_BYTES;
     }
     // Unreachable: level 1 is always a leaf.
-    return stageFault(FS_FR.ACCESS, 'first', 1, fpd);
+    return firstFaultRecord(FS_FR.ACCESS, 1, fpd);
   }
 
   /**

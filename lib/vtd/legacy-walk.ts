@@ -6,6 +6,7 @@ import { getField, hasReservedBits, reservedWords, wordsToBig, type Field, type 
 import { PSC_RIGHTS, type CachedContext, type PagingStructureCache } from './caches';
 import type { QuirkId } from './compat-quirks';
 import { faultCode } from './fault-reasons';
+import { entryValue, faultRecord, type FaultRecord } from './fault';
 import { wordMask } from './register-bits';
 import {
   LEGACY_CONTEXT_ENTRY, LEGACY_ROOT_ENTRY, SECOND_STAGE_1G_LEAF, SECOND_STAGE_2M_LEAF, SECOND_STAGE_4K_LEAF,
@@ -48,17 +49,6 @@ export function overlapsInterruptRange(address: number, size: number): boolean {
 
 /** Translation types of a legacy context entry. */
 export const TT = { TRANSLATED: 0, DEVICE_TLB: 1, PASS_THROUGH: 2 } as const;
-
-export interface WalkFault {
-  readonly ok: false;
-  readonly reason: number;
-  /** Page-table level where the walk stopped (for second-stage faults). */
-  readonly level?: number;
-  /** The context entry was read, is valid enough for its FPD to count, and has FPD set: the fault is not recorded. */
-  readonly fpd: boolean;
-  /** The entry that stopped the walk had R = W = 0 (a not-present page rather than a permission mismatch). */
-  readonly notPresent: boolean;
-}
 
 export interface ContextFound {
   readonly ok: true;
@@ -132,8 +122,9 @@ const SMALL_HIGH_LIMIT = SMALL_PAGE_LIMIT / 2 ** HIGH_WORD_SHIFT;
 /** walkSmallPages met a table it cannot name by a small page number. */
 const TABLE_ABOVE_SMALL_PAGES = null;
 
-function fault(reason: number, fpd: boolean, level?: number, notPresent = false): WalkFault {
-  return level === undefined ? { ok: false, reason, fpd, notPresent } : { ok: false, reason, level, fpd, notPresent };
+/** A fault of the second-stage walk at `level`; `value` is the entry at `entryAddress` when it was read and decided. */
+function pagingFault(reason: number, fpd: boolean, level: number, entryAddress: number, value?: bigint, notPresent = false): FaultRecord {
+  return faultRecord(reason, 'second-stage', fpd, value === undefined ? { level, entryAddress } : { level, entryAddress, entryValue: value, notPresent });
 }
 
 export class LegacyWalker {
@@ -193,28 +184,30 @@ export class LegacyWalker {
   }
 
   /** Root and context entry for `sid` under the root table at `rootTable`; each entry read goes to `trace`, if given. */
-  lookupContext(rootTable: number, sid: number, trace?: WalkTraceSink): ContextFound | WalkFault {
+  lookupContext(rootTable: number, sid: number, trace?: WalkTraceSink): ContextFound | FaultRecord {
     const bus = Math.floor(sid / DEVFNS_PER_BUS) % BUSES;
     const devfn = sid % DEVFNS_PER_BUS;
     const w = this.words;
-    if (!this.read128(rootTable + bus * ROOT_ENTRY_BYTES)) return fault(FR.ROOT_TABLE_INVALID, false);
+    const rootAddress = rootTable + bus * ROOT_ENTRY_BYTES;
+    if (!this.read128(rootAddress)) return faultRecord(FR.ROOT_TABLE_INVALID, 'root', false, { entryAddress: rootAddress });
     if (trace !== undefined) this.recordStructure(trace, 'root', rootTable, bus, ROOT_ENTRY_BYTES, LEGACY_ROOT_ENTRY);
-    if (!getField(w, LEGACY_ROOT_ENTRY.f.P)) return fault(FR.ROOT_ENTRY_NOT_PRESENT, false);
-    if (hasReservedBits(w, this.rootReserved)) return fault(FR.ROOT_ENTRY_RESERVED, false);
+    if (!getField(w, LEGACY_ROOT_ENTRY.f.P)) return this.structureFault(FR.ROOT_ENTRY_NOT_PRESENT, 'root', false, rootAddress, true);
+    if (hasReservedBits(w, this.rootReserved)) return this.structureFault(FR.ROOT_ENTRY_RESERVED, 'root', false, rootAddress);
     const contextTable = getField(w, LEGACY_ROOT_ENTRY.f.CTP) * 2 ** PAGE_SHIFT;
-    if (!this.read128(contextTable + devfn * CONTEXT_ENTRY_BYTES)) return fault(FR.CONTEXT_TABLE_INVALID, false);
+    const contextAddress = contextTable + devfn * CONTEXT_ENTRY_BYTES;
+    if (!this.read128(contextAddress)) return faultRecord(FR.CONTEXT_TABLE_INVALID, 'context', false, { entryAddress: contextAddress });
     if (trace !== undefined) this.recordStructure(trace, 'context', contextTable, devfn, CONTEXT_ENTRY_BYTES, LEGACY_CONTEXT_ENTRY);
     const c = LEGACY_CONTEXT_ENTRY.f;
     // FPD covers the qualified faults of the entry that carries it, P = 0 included (QEMU's qualified-fault table
     // agrees); reserved bits are not a qualified fault.
     const fpd = getField(w, c.FPD) === 1;
-    if (!getField(w, c.P)) return fault(FR.CONTEXT_ENTRY_NOT_PRESENT, fpd);
-    if (hasReservedBits(w, this.contextReserved)) return fault(FR.CONTEXT_ENTRY_RESERVED, false);
+    if (!getField(w, c.P)) return this.structureFault(FR.CONTEXT_ENTRY_NOT_PRESENT, 'context', fpd, contextAddress, true);
+    if (hasReservedBits(w, this.contextReserved)) return this.structureFault(FR.CONTEXT_ENTRY_RESERVED, 'context', false, contextAddress);
     const aw = getField(w, c.AW);
-    if (((this.options.sagaw >>> aw) & 1) === 0) return fault(FR.CONTEXT_ENTRY_INVALID, fpd);
+    if (((this.options.sagaw >>> aw) & 1) === 0) return this.structureFault(FR.CONTEXT_ENTRY_INVALID, 'context', fpd, contextAddress);
     const tt = getField(w, c.TT);
     const ttAllowed = tt === TT.TRANSLATED || (tt === TT.DEVICE_TLB && this.options.deviceTlb) || (tt === TT.PASS_THROUGH && this.options.passThrough);
-    if (!ttAllowed) return fault(FR.CONTEXT_ENTRY_INVALID, fpd);
+    if (!ttAllowed) return this.structureFault(FR.CONTEXT_ENTRY_INVALID, 'context', fpd, contextAddress);
     const levels = aw + AW_LEVEL_BIAS;
     const inputWidth = Math.min(PAGE_SHIFT + BITS_PER_LEVEL * levels, this.options.addressWidth);
     return {
@@ -227,9 +220,17 @@ export class LegacyWalker {
     };
   }
 
-  private unreadable(context: CachedContext, level: number): WalkFault {
+  /** A root or context entry (the one read128() just read, at `entryAddress`) that decided a fault. */
+  private structureFault(reason: number, stage: 'root' | 'context', fpd: boolean, entryAddress: number, notPresent = false): FaultRecord {
+    return faultRecord(reason, stage, fpd, { entryAddress, entryValue: wordsToBig(this.words), notPresent });
+  }
+
+  /** Entry `index` of the table at page `tablePage` (of `level`) is not backed by RAM; the entry's address is left out without a table. */
+  private unreadable(context: CachedContext, level: number, tablePage?: number, index = 0): FaultRecord {
     const top = level === context.levels && this.quirks.has('top-table-read-error-is-context-invalid');
-    return fault(top ? FR.CONTEXT_ENTRY_INVALID : FR.PAGING_ENTRY_INVALID, context.fpd, level);
+    const reason = top ? FR.CONTEXT_ENTRY_INVALID : FR.PAGING_ENTRY_INVALID;
+    if (tablePage === undefined) return faultRecord(reason, 'second-stage', context.fpd, { level });
+    return pagingFault(reason, context.fpd, level, tablePage * TABLE_PAGE_BYTES + index * ENTRY_BYTES);
   }
 
   /** The 128-bit entry read128() just read, as a trace step. */
@@ -243,7 +244,7 @@ export class LegacyWalker {
    * Second-stage walk of `iova` (already checked against context.limit). With `trace`, every entry read goes to it
    * (walkTraced); without, the tuned walk runs untouched.
    */
-  walk(context: CachedContext, iova: number, write: boolean, trace?: WalkTraceSink): PageFound | WalkFault {
+  walk(context: CachedContext, iova: number, write: boolean, trace?: WalkTraceSink): PageFound | FaultRecord {
     if (trace !== undefined) return this.walkTraced(context, iova, write, trace);
     const failed = this.walkLeaf(context, iova, write);
     if (failed !== undefined) return failed;
@@ -254,7 +255,7 @@ export class LegacyWalker {
    * walk() without a result object, for the IOTLB-miss path: undefined when a leaf was found, its page then in
    * leafAddress, leafPageSize, leafReadable and leafWritable (valid until the next walk).
    */
-  walkLeaf(context: CachedContext, iova: number, write: boolean): WalkFault | undefined {
+  walkLeaf(context: CachedContext, iova: number, write: boolean): FaultRecord | undefined {
     const top = context.tableAddress / TABLE_PAGE_BYTES;
     if (top < SMALL_PAGE_LIMIT) {
       const found = this.walkSmallPages(context, iova, write, top | 0);
@@ -269,9 +270,11 @@ export class LegacyWalker {
    * with it allow the access, only the leaf entry is read, with the full walk's level-1 checks. Otherwise the
    * full walk runs, and one that ends at level 1 leaves its leaf table in the cache. Cached rights that deny the
    * access walk again, so the fault names the level the walk finds it at. The IOVA comes as region and index
-   * (small integers below 2^51) so that a call left out of line passes no heap number.
+   * (small integers below 2^51) so that a call left out of line passes no heap number. Its bytecode must stay
+   * small (V8 inlines up to 460 bytes, 920 in all) for walkPage() to take it in with the IOTLB insert: the fault
+   * paths hand over what they hold and leafFault() works out the entry's address.
    */
-  walkLeafCached(context: CachedContext, region: number, index: number, write: boolean, cache: PagingStructureCache): WalkFault | undefined {
+  walkLeafCached(context: CachedContext, region: number, index: number, write: boolean, cache: PagingStructureCache): FaultRecord | undefined {
     cache.useGeneration(this.memory.generation);
     const slot = cache.find(context.did, region, context.tableAddress + context.levels);
     const need = write ? PTE_W : PTE_R;
@@ -287,13 +290,14 @@ export class LegacyWalker {
     if (lo !== undefined) hi = view![at + 1]!;
     else {
       const e = this.entry;
+      // Unreachable while the memory generation holds (the table was read when cached): no address, to keep this small.
       if (!this.memory.readTableEntry(cache.slotTablePage(slot), index, e)) return this.unreadable(context, 1);
       lo = e.lo;
       hi = e.hi;
     }
     const rights = upper & lo;
     if ((rights & need) === 0 || (lo & this.smallLeafReservedLo) !== 0 || (hi & this.smallLeafReservedHi) !== 0) {
-      return this.leafFault(context, lo, hi, write, rights);
+      return this.leafFault(context, lo, hi, write, rights, cache, slot, index);
     }
     // setLeaf(1, ...) written out: this path is hot enough that the call showed.
     this.leafAddress = (hi & SMALL_LEAF_ADDRESS.hi) * 2 ** 32 + ((lo & SMALL_LEAF_ADDRESS.lo) >>> 0);
@@ -304,14 +308,16 @@ export class LegacyWalker {
   }
 
   /** A 4 KiB leaf read through the cache that is not plainly usable: the walk's level-1 checks decide. */
-  private leafFault(context: CachedContext, lo: number, hi: number, write: boolean, rights: number): WalkFault | undefined {
-    const failed = this.entryFault(context, 1, lo, hi, false, write, rights);
+  private leafFault(
+    context: CachedContext, lo: number, hi: number, write: boolean, rights: number, cache: PagingStructureCache, slot: number, index: number,
+  ): FaultRecord | undefined {
+    const failed = this.entryFault(context, 1, lo, hi, false, write, rights, cache.slotTablePage(slot), index * TABLE_PAGE_BYTES);
     if (failed === undefined) this.setLeaf(1, lo, hi, rights);
     return failed;
   }
 
   /** walkLeafCached() without a usable entry: the full walk; one that ends at a 4 KiB leaf caches its leaf table. */
-  private walkAndCache(context: CachedContext, region: number, index: number, write: boolean, cache: PagingStructureCache): WalkFault | undefined {
+  private walkAndCache(context: CachedContext, region: number, index: number, write: boolean, cache: PagingStructureCache): FaultRecord | undefined {
     const iova = region * REGION_BYTES + index * TABLE_PAGE_BYTES;
     const failed = this.walkLeaf(context, iova, write);
     if (failed === undefined && this.leafPageSize === TABLE_PAGE_BYTES) this.cacheLeafTable(context, region, iova, cache);
@@ -346,7 +352,7 @@ export class LegacyWalker {
    * integers, which shortens the chain of dependent work from one entry read to the next. TABLE_ABOVE_SMALL_PAGES
    * when a table pointer leads higher; the caller then starts over with walkAnyPages (reads have no side effects).
    */
-  private walkSmallPages(context: CachedContext, iova: number, write: boolean, topPage: number): WalkFault | undefined | typeof TABLE_ABOVE_SMALL_PAGES {
+  private walkSmallPages(context: CachedContext, iova: number, write: boolean, topPage: number): FaultRecord | undefined | typeof TABLE_ABOVE_SMALL_PAGES {
     const e = this.entry;
     const need = write ? PTE_W : PTE_R;
     const reservedLo = this.levelReservedLo;
@@ -354,7 +360,7 @@ export class LegacyWalker {
     let page = topPage;
     let rights = PTE_R | PTE_W;
     for (let level = context.levels; level >= 1; level--) {
-      if (!this.memory.readTableEntry(page, levelIndex(iova, level), e)) return this.unreadable(context, level);
+      if (!this.memory.readTableEntry(page, levelIndex(iova, level), e)) return this.unreadable(context, level, page, levelIndex(iova, level));
       const lo = e.lo;
       const hi = e.hi;
       const large = (level === 2 || level === 3) && (lo & PTE_PS) !== 0;
@@ -362,7 +368,7 @@ export class LegacyWalker {
       // The common entry (right granted, not a large page, no reserved bit) skips entryFault's case analysis.
       const plain = (rights & need) !== 0 && !large && (lo & reservedLo[level]!) === 0 && (hi & reservedHi[level]!) === 0;
       if (!plain) {
-        const failed = this.entryFault(context, level, lo, hi, large, write, rights);
+        const failed = this.entryFault(context, level, lo, hi, large, write, rights, page, iova);
         if (failed !== undefined) return failed;
       }
       if (level === 1 || large) {
@@ -373,11 +379,11 @@ export class LegacyWalker {
       if (high >= SMALL_HIGH_LIMIT) return TABLE_ABOVE_SMALL_PAGES;
       page = (high << HIGH_WORD_SHIFT) | ((lo & TABLE_ADDRESS.lo) >>> PAGE_SHIFT);
     }
-    return fault(FR.CONTEXT_ENTRY_INVALID, context.fpd);
+    return faultRecord(FR.CONTEXT_ENTRY_INVALID, 'context', context.fpd);
   }
 
   /** The same walk with table page numbers as doubles: any table a 52-bit address can name. */
-  private walkAnyPages(context: CachedContext, iova: number, write: boolean, topPage: number): WalkFault | undefined {
+  private walkAnyPages(context: CachedContext, iova: number, write: boolean, topPage: number): FaultRecord | undefined {
     const e = this.entry;
     const need = write ? PTE_W : PTE_R;
     const reservedLo = this.levelReservedLo;
@@ -385,14 +391,14 @@ export class LegacyWalker {
     let page = topPage;
     let rights = PTE_R | PTE_W;
     for (let level = context.levels; level >= 1; level--) {
-      if (!this.memory.readTableEntry(page, levelIndex(iova, level), e)) return this.unreadable(context, level);
+      if (!this.memory.readTableEntry(page, levelIndex(iova, level), e)) return this.unreadable(context, level, page, levelIndex(iova, level));
       const lo = e.lo;
       const hi = e.hi;
       const large = (level === 2 || level === 3) && (lo & PTE_PS) !== 0;
       rights &= lo;
       const plain = (rights & need) !== 0 && !large && (lo & reservedLo[level]!) === 0 && (hi & reservedHi[level]!) === 0;
       if (!plain) {
-        const failed = this.entryFault(context, level, lo, hi, large, write, rights);
+        const failed = this.entryFault(context, level, lo, hi, large, write, rights, page, iova);
         if (failed !== undefined) return failed;
       }
       if (level === 1 || large) {
@@ -402,20 +408,20 @@ export class LegacyWalker {
       page = (hi & TABLE_ADDRESS.hi) * 2 ** HIGH_WORD_SHIFT + ((lo & TABLE_ADDRESS.lo) >>> PAGE_SHIFT);
     }
     // Unreachable for levels >= 1; a context with 0 levels cannot be built (AW is checked against SAGAW).
-    return fault(FR.CONTEXT_ENTRY_INVALID, context.fpd);
+    return faultRecord(FR.CONTEXT_ENTRY_INVALID, 'context', context.fpd);
   }
 
   /**
    * walkAnyPages() for explaining: the same reads and the same checks (entryFault decides every entry, which the
    * fast walks skip only for entries it would pass), each entry handed to `trace` before it is judged.
    */
-  private walkTraced(context: CachedContext, iova: number, write: boolean, trace: WalkTraceSink): PageFound | WalkFault {
+  private walkTraced(context: CachedContext, iova: number, write: boolean, trace: WalkTraceSink): PageFound | FaultRecord {
     const e = this.entry;
     let table = context.tableAddress;
     let rights = PTE_R | PTE_W;
     for (let level = context.levels; level >= 1; level--) {
       const index = levelIndex(iova, level);
-      if (!this.memory.readTableEntry(table / TABLE_PAGE_BYTES, index, e)) return this.unreadable(context, level);
+      if (!this.memory.readTableEntry(table / TABLE_PAGE_BYTES, index, e)) return this.unreadable(context, level, table / TABLE_PAGE_BYTES, index);
       const lo = e.lo;
       const hi = e.hi;
       const large = (level === 2 || level === 3) && (lo & PTE_PS) !== 0;
@@ -424,7 +430,7 @@ export class LegacyWalker {
         value: wordsToBig([lo, hi]), layout: secondStageLayout(level, large),
       });
       rights &= lo;
-      const failed = this.entryFault(context, level, lo, hi, large, write, rights);
+      const failed = this.entryFault(context, level, lo, hi, large, write, rights, table / TABLE_PAGE_BYTES, iova);
       if (failed !== undefined) return failed;
       if (level === 1 || large) {
         this.setLeaf(level, lo, hi, rights);
@@ -432,7 +438,7 @@ export class LegacyWalker {
       }
       table = (hi & TABLE_ADDRESS.hi) * 2 ** 32 + ((lo & TABLE_ADDRESS.lo) >>> 0);
     }
-    return fault(FR.CONTEXT_ENTRY_INVALID, context.fpd);
+    return faultRecord(FR.CONTEXT_ENTRY_INVALID, 'context', context.fpd);
   }
 
   /** Records the page a leaf entry at `level` maps, with the rights along the walk. */
@@ -444,22 +450,36 @@ export class LegacyWalker {
     this.leafWritable = (rights & PTE_W) !== 0;
   }
 
-  /** The fault entry (lo, hi) at `level` raises for this access, `rights` being R/W along the walk including it. */
-  private entryFault(
-    context: CachedContext, level: number, lo: number, hi: number, large: boolean, write: boolean, rights: number,
-  ): WalkFault | undefined {
-    if ((lo & (PTE_R | PTE_W)) === 0) return fault(write ? FR.WRITE : FR.READ, context.fpd, level, true);
+  /**
+   * The fault reason entry (lo, hi) at `level` raises for this access, `rights` being R/W along the walk including
+   * it; 0 when it passes. A number, so the walk loops build no object unless the walk stops.
+   */
+  private entryRefusal(level: number, lo: number, hi: number, large: boolean, write: boolean, rights: number): number {
+    if ((lo & (PTE_R | PTE_W)) === 0) return write ? FR.WRITE : FR.READ;
     // The spec does not order the checks of one entry; QEMU tests the access right before the reserved bits
     // (measured: test/oracle/differential-random.test.ts, seed 2425335163), so every mode does the same.
-    if ((rights & (write ? PTE_W : PTE_R)) === 0) return fault(write ? FR.WRITE : FR.READ, context.fpd, level);
+    if ((rights & (write ? PTE_W : PTE_R)) === 0) return write ? FR.WRITE : FR.READ;
     let reserved: Uint32Array;
     if (level === 1) reserved = this.leafReserved[0]!;
     else if (large) {
-      if (((this.options.sllps >>> (level - 2)) & 1) === 0) return fault(FR.PAGING_ENTRY_RESERVED, context.fpd, level);
+      if (((this.options.sllps >>> (level - 2)) & 1) === 0) return FR.PAGING_ENTRY_RESERVED;
       reserved = this.leafReserved[level - 1]!;
     } else reserved = level >= 4 ? this.topReserved : this.tableReserved;
-    if ((lo & reserved[0]!) !== 0 || (hi & reserved[1]!) !== 0) return fault(FR.PAGING_ENTRY_RESERVED, context.fpd, level);
-    return undefined;
+    if ((lo & reserved[0]!) !== 0 || (hi & reserved[1]!) !== 0) return FR.PAGING_ENTRY_RESERVED;
+    return 0;
+  }
+
+  /**
+   * The fault entry (lo, hi) at `level` raises for this access, or undefined when it passes; the entry is the one
+   * `iova` indexes in the table at page `tablePage`. Only entries the walks cannot pass plainly come here.
+   */
+  private entryFault(
+    context: CachedContext, level: number, lo: number, hi: number, large: boolean, write: boolean, rights: number, tablePage: number, iova: number,
+  ): FaultRecord | undefined {
+    const reason = this.entryRefusal(level, lo, hi, large, write, rights);
+    if (reason === 0) return undefined;
+    const entryAddress = tablePage * TABLE_PAGE_BYTES + levelIndex(iova, level) * ENTRY_BYTES;
+    return pagingFault(reason, context.fpd, level, entryAddress, entryValue(lo, hi), (lo & (PTE_R | PTE_W)) === 0);
   }
 }
 

@@ -2,10 +2,9 @@
 
 import type { CachedContext } from './caches';
 import { faultCode } from './fault-reasons';
-import type {
-  FirstStageParams, FirstStageRequest, FirstStageTableAccess, FirstStageWalker, StageFault,
-} from './first-stage-walk';
-import { FR, type LegacyWalker, type PageFound, type WalkFault } from './legacy-walk';
+import { faultRecord, type FaultRecord } from './fault';
+import type { FirstStageParams, FirstStageRequest, FirstStageTableAccess, FirstStageWalker } from './first-stage-walk';
+import { FR, type LegacyWalker, type PageFound } from './legacy-walk';
 import type { WalkTraceSink } from './walk-trace';
 
 /** 2^n for every address width, computed once: ** with a variable exponent is a slow call on the walk path. */
@@ -72,7 +71,7 @@ export interface NestedPage {
  * The scalable-mode reason for a fault of the shared second-stage walk, which reports legacy reasons: structure
  * errors keep their meaning (access, reserved, unreadable top table), refusals name what was being translated.
  */
-export function secondStageFaultReason(walkFault: WalkFault, purpose: SecondStagePurpose, topLevel: number): number {
+export function secondFaultRecordReason(walkFault: FaultRecord, purpose: SecondStagePurpose, topLevel: number): number {
   switch (walkFault.reason) {
     case FR.PAGING_ENTRY_RESERVED:
       return SS_FR.RESERVED;
@@ -121,7 +120,7 @@ export class NestedWalker implements FirstStageTableAccess {
     this.lastPage = undefined;
   }
 
-  walk(params: NestedParams, request: FirstStageRequest, trace?: WalkTraceSink): NestedPage | StageFault {
+  walk(params: NestedParams, request: FirstStageRequest, trace?: WalkTraceSink): NestedPage | FaultRecord {
     this.use(params, trace, true);
     const first = this.firstStage.walk(params, request, this, trace);
     if (!first.ok) return this.finish(first);
@@ -147,7 +146,7 @@ export class NestedWalker implements FirstStageTableAccess {
    * Second-stage-only translation (PGTT 2) of `address`, with the scalable-mode reasons: the page found (host
    * base, size, rights) or the fault.
    */
-  secondStageOnly(params: SecondStageParams, address: number, write: boolean, trace?: WalkTraceSink): PageFound | StageFault {
+  secondStageOnly(params: SecondStageParams, address: number, write: boolean, trace?: WalkTraceSink): PageFound | FaultRecord {
     this.use(params, trace, false);
     const host = this.translate(address, 'access', 0, write);
     const page = this.lastPage;
@@ -156,7 +155,7 @@ export class NestedWalker implements FirstStageTableAccess {
     return page!;
   }
 
-  hostEntry(entry: number, level: number, top: boolean): number | StageFault {
+  hostEntry(entry: number, level: number, top: boolean): number | FaultRecord {
     return this.translate(entry, top ? 'top-table' : 'table', level, false);
   }
 
@@ -166,18 +165,18 @@ export class NestedWalker implements FirstStageTableAccess {
   }
 
   /** One second-stage translation; `level` is the first-stage level whose entry is translated, 0 for the access. */
-  private translate(input: number, purpose: SecondStagePurpose, level: number, write: boolean): number | StageFault {
+  private translate(input: number, purpose: SecondStagePurpose, level: number, write: boolean): number | FaultRecord {
     const c = this.context;
     const entryAddress = purpose === 'access' ? undefined : input;
     if (input >= c.limit) {
       const reason = purpose !== 'access' ? SS_FR.TABLE_BEYOND : this.nested ? SS_FR.OUTPUT_BEYOND : SS_FR.INPUT_BEYOND;
       this.note(purpose, level, input);
-      return this.fault(reason, level, entryAddress, false, undefined);
+      return this.fault(reason, level, entryAddress, undefined);
     }
     const page = this.secondStage.walk(c, input, write, this.trace);
     if (!page.ok) {
       this.note(purpose, level, input);
-      return this.fault(secondStageFaultReason(page, purpose, c.levels), level, entryAddress, page.notPresent, page.level);
+      return this.fault(secondFaultRecordReason(page, purpose, c.levels), level, entryAddress, page);
     }
     this.lastPage = page;
     this.entryWritable = page.writable;
@@ -186,12 +185,19 @@ export class NestedWalker implements FirstStageTableAccess {
     return host;
   }
 
-  private fault(reason: number, level: number, entryAddress: number | undefined, notPresent: boolean, secondStageLevel: number | undefined): StageFault {
-    return {
-      ok: false, reason, stage: 'second', level, fpd: this.context.fpd, notPresent,
-      ...(entryAddress !== undefined ? { entryAddress } : {}),
-      ...(secondStageLevel !== undefined ? { secondStageLevel } : {}),
-    };
+  /**
+   * A second-stage fault: inside a nested walk at first-stage `level` (0: the output), the second-stage level in
+   * secondStageLevel; in a second-stage-only walk, the second-stage level as the level. `walked` is the fault of
+   * the second-stage walk, when it got to walk: for a first-stage table the record names that entry's guest
+   * address, otherwise the second-stage entry that decided.
+   */
+  private fault(reason: number, level: number, tableEntry: number | undefined, walked: FaultRecord | undefined): FaultRecord {
+    const fpd = this.context.fpd;
+    const notPresent = walked?.notPresent ?? false;
+    const entry = tableEntry !== undefined ? { entryAddress: tableEntry }
+      : walked === undefined ? {} : { entryAddress: walked.entryAddress, entryValue: walked.entryValue };
+    if (!this.nested) return faultRecord(reason, 'second-stage', fpd, { level: walked?.level, notPresent, ...entry });
+    return faultRecord(reason, 'second-stage', fpd, { level, secondStageLevel: walked?.level, notPresent, ...entry });
   }
 
   private note(purpose: SecondStagePurpose, level: number, input: number, output?: number, page?: PageFound): void {

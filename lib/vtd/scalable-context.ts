@@ -2,6 +2,7 @@
 
 import type { EntryWords, GuestMemory } from '../memory/guest-memory';
 import { getField, hasReservedBits, reservedWords, wordsToBig, type FieldTable } from './bitfield';
+import { faultRecord, type FaultRecord } from './fault';
 import { faultCode } from './fault-reasons';
 import {
   PASID_DIRECTORY_ENTRY, PASID_PGTT, SCALABLE_CONTEXT_ENTRY, SCALABLE_PASID_ENTRY, SCALABLE_ROOT_ENTRY,
@@ -105,16 +106,6 @@ export interface ScalableRequest {
 
 export type LookupStructure = 'root' | 'context' | 'pasid-directory' | 'pasid-table';
 
-export interface LookupFault {
-  readonly ok: false;
-  readonly reason: number;
-  readonly structure: LookupStructure;
-  /** Address of the entry that stopped the lookup, when it was located. */
-  readonly entryAddress?: number;
-  /** A qualified fault under an entry with FPD set: not recorded. */
-  readonly fpd: boolean;
-}
-
 export interface ContextFound {
   readonly ok: true;
   readonly context: ScalableContext;
@@ -161,12 +152,6 @@ const ROOT = SCALABLE_ROOT_ENTRY.f;
 const CTX = SCALABLE_CONTEXT_ENTRY.f;
 const DIR = PASID_DIRECTORY_ENTRY.f;
 const PE = SCALABLE_PASID_ENTRY.f;
-
-function fault(reason: number, structure: LookupStructure, fpd: boolean, entryAddress?: number): LookupFault {
-  return entryAddress === undefined
-    ? { ok: false, reason, structure, fpd }
-    : { ok: false, reason, structure, entryAddress, fpd };
-}
 
 export class ScalableContextReader {
   private readonly rootReserved: Uint32Array;
@@ -217,30 +202,37 @@ export class ScalableContextReader {
     });
   }
 
+  /** A fault decided by the entry just read into this.words (laid out as `layout`) at `entryAddress`. */
+  private decided(
+    reason: number, stage: LookupStructure, fpd: boolean, entryAddress: number, layout: FieldTable, notPresent = false, pasid?: number,
+  ): FaultRecord {
+    return faultRecord(reason, stage, fpd, { entryAddress, entryValue: wordsToBig(this.words, 0, layout.sizeWords), notPresent, pasid });
+  }
+
   /** The root entry half and the context entry for `sid` under the scalable-mode root table at `rootTable`. */
-  lookupContext(rootTable: number, sid: number, trace?: WalkTraceSink): ContextFound | LookupFault {
+  lookupContext(rootTable: number, sid: number, trace?: WalkTraceSink): ContextFound | FaultRecord {
     const bus = Math.floor(sid / DEVFNS_PER_BUS) % BUSES;
     const devfn = sid % DEVFNS_PER_BUS;
     const upper = devfn >= DEVFNS_PER_HALF;
     const w = this.words;
     const rootAddress = rootTable + bus * ROOT_ENTRY_BYTES;
-    if (!this.read(rootAddress, 2)) return fault(SM_FR.ROOT_ACCESS, 'root', false, rootAddress);
+    if (!this.read(rootAddress, 2)) return faultRecord(SM_FR.ROOT_ACCESS, 'root', false, { entryAddress: rootAddress });
     if (trace) this.record(trace, 'root', rootTable, bus, ROOT_ENTRY_BYTES, SCALABLE_ROOT_ENTRY);
-    if (!getField(w, upper ? ROOT.UP : ROOT.LP)) return fault(SM_FR.ROOT_NOT_PRESENT, 'root', false, rootAddress);
+    if (!getField(w, upper ? ROOT.UP : ROOT.LP)) return this.decided(SM_FR.ROOT_NOT_PRESENT, 'root', false, rootAddress, SCALABLE_ROOT_ENTRY, true);
     // Only the half that serves this devfn is checked: the other half may be absent and hold anything.
     const half = upper ? WORDS_PER_QWORD : 0;
     if ((w[half]! & this.rootReserved[half]!) !== 0 || (w[half + 1]! & this.rootReserved[half + 1]!) !== 0) {
-      return fault(SM_FR.ROOT_RESERVED, 'root', false, rootAddress);
+      return this.decided(SM_FR.ROOT_RESERVED, 'root', false, rootAddress, SCALABLE_ROOT_ENTRY);
     }
     const contextTable = getField(w, upper ? ROOT.UCTP : ROOT.LCTP) * 2 ** PAGE_SHIFT;
     const index = devfn % DEVFNS_PER_HALF;
     const contextAddress = contextTable + index * CONTEXT_ENTRY_BYTES;
-    if (!this.read(contextAddress, 4)) return fault(SM_FR.CONTEXT_ACCESS, 'context', false, contextAddress);
+    if (!this.read(contextAddress, 4)) return faultRecord(SM_FR.CONTEXT_ACCESS, 'context', false, { entryAddress: contextAddress });
     if (trace) this.record(trace, 'context', contextTable, index, CONTEXT_ENTRY_BYTES, SCALABLE_CONTEXT_ENTRY);
     // FPD counts whatever P says (as QEMU reads it); a malformed entry's FPD does not.
     const fpd = getField(w, CTX.FPD) === 1;
-    if (!getField(w, CTX.P)) return fault(SM_FR.CONTEXT_NOT_PRESENT, 'context', fpd, contextAddress);
-    if (hasReservedBits(w, this.contextReserved)) return fault(SM_FR.CONTEXT_RESERVED, 'context', false, contextAddress);
+    if (!getField(w, CTX.P)) return this.decided(SM_FR.CONTEXT_NOT_PRESENT, 'context', fpd, contextAddress, SCALABLE_CONTEXT_ENTRY, true);
+    if (hasReservedBits(w, this.contextReserved)) return this.decided(SM_FR.CONTEXT_RESERVED, 'context', false, contextAddress, SCALABLE_CONTEXT_ENTRY);
     const ridPasid = getField(w, CTX.RID_PASID);
     return {
       ok: true,
@@ -261,29 +253,29 @@ export class ScalableContextReader {
    * The PASID directory entry and PASID entry for `pasid`. `viaRidPasid` says the PASID came from the context's
    * RID_PASID, so a PASID beyond the directory is a RID_PASID error rather than a too-large request PASID.
    */
-  lookupPasidEntry(context: ScalableContext, pasid: number, viaRidPasid = false, trace?: WalkTraceSink): PasidEntryFound | LookupFault {
+  lookupPasidEntry(context: ScalableContext, pasid: number, viaRidPasid = false, trace?: WalkTraceSink): PasidEntryFound | FaultRecord {
     const w = this.words;
     const directoryIndex = Math.floor(pasid / PASID_TABLE_ENTRIES);
     if (directoryIndex >= context.directoryEntries) {
-      return fault(viaRidPasid ? SM_FR.RID_PASID_ERROR : SM_FR.PASID_TOO_LARGE, 'context', context.fpd);
+      return faultRecord(viaRidPasid ? SM_FR.RID_PASID_ERROR : SM_FR.PASID_TOO_LARGE, 'context', context.fpd, { pasid });
     }
     const directoryAddress = context.pasidDirectory + directoryIndex * DIRECTORY_ENTRY_BYTES;
-    if (!this.read(directoryAddress, 1)) return fault(SM_FR.DIRECTORY_ACCESS, 'pasid-directory', false, directoryAddress);
+    if (!this.read(directoryAddress, 1)) return faultRecord(SM_FR.DIRECTORY_ACCESS, 'pasid-directory', false, { entryAddress: directoryAddress, pasid });
     if (trace) this.record(trace, 'pasid-directory', context.pasidDirectory, directoryIndex, DIRECTORY_ENTRY_BYTES, PASID_DIRECTORY_ENTRY);
     const directoryFpd = context.fpd || getField(w, DIR.FPD) === 1;
-    if (!getField(w, DIR.P)) return fault(SM_FR.DIRECTORY_NOT_PRESENT, 'pasid-directory', directoryFpd, directoryAddress);
+    if (!getField(w, DIR.P)) return this.decided(SM_FR.DIRECTORY_NOT_PRESENT, 'pasid-directory', directoryFpd, directoryAddress, PASID_DIRECTORY_ENTRY, true, pasid);
     if (hasReservedBits(w, this.directoryReserved)) {
-      return fault(SM_FR.DIRECTORY_RESERVED, 'pasid-directory', context.fpd, directoryAddress);
+      return this.decided(SM_FR.DIRECTORY_RESERVED, 'pasid-directory', context.fpd, directoryAddress, PASID_DIRECTORY_ENTRY, false, pasid);
     }
     const pasidTable = getField(w, DIR.PTP) * 2 ** PAGE_SHIFT;
     const index = pasid % PASID_TABLE_ENTRIES;
     const entryAddress = pasidTable + index * PASID_ENTRY_BYTES;
     if (!this.read(entryAddress, PASID_ENTRY_BYTES / BYTES_PER_QWORD)) {
-      return fault(SM_FR.PASID_ENTRY_ACCESS, 'pasid-table', false, entryAddress);
+      return faultRecord(SM_FR.PASID_ENTRY_ACCESS, 'pasid-table', false, { entryAddress, pasid });
     }
     if (trace) this.record(trace, 'pasid-table', pasidTable, index, PASID_ENTRY_BYTES, SCALABLE_PASID_ENTRY);
     const fpd = directoryFpd || getField(w, PE.FPD) === 1;
-    if (!getField(w, PE.P)) return fault(SM_FR.PASID_ENTRY_NOT_PRESENT, 'pasid-table', fpd, entryAddress);
+    if (!getField(w, PE.P)) return this.decided(SM_FR.PASID_ENTRY_NOT_PRESENT, 'pasid-table', fpd, entryAddress, SCALABLE_PASID_ENTRY, true, pasid);
     const pgtt = getField(w, PE.PGTT);
     const usesFirstStage = pgtt === PASID_PGTT.FIRST_STAGE || pgtt === PASID_PGTT.NESTED;
     const usesSecondStage = pgtt === PASID_PGTT.SECOND_STAGE || pgtt === PASID_PGTT.NESTED;
@@ -292,14 +284,14 @@ export class ScalableContextReader {
     // Pointer bits above the host width are reserved only in the pointer the PGTT uses; the other is ignored.
     if (hasReservedBits(w, this.pasidEntryReserved)
       || (usesSecondStage && ssTable >= this.pointerLimit) || (usesFirstStage && fsTable >= this.pointerLimit)) {
-      return fault(SM_FR.PASID_ENTRY_RESERVED, 'pasid-table', directoryFpd, entryAddress);
+      return this.decided(SM_FR.PASID_ENTRY_RESERVED, 'pasid-table', directoryFpd, entryAddress, SCALABLE_PASID_ENTRY, false, pasid);
     }
     const aw = getField(w, PE.AW);
     const fspm = getField(w, PE.FSPM);
     if (!this.pgttSupported(pgtt)
       || (usesSecondStage && ((this.options.sagaw >>> aw) & 1) === 0)
       || (usesFirstStage && !(fspm === 0 || (fspm === 1 && this.options.fs5lp)))) {
-      return fault(SM_FR.PASID_ENTRY_INVALID, 'pasid-table', fpd, entryAddress);
+      return this.decided(SM_FR.PASID_ENTRY_INVALID, 'pasid-table', fpd, entryAddress, SCALABLE_PASID_ENTRY, false, pasid);
     }
     const ssLevels = aw + AW_LEVEL_BIAS;
     return {
@@ -350,14 +342,14 @@ export class ScalableContextReader {
    * between them (DTE, then contextRefusal) and after them (pasidEntryRefusal), uncached: for tools and tests;
    * translation goes through ScalableTranslator, which applies the same two checks to its cached entries.
    */
-  resolve(rootTable: number, request: ScalableRequest, trace?: WalkTraceSink): ScalableTarget | LookupFault {
+  resolve(rootTable: number, request: ScalableRequest, trace?: WalkTraceSink): ScalableTarget | FaultRecord {
     const found = this.lookupContext(rootTable, request.sid, trace);
     if (!found.ok) return found;
     const context = found.context;
-    if (request.translationRequest && !context.dte) return fault(SM_FR.DTE_CLEAR, 'context', context.fpd);
+    if (request.translationRequest && !context.dte) return faultRecord(SM_FR.DTE_CLEAR, 'context', context.fpd);
     const withPasid = request.pasid !== undefined;
     const refused = this.contextRefusal(context, withPasid);
-    if (refused !== 0) return fault(refused, 'context', context.fpd);
+    if (refused !== 0) return faultRecord(refused, 'context', context.fpd, withPasid ? { pasid: request.pasid } : {});
     const pasid = withPasid ? request.pasid! : context.ridPasid;
     const supervisor = withPasid ? request.supervisor ?? false : context.ridPrivileged;
     const execute = withPasid && (request.execute ?? false);
@@ -365,7 +357,7 @@ export class ScalableContextReader {
     if (!looked.ok) return looked;
     const entry = looked.entry;
     const entryRefused = pasidEntryRefusal(entry, supervisor, execute);
-    if (entryRefused !== 0) return fault(entryRefused, 'pasid-table', entry.fpd, entry.address);
+    if (entryRefused !== 0) return faultRecord(entryRefused, 'pasid-table', entry.fpd, { entryAddress: entry.address, pasid });
     return { ok: true, context, entry, pasid, withPasid, supervisor, execute };
   }
 }

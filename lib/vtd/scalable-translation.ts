@@ -4,10 +4,11 @@ import type { GuestMemory } from '../memory/guest-memory';
 import { Iotlb, PasidCache, ScalableContextCache, TRANSLATION_KIND, type TranslationKind } from './caches';
 import type { QuirkId } from './compat-quirks';
 import { faultCode } from './fault-reasons';
-import { FirstStageWalker, splitAddress, type FirstStageRequest, type StageFault } from './first-stage-walk';
+import { faultRecord, withFault, type FaultRecord } from './fault';
+import { FirstStageWalker, splitAddress, type FirstStageRequest } from './first-stage-walk';
 import { isInterruptAddress, overlapsInterruptRange, type LegacyWalker } from './legacy-walk';
 import { NestedWalker } from './nested-walk';
-import { ScalableContextReader, SM_FR, pasidEntryRefusal, type LookupFault, type PasidEntry, type ScalableContext, type ScalableLookupOptions } from './scalable-context';
+import { ScalableContextReader, pasidEntryRefusal, type PasidEntry, type ScalableContext, type ScalableLookupOptions } from './scalable-context';
 import { ScalableWalker } from './scalable-walk';
 import { PASID_PGTT } from './structures';
 import type { WalkTraceSink } from './walk-trace';
@@ -34,24 +35,6 @@ export interface ScalableSuccess {
   readonly pageSize: number;
   readonly readable: boolean;
   readonly writable: boolean;
-}
-
-/** A scalable-mode fault, before recording: the reason and what the recorder and the caller need to know. */
-export interface ScalableFault {
-  readonly ok: false;
-  readonly reason: number;
-  /** First-stage level (5..1), or the second-stage level for second-stage-only walks, when the fault has one. */
-  readonly level?: number;
-  readonly fpd: boolean;
-  readonly notPresent: boolean;
-  /** Found by the page walk or after it (address, paging entries, output), not in the root/context/PASID structures. */
-  readonly pastContext: boolean;
-  /** The PASID the request used (its own, or RID_PASID once the context entry was read). */
-  readonly pasid?: number;
-  /** Blocked by a cached translation without the right, unrecorded (quirk iotlb-hit-without-permission-not-recorded). */
-  readonly unrecorded?: boolean;
-  /** Found in a first-stage structure or by a first-stage permission check (not the second stage of a nested walk). */
-  readonly firstStage?: boolean;
 }
 
 export interface ScalableTranslatorOptions {
@@ -107,30 +90,30 @@ export class ScalableTranslator {
     this.pasidEntries.invalidateAll();
   }
 
-  translate(rootTable: number, request: ScalableRequestInput, trace?: WalkTraceSink): ScalableSuccess | ScalableFault {
+  translate(rootTable: number, request: ScalableRequestInput, trace?: WalkTraceSink): ScalableSuccess | FaultRecord {
     const sid = request.sid;
     let context = trace === undefined ? this.contexts.get(sid) : undefined;
     if (context === undefined) {
       const found = this.reader.lookupContext(rootTable, sid, trace);
-      if (!found.ok) return lookupFault(found);
+      if (!found.ok) return request.pasid === undefined ? found : withFault(found, { pasid: request.pasid });
       context = found.context;
       this.contexts.set(context);
     }
     const withPasid = request.pasid !== undefined;
     const refused = this.reader.contextRefusal(context, withPasid);
-    if (refused !== 0) return fault(refused, context.fpd, false, withPasid ? request.pasid : context.ridPasid);
+    if (refused !== 0) return faultRecord(refused, 'context', context.fpd, { pasid: withPasid ? request.pasid : context.ridPasid });
     const pasid = withPasid ? request.pasid! : context.ridPasid;
     const supervisor = withPasid ? request.supervisor ?? false : context.ridPrivileged;
     const execute = withPasid && (request.execute ?? false);
     let entry = trace === undefined ? this.pasidEntries.get(sid, pasid) : undefined;
     if (entry === undefined) {
       const looked = this.reader.lookupPasidEntry(context, pasid, !withPasid, trace);
-      if (!looked.ok) return lookupFault(looked, pasid);
+      if (!looked.ok) return looked;
       entry = looked.entry;
       this.pasidEntries.set(sid, entry);
     }
     const entryRefused = pasidEntryRefusal(entry, supervisor, execute);
-    if (entryRefused !== 0) return fault(entryRefused, entry.fpd, false, pasid);
+    if (entryRefused !== 0) return faultRecord(entryRefused, 'pasid-table', entry.fpd, { entryAddress: entry.address, pasid });
     return this.translatePage(entry, pasid, request, supervisor, execute, trace);
   }
 
@@ -149,7 +132,7 @@ export class ScalableTranslator {
 
   private translatePage(
     entry: PasidEntry, pasid: number, request: ScalableRequestInput, supervisor: boolean, execute: boolean, trace: WalkTraceSink | undefined,
-  ): ScalableSuccess | ScalableFault {
+  ): ScalableSuccess | FaultRecord {
     const { hi, lo } = splitAddress(request.iova);
     const write = request.write;
     const cacheable = hi < CACHEABLE_HI_LIMIT && trace === undefined;
@@ -164,15 +147,15 @@ export class ScalableTranslator {
         };
       }
       if (hit !== undefined && this.hitWithoutPermissionUnrecorded && (write ? !hit.writable : !hit.readable)) {
-        return { ...fault(write ? SM_FR_WRITE : SM_FR_READ, entry.fpd, false, pasid, true), unrecorded: true, firstStage };
+        return faultRecord(write ? SM_FR_WRITE : SM_FR_READ, firstStage ? 'first-stage' : 'second-stage', entry.fpd, { pasid, unrecorded: true });
       }
       // A miss, or a hit without the right (or needing D set): walking again finds the fault or updates the entry.
     }
     const walkRequest: FirstStageRequest = { hi, lo, write, execute, supervisor };
     const page = this.walker.translate(entry, walkRequest, trace);
-    if (!page.ok) return stageFault(page, pasid);
+    if (!page.ok) return withFault(page, { pasid });
     const address = page.address + (lo % page.pageSize);
-    if (isInterruptAddress(address)) return fault(SM_INTERRUPT_ADDRESS, entry.fpd, false, pasid, true);
+    if (isInterruptAddress(address)) return faultRecord(SM_INTERRUPT_ADDRESS, 'output', entry.fpd, { pasid });
     if (cacheable && !overlapsInterruptRange(page.address, page.pageSize)) {
       const pagesPerEntry = page.pageSize / PAGE;
       this.iotlb.insert({
@@ -183,23 +166,4 @@ export class ScalableTranslator {
     }
     return { ok: true, address, pageSize: page.pageSize, readable: page.readable, writable: page.writable };
   }
-}
-
-function fault(reason: number, fpd: boolean, notPresent: boolean, pasid: number | undefined, pastContext = false): ScalableFault {
-  return pasid === undefined
-    ? { ok: false, reason, fpd, notPresent, pastContext }
-    : { ok: false, reason, fpd, notPresent, pastContext, pasid };
-}
-
-function lookupFault(found: LookupFault, pasid?: number): ScalableFault {
-  const notPresent = found.reason === SM_FR.ROOT_NOT_PRESENT || found.reason === SM_FR.CONTEXT_NOT_PRESENT
-    || found.reason === SM_FR.DIRECTORY_NOT_PRESENT || found.reason === SM_FR.PASID_ENTRY_NOT_PRESENT;
-  return fault(found.reason, found.fpd, notPresent, pasid);
-}
-
-function stageFault(page: StageFault, pasid: number): ScalableFault {
-  return {
-    ok: false, reason: page.reason, level: page.level || page.secondStageLevel, fpd: page.fpd, notPresent: page.notPresent, pastContext: true, pasid,
-    firstStage: page.stage === 'first',
-  };
 }

@@ -1,6 +1,7 @@
 /** Scalable-mode translation of one request once its PASID entry is known: by PGTT, pass-through, second stage, first stage or nested. */
 
-import type { FirstStageRequest, FirstStageWalker, StageFault } from './first-stage-walk';
+import { faultRecord, type FaultRecord } from './fault';
+import type { FirstStageRequest, FirstStageWalker } from './first-stage-walk';
 import { SS_FR, type NestedWalker } from './nested-walk';
 import type { PasidEntry } from './scalable-context';
 import { PASID_PGTT } from './structures';
@@ -35,7 +36,7 @@ export class ScalableWalker {
     private readonly addressWidth: number,
   ) {}
 
-  translate(entry: PasidEntry, request: FirstStageRequest, trace?: WalkTraceSink): ScalablePage | StageFault {
+  translate(entry: PasidEntry, request: FirstStageRequest, trace?: WalkTraceSink): ScalablePage | FaultRecord {
     const { did, pgtt } = entry;
     switch (pgtt) {
       case PASID_PGTT.FIRST_STAGE: {
@@ -54,7 +55,7 @@ export class ScalableWalker {
         // Pass-through (the lookup refuses any other PGTT).
         const input = inputAsNumber(request);
         if (input >= 2 ** this.addressWidth) {
-          return { ok: false, reason: SS_FR.INPUT_BEYOND, stage: 'second', level: 0, fpd: entry.fpd, notPresent: false };
+          return faultRecord(SS_FR.INPUT_BEYOND, 'second-stage', entry.fpd);
         }
         return { ok: true, address: input - (input % PAGE), pageSize: PAGE, readable: true, writable: true, executable: true, dirty: true, did, pgtt };
       }

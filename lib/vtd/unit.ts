@@ -12,6 +12,7 @@ import { capabilityField, computeCapabilities, enabledFeatures, resolveVtdConfig
 import { DomainRegistry, type DomainDescriptor } from './domains';
 import { FaultRecorder, type RecordOutcome } from './fault-recorder';
 import { describeFaultReason, isPermissionFault } from './fault-reasons';
+import { faultLevel, faultRecord, withFault, type FaultRecord } from './fault';
 import { InterruptEntryCache } from './interrupt-entry-cache';
 import { InterruptRemapper, type InterruptFault, type InterruptRequest, type RemappedInterrupt } from './interrupt-remap';
 import { HostCompletion, type HostPending } from './host-completion';
@@ -103,8 +104,9 @@ export interface TranslationSuccess {
 
 export interface TranslationFailure {
   readonly ok: false;
-  /** Fault reason code (FRCD.FR). */
+  /** Fault reason code (FRCD.FR), as recorded (compat quirks applied): fault.reason. */
   readonly reason: number;
+  /** The level the fault names in one number (faultLevel): the paging level, or where a nested walk's output stopped. */
   readonly level?: number;
   readonly sid: number;
   readonly iova: bigint;
@@ -116,22 +118,19 @@ export interface TranslationFailure {
    * is due (TE off, an input in the interrupt range, which is not DMA-remapped, or a QEMU 7.2 quirk).
    */
   readonly recording: RecordOutcome | 'suppressed-fpd' | 'none';
+  /** Where and why: stage, levels, the entry that decided, the PASID used. */
+  readonly fault: FaultRecord;
 }
 
 export type TranslationResult = TranslationSuccess | TranslationFailure;
 
-/** What traceRequest() found: the translation mode, then the page or where and why the walk stopped. */
+/**
+ * What traceRequest() found: the translation mode, then the page or the fault record, whose reason is the
+ * architectural one (before compat quirks rename it).
+ */
 export type TracedWalk = { readonly mode: 'off' | 'legacy' | 'scalable' | 'invalid-root' } & (
   | { readonly ok: true; readonly address: number; readonly pageSize: number; readonly readable: boolean; readonly writable: boolean }
-  | {
-    readonly ok: false;
-    readonly reason: number;
-    readonly level?: number;
-    readonly fpd: boolean;
-    readonly pasid?: number;
-    /** 'first': a first-stage structure or permission stopped it; else the root/context/PASID structures or the second stage. */
-    readonly stage: 'first' | 'second-or-structure';
-  });
+  | { readonly ok: false; readonly fault: FaultRecord });
 
 export interface InterruptFailure extends InterruptFault {
   /** 'none' when compat=qemu-7.2 drops remapping faults unrecorded. */
@@ -569,7 +568,7 @@ export class VtdUnit implements InvalidationTarget {
   /** PASID-based IOTLB invalidation of a whole PASID: first-stage and nested translations of (DID, PASID). */
   pasidIotlb(did: number, pasid: number): void {
     this.iotlb.invalidatePasid(did, pasid);
-    this.virtualCommands?.allocator.invalidated(pasid);
+    this.virtualCommands?.pasids.invalidated(pasid);
     this.domains.mappingsInvalidated(did, undefined, undefined, pasid);
   }
 
@@ -577,14 +576,14 @@ export class VtdUnit implements InvalidationTarget {
   pasidIotlbPages(did: number, pasid: number, pfn: number, am: number): boolean {
     if (am > this.maxAddressMask) return false;
     this.iotlb.invalidatePasidPages(did, pasid, pfn, am);
-    this.virtualCommands?.allocator.invalidated(pasid);
+    this.virtualCommands?.pasids.invalidated(pasid);
     this.domains.mappingsInvalidated(did, alignedFirstPage(pfn, am), POWERS_OF_TWO[am]!, pasid);
     return true;
   }
 
   pasidCacheGlobal(): void {
     this.scalable.pasidEntries.invalidateAll();
-    this.virtualCommands?.allocator.invalidated('all');
+    this.virtualCommands?.pasids.invalidated('all');
     this.domains.devicesChanged();
   }
 
@@ -595,13 +594,13 @@ export class VtdUnit implements InvalidationTarget {
 
   pasidCachePasid(did: number, pasid: number): void {
     this.scalable.pasidEntries.invalidatePasid(did, pasid);
-    this.virtualCommands?.allocator.invalidated(pasid);
+    this.virtualCommands?.pasids.invalidated(pasid);
     this.domains.devicesChanged();
   }
 
   /** A wait descriptor completed: everything queued before it is done, so PASIDs freed and invalidated before it may be reused. */
   waitCompleted(): void {
-    this.virtualCommands?.allocator.fenceCompleted();
+    this.virtualCommands?.pasids.fenceCompleted();
   }
 
   /** PASID-based device-TLB invalidation: the unit models no device TLBs, so a valid request has nothing to drop. */
@@ -668,30 +667,30 @@ export class VtdUnit implements InvalidationTarget {
     const input = iova >= 0n && iova < UNTRANSLATED_LIMIT ? bigToNumber(iova) : BEYOND;
     // Requests without PASID to the interrupt range are interrupt requests, never DMA-remapped (spec 3.14).
     if (input >= INTERRUPT_RANGE_START && input < INTERRUPT_RANGE_END && request.pasid === undefined) {
-      return this.failure(request, FR.INTERRUPT_ADDRESS, undefined, false, 'none');
+      return this.failure(request, faultRecord(FR.INTERRUPT_ADDRESS, 'request', false), 'none');
     }
     if (!this.translationEnabled) {
-      if (input === BEYOND) return this.failure(request, FR.ADDRESS_BEYOND_MGAW, undefined, false, 'none');
+      if (input === BEYOND) return this.failure(request, faultRecord(FR.ADDRESS_BEYOND_MGAW, 'request', false), 'none');
       // Without remapping there is no PASID table to resolve a PASID through: such requests are unsupported.
-      if (request.pasid !== undefined) return this.failure(request, SM_TTM0_PASID_REQUEST, undefined, false, 'none');
+      if (request.pasid !== undefined) return this.failure(request, faultRecord(SM_TTM0_PASID_REQUEST, 'request', false, { pasid: request.pasid }), 'none');
       return { ok: true, address: input, pageSize: PAGE, readable: true, writable: true };
     }
     if (this.rootMode !== TTM.LEGACY) {
       if (this.rootMode === TTM.SCALABLE && this.scalableOffered) return this.translateScalable(request);
       // TTM 10 is reserved and 11 (abort DMA) needs ECAP.ADMS: the root table pointer is invalid.
-      return this.report(request, this.scalableOffered ? SM_ROOT_TABLE_ADDRESS_INVALID : FR.ROOT_TABLE_INVALID, undefined, false, false, false);
+      return this.report(request, this.invalidRoot(request));
     }
     // Legacy tables have no PASID: a unit that could do scalable mode records 0x31; one that cannot never sees PASIDs.
     if (request.pasid !== undefined) return this.legacyPasidRequest(request);
     let context = this.contextCache.get(sid);
     if (context === undefined) {
       const found = this.walker.lookupContext(this.rootTable, sid);
-      if (!found.ok) return this.report(request, found.reason, found.level, found.fpd, found.notPresent, false);
+      if (!found.ok) return this.report(request, found);
       context = found.context;
       this.contextCache.set(context);
     }
     // context.limit is at most 2^MGAW, so this is also the MGAW check.
-    if (input === BEYOND || input >= context.limit) return this.report(request, FR.ADDRESS_BEYOND_MGAW, undefined, context.fpd, false, true);
+    if (input === BEYOND || input >= context.limit) return this.report(request, beyondWidth(context.fpd));
     if (context.tt === TT.PASS_THROUGH) return { ok: true, address: input, pageSize: PAGE, readable: true, writable: true };
     return this.translatePage(request, context, input);
   }
@@ -707,26 +706,26 @@ export class VtdUnit implements InvalidationTarget {
     if (mode === 'scalable') {
       const result = this.scalable.translate(this.rootTable, request, trace);
       if (result.ok) return { mode, ok: true, address: result.address, pageSize: result.pageSize, readable: result.readable, writable: result.writable };
-      const { reason, level, fpd, pasid, firstStage } = result;
-      return { mode, ok: false, reason, ...(level === undefined ? {} : { level }), fpd, ...(pasid === undefined ? {} : { pasid }), stage: firstStage === true ? 'first' : 'second-or-structure' };
+      return { mode, ok: false, fault: result };
     }
     if (mode === 'legacy') {
       const found = this.walker.lookupContext(this.rootTable, request.sid, trace);
-      if (!found.ok) return { mode, ok: false, reason: found.reason, level: found.level, fpd: found.fpd, stage: 'second-or-structure' };
+      if (!found.ok) return { mode, ok: false, fault: found };
       const input = request.iova >= 0n && request.iova < UNTRANSLATED_LIMIT ? bigToNumber(request.iova) : Infinity;
-      if (input >= found.context.limit) return { mode, ok: false, reason: FR.ADDRESS_BEYOND_MGAW, fpd: found.context.fpd, stage: 'second-or-structure' };
+      if (input >= found.context.limit) return { mode, ok: false, fault: beyondWidth(found.context.fpd) };
       if (found.context.tt === TT.PASS_THROUGH) return { mode, ok: true, address: input, pageSize: PAGE, readable: true, writable: true };
       const page = this.walker.walk(found.context, input, request.write, trace);
-      if (!page.ok) return { mode, ok: false, reason: page.reason, level: page.level, fpd: page.fpd, stage: 'second-or-structure' };
+      if (!page.ok) return { mode, ok: false, fault: page };
       return { mode, ok: true, address: page.address + (input % page.pageSize), pageSize: page.pageSize, readable: page.readable, writable: page.writable };
     }
     if (mode === 'off') return { mode, ok: true, address: bigToNumber(request.iova), pageSize: PAGE, readable: true, writable: true };
-    return { mode, ok: false, reason: this.scalableOffered ? SM_ROOT_TABLE_ADDRESS_INVALID : FR.ROOT_TABLE_INVALID, fpd: false, stage: 'second-or-structure' };
+    return { mode, ok: false, fault: this.invalidRoot(request) };
   }
 
   private legacyPasidRequest(request: TranslationRequest): TranslationResult {
-    if (!this.scalableOffered) return this.failure(request, SM_TTM0_PASID_REQUEST, undefined, false, 'none');
-    return this.report(request, SM_TTM0_PASID_REQUEST, undefined, false, false, false);
+    const fault = faultRecord(SM_TTM0_PASID_REQUEST, 'request', false, { pasid: request.pasid });
+    if (!this.scalableOffered) return this.failure(request, fault, 'none');
+    return this.report(request, fault);
   }
 
   /** The IOTLB hit, kept small so that it compiles into translate(); anything else goes to walkPage(). */
@@ -754,12 +753,12 @@ export class VtdUnit implements InvalidationTarget {
     const pfn = Math.floor(input / PAGE);
     const write = request.write;
     if (cached && this.quirks.has('iotlb-hit-without-permission-not-recorded')) {
-      return this.failure(request, write ? FR.WRITE : FR.READ, undefined, false, 'none');
+      return this.failure(request, faultRecord(write ? FR.WRITE : FR.READ, 'second-stage', context.fpd, { unrecorded: true }), 'none');
     }
     // The spec: a cached entry without the right is a fault like an uncached one; walking again reports it.
     const walker = this.walker;
     const failed = walker.walkLeafCached(context, Math.floor(input * INVERSE_REGION_BYTES), (input * INVERSE_PAGE) & PAGE_INDEX_MASK, write, this.pagingStructures);
-    if (failed !== undefined) return this.report(request, failed.reason, failed.level, failed.fpd, failed.notPresent, true);
+    if (failed !== undefined) return this.report(request, failed);
     const pageAddress = walker.leafAddress;
     const pageSize = walker.leafPageSize;
     const readable = walker.leafReadable;
@@ -768,7 +767,7 @@ export class VtdUnit implements InvalidationTarget {
     const pagesPerEntry = pageSize === PAGE ? 1 : pageSize / PAGE;
     const firstPfn = pagesPerEntry === 1 ? pfn : Math.floor(pfn / pagesPerEntry) * pagesPerEntry;
     const address = pageAddress + (input - firstPfn * PAGE);
-    if (isInterruptAddress(address)) return this.report(request, FR.INTERRUPT_ADDRESS, undefined, context.fpd, false, true);
+    if (isInterruptAddress(address)) return this.report(request, faultRecord(FR.INTERRUPT_ADDRESS, 'output', context.fpd));
     if (!overlapsInterruptRange(pageAddress, pageSize)) {
       this.iotlb.insertSecondStage(context.did, firstPfn, pageAddress, pageSize, readable, writable);
     }
@@ -778,29 +777,36 @@ export class VtdUnit implements InvalidationTarget {
   private translateScalable(request: TranslationRequest): TranslationResult {
     const result = this.scalable.translate(this.rootTable, request);
     if (result.ok) return result;
-    let reason = result.reason;
-    if (this.quirks.has('scalable-faults-use-legacy-reasons')) reason = legacyReason(reason, this.config.compat, result.firstStage === true);
-    if (result.unrecorded === true) return this.failure(request, reason, result.level, result.notPresent, 'none');
-    if (result.fpd) return this.failure(request, reason, result.level, result.notPresent, 'suppressed-fpd');
+    let fault = result;
+    if (this.quirks.has('scalable-faults-use-legacy-reasons')) {
+      const reason = legacyReason(fault.reason, this.config.compat, fault.stage === 'first-stage');
+      if (reason !== fault.reason) fault = withFault(fault, { reason });
+    }
+    if (fault.unrecorded === true) return this.failure(request, fault, 'none');
+    if (fault.fpd) return this.failure(request, fault, 'suppressed-fpd');
     // PP and PV say which PASID a request carried; requests without PASID have none (QEMU 7.2 records RID_PASID).
-    const pasid = request.pasid ?? (result.pastContext && this.quirks.has('scalable-rid-pasid-recorded-as-pasid') ? result.pasid : undefined);
-    const outcome = this.recorder.record({ sid: request.sid, reason, iova: request.iova, write: request.write, pasid, pastContext: result.pastContext });
-    return this.failure(request, reason, result.level, result.notPresent, outcome);
+    const pasid = request.pasid ?? (fault.pastContext && this.quirks.has('scalable-rid-pasid-recorded-as-pasid') ? fault.pasid : undefined);
+    const outcome = this.recorder.record({ sid: request.sid, reason: fault.reason, iova: request.iova, write: request.write, pasid, pastContext: fault.pastContext });
+    return this.failure(request, fault, outcome);
   }
 
-  /** Records a fault (unless FPD); `pastContext`: found at or after the page walk rather than at the root or context. */
-  private report(
-    request: TranslationRequest, reason: number, level: number | undefined, fpd: boolean, notPresent: boolean, pastContext: boolean,
-  ): TranslationFailure {
-    if (fpd) return this.failure(request, reason, level, notPresent, 'suppressed-fpd');
-    const outcome = this.recorder.record({ sid: request.sid, reason, iova: request.iova, write: request.write, pasid: request.pasid, pastContext });
-    return this.failure(request, reason, level, notPresent, outcome);
+  /** The fault a root table pointer the unit cannot use (TTM reserved, or abort-DMA without ADMS) raises. */
+  private invalidRoot(request: TranslationRequest): FaultRecord {
+    return faultRecord(this.scalableOffered ? SM_ROOT_TABLE_ADDRESS_INVALID : FR.ROOT_TABLE_INVALID, 'root', false, { pasid: request.pasid });
   }
 
-  private failure(
-    request: TranslationRequest, reason: number, level: number | undefined, notPresent: boolean, recording: TranslationFailure['recording'],
-  ): TranslationFailure {
-    const base = { ok: false as const, reason, sid: request.sid, iova: request.iova, write: request.write, notPresent, recording };
+  /** Records `fault` (unless FPD) with the request's PASID. */
+  private report(request: TranslationRequest, fault: FaultRecord): TranslationFailure {
+    if (fault.fpd) return this.failure(request, fault, 'suppressed-fpd');
+    const outcome = this.recorder.record({
+      sid: request.sid, reason: fault.reason, iova: request.iova, write: request.write, pasid: request.pasid, pastContext: fault.pastContext,
+    });
+    return this.failure(request, fault, outcome);
+  }
+
+  private failure(request: TranslationRequest, fault: FaultRecord, recording: TranslationFailure['recording']): TranslationFailure {
+    const base = { ok: false as const, reason: fault.reason, sid: request.sid, iova: request.iova, write: request.write, notPresent: fault.notPresent, recording, fault };
+    const level = faultLevel(fault);
     return level === undefined ? base : { ...base, level };
   }
 
@@ -928,6 +934,11 @@ const LEGACY_REASON_IN_QEMU_10_0: ReadonlyMap<number, number> = new Map([
   [faultCode('SM_WRITE'), FR.WRITE],
   [faultCode('SM_READ'), FR.READ],
 ]);
+
+/** A legacy input at or beyond the width the context entry's AW gives: the context decides, once the walk's input reaches it. */
+function beyondWidth(fpd: boolean): FaultRecord {
+  return faultRecord(FR.ADDRESS_BEYOND_MGAW, 'context', fpd, { pastContext: true });
+}
 
 /** The reason QEMU records for scalable-mode fault `reason` under `compat` (quirk scalable-faults-use-legacy-reasons). */
 function legacyReason(reason: number, compat: Compat, firstStage: boolean): number {

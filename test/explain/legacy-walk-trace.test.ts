@@ -29,8 +29,11 @@ describe('explain: legacy walk trace', () => {
     const found = walker.lookupContext(guest.root, SID, trace);
     assert.ok(found.ok);
     const page = walker.walk(found.context, 0x40_3000, true, trace);
-    assert.deepEqual(page, { ok: false, reason: 0x5, level: 1, fpd: false, notPresent: false });
     const steps = trace.records as WalkStep[];
+    assert.deepEqual(page, {
+      ok: false, reason: 0x5, stage: 'second-stage', level: 1, entryAddress: guest.leafAddress(SID, 0x40_3000), entryValue: steps[5]!.value,
+      fpd: false, notPresent: false, pastContext: true,
+    });
     assert.deepEqual(steps.map((s) => [s.structure, s.level, s.index]), [
       ['root', 0, 0], ['context', 0, SID], ['second-stage', 4, 0], ['second-stage', 3, 0], ['second-stage', 2, 2], ['second-stage', 1, 3],
     ]);
@@ -55,7 +58,11 @@ describe('explain: legacy walk trace', () => {
     assert.equal((trace.records.at(-1) as WalkStep).layout, SECOND_STAGE_2M_LEAF);
     const missing = new WalkTrace();
     const fault = walker.walk(contextOf(walker, guest), 0x1_0000_0000, false, missing);
-    assert.deepEqual(fault, { ok: false, reason: 0x6, level: 3, fpd: false, notPresent: true });
+    const refusing = missing.records.at(-1) as WalkStep;
+    assert.deepEqual(fault, {
+      ok: false, reason: 0x6, stage: 'second-stage', level: 3, entryAddress: refusing.entryAddress, entryValue: refusing.value,
+      fpd: false, notPresent: true, pastContext: true,
+    });
     assert.deepEqual((missing.records as WalkStep[]).map((s) => s.level), [4, 3]);
   });
 

@@ -25,6 +25,7 @@
  * Without a usable /dev/kvm every test skips, after printing why once. VIOMMU_KVM_DEVICE picks another device path
  * (a missing one shows the skip), VIOMMU_KVM_SEED replays a failing run, VIOMMU_KVM_RUNS changes the run count.
  */
+import type { FaultRecord } from '../../lib/vtd/fault';
 import { strict as assert } from 'node:assert';
 import fc from 'fast-check';
 import { GuestMemory } from '../../lib/memory/guest-memory';
@@ -33,7 +34,7 @@ import { KvmTranslator, type KvmTranslation } from '../../lib/os/kvm';
 import { encodeBig, type Field } from '../../lib/vtd/bitfield';
 import { faultReason } from '../../lib/vtd/fault-reasons';
 import {
-  FirstStageWalker, FS_FR, splitAddress, type FirstStagePage, type FirstStageRequest, type StageFault,
+  FirstStageWalker, FS_FR, splitAddress, type FirstStagePage, type FirstStageRequest,
 } from '../../lib/vtd/first-stage-walk';
 import { FIRST_STAGE_TABLE_ENTRY } from '../../lib/vtd/structures';
 import { PAGE, indexOf } from './paging-builder';
@@ -119,7 +120,7 @@ function linearAddress(levels: number, indexes: number[], offset: number): bigin
   return BigInt.asUintN(64, BigInt.asIntN(Number(signBit) + 1, va));
 }
 
-function describeOurs(result: FirstStagePage | StageFault): string {
+function describeOurs(result: FirstStagePage | FaultRecord): string {
   if (result.ok) return `page 0x${result.address.toString(16)} (${result.pageSize} bytes, level ${result.level})`;
   return `fault ${faultReason(result.reason)?.name ?? result.reason} at level ${result.level}`;
 }

@@ -1,10 +1,11 @@
 /** First-stage walks against the spec: hand-built IA-32e tables, and random tables against an independent model of CPU paging. */
+import type { FaultRecord } from '../../lib/vtd/fault';
 import { strict as assert } from 'node:assert';
 import fc from 'fast-check';
 import { GuestMemory, type EntryWords } from '../../lib/memory/guest-memory';
 import { faultReason } from '../../lib/vtd/fault-reasons';
 import {
-  FirstStageWalker, FS_FR, splitAddress, type FirstStagePage, type FirstStageParams, type FirstStageRequest, type StageFault,
+  FirstStageWalker, FS_FR, splitAddress, type FirstStagePage, type FirstStageParams, type FirstStageRequest,
 } from '../../lib/vtd/first-stage-walk';
 import { FIRST_STAGE_4K_LEAF, FIRST_STAGE_TABLE_ENTRY, FIRST_STAGE_TOP_ENTRY } from '../../lib/vtd/structures';
 import { WalkTrace, type WalkStep } from '../../lib/vtd/walk-trace';
@@ -42,16 +43,16 @@ function params(top: number, o: Partial<FirstStageParams> = {}): FirstStageParam
   return { fsTable: top, fsLevels: 4, wpe: false, eafe: false, fpd: false, ...o };
 }
 
-function ok(result: FirstStagePage | StageFault): FirstStagePage {
+function ok(result: FirstStagePage | FaultRecord): FirstStagePage {
   if (!result.ok) assert.fail(`expected a translation, got fault 0x${result.reason.toString(16)} (${faultReason(result.reason)?.name}) at level ${result.level}`);
   return result;
 }
 
-function faulted(result: FirstStagePage | StageFault, reason: number, level: number): StageFault {
+function faulted(result: FirstStagePage | FaultRecord, reason: number, level: number): FaultRecord {
   if (result.ok) assert.fail(`expected fault 0x${reason.toString(16)}, got a translation to 0x${result.address.toString(16)}`);
   assert.equal(result.reason, reason, `reason 0x${result.reason.toString(16)} (${faultReason(result.reason)?.name})`);
   assert.equal(result.level, level);
-  assert.equal(result.stage, 'first');
+  assert.equal(result.stage, 'first-stage');
   return result;
 }
 
@@ -445,7 +446,7 @@ describe('first-stage walk: agrees with a model of CPU paging on random tables',
       );
       if (expected.kind === 'fault') {
         assert.equal(actual.ok, false, `model faults with 0x${expected.reason.toString(16)} at level ${expected.level}`);
-        const f = actual as StageFault;
+        const f = actual as FaultRecord;
         assert.equal(f.reason, expected.reason);
         assert.equal(f.level, expected.level);
         if (expected.entry !== undefined) assert.equal(f.entryAddress, Number(expected.entry));

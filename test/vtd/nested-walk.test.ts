@@ -1,10 +1,11 @@
 /** Nested walks against the spec: hand-built two-stage tables, composition of the stages on random tables, bounded cycles. */
+import type { FaultRecord } from '../../lib/vtd/fault';
 import { strict as assert } from 'node:assert';
 import fc from 'fast-check';
 import { GuestMemory, type EntryWords } from '../../lib/memory/guest-memory';
 import { faultReason } from '../../lib/vtd/fault-reasons';
 import {
-  FirstStageWalker, FS_FR, splitAddress, type FirstStagePage, type FirstStageRequest, type StageFault,
+  FirstStageWalker, FS_FR, splitAddress, type FirstStagePage, type FirstStageRequest,
 } from '../../lib/vtd/first-stage-walk';
 import { LegacyWalker, type PageFound } from '../../lib/vtd/legacy-walk';
 import { NestedWalker, SS_FR, type NestedPage, type NestedParams } from '../../lib/vtd/nested-walk';
@@ -77,14 +78,14 @@ function req(va: bigint, o: { write?: boolean; execute?: boolean; supervisor?: b
   return { ...splitAddress(va), write: o.write ?? false, execute: o.execute ?? false, supervisor: o.supervisor ?? false };
 }
 
-function ok(result: NestedPage | StageFault): NestedPage {
+function ok(result: NestedPage | FaultRecord): NestedPage {
   if (!result.ok) assert.fail(`expected a translation, got fault 0x${result.reason.toString(16)} (${faultReason(result.reason)?.name}), ${result.stage} stage, level ${result.level}`);
   return result;
 }
 
-function faulted(result: NestedPage | FirstStagePage | PageFound | ScalablePage | StageFault, reason: number, stage: 'first' | 'second', level: number): StageFault {
+function faulted(result: NestedPage | FirstStagePage | PageFound | ScalablePage | FaultRecord, reason: number, stage: 'first-stage' | 'second-stage', level: number | undefined): FaultRecord {
   if (result.ok) assert.fail(`expected fault 0x${reason.toString(16)} (${faultReason(reason)?.name}), got a translation`);
-  const f = result as StageFault;
+  const f = result as FaultRecord;
   assert.equal(f.reason, reason, `got 0x${f.reason.toString(16)} (${faultReason(f.reason)?.name})`);
   assert.equal(f.stage, stage);
   assert.equal(f.level, level);
@@ -140,11 +141,11 @@ describe('nested walk: hand-built tables', () => {
   it('reports a second-stage refusal to read the first-stage top table (FSPTPTR) as 0x75 and a lower table as 0x76', () => {
     const va = 0x1000n;
     const unmapped = 0x2000_0000;
-    const top = faulted(nested.walk(s.params(unmapped), req(va)), SS_FR.TOP_TABLE_READ, 'second', 4);
+    const top = faulted(nested.walk(s.params(unmapped), req(va)), SS_FR.TOP_TABLE_READ, 'second-stage', 4);
     assert.equal(top.entryAddress, unmapped + indexOf(va, 4) * 8);
     assert.equal(top.notPresent, true);
     s.guest.writeStructure(fsTop + indexOf(va, 4) * 8, FIRST_STAGE_TOP_ENTRY, { P: 1, RW: 1, US: 1, ADDR: unmapped / PAGE });
-    const lower = faulted(nested.walk(s.params(fsTop), req(va)), SS_FR.TABLE_READ, 'second', 3);
+    const lower = faulted(nested.walk(s.params(fsTop), req(va)), SS_FR.TABLE_READ, 'second-stage', 3);
     assert.equal(lower.entryAddress, unmapped + indexOf(va, 3) * 8);
     // 0x2000_0000 shares the second-stage PML4E and PDPE with the guest's tables at 0x1000_0000: the PDE is missing.
     assert.equal(lower.secondStageLevel, 2);
@@ -160,11 +161,11 @@ describe('nested walk: hand-built tables', () => {
     s.host.mapSecond(s.ssTop, 4, 0x9000, 0xa000);
     const hostPte = s.hostOf.get(pt)! + indexOf(va, 1) * 8;
     s.host.write64(hostPte, 0x9000n | 0x7n);
-    const fault = faulted(nested.walk(s.params(fsTop), req(va)), FS_FR.TABLE_WRITE_NESTED, 'second', 1);
+    const fault = faulted(nested.walk(s.params(fsTop), req(va)), FS_FR.TABLE_WRITE_NESTED, 'second-stage', 1);
     assert.equal(fault.entryAddress, pt + indexOf(va, 1) * 8);
     s.host.write64(hostPte, 0x9000n | 0x7n | A);
     ok(nested.walk(s.params(fsTop), req(va)));
-    faulted(nested.walk(s.params(fsTop), req(va, { write: true })), FS_FR.TABLE_WRITE_NESTED, 'second', 1);
+    faulted(nested.walk(s.params(fsTop), req(va, { write: true })), FS_FR.TABLE_WRITE_NESTED, 'second-stage', 1);
     s.host.write64(hostPte, 0x9000n | 0x7n | A | D);
     ok(nested.walk(s.params(fsTop), req(va, { write: true })));
   });
@@ -172,12 +173,12 @@ describe('nested walk: hand-built tables', () => {
   it('reports the second stage refusing the output as SM read (0x86) or write (0x85) at level 0', () => {
     const va = 0x4000n;
     s.guest.mapFirst(fsTop, 4, va, 0x6000_0000);
-    faulted(nested.walk(s.params(fsTop), req(va)), SS_FR.READ, 'second', 0);
-    faulted(nested.walk(s.params(fsTop), req(va, { write: true })), SS_FR.WRITE, 'second', 0);
+    faulted(nested.walk(s.params(fsTop), req(va)), SS_FR.READ, 'second-stage', 0);
+    faulted(nested.walk(s.params(fsTop), req(va, { write: true })), SS_FR.WRITE, 'second-stage', 0);
     s.host.mapSecond(s.ssTop, 4, 0x6000_0000, 0xb000, { write: false });
     const page = ok(nested.walk(s.params(fsTop), req(va)));
     assert.equal(page.writable, false);
-    faulted(nested.walk(s.params(fsTop), req(va, { write: true })), SS_FR.WRITE, 'second', 0);
+    faulted(nested.walk(s.params(fsTop), req(va, { write: true })), SS_FR.WRITE, 'second-stage', 0);
   });
 
   it('reports guest addresses beyond the second-stage width: a first-stage table (0x74) or the output (0x84)', () => {
@@ -185,9 +186,9 @@ describe('nested walk: hand-built tables', () => {
     const walker = three.walkers().nested;
     const top = three.guest.page();
     const va = 0x5000n;
-    faulted(walker.walk(three.params(2 ** 40), req(va)), SS_FR.TABLE_BEYOND, 'second', 4);
+    faulted(walker.walk(three.params(2 ** 40), req(va)), SS_FR.TABLE_BEYOND, 'second-stage', 4);
     three.guest.mapFirst(top, 4, va, 2 ** 40);
-    faulted(walker.walk(three.params(top), req(va)), SS_FR.OUTPUT_BEYOND, 'second', 0);
+    faulted(walker.walk(three.params(top), req(va)), SS_FR.OUTPUT_BEYOND, 'second-stage', 0);
   });
 
   it('maps second-stage structure errors: reserved bits (0x7A) and an unreadable second-stage table pointer (0x7B)', () => {
@@ -197,19 +198,19 @@ describe('nested walk: hand-built tables', () => {
     ok(nested.walk(s.params(fsTop), req(va)));
     const sspml4e = s.ssTop + indexOf(BigInt(fsTop), 4) * 8;
     s.host.write64(sspml4e, s.host.read64(sspml4e) | (1n << 7n));
-    const reserved = faulted(nested.walk(s.params(fsTop), req(va)), SS_FR.RESERVED, 'second', 4);
+    const reserved = faulted(nested.walk(s.params(fsTop), req(va)), SS_FR.RESERVED, 'second-stage', 4);
     assert.equal(reserved.secondStageLevel, 4);
-    faulted(nested.walk(s.params(fsTop, { ssTable: 0x4000_0000 }), req(va)), SS_FR.POINTER_INVALID, 'second', 4);
+    faulted(nested.walk(s.params(fsTop, { ssTable: 0x4000_0000 }), req(va)), SS_FR.POINTER_INVALID, 'second-stage', 4);
   });
 
   it('passes first-stage faults through with the first stage named', () => {
     const va = 0x8000n;
     s.guest.mapFirst(fsTop, 4, va, 0x9000, { us: false });
-    faulted(nested.walk(s.params(fsTop), req(va)), FS_FR.USER_SUPERVISOR, 'first', 1);
-    faulted(nested.walk(s.params(fsTop), req(0x8000_0000_0000n)), FS_FR.NON_CANONICAL, 'first', 4);
+    faulted(nested.walk(s.params(fsTop), req(va)), FS_FR.USER_SUPERVISOR, 'first-stage', 1);
+    faulted(nested.walk(s.params(fsTop), req(0x8000_0000_0000n)), FS_FR.NON_CANONICAL, 'first-stage', 4);
     const pde = s.guest.firstEntryAddress(fsTop, 4, va, 2);
     s.guest.write64(pde, 0n);
-    const absent = faulted(nested.walk(s.params(fsTop), req(va)), FS_FR.NOT_PRESENT, 'first', 2);
+    const absent = faulted(nested.walk(s.params(fsTop), req(va)), FS_FR.NOT_PRESENT, 'first-stage', 2);
     assert.equal(absent.entryAddress, pde, 'the guest address of the entry');
   });
 
@@ -246,15 +247,15 @@ describe('nested walk: hand-built tables', () => {
     assert.deepEqual(nestedPage.ok && [nestedPage.address, nestedPage.did], [0xd000, 9]);
     const secondOnly = scalable.translate({ ...entry, pgtt: PASID_PGTT.SECOND_STAGE }, req(va));
     assert.equal(secondOnly.ok && secondOnly.address, 0xe000);
-    faulted(scalable.translate({ ...entry, pgtt: PASID_PGTT.SECOND_STAGE }, req(0xf000n)), SS_FR.READ, 'second', 0);
-    faulted(scalable.translate({ ...entry, pgtt: PASID_PGTT.SECOND_STAGE }, req(1n << 50n)), SS_FR.INPUT_BEYOND, 'second', 0);
+    faulted(scalable.translate({ ...entry, pgtt: PASID_PGTT.SECOND_STAGE }, req(0xf000n)), SS_FR.READ, 'second-stage', 1);
+    faulted(scalable.translate({ ...entry, pgtt: PASID_PGTT.SECOND_STAGE }, req(1n << 50n)), SS_FR.INPUT_BEYOND, 'second-stage', undefined);
     const hostTop = s.host.page();
     s.host.mapFirst(hostTop, 4, va, 0xf000);
     const firstOnly = scalable.translate({ ...entry, fsTable: hostTop, pgtt: PASID_PGTT.FIRST_STAGE }, req(va));
     assert.equal(firstOnly.ok && firstOnly.address, 0xf000);
     const through = scalable.translate({ ...entry, pgtt: PASID_PGTT.PASS_THROUGH }, req(0x1234_5678n));
     assert.equal(through.ok && through.address, 0x1234_5000);
-    faulted(scalable.translate({ ...entry, pgtt: PASID_PGTT.PASS_THROUGH }, req(1n << 48n)), SS_FR.INPUT_BEYOND, 'second', 0);
+    faulted(scalable.translate({ ...entry, pgtt: PASID_PGTT.PASS_THROUGH }, req(1n << 48n)), SS_FR.INPUT_BEYOND, 'second-stage', undefined);
   });
 });
 
@@ -318,32 +319,32 @@ describe('nested walk: equals the composition of its two stages on random tables
    * The composition: the first stage alone over the flat guest view (where a page the second stage refuses is
    * missing or read-only), then the second stage alone on its output. Returns what nesting must report.
    */
-  function composed(sc: Scenario, stages: TwoStages, va: bigint): { fault: { reason: number; stage: string; level: number } } | { address: number; pageSize: number; writable: boolean } {
+  function composed(sc: Scenario, stages: TwoStages, va: bigint): { fault: { reason: number; stage: string; level: number | undefined } } | { address: number; pageSize: number; writable: boolean } {
     const params = stages.params(GUEST_TABLES[sc.topIndex]!);
     const width = params.ssInputWidth;
     const flat = new FirstStageWalker(stages.view, { addressWidth: HAW, fs1gp: true }).walk(params, req(va, sc));
     if (!flat.ok) {
-      if (flat.reason !== FS_FR.ACCESS && flat.reason !== FS_FR.TOP_ACCESS) return { fault: { reason: flat.reason, stage: 'first', level: flat.level } };
+      if (flat.reason !== FS_FR.ACCESS && flat.reason !== FS_FR.TOP_ACCESS) return { fault: { reason: flat.reason, stage: 'first-stage', level: flat.level } };
       // The flat view could not read or update the entry: ask the second stage alone why.
       const entry = flat.entryAddress!;
-      if (entry >= 2 ** width) return { fault: { reason: SS_FR.TABLE_BEYOND, stage: 'second', level: flat.level } };
+      if (entry >= 2 ** width) return { fault: { reason: SS_FR.TABLE_BEYOND, stage: 'second-stage', level: flat.level } };
       const context = { sid: 0, did: 0, tt: 0, fpd: false, levels: params.ssLevels, tableAddress: params.ssTable, limit: 2 ** width };
       const table = legacyWalker(stages.host.memory).walk(context, entry, false);
       if (!table.ok) {
         const reason = flat.reason === FS_FR.TOP_ACCESS ? SS_FR.TOP_TABLE_READ : SS_FR.TABLE_READ;
-        return { fault: { reason, stage: 'second', level: flat.level } };
+        return { fault: { reason, stage: 'second-stage', level: flat.level } };
       }
       const host = table.address + (entry % table.pageSize);
       // Mapped, but to no RAM: the first stage cannot read its entry. Mapped to RAM: only a refused flag update remains.
-      if (host + 8 > stages.host.size) return { fault: { reason: flat.reason, stage: 'first', level: flat.level } };
+      if (host + 8 > stages.host.size) return { fault: { reason: flat.reason, stage: 'first-stage', level: flat.level } };
       assert.equal(table.writable, false);
-      return { fault: { reason: FS_FR.TABLE_WRITE_NESTED, stage: 'second', level: flat.level } };
+      return { fault: { reason: FS_FR.TABLE_WRITE_NESTED, stage: 'second-stage', level: flat.level } };
     }
     const output = flat.address + Number(va % BigInt(flat.pageSize));
-    if (output >= 2 ** width) return { fault: { reason: SS_FR.OUTPUT_BEYOND, stage: 'second', level: 0 } };
+    if (output >= 2 ** width) return { fault: { reason: SS_FR.OUTPUT_BEYOND, stage: 'second-stage', level: 0 } };
     const context = { sid: 0, did: 0, tt: 0, fpd: false, levels: params.ssLevels, tableAddress: params.ssTable, limit: 2 ** width };
     const second = legacyWalker(stages.host.memory).walk(context, output, sc.write);
-    if (!second.ok) return { fault: { reason: sc.write ? SS_FR.WRITE : SS_FR.READ, stage: 'second', level: 0 } };
+    if (!second.ok) return { fault: { reason: sc.write ? SS_FR.WRITE : SS_FR.READ, stage: 'second-stage', level: 0 } };
     const pageSize = Math.min(flat.pageSize, second.pageSize);
     const host = second.address + (output % second.pageSize);
     return { address: host - (output % pageSize), pageSize, writable: flat.writable && second.writable };
@@ -361,7 +362,7 @@ describe('nested walk: equals the composition of its two stages on random tables
       if ('fault' in expected) {
         seen.add(`0x${expected.fault.reason.toString(16)}`);
         assert.equal(actual.ok, false, `expected fault 0x${expected.fault.reason.toString(16)}`);
-        const f = actual as StageFault;
+        const f = actual as FaultRecord;
         assert.deepEqual({ reason: f.reason, stage: f.stage, level: f.level }, expected.fault);
       } else {
         seen.add(`page ${expected.pageSize}`);
@@ -390,8 +391,8 @@ describe('nested walk: equals the composition of its two stages on random tables
     const result = nested.walk(s.params(guestTop), req(va));
     assert.equal(result.ok, false);
     assert.ok(memory.reads <= 4 * 4 + 4 + 8, `${memory.reads} entry reads`);
-    const f = result as StageFault;
-    assert.equal(f.stage, 'second');
+    const f = result as FaultRecord;
+    assert.equal(f.stage, 'second-stage');
     assert.equal(f.level, 3);
   });
 });

@@ -1,9 +1,10 @@
 /** Scalable-mode lookup against the spec: root entry halves, 32-byte context entries, PASID directory and table, SM faults. */
+import type { FaultRecord } from '../../lib/vtd/fault';
 import { strict as assert } from 'node:assert';
 import fc from 'fast-check';
 import { faultReason } from '../../lib/vtd/fault-reasons';
 import {
-  ScalableContextReader, SM_FR, type LookupFault, type ScalableLookupOptions, type ScalableRequest, type ScalableTarget,
+  ScalableContextReader, SM_FR, type ScalableLookupOptions, type ScalableRequest, type ScalableTarget,
 } from '../../lib/vtd/scalable-context';
 import {
   PASID_DIRECTORY_ENTRY, PASID_PGTT, SCALABLE_CONTEXT_ENTRY, SCALABLE_PASID_ENTRY, SCALABLE_ROOT_ENTRY,
@@ -67,15 +68,15 @@ class Structures {
 
 const SID = 0x0010;
 
-function found(result: ScalableTarget | LookupFault): ScalableTarget {
-  if (!result.ok) assert.fail(`expected a PASID entry, got fault 0x${result.reason.toString(16)} (${faultReason(result.reason)?.name}) in ${result.structure}`);
+function found(result: ScalableTarget | FaultRecord): ScalableTarget {
+  if (!result.ok) assert.fail(`expected a PASID entry, got fault 0x${result.reason.toString(16)} (${faultReason(result.reason)?.name}) in ${result.stage}`);
   return result;
 }
 
-function refused(result: ScalableTarget | LookupFault, reason: number, structure?: string): LookupFault {
+function refused(result: ScalableTarget | FaultRecord, reason: number, structure?: string): FaultRecord {
   if (result.ok) assert.fail(`expected fault 0x${reason.toString(16)} (${faultReason(reason)?.name}), got PASID ${result.pasid}`);
   assert.equal(result.reason, reason, `got 0x${result.reason.toString(16)} (${faultReason(result.reason)?.name})`);
-  if (structure !== undefined) assert.equal(result.structure, structure);
+  if (structure !== undefined) assert.equal(result.stage, structure);
   return result;
 }
 
@@ -127,7 +128,7 @@ describe('scalable-mode lookup', () => {
     it('reports an unreadable root entry as a root-entry access error that FPD cannot silence', () => {
       const fault = new ScalableContextReader(s.t.memory, options()).resolve(0x4000_0000, { sid: SID });
       refused(fault, SM_FR.ROOT_ACCESS, 'root');
-      assert.equal((fault as LookupFault).fpd, false);
+      assert.equal((fault as FaultRecord).fpd, false);
     });
   });
 

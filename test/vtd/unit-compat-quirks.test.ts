@@ -1,9 +1,10 @@
 /** Each QEMU quirk: the spec behaviour by default, QEMU's with compat=qemu-7.2 or qemu-10.0 (the oracle tests show QEMU's side). */
+import type { FaultRecord } from '../../lib/vtd/fault';
 import { strict as assert } from 'node:assert';
 import { encodeBig } from '../../lib/vtd/bitfield';
 import { COMPAT_QUIRKS, quirkRegisterMask, quirksFor, type QuirkId } from '../../lib/vtd/compat-quirks';
 import { COMPAT_VALUES } from '../../lib/vtd/config';
-import { FirstStageWalker, FS_FR, splitAddress, type FirstStagePage, type StageFault } from '../../lib/vtd/first-stage-walk';
+import { FirstStageWalker, FS_FR, splitAddress, type FirstStagePage } from '../../lib/vtd/first-stage-walk';
 import { IR_FAULT, MSI_REMAPPABLE_ADDRESS } from '../../lib/vtd/interrupt-remap';
 import { FR } from '../../lib/vtd/legacy-walk';
 import { GCMD, GSTS, OFFSET } from '../../lib/vtd/register-bits';
@@ -157,7 +158,7 @@ describe('compat quirks', () => {
       return { t, walker: new FirstStageWalker(t.memory, { addressWidth: 48, fs1gp: true, quirks: new Set(quirks) }), top: t.page() };
     }
 
-    function walk(walker: FirstStageWalker, top: number, va: bigint, write: boolean, ssInputWidth?: number): FirstStagePage | StageFault {
+    function walk(walker: FirstStageWalker, top: number, va: bigint, write: boolean, ssInputWidth?: number): FirstStagePage | FaultRecord {
       return walker.walk(
         { fsTable: top, fsLevels: 4, wpe: false, eafe: false, fpd: false, ...(ssInputWidth !== undefined ? { ssInputWidth } : {}) },
         { ...splitAddress(va), write, execute: false, supervisor: false },
