@@ -4,7 +4,9 @@ import type { DeviceDomainListener, DomainInvalidationListener, DomainMappingLis
 
 /** Single pages sorted by IOVA page, as runs. */
 export function pageRuns(pages: readonly { iovaPage: number; gpaPage: number; access: number }[]): MappedRun[] {
-  return pages.map((page) => ({ iovaPage: page.iovaPage, gpaPage: page.gpaPage, pages: 1, access: page.access })).sort((a, b) => a.iovaPage - b.iovaPage);
+  return pages
+    .map((page) => ({ iovaPage: page.iovaPage, gpaPage: page.gpaPage, pages: 1, access: page.access }))
+    .sort((a, b) => a.iovaPage - b.iovaPage);
 }
 
 /**
@@ -18,7 +20,10 @@ export class ModelDomain implements VtdDomain {
   private readonly listeners = new Set<DomainMappingListener>();
   private readonly rangeListeners = new Set<DomainInvalidationListener>();
 
-  constructor(readonly key: string, readonly did: number) {}
+  constructor(
+    readonly key: string,
+    readonly did: number,
+  ) {}
 
   /** Replaces the domain's mappings without telling anyone (what the guest writes); `runs` is kept as given. */
   setRuns(runs: MappedRun[]): void {

@@ -2,7 +2,11 @@
 import { GuestMemory, type EntryWords } from '../lib/memory/guest-memory';
 import { encodeBig, type FieldTable } from '../lib/vtd/bitfield';
 import {
-  FIRST_STAGE_4K_LEAF, FIRST_STAGE_TABLE_ENTRY, FIRST_STAGE_TOP_ENTRY, SECOND_STAGE_4K_LEAF, SECOND_STAGE_TABLE_ENTRY,
+  FIRST_STAGE_4K_LEAF,
+  FIRST_STAGE_TABLE_ENTRY,
+  FIRST_STAGE_TOP_ENTRY,
+  SECOND_STAGE_4K_LEAF,
+  SECOND_STAGE_TABLE_ENTRY,
   SECOND_STAGE_TOP_ENTRY,
 } from '../lib/vtd/structures';
 

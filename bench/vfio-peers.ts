@@ -23,7 +23,11 @@ export class BenchServer {
   readonly server: VfioUserServer;
   readonly path: string;
 
-  constructor(readonly device: VfioUserDevice, tag: string, options: VfioUserServerOptions = {}) {
+  constructor(
+    readonly device: VfioUserDevice,
+    tag: string,
+    options: VfioUserServerOptions = {},
+  ) {
     this.path = benchSocketPath(tag);
     this.server = VfioUserServer.listen(this.path, device, options);
     this.server.on('warning', (_client, message) => console.error(`bench server ${tag}: ${message}`));
@@ -62,7 +66,12 @@ export type TimedSide = (deadlineNs: bigint) => Promise<number>;
  * harness's asyncRate) can give one side a quiet moment and the other a busy one. Each side's rate is its
  * operations over its own slices' time. (A candidate for bench/harness.ts.)
  */
-export async function interleavedRates(subject: TimedSide, baseline: TimedSide, milliseconds: number, sliceMs: number): Promise<{ subject: number; baseline: number }> {
+export async function interleavedRates(
+  subject: TimedSide,
+  baseline: TimedSide,
+  milliseconds: number,
+  sliceMs: number,
+): Promise<{ subject: number; baseline: number }> {
   const totals = { subject: { operations: 0, ns: 0n }, baseline: { operations: 0, ns: 0n } };
   const slices = Math.max(1, Math.round(milliseconds / sliceMs));
   const slice = BigInt(Math.round(sliceMs * 1e6));
@@ -162,7 +171,8 @@ export function buildRegionReadClient(): { binary: string } | { reason: string }
   process.on('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
   const binary = path.join(dir, 'region-read-client');
   const build = spawnSync(CC, ['-O2', '-o', binary, REGION_READ_CLIENT_SOURCE], { encoding: 'utf8', timeout: 60_000 });
-  if (build.status !== 0) return { reason: `${CC} -O2 ${REGION_READ_CLIENT_SOURCE} failed: ${(build.stderr || build.error?.message || '').trim().split('\n')[0]}` };
+  if (build.status !== 0)
+    return { reason: `${CC} -O2 ${REGION_READ_CLIENT_SOURCE} failed: ${(build.stderr || build.error?.message || '').trim().split('\n')[0]}` };
   return { binary };
 }
 
@@ -176,9 +186,18 @@ export interface RegionReadRun {
 }
 
 /** Runs the C client against `socketPath` (without blocking this loop) and parses its line. */
-export function runRegionReadClient(binary: string, socketPath: string, region: number, offset: number, warmupMs: number, measureMs: number): Promise<RegionReadRun> {
+export function runRegionReadClient(
+  binary: string,
+  socketPath: string,
+  region: number,
+  offset: number,
+  warmupMs: number,
+  measureMs: number,
+): Promise<RegionReadRun> {
   return new Promise((resolve, reject) => {
-    const child = spawn(binary, [socketPath, String(region), String(offset), String(warmupMs), String(measureMs)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(binary, [socketPath, String(region), String(offset), String(warmupMs), String(measureMs)], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let output = '';
     child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
     child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));

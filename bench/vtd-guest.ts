@@ -3,9 +3,7 @@ import { GuestMemory } from '../lib/memory/guest-memory';
 import { encodeBig } from '../lib/vtd/bitfield';
 import { GCMD, GSTS, OFFSET } from '../lib/vtd/register-bits';
 import { CCMD_FIELDS, IOTLB_FIELDS, IQA_FIELDS } from '../lib/vtd/registers';
-import {
-  IOTLB_INVALIDATE, LEGACY_CONTEXT_ENTRY, LEGACY_ROOT_ENTRY, SECOND_STAGE_4K_LEAF, SECOND_STAGE_TABLE_ENTRY,
-} from '../lib/vtd/structures';
+import { IOTLB_INVALIDATE, LEGACY_CONTEXT_ENTRY, LEGACY_ROOT_ENTRY, SECOND_STAGE_4K_LEAF, SECOND_STAGE_TABLE_ENTRY } from '../lib/vtd/structures';
 import { VtdUnit } from '../lib/vtd/unit';
 
 export const PAGE = 4096;
@@ -49,7 +47,10 @@ export class BenchGuest {
       this.write128(rootEntry, encodeBig(LEGACY_ROOT_ENTRY, { P: 1, CTP: contextTable / PAGE }));
     }
     const table = this.allocPages(1);
-    this.write128(contextTable + (sid & 0xff) * 16, encodeBig(LEGACY_CONTEXT_ENTRY, { P: 1, TT: 0, SLPTPTR: table / PAGE, AW: AW_FOUR_LEVELS, DID: did }));
+    this.write128(
+      contextTable + (sid & 0xff) * 16,
+      encodeBig(LEGACY_CONTEXT_ENTRY, { P: 1, TT: 0, SLPTPTR: table / PAGE, AW: AW_FOUR_LEVELS, DID: did }),
+    );
     this.tables.set(sid, table);
   }
 

@@ -8,10 +8,30 @@
  * files imported here are exactly those entry points.
  */
 import {
-  CAP_FIELDS, CCMD_FIELDS, EVENT_CONTROL_FIELDS, FRCD_HI_FIELDS, FRCD_LO_FIELDS, FSTS_FIELDS, GCMD_FIELDS, GSTS_FIELDS,
-  IOTLB_FIELDS, LEGACY_CONTEXT_ENTRY, LEGACY_ROOT_ENTRY, MSI_ADDRESS_FIELDS, MSI_DATA_FIELDS, RTADDR_FIELDS,
-  SECOND_STAGE_4K_LEAF, SECOND_STAGE_TABLE_ENTRY, SECOND_STAGE_TOP_ENTRY, VtdUnit, decodeBig, describeFaultReason,
-  encodeBig, registerOffset, type Field, type FieldTable,
+  CAP_FIELDS,
+  CCMD_FIELDS,
+  EVENT_CONTROL_FIELDS,
+  FRCD_HI_FIELDS,
+  FRCD_LO_FIELDS,
+  FSTS_FIELDS,
+  GCMD_FIELDS,
+  GSTS_FIELDS,
+  IOTLB_FIELDS,
+  LEGACY_CONTEXT_ENTRY,
+  LEGACY_ROOT_ENTRY,
+  MSI_ADDRESS_FIELDS,
+  MSI_DATA_FIELDS,
+  RTADDR_FIELDS,
+  SECOND_STAGE_4K_LEAF,
+  SECOND_STAGE_TABLE_ENTRY,
+  SECOND_STAGE_TOP_ENTRY,
+  VtdUnit,
+  decodeBig,
+  describeFaultReason,
+  encodeBig,
+  registerOffset,
+  type Field,
+  type FieldTable,
 } from '../lib/api/vtd';
 import { DeviceRegistry, formatRequesterId, registerWindow, requesterId, splitRequesterId, type RegisterWindow } from '../lib/api/vmm';
 import { DmaFault, GuestMemory, SharedRegion } from '../lib/memory';
@@ -54,7 +74,10 @@ class Cpu {
   write(address: number, size: 4 | 8, value: bigint): void {
     const target = this.mmio.find(address, size);
     if (target) return target.handler.write(target.offset, size, value);
-    this.memory.write(address, Uint8Array.from({ length: size }, (_, i) => Number((value >> BigInt(8 * i)) & 0xffn)));
+    this.memory.write(
+      address,
+      Uint8Array.from({ length: size }, (_, i) => Number((value >> BigInt(8 * i)) & 0xffn)),
+    );
   }
 }
 
@@ -145,7 +168,12 @@ export function runMinimalVmm(print: (line: string) => void): boolean {
   cpu.write(reg('GCMD'), 4, encodeBig(GCMD_FIELDS, { TE: 1 }));
   waitFor('GSTS', GSTS_FIELDS.f.TES, 1n);
   const gsts = decodeBig(GSTS_FIELDS, cpu.read(reg('GSTS'), 4));
-  print(`guest: GSTS ${Object.entries(gsts).filter(([, v]) => v !== 0n).map(([name]) => name).join(' ')}`);
+  print(
+    `guest: GSTS ${Object.entries(gsts)
+      .filter(([, v]) => v !== 0n)
+      .map(([name]) => name)
+      .join(' ')}`,
+  );
 
   // ---- the device: DMA through its DmaSpace, as a device model (or a vfio-user client) does ----
 
@@ -177,14 +205,18 @@ export function runMinimalVmm(print: (line: string) => void): boolean {
   const record = DMAR_BASE + Number(cap.FRO) * 16 + Number(fsts.FRI) * 16;
   const lo = decodeBig(FRCD_LO_FIELDS, cpu.read(record, 8));
   const hi = decodeBig(FRCD_HI_FIELDS, cpu.read(record + 8, 8));
-  print(`guest: FSTS PPF ${fsts.PPF}, FRCD${fsts.FRI}: ${formatRequesterId(Number(hi.SID))} ${hi.T === 0n ? 'write' : 'read'} at ${hex(lo.FI * BigInt(PAGE))}, reason ${describeFaultReason(Number(hi.FR))}`);
+  print(
+    `guest: FSTS PPF ${fsts.PPF}, FRCD${fsts.FRI}: ${formatRequesterId(Number(hi.SID))} ${hi.T === 0n ? 'write' : 'read'} at ${hex(lo.FI * BigInt(PAGE))}, reason ${describeFaultReason(Number(hi.FR))}`,
+  );
   check(hi.F === 1n && Number(hi.SID) === nic.sid && lo.FI * BigInt(PAGE) === stray, 'the fault record names the device and the page');
   cpu.write(record + 8, 8, encodeBig(FRCD_HI_FIELDS, { F: 1 }));
   print(`guest: record cleared, FSTS PPF ${decodeBig(FSTS_FIELDS, cpu.read(reg('FSTS'), 4)).PPF}`);
 
   // The device's MSI goes through the unit too (interrupt remapping is off here, so it passes unchanged).
   const msi = nic.interrupt(0xfee01000n, 0x41);
-  print(`device ${nicName}: MSI ${hex(msi.address)} data ${hex(msi.data)} -> ${(msi.result as { ok?: boolean } | undefined)?.ok ? 'delivered' : 'blocked'}`);
+  print(
+    `device ${nicName}: MSI ${hex(msi.address)} data ${hex(msi.data)} -> ${(msi.result as { ok?: boolean } | undefined)?.ok ? 'delivered' : 'blocked'}`,
+  );
   check(delivered.length === 2, 'the device MSI reached the CPU');
 
   ram.close();

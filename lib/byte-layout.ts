@@ -21,11 +21,7 @@ export interface FieldSpec {
   readonly reserved?: true;
 }
 
-type FieldValue<E extends FieldSpec> = E extends { kind: 'bytes' }
-  ? Uint8Array
-  : E extends { width: 8 }
-    ? bigint
-    : number;
+type FieldValue<E extends FieldSpec> = E extends { kind: 'bytes' } ? Uint8Array : E extends { width: 8 } ? bigint : number;
 
 /** The decoded value of a struct: one property per non-reserved field, typed by width. */
 export type StructValue<F extends readonly FieldSpec[]> = {
@@ -274,7 +270,12 @@ export function defineStruct<const F extends readonly FieldSpec[]>(name: string,
   checkTable(name, fields, structSize);
   const visible = fields.filter((field) => field.reserved !== true);
   const reserved = fields.filter((field) => field.reserved === true);
-  const compiledField = (field: FieldSpec): CompiledField => ({ key: field.key, offset: field.offset, width: field.width, bytes: field.kind === 'bytes' });
+  const compiledField = (field: FieldSpec): CompiledField => ({
+    key: field.key,
+    offset: field.offset,
+    width: field.width,
+    bytes: field.kind === 'bytes',
+  });
   // Generated on first use: many tables (the uAPI's, most PCI capabilities) are declared but rarely or never read.
   let accessors: [Decoder, Encoder] | undefined;
   const compile = (): [Decoder, Encoder] =>
@@ -295,7 +296,8 @@ export function defineStruct<const F extends readonly FieldSpec[]>(name: string,
     offsetOf: (key) => field(key).offset,
     decode: (bytes, at = 0) => (accessors ?? compile())[0](bytes, at) as StructValue<F>,
     encode(value, bytes, at = 0) {
-      if (!(at >= 0 && at + structSize <= bytes.length)) throw layoutError(`${name} needs ${structSize} bytes at ${at}, the buffer has ${bytes.length}`);
+      if (!(at >= 0 && at + structSize <= bytes.length))
+        throw layoutError(`${name} needs ${structSize} bytes at ${at}, the buffer has ${bytes.length}`);
       const record = value as Record<string, unknown>;
       if ((accessors ?? compile())[1](bytes, at, record)) return;
       const wrong = visible.find((candidate) => !fitsField(candidate, record[candidate.key]))!;

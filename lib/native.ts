@@ -163,9 +163,24 @@ export interface KvmRawTranslation {
 
 /** The general-purpose registers of KVM_GET_REGS / KVM_SET_REGS. */
 export interface KvmRegs {
-  rax: bigint; rbx: bigint; rcx: bigint; rdx: bigint; rsi: bigint; rdi: bigint; rsp: bigint; rbp: bigint;
-  r8: bigint; r9: bigint; r10: bigint; r11: bigint; r12: bigint; r13: bigint; r14: bigint; r15: bigint;
-  rip: bigint; rflags: bigint;
+  rax: bigint;
+  rbx: bigint;
+  rcx: bigint;
+  rdx: bigint;
+  rsi: bigint;
+  rdi: bigint;
+  rsp: bigint;
+  rbp: bigint;
+  r8: bigint;
+  r9: bigint;
+  r10: bigint;
+  r11: bigint;
+  r12: bigint;
+  r13: bigint;
+  r14: bigint;
+  r15: bigint;
+  rip: bigint;
+  rflags: bigint;
 }
 
 /**
@@ -175,10 +190,31 @@ export interface KvmRegs {
  * raw exit reason).
  */
 export type KvmExit =
-  | { readonly reason: 'io'; readonly vcpu: number; readonly port: number; readonly size: 1 | 2 | 4; readonly count: number; readonly write: boolean; readonly bytes?: Uint8Array }
-  | { readonly reason: 'mmio'; readonly vcpu: number; readonly address: number; readonly size: number; readonly count: 1; readonly write: boolean; readonly bytes?: Uint8Array }
+  | {
+      readonly reason: 'io';
+      readonly vcpu: number;
+      readonly port: number;
+      readonly size: 1 | 2 | 4;
+      readonly count: number;
+      readonly write: boolean;
+      readonly bytes?: Uint8Array;
+    }
+  | {
+      readonly reason: 'mmio';
+      readonly vcpu: number;
+      readonly address: number;
+      readonly size: number;
+      readonly count: 1;
+      readonly write: boolean;
+      readonly bytes?: Uint8Array;
+    }
   | { readonly reason: 'ioapic-eoi'; readonly vcpu: number; readonly vector: number }
-  | { readonly reason: 'stopped' | 'shutdown' | 'hlt' | 'fail-entry' | 'internal-error' | 'system-event' | 'error' | 'unknown'; readonly vcpu: number; readonly detail: number; readonly error?: SystemCallError };
+  | {
+      readonly reason: 'stopped' | 'shutdown' | 'hlt' | 'fail-entry' | 'internal-error' | 'system-event' | 'error' | 'unknown';
+      readonly vcpu: number;
+      readonly detail: number;
+      readonly error?: SystemCallError;
+    };
 
 /** A vCPU running on its own thread; each resumable exit waits for complete(). */
 export interface NativeKvmVcpuRunner {
@@ -238,11 +274,7 @@ export interface NativeAddon {
    * Accepts on a listening socket. A failed accept (EMFILE, ENFILE, ENOMEM...) pauses accepting and retries after a
    * delay (100 ms doubling to 1 s) instead of spinning; onError hears the first failure of each run of them.
    */
-  Listener: new (
-    fd: FileDescriptor,
-    onConnection: (fd: FileDescriptor) => void,
-    onError: (error: AcceptError) => void,
-  ) => NativeListener;
+  Listener: new (fd: FileDescriptor, onConnection: (fd: FileDescriptor) => void, onError: (error: AcceptError) => void) => NativeListener;
   FdWatch: new (fd: FileDescriptor, onReadable: () => void) => NativeFdWatch;
 
   /** Takes ownership of an fd number this process inherited or opened outside the addon. */

@@ -28,7 +28,11 @@ const mixedValue = fc.record({
 describe('byte layout', () => {
   it('rejects overlapping fields, fields past the size, odd integer widths and duplicate numbers at definition', () => {
     const bad = [
-      () => defineStruct('overlap', [{ key: 'a', spec: 'a', offset: 0, width: 4 }, { key: 'b', spec: 'b', offset: 2, width: 4 }]),
+      () =>
+        defineStruct('overlap', [
+          { key: 'a', spec: 'a', offset: 0, width: 4 },
+          { key: 'b', spec: 'b', offset: 2, width: 4 },
+        ]),
       () => defineStruct('too long', [{ key: 'a', spec: 'a', offset: 4, width: 8 }], 8),
       () => defineStruct('odd width', [{ key: 'a', spec: 'a', offset: 0, width: 3 }]),
       () => defineStruct('half byte', [{ key: 'a', spec: 'a', offset: 0.5, width: 1 }]),
@@ -59,12 +63,18 @@ describe('byte layout', () => {
   });
 
   it('refuses to encode values that do not fit their field, naming the field', () => {
-    const layout = defineStruct('small', [{ key: 'a', spec: 'a', offset: 0, width: 2 }, { key: 'b', spec: 'b', offset: 2, width: 8 }]);
+    const layout = defineStruct('small', [
+      { key: 'a', spec: 'a', offset: 0, width: 2 },
+      { key: 'b', spec: 'b', offset: 2, width: 8 },
+    ]);
     const bytes = new Uint8Array(layout.size);
     assert.throws(() => layout.encode({ a: 65536, b: 0n }, bytes), /small\.a must be an integer in \[0, 2\^16\)/);
     assert.throws(() => layout.encode({ a: 1, b: 1n << 64n }, bytes), /small\.b must be a bigint/);
     assert.throws(() => layout.encode({ a: 1.5, b: 0n }, bytes), isLayoutError);
-    assert.throws(() => MIXED.encode({ u8: 0, u16: 0, u32: 0, u64: 0n, name: new Uint8Array(5) }, new Uint8Array(MIXED.size)), /mixed\.name must be a Uint8Array/);
+    assert.throws(
+      () => MIXED.encode({ u8: 0, u16: 0, u32: 0, u64: 0n, name: new Uint8Array(5) }, new Uint8Array(MIXED.size)),
+      /mixed\.name must be a Uint8Array/,
+    );
     assert.throws(() => layout.encode({ a: 1, b: 0n }, bytes, 1), /small needs 10 bytes at 1, the buffer has 10/);
     layout.encode({ a: 65535, b: (1n << 64n) - 1n }, bytes);
     assert.deepStrictEqual(layout.decode(bytes), { a: 65535, b: (1n << 64n) - 1n });
@@ -101,7 +111,12 @@ describe('byte layout', () => {
     assert.equal(run.status, 0, run.stderr);
     assert.deepStrictEqual(JSON.parse(run.stdout), {
       bytes: [1, 0, 3, 2, 7, 6, 5, 4, 15, 14, 13, 12, 11, 10, 9, 8, 7, 0],
-      a: 1, b: 0x203, c: 0x4050607, d: String(0x8090a0b0c0d0e0fn), e: [7, 0], refused: true,
+      a: 1,
+      b: 0x203,
+      c: 0x4050607,
+      d: String(0x8090a0b0c0d0e0fn),
+      e: [7, 0],
+      refused: true,
     });
   });
 

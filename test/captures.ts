@@ -48,7 +48,12 @@ export interface CaptureRecord {
 
 /** The capture files, sorted by name (empty when the captures are not there). */
 export function captureFiles(): string[] {
-  return capturesPresent ? fs.readdirSync(CAPTURES).filter((file) => file.endsWith('.jsonl')).sort() : [];
+  return capturesPresent
+    ? fs
+        .readdirSync(CAPTURES)
+        .filter((file) => file.endsWith('.jsonl'))
+        .sort()
+    : [];
 }
 
 export function readCapture(file: string): CaptureRecord[] {

@@ -16,7 +16,10 @@ function commandsUnder(readme: string, heading: string): string[] {
   assert.ok(at >= 0, `README.md has a "## ${heading}" section`);
   const block = /```sh\n([\s\S]*?)```/.exec(readme.slice(at));
   assert.ok(block, `README.md's "${heading}" section has a sh block`);
-  return block[1]!.split('\n').map((line) => line.replace(/#.*$/, '').trim()).filter((line) => line !== '');
+  return block[1]!
+    .split('\n')
+    .map((line) => line.replace(/#.*$/, '').trim())
+    .filter((line) => line !== '');
 }
 
 function run(command: string, cwd: string, timeoutMs: number): { status: number | null; output: string; seconds: number } {

@@ -81,10 +81,27 @@ function tail(output: string, lines = 8): string {
 
 const SMOKE_ARGS = [VIOMMU_BIN, 'smoke', '--kernel', INTEL_IOMMU_FLAT, '--iommu', IOMMU_PROPERTIES];
 const QEMU_ARGS = [
-  '-accel', 'kvm', '-cpu', 'host,-arch-capabilities', '-M', 'q35,kernel-irqchip=split', '-smp', '1',
-  '-display', 'none', '-serial', 'stdio', '-no-reboot',
-  '-device', 'isa-debug-exit,iobase=0xf4,iosize=0x4', '-device', `intel-iommu,${IOMMU_PROPERTIES}`, '-device', 'edu',
-  '-kernel', INTEL_IOMMU_FLAT,
+  '-accel',
+  'kvm',
+  '-cpu',
+  'host,-arch-capabilities',
+  '-M',
+  'q35,kernel-irqchip=split',
+  '-smp',
+  '1',
+  '-display',
+  'none',
+  '-serial',
+  'stdio',
+  '-no-reboot',
+  '-device',
+  'isa-debug-exit,iobase=0xf4,iosize=0x4',
+  '-device',
+  `intel-iommu,${IOMMU_PROPERTIES}`,
+  '-device',
+  'edu',
+  '-kernel',
+  INTEL_IOMMU_FLAT,
 ];
 
 /** One `viommu smoke` of the flat; its exit code must be 0 (the guest passed and wrote 0 to isa-debug-exit). */
@@ -118,7 +135,8 @@ function kvmUnitTestsFigure(): Figure {
   const warm = lazily(async () => {
     await oursOnce();
     const run = await qemuOnce();
-    if (run.code !== 1) qemuUnusable = `QEMU's run of the flat exited with ${run.code ?? run.signal}, not 1: ${tail(run.output, 3).replace(/\n/g, ' | ')}`;
+    if (run.code !== 1)
+      qemuUnusable = `QEMU's run of the flat exited with ${run.code ?? run.signal}, not 1: ${tail(run.output, 3).replace(/\n/g, ' | ')}`;
   });
   let round = 0;
   figure.measure = async () => {
@@ -192,7 +210,10 @@ async function timedGuest(image: Uint8Array, deviceSocket: string | undefined): 
 async function perExitNs(long: Uint8Array, short: Uint8Array, deviceSocket: string | undefined): Promise<number> {
   const longRun = await timedGuest(long, deviceSocket);
   const shortRun = await timedGuest(short, deviceSocket);
-  check(longRun.exits - shortRun.exits === READS - 1, `the long guest took ${longRun.exits - shortRun.exits} more exits than the short one, not ${READS - 1}`);
+  check(
+    longRun.exits - shortRun.exits === READS - 1,
+    `the long guest took ${longRun.exits - shortRun.exits} more exits than the short one, not ${READS - 1}`,
+  );
   return (longRun.ns - shortRun.ns) / (READS - 1);
 }
 

@@ -6,7 +6,13 @@
 import { IommufdDryRun, FULL_VTD_HOST } from '../../lib/host/iommufd-dry-run';
 import { IommufdNesting } from '../../lib/host/iommufd-nesting';
 import {
-  HWPT_ALLOC_FLAGS, HWPT_DATA_TYPE, IOCTLS, IOMMU_HWPT_VTD_S1_LAYOUT, VFIO_ATTACH_FLAGS, encodeStruct, readU32,
+  HWPT_ALLOC_FLAGS,
+  HWPT_DATA_TYPE,
+  IOCTLS,
+  IOMMU_HWPT_VTD_S1_LAYOUT,
+  VFIO_ATTACH_FLAGS,
+  encodeStruct,
+  readU32,
 } from '../../lib/host/iommufd-uapi';
 import { NestingBackend } from '../../lib/host/nesting-backend';
 import { GuestMemory } from '../../lib/memory/guest-memory';
@@ -16,8 +22,13 @@ import { PasidAllocator, type PasidSet } from '../../lib/vtd/pasid-allocator';
 import { GCMD, OFFSET } from '../../lib/vtd/register-bits';
 import { IQA_FIELDS, RTADDR_FIELDS } from '../../lib/vtd/registers';
 import {
-  INVALIDATION_DESCRIPTORS, INVALIDATION_WAIT, PASID_DIRECTORY_ENTRY, PASID_PGTT, SCALABLE_CONTEXT_ENTRY,
-  SCALABLE_PASID_ENTRY, SCALABLE_ROOT_ENTRY,
+  INVALIDATION_DESCRIPTORS,
+  INVALIDATION_WAIT,
+  PASID_DIRECTORY_ENTRY,
+  PASID_PGTT,
+  SCALABLE_CONTEXT_ENTRY,
+  SCALABLE_PASID_ENTRY,
+  SCALABLE_ROOT_ENTRY,
 } from '../../lib/vtd/structures';
 import { VtdUnit } from '../../lib/vtd/unit';
 import { rate, rateExcludingSetup, type Figure } from '../harness';
@@ -58,10 +69,13 @@ function quarantineCycleFigure(): Figure {
   check(new Set(first).size === BATCH && first.every((pasid) => pasid >= 1), 'a batch did not get distinct PASIDs');
   // Before its invalidation and fence a freed PASID stays out of reach: a second batch meanwhile gets other ones.
   const second = new Int32Array(BATCH);
-  for (let i = 0; i < BATCH; i++) set.free(pasids[i] = (set.allocate() as { pasid: number }).pasid);
-  for (let i = 0; i < BATCH; i++) set.free(second[i] = (set.allocate() as { pasid: number }).pasid);
+  for (let i = 0; i < BATCH; i++) set.free((pasids[i] = (set.allocate() as { pasid: number }).pasid));
+  for (let i = 0; i < BATCH; i++) set.free((second[i] = (set.allocate() as { pasid: number }).pasid));
   const quarantined = new Set(pasids);
-  check(second.every((pasid) => !quarantined.has(pasid)), 'a quarantined PASID was handed out again');
+  check(
+    second.every((pasid) => !quarantined.has(pasid)),
+    'a quarantined PASID was handed out again',
+  );
   for (let i = 0; i < BATCH; i++) allocator.invalidated(pasids[i]!);
   for (let i = 0; i < BATCH; i++) allocator.invalidated(second[i]!);
   check(allocator.fenceCompleted() === 2 * BATCH && allocator.quarantinedCount === 0, 'the fence released the wrong count');
@@ -168,7 +182,10 @@ class PasidBindGuest {
     for (let pasid = 1; pasid <= BOUND_PASIDS; pasid++) {
       const table = this.pasidTables[Math.floor(pasid / PASIDS_PER_TABLE)]!;
       this.write(table + (pasid % PASIDS_PER_TABLE) * 64, SCALABLE_PASID_ENTRY, {
-        P: 1, PGTT: PASID_PGTT.FIRST_STAGE, FSPTPTR: this.tops[2 * pasid + this.side]! / PAGE, DID: pasid,
+        P: 1,
+        PGTT: PASID_PGTT.FIRST_STAGE,
+        FSPTPTR: this.tops[2 * pasid + this.side]! / PAGE,
+        DID: pasid,
       });
     }
   }
@@ -232,8 +249,10 @@ function invalidationFigure(): Figure {
   move();
   invalidateAll();
   const perInvalidation = host.requests.length;
-  check(perInvalidation === REQUESTS_PER_MOVED_PASID * BOUND_PASIDS && host.requests.every((request) => request.result === 0),
-    `one invalidation gave ${perInvalidation} requests (${host.requests.filter((r) => r.result !== 0).length} refused), expected ${REQUESTS_PER_MOVED_PASID * BOUND_PASIDS}`);
+  check(
+    perInvalidation === REQUESTS_PER_MOVED_PASID * BOUND_PASIDS && host.requests.every((request) => request.result === 0),
+    `one invalidation gave ${perInvalidation} requests (${host.requests.filter((r) => r.result !== 0).length} refused), expected ${REQUESTS_PER_MOVED_PASID * BOUND_PASIDS}`,
+  );
   check(nesting.bindings().every((binding) => binding.hwptId !== undefined) && problems.length === 0, `rebinding failed: ${problems[0]}`);
   host.requests.length = 0;
   invalidateAll();
@@ -258,12 +277,23 @@ function invalidationFigure(): Figure {
     for (let pasid = 1; pasid <= BOUND_PASIDS; pasid++) {
       const data = encodeStruct(IOMMU_HWPT_VTD_S1_LAYOUT, { flags: 0n, pgtblAddr: BigInt(guest.topOf(pasid, side)), addrWidth: 48 });
       const alloc = encodeStruct(allocLayout, {
-        size: allocLayout.size, flags: HWPT_ALLOC_FLAGS.bits.PASID, devId, ptId: parent, outHwptId: 0, dataType: HWPT_DATA_TYPE.values.VTD_S1,
-        dataLen: data.length, dataUptr: 0n, faultId: 0,
+        size: allocLayout.size,
+        flags: HWPT_ALLOC_FLAGS.bits.PASID,
+        devId,
+        ptId: parent,
+        outHwptId: 0,
+        dataType: HWPT_DATA_TYPE.values.VTD_S1,
+        dataLen: data.length,
+        dataUptr: 0n,
+        faultId: 0,
       });
       issue('IOMMU_HWPT_ALLOC', alloc, { payloads: [{ offset: allocLayout.offsetOf('dataUptr'), buffer: data }] });
       const hwpt = readU32(allocLayout, alloc, 'outHwptId');
-      issue('VFIO_DEVICE_ATTACH_IOMMUFD_PT', encodeStruct(attachLayout, { argsz: attachLayout.size, flags: VFIO_ATTACH_FLAGS.bits.PASID, ptId: hwpt, pasid }), { device: cdev });
+      issue(
+        'VFIO_DEVICE_ATTACH_IOMMUFD_PT',
+        encodeStruct(attachLayout, { argsz: attachLayout.size, flags: VFIO_ATTACH_FLAGS.bits.PASID, ptId: hwpt, pasid }),
+        { device: cdev },
+      );
       if (current[pasid] !== 0) issue('IOMMU_DESTROY', encodeStruct(destroyLayout, { size: destroyLayout.size, id: current[pasid]! }));
       current[pasid] = hwpt;
     }

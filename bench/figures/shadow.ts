@@ -88,7 +88,13 @@ function shadowDomainFigure(): Figure {
         size: BigInt(PAGE),
       }),
     );
-    const unmapAll = encodeCommand(60001, { command: 'DMA_UNMAP', argsz: DMA_UNMAP_LAYOUT.size, flags: DMA_UNMAP_FLAGS.bits.ALL, address: 0n, size: 0n });
+    const unmapAll = encodeCommand(60001, {
+      command: 'DMA_UNMAP',
+      argsz: DMA_UNMAP_LAYOUT.size,
+      flags: DMA_UNMAP_FLAGS.bits.ALL,
+      address: 0n,
+      size: 0n,
+    });
     return { memory, directory, server, raw, unmapAll, mappedSoFar: () => mapped };
   });
 
@@ -207,7 +213,10 @@ function invalidationFigure(): Figure {
       } while (process.hrtime.bigint() < deadline);
       return count;
     }, 400);
-    check(side.targets.every((target) => target.maps === side.targets[0]!.maps && target.unmaps === target.maps - DOMAIN_PAGES), 'the devices did not all get the same changes');
+    check(
+      side.targets.every((target) => target.maps === side.targets[0]!.maps && target.unmaps === target.maps - DOMAIN_PAGES),
+      'the devices did not all get the same changes',
+    );
     check(side.targets[0]!.maps > before, 'the invalidations changed nothing');
     return rate;
   };

@@ -40,8 +40,14 @@ function nestedWalkFigure(): Figure {
     requests.push({ ...splitAddress(BigInt(va)), write: false, execute: false, supervisor: false });
   }
   const params: NestedParams = {
-    fsTable: tables.fsTop, fsLevels: 4, wpe: false, eafe: false, fpd: false,
-    ssTable: tables.ssTop, ssLevels: 4, ssInputWidth: ADDRESS_WIDTH,
+    fsTable: tables.fsTop,
+    fsLevels: 4,
+    wpe: false,
+    eafe: false,
+    fpd: false,
+    ssTable: tables.ssTop,
+    ssLevels: 4,
+    ssInputWidth: ADDRESS_WIDTH,
   };
   const walker = walkers(tables.memory);
 
@@ -52,7 +58,10 @@ function nestedWalkFigure(): Figure {
     const before = recording.reads.length;
     const page = recorder.walk(params, requests[i]!);
     check(page.ok && page.address === outputs[i], `walk ${i} did not reach its page`);
-    check(recording.reads.length - before === READS_PER_WALK, `walk ${i} read ${recording.reads.length - before} entries, expected ${READS_PER_WALK}`);
+    check(
+      recording.reads.length - before === READS_PER_WALK,
+      `walk ${i} read ${recording.reads.length - before} entries, expected ${READS_PER_WALK}`,
+    );
   }
   for (let i = 0; i < PAGES; i++) {
     const page = walker.walk(params, requests[i]!);

@@ -56,7 +56,11 @@ function lazily<T>(setup: () => Promise<T>): () => Promise<T> {
 function rawRegionReads(): RawExchange {
   const request = framedMessage(16 + 16);
   const reply = framedMessage(16 + 16 + 4);
-  return new RawExchange(() => request, () => reply, 64);
+  return new RawExchange(
+    () => request,
+    () => reply,
+    64,
+  );
 }
 
 const REGISTER_VALUE = 0x1234_5678;
@@ -126,7 +130,10 @@ async function dmaPeers(tag: string, shared: SharedRegion | undefined): Promise<
   const client = await server.connect({ dmaSpace: memory.dma });
   await client.dmaMap({ address: BigInt(DMA_IOVA), size: BigInt(MIB), ...(shared === undefined ? {} : { fd: shared.fd, offset: 0n }) });
   const mapping = server.session.dmaMaps.lookup(BigInt(DMA_IOVA));
-  check(mapping !== undefined && (mapping.memory !== undefined) === (shared !== undefined), `the server's mapping is not ${shared ? 'mapped through the fd' : 'by message'}`);
+  check(
+    mapping !== undefined && (mapping.memory !== undefined) === (shared !== undefined),
+    `the server's mapping is not ${shared ? 'mapped through the fd' : 'by message'}`,
+  );
   const source = new Uint8Array(MIB);
   for (let i = 0; i < MIB; i += 4096) source[i] = (i >>> 12) & 0xff;
   const target = new Uint8Array(MIB);
@@ -163,7 +170,11 @@ function rawDmaMessages(): RawExchange {
   const small = framedMessage(DMA_FRAMING);
   // The device side sends the big message first (DMA_WRITE), then the small one (DMA_READ); the client side answers
   // a big message with a small one and a small one with a big one, as the DmaSpace would.
-  return new RawExchange((trip) => (trip % 2 === 0 ? big : small), (received) => (received.length === small.length ? big : small), 2);
+  return new RawExchange(
+    (trip) => (trip % 2 === 0 ? big : small),
+    (received) => (received.length === small.length ? big : small),
+    2,
+  );
 }
 
 /** vfio.b: the device writes then reads 1 MiB by DMA_WRITE/DMA_READ messages, served by the client from GuestMemory. */
@@ -174,7 +185,8 @@ function dmaByMessageFigure(): Figure {
     id: 'vfio.b',
     title: '1 MiB of device DMA by message (DMA_WRITE then DMA_READ, pieces of max_data_xfer_size = 1 MiB)',
     subject: "VfioUserDevice.dma.write + .read of 1 MiB each, served by our client's DmaSpace (GuestMemory)",
-    baseline: 'raw messages of the same sizes through a MessageSocket pair, no protocol (32 B + 1 MiB answered by 32 B, then 32 B answered by 32 B + 1 MiB; interleaved 40 ms slices)',
+    baseline:
+      'raw messages of the same sizes through a MessageSocket pair, no protocol (32 B + 1 MiB answered by 32 B, then 32 B answered by 32 B + 1 MiB; interleaved 40 ms slices)',
     direction: 'throughput',
     target: 0.8,
     unit: 'MiB',

@@ -180,17 +180,21 @@ function queuedInvalidationFigure(): Figure {
     unit: 'descriptors',
     async measure() {
       const subject = rateExcludingSetup(refill, process, ROUND_MS);
-      const baseline = rateExcludingSetup(refill, () => {
-        for (let i = 0; i < batch; i++) {
-          const address = queue + ((readHead + i) % slots) * 16;
-          memory.readEntry(address, out);
-          sink ^= out.lo;
-          memory.readEntry(address + 8, out);
-          sink ^= out.hi;
-        }
-        readHead = (readHead + batch) % slots;
-        return batch;
-      }, ROUND_MS);
+      const baseline = rateExcludingSetup(
+        refill,
+        () => {
+          for (let i = 0; i < batch; i++) {
+            const address = queue + ((readHead + i) % slots) * 16;
+            memory.readEntry(address, out);
+            sink ^= out.lo;
+            memory.readEntry(address + 8, out);
+            sink ^= out.hi;
+          }
+          readHead = (readHead + batch) % slots;
+          return batch;
+        },
+        ROUND_MS,
+      );
       if (sink === 0.5) console.log(sink); // keeps the loops from being optimised away
       return { subject, baseline };
     },

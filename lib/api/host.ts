@@ -7,8 +7,17 @@ export type { ShadowExtent, ShadowChanges, ShadowMappingsOptions } from '../host
 // iommufd nesting: a guest's first-stage tables bound under a host nest parent (HWPT alloc/attach/invalidate).
 export { IommufdNesting, IommufdIoctlError, NestingRefusal, INVALIDATE_ALL } from '../host/iommufd-nesting';
 export type {
-  IommufdChannel, IoctlOptions, PayloadPointer, HostCapabilities, FirstStageTable, InvalidateRange, InvalidateSelector, HostFault,
-  BindingInfo, IommufdNestingOptions, GuestRamRange,
+  IommufdChannel,
+  IoctlOptions,
+  PayloadPointer,
+  HostCapabilities,
+  FirstStageTable,
+  InvalidateRange,
+  InvalidateSelector,
+  HostFault,
+  BindingInfo,
+  IommufdNestingOptions,
+  GuestRamRange,
 } from '../host/iommufd-nesting';
 // The 2019-2021 VFIO bind-guest-PASID format, with the review's extension rules on decode.
 export { decodeGpasidBind, encodeGpasidBind, decodeCacheInvalidate, encodeCacheInvalidate } from '../host/vfio-gpasid-uapi';

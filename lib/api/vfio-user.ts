@@ -3,7 +3,12 @@
 // The client (VMM side): connect, enumerate, region I/O, DMA maps, IRQs, and the server's DMA served from a DmaSpace.
 export { VfioUserClient, VfioUserDmaOutcomeError, DEFAULT_CLIENT_TIMEOUT_MS } from '../vfio-user/client/client';
 export type {
-  VfioUserClientOptions, RegionAccessOptions, RegionWriteOptions, DmaMapRequest, ClientDescription, ClientEvents,
+  VfioUserClientOptions,
+  RegionAccessOptions,
+  RegionWriteOptions,
+  DmaMapRequest,
+  ClientDescription,
+  ClientEvents,
 } from '../vfio-user/client/client';
 export { VfioUserClientError } from '../vfio-user/client/errors';
 export type { VfioUserClientErrorCode } from '../vfio-user/client/errors';
@@ -34,5 +39,10 @@ export type { Transport } from '../vfio-user/transport';
 export { VfioUserProtocolError } from '../vfio-user/errors';
 export { ERRNO, errnoName, type ErrnoName } from '../errno';
 export {
-  VfioUserRemoteError, VfioUserTimeoutError, VfioUserClosedError, VfioUserLimitError, VfioUserErrnoError, errnoOf,
+  VfioUserRemoteError,
+  VfioUserTimeoutError,
+  VfioUserClosedError,
+  VfioUserLimitError,
+  VfioUserErrnoError,
+  errnoOf,
 } from '../vfio-user/connection-errors';

@@ -2,12 +2,16 @@
 
 // The contract: what a VMM gives the unit and what each device gets back.
 export {
-  DeviceRegistry, registerWindow, shadowBackendFor, requesterId, splitRequesterId, formatRequesterId,
-  IOMMU_WINDOW_SIZE, INTERRUPT_ADDRESS_RANGE,
+  DeviceRegistry,
+  registerWindow,
+  shadowBackendFor,
+  requesterId,
+  splitRequesterId,
+  formatRequesterId,
+  IOMMU_WINDOW_SIZE,
+  INTERRUPT_ADDRESS_RANGE,
 } from '../vmm/embedding';
-export type {
-  IommuHost, EmbeddedIommu, RegisterWindow, AttachedDevice, DeviceInterrupt, DeviceRegistryOptions,
-} from '../vmm/embedding';
+export type { IommuHost, EmbeddedIommu, RegisterWindow, AttachedDevice, DeviceInterrupt, DeviceRegistryOptions } from '../vmm/embedding';
 
 // The testbed: guest RAM, PCI host on bus 0, the unit at q35's address, edu, and vfio-user devices by socket path.
 export { TestbedMachine, DMAR_BASE, DMAR_WINDOW_SIZE, EDU_DEVFN } from '../vmm/testbed';

@@ -3,8 +3,16 @@
 // The unit: a VMM routes its register window to read/write, and gives each device dmaSpace(sid).
 export { VtdUnit, VtdRequestError } from '../vtd/unit';
 export type {
-  VtdUnitOptions, TranslationRequest, TranslationResult, TranslationSuccess, TranslationFailure,
-  InterruptResult, InterruptFailure, InterruptOrigin, PasidTag, TracedWalk,
+  VtdUnitOptions,
+  TranslationRequest,
+  TranslationResult,
+  TranslationSuccess,
+  TranslationFailure,
+  InterruptResult,
+  InterruptFailure,
+  InterruptOrigin,
+  PasidTag,
+  TracedWalk,
 } from '../vtd/unit';
 export type { InterruptRequest, RemappedInterrupt, InterruptFault } from '../vtd/interrupt-remap';
 export type { RecordOutcome } from '../vtd/fault-recorder';
@@ -22,7 +30,13 @@ export { VIRTUAL_COMMAND, VIRTUAL_COMMAND_STATUS } from '../vtd/virtual-command'
 
 // Configuration: QEMU intel-iommu property names ('aw-bits=48,caching-mode=on'), with the list of them and their rules.
 export {
-  VTD_PROPERTIES, COMPAT_VALUES, resolveVtdConfig, parseVtdProperties, vtdConfigFromString, VtdConfigError, VtdPropertyError,
+  VTD_PROPERTIES,
+  COMPAT_VALUES,
+  resolveVtdConfig,
+  parseVtdProperties,
+  vtdConfigFromString,
+  VtdConfigError,
+  VtdPropertyError,
 } from '../vtd/config';
 export type { VtdConfig, VtdProperties, Compat, AddressWidth, OnOffAuto } from '../vtd/config';
 
@@ -39,19 +53,55 @@ export type { HostPending } from '../vtd/host-completion';
 // encoder, decoder and renderer. A guest driver (or a test, or a VMM's firmware) programs the unit with these.
 export { REGISTERS, REGISTER_WINDOW_SIZE, findRegister } from '../vtd/registers';
 export {
-  CAP_FIELDS, ECAP_FIELDS, GCMD_FIELDS, GSTS_FIELDS, RTADDR_FIELDS, CCMD_FIELDS, FSTS_FIELDS, EVENT_CONTROL_FIELDS,
-  IQA_FIELDS, QUEUE_POINTER_FIELDS, ICS_FIELDS, IRTA_FIELDS, IOTLB_FIELDS, IVA_FIELDS, FRCD_LO_FIELDS, FRCD_HI_FIELDS,
-  MSI_DATA_FIELDS, MSI_ADDRESS_FIELDS,
+  CAP_FIELDS,
+  ECAP_FIELDS,
+  GCMD_FIELDS,
+  GSTS_FIELDS,
+  RTADDR_FIELDS,
+  CCMD_FIELDS,
+  FSTS_FIELDS,
+  EVENT_CONTROL_FIELDS,
+  IQA_FIELDS,
+  QUEUE_POINTER_FIELDS,
+  ICS_FIELDS,
+  IRTA_FIELDS,
+  IOTLB_FIELDS,
+  IVA_FIELDS,
+  FRCD_LO_FIELDS,
+  FRCD_HI_FIELDS,
+  MSI_DATA_FIELDS,
+  MSI_ADDRESS_FIELDS,
 } from '../vtd/registers';
 export type { RegisterSpec } from '../vtd/registers';
 export { registerOffset } from '../vtd/register-bits';
 export {
-  LEGACY_ROOT_ENTRY, SCALABLE_ROOT_ENTRY, LEGACY_CONTEXT_ENTRY, SCALABLE_CONTEXT_ENTRY, PASID_DIRECTORY_ENTRY,
-  SCALABLE_PASID_ENTRY, PASID_PGTT, SECOND_STAGE_TOP_ENTRY, SECOND_STAGE_TABLE_ENTRY, SECOND_STAGE_4K_LEAF,
-  SECOND_STAGE_2M_LEAF, SECOND_STAGE_1G_LEAF, FIRST_STAGE_TOP_ENTRY, FIRST_STAGE_TABLE_ENTRY, FIRST_STAGE_4K_LEAF,
-  FIRST_STAGE_2M_LEAF, FIRST_STAGE_1G_LEAF, IRTE, CONTEXT_CACHE_INVALIDATE, IOTLB_INVALIDATE, DEVICE_TLB_INVALIDATE,
-  INTERRUPT_ENTRY_CACHE_INVALIDATE, INVALIDATION_WAIT, PASID_IOTLB_INVALIDATE, PASID_CACHE_INVALIDATE,
-  PASID_DEVICE_TLB_INVALIDATE, INVALIDATION_DESCRIPTORS,
+  LEGACY_ROOT_ENTRY,
+  SCALABLE_ROOT_ENTRY,
+  LEGACY_CONTEXT_ENTRY,
+  SCALABLE_CONTEXT_ENTRY,
+  PASID_DIRECTORY_ENTRY,
+  SCALABLE_PASID_ENTRY,
+  PASID_PGTT,
+  SECOND_STAGE_TOP_ENTRY,
+  SECOND_STAGE_TABLE_ENTRY,
+  SECOND_STAGE_4K_LEAF,
+  SECOND_STAGE_2M_LEAF,
+  SECOND_STAGE_1G_LEAF,
+  FIRST_STAGE_TOP_ENTRY,
+  FIRST_STAGE_TABLE_ENTRY,
+  FIRST_STAGE_4K_LEAF,
+  FIRST_STAGE_2M_LEAF,
+  FIRST_STAGE_1G_LEAF,
+  IRTE,
+  CONTEXT_CACHE_INVALIDATE,
+  IOTLB_INVALIDATE,
+  DEVICE_TLB_INVALIDATE,
+  INTERRUPT_ENTRY_CACHE_INVALIDATE,
+  INVALIDATION_WAIT,
+  PASID_IOTLB_INVALIDATE,
+  PASID_CACHE_INVALIDATE,
+  PASID_DEVICE_TLB_INVALIDATE,
+  INVALIDATION_DESCRIPTORS,
 } from '../vtd/structures';
 export { encodeBig, decodeBig, getFieldBig, setFieldBig, renderFields } from '../vtd/bitfield';
 export type { Field, FieldTable, RenderOptions } from '../vtd/bitfield';

@@ -9,7 +9,15 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { FaultSnapshots } from '../explain/fault-snapshots';
-import { BIND_IOMMU, BIND_TITLE, chooseBindHost, runBindScenario, type BindHostRequest, type BindReport, type BindTraceEvent } from '../vmm/demo-bind';
+import {
+  BIND_IOMMU,
+  BIND_TITLE,
+  chooseBindHost,
+  runBindScenario,
+  type BindHostRequest,
+  type BindReport,
+  type BindTraceEvent,
+} from '../vmm/demo-bind';
 import { DEMO_MODES, runDemoMode, type DemoMode, type DemoModeReport } from '../vmm/demo-modes';
 
 /** bin/viommu.js, from dist/lib/cli/. */
@@ -41,25 +49,39 @@ export function registerDemoCommand(program: Command): void {
   const names = [...DEMO_MODES.map(modeOptionName), BIND_MODE_NAME];
   program
     .command('demo')
-    .description('run the sample DMA engine as a vfio-user server process behind the VT-d unit and play a guest driver in each translation mode: mappings, DMA both ways, a fault, an unmap; then bind a guest PASID table to the host IOMMU (iommufd nesting) and show each host request')
+    .description(
+      'run the sample DMA engine as a vfio-user server process behind the VT-d unit and play a guest driver in each translation mode: mappings, DMA both ways, a fault, an unmap; then bind a guest PASID table to the host IOMMU (iommufd nesting) and show each host request',
+    )
     .option('--mode <names>', `run only these modes (comma-separated: ${names.join(', ')}); default: all`)
     .option('--snapshot-on-fault <dir>', 'write a snapshot of each DMA translation fault (at most 16) into this directory, for `viommu explain FILE`')
-    .option('--vfio-cdev <path>', 'bind mode: the VFIO device cdev (e.g. /dev/vfio/devices/vfio0) to bind on /dev/iommu; without it (or without /dev/iommu) the dry-run iommufd answers')
-    .option('--trace <file>', 'bind mode: write the unit\'s and the host\'s events as JSON lines to this file')
+    .option(
+      '--vfio-cdev <path>',
+      'bind mode: the VFIO device cdev (e.g. /dev/vfio/devices/vfio0) to bind on /dev/iommu; without it (or without /dev/iommu) the dry-run iommufd answers',
+    )
+    .option('--trace <file>', "bind mode: write the unit's and the host's events as JSON lines to this file")
     .action(async (options: { mode?: string; snapshotOnFault?: string; vfioCdev?: string; trace?: string }) => {
-      const chosen = options.mode === undefined ? names : options.mode.split(',').map((name) => name.trim()).filter((name) => name !== '');
+      const chosen =
+        options.mode === undefined
+          ? names
+          : options.mode
+              .split(',')
+              .map((name) => name.trim())
+              .filter((name) => name !== '');
       const unknown = chosen.filter((name) => !names.includes(name));
-      if (unknown.length > 0 || chosen.length === 0) throw new Error(`demo: no mode named ${unknown.join(', ') || '(none)'}; the modes are ${names.join(', ')}`);
+      if (unknown.length > 0 || chosen.length === 0)
+        throw new Error(`demo: no mode named ${unknown.join(', ') || '(none)'}; the modes are ${names.join(', ')}`);
       const modes = DEMO_MODES.filter((mode) => chosen.includes(modeOptionName(mode)));
       const withBind = chosen.includes(BIND_MODE_NAME);
-      if (!withBind && (options.trace !== undefined || options.vfioCdev !== undefined)) throw new Error('demo: --trace and --vfio-cdev belong to the bind mode, which --mode leaves out');
+      if (!withBind && (options.trace !== undefined || options.vfioCdev !== undefined))
+        throw new Error('demo: --trace and --vfio-cdev belong to the bind mode, which --mode leaves out');
       const demoOptions: DemoOptions = {
         ...(options.snapshotOnFault === undefined ? {} : { snapshotOnFault: options.snapshotOnFault }),
         ...(withBind ? { bind: options.vfioCdev === undefined ? {} : { vfioCdev: options.vfioCdev } } : {}),
         ...(options.trace === undefined ? {} : { trace: options.trace }),
       };
       // main() turns a returned action into exit code 0, so a failed check leaves as an error (exit code 1).
-      if ((await runDemo({ stdout: process.stdout, stderr: process.stderr }, modes, demoOptions)) !== 0) throw new Error('demo: a check failed (see the lines above)');
+      if ((await runDemo({ stdout: process.stdout, stderr: process.stderr }, modes, demoOptions)) !== 0)
+        throw new Error('demo: a check failed (see the lines above)');
     });
 }
 
@@ -112,18 +134,26 @@ class EngineProcess {
   private readonly killOnExit = () => this.kill();
   stderr = '';
 
-  private constructor(private readonly child: ChildProcess, readonly socketPath: string) {
+  private constructor(
+    private readonly child: ChildProcess,
+    readonly socketPath: string,
+  ) {
     process.once('exit', this.killOnExit);
     child.stderr!.on('data', (chunk: Buffer) => (this.stderr += chunk.toString()));
   }
 
   static async start(socketPath: string): Promise<EngineProcess> {
-    const child = spawn(process.execPath, [VIOMMU_BIN, 'serve', '--socket', socketPath, '--device', 'dma-engine'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [VIOMMU_BIN, 'serve', '--socket', socketPath, '--device', 'dma-engine'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     const engine = new EngineProcess(child, socketPath);
     try {
       await new Promise<void>((resolve, reject) => {
         let stdout = '';
-        const timer = setTimeout(() => reject(new Error(`viommu serve did not start within ${SERVER_START_MS} ms (stderr: ${engine.stderr.trim()})`)), SERVER_START_MS);
+        const timer = setTimeout(
+          () => reject(new Error(`viommu serve did not start within ${SERVER_START_MS} ms (stderr: ${engine.stderr.trim()})`)),
+          SERVER_START_MS,
+        );
         child.stdout!.on('data', (chunk: Buffer) => {
           stdout += chunk.toString();
           if (stdout.includes('\n')) {
@@ -132,7 +162,13 @@ class EngineProcess {
           }
         });
         child.once('error', (error) => (clearTimeout(timer), reject(error)));
-        child.once('exit', (code, signal) => (clearTimeout(timer), reject(new Error(`viommu serve exited (${signal ?? code}) before listening: ${engine.stderr.trim()}`))));
+        child.once(
+          'exit',
+          (code, signal) => (
+            clearTimeout(timer),
+            reject(new Error(`viommu serve exited (${signal ?? code}) before listening: ${engine.stderr.trim()}`))
+          ),
+        );
       });
     } catch (error) {
       await engine.stop();
@@ -181,9 +217,15 @@ export async function runDemo(io: DemoIo, modes: readonly DemoMode[] = DEMO_MODE
     for (const mode of modes) {
       let report: DemoModeReport;
       try {
-        report = await runDemoMode(mode, socketPath, snapshots === undefined ? {} : {
-          onUnit: (unit, memory) => snapshots.watch(unit, memory, `viommu demo, mode ${mode.name}`),
-        });
+        report = await runDemoMode(
+          mode,
+          socketPath,
+          snapshots === undefined
+            ? {}
+            : {
+                onUnit: (unit, memory) => snapshots.watch(unit, memory, `viommu demo, mode ${mode.name}`),
+              },
+        );
       } catch (error) {
         report = { mode: mode.name, lines: [], failures: [`the mode stopped: ${(error as Error).message}`] };
       }

@@ -30,7 +30,9 @@ export interface ExplainIo {
 export function registerExplainCommand(program: Command): void {
   program
     .command('explain')
-    .description("replay a fault snapshot (written by --snapshot-on-fault) through a restored unit and show the whole walk: root, context, PASID structures, each first-stage level with the second-stage walk of its table, the fields that decided, and where and why it stopped")
+    .description(
+      'replay a fault snapshot (written by --snapshot-on-fault) through a restored unit and show the whole walk: root, context, PASID structures, each first-stage level with the second-stage walk of its table, the fields that decided, and where and why it stopped',
+    )
     .argument('<snapshot>', 'a snapshot file, as `viommu qtest|demo|smoke --snapshot-on-fault DIR` writes them')
     .option('--html <file>', 'also write the walk as a self-contained HTML page with the 2-D walk drawn')
     .option('--sid <id>', "explain another request against the snapshot's state: its requester id, as 0x20, 32 or 00:04.0 (default: the snapshot's)")
@@ -63,8 +65,13 @@ function parseSid(text: string): number {
 
 /** The request to explain: the snapshot's own, or the one the options describe (unspecified sid and IOVA from the snapshot). */
 export function requestFromOptions(snapshot: UnitSnapshot, options: ExplainCommandOptions): TranslationRequest {
-  const other = options.sid !== undefined || options.iova !== undefined || options.pasid !== undefined
-    || options.write !== undefined || options.exec !== undefined || options.supervisor !== undefined;
+  const other =
+    options.sid !== undefined ||
+    options.iova !== undefined ||
+    options.pasid !== undefined ||
+    options.write !== undefined ||
+    options.exec !== undefined ||
+    options.supervisor !== undefined;
   if (!other) return snapshot.request;
   const pasid = options.pasid === undefined ? undefined : Number(parseNumber(options.pasid, '--pasid', 1n << 20n));
   if (pasid === undefined && (options.exec === true || options.supervisor === true)) {
@@ -80,13 +87,15 @@ export function requestFromOptions(snapshot: UnitSnapshot, options: ExplainComma
 
 /** Where the snapshot came from, and what the live unit reported when it was taken. */
 function snapshotHeading(file: string, snapshot: UnitSnapshot, ownRequest: boolean): string[] {
-  const lines = [`snapshot: ${file} (taken ${snapshot.takenAt}${snapshot.source === undefined ? '' : ` by ${snapshot.source}`}, ${snapshot.pages.size} page(s))`];
+  const lines = [
+    `snapshot: ${file} (taken ${snapshot.takenAt}${snapshot.source === undefined ? '' : ` by ${snapshot.source}`}, ${snapshot.pages.size} page(s))`,
+  ];
   const observed = snapshot.observed;
   if (ownRequest && observed !== undefined) {
     const level = observed.level === undefined ? '' : `, level ${observed.level}`;
     lines.push(`live unit: ${describeFaultReason(observed.reason)}${level}; fault record: ${observed.recording}`);
   } else if (!ownRequest) {
-    lines.push('explaining another request against the snapshot\'s state (its pages are those the snapshot\'s own request read)');
+    lines.push("explaining another request against the snapshot's state (its pages are those the snapshot's own request read)");
   }
   return lines;
 }

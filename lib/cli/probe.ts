@@ -77,7 +77,10 @@ async function readConfig(client: VfioUserClient, device: DeviceDescription): Pr
   const region = client.regions[index];
   if (region === undefined) return { status: 'unavailable', reason: 'the server has no CONFIG region' };
   if (!region.readable || region.size < BigInt(PCI_HEADER_SIZE)) {
-    return { status: 'unavailable', reason: `the CONFIG region is not readable as a ${PCI_HEADER_SIZE}-byte header (size ${region.size}, flags 0x${region.description.flags.toString(16)})` };
+    return {
+      status: 'unavailable',
+      reason: `the CONFIG region is not readable as a ${PCI_HEADER_SIZE}-byte header (size ${region.size}, flags 0x${region.description.flags.toString(16)})`,
+    };
   }
   let bytes: Uint8Array;
   try {
@@ -93,7 +96,8 @@ async function readConfig(client: VfioUserClient, device: DeviceDescription): Pr
     }
   } catch (error) {
     // A device that refuses config reads is odd but not broken; the rest of the description still stands.
-    if (error instanceof VfioUserRemoteError) return { status: 'unavailable', reason: `the server refused the config read with ${errnoName(error.errno)}` };
+    if (error instanceof VfioUserRemoteError)
+      return { status: 'unavailable', reason: `the server refused the config read with ${errnoName(error.errno)}` };
     throw error;
   }
   const regionSizes = client.regions.slice(0, 6).map((r) => r.size);
@@ -118,7 +122,9 @@ export async function describeServer(client: VfioUserClient, socket: string): Pr
     twinSocket: summary.twinSocket,
     capabilities: summary.serverCapabilities,
     capabilitiesSent: summary.serverStatedCapabilities,
-    capabilitiesDefaulted: CAPABILITY_ORDER.filter((key) => summary.serverStatedCapabilities[key] === undefined).map((key) => CAPABILITY_JSON_NAMES[key]),
+    capabilitiesDefaulted: CAPABILITY_ORDER.filter((key) => summary.serverStatedCapabilities[key] === undefined).map(
+      (key) => CAPABILITY_JSON_NAMES[key],
+    ),
     device,
     regions: summary.regions,
     irqs: summary.irqs,
@@ -157,15 +163,20 @@ const CAPABILITY_ORDER = ['maxMsgFds', 'maxDataXferSize', 'maxDmaMaps', 'pgsizes
 function renderCapability(key: (typeof CAPABILITY_ORDER)[number], caps: ResolvedCapabilities): string {
   const name = CAPABILITY_JSON_NAMES[key];
   switch (key) {
-    case 'maxMsgFds': return `${name}=${caps.maxMsgFds}`;
-    case 'maxDataXferSize': return `${name}=${caps.maxDataXferSize}`;
-    case 'maxDmaMaps': return `${name}=${caps.maxDmaMaps}`;
-    case 'pgsizes': return `${name}=0x${hex(caps.pgsizes)}`;
+    case 'maxMsgFds':
+      return `${name}=${caps.maxMsgFds}`;
+    case 'maxDataXferSize':
+      return `${name}=${caps.maxDataXferSize}`;
+    case 'maxDmaMaps':
+      return `${name}=${caps.maxDmaMaps}`;
+    case 'pgsizes':
+      return `${name}=0x${hex(caps.pgsizes)}`;
     case 'twinSocket': {
       const twin = caps.twinSocket;
       return twin.supported ? `${name}+${twin.fdIndex === undefined ? '' : ` (fd_index ${twin.fdIndex})`}` : `${name}-`;
     }
-    case 'writeMultiple': return `${name}${onOff(caps.writeMultiple)}`;
+    case 'writeMultiple':
+      return `${name}${onOff(caps.writeMultiple)}`;
     case 'migration': {
       const migration = caps.migration;
       if (migration === undefined) return `${name}-`;
@@ -232,9 +243,7 @@ function renderPci(pci: PciDescription): string[] {
     const at = bar.address === 0n ? '<unassigned>' : hex(bar.address);
     const size = bar.size === undefined ? '' : ` [size=${formatSize(bar.size)}]`;
     const kind =
-      bar.kind === 'io'
-        ? `I/O ports at ${at}`
-        : `Memory at ${at} (${bar.width}-bit, ${bar.prefetchable ? 'prefetchable' : 'non-prefetchable'})`;
+      bar.kind === 'io' ? `I/O ports at ${at}` : `Memory at ${at} (${bar.width}-bit, ${bar.prefetchable ? 'prefetchable' : 'non-prefetchable'})`;
     lines.push(`\tRegion ${bar.index}: ${kind}${size}`);
   }
   if (pci.capabilities.length === 0 && pci.problems.length === 0) lines.push('\tCapabilities: none');
@@ -325,11 +334,16 @@ export async function runProbe(options: ProbeOptions, write: (line: string) => v
     const limit = new Promise<never>((_, reject) => {
       deadline = setTimeout(() => {
         expired = true;
-        reject(new ProbeError(`the vfio-user server at ${options.socket} did not finish describing itself within ${timeoutMs * DEADLINE_IN_TIMEOUTS} ms`));
+        reject(
+          new ProbeError(`the vfio-user server at ${options.socket} did not finish describing itself within ${timeoutMs * DEADLINE_IN_TIMEOUTS} ms`),
+        );
       }, timeoutMs * DEADLINE_IN_TIMEOUTS);
     });
     // A late client (the deadline won) is closed as soon as it arrives.
-    connecting.then((late) => (expired ? late.close() : undefined), () => undefined);
+    connecting.then(
+      (late) => (expired ? late.close() : undefined),
+      () => undefined,
+    );
     client = await Promise.race([connecting, limit]);
     description = await Promise.race([describeServer(client, options.socket), limit]);
   } catch (error) {
@@ -355,13 +369,14 @@ export function registerProbeCommand(program: Command): void {
   program
     .command('probe')
     .description('connect to a vfio-user server and print what it offers: protocol, capabilities, regions, IRQs, PCI config header (as lspci -vv)')
-    .requiredOption('--socket <path>', 'the server\'s UNIX socket')
+    .requiredOption('--socket <path>', "the server's UNIX socket")
     .option('--json', 'print the description as JSON')
     .option('--timeout <ms>', 'time limit for each request', String(DEFAULT_PROBE_TIMEOUT_MS))
     .option('--no-twin-socket', 'do not ask the server for a twin socket')
     .action(async (options: { socket: string; json?: boolean; timeout: string; twinSocket: boolean }) => {
-      await runProbe({ socket: options.socket, json: options.json ?? false, timeoutMs: parseTimeout(options.timeout), twinSocket: options.twinSocket }, (line) =>
-        process.stdout.write(`${line}\n`),
+      await runProbe(
+        { socket: options.socket, json: options.json ?? false, timeoutMs: parseTimeout(options.timeout), twinSocket: options.twinSocket },
+        (line) => process.stdout.write(`${line}\n`),
       );
     });
 }

@@ -25,7 +25,7 @@ export function registerServeCommand(program: Command): void {
     .description('serve a sample vfio-user device on a UNIX socket, one client after another, until SIGINT or SIGTERM')
     .requiredOption('--socket <path>', 'UNIX socket path to listen on (a stale socket file is replaced)')
     .option('--device <name>', `the device to serve: ${Object.keys(SAMPLE_DEVICES).join(', ')}`, 'dma-engine')
-    .option('--no-twin-socket', 'do not offer a twin socket for the device\'s DMA messages')
+    .option('--no-twin-socket', "do not offer a twin socket for the device's DMA messages")
     .option(
       '--allow-unsealed-dma-fds',
       'accept DMA_MAP fds not sealed against shrinking (regular files, unsealed memfds): reached by pread/pwrite, not mapped (default: refused with EPERM)',
@@ -57,7 +57,10 @@ export async function runServe(options: ServeCommandOptions, io: ServeIo): Promi
   const { device } = sample.create({ log: (message) => log(`${options.device}: ${message}`) });
   let server: VfioUserServer;
   try {
-    server = VfioUserServer.listen(options.socket, device, { twinSocket: options.twinSocket, allowUnsealedDmaFds: options.allowUnsealedDmaFds ?? false });
+    server = VfioUserServer.listen(options.socket, device, {
+      twinSocket: options.twinSocket,
+      allowUnsealedDmaFds: options.allowUnsealedDmaFds ?? false,
+    });
   } catch (error) {
     device.close();
     throw error;

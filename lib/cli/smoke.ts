@@ -29,17 +29,25 @@ export interface SmokeIo {
 export function registerSmokeCommand(program: Command): void {
   program
     .command('smoke')
-    .description("boot a Multiboot guest (e.g. kvm-unit-tests' intel-iommu.flat) on a KVM machine with the VT-d unit at 0xfed90000 and edu at 00:04.0, pass its serial output through, and report its checks, what it programmed into the unit and its faults; the exit code follows the guest's status")
-    .requiredOption('--kernel <file>', 'the Multiboot image (ELF or a.out kludge), as QEMU\'s -kernel')
+    .description(
+      "boot a Multiboot guest (e.g. kvm-unit-tests' intel-iommu.flat) on a KVM machine with the VT-d unit at 0xfed90000 and edu at 00:04.0, pass its serial output through, and report its checks, what it programmed into the unit and its faults; the exit code follows the guest's status",
+    )
+    .requiredOption('--kernel <file>', "the Multiboot image (ELF or a.out kludge), as QEMU's -kernel")
     .option('--iommu <props>', "intel-iommu properties as QEMU takes them, e.g. 'caching-mode=on,aw-bits=48'", '')
-    .option('--device-socket <path>', 'use the vfio-user device served on this UNIX socket (e.g. `viommu serve --device dma-engine`) at 00:04.0 in place of the in-process edu')
+    .option(
+      '--device-socket <path>',
+      'use the vfio-user device served on this UNIX socket (e.g. `viommu serve --device dma-engine`) at 00:04.0 in place of the in-process edu',
+    )
     .option('--timeout <seconds>', 'stop the guest after this long and report where it was', '60')
-    .option('--trace <file>', "write events as JSON lines: the unit's (register writes, descriptors, translations, faults, interrupts sent) and the machine's (interrupt requests, deliveries, DMA, device errors); docs/trace.md")
+    .option(
+      '--trace <file>',
+      "write events as JSON lines: the unit's (register writes, descriptors, translations, faults, interrupts sent) and the machine's (interrupt requests, deliveries, DMA, device errors); docs/trace.md",
+    )
     .option('--ram <MiB>', 'guest RAM in MiB', '256')
     .option('--smp <cpus>', `vCPUs, 1 to ${MAX_CPUS} (kvm-unit-tests' own configuration of this test uses 4)`, '1')
-    .option('--append <cmdline>', 'the guest command line, as QEMU\'s -append')
+    .option('--append <cmdline>', "the guest command line, as QEMU's -append")
     .option('--snapshot-on-fault <dir>', 'write a snapshot of each DMA translation fault (at most 16) into this directory, for `viommu explain FILE`')
-    .option('--initrd <file>', 'a Multiboot module, as QEMU\'s -initrd (kvm-unit-tests reads KEY=VALUE environment lines from it)')
+    .option('--initrd <file>', "a Multiboot module, as QEMU's -initrd (kvm-unit-tests reads KEY=VALUE environment lines from it)")
     .action(async (options: SmokeCommandOptions) => {
       setCommandExitCode(await runSmoke(options, { stdout: process.stdout, stderr: process.stderr }));
     });
@@ -78,13 +86,20 @@ export async function runSmoke(options: SmokeCommandOptions, io: SmokeIo): Promi
     machine.load(image, { ...(options.append !== undefined ? { commandLine: options.append } : {}), modules });
     const outcome = await machine.run(timeoutSeconds * 1000);
     const sids = machine.placedFunctions.map((fn) => fn.devfn);
-    io.stdout.write(renderSmokeReport({
-      image: options.kernel, iommu: options.iommu, timeoutMs: timeoutSeconds * 1000,
-      checks: parseGuestChecks(Buffer.from(machine.serialOutput).toString('latin1')),
-      unit: summarizeUnit(machine.unit, sids), outcome,
-      deviceErrors: machine.deviceErrors, unclaimedMmio: machine.unclaimedMmio, unshadowed: machine.unshadowedMappings(),
-      ...(options.deviceSocket !== undefined ? { deviceSocket: options.deviceSocket } : {}),
-    }));
+    io.stdout.write(
+      renderSmokeReport({
+        image: options.kernel,
+        iommu: options.iommu,
+        timeoutMs: timeoutSeconds * 1000,
+        checks: parseGuestChecks(Buffer.from(machine.serialOutput).toString('latin1')),
+        unit: summarizeUnit(machine.unit, sids),
+        outcome,
+        deviceErrors: machine.deviceErrors,
+        unclaimedMmio: machine.unclaimedMmio,
+        unshadowed: machine.unshadowedMappings(),
+        ...(options.deviceSocket !== undefined ? { deviceSocket: options.deviceSocket } : {}),
+      }),
+    );
     if (snapshots !== undefined) io.stdout.write(`fault snapshots: ${snapshots.summary()}\n`);
     trace?.write(`${JSON.stringify({ t: outcome.elapsedMs, kind: 'end', end: outcome.end })}\n`);
     return smokeExitCode(outcome.end);

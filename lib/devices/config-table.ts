@@ -43,7 +43,11 @@ export function writeConfigField(bytes: Uint8Array, base: number, field: ConfigF
 }
 
 /** Declares a configuration structure; overlapping fields or fields past `size` fail at load time. */
-export function defineConfigStructure<const F extends readonly ConfigField[]>(name: string, fields: F, size?: number): ConfigStructure<F[number]['key']> {
+export function defineConfigStructure<const F extends readonly ConfigField[]>(
+  name: string,
+  fields: F,
+  size?: number,
+): ConfigStructure<F[number]['key']> {
   return defineStruct<readonly (ConfigField & { readonly key: F[number]['key'] })[]>(name, fields, size);
 }
 
@@ -104,10 +108,7 @@ export interface IdTable<K extends string = string> {
 }
 
 /** Declares numbered things (capability ids, class codes); a value listed twice fails at load time. */
-export function defineIdTable<const E extends readonly IdEntry[]>(
-  name: string,
-  entries: E,
-): IdTable<Extract<E[number], { key: string }>['key']> {
+export function defineIdTable<const E extends readonly IdEntry[]>(name: string, entries: E): IdTable<Extract<E[number], { key: string }>['key']> {
   type Key = Extract<E[number], { key: string }>['key'];
   const names = new Map<number, string>();
   const values: Record<string, number> = {};

@@ -107,16 +107,26 @@ export class EduDevice implements MmioHandler {
     if (offset < REG.dmaSource ? size !== 4 : size !== 4 && size !== 8) return size === 8 ? ALL_ONES : (1n << BigInt(8 * size)) - 1n;
     const narrow = (value: bigint) => (size === 4 ? value & 0xffffffffn : value);
     switch (offset) {
-      case REG.identification: return BigInt(EDU_IDENTIFICATION);
-      case REG.liveness: return BigInt(~this.liveness >>> 0);
-      case REG.factorial: return BigInt(this.factorial >>> 0);
-      case REG.status: return BigInt(this.status);
-      case REG.interruptStatus: return BigInt(this.interruptStatus >>> 0);
-      case REG.dmaSource: return narrow(this.dmaSource);
-      case REG.dmaDestination: return narrow(this.dmaDestination);
-      case REG.dmaCount: return narrow(this.dmaCount);
-      case REG.dmaCommand: return narrow(this.dmaCommand);
-      default: return size === 8 ? ALL_ONES : 0xffffffffn;
+      case REG.identification:
+        return BigInt(EDU_IDENTIFICATION);
+      case REG.liveness:
+        return BigInt(~this.liveness >>> 0);
+      case REG.factorial:
+        return BigInt(this.factorial >>> 0);
+      case REG.status:
+        return BigInt(this.status);
+      case REG.interruptStatus:
+        return BigInt(this.interruptStatus >>> 0);
+      case REG.dmaSource:
+        return narrow(this.dmaSource);
+      case REG.dmaDestination:
+        return narrow(this.dmaDestination);
+      case REG.dmaCount:
+        return narrow(this.dmaCount);
+      case REG.dmaCommand:
+        return narrow(this.dmaCommand);
+      default:
+        return size === 8 ? ALL_ONES : 0xffffffffn;
     }
   }
 
@@ -126,14 +136,30 @@ export class EduDevice implements MmioHandler {
     if (offset >= REG.dmaSource && this.dmaRunning) return;
     const low = Number(value & 0xffffffffn);
     switch (offset) {
-      case REG.liveness: this.liveness = low; break;
-      case REG.factorial: this.computeFactorial(low); break;
-      case REG.status: this.status = (this.status & STATUS_COMPUTING) | (low & STATUS_IRQ_ON_FACTORIAL); break;
-      case REG.raiseInterrupt: this.raise(low); break;
-      case REG.acknowledgeInterrupt: this.acknowledge(low); break;
-      case REG.dmaSource: this.dmaSource = value; break;
-      case REG.dmaDestination: this.dmaDestination = value; break;
-      case REG.dmaCount: this.dmaCount = value; break;
+      case REG.liveness:
+        this.liveness = low;
+        break;
+      case REG.factorial:
+        this.computeFactorial(low);
+        break;
+      case REG.status:
+        this.status = (this.status & STATUS_COMPUTING) | (low & STATUS_IRQ_ON_FACTORIAL);
+        break;
+      case REG.raiseInterrupt:
+        this.raise(low);
+        break;
+      case REG.acknowledgeInterrupt:
+        this.acknowledge(low);
+        break;
+      case REG.dmaSource:
+        this.dmaSource = value;
+        break;
+      case REG.dmaDestination:
+        this.dmaDestination = value;
+        break;
+      case REG.dmaCount:
+        this.dmaCount = value;
+        break;
       case REG.dmaCommand:
         if ((value & RUN) !== 0n) {
           this.dmaCommand = value;

@@ -103,7 +103,10 @@ export const ENGINE_REGISTERS = defineConfigStructure('PASID engine registers', 
 ]);
 type RegisterKey = Parameters<typeof ENGINE_REGISTERS.field>[0];
 /** Register offsets, for drivers and tests that program the engine. */
-export const PASID_ENGINE_REGISTERS = Object.fromEntries(ENGINE_REGISTERS.fields.map((field) => [field.key, field.offset])) as Record<RegisterKey, number>;
+export const PASID_ENGINE_REGISTERS = Object.fromEntries(ENGINE_REGISTERS.fields.map((field) => [field.key, field.offset])) as Record<
+  RegisterKey,
+  number
+>;
 
 /** The descriptor registers, frozen while a transfer runs. */
 const DESCRIPTOR_START = ENGINE_REGISTERS.field('sourceLow').offset;
@@ -213,7 +216,8 @@ export class PasidDmaEngine implements MmioHandler {
       if (at === doorbell) ring = (byte & ENGINE_DOORBELL.bits.RUN) !== 0;
       this.writeByte(at, byte);
     }
-    if (this.overlaps(offset, size, ENGINE_REGISTERS.field('status')) || this.overlaps(offset, size, ENGINE_REGISTERS.field('control'))) this.updateIntx();
+    if (this.overlaps(offset, size, ENGINE_REGISTERS.field('status')) || this.overlaps(offset, size, ENGINE_REGISTERS.field('control')))
+      this.updateIntx();
     if (ring && !this.busy) this.start();
   }
 
@@ -325,7 +329,9 @@ export class PasidDmaEngine implements MmioHandler {
     const failedKind = outcome.error !== 'NONE';
     this.setStatus(
       failedKind
-        ? ENGINE_STATUS.bits.ERROR | ENGINE_STATUS.place('ERROR_KIND', ENGINE_ERRORS.values[outcome.error]) | ENGINE_STATUS.place('ERRNO', outcome.errno ?? 0)
+        ? ENGINE_STATUS.bits.ERROR |
+            ENGINE_STATUS.place('ERROR_KIND', ENGINE_ERRORS.values[outcome.error]) |
+            ENGINE_STATUS.place('ERRNO', outcome.errno ?? 0)
         : ENGINE_STATUS.bits.DONE,
     );
     if ((this.register('control') & ENGINE_CONTROL.bits.INTERRUPT) !== 0) {

@@ -407,7 +407,8 @@ export class PciConfigSpace {
       if (this.barSizes[index] !== undefined || (index > 0 && bars[index - 1]?.kind === 'mem64')) {
         throw configError(`BAR${index} is the upper half of the 64-bit BAR${index - 1}; leave it undefined`);
       }
-      if (!isPowerOfTwo(size) || size < (kind === 'io' ? 4n : 16n)) throw configError(`BAR${index} size ${size} must be a power of two of at least ${kind === 'io' ? 4 : 16}`);
+      if (!isPowerOfTwo(size) || size < (kind === 'io' ? 4n : 16n))
+        throw configError(`BAR${index} size ${size} must be a power of two of at least ${kind === 'io' ? 4 : 16}`);
       if (kind === 'io') {
         if (size > 1n << 16n) throw configError(`I/O BAR${index} of ${size} bytes exceeds the 64 KiB I/O space`);
         this.bytes[at] = PCI_BAR.bits.IO_SPACE;
@@ -466,7 +467,8 @@ export class PciConfigSpace {
    */
   private placeExtendedCapabilities(capabilities: readonly PciExtendedCapabilityDefinition[]): void {
     if (capabilities.length === 0) return;
-    if (this.size !== PCI_EXTENDED_CONFIG_SIZE) throw configError('extended capabilities need the 4096-byte PCI Express configuration space (size: 4096)');
+    if (this.size !== PCI_EXTENDED_CONFIG_SIZE)
+      throw configError('extended capabilities need the 4096-byte PCI Express configuration space (size: 4096)');
     let at = EXTENDED_CAPABILITY_AREA.start;
     for (const definition of capabilities) {
       const { id, version, structure } = EXTENDED_CAPABILITY_LAYOUTS[definition.kind];
@@ -490,7 +492,11 @@ export class PciConfigSpace {
   }
 
   private writeExtendedHeader(at: number, id: number, version: number, next: number): void {
-    const header = (EXTENDED_CAPABILITY_HEADER.place('ID', id) | EXTENDED_CAPABILITY_HEADER.place('VERSION', version) | EXTENDED_CAPABILITY_HEADER.place('NEXT', next)) >>> 0;
+    const header =
+      (EXTENDED_CAPABILITY_HEADER.place('ID', id) |
+        EXTENDED_CAPABILITY_HEADER.place('VERSION', version) |
+        EXTENDED_CAPABILITY_HEADER.place('NEXT', next)) >>>
+      0;
     this.put(at, PASID_STRUCTURE.field('header'), header);
   }
 
@@ -506,9 +512,7 @@ export class PciConfigSpace {
     this.put(at, PASID_STRUCTURE.field('capability'), supported);
     const control = PASID_STRUCTURE.field('control');
     const writable =
-      PASID_CONTROL.bits.ENABLE |
-      (execute ? PASID_CONTROL.bits.EXECUTE_ENABLE : 0) |
-      (privileged ? PASID_CONTROL.bits.PRIVILEGED_ENABLE : 0);
+      PASID_CONTROL.bits.ENABLE | (execute ? PASID_CONTROL.bits.EXECUTE_ENABLE : 0) | (privileged ? PASID_CONTROL.bits.PRIVILEGED_ENABLE : 0);
     writeConfigField(this.writable, at, control, writable);
   }
 
@@ -522,7 +526,8 @@ export class PciConfigSpace {
         ((definition.address64 ?? true) ? MSI_CONTROL.bits.ADDRESS_64 : 0) |
         ((definition.perVectorMasking ?? false) ? MSI_CONTROL.bits.PER_VECTOR_MASKING : 0);
       this.put(at, structure.field('control'), control);
-      if (structure.has('maskBits')) writeConfigField(this.writable, at, structure.field('maskBits'), vectors === 32 ? 0xffffffff : (1 << vectors) - 1);
+      if (structure.has('maskBits'))
+        writeConfigField(this.writable, at, structure.field('maskBits'), vectors === 32 ? 0xffffffff : (1 << vectors) - 1);
       return;
     }
     if (definition.kind === 'express') {
@@ -530,10 +535,16 @@ export class PciConfigSpace {
       return;
     }
     const { tableSize, tableBar, tableOffset, pbaBar, pbaOffset } = definition;
-    if (!Number.isInteger(tableSize) || tableSize < 1 || tableSize > MSIX_CONTROL.bits.TABLE_SIZE + 1) throw configError(`MSI-X table size ${tableSize}: use 1..2048`);
-    for (const [name, bar, offset] of [['table', tableBar, tableOffset], ['PBA', pbaBar, pbaOffset]] as const) {
-      if (!Number.isInteger(bar) || bar < 0 || bar >= PCI_BAR_COUNT || this.barSizes[bar] === undefined) throw configError(`MSI-X ${name} BAR ${bar} is not a defined BAR`);
-      if (!Number.isInteger(offset) || offset < 0 || offset % 8 !== 0 || offset > MSIX_LOCATION.bits.OFFSET) throw configError(`MSI-X ${name} offset ${offset} must be qword aligned`);
+    if (!Number.isInteger(tableSize) || tableSize < 1 || tableSize > MSIX_CONTROL.bits.TABLE_SIZE + 1)
+      throw configError(`MSI-X table size ${tableSize}: use 1..2048`);
+    for (const [name, bar, offset] of [
+      ['table', tableBar, tableOffset],
+      ['PBA', pbaBar, pbaOffset],
+    ] as const) {
+      if (!Number.isInteger(bar) || bar < 0 || bar >= PCI_BAR_COUNT || this.barSizes[bar] === undefined)
+        throw configError(`MSI-X ${name} BAR ${bar} is not a defined BAR`);
+      if (!Number.isInteger(offset) || offset < 0 || offset % 8 !== 0 || offset > MSIX_LOCATION.bits.OFFSET)
+        throw configError(`MSI-X ${name} offset ${offset} must be qword aligned`);
     }
     this.put(at, structure.field('control'), MSIX_CONTROL.place('TABLE_SIZE', tableSize - 1));
     this.put(at, structure.field('tableOffsetBir'), (tableOffset | MSIX_LOCATION.place('BIR', tableBar)) >>> 0);
@@ -543,7 +554,11 @@ export class PciConfigSpace {
   /** An endpoint's registers: version 2, one x1 link at 2.5 GT/s; what a port or slot would add stays zero. */
   private fillExpress(endEndTlpPrefix: boolean, at: number): void {
     const field = (key: Parameters<typeof EXPRESS_ENDPOINT_STRUCTURE.field>[0]) => EXPRESS_ENDPOINT_STRUCTURE.field(key);
-    this.put(at, field('capabilities'), EXPRESS_CAPABILITIES.place('VERSION', EXPRESS_CAPABILITY_VERSION) | EXPRESS_CAPABILITIES.place('PORT_TYPE', EXPRESS_ENDPOINT));
+    this.put(
+      at,
+      field('capabilities'),
+      EXPRESS_CAPABILITIES.place('VERSION', EXPRESS_CAPABILITY_VERSION) | EXPRESS_CAPABILITIES.place('PORT_TYPE', EXPRESS_ENDPOINT),
+    );
     const link = EXPRESS_LINK.place('SPEED', 1) | EXPRESS_LINK.place('WIDTH', 1);
     this.put(at, field('linkCapabilities'), link);
     this.put(at, field('linkStatus'), link);

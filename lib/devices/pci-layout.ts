@@ -193,20 +193,24 @@ export function msiStructure(address64: boolean, perVectorMasking: boolean): Msi
 function buildMsiStructure(address64: boolean, perVectorMasking: boolean) {
   const dataAt = address64 ? 0x0c : 0x08;
   const maskAt = address64 ? 0x10 : 0x0c;
-  return defineConfigStructure(`MSI capability (${address64 ? '64' : '32'}-bit${perVectorMasking ? ', per-vector masking' : ''})`, [
-    CAPABILITY_ID,
-    NEXT_POINTER,
-    { key: 'control', spec: 'Message Control', offset: 2, width: 2, writable: MSI_CONTROL.writable },
-    { key: 'address', spec: 'Message Address', offset: 4, width: 4, writable: MSI_ADDRESS_WRITABLE },
-    ...(address64 ? [{ key: 'upperAddress', spec: 'Message Upper Address', offset: 8, width: 4, writable: 0xffffffff } as const] : []),
-    { key: 'data', spec: 'Message Data', offset: dataAt, width: 2, writable: 0xffff },
-    ...(perVectorMasking
-      ? [
-          { key: 'maskBits', spec: 'Mask Bits', offset: maskAt, width: 4, writable: 0xffffffff } as const,
-          { key: 'pendingBits', spec: 'Pending Bits', offset: maskAt + 4, width: 4 } as const,
-        ]
-      : []),
-  ], perVectorMasking ? maskAt + 8 : dataAt + 2);
+  return defineConfigStructure(
+    `MSI capability (${address64 ? '64' : '32'}-bit${perVectorMasking ? ', per-vector masking' : ''})`,
+    [
+      CAPABILITY_ID,
+      NEXT_POINTER,
+      { key: 'control', spec: 'Message Control', offset: 2, width: 2, writable: MSI_CONTROL.writable },
+      { key: 'address', spec: 'Message Address', offset: 4, width: 4, writable: MSI_ADDRESS_WRITABLE },
+      ...(address64 ? [{ key: 'upperAddress', spec: 'Message Upper Address', offset: 8, width: 4, writable: 0xffffffff } as const] : []),
+      { key: 'data', spec: 'Message Data', offset: dataAt, width: 2, writable: 0xffff },
+      ...(perVectorMasking
+        ? [
+            { key: 'maskBits', spec: 'Mask Bits', offset: maskAt, width: 4, writable: 0xffffffff } as const,
+            { key: 'pendingBits', spec: 'Pending Bits', offset: maskAt + 4, width: 4 } as const,
+          ]
+        : []),
+    ],
+    perVectorMasking ? maskAt + 8 : dataAt + 2,
+  );
 }
 /** The layout a Message Control value announces. */
 export function msiStructureFor(control: number) {

@@ -55,12 +55,18 @@ export class FaultSnapshots {
     }
     const name = [
       `fault-${String(this.written.length + 1).padStart(3, '0')}`,
-      source.replace(/^viommu /, '').replace(/[^a-z0-9]+/gi, '-').replace(/^-|-$/g, '').toLowerCase(),
+      source
+        .replace(/^viommu /, '')
+        .replace(/[^a-z0-9]+/gi, '-')
+        .replace(/^-|-$/g, '')
+        .toLowerCase(),
       requesterName(request.sid).replace(/[:.]/g, '-'),
       ...(request.pasid === undefined ? [] : [`pasid-${request.pasid}`]),
       `iova-${BigInt.asUintN(64, request.iova).toString(16)}`,
       (faultReason(failure.reason)?.name ?? `reason-${failure.reason}`).toLowerCase(),
-    ].filter((part) => part !== '').join('-');
+    ]
+      .filter((part) => part !== '')
+      .join('-');
     const file = path.join(this.directory, `${name}.json`);
     try {
       writeSnapshot(file, takeSnapshot(unit, memory, request, { observed: failure, source }));

@@ -16,7 +16,10 @@ export function renderWalkText(model: WalkModel): string {
   const stop = model.stop;
   const isStop = (step: WalkStep | undefined) => step !== undefined && stop?.entry === step;
   const entryLines = (step: WalkStep, indent: string, label: string): void => {
-    const where = step.guestEntryAddress === undefined ? `at ${hex(step.entryAddress)}` : `at GPA ${hex(step.guestEntryAddress)} (host ${hex(step.entryAddress)})`;
+    const where =
+      step.guestEntryAddress === undefined
+        ? `at ${hex(step.entryAddress)}`
+        : `at GPA ${hex(step.guestEntryAddress)} (host ${hex(step.entryAddress)})`;
     const flags = step.flagsSet === undefined ? '' : `; the walk set ${step.flagsSet.join(', ')}`;
     lines.push(`${indent}${label} [${indexName(step)}] ${where} = ${hex(step.value)}${flags}${isStop(step) ? MARK : ''}`);
     lines.push(`${indent}    ${fieldsLine(decodeEntry(step, reserved))}`);
@@ -42,9 +45,9 @@ export function renderWalkText(model: WalkModel): string {
   if (model.firstStage.length > 0) {
     lines.push('');
     const nested = model.pgtt === PASID_PGTT.NESTED;
-    lines.push(nested
-      ? 'first stage (tables in guest-physical space; each table pointer translated by the second stage, shown beneath it)'
-      : 'first stage');
+    lines.push(
+      nested ? 'first stage (tables in guest-physical space; each table pointer translated by the second stage, shown beneath it)' : 'first stage',
+    );
     for (const row of model.firstStage) {
       lines.push(`  level ${row.level} (${levelName('first-stage', row.level)})`);
       if (row.table !== undefined) {
@@ -86,7 +89,9 @@ export function renderWalkText(model: WalkModel): string {
   }
   if (model.missingPages.length > 0) {
     lines.push('');
-    lines.push(`note: the walk read page(s) ${model.missingPages.map(hex).join(', ')}, which the snapshot does not hold: it read them as unbacked, so the`);
+    lines.push(
+      `note: the walk read page(s) ${model.missingPages.map(hex).join(', ')}, which the snapshot does not hold: it read them as unbacked, so the`,
+    );
     lines.push('      result may differ from what the live unit would find; snapshot the request itself to explain it exactly.');
   }
   return lines.join('\n');
@@ -99,9 +104,12 @@ function rights(readable: boolean | undefined, writable: boolean | undefined): s
 
 function modeLine(model: WalkModel): string {
   switch (model.result.mode) {
-    case 'off': return 'off (GCMD.TE = 0): addresses pass unchanged';
-    case 'legacy': return 'legacy mode (RTADDR.TTM = 00)';
-    case 'invalid-root': return 'RTADDR.TTM selects no mode this unit offers';
+    case 'off':
+      return 'off (GCMD.TE = 0): addresses pass unchanged';
+    case 'legacy':
+      return 'legacy mode (RTADDR.TTM = 00)';
+    case 'invalid-root':
+      return 'RTADDR.TTM selects no mode this unit offers';
     default: {
       const kind = model.pgtt === undefined ? '' : `, PASID entry PGTT ${model.pgtt} (${PGTT_NAMES[model.pgtt] ?? 'reserved'})`;
       return `scalable mode (RTADDR.TTM = 01)${kind}`;

@@ -14,7 +14,9 @@ export function readSnapshot(file: string): UnitSnapshot {
     text = fs.readFileSync(file, 'utf8');
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
-    throw new SnapshotError(`${file}: ${code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'a directory, not a snapshot file' : (error as Error).message}`);
+    throw new SnapshotError(
+      `${file}: ${code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'a directory, not a snapshot file' : (error as Error).message}`,
+    );
   }
   return parseSnapshot(text, file);
 }

@@ -59,7 +59,12 @@ function shortValue(step: WalkStep): string {
 
 /** Names short enough for a cell. */
 const CELL_NAMES: Readonly<Record<WalkStep['structure'], string>> = {
-  root: 'root', context: 'context', 'pasid-directory': 'PASID dir', 'pasid-table': 'PASID entry', 'first-stage': 'FS', 'second-stage': 'SS',
+  root: 'root',
+  context: 'context',
+  'pasid-directory': 'PASID dir',
+  'pasid-table': 'PASID entry',
+  'first-stage': 'FS',
+  'second-stage': 'SS',
 };
 
 function stepLines(step: WalkStep, title: string): string[] {
@@ -94,10 +99,17 @@ export function drawWalk(model: WalkModel): WalkDiagram {
   // The lookup strip, with a placeholder for a structure the walk could not read.
   heading(MARGIN, y + CELL_HEIGHT / 2 + 4, 'lookup');
   model.lookup.forEach((step, i) => {
-    add({ x: gridLeft + i * (CELL_WIDTH + GAP), y, width: CELL_WIDTH, height: CELL_HEIGHT }, stateOf(step), stepLines(step, CELL_NAMES[step.structure]));
+    add(
+      { x: gridLeft + i * (CELL_WIDTH + GAP), y, width: CELL_WIDTH, height: CELL_HEIGHT },
+      stateOf(step),
+      stepLines(step, CELL_NAMES[step.structure]),
+    );
   });
   if (stop?.stage === 'lookup' && stop.entry === undefined) {
-    add({ x: gridLeft + model.lookup.length * (CELL_WIDTH + GAP), y, width: CELL_WIDTH, height: CELL_HEIGHT }, 'failed', [CELL_NAMES[stop.structure!], 'not readable']);
+    add({ x: gridLeft + model.lookup.length * (CELL_WIDTH + GAP), y, width: CELL_WIDTH, height: CELL_HEIGHT }, 'failed', [
+      CELL_NAMES[stop.structure!],
+      'not readable',
+    ]);
   }
   y += CELL_HEIGHT + GAP * 2;
 
@@ -116,28 +128,45 @@ export function drawWalk(model: WalkModel): WalkDiagram {
       // The walk ran as one step (the nested walker notes its input and output only): one cell across the columns.
       const t = walk.translation;
       const rect = { x: columnX(1), y: rowY, width: secondLevels * CELL_WIDTH + (secondLevels - 1) * GAP, height: CELL_HEIGHT };
-      const text = t === undefined ? ['no entry read'] : [`GPA ${hex(t.input)}`, t.output === undefined ? 'no translation' : `-> host ${hex(t.output)}`];
+      const text =
+        t === undefined ? ['no entry read'] : [`GPA ${hex(t.input)}`, t.output === undefined ? 'no translation' : `-> host ${hex(t.output)}`];
       add(rect, walk.failed && stop?.secondStageWalk === walk ? 'failed' : walk.failed ? 'unread' : 'passed', text);
       return;
     }
     for (const step of walk.steps) {
-      add({ x: columnX(1 + secondLevels - step.level), y: rowY, width: CELL_WIDTH, height: CELL_HEIGHT }, stateOf(step), stepLines(step, levelName('second-stage', step.level)));
+      add(
+        { x: columnX(1 + secondLevels - step.level), y: rowY, width: CELL_WIDTH, height: CELL_HEIGHT },
+        stateOf(step),
+        stepLines(step, levelName('second-stage', step.level)),
+      );
     }
     if (stop?.secondStageWalk === walk && stop.entry === undefined && stop.secondStageLevel !== undefined && stop.secondStageLevel > 0) {
-      add({ x: columnX(1 + secondLevels - stop.secondStageLevel), y: rowY, width: CELL_WIDTH, height: CELL_HEIGHT }, 'failed', [levelName('second-stage', stop.secondStageLevel), 'not readable']);
+      add({ x: columnX(1 + secondLevels - stop.secondStageLevel), y: rowY, width: CELL_WIDTH, height: CELL_HEIGHT }, 'failed', [
+        levelName('second-stage', stop.secondStageLevel),
+        'not readable',
+      ]);
     }
   };
 
   for (const row of model.firstStage) {
     heading(MARGIN, y + CELL_HEIGHT / 2 + 4, `FS level ${row.level} (${levelName('first-stage', row.level)})`);
-    if (row.entry !== undefined) add({ x: columnX(0), y, width: CELL_WIDTH, height: CELL_HEIGHT }, stateOf(row.entry), stepLines(row.entry, levelName('first-stage', row.level)));
-    else if (stop?.stage === 'first' && stop.firstStageLevel === row.level) add({ x: columnX(0), y, width: CELL_WIDTH, height: CELL_HEIGHT }, 'failed', [levelName('first-stage', row.level), 'not readable']);
+    if (row.entry !== undefined)
+      add(
+        { x: columnX(0), y, width: CELL_WIDTH, height: CELL_HEIGHT },
+        stateOf(row.entry),
+        stepLines(row.entry, levelName('first-stage', row.level)),
+      );
+    else if (stop?.stage === 'first' && stop.firstStageLevel === row.level)
+      add({ x: columnX(0), y, width: CELL_WIDTH, height: CELL_HEIGHT }, 'failed', [levelName('first-stage', row.level), 'not readable']);
     if (row.table !== undefined) secondStageCells(row.table, y);
     y += CELL_HEIGHT + GAP;
   }
   if (stop?.stage === 'first' && !model.firstStage.some((row) => row.level === stop.firstStageLevel)) {
     heading(MARGIN, y + CELL_HEIGHT / 2 + 4, `FS level ${stop.firstStageLevel}`);
-    add({ x: columnX(0), y, width: CELL_WIDTH, height: CELL_HEIGHT }, 'failed', [levelName('first-stage', stop.firstStageLevel ?? 0), 'no entry read']);
+    add({ x: columnX(0), y, width: CELL_WIDTH, height: CELL_HEIGHT }, 'failed', [
+      levelName('first-stage', stop.firstStageLevel ?? 0),
+      'no entry read',
+    ]);
     y += CELL_HEIGHT + GAP;
   }
   if (model.secondStage !== undefined) {
@@ -153,12 +182,16 @@ export function drawWalk(model: WalkModel): WalkDiagram {
     const fill = cell.state === 'failed' ? FAULT_COLOUR : cell.state === 'passed' ? PASSED_COLOUR : UNREAD_COLOUR;
     const stroke = cell.state === 'failed' ? FAULT_COLOUR : cell.state === 'passed' ? PASSED_STROKE : UNREAD_STROKE;
     const ink = cell.state === 'failed' ? '#ffffff' : TEXT_COLOUR;
-    const lines = cell.lines.map((line, i) => `<text x="${x + 8}" y="${top + 20 + i * 18}" font-size="12" fill="${ink}">${escape(line)}</text>`).join('');
+    const lines = cell.lines
+      .map((line, i) => `<text x="${x + 8}" y="${top + 20 + i * 18}" font-size="12" fill="${ink}">${escape(line)}</text>`)
+      .join('');
     return `<g class="cell ${cell.state}"><rect x="${x}" y="${top}" width="${w}" height="${h}" rx="4" fill="${fill}" stroke="${stroke}" stroke-width="1.5"/>${lines}</g>`;
   });
   const svg = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="monospace">`,
-    ...texts, ...drawn, '</svg>',
+    ...texts,
+    ...drawn,
+    '</svg>',
   ].join('\n');
   return { svg, width, height, ...(failingCell === undefined ? {} : { failingCell }) };
 }

@@ -75,9 +75,15 @@ export interface WalkModel {
 /** The lookup structure a fault stage names, if it is one; a refused request is shown at the root. */
 function lookupStructureOf(stage: FaultStage): WalkStep['structure'] | undefined {
   switch (stage) {
-    case 'request': return 'root';
-    case 'root': case 'context': case 'pasid-directory': case 'pasid-table': return stage;
-    default: return undefined;
+    case 'request':
+      return 'root';
+    case 'root':
+    case 'context':
+    case 'pasid-directory':
+    case 'pasid-table':
+      return stage;
+    default:
+      return undefined;
   }
 }
 
@@ -127,7 +133,12 @@ export function buildWalkModel(replay: ReplayedWalk): WalkModel {
   }
   const firstStage = [...rows.values()].sort((a, b) => b.level - a.level);
   const base = {
-    request: replay.request, config: replay.config, result, lookup, firstStage, missingPages: replay.missingPages,
+    request: replay.request,
+    config: replay.config,
+    result,
+    lookup,
+    firstStage,
+    missingPages: replay.missingPages,
     ...(pgtt === undefined ? {} : { pgtt }),
     ...(secondStageLevels === undefined ? {} : { secondStageLevels }),
   };
@@ -139,8 +150,11 @@ export function buildWalkModel(replay: ReplayedWalk): WalkModel {
 type FailedWalk = Extract<TracedWalk, { ok: false }>;
 
 function findStop(
-  result: FailedWalk, lookup: readonly WalkStep[], firstStage: readonly FirstStageRow[],
-  output: SecondStageWalk | undefined, lastTranslation: SecondStageWalk | undefined,
+  result: FailedWalk,
+  lookup: readonly WalkStep[],
+  firstStage: readonly FirstStageRow[],
+  output: SecondStageWalk | undefined,
+  lastTranslation: SecondStageWalk | undefined,
 ): WalkStop {
   const fault = result.fault;
   const reason = faultReason(fault.reason);
@@ -163,7 +177,9 @@ function findStop(
     const row = fault.level === undefined ? undefined : firstStage.find((r) => r.level === fault.level);
     if (row === undefined) return { ...common, stage: 'second' };
     return {
-      ...common, stage: 'second', firstStageLevel: row.level,
+      ...common,
+      stage: 'second',
+      firstStageLevel: row.level,
       ...(row.table === undefined ? {} : { secondStageWalk: row.table }),
       ...(row.entry === undefined ? {} : { entry: row.entry }),
     };
@@ -171,10 +187,12 @@ function findStop(
   const translation = failedWalk.translation;
   const last = failedWalk.steps[failedWalk.steps.length - 1];
   // Inside a nested walk the record names the second-stage level apart; legacy and second-stage-only walks as the level.
-  const secondStageLevel = translation?.purpose === 'table' ? last?.level : fault.secondStageLevel ?? (fault.level || undefined) ?? last?.level;
+  const secondStageLevel = translation?.purpose === 'table' ? last?.level : (fault.secondStageLevel ?? (fault.level || undefined) ?? last?.level);
   const entry = last !== undefined && last.level === secondStageLevel ? last : undefined;
   return {
-    ...common, stage: 'second', secondStageWalk: failedWalk,
+    ...common,
+    stage: 'second',
+    secondStageWalk: failedWalk,
     ...(translation === undefined ? {} : { firstStageLevel: translation.level }),
     ...(secondStageLevel === undefined ? {} : { secondStageLevel }),
     ...(entry === undefined ? {} : { entry }),

@@ -52,7 +52,8 @@ export function pageSizeName(bytes: number): string {
 
 /** "read by 00:04.0 with PASID 7 (supervisor) at IOVA 0x3abc". */
 export function describeRequest(request: TranslationRequest): string {
-  const privilege = request.pasid === undefined ? '' : `${request.supervisor === true ? ', supervisor' : ', user'}${request.execute === true ? ', execute' : ''}`;
+  const privilege =
+    request.pasid === undefined ? '' : `${request.supervisor === true ? ', supervisor' : ', user'}${request.execute === true ? ', execute' : ''}`;
   const pasid = request.pasid === undefined ? 'without PASID' : `with PASID ${request.pasid}`;
   return `request: ${request.write ? 'write' : 'read'} by ${requesterName(request.sid)} (SID ${hex(request.sid)}) ${pasid}${privilege} at IOVA ${hex(BigInt.asUintN(64, request.iova))}`;
 }
@@ -69,7 +70,10 @@ export function stopPlace(model: WalkModel): string {
     default: {
       // A walk traced per level that lacks the entry at its stopping level could not read it.
       const unread = stop.entry === undefined && (stop.secondStageWalk?.steps.length ?? 0) > 0;
-      const at = stop.secondStageLevel === undefined || stop.secondStageLevel === 0 ? '' : `, at ${levelName('second-stage', stop.secondStageLevel)}${unread ? ' (the entry could not be read)' : ''}`;
+      const at =
+        stop.secondStageLevel === undefined || stop.secondStageLevel === 0
+          ? ''
+          : `, at ${levelName('second-stage', stop.secondStageLevel)}${unread ? ' (the entry could not be read)' : ''}`;
       const input = stop.secondStageWalk?.translation?.input;
       const gpa = input === undefined ? '' : ` (GPA ${hex(input)})`;
       if (model.pgtt !== PASID_PGTT.NESTED || stop.firstStageLevel === undefined) return `second stage${gpa}${at}`;
@@ -93,10 +97,14 @@ export function describeStop(model: WalkModel): string[] {
   }
   if (stop.entry !== undefined) {
     const entry = stop.entry;
-    const label = entry.structure === 'first-stage' || entry.structure === 'second-stage' ? `${entry.structure} ${levelName(entry.structure, entry.level)}` : structureName(entry);
+    const label =
+      entry.structure === 'first-stage' || entry.structure === 'second-stage'
+        ? `${entry.structure} ${levelName(entry.structure, entry.level)}`
+        : structureName(entry);
     lines.push(`entry:   ${label} [${indexName(entry)}] at ${hex(entry.entryAddress)} = ${hex(entry.value)}`);
   }
-  if (stop.pasid !== undefined) lines.push(`PASID:   ${stop.pasid}${model.request.pasid === undefined ? " (the context entry's RID_PASID: the request carried none)" : ''}`);
+  if (stop.pasid !== undefined)
+    lines.push(`PASID:   ${stop.pasid}${model.request.pasid === undefined ? " (the context entry's RID_PASID: the request carried none)" : ''}`);
   if (stop.fpd) lines.push('FPD:     fault processing disabled on this path: the unit does not record this fault');
   return lines;
 }

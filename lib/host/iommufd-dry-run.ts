@@ -9,11 +9,30 @@ import { encodeBig } from '../vtd/bitfield';
 import { CAP_FIELDS, ECAP_FIELDS } from '../vtd/registers';
 import type { IoctlOptions, IommufdChannel } from './iommufd-nesting';
 import {
-  HW_INFO_FLAGS, HW_INFO_TYPE, HWPT_ALLOC_FLAGS, HWPT_DATA_TYPE, HWPT_INVALIDATE_DATA_TYPE, INVALIDATE_ALL_PAGES,
-  IOAS_MAP_FLAGS, IOMMU_HW_INFO_VTD_LAYOUT, IOMMU_HWPT_PAGE_RESPONSE_LAYOUT, IOMMU_HWPT_PGFAULT_LAYOUT,
-  IOMMU_HWPT_VTD_S1_INVALIDATE_LAYOUT, IOMMU_HWPT_VTD_S1_LAYOUT, PAGE_RESPONSE_CODE, VFIO_ATTACH_FLAGS, VFIO_BIND_FLAGS,
-  VFIO_DETACH_FLAGS, VTD_INVALIDATE_FLAGS, VTD_S1_FLAGS, decodeStruct, encodeStruct, ioctlByRequest,
-  nonZeroReserved, writeU32, type IoctlSpec,
+  HW_INFO_FLAGS,
+  HW_INFO_TYPE,
+  HWPT_ALLOC_FLAGS,
+  HWPT_DATA_TYPE,
+  HWPT_INVALIDATE_DATA_TYPE,
+  INVALIDATE_ALL_PAGES,
+  IOAS_MAP_FLAGS,
+  IOMMU_HW_INFO_VTD_LAYOUT,
+  IOMMU_HWPT_PAGE_RESPONSE_LAYOUT,
+  IOMMU_HWPT_PGFAULT_LAYOUT,
+  IOMMU_HWPT_VTD_S1_INVALIDATE_LAYOUT,
+  IOMMU_HWPT_VTD_S1_LAYOUT,
+  PAGE_RESPONSE_CODE,
+  VFIO_ATTACH_FLAGS,
+  VFIO_BIND_FLAGS,
+  VFIO_DETACH_FLAGS,
+  VTD_INVALIDATE_FLAGS,
+  VTD_S1_FLAGS,
+  decodeStruct,
+  encodeStruct,
+  ioctlByRequest,
+  nonZeroReserved,
+  writeU32,
+  type IoctlSpec,
 } from './iommufd-uapi';
 import type { StructValue } from '../byte-layout';
 
@@ -67,9 +86,16 @@ type KernelObject =
 
 /** The smallest size (argsz) each request accepts: the end of its last mandatory field. */
 const MIN_SIZE: Readonly<Record<string, number>> = {
-  IOMMU_DESTROY: 8, IOMMU_IOAS_ALLOC: 12, IOMMU_IOAS_MAP: 40, IOMMU_HWPT_ALLOC: 40, IOMMU_GET_HW_INFO: 32,
-  IOMMU_HWPT_INVALIDATE: 32, IOMMU_FAULT_QUEUE_ALLOC: 16,
-  VFIO_DEVICE_BIND_IOMMUFD: 16, VFIO_DEVICE_ATTACH_IOMMUFD_PT: 12, VFIO_DEVICE_DETACH_IOMMUFD_PT: 8,
+  IOMMU_DESTROY: 8,
+  IOMMU_IOAS_ALLOC: 12,
+  IOMMU_IOAS_MAP: 40,
+  IOMMU_HWPT_ALLOC: 40,
+  IOMMU_GET_HW_INFO: 32,
+  IOMMU_HWPT_INVALIDATE: 32,
+  IOMMU_FAULT_QUEUE_ALLOC: 16,
+  VFIO_DEVICE_BIND_IOMMUFD: 16,
+  VFIO_DEVICE_ATTACH_IOMMUFD_PT: 12,
+  VFIO_DEVICE_DETACH_IOMMUFD_PT: 8,
 };
 
 const PAGE = 4096n;
@@ -325,7 +351,9 @@ export class IommufdDryRun implements IommufdChannel {
         if (dataLen > 0) {
           const buffer = this.pointed(f, payloads, 'dataUptr', dataLen);
           const info = encodeStruct(IOMMU_HW_INFO_VTD_LAYOUT, {
-            flags: this.host.errata ? 1 : 0, capReg: this.host.cap, ecapReg: this.host.ecap,
+            flags: this.host.errata ? 1 : 0,
+            capReg: this.host.cap,
+            ecapReg: this.host.ecap,
           });
           buffer.fill(0, 0, dataLen);
           buffer.set(info.subarray(0, Math.min(dataLen, info.length)));
@@ -418,15 +446,21 @@ export class IommufdDryRun implements IommufdChannel {
     const data = decodeStruct(IOMMU_HWPT_VTD_S1_LAYOUT, bytes);
     if ((data.flags & ~BigInt(VTD_S1_FLAGS.known)) !== 0n || nonZeroReserved(IOMMU_HWPT_VTD_S1_LAYOUT, bytes)) fail('EOPNOTSUPP');
     out.outHwptId = this.add({
-      kind: 'hwpt-nested', parentId: f.ptId as number, pasidCompat, ...(faultId !== undefined ? { faultId } : {}), data,
+      kind: 'hwpt-nested',
+      parentId: f.ptId as number,
+      pasidCompat,
+      ...(faultId !== undefined ? { faultId } : {}),
+      data,
     });
     return { vtdS1: data };
   }
 
   private hostNests(): boolean {
     const ecap = this.host.ecap;
-    return (this.host.infoType ?? HW_INFO_TYPE.values.INTEL_VTD) === HW_INFO_TYPE.values.INTEL_VTD &&
-      ((ecap >> BigInt(ECAP_FIELDS.f.NEST.lsb)) & 1n) === 1n;
+    return (
+      (this.host.infoType ?? HW_INFO_TYPE.values.INTEL_VTD) === HW_INFO_TYPE.values.INTEL_VTD &&
+      ((ecap >> BigInt(ECAP_FIELDS.f.NEST.lsb)) & 1n) === 1n
+    );
   }
 
   private hwptInvalidate(

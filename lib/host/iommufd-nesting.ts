@@ -8,11 +8,31 @@ import { ViommuError } from '../errors';
 import { decodeBig } from '../vtd/bitfield';
 import { CAP_FIELDS, ECAP_FIELDS } from '../vtd/registers';
 import {
-  HW_INFO_TYPE, HW_INFO_VTD_FLAGS, HWPT_ALLOC_FLAGS, HWPT_DATA_TYPE, HWPT_INVALIDATE_DATA_TYPE, INVALIDATE_ALL_PAGES,
-  IOAS_MAP_FLAGS, IOCTLS, IOMMU_HW_INFO_VTD_LAYOUT, IOMMU_HWPT_PAGE_RESPONSE_LAYOUT, IOMMU_HWPT_PGFAULT_LAYOUT,
-  IOMMU_HWPT_VTD_S1_INVALIDATE_LAYOUT, IOMMU_HWPT_VTD_S1_LAYOUT, PAGE_RESPONSE_CODE, PGFAULT_FLAGS, PGFAULT_PERM,
-  VFIO_ATTACH_FLAGS, VFIO_DETACH_FLAGS, VTD_INVALIDATE_FLAGS, VTD_S1_FLAGS, decodeStruct, encodeStruct,
-  readU32, type IoctlName, type IoctlSpec,
+  HW_INFO_TYPE,
+  HW_INFO_VTD_FLAGS,
+  HWPT_ALLOC_FLAGS,
+  HWPT_DATA_TYPE,
+  HWPT_INVALIDATE_DATA_TYPE,
+  INVALIDATE_ALL_PAGES,
+  IOAS_MAP_FLAGS,
+  IOCTLS,
+  IOMMU_HW_INFO_VTD_LAYOUT,
+  IOMMU_HWPT_PAGE_RESPONSE_LAYOUT,
+  IOMMU_HWPT_PGFAULT_LAYOUT,
+  IOMMU_HWPT_VTD_S1_INVALIDATE_LAYOUT,
+  IOMMU_HWPT_VTD_S1_LAYOUT,
+  PAGE_RESPONSE_CODE,
+  PGFAULT_FLAGS,
+  PGFAULT_PERM,
+  VFIO_ATTACH_FLAGS,
+  VFIO_DETACH_FLAGS,
+  VTD_INVALIDATE_FLAGS,
+  VTD_S1_FLAGS,
+  decodeStruct,
+  encodeStruct,
+  readU32,
+  type IoctlName,
+  type IoctlSpec,
 } from './iommufd-uapi';
 
 /** A user-space buffer a struct points at: the channel writes its address as a u64 at `offset` before the call. */
@@ -145,8 +165,7 @@ export class IommufdIoctlError extends ViommuError {
 
 /** What the host cannot honour (or a call out of order), refused before any ioctl. */
 export type NestingRequirement =
-  | 'set-up' | 'device' | 'nested' | 'address-width' | 'FS5LP' | 'SRS' | 'EAFS' | 'WPE-needs-SRE' | 'PASID-width'
-  | 'table' | 'range' | 'bound';
+  'set-up' | 'device' | 'nested' | 'address-width' | 'FS5LP' | 'SRS' | 'EAFS' | 'WPE-needs-SRE' | 'PASID-width' | 'table' | 'range' | 'bound';
 
 export class NestingRefusal extends ViommuError {
   constructor(
@@ -217,7 +236,11 @@ export class IommufdNesting {
   addDevice(device: number, cdev: number): number {
     if (this.devices.has(device)) throw new NestingRefusal('device', `device ${device} is already added`);
     const argument = encodeStruct(IOCTLS.VFIO_DEVICE_BIND_IOMMUFD.layout, {
-      argsz: IOCTLS.VFIO_DEVICE_BIND_IOMMUFD.layout.size, flags: 0, iommufd: this.channel.iommufd, outDevid: 0, tokenUuidPtr: 0n,
+      argsz: IOCTLS.VFIO_DEVICE_BIND_IOMMUFD.layout.size,
+      flags: 0,
+      iommufd: this.channel.iommufd,
+      outDevid: 0,
+      tokenUuidPtr: 0n,
     });
     this.issue('VFIO_DEVICE_BIND_IOMMUFD', argument, { device: cdev }, `device ${device}`);
     const devId = readU32(IOCTLS.VFIO_DEVICE_BIND_IOMMUFD.layout, argument, 'outDevid');
@@ -248,9 +271,17 @@ export class IommufdNesting {
       const map = encodeStruct(IOCTLS.IOMMU_IOAS_MAP.layout, {
         size: IOCTLS.IOMMU_IOAS_MAP.layout.size,
         flags: IOAS_MAP_FLAGS.bits.FIXED_IOVA | IOAS_MAP_FLAGS.bits.READABLE | IOAS_MAP_FLAGS.bits.WRITEABLE,
-        ioasId: this.ioasId, userVa: 0n, length: BigInt(range.bytes.length), iova: BigInt(range.guestPhysical),
+        ioasId: this.ioasId,
+        userVa: 0n,
+        length: BigInt(range.bytes.length),
+        iova: BigInt(range.guestPhysical),
       });
-      this.issue('IOMMU_IOAS_MAP', map, { payloads: [{ field: 'userVa', buffer: range.bytes }] }, `guest RAM at 0x${range.guestPhysical.toString(16)}`);
+      this.issue(
+        'IOMMU_IOAS_MAP',
+        map,
+        { payloads: [{ field: 'userVa', buffer: range.bytes }] },
+        `guest RAM at 0x${range.guestPhysical.toString(16)}`,
+      );
     }
 
     this.parentId = this.allocHwpt({ flags: HWPT_ALLOC_FLAGS.bits.NEST_PARENT | this.pasidFlag, devId, ptId: this.ioasId }, 'the nest parent');
@@ -283,8 +314,8 @@ export class IommufdNesting {
     const entry = this.device(device);
     this.checkPasid(pasid, capabilities);
     this.checkFirstStage(firstStage, capabilities);
-    const flags = (firstStage.sre ? VTD_S1_FLAGS.bits.SRE : 0) | (firstStage.eafe ? VTD_S1_FLAGS.bits.EAFE : 0) |
-      (firstStage.wpe ? VTD_S1_FLAGS.bits.WPE : 0);
+    const flags =
+      (firstStage.sre ? VTD_S1_FLAGS.bits.SRE : 0) | (firstStage.eafe ? VTD_S1_FLAGS.bits.EAFE : 0) | (firstStage.wpe ? VTD_S1_FLAGS.bits.WPE : 0);
     const key = `${did}:${firstStage.table}:${firstStage.addressWidth}:${flags}`;
     const user = bindingKey(device, pasid);
     const previous = this.bindingsByKey.get(user);
@@ -294,12 +325,21 @@ export class IommufdNesting {
     const allocated = hwpt === undefined;
     if (!hwpt) {
       const data = encodeStruct(IOMMU_HWPT_VTD_S1_LAYOUT, {
-        flags: BigInt(flags), pgtblAddr: BigInt(firstStage.table), addrWidth: firstStage.addressWidth,
+        flags: BigInt(flags),
+        pgtblAddr: BigInt(firstStage.table),
+        addrWidth: firstStage.addressWidth,
       });
-      const id = this.allocHwpt({
-        flags: this.pasidFlag | (this.fault ? HWPT_ALLOC_FLAGS.bits.FAULT_ID_VALID : 0),
-        devId: entry.devId, ptId: this.parentId!, dataType: HWPT_DATA_TYPE.values.VTD_S1, data, faultId: this.fault?.id ?? 0,
-      }, `device ${device} PASID ${pasid}`);
+      const id = this.allocHwpt(
+        {
+          flags: this.pasidFlag | (this.fault ? HWPT_ALLOC_FLAGS.bits.FAULT_ID_VALID : 0),
+          devId: entry.devId,
+          ptId: this.parentId!,
+          dataType: HWPT_DATA_TYPE.values.VTD_S1,
+          data,
+          faultId: this.fault?.id ?? 0,
+        },
+        `device ${device} PASID ${pasid}`,
+      );
       hwpt = { id, key, did, users: new Set() };
     }
     try {
@@ -338,7 +378,9 @@ export class IommufdNesting {
     const layout = IOCTLS.VFIO_DEVICE_DETACH_IOMMUFD_PT.layout;
     const onPasid = pasid !== DEFAULT_PASID;
     const detach = encodeStruct(layout, {
-      argsz: layout.size, flags: onPasid ? VFIO_DETACH_FLAGS.bits.PASID : 0, pasid: onPasid ? pasid : 0,
+      argsz: layout.size,
+      flags: onPasid ? VFIO_DETACH_FLAGS.bits.PASID : 0,
+      pasid: onPasid ? pasid : 0,
     });
     this.issue('VFIO_DEVICE_DETACH_IOMMUFD_PT', detach, { device: entry.cdev }, `device ${device} PASID ${pasid}`);
     this.bindingsByKey.delete(user);
@@ -358,13 +400,19 @@ export class IommufdNesting {
       targets.add(binding.hwpt);
     }
     const entry = encodeStruct(IOMMU_HWPT_VTD_S1_INVALIDATE_LAYOUT, {
-      addr: range.addr, npages: range.npages, flags: range.leaf ? VTD_INVALIDATE_FLAGS.bits.LEAF : 0,
+      addr: range.addr,
+      npages: range.npages,
+      flags: range.leaf ? VTD_INVALIDATE_FLAGS.bits.LEAF : 0,
     });
     const layout = IOCTLS.IOMMU_HWPT_INVALIDATE.layout;
     for (const hwpt of targets) {
       const request = encodeStruct(layout, {
-        size: layout.size, hwptId: hwpt.id, dataUptr: 0n, dataType: HWPT_INVALIDATE_DATA_TYPE.values.VTD_S1,
-        entryLen: entry.length, entryNum: 1,
+        size: layout.size,
+        hwptId: hwpt.id,
+        dataUptr: 0n,
+        dataType: HWPT_INVALIDATE_DATA_TYPE.values.VTD_S1,
+        entryLen: entry.length,
+        entryNum: 1,
       });
       this.issue('IOMMU_HWPT_INVALIDATE', request, { payloads: [{ field: 'dataUptr', buffer: entry }] }, `HWPT ${hwpt.id}`);
       const handled = readU32(layout, request, 'entryNum');
@@ -393,7 +441,8 @@ export class IommufdNesting {
   respond(fault: HostFault, code: 'success' | 'invalid'): void {
     if (!this.fault) throw new NestingRefusal('set-up', 'there is no fault queue to answer');
     const response = encodeStruct(IOMMU_HWPT_PAGE_RESPONSE_LAYOUT, {
-      cookie: fault.cookie, code: code === 'success' ? PAGE_RESPONSE_CODE.values.SUCCESS : PAGE_RESPONSE_CODE.values.INVALID,
+      cookie: fault.cookie,
+      code: code === 'success' ? PAGE_RESPONSE_CODE.values.SUCCESS : PAGE_RESPONSE_CODE.values.INVALID,
     });
     const written = this.channel.writeFaultResponses(this.fault.fd, response);
     if (written < 0) throw new IommufdIoctlError('FAULT_QUEUE_WRITE', -written, `answering cookie ${fault.cookie}`);
@@ -462,16 +511,29 @@ export class IommufdNesting {
     const layout = IOCTLS.IOMMU_GET_HW_INFO.layout;
     const data = new Uint8Array(IOMMU_HW_INFO_VTD_LAYOUT.size);
     const info = encodeStruct(layout, {
-      size: layout.size, flags: 0, devId, dataLen: data.length, dataUptr: 0n, dataType: 0, outMaxPasidLog2: 0,
+      size: layout.size,
+      flags: 0,
+      devId,
+      dataLen: data.length,
+      dataUptr: 0n,
+      dataType: 0,
+      outMaxPasidLog2: 0,
       outCapabilities: 0n,
     });
     this.issue('IOMMU_GET_HW_INFO', info, { payloads: [{ field: 'dataUptr', buffer: data }] }, `dev_id ${devId}`);
     const answer = decodeStruct(layout, info);
     if (answer.dataType !== HW_INFO_TYPE.values.INTEL_VTD) {
       return {
-        pageTableFormats: [], addressWidths: [], firstStage1GiBPages: false, supervisorRequests: false,
-        extendedAccessedFlag: false, nested: false, maxPasidLog2: answer.outMaxPasidLog2, readOnlyParentErratum: false,
-        cap: 0n, ecap: 0n,
+        pageTableFormats: [],
+        addressWidths: [],
+        firstStage1GiBPages: false,
+        supervisorRequests: false,
+        extendedAccessedFlag: false,
+        nested: false,
+        maxPasidLog2: answer.outMaxPasidLog2,
+        readOnlyParentErratum: false,
+        cap: 0n,
+        ecap: 0n,
       };
     }
     // Bytes past the data_len the kernel reports were zeroed by it: fields it does not know read as 0.
@@ -499,8 +561,14 @@ export class IommufdNesting {
   ): number {
     const layout = IOCTLS.IOMMU_HWPT_ALLOC.layout;
     const argument = encodeStruct(layout, {
-      size: layout.size, flags: request.flags, devId: request.devId, ptId: request.ptId, outHwptId: 0,
-      dataType: request.dataType ?? HWPT_DATA_TYPE.values.NONE, dataLen: request.data?.length ?? 0, dataUptr: 0n,
+      size: layout.size,
+      flags: request.flags,
+      devId: request.devId,
+      ptId: request.ptId,
+      outHwptId: 0,
+      dataType: request.dataType ?? HWPT_DATA_TYPE.values.NONE,
+      dataLen: request.data?.length ?? 0,
+      dataUptr: 0n,
       faultId: request.faultId ?? 0,
     });
     this.issue('IOMMU_HWPT_ALLOC', argument, request.data ? { payloads: [{ field: 'dataUptr', buffer: request.data }] } : {}, what);
@@ -512,7 +580,10 @@ export class IommufdNesting {
     const layout = IOCTLS.VFIO_DEVICE_ATTACH_IOMMUFD_PT.layout;
     const onPasid = pasid !== DEFAULT_PASID;
     const attach = encodeStruct(layout, {
-      argsz: layout.size, flags: onPasid ? VFIO_ATTACH_FLAGS.bits.PASID : 0, ptId, pasid: onPasid ? pasid : 0,
+      argsz: layout.size,
+      flags: onPasid ? VFIO_ATTACH_FLAGS.bits.PASID : 0,
+      ptId,
+      pasid: onPasid ? pasid : 0,
     });
     this.issue('VFIO_DEVICE_ATTACH_IOMMUFD_PT', attach, { device: entry.cdev }, `device ${device} PASID ${pasid} to ${ptId}`);
   }
@@ -579,7 +650,10 @@ function checkRange(range: InvalidateRange): void {
     return;
   }
   if (range.addr < 0n || (range.addr & PAGE_MASK) !== 0n || range.npages < 1n) {
-    throw new NestingRefusal('range', `invalidation {addr 0x${range.addr.toString(16)}, ${range.npages} pages}: addr must be 4 KiB aligned and npages at least 1`);
+    throw new NestingRefusal(
+      'range',
+      `invalidation {addr 0x${range.addr.toString(16)}, ${range.npages} pages}: addr must be 4 KiB aligned and npages at least 1`,
+    );
   }
   if (range.addr + (range.npages << PAGE_SHIFT) > 1n << 64n) {
     throw new NestingRefusal('range', `invalidation {addr 0x${range.addr.toString(16)}, ${range.npages} pages} runs past 2^64`);

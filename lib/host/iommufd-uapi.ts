@@ -1,9 +1,7 @@
 /** The iommufd and VFIO-cdev uAPI that VT-d nesting uses: each struct, flag set and ioctl number described once. */
 
 import { ViommuError } from '../errors';
-import {
-  defineFlags, defineNumbers, defineStruct, type FieldSpec, type StructLayout, type StructShape, type StructValue,
-} from '../byte-layout';
+import { defineFlags, defineNumbers, defineStruct, type FieldSpec, type StructLayout, type StructShape, type StructValue } from '../byte-layout';
 
 // The byte-layout helper fits these structs exactly: packed little-endian fields at byte offsets, u64s as
 // bigint, "__reserved" fields that must be zero. lib/vtd/bitfield.ts describes bit fields inside words instead.
@@ -150,10 +148,20 @@ export const VFIO_DEVICE_DETACH_IOMMUFD_PT_LAYOUT = defineStruct('vfio_device_de
 
 /** Every layout of this module, for tests and tools that walk them all. */
 export const IOMMUFD_LAYOUTS = [
-  IOMMU_DESTROY_LAYOUT, IOMMU_IOAS_ALLOC_LAYOUT, IOMMU_IOAS_MAP_LAYOUT, IOMMU_HWPT_ALLOC_LAYOUT, IOMMU_HW_INFO_LAYOUT,
-  IOMMU_HW_INFO_VTD_LAYOUT, IOMMU_HWPT_VTD_S1_LAYOUT, IOMMU_HWPT_INVALIDATE_LAYOUT,
-  IOMMU_HWPT_VTD_S1_INVALIDATE_LAYOUT, IOMMU_FAULT_ALLOC_LAYOUT, IOMMU_HWPT_PGFAULT_LAYOUT,
-  IOMMU_HWPT_PAGE_RESPONSE_LAYOUT, VFIO_DEVICE_BIND_IOMMUFD_LAYOUT, VFIO_DEVICE_ATTACH_IOMMUFD_PT_LAYOUT,
+  IOMMU_DESTROY_LAYOUT,
+  IOMMU_IOAS_ALLOC_LAYOUT,
+  IOMMU_IOAS_MAP_LAYOUT,
+  IOMMU_HWPT_ALLOC_LAYOUT,
+  IOMMU_HW_INFO_LAYOUT,
+  IOMMU_HW_INFO_VTD_LAYOUT,
+  IOMMU_HWPT_VTD_S1_LAYOUT,
+  IOMMU_HWPT_INVALIDATE_LAYOUT,
+  IOMMU_HWPT_VTD_S1_INVALIDATE_LAYOUT,
+  IOMMU_FAULT_ALLOC_LAYOUT,
+  IOMMU_HWPT_PGFAULT_LAYOUT,
+  IOMMU_HWPT_PAGE_RESPONSE_LAYOUT,
+  VFIO_DEVICE_BIND_IOMMUFD_LAYOUT,
+  VFIO_DEVICE_ATTACH_IOMMUFD_PT_LAYOUT,
   VFIO_DEVICE_DETACH_IOMMUFD_PT_LAYOUT,
 ] as const;
 
@@ -161,7 +169,10 @@ export const IOMMUFD_LAYOUTS = [
 
 export const IOAS_MAP_FLAGS = defineFlags('iommufd_ioas_map_flags', { FIXED_IOVA: 1, WRITEABLE: 2, READABLE: 4 });
 export const HWPT_ALLOC_FLAGS = defineFlags('iommufd_hwpt_alloc_flags', {
-  NEST_PARENT: 1, DIRTY_TRACKING: 2, FAULT_ID_VALID: 4, PASID: 8,
+  NEST_PARENT: 1,
+  DIRTY_TRACKING: 2,
+  FAULT_ID_VALID: 4,
+  PASID: 8,
 });
 export const VTD_S1_FLAGS = defineFlags('iommu_hwpt_vtd_s1_flags', { SRE: 1, EAFE: 2, WPE: 4 });
 export const HWPT_DATA_TYPE = defineNumbers('iommu_hwpt_data_type', { NONE: 0, VTD_S1: 1 });
@@ -169,7 +180,9 @@ export const HW_INFO_FLAGS = defineFlags('iommufd_hw_info_flags', { INPUT_TYPE: 
 export const HW_INFO_TYPE = defineNumbers('iommu_hw_info_type', { NONE: 0, INTEL_VTD: 1 });
 export const HW_INFO_VTD_FLAGS = defineFlags('iommu_hw_info_vtd_flags', { ERRATA_772415_SPR17: 1 });
 export const HW_CAPABILITIES = defineFlags('iommufd_hw_capabilities', {
-  DIRTY_TRACKING: 1, PCI_PASID_EXEC: 2, PCI_PASID_PRIV: 4,
+  DIRTY_TRACKING: 1,
+  PCI_PASID_EXEC: 2,
+  PCI_PASID_PRIV: 4,
 });
 export const HWPT_INVALIDATE_DATA_TYPE = defineNumbers('iommu_hwpt_invalidate_data_type', { VTD_S1: 0 });
 export const VTD_INVALIDATE_FLAGS = defineFlags('iommu_hwpt_vtd_s1_invalidate_flags', { LEAF: 1 });
@@ -208,44 +221,94 @@ function ioctl<L extends StructShape>(spec: IoctlSpec<L>): IoctlSpec<L> {
 
 export const IOCTLS = {
   IOMMU_DESTROY: ioctl({
-    name: 'IOMMU_DESTROY', request: ioctlNumber(IOMMUFD_TYPE, 0x80), target: 'iommufd', layout: IOMMU_DESTROY_LAYOUT,
-    sizeField: 'size', pointerFields: [], fdFields: [],
+    name: 'IOMMU_DESTROY',
+    request: ioctlNumber(IOMMUFD_TYPE, 0x80),
+    target: 'iommufd',
+    layout: IOMMU_DESTROY_LAYOUT,
+    sizeField: 'size',
+    pointerFields: [],
+    fdFields: [],
   }),
   IOMMU_IOAS_ALLOC: ioctl({
-    name: 'IOMMU_IOAS_ALLOC', request: ioctlNumber(IOMMUFD_TYPE, 0x81), target: 'iommufd',
-    layout: IOMMU_IOAS_ALLOC_LAYOUT, sizeField: 'size', pointerFields: [], fdFields: [],
+    name: 'IOMMU_IOAS_ALLOC',
+    request: ioctlNumber(IOMMUFD_TYPE, 0x81),
+    target: 'iommufd',
+    layout: IOMMU_IOAS_ALLOC_LAYOUT,
+    sizeField: 'size',
+    pointerFields: [],
+    fdFields: [],
   }),
   IOMMU_IOAS_MAP: ioctl({
-    name: 'IOMMU_IOAS_MAP', request: ioctlNumber(IOMMUFD_TYPE, 0x85), target: 'iommufd', layout: IOMMU_IOAS_MAP_LAYOUT,
-    sizeField: 'size', pointerFields: ['userVa'], fdFields: [],
+    name: 'IOMMU_IOAS_MAP',
+    request: ioctlNumber(IOMMUFD_TYPE, 0x85),
+    target: 'iommufd',
+    layout: IOMMU_IOAS_MAP_LAYOUT,
+    sizeField: 'size',
+    pointerFields: ['userVa'],
+    fdFields: [],
   }),
   IOMMU_HWPT_ALLOC: ioctl({
-    name: 'IOMMU_HWPT_ALLOC', request: ioctlNumber(IOMMUFD_TYPE, 0x89), target: 'iommufd',
-    layout: IOMMU_HWPT_ALLOC_LAYOUT, sizeField: 'size', pointerFields: ['dataUptr'], fdFields: [],
+    name: 'IOMMU_HWPT_ALLOC',
+    request: ioctlNumber(IOMMUFD_TYPE, 0x89),
+    target: 'iommufd',
+    layout: IOMMU_HWPT_ALLOC_LAYOUT,
+    sizeField: 'size',
+    pointerFields: ['dataUptr'],
+    fdFields: [],
   }),
   IOMMU_GET_HW_INFO: ioctl({
-    name: 'IOMMU_GET_HW_INFO', request: ioctlNumber(IOMMUFD_TYPE, 0x8a), target: 'iommufd',
-    layout: IOMMU_HW_INFO_LAYOUT, sizeField: 'size', pointerFields: ['dataUptr'], fdFields: [],
+    name: 'IOMMU_GET_HW_INFO',
+    request: ioctlNumber(IOMMUFD_TYPE, 0x8a),
+    target: 'iommufd',
+    layout: IOMMU_HW_INFO_LAYOUT,
+    sizeField: 'size',
+    pointerFields: ['dataUptr'],
+    fdFields: [],
   }),
   IOMMU_HWPT_INVALIDATE: ioctl({
-    name: 'IOMMU_HWPT_INVALIDATE', request: ioctlNumber(IOMMUFD_TYPE, 0x8d), target: 'iommufd',
-    layout: IOMMU_HWPT_INVALIDATE_LAYOUT, sizeField: 'size', pointerFields: ['dataUptr'], fdFields: [],
+    name: 'IOMMU_HWPT_INVALIDATE',
+    request: ioctlNumber(IOMMUFD_TYPE, 0x8d),
+    target: 'iommufd',
+    layout: IOMMU_HWPT_INVALIDATE_LAYOUT,
+    sizeField: 'size',
+    pointerFields: ['dataUptr'],
+    fdFields: [],
   }),
   IOMMU_FAULT_QUEUE_ALLOC: ioctl({
-    name: 'IOMMU_FAULT_QUEUE_ALLOC', request: ioctlNumber(IOMMUFD_TYPE, 0x8e), target: 'iommufd',
-    layout: IOMMU_FAULT_ALLOC_LAYOUT, sizeField: 'size', pointerFields: [], fdFields: ['outFaultFd'],
+    name: 'IOMMU_FAULT_QUEUE_ALLOC',
+    request: ioctlNumber(IOMMUFD_TYPE, 0x8e),
+    target: 'iommufd',
+    layout: IOMMU_FAULT_ALLOC_LAYOUT,
+    sizeField: 'size',
+    pointerFields: [],
+    fdFields: ['outFaultFd'],
   }),
   VFIO_DEVICE_BIND_IOMMUFD: ioctl({
-    name: 'VFIO_DEVICE_BIND_IOMMUFD', request: ioctlNumber(VFIO_TYPE, VFIO_BASE + 18), target: 'vfio-device',
-    layout: VFIO_DEVICE_BIND_IOMMUFD_LAYOUT, sizeField: 'argsz', pointerFields: ['tokenUuidPtr'], fdFields: [],
+    name: 'VFIO_DEVICE_BIND_IOMMUFD',
+    request: ioctlNumber(VFIO_TYPE, VFIO_BASE + 18),
+    target: 'vfio-device',
+    layout: VFIO_DEVICE_BIND_IOMMUFD_LAYOUT,
+    sizeField: 'argsz',
+    pointerFields: ['tokenUuidPtr'],
+    fdFields: [],
   }),
   VFIO_DEVICE_ATTACH_IOMMUFD_PT: ioctl({
-    name: 'VFIO_DEVICE_ATTACH_IOMMUFD_PT', request: ioctlNumber(VFIO_TYPE, VFIO_BASE + 19), target: 'vfio-device',
-    layout: VFIO_DEVICE_ATTACH_IOMMUFD_PT_LAYOUT, sizeField: 'argsz', pointerFields: [], fdFields: [],
+    name: 'VFIO_DEVICE_ATTACH_IOMMUFD_PT',
+    request: ioctlNumber(VFIO_TYPE, VFIO_BASE + 19),
+    target: 'vfio-device',
+    layout: VFIO_DEVICE_ATTACH_IOMMUFD_PT_LAYOUT,
+    sizeField: 'argsz',
+    pointerFields: [],
+    fdFields: [],
   }),
   VFIO_DEVICE_DETACH_IOMMUFD_PT: ioctl({
-    name: 'VFIO_DEVICE_DETACH_IOMMUFD_PT', request: ioctlNumber(VFIO_TYPE, VFIO_BASE + 20), target: 'vfio-device',
-    layout: VFIO_DEVICE_DETACH_IOMMUFD_PT_LAYOUT, sizeField: 'argsz', pointerFields: [], fdFields: [],
+    name: 'VFIO_DEVICE_DETACH_IOMMUFD_PT',
+    request: ioctlNumber(VFIO_TYPE, VFIO_BASE + 20),
+    target: 'vfio-device',
+    layout: VFIO_DEVICE_DETACH_IOMMUFD_PT_LAYOUT,
+    sizeField: 'argsz',
+    pointerFields: [],
+    fdFields: [],
   }),
 } as const;
 
@@ -268,11 +331,7 @@ export function encodeStruct<F extends readonly FieldSpec[]>(layout: StructLayou
 }
 
 /** Reads a struct from the start of `bytes` (at `at`); throws when fewer than its size are there. */
-export function decodeStruct<F extends readonly FieldSpec[]>(
-  layout: StructLayout<F>,
-  bytes: Uint8Array,
-  at = 0,
-): StructValue<F> {
+export function decodeStruct<F extends readonly FieldSpec[]>(layout: StructLayout<F>, bytes: Uint8Array, at = 0): StructValue<F> {
   if (at < 0 || bytes.length - at < layout.size) {
     throw new ViommuError('ERR_IOMMUFD_SHORT', `${layout.name} needs ${layout.size} bytes at ${at}, only ${bytes.length - at} there`);
   }
@@ -280,7 +339,11 @@ export function decodeStruct<F extends readonly FieldSpec[]>(
 }
 
 /** The first reserved field of a struct in `bytes` that is not zero, or undefined. */
-export function nonZeroReserved(layout: Pick<StructLayout<readonly FieldSpec[]>, 'findNonZeroReserved'>, bytes: Uint8Array, at = 0): FieldSpec | undefined {
+export function nonZeroReserved(
+  layout: Pick<StructLayout<readonly FieldSpec[]>, 'findNonZeroReserved'>,
+  bytes: Uint8Array,
+  at = 0,
+): FieldSpec | undefined {
   return layout.findNonZeroReserved(bytes, at);
 }
 

@@ -10,7 +10,13 @@ import { ViommuError } from '../errors';
 import type { DeviceDomainListener, FirstStageTableRoot, VtdDomain } from '../vtd/address-space';
 import type { VtdConfig } from '../vtd/config';
 import {
-  INVALIDATE_ALL, NestingRefusal, type FirstStageTable, type HostCapabilities, type HostFault, type IommufdNesting, type InvalidateRange,
+  INVALIDATE_ALL,
+  NestingRefusal,
+  type FirstStageTable,
+  type HostCapabilities,
+  type HostFault,
+  type IommufdNesting,
+  type InvalidateRange,
 } from './iommufd-nesting';
 import { PAGE_SHIFT } from '../memory/geometry';
 
@@ -26,9 +32,11 @@ export interface NestingDomainSource {
 }
 
 /** A host fault walked again through the guest's tables: ok when the guest's tables allow the access. */
-export type GuestFaultWalk = (request: {
-  sid: number; iova: bigint; write: boolean; pasid?: number; supervisor?: boolean; execute?: boolean;
-}) => { readonly ok: boolean; readonly reason?: number; readonly recording?: string };
+export type GuestFaultWalk = (request: { sid: number; iova: bigint; write: boolean; pasid?: number; supervisor?: boolean; execute?: boolean }) => {
+  readonly ok: boolean;
+  readonly reason?: number;
+  readonly recording?: string;
+};
 
 export interface NestingBackendOptions {
   /** Re-walks a host fault through the guest's tables (VtdUnit.translate: it records the fault the guest's tables give). */
@@ -72,7 +80,9 @@ export function firstStageTableOf(root: FirstStageTableRoot): FirstStageTable {
   return {
     table: root.table,
     addressWidth: BITS_AT_FOUR_LEVELS + BITS_PER_LEVEL * (root.levels - 4),
-    sre: root.supervisor, wpe: root.wpe, eafe: root.eafe,
+    sre: root.supervisor,
+    wpe: root.wpe,
+    eafe: root.eafe,
   };
 }
 
@@ -148,8 +158,12 @@ export class NestingBackend extends EventEmitter<NestingBackendEvents> {
     const faults = this.nesting.readFaults();
     for (const fault of faults) {
       const walked = this.options.walkGuest({
-        sid: fault.device, iova: fault.address, write: fault.perm.write,
-        ...(fault.pasid === undefined || fault.pasid === RID_PASID ? {} : { pasid: fault.pasid, supervisor: fault.perm.priv, execute: fault.perm.exec }),
+        sid: fault.device,
+        iova: fault.address,
+        write: fault.perm.write,
+        ...(fault.pasid === undefined || fault.pasid === RID_PASID
+          ? {}
+          : { pasid: fault.pasid, supervisor: fault.perm.priv, execute: fault.perm.exec }),
       });
       if (walked.ok) this.emit('hostFault', fault);
       else this.emit('guestFault', fault, walked.reason ?? 0);
@@ -171,7 +185,13 @@ export class NestingBackend extends EventEmitter<NestingBackendEvents> {
         this.nesting.bindPassThrough(watched.sid, pasid);
         watched.bound = 'pass-through';
       } else {
-        if (domain !== undefined) this.emit('refused', watched.sid, watched.pasid, `a ${domain.kind} domain (${domain.key}) cannot be nested under the host: only first-stage and pass-through entries can`);
+        if (domain !== undefined)
+          this.emit(
+            'refused',
+            watched.sid,
+            watched.pasid,
+            `a ${domain.kind} domain (${domain.key}) cannot be nested under the host: only first-stage and pass-through entries can`,
+          );
         this.unbind(watched);
       }
     } catch (error) {
@@ -217,9 +237,7 @@ export class NestingBackend extends EventEmitter<NestingBackendEvents> {
     const user = [...users].find((candidate) => candidate.bound === 'first-stage');
     if (user === undefined) return;
     const whole = firstPage === 0 && pageCount >= domain.pageLimit;
-    const range: InvalidateRange = whole
-      ? INVALIDATE_ALL
-      : { addr: BigInt(firstPage) << BigInt(PAGE_SHIFT), npages: BigInt(pageCount), leaf: false };
+    const range: InvalidateRange = whole ? INVALIDATE_ALL : { addr: BigInt(firstPage) << BigInt(PAGE_SHIFT), npages: BigInt(pageCount), leaf: false };
     try {
       this.nesting.invalidate({ did: domain.did, pasid: hostPasid(user.pasid) }, range);
     } catch (error) {

@@ -119,7 +119,8 @@ class DeviceShadow implements ShadowAttachment {
   /** Queues a batch; 'everything' unmaps what the device holds when the batch runs (earlier batches may still be on their way). */
   send(changes: ShadowChanges | 'everything'): void {
     if (changes !== 'everything' && changes.unmap.length === 0 && changes.map.length === 0) return;
-    const batch: Batch = changes === 'everything' ? { unmap: 'held', map: [], done: undefined } : { unmap: changes.unmap, map: changes.map, done: undefined };
+    const batch: Batch =
+      changes === 'everything' ? { unmap: 'held', map: [], done: undefined } : { unmap: changes.unmap, map: changes.map, done: undefined };
     this.batches.push(batch);
     if (this.batches.length > 1) return;
     this.beginBatch();
@@ -176,13 +177,25 @@ class DeviceShadow implements ShadowAttachment {
 
   private map(run: ShadowExtent): void {
     if (this.held.size >= this.target.maxDmaMaps) {
-      this.backend.report(this.sid, new ViommuError('ERR_VIOMMU_SHADOW_LIMIT', `device ${sidName(this.sid)} takes at most ${this.target.maxDmaMaps} DMA mappings; IOVA page 0x${run.iovaPage.toString(16)} stays unmapped`));
+      this.backend.report(
+        this.sid,
+        new ViommuError(
+          'ERR_VIOMMU_SHADOW_LIMIT',
+          `device ${sidName(this.sid)} takes at most ${this.target.maxDmaMaps} DMA mappings; IOVA page 0x${run.iovaPage.toString(16)} stays unmapped`,
+        ),
+      );
       return;
     }
     const kept = this.held.get(run.iovaPage);
     if (kept !== undefined) {
       // Only a refused unmap leaves a run here; the device would refuse the overlap too, and `held` must keep naming it.
-      this.backend.report(this.sid, new ViommuError('ERR_VIOMMU_SHADOW_STALE', `device ${sidName(this.sid)} still holds IOVA pages 0x${kept.iovaPage.toString(16)}+${kept.pages} (its unmap failed); the new mapping there is not sent`));
+      this.backend.report(
+        this.sid,
+        new ViommuError(
+          'ERR_VIOMMU_SHADOW_STALE',
+          `device ${sidName(this.sid)} still holds IOVA pages 0x${kept.iovaPage.toString(16)}+${kept.pages} (its unmap failed); the new mapping there is not sent`,
+        ),
+      );
       return;
     }
     this.held.set(run.iovaPage, run);
@@ -292,7 +305,11 @@ export class ShadowBackend extends EventEmitter<ShadowBackendEvents> {
     const start = run.gpaPage * PAGE;
     const region = this.memory.regionAt(start);
     if (region === undefined || region.backing === undefined || start + run.pages * PAGE > region.end) return request;
-    return { ...request, fd: region.backing.region.fd, offset: BigInt(region.backing.region.fdOffset + region.backing.offset + (start - region.start)) };
+    return {
+      ...request,
+      fd: region.backing.region.fd,
+      offset: BigInt(region.backing.region.fdOffset + region.backing.offset + (start - region.start)),
+    };
   }
 
   private move(device: DeviceShadow, domain: VtdDomain | undefined): void {

@@ -68,7 +68,10 @@ export class ShadowMappings {
   update(firstPage: number, pageCount: number, current: Iterable<ShadowExtent>): ShadowChanges {
     const end = firstPage + pageCount;
     if (!Number.isSafeInteger(firstPage) || !Number.isSafeInteger(end) || firstPage < 0 || pageCount < 0) {
-      throw new ViommuError('ERR_VIOMMU_SHADOW_RANGE', `shadow update of ${pageCount} pages at page ${firstPage}: pages must be whole numbers from 0`);
+      throw new ViommuError(
+        'ERR_VIOMMU_SHADOW_RANGE',
+        `shadow update of ${pageCount} pages at page ${firstPage}: pages must be whole numbers from 0`,
+      );
     }
     // Neighbours that merely touch the range are taken in too, so runs that become joinable are joined.
     const from = this.firstEndingAtOrAfter(firstPage);
@@ -78,7 +81,8 @@ export class ShadowMappings {
 
     const wanted: ShadowExtent[] = [];
     const first = old[0];
-    if (first !== undefined && first.iovaPage < firstPage) wanted.push(slice(first, first.iovaPage, Math.min(firstPage, first.iovaPage + first.pages)));
+    if (first !== undefined && first.iovaPage < firstPage)
+      wanted.push(slice(first, first.iovaPage, Math.min(firstPage, first.iovaPage + first.pages)));
     let cursor = firstPage;
     for (const run of current) {
       if (run.pages <= 0) continue;
@@ -92,7 +96,8 @@ export class ShadowMappings {
       cursor = run.iovaPage + run.pages;
     }
     const last = old[old.length - 1];
-    if (last !== undefined && last.iovaPage + last.pages > end) this.append(wanted, slice(last, Math.max(end, last.iovaPage), last.iovaPage + last.pages));
+    if (last !== undefined && last.iovaPage + last.pages > end)
+      this.append(wanted, slice(last, Math.max(end, last.iovaPage), last.iovaPage + last.pages));
 
     // Not splice(from, n, ...wanted): a call takes its arguments on the stack, and a domain can hold a million runs.
     this.runs = this.runs.slice(0, from).concat(wanted, this.runs.slice(to));

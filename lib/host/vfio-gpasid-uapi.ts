@@ -21,7 +21,13 @@ export const PASID_FORMAT_LAST = 2;
 
 export const GPASID_BIND_FLAGS = defineFlags('iommu_gpasid_bind_flags', { GPASID_VAL: 1 });
 export const GPASID_VTD_FLAGS = defineFlags('iommu_gpasid_bind_data_vtd_flags', {
-  SRE: 0x1, EAFE: 0x2, PCD: 0x4, PWT: 0x8, EMTE: 0x10, CD: 0x20, WPE: 0x40,
+  SRE: 0x1,
+  EAFE: 0x2,
+  PCD: 0x4,
+  PWT: 0x8,
+  EMTE: 0x10,
+  CD: 0x20,
+  WPE: 0x40,
 });
 
 export const GPASID_BIND_LAYOUT = defineStruct('iommu_gpasid_bind_data', [
@@ -53,15 +59,19 @@ export const INV_GRANULARITY_COUNT = 3;
 export const INV_PASID_FLAGS = defineFlags('iommu_inv_pasid_flags', { PASID: 1, ARCHID: 2 });
 export const INV_ADDR_FLAGS = defineFlags('iommu_inv_addr_flags', { PASID: 1, ARCHID: 2, LEAF: 4 });
 
-export const CACHE_INVALIDATE_HEADER_LAYOUT = defineStruct('iommu_cache_invalidate_info', [
-  { key: 'argsz', spec: 'argsz', offset: 0, width: 4 },
-  { key: 'version', spec: 'version', offset: 4, width: 4 },
-  { key: 'cache', spec: 'cache', offset: 8, width: 1 },
-  { key: 'granularity', spec: 'granularity', offset: 9, width: 1 },
-  // __u8 padding[6], as integer fields the helper can check and zero.
-  { key: 'padding', spec: 'padding', offset: 10, width: 2, reserved: true },
-  { key: 'paddingHigh', spec: 'padding[2]', offset: 12, width: 4, reserved: true },
-] as const, 56);
+export const CACHE_INVALIDATE_HEADER_LAYOUT = defineStruct(
+  'iommu_cache_invalidate_info',
+  [
+    { key: 'argsz', spec: 'argsz', offset: 0, width: 4 },
+    { key: 'version', spec: 'version', offset: 4, width: 4 },
+    { key: 'cache', spec: 'cache', offset: 8, width: 1 },
+    { key: 'granularity', spec: 'granularity', offset: 9, width: 1 },
+    // __u8 padding[6], as integer fields the helper can check and zero.
+    { key: 'padding', spec: 'padding', offset: 10, width: 2, reserved: true },
+    { key: 'paddingHigh', spec: 'padding[2]', offset: 12, width: 4, reserved: true },
+  ] as const,
+  56,
+);
 
 /** The granu union starts here; it is also the minimum argsz. */
 export const CACHE_INVALIDATE_MINSZ = 16;
@@ -168,7 +178,11 @@ export function decodeGpasidBind(bytes: Uint8Array, operation: 'bind' | 'unbind'
   const argsz = u32(bytes, 0);
   if (argsz < GPASID_BIND_MINSZ) {
     if (looksPreArgsz(bytes, argsz, (format) => format === PASID_FORMAT.values.INTEL_VTD)) {
-      return refuse('EINVAL', 'pre-argsz-layout', `${what}: this is the v5.8/v5.9 layout without argsz (version 1 at offset 0); resend it in the v5.10 layout with argsz first`);
+      return refuse(
+        'EINVAL',
+        'pre-argsz-layout',
+        `${what}: this is the v5.8/v5.9 layout without argsz (version 1 at offset 0); resend it in the v5.10 layout with argsz first`,
+      );
     }
     return refuse('EINVAL', 'argsz-below-minimum', `${what}: argsz ${argsz} is below the ${GPASID_BIND_MINSZ} bytes before the vendor data`);
   }
@@ -182,11 +196,19 @@ export function decodeGpasidBind(bytes: Uint8Array, operation: 'bind' | 'unbind'
   const format = u32(bytes, GPASID_BIND_LAYOUT.offsetOf('format'));
   const vendorSize = VENDOR_DATA_SIZE[format];
   if (vendorSize === undefined) {
-    return refuse('EINVAL', 'format', `${what}: format ${format} is unknown (only INTEL_VTD = ${PASID_FORMAT.values.INTEL_VTD}); ask the host which formats it supports`);
+    return refuse(
+      'EINVAL',
+      'format',
+      `${what}: format ${format} is unknown (only INTEL_VTD = ${PASID_FORMAT.values.INTEL_VTD}); ask the host which formats it supports`,
+    );
   }
   const formatSize = GPASID_BIND_MINSZ + vendorSize;
   if (argsz < formatSize) {
-    return refuse('EINVAL', 'argsz-below-format', `${what}: argsz ${argsz} is below the ${formatSize} bytes format ${PASID_FORMAT.nameOf(format)} needs`);
+    return refuse(
+      'EINVAL',
+      'argsz-below-format',
+      `${what}: argsz ${argsz} is below the ${formatSize} bytes format ${PASID_FORMAT.nameOf(format)} needs`,
+    );
   }
   // The kernel copies min(argsz, its own size): bytes past what it knows are never read.
   if (bytes.length < formatSize) {
@@ -216,7 +238,10 @@ export function decodeGpasidBind(bytes: Uint8Array, operation: 'bind' | 'unbind'
 
 export function encodeCacheInvalidate(info: CacheInvalidateInfo): Uint8Array {
   const bytes = encodeStruct(CACHE_INVALIDATE_HEADER_LAYOUT, {
-    argsz: info.argsz, version: info.version, cache: info.cache, granularity: info.granularity,
+    argsz: info.argsz,
+    version: info.version,
+    cache: info.cache,
+    granularity: info.granularity,
   });
   if (info.granularity === 1) INV_PASID_INFO_LAYOUT.encode(info.pasidInfo, bytes, CACHE_INVALIDATE_MINSZ);
   if (info.granularity === 2) INV_ADDR_INFO_LAYOUT.encode(info.addrInfo, bytes, CACHE_INVALIDATE_MINSZ);
@@ -234,8 +259,14 @@ export function decodeCacheInvalidate(bytes: Uint8Array): GpasidDecodeResult<Cac
   const argsz = u32(bytes, 0);
   if (argsz < CACHE_INVALIDATE_MINSZ) {
     // The earlier layout: version (1) at 0, then cache and granularity bytes at 4 and 5.
-    if (looksPreArgsz(bytes, argsz, (word) => (word & 0xff) !== 0 && (word & 0xff) <= CACHE_TYPE.known && ((word >>> 8) & 0xff) < INV_GRANULARITY_COUNT)) {
-      return refuse('EINVAL', 'pre-argsz-layout', `${what}: this is the v5.8/v5.9 layout without argsz (48 bytes, version 1 at offset 0); resend it in the v5.10 layout`);
+    if (
+      looksPreArgsz(bytes, argsz, (word) => (word & 0xff) !== 0 && (word & 0xff) <= CACHE_TYPE.known && ((word >>> 8) & 0xff) < INV_GRANULARITY_COUNT)
+    ) {
+      return refuse(
+        'EINVAL',
+        'pre-argsz-layout',
+        `${what}: this is the v5.8/v5.9 layout without argsz (48 bytes, version 1 at offset 0); resend it in the v5.10 layout`,
+      );
     }
     return refuse('EINVAL', 'argsz-below-minimum', `${what}: argsz ${argsz} is below the ${CACHE_INVALIDATE_MINSZ}-byte header`);
   }
@@ -253,7 +284,11 @@ export function decodeCacheInvalidate(bytes: Uint8Array): GpasidDecodeResult<Cac
   }
   const needed = CACHE_INVALIDATE_MINSZ + memberSize;
   if (argsz < needed) {
-    return refuse('EINVAL', 'argsz-below-format', `${what}: argsz ${argsz} is below the ${needed} bytes granularity ${INV_GRANULARITY.nameOf(granularity)} needs`);
+    return refuse(
+      'EINVAL',
+      'argsz-below-format',
+      `${what}: argsz ${argsz} is below the ${needed} bytes granularity ${INV_GRANULARITY.nameOf(granularity)} needs`,
+    );
   }
   if (bytes.length < needed) return refuse('EFAULT', 'unreadable', `${what}: argsz ${argsz} but only ${bytes.length} bytes are readable`);
   const unknownCache = CACHE_TYPE.unknownBits(header.cache);

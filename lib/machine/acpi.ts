@@ -137,17 +137,22 @@ const HEADER_FIELDS = [
 const HEADER_SIZE = 36;
 
 /** ACPI 6.5 table 5.3. The first checksum covers only the ACPI 1.0 part, so 1.0 readers can still verify it. */
-const RSDP = defineLayout('RSDP', 36, [
-  { name: 'Signature', offset: 0, size: 8, kind: 'text' },
-  { name: 'Checksum', offset: 8, size: 1 },
-  { name: 'OemId', offset: 9, size: 6, kind: 'text' },
-  { name: 'Revision', offset: 15, size: 1 },
-  { name: 'RsdtAddress', offset: 16, size: 4 },
-  { name: 'Length', offset: 20, size: 4 },
-  { name: 'XsdtAddress', offset: 24, size: 8 },
-  { name: 'ExtendedChecksum', offset: 32, size: 1 },
-  { name: 'Reserved', offset: 33, size: 3, kind: 'reserved' },
-], { Signature: 'RSD PTR ', Revision: 2, Length: 36 });
+const RSDP = defineLayout(
+  'RSDP',
+  36,
+  [
+    { name: 'Signature', offset: 0, size: 8, kind: 'text' },
+    { name: 'Checksum', offset: 8, size: 1 },
+    { name: 'OemId', offset: 9, size: 6, kind: 'text' },
+    { name: 'Revision', offset: 15, size: 1 },
+    { name: 'RsdtAddress', offset: 16, size: 4 },
+    { name: 'Length', offset: 20, size: 4 },
+    { name: 'XsdtAddress', offset: 24, size: 8 },
+    { name: 'ExtendedChecksum', offset: 32, size: 1 },
+    { name: 'Reserved', offset: 33, size: 3, kind: 'reserved' },
+  ],
+  { Signature: 'RSD PTR ', Revision: 2, Length: 36 },
+);
 const RSDP_V1_LENGTH = 20;
 
 /** ACPI 6.5 table 5.9: the header, then one 64-bit table address per entry. */
@@ -161,58 +166,82 @@ const RSDT = defineLayout('RSDT', HEADER_SIZE, HEADER_FIELDS, { Signature: 'RSDT
 const RSDT_ENTRY = defineLayout('RSDT entry', 4, [{ name: 'Address', offset: 0, size: 4 }]);
 
 /** ACPI 6.5 table 5.19. Revision 1: every entry used here has had the same layout since ACPI 1.0. */
-const MADT = defineLayout('MADT', 44, [
-  ...HEADER_FIELDS,
-  { name: 'LocalApicAddress', offset: 36, size: 4 },
-  { name: 'Flags', offset: 40, size: 4 },
-], { Signature: 'APIC', Revision: 1 });
+const MADT = defineLayout('MADT', 44, [...HEADER_FIELDS, { name: 'LocalApicAddress', offset: 36, size: 4 }, { name: 'Flags', offset: 40, size: 4 }], {
+  Signature: 'APIC',
+  Revision: 1,
+});
 const MADT_FLAG_PCAT_COMPAT = 0x1;
 /** ACPI 6.5 table 5.23. */
-const MADT_LOCAL_APIC = defineLayout('MADT Processor Local APIC', 8, [
-  { name: 'Type', offset: 0, size: 1 },
-  { name: 'Length', offset: 1, size: 1 },
-  { name: 'ProcessorUid', offset: 2, size: 1 },
-  { name: 'ApicId', offset: 3, size: 1 },
-  { name: 'Flags', offset: 4, size: 4 },
-], { Type: 0, Length: 8 });
+const MADT_LOCAL_APIC = defineLayout(
+  'MADT Processor Local APIC',
+  8,
+  [
+    { name: 'Type', offset: 0, size: 1 },
+    { name: 'Length', offset: 1, size: 1 },
+    { name: 'ProcessorUid', offset: 2, size: 1 },
+    { name: 'ApicId', offset: 3, size: 1 },
+    { name: 'Flags', offset: 4, size: 4 },
+  ],
+  { Type: 0, Length: 8 },
+);
 const LOCAL_APIC_ENABLED = 0x1;
 /** ACPI 6.5 table 5.25. */
-const MADT_IOAPIC = defineLayout('MADT I/O APIC', 12, [
-  { name: 'Type', offset: 0, size: 1 },
-  { name: 'Length', offset: 1, size: 1 },
-  { name: 'IoApicId', offset: 2, size: 1 },
-  { name: 'Reserved', offset: 3, size: 1, kind: 'reserved' },
-  { name: 'Address', offset: 4, size: 4 },
-  { name: 'GsiBase', offset: 8, size: 4 },
-], { Type: 1, Length: 12 });
+const MADT_IOAPIC = defineLayout(
+  'MADT I/O APIC',
+  12,
+  [
+    { name: 'Type', offset: 0, size: 1 },
+    { name: 'Length', offset: 1, size: 1 },
+    { name: 'IoApicId', offset: 2, size: 1 },
+    { name: 'Reserved', offset: 3, size: 1, kind: 'reserved' },
+    { name: 'Address', offset: 4, size: 4 },
+    { name: 'GsiBase', offset: 8, size: 4 },
+  ],
+  { Type: 1, Length: 12 },
+);
 /** ACPI 6.5 table 5.26. */
-const MADT_INTERRUPT_OVERRIDE = defineLayout('MADT Interrupt Source Override', 10, [
-  { name: 'Type', offset: 0, size: 1 },
-  { name: 'Length', offset: 1, size: 1 },
-  { name: 'Bus', offset: 2, size: 1 },
-  { name: 'Source', offset: 3, size: 1 },
-  { name: 'GlobalIrq', offset: 4, size: 4 },
-  { name: 'Flags', offset: 8, size: 2 },
-], { Type: 2, Length: 10, Bus: 0 });
+const MADT_INTERRUPT_OVERRIDE = defineLayout(
+  'MADT Interrupt Source Override',
+  10,
+  [
+    { name: 'Type', offset: 0, size: 1 },
+    { name: 'Length', offset: 1, size: 1 },
+    { name: 'Bus', offset: 2, size: 1 },
+    { name: 'Source', offset: 3, size: 1 },
+    { name: 'GlobalIrq', offset: 4, size: 4 },
+    { name: 'Flags', offset: 8, size: 2 },
+  ],
+  { Type: 2, Length: 10, Bus: 0 },
+);
 
 /** VT-d 4.1 section 8.1. */
-const DMAR = defineLayout('DMAR', 48, [
-  ...HEADER_FIELDS,
-  { name: 'HostAddressWidth', offset: 36, size: 1 },
-  { name: 'Flags', offset: 37, size: 1 },
-  { name: 'Reserved', offset: 38, size: 10, kind: 'reserved' },
-], { Signature: 'DMAR', Revision: 1 });
+const DMAR = defineLayout(
+  'DMAR',
+  48,
+  [
+    ...HEADER_FIELDS,
+    { name: 'HostAddressWidth', offset: 36, size: 1 },
+    { name: 'Flags', offset: 37, size: 1 },
+    { name: 'Reserved', offset: 38, size: 10, kind: 'reserved' },
+  ],
+  { Signature: 'DMAR', Revision: 1 },
+);
 const DMAR_FLAG_INTR_REMAP = 0x1;
 const DMAR_FLAG_X2APIC_OPT_OUT = 0x2;
 /** VT-d 4.1 section 8.3. Size stays 0: the unit's registers fit one 4 KiB page (2^0 pages). */
-const DMAR_DRHD = defineLayout('DMAR DRHD', 16, [
-  { name: 'Type', offset: 0, size: 2 },
-  { name: 'Length', offset: 2, size: 2 },
-  { name: 'Flags', offset: 4, size: 1 },
-  { name: 'Size', offset: 5, size: 1 },
-  { name: 'Segment', offset: 6, size: 2 },
-  { name: 'RegisterBase', offset: 8, size: 8 },
-], { Type: 0 });
+const DMAR_DRHD = defineLayout(
+  'DMAR DRHD',
+  16,
+  [
+    { name: 'Type', offset: 0, size: 2 },
+    { name: 'Length', offset: 2, size: 2 },
+    { name: 'Flags', offset: 4, size: 1 },
+    { name: 'Size', offset: 5, size: 1 },
+    { name: 'Segment', offset: 6, size: 2 },
+    { name: 'RegisterBase', offset: 8, size: 8 },
+  ],
+  { Type: 0 },
+);
 const DRHD_FLAG_INCLUDE_PCI_ALL = 0x1;
 /** VT-d 4.1 section 8.3.1: a scope header, then one (device, function) pair per bridge hop. */
 const DMAR_DEVICE_SCOPE = defineLayout('DMAR Device Scope', 6, [
@@ -287,7 +316,9 @@ function buildMadt(platform: AcpiPlatform): Uint8Array {
     ...platform.cpuApicIds.map((apicId, uid) => piece(MADT_LOCAL_APIC, { ProcessorUid: uid, ApicId: apicId, Flags: LOCAL_APIC_ENABLED })),
     piece(MADT_IOAPIC, { IoApicId: ioapic.id, Address: ioapic.address, GsiBase: ioapic.gsiBase }),
     piece(MADT_INTERRUPT_OVERRIDE, {
-      Source: TIMER_OVERRIDE.isaIrq, GlobalIrq: ioapic.gsiBase + TIMER_OVERRIDE.ioapicPin, Flags: TIMER_OVERRIDE.flags,
+      Source: TIMER_OVERRIDE.isaIrq,
+      GlobalIrq: ioapic.gsiBase + TIMER_OVERRIDE.ioapicPin,
+      Flags: TIMER_OVERRIDE.flags,
     }),
   ]);
 }
@@ -297,10 +328,17 @@ function buildDmar(platform: AcpiPlatform): Uint8Array {
   const path = [piece(DMAR_SCOPE_PATH, { Device: ioapic.device, Function: ioapic.function })];
   const scopeLength = DMAR_DEVICE_SCOPE.size + path.length * DMAR_SCOPE_PATH.size;
   const scope = piece(DMAR_DEVICE_SCOPE, {
-    Type: DEVICE_SCOPE_IOAPIC, Length: scopeLength, EnumerationId: ioapic.id, StartBus: ioapic.bus,
+    Type: DEVICE_SCOPE_IOAPIC,
+    Length: scopeLength,
+    EnumerationId: ioapic.id,
+    StartBus: ioapic.bus,
   });
   const drhd = piece(DMAR_DRHD, {
-    Length: DMAR_DRHD.size + scopeLength, Flags: DRHD_FLAG_INCLUDE_PCI_ALL, Size: 0, Segment: 0, RegisterBase: dmar.registerBase,
+    Length: DMAR_DRHD.size + scopeLength,
+    Flags: DRHD_FLAG_INCLUDE_PCI_ALL,
+    Size: 0,
+    Segment: 0,
+    RegisterBase: dmar.registerBase,
   });
   const flags = (dmar.interruptRemapping ? DMAR_FLAG_INTR_REMAP : 0) | (dmar.x2apicOptOut ? DMAR_FLAG_X2APIC_OPT_OUT : 0);
   // The field holds the width minus one (VT-d 8.1), so a 39-bit platform writes 38.
@@ -308,11 +346,19 @@ function buildDmar(platform: AcpiPlatform): Uint8Array {
 }
 
 function buildXsdt(entries: readonly number[]): Uint8Array {
-  return table(XSDT, {}, entries.map((address) => piece(XSDT_ENTRY, { Address: address })));
+  return table(
+    XSDT,
+    {},
+    entries.map((address) => piece(XSDT_ENTRY, { Address: address })),
+  );
 }
 
 function buildRsdt(entries: readonly number[]): Uint8Array {
-  return table(RSDT, {}, entries.map((address) => piece(RSDT_ENTRY, { Address: address })));
+  return table(
+    RSDT,
+    {},
+    entries.map((address) => piece(RSDT_ENTRY, { Address: address })),
+  );
 }
 
 function buildRsdp(xsdtAddress: number, rsdtAddress: number): Uint8Array {
@@ -340,29 +386,51 @@ function requireInteger(value: number, min: number, maxExclusive: number, code: 
 
 function validate(platform: AcpiPlatform, address: number): void {
   if (!Number.isSafeInteger(address) || address < 0 || address % TABLE_ALIGNMENT !== 0) {
-    throw invalid('ERR_ACPI_ADDRESS', `ACPI tables address ${String(address)} must be a non-negative multiple of 16, because guests look for the RSDP only on 16-byte boundaries (e.g. 0xe0000)`);
+    throw invalid(
+      'ERR_ACPI_ADDRESS',
+      `ACPI tables address ${String(address)} must be a non-negative multiple of 16, because guests look for the RSDP only on 16-byte boundaries (e.g. 0xe0000)`,
+    );
   }
   const ids = platform.cpuApicIds;
-  if (ids.length === 0) throw invalid('ERR_ACPI_CPUS', 'cpuApicIds is empty; list at least the BSP\'s local APIC id');
+  if (ids.length === 0) throw invalid('ERR_ACPI_CPUS', "cpuApicIds is empty; list at least the BSP's local APIC id");
   const seen = new Set<number>();
   for (const id of ids) {
-    requireInteger(id, 0, MAX_XAPIC_ID + 1, 'ERR_ACPI_CPU_APIC_ID', `CPU local APIC id ${String(id)}`,
-      `use ids 0..${MAX_XAPIC_ID} (0xff is the broadcast id; larger ids would need x2APIC entries, which this MADT does not emit)`);
+    requireInteger(
+      id,
+      0,
+      MAX_XAPIC_ID + 1,
+      'ERR_ACPI_CPU_APIC_ID',
+      `CPU local APIC id ${String(id)}`,
+      `use ids 0..${MAX_XAPIC_ID} (0xff is the broadcast id; larger ids would need x2APIC entries, which this MADT does not emit)`,
+    );
     if (seen.has(id)) throw invalid('ERR_ACPI_CPU_APIC_ID', `CPU local APIC id ${id} appears twice in cpuApicIds; give each CPU its own id`);
     seen.add(id);
   }
   const { ioapic, dmar } = platform;
   requireInteger(ioapic.id, 0, 0x100, 'ERR_ACPI_IOAPIC', 'I/O APIC id', 'use 0..255');
-  requireInteger(ioapic.address, 0, U32_LIMIT, 'ERR_ACPI_IOAPIC', 'I/O APIC address', 'the MADT holds a 32-bit address; place it below 4 GiB (e.g. 0xfec00000)');
+  requireInteger(
+    ioapic.address,
+    0,
+    U32_LIMIT,
+    'ERR_ACPI_IOAPIC',
+    'I/O APIC address',
+    'the MADT holds a 32-bit address; place it below 4 GiB (e.g. 0xfec00000)',
+  );
   requireInteger(ioapic.gsiBase, 0, U32_LIMIT - TIMER_OVERRIDE.ioapicPin, 'ERR_ACPI_IOAPIC', 'I/O APIC GSI base', 'use a 32-bit value (usually 0)');
   requireInteger(ioapic.bus, 0, 0x100, 'ERR_ACPI_IOAPIC', 'I/O APIC source-id bus', 'use 0..255 (QEMU uses 0xff)');
   requireInteger(ioapic.device, 0, 32, 'ERR_ACPI_IOAPIC', 'I/O APIC source-id device', 'use 0..31');
   requireInteger(ioapic.function, 0, 8, 'ERR_ACPI_IOAPIC', 'I/O APIC source-id function', 'use 0..7');
   if (!ADDRESS_WIDTHS.includes(dmar.addressWidthBits)) {
-    throw invalid('ERR_ACPI_ADDRESS_WIDTH', `DMAR address width ${String(dmar.addressWidthBits)} bits is not one VT-d page tables cover; use ${ADDRESS_WIDTHS.join(', ')} (the unit's aw-bits)`);
+    throw invalid(
+      'ERR_ACPI_ADDRESS_WIDTH',
+      `DMAR address width ${String(dmar.addressWidthBits)} bits is not one VT-d page tables cover; use ${ADDRESS_WIDTHS.join(', ')} (the unit's aw-bits)`,
+    );
   }
   if (!Number.isSafeInteger(dmar.registerBase) || dmar.registerBase <= 0 || dmar.registerBase % 0x1000 !== 0) {
-    throw invalid('ERR_ACPI_REGISTER_BASE', `DMAR register base ${String(dmar.registerBase)} must be a non-zero 4 KiB-aligned address (e.g. 0xfed90000), where the unit's registers are mapped`);
+    throw invalid(
+      'ERR_ACPI_REGISTER_BASE',
+      `DMAR register base ${String(dmar.registerBase)} must be a non-zero 4 KiB-aligned address (e.g. 0xfed90000), where the unit's registers are mapped`,
+    );
   }
 }
 
@@ -384,7 +452,10 @@ export function buildAcpiTables(platform: AcpiPlatform, address: number): AcpiTa
   const dmarAddress = alignUp(madtAddress + madt.length, TABLE_ALIGNMENT);
   const end = dmarAddress + dmar.length;
   if (end > U32_LIMIT) {
-    throw invalid('ERR_ACPI_ADDRESS', `ACPI tables at ${hex(address)} would end at ${hex(end)}, above 4 GiB; place them lower (e.g. 0xe0000), since the RSDT holds 32-bit addresses`);
+    throw invalid(
+      'ERR_ACPI_ADDRESS',
+      `ACPI tables at ${hex(address)} would end at ${hex(end)}, above 4 GiB; place them lower (e.g. 0xe0000), since the RSDT holds 32-bit addresses`,
+    );
   }
   const entries = [madtAddress, dmarAddress];
   const placed = [

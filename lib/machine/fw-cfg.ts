@@ -40,7 +40,10 @@ export class FwCfg implements PortDevice {
   /** The items kvm-unit-tests asks for. `maxRamBytes` omitted (or 0) tells it there is no limit on usable RAM. */
   static forMachine(o: { ramBytes: number; cpus: number; maxRamBytes?: number }): FwCfg {
     const maxRamBytes = o.maxRamBytes ?? 0;
-    for (const [name, value] of [['ramBytes', o.ramBytes], ['maxRamBytes', maxRamBytes]] as const) {
+    for (const [name, value] of [
+      ['ramBytes', o.ramBytes],
+      ['maxRamBytes', maxRamBytes],
+    ] as const) {
       if (!Number.isSafeInteger(value) || value < 0) {
         throw new ViommuError('ERR_FW_CFG_VALUE', `fw_cfg ${name} ${value} must be a non-negative whole number of bytes`);
       }
@@ -48,14 +51,16 @@ export class FwCfg implements PortDevice {
     if (!Number.isInteger(o.cpus) || o.cpus < 1 || o.cpus > 0xffff) {
       throw new ViommuError('ERR_FW_CFG_VALUE', `fw_cfg cpus ${o.cpus} must be a whole number from 1 to 65535`);
     }
-    return new FwCfg(new Map([
-      [FW_CFG_KEYS.SIGNATURE, new TextEncoder().encode('QEMU')],
-      [FW_CFG_KEYS.ID, littleEndian(ID_TRADITIONAL_INTERFACE, 4)],
-      [FW_CFG_KEYS.RAM_SIZE, littleEndian(o.ramBytes, 8)],
-      [FW_CFG_KEYS.NB_CPUS, littleEndian(o.cpus, 2)],
-      [FW_CFG_KEYS.MAX_CPUS, littleEndian(o.cpus, 2)],
-      [FW_CFG_KEYS.MAX_RAM, littleEndian(maxRamBytes, 8)],
-    ]));
+    return new FwCfg(
+      new Map([
+        [FW_CFG_KEYS.SIGNATURE, new TextEncoder().encode('QEMU')],
+        [FW_CFG_KEYS.ID, littleEndian(ID_TRADITIONAL_INTERFACE, 4)],
+        [FW_CFG_KEYS.RAM_SIZE, littleEndian(o.ramBytes, 8)],
+        [FW_CFG_KEYS.NB_CPUS, littleEndian(o.cpus, 2)],
+        [FW_CFG_KEYS.MAX_CPUS, littleEndian(o.cpus, 2)],
+        [FW_CFG_KEYS.MAX_RAM, littleEndian(maxRamBytes, 8)],
+      ]),
+    );
   }
 
   readPort(_port: number, size: PortSize): number {

@@ -37,7 +37,10 @@ export const IOAPIC_VER_FIELDS = defineFields('IOAPICVER', 32, [
 export const IOAPIC_RTE = defineFields('I/O APIC redirection entry', 64, [
   { name: 'VECTOR', bit: 0, width: 8, description: 'vector; remappable: must equal the IRTE vector, or EOI never finds this entry' },
   {
-    name: 'DELMOD', bit: 8, width: 3, description: 'delivery mode; remappable: must be 000',
+    name: 'DELMOD',
+    bit: 8,
+    width: 3,
+    description: 'delivery mode; remappable: must be 000',
     values: { 0: 'fixed', 1: 'lowest priority', 2: 'SMI', 4: 'NMI', 5: 'INIT', 7: 'ExtINT' },
   },
   { name: 'DESTMOD', bit: 11, width: 1, description: 'destination mode (1 logical); remappable: interrupt_index[15]' },
@@ -233,7 +236,8 @@ export class Ioapic implements MmioHandler {
         active: this.isActive(pin),
         remappable,
         index: remappable
-          ? getField(addressWords, MSI_REMAPPABLE_ADDRESS.f.HANDLE_LO) + getField(addressWords, MSI_REMAPPABLE_ADDRESS.f.HANDLE_HI) * 2 ** handleLowBits
+          ? getField(addressWords, MSI_REMAPPABLE_ADDRESS.f.HANDLE_LO) +
+            getField(addressWords, MSI_REMAPPABLE_ADDRESS.f.HANDLE_HI) * 2 ** handleLowBits
           : undefined,
         destination: remappable ? undefined : getField(addressWords, MSI_COMPAT_ADDRESS.f.DEST),
         destinationMode: remappable ? undefined : getField(addressWords, MSI_COMPAT_ADDRESS.f.DM) ? 'logical' : 'physical',

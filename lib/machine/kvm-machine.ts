@@ -40,7 +40,15 @@ export const MACHINE_LAYOUT = {
 } as const;
 
 /** q35's host bridge (8086:29c0), so bus 0 has a function 0 as every PC does. */
-const HOST_BRIDGE = { vendorId: 0x8086, deviceId: 0x29c0, revision: 0, classCode: 0x060000, subsystemVendorId: 0x1af4, subsystemId: 0x1100, interruptPin: 0 } as const;
+const HOST_BRIDGE = {
+  vendorId: 0x8086,
+  deviceId: 0x29c0,
+  revision: 0,
+  classCode: 0x060000,
+  subsystemVendorId: 0x1af4,
+  subsystemId: 0x1100,
+  interruptPin: 0,
+} as const;
 const MAX_RAM_BYTES = MACHINE_LAYOUT.pciMemory.start;
 /** Enough for kvm-unit-tests' configurations; each vCPU is a thread of this process. */
 export const MAX_CPUS = 8;
@@ -55,7 +63,14 @@ const PAGE_BYTES = 4096;
  */
 export type MachineEvent =
   | UnitTraceEvent
-  | { readonly kind: 'interrupt'; readonly source: 'msi' | 'ioapic'; readonly sid: number; readonly address: string; readonly data: string; readonly result: string }
+  | {
+      readonly kind: 'interrupt';
+      readonly source: 'msi' | 'ioapic';
+      readonly sid: number;
+      readonly address: string;
+      readonly data: string;
+      readonly result: string;
+    }
   | { readonly kind: 'delivered'; readonly address: string; readonly data: string; readonly accepted: boolean }
   | { readonly kind: 'dma'; readonly source: string; readonly destination: string; readonly count: number; readonly error?: string }
   | { readonly kind: 'unclaimed-mmio'; readonly address: string; readonly size: number; readonly write: boolean }
@@ -84,7 +99,11 @@ type ResumableExit = Extract<KvmExit, { reason: 'io' | 'mmio' | 'ioapic-eoi' }>;
 export type MachineEnd =
   | { readonly kind: 'debug-exit'; readonly status: number; readonly written: number }
   | { readonly kind: 'timeout' }
-  | { readonly kind: 'shutdown' | 'hlt' | 'fail-entry' | 'internal-error' | 'system-event' | 'error' | 'unknown' | 'stopped'; readonly detail: number; readonly message: string };
+  | {
+      readonly kind: 'shutdown' | 'hlt' | 'fail-entry' | 'internal-error' | 'system-event' | 'error' | 'unknown' | 'stopped';
+      readonly detail: number;
+      readonly message: string;
+    };
 
 export interface MachineOutcome {
   readonly end: MachineEnd;
@@ -94,7 +113,8 @@ export interface MachineOutcome {
   readonly elapsedMs: number;
 }
 
-export type KvmMachineCreateResult = { readonly machine: KvmMachine; readonly reason?: undefined } | { readonly machine?: undefined; readonly reason: string };
+export type KvmMachineCreateResult =
+  { readonly machine: KvmMachine; readonly reason?: undefined } | { readonly machine?: undefined; readonly reason: string };
 
 const TERMINAL_MESSAGES: Record<string, string> = {
   shutdown: 'the guest shut the CPU down (a triple fault: an exception while delivering a double fault)',
@@ -156,7 +176,15 @@ export class KvmMachine {
       deliver: (message) => {
         const sid = (MACHINE_LAYOUT.ioapicBus << 8) | MACHINE_LAYOUT.ioapicDevfn;
         const result = this.unit.interruptRequest({ sid, address: message.address, data: message.data }, 'platform');
-        if (this.options.onEvent) this.emit({ kind: 'interrupt', source: 'ioapic', sid, address: hex(message.address), data: hex(message.data), result: result.ok ? 'ok' : `fault 0x${result.reason.toString(16)}` });
+        if (this.options.onEvent)
+          this.emit({
+            kind: 'interrupt',
+            source: 'ioapic',
+            sid,
+            address: hex(message.address),
+            data: hex(message.data),
+            result: result.ok ? 'ok' : `fault 0x${result.reason.toString(16)}`,
+          });
       },
     });
     testbed.mmio.map('ioapic', IOAPIC_BASE, IOAPIC_WINDOW_SIZE, this.ioapic);
@@ -181,7 +209,10 @@ export class KvmMachine {
     if (!Number.isInteger(cpus) || cpus < 1 || cpus > MAX_CPUS) {
       throw new ViommuError('ERR_MACHINE_CPUS', `${cpus} vCPUs: a whole number from 1 to ${MAX_CPUS}`);
     }
-    const opened = KvmVirtualMachine.open({ ioapicPins: MACHINE_LAYOUT.ioapicPins, ...(options.kvmDevicePath ? { devicePath: options.kvmDevicePath } : {}) });
+    const opened = KvmVirtualMachine.open({
+      ioapicPins: MACHINE_LAYOUT.ioapicPins,
+      ...(options.kvmDevicePath ? { devicePath: options.kvmDevicePath } : {}),
+    });
     if (!opened.vm) return { reason: opened.reason };
     const vm = opened.vm;
     let machine: KvmMachine | undefined;
@@ -193,7 +224,8 @@ export class KvmMachine {
         builtInEdu: options.deviceSocket === undefined,
         iommu: (memory) => {
           unit = new VtdUnit({
-            memory, config: options.iommu ?? '',
+            memory,
+            config: options.iommu ?? '',
             onInterrupt: (address, data) => machine?.signalMsi(address, data),
             onHostError: (error) => machine?.deviceError(`the shadow of the guest's mappings failed: ${error.message}`),
             ...(options.onEvent ? { trace: (event: UnitTraceEvent) => machine?.emit(event) } : {}),
@@ -209,10 +241,16 @@ export class KvmMachine {
         const attachment = await testbed.attachVfioUser(options.deviceSocket);
         machine.attachment = attachment;
         const built = machine;
-        attachment.client.on('close', (error) => attachment.closed || built.deviceError(`the vfio-user device at ${options.deviceSocket} went away${error ? ` (${error.message})` : ''}`));
+        attachment.client.on(
+          'close',
+          (error) =>
+            attachment.closed || built.deviceError(`the vfio-user device at ${options.deviceSocket} went away${error ? ` (${error.message})` : ''}`),
+        );
       }
       machine.placedFunctions = await setUpPci(testbed.pci, {
-        memory: MACHINE_LAYOUT.pciMemory, io: MACHINE_LAYOUT.pciIo, intxRoute: intxPin,
+        memory: MACHINE_LAYOUT.pciMemory,
+        io: MACHINE_LAYOUT.pciIo,
+        intxRoute: intxPin,
       });
       machine.installAcpi();
       return { machine };
@@ -264,11 +302,16 @@ export class KvmMachine {
         } catch {
           registers = undefined;
         }
-        const end: MachineEnd = this.debugExit !== undefined
-          ? { kind: 'debug-exit', ...this.debugExit }
-          : timedOut && exit.reason === 'stopped'
-            ? { kind: 'timeout' }
-            : { kind: exit.reason, detail: exit.detail, message: `vCPU ${vcpu}: ${exit.error?.message ?? TERMINAL_MESSAGES[exit.reason] ?? exit.reason}` };
+        const end: MachineEnd =
+          this.debugExit !== undefined
+            ? { kind: 'debug-exit', ...this.debugExit }
+            : timedOut && exit.reason === 'stopped'
+              ? { kind: 'timeout' }
+              : {
+                  kind: exit.reason,
+                  detail: exit.detail,
+                  message: `vCPU ${vcpu}: ${exit.error?.message ?? TERMINAL_MESSAGES[exit.reason] ?? exit.reason}`,
+                };
         const exits = this.runners!.reduce((sum, runner) => sum + runner.exits, 0);
         resolve({ end, ...(registers ? { registers } : {}), exits, elapsedMs: Date.now() - this.started });
       };
@@ -334,8 +377,10 @@ export class KvmMachine {
   private handle(runner: KvmVcpuRunner, exit: ResumableExit): void {
     let answer: Uint8Array | undefined | Promise<Uint8Array | undefined>;
     try {
-      if (exit.reason === 'io') answer = exit.write ? this.portWrite(exit.port, exit.size, exit.count, exit.bytes!) : this.portRead(exit.port, exit.size, exit.count);
-      else if (exit.reason === 'mmio') answer = exit.write ? this.mmioWrite(exit.address, exit.size, exit.bytes!) : this.mmioRead(exit.address, exit.size);
+      if (exit.reason === 'io')
+        answer = exit.write ? this.portWrite(exit.port, exit.size, exit.count, exit.bytes!) : this.portRead(exit.port, exit.size, exit.count);
+      else if (exit.reason === 'mmio')
+        answer = exit.write ? this.mmioWrite(exit.address, exit.size, exit.bytes!) : this.mmioRead(exit.address, exit.size);
       else this.ioapic.endOfInterrupt(exit.vector);
     } catch (error) {
       answer = this.failedAccess(exit, error);
@@ -359,7 +404,9 @@ export class KvmMachine {
 
   /** A device that failed an access (a vfio-user server gone): the guest reads all-ones, as from a dead bus. */
   private failedAccess(exit: ResumableExit, error: unknown): Uint8Array | undefined {
-    this.deviceError(`${exit.reason === 'io' ? `port ${hex(exit.port)}` : exit.reason === 'mmio' ? `MMIO ${hex(exit.address)}` : 'EOI'} failed: ${(error as Error).message}`);
+    this.deviceError(
+      `${exit.reason === 'io' ? `port ${hex(exit.port)}` : exit.reason === 'mmio' ? `MMIO ${hex(exit.address)}` : 'EOI'} failed: ${(error as Error).message}`,
+    );
     if (exit.reason === 'ioapic-eoi' || exit.write) return undefined;
     return new Uint8Array(exit.size * exit.count).fill(0xff);
   }
@@ -446,7 +493,11 @@ export class KvmMachine {
     if (!this.options.onEvent) return;
     const result = interrupt.result as { ok?: boolean; reason?: number } | undefined;
     this.emit({
-      kind: 'interrupt', source: 'msi', sid: interrupt.sid, address: hex(interrupt.address), data: hex(interrupt.data),
+      kind: 'interrupt',
+      source: 'msi',
+      sid: interrupt.sid,
+      address: hex(interrupt.address),
+      data: hex(interrupt.data),
       result: result === undefined ? 'not remappable' : result.ok ? 'ok' : `fault 0x${(result.reason ?? 0).toString(16)}`,
     });
   }
@@ -454,7 +505,10 @@ export class KvmMachine {
   private dmaDone(outcome: EduDmaOutcome): void {
     if (!this.options.onEvent) return;
     this.emit({
-      kind: 'dma', source: hex(outcome.source), destination: hex(outcome.destination), count: outcome.count,
+      kind: 'dma',
+      source: hex(outcome.source),
+      destination: hex(outcome.destination),
+      count: outcome.count,
       ...(outcome.error ? { error: outcome.error.message } : {}),
     });
   }
@@ -474,7 +528,14 @@ export class KvmMachine {
   private installAcpi(): void {
     const platform = acpiPlatformFromUnit(this.unit.config, {
       cpuApicIds: this.vcpus,
-      ioapic: { id: MACHINE_LAYOUT.ioapicId, address: IOAPIC_BASE, gsiBase: 0, bus: MACHINE_LAYOUT.ioapicBus, device: MACHINE_LAYOUT.ioapicDevfn >> 3, function: MACHINE_LAYOUT.ioapicDevfn & 7 },
+      ioapic: {
+        id: MACHINE_LAYOUT.ioapicId,
+        address: IOAPIC_BASE,
+        gsiBase: 0,
+        bus: MACHINE_LAYOUT.ioapicBus,
+        device: MACHINE_LAYOUT.ioapicDevfn >> 3,
+        function: MACHINE_LAYOUT.ioapicDevfn & 7,
+      },
       iommuRegisterBase: DMAR_BASE,
     });
     this.acpi = buildAcpiTables(platform, MACHINE_LAYOUT.biosArea.base);

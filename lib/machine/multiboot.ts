@@ -55,7 +55,17 @@ const HONOURED_REQUIRED_FLAGS = HEADER_FLAG.pageAlignModules | HEADER_FLAG.memor
 const REQUIRED_FLAGS_MASK = 0xffff;
 
 const INFO_FLAG = { memory: 1 << 0, cmdline: 1 << 2, modules: 1 << 3, memoryMap: 1 << 6, bootLoaderName: 1 << 9 } as const;
-const INFO = { flags: 0, memLower: 4, memUpper: 8, cmdline: 16, modsCount: 20, modsAddr: 24, mmapLength: 44, mmapAddr: 48, bootLoaderName: 64 } as const;
+const INFO = {
+  flags: 0,
+  memLower: 4,
+  memUpper: 8,
+  cmdline: 16,
+  modsCount: 20,
+  modsAddr: 24,
+  mmapLength: 44,
+  mmapAddr: 48,
+  bootLoaderName: 64,
+} as const;
 /** Up to the framebuffer fields' end, so a kernel reading the whole structure reads zeros, not our strings. */
 const INFO_BYTES = 116;
 const MODULE_ENTRY_BYTES = 16;
@@ -77,7 +87,10 @@ const LOW_MEMORY_END = 0xa0000;
 const INFO_PREFERRED_FLOOR = 0x9000;
 const BOOT_LOADER_NAME = 'viommu machine';
 
-export interface MultibootModule { readonly bytes: Uint8Array; readonly commandLine: string }
+export interface MultibootModule {
+  readonly bytes: Uint8Array;
+  readonly commandLine: string;
+}
 
 export interface MultibootOptions {
   /** RAM is [0, ramBytes). */
@@ -100,11 +113,21 @@ export interface MultibootBoot {
 }
 
 /** A run of guest-physical addresses, [start, end). */
-interface Span { start: number; end: number }
+interface Span {
+  start: number;
+  end: number;
+}
 
-interface Segment { address: number; file: Uint8Array; memoryLength: number }
+interface Segment {
+  address: number;
+  file: Uint8Array;
+  memoryLength: number;
+}
 
-interface Kernel { segments: Segment[]; entry: number }
+interface Kernel {
+  segments: Segment[];
+  entry: number;
+}
 
 /**
  * Writes the image, modules and the multiboot information into guest memory. Throws ViommuError('ERR_MULTIBOOT_...')
@@ -122,27 +145,43 @@ interface Kernel { segments: Segment[]; entry: number }
  * segments, EFLAGS.IF = 0 and VM = 0, A20 enabled, EAX = `magic`, EBX = `infoAddress`, EIP = `entry`. ESP, GDTR and
  * IDTR are the kernel's to set; the kernel must not rely on the GDT the loader used.
  */
-export function loadMultiboot(memory: { write(address: number, data: Uint8Array): void }, image: Uint8Array, options: MultibootOptions): MultibootBoot {
+export function loadMultiboot(
+  memory: { write(address: number, data: Uint8Array): void },
+  image: Uint8Array,
+  options: MultibootOptions,
+): MultibootBoot {
   checkOptions(options);
   const header = findHeader(image);
   const unsupported = header.flags & REQUIRED_FLAGS_MASK & ~HONOURED_REQUIRED_FLAGS;
   if (unsupported) {
-    const what = unsupported & HEADER_FLAG.videoMode ? 'a video mode (flag 2), and this machine has no display' : `features this loader does not know (flags 0x${hex(unsupported)})`;
+    const what =
+      unsupported & HEADER_FLAG.videoMode
+        ? 'a video mode (flag 2), and this machine has no display'
+        : `features this loader does not know (flags 0x${hex(unsupported)})`;
     throw new ViommuError('ERR_MULTIBOOT_UNSUPPORTED_FLAGS', `the multiboot image requires ${what}; rebuild it without those header flags`);
   }
   const kernel = header.flags & HEADER_FLAG.addresses ? headerAddressedKernel(image, header.offset) : elfKernel(image);
 
-  const reserved: Span[] = [{ start: EBDA_BASE, end: Math.min(MIB, options.ramBytes) }, ...options.reserved.map((r) => ({ start: r.base, end: r.base + r.length }))]
-    .filter((span) => span.end > span.start);
+  const reserved: Span[] = [
+    { start: EBDA_BASE, end: Math.min(MIB, options.ramBytes) },
+    ...options.reserved.map((r) => ({ start: r.base, end: r.base + r.length })),
+  ].filter((span) => span.end > span.start);
   const loaded = kernel.segments.filter((s) => s.memoryLength > 0);
-  if (loaded.length === 0) throw new ViommuError('ERR_MULTIBOOT_BAD_IMAGE', 'the multiboot image has nothing to load; check its program headers or load addresses');
+  if (loaded.length === 0)
+    throw new ViommuError('ERR_MULTIBOOT_BAD_IMAGE', 'the multiboot image has nothing to load; check its program headers or load addresses');
   for (const segment of loaded) checkSegment(segment, options.ramBytes, reserved);
   if (!loaded.some((s) => kernel.entry >= s.address && kernel.entry < s.address + s.memoryLength)) {
-    throw new ViommuError('ERR_MULTIBOOT_ENTRY', `the multiboot image's entry point 0x${hex(kernel.entry)} is outside everything it loads; check the ELF entry or the header's entry_addr`);
+    throw new ViommuError(
+      'ERR_MULTIBOOT_ENTRY',
+      `the multiboot image's entry point 0x${hex(kernel.entry)} is outside everything it loads; check the ELF entry or the header's entry_addr`,
+    );
   }
 
   const memoryMap = buildMemoryMap(options.ramBytes, reserved);
-  const free = new FreeSpace(memoryMap, loaded.map((s) => ({ start: s.address, end: s.address + s.memoryLength })));
+  const free = new FreeSpace(
+    memoryMap,
+    loaded.map((s) => ({ start: s.address, end: s.address + s.memoryLength })),
+  );
   const modules = options.modules ?? [];
   const strings = new StringTable([options.commandLine ?? '', BOOT_LOADER_NAME, ...modules.map((m) => m.commandLine)]);
   const mmapOffset = INFO_BYTES;
@@ -207,13 +246,26 @@ function checkOptions(options: MultibootOptions): void {
     throw new ViommuError('ERR_MULTIBOOT_OPTIONS', `ramBytes ${options.ramBytes} must be a positive whole number of bytes`);
   }
   for (const range of options.reserved) {
-    if (!Number.isSafeInteger(range.base) || !Number.isSafeInteger(range.length) || range.base < 0 || range.length <= 0 || range.base + range.length > options.ramBytes) {
-      throw new ViommuError('ERR_MULTIBOOT_OPTIONS', `reserved range base 0x${hex(range.base)} length 0x${hex(range.length)} must be a non-empty range inside RAM [0, 0x${hex(options.ramBytes)})`);
+    if (
+      !Number.isSafeInteger(range.base) ||
+      !Number.isSafeInteger(range.length) ||
+      range.base < 0 ||
+      range.length <= 0 ||
+      range.base + range.length > options.ramBytes
+    ) {
+      throw new ViommuError(
+        'ERR_MULTIBOOT_OPTIONS',
+        `reserved range base 0x${hex(range.base)} length 0x${hex(range.length)} must be a non-empty range inside RAM [0, 0x${hex(options.ramBytes)})`,
+      );
     }
   }
-  const strings: [string, string][] = [['the command line', options.commandLine ?? ''], ...(options.modules ?? []).map((m, i): [string, string] => [`module ${i}'s command line`, m.commandLine])];
+  const strings: [string, string][] = [
+    ['the command line', options.commandLine ?? ''],
+    ...(options.modules ?? []).map((m, i): [string, string] => [`module ${i}'s command line`, m.commandLine]),
+  ];
   for (const [what, value] of strings) {
-    if (value.includes('\0')) throw new ViommuError('ERR_MULTIBOOT_OPTIONS', `${what} contains a NUL, which would cut it short for the guest; remove it`);
+    if (value.includes('\0'))
+      throw new ViommuError('ERR_MULTIBOOT_OPTIONS', `${what} contains a NUL, which would cut it short for the guest; remove it`);
   }
 }
 
@@ -225,29 +277,40 @@ function findHeader(image: Uint8Array): { offset: number; flags: number } {
     if (view.getUint32(offset, true) !== HEADER_MAGIC) continue;
     const flags = view.getUint32(offset + 4, true);
     // The magic can occur by chance; like GRUB, keep looking past one whose checksum fails.
-    if (((HEADER_MAGIC + flags + view.getUint32(offset + 8, true)) >>> 0) === 0) return { offset, flags };
+    if ((HEADER_MAGIC + flags + view.getUint32(offset + 8, true)) >>> 0 === 0) return { offset, flags };
     badChecksumAt ??= offset;
   }
   if (badChecksumAt !== undefined) {
-    throw new ViommuError('ERR_MULTIBOOT_CHECKSUM', `the multiboot header at offset 0x${hex(badChecksumAt)} has a bad checksum (magic + flags + checksum must be 0 mod 2^32); fix the image`);
+    throw new ViommuError(
+      'ERR_MULTIBOOT_CHECKSUM',
+      `the multiboot header at offset 0x${hex(badChecksumAt)} has a bad checksum (magic + flags + checksum must be 0 mod 2^32); fix the image`,
+    );
   }
-  throw new ViommuError('ERR_MULTIBOOT_NO_HEADER', 'no multiboot header (magic 0x1BADB002, 4-byte aligned) in the first 8 KiB of the image; pass a multiboot kernel');
+  throw new ViommuError(
+    'ERR_MULTIBOOT_NO_HEADER',
+    'no multiboot header (magic 0x1BADB002, 4-byte aligned) in the first 8 KiB of the image; pass a multiboot kernel',
+  );
 }
 
 /** Flag 16: the header says where the file goes, whatever its format. */
 function headerAddressedKernel(image: Uint8Array, headerOffset: number): Kernel {
-  const bad = (why: string): ViommuError => new ViommuError('ERR_MULTIBOOT_BAD_ADDRESSES', `the multiboot header's load addresses are unusable: ${why}; fix the image's header`);
+  const bad = (why: string): ViommuError =>
+    new ViommuError('ERR_MULTIBOOT_BAD_ADDRESSES', `the multiboot header's load addresses are unusable: ${why}; fix the image's header`);
   if (headerOffset + ADDRESS_HEADER_BYTES > image.length) throw bad('the header is cut short before entry_addr');
   const view = dataView(image);
-  const [headerAddress, loadAddress, loadEndAddress, bssEndAddress, entry] = [12, 16, 20, 24, 28].map((at) => view.getUint32(headerOffset + at, true)) as [number, number, number, number, number];
+  const [headerAddress, loadAddress, loadEndAddress, bssEndAddress, entry] = [12, 16, 20, 24, 28].map((at) =>
+    view.getUint32(headerOffset + at, true),
+  ) as [number, number, number, number, number];
   if (loadAddress > headerAddress) throw bad(`load_addr 0x${hex(loadAddress)} is above header_addr 0x${hex(headerAddress)}`);
   const fileOffset = headerOffset - (headerAddress - loadAddress);
   if (fileOffset < 0) throw bad(`load_addr 0x${hex(loadAddress)} is before the start of the file`);
   if (loadEndAddress !== 0 && loadEndAddress < loadAddress) throw bad(`load_end_addr 0x${hex(loadEndAddress)} is below load_addr`);
   const fileLength = loadEndAddress === 0 ? image.length - fileOffset : loadEndAddress - loadAddress;
-  if (fileOffset + fileLength > image.length) throw bad(`[load_addr, load_end_addr) needs 0x${hex(fileLength)} bytes from file offset 0x${hex(fileOffset)}, past the file's end`);
+  if (fileOffset + fileLength > image.length)
+    throw bad(`[load_addr, load_end_addr) needs 0x${hex(fileLength)} bytes from file offset 0x${hex(fileOffset)}, past the file's end`);
   const loadEnd = loadAddress + fileLength;
-  if (bssEndAddress !== 0 && bssEndAddress < loadEnd) throw bad(`bss_end_addr 0x${hex(bssEndAddress)} is below the loaded data's end 0x${hex(loadEnd)}`);
+  if (bssEndAddress !== 0 && bssEndAddress < loadEnd)
+    throw bad(`bss_end_addr 0x${hex(bssEndAddress)} is below the loaded data's end 0x${hex(loadEnd)}`);
   const memoryLength = (bssEndAddress === 0 ? loadEnd : bssEndAddress) - loadAddress;
   return { segments: [{ address: loadAddress, file: image.subarray(fileOffset, fileOffset + fileLength), memoryLength }], entry };
 }
@@ -277,7 +340,8 @@ const PT_LOAD = 1;
 
 /** Loads PT_LOAD segments at their physical addresses; the entry, a virtual address, is translated through the segment holding it, as GRUB does. */
 function elfKernel(image: Uint8Array): Kernel {
-  const bad = (why: string): ViommuError => new ViommuError('ERR_MULTIBOOT_BAD_ELF', `the multiboot image ${why}; pass an ELF executable or set header flag 16 with load addresses`);
+  const bad = (why: string): ViommuError =>
+    new ViommuError('ERR_MULTIBOOT_BAD_ELF', `the multiboot image ${why}; pass an ELF executable or set header flag 16 with load addresses`);
   if (image.length < 64 || ELF_MAGIC.some((byte, i) => image[i] !== byte)) throw bad('is not ELF and its header has no load addresses');
   const elfClass = image[4];
   if (elfClass !== 1 && elfClass !== 2) throw bad(`has unknown ELF class ${elfClass}`);
@@ -299,7 +363,9 @@ function elfKernel(image: Uint8Array): Kernel {
   for (let i = 0; i < phnum; i++) {
     const at = phoff + i * phentsize;
     if (view.getUint32(at, true) !== PT_LOAD) continue;
-    const [offset, vaddr, paddr, filesz, memsz] = [layout.pOffset, layout.pVaddr, layout.pPaddr, layout.pFilesz, layout.pMemsz].map((field) => word(at + field)) as [bigint, bigint, bigint, bigint, bigint];
+    const [offset, vaddr, paddr, filesz, memsz] = [layout.pOffset, layout.pVaddr, layout.pPaddr, layout.pFilesz, layout.pMemsz].map((field) =>
+      word(at + field),
+    ) as [bigint, bigint, bigint, bigint, bigint];
     if (filesz > memsz) throw bad(`has segment ${i} with p_filesz 0x${filesz.toString(16)} above p_memsz 0x${memsz.toString(16)}`);
     if (offset + filesz > BigInt(image.length)) throw bad(`has segment ${i} reaching past the end of the file`);
     segments.push({ address: small(paddr), file: image.subarray(Number(offset), Number(offset + filesz)), memoryLength: small(memsz) });
@@ -320,15 +386,23 @@ function checkSegment(segment: Segment, ramBytes: number, reserved: readonly Spa
   const end = segment.address + segment.memoryLength;
   const where = `[0x${hex(start)}, 0x${hex(end)})`;
   if (end > Math.min(ramBytes, FOUR_GIB)) {
-    throw new ViommuError('ERR_MULTIBOOT_SEGMENT_OUTSIDE_RAM', `the multiboot image loads ${where}, outside RAM [0, 0x${hex(ramBytes)}) below 4 GiB; give the machine more RAM or relink the image`);
+    throw new ViommuError(
+      'ERR_MULTIBOOT_SEGMENT_OUTSIDE_RAM',
+      `the multiboot image loads ${where}, outside RAM [0, 0x${hex(ramBytes)}) below 4 GiB; give the machine more RAM or relink the image`,
+    );
   }
   const clash = reserved.find((r) => r.start < end && start < r.end);
   if (clash) {
-    throw new ViommuError('ERR_MULTIBOOT_SEGMENT_RESERVED', `the multiboot image loads ${where}, over the reserved range [0x${hex(clash.start)}, 0x${hex(clash.end)}); relink the image elsewhere`);
+    throw new ViommuError(
+      'ERR_MULTIBOOT_SEGMENT_RESERVED',
+      `the multiboot image loads ${where}, over the reserved range [0x${hex(clash.start)}, 0x${hex(clash.end)}); relink the image elsewhere`,
+    );
   }
 }
 
-interface MemoryMapEntry extends Span { type: number }
+interface MemoryMapEntry extends Span {
+  type: number;
+}
 
 /** Sorted, non-overlapping entries covering exactly [0, ramBytes), neighbours of one type merged. */
 function buildMemoryMap(ramBytes: number, reserved: readonly Span[]): MemoryMapEntry[] {
@@ -385,7 +459,10 @@ class FreeSpace {
   private remove(taken: Span): void {
     this.spans = this.spans.flatMap((s) => {
       if (taken.end <= s.start || s.end <= taken.start) return [s];
-      return [{ start: s.start, end: taken.start }, { start: taken.end, end: s.end }].filter((part) => part.end > part.start);
+      return [
+        { start: s.start, end: taken.start },
+        { start: taken.end, end: s.end },
+      ].filter((part) => part.end > part.start);
     });
   }
 }
@@ -417,7 +494,10 @@ function writeZeros(memory: { write(address: number, data: Uint8Array): void }, 
 }
 
 function noRoom(what: string): ViommuError {
-  return new ViommuError('ERR_MULTIBOOT_NO_ROOM', `no free RAM below 4 GiB (outside the image, reserved ranges and the first page) holds ${what}; give the machine more RAM`);
+  return new ViommuError(
+    'ERR_MULTIBOOT_NO_ROOM',
+    `no free RAM below 4 GiB (outside the image, reserved ranges and the first page) holds ${what}; give the machine more RAM`,
+  );
 }
 
 function dataView(bytes: Uint8Array): DataView {

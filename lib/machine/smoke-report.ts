@@ -77,32 +77,51 @@ export interface SmokeReportInput {
 export function renderSmokeReport(input: SmokeReportInput): string {
   const { checks, unit, outcome } = input;
   const lines: string[] = ['', '==== viommu smoke report ===='];
-  lines.push(`guest: ${input.image}; unit: ${input.iommu === '' ? 'default properties' : input.iommu}; edu: ${input.deviceSocket ? `vfio-user at ${input.deviceSocket}` : 'in-process'}`);
+  lines.push(
+    `guest: ${input.image}; unit: ${input.iommu === '' ? 'default properties' : input.iommu}; edu: ${input.deviceSocket ? `vfio-user at ${input.deviceSocket}` : 'in-process'}`,
+  );
   const counts = new Map<CheckStatus, number>();
   for (const check of checks.checks) counts.set(check.status, (counts.get(check.status) ?? 0) + 1);
-  lines.push(`checks: ${checks.checks.length === 0 ? 'none printed' : [...counts].map(([status, n]) => `${n} ${status}`).join(', ')}${checks.summary ? ` (guest's summary: ${checks.summary})` : ''}`);
+  lines.push(
+    `checks: ${checks.checks.length === 0 ? 'none printed' : [...counts].map(([status, n]) => `${n} ${status}`).join(', ')}${checks.summary ? ` (guest's summary: ${checks.summary})` : ''}`,
+  );
   for (const check of checks.checks) lines.push(`  ${check.status.padEnd(5)} ${check.name}`);
   lines.push(`unit: ${unit.mode} mode, root table ${hex(unit.rootTable)}, status ${unit.status.length ? unit.status.join(' ') : 'none'}`);
-  lines.push(`  invalidation queue: ${unit.queue ? `${unit.queue.enabled ? 'on' : 'off'}, ${unit.queue.entries} ${unit.queue.descriptorWidth} descriptors at ${hex(unit.queue.base)}` : 'never set up'}`);
-  lines.push(`  interrupt remapping: ${unit.interruptRemapping ? `${unit.interruptRemapping.enabled ? 'on' : 'off'}, ${unit.interruptRemapping.entries} entries at ${hex(unit.interruptRemapping.table)}, ${unit.interruptRemapping.extended ? 'x2APIC' : 'xAPIC'} destinations` : 'never set up'}`);
+  lines.push(
+    `  invalidation queue: ${unit.queue ? `${unit.queue.enabled ? 'on' : 'off'}, ${unit.queue.entries} ${unit.queue.descriptorWidth} descriptors at ${hex(unit.queue.base)}` : 'never set up'}`,
+  );
+  lines.push(
+    `  interrupt remapping: ${unit.interruptRemapping ? `${unit.interruptRemapping.enabled ? 'on' : 'off'}, ${unit.interruptRemapping.entries} entries at ${hex(unit.interruptRemapping.table)}, ${unit.interruptRemapping.extended ? 'x2APIC' : 'xAPIC'} destinations` : 'never set up'}`,
+  );
   if (unit.domains.length === 0) lines.push('  domains: none (no device translates)');
   for (const domain of unit.domains) {
-    lines.push(`  domain of ${bdf(domain.sid)}: ${domain.kind}, DID ${domain.did}, ${domain.kind === 'identity' ? 'all of RAM at IOVA = GPA' : `${domain.mappings.length}${domain.truncated ? '+' : ''} mapped run(s)`}`);
+    lines.push(
+      `  domain of ${bdf(domain.sid)}: ${domain.kind}, DID ${domain.did}, ${domain.kind === 'identity' ? 'all of RAM at IOVA = GPA' : `${domain.mappings.length}${domain.truncated ? '+' : ''} mapped run(s)`}`,
+    );
     for (const run of domain.mappings) lines.push(`    IOVA ${hex(run.iova)}-${hex(run.iova + run.bytes - 1)} -> ${hex(run.gpa)} ${run.access}`);
   }
-  lines.push(`faults: ${unit.faults.length === 0 ? 'none recorded' : `${unit.faults.length} recorded`}${unit.faultStatus.length ? ` (FSTS ${unit.faultStatus.join(' ')})` : ''}`);
+  lines.push(
+    `faults: ${unit.faults.length === 0 ? 'none recorded' : `${unit.faults.length} recorded`}${unit.faultStatus.length ? ` (FSTS ${unit.faultStatus.join(' ')})` : ''}`,
+  );
   for (const fault of unit.faults) {
-    lines.push(`  FRCD${fault.index}: ${bdf(fault.sid)} ${fault.access} ${hex(fault.address)}${fault.pasid !== undefined ? ` PASID ${fault.pasid}` : ''}: reason ${hex(fault.reason)} ${fault.description}`);
+    lines.push(
+      `  FRCD${fault.index}: ${bdf(fault.sid)} ${fault.access} ${hex(fault.address)}${fault.pasid !== undefined ? ` PASID ${fault.pasid}` : ''}: reason ${hex(fault.reason)} ${fault.description}`,
+    );
   }
   for (const gap of input.unshadowed ?? []) {
-    lines.push(`shadow: ${bdf(gap.sid)}'s DMA table lacks IOVA ${hex(gap.iova)}-${hex(gap.iova + gap.bytes - 1)}, which the guest's tables map: with caching mode the guest must invalidate after making entries present, and it did not (the device's DMA there went by message through the unit)`);
+    lines.push(
+      `shadow: ${bdf(gap.sid)}'s DMA table lacks IOVA ${hex(gap.iova)}-${hex(gap.iova + gap.bytes - 1)}, which the guest's tables map: with caching mode the guest must invalidate after making entries present, and it did not (the device's DMA there went by message through the unit)`,
+    );
   }
   for (const [error, count] of input.deviceErrors) lines.push(`device error: ${error}${count > 1 ? ` (${count} times)` : ''}`);
-  for (const [address, count] of input.unclaimedMmio) lines.push(`unclaimed MMIO at ${hex(address)}: ${count.reads} read(s), ${count.writes} write(s) (nothing decodes it)`);
+  for (const [address, count] of input.unclaimedMmio)
+    lines.push(`unclaimed MMIO at ${hex(address)}: ${count.reads} read(s), ${count.writes} write(s) (nothing decodes it)`);
   lines.push(`end: ${describeEnd(outcome.end, input.timeoutMs)}, after ${outcome.exits} exits in ${(outcome.elapsedMs / 1000).toFixed(2)} s`);
   if (outcome.end.kind !== 'debug-exit' && outcome.registers) {
     const { regs, sregs } = outcome.registers;
-    lines.push(`  rip ${hex(regs.rip)} rsp ${hex(regs.rsp)} rflags ${hex(regs.rflags)} cr0 ${hex(sregs.cr0)} cr2 ${hex(sregs.cr2)} cr3 ${hex(sregs.cr3)} cr4 ${hex(sregs.cr4)} efer ${hex(sregs.efer)} cs ${hex(sregs.cs.selector)}`);
+    lines.push(
+      `  rip ${hex(regs.rip)} rsp ${hex(regs.rsp)} rflags ${hex(regs.rflags)} cr0 ${hex(sregs.cr0)} cr2 ${hex(sregs.cr2)} cr3 ${hex(sregs.cr3)} cr4 ${hex(sregs.cr4)} efer ${hex(sregs.efer)} cs ${hex(sregs.cs.selector)}`,
+    );
   }
   lines.push(`exit code: ${smokeExitCode(outcome.end)}`);
   return lines.join('\n') + '\n';

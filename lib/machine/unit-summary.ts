@@ -34,7 +34,8 @@ export interface UnitSummary {
   readonly mode: string;
   readonly rootTable: bigint;
   readonly queue: { readonly enabled: boolean; readonly base: bigint; readonly entries: number; readonly descriptorWidth: string } | undefined;
-  readonly interruptRemapping: { readonly enabled: boolean; readonly table: bigint; readonly entries: number; readonly extended: boolean } | undefined;
+  readonly interruptRemapping:
+    { readonly enabled: boolean; readonly table: bigint; readonly entries: number; readonly extended: boolean } | undefined;
   /** FSTS bits that are set, by their spec names. */
   readonly faultStatus: readonly string[];
   readonly faults: readonly FaultSummary[];
@@ -72,12 +73,19 @@ export function summarizeUnit(unit: VtdUnit, sids: readonly number[]): UnitSumma
     status,
     mode: RTADDR_FIELDS.f.TTM.values?.[Number(rtaddr.TTM)] ?? `TTM ${rtaddr.TTM}`,
     rootTable: rtaddr.RTA << 12n,
-    queue: status.includes('QIES') || iqa.IQA !== 0n
-      ? { enabled: status.includes('QIES'), base: iqa.IQA << 12n, entries: (QUEUE_PAGE_BYTES << Number(iqa.QS)) / DESCRIPTOR_BYTES[width], descriptorWidth: width }
-      : undefined,
-    interruptRemapping: status.includes('IRTPS') || status.includes('IRES')
-      ? { enabled: status.includes('IRES'), table: irta.IRTA << 12n, entries: 2 ** (Number(irta.S) + 1), extended: irta.EIME === 1n }
-      : undefined,
+    queue:
+      status.includes('QIES') || iqa.IQA !== 0n
+        ? {
+            enabled: status.includes('QIES'),
+            base: iqa.IQA << 12n,
+            entries: (QUEUE_PAGE_BYTES << Number(iqa.QS)) / DESCRIPTOR_BYTES[width],
+            descriptorWidth: width,
+          }
+        : undefined,
+    interruptRemapping:
+      status.includes('IRTPS') || status.includes('IRES')
+        ? { enabled: status.includes('IRES'), table: irta.IRTA << 12n, entries: 2 ** (Number(irta.S) + 1), extended: irta.EIME === 1n }
+        : undefined,
     faultStatus: setFlags(FSTS_FIELDS, BigInt(unit.read(OFFSET.FSTS, 4))),
     faults: faultRecords(unit),
     domains: sids.flatMap((sid) => domainOf(unit, sid)),
@@ -93,8 +101,12 @@ function faultRecords(unit: VtdUnit): FaultSummary[] {
     if (hi.F === 0n) continue;
     const lo = decodeBig(FRCD_LO_FIELDS, read64(unit, first + index * FRCD_BYTES));
     records.push({
-      index, sid: Number(hi.SID), reason: Number(hi.FR), description: describeFaultReason(Number(hi.FR)),
-      access: FRCD_HI_FIELDS.f.T.values?.[Number(hi.T)] ?? String(hi.T), address: lo.FI << 12n,
+      index,
+      sid: Number(hi.SID),
+      reason: Number(hi.FR),
+      description: describeFaultReason(Number(hi.FR)),
+      access: FRCD_HI_FIELDS.f.T.values?.[Number(hi.T)] ?? String(hi.T),
+      address: lo.FI << 12n,
       ...(hi.PP === 1n ? { pasid: Number(hi.PV) } : {}),
     });
   }
@@ -108,13 +120,21 @@ function domainOf(unit: VtdUnit, sid: number): DomainSummary[] {
     if (found === undefined) return [];
     // Identity domains map all of RAM: a one-line summary says more than the runs would.
     const runs = found.kind === 'identity' ? [] : found.mappings(0, found.pageLimit);
-    return [{
-      sid, key: found.key, kind: found.kind, did: found.did,
-      mappings: runs.slice(0, MAPPING_LIMIT).map((run) => ({
-        iova: run.iovaPage * PAGE_BYTES, gpa: run.gpaPage * PAGE_BYTES, bytes: run.pages * PAGE_BYTES, access: accessName(run.access),
-      })),
-      truncated: runs.length > MAPPING_LIMIT,
-    }];
+    return [
+      {
+        sid,
+        key: found.key,
+        kind: found.kind,
+        did: found.did,
+        mappings: runs.slice(0, MAPPING_LIMIT).map((run) => ({
+          iova: run.iovaPage * PAGE_BYTES,
+          gpa: run.gpaPage * PAGE_BYTES,
+          bytes: run.pages * PAGE_BYTES,
+          access: accessName(run.access),
+        })),
+        truncated: runs.length > MAPPING_LIMIT,
+      },
+    ];
   } finally {
     stop();
   }

@@ -105,24 +105,41 @@ export class GuestMemory {
       throw new ViommuError('ERR_ADDRESS_RANGE', `region '${spec.name}' start ${spec.start} is not a guest-physical address`);
     }
     if (!Number.isSafeInteger(length) || length <= 0 || byteOffset < 0 || byteOffset + length > spec.buffer.byteLength) {
-      throw new ViommuError('ERR_REGION_SIZE', `region '${spec.name}' of ${length} bytes at buffer offset ${byteOffset} does not fit its ${spec.buffer.byteLength}-byte buffer`);
+      throw new ViommuError(
+        'ERR_REGION_SIZE',
+        `region '${spec.name}' of ${length} bytes at buffer offset ${byteOffset} does not fit its ${spec.buffer.byteLength}-byte buffer`,
+      );
     }
     const region = new GuestRegion(spec.name, spec.start, spec.buffer, byteOffset, length, spec.readOnly ?? false, spec.backing);
     const clash = this.regionList.find((r) => r.start < region.end && region.start < r.end);
     if (clash) {
-      throw new ViommuError('ERR_REGION_OVERLAP', `region '${spec.name}' [${hex(region.start)}, ${hex(region.end)}) overlaps '${clash.name}' [${hex(clash.start)}, ${hex(clash.end)})`);
+      throw new ViommuError(
+        'ERR_REGION_OVERLAP',
+        `region '${spec.name}' [${hex(region.start)}, ${hex(region.end)}) overlaps '${clash.name}' [${hex(clash.start)}, ${hex(clash.end)})`,
+      );
     }
     this.regionList = [...this.regionList, region].sort((a, b) => a.start - b.start);
     this.generationCounter++;
     if (spec.backing) {
-      this.unmapSubscriptions.set(region, spec.backing.region.onUnmap(() => this.removeRegion(region)));
+      this.unmapSubscriptions.set(
+        region,
+        spec.backing.region.onUnmap(() => this.removeRegion(region)),
+      );
     }
     return region;
   }
 
   /** Adds a whole SharedRegion (or a part of it) as guest RAM at `start`. */
   addSharedRegion(name: string, start: number, shared: SharedRegion, offset = 0, length = shared.length - offset): GuestRegion {
-    return this.addRegion({ name, start, buffer: shared.buffer, byteOffset: offset, length, readOnly: !shared.writable, backing: { region: shared, offset } });
+    return this.addRegion({
+      name,
+      start,
+      buffer: shared.buffer,
+      byteOffset: offset,
+      length,
+      readOnly: !shared.writable,
+      backing: { region: shared, offset },
+    });
   }
 
   removeRegion(region: GuestRegion): boolean {

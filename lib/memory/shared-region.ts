@@ -78,7 +78,8 @@ export class SharedRegion {
 
   /** Copies `data` to [offset, offset + data.length) of the region, across windows; false once unmapped. */
   copyIn(offset: number, data: Uint8Array): boolean {
-    if (!this.writable) throw new ViommuError('ERR_REGION_READ_ONLY', `shared region '${this.name}' is mapped read-only; map it writable to copy into it`);
+    if (!this.writable)
+      throw new ViommuError('ERR_REGION_READ_ONLY', `shared region '${this.name}' is mapped read-only; map it writable to copy into it`);
     return this.copy(offset, data.length, (window, at, position, length) => window.set(data.subarray(position, position + length), at));
   }
 

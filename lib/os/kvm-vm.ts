@@ -13,8 +13,7 @@ export interface KvmVirtualMachineOptions {
 }
 
 export type KvmVirtualMachineOpenResult =
-  | { readonly vm: KvmVirtualMachine; readonly reason?: undefined }
-  | { readonly vm?: undefined; readonly reason: string };
+  { readonly vm: KvmVirtualMachine; readonly reason?: undefined } | { readonly vm?: undefined; readonly reason: string };
 
 /** Where Intel's VMX keeps its real-mode TSS: three pages just below the BIOS, as QEMU places them. */
 const TSS_ADDRESS = 0xfffb_d000;
@@ -36,7 +35,10 @@ export interface ProtectedModeEntry {
 }
 
 export class KvmVirtualMachine {
-  private constructor(private readonly vm: NativeKvmVm, readonly devicePath: string) {}
+  private constructor(
+    private readonly vm: NativeKvmVm,
+    readonly devicePath: string,
+  ) {}
 
   /** Opens /dev/kvm with a split irqchip, or says why KVM cannot run a guest here. */
   static open(options: KvmVirtualMachineOptions = {}): KvmVirtualMachineOpenResult {
@@ -84,15 +86,45 @@ export class KvmVirtualMachine {
   /** Flat 4 GiB code and data segments, protection on, paging off: where a Multiboot loader leaves the CPU. */
   enterProtectedMode(vcpu: number, entry: ProtectedModeEntry): void {
     const data: KvmSegment = {
-      base: 0n, limit: FLAT_LIMIT, selector: 0x10, type: SEGMENT_TYPE.DATA_READ_WRITE_ACCESSED,
-      present: true, dpl: 0, db: true, s: true, l: false, g: true, avl: false, unusable: false,
+      base: 0n,
+      limit: FLAT_LIMIT,
+      selector: 0x10,
+      type: SEGMENT_TYPE.DATA_READ_WRITE_ACCESSED,
+      present: true,
+      dpl: 0,
+      db: true,
+      s: true,
+      l: false,
+      g: true,
+      avl: false,
+      unusable: false,
     };
     const code: KvmSegment = { ...data, selector: 0x08, type: SEGMENT_TYPE.CODE_EXECUTE_READ_ACCESSED };
     const sregs = this.vm.getSregs(vcpu);
-    this.vm.setSregs(vcpu, { ...sregs, cs: code, ds: data, es: data, fs: data, gs: data, ss: data, cr0: CR0_PE | CR0_ET, cr3: 0n, cr4: 0n, efer: 0n });
+    this.vm.setSregs(vcpu, {
+      ...sregs,
+      cs: code,
+      ds: data,
+      es: data,
+      fs: data,
+      gs: data,
+      ss: data,
+      cr0: CR0_PE | CR0_ET,
+      cr3: 0n,
+      cr4: 0n,
+      efer: 0n,
+    });
     this.vm.setRegs(vcpu, {
-      rip: BigInt(entry.eip), rax: BigInt(entry.eax ?? 0), rbx: BigInt(entry.ebx ?? 0), rsp: BigInt(entry.esp ?? 0),
-      rcx: 0n, rdx: 0n, rsi: 0n, rdi: 0n, rbp: 0n, rflags: RFLAGS_FIXED,
+      rip: BigInt(entry.eip),
+      rax: BigInt(entry.eax ?? 0),
+      rbx: BigInt(entry.ebx ?? 0),
+      rsp: BigInt(entry.esp ?? 0),
+      rcx: 0n,
+      rdx: 0n,
+      rsi: 0n,
+      rdi: 0n,
+      rbp: 0n,
+      rflags: RFLAGS_FIXED,
     });
   }
 

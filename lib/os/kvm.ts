@@ -1,8 +1,6 @@
 /** KvmTranslator: the host CPU's paging rules, through KVM_TRANSLATE, as an oracle for IA-32e tables in guest memory. */
 import { ViommuError } from '../errors';
-import {
-  isSystemCallError, native, type KvmCpuidEntry, type KvmSegment, type KvmSregs, type NativeKvmVm,
-} from '../native';
+import { isSystemCallError, native, type KvmCpuidEntry, type KvmSegment, type KvmSregs, type NativeKvmVm } from '../native';
 
 /** What the VM is given as guest RAM: a SharedRegion fits (its buffer is its memfd mapping, page aligned). */
 export interface KvmGuestMemory {
@@ -129,13 +127,32 @@ function guestCpuid(supported: KvmCpuidEntry[], options: Required<KvmTranslatorO
 
 function longMode(current: KvmSregs, cr3: bigint, cr4: bigint): KvmSregs {
   const data: KvmSegment = {
-    base: 0n, limit: 0xffff_ffff, selector: SELECTOR.DATA, type: SEGMENT_TYPE.DATA_READ_WRITE_ACCESSED,
-    present: true, dpl: 0, db: true, s: true, l: false, g: true, avl: false, unusable: false,
+    base: 0n,
+    limit: 0xffff_ffff,
+    selector: SELECTOR.DATA,
+    type: SEGMENT_TYPE.DATA_READ_WRITE_ACCESSED,
+    present: true,
+    dpl: 0,
+    db: true,
+    s: true,
+    l: false,
+    g: true,
+    avl: false,
+    unusable: false,
   };
   const code: KvmSegment = { ...data, selector: SELECTOR.CODE, type: SEGMENT_TYPE.CODE_EXECUTE_READ_ACCESSED, db: false, l: true };
   return {
-    ...current, cs: code, ds: data, es: data, fs: data, gs: data, ss: data,
-    cr0: CR0.PE | CR0.ET | CR0.NE | CR0.WP | CR0.PG, cr3, cr4, efer: EFER.LME | EFER.LMA | EFER.NXE,
+    ...current,
+    cs: code,
+    ds: data,
+    es: data,
+    fs: data,
+    gs: data,
+    ss: data,
+    cr0: CR0.PE | CR0.ET | CR0.NE | CR0.WP | CR0.PG,
+    cr3,
+    cr4,
+    efer: EFER.LME | EFER.LMA | EFER.NXE,
   };
 }
 

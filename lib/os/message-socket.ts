@@ -1,13 +1,6 @@
 /** MessageSocket: a UNIX stream socket carrying framed messages with fds, as events on the Node event loop. */
 import { EventEmitter } from 'node:events';
-import {
-  native,
-  type FdUsage,
-  type FileDescriptor,
-  type MessageSocketOptions,
-  type NativeMessageSocket,
-  type SystemCallError,
-} from '../native';
+import { native, type FdUsage, type FileDescriptor, type MessageSocketOptions, type NativeMessageSocket, type SystemCallError } from '../native';
 import { ReceivedFds } from './received-fds';
 
 export type { FdUsage, MessageSocketOptions };

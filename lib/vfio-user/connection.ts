@@ -185,7 +185,6 @@ function withCommand<T extends object>(command: string, body: T): T & { command:
   return tagged;
 }
 
-
 export class VfioUserConnection extends EventEmitter<ConnectionEvents> {
   readonly role: 'client' | 'server';
   private readonly stated: VersionCapabilities;
@@ -491,9 +490,7 @@ export class VfioUserConnection extends EventEmitter<ConnectionEvents> {
     this.pending.delete(header.msgId);
     this.settled(pending);
     if (fds.count > this.local.maxMsgFds) {
-      pending.reject(
-        new VfioUserLimitError('ERR_VFIO_USER_TOO_MANY_FDS', `the reply carried ${fds.count} fds, we accept ${this.local.maxMsgFds}`),
-      );
+      pending.reject(new VfioUserLimitError('ERR_VFIO_USER_TOO_MANY_FDS', `the reply carried ${fds.count} fds, we accept ${this.local.maxMsgFds}`));
       return;
     }
     let message;
@@ -615,14 +612,7 @@ export class VfioUserConnection extends EventEmitter<ConnectionEvents> {
   }
 
   /** The one place where a failure becomes an errno on the wire. */
-  private replyWithError(
-    channel: Channel,
-    msgId: number,
-    command: number,
-    error: unknown,
-    info: FailedCommandInfo,
-    ourFault = false,
-  ): void {
+  private replyWithError(channel: Channel, msgId: number, command: number, error: unknown, info: FailedCommandInfo, ourFault = false): void {
     const errno = errnoOf(error);
     if (errno === undefined || ourFault) this.emit('handlerError', error, info);
     this.send(channel, encodeErrorReply(msgId, command, errno ?? UNEXPECTED_ERROR_ERRNO), []);

@@ -118,15 +118,11 @@ function decodeDmaUnmap(payload: PayloadReader): DmaUnmapBody {
   return unmap;
 }
 
-const encodeDmaUnmap = (body: DmaUnmapBody) =>
-  new PayloadWriter(DMA_UNMAP_LAYOUT.size).write(DMA_UNMAP_LAYOUT, body).bytes;
+const encodeDmaUnmap = (body: DmaUnmapBody) => new PayloadWriter(DMA_UNMAP_LAYOUT.size).write(DMA_UNMAP_LAYOUT, body).bytes;
 
 // ---- GET_INFO requests (the spec zeroes every field but argsz and index) -------------------------------------
 
-function decodeIndexedRequest(
-  payload: PayloadReader,
-  layout: typeof IRQ_INFO_LAYOUT | typeof REGION_IO_FDS_LAYOUT,
-): IndexedInfoRequestBody {
+function decodeIndexedRequest(payload: PayloadReader, layout: typeof IRQ_INFO_LAYOUT | typeof REGION_IO_FDS_LAYOUT): IndexedInfoRequestBody {
   payload.requireExactly(layout.size);
   const request = payload.read(layout);
   payload.requireArgszAtLeast(request.argsz, layout.size);
@@ -135,9 +131,8 @@ function decodeIndexedRequest(
   return { argsz: request.argsz, index: request.index };
 }
 
-const encodeIndexedRequest =
-  (layout: typeof IRQ_INFO_LAYOUT | typeof REGION_IO_FDS_LAYOUT) => (body: IndexedInfoRequestBody) =>
-    new PayloadWriter(layout.size).write(layout, { argsz: body.argsz, flags: 0, index: body.index, count: 0 }).bytes;
+const encodeIndexedRequest = (layout: typeof IRQ_INFO_LAYOUT | typeof REGION_IO_FDS_LAYOUT) => (body: IndexedInfoRequestBody) =>
+  new PayloadWriter(layout.size).write(layout, { argsz: body.argsz, flags: 0, index: body.index, count: 0 }).bytes;
 
 // ---- REGION_IO_FDS reply ------------------------------------------------------------------------------------
 
@@ -190,9 +185,7 @@ function decodeSetIrqs(payload: PayloadReader): CommandBodies['DEVICE_SET_IRQS']
 }
 
 function encodeSetIrqs(body: CommandBodies['DEVICE_SET_IRQS']): Uint8Array {
-  return new PayloadWriter(SET_IRQS_LAYOUT.size + body.data.length)
-    .write(SET_IRQS_LAYOUT, body)
-    .put(body.data, SET_IRQS_LAYOUT.size).bytes;
+  return new PayloadWriter(SET_IRQS_LAYOUT.size + body.data.length).write(SET_IRQS_LAYOUT, body).put(body.data, SET_IRQS_LAYOUT.size).bytes;
 }
 
 // ---- region access ------------------------------------------------------------------------------------------
@@ -246,7 +239,10 @@ function decodeDmaWriteCommand(payload: PayloadReader): DmaDataBody {
   payload.requireAtLeast(DMA_ACCESS_LAYOUT.size);
   const access = payload.read(DMA_ACCESS_LAYOUT);
   if (access.count !== BigInt(payload.length - DMA_ACCESS_LAYOUT.size)) {
-    throw invalid('ERR_VFIO_USER_PAYLOAD_SIZE', `${payload.what}: count ${access.count} does not match ${payload.length - DMA_ACCESS_LAYOUT.size} data bytes`);
+    throw invalid(
+      'ERR_VFIO_USER_PAYLOAD_SIZE',
+      `${payload.what}: count ${access.count} does not match ${payload.length - DMA_ACCESS_LAYOUT.size} data bytes`,
+    );
   }
   return { address: access.address, data: payload.copy(DMA_ACCESS_LAYOUT.size) };
 }
@@ -270,8 +266,7 @@ export function decodeDmaReadReply(payload: PayloadReader, context: DecodeContex
   const narrow = payload.read(DMA_ACCESS_NARROW_LAYOUT);
   const spec = payload.length >= DMA_ACCESS_LAYOUT.size ? payload.read(DMA_ACCESS_LAYOUT) : undefined;
   const specFits = spec !== undefined && spec.count === BigInt(payload.length - DMA_ACCESS_LAYOUT.size);
-  const qemuFits =
-    narrow.count + QEMU_DMA_STRUCT_SIZE === payload.length || narrow.count + DMA_ACCESS_NARROW_LAYOUT.size === payload.length;
+  const qemuFits = narrow.count + QEMU_DMA_STRUCT_SIZE === payload.length || narrow.count + DMA_ACCESS_NARROW_LAYOUT.size === payload.length;
   let body: DmaDataBody;
   if (specFits && layout !== 'qemu') {
     body = { address: spec.address, data: payload.copy(DMA_ACCESS_LAYOUT.size) };
@@ -279,12 +274,16 @@ export function decodeDmaReadReply(payload: PayloadReader, context: DecodeContex
     const start = DMA_ACCESS_NARROW_LAYOUT.size;
     body = { address: narrow.address, data: payload.copy(start, start + narrow.count) };
   } else {
-    throw invalid('ERR_VFIO_USER_PAYLOAD_SIZE', `${payload.what}: ${payload.length} bytes fit no ${layout === 'auto' ? 'known' : layout} DMA_READ reply layout`);
+    throw invalid(
+      'ERR_VFIO_USER_PAYLOAD_SIZE',
+      `${payload.what}: ${payload.length} bytes fit no ${layout === 'auto' ? 'known' : layout} DMA_READ reply layout`,
+    );
   }
   const request = context.command;
   if (request?.command === 'DMA_READ') {
     if (request.address !== body.address) throw mismatch(payload, `reply address ${body.address}, command address ${request.address}`);
-    if (BigInt(body.data.length) > request.count) throw mismatch(payload, `reply carries ${body.data.length} bytes, the command asked for ${request.count}`);
+    if (BigInt(body.data.length) > request.count)
+      throw mismatch(payload, `reply carries ${body.data.length} bytes, the command asked for ${request.count}`);
   }
   return body;
 }
@@ -306,7 +305,8 @@ function decodeDmaWriteReply(payload: PayloadReader, context: DecodeContext): Re
   const request = context.command;
   if (transfer !== null && request?.command === 'DMA_WRITE') {
     if (transfer.address !== request.address) throw mismatch(payload, `reply address ${transfer.address}, command address ${request.address}`);
-    if (transfer.count > BigInt(request.data.length)) throw mismatch(payload, `reply counts ${transfer.count} bytes, the command wrote ${request.data.length}`);
+    if (transfer.count > BigInt(request.data.length))
+      throw mismatch(payload, `reply counts ${transfer.count} bytes, the command wrote ${request.data.length}`);
   }
   return { transfer };
 }
@@ -342,8 +342,11 @@ function encodeRegionWriteMulti(body: CommandBodies['REGION_WRITE_MULTI']): Uint
   writer.write(REGION_WRITE_MULTI_LAYOUT, { count: BigInt(body.writes.length) });
   body.writes.forEach((one, i) => {
     if (one.data.length > MULTI_DATA_SLOT) throw encodeError('REGION_WRITE_MULTI', `write ${i} has more than ${MULTI_DATA_SLOT} bytes`);
-    writer.write(REGION_WRITE_ONE_LAYOUT, { offset: one.offset, region: one.region, count: one.data.length, data: one.data },
-      REGION_WRITE_MULTI_LAYOUT.size + i * REGION_WRITE_ONE_LAYOUT.size);
+    writer.write(
+      REGION_WRITE_ONE_LAYOUT,
+      { offset: one.offset, region: one.region, count: one.data.length, data: one.data },
+      REGION_WRITE_MULTI_LAYOUT.size + i * REGION_WRITE_ONE_LAYOUT.size,
+    );
   });
   return writer.bytes;
 }
@@ -371,8 +374,7 @@ function encodeDeviceFeature(body: CommandBodies['DEVICE_FEATURE']): Uint8Array 
   if (!Number.isInteger(body.feature) || (body.feature & FEATURE_BITS.FEATURE) !== body.feature) {
     throw encodeError('DEVICE_FEATURE', `feature ${body.feature} does not fit the 16-bit feature field`);
   }
-  const flags =
-    (body.feature | (body.get ? FEATURE_BITS.GET : 0) | (body.set ? FEATURE_BITS.SET : 0) | (body.probe ? FEATURE_BITS.PROBE : 0)) >>> 0;
+  const flags = (body.feature | (body.get ? FEATURE_BITS.GET : 0) | (body.set ? FEATURE_BITS.SET : 0) | (body.probe ? FEATURE_BITS.PROBE : 0)) >>> 0;
   return new PayloadWriter(DEVICE_FEATURE_LAYOUT.size + body.data.length)
     .write(DEVICE_FEATURE_LAYOUT, { argsz: body.argsz, flags })
     .put(body.data, DEVICE_FEATURE_LAYOUT.size).bytes;
@@ -382,9 +384,8 @@ function encodeDeviceFeature(body: CommandBodies['DEVICE_FEATURE']): Uint8Array 
 
 function encodeMigData(body: { argsz: number; data: Uint8Array }): Uint8Array {
   const size = requireU32Length('migration data', body.data);
-  return new PayloadWriter(MIG_DATA_LAYOUT.size + size)
-    .write(MIG_DATA_LAYOUT, { argsz: body.argsz, size })
-    .put(body.data, MIG_DATA_LAYOUT.size).bytes;
+  return new PayloadWriter(MIG_DATA_LAYOUT.size + size).write(MIG_DATA_LAYOUT, { argsz: body.argsz, size }).put(body.data, MIG_DATA_LAYOUT.size)
+    .bytes;
 }
 
 /**

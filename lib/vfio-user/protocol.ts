@@ -236,9 +236,7 @@ export const DMA_ACCESS_NARROW_LAYOUT = defineStruct('dma_access_u32_count', [
 /** QEMU's DMA header is an unpacked C struct: its sizeof rounds 12 up to 16, and QEMU sizes replies with it. */
 export const QEMU_DMA_STRUCT_SIZE = 16;
 
-export const REGION_WRITE_MULTI_LAYOUT = defineStruct('region_write_multi', [
-  { key: 'count', spec: 'wr_cnt', offset: 0, width: 8 },
-]);
+export const REGION_WRITE_MULTI_LAYOUT = defineStruct('region_write_multi', [{ key: 'count', spec: 'wr_cnt', offset: 0, width: 8 }]);
 export const REGION_WRITE_ONE_LAYOUT = defineStruct('region_write_one', [
   { key: 'offset', spec: 'offset', offset: 0, width: 8 },
   { key: 'region', spec: 'region', offset: 8, width: 4 },
@@ -278,9 +276,7 @@ export const MIGRATION_STATES = defineNumbers('migration state', {
 });
 export const MIGRATION_FLAGS = defineFlags('migration flags', { STOP_COPY: 0x1, P2P: 0x2, PRE_COPY: 0x4 });
 
-export const FEATURE_MIGRATION_LAYOUT = defineStruct('vfio_device_feature_migration', [
-  { key: 'flags', spec: 'flags', offset: 0, width: 8 },
-]);
+export const FEATURE_MIGRATION_LAYOUT = defineStruct('vfio_device_feature_migration', [{ key: 'flags', spec: 'flags', offset: 0, width: 8 }]);
 export const FEATURE_MIG_STATE_LAYOUT = defineStruct('vfio_device_feature_mig_state', [
   { key: 'deviceState', spec: 'device_state', offset: 0, width: 4 },
   { key: 'dataFd', spec: 'data_fd', offset: 4, width: 4 },

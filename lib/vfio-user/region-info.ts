@@ -57,7 +57,10 @@ function decodeCapability(payload: PayloadReader, at: number, end: number): Regi
   const bodyAt = at + CAP_HEADER_LAYOUT.size;
   const needs = (size: number, name: string) => {
     if (bodyAt + size > end) {
-      throw invalid('ERR_VFIO_USER_BAD_CAPABILITY', `${payload.what}: ${name} capability at ${at} needs ${size} bytes after its header, has ${end - bodyAt}`);
+      throw invalid(
+        'ERR_VFIO_USER_BAD_CAPABILITY',
+        `${payload.what}: ${name} capability at ${at} needs ${size} bytes after its header, has ${end - bodyAt}`,
+      );
     }
   };
   if (header.id === REGION_CAP_IDS.values.SPARSE_MMAP && header.version === REGION_CAP_VERSIONS.SPARSE_MMAP) {
@@ -154,7 +157,10 @@ function writeCapability(writer: PayloadWriter, capability: RegionCapability, at
     }
     case 'unknown':
       if (isInterpreted(capability.id, capability.version)) {
-        throw encodeError('DEVICE_GET_REGION_INFO reply', `capability id ${capability.id} version ${capability.version} has its own kind; do not send it as unknown`);
+        throw encodeError(
+          'DEVICE_GET_REGION_INFO reply',
+          `capability id ${capability.id} version ${capability.version} has its own kind; do not send it as unknown`,
+        );
       }
       writer.write(CAP_HEADER_LAYOUT, { id: capability.id, version: capability.version, next }, at);
       writer.put(capability.body, bodyAt);

@@ -85,7 +85,11 @@ export async function regionRead(
   options: TransferOptions = {},
 ): Promise<Uint8Array> {
   const readPiece = async (piece: TransferPiece): Promise<Uint8Array> => {
-    const reply = await connection.request('REGION_READ', { offset: offset + BigInt(piece.at), region, count: piece.length }, requestOptions(options));
+    const reply = await connection.request(
+      'REGION_READ',
+      { offset: offset + BigInt(piece.at), region, count: piece.length },
+      requestOptions(options),
+    );
     closeAll(reply.fds);
     return reply.body.data;
   };
@@ -108,12 +112,7 @@ export async function regionWrite(
 }
 
 /** DMA_READ of `length` bytes at IOVA `address` (server to client); see readInPieces for the result. */
-export async function dmaRead(
-  connection: VfioUserConnection,
-  address: bigint,
-  length: number,
-  options: TransferOptions = {},
-): Promise<Uint8Array> {
+export async function dmaRead(connection: VfioUserConnection, address: bigint, length: number, options: TransferOptions = {}): Promise<Uint8Array> {
   const readPiece = async (piece: TransferPiece): Promise<Uint8Array> => {
     const reply = await connection.request('DMA_READ', { address: address + BigInt(piece.at), count: BigInt(piece.length) }, requestOptions(options));
     closeAll(reply.fds);
@@ -123,12 +122,7 @@ export async function dmaRead(
 }
 
 /** DMA_WRITE of `data` at IOVA `address` (server to client). */
-export async function dmaWrite(
-  connection: VfioUserConnection,
-  address: bigint,
-  data: Uint8Array,
-  options: TransferOptions = {},
-): Promise<void> {
+export async function dmaWrite(connection: VfioUserConnection, address: bigint, data: Uint8Array, options: TransferOptions = {}): Promise<void> {
   await eachPiece(connection, data.length, options, async (piece) => {
     const chunk = data.subarray(piece.at, piece.at + piece.length);
     const reply = await connection.request('DMA_WRITE', { address: address + BigInt(piece.at), data: chunk }, requestOptions(options));

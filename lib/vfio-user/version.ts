@@ -175,9 +175,7 @@ export function parseVersionCapabilities(text: string): VersionCapabilities {
     const maxBitmapSize = migration[NAMES.migrationMaxBitmapSize];
     result.migration = {
       pgsize: positiveInteger(migration[NAMES.migrationPgsize], `${NAMES.migration}.${NAMES.migrationPgsize}`),
-      ...(maxBitmapSize === undefined
-        ? {}
-        : { maxBitmapSize: positiveInteger(maxBitmapSize, `${NAMES.migration}.${NAMES.migrationMaxBitmapSize}`) }),
+      ...(maxBitmapSize === undefined ? {} : { maxBitmapSize: positiveInteger(maxBitmapSize, `${NAMES.migration}.${NAMES.migrationMaxBitmapSize}`) }),
     };
   }
   return result;

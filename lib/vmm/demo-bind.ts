@@ -7,10 +7,29 @@
 import { IommufdDryRun, FULL_VTD_HOST } from '../host/iommufd-dry-run';
 import { IommufdNesting, type HostFault, type IommufdChannel, type IoctlOptions } from '../host/iommufd-nesting';
 import {
-  HW_INFO_FLAGS, HW_INFO_TYPE, HWPT_ALLOC_FLAGS, HWPT_DATA_TYPE, HWPT_INVALIDATE_DATA_TYPE, INVALIDATE_ALL_PAGES,
-  IOAS_MAP_FLAGS, IOMMU_HW_INFO_VTD_LAYOUT, IOMMU_HWPT_PAGE_RESPONSE_LAYOUT, IOMMU_HWPT_VTD_S1_INVALIDATE_LAYOUT,
-  IOMMU_HWPT_VTD_S1_LAYOUT, PAGE_RESPONSE_CODE, PGFAULT_FLAGS, PGFAULT_PERM, VFIO_ATTACH_FLAGS, VFIO_BIND_FLAGS,
-  VFIO_DETACH_FLAGS, VTD_INVALIDATE_FLAGS, VTD_S1_FLAGS, decodeStruct, errnoName, ioctlByRequest, type IoctlSpec,
+  HW_INFO_FLAGS,
+  HW_INFO_TYPE,
+  HWPT_ALLOC_FLAGS,
+  HWPT_DATA_TYPE,
+  HWPT_INVALIDATE_DATA_TYPE,
+  INVALIDATE_ALL_PAGES,
+  IOAS_MAP_FLAGS,
+  IOMMU_HW_INFO_VTD_LAYOUT,
+  IOMMU_HWPT_PAGE_RESPONSE_LAYOUT,
+  IOMMU_HWPT_VTD_S1_INVALIDATE_LAYOUT,
+  IOMMU_HWPT_VTD_S1_LAYOUT,
+  PAGE_RESPONSE_CODE,
+  PGFAULT_FLAGS,
+  PGFAULT_PERM,
+  VFIO_ATTACH_FLAGS,
+  VFIO_BIND_FLAGS,
+  VFIO_DETACH_FLAGS,
+  VTD_INVALIDATE_FLAGS,
+  VTD_S1_FLAGS,
+  decodeStruct,
+  errnoName,
+  ioctlByRequest,
+  type IoctlSpec,
 } from '../host/iommufd-uapi';
 import { NestingBackend, nestingConfigProblems } from '../host/nesting-backend';
 import { IommufdDevice } from '../os/iommufd-device';
@@ -25,8 +44,17 @@ import { VtdUnit } from '../vtd/unit';
 import { VIRTUAL_COMMAND, VIRTUAL_COMMAND_STATUS } from '../vtd/virtual-command';
 import { recordText } from './demo-modes';
 import {
-  FIRST_STAGE_FORMAT, LEGACY_INVALIDATIONS, PageAllocator, PagingTables, PASID_ENTRY, PASID_INVALIDATIONS, PAGE_SIZE,
-  ramTables, ScalableTables, VtdDriver, type GuestCpu,
+  FIRST_STAGE_FORMAT,
+  LEGACY_INVALIDATIONS,
+  PageAllocator,
+  PagingTables,
+  PASID_ENTRY,
+  PASID_INVALIDATIONS,
+  PAGE_SIZE,
+  ramTables,
+  ScalableTables,
+  VtdDriver,
+  type GuestCpu,
 } from './guest-driver';
 import { DMAR_BASE, EDU_DEVFN, TestbedMachine } from './testbed';
 
@@ -73,8 +101,8 @@ const SYMBOLS: Readonly<Record<string, Readonly<Record<string, FlagSet<string> |
   VFIO_DEVICE_BIND_IOMMUFD: { flags: VFIO_BIND_FLAGS },
   VFIO_DEVICE_ATTACH_IOMMUFD_PT: { flags: VFIO_ATTACH_FLAGS },
   VFIO_DEVICE_DETACH_IOMMUFD_PT: { flags: VFIO_DETACH_FLAGS },
-  'iommu_hwpt_vtd_s1': { flags: VTD_S1_FLAGS },
-  'iommu_hwpt_vtd_s1_invalidate': { flags: VTD_INVALIDATE_FLAGS },
+  iommu_hwpt_vtd_s1: { flags: VTD_S1_FLAGS },
+  iommu_hwpt_vtd_s1_invalidate: { flags: VTD_INVALIDATE_FLAGS },
 };
 
 /** The fields of a decoded struct under their C names, reserved ones left out. */
@@ -100,7 +128,8 @@ function decodePayload(spec: IoctlSpec, fields: Record<string, unknown>, options
       if (data === undefined) return undefined;
       const length = fields.entryLen as number;
       return Array.from({ length: fields.entryNum as number }, (_, i) =>
-        cNamed(IOMMU_HWPT_VTD_S1_INVALIDATE_LAYOUT as never, decodeStruct(IOMMU_HWPT_VTD_S1_INVALIDATE_LAYOUT, data, i * length)));
+        cNamed(IOMMU_HWPT_VTD_S1_INVALIDATE_LAYOUT as never, decodeStruct(IOMMU_HWPT_VTD_S1_INVALIDATE_LAYOUT, data, i * length)),
+      );
     }
     case 'IOMMU_GET_HW_INFO': {
       const data = pointed('dataUptr');
@@ -173,7 +202,9 @@ function countText(name: string, value: number | bigint): string | undefined {
 }
 
 function renderFields(fields: Fields, symbols: Readonly<Record<string, FlagSet<string> | NumberTable<string>>> = {}): string {
-  return Object.entries(fields).map(([name, value]) => `${name}=${countText(name, value) ?? symbol(symbols[name], value)}`).join(' ');
+  return Object.entries(fields)
+    .map(([name, value]) => `${name}=${countText(name, value) ?? symbol(symbols[name], value)}`)
+    .join(' ');
 }
 
 /**
@@ -184,10 +215,18 @@ export function renderHostRequest(request: HostRequest): string {
   const symbols = SYMBOLS[request.name] ?? {};
   const sent = Object.fromEntries(Object.entries(request.fields).filter(([name]) => !name.startsWith('out_')));
   const filled = Object.fromEntries(Object.entries(request.fields).filter(([name]) => name.startsWith('out_')));
-  const payloadSymbols = request.name === 'IOMMU_HWPT_ALLOC' ? SYMBOLS.iommu_hwpt_vtd_s1 : request.name === 'IOMMU_HWPT_INVALIDATE' ? SYMBOLS.iommu_hwpt_vtd_s1_invalidate : {};
-  const payload = request.payload === undefined ? ''
-    : Array.isArray(request.payload) ? ` [${request.payload.map((entry) => `{${renderFields(entry, payloadSymbols)}}`).join(' ')}]`
-    : ` {${renderFields(request.payload, payloadSymbols)}}`;
+  const payloadSymbols =
+    request.name === 'IOMMU_HWPT_ALLOC'
+      ? SYMBOLS.iommu_hwpt_vtd_s1
+      : request.name === 'IOMMU_HWPT_INVALIDATE'
+        ? SYMBOLS.iommu_hwpt_vtd_s1_invalidate
+        : {};
+  const payload =
+    request.payload === undefined
+      ? ''
+      : Array.isArray(request.payload)
+        ? ` [${request.payload.map((entry) => `{${renderFields(entry, payloadSymbols)}}`).join(' ')}]`
+        : ` {${renderFields(request.payload, payloadSymbols)}}`;
   const out = request.result < 0 ? ` = -${errnoName(request.result)}` : Object.keys(filled).length > 0 ? ` -> ${renderFields(filled, symbols)}` : '';
   return `${request.name} ${renderFields(sent, symbols)}${payload}${out}`.replace(/ +$/, '');
 }
@@ -222,7 +261,10 @@ export function chooseBindHost(request: BindHostRequest = {}): BindHost {
     try {
       const cdev = device.openVfioDevice(request.vfioCdev);
       return {
-        kind: 'iommufd', channel: device, cdev, close: () => device.close(),
+        kind: 'iommufd',
+        channel: device,
+        cdev,
+        close: () => device.close(),
         description: `the real iommufd ${path}, with the VFIO device ${request.vfioCdev}: these requests reach the kernel`,
       };
     } catch (error) {
@@ -235,7 +277,11 @@ export function chooseBindHost(request: BindHostRequest = {}): BindHost {
     : `this machine has no ${path}${request.vfioCdev === undefined ? '' : `, so ${request.vfioCdev} is not used`}`;
   const dryRun = new IommufdDryRun(FULL_VTD_HOST);
   return {
-    kind: 'dry-run', channel: dryRun, cdev: dryRun.addVfioDevice(), dryRun, close: () => undefined,
+    kind: 'dry-run',
+    channel: dryRun,
+    cdev: dryRun.addVfioDevice(),
+    dryRun,
+    close: () => undefined,
     description: `the dry-run iommufd (${why}): each request is checked against the uAPI's rules and answered as Linux would, nothing reaches a kernel`,
   };
 }
@@ -269,9 +315,15 @@ async function pasidEntryAddress(cpu: GuestCpu, root: number, sid: number, pasid
   const rootEntry = decodeBig(SCALABLE_ROOT_ENTRY, await read(root + (sid >> 8) * 16));
   const devfn = sid & 0xff;
   const contextTable = Number(devfn >= DEVFNS_PER_CONTEXT_TABLE ? rootEntry.UCTP : rootEntry.LCTP) * PAGE_SIZE;
-  const context = decodeBig(SCALABLE_CONTEXT_ENTRY, await read(contextTable + (devfn % DEVFNS_PER_CONTEXT_TABLE) * (SCALABLE_CONTEXT_ENTRY.sizeBits / 8)));
+  const context = decodeBig(
+    SCALABLE_CONTEXT_ENTRY,
+    await read(contextTable + (devfn % DEVFNS_PER_CONTEXT_TABLE) * (SCALABLE_CONTEXT_ENTRY.sizeBits / 8)),
+  );
   const directory = Number(context.PASIDDIRPTR) * PAGE_SIZE;
-  const directoryEntry = decodeBig(PASID_DIRECTORY_ENTRY, await read(directory + Math.floor(pasid / PASIDS_PER_TABLE) * (PASID_DIRECTORY_ENTRY.sizeBits / 8)));
+  const directoryEntry = decodeBig(
+    PASID_DIRECTORY_ENTRY,
+    await read(directory + Math.floor(pasid / PASIDS_PER_TABLE) * (PASID_DIRECTORY_ENTRY.sizeBits / 8)),
+  );
   return Number(directoryEntry.PTP) * PAGE_SIZE + (pasid % PASIDS_PER_TABLE) * (SCALABLE_PASID_ENTRY.sizeBits / 8);
 }
 
@@ -284,9 +336,27 @@ async function clearPasidEntry(cpu: GuestCpu, address: number): Promise<void> {
 
 /** A host-side trace event; unit events (lib/vtd/unit-trace.ts) go to the same sink. */
 export type HostTraceEvent =
-  | { readonly kind: 'host-request'; readonly step: string; readonly name: string; readonly fields: Fields; readonly payload?: HostRequest['payload']; readonly result: number }
-  | { readonly kind: 'host-fault'; readonly step: string; readonly sid: number; readonly dev_id: number; readonly pasid?: number; readonly address: bigint;
-    readonly perm: string; readonly grpid: number; readonly cookie: number; readonly routed: 'guest' | 'host'; readonly reason?: number }
+  | {
+      readonly kind: 'host-request';
+      readonly step: string;
+      readonly name: string;
+      readonly fields: Fields;
+      readonly payload?: HostRequest['payload'];
+      readonly result: number;
+    }
+  | {
+      readonly kind: 'host-fault';
+      readonly step: string;
+      readonly sid: number;
+      readonly dev_id: number;
+      readonly pasid?: number;
+      readonly address: bigint;
+      readonly perm: string;
+      readonly grpid: number;
+      readonly cookie: number;
+      readonly routed: 'guest' | 'host';
+      readonly reason?: number;
+    }
   | { readonly kind: 'host-page-response'; readonly step: string; readonly cookie: number; readonly code: string; readonly result: number };
 
 export type BindTraceEvent = HostTraceEvent | UnitTraceEvent;
@@ -319,8 +389,14 @@ export interface BindReport {
 const hex = (value: number | bigint) => `0x${value.toString(16)}`;
 
 function permText(perm: HostFault['perm']): string {
-  return PGFAULT_PERM.names((perm.read ? PGFAULT_PERM.bits.READ : 0) | (perm.write ? PGFAULT_PERM.bits.WRITE : 0)
-    | (perm.exec ? PGFAULT_PERM.bits.EXEC : 0) | (perm.priv ? PGFAULT_PERM.bits.PRIV : 0)).join('|') || '0';
+  return (
+    PGFAULT_PERM.names(
+      (perm.read ? PGFAULT_PERM.bits.READ : 0) |
+        (perm.write ? PGFAULT_PERM.bits.WRITE : 0) |
+        (perm.exec ? PGFAULT_PERM.bits.EXEC : 0) |
+        (perm.priv ? PGFAULT_PERM.bits.PRIV : 0),
+    ).join('|') || '0'
+  );
 }
 
 /** Runs the whole bind story on a fresh unit; resolves to what it showed and which checks failed. */
@@ -337,13 +413,30 @@ export async function runBindScenario(options: BindScenarioOptions = {}): Promis
   let step = 'set-up';
   let fresh: HostRequest[] = [];
   const responses: { cookie: number; code: number; result: number }[] = [];
-  const channel = new LoggingChannel(host.channel, (request) => {
-    fresh.push(request);
-    trace?.({ kind: 'host-request', step, name: request.name, fields: request.fields, ...(request.payload ? { payload: request.payload } : {}), result: request.result });
-  }, (response, result) => {
-    responses.push({ cookie: Number(response.cookie), code: Number(response.code), result });
-    trace?.({ kind: 'host-page-response', step, cookie: Number(response.cookie), code: PAGE_RESPONSE_CODE.nameOf(Number(response.code)) ?? String(response.code), result });
-  });
+  const channel = new LoggingChannel(
+    host.channel,
+    (request) => {
+      fresh.push(request);
+      trace?.({
+        kind: 'host-request',
+        step,
+        name: request.name,
+        fields: request.fields,
+        ...(request.payload ? { payload: request.payload } : {}),
+        result: request.result,
+      });
+    },
+    (response, result) => {
+      responses.push({ cookie: Number(response.cookie), code: Number(response.code), result });
+      trace?.({
+        kind: 'host-page-response',
+        step,
+        cookie: Number(response.cookie),
+        code: PAGE_RESPONSE_CODE.nameOf(Number(response.code)) ?? String(response.code),
+        result,
+      });
+    },
+  );
 
   /** Runs one guest step (which may say what the guest read back) and prints it with the host requests it caused. */
   const play = async (name: string, guest: string, action: () => Promise<string | void>): Promise<HostRequest[]> => {
@@ -361,7 +454,10 @@ export async function runBindScenario(options: BindScenarioOptions = {}): Promis
     return requests;
   };
   const expectNames = (name: string, requests: readonly HostRequest[], expected: readonly string[]) =>
-    check(requests.map((r) => r.name).join() === expected.join(), `${name}: the host saw ${requests.map((r) => r.name).join(', ') || 'nothing'}, expected ${expected.join(', ') || 'nothing'}`);
+    check(
+      requests.map((r) => r.name).join() === expected.join(),
+      `${name}: the host saw ${requests.map((r) => r.name).join(', ') || 'nothing'}, expected ${expected.join(', ') || 'nothing'}`,
+    );
 
   const machine = new TestbedMachine({
     builtInEdu: false,
@@ -380,8 +476,17 @@ export async function runBindScenario(options: BindScenarioOptions = {}): Promis
   const heard = (fault: HostFault, reason?: number): void => {
     routed.push({ fault, reason });
     trace?.({
-      kind: 'host-fault', step, sid: fault.device, dev_id: devId, ...(fault.pasid === undefined ? {} : { pasid: fault.pasid }), address: fault.address,
-      perm: permText(fault.perm), grpid: fault.group, cookie: fault.cookie, routed: reason === undefined ? 'host' : 'guest', ...(reason === undefined ? {} : { reason }),
+      kind: 'host-fault',
+      step,
+      sid: fault.device,
+      dev_id: devId,
+      ...(fault.pasid === undefined ? {} : { pasid: fault.pasid }),
+      address: fault.address,
+      perm: permText(fault.perm),
+      grpid: fault.group,
+      cookie: fault.cookie,
+      routed: reason === undefined ? 'host' : 'guest',
+      ...(reason === undefined ? {} : { reason }),
     });
   };
   backend.on('guestFault', (fault, reason) => heard(fault, reason));
@@ -401,25 +506,45 @@ export async function runBindScenario(options: BindScenarioOptions = {}): Promis
     const setUp = fresh;
     lines.push('host set-up   (the VMM, before the guest runs)');
     for (const request of setUp) lines.push(`              ${renderHostRequest(request)}`);
-    expectNames('host set-up', setUp, ['VFIO_DEVICE_BIND_IOMMUFD', 'IOMMU_GET_HW_INFO', 'IOMMU_IOAS_ALLOC', 'IOMMU_IOAS_MAP', 'IOMMU_HWPT_ALLOC', 'IOMMU_FAULT_QUEUE_ALLOC']);
+    expectNames('host set-up', setUp, [
+      'VFIO_DEVICE_BIND_IOMMUFD',
+      'IOMMU_GET_HW_INFO',
+      'IOMMU_IOAS_ALLOC',
+      'IOMMU_IOAS_MAP',
+      'IOMMU_HWPT_ALLOC',
+      'IOMMU_FAULT_QUEUE_ALLOC',
+    ]);
     const problems = nestingConfigProblems(unit.config, capabilities);
     check(problems.length === 0, `the host cannot back this unit: ${problems.join('; ')}`);
-    lines.push(`              host offers: ${capabilities.pageTableFormats.join(', ') || 'no nesting'}, ${capabilities.addressWidths.join('/')}-bit first stage, ${capabilities.maxPasidLog2}-bit PASIDs: ${problems.length === 0 ? 'enough for this unit' : problems.join('; ')}`);
+    lines.push(
+      `              host offers: ${capabilities.pageTableFormats.join(', ') || 'no nesting'}, ${capabilities.addressWidths.join('/')}-bit first stage, ${capabilities.maxPasidLog2}-bit PASIDs: ${problems.length === 0 ? 'enough for this unit' : problems.join('; ')}`,
+    );
 
-    const attach = await play('follow the device', 'is not running yet: the VMM follows 00:04.0 (translation is off, so its requests without PASID pass through)', async () => backend.attach(SID));
+    const attach = await play(
+      'follow the device',
+      'is not running yet: the VMM follows 00:04.0 (translation is off, so its requests without PASID pass through)',
+      async () => backend.attach(SID),
+    );
     expectNames('follow the device', attach, ['VFIO_DEVICE_ATTACH_IOMMUFD_PT']);
 
-    const enable = await play('enable', 'enables scalable mode: RTADDR (TTM scalable), SRTP, a 256-bit queue, global context/PASID/IOTLB invalidations, TE', async () => {
-      await vtd.setRootTable(await tables.root, 'scalable');
-      await vtd.enableQueue(256);
-      await vtd.invalidate([LEGACY_INVALIDATIONS.contextGlobal(), PASID_INVALIDATIONS.pasidCacheGlobal(), LEGACY_INVALIDATIONS.iotlbGlobal()]);
-      await vtd.enableTranslation();
-    });
+    const enable = await play(
+      'enable',
+      'enables scalable mode: RTADDR (TTM scalable), SRTP, a 256-bit queue, global context/PASID/IOTLB invalidations, TE',
+      async () => {
+        await vtd.setRootTable(await tables.root, 'scalable');
+        await vtd.enableQueue(256);
+        await vtd.invalidate([LEGACY_INVALIDATIONS.contextGlobal(), PASID_INVALIDATIONS.pasidCacheGlobal(), LEGACY_INVALIDATIONS.iotlbGlobal()]);
+        await vtd.enableTranslation();
+      },
+    );
     expectNames('enable', enable, ['VFIO_DEVICE_DETACH_IOMMUFD_PT']);
 
     const ecap = await vtd.read64(OFFSET.ECAP);
     const vccap = await vtd.read64(VCCAP);
-    check(getFieldBig(ecap, ECAP_FIELDS.f.VCS) === 1n && getFieldBig(vccap, VCCAP_FIELDS.f.PAS) === 1n, 'the unit does not offer VCMD PASID allocation (ECAP.VCS, VCCAP.PAS)');
+    check(
+      getFieldBig(ecap, ECAP_FIELDS.f.VCS) === 1n && getFieldBig(vccap, VCCAP_FIELDS.f.PAS) === 1n,
+      'the unit does not offer VCMD PASID allocation (ECAP.VCS, VCCAP.PAS)',
+    );
     let allocation: VcmdResponse = { status: -1, result: 0 };
     const allocate = await play('allocate', 'VCMD allocate PASID (ECAP.VCS = 1, VCCAP.PAS = 1), polls VCRSP', async () => {
       allocation = await virtualCommand(vtd, VIRTUAL_COMMAND.ALLOCATE_PASID);
@@ -428,35 +553,57 @@ export async function runBindScenario(options: BindScenarioOptions = {}): Promis
       if (allocation.status === VIRTUAL_COMMAND_STATUS.SUCCESS) backend.watch(SID, pasid);
       return `VCRSP: ${statusName(allocation.status)}, PASID ${pasid}; the VMM now follows 00:04.0 PASID ${pasid} (no entry yet: nothing to bind)`;
     });
-    check(allocation.status === VIRTUAL_COMMAND_STATUS.SUCCESS && pasid > 0, `VCMD allocate answered ${statusName(allocation.status)} with PASID ${pasid}`);
+    check(
+      allocation.status === VIRTUAL_COMMAND_STATUS.SUCCESS && pasid > 0,
+      `VCMD allocate answered ${statusName(allocation.status)} with PASID ${pasid}`,
+    );
     expectNames('allocate', allocate, []);
 
-    const bind = await play('bind', `writes 00:04.0's scalable context (PASIDE = 1) and PASID ${pasid}'s entry (PGTT first stage, 4-level, DID ${DID}), invalidates context and PASID caches, waits`, async () => {
-      first = await PagingTables.create(machine, FIRST_STAGE_FORMAT, ramTables(pages));
-      await tables.addDevice(SID, { pasidEnabled: true });
-      await tables.setPasidEntry(SID, pasid, PASID_ENTRY.firstStage(DID, first));
-      await vtd.invalidate([LEGACY_INVALIDATIONS.contextGlobal(), PASID_INVALIDATIONS.pasidCache(DID, pasid)]);
-    });
+    const bind = await play(
+      'bind',
+      `writes 00:04.0's scalable context (PASIDE = 1) and PASID ${pasid}'s entry (PGTT first stage, 4-level, DID ${DID}), invalidates context and PASID caches, waits`,
+      async () => {
+        first = await PagingTables.create(machine, FIRST_STAGE_FORMAT, ramTables(pages));
+        await tables.addDevice(SID, { pasidEnabled: true });
+        await tables.setPasidEntry(SID, pasid, PASID_ENTRY.firstStage(DID, first));
+        await vtd.invalidate([LEGACY_INVALIDATIONS.contextGlobal(), PASID_INVALIDATIONS.pasidCache(DID, pasid)]);
+      },
+    );
     if (expectNames('bind', bind, ['IOMMU_HWPT_ALLOC', 'VFIO_DEVICE_ATTACH_IOMMUFD_PT'])) {
       const [alloc, attached] = bind as [HostRequest, HostRequest];
       const flags = Number(alloc.fields.flags);
       const wanted = HWPT_ALLOC_FLAGS.bits.PASID | HWPT_ALLOC_FLAGS.bits.FAULT_ID_VALID;
-      check((flags & wanted) === wanted && alloc.fields.data_type === HWPT_DATA_TYPE.values.VTD_S1, `bind: HWPT_ALLOC flags ${symbol(HWPT_ALLOC_FLAGS, flags)}, data_type ${alloc.fields.data_type}: expected PASID|FAULT_ID_VALID and VTD_S1`);
+      check(
+        (flags & wanted) === wanted && alloc.fields.data_type === HWPT_DATA_TYPE.values.VTD_S1,
+        `bind: HWPT_ALLOC flags ${symbol(HWPT_ALLOC_FLAGS, flags)}, data_type ${alloc.fields.data_type}: expected PASID|FAULT_ID_VALID and VTD_S1`,
+      );
       const data = alloc.payload as Fields | undefined;
-      check(data?.pgtbl_addr === BigInt(first!.top) && data?.addr_width === 48 && data?.flags === 0n,
-        `bind: the VTD_S1 data is {${data ? renderFields(data) : 'missing'}}, expected pgtbl_addr=${hex(first!.top)} addr_width=48 flags=0`);
-      check(attached.fields.pasid === pasid && attached.fields.pt_id === alloc.fields.out_hwpt_id && Number(attached.fields.flags) === VFIO_ATTACH_FLAGS.bits.PASID,
-        `bind: the attach is ${renderHostRequest(attached)}, expected PASID ${pasid} to HWPT ${alloc.fields.out_hwpt_id}`);
+      check(
+        data?.pgtbl_addr === BigInt(first!.top) && data?.addr_width === 48 && data?.flags === 0n,
+        `bind: the VTD_S1 data is {${data ? renderFields(data) : 'missing'}}, expected pgtbl_addr=${hex(first!.top)} addr_width=48 flags=0`,
+      );
+      check(
+        attached.fields.pasid === pasid &&
+          attached.fields.pt_id === alloc.fields.out_hwpt_id &&
+          Number(attached.fields.flags) === VFIO_ATTACH_FLAGS.bits.PASID,
+        `bind: the attach is ${renderHostRequest(attached)}, expected PASID ${pasid} to HWPT ${alloc.fields.out_hwpt_id}`,
+      );
     }
 
-    const map = await play('map', `maps IOVA ${hex(IOVA_MAPPED)} -> GPA ${hex(GPA_MAPPED)} (one page, rw, user) in PASID ${pasid}'s first stage, PASID-based IOTLB invalidation (page, DID ${DID}), waits`, async () => {
-      await first!.map(IOVA_MAPPED, GPA_MAPPED, 1, { read: true, write: true });
-      await vtd.invalidate([PASID_INVALIDATIONS.iotlbPages(DID, pasid, IOVA_MAPPED)]);
-    });
+    const map = await play(
+      'map',
+      `maps IOVA ${hex(IOVA_MAPPED)} -> GPA ${hex(GPA_MAPPED)} (one page, rw, user) in PASID ${pasid}'s first stage, PASID-based IOTLB invalidation (page, DID ${DID}), waits`,
+      async () => {
+        await first!.map(IOVA_MAPPED, GPA_MAPPED, 1, { read: true, write: true });
+        await vtd.invalidate([PASID_INVALIDATIONS.iotlbPages(DID, pasid, IOVA_MAPPED)]);
+      },
+    );
     if (expectNames('map', map, ['IOMMU_HWPT_INVALIDATE'])) {
       const entries = map[0]!.payload as Fields[] | undefined;
-      check(entries?.length === 1 && entries[0]!.addr === BigInt(IOVA_MAPPED) && entries[0]!.npages === 1n,
-        `map: the invalidation entries are ${JSON.stringify(entries, (_k, v) => (typeof v === 'bigint' ? hex(v) : v))}, expected one {addr ${hex(IOVA_MAPPED)}, npages 1}`);
+      check(
+        entries?.length === 1 && entries[0]!.addr === BigInt(IOVA_MAPPED) && entries[0]!.npages === 1n,
+        `map: the invalidation entries are ${JSON.stringify(entries, (_k, v) => (typeof v === 'bigint' ? hex(v) : v))}, expected one {addr ${hex(IOVA_MAPPED)}, npages 1}`,
+      );
     }
 
     // The device reads a page the guest never mapped: the host's IOMMU walks the nested table and reports the fault.
@@ -465,39 +612,70 @@ export async function runBindScenario(options: BindScenarioOptions = {}): Promis
     if (host.dryRun !== undefined) {
       const [faultFd] = host.dryRun.faultQueueFds();
       host.dryRun.injectFault(faultFd!, {
-        flags: PGFAULT_FLAGS.bits.PASID_VALID | PGFAULT_FLAGS.bits.LAST_PAGE, devId, pasid, grpid: 1, perm: PGFAULT_PERM.bits.READ, addr: BigInt(IOVA_FAULT), length: 0,
+        flags: PGFAULT_FLAGS.bits.PASID_VALID | PGFAULT_FLAGS.bits.LAST_PAGE,
+        devId,
+        pasid,
+        grpid: 1,
+        perm: PGFAULT_PERM.bits.READ,
+        addr: BigInt(IOVA_FAULT),
+        length: 0,
       });
-      lines.push(`fault         the device reads IOVA ${hex(IOVA_FAULT)} with PASID ${pasid}; the dry-run host queues the page fault the kernel would`);
+      lines.push(
+        `fault         the device reads IOVA ${hex(IOVA_FAULT)} with PASID ${pasid}; the dry-run host queues the page fault the kernel would`,
+      );
     } else {
       lines.push(`fault         the VMM reads the host's fault queue (a real host reports a fault only when the device makes one)`);
     }
     const read = backend.pollFaults();
     for (const { fault, reason } of routed) {
-      lines.push(`  host fault  iommu_hwpt_pgfault dev_id=${devId} pasid=${fault.pasid ?? '-'} addr=${hex(fault.address)} perm=${permText(fault.perm)} grpid=${fault.group} cookie=${fault.cookie}${fault.lastPage ? ' LAST_PAGE' : ''}`);
-      lines.push(reason === undefined
-        ? '              the guest\'s tables allow it: the host\'s own fault, for the VMM log'
-        : `              walked again through the guest's tables: refused (${hex(reason)}), so it becomes the guest's fault record`);
+      lines.push(
+        `  host fault  iommu_hwpt_pgfault dev_id=${devId} pasid=${fault.pasid ?? '-'} addr=${hex(fault.address)} perm=${permText(fault.perm)} grpid=${fault.group} cookie=${fault.cookie}${fault.lastPage ? ' LAST_PAGE' : ''}`,
+      );
+      lines.push(
+        reason === undefined
+          ? "              the guest's tables allow it: the host's own fault, for the VMM log"
+          : `              walked again through the guest's tables: refused (${hex(reason)}), so it becomes the guest's fault record`,
+      );
     }
     for (const response of responses) {
-      lines.push(`  host        page response cookie=${response.cookie} code=${PAGE_RESPONSE_CODE.nameOf(response.code) ?? response.code}${response.result < 0 ? ` = -${errnoName(response.result)}` : ''}`);
+      lines.push(
+        `  host        page response cookie=${response.cookie} code=${PAGE_RESPONSE_CODE.nameOf(response.code) ?? response.code}${response.result < 0 ? ` = -${errnoName(response.result)}` : ''}`,
+      );
     }
     const records = (await vtd.faults()).records;
     for (const record of records) lines.push(`  guest reads ${recordText(record)}`);
     if (host.dryRun !== undefined) {
       const expected = faultCode('SM_FIRST_STAGE_NOT_PRESENT');
-      check(read === 1 && routed.length === 1 && routed[0]!.reason === expected, `fault: the backend read ${read} fault(s), routed ${routed.map((r) => r.reason ?? 'host').join(', ') || 'none'}, expected one guest fault ${hex(expected)}`);
-      check(records.length === 1 && records[0]!.reason === expected && records[0]!.pasid === pasid && records[0]!.address === BigInt(IOVA_FAULT) && !records[0]!.write && records[0]!.sid === SID,
-        `fault: the guest's records are ${records.map((r) => recordText(r)).join('; ') || 'none'}, expected one SM_FIRST_STAGE_NOT_PRESENT read with PASID ${pasid} at ${hex(IOVA_FAULT)}`);
-      check(responses.length === 1 && responses[0]!.code === PAGE_RESPONSE_CODE.values.INVALID && responses[0]!.result >= 0, 'fault: the host was not answered INVALID for the page request');
+      check(
+        read === 1 && routed.length === 1 && routed[0]!.reason === expected,
+        `fault: the backend read ${read} fault(s), routed ${routed.map((r) => r.reason ?? 'host').join(', ') || 'none'}, expected one guest fault ${hex(expected)}`,
+      );
+      check(
+        records.length === 1 &&
+          records[0]!.reason === expected &&
+          records[0]!.pasid === pasid &&
+          records[0]!.address === BigInt(IOVA_FAULT) &&
+          !records[0]!.write &&
+          records[0]!.sid === SID,
+        `fault: the guest's records are ${records.map((r) => recordText(r)).join('; ') || 'none'}, expected one SM_FIRST_STAGE_NOT_PRESENT read with PASID ${pasid} at ${hex(IOVA_FAULT)}`,
+      );
+      check(
+        responses.length === 1 && responses[0]!.code === PAGE_RESPONSE_CODE.values.INVALID && responses[0]!.result >= 0,
+        'fault: the host was not answered INVALID for the page request',
+      );
     } else if (read === 0) {
       lines.push('              (none queued)');
     }
     await vtd.clearFaults(records);
 
-    const unbind = await play('unbind', `clears PASID ${pasid}'s entry, PASID-cache (PASID) and PASID-based IOTLB (all of PASID) invalidations, waits`, async () => {
-      await clearPasidEntry(machine, await pasidEntryAddress(machine, await tables.root, SID, pasid));
-      await vtd.invalidate([PASID_INVALIDATIONS.pasidCache(DID, pasid), PASID_INVALIDATIONS.iotlbPasid(DID, pasid)]);
-    });
+    const unbind = await play(
+      'unbind',
+      `clears PASID ${pasid}'s entry, PASID-cache (PASID) and PASID-based IOTLB (all of PASID) invalidations, waits`,
+      async () => {
+        await clearPasidEntry(machine, await pasidEntryAddress(machine, await tables.root, SID, pasid));
+        await vtd.invalidate([PASID_INVALIDATIONS.pasidCache(DID, pasid), PASID_INVALIDATIONS.iotlbPasid(DID, pasid)]);
+      },
+    );
     expectNames('unbind', unbind, ['VFIO_DEVICE_DETACH_IOMMUFD_PT', 'IOMMU_DESTROY']);
 
     let release: VcmdResponse = { status: -1, result: 0 };
@@ -518,7 +696,15 @@ export async function runBindScenario(options: BindScenarioOptions = {}): Promis
     lines.push('host close    (the VMM, when the guest goes)');
     for (const request of fresh) lines.push(`              ${renderHostRequest(request)}`);
     expectNames('host tear-down', fresh, ['IOMMU_DESTROY', 'IOMMU_DESTROY', 'IOMMU_DESTROY']);
-    if (host.dryRun !== undefined) check(host.dryRun.objectsOf('hwpt-nested').length + host.dryRun.objectsOf('hwpt-paging').length + host.dryRun.objectsOf('fault').length + host.dryRun.objectsOf('ioas').length === 0, 'the dry-run host still holds objects after the close');
+    if (host.dryRun !== undefined)
+      check(
+        host.dryRun.objectsOf('hwpt-nested').length +
+          host.dryRun.objectsOf('hwpt-paging').length +
+          host.dryRun.objectsOf('fault').length +
+          host.dryRun.objectsOf('ioas').length ===
+          0,
+        'the dry-run host still holds objects after the close',
+      );
     for (const event of events) failures.push(`the backend reported: ${event}`);
   } finally {
     machine.close();

@@ -9,8 +9,21 @@ import { faultCode, faultReason } from '../vtd/fault-reasons';
 import type { FaultRecord } from '../vtd/fault';
 import { VtdUnit, type TranslationFailure } from '../vtd/unit';
 import {
-  EduDriver, FIRST_STAGE_FORMAT, GuestPci, GuestPhysicalTables, LEGACY_INVALIDATIONS, LegacyTables, PASID_ENTRY, PASID_INVALIDATIONS,
-  PageAllocator, PagingTables, ramTables, ScalableTables, SECOND_STAGE_FORMAT, VtdDriver, type GuestFaultRecord,
+  EduDriver,
+  FIRST_STAGE_FORMAT,
+  GuestPci,
+  GuestPhysicalTables,
+  LEGACY_INVALIDATIONS,
+  LegacyTables,
+  PASID_ENTRY,
+  PASID_INVALIDATIONS,
+  PageAllocator,
+  PagingTables,
+  ramTables,
+  ScalableTables,
+  SECOND_STAGE_FORMAT,
+  VtdDriver,
+  type GuestFaultRecord,
 } from './guest-driver';
 import { DMAR_BASE, EDU_DEVFN, TestbedMachine } from './testbed';
 import type { VfioUserAttachment } from './vfio-user-attachment';
@@ -90,12 +103,15 @@ export function recordText(record: GuestFaultRecord, stage?: string): string {
 /** Which stage of a nested walk a fault record blames, in words: the first stage, the second stage on a first-stage table or on the output, or neither. */
 export function nestedStageText(fault: FaultRecord): string {
   switch (fault.stage) {
-    case 'first-stage': return 'first stage';
+    case 'first-stage':
+      return 'first stage';
     case 'second-stage':
-      if (fault.level === undefined || fault.level === 0) return 'second stage, translating the first stage\'s output';
+      if (fault.level === undefined || fault.level === 0) return "second stage, translating the first stage's output";
       return 'second stage, translating a first-stage table';
-    case 'output': return 'after both stages (the output is in the interrupt range)';
-    default: return 'before either stage (root, context or PASID structures)';
+    case 'output':
+      return 'after both stages (the output is in the interrupt range)';
+    default:
+      return 'before either stage (root, context or PASID structures)';
   }
 }
 
@@ -117,7 +133,7 @@ function keepFailures(unit: VtdUnit, failures: TranslationFailure[]): void {
 }
 
 async function waitUntil(condition: () => boolean, timeoutMs: number): Promise<boolean> {
-  for (const start = Date.now(); !condition(); ) {
+  for (const start = Date.now(); !condition();) {
     if (Date.now() - start > timeoutMs) return false;
     await new Promise((resolve) => setTimeout(resolve, 2));
   }
@@ -147,8 +163,14 @@ export async function runDemoMode(mode: DemoMode, socketPath: string, options: D
     const device = await machine.attachVfioUser(socketPath, { devfn: EDU_DEVFN });
     const pages = new PageAllocator(machine, TABLES_START);
     const context: DemoContext = {
-      machine, device, pages, delivered, failures,
-      pci: new GuestPci(machine), vtd: new VtdDriver(machine, DMAR_BASE, pages), edu: new EduDriver(machine, BAR0),
+      machine,
+      device,
+      pages,
+      delivered,
+      failures,
+      pci: new GuestPci(machine),
+      vtd: new VtdDriver(machine, DMAR_BASE, pages),
+      edu: new EduDriver(machine, BAR0),
     };
     const report = await mode.run(context);
     return { ...report, lines: [`unit          intel-iommu,${mode.iommu}`, ...report.lines] };
@@ -159,7 +181,10 @@ export async function runDemoMode(mode: DemoMode, socketPath: string, options: D
 
 /** What the shadow backend gave the device: its DMA_MAPs of guest RAM (`brief`: the runs alone). */
 function describeDeviceTable(device: VfioUserAttachment, brief = false): string {
-  if (!device.shadowed) return brief ? 'by message' : 'whole IOVA space by message: each DMA_READ/DMA_WRITE is translated by the unit (not shadowed: the unit offers no domain watch in this build)';
+  if (!device.shadowed)
+    return brief
+      ? 'by message'
+      : 'whole IOVA space by message: each DMA_READ/DMA_WRITE is translated by the unit (not shadowed: the unit offers no domain watch in this build)';
   const runs = device.table.shared;
   const list = runs.map((run) => `[${hex(run.address)}, +${hex(run.size)})`).join(' ');
   if (brief) return runs.length === 0 ? 'no DMA_MAPs' : list;
@@ -235,7 +260,9 @@ async function runScenario(context: DemoContext, translation: DemoTranslation): 
   const same = check(Buffer.from(copied).equals(Buffer.from(pattern)), 'the bytes copied through the engine differ from the ones written');
   const msis = check(await waitUntil(() => ours() >= msiBefore + 2, MSI_WAIT_MS), "the engine's two completion MSIs did not arrive");
   const path = device.shadowed ? 'directly in guest RAM (shared memory)' : 'by DMA_READ/DMA_WRITE messages translated by the unit';
-  lines.push(`DMA           ${TRANSFER_BYTES} bytes IOVA ${hex(IOVA_RW)} -> engine -> IOVA ${hex(IOVA_RW + 0x1800)}, ${path}: ${same ? 'bytes match' : 'BYTES DIFFER'}; ${msis ? `2 MSIs ${hex(MSI_ADDRESS)}/${hex(MSI_DATA)} delivered` : 'MSIs MISSING'}`);
+  lines.push(
+    `DMA           ${TRANSFER_BYTES} bytes IOVA ${hex(IOVA_RW)} -> engine -> IOVA ${hex(IOVA_RW + 0x1800)}, ${path}: ${same ? 'bytes match' : 'BYTES DIFFER'}; ${msis ? `2 MSIs ${hex(MSI_ADDRESS)}/${hex(MSI_DATA)} delivered` : 'MSIs MISSING'}`,
+  );
 
   // Reads the guest never allowed: the device gets an errno, the guest a fault record with the mode's reason.
   for (const provoked of translation.faults) {
@@ -247,9 +274,13 @@ async function runScenario(context: DemoContext, translation: DemoTranslation): 
     const expected = faultCode(provoked.reason);
     check(errno !== undefined, `the device was not refused the DMA at ${hex(provoked.iova)}`);
     const ours = fault.records.filter((r) => r.sid === sid && r.address === BigInt(provoked.iova) && !r.write);
-    check(ours.some((r) => r.reason === expected),
-      `no fault record ${hex(expected)} ${provoked.reason} for the read at ${hex(provoked.iova)} (FSTS ${hex(fault.fsts)}; recorded: ${fault.records.map((r) => hex(r.reason)).join(' ') || 'none'})`);
-    lines.push(`fault         engine reads IOVA ${hex(provoked.iova)} (${provoked.why}): device got ${errno === undefined ? 'NO ERROR' : `errno ${errno}`}; FSTS ${hex(fault.fsts)}${fault.fsts & 2 ? ' (PPF)' : ''}`);
+    check(
+      ours.some((r) => r.reason === expected),
+      `no fault record ${hex(expected)} ${provoked.reason} for the read at ${hex(provoked.iova)} (FSTS ${hex(fault.fsts)}; recorded: ${fault.records.map((r) => hex(r.reason)).join(' ') || 'none'})`,
+    );
+    lines.push(
+      `fault         engine reads IOVA ${hex(provoked.iova)} (${provoked.why}): device got ${errno === undefined ? 'NO ERROR' : `errno ${errno}`}; FSTS ${hex(fault.fsts)}${fault.fsts & 2 ? ' (PPF)' : ''}`,
+    );
     for (const r of fault.records) lines.push(`              ${describe(r)}`);
     await vtd.clearFaults(fault.records);
   }
@@ -265,12 +296,27 @@ async function runScenario(context: DemoContext, translation: DemoTranslation): 
   const afterUnmap = await vtd.faults();
   const writeReason = faultCode(translation.unmappedWriteReason);
   const writes = afterUnmap.records.filter((r) => r.write && r.address === BigInt(taken) && r.reason === writeReason);
-  const blocked = check(Buffer.from(after).equals(Buffer.from(before)) && writes.length > 0,
-    `a DMA write to the unmapped page was not blocked and recorded as ${hex(writeReason)} ${translation.unmappedWriteReason} (recorded: ${afterUnmap.records.map((r) => hex(r.reason)).join(' ') || 'none'})`);
-  if (device.shadowed) check(!device.table.shared.some((run) => run.address <= BigInt(taken) && BigInt(taken) < run.address + run.size), 'the device still holds a DMA_MAP of the page the guest unmapped');
+  const blocked = check(
+    Buffer.from(after).equals(Buffer.from(before)) && writes.length > 0,
+    `a DMA write to the unmapped page was not blocked and recorded as ${hex(writeReason)} ${translation.unmappedWriteReason} (recorded: ${afterUnmap.records.map((r) => hex(r.reason)).join(' ') || 'none'})`,
+  );
+  if (device.shadowed)
+    check(
+      !device.table.shared.some((run) => run.address <= BigInt(taken) && BigInt(taken) < run.address + run.size),
+      'the device still holds a DMA_MAP of the page the guest unmapped',
+    );
   lines.push(`unmap         guest clears IOVA ${hex(taken)}: ${invalidation}`);
   lines.push(`              device table now: ${describeDeviceTable(device, true)}`);
-  lines.push(`              a write there afterwards: ${blocked ? `blocked, ${afterUnmap.records.filter((r) => r.write).map(describe).join('; ')}` : 'NOT BLOCKED'}`);
+  lines.push(
+    `              a write there afterwards: ${
+      blocked
+        ? `blocked, ${afterUnmap.records
+            .filter((r) => r.write)
+            .map(describe)
+            .join('; ')}`
+        : 'NOT BLOCKED'
+    }`,
+  );
   await vtd.clearFaults(afterUnmap.records);
   return { mode: translation.title, lines, failures };
 }
@@ -282,7 +328,9 @@ function legacyTranslation(): DemoTranslation {
   let tables: LegacyTables | undefined;
   return {
     title: 'legacy (caching mode on, 4-level second stage, queued invalidation)',
-    summary: () => [`SID 00:04.0 -> DID ${DID}, 4-level second stage: IOVA ${hex(IOVA_RW)}+0x2000 -> GPA ${hex(GPA_RW)} (rw), IOVA ${hex(IOVA_RO)}+0x1000 -> GPA ${hex(GPA_RO)} (r)`],
+    summary: () => [
+      `SID 00:04.0 -> DID ${DID}, 4-level second stage: IOVA ${hex(IOVA_RW)}+0x2000 -> GPA ${hex(GPA_RW)} (rw), IOVA ${hex(IOVA_RO)}+0x1000 -> GPA ${hex(GPA_RO)} (r)`,
+    ],
     faults: [UNMAPPED_READ],
     unmappedWriteReason: 'WRITE',
     async setUp({ machine, pages, vtd }, sid) {
@@ -399,7 +447,11 @@ function nestedTranslation(): DemoTranslation {
     ],
     faults: [
       { iova: IOVA_UNMAPPED, why: 'unmapped', reason: 'SM_FIRST_STAGE_NOT_PRESENT' },
-      { iova: IOVA_SECOND_STAGE_HOLE, why: `first stage maps it to L2-GPA ${hex(L2_UNBACKED)}, which the second stage does not map`, reason: 'SM_READ' },
+      {
+        iova: IOVA_SECOND_STAGE_HOLE,
+        why: `first stage maps it to L2-GPA ${hex(L2_UNBACKED)}, which the second stage does not map`,
+        reason: 'SM_READ',
+      },
     ],
     unmappedWriteReason: 'SM_FIRST_STAGE_NOT_PRESENT',
     stageText: nestedStageText,

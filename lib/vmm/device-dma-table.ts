@@ -197,7 +197,8 @@ export class DeviceDmaTable implements ShadowTarget {
         return;
       }
       const held = [...this.sharedRuns.values()].find((other) => overlaps(other, run));
-      if (held !== undefined) throw new ViommuError('ERR_VIOMMU_DMA_TABLE', `IOVA range ${describe(run)} is already mapped for the device (the run ${describe(held)})`);
+      if (held !== undefined)
+        throw new ViommuError('ERR_VIOMMU_DMA_TABLE', `IOVA range ${describe(run)} is already mapped for the device (the run ${describe(held)})`);
       const released: Range[] = [];
       try {
         // A refused unmap leaves everything as it was (gaps already taken down are put back).
@@ -239,7 +240,10 @@ export class DeviceDmaTable implements ShadowTarget {
       const run = messageRun ?? this.sharedRuns.get(address);
       if (run === undefined || run.end !== address + size) {
         const held = run === undefined ? 'no run starts there' : `the run there is ${describe(run)}`;
-        throw new ViommuError('ERR_VIOMMU_DMA_TABLE', `unmap of ${describe({ start: address, end: address + size })} names no run the device holds exactly (${held})`);
+        throw new ViommuError(
+          'ERR_VIOMMU_DMA_TABLE',
+          `unmap of ${describe({ start: address, end: address + size })} names no run the device holds exactly (${held})`,
+        );
       }
       if (messageRun !== undefined) {
         this.messageRuns.delete(address);
@@ -291,7 +295,10 @@ export class DeviceDmaTable implements ShadowTarget {
   }
 
   private coverageError(why: string, cause: Error): ViommuError {
-    return new ViommuError('ERR_VIOMMU_DMA_TABLE', `the device refused to map the IOVA space without an fd in one piece (${cause.message}), and ${why}`);
+    return new ViommuError(
+      'ERR_VIOMMU_DMA_TABLE',
+      `the device refused to map the IOVA space without an fd in one piece (${cause.message}), and ${why}`,
+    );
   }
 
   /** Gaps needed to cover `windows` in aligned pieces of `size`. */
@@ -370,7 +377,12 @@ export class DeviceDmaTable implements ShadowTarget {
 
   private leaveHole(range: Range, cause: Error): void {
     this.holes.push(range);
-    this.onError(new ViommuError('ERR_VIOMMU_DMA_TABLE', `IOVA range ${describe(range)} is not mapped for the device (its DMA there fails without a fault record) until the next change: ${cause.message}`));
+    this.onError(
+      new ViommuError(
+        'ERR_VIOMMU_DMA_TABLE',
+        `IOVA range ${describe(range)} is not mapped for the device (its DMA there fails without a fault record) until the next change: ${cause.message}`,
+      ),
+    );
   }
 
   private async repairHoles(): Promise<void> {

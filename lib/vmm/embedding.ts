@@ -119,7 +119,8 @@ function isUint(value: number, max: number): boolean {
 }
 
 function checkRequesterId(sid: number): void {
-  if (!isUint(sid, 0xffff)) throw new ViommuError('ERR_REQUESTER_ID', `requester id ${sid} is not an integer in [0, 0x10000): bus << 8 | device << 3 | function`);
+  if (!isUint(sid, 0xffff))
+    throw new ViommuError('ERR_REQUESTER_ID', `requester id ${sid} is not an integer in [0, 0x10000): bus << 8 | device << 3 | function`);
 }
 
 // ---- devices ----
@@ -176,7 +177,10 @@ export class DeviceRegistry {
     checkRequesterId(sid);
     const taken = this.devices.get(sid);
     if (taken !== undefined) {
-      throw new ViommuError('ERR_DEVICE_ATTACHED', `${formatRequesterId(sid)} already holds '${taken.name}'; detach it first or pick another requester id`);
+      throw new ViommuError(
+        'ERR_DEVICE_ATTACHED',
+        `${formatRequesterId(sid)} already holds '${taken.name}'; detach it first or pick another requester id`,
+      );
     }
     const iommu = this.options.iommu;
     const device: AttachedDevice = {

@@ -9,17 +9,35 @@ import { decodeBig, encodeBig, getFieldBig, type Field, type FieldTable } from '
 import { GCMD, GSTS, OFFSET, registerOffset } from '../vtd/register-bits';
 import { CAP_FIELDS, FRCD_HI_FIELDS, FRCD_LO_FIELDS, IQA_FIELDS, RTADDR_FIELDS } from '../vtd/registers';
 import {
-  CONTEXT_CACHE_INVALIDATE, FIRST_STAGE_4K_LEAF, FIRST_STAGE_TABLE_ENTRY, FIRST_STAGE_TOP_ENTRY, INVALIDATION_DESCRIPTORS,
-  INVALIDATION_WAIT, IOTLB_INVALIDATE, LEGACY_CONTEXT_ENTRY, LEGACY_ROOT_ENTRY, PASID_CACHE_INVALIDATE, PASID_DIRECTORY_ENTRY,
-  PASID_IOTLB_INVALIDATE, PASID_PGTT, SCALABLE_CONTEXT_ENTRY, SCALABLE_PASID_ENTRY, SCALABLE_ROOT_ENTRY, SECOND_STAGE_4K_LEAF,
-  SECOND_STAGE_TABLE_ENTRY, SECOND_STAGE_TOP_ENTRY,
+  CONTEXT_CACHE_INVALIDATE,
+  FIRST_STAGE_4K_LEAF,
+  FIRST_STAGE_TABLE_ENTRY,
+  FIRST_STAGE_TOP_ENTRY,
+  INVALIDATION_DESCRIPTORS,
+  INVALIDATION_WAIT,
+  IOTLB_INVALIDATE,
+  LEGACY_CONTEXT_ENTRY,
+  LEGACY_ROOT_ENTRY,
+  PASID_CACHE_INVALIDATE,
+  PASID_DIRECTORY_ENTRY,
+  PASID_IOTLB_INVALIDATE,
+  PASID_PGTT,
+  SCALABLE_CONTEXT_ENTRY,
+  SCALABLE_PASID_ENTRY,
+  SCALABLE_ROOT_ENTRY,
+  SECOND_STAGE_4K_LEAF,
+  SECOND_STAGE_TABLE_ENTRY,
+  SECOND_STAGE_TOP_ENTRY,
 } from '../vtd/structures';
 import { CONFIG_ADDRESS_ENABLE, CONFIG_ADDRESS_PORT, CONFIG_DATA_PORT } from './pci';
 import type { QtestMachine } from './qtest/machine';
 import { ViommuError } from '../errors';
 
 /** The CPU accesses a guest driver makes. */
-export type GuestCpu = Pick<QtestMachine, 'readPort' | 'writePort' | 'readMemory' | 'writeMemory' | 'readMemory64' | 'writeMemory64' | 'readBytes' | 'writeBytes'>;
+export type GuestCpu = Pick<
+  QtestMachine,
+  'readPort' | 'writePort' | 'readMemory' | 'writeMemory' | 'readMemory64' | 'writeMemory64' | 'readBytes' | 'writeBytes'
+>;
 
 export const PAGE_SIZE = 4096;
 const CAP_OFFSET = registerOffset('CAP');
@@ -46,7 +64,10 @@ function pause(ms: number): Promise<void> {
 export class PageAllocator {
   private next: number;
 
-  constructor(private readonly cpu: GuestCpu, start: number) {
+  constructor(
+    private readonly cpu: GuestCpu,
+    start: number,
+  ) {
     this.next = start;
   }
 
@@ -107,7 +128,10 @@ export class GuestPci {
 
 /** QEMU's edu DMA engine as its guest driver programs it. */
 export class EduDriver {
-  constructor(private readonly cpu: GuestCpu, private readonly bar: number) {}
+  constructor(
+    private readonly cpu: GuestCpu,
+    private readonly bar: number,
+  ) {}
 
   /** One transfer (source, destination, count, command with RUN), polled until RUN clears; raises an MSI when `irq`. */
   async transfer(source: bigint, destination: bigint, count: number, toRam: boolean, irq = true): Promise<void> {
@@ -161,7 +185,11 @@ export class VtdDriver {
   private statusPage = 0;
   private waitCount = 0;
 
-  constructor(private readonly cpu: GuestCpu, private readonly base: number, private readonly pages: PageAllocator) {}
+  constructor(
+    private readonly cpu: GuestCpu,
+    private readonly base: number,
+    private readonly pages: PageAllocator,
+  ) {}
 
   readonly read32 = async (offset: number): Promise<number> => this.cpu.readMemory(BigInt(this.base + offset), 4);
   readonly read64 = async (offset: number): Promise<bigint> => this.cpu.readMemory64(BigInt(this.base + offset));
@@ -220,7 +248,8 @@ export class VtdDriver {
     }
     await this.write64(OFFSET.IQT, BigInt(this.queueTail * this.descriptorBytes));
     for (let polls = 0; (await this.cpu.readMemory(BigInt(this.statusPage), 4)) !== token; polls++) {
-      if (polls > POLL_LIMIT) throw driverError(`the invalidation wait descriptor ${token} never completed (FSTS 0x${(await this.read32(OFFSET.FSTS)).toString(16)})`);
+      if (polls > POLL_LIMIT)
+        throw driverError(`the invalidation wait descriptor ${token} never completed (FSTS 0x${(await this.read32(OFFSET.FSTS)).toString(16)})`);
       await pause(0);
     }
   }
@@ -237,7 +266,10 @@ export class VtdDriver {
       const fields = decodeBig(FRCD_HI_FIELDS, hi);
       if (fields.F === 0n) continue;
       records.push({
-        index, sid: Number(fields.SID), reason: Number(fields.FR), write: fields.T === 0n,
+        index,
+        sid: Number(fields.SID),
+        reason: Number(fields.FR),
+        write: fields.T === 0n,
         address: decodeBig(FRCD_LO_FIELDS, lo).FI << 12n,
         ...(fields.PP === 1n ? { pasid: Number(fields.PV) } : {}),
       });
@@ -264,25 +296,42 @@ function descriptorType(name: string): number {
 export const LEGACY_INVALIDATIONS = {
   contextGlobal: (): bigint => encodeBig(CONTEXT_CACHE_INVALIDATE, { TYPE_LO: descriptorType('context-cache'), G: 1 }),
   iotlbGlobal: (): bigint => encodeBig(IOTLB_INVALIDATE, { TYPE_LO: descriptorType('IOTLB'), G: 1 }),
-  iotlbPage: (did: number, iova: number, am = 0): bigint => encodeBig(IOTLB_INVALIDATE, { TYPE_LO: descriptorType('IOTLB'), G: 3, DID: did, ADDR: iova / PAGE_SIZE, AM: am }),
+  iotlbPage: (did: number, iova: number, am = 0): bigint =>
+    encodeBig(IOTLB_INVALIDATE, { TYPE_LO: descriptorType('IOTLB'), G: 3, DID: did, ADDR: iova / PAGE_SIZE, AM: am }),
 };
 
 /** Scalable mode's PASID-based descriptors (256-bit queue only), granularities by their names in the field tables. */
 export const PASID_INVALIDATIONS = {
-  pasidCacheGlobal: (): bigint => encodeBig(PASID_CACHE_INVALIDATE, {
-    TYPE_LO: descriptorType('PASID cache'), G: valueNamed(PASID_CACHE_INVALIDATE.f.G, 'global'),
-  }),
-  pasidCache: (did: number, pasid: number): bigint => encodeBig(PASID_CACHE_INVALIDATE, {
-    TYPE_LO: descriptorType('PASID cache'), G: valueNamed(PASID_CACHE_INVALIDATE.f.G, 'PASID'), DID: did, PASID: pasid,
-  }),
-  iotlbPasid: (did: number, pasid: number): bigint => encodeBig(PASID_IOTLB_INVALIDATE, {
-    TYPE_LO: descriptorType('PASID-based IOTLB'), G: valueNamed(PASID_IOTLB_INVALIDATE.f.G, 'all of PASID'), DID: did, PASID: pasid,
-  }),
+  pasidCacheGlobal: (): bigint =>
+    encodeBig(PASID_CACHE_INVALIDATE, {
+      TYPE_LO: descriptorType('PASID cache'),
+      G: valueNamed(PASID_CACHE_INVALIDATE.f.G, 'global'),
+    }),
+  pasidCache: (did: number, pasid: number): bigint =>
+    encodeBig(PASID_CACHE_INVALIDATE, {
+      TYPE_LO: descriptorType('PASID cache'),
+      G: valueNamed(PASID_CACHE_INVALIDATE.f.G, 'PASID'),
+      DID: did,
+      PASID: pasid,
+    }),
+  iotlbPasid: (did: number, pasid: number): bigint =>
+    encodeBig(PASID_IOTLB_INVALIDATE, {
+      TYPE_LO: descriptorType('PASID-based IOTLB'),
+      G: valueNamed(PASID_IOTLB_INVALIDATE.f.G, 'all of PASID'),
+      DID: did,
+      PASID: pasid,
+    }),
   /** 2^am pages from `iova` (aligned to that size); `leafOnly` is IH: only leaf entries changed. */
-  iotlbPages: (did: number, pasid: number, iova: number, am = 0, leafOnly = false): bigint => encodeBig(PASID_IOTLB_INVALIDATE, {
-    TYPE_LO: descriptorType('PASID-based IOTLB'), G: valueNamed(PASID_IOTLB_INVALIDATE.f.G, 'page in PASID'),
-    DID: did, PASID: pasid, ADDR: iova / PAGE_SIZE, AM: am, IH: leafOnly ? 1 : 0,
-  }),
+  iotlbPages: (did: number, pasid: number, iova: number, am = 0, leafOnly = false): bigint =>
+    encodeBig(PASID_IOTLB_INVALIDATE, {
+      TYPE_LO: descriptorType('PASID-based IOTLB'),
+      G: valueNamed(PASID_IOTLB_INVALIDATE.f.G, 'page in PASID'),
+      DID: did,
+      PASID: pasid,
+      ADDR: iova / PAGE_SIZE,
+      AM: am,
+      IH: leafOnly ? 1 : 0,
+    }),
 };
 
 export interface PageAccess {
@@ -353,7 +402,11 @@ export class GuestPhysicalTables implements TableSpace {
   private readonly ramOf = new Map<number, number>();
   private next: number;
 
-  constructor(private readonly pages: PageAllocator, private readonly second: PagingTables, readonly base: number) {
+  constructor(
+    private readonly pages: PageAllocator,
+    private readonly second: PagingTables,
+    readonly base: number,
+  ) {
     this.next = base;
   }
 
@@ -414,7 +467,10 @@ export class PagingTables {
   async map(iova: number, output: number, pages: number, access: PageAccess): Promise<void> {
     for (let i = 0; i < pages; i++) {
       const entry = await this.leafEntry(iova + i * PAGE_SIZE);
-      await this.cpu.writeMemory64(BigInt(entry), encodeBig(this.format.leafLayout, { ...this.format.leafValues(access), ADDR: output / PAGE_SIZE + i }));
+      await this.cpu.writeMemory64(
+        BigInt(entry),
+        encodeBig(this.format.leafLayout, { ...this.format.leafValues(access), ADDR: output / PAGE_SIZE + i }),
+      );
     }
   }
 
@@ -444,7 +500,10 @@ export class LegacyTables {
   readonly root: Promise<number>;
   private readonly domains = new Map<number, { did: number; tables: PagingTables }>();
 
-  constructor(private readonly cpu: GuestCpu, private readonly pages: PageAllocator) {
+  constructor(
+    private readonly cpu: GuestCpu,
+    private readonly pages: PageAllocator,
+  ) {
     this.root = pages.page();
   }
 
@@ -457,7 +516,13 @@ export class LegacyTables {
       await writeStructure(this.cpu, rootEntry, LEGACY_ROOT_ENTRY, { P: 1, CTP: contextTable / PAGE_SIZE });
     }
     const tables = await PagingTables.create(this.cpu, SECOND_STAGE_FORMAT, ramTables(this.pages), levels);
-    await writeStructure(this.cpu, contextTable + (sid & 0xff) * 16, LEGACY_CONTEXT_ENTRY, { P: 1, TT: 0, SLPTPTR: tables.top / PAGE_SIZE, AW: levels - 2, DID: did });
+    await writeStructure(this.cpu, contextTable + (sid & 0xff) * 16, LEGACY_CONTEXT_ENTRY, {
+      P: 1,
+      TT: 0,
+      SLPTPTR: tables.top / PAGE_SIZE,
+      AW: levels - 2,
+      DID: did,
+    });
     this.domains.set(sid, { did, tables });
   }
 
@@ -484,16 +549,26 @@ export class LegacyTables {
 /** The PASID entry values for each kind of scalable-mode domain (PGTT by name, as PASID_PGTT gives them). */
 export const PASID_ENTRY = {
   secondStage: (did: number, second: PagingTables): Values => ({
-    PGTT: PASID_PGTT.SECOND_STAGE, AW: second.levels - 2, SSPTPTR: second.top / PAGE_SIZE, DID: did,
+    PGTT: PASID_PGTT.SECOND_STAGE,
+    AW: second.levels - 2,
+    SSPTPTR: second.top / PAGE_SIZE,
+    DID: did,
   }),
   /** 4-level (FSPM 0) or 5-level (FSPM 1) first stage; SRE stays clear, so supervisor requests fault. */
   firstStage: (did: number, first: PagingTables): Values => ({
-    PGTT: PASID_PGTT.FIRST_STAGE, FSPM: first.levels - 4, FSPTPTR: first.top / PAGE_SIZE, DID: did,
+    PGTT: PASID_PGTT.FIRST_STAGE,
+    FSPM: first.levels - 4,
+    FSPTPTR: first.top / PAGE_SIZE,
+    DID: did,
   }),
   /** FSPTPTR is guest-physical: the second stage translates it, every first-stage table and the output. */
   nested: (did: number, first: PagingTables, second: PagingTables): Values => ({
-    PGTT: PASID_PGTT.NESTED, AW: second.levels - 2, SSPTPTR: second.top / PAGE_SIZE,
-    FSPM: first.levels - 4, FSPTPTR: first.top / PAGE_SIZE, DID: did,
+    PGTT: PASID_PGTT.NESTED,
+    AW: second.levels - 2,
+    SSPTPTR: second.top / PAGE_SIZE,
+    FSPM: first.levels - 4,
+    FSPTPTR: first.top / PAGE_SIZE,
+    DID: did,
   }),
 };
 
@@ -515,7 +590,10 @@ export class ScalableTables {
   private readonly directories = new Map<number, number>();
   private readonly pasidTables = new Map<string, number>();
 
-  constructor(private readonly cpu: GuestCpu, private readonly pages: PageAllocator) {
+  constructor(
+    private readonly cpu: GuestCpu,
+    private readonly pages: PageAllocator,
+  ) {
     this.root = pages.page();
   }
 
@@ -532,13 +610,18 @@ export class ScalableTables {
     if (contextTable === 0) {
       contextTable = await this.pages.page();
       await writeStructure(this.cpu, rootEntry, SCALABLE_ROOT_ENTRY, {
-        ...current, ...(upper ? { UP: 1, UCTP: contextTable / PAGE_SIZE } : { LP: 1, LCTP: contextTable / PAGE_SIZE }),
+        ...current,
+        ...(upper ? { UP: 1, UCTP: contextTable / PAGE_SIZE } : { LP: 1, LCTP: contextTable / PAGE_SIZE }),
       });
     }
     const directory = await this.pages.page();
     this.directories.set(sid, directory);
     await writeStructure(this.cpu, contextTable + ((sid & 0xff) % DEVFNS_PER_CONTEXT_TABLE) * SCALABLE_CONTEXT_BYTES, SCALABLE_CONTEXT_ENTRY, {
-      P: 1, PASIDE: pasidEnabled ? 1 : 0, PDTS: 0, PASIDDIRPTR: directory / PAGE_SIZE, RID_PASID: ridPasid,
+      P: 1,
+      PASIDE: pasidEnabled ? 1 : 0,
+      PDTS: 0,
+      PASIDDIRPTR: directory / PAGE_SIZE,
+      RID_PASID: ridPasid,
     });
   }
 

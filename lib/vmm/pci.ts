@@ -74,7 +74,10 @@ export class PciFunction implements PciEndpoint {
 
   /** Applies a config write; returns true when the memory decoding (command or a BAR) may have changed. */
   writeConfig(offset: number, size: 1 | 2 | 4, value: number): boolean {
-    this.config.write(offset, Uint8Array.from({ length: size }, (_, i) => (value >>> (8 * i)) & 0xff));
+    this.config.write(
+      offset,
+      Uint8Array.from({ length: size }, (_, i) => (value >>> (8 * i)) & 0xff),
+    );
     return touchesDecoding(offset, size);
   }
 

@@ -35,11 +35,17 @@ export class PortBus {
   /** Claims [base, base + length); overlapping claims throw ViommuError. */
   map(name: string, base: number, length: number, device: PortDevice): void {
     if (!Number.isInteger(base) || !Number.isInteger(length) || base < 0 || length < 1 || base + length > PORT_SPACE) {
-      throw new ViommuError('ERR_PORT_RANGE', `port range '${name}' [0x${hex(base)}, +${length}) must be a non-empty range of whole ports inside 0-0xffff`);
+      throw new ViommuError(
+        'ERR_PORT_RANGE',
+        `port range '${name}' [0x${hex(base)}, +${length}) must be a non-empty range of whole ports inside 0-0xffff`,
+      );
     }
     const clash = this.claims.find((c) => c.base < base + length && base < c.base + c.length);
     if (clash) {
-      throw new ViommuError('ERR_PORT_OVERLAP', `port range '${name}' [0x${hex(base)}, 0x${hex(base + length)}) overlaps '${clash.name}' [0x${hex(clash.base)}, 0x${hex(clash.base + clash.length)}); pick a free range`);
+      throw new ViommuError(
+        'ERR_PORT_OVERLAP',
+        `port range '${name}' [0x${hex(base)}, 0x${hex(base + length)}) overlaps '${clash.name}' [0x${hex(clash.base)}, 0x${hex(clash.base + clash.length)}); pick a free range`,
+      );
     }
     const claim: Claim = { name, base, length, device };
     this.claims.push(claim);

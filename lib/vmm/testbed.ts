@@ -132,19 +132,26 @@ export class TestbedMachine implements QtestMachine {
   async attachVfioUser(socketPath: string, options: Partial<AttachOptions> = {}): Promise<VfioUserAttachment> {
     const devfn = options.devfn ?? EDU_DEVFN;
     if (this.devices.has(devfn)) {
-      throw new ViommuError('ERR_TESTBED_SLOT_TAKEN', `00:${(devfn >> 3).toString(16).padStart(2, '0')}.${devfn & 7} already holds a device; pick another devfn (or start the testbed with builtInEdu: false)`);
+      throw new ViommuError(
+        'ERR_TESTBED_SLOT_TAKEN',
+        `00:${(devfn >> 3).toString(16).padStart(2, '0')}.${devfn & 7} already holds a device; pick another devfn (or start the testbed with builtInEdu: false)`,
+      );
     }
     const device = this.devices.attachDevice(devfn, options.name ?? 'vfio-user');
     try {
-      const attachment = await VfioUserAttachment.connect(socketPath, {
-        memory: this.memory,
-        mmio: this.mmio,
-        pci: this.pci,
-        shadow: this.shadow,
-        dmaSpace: () => device.dma,
-        deviceInterrupt: (sid, address, data) => this.deviceInterrupt(sid, address, data),
-        ...(this.onIntx !== undefined ? { deviceIntx: (sid: number) => this.pulseIntx(sid) } : {}),
-      }, { ...options, devfn });
+      const attachment = await VfioUserAttachment.connect(
+        socketPath,
+        {
+          memory: this.memory,
+          mmio: this.mmio,
+          pci: this.pci,
+          shadow: this.shadow,
+          dmaSpace: () => device.dma,
+          deviceInterrupt: (sid, address, data) => this.deviceInterrupt(sid, address, data),
+          ...(this.onIntx !== undefined ? { deviceIntx: (sid: number) => this.pulseIntx(sid) } : {}),
+        },
+        { ...options, devfn },
+      );
       this.attachments.push(attachment);
       return attachment;
     } catch (error) {
@@ -203,7 +210,11 @@ export class TestbedMachine implements QtestMachine {
       throw new ViommuError('ERR_TESTBED_SLOT_TAKEN', `slot ${slot} already holds '${this.devices.get(devfn)!.name}'; pick another pasidEngineSlot`);
     }
     const ecam = ECAM_BASE + devfn * ECAM_FUNCTION_SIZE;
-    if (this.ramBytes > ECAM_BASE) throw new ViommuError('ERR_TESTBED_ECAM', `guest RAM of ${this.ramBytes} bytes reaches ECAM at 0x${ECAM_BASE.toString(16)}; use at most ${ECAM_BASE} bytes with a PASID engine`);
+    if (this.ramBytes > ECAM_BASE)
+      throw new ViommuError(
+        'ERR_TESTBED_ECAM',
+        `guest RAM of ${this.ramBytes} bytes reaches ECAM at 0x${ECAM_BASE.toString(16)}; use at most ${ECAM_BASE} bytes with a PASID engine`,
+      );
     const name = 'pasid-dma-engine';
     const device = this.devices.attachDevice(devfn, name);
     const engine = new PasidDmaEngine(device, {
@@ -217,7 +228,10 @@ export class TestbedMachine implements QtestMachine {
       devfn,
       readConfig: (offset, size) => (size === 1 ? config.readU8(offset) : size === 2 ? config.readU16(offset) : config.readU32(offset)),
       writeConfig: (offset, size, value) => {
-        config.write(offset, Uint8Array.from({ length: size }, (_, i) => (value >>> (8 * i)) & 0xff));
+        config.write(
+          offset,
+          Uint8Array.from({ length: size }, (_, i) => (value >>> (8 * i)) & 0xff),
+        );
         return touchesDecoding(offset, size);
       },
       updateMappings: (bus) => {
@@ -235,7 +249,10 @@ export class TestbedMachine implements QtestMachine {
     this.mmio.map(`${name}.ecam`, ecam, ECAM_FUNCTION_SIZE, {
       read: (offset: number, size: DeviceAccessSize) => readConfigBytes(config, offset, size),
       write: (offset: number, size: DeviceAccessSize, value: bigint) => {
-        config.write(offset, Uint8Array.from({ length: size }, (_, i) => Number((value >> BigInt(8 * i)) & 0xffn)));
+        config.write(
+          offset,
+          Uint8Array.from({ length: size }, (_, i) => Number((value >> BigInt(8 * i)) & 0xffn)),
+        );
         if (touchesDecoding(offset, size)) endpoint.updateMappings(this.mmio, this.ports);
       },
     });

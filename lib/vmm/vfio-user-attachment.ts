@@ -7,7 +7,19 @@ import type { DmaSpace, GuestMemory } from '../memory';
 import type { ShadowAttachment, ShadowBackend } from '../host/shadow-backend';
 import { readConfigField } from '../devices/config-table';
 import { bytesToValue, valueToBytes, type AccessSize } from '../devices/register-access';
-import { BAR_KEYS, MSI_CONTROL, msiStructure, msiStructureFor, PCI_BAR_COUNT, PCI_CAPABILITY_IDS, PCI_COMMAND, PCI_CONFIG_SIZE, PCI_HEADER_SIZE, readBar, TYPE0_HEADER } from '../devices/pci-layout';
+import {
+  BAR_KEYS,
+  MSI_CONTROL,
+  msiStructure,
+  msiStructureFor,
+  PCI_BAR_COUNT,
+  PCI_CAPABILITY_IDS,
+  PCI_COMMAND,
+  PCI_CONFIG_SIZE,
+  PCI_HEADER_SIZE,
+  readBar,
+  TYPE0_HEADER,
+} from '../devices/pci-layout';
 import { EventFd } from '../os';
 import { VfioUserClient, type DmaFaultEvent, type VfioUserClientOptions } from '../vfio-user/client';
 import { describePciConfig } from '../vfio-user/client/pci-config';
@@ -270,7 +282,11 @@ export class VfioUserAttachment implements PciEndpoint {
     if (this.msiCapability === undefined || this.isClosed) return;
     let message: { address: bigint; data: number } | undefined;
     try {
-      const bytes = await this.client.regionRead(CONFIG_REGION, this.msiCapability, Math.min(MSI_CAPABILITY_MAX_BYTES, PCI_CONFIG_SIZE - this.msiCapability));
+      const bytes = await this.client.regionRead(
+        CONFIG_REGION,
+        this.msiCapability,
+        Math.min(MSI_CAPABILITY_MAX_BYTES, PCI_CONFIG_SIZE - this.msiCapability),
+      );
       const control = readConfigField(bytes, 0, MSI_CONTROL_FIELD);
       if ((control & MSI_CONTROL.bits.ENABLE) === 0) return;
       const fields = msiStructureFor(control).decode(bytes, 0) as Partial<Record<string, number>>;

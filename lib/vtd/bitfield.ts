@@ -83,18 +83,23 @@ function compileField(structName: string, sizeBits: number, spec: FieldSpec): Fi
   // Every field gets the same properties in the same order (absent ones as undefined): one hidden class, so
   // decoders that read fields of many tables stay monomorphic.
   return {
-    name: spec.name, bit: spec.bit, width: spec.width, qword: spec.qword, description: spec.description,
-    addressShift: spec.addressShift, reservedUnless: spec.reservedUnless, values: spec.values,
-    lsb, msb, maxValue: 2 ** spec.width - 1, segments,
+    name: spec.name,
+    bit: spec.bit,
+    width: spec.width,
+    qword: spec.qword,
+    description: spec.description,
+    addressShift: spec.addressShift,
+    reservedUnless: spec.reservedUnless,
+    values: spec.values,
+    lsb,
+    msb,
+    maxValue: 2 ** spec.width - 1,
+    segments,
   };
 }
 
 /** Builds a table; refuses overlapping fields and duplicate names so each bit has at most one meaning. */
-export function defineFields<const S extends readonly FieldSpec[]>(
-  name: string,
-  sizeBits: number,
-  specs: S,
-): FieldTable<S[number]['name']> {
+export function defineFields<const S extends readonly FieldSpec[]>(name: string, sizeBits: number, specs: S): FieldTable<S[number]['name']> {
   if (sizeBits <= 0 || sizeBits % 32 !== 0) {
     throw new ViommuError('ERR_FIELD_TABLE', `${name}: size ${sizeBits} must be a positive multiple of 32 bits`);
   }
@@ -350,9 +355,10 @@ export function renderFields(table: FieldTable, value: bigint | ArrayLike<number
     const fieldValue = getFieldBig(structure, field);
     if (options.skipZero && fieldValue === 0n) continue;
     const named = field.values?.[Number(fieldValue)];
-    const shown = field.addressShift !== undefined
-      ? `0x${(fieldValue << BigInt(field.addressShift)).toString(16)} (address)`
-      : `0x${fieldValue.toString(16)}${named ? ` (${named})` : ''}`;
+    const shown =
+      field.addressShift !== undefined
+        ? `0x${(fieldValue << BigInt(field.addressShift)).toString(16)} (address)`
+        : `0x${fieldValue.toString(16)}${named ? ` (${named})` : ''}`;
     lines.push(`${indent}${field.name.padEnd(nameWidth)} [${bitRange(field).padStart(rangeWidth)}] = ${shown}  ${field.description}`);
   }
   const reserved = structure & reservedMaskBig(table, options);

@@ -318,8 +318,12 @@ export class PagingStructureCache {
       const did = Math.floor(key / REGION_KEY_SPAN);
       const rights = slots[at + 3]! & PSC_RIGHTS;
       out.push({
-        did, pfn: (key - did * REGION_KEY_SPAN) * PAGES_PER_LEAF_TABLE, root: slots[at + 1]!, tablePage: slots[at + 2]!,
-        readable: (rights & PSC_READ) !== 0, writable: (rights & PSC_WRITE) !== 0,
+        did,
+        pfn: (key - did * REGION_KEY_SPAN) * PAGES_PER_LEAF_TABLE,
+        root: slots[at + 1]!,
+        tablePage: slots[at + 2]!,
+        readable: (rights & PSC_READ) !== 0,
+        writable: (rights & PSC_WRITE) !== 0,
       });
     }
     return out;
@@ -459,8 +463,17 @@ export class Iotlb {
   /** Order (index into PAGE_SIZES), kind and ALLOWS bits of each slot, packed by META (one store per insert). */
   private readonly metas = new Uint16Array(SLOTS);
   private readonly found: FoundEntry = {
-    did: 0, pasid: 0, kind: TRANSLATION_KIND.SECOND, pfn: 0, address: 0, pageSize: PAGE, readable: false, writable: false,
-    supervisor: false, executable: true, dirty: true,
+    did: 0,
+    pasid: 0,
+    kind: TRANSLATION_KIND.SECOND,
+    pfn: 0,
+    address: 0,
+    pageSize: PAGE,
+    readable: false,
+    writable: false,
+    supervisor: false,
+    executable: true,
+    dirty: true,
   };
   /** Entries per page size: lookups skip sizes that hold none. */
   private readonly perOrder = new Int32Array(PAGE_SIZES.length);
@@ -608,8 +621,12 @@ export class Iotlb {
   }
 
   insert(entry: IotlbEntry): void {
-    const allows = (entry.readable ? ALLOWS.READ : 0) | (entry.writable ? ALLOWS.WRITE : 0) | (entry.supervisor === true ? ALLOWS.SUPERVISOR : 0)
-      | (entry.executable === false ? 0 : ALLOWS.EXECUTE) | (entry.dirty === false ? 0 : ALLOWS.DIRTY);
+    const allows =
+      (entry.readable ? ALLOWS.READ : 0) |
+      (entry.writable ? ALLOWS.WRITE : 0) |
+      (entry.supervisor === true ? ALLOWS.SUPERVISOR : 0) |
+      (entry.executable === false ? 0 : ALLOWS.EXECUTE) |
+      (entry.dirty === false ? 0 : ALLOWS.DIRTY);
     this.store(entry.did, entry.pasid ?? 0, entry.kind ?? TRANSLATION_KIND.SECOND, entry.pfn, entry.address, orderOf(entry.pageSize), allows);
   }
 
@@ -639,8 +656,11 @@ export class Iotlb {
     if (this.count >= IOTLB_CAPACITY) this.invalidateAll();
     const dids = this.dids;
     let slot = Iotlb.home(did, pasid, pfn, order);
-    while (dids[slot] !== EMPTY
-      && !(dids[slot] === did && this.pfns[slot] === pfn && this.metas[slot]! >>> ORDER_SHIFT === order && this.pasids[slot] === pasid)) slot = (slot + 1) & SLOT_MASK;
+    while (
+      dids[slot] !== EMPTY &&
+      !(dids[slot] === did && this.pfns[slot] === pfn && this.metas[slot]! >>> ORDER_SHIFT === order && this.pasids[slot] === pasid)
+    )
+      slot = (slot + 1) & SLOT_MASK;
     if (dids[slot] === EMPTY) {
       this.count++;
       this.perOrder[order]!++;
@@ -716,8 +736,9 @@ export class Iotlb {
    * `first` and `end` into a context on every call, probe path included (one allocation per descriptor).
    */
   private scanOutPages(did: number, first: number, end: number): void {
-    this.removeWhere((entry) => entry.did === did && (entry.kind !== TRANSLATION_KIND.SECOND
-      || (entry.pfn < end && entry.pfn + entry.pageSize / PAGE > first)));
+    this.removeWhere(
+      (entry) => entry.did === did && (entry.kind !== TRANSLATION_KIND.SECOND || (entry.pfn < end && entry.pfn + entry.pageSize / PAGE > first)),
+    );
   }
 
   /**
@@ -741,8 +762,14 @@ export class Iotlb {
     const span = POWERS_OF_TWO[am] ?? 2 ** am;
     const first = alignDown(pfn, span);
     const end = first + span;
-    this.removeWhere((entry) => entry.did === did && entry.pasid === pasid && entry.kind !== TRANSLATION_KIND.SECOND
-      && entry.pfn < end && entry.pfn + entry.pageSize / PAGE > first);
+    this.removeWhere(
+      (entry) =>
+        entry.did === did &&
+        entry.pasid === pasid &&
+        entry.kind !== TRANSLATION_KIND.SECOND &&
+        entry.pfn < end &&
+        entry.pfn + entry.pageSize / PAGE > first,
+    );
   }
 
   /** A non-zero PASID or a kind other than SECOND (see `tagged`). */

@@ -3,7 +3,13 @@
 import { ViommuError } from '../errors';
 import { bigToWords, getFieldBig, setField, wordsToBig, type Field } from './bitfield';
 import {
-  CAP_FIELDS, ECAP_FIELDS, FAULT_RECORD_COUNT, VCCAP_FIELDS, FAULT_RECORD_OFFSET, IOTLB_REGISTERS_OFFSET, type CapabilityValues,
+  CAP_FIELDS,
+  ECAP_FIELDS,
+  FAULT_RECORD_COUNT,
+  VCCAP_FIELDS,
+  FAULT_RECORD_OFFSET,
+  IOTLB_REGISTERS_OFFSET,
+  type CapabilityValues,
 } from './registers';
 
 export type OnOffAuto = 'on' | 'off' | 'auto';
@@ -61,21 +67,52 @@ interface PropertyDescription {
 /** The properties the parser accepts, where each comes from, and what it does. */
 export const VTD_PROPERTIES: readonly PropertyDescription[] = [
   { name: 'aw-bits', kind: 'aw-bits', origin: 'intel-iommu', description: 'guest address width: 39 (3-level) or 48 (4-level)' },
-  { name: 'caching-mode', kind: 'bool', origin: 'intel-iommu', description: 'CAP.CM: guests invalidate after creating entries (needed for shadowing)' },
+  {
+    name: 'caching-mode',
+    kind: 'bool',
+    origin: 'intel-iommu',
+    description: 'CAP.CM: guests invalidate after creating entries (needed for shadowing)',
+  },
   { name: 'dma-drain', kind: 'bool', origin: 'intel-iommu', description: 'CAP.DRD and CAP.DWD' },
   { name: 'intremap', kind: 'on-off-auto', origin: 'x86-iommu', description: 'interrupt remapping (ECAP.IR)' },
   { name: 'eim', kind: 'on-off-auto', origin: 'intel-iommu', description: 'extended interrupt mode for x2APIC (ECAP.EIM)' },
   { name: 'device-iotlb', kind: 'bool', origin: 'x86-iommu', description: 'device TLBs / ATS (ECAP.DT)' },
   { name: 'pt', kind: 'bool', origin: 'x86-iommu', description: 'pass-through translation type (ECAP.PT)' },
   { name: 'snoop-control', kind: 'bool', origin: 'intel-iommu', description: 'snoop control (ECAP.SC)' },
-  { name: 'dma-translation', kind: 'bool', origin: 'intel-iommu', description: 'DMA translation at all; off leaves SAGAW empty (interrupt remapping only)' },
+  {
+    name: 'dma-translation',
+    kind: 'bool',
+    origin: 'intel-iommu',
+    description: 'DMA translation at all; off leaves SAGAW empty (interrupt remapping only)',
+  },
   { name: 'x-scalable-mode', kind: 'bool', origin: 'intel-iommu', description: 'scalable-mode translation (ECAP.SMTS)' },
   { name: 'x-pasid-mode', kind: 'bool', origin: 'intel-iommu', description: 'requests with PASID (ECAP.PASID)' },
   { name: 'x-flts', kind: 'bool', origin: 'intel-iommu, newer than 7.2', description: 'first-stage translation (ECAP.FSTS)' },
-  { name: 'x-nested', kind: 'bool', origin: 'viommu only', description: 'nested translation for guests (ECAP.NEST with SSTS beside x-flts FSTS); QEMU offers no such property' },
-  { name: 'x-vcmd', kind: 'bool', origin: 'viommu only', description: 'the virtual command interface (ECAP.VCS, VCCAP.PAS): the guest allocates and frees PASIDs through VCMD/VCRSP; QEMU never merged it' },
-  { name: 'x-pasid-bits', kind: 'integer', origin: 'viommu only', description: 'PASID width 1..20 (ECAP.PSS + 1), the range VCMD allocates from; 0 (default) leaves PSS 0 as QEMU 7.2 and 10.0.2 do' },
-  { name: 'compat', kind: 'compat', origin: 'viommu only', description: "'spec' (default), 'qemu-7.2' (with QEMU 7.2's quirks), 'qemu-10.0' (QEMU 10.0.2's defaults and quirks) or 'qemu-latest' (the spec with the newest measured QEMU's capabilities, 10.0.2)" },
+  {
+    name: 'x-nested',
+    kind: 'bool',
+    origin: 'viommu only',
+    description: 'nested translation for guests (ECAP.NEST with SSTS beside x-flts FSTS); QEMU offers no such property',
+  },
+  {
+    name: 'x-vcmd',
+    kind: 'bool',
+    origin: 'viommu only',
+    description: 'the virtual command interface (ECAP.VCS, VCCAP.PAS): the guest allocates and frees PASIDs through VCMD/VCRSP; QEMU never merged it',
+  },
+  {
+    name: 'x-pasid-bits',
+    kind: 'integer',
+    origin: 'viommu only',
+    description: 'PASID width 1..20 (ECAP.PSS + 1), the range VCMD allocates from; 0 (default) leaves PSS 0 as QEMU 7.2 and 10.0.2 do',
+  },
+  {
+    name: 'compat',
+    kind: 'compat',
+    origin: 'viommu only',
+    description:
+      "'spec' (default), 'qemu-7.2' (with QEMU 7.2's quirks), 'qemu-10.0' (QEMU 10.0.2's defaults and quirks) or 'qemu-latest' (the spec with the newest measured QEMU's capabilities, 10.0.2)",
+  },
 ];
 
 const DEFAULTS: Omit<VtdProperties, 'aw-bits'> = {
@@ -149,52 +186,62 @@ interface ConfigRule {
  */
 export const CONFIG_RULES: readonly ConfigRule[] = [
   {
-    id: 'aw-bits-39-or-48', source: 'QEMU vtd_decide_config',
+    id: 'aw-bits-39-or-48',
+    source: 'QEMU vtd_decide_config',
     violatedBy: (p) => p['aw-bits'] !== 39 && p['aw-bits'] !== 48,
     message: 'aw-bits must be 39 or 48',
   },
   {
-    id: 'eim-needs-intremap', source: 'QEMU vtd_decide_config',
+    id: 'eim-needs-intremap',
+    source: 'QEMU vtd_decide_config',
     violatedBy: (p) => p.eim === 'on' && p.intremap === 'off',
     message: 'eim=on needs intremap=on',
   },
   {
-    id: 'scalable-needs-dma-drain', source: 'QEMU vtd_decide_config',
+    id: 'scalable-needs-dma-drain',
+    source: 'QEMU vtd_decide_config',
     violatedBy: (p) => p['x-scalable-mode'] && !p['dma-drain'],
     message: 'x-scalable-mode=on needs dma-drain=on',
   },
   {
-    id: 'pasid-needs-scalable', source: 'QEMU 7.2 vtd_decide_config',
+    id: 'pasid-needs-scalable',
+    source: 'QEMU 7.2 vtd_decide_config',
     violatedBy: (p) => p['x-pasid-mode'] && !p['x-scalable-mode'],
     message: 'x-pasid-mode=on needs x-scalable-mode=on',
   },
   {
-    id: 'pasid-excludes-device-iotlb', source: 'QEMU 7.2 vtd_realize',
+    id: 'pasid-excludes-device-iotlb',
+    source: 'QEMU 7.2 vtd_realize',
     violatedBy: (p) => p['x-pasid-mode'] && p['device-iotlb'],
     message: 'x-pasid-mode=on cannot be combined with device-iotlb=on (PASID-based device-TLB invalidation is not offered)',
   },
   {
-    id: 'flts-needs-scalable', source: 'QEMU 9.2+ vtd_decide_config',
+    id: 'flts-needs-scalable',
+    source: 'QEMU 9.2+ vtd_decide_config',
     violatedBy: (p) => p['x-flts'] && !p['x-scalable-mode'],
     message: 'x-flts=on needs x-scalable-mode=on',
   },
   {
-    id: 'flts-needs-aw-bits-48', source: 'QEMU 9.2+ vtd_decide_config',
+    id: 'flts-needs-aw-bits-48',
+    source: 'QEMU 9.2+ vtd_decide_config',
     violatedBy: (p) => p['x-flts'] && p['aw-bits'] !== 48,
     message: 'x-flts=on needs aw-bits=48 (first stage is 4-level, 48-bit)',
   },
   {
-    id: 'nested-needs-flts', source: 'viommu (nesting composes both stages)',
+    id: 'nested-needs-flts',
+    source: 'viommu (nesting composes both stages)',
     violatedBy: (p) => p['x-nested'] && !p['x-flts'],
     message: 'x-nested=on needs x-flts=on (and so x-scalable-mode=on, aw-bits=48)',
   },
   {
-    id: 'vcmd-needs-pasid', source: 'viommu (VT-d: VCMD allocates PASIDs, which only requests with PASID use)',
+    id: 'vcmd-needs-pasid',
+    source: 'viommu (VT-d: VCMD allocates PASIDs, which only requests with PASID use)',
     violatedBy: (p) => p['x-vcmd'] && !p['x-pasid-mode'],
     message: 'x-vcmd=on needs x-pasid-mode=on (and so x-scalable-mode=on)',
   },
   {
-    id: 'pasid-bits-1-to-20', source: 'VT-d ECAP.PSS (PASIDs are at most 20 bits)',
+    id: 'pasid-bits-1-to-20',
+    source: 'VT-d ECAP.PSS (PASIDs are at most 20 bits)',
     violatedBy: (p) => p['x-pasid-bits'] !== 0 && (p['x-pasid-bits'] < 1 || p['x-pasid-bits'] > MAX_PASID_BITS || !p['x-pasid-mode']),
     message: 'x-pasid-bits must be 1..20, with x-pasid-mode=on',
   },
@@ -316,36 +363,69 @@ export interface CapabilityExtension {
  */
 export const CAPABILITY_EXTENSIONS: readonly CapabilityExtension[] = [
   {
-    register: 'ECAP', field: 'SMTS', value: 1, applies: (c) => c['x-flts'],
-    origin: 'QEMU 9.2+ vtd_cap_init', note: 'x-flts: scalable mode with first stage only (SRS and SSTS stay clear)',
+    register: 'ECAP',
+    field: 'SMTS',
+    value: 1,
+    applies: (c) => c['x-flts'],
+    origin: 'QEMU 9.2+ vtd_cap_init',
+    note: 'x-flts: scalable mode with first stage only (SRS and SSTS stay clear)',
   },
   {
-    register: 'ECAP', field: 'FSTS', value: 1, applies: (c) => c['x-flts'],
-    origin: 'QEMU 9.2+ vtd_cap_init', note: 'x-flts: first-stage translation',
+    register: 'ECAP',
+    field: 'FSTS',
+    value: 1,
+    applies: (c) => c['x-flts'],
+    origin: 'QEMU 9.2+ vtd_cap_init',
+    note: 'x-flts: first-stage translation',
   },
   {
-    register: 'CAP', field: 'FS1GP', value: 1, applies: (c) => c['x-flts'],
-    origin: 'QEMU 9.2+ vtd_cap_init', note: 'x-flts: first-stage 1 GiB pages (QEMU property fs1gp, default on)',
+    register: 'CAP',
+    field: 'FS1GP',
+    value: 1,
+    applies: (c) => c['x-flts'],
+    origin: 'QEMU 9.2+ vtd_cap_init',
+    note: 'x-flts: first-stage 1 GiB pages (QEMU property fs1gp, default on)',
   },
   {
-    register: 'ECAP', field: 'SSTS', value: 1, applies: (c) => c['x-nested'],
-    origin: 'viommu x-nested', note: 'x-nested: second-stage translation beside the first stage',
+    register: 'ECAP',
+    field: 'SSTS',
+    value: 1,
+    applies: (c) => c['x-nested'],
+    origin: 'viommu x-nested',
+    note: 'x-nested: second-stage translation beside the first stage',
   },
   {
-    register: 'ECAP', field: 'NEST', value: 1, applies: (c) => c['x-nested'],
-    origin: 'viommu x-nested', note: 'x-nested: nested translation (PGTT 3)',
+    register: 'ECAP',
+    field: 'NEST',
+    value: 1,
+    applies: (c) => c['x-nested'],
+    origin: 'viommu x-nested',
+    note: 'x-nested: nested translation (PGTT 3)',
   },
   {
-    register: 'ECAP', field: 'SRS', value: 1, applies: (c) => c['x-nested'],
-    origin: 'viommu x-nested', note: 'x-nested: supervisor requests (SRE in PASID entries)',
+    register: 'ECAP',
+    field: 'SRS',
+    value: 1,
+    applies: (c) => c['x-nested'],
+    origin: 'viommu x-nested',
+    note: 'x-nested: supervisor requests (SRE in PASID entries)',
   },
   {
-    register: 'ECAP', field: 'VCS', value: 1, applies: (c) => c['x-vcmd'],
-    origin: 'viommu x-vcmd (VT-d 3.3 virtual command interface)', note: 'x-vcmd: VCMD/VCRSP/VCCAP registers at 0xe00, 0xe10, 0xe30',
+    register: 'ECAP',
+    field: 'VCS',
+    value: 1,
+    applies: (c) => c['x-vcmd'],
+    origin: 'viommu x-vcmd (VT-d 3.3 virtual command interface)',
+    note: 'x-vcmd: VCMD/VCRSP/VCCAP registers at 0xe00, 0xe10, 0xe30',
   },
   {
-    register: 'ECAP', field: 'PSS', value: (c) => c['x-pasid-bits'] - 1, shown: 'x-pasid-bits - 1', applies: (c) => c['x-pasid-bits'] !== 0,
-    origin: 'viommu x-pasid-bits', note: 'x-pasid-bits: PSS = width - 1 (QEMU after 10.0.2 sets 19 with x-pasid-mode)',
+    register: 'ECAP',
+    field: 'PSS',
+    value: (c) => c['x-pasid-bits'] - 1,
+    shown: 'x-pasid-bits - 1',
+    applies: (c) => c['x-pasid-bits'] !== 0,
+    origin: 'viommu x-pasid-bits',
+    note: 'x-pasid-bits: PSS = width - 1 (QEMU after 10.0.2 sets 19 with x-pasid-mode)',
   },
 ];
 

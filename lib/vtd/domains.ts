@@ -2,8 +2,13 @@
 
 import type { DeviceDomainListener, DomainInvalidationListener, DomainMappingListener, MappedRun, VtdDomain } from './address-space';
 import {
-  INPUT_SPACE_PAGES, INTERRUPT_WINDOW_END_PAGE, INTERRUPT_WINDOW_FIRST_PAGE, MappingEnumerator, withoutInterruptOutput,
-  type FirstStageTables, type SecondStageTables,
+  INPUT_SPACE_PAGES,
+  INTERRUPT_WINDOW_END_PAGE,
+  INTERRUPT_WINDOW_FIRST_PAGE,
+  MappingEnumerator,
+  withoutInterruptOutput,
+  type FirstStageTables,
+  type SecondStageTables,
 } from './mapping-enumerator';
 import { PAGE_SHIFT } from '../memory/geometry';
 
@@ -34,13 +39,14 @@ interface DescriptorCommon {
 }
 
 /** What a device's context (and PASID) entry resolves to: everything the domain's mappings depend on. */
-export type DomainDescriptor = DescriptorCommon & (
+export type DomainDescriptor = DescriptorCommon &
   /** Translation off (inputWidth 52) or pass-through (inputWidth = host address width): IOVA = GPA over RAM. */
-  | { readonly kind: 'identity'; readonly inputWidth: number }
-  | { readonly kind: 'second-stage'; readonly secondStage: SecondStageTables }
-  | { readonly kind: 'first-stage'; readonly firstStage: FirstStageTables }
-  | { readonly kind: 'nested'; readonly firstStage: FirstStageTables; readonly secondStage: SecondStageTables }
-);
+  (
+    | { readonly kind: 'identity'; readonly inputWidth: number }
+    | { readonly kind: 'second-stage'; readonly secondStage: SecondStageTables }
+    | { readonly kind: 'first-stage'; readonly firstStage: FirstStageTables }
+    | { readonly kind: 'nested'; readonly firstStage: FirstStageTables; readonly secondStage: SecondStageTables }
+  );
 
 /** The unit's lookup of a device's domain, without recording faults; undefined when its DMA is blocked. */
 export type DomainResolver = (sid: number, pasid: number | undefined) => DomainDescriptor | undefined;
@@ -70,18 +76,25 @@ export function domainKey(descriptor: DomainDescriptor): string {
   const head = `${descriptor.kind} did ${descriptor.did}`;
   const tail = descriptor.withoutPasid ? ' rid' : ' pasid';
   switch (descriptor.kind) {
-    case 'identity': return `${head} ${descriptor.inputWidth}-bit${tail}`;
-    case 'second-stage': return `${head} ${secondStageKey(descriptor.secondStage)}${tail}`;
-    case 'first-stage': return `${head} ${firstStageKey(descriptor.firstStage)}${tail}`;
-    case 'nested': return `${head} ${firstStageKey(descriptor.firstStage)} ${secondStageKey(descriptor.secondStage)}${tail}`;
+    case 'identity':
+      return `${head} ${descriptor.inputWidth}-bit${tail}`;
+    case 'second-stage':
+      return `${head} ${secondStageKey(descriptor.secondStage)}${tail}`;
+    case 'first-stage':
+      return `${head} ${firstStageKey(descriptor.firstStage)}${tail}`;
+    case 'nested':
+      return `${head} ${firstStageKey(descriptor.firstStage)} ${secondStageKey(descriptor.secondStage)}${tail}`;
   }
 }
 
 function pageLimitOf(descriptor: DomainDescriptor): number {
   switch (descriptor.kind) {
-    case 'identity': return 2 ** (descriptor.inputWidth - PAGE_SHIFT);
-    case 'second-stage': return MappingEnumerator.secondStagePages(descriptor.secondStage);
-    default: return INPUT_SPACE_PAGES;
+    case 'identity':
+      return 2 ** (descriptor.inputWidth - PAGE_SHIFT);
+    case 'second-stage':
+      return MappingEnumerator.secondStagePages(descriptor.secondStage);
+    default:
+      return INPUT_SPACE_PAGES;
   }
 }
 
@@ -292,10 +305,18 @@ export class DomainRegistry {
     const enumerator = this.enumerator;
     let runs: MappedRun[];
     switch (descriptor.kind) {
-      case 'identity': runs = enumerator.identity(pageLimitOf(descriptor), from, to - from); break;
-      case 'second-stage': runs = enumerator.secondStage(descriptor.secondStage, from, to - from); break;
-      case 'first-stage': runs = enumerator.firstStage(descriptor.firstStage, from, to - from); break;
-      case 'nested': runs = enumerator.nested(descriptor.firstStage, descriptor.secondStage, from, to - from); break;
+      case 'identity':
+        runs = enumerator.identity(pageLimitOf(descriptor), from, to - from);
+        break;
+      case 'second-stage':
+        runs = enumerator.secondStage(descriptor.secondStage, from, to - from);
+        break;
+      case 'first-stage':
+        runs = enumerator.firstStage(descriptor.firstStage, from, to - from);
+        break;
+      case 'nested':
+        runs = enumerator.nested(descriptor.firstStage, descriptor.secondStage, from, to - from);
+        break;
     }
     return withoutInterruptOutput(runs);
   }

@@ -32,21 +32,56 @@ const LEGACY: readonly Row[] = [
   [0x7, 'PAGING_ENTRY_INVALID', 'Next page table ptr is invalid', 'a paging-structure pointer led outside memory, or the walk could not read it'],
   [0x8, 'ROOT_TABLE_INVALID', 'Root table address invalid', 'the root table address (RTADDR) could not be read'],
   [0x9, 'CONTEXT_TABLE_INVALID', 'Context table ptr is invalid', 'the context table pointer of the root entry could not be read'],
-  [0xa, 'ROOT_ENTRY_RESERVED', 'Non-zero reserved fields in root entry', 'a present root entry has reserved bits set (including address bits above the host width)'],
+  [
+    0xa,
+    'ROOT_ENTRY_RESERVED',
+    'Non-zero reserved fields in root entry',
+    'a present root entry has reserved bits set (including address bits above the host width)',
+  ],
   [0xb, 'CONTEXT_ENTRY_RESERVED', 'Non-zero reserved fields in context entry', 'a present context entry has reserved bits set'],
-  [0xc, 'PAGING_ENTRY_RESERVED', 'Non-zero reserved fields in paging entry', 'a present paging entry has reserved bits set (e.g. SNP without snoop control, address above the host width)'],
-  [0xd, 'CONTEXT_ENTRY_TT_BLOCKED', 'Context entry translation type blocks the request', 'e.g. a translated request for a device whose context entry does not allow device TLBs'],
-  [0xe, 'INTERRUPT_ADDRESS', 'Output address in the interrupt address range', 'translation produced an address in 0xfee00000-0xfeefffff, which is reserved for interrupts'],
+  [
+    0xc,
+    'PAGING_ENTRY_RESERVED',
+    'Non-zero reserved fields in paging entry',
+    'a present paging entry has reserved bits set (e.g. SNP without snoop control, address above the host width)',
+  ],
+  [
+    0xd,
+    'CONTEXT_ENTRY_TT_BLOCKED',
+    'Context entry translation type blocks the request',
+    'e.g. a translated request for a device whose context entry does not allow device TLBs',
+  ],
+  [
+    0xe,
+    'INTERRUPT_ADDRESS',
+    'Output address in the interrupt address range',
+    'translation produced an address in 0xfee00000-0xfeefffff, which is reserved for interrupts',
+  ],
 ];
 
 const INTERRUPT_REMAPPING: readonly Row[] = [
-  [0x20, 'IR_REQUEST_RESERVED', 'Detected reserved fields in the decoded interrupt-remapped request', 'the remappable-format MSI address/data has reserved bits set'],
+  [
+    0x20,
+    'IR_REQUEST_RESERVED',
+    'Detected reserved fields in the decoded interrupt-remapped request',
+    'the remappable-format MSI address/data has reserved bits set',
+  ],
   [0x21, 'IR_INDEX_OVER', 'Interrupt index exceeded the interrupt-remapping table size', 'handle (plus subhandle) is at or above 2^(IRTA.S+1)'],
   [0x22, 'IR_ENTRY_NOT_PRESENT', 'Present field in the IRTE entry is clear', 'the IRTE for this handle has P = 0'],
   [0x23, 'IR_TABLE_INVALID', 'Error accessing interrupt-remapping table pointed by IRTA_REG', 'the IRTE could not be read from memory'],
   [0x24, 'IR_ENTRY_RESERVED', 'Detected reserved fields in the IRTE entry', 'a present IRTE has reserved bits set'],
-  [0x25, 'IR_COMPATIBILITY_BLOCKED', 'Blocked a compatibility format interrupt request', 'a compatibility-format MSI arrived while GSTS.CFIS is 0 (or with x2APIC mode on)'],
-  [0x26, 'IR_SOURCE_ID_MISMATCH', 'Blocked an interrupt request due to source-id verification failure', 'the requester id does not match the IRTE SID/SQ/SVT check'],
+  [
+    0x25,
+    'IR_COMPATIBILITY_BLOCKED',
+    'Blocked a compatibility format interrupt request',
+    'a compatibility-format MSI arrived while GSTS.CFIS is 0 (or with x2APIC mode on)',
+  ],
+  [
+    0x26,
+    'IR_SOURCE_ID_MISMATCH',
+    'Blocked an interrupt request due to source-id verification failure',
+    'the requester id does not match the IRTE SID/SQ/SVT check',
+  ],
 ];
 
 const SCALABLE: readonly Row[] = [
@@ -58,16 +93,41 @@ const SCALABLE: readonly Row[] = [
   [0x3a, 'SM_ROOT_ENTRY_RESERVED', 'SM: Non-zero reserved field set in Root Entry', 'a present scalable root entry has reserved bits set'],
   [0x40, 'SM_CONTEXT_ENTRY_ACCESS', 'SM: Error attempting to access Context Entry', 'the scalable context entry could not be read'],
   [0x41, 'SM_CONTEXT_ENTRY_NOT_PRESENT', 'SM: Present bit in Context Entry is clear', 'the device has no scalable context entry'],
-  [0x42, 'SM_CONTEXT_ENTRY_RESERVED', 'SM: Non-zero reserved field set in the Context Entry', 'a present scalable context entry has reserved bits set'],
+  [
+    0x42,
+    'SM_CONTEXT_ENTRY_RESERVED',
+    'SM: Non-zero reserved field set in the Context Entry',
+    'a present scalable context entry has reserved bits set',
+  ],
   [0x43, 'SM_CONTEXT_ENTRY_INVALID', 'SM: Invalid Context Entry', 'the scalable context entry is programmed inconsistently'],
-  [0x44, 'SM_CONTEXT_DTE_CLEAR', 'SM: DTE field in Context Entry is clear', 'a translated request or translation request while device TLBs are disabled'],
-  [0x45, 'SM_CONTEXT_PASIDE_CLEAR', 'SM: PASID Enable field in Context Entry is clear', 'a request with PASID for a device whose context entry has PASIDE = 0'],
-  [0x46, 'SM_CONTEXT_PASID_TOO_LARGE', 'SM: PASID is larger than the max in Context Entry', 'the PASID indexes beyond the PASID directory size (PDTS)'],
+  [
+    0x44,
+    'SM_CONTEXT_DTE_CLEAR',
+    'SM: DTE field in Context Entry is clear',
+    'a translated request or translation request while device TLBs are disabled',
+  ],
+  [
+    0x45,
+    'SM_CONTEXT_PASIDE_CLEAR',
+    'SM: PASID Enable field in Context Entry is clear',
+    'a request with PASID for a device whose context entry has PASIDE = 0',
+  ],
+  [
+    0x46,
+    'SM_CONTEXT_PASID_TOO_LARGE',
+    'SM: PASID is larger than the max in Context Entry',
+    'the PASID indexes beyond the PASID directory size (PDTS)',
+  ],
   [0x47, 'SM_CONTEXT_PRE_CLEAR', 'SM: PRE field in Context-Entry is clear', 'a page request while page requests are disabled for the device'],
   [0x48, 'SM_CONTEXT_RID_PASID_ERROR', 'SM: RID_PASID field error in Context-Entry', 'the RID_PASID used for requests without PASID is invalid'],
   [0x50, 'SM_PASID_DIRECTORY_ACCESS', 'SM: Error attempting to access the PASID Directory Entry', 'the PASID directory entry could not be read'],
   [0x51, 'SM_PASID_DIRECTORY_NOT_PRESENT', 'SM: Present bit in Directory Entry is clear', 'no PASID table for this PASID >> 6'],
-  [0x52, 'SM_PASID_DIRECTORY_RESERVED', 'SM: Non-zero reserved field set in PASID Directory Entry', 'a present directory entry has reserved bits set'],
+  [
+    0x52,
+    'SM_PASID_DIRECTORY_RESERVED',
+    'SM: Non-zero reserved field set in PASID Directory Entry',
+    'a present directory entry has reserved bits set',
+  ],
   [0x58, 'SM_PASID_ENTRY_ACCESS', 'SM: Error attempting to access PASID Table Entry', 'the PASID entry could not be read'],
   [0x59, 'SM_PASID_ENTRY_NOT_PRESENT', 'SM: Present bit in PASID Table Entry is clear', 'the PASID has no entry'],
   [0x5a, 'SM_PASID_ENTRY_RESERVED', 'SM: Non-zero reserved field set in PASID Table Entry', 'a present PASID entry has reserved bits set'],
@@ -76,27 +136,93 @@ const SCALABLE: readonly Row[] = [
   [0x5d, 'SM_PASID_ENTRY_SRE_CLEAR', 'SM: SRE field is clear in PASID Table Entry', 'a supervisor request while the PASID entry has SRE = 0'],
   [0x70, 'SM_FIRST_STAGE_ACCESS', 'SM: Error attempting to access first-level paging entry', 'a first-stage entry could not be read'],
   [0x71, 'SM_FIRST_STAGE_NOT_PRESENT', 'SM: Present bit in first-level paging entry is clear', 'first-stage entry with P = 0'],
-  [0x72, 'SM_FIRST_STAGE_RESERVED', 'SM: Non-zero reserved field set in first-level paging entry', 'a present first-stage entry has reserved bits set'],
+  [
+    0x72,
+    'SM_FIRST_STAGE_RESERVED',
+    'SM: Non-zero reserved field set in first-level paging entry',
+    'a present first-stage entry has reserved bits set',
+  ],
   [0x73, 'SM_FIRST_STAGE_PML4_ACCESS', 'SM: Error attempting to access FL-PML4 entry', 'the top first-stage entry could not be read'],
-  [0x74, 'SM_FIRST_STAGE_BEYOND_MGAW_NESTED', 'SM: First-level entry address beyond MGAW in Nested translation', 'in nested mode a first-stage table address is beyond the second-stage width'],
-  [0x75, 'SM_FIRST_STAGE_PML4_READ_NESTED', 'SM: Read permission error in FL-PML4 entry in Nested translation', 'in nested mode the second stage does not allow reading the first-stage top table'],
-  [0x76, 'SM_FIRST_STAGE_READ_NESTED', 'SM: Read permission error in first-level paging entry in Nested translation', 'in nested mode the second stage does not allow reading a first-stage table'],
-  [0x77, 'SM_FIRST_STAGE_WRITE_NESTED', 'SM: Write permission error in first-level paging entry in Nested translation', 'in nested mode the second stage does not allow setting A/D in a first-stage table'],
+  [
+    0x74,
+    'SM_FIRST_STAGE_BEYOND_MGAW_NESTED',
+    'SM: First-level entry address beyond MGAW in Nested translation',
+    'in nested mode a first-stage table address is beyond the second-stage width',
+  ],
+  [
+    0x75,
+    'SM_FIRST_STAGE_PML4_READ_NESTED',
+    'SM: Read permission error in FL-PML4 entry in Nested translation',
+    'in nested mode the second stage does not allow reading the first-stage top table',
+  ],
+  [
+    0x76,
+    'SM_FIRST_STAGE_READ_NESTED',
+    'SM: Read permission error in first-level paging entry in Nested translation',
+    'in nested mode the second stage does not allow reading a first-stage table',
+  ],
+  [
+    0x77,
+    'SM_FIRST_STAGE_WRITE_NESTED',
+    'SM: Write permission error in first-level paging entry in Nested translation',
+    'in nested mode the second stage does not allow setting A/D in a first-stage table',
+  ],
   [0x78, 'SM_SECOND_STAGE_ACCESS', 'SM: Error attempting to access second-level paging entry', 'a second-stage entry could not be read'],
-  [0x79, 'SM_SECOND_STAGE_PERMISSION', 'SM: Read/Write permission error in second-level paging entry', 'a second-stage non-leaf entry has neither R nor W'],
-  [0x7a, 'SM_SECOND_STAGE_RESERVED', 'SM: Non-zero reserved field set in second-level paging entry', 'a present second-stage entry has reserved bits set'],
-  [0x7b, 'SM_SECOND_STAGE_POINTER_INVALID', 'SM: Invalid second-level page table pointer', 'SSPTPTR or a second-stage table address is beyond the host width'],
-  [0x7c, 'SM_SECOND_STAGE_AD_NO_SNOOP', 'SM: A/D bit update needed in second-level entry when set up in no snoop', 'SSADE with a non-snooped page walk'],
+  [
+    0x79,
+    'SM_SECOND_STAGE_PERMISSION',
+    'SM: Read/Write permission error in second-level paging entry',
+    'a second-stage non-leaf entry has neither R nor W',
+  ],
+  [
+    0x7a,
+    'SM_SECOND_STAGE_RESERVED',
+    'SM: Non-zero reserved field set in second-level paging entry',
+    'a present second-stage entry has reserved bits set',
+  ],
+  [
+    0x7b,
+    'SM_SECOND_STAGE_POINTER_INVALID',
+    'SM: Invalid second-level page table pointer',
+    'SSPTPTR or a second-stage table address is beyond the host width',
+  ],
+  [
+    0x7c,
+    'SM_SECOND_STAGE_AD_NO_SNOOP',
+    'SM: A/D bit update needed in second-level entry when set up in no snoop',
+    'SSADE with a non-snooped page walk',
+  ],
   [0x80, 'SM_NON_CANONICAL', 'SM: Address in first-level translation is not canonical', 'bits above 47 (or 56) are not copies of the top bit'],
-  [0x81, 'SM_USER_SUPERVISOR', 'SM: U/S set 0 for first-level translation with user privilege', 'a user request reached a supervisor page', 'permission'],
+  [
+    0x81,
+    'SM_USER_SUPERVISOR',
+    'SM: U/S set 0 for first-level translation with user privilege',
+    'a user request reached a supervisor page',
+    'permission',
+  ],
   [0x82, 'SM_EXECUTE', 'SM: No execute permission for request with PASID and ER=1', 'an execute request to a page with XD set', 'permission'],
   [0x83, 'SM_BEYOND_HARDWARE_MAX', 'SM: Address beyond the DMA hardware max', 'the input address exceeds what the unit can translate'],
-  [0x84, 'SM_SECOND_STAGE_ADDRESS_BEYOND_MAX', 'SM: Second-level entry address beyond the max', 'a second-stage output address is beyond the host width'],
+  [
+    0x84,
+    'SM_SECOND_STAGE_ADDRESS_BEYOND_MAX',
+    'SM: Second-level entry address beyond the max',
+    'a second-stage output address is beyond the host width',
+  ],
   [0x85, 'SM_WRITE', 'SM: No write permission for Write/AtomicOp request', 'a write to a page mapped read-only', 'permission'],
   [0x86, 'SM_READ', 'SM: No read permission for Read/AtomicOp request', 'a read of a page mapped without read permission', 'permission'],
   [0x87, 'SM_INTERRUPT_ADDRESS', 'SM: Invalid address-interrupt address', 'translation produced an address in the interrupt range'],
-  [0x90, 'SM_FIRST_STAGE_AD_NO_SNOOP', 'SM: A/D bit update needed in first-level entry when set up in no snoop', 'first-stage A/D update with a non-snooped page walk'],
-  [0x91, 'SM_AD_UPDATE_FAILED', 'QEMU: failed A/D bit update (not in the specification)', 'newer QEMU records this when it cannot write A/D back to memory'],
+  [
+    0x90,
+    'SM_FIRST_STAGE_AD_NO_SNOOP',
+    'SM: A/D bit update needed in first-level entry when set up in no snoop',
+    'first-stage A/D update with a non-snooped page walk',
+  ],
+  [
+    0x91,
+    'SM_AD_UPDATE_FAILED',
+    'QEMU: failed A/D bit update (not in the specification)',
+    'newer QEMU records this when it cannot write A/D back to memory',
+  ],
 ];
 
 function build(rows: readonly Row[], mode: FaultMode): FaultReason[] {
@@ -112,9 +238,7 @@ export const FAULT_REASONS: readonly (FaultReason | undefined)[] = (() => {
   return table;
 })();
 
-const reasonsByName = new Map(
-  FAULT_REASONS.filter((r): r is FaultReason => r !== undefined).map((r) => [r.name, r]),
-);
+const reasonsByName = new Map(FAULT_REASONS.filter((r): r is FaultReason => r !== undefined).map((r) => [r.name, r]));
 
 /** The reason for a hardware code; undefined for reserved or out-of-range codes (never throws). */
 export function faultReason(code: number): FaultReason | undefined {

@@ -83,7 +83,12 @@ export class FaultRecorder {
     const qemuPv = fault.pastContext === true && this.quirks.has('frcd-pv-ffff-without-pasid');
     const pv = hasPasid ? fault.pasid! : qemuPv ? QEMU_NO_PASID_PV : 0;
     const hi = encodeBig(FRCD_HI_FIELDS, {
-      SID: fault.sid & SID_MASK, FR: fault.reason, PV: pv, PP: hasPasid ? 1 : 0, T: fault.write ? 0 : 1, F: 1,
+      SID: fault.sid & SID_MASK,
+      FR: fault.reason,
+      PV: pv,
+      PP: hasPasid ? 1 : 0,
+      T: fault.write ? 0 : 1,
+      F: 1,
     });
     const index = this.next;
     this.regs.writeRaw(`FRCD${index}_LO`, BigInt.asUintN(64, fault.iova) & PAGE_MASK);
@@ -134,7 +139,7 @@ export class FaultRecorder {
   /** Unmasking with IP set delivers the held event. */
   afterControlWrite(): void {
     const fectl = this.regs.readWordRaw(OFFSET.FECTL);
-    if ((fectl & EVENT_CONTROL.IP) && !(fectl & EVENT_CONTROL.IM)) this.sendEvent();
+    if (fectl & EVENT_CONTROL.IP && !(fectl & EVENT_CONTROL.IM)) this.sendEvent();
   }
 
   private clearPendingIfServiced(): void {

@@ -8,8 +8,7 @@ import { wordsToBig } from './bitfield';
  * the lookup structures in the order they are read; the two paging stages; 'output': the translated address
  * (in the interrupt range).
  */
-export type FaultStage =
-  | 'request' | 'root' | 'context' | 'pasid-directory' | 'pasid-table' | 'first-stage' | 'second-stage' | 'output';
+export type FaultStage = 'request' | 'root' | 'context' | 'pasid-directory' | 'pasid-table' | 'first-stage' | 'second-stage' | 'output';
 
 export interface FaultRecord {
   readonly ok: false;
@@ -61,7 +60,12 @@ const PAST_CONTEXT: ReadonlySet<FaultStage> = new Set(['first-stage', 'second-st
 /** A fault record; faults are rare, so building one may allocate freely. */
 export function faultRecord(reason: number, stage: FaultStage, fpd: boolean, detail: FaultDetail = {}): FaultRecord {
   const record: { -readonly [K in keyof FaultRecord]: FaultRecord[K] } = {
-    ok: false, reason, stage, fpd, notPresent: detail.notPresent ?? false, pastContext: detail.pastContext ?? PAST_CONTEXT.has(stage),
+    ok: false,
+    reason,
+    stage,
+    fpd,
+    notPresent: detail.notPresent ?? false,
+    pastContext: detail.pastContext ?? PAST_CONTEXT.has(stage),
   };
   if (detail.level !== undefined) record.level = detail.level;
   if (detail.secondStageLevel !== undefined) record.secondStageLevel = detail.secondStageLevel;

@@ -6,9 +6,7 @@ import type { QuirkId } from './compat-quirks';
 import { faultCode } from './fault-reasons';
 import { entryValue, faultRecord, type FaultRecord } from './fault';
 import { wordMask } from './register-bits';
-import {
-  FIRST_STAGE_1G_LEAF, FIRST_STAGE_2M_LEAF, FIRST_STAGE_4K_LEAF, FIRST_STAGE_TABLE_ENTRY, FIRST_STAGE_TOP_ENTRY,
-} from './structures';
+import { FIRST_STAGE_1G_LEAF, FIRST_STAGE_2M_LEAF, FIRST_STAGE_4K_LEAF, FIRST_STAGE_TABLE_ENTRY, FIRST_STAGE_TOP_ENTRY } from './structures';
 import type { WalkTraceSink } from './walk-trace';
 import { PAGE_SHIFT } from '../memory/geometry';
 
@@ -307,18 +305,30 @@ export class FirstStageWalker {
   }
 
   private record(
-    trace: WalkTraceSink, level: number, table: number, host: number, index: number, lo: number, hi: number,
-    layout: FieldTable, nested: boolean, flagsSet: number,
+    trace: WalkTraceSink,
+    level: number,
+    table: number,
+    host: number,
+    index: number,
+    lo: number,
+    hi: number,
+    layout: FieldTable,
+    nested: boolean,
+    flagsSet: number,
   ): void {
     const set: string[] = [];
     if (flagsSet & A) set.push('A');
     if (flagsSet & EA) set.push('EA');
     if (flagsSet & D) set.push('D');
     trace.step({
-      structure: 'first-stage', level, tableAddress: table, index,
+      structure: 'first-stage',
+      level,
+      tableAddress: table,
+      index,
       entryAddress: host + index * ENTRY_BYTES,
       ...(nested ? { guestEntryAddress: table + index * ENTRY_BYTES } : {}),
-      value: wordsToBig([lo, hi]), layout,
+      value: wordsToBig([lo, hi]),
+      layout,
       ...(set.length > 0 ? { flagsSet: set } : {}),
     });
   }
@@ -348,9 +358,7 @@ function entryRightsFault(request: FirstStageRequest, wpe: boolean, lo: number):
  * entry; writes need R/W in every entry, except supervisor writes with WPE clear; execute requests need XD
  * clear in every entry. Checked in that order, so a user write to a supervisor page reports U/S.
  */
-function accessRightsFault(
-  request: FirstStageRequest, wpe: boolean, allUser: boolean, allWritable: boolean, anyExecuteDisable: boolean,
-): number {
+function accessRightsFault(request: FirstStageRequest, wpe: boolean, allUser: boolean, allWritable: boolean, anyExecuteDisable: boolean): number {
   if (!request.supervisor && !allUser) return FS_FR.USER_SUPERVISOR;
   if (request.execute && anyExecuteDisable) return FS_FR.EXECUTE;
   if (request.write && !allWritable && (!request.supervisor || wpe)) return FS_FR.WRITE;

@@ -165,7 +165,13 @@ export class InterruptRemapper {
     const deliveryMode = getField(w, f.DLM);
     const triggerMode = getField(w, f.TM);
     return {
-      ok: true, remapped: true, destination, vector, deliveryMode, triggerMode, destinationMode,
+      ok: true,
+      remapped: true,
+      destination,
+      vector,
+      deliveryMode,
+      triggerMode,
+      destinationMode,
       address: this.compatAddress(destination % XAPIC_IDS, destinationMode, getField(w, f.RH)),
       data: this.compatData(vector, deliveryMode, triggerMode),
     };
@@ -200,9 +206,14 @@ export class InterruptRemapper {
     const address = [request.address >>> 0];
     const data = [request.data >>> 0];
     return {
-      ok: true, remapped: false, address: request.address >>> 0, data: request.data >>> 0,
-      destination: getField(address, MSI_COMPAT_ADDRESS.f.DEST), destinationMode: getField(address, MSI_COMPAT_ADDRESS.f.DM),
-      vector: getField(data, MSI_COMPAT_DATA.f.VECTOR), deliveryMode: getField(data, MSI_COMPAT_DATA.f.DLM),
+      ok: true,
+      remapped: false,
+      address: request.address >>> 0,
+      data: request.data >>> 0,
+      destination: getField(address, MSI_COMPAT_ADDRESS.f.DEST),
+      destinationMode: getField(address, MSI_COMPAT_ADDRESS.f.DM),
+      vector: getField(data, MSI_COMPAT_DATA.f.VECTOR),
+      deliveryMode: getField(data, MSI_COMPAT_DATA.f.DLM),
       triggerMode: getField(data, MSI_COMPAT_DATA.f.TM),
     };
   }

@@ -9,8 +9,15 @@ import type { RegisterFile } from './register-file';
 import { EVENT_CONTROL, FSTS, GSTS, ICS, OFFSET } from './register-bits';
 import { IQA_FIELDS, QUEUE_POINTER_FIELDS } from './registers';
 import {
-  CONTEXT_CACHE_INVALIDATE, INTERRUPT_ENTRY_CACHE_INVALIDATE, INVALIDATION_DESCRIPTORS, INVALIDATION_WAIT,
-  IOTLB_INVALIDATE, PASID_CACHE_INVALIDATE, PASID_DEVICE_TLB_INVALIDATE, PASID_IOTLB_INVALIDATE, descriptorKind,
+  CONTEXT_CACHE_INVALIDATE,
+  INTERRUPT_ENTRY_CACHE_INVALIDATE,
+  INVALIDATION_DESCRIPTORS,
+  INVALIDATION_WAIT,
+  IOTLB_INVALIDATE,
+  PASID_CACHE_INVALIDATE,
+  PASID_DEVICE_TLB_INVALIDATE,
+  PASID_IOTLB_INVALIDATE,
+  descriptorKind,
   type DescriptorKind,
 } from './structures';
 
@@ -52,8 +59,15 @@ const GRANULARITY = { GLOBAL: 1, DOMAIN: 2, SELECTIVE: 3 } as const;
 const PASID_CACHE_GRANULARITY = { DOMAIN: 0, PASID: 1, GLOBAL: 3 } as const;
 const NO_DESCRIPTOR = 0;
 const TYPE = {
-  CONTEXT: 1, IOTLB: 2, DEVICE_TLB: 3, INTERRUPT_ENTRY: 4, WAIT: 5, PASID_IOTLB: 6, PASID_CACHE: 7,
-  PASID_DEVICE_TLB: 8, PAGE_GROUP_RESPONSE: 9,
+  CONTEXT: 1,
+  IOTLB: 2,
+  DEVICE_TLB: 3,
+  INTERRUPT_ENTRY: 4,
+  WAIT: 5,
+  PASID_IOTLB: 6,
+  PASID_CACHE: 7,
+  PASID_DEVICE_TLB: 8,
+  PAGE_GROUP_RESPONSE: 9,
 } as const;
 
 /** Descriptor types are 7 bits (TYPE_HI:TYPE_LO). */
@@ -67,8 +81,11 @@ const TYPE_LO = wordFieldReader(IOTLB_INVALIDATE.f.TYPE_LO);
 const TYPE_HI = wordFieldReader(IOTLB_INVALIDATE.f.TYPE_HI);
 const TYPE_LO_BITS = IOTLB_INVALIDATE.f.TYPE_LO.width;
 const IOTLB = {
-  G: wordFieldReader(IOTLB_INVALIDATE.f.G), DID: wordFieldReader(IOTLB_INVALIDATE.f.DID), ADDR: fieldReader(IOTLB_INVALIDATE.f.ADDR),
-  AM: wordFieldReader(IOTLB_INVALIDATE.f.AM), IH: wordFieldReader(IOTLB_INVALIDATE.f.IH),
+  G: wordFieldReader(IOTLB_INVALIDATE.f.G),
+  DID: wordFieldReader(IOTLB_INVALIDATE.f.DID),
+  ADDR: fieldReader(IOTLB_INVALIDATE.f.ADDR),
+  AM: wordFieldReader(IOTLB_INVALIDATE.f.AM),
+  IH: wordFieldReader(IOTLB_INVALIDATE.f.IH),
 } as const;
 
 export class InvalidationQueue {
@@ -305,7 +322,12 @@ export class InvalidationQueue {
         if (g === GRANULARITY.GLOBAL) this.target.iotlbGlobal();
         else if (g === GRANULARITY.DOMAIN) this.target.iotlbDomain(readWordField(w, IOTLB.DID));
         else if (g === GRANULARITY.SELECTIVE) {
-          return this.target.iotlbPages(readWordField(w, IOTLB.DID), readField(w, IOTLB.ADDR), readWordField(w, IOTLB.AM), readWordField(w, IOTLB.IH) === 1);
+          return this.target.iotlbPages(
+            readWordField(w, IOTLB.DID),
+            readField(w, IOTLB.ADDR),
+            readWordField(w, IOTLB.AM),
+            readWordField(w, IOTLB.IH) === 1,
+          );
         } else return false;
         return true;
       }
@@ -323,7 +345,8 @@ export class InvalidationQueue {
         const did = getField(w, f.DID);
         const pasid = getField(w, f.PASID);
         if (g === GRANULARITY.DOMAIN) this.target.pasidIotlb(did, pasid);
-        else if (g === GRANULARITY.SELECTIVE) return this.target.pasidIotlbPages(did, pasid, getField(w, f.ADDR), getField(w, f.AM), getField(w, f.IH) === 1);
+        else if (g === GRANULARITY.SELECTIVE)
+          return this.target.pasidIotlbPages(did, pasid, getField(w, f.ADDR), getField(w, f.AM), getField(w, f.IH) === 1);
         else return false;
         return true;
       }
@@ -385,6 +408,6 @@ export class InvalidationQueue {
   /** IECTL written: unmasking with IP set delivers the held event. */
   afterIectlWrite(): void {
     const iectl = this.regs.readWordRaw(OFFSET.IECTL);
-    if ((iectl & EVENT_CONTROL.IP) && !(iectl & EVENT_CONTROL.IM)) this.sendCompletion();
+    if (iectl & EVENT_CONTROL.IP && !(iectl & EVENT_CONTROL.IM)) this.sendCompletion();
   }
 }

@@ -9,8 +9,13 @@ import { faultCode } from './fault-reasons';
 import { entryValue, faultRecord, type FaultRecord } from './fault';
 import { wordMask } from './register-bits';
 import {
-  LEGACY_CONTEXT_ENTRY, LEGACY_ROOT_ENTRY, SECOND_STAGE_1G_LEAF, SECOND_STAGE_2M_LEAF, SECOND_STAGE_4K_LEAF,
-  SECOND_STAGE_TABLE_ENTRY, SECOND_STAGE_TOP_ENTRY,
+  LEGACY_CONTEXT_ENTRY,
+  LEGACY_ROOT_ENTRY,
+  SECOND_STAGE_1G_LEAF,
+  SECOND_STAGE_2M_LEAF,
+  SECOND_STAGE_4K_LEAF,
+  SECOND_STAGE_TABLE_ENTRY,
+  SECOND_STAGE_TOP_ENTRY,
 } from './structures';
 import type { WalkTraceSink } from './walk-trace';
 import { INTERRUPT_WINDOW_END, INTERRUPT_WINDOW_START, PAGE_SHIFT } from '../memory/geometry';
@@ -103,7 +108,9 @@ function inPlaceMasks(field: Field): { lo: number; hi: number } {
 
 const TABLE_ADDRESS = inPlaceMasks(SECOND_STAGE_TABLE_ENTRY.f.ADDR);
 /** Per leaf level (1..3) the address masks of its leaf format. Index 0 unused. */
-const LEAF_ADDRESS = [SECOND_STAGE_4K_LEAF, SECOND_STAGE_4K_LEAF, SECOND_STAGE_2M_LEAF, SECOND_STAGE_1G_LEAF].map((table) => inPlaceMasks(table.f.ADDR));
+const LEAF_ADDRESS = [SECOND_STAGE_4K_LEAF, SECOND_STAGE_4K_LEAF, SECOND_STAGE_2M_LEAF, SECOND_STAGE_1G_LEAF].map((table) =>
+  inPlaceMasks(table.f.ADDR),
+);
 const SMALL_LEAF_ADDRESS = LEAF_ADDRESS[1]!;
 /** Per-level shift: 2^(12 + 9 * (level - 1)). Index 0 unused. */
 const LEVEL_SPAN = [0, 1, 2, 3, 4, 5].map((level) => 2 ** (PAGE_SHIFT + BITS_PER_LEVEL * (level - 1)));
@@ -124,7 +131,12 @@ const TABLE_ABOVE_SMALL_PAGES = null;
 
 /** A fault of the second-stage walk at `level`; `value` is the entry at `entryAddress` when it was read and decided. */
 function pagingFault(reason: number, fpd: boolean, level: number, entryAddress: number, value?: bigint, notPresent = false): FaultRecord {
-  return faultRecord(reason, 'second-stage', fpd, value === undefined ? { level, entryAddress } : { level, entryAddress, entryValue: value, notPresent });
+  return faultRecord(
+    reason,
+    'second-stage',
+    fpd,
+    value === undefined ? { level, entryAddress } : { level, entryAddress, entryValue: value, notPresent },
+  );
 }
 
 export class LegacyWalker {
@@ -206,14 +218,19 @@ export class LegacyWalker {
     const aw = getField(w, c.AW);
     if (((this.options.sagaw >>> aw) & 1) === 0) return this.structureFault(FR.CONTEXT_ENTRY_INVALID, 'context', fpd, contextAddress);
     const tt = getField(w, c.TT);
-    const ttAllowed = tt === TT.TRANSLATED || (tt === TT.DEVICE_TLB && this.options.deviceTlb) || (tt === TT.PASS_THROUGH && this.options.passThrough);
+    const ttAllowed =
+      tt === TT.TRANSLATED || (tt === TT.DEVICE_TLB && this.options.deviceTlb) || (tt === TT.PASS_THROUGH && this.options.passThrough);
     if (!ttAllowed) return this.structureFault(FR.CONTEXT_ENTRY_INVALID, 'context', fpd, contextAddress);
     const levels = aw + AW_LEVEL_BIAS;
     const inputWidth = Math.min(PAGE_SHIFT + BITS_PER_LEVEL * levels, this.options.addressWidth);
     return {
       ok: true,
       context: {
-        sid, did: getField(w, c.DID), tt, fpd, levels,
+        sid,
+        did: getField(w, c.DID),
+        tt,
+        fpd,
+        levels,
         tableAddress: getField(w, c.SLPTPTR) * 2 ** PAGE_SHIFT,
         limit: tt === TT.PASS_THROUGH ? 2 ** this.options.addressWidth : 2 ** inputWidth,
       },
@@ -235,7 +252,12 @@ export class LegacyWalker {
 
   /** The 128-bit entry read128() just read, as a trace step. */
   private recordStructure(
-    trace: WalkTraceSink, structure: 'root' | 'context', tableAddress: number, index: number, entryBytes: number, layout: FieldTable,
+    trace: WalkTraceSink,
+    structure: 'root' | 'context',
+    tableAddress: number,
+    index: number,
+    entryBytes: number,
+    layout: FieldTable,
   ): void {
     trace.step({ structure, level: 0, tableAddress, index, entryAddress: tableAddress + index * entryBytes, value: wordsToBig(this.words), layout });
   }
@@ -309,7 +331,14 @@ export class LegacyWalker {
 
   /** A 4 KiB leaf read through the cache that is not plainly usable: the walk's level-1 checks decide. */
   private leafFault(
-    context: CachedContext, lo: number, hi: number, write: boolean, rights: number, cache: PagingStructureCache, slot: number, index: number,
+    context: CachedContext,
+    lo: number,
+    hi: number,
+    write: boolean,
+    rights: number,
+    cache: PagingStructureCache,
+    slot: number,
+    index: number,
   ): FaultRecord | undefined {
     const failed = this.entryFault(context, 1, lo, hi, false, write, rights, cache.slotTablePage(slot), index * TABLE_PAGE_BYTES);
     if (failed === undefined) this.setLeaf(1, lo, hi, rights);
@@ -352,7 +381,12 @@ export class LegacyWalker {
    * integers, which shortens the chain of dependent work from one entry read to the next. TABLE_ABOVE_SMALL_PAGES
    * when a table pointer leads higher; the caller then starts over with walkAnyPages (reads have no side effects).
    */
-  private walkSmallPages(context: CachedContext, iova: number, write: boolean, topPage: number): FaultRecord | undefined | typeof TABLE_ABOVE_SMALL_PAGES {
+  private walkSmallPages(
+    context: CachedContext,
+    iova: number,
+    write: boolean,
+    topPage: number,
+  ): FaultRecord | undefined | typeof TABLE_ABOVE_SMALL_PAGES {
     const e = this.entry;
     const need = write ? PTE_W : PTE_R;
     const reservedLo = this.levelReservedLo;
@@ -426,8 +460,13 @@ export class LegacyWalker {
       const hi = e.hi;
       const large = (level === 2 || level === 3) && (lo & PTE_PS) !== 0;
       trace.step({
-        structure: 'second-stage', level, tableAddress: table, index, entryAddress: table + index * ENTRY_BYTES,
-        value: wordsToBig([lo, hi]), layout: secondStageLayout(level, large),
+        structure: 'second-stage',
+        level,
+        tableAddress: table,
+        index,
+        entryAddress: table + index * ENTRY_BYTES,
+        value: wordsToBig([lo, hi]),
+        layout: secondStageLayout(level, large),
       });
       rights &= lo;
       const failed = this.entryFault(context, level, lo, hi, large, write, rights, table / TABLE_PAGE_BYTES, iova);
@@ -474,7 +513,15 @@ export class LegacyWalker {
    * `iova` indexes in the table at page `tablePage`. Only entries the walks cannot pass plainly come here.
    */
   private entryFault(
-    context: CachedContext, level: number, lo: number, hi: number, large: boolean, write: boolean, rights: number, tablePage: number, iova: number,
+    context: CachedContext,
+    level: number,
+    lo: number,
+    hi: number,
+    large: boolean,
+    write: boolean,
+    rights: number,
+    tablePage: number,
+    iova: number,
   ): FaultRecord | undefined {
     const reason = this.entryRefusal(level, lo, hi, large, write, rights);
     if (reason === 0) return undefined;

@@ -6,8 +6,16 @@ import { MAPPING_ACCESS, type MappedRun } from './address-space';
 import { INTERRUPT_RANGE_END, INTERRUPT_RANGE_START } from './legacy-walk';
 import { wordMask } from './register-bits';
 import {
-  FIRST_STAGE_1G_LEAF, FIRST_STAGE_2M_LEAF, FIRST_STAGE_4K_LEAF, FIRST_STAGE_TABLE_ENTRY, FIRST_STAGE_TOP_ENTRY,
-  SECOND_STAGE_1G_LEAF, SECOND_STAGE_2M_LEAF, SECOND_STAGE_4K_LEAF, SECOND_STAGE_TABLE_ENTRY, SECOND_STAGE_TOP_ENTRY,
+  FIRST_STAGE_1G_LEAF,
+  FIRST_STAGE_2M_LEAF,
+  FIRST_STAGE_4K_LEAF,
+  FIRST_STAGE_TABLE_ENTRY,
+  FIRST_STAGE_TOP_ENTRY,
+  SECOND_STAGE_1G_LEAF,
+  SECOND_STAGE_2M_LEAF,
+  SECOND_STAGE_4K_LEAF,
+  SECOND_STAGE_TABLE_ENTRY,
+  SECOND_STAGE_TOP_ENTRY,
 } from './structures';
 import { PAGE_BYTES, PAGE_SHIFT } from '../memory/geometry';
 
@@ -237,8 +245,15 @@ export class MappingEnumerator {
 
   /** Entries of the table at `level` whose span starts at `base`, over pages [from, to) (inside that span). */
   private secondStageTable(
-    table: number, level: number, top: number, base: number, from: number, to: number,
-    readable: boolean, writable: boolean, sink: Sink,
+    table: number,
+    level: number,
+    top: number,
+    base: number,
+    from: number,
+    to: number,
+    readable: boolean,
+    writable: boolean,
+    sink: Sink,
   ): void {
     const depth = top - level;
     if (this.entersLoop(this.ssPath, table, depth)) return;
@@ -295,7 +310,10 @@ export class MappingEnumerator {
     // upper half: 2^52 - (512 - i) * span. Visit each half with its own base so the arithmetic stays linear.
     const halfEntries = ENTRIES / 2;
     const span = spanPages(levels);
-    const halves: Array<[number, number]> = [[0, 0], [INPUT_SPACE_PAGES - ENTRIES * span, halfEntries]];
+    const halves: Array<[number, number]> = [
+      [0, 0],
+      [INPUT_SPACE_PAGES - ENTRIES * span, halfEntries],
+    ];
     const output = second === undefined ? sink : this.throughSecondStage(second, sink);
     for (const [base, firstIndex] of halves) {
       const start = Math.max(from, base + firstIndex * span);
@@ -328,8 +346,16 @@ export class MappingEnumerator {
   }
 
   private firstStageTable(
-    tables: FirstStageTables, second: SecondStageTables | undefined, table: TablePage, level: number, base: number,
-    from: number, to: number, allWritable: boolean, allUser: boolean, sink: Sink,
+    tables: FirstStageTables,
+    second: SecondStageTables | undefined,
+    table: TablePage,
+    level: number,
+    base: number,
+    from: number,
+    to: number,
+    allWritable: boolean,
+    allUser: boolean,
+    sink: Sink,
   ): void {
     const depth = tables.levels - level;
     if (this.entersLoop(this.fsPath, table.host, depth)) return;

@@ -96,7 +96,13 @@ export class NestedWalker implements FirstStageTableAccess {
   entryWritable = false;
   /** The second-stage walk takes a context; this one is reused and refilled per walk from the PASID entry. */
   private readonly context: { -readonly [K in keyof CachedContext]: CachedContext[K] } = {
-    sid: 0, did: 0, tt: 0, fpd: false, levels: 0, tableAddress: 0, limit: 0,
+    sid: 0,
+    did: 0,
+    tt: 0,
+    fpd: false,
+    levels: 0,
+    tableAddress: 0,
+    limit: 0,
   };
   private lastPage: PageFound | undefined;
   private trace: WalkTraceSink | undefined;
@@ -194,8 +200,12 @@ export class NestedWalker implements FirstStageTableAccess {
   private fault(reason: number, level: number, tableEntry: number | undefined, walked: FaultRecord | undefined): FaultRecord {
     const fpd = this.context.fpd;
     const notPresent = walked?.notPresent ?? false;
-    const entry = tableEntry !== undefined ? { entryAddress: tableEntry }
-      : walked === undefined ? {} : { entryAddress: walked.entryAddress, entryValue: walked.entryValue };
+    const entry =
+      tableEntry !== undefined
+        ? { entryAddress: tableEntry }
+        : walked === undefined
+          ? {}
+          : { entryAddress: walked.entryAddress, entryValue: walked.entryValue };
     if (!this.nested) return faultRecord(reason, 'second-stage', fpd, { level: walked?.level, notPresent, ...entry });
     return faultRecord(reason, 'second-stage', fpd, { level, secondStageLevel: walked?.level, notPresent, ...entry });
   }
@@ -206,7 +216,8 @@ export class NestedWalker implements FirstStageTableAccess {
     trace.step({
       structure: 'second-stage-translation',
       purpose: purpose === 'access' ? 'output' : 'table',
-      level, input,
+      level,
+      input,
       ...(output !== undefined ? { output, readable: page!.readable, writable: page!.writable } : {}),
     });
   }

@@ -37,9 +37,7 @@ export type QuarantineStage = 'draining' | 'awaiting-invalidation' | 'awaiting-f
 /** Why an allocation found nothing: the whole range is held or quarantined, or this set holds its quota. */
 export type PasidShortage = 'range-exhausted' | 'quota-reached';
 
-export type PasidAllocation =
-  | { readonly ok: true; readonly pasid: number }
-  | { readonly ok: false; readonly reason: PasidShortage };
+export type PasidAllocation = { readonly ok: true; readonly pasid: number } | { readonly ok: false; readonly reason: PasidShortage };
 
 export type PasidRelease = { readonly ok: true } | { readonly ok: false; readonly reason: 'not-held' };
 
@@ -51,12 +49,7 @@ export interface PasidRange {
 }
 
 export type PasidAllocatorErrorCode =
-  | 'ERR_PASID_RANGE'
-  | 'ERR_PASID_VALUE'
-  | 'ERR_PASID_DEVICE'
-  | 'ERR_PASID_QUOTA'
-  | 'ERR_PASID_SET_NAME'
-  | 'ERR_PASID_SET_CLOSED';
+  'ERR_PASID_RANGE' | 'ERR_PASID_VALUE' | 'ERR_PASID_DEVICE' | 'ERR_PASID_QUOTA' | 'ERR_PASID_SET_NAME' | 'ERR_PASID_SET_CLOSED';
 
 /** A caller's mistake with the allocator (never a guest's: guest values get architectural answers). */
 export class PasidAllocatorError extends ViommuError {
@@ -381,10 +374,14 @@ export class PasidAllocator<T = unknown> {
   quarantineStage(pasid: number): QuarantineStage | undefined {
     checkPasid(pasid, 'quarantineStage');
     switch (this.#space.stageOf(pasid)) {
-      case Stage.Draining: return 'draining';
-      case Stage.AwaitingInvalidation: return 'awaiting-invalidation';
-      case Stage.AwaitingFence: return 'awaiting-fence';
-      default: return undefined;
+      case Stage.Draining:
+        return 'draining';
+      case Stage.AwaitingInvalidation:
+        return 'awaiting-invalidation';
+      case Stage.AwaitingFence:
+        return 'awaiting-fence';
+      default:
+        return undefined;
     }
   }
 

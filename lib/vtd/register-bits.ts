@@ -2,9 +2,7 @@
 
 import { ViommuError } from '../errors';
 import type { Field } from './bitfield';
-import {
-  EVENT_CONTROL_FIELDS, FSTS_FIELDS, GCMD_FIELDS, GSTS_FIELDS, ICS_FIELDS, findRegister,
-} from './registers';
+import { EVENT_CONTROL_FIELDS, FSTS_FIELDS, GCMD_FIELDS, GSTS_FIELDS, ICS_FIELDS, findRegister } from './registers';
 
 /** The mask of a field that lies inside one 32-bit word, positioned within that word. */
 export function wordMask(field: Field): number {

@@ -2,9 +2,7 @@
 
 import { ViommuError } from '../errors';
 import { bigToWords, getFieldBig } from './bitfield';
-import {
-  ECAP_FIELDS, REGISTER_WINDOW_SIZE, REGISTERS, type CapabilityValues, type RegisterSpec,
-} from './registers';
+import { ECAP_FIELDS, REGISTER_WINDOW_SIZE, REGISTERS, type CapabilityValues, type RegisterSpec } from './registers';
 
 export type AccessSize = 4 | 8;
 
@@ -57,7 +55,10 @@ export class RegisterFile {
       const words = register.width / 32;
       const first = register.offset / 4;
       if (!Number.isInteger(first) || register.offset % (register.width / 8) !== 0 || first + words > WORD_COUNT) {
-        throw new ViommuError('ERR_REGISTER_TABLE', `register ${register.name} at 0x${register.offset.toString(16)} is misaligned or outside the window`);
+        throw new ViommuError(
+          'ERR_REGISTER_TABLE',
+          `register ${register.name} at 0x${register.offset.toString(16)} is misaligned or outside the window`,
+        );
       }
       const reset = bigToWords(typeof register.reset === 'bigint' ? register.reset : capabilities[register.reset], words);
       const writable = bigToWords(register.writable, words);
@@ -126,8 +127,13 @@ export class RegisterFile {
       if (!current) return;
       const newValue = this.readRaw(current.register);
       const event: RegisterWriteEvent = {
-        register: current.register, offset: Math.max(offset, current.register.offset), size,
-        written: current.written, accessMask: current.accessMask, oldValue: current.before, newValue,
+        register: current.register,
+        offset: Math.max(offset, current.register.offset),
+        size,
+        written: current.written,
+        accessMask: current.accessMask,
+        oldValue: current.before,
+        newValue,
       };
       events.push(event);
       current = undefined;
@@ -190,7 +196,10 @@ export class RegisterFile {
     const spec = typeof register === 'string' ? this.byName.get(register) : register;
     if (!spec || this.registers[this.registerAtWord[spec.offset >>> 2]!] !== spec) {
       const name = typeof register === 'string' ? register : register.name;
-      throw new ViommuError('ERR_UNKNOWN_REGISTER', `register ${name} is not present in this configuration; check REGISTERS and the ECAP feature it needs`);
+      throw new ViommuError(
+        'ERR_UNKNOWN_REGISTER',
+        `register ${name} is not present in this configuration; check REGISTERS and the ECAP feature it needs`,
+      );
     }
     return spec;
   }

@@ -12,7 +12,10 @@ export const CAP_FIELDS = defineFields('CAP', 64, [
   { name: 'PHMR', bit: 6, width: 1, description: 'protected high-memory region' },
   { name: 'CM', bit: 7, width: 1, description: 'caching mode: not-present entries may be cached' },
   {
-    name: 'SAGAW', bit: 8, width: 5, description: 'supported adjusted guest address widths (bit 1: 39, 2: 48, 3: 57)',
+    name: 'SAGAW',
+    bit: 8,
+    width: 5,
+    description: 'supported adjusted guest address widths (bit 1: 39, 2: 48, 3: 57)',
     values: { 2: '39-bit', 4: '48-bit', 6: '39- and 48-bit', 8: '57-bit', 14: '39-, 48- and 57-bit' },
   },
   { name: 'MGAW', bit: 16, width: 6, description: 'maximum guest address width minus 1' },
@@ -61,9 +64,7 @@ export const ECAP_FIELDS = defineFields('ECAP', 64, [
   { name: 'RPRIVS', bit: 53, width: 1, description: 'RID_PRIV' },
 ] as const);
 
-export const VCCAP_FIELDS = defineFields('VCCAP', 64, [
-  { name: 'PAS', bit: 0, width: 1, description: 'PASID allocation commands offered' },
-] as const);
+export const VCCAP_FIELDS = defineFields('VCCAP', 64, [{ name: 'PAS', bit: 0, width: 1, description: 'PASID allocation commands offered' }] as const);
 
 /** VT-d 3.3 layout of the virtual command register. */
 export const VCMD_FIELDS = defineFields('VCMD', 64, [
@@ -74,7 +75,13 @@ export const VCMD_FIELDS = defineFields('VCMD', 64, [
 /** VT-d 3.3 layout of the virtual command response register. */
 export const VCRSP_FIELDS = defineFields('VCRSP', 64, [
   { name: 'IP', bit: 0, width: 1, description: 'command in progress' },
-  { name: 'SC', bit: 1, width: 7, description: 'status code', values: { 0: 'success', 1: 'unsupported command', 16: 'no PASID available / PASID not allocated' } },
+  {
+    name: 'SC',
+    bit: 1,
+    width: 7,
+    description: 'status code',
+    values: { 0: 'success', 1: 'unsupported command', 16: 'no PASID available / PASID not allocated' },
+  },
   { name: 'RESULT', bit: 16, width: 48, description: 'result (allocate: the PASID)' },
 ] as const);
 
@@ -106,7 +113,10 @@ export const GSTS_FIELDS = defineFields('GSTS', 32, [
 
 export const RTADDR_FIELDS = defineFields('RTADDR', 64, [
   {
-    name: 'TTM', bit: 10, width: 2, description: 'translation table mode (QEMU calls bit 10 SMT)',
+    name: 'TTM',
+    bit: 10,
+    width: 2,
+    description: 'translation table mode (QEMU calls bit 10 SMT)',
     values: { 0: 'legacy', 1: 'scalable', 3: 'abort DMA' },
   },
   { name: 'RTA', bit: 12, width: 52, addressShift: 12, description: 'root table address' },
@@ -236,8 +246,15 @@ export const IOTLB_REGISTERS_OFFSET = 0xf0;
 export const REGISTER_WINDOW_SIZE = 0x1000;
 
 type Row = [
-  name: string, offset: number, width: RegisterWidth, reset: bigint | keyof CapabilityValues,
-  writable: bigint, writeOneToClear: bigint, writeOnly: bigint, fields: FieldTable | undefined, notes: string,
+  name: string,
+  offset: number,
+  width: RegisterWidth,
+  reset: bigint | keyof CapabilityValues,
+  writable: bigint,
+  writeOneToClear: bigint,
+  writeOnly: bigint,
+  fields: FieldTable | undefined,
+  notes: string,
 ];
 
 const fixedRows: Row[] = [
@@ -322,7 +339,14 @@ function faultRecordRows(): Row[] {
 function toSpec(row: Row, presentWith?: 'PRS' | 'VCS'): RegisterSpec {
   const [name, offset, width, reset, writable, writeOneToClear, writeOnly, fields, notes] = row;
   return {
-    name, offset, width, reset, writable, writeOneToClear, writeOnly, notes,
+    name,
+    offset,
+    width,
+    reset,
+    writable,
+    writeOneToClear,
+    writeOnly,
+    notes,
     ...(fields ? { fields } : {}),
     ...(presentWith ? { presentWith } : {}),
   };

@@ -4,9 +4,7 @@ import type { EntryWords, GuestMemory } from '../memory/guest-memory';
 import { getField, hasReservedBits, reservedWords, wordsToBig, type FieldTable } from './bitfield';
 import { faultRecord, type FaultRecord } from './fault';
 import { faultCode } from './fault-reasons';
-import {
-  PASID_DIRECTORY_ENTRY, PASID_PGTT, SCALABLE_CONTEXT_ENTRY, SCALABLE_PASID_ENTRY, SCALABLE_ROOT_ENTRY,
-} from './structures';
+import { PASID_DIRECTORY_ENTRY, PASID_PGTT, SCALABLE_CONTEXT_ENTRY, SCALABLE_PASID_ENTRY, SCALABLE_ROOT_ENTRY } from './structures';
 import type { WalkTraceSink } from './walk-trace';
 import { PAGE_SHIFT } from '../memory/geometry';
 
@@ -193,18 +191,33 @@ export class ScalableContextReader {
   }
 
   private record(
-    trace: WalkTraceSink, structure: 'root' | 'context' | 'pasid-directory' | 'pasid-table',
-    tableAddress: number, index: number, entryBytes: number, layout: FieldTable,
+    trace: WalkTraceSink,
+    structure: 'root' | 'context' | 'pasid-directory' | 'pasid-table',
+    tableAddress: number,
+    index: number,
+    entryBytes: number,
+    layout: FieldTable,
   ): void {
     trace.step({
-      structure, level: 0, tableAddress, index, entryAddress: tableAddress + index * entryBytes,
-      value: wordsToBig(this.words, 0, layout.sizeWords), layout,
+      structure,
+      level: 0,
+      tableAddress,
+      index,
+      entryAddress: tableAddress + index * entryBytes,
+      value: wordsToBig(this.words, 0, layout.sizeWords),
+      layout,
     });
   }
 
   /** A fault decided by the entry just read into this.words (laid out as `layout`) at `entryAddress`. */
   private decided(
-    reason: number, stage: LookupStructure, fpd: boolean, entryAddress: number, layout: FieldTable, notPresent = false, pasid?: number,
+    reason: number,
+    stage: LookupStructure,
+    fpd: boolean,
+    entryAddress: number,
+    layout: FieldTable,
+    notPresent = false,
+    pasid?: number,
   ): FaultRecord {
     return faultRecord(reason, stage, fpd, { entryAddress, entryValue: wordsToBig(this.words, 0, layout.sizeWords), notPresent, pasid });
   }
@@ -232,12 +245,14 @@ export class ScalableContextReader {
     // FPD counts whatever P says (as QEMU reads it); a malformed entry's FPD does not.
     const fpd = getField(w, CTX.FPD) === 1;
     if (!getField(w, CTX.P)) return this.decided(SM_FR.CONTEXT_NOT_PRESENT, 'context', fpd, contextAddress, SCALABLE_CONTEXT_ENTRY, true);
-    if (hasReservedBits(w, this.contextReserved)) return this.decided(SM_FR.CONTEXT_RESERVED, 'context', false, contextAddress, SCALABLE_CONTEXT_ENTRY);
+    if (hasReservedBits(w, this.contextReserved))
+      return this.decided(SM_FR.CONTEXT_RESERVED, 'context', false, contextAddress, SCALABLE_CONTEXT_ENTRY);
     const ridPasid = getField(w, CTX.RID_PASID);
     return {
       ok: true,
       context: {
-        sid, fpd,
+        sid,
+        fpd,
         dte: getField(w, CTX.DTE) === 1,
         pasidEnabled: getField(w, CTX.PASIDE) === 1,
         pageRequests: getField(w, CTX.PRE) === 1,
@@ -260,10 +275,12 @@ export class ScalableContextReader {
       return faultRecord(viaRidPasid ? SM_FR.RID_PASID_ERROR : SM_FR.PASID_TOO_LARGE, 'context', context.fpd, { pasid });
     }
     const directoryAddress = context.pasidDirectory + directoryIndex * DIRECTORY_ENTRY_BYTES;
-    if (!this.read(directoryAddress, 1)) return faultRecord(SM_FR.DIRECTORY_ACCESS, 'pasid-directory', false, { entryAddress: directoryAddress, pasid });
+    if (!this.read(directoryAddress, 1))
+      return faultRecord(SM_FR.DIRECTORY_ACCESS, 'pasid-directory', false, { entryAddress: directoryAddress, pasid });
     if (trace) this.record(trace, 'pasid-directory', context.pasidDirectory, directoryIndex, DIRECTORY_ENTRY_BYTES, PASID_DIRECTORY_ENTRY);
     const directoryFpd = context.fpd || getField(w, DIR.FPD) === 1;
-    if (!getField(w, DIR.P)) return this.decided(SM_FR.DIRECTORY_NOT_PRESENT, 'pasid-directory', directoryFpd, directoryAddress, PASID_DIRECTORY_ENTRY, true, pasid);
+    if (!getField(w, DIR.P))
+      return this.decided(SM_FR.DIRECTORY_NOT_PRESENT, 'pasid-directory', directoryFpd, directoryAddress, PASID_DIRECTORY_ENTRY, true, pasid);
     if (hasReservedBits(w, this.directoryReserved)) {
       return this.decided(SM_FR.DIRECTORY_RESERVED, 'pasid-directory', context.fpd, directoryAddress, PASID_DIRECTORY_ENTRY, false, pasid);
     }
@@ -282,25 +299,33 @@ export class ScalableContextReader {
     const ssTable = getField(w, PE.SSPTPTR) * 2 ** PAGE_SHIFT;
     const fsTable = getField(w, PE.FSPTPTR) * 2 ** PAGE_SHIFT;
     // Pointer bits above the host width are reserved only in the pointer the PGTT uses; the other is ignored.
-    if (hasReservedBits(w, this.pasidEntryReserved)
-      || (usesSecondStage && ssTable >= this.pointerLimit) || (usesFirstStage && fsTable >= this.pointerLimit)) {
+    if (
+      hasReservedBits(w, this.pasidEntryReserved) ||
+      (usesSecondStage && ssTable >= this.pointerLimit) ||
+      (usesFirstStage && fsTable >= this.pointerLimit)
+    ) {
       return this.decided(SM_FR.PASID_ENTRY_RESERVED, 'pasid-table', directoryFpd, entryAddress, SCALABLE_PASID_ENTRY, false, pasid);
     }
     const aw = getField(w, PE.AW);
     const fspm = getField(w, PE.FSPM);
-    if (!this.pgttSupported(pgtt)
-      || (usesSecondStage && ((this.options.sagaw >>> aw) & 1) === 0)
-      || (usesFirstStage && !(fspm === 0 || (fspm === 1 && this.options.fs5lp)))) {
+    if (
+      !this.pgttSupported(pgtt) ||
+      (usesSecondStage && ((this.options.sagaw >>> aw) & 1) === 0) ||
+      (usesFirstStage && !(fspm === 0 || (fspm === 1 && this.options.fs5lp)))
+    ) {
       return this.decided(SM_FR.PASID_ENTRY_INVALID, 'pasid-table', fpd, entryAddress, SCALABLE_PASID_ENTRY, false, pasid);
     }
     const ssLevels = aw + AW_LEVEL_BIAS;
     return {
       ok: true,
       entry: {
-        pasid, pgtt, fpd,
+        pasid,
+        pgtt,
+        fpd,
         address: entryAddress,
         did: getField(w, PE.DID),
-        ssTable, ssLevels,
+        ssTable,
+        ssLevels,
         ssInputWidth: Math.min(PAGE_SHIFT + BITS_PER_LEVEL * ssLevels, this.options.addressWidth),
         ssee: getField(w, PE.SSEE) === 1,
         ssade: getField(w, PE.SSADE) === 1,
@@ -319,11 +344,16 @@ export class ScalableContextReader {
   private pgttSupported(pgtt: number): boolean {
     const f = this.options.features;
     switch (pgtt) {
-      case PASID_PGTT.FIRST_STAGE: return f.has('FSTS');
-      case PASID_PGTT.SECOND_STAGE: return f.has('SSTS');
-      case PASID_PGTT.NESTED: return f.has('NEST') && f.has('FSTS') && f.has('SSTS');
-      case PASID_PGTT.PASS_THROUGH: return f.has('PT');
-      default: return false;
+      case PASID_PGTT.FIRST_STAGE:
+        return f.has('FSTS');
+      case PASID_PGTT.SECOND_STAGE:
+        return f.has('SSTS');
+      case PASID_PGTT.NESTED:
+        return f.has('NEST') && f.has('FSTS') && f.has('SSTS');
+      case PASID_PGTT.PASS_THROUGH:
+        return f.has('PT');
+      default:
+        return false;
     }
   }
 
@@ -351,7 +381,7 @@ export class ScalableContextReader {
     const refused = this.contextRefusal(context, withPasid);
     if (refused !== 0) return faultRecord(refused, 'context', context.fpd, withPasid ? { pasid: request.pasid } : {});
     const pasid = withPasid ? request.pasid! : context.ridPasid;
-    const supervisor = withPasid ? request.supervisor ?? false : context.ridPrivileged;
+    const supervisor = withPasid ? (request.supervisor ?? false) : context.ridPrivileged;
     const execute = withPasid && (request.execute ?? false);
     const looked = this.lookupPasidEntry(context, pasid, !withPasid, trace);
     if (!looked.ok) return looked;

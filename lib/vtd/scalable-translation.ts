@@ -103,7 +103,7 @@ export class ScalableTranslator {
     const refused = this.reader.contextRefusal(context, withPasid);
     if (refused !== 0) return faultRecord(refused, 'context', context.fpd, { pasid: withPasid ? request.pasid : context.ridPasid });
     const pasid = withPasid ? request.pasid! : context.ridPasid;
-    const supervisor = withPasid ? request.supervisor ?? false : context.ridPrivileged;
+    const supervisor = withPasid ? (request.supervisor ?? false) : context.ridPrivileged;
     const execute = withPasid && (request.execute ?? false);
     let entry = trace === undefined ? this.pasidEntries.get(sid, pasid) : undefined;
     if (entry === undefined) {
@@ -131,7 +131,12 @@ export class ScalableTranslator {
   }
 
   private translatePage(
-    entry: PasidEntry, pasid: number, request: ScalableRequestInput, supervisor: boolean, execute: boolean, trace: WalkTraceSink | undefined,
+    entry: PasidEntry,
+    pasid: number,
+    request: ScalableRequestInput,
+    supervisor: boolean,
+    execute: boolean,
+    trace: WalkTraceSink | undefined,
   ): ScalableSuccess | FaultRecord {
     const { hi, lo } = splitAddress(request.iova);
     const write = request.write;
@@ -140,10 +145,18 @@ export class ScalableTranslator {
     const firstStage = usesFirstStage(entry.pgtt);
     if (cacheable) {
       const hit = this.iotlb.find(entry.did, pfn, pasid);
-      if (hit !== undefined && (!firstStage || hit.supervisor === supervisor)
-        && (write ? hit.writable && hit.dirty : hit.readable) && (!execute || hit.executable)) {
+      if (
+        hit !== undefined &&
+        (!firstStage || hit.supervisor === supervisor) &&
+        (write ? hit.writable && hit.dirty : hit.readable) &&
+        (!execute || hit.executable)
+      ) {
         return {
-          ok: true, address: hit.address + (lo % hit.pageSize), pageSize: hit.pageSize, readable: hit.readable, writable: hit.writable,
+          ok: true,
+          address: hit.address + (lo % hit.pageSize),
+          pageSize: hit.pageSize,
+          readable: hit.readable,
+          writable: hit.writable,
         };
       }
       if (hit !== undefined && this.hitWithoutPermissionUnrecorded && (write ? !hit.writable : !hit.readable)) {
@@ -159,9 +172,17 @@ export class ScalableTranslator {
     if (cacheable && !overlapsInterruptRange(page.address, page.pageSize)) {
       const pagesPerEntry = page.pageSize / PAGE;
       this.iotlb.insert({
-        did: entry.did, pasid, kind: kindOf(entry.pgtt), pfn: Math.floor(pfn / pagesPerEntry) * pagesPerEntry,
-        address: page.address, pageSize: page.pageSize, readable: page.readable, writable: page.writable,
-        supervisor, executable: page.executable, dirty: page.dirty,
+        did: entry.did,
+        pasid,
+        kind: kindOf(entry.pgtt),
+        pfn: Math.floor(pfn / pagesPerEntry) * pagesPerEntry,
+        address: page.address,
+        pageSize: page.pageSize,
+        readable: page.readable,
+        writable: page.writable,
+        supervisor,
+        executable: page.executable,
+        dirty: page.dirty,
       });
     }
     return { ok: true, address, pageSize: page.pageSize, readable: page.readable, writable: page.writable };

@@ -41,15 +41,51 @@ export class ScalableWalker {
     switch (pgtt) {
       case PASID_PGTT.FIRST_STAGE: {
         const page = this.firstStage.walk(entry, request, undefined, trace);
-        return page.ok ? { ok: true, address: page.address, pageSize: page.pageSize, readable: true, writable: page.writable, executable: page.executable, dirty: page.dirty, did, pgtt } : page;
+        return page.ok
+          ? {
+              ok: true,
+              address: page.address,
+              pageSize: page.pageSize,
+              readable: true,
+              writable: page.writable,
+              executable: page.executable,
+              dirty: page.dirty,
+              did,
+              pgtt,
+            }
+          : page;
       }
       case PASID_PGTT.NESTED: {
         const page = this.nested.walk(entry, request, trace);
-        return page.ok ? { ok: true, address: page.address, pageSize: page.pageSize, readable: page.readable, writable: page.writable, executable: page.executable, dirty: page.dirty, did, pgtt } : page;
+        return page.ok
+          ? {
+              ok: true,
+              address: page.address,
+              pageSize: page.pageSize,
+              readable: page.readable,
+              writable: page.writable,
+              executable: page.executable,
+              dirty: page.dirty,
+              did,
+              pgtt,
+            }
+          : page;
       }
       case PASID_PGTT.SECOND_STAGE: {
         const page = this.nested.secondStageOnly(entry, inputAsNumber(request), request.write, trace);
-        return page.ok ? { ok: true, address: page.address, pageSize: page.pageSize, readable: page.readable, writable: page.writable, executable: true, dirty: true, did, pgtt } : page;
+        return page.ok
+          ? {
+              ok: true,
+              address: page.address,
+              pageSize: page.pageSize,
+              readable: page.readable,
+              writable: page.writable,
+              executable: true,
+              dirty: true,
+              did,
+              pgtt,
+            }
+          : page;
       }
       default: {
         // Pass-through (the lookup refuses any other PGTT).
@@ -57,7 +93,17 @@ export class ScalableWalker {
         if (input >= 2 ** this.addressWidth) {
           return faultRecord(SS_FR.INPUT_BEYOND, 'second-stage', entry.fpd);
         }
-        return { ok: true, address: input - (input % PAGE), pageSize: PAGE, readable: true, writable: true, executable: true, dirty: true, did, pgtt };
+        return {
+          ok: true,
+          address: input - (input % PAGE),
+          pageSize: PAGE,
+          readable: true,
+          writable: true,
+          executable: true,
+          dirty: true,
+          did,
+          pgtt,
+        };
       }
     }
   }

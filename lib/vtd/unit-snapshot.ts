@@ -143,7 +143,10 @@ function programmedUnit(config: string, registers: SnapshotRegisters, memory: Gu
  * pages it read are kept as they were before that walk. The live unit and memory are only read.
  */
 export function takeSnapshot(
-  unit: VtdUnit, memory: GuestMemory, request: TranslationRequest, options: { observed?: TranslationFailure; source?: string } = {},
+  unit: VtdUnit,
+  memory: GuestMemory,
+  request: TranslationRequest,
+  options: { observed?: TranslationFailure; source?: string } = {},
 ): UnitSnapshot {
   // Not RTADDR and GSTS: RTADDR may have been rewritten since SRTP, and GSTS.TES follows TE once host backends settle.
   const latched = unit.latchedTranslation;
@@ -160,12 +163,16 @@ export function takeSnapshot(
   programmedUnit(config, registers, copies).traceRequest(request, new WalkTrace());
   const observed = options.observed;
   return {
-    config, registers, request,
+    config,
+    registers,
+    request,
     pages: new Map([...copies.pristine].sort(([a], [b]) => a - b)),
     unbacked: [...copies.unbacked].sort((a, b) => a - b),
-    ...(observed === undefined ? {} : {
-      observed: { reason: observed.reason, ...(observed.level === undefined ? {} : { level: observed.level }), recording: observed.recording },
-    }),
+    ...(observed === undefined
+      ? {}
+      : {
+          observed: { reason: observed.reason, ...(observed.level === undefined ? {} : { level: observed.level }), recording: observed.recording },
+        }),
     takenAt: new Date().toISOString(),
     ...(options.source === undefined ? {} : { source: options.source }),
   };
@@ -206,7 +213,10 @@ export function replaySnapshot(snapshot: UnitSnapshot, request: TranslationReque
   const result = unit.traceRequest(request, trace);
   const unbacked = new Set(snapshot.unbacked);
   return {
-    request, result, records: trace.records, config: unit.config,
+    request,
+    result,
+    records: trace.records,
+    config: unit.config,
     missingPages: [...memory.missing].filter((page) => !unbacked.has(page)).sort((a, b) => a - b),
   };
 }
@@ -235,9 +245,16 @@ export function serializeSnapshot(snapshot: UnitSnapshot): string {
     takenAt: snapshot.takenAt,
     ...(snapshot.source === undefined ? {} : { source: snapshot.source }),
     config: snapshot.config,
-    registers: { RTADDR: hex(registers.rtaddr), RTADDR_REGISTER: hex(registers.rtaddrRegister), GSTS: hex(registers.gsts), TE: registers.translationEnabled },
+    registers: {
+      RTADDR: hex(registers.rtaddr),
+      RTADDR_REGISTER: hex(registers.rtaddrRegister),
+      GSTS: hex(registers.gsts),
+      TE: registers.translationEnabled,
+    },
     request: {
-      sid: request.sid, iova: hex(BigInt.asUintN(64, request.iova)), write: request.write,
+      sid: request.sid,
+      iova: hex(BigInt.asUintN(64, request.iova)),
+      write: request.write,
       ...(request.pasid === undefined ? {} : { pasid: request.pasid }),
       ...(request.supervisor === undefined ? {} : { supervisor: request.supervisor }),
       ...(request.execute === undefined ? {} : { execute: request.execute }),
@@ -274,12 +291,14 @@ class FieldReader {
   }
 
   integer(value: unknown, path: string, limit: number): number {
-    if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value >= limit) this.fail(path, `an integer from 0 to ${limit - 1}`, value);
+    if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value >= limit)
+      this.fail(path, `an integer from 0 to ${limit - 1}`, value);
     return value;
   }
 
   hex(value: unknown, path: string, limit: bigint): bigint {
-    if (typeof value !== 'string' || !/^0x[0-9a-f]+$/i.test(value) || BigInt(value) >= limit) this.fail(path, `a hex number below ${hex(limit)}`, value);
+    if (typeof value !== 'string' || !/^0x[0-9a-f]+$/i.test(value) || BigInt(value) >= limit)
+      this.fail(path, `a hex number below ${hex(limit)}`, value);
     return BigInt(value);
   }
 
@@ -302,7 +321,9 @@ export function parseSnapshot(text: string, origin = 'snapshot'): UnitSnapshot {
   const read: FieldReader = new FieldReader(origin);
   const top = read.object(parsed, 'the file');
   if (top['format'] !== SNAPSHOT_FORMAT) {
-    throw new SnapshotError(`${origin}: not a viommu fault snapshot (format ${JSON.stringify(top['format'] ?? null)}, expected '${SNAPSHOT_FORMAT}')`);
+    throw new SnapshotError(
+      `${origin}: not a viommu fault snapshot (format ${JSON.stringify(top['format'] ?? null)}, expected '${SNAPSHOT_FORMAT}')`,
+    );
   }
   if (top['version'] !== SNAPSHOT_VERSION) {
     throw new SnapshotError(`${origin}: snapshot version ${JSON.stringify(top['version'] ?? null)}; this viommu reads version ${SNAPSHOT_VERSION}`);
@@ -320,21 +341,25 @@ export function parseSnapshot(text: string, origin = 'snapshot'): UnitSnapshot {
     if (pages.has(address)) read.fail(`pages[${i}].address`, 'an address no other page has', page['address']);
     const data = read.string(page['data'], `pages[${i}].data`);
     const bytes = Buffer.from(data, 'base64');
-    if (bytes.length !== SNAPSHOT_PAGE_BYTES || bytes.toString('base64') !== data) read.fail(`pages[${i}].data`, `${SNAPSHOT_PAGE_BYTES} bytes in base64`, `${data.length} characters`);
+    if (bytes.length !== SNAPSHOT_PAGE_BYTES || bytes.toString('base64') !== data)
+      read.fail(`pages[${i}].data`, `${SNAPSHOT_PAGE_BYTES} bytes in base64`, `${data.length} characters`);
     pages.set(address, new Uint8Array(bytes));
   });
   const unbackedList = top['unbacked'] ?? [];
   if (!Array.isArray(unbackedList)) read.fail('unbacked', 'a list', unbackedList);
   const observedField = read.optional(top['observed'], (value) => read.object(value, 'observed'));
-  const observed: ObservedFault | undefined = observedField === undefined ? undefined : {
-    reason: read.integer(observedField['reason'], 'observed.reason', 256),
-    ...(observedField['level'] === undefined ? {} : { level: read.integer(observedField['level'], 'observed.level', 6) }),
-    recording: (() => {
-      const recording = read.string(observedField['recording'], 'observed.recording');
-      if (!RECORDINGS.has(recording)) read.fail('observed.recording', [...RECORDINGS].join(', '), recording);
-      return recording as ObservedFault['recording'];
-    })(),
-  };
+  const observed: ObservedFault | undefined =
+    observedField === undefined
+      ? undefined
+      : {
+          reason: read.integer(observedField['reason'], 'observed.reason', 256),
+          ...(observedField['level'] === undefined ? {} : { level: read.integer(observedField['level'], 'observed.level', 6) }),
+          recording: (() => {
+            const recording = read.string(observedField['recording'], 'observed.recording');
+            if (!RECORDINGS.has(recording)) read.fail('observed.recording', [...RECORDINGS].join(', '), recording);
+            return recording as ObservedFault['recording'];
+          })(),
+        };
   const pasid = read.optional(request['pasid'], (value) => read.integer(value, 'request.pasid', 2 ** 20));
   const supervisor = read.optional(request['supervisor'], (value) => read.boolean(value, 'request.supervisor'));
   const execute = read.optional(request['execute'], (value) => read.boolean(value, 'request.execute'));

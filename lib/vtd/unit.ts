@@ -8,7 +8,16 @@ import { bigToNumber, getField64, getFieldBig, setFieldBig } from './bitfield';
 import type { DeviceDomainListener } from './address-space';
 import { ContextCache, Iotlb, POWERS_OF_TWO, PagingStructureCache, alignDown, type CachedContext } from './caches';
 import { quirksFor, type QuirkId } from './compat-quirks';
-import { capabilityField, computeCapabilities, enabledFeatures, resolveVtdConfig, vtdConfigFromString, MAX_PASID_BITS, type Compat, type VtdConfig } from './config';
+import {
+  capabilityField,
+  computeCapabilities,
+  enabledFeatures,
+  resolveVtdConfig,
+  vtdConfigFromString,
+  MAX_PASID_BITS,
+  type Compat,
+  type VtdConfig,
+} from './config';
 import { DomainRegistry, type DomainDescriptor } from './domains';
 import { FaultRecorder, type RecordOutcome } from './fault-recorder';
 import { describeFaultReason, isPermissionFault } from './fault-reasons';
@@ -81,7 +90,10 @@ export class VtdRequestError extends ViommuError {
     readonly field: 'sid' | 'pasid',
     readonly value: unknown,
   ) {
-    super('ERR_VTD_REQUEST', `${field} ${String(value)} is not an integer in [0, 0x${(field === 'sid' ? SOURCE_ID_MASK + 1 : PASID_MASK + 1).toString(16)})`);
+    super(
+      'ERR_VTD_REQUEST',
+      `${field} ${String(value)} is not an integer in [0, 0x${(field === 'sid' ? SOURCE_ID_MASK + 1 : PASID_MASK + 1).toString(16)})`,
+    );
     this.name = 'VtdRequestError';
   }
 }
@@ -130,7 +142,8 @@ export type TranslationResult = TranslationSuccess | TranslationFailure;
  */
 export type TracedWalk = { readonly mode: 'off' | 'legacy' | 'scalable' | 'invalid-root' } & (
   | { readonly ok: true; readonly address: number; readonly pageSize: number; readonly readable: boolean; readonly writable: boolean }
-  | { readonly ok: false; readonly fault: FaultRecord });
+  | { readonly ok: false; readonly fault: FaultRecord }
+);
 
 export interface InterruptFailure extends InterruptFault {
   /** 'none' when compat=qemu-7.2 drops remapping faults unrecorded. */
@@ -229,34 +242,49 @@ export class VtdUnit implements InvalidationTarget {
     const deliver = options.onInterrupt;
     this.registers = new RegisterFile(caps, (event) => this.onRegisterWrite(event));
     this.recorder = new FaultRecorder(
-      this.registers, capabilityField(caps, 'CAP', 'NFR') + 1, capabilityField(caps, 'CAP', 'FRO') * 16, this.quirks,
+      this.registers,
+      capabilityField(caps, 'CAP', 'NFR') + 1,
+      capabilityField(caps, 'CAP', 'FRO') * 16,
+      this.quirks,
       tracer === undefined ? deliver : tracer.delivery('fault-event', deliver),
     );
-    this.walker = new LegacyWalker(this.memory, {
-      addressWidth: this.config['aw-bits'],
-      sagaw: capabilityField(caps, 'CAP', 'SAGAW'),
-      sllps: capabilityField(caps, 'CAP', 'SLLPS'),
-      deviceTlb: capabilityField(caps, 'ECAP', 'DT') === 1,
-      passThrough: capabilityField(caps, 'ECAP', 'PT') === 1,
-      features,
-    }, this.quirks);
-    this.scalableOffered = capabilityField(caps, 'ECAP', 'SMTS') === 1;
-    this.virtualCommands = this.config['x-vcmd']
-      ? new VirtualCommandInterface(this.registers, { pasidBits: this.config['x-pasid-bits'] || MAX_PASID_BITS, ...(options.pasids ? { pasids: options.pasids } : {}) })
-      : undefined;
-    this.scalable = new ScalableTranslator(this.memory, this.walker, {
-      lookup: {
+    this.walker = new LegacyWalker(
+      this.memory,
+      {
         addressWidth: this.config['aw-bits'],
         sagaw: capabilityField(caps, 'CAP', 'SAGAW'),
-        fs5lp: capabilityField(caps, 'CAP', 'FS5LP') === 1,
-        ridPasid: this.quirks.has('rid-pasid-used-without-rps'),
+        sllps: capabilityField(caps, 'CAP', 'SLLPS'),
+        deviceTlb: capabilityField(caps, 'ECAP', 'DT') === 1,
+        passThrough: capabilityField(caps, 'ECAP', 'PT') === 1,
         features,
       },
-      addressWidth: this.config['aw-bits'],
-      fs1gp: capabilityField(caps, 'CAP', 'FS1GP') === 1,
-      hitWithoutPermissionUnrecorded: this.quirks.has('iotlb-hit-without-permission-not-recorded'),
-      quirks: this.quirks,
-    }, this.iotlb);
+      this.quirks,
+    );
+    this.scalableOffered = capabilityField(caps, 'ECAP', 'SMTS') === 1;
+    this.virtualCommands = this.config['x-vcmd']
+      ? new VirtualCommandInterface(this.registers, {
+          pasidBits: this.config['x-pasid-bits'] || MAX_PASID_BITS,
+          ...(options.pasids ? { pasids: options.pasids } : {}),
+        })
+      : undefined;
+    this.scalable = new ScalableTranslator(
+      this.memory,
+      this.walker,
+      {
+        lookup: {
+          addressWidth: this.config['aw-bits'],
+          sagaw: capabilityField(caps, 'CAP', 'SAGAW'),
+          fs5lp: capabilityField(caps, 'CAP', 'FS5LP') === 1,
+          ridPasid: this.quirks.has('rid-pasid-used-without-rps'),
+          features,
+        },
+        addressWidth: this.config['aw-bits'],
+        fs1gp: capabilityField(caps, 'CAP', 'FS1GP') === 1,
+        hitWithoutPermissionUnrecorded: this.quirks.has('iotlb-hit-without-permission-not-recorded'),
+        quirks: this.quirks,
+      },
+      this.iotlb,
+    );
     this.domains = new DomainRegistry({
       enumerator: new MappingEnumerator(this.memory, {
         addressWidth: this.config['aw-bits'],
@@ -269,13 +297,25 @@ export class VtdUnit implements InvalidationTarget {
     });
     this.onHostError = options.onHostError;
     const queueOptions = { wideDescriptors: capabilityField(caps, 'ECAP', 'SMTS') === 1, features };
-    this.queue = tracer === undefined
-      ? new InvalidationQueue(this.registers, this.memory, this.recorder, this, queueOptions, this.quirks, deliver, this.completion)
-      : tracer.queue(
-        this.registers, this.memory, this.recorder, this, queueOptions, this.quirks, tracer.delivery('invalidation-completion', deliver), this.completion,
-      );
+    this.queue =
+      tracer === undefined
+        ? new InvalidationQueue(this.registers, this.memory, this.recorder, this, queueOptions, this.quirks, deliver, this.completion)
+        : tracer.queue(
+            this.registers,
+            this.memory,
+            this.recorder,
+            this,
+            queueOptions,
+            this.quirks,
+            tracer.delivery('invalidation-completion', deliver),
+            this.completion,
+          );
     this.remapper = new InterruptRemapper(
-      this.memory, this.config['aw-bits'], features, this.quirks.has('compatibility-interrupts-pass-without-cfi'), this.interruptEntries,
+      this.memory,
+      this.config['aw-bits'],
+      features,
+      this.quirks.has('compatibility-interrupts-pass-without-cfi'),
+      this.interruptEntries,
     );
     this.deliver = tracer === undefined ? deliver : tracer.delivery('device', deliver);
     this.maxAddressMask = capabilityField(caps, 'CAP', 'MAMV');
@@ -338,7 +378,8 @@ export class VtdUnit implements InvalidationTarget {
     // With IRE off every interrupt is taken as it is (compatibility format).
     if (!ires) return this.remapper.passThrough(request);
     const result = this.remapper.remap(request, {
-      irta: this.interruptTable, compatibilityAllowed: cfis,
+      irta: this.interruptTable,
+      compatibilityAllowed: cfis,
       verifySource: origin === 'message' || (origin === 'dma-write' && !this.quirks.has('interrupt-dma-writes-skip-source-id-check')),
       strictEntries: !this.quirks.has('irte-posted-and-xapic-destination-unchecked'),
     });
@@ -385,16 +426,36 @@ export class VtdUnit implements InvalidationTarget {
     const register = event.register;
     const upperOrWhole = event.size === 8 || event.offset === register.offset + 4;
     switch (register.offset) {
-      case OFFSET.GCMD: this.command(Number(event.written)); break;
-      case OFFSET.CCMD: if (upperOrWhole) this.contextCommand(); break;
-      case OFFSET.IOTLB: if (upperOrWhole) this.iotlbCommand(); break;
-      case OFFSET.FSTS: this.recorder.afterStatusWrite(); break;
-      case OFFSET.FECTL: this.recorder.afterControlWrite(); break;
-      case OFFSET.IQA: this.queue.onIqaWrite(); break;
-      case OFFSET.IQT: this.queue.onIqtWrite(); break;
-      case OFFSET.ICS: this.queue.afterIcsWrite(); break;
-      case OFFSET.IECTL: this.queue.afterIectlWrite(); break;
-      case OFFSET.VCMD: if (upperOrWhole) this.virtualCommands?.execute(); break;
+      case OFFSET.GCMD:
+        this.command(Number(event.written));
+        break;
+      case OFFSET.CCMD:
+        if (upperOrWhole) this.contextCommand();
+        break;
+      case OFFSET.IOTLB:
+        if (upperOrWhole) this.iotlbCommand();
+        break;
+      case OFFSET.FSTS:
+        this.recorder.afterStatusWrite();
+        break;
+      case OFFSET.FECTL:
+        this.recorder.afterControlWrite();
+        break;
+      case OFFSET.IQA:
+        this.queue.onIqaWrite();
+        break;
+      case OFFSET.IQT:
+        this.queue.onIqtWrite();
+        break;
+      case OFFSET.ICS:
+        this.queue.afterIcsWrite();
+        break;
+      case OFFSET.IECTL:
+        this.queue.afterIectlWrite();
+        break;
+      case OFFSET.VCMD:
+        if (upperOrWhole) this.virtualCommands?.execute();
+        break;
       default:
         if (register.name.startsWith('FRCD') && register.name.endsWith('_HI')) this.recorder.afterRecordCleared();
     }
@@ -633,7 +694,9 @@ export class VtdUnit implements InvalidationTarget {
     const context = found.context;
     if (context.tt === TT.PASS_THROUGH) return { kind: 'identity', did: context.did, inputWidth: this.config['aw-bits'], withoutPasid };
     return {
-      kind: 'second-stage', did: context.did, withoutPasid,
+      kind: 'second-stage',
+      did: context.did,
+      withoutPasid,
       secondStage: { table: context.tableAddress, levels: context.levels, inputWidth: Math.log2(context.limit) },
     };
   }
@@ -645,15 +708,23 @@ export class VtdUnit implements InvalidationTarget {
     const common = { did: entry.did, pasid: entry.pasid, withoutPasid: pasid === undefined };
     const secondStage = { table: entry.ssTable, levels: entry.ssLevels, inputWidth: entry.ssInputWidth };
     const firstStage = {
-      table: entry.fsTable, levels: entry.fsLevels, wpe: entry.wpe, eafe: entry.eafe,
+      table: entry.fsTable,
+      levels: entry.fsLevels,
+      wpe: entry.wpe,
+      eafe: entry.eafe,
       supervisor: pasid === undefined && context.ridPrivileged,
     };
     switch (entry.pgtt) {
-      case PASID_PGTT.FIRST_STAGE: return { ...common, kind: 'first-stage', firstStage };
-      case PASID_PGTT.SECOND_STAGE: return { ...common, kind: 'second-stage', secondStage };
-      case PASID_PGTT.NESTED: return { ...common, kind: 'nested', firstStage, secondStage };
-      case PASID_PGTT.PASS_THROUGH: return { ...common, kind: 'identity', inputWidth: this.config['aw-bits'] };
-      default: return undefined;
+      case PASID_PGTT.FIRST_STAGE:
+        return { ...common, kind: 'first-stage', firstStage };
+      case PASID_PGTT.SECOND_STAGE:
+        return { ...common, kind: 'second-stage', secondStage };
+      case PASID_PGTT.NESTED:
+        return { ...common, kind: 'nested', firstStage, secondStage };
+      case PASID_PGTT.PASS_THROUGH:
+        return { ...common, kind: 'identity', inputWidth: this.config['aw-bits'] };
+      default:
+        return undefined;
     }
   }
 
@@ -672,7 +743,8 @@ export class VtdUnit implements InvalidationTarget {
     if (!this.translationEnabled) {
       if (input === BEYOND) return this.failure(request, faultRecord(FR.ADDRESS_BEYOND_MGAW, 'request', false), 'none');
       // Without remapping there is no PASID table to resolve a PASID through: such requests are unsupported.
-      if (request.pasid !== undefined) return this.failure(request, faultRecord(SM_TTM0_PASID_REQUEST, 'request', false, { pasid: request.pasid }), 'none');
+      if (request.pasid !== undefined)
+        return this.failure(request, faultRecord(SM_TTM0_PASID_REQUEST, 'request', false, { pasid: request.pasid }), 'none');
       return { ok: true, address: input, pageSize: PAGE, readable: true, writable: true };
     }
     if (this.rootMode !== TTM.LEGACY) {
@@ -702,10 +774,17 @@ export class VtdUnit implements InvalidationTarget {
    */
   traceRequest(request: TranslationRequest, trace: WalkTraceSink): TracedWalk {
     requireSource(request.sid, request.pasid);
-    const mode = !this.translationEnabled ? 'off' : this.rootMode === TTM.LEGACY ? 'legacy' : this.rootMode === TTM.SCALABLE && this.scalableOffered ? 'scalable' : 'invalid-root';
+    const mode = !this.translationEnabled
+      ? 'off'
+      : this.rootMode === TTM.LEGACY
+        ? 'legacy'
+        : this.rootMode === TTM.SCALABLE && this.scalableOffered
+          ? 'scalable'
+          : 'invalid-root';
     if (mode === 'scalable') {
       const result = this.scalable.translate(this.rootTable, request, trace);
-      if (result.ok) return { mode, ok: true, address: result.address, pageSize: result.pageSize, readable: result.readable, writable: result.writable };
+      if (result.ok)
+        return { mode, ok: true, address: result.address, pageSize: result.pageSize, readable: result.readable, writable: result.writable };
       return { mode, ok: false, fault: result };
     }
     if (mode === 'legacy') {
@@ -716,7 +795,14 @@ export class VtdUnit implements InvalidationTarget {
       if (found.context.tt === TT.PASS_THROUGH) return { mode, ok: true, address: input, pageSize: PAGE, readable: true, writable: true };
       const page = this.walker.walk(found.context, input, request.write, trace);
       if (!page.ok) return { mode, ok: false, fault: page };
-      return { mode, ok: true, address: page.address + (input % page.pageSize), pageSize: page.pageSize, readable: page.readable, writable: page.writable };
+      return {
+        mode,
+        ok: true,
+        address: page.address + (input % page.pageSize),
+        pageSize: page.pageSize,
+        readable: page.readable,
+        writable: page.writable,
+      };
     }
     if (mode === 'off') return { mode, ok: true, address: bigToNumber(request.iova), pageSize: PAGE, readable: true, writable: true };
     return { mode, ok: false, fault: this.invalidRoot(request) };
@@ -757,7 +843,13 @@ export class VtdUnit implements InvalidationTarget {
     }
     // The spec: a cached entry without the right is a fault like an uncached one; walking again reports it.
     const walker = this.walker;
-    const failed = walker.walkLeafCached(context, Math.floor(input * INVERSE_REGION_BYTES), (input * INVERSE_PAGE) & PAGE_INDEX_MASK, write, this.pagingStructures);
+    const failed = walker.walkLeafCached(
+      context,
+      Math.floor(input * INVERSE_REGION_BYTES),
+      (input * INVERSE_PAGE) & PAGE_INDEX_MASK,
+      write,
+      this.pagingStructures,
+    );
     if (failed !== undefined) return this.report(request, failed);
     const pageAddress = walker.leafAddress;
     const pageSize = walker.leafPageSize;
@@ -786,7 +878,14 @@ export class VtdUnit implements InvalidationTarget {
     if (fault.fpd) return this.failure(request, fault, 'suppressed-fpd');
     // PP and PV say which PASID a request carried; requests without PASID have none (QEMU 7.2 records RID_PASID).
     const pasid = request.pasid ?? (fault.pastContext && this.quirks.has('scalable-rid-pasid-recorded-as-pasid') ? fault.pasid : undefined);
-    const outcome = this.recorder.record({ sid: request.sid, reason: fault.reason, iova: request.iova, write: request.write, pasid, pastContext: fault.pastContext });
+    const outcome = this.recorder.record({
+      sid: request.sid,
+      reason: fault.reason,
+      iova: request.iova,
+      write: request.write,
+      pasid,
+      pastContext: fault.pastContext,
+    });
     return this.failure(request, fault, outcome);
   }
 
@@ -799,13 +898,27 @@ export class VtdUnit implements InvalidationTarget {
   private report(request: TranslationRequest, fault: FaultRecord): TranslationFailure {
     if (fault.fpd) return this.failure(request, fault, 'suppressed-fpd');
     const outcome = this.recorder.record({
-      sid: request.sid, reason: fault.reason, iova: request.iova, write: request.write, pasid: request.pasid, pastContext: fault.pastContext,
+      sid: request.sid,
+      reason: fault.reason,
+      iova: request.iova,
+      write: request.write,
+      pasid: request.pasid,
+      pastContext: fault.pastContext,
     });
     return this.failure(request, fault, outcome);
   }
 
   private failure(request: TranslationRequest, fault: FaultRecord, recording: TranslationFailure['recording']): TranslationFailure {
-    const base = { ok: false as const, reason: fault.reason, sid: request.sid, iova: request.iova, write: request.write, notPresent: fault.notPresent, recording, fault };
+    const base = {
+      ok: false as const,
+      reason: fault.reason,
+      sid: request.sid,
+      iova: request.iova,
+      write: request.write,
+      notPresent: fault.notPresent,
+      recording,
+      fault,
+    };
     const level = faultLevel(fault);
     return level === undefined ? base : { ...base, level };
   }
@@ -916,8 +1029,15 @@ export class VtdUnit implements InvalidationTarget {
 const LEGACY_REASON_IN_QEMU_7_2: ReadonlyMap<number, number> = new Map([
   [faultCode('SM_ROOT_ENTRY_NOT_PRESENT'), FR.ROOT_ENTRY_NOT_PRESENT],
   [faultCode('SM_CONTEXT_ENTRY_NOT_PRESENT'), FR.CONTEXT_ENTRY_NOT_PRESENT],
-  ...['SM_PASID_DIRECTORY_ACCESS', 'SM_PASID_DIRECTORY_NOT_PRESENT', 'SM_PASID_DIRECTORY_RESERVED', 'SM_PASID_ENTRY_ACCESS',
-    'SM_PASID_ENTRY_NOT_PRESENT', 'SM_PASID_ENTRY_RESERVED', 'SM_PASID_ENTRY_INVALID'].map((name) => [faultCode(name), faultCode('SM_PASID_ENTRY_ACCESS')] as const),
+  ...[
+    'SM_PASID_DIRECTORY_ACCESS',
+    'SM_PASID_DIRECTORY_NOT_PRESENT',
+    'SM_PASID_DIRECTORY_RESERVED',
+    'SM_PASID_ENTRY_ACCESS',
+    'SM_PASID_ENTRY_NOT_PRESENT',
+    'SM_PASID_ENTRY_RESERVED',
+    'SM_PASID_ENTRY_INVALID',
+  ].map((name) => [faultCode(name), faultCode('SM_PASID_ENTRY_ACCESS')] as const),
   [faultCode('SM_WRITE'), FR.WRITE],
   [faultCode('SM_READ'), FR.READ],
 ]);

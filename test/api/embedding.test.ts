@@ -5,8 +5,17 @@ import { GuestMemory, DmaFault, type DmaSpace } from '../../lib/memory';
 import { ViommuError } from '../../lib/errors';
 import { ShadowBackend } from '../../lib/host/shadow-backend';
 import {
-  DeviceRegistry, INTERRUPT_ADDRESS_RANGE, IOMMU_WINDOW_SIZE, formatRequesterId, registerWindow, requesterId, shadowBackendFor,
-  splitRequesterId, type DeviceInterrupt, type EmbeddedIommu, type IommuHost,
+  DeviceRegistry,
+  INTERRUPT_ADDRESS_RANGE,
+  IOMMU_WINDOW_SIZE,
+  formatRequesterId,
+  registerWindow,
+  requesterId,
+  shadowBackendFor,
+  splitRequesterId,
+  type DeviceInterrupt,
+  type EmbeddedIommu,
+  type IommuHost,
 } from '../../lib/vmm/embedding';
 import { EDU_DEVFN, TestbedMachine, type TestbedIommu } from '../../lib/vmm/testbed';
 import { VtdUnit } from '../../lib/vtd/unit';
@@ -35,8 +44,17 @@ describe('embedding contract', () => {
     });
 
     it('refuses parts out of range with a typed error', () => {
-      for (const [bus, device, fn] of [[256, 0, 0], [0, 32, 0], [0, 0, 8], [-1, 0, 0], [0.5, 0, 0]] as const) {
-        assert.throws(() => requesterId(bus, device, fn), (error: unknown) => error instanceof ViommuError && error.code === 'ERR_REQUESTER_ID');
+      for (const [bus, device, fn] of [
+        [256, 0, 0],
+        [0, 32, 0],
+        [0, 0, 8],
+        [-1, 0, 0],
+        [0.5, 0, 0],
+      ] as const) {
+        assert.throws(
+          () => requesterId(bus, device, fn),
+          (error: unknown) => error instanceof ViommuError && error.code === 'ERR_REQUESTER_ID',
+        );
       }
       assert.throws(() => formatRequesterId(0x10000), /ERR_REQUESTER_ID|not an integer/);
     });
@@ -87,8 +105,11 @@ describe('embedding contract', () => {
       const devices = new DeviceRegistry({ memory, iommu: unit });
       devices.attachDevice(0x300);
       devices.attachDevice(0x0020, 'edu');
-      assert.throws(() => devices.attachDevice(0x300, 'again'), (error: unknown) =>
-        error instanceof ViommuError && error.code === 'ERR_DEVICE_ATTACHED' && /03:00\.0 already holds '03:00\.0'/.test(error.message));
+      assert.throws(
+        () => devices.attachDevice(0x300, 'again'),
+        (error: unknown) =>
+          error instanceof ViommuError && error.code === 'ERR_DEVICE_ATTACHED' && /03:00\.0 already holds '03:00\.0'/.test(error.message),
+      );
       assert.deepEqual(devices.sourceIds, [0x20, 0x300]);
       assert.deepEqual([...devices].map((d) => d.name).sort(), ['03:00.0', 'edu']);
       assert.equal(devices.detachDevice(0x300), true);
@@ -109,7 +130,13 @@ describe('embedding contract', () => {
       const outside = device.interrupt(0x1000, 0x42);
       assert.equal(outside.result, undefined, 'not an interrupt request: nothing delivered it');
       assert.equal(delivered.length, 1);
-      assert.deepEqual(seen.map(({ sid, address, data }) => [sid, address, data]), [[0x100, 0xfee01000n, 0x41], [0x100, 0x1000n, 0x42]]);
+      assert.deepEqual(
+        seen.map(({ sid, address, data }) => [sid, address, data]),
+        [
+          [0x100, 0xfee01000n, 0x41],
+          [0x100, 0x1000n, 0x42],
+        ],
+      );
     });
 
     it('without an IOMMU gives guest RAM itself, and works with any EmbeddedIommu, not only VtdUnit', () => {
@@ -133,7 +160,7 @@ describe('embedding contract', () => {
   });
 
   describe('shadowBackendFor', () => {
-    it('shadows only with caching mode, and holds the unit\'s completions while the backend settles', () => {
+    it("shadows only with caching mode, and holds the unit's completions while the backend settles", () => {
       const plain = unitWith();
       assert.equal(shadowBackendFor(plain.unit, plain.memory), undefined);
       const caching = unitWith('caching-mode=on');
@@ -160,13 +187,18 @@ describe('embedding contract', () => {
       far.dma.write(0x5000n, Uint8Array.of(9));
       assert.deepEqual(machine.memory.read(0x5000, 1), Uint8Array.of(9));
       far.interrupt(0xfee00000n, 0x30);
-      assert.deepEqual(machine.deviceInterrupts.map(({ sid, data }) => [sid, data]), [[0x4000, 0x30]]);
+      assert.deepEqual(
+        machine.deviceInterrupts.map(({ sid, data }) => [sid, data]),
+        [[0x4000, 0x30]],
+      );
     });
 
     it('keeps refusing a vfio-user device on a taken slot of bus 0 before connecting', async () => {
       machine = new TestbedMachine({ ramBytes: 16 << 20 });
-      await assert.rejects(machine.attachVfioUser('/nonexistent/socket'), (error: unknown) =>
-        error instanceof ViommuError && error.code === 'ERR_TESTBED_SLOT_TAKEN');
+      await assert.rejects(
+        machine.attachVfioUser('/nonexistent/socket'),
+        (error: unknown) => error instanceof ViommuError && error.code === 'ERR_TESTBED_SLOT_TAKEN',
+      );
     });
   });
 });

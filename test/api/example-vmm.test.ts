@@ -43,12 +43,14 @@ describe('examples/minimal-vmm: a VMM with its own MMIO dispatch and guest RAM',
 
   it('is quoted in docs/embedding.md as it runs', () => {
     const doc = fs.readFileSync(path.join(REPO, 'docs', 'embedding.md'), 'utf8');
-    assert.ok(doc.includes('```text\n' + stdout + '```'), 'docs/embedding.md quotes the example\'s output verbatim in a ```text block');
+    assert.ok(doc.includes('```text\n' + stdout + '```'), "docs/embedding.md quotes the example's output verbatim in a ```text block");
   });
 
   it('imports only what the package exports (viommu/vtd, viommu/vmm, viommu/memory)', () => {
     const pkg = JSON.parse(fs.readFileSync(path.join(REPO, 'package.json'), 'utf8')) as { exports: Record<string, { require?: string } | string> };
-    const entryFiles = new Set(Object.values(pkg.exports).flatMap((entry) => (typeof entry === 'object' && entry.require ? [path.join(REPO, entry.require)] : [])));
+    const entryFiles = new Set(
+      Object.values(pkg.exports).flatMap((entry) => (typeof entry === 'object' && entry.require ? [path.join(REPO, entry.require)] : [])),
+    );
     const source = fs.readFileSync(EXAMPLE, 'utf8');
     const specifiers = [...source.matchAll(/^import [^;]*? from '([^']+)';$/gm)].map((match) => match[1]!);
     assert.deepEqual(specifiers, ['../lib/api/vtd', '../lib/api/vmm', '../lib/memory']);

@@ -14,17 +14,67 @@ import * as ts from 'typescript';
 const run = promisify(execFile);
 const REPO = path.resolve(__dirname, '..', '..', '..');
 const PACKAGE = JSON.parse(fs.readFileSync(path.join(REPO, 'package.json'), 'utf8')) as {
-  main: string; types: string; bin: Record<string, string>;
+  main: string;
+  types: string;
+  bin: Record<string, string>;
   exports: Record<string, string | { types: string; require: string; default: string }>;
   typesVersions: Record<string, Record<string, string[]>>;
 };
 
 /** Names each entry must offer (a floor: the entries may offer more, deliberately). */
 const EXPECTED: Record<string, readonly string[]> = {
-  'viommu': ['VtdUnit', 'DeviceRegistry', 'registerWindow', 'requesterId', 'GuestMemory', 'SharedRegion', 'DmaFault', 'ViommuError', 'VfioUserClient', 'VfioUserServer', 'ShadowBackend', 'KvmMachine'],
-  'viommu/vtd': ['VtdUnit', 'VtdRequestError', 'VTD_PROPERTIES', 'resolveVtdConfig', 'vtdConfigFromString', 'FAULT_REASONS', 'describeFaultReason', 'REGISTERS', 'registerOffset', 'GCMD_FIELDS', 'LEGACY_ROOT_ENTRY', 'SECOND_STAGE_4K_LEAF', 'encodeBig', 'decodeBig'],
-  'viommu/vmm': ['DeviceRegistry', 'registerWindow', 'shadowBackendFor', 'requesterId', 'formatRequesterId', 'IOMMU_WINDOW_SIZE', 'TestbedMachine', 'DMAR_BASE', 'VfioUserAttachment'],
-  'viommu/vfio-user': ['VfioUserClient', 'VfioUserServer', 'VfioUserDevice', 'registerRegion', 'createDmaEngine', 'InMemoryTransport', 'socketTransport', 'VfioUserProtocolError', 'errnoOf'],
+  viommu: [
+    'VtdUnit',
+    'DeviceRegistry',
+    'registerWindow',
+    'requesterId',
+    'GuestMemory',
+    'SharedRegion',
+    'DmaFault',
+    'ViommuError',
+    'VfioUserClient',
+    'VfioUserServer',
+    'ShadowBackend',
+    'KvmMachine',
+  ],
+  'viommu/vtd': [
+    'VtdUnit',
+    'VtdRequestError',
+    'VTD_PROPERTIES',
+    'resolveVtdConfig',
+    'vtdConfigFromString',
+    'FAULT_REASONS',
+    'describeFaultReason',
+    'REGISTERS',
+    'registerOffset',
+    'GCMD_FIELDS',
+    'LEGACY_ROOT_ENTRY',
+    'SECOND_STAGE_4K_LEAF',
+    'encodeBig',
+    'decodeBig',
+  ],
+  'viommu/vmm': [
+    'DeviceRegistry',
+    'registerWindow',
+    'shadowBackendFor',
+    'requesterId',
+    'formatRequesterId',
+    'IOMMU_WINDOW_SIZE',
+    'TestbedMachine',
+    'DMAR_BASE',
+    'VfioUserAttachment',
+  ],
+  'viommu/vfio-user': [
+    'VfioUserClient',
+    'VfioUserServer',
+    'VfioUserDevice',
+    'registerRegion',
+    'createDmaEngine',
+    'InMemoryTransport',
+    'socketTransport',
+    'VfioUserProtocolError',
+    'errnoOf',
+  ],
   'viommu/host': ['ShadowBackend', 'ShadowMappings'],
   'viommu/machine': ['KvmMachine', 'MACHINE_LAYOUT', 'renderSmokeReport', 'summarizeUnit'],
   'viommu/memory': ['GuestMemory', 'SharedRegion', 'DmaFault', 'isPromiseLike'],
@@ -75,13 +125,23 @@ describe('package entry points, installed from a packed tarball', function () {
     assert.deepEqual(PACKAGE.exports['.'], { types: `./${PACKAGE.types}`, require: `./${PACKAGE.main}`, default: `./${PACKAGE.main}` });
     // typesVersions: the same types for TypeScript's node10 resolution, which does not read `exports`.
     const typesVersions = PACKAGE.typesVersions['*']!;
-    assert.deepEqual(Object.keys(typesVersions).map((sub) => `./${sub}`), ENTRIES.filter((key) => key !== '.'));
+    assert.deepEqual(
+      Object.keys(typesVersions).map((sub) => `./${sub}`),
+      ENTRIES.filter((key) => key !== '.'),
+    );
     for (const [sub, paths] of Object.entries(typesVersions)) {
-      assert.deepEqual(paths.map((p) => `./${p}`), [(PACKAGE.exports[`./${sub}`] as { types: string }).types], `typesVersions agrees with exports for ${sub}`);
+      assert.deepEqual(
+        paths.map((p) => `./${p}`),
+        [(PACKAGE.exports[`./${sub}`] as { types: string }).types],
+        `typesVersions agrees with exports for ${sub}`,
+      );
     }
     const wanted = [PACKAGE.main, PACKAGE.types, ...Object.values(PACKAGE.bin), ...targets.map((t) => t.slice(2)), 'binding.gyp', 'native/addon.cc'];
     for (const file of wanted) assert.ok(files.has(file), `the tarball lacks ${file}`);
-    assert.deepEqual([...files].filter((file) => /^(dist\/)?(test|bench)\//.test(file)), []);
+    assert.deepEqual(
+      [...files].filter((file) => /^(dist\/)?(test|bench)\//.test(file)),
+      [],
+    );
   });
 
   it('resolves and requires every entry inside node_modules/viommu, each with its names', async () => {
@@ -100,8 +160,15 @@ describe('package entry points, installed from a packed tarball', function () {
     }
     assert.deepEqual(Object.keys(loaded).sort(), Object.keys(EXPECTED).sort(), 'every entry is tested and every tested entry exists');
     // The root is a selection: everything it offers comes from a sub-entry, and the raw addon is not part of it.
-    const elsewhere = new Set(Object.entries(loaded).filter(([name]) => name !== 'viommu').flatMap(([, entry]) => entry.names));
-    assert.deepEqual(loaded.viommu!.names.filter((n) => !elsewhere.has(n)), []);
+    const elsewhere = new Set(
+      Object.entries(loaded)
+        .filter(([name]) => name !== 'viommu')
+        .flatMap(([, entry]) => entry.names),
+    );
+    assert.deepEqual(
+      loaded.viommu!.names.filter((n) => !elsewhere.has(n)),
+      [],
+    );
     assert.ok(!loaded.viommu!.names.includes('native'));
   });
 
@@ -136,7 +203,9 @@ describe('package entry points, installed from a packed tarball', function () {
   });
 
   it('type-checks a consumer against every entry, with node16 and with node10 (CommonJS) module resolution', () => {
-    fs.writeFileSync(path.join(scratch, 'consumer.ts'), `
+    fs.writeFileSync(
+      path.join(scratch, 'consumer.ts'),
+      `
       import { VtdUnit, DeviceRegistry, GuestMemory, type IommuHost } from 'viommu';
       import { LEGACY_ROOT_ENTRY, encodeBig, type VtdUnitOptions, type TranslationResult } from 'viommu/vtd';
       import { registerWindow, requesterId, type AttachedDevice, type EmbeddedIommu } from 'viommu/vmm';
@@ -154,11 +223,20 @@ describe('package entry points, installed from a packed tarball', function () {
       const machine: KvmMachineOptions = { iommu: 'caching-mode=on' };
       export const uses = [registerWindow(unit), dma, machine, encodeBig(LEGACY_ROOT_ENTRY, { P: 1 }), VfioUserClient, VfioUserServer,
         ShadowBackend, KvmMachine, SharedRegion, EventFd, ViommuError, undefined as TranslationResult | undefined];
-    `);
+    `,
+    );
     // Both programs in this process, sharing parsed files: the second costs a fraction of the first.
     const parsed = new Map<string, ts.SourceFile | undefined>();
     const check = (module: ts.ModuleKind, moduleResolution: ts.ModuleResolutionKind): string => {
-      const options: ts.CompilerOptions = { noEmit: true, strict: true, skipLibCheck: true, types: ['node'], target: ts.ScriptTarget.ES2022, module, moduleResolution };
+      const options: ts.CompilerOptions = {
+        noEmit: true,
+        strict: true,
+        skipLibCheck: true,
+        types: ['node'],
+        target: ts.ScriptTarget.ES2022,
+        module,
+        moduleResolution,
+      };
       const host = ts.createCompilerHost(options);
       const read = host.getSourceFile.bind(host);
       host.getSourceFile = (fileName, language, onError, create) => {
@@ -167,7 +245,11 @@ describe('package entry points, installed from a packed tarball', function () {
         return parsed.get(key);
       };
       const program = ts.createProgram([path.join(scratch, 'consumer.ts')], options, host);
-      return ts.formatDiagnostics(ts.getPreEmitDiagnostics(program), { getCanonicalFileName: (f) => f, getCurrentDirectory: () => scratch, getNewLine: () => '\n' });
+      return ts.formatDiagnostics(ts.getPreEmitDiagnostics(program), {
+        getCanonicalFileName: (f) => f,
+        getCurrentDirectory: () => scratch,
+        getNewLine: () => '\n',
+      });
     };
     assert.equal(check(ts.ModuleKind.Node16, ts.ModuleResolutionKind.Node16), '', 'node16 resolution');
     assert.equal(check(ts.ModuleKind.CommonJS, ts.ModuleResolutionKind.Node10), '', 'node10 resolution (typesVersions)');

@@ -17,7 +17,7 @@ describe('cli: viommu demo --mode bind', function () {
     fs.rmSync(directory, { recursive: true, force: true });
   });
 
-  it('prints each host request the guest\'s steps became and the fault coming back, writes the trace, and exits 0', async () => {
+  it("prints each host request the guest's steps became and the fault coming back, writes the trace, and exits 0", async () => {
     const traceFile = path.join(directory, 'bind.jsonl');
     const result = await runViommu(['demo', '--mode', 'bind', '--trace', traceFile]);
     assert.equal(result.code, 0, `stdout:\n${result.stdout}\nstderr:\n${result.stderr}`);
@@ -35,12 +35,21 @@ describe('cli: viommu demo --mode bind', function () {
       /^ {4}host {8}VFIO_DEVICE_DETACH_IOMMUFD_PT flags=PASID pasid=1\n {16}IOMMU_DESTROY id=5$/m,
       /^ {2}result {8}all checks passed$/m,
       /^viommu demo: every mode passed$/m,
-    ]) assert.match(out, pattern);
+    ])
+      assert.match(out, pattern);
 
-    const events = fs.readFileSync(traceFile, 'utf8').trim().split('\n').map((line) => JSON.parse(line) as Record<string, unknown>);
+    const events = fs
+      .readFileSync(traceFile, 'utf8')
+      .trim()
+      .split('\n')
+      .map((line) => JSON.parse(line) as Record<string, unknown>);
     const kinds = new Set(events.map((event) => event.kind));
-    for (const kind of ['register-write', 'descriptor', 'translation', 'fault', 'host-request', 'host-fault']) assert.ok(kinds.has(kind), `no ${kind} event in the trace`);
-    assert.ok(events.every((event, i) => typeof event.t === 'number' && (i === 0 || event.t >= (events[i - 1]!.t as number))), 'each event has a time, in order');
+    for (const kind of ['register-write', 'descriptor', 'translation', 'fault', 'host-request', 'host-fault'])
+      assert.ok(kinds.has(kind), `no ${kind} event in the trace`);
+    assert.ok(
+      events.every((event, i) => typeof event.t === 'number' && (i === 0 || event.t >= (events[i - 1]!.t as number))),
+      'each event has a time, in order',
+    );
     const alloc = events.find((event) => event.kind === 'host-request' && event.name === 'IOMMU_HWPT_ALLOC' && event.step === 'bind')!;
     assert.deepEqual(Object.keys(alloc), ['t', 'kind', 'step', 'name', 'fields', 'payload', 'result']);
     assert.match((alloc.payload as { pgtbl_addr: string }).pgtbl_addr, /^0x[0-9a-f]+$/, 'bigints as 0x hex strings');

@@ -8,10 +8,19 @@ import { VIOMMU_BIN, runViommu } from '../vfio-user/cli-process';
 
 /** A qtest session as QEMU's libqtest would send it: edu at 00:04.0 with BAR0 and bus mastering, translation on over an empty root table, one edu DMA read of IOVA 0x1000. */
 const QTEST_FAULTING_DMA = [
-  'outl 0xcf8 0x80002010', 'outl 0xcfc 0xfe000000', 'outl 0xcf8 0x80002004', 'outw 0xcfc 0x6',
-  'writeq 0xfed90020 0x100000', 'writel 0xfed90018 0x40000000', 'writel 0xfed90018 0x80000000',
-  'writeq 0xfe000080 0x1000', 'writeq 0xfe000088 0x40000', 'writeq 0xfe000090 0x10', 'writeq 0xfe000098 0x1',
-  'readq 0xfe000098', 'readq 0xfe000098',
+  'outl 0xcf8 0x80002010',
+  'outl 0xcfc 0xfe000000',
+  'outl 0xcf8 0x80002004',
+  'outw 0xcfc 0x6',
+  'writeq 0xfed90020 0x100000',
+  'writel 0xfed90018 0x40000000',
+  'writel 0xfed90018 0x80000000',
+  'writeq 0xfe000080 0x1000',
+  'writeq 0xfe000088 0x40000',
+  'writeq 0xfe000090 0x10',
+  'writeq 0xfe000098 0x1',
+  'readq 0xfe000098',
+  'readq 0xfe000098',
 ].join('\n');
 
 describe('cli: viommu explain', function () {
@@ -23,8 +32,17 @@ describe('cli: viommu explain', function () {
     directory = fs.mkdtempSync(path.join(os.tmpdir(), 'viommu-cli-explain-'));
     const demo = await runViommu(['demo', '--snapshot-on-fault', path.join(directory, 'faults')]);
     assert.equal(demo.code, 0, `stdout:\n${demo.stdout}\nstderr:\n${demo.stderr}`);
-    snapshots = fs.readdirSync(path.join(directory, 'faults')).sort().map((name) => path.join(directory, 'faults', name));
-    assert.match(demo.stdout, new RegExp(`^fault snapshots: ${snapshots.length} fault snapshot\\(s\\) in ${path.join(directory, 'faults').replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}$`, 'm'));
+    snapshots = fs
+      .readdirSync(path.join(directory, 'faults'))
+      .sort()
+      .map((name) => path.join(directory, 'faults', name));
+    assert.match(
+      demo.stdout,
+      new RegExp(
+        `^fault snapshots: ${snapshots.length} fault snapshot\\(s\\) in ${path.join(directory, 'faults').replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}$`,
+        'm',
+      ),
+    );
   });
 
   after(() => fs.rmSync(directory, { recursive: true, force: true }));
@@ -32,7 +50,10 @@ describe('cli: viommu explain', function () {
   it('the demo snapshots each fault it provokes, per mode', () => {
     // Every mode faults an unmapped read and a write after the unmap; first stage adds a supervisor page, nested a second-stage hole.
     assert.equal(snapshots.length, 10, snapshots.join('\n'));
-    assert.ok(snapshots.some((file) => /fault-\d{3}-demo-mode-legacy-00-04-0-iova-b000000-read\.json$/.test(file)), snapshots.join('\n'));
+    assert.ok(
+      snapshots.some((file) => /fault-\d{3}-demo-mode-legacy-00-04-0-iova-b000000-read\.json$/.test(file)),
+      snapshots.join('\n'),
+    );
   });
 
   it('explains the nested fault of the demo: the first stage maps to a page the second stage does not map', async () => {
@@ -52,7 +73,8 @@ describe('cli: viommu explain', function () {
       /^stopped: second stage, translating the first stage's output \(GPA 0x9f000000\)/,
       /^reason: {2}0x86 SM_READ: SM: No read permission for Read\/AtomicOp request$/,
       new RegExp(`^wrote ${html.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}$`),
-    ]) assert.match(out, new RegExp(pattern.source, 'm'));
+    ])
+      assert.match(out, new RegExp(pattern.source, 'm'));
     assert.match(fs.readFileSync(html, 'utf8'), /<svg [\s\S]*class="cell failed"/);
   });
 
@@ -68,7 +90,11 @@ describe('cli: viommu explain', function () {
 
   it('viommu qtest --snapshot-on-fault snapshots the DMA fault of a qtest session, and says so on stderr', async () => {
     const faults = path.join(directory, 'qtest-faults');
-    const session = spawnSync(process.execPath, [VIOMMU_BIN, 'qtest', '--snapshot-on-fault', faults], { input: `${QTEST_FAULTING_DMA}\n`, encoding: 'utf8', timeout: 30_000 });
+    const session = spawnSync(process.execPath, [VIOMMU_BIN, 'qtest', '--snapshot-on-fault', faults], {
+      input: `${QTEST_FAULTING_DMA}\n`,
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
     assert.equal(session.status, 0, session.stderr);
     assert.equal(session.stdout.split('\n').filter((l) => l.startsWith('OK')).length, 13, session.stdout);
     assert.equal(session.stderr, `viommu qtest: 1 fault snapshot(s) in ${faults}\n`);

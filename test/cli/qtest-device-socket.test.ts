@@ -39,7 +39,7 @@ async function scenario(peer: QtestPeer): Promise<Array<[string, string]>> {
 describe('cli: viommu qtest --device-socket drives a viommu serve process in place of the in-process edu', function () {
   this.timeout(60_000);
 
-  it('gives the in-process edu\'s answers for the legacy DMA scenario, faults included', async () => {
+  it("gives the in-process edu's answers for the legacy DMA scenario, faults included", async () => {
     const server = await ServeProcess.start('dma-engine');
     let remote: ViommuQtest | undefined;
     let local: ViommuQtest | undefined;
@@ -51,13 +51,18 @@ describe('cli: viommu qtest --device-socket drives a viommu serve process in pla
       assert.deepEqual(actual, expected);
       // The scenario is not vacuous: data moved, and both faults were recorded for 00:04.0.
       const byName = new Map(expected);
-      assert.equal(byName.get('copied through a read-write page'), Buffer.concat([Buffer.from(DATA), Buffer.alloc(64 - DATA.length)]).toString('hex'));
+      assert.equal(
+        byName.get('copied through a read-write page'),
+        Buffer.concat([Buffer.from(DATA), Buffer.alloc(64 - DATA.length)]).toString('hex'),
+      );
       assert.equal(byName.get('FSTS after write fault'), '0x2');
       assert.equal(BigInt(byName.get('FRCD hi')!) & 0xffffn, 0x20n);
       assert.equal(BigInt(byName.get('FSTS after a read of an unmapped IOVA')!) & 2n, 2n);
       // The server process saw the unit's refusals as errnos: EPERM for the permission fault, EFAULT for nothing mapped.
       await waitFor(
-        () => /DMA of 16 bytes from 0x40000 to 0x201000 failed: .*\(errno 1\)/.test(server.stderr) && /DMA of 16 bytes from 0x400000 to 0x40000 failed: .*\(errno 14\)/.test(server.stderr),
+        () =>
+          /DMA of 16 bytes from 0x40000 to 0x201000 failed: .*\(errno 1\)/.test(server.stderr) &&
+          /DMA of 16 bytes from 0x400000 to 0x40000 failed: .*\(errno 14\)/.test(server.stderr),
         `the server's log of the refused DMAs (stderr: ${server.stderr})`,
       );
     } finally {
@@ -69,6 +74,9 @@ describe('cli: viommu qtest --device-socket drives a viommu serve process in pla
   });
 
   it('refuses a socket nobody serves, saying which option is wrong', async () => {
-    await assert.rejects(ViommuQtest.start({ extraArgs: ['--device-socket', '/nonexistent/viommu.sock'], startTimeoutMs: 10000 }), /--device-socket \/nonexistent\/viommu.sock: connect .*ENOENT/);
+    await assert.rejects(
+      ViommuQtest.start({ extraArgs: ['--device-socket', '/nonexistent/viommu.sock'], startTimeoutMs: 10000 }),
+      /--device-socket \/nonexistent\/viommu.sock: connect .*ENOENT/,
+    );
   });
 });

@@ -11,9 +11,17 @@ import { runViommu, ServeProcess } from '../vfio-user/cli-process';
 
 /** The check lines kvm-unit-tests' x86/intel-iommu.c prints, in order. */
 export const EXPECTED_CHECKS = [
-  'vtd_init: fault status check', 'vtd_init: QI enablement', 'vtd_init: DMAR table setup', 'vtd_init: IR table setup',
-  'vtd_init: DMAR enablement', 'vtd_init: IR enablement', 'vtd_init: DMAR support 39 bits address width',
-  'vtd_init: DMAR support huge pages', 'vtd_dmar: DMAR 4B memcpy test', 'vtd_ir: IR IOAPIC', 'vtd_ir: IR MSI',
+  'vtd_init: fault status check',
+  'vtd_init: QI enablement',
+  'vtd_init: DMAR table setup',
+  'vtd_init: IR table setup',
+  'vtd_init: DMAR enablement',
+  'vtd_init: IR enablement',
+  'vtd_init: DMAR support 39 bits address width',
+  'vtd_init: DMAR support huge pages',
+  'vtd_dmar: DMAR 4B memcpy test',
+  'vtd_ir: IR IOAPIC',
+  'vtd_ir: IR MSI',
 ];
 
 function reportedChecks(out: string): string[] {
@@ -31,7 +39,11 @@ async function smoke(options: Partial<SmokeCommandOptions>): Promise<{ code: num
 }
 
 function assertAllPass(result: { code: number; out: string }): void {
-  assert.deepEqual(reportedChecks(result.out), EXPECTED_CHECKS.map((name) => `PASS ${name}`), result.out);
+  assert.deepEqual(
+    reportedChecks(result.out),
+    EXPECTED_CHECKS.map((name) => `PASS ${name}`),
+    result.out,
+  );
   assert.match(result.out, /^checks: 11 PASS \(guest's summary: 11 tests\)$/m);
   assert.match(result.out, /^end: the guest wrote 0 to isa-debug-exit \(QEMU would exit with 1\)/m);
   assert.equal(result.code, 0, result.out);
@@ -83,7 +95,10 @@ describe('cli: viommu smoke with kvm-unit-tests intel-iommu.flat', function () {
       assertAllPass(result);
       // kvm-unit-tests writes its PTE and context entry and never invalidates (no CCMD, IOTLB or QI descriptor):
       // caching mode's contract is broken, so the shadow never hears of IOVA 0, and the DMA goes by message.
-      assert.match(result.out, /^shadow: 00:04\.0's DMA table lacks IOVA 0x0-0xfff, which the guest's tables map: with caching mode the guest must invalidate/m);
+      assert.match(
+        result.out,
+        /^shadow: 00:04\.0's DMA table lacks IOVA 0x0-0xfff, which the guest's tables map: with caching mode the guest must invalidate/m,
+      );
     } finally {
       await server.stop();
     }
@@ -121,11 +136,27 @@ describe('cli: viommu smoke with kvm-unit-tests intel-iommu.flat', function () {
       const result = await runViommu(['smoke', '--kernel', INTEL_IOMMU_FLAT, '--trace', trace]);
       assert.equal(result.code, 0, `stdout:\n${result.stdout}\nstderr:\n${result.stderr}`);
       assert.equal(reportedChecks(result.stdout).length, 11);
-      const events = fs.readFileSync(trace, 'utf8').trim().split('\n').map((line) => JSON.parse(line) as { kind: string; [key: string]: unknown });
-      assert.ok(events.some((e) => e.kind === 'register-write' && e.offset === 0x18), 'GCMD writes are traced');
-      assert.ok(events.some((e) => e.kind === 'interrupt' && e.source === 'ioapic' && e.result === 'ok'), 'the remapped I/O APIC interrupt is traced');
-      assert.ok(events.some((e) => e.kind === 'interrupt' && e.source === 'msi' && e.result === 'ok'), 'the remapped MSI is traced');
-      assert.ok(events.some((e) => e.kind === 'dma' && e.error === undefined), 'the DMA is traced');
+      const events = fs
+        .readFileSync(trace, 'utf8')
+        .trim()
+        .split('\n')
+        .map((line) => JSON.parse(line) as { kind: string; [key: string]: unknown });
+      assert.ok(
+        events.some((e) => e.kind === 'register-write' && e.offset === 0x18),
+        'GCMD writes are traced',
+      );
+      assert.ok(
+        events.some((e) => e.kind === 'interrupt' && e.source === 'ioapic' && e.result === 'ok'),
+        'the remapped I/O APIC interrupt is traced',
+      );
+      assert.ok(
+        events.some((e) => e.kind === 'interrupt' && e.source === 'msi' && e.result === 'ok'),
+        'the remapped MSI is traced',
+      );
+      assert.ok(
+        events.some((e) => e.kind === 'dma' && e.error === undefined),
+        'the DMA is traced',
+      );
       assert.deepEqual(events.at(-1), { t: events.at(-1)!.t, kind: 'end', end: { kind: 'debug-exit', status: 1, written: 0 } });
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });

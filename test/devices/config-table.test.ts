@@ -6,11 +6,32 @@ import { MSI_CONTROL, PCI_CAPABILITIES, PCI_COMMAND, PCI_STATUS, TYPE0_HEADER } 
 
 describe('PCI config tables', () => {
   it('refuse overlapping fields, fields past the size, overlapping or empty bits, and ids listed twice', () => {
-    assert.throws(() => defineConfigStructure('bad', [{ key: 'a', spec: 'A', offset: 0, width: 2 }, { key: 'b', spec: 'B', offset: 1, width: 1 }]), /a overlaps b/);
+    assert.throws(
+      () =>
+        defineConfigStructure('bad', [
+          { key: 'a', spec: 'A', offset: 0, width: 2 },
+          { key: 'b', spec: 'B', offset: 1, width: 1 },
+        ]),
+      /a overlaps b/,
+    );
     assert.throws(() => defineConfigStructure('bad', [{ key: 'a', spec: 'A', offset: 4, width: 4 }], 6), /beyond the struct size 6/);
-    assert.throws(() => defineConfigBits('bad', [{ key: 'A', mask: 0x3 }, { key: 'B', mask: 0x2 }]), /B has an empty mask or overlaps/);
+    assert.throws(
+      () =>
+        defineConfigBits('bad', [
+          { key: 'A', mask: 0x3 },
+          { key: 'B', mask: 0x2 },
+        ]),
+      /B has an empty mask or overlaps/,
+    );
     assert.throws(() => defineConfigBits('bad', [{ key: 'A', mask: 0 }]), /A has an empty mask/);
-    assert.throws(() => defineIdTable('bad', [{ value: 1, name: 'one' }, { value: 1, name: 'uno' }]), /uno and one share the value 1/);
+    assert.throws(
+      () =>
+        defineIdTable('bad', [
+          { value: 1, name: 'one' },
+          { value: 1, name: 'uno' },
+        ]),
+      /uno and one share the value 1/,
+    );
   });
 
   it('decode a structure by its table, zero past the bytes given', () => {

@@ -8,13 +8,31 @@ import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import sinon from 'sinon';
 import {
-  ENGINE_CONTROL, ENGINE_DIRECTIONS, ENGINE_ERRORS, ENGINE_PASID_TAG, ENGINE_STATUS, PASID_ENGINE_BUFFER_OFFSET,
-  PASID_ENGINE_IDENTIFICATION, PASID_ENGINE_PCI_IDENTITY, PASID_ENGINE_REGISTERS as REG, PasidDmaEngine,
-  type PasidDmaOutcome, type PasidDmaPort,
+  ENGINE_CONTROL,
+  ENGINE_DIRECTIONS,
+  ENGINE_ERRORS,
+  ENGINE_PASID_TAG,
+  ENGINE_STATUS,
+  PASID_ENGINE_BUFFER_OFFSET,
+  PASID_ENGINE_IDENTIFICATION,
+  PASID_ENGINE_PCI_IDENTITY,
+  PASID_ENGINE_REGISTERS as REG,
+  PasidDmaEngine,
+  type PasidDmaOutcome,
+  type PasidDmaPort,
 } from '../../lib/devices/pasid-dma-engine';
 import {
-  EXPRESS_CAPABILITIES, EXPRESS_DEVICE_CAPABILITIES_2, EXPRESS_ENDPOINT_STRUCTURE, EXTENDED_CAPABILITY_HEADER, MSI_CONTROL,
-  PASID_CAPABILITY, PASID_CONTROL, PASID_STRUCTURE, PCI_CAPABILITY_IDS, PCI_COMMAND, PCI_EXTENDED_CAPABILITIES,
+  EXPRESS_CAPABILITIES,
+  EXPRESS_DEVICE_CAPABILITIES_2,
+  EXPRESS_ENDPOINT_STRUCTURE,
+  EXTENDED_CAPABILITY_HEADER,
+  MSI_CONTROL,
+  PASID_CAPABILITY,
+  PASID_CONTROL,
+  PASID_STRUCTURE,
+  PCI_CAPABILITY_IDS,
+  PCI_COMMAND,
+  PCI_EXTENDED_CAPABILITIES,
 } from '../../lib/devices/pci-layout';
 import { DmaFault, EFAULT, EPERM, type AsyncDmaSpace } from '../../lib/memory';
 import { describePciConfig } from '../../lib/vfio-user/client/pci-config';
@@ -34,13 +52,16 @@ function readU32(engine: PasidDmaEngine, offset: number): number {
 }
 
 function writeConfig(engine: PasidDmaEngine, offset: number, value: number, width: 1 | 2 | 4): void {
-  engine.config.write(offset, Uint8Array.from({ length: width }, (_, i) => (value >>> (8 * i)) & 0xff));
+  engine.config.write(
+    offset,
+    Uint8Array.from({ length: width }, (_, i) => (value >>> (8 * i)) & 0xff),
+  );
 }
 
 /** Offsets of the extended capabilities, following next pointers from 0x100 as a driver does. */
 function walkExtended(engine: PasidDmaEngine): { offset: number; id: number; version: number }[] {
   const found: { offset: number; id: number; version: number }[] = [];
-  for (let offset = 0x100; offset !== 0 && found.length < 64; ) {
+  for (let offset = 0x100; offset !== 0 && found.length < 64;) {
     const header = engine.config.readU32(offset);
     if (header === 0) break;
     found.push({ offset, id: EXTENDED_CAPABILITY_HEADER.get(header, 'ID'), version: EXTENDED_CAPABILITY_HEADER.get(header, 'VERSION') });
@@ -89,7 +110,8 @@ function run(engine: PasidDmaEngine, descriptor: Descriptor): void {
     (descriptor.privileged ? ENGINE_PASID_TAG.bits.PRIVILEGED : 0) |
     (descriptor.execute ? ENGINE_PASID_TAG.bits.EXECUTE : 0);
   engine.write(REG.pasidTag, 4, BigInt(tag >>> 0));
-  const control = ENGINE_CONTROL.place('DIRECTION', ENGINE_DIRECTIONS.values[descriptor.direction]) | (descriptor.interrupt ? ENGINE_CONTROL.bits.INTERRUPT : 0);
+  const control =
+    ENGINE_CONTROL.place('DIRECTION', ENGINE_DIRECTIONS.values[descriptor.direction]) | (descriptor.interrupt ? ENGINE_CONTROL.bits.INTERRUPT : 0);
   engine.write(REG.control, 4, BigInt(control));
   engine.write(REG.doorbell, 4, 1n);
 }
@@ -126,7 +148,13 @@ function ram(guest: ScalableGuest, address: number, count: number): Uint8Array {
 }
 
 /** A guest with the engine at SID behind its unit, through the embedding contract's device registry. */
-function setup(config = FIRST): { guest: ScalableGuest; engine: PasidDmaEngine; interrupts: DeviceInterrupt[]; outcomes: PasidDmaOutcome[]; port: PasidDmaPort } {
+function setup(config = FIRST): {
+  guest: ScalableGuest;
+  engine: PasidDmaEngine;
+  interrupts: DeviceInterrupt[];
+  outcomes: PasidDmaOutcome[];
+  port: PasidDmaPort;
+} {
   const guest = new ScalableGuest(config);
   const interrupts: DeviceInterrupt[] = [];
   const registry = new DeviceRegistry({ memory: guest.memory, iommu: guest.unit, onInterrupt: (interrupt) => interrupts.push(interrupt) });
@@ -159,7 +187,10 @@ describe('PasidDmaEngine configuration space', () => {
     const fields = EXPRESS_ENDPOINT_STRUCTURE.decode(engine.config.snapshot(), express.offset);
     assert.equal(EXPRESS_CAPABILITIES.get(fields.capabilities, 'VERSION'), 2);
     assert.equal(EXPRESS_CAPABILITIES.get(fields.capabilities, 'PORT_TYPE'), 0, 'endpoint');
-    assert.ok((fields.deviceCapabilities2 & EXPRESS_DEVICE_CAPABILITIES_2.bits.END_END_TLP_PREFIX) !== 0, 'End-End TLP Prefix Supported: what a PASID travels in');
+    assert.ok(
+      (fields.deviceCapabilities2 & EXPRESS_DEVICE_CAPABILITIES_2.bits.END_END_TLP_PREFIX) !== 0,
+      'End-End TLP Prefix Supported: what a PASID travels in',
+    );
   });
 
   it('chains the PASID extended capability (ID 0x1b, version 1) from 0x100 with its capability fields', () => {
@@ -168,9 +199,19 @@ describe('PasidDmaEngine configuration space', () => {
     assert.equal(PASID_CAPABILITY.get(supported, 'MAX_WIDTH'), 20);
     assert.equal(PASID_CAPABILITY.get(supported, 'EXECUTE_SUPPORTED'), 1);
     assert.equal(PASID_CAPABILITY.get(supported, 'PRIVILEGED_SUPPORTED'), 1);
-    assert.deepEqual(engine.config.pasid, { enabled: false, executeEnabled: false, privilegedEnabled: false, executeSupported: true, privilegedSupported: true, maxWidth: 20 });
+    assert.deepEqual(engine.config.pasid, {
+      enabled: false,
+      executeEnabled: false,
+      privilegedEnabled: false,
+      executeSupported: true,
+      privilegedSupported: true,
+      maxWidth: 20,
+    });
     const probed = describePciConfig(engine.config.snapshot());
-    assert.deepEqual(probed.extendedCapabilities.map(({ offset, id, version, name }) => ({ offset, id, version, name })), [{ offset: 0x100, id: 0x1b, version: 1, name: 'Process Address Space ID' }]);
+    assert.deepEqual(
+      probed.extendedCapabilities.map(({ offset, id, version, name }) => ({ offset, id, version, name })),
+      [{ offset: 0x100, id: 0x1b, version: 1, name: 'Process Address Space ID' }],
+    );
     assert.deepEqual(probed.problems, []);
   });
 
@@ -267,7 +308,11 @@ describe('PasidDmaEngine through a VtdUnit in scalable mode', () => {
     assert.equal(guest.frcdHi(), 0n);
 
     run(engine, { direction: 'FROM_MEMORY', source: 0x20000, destination: 0, length: 8, pasid: 7 });
-    assert.deepEqual(status(engine), { busy: false, done: false, error: true, kind: 'DMA_FAULT', errno: EPERM }, 'a user request to a supervisor page');
+    assert.deepEqual(
+      status(engine),
+      { busy: false, done: false, error: true, kind: 'DMA_FAULT', errno: EPERM },
+      'a user request to a supervisor page',
+    );
     guest.clearFault();
     enable(engine, PASID_CONTROL.bits.ENABLE | PASID_CONTROL.bits.PRIVILEGED_ENABLE);
     run(engine, { direction: 'FROM_MEMORY', source: 0x20000, destination: 0, length: 8, pasid: 7, privileged: true });
@@ -275,7 +320,7 @@ describe('PasidDmaEngine through a VtdUnit in scalable mode', () => {
     assert.deepEqual(bufferBytes(engine, 0, 8), pattern(8, 5), 'the supervisor request reached the supervisor page');
   });
 
-  it('raises its MSI on completion and on error, through the contract\'s interrupt path', () => {
+  it("raises its MSI on completion and on error, through the contract's interrupt path", () => {
     const { guest, engine, interrupts } = setup();
     mapTwoSpaces(guest);
     enable(engine, PASID_CONTROL.bits.ENABLE);
@@ -283,10 +328,14 @@ describe('PasidDmaEngine through a VtdUnit in scalable mode', () => {
     run(engine, { direction: 'FROM_MEMORY', source: 0x10000, destination: 0, length: 4, pasid: 7, interrupt: true });
     run(engine, { direction: 'FROM_MEMORY', source: 0x90000, destination: 0, length: 4, pasid: 7, interrupt: true });
     run(engine, { direction: 'FROM_MEMORY', source: 0x10000, destination: 0, length: 4, pasid: 7 });
-    assert.deepEqual(interrupts.map(({ sid, address, data }) => ({ sid, address, data })), [
-      { sid: SID, address: BigInt(MSI_ADDRESS), data: MSI_DATA },
-      { sid: SID, address: BigInt(MSI_ADDRESS), data: MSI_DATA },
-    ], 'one message per transfer with IRQ set');
+    assert.deepEqual(
+      interrupts.map(({ sid, address, data }) => ({ sid, address, data })),
+      [
+        { sid: SID, address: BigInt(MSI_ADDRESS), data: MSI_DATA },
+        { sid: SID, address: BigInt(MSI_ADDRESS), data: MSI_DATA },
+      ],
+      'one message per transfer with IRQ set',
+    );
     assert.equal(guest.interrupts.calledWith(MSI_ADDRESS, MSI_DATA), true, 'delivered by the unit (remapping off)');
   });
 });
@@ -338,7 +387,13 @@ describe('PasidDmaEngine on its own', () => {
     let settle: () => void = () => {};
     const memory = new Uint8Array(0x1000).fill(0xab);
     const slow: AsyncDmaSpace = {
-      read: (address, into) => new Promise<void>((resolve) => { settle = () => { into.set(memory.subarray(Number(address), Number(address) + into.length)); resolve(); }; }),
+      read: (address, into) =>
+        new Promise<void>((resolve) => {
+          settle = () => {
+            into.set(memory.subarray(Number(address), Number(address) + into.length));
+            resolve();
+          };
+        }),
       write: () => undefined,
     };
     const engine = new PasidDmaEngine({ dma: slow, pasidDma: () => slow, interrupt() {} });
@@ -355,20 +410,29 @@ describe('PasidDmaEngine on its own', () => {
 
   it('never throws out of an MMIO access, whatever is written where (property)', () => {
     const failing: AsyncDmaSpace = {
-      read: () => { throw new DmaFault(0n, 1, 'read', 'refused', EFAULT); },
-      write: () => { throw new Error('not a DmaFault'); },
+      read: () => {
+        throw new DmaFault(0n, 1, 'read', 'refused', EFAULT);
+      },
+      write: () => {
+        throw new Error('not a DmaFault');
+      },
     };
     const engine = new PasidDmaEngine({ dma: failing, pasidDma: () => failing, interrupt() {} });
     enable(engine, PASID_CONTROL.writable);
     fc.assert(
-      fc.property(fc.integer({ min: 0, max: 0x2000 - 8 }), fc.constantFrom(1, 2, 4, 8) as fc.Arbitrary<1 | 2 | 4 | 8>, fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }), (offset, size, value) => {
-        engine.write(offset, size, value);
-        engine.write(REG.doorbell, 4, 1n);
-        engine.read(offset, size);
-        assert.equal(readU32(engine, REG.identification), PASID_ENGINE_IDENTIFICATION);
-        const after = status(engine);
-        assert.ok(!after.done || after.kind === 'NONE');
-      }),
+      fc.property(
+        fc.integer({ min: 0, max: 0x2000 - 8 }),
+        fc.constantFrom(1, 2, 4, 8) as fc.Arbitrary<1 | 2 | 4 | 8>,
+        fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }),
+        (offset, size, value) => {
+          engine.write(offset, size, value);
+          engine.write(REG.doorbell, 4, 1n);
+          engine.read(offset, size);
+          assert.equal(readU32(engine, REG.identification), PASID_ENGINE_IDENTIFICATION);
+          const after = status(engine);
+          assert.ok(!after.done || after.kind === 'NONE');
+        },
+      ),
       { numRuns: 300 },
     );
   });
@@ -417,7 +481,11 @@ describe('PasidDmaEngine in the testbed (pasidEngineSlot)', () => {
       machine.writeMemory64(bar + BigInt(REG.destinationLow), 0x30000n);
       machine.writeMemory(bar + BigInt(REG.length), 4, 32);
       machine.writeMemory(bar + BigInt(REG.pasidTag), 4, pasid ? (ENGINE_PASID_TAG.bits.VALID | 7) >>> 0 : 0);
-      machine.writeMemory(bar + BigInt(REG.control), 4, ENGINE_CONTROL.place('DIRECTION', ENGINE_DIRECTIONS.values.COPY) | ENGINE_CONTROL.bits.INTERRUPT);
+      machine.writeMemory(
+        bar + BigInt(REG.control),
+        4,
+        ENGINE_CONTROL.place('DIRECTION', ENGINE_DIRECTIONS.values.COPY) | ENGINE_CONTROL.bits.INTERRUPT,
+      );
       machine.writeMemory(bar + BigInt(REG.doorbell), 4, 1);
       return ENGINE_STATUS.get(machine.readMemory(bar + BigInt(REG.status), 4) as number, 'ERROR_KIND');
     };
@@ -426,11 +494,17 @@ describe('PasidDmaEngine in the testbed (pasidEngineSlot)', () => {
     machine.writeMemory(ecam + BigInt(0x100 + PASID_STRUCTURE.field('control').offset), 2, PASID_CONTROL.bits.ENABLE);
     assert.equal(program(true), ENGINE_ERRORS.values.NONE);
     assert.deepEqual(machine.readBytes(0x30000n, 32), pattern(32, 4), 'without an IOMMU, the PASID resolves to nothing and RAM is reached directly');
-    assert.deepEqual(outcomes.map((outcome) => outcome.tag?.pasid), [undefined, 7]);
-    assert.deepEqual(machine.deviceInterrupts.map(({ sid, address, data }) => ({ sid, address, data })), [
-      { sid: slot << 3, address: BigInt(MSI_ADDRESS), data: MSI_DATA },
-      { sid: slot << 3, address: BigInt(MSI_ADDRESS), data: MSI_DATA },
-    ]);
+    assert.deepEqual(
+      outcomes.map((outcome) => outcome.tag?.pasid),
+      [undefined, 7],
+    );
+    assert.deepEqual(
+      machine.deviceInterrupts.map(({ sid, address, data }) => ({ sid, address, data })),
+      [
+        { sid: slot << 3, address: BigInt(MSI_ADDRESS), data: MSI_DATA },
+        { sid: slot << 3, address: BigInt(MSI_ADDRESS), data: MSI_DATA },
+      ],
+    );
   });
 
   it('refuses a slot that already holds a device', () => {

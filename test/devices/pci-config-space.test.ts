@@ -4,8 +4,20 @@ import fc from 'fast-check';
 import { EDU_BAR_SIZE, EDU_PCI_CAPABILITIES, EDU_PCI_IDENTITY } from '../../lib/devices/edu';
 import { PciConfigSpace } from '../../lib/devices/pci-config-space';
 import {
-  EXPRESS_CAPABILITIES, EXPRESS_DEVICE_CONTROL, EXPRESS_DEVICE_STATUS, EXPRESS_ENDPOINT_STRUCTURE, EXTENDED_CAPABILITY_HEADER, MSI_CONTROL,
-  MSIX_CONTROL, PASID_CAPABILITY, PASID_CONTROL, PASID_STRUCTURE, PCI_CAPABILITY_IDS, PCI_EXTENDED_CAPABILITIES, PCI_STATUS, SERIAL_NUMBER_STRUCTURE,
+  EXPRESS_CAPABILITIES,
+  EXPRESS_DEVICE_CONTROL,
+  EXPRESS_DEVICE_STATUS,
+  EXPRESS_ENDPOINT_STRUCTURE,
+  EXTENDED_CAPABILITY_HEADER,
+  MSI_CONTROL,
+  MSIX_CONTROL,
+  PASID_CAPABILITY,
+  PASID_CONTROL,
+  PASID_STRUCTURE,
+  PCI_CAPABILITY_IDS,
+  PCI_EXTENDED_CAPABILITIES,
+  PCI_STATUS,
+  SERIAL_NUMBER_STRUCTURE,
   TYPE0_HEADER,
 } from '../../lib/devices/pci-layout';
 import { alignedAccesses } from '../../lib/devices/register-access';
@@ -93,13 +105,34 @@ describe('PciConfigSpace', () => {
 
   it("lays out the edu's configuration space as QEMU 7.2 does (dwords 0x00-0x5c and write masks, measured)", () => {
     const config = new PciConfigSpace({ identity: EDU_PCI_IDENTITY, bars: [{ size: EDU_BAR_SIZE }], capabilities: EDU_PCI_CAPABILITIES });
-    const measured: Record<number, number> = { 0x00: 0x11e81234, 0x04: 0x00100000, 0x08: 0x00ff0010, 0x2c: 0x11001af4, 0x34: 0x40, 0x3c: 0x100, 0x40: 0x00800005 };
+    const measured: Record<number, number> = {
+      0x00: 0x11e81234,
+      0x04: 0x00100000,
+      0x08: 0x00ff0010,
+      0x2c: 0x11001af4,
+      0x34: 0x40,
+      0x3c: 0x100,
+      0x40: 0x00800005,
+    };
     for (let offset = 0; offset < 0x60; offset += 4) assert.equal(config.readU32(offset), measured[offset] ?? 0, `dword 0x${offset.toString(16)}`);
     const writeAllOnes = (offset: number, width: 1 | 2 | 4) => config.write(offset, new Uint8Array(width).fill(0xff));
-    const readsBack: [number, 1 | 2 | 4, number][] = [[0x04, 2, 0x0507], [0x0c, 1, 0xff], [0x0d, 1, 0], [0x0f, 1, 0], [0x3c, 1, 0xff], [0x30, 4, 0], [0x14, 4, 0], [0x10, 4, 0xfff00000]];
+    const readsBack: [number, 1 | 2 | 4, number][] = [
+      [0x04, 2, 0x0507],
+      [0x0c, 1, 0xff],
+      [0x0d, 1, 0],
+      [0x0f, 1, 0],
+      [0x3c, 1, 0xff],
+      [0x30, 4, 0],
+      [0x14, 4, 0],
+      [0x10, 4, 0xfff00000],
+    ];
     for (const [offset, width, value] of readsBack) {
       writeAllOnes(offset, width);
-      assert.equal(width === 1 ? config.readU8(offset) : width === 2 ? config.readU16(offset) : config.readU32(offset), value, `0x${offset.toString(16)} after writing all ones`);
+      assert.equal(
+        width === 1 ? config.readU8(offset) : width === 2 ? config.readU16(offset) : config.readU32(offset),
+        value,
+        `0x${offset.toString(16)} after writing all ones`,
+      );
     }
   });
 
@@ -107,7 +140,10 @@ describe('PciConfigSpace', () => {
     assert.throws(() => new PciConfigSpace({ identity, bars: [{ size: 0x1800 }] }), /power of two/);
     assert.throws(() => new PciConfigSpace({ identity, bars: [{ size: 0x1000, kind: 'mem64' }, { size: 0x1000 }] }), /upper half/);
     assert.throws(() => new PciConfigSpace({ identity, capabilities: [{ kind: 'msi', vectors: 3 }] }), /MSI vectors/);
-    assert.throws(() => new PciConfigSpace({ identity, capabilities: [{ kind: 'msix', tableSize: 4, tableBar: 2, tableOffset: 0, pbaBar: 2, pbaOffset: 8 }] }), /not a defined BAR/);
+    assert.throws(
+      () => new PciConfigSpace({ identity, capabilities: [{ kind: 'msix', tableSize: 4, tableBar: 2, tableOffset: 0, pbaBar: 2, pbaOffset: 8 }] }),
+      /not a defined BAR/,
+    );
   });
 
   it('never lets a write change a read-only bit (property)', () => {
@@ -131,7 +167,7 @@ describe('PciConfigSpace extended capabilities', () => {
   /** The chain as software walks it: from 0x100, each header's next offset, until a zero header or next. */
   function walk(config: PciConfigSpace): { offset: number; id: number; version: number; next: number }[] {
     const found: { offset: number; id: number; version: number; next: number }[] = [];
-    for (let offset = 0x100; offset !== 0 && found.length < 16; ) {
+    for (let offset = 0x100; offset !== 0 && found.length < 16;) {
       const header = config.readU32(offset);
       if (header === 0) break;
       const next = EXTENDED_CAPABILITY_HEADER.get(header, 'NEXT');
@@ -147,16 +183,28 @@ describe('PciConfigSpace extended capabilities', () => {
     const config = new PciConfigSpace({
       identity,
       size: 4096,
-      extendedCapabilities: [{ kind: 'serial-number', serial }, { kind: 'pasid', privilegedSupported: true, maxPasidWidth: 16 }],
+      extendedCapabilities: [
+        { kind: 'serial-number', serial },
+        { kind: 'pasid', privilegedSupported: true, maxPasidWidth: 16 },
+      ],
     });
     const chain = walk(config);
-    assert.deepEqual(chain.map(({ id, version }) => [id, version]), [[PCI_EXTENDED_CAPABILITIES.values.SERIAL_NUMBER, 1], [PCI_EXTENDED_CAPABILITIES.values.PASID, 1]]);
+    assert.deepEqual(
+      chain.map(({ id, version }) => [id, version]),
+      [
+        [PCI_EXTENDED_CAPABILITIES.values.SERIAL_NUMBER, 1],
+        [PCI_EXTENDED_CAPABILITIES.values.PASID, 1],
+      ],
+    );
     assert.equal(chain[0]!.offset, 0x100);
     assert.equal(chain[0]!.next, chain[1]!.offset);
     assert.equal(chain[1]!.offset % 4, 0, 'dword aligned');
     assert.ok(chain[1]!.offset >= 0x100 + SERIAL_NUMBER_STRUCTURE.size, 'after the serial number');
     assert.equal(chain[1]!.next, 0);
-    assert.deepEqual(config.extendedCapabilities.map(({ id, offset, version }) => ({ id, offset, version })), chain.map(({ id, offset, version }) => ({ id, offset, version })));
+    assert.deepEqual(
+      config.extendedCapabilities.map(({ id, offset, version }) => ({ id, offset, version })),
+      chain.map(({ id, offset, version }) => ({ id, offset, version })),
+    );
     const bytes = config.snapshot();
     const dsn = SERIAL_NUMBER_STRUCTURE.decode(bytes, 0x100);
     assert.equal((BigInt(dsn.serialHigh) << 32n) | BigInt(dsn.serialLow), serial);
@@ -167,17 +215,35 @@ describe('PciConfigSpace extended capabilities', () => {
   });
 
   it('lets software set only the PASID enables the function supports, and keeps headers and capabilities read-only', () => {
-    const config = new PciConfigSpace({ identity, size: 4096, extendedCapabilities: [{ kind: 'serial-number', serial }, { kind: 'pasid', privilegedSupported: true }] });
+    const config = new PciConfigSpace({
+      identity,
+      size: 4096,
+      extendedCapabilities: [
+        { kind: 'serial-number', serial },
+        { kind: 'pasid', privilegedSupported: true },
+      ],
+    });
     const at = config.extendedCapability(PCI_EXTENDED_CAPABILITIES.values.PASID)!.offset;
     const before = config.snapshot();
     for (let offset = 0x100; offset < at + PASID_STRUCTURE.size; offset += 4) config.write(offset, Uint8Array.of(0xff, 0xff, 0xff, 0xff));
     const control = at + PASID_STRUCTURE.field('control').offset;
-    assert.equal(config.readU16(control), PASID_CONTROL.bits.ENABLE | PASID_CONTROL.bits.PRIVILEGED_ENABLE, 'Execute Permission Enable stays zero without support');
+    assert.equal(
+      config.readU16(control),
+      PASID_CONTROL.bits.ENABLE | PASID_CONTROL.bits.PRIVILEGED_ENABLE,
+      'Execute Permission Enable stays zero without support',
+    );
     const after = config.snapshot();
     for (let offset = 0x100; offset < at + PASID_STRUCTURE.size; offset++) {
       if (offset !== control && offset !== control + 1) assert.equal(after[offset], before[offset], `byte 0x${offset.toString(16)}`);
     }
-    assert.deepEqual(config.pasid, { enabled: true, executeEnabled: false, privilegedEnabled: true, executeSupported: false, privilegedSupported: true, maxWidth: 20 });
+    assert.deepEqual(config.pasid, {
+      enabled: true,
+      executeEnabled: false,
+      privilegedEnabled: true,
+      executeSupported: false,
+      privilegedSupported: true,
+      maxWidth: 20,
+    });
     config.write(control, Uint8Array.of(0, 0));
     assert.equal(config.pasid!.enabled, false);
   });
@@ -210,12 +276,22 @@ describe('PciConfigSpace extended capabilities', () => {
   it('refuses extended capabilities it cannot place', () => {
     assert.throws(() => new PciConfigSpace({ identity, extendedCapabilities: [{ kind: 'pasid' }] }), /4096-byte/);
     assert.throws(() => new PciConfigSpace({ identity, size: 4096, extendedCapabilities: [{ kind: 'pasid' }, { kind: 'pasid' }] }), /listed twice/);
-    assert.throws(() => new PciConfigSpace({ identity, size: 4096, extendedCapabilities: [{ kind: 'pasid', maxPasidWidth: 21 }] }), /Max PASID Width/);
+    assert.throws(
+      () => new PciConfigSpace({ identity, size: 4096, extendedCapabilities: [{ kind: 'pasid', maxPasidWidth: 21 }] }),
+      /Max PASID Width/,
+    );
     assert.throws(() => new PciConfigSpace({ identity, size: 4096, extendedCapabilities: [{ kind: 'serial-number', serial: 1n << 64n }] }), /64-bit/);
   });
 
   it('never lets a write change a read-only bit of extended space (property)', () => {
-    const config = new PciConfigSpace({ identity, size: 4096, extendedCapabilities: [{ kind: 'serial-number', serial }, { kind: 'pasid', executeSupported: true }] });
+    const config = new PciConfigSpace({
+      identity,
+      size: 4096,
+      extendedCapabilities: [
+        { kind: 'serial-number', serial },
+        { kind: 'pasid', executeSupported: true },
+      ],
+    });
     const control = config.extendedCapability(PCI_EXTENDED_CAPABILITIES.values.PASID)!.offset + PASID_STRUCTURE.field('control').offset;
     const before = config.snapshot();
     fc.assert(

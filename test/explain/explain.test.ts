@@ -12,7 +12,16 @@ import { replaySnapshot, takeSnapshot, type UnitSnapshot } from '../../lib/vtd/u
 import { ScalableGuest } from '../vtd/scalable-guest';
 import { PAGE, SID, type TestGuest } from '../vtd/unit-guest';
 import {
-  LEGACY_IOVA, NESTED_CONFIG, NESTED_IOVA, NESTED_PASID, OUTPUT_GPA, SECOND_STAGE_FAR_IOVA, SECOND_STAGE_IOVA, legacyGuest, nestedGuest, secondStageGuest,
+  LEGACY_IOVA,
+  NESTED_CONFIG,
+  NESTED_IOVA,
+  NESTED_PASID,
+  OUTPUT_GPA,
+  SECOND_STAGE_FAR_IOVA,
+  SECOND_STAGE_IOVA,
+  legacyGuest,
+  nestedGuest,
+  secondStageGuest,
 } from './fault-guests';
 
 const A = 1n << 5n;
@@ -63,7 +72,8 @@ describe('explain: fault snapshots', () => {
       /^ {4}entry's GPA 0x100000000 -> second stage -> host 0x[0-9a-f]+, rw$/,
       /^ {4}entry \[0\] at GPA 0x100000000 \(host 0x[0-9a-f]+\) = 0x100001027$/,
       /^ {4}entry's GPA 0x100001000 -> second stage -> NO TRANSLATION( {2}<== stopped here)?$/,
-    ]) line(text, pattern);
+    ])
+      line(text, pattern);
     assert.match(text, /^stopped: second stage, translating the level 3 \(PDPE\) table of the first stage \(GPA 0x100001000\)(, at L1 SL-PTE)?$/m);
     assert.match(text, /^reason: {2}0x76 SM_FIRST_STAGE_READ_NESTED: SM: Read permission error in first-level paging entry in Nested translation$/m);
     assert.match(text, /^ {9}in nested mode the second stage does not allow reading a first-stage table$/m);
@@ -109,7 +119,10 @@ describe('explain: fault snapshots', () => {
     assert.match(text, /^stopped: second stage \(GPA 0x200000\), at L1 SL-PTE$/m);
     assert.match(text, /^reason: {2}0x85 SM_WRITE: SM: No write permission for Write\/AtomicOp request$/m);
     // A read of the same page passes.
-    assert.match(explain(snapshot, { sid: SID, iova: BigInt(SECOND_STAGE_IOVA), write: false }), /^result: translated to 0x600000 \(4 KiB page, r-\)$/m);
+    assert.match(
+      explain(snapshot, { sid: SID, iova: BigInt(SECOND_STAGE_IOVA), write: false }),
+      /^result: translated to 0x600000 \(4 KiB page, r-\)$/m,
+    );
   });
 
   it('a legacy write to a read-only page: root, context and each second-stage level', function () {
@@ -127,7 +140,8 @@ describe('explain: fault snapshots', () => {
       /^ {2}second stage L2 SL-PDE \[2\] at /,
       /^ {2}second stage L1 SL-PTE \[3\] at 0x[0-9a-f]+ = 0x800001 {2}<== stopped here$/,
       /^ {6}R=1 W=0 .*ADDR=0x800000/,
-    ]) line(text, pattern);
+    ])
+      line(text, pattern);
     assert.match(text, /^stopped: second stage, at L1 SL-PTE$/m);
     assert.match(text, /^reason: {2}0x5 WRITE: PTE Write access is not set$/m);
   });

@@ -35,10 +35,20 @@ function screenshot(html: string, directory: string, name: string): Buffer {
   const page = path.join(directory, `${name}.html`);
   const png = path.join(directory, `${name}.png`);
   fs.writeFileSync(page, html);
-  const run = spawnSync('chromium', [
-    '--headless', '--no-sandbox', '--disable-gpu', '--hide-scrollbars', '--force-device-scale-factor=1',
-    `--screenshot=${png}`, `--window-size=${WIDTH},${HEIGHT}`, `file://${page}`,
-  ], { encoding: 'utf8', timeout: 60_000 });
+  const run = spawnSync(
+    'chromium',
+    [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--hide-scrollbars',
+      '--force-device-scale-factor=1',
+      `--screenshot=${png}`,
+      `--window-size=${WIDTH},${HEIGHT}`,
+      `file://${page}`,
+    ],
+    { encoding: 'utf8', timeout: 60_000 },
+  );
   assert.ok(fs.existsSync(png), `chromium wrote no screenshot (exit ${run.status}): ${run.stderr}`);
   return fs.readFileSync(png);
 }
@@ -74,7 +84,11 @@ describe('explain: HTML page', function () {
       assert.deepEqual([png.width, png.height], [WIDTH, HEIGHT]);
       assert.ok(cell.x + cell.width < WIDTH && cell.y + cell.height < HEIGHT, 'the failing cell is on screen');
       // Corners of the cell's inside, clear of its text (which starts 8 px in) and of its rounded border.
-      const inside = [[cell.x + 5, cell.y + cell.height - 5], [cell.x + cell.width - 5, cell.y + 5], [cell.x + cell.width - 5, cell.y + cell.height - 5]];
+      const inside = [
+        [cell.x + 5, cell.y + cell.height - 5],
+        [cell.x + cell.width - 5, cell.y + 5],
+        [cell.x + cell.width - 5, cell.y + cell.height - 5],
+      ];
       for (const [x, y] of inside) assert.equal(pixelColour(png, x!, y!), FAULT_COLOUR, `pixel (${x}, ${y})`);
       // Just outside the cell: the page's background.
       assert.equal(pixelColour(png, cell.x - 4, cell.y + cell.height / 2), '#ffffff');

@@ -4,7 +4,15 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { readSnapshot, writeSnapshot } from '../../lib/explain/snapshot-file';
-import { SnapshotError, configString, parseSnapshot, restoreSnapshot, serializeSnapshot, takeSnapshot, type UnitSnapshot } from '../../lib/vtd/unit-snapshot';
+import {
+  SnapshotError,
+  configString,
+  parseSnapshot,
+  restoreSnapshot,
+  serializeSnapshot,
+  takeSnapshot,
+  type UnitSnapshot,
+} from '../../lib/vtd/unit-snapshot';
 import { vtdConfigFromString } from '../../lib/vtd/config';
 import { SID } from '../vtd/unit-guest';
 import { NESTED_IOVA, NESTED_PASID, nestedGuest } from './fault-guests';
@@ -44,12 +52,32 @@ describe('explain: snapshot files', () => {
 
   const corruptions: Array<[string, (text: string) => string, RegExp]> = [
     ['text that is not JSON', () => 'not json {', /: not a viommu fault snapshot \(not JSON: /],
-    ['JSON of another kind', () => JSON.stringify({ name: 'viommu', version: '1.0.0' }), /: not a viommu fault snapshot \(format null, expected 'viommu-fault-snapshot'\)/],
+    [
+      'JSON of another kind',
+      () => JSON.stringify({ name: 'viommu', version: '1.0.0' }),
+      /: not a viommu fault snapshot \(format null, expected 'viommu-fault-snapshot'\)/,
+    ],
     ['another version', (text) => text.replace('"version": 1', '"version": 99'), /: snapshot version 99; this viommu reads version 1/],
-    ['a page cut short', (text) => text.replace(/"data": "[A-Za-z0-9+/]{8}/, '"data": "'), /: pages\[0\]\.data should be 4096 bytes in base64, found/],
-    ['a page address that is not aligned', (text) => text.replace(/"address": "0x([0-9a-f]+)000"/, '"address": "0x$1008"'), /: pages\[0\]\.address should be a 4 KiB-aligned address/],
-    ['a request without its IOVA', (text) => text.replace(/"iova": "0x[0-9a-f]+",/, ''), /: request\.iova should be a hex number below 0x10000000000000000, found nothing/],
-    ['a requester id out of range', (text) => text.replace(/"sid": \d+/, '"sid": 70000'), /: request\.sid should be an integer from 0 to 65535, found 70000/],
+    [
+      'a page cut short',
+      (text) => text.replace(/"data": "[A-Za-z0-9+/]{8}/, '"data": "'),
+      /: pages\[0\]\.data should be 4096 bytes in base64, found/,
+    ],
+    [
+      'a page address that is not aligned',
+      (text) => text.replace(/"address": "0x([0-9a-f]+)000"/, '"address": "0x$1008"'),
+      /: pages\[0\]\.address should be a 4 KiB-aligned address/,
+    ],
+    [
+      'a request without its IOVA',
+      (text) => text.replace(/"iova": "0x[0-9a-f]+",/, ''),
+      /: request\.iova should be a hex number below 0x10000000000000000, found nothing/,
+    ],
+    [
+      'a requester id out of range',
+      (text) => text.replace(/"sid": \d+/, '"sid": 70000'),
+      /: request\.sid should be an integer from 0 to 65535, found 70000/,
+    ],
     ['registers missing', (text) => text.replace(/"registers": \{[^}]*\},/, ''), /: registers should be an object, found nothing/],
   ];
   for (const [what, corrupt, message] of corruptions) {
@@ -57,13 +85,16 @@ describe('explain: snapshot files', () => {
       const file = path.join(directory, 'bad.json');
       const text = corrupt(serializeSnapshot(nestedSnapshot()));
       fs.writeFileSync(file, text);
-      assert.throws(() => readSnapshot(file), (error: unknown) => {
-        assert.ok(error instanceof SnapshotError, String(error));
-        assert.equal(error.code, 'ERR_SNAPSHOT');
-        assert.ok(error.message.startsWith(file), error.message);
-        assert.match(error.message, message);
-        return true;
-      });
+      assert.throws(
+        () => readSnapshot(file),
+        (error: unknown) => {
+          assert.ok(error instanceof SnapshotError, String(error));
+          assert.equal(error.code, 'ERR_SNAPSHOT');
+          assert.ok(error.message.startsWith(file), error.message);
+          assert.match(error.message, message);
+          return true;
+        },
+      );
     });
   }
 

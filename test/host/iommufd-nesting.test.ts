@@ -5,11 +5,21 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import {
-  INVALIDATE_ALL, IommufdIoctlError, IommufdNesting, NestingRefusal, type FirstStageTable, type IoctlOptions,
+  INVALIDATE_ALL,
+  IommufdIoctlError,
+  IommufdNesting,
+  NestingRefusal,
+  type FirstStageTable,
+  type IoctlOptions,
   type IommufdChannel,
 } from '../../lib/host/iommufd-nesting';
 import {
-  HWPT_ALLOC_FLAGS, IOCTLS, IOMMU_HWPT_VTD_S1_INVALIDATE_LAYOUT, IOMMU_HWPT_VTD_S1_LAYOUT, encodeStruct, readU32,
+  HWPT_ALLOC_FLAGS,
+  IOCTLS,
+  IOMMU_HWPT_VTD_S1_INVALIDATE_LAYOUT,
+  IOMMU_HWPT_VTD_S1_LAYOUT,
+  encodeStruct,
+  readU32,
   writeU32,
 } from '../../lib/host/iommufd-uapi';
 import { IommufdDevice } from '../../lib/os/iommufd-device';
@@ -35,7 +45,10 @@ interface Rig {
 function rig(host: HostIommuModel = FULL_VTD_HOST, options: { faultQueue?: boolean } = {}): Rig {
   const kernel = new IommufdDryRun(host);
   const nesting = new IommufdNesting(kernel, {
-    guestRam: [{ guestPhysical: 0, bytes: new Uint8Array(0x10000) }, { guestPhysical: 0x10_0000, bytes: new Uint8Array(0x4000) }],
+    guestRam: [
+      { guestPhysical: 0, bytes: new Uint8Array(0x10000) },
+      { guestPhysical: 0x10_0000, bytes: new Uint8Array(0x4000) },
+    ],
     ...options,
   });
   const cdevA = kernel.addVfioDevice();
@@ -45,7 +58,10 @@ function rig(host: HostIommuModel = FULL_VTD_HOST, options: { faultQueue?: boole
   nesting.setUp();
   let mark = kernel.requests.length;
   return {
-    kernel, nesting, cdevA, cdevB,
+    kernel,
+    nesting,
+    cdevA,
+    cdevB,
     since: () => {
       const names = kernel.names().slice(mark);
       mark = kernel.requests.length;
@@ -63,15 +79,28 @@ describe('IommufdNesting over the dry-run iommufd', () => {
   it('sets up: binds devices, reads the host, allocates the IOAS, maps guest RAM at its guest-physical address, the nest parent, the fault queue', () => {
     const { kernel } = rig();
     assert.deepEqual(kernel.names(), [
-      'VFIO_DEVICE_BIND_IOMMUFD', 'VFIO_DEVICE_BIND_IOMMUFD', 'IOMMU_GET_HW_INFO', 'IOMMU_IOAS_ALLOC', 'IOMMU_IOAS_MAP',
-      'IOMMU_IOAS_MAP', 'IOMMU_HWPT_ALLOC', 'IOMMU_FAULT_QUEUE_ALLOC',
+      'VFIO_DEVICE_BIND_IOMMUFD',
+      'VFIO_DEVICE_BIND_IOMMUFD',
+      'IOMMU_GET_HW_INFO',
+      'IOMMU_IOAS_ALLOC',
+      'IOMMU_IOAS_MAP',
+      'IOMMU_IOAS_MAP',
+      'IOMMU_HWPT_ALLOC',
+      'IOMMU_FAULT_QUEUE_ALLOC',
     ]);
     const [ioas] = kernel.objectsOf('ioas');
     const maps = requestsNamed(kernel, 'IOMMU_IOAS_MAP');
-    assert.deepEqual(maps.map((map) => [map.fields.flags, map.fields.ioasId, map.fields.iova, map.fields.length]), [
-      [7, ioas, 0n, 0x10000n], [7, ioas, 0x10_0000n, 0x4000n],
-    ]);
-    assert.ok(maps.every((map) => (map.fields.userVa as bigint) !== 0n), 'user_va points at the RAM buffer');
+    assert.deepEqual(
+      maps.map((map) => [map.fields.flags, map.fields.ioasId, map.fields.iova, map.fields.length]),
+      [
+        [7, ioas, 0n, 0x10000n],
+        [7, ioas, 0x10_0000n, 0x4000n],
+      ],
+    );
+    assert.ok(
+      maps.every((map) => (map.fields.userVa as bigint) !== 0n),
+      'user_va points at the RAM buffer',
+    );
     const parent = requestsNamed(kernel, 'IOMMU_HWPT_ALLOC')[0]!;
     assert.deepEqual(
       [parent.fields.flags, parent.fields.ptId, parent.fields.dataType, parent.fields.dataLen, parent.fields.dataUptr],
@@ -83,7 +112,16 @@ describe('IommufdNesting over the dry-run iommufd', () => {
   it('reports what the host can back from IOMMU_GET_HW_INFO', () => {
     const full = rig().nesting.capabilities();
     assert.deepEqual(
-      [full.pageTableFormats, full.addressWidths, full.supervisorRequests, full.extendedAccessedFlag, full.firstStage1GiBPages, full.nested, full.maxPasidLog2, full.readOnlyParentErratum],
+      [
+        full.pageTableFormats,
+        full.addressWidths,
+        full.supervisorRequests,
+        full.extendedAccessedFlag,
+        full.firstStage1GiBPages,
+        full.nested,
+        full.maxPasidLog2,
+        full.readOnlyParentErratum,
+      ],
       [['vtd-s1'], [48, 57], true, true, true, true, 20, false],
     );
     assert.equal(full.cap, FULL_VTD_HOST.cap);
@@ -94,7 +132,10 @@ describe('IommufdNesting over the dry-run iommufd', () => {
     );
     const other = rig({ ...FULL_VTD_HOST, infoType: 2 });
     assert.deepEqual(other.nesting.capabilities().pageTableFormats, []);
-    assert.throws(() => other.nesting.bind(SID_A, 0, 1, FS48), (error: unknown) => error instanceof NestingRefusal && error.requirement === 'nested');
+    assert.throws(
+      () => other.nesting.bind(SID_A, 0, 1, FS48),
+      (error: unknown) => error instanceof NestingRefusal && error.requirement === 'nested',
+    );
   });
 
   it('binds the default PASID: HWPT_ALLOC VTD_S1 under the parent with the first-stage fields, then ATTACH without PASID', () => {
@@ -136,7 +177,10 @@ describe('IommufdNesting over the dry-run iommufd', () => {
     assert.equal(requestsNamed(kernel, 'IOMMU_HWPT_ALLOC')[0]!.fields.flags, HWPT_ALLOC_FLAGS.bits.NEST_PARENT);
     nesting.bind(SID_A, 0, 1, FS48);
     assert.equal(requestsNamed(kernel, 'IOMMU_HWPT_ALLOC').at(-1)!.fields.flags, HWPT_ALLOC_FLAGS.bits.FAULT_ID_VALID);
-    assert.throws(() => nesting.bind(SID_A, 1, 1, FS48), (error: unknown) => error instanceof NestingRefusal && error.requirement === 'PASID-width');
+    assert.throws(
+      () => nesting.bind(SID_A, 1, 1, FS48),
+      (error: unknown) => error instanceof NestingRefusal && error.requirement === 'PASID-width',
+    );
   });
 
   it('keeps the RID and PASIDs of one device attached together (every HWPT is PASID-capable)', () => {
@@ -184,7 +228,10 @@ describe('IommufdNesting over the dry-run iommufd', () => {
     assert.deepEqual(since(), ['VFIO_DEVICE_DETACH_IOMMUFD_PT', 'IOMMU_DESTROY']);
     assert.deepEqual([kernel.requests.at(-2)!.device, kernel.requests.at(-1)!.fields.id], [cdevB, shared]);
     assert.deepEqual(kernel.attachments(), []);
-    assert.throws(() => nesting.unbind(SID_B, 5), (error: unknown) => error instanceof NestingRefusal && error.requirement === 'bound');
+    assert.throws(
+      () => nesting.unbind(SID_B, 5),
+      (error: unknown) => error instanceof NestingRefusal && error.requirement === 'bound',
+    );
   });
 
   it('forwards an invalidation once per nested HWPT that the DID and PASID select', () => {
@@ -218,7 +265,10 @@ describe('IommufdNesting over the dry-run iommufd', () => {
     const plain = rig({ ...PLAIN_VTD_HOST, maxPasidLog2: 8 });
     const refused = (call: () => unknown, requirement: string): void => {
       const before = plain.kernel.requests.length;
-      assert.throws(call, (error: unknown) => error instanceof NestingRefusal && error.requirement === requirement && error.code === 'ERR_IOMMUFD_NESTING_REFUSED');
+      assert.throws(
+        call,
+        (error: unknown) => error instanceof NestingRefusal && error.requirement === requirement && error.code === 'ERR_IOMMUFD_NESTING_REFUSED',
+      );
       assert.equal(plain.kernel.requests.length, before, `no request for ${requirement}`);
     };
     refused(() => plain.nesting.bind(SID_A, 1, 1, { ...FS48, addressWidth: 57 }), 'FS5LP');
@@ -237,11 +287,20 @@ describe('IommufdNesting over the dry-run iommufd', () => {
   it('refuses WPE without SRE even on a host with SRS, and binding before set-up', () => {
     const { kernel, nesting } = rig();
     const before = kernel.requests.length;
-    assert.throws(() => nesting.bind(SID_A, 0, 1, { ...FS48, wpe: true }), (error: unknown) => error instanceof NestingRefusal && error.requirement === 'WPE-needs-SRE');
+    assert.throws(
+      () => nesting.bind(SID_A, 0, 1, { ...FS48, wpe: true }),
+      (error: unknown) => error instanceof NestingRefusal && error.requirement === 'WPE-needs-SRE',
+    );
     assert.equal(kernel.requests.length, before);
     const early = new IommufdNesting(new IommufdDryRun(), { guestRam: [] });
-    assert.throws(() => early.bind(SID_A, 0, 1, FS48), (error: unknown) => error instanceof NestingRefusal && error.requirement === 'set-up');
-    assert.throws(() => early.setUp(), (error: unknown) => error instanceof NestingRefusal && error.requirement === 'device');
+    assert.throws(
+      () => early.bind(SID_A, 0, 1, FS48),
+      (error: unknown) => error instanceof NestingRefusal && error.requirement === 'set-up',
+    );
+    assert.throws(
+      () => early.setUp(),
+      (error: unknown) => error instanceof NestingRefusal && error.requirement === 'device',
+    );
   });
 
   it('turns a refused ioctl into IommufdIoctlError, and destroys the HWPT it allocated when the attach fails', () => {
@@ -258,12 +317,21 @@ describe('IommufdNesting over the dry-run iommufd', () => {
     nesting.addDevice(SID_A, kernel.addVfioDevice());
     nesting.setUp();
     failAttach = true;
-    assert.throws(() => nesting.bind(SID_A, 0, 1, FS48), (error: unknown) =>
-      error instanceof IommufdIoctlError && error.request === 'VFIO_DEVICE_ATTACH_IOMMUFD_PT' && error.errno === ERRNO.EBUSY && /EBUSY/.test(error.message));
+    assert.throws(
+      () => nesting.bind(SID_A, 0, 1, FS48),
+      (error: unknown) =>
+        error instanceof IommufdIoctlError &&
+        error.request === 'VFIO_DEVICE_ATTACH_IOMMUFD_PT' &&
+        error.errno === ERRNO.EBUSY &&
+        /EBUSY/.test(error.message),
+    );
     assert.deepEqual(kernel.names().slice(-2), ['IOMMU_HWPT_ALLOC', 'IOMMU_DESTROY']);
     assert.deepEqual(kernel.objectsOf('hwpt-nested'), []);
     assert.deepEqual(nesting.bindings(), []);
-    assert.throws(() => nesting.addDevice(SID_A, 1), (error: unknown) => error instanceof NestingRefusal && error.requirement === 'device');
+    assert.throws(
+      () => nesting.addDevice(SID_A, 1),
+      (error: unknown) => error instanceof NestingRefusal && error.requirement === 'device',
+    );
   });
 
   it('reads host faults from the fault queue as records naming the device, and answers them by cookie', () => {
@@ -276,13 +344,36 @@ describe('IommufdNesting over the dry-run iommufd', () => {
     kernel.injectFault(faultFd!, { flags: 0, devId: devIdB, pasid: 0, grpid: 4, perm: 0xc, addr: 0x1000n, length: 4096 });
     const faults = nesting.readFaults();
     assert.deepEqual(faults, [
-      { device: SID_A, pasid: 5, address: 0xdead_b000n, perm: { read: true, write: true, exec: false, priv: false }, lastPage: true, group: 2, length: 0, cookie },
-      { device: SID_B, address: 0x1000n, perm: { read: false, write: false, exec: true, priv: true }, lastPage: false, group: 4, length: 4096, cookie: cookie + 1 },
+      {
+        device: SID_A,
+        pasid: 5,
+        address: 0xdead_b000n,
+        perm: { read: true, write: true, exec: false, priv: false },
+        lastPage: true,
+        group: 2,
+        length: 0,
+        cookie,
+      },
+      {
+        device: SID_B,
+        address: 0x1000n,
+        perm: { read: false, write: false, exec: true, priv: true },
+        lastPage: false,
+        group: 4,
+        length: 4096,
+        cookie: cookie + 1,
+      },
     ]);
     nesting.respond(faults[0]!, 'success');
     nesting.respond(faults[1]!, 'invalid');
-    assert.deepEqual(kernel.responses, [{ cookie, code: 0 }, { cookie: cookie + 1, code: 1 }]);
-    assert.throws(() => nesting.respond(faults[0]!, 'success'), (error: unknown) => error instanceof IommufdIoctlError && error.errno === ERRNO.EINVAL);
+    assert.deepEqual(kernel.responses, [
+      { cookie, code: 0 },
+      { cookie: cookie + 1, code: 1 },
+    ]);
+    assert.throws(
+      () => nesting.respond(faults[0]!, 'success'),
+      (error: unknown) => error instanceof IommufdIoctlError && error.errno === ERRNO.EINVAL,
+    );
   });
 
   it('drains more faults than one read holds', () => {
@@ -290,7 +381,10 @@ describe('IommufdNesting over the dry-run iommufd', () => {
     const [faultFd] = kernel.faultQueueFds();
     const devId = kernel.objectsOf('device')[0]!;
     for (let i = 0; i < 150; i++) kernel.injectFault(faultFd!, { flags: 1, devId, pasid: i, grpid: 0, perm: 1, addr: BigInt(i) << 12n, length: 0 });
-    assert.deepEqual(nesting.readFaults().map((fault) => fault.pasid), [...Array(150).keys()]);
+    assert.deepEqual(
+      nesting.readFaults().map((fault) => fault.pasid),
+      [...Array(150).keys()],
+    );
   });
 
   it('closes: unbinds everything, then destroys the parent, the fault queue and the IOAS', () => {
@@ -301,10 +395,19 @@ describe('IommufdNesting over the dry-run iommufd', () => {
     since();
     nesting.close();
     assert.deepEqual(since(), [
-      'VFIO_DEVICE_DETACH_IOMMUFD_PT', 'VFIO_DEVICE_DETACH_IOMMUFD_PT', 'IOMMU_DESTROY',
-      'VFIO_DEVICE_DETACH_IOMMUFD_PT', 'IOMMU_DESTROY', 'IOMMU_DESTROY', 'IOMMU_DESTROY', 'IOMMU_DESTROY',
+      'VFIO_DEVICE_DETACH_IOMMUFD_PT',
+      'VFIO_DEVICE_DETACH_IOMMUFD_PT',
+      'IOMMU_DESTROY',
+      'VFIO_DEVICE_DETACH_IOMMUFD_PT',
+      'IOMMU_DESTROY',
+      'IOMMU_DESTROY',
+      'IOMMU_DESTROY',
+      'IOMMU_DESTROY',
     ]);
-    assert.deepEqual(kernel.objectsOf('ioas').concat(kernel.objectsOf('hwpt-paging'), kernel.objectsOf('hwpt-nested'), kernel.objectsOf('fault')), []);
+    assert.deepEqual(
+      kernel.objectsOf('ioas').concat(kernel.objectsOf('hwpt-paging'), kernel.objectsOf('hwpt-nested'), kernel.objectsOf('fault')),
+      [],
+    );
     assert.throws(() => nesting.capabilities(), NestingRefusal);
   });
 });
@@ -314,9 +417,19 @@ describe('the dry-run iommufd enforces the uAPI', () => {
   function raw(host: HostIommuModel = FULL_VTD_HOST) {
     const kernel = new IommufdDryRun(host);
     const cdev = kernel.addVfioDevice();
-    const send = (name: keyof typeof IOCTLS, value: Record<string, number | bigint>, options: IoctlOptions = {}): { result: number; bytes: Uint8Array } => {
+    const send = (
+      name: keyof typeof IOCTLS,
+      value: Record<string, number | bigint>,
+      options: IoctlOptions = {},
+    ): { result: number; bytes: Uint8Array } => {
       const spec = IOCTLS[name];
-      const bytes = encodeStruct(spec.layout as never, { ...Object.fromEntries((spec.layout.fields as readonly FieldSpec[]).filter((f) => !f.reserved).map((f) => [f.key, f.width === 8 ? 0n : 0])), ...value } as never);
+      const bytes = encodeStruct(
+        spec.layout as never,
+        {
+          ...Object.fromEntries((spec.layout.fields as readonly FieldSpec[]).filter((f) => !f.reserved).map((f) => [f.key, f.width === 8 ? 0n : 0])),
+          ...value,
+        } as never,
+      );
       writeU32(spec.layout, bytes, spec.sizeField, spec.layout.size);
       const outFds = spec.fdFields.map((field) => spec.layout.offsetOf(field));
       return { result: kernel.ioctl(spec.request, bytes, { ...options, ...(outFds.length ? { outFds } : {}) }), bytes };
@@ -327,7 +440,8 @@ describe('the dry-run iommufd enforces the uAPI', () => {
     const parentId = readU32(IOCTLS.IOMMU_HWPT_ALLOC.layout, send('IOMMU_HWPT_ALLOC', { flags: 1, devId, ptId: ioasId }).bytes, 'outHwptId');
     const s1 = (fields: Partial<{ flags: bigint; pgtblAddr: bigint; addrWidth: number }> = {}) =>
       encodeStruct(IOMMU_HWPT_VTD_S1_LAYOUT, { flags: 0n, pgtblAddr: 0x5000n, addrWidth: 48, ...fields });
-    const nested = (data = s1(), flags = 0) => send('IOMMU_HWPT_ALLOC', { flags, devId, ptId: parentId, dataType: 1, dataLen: data.length }, { payloads: [{ offset: 32, buffer: data }] });
+    const nested = (data = s1(), flags = 0) =>
+      send('IOMMU_HWPT_ALLOC', { flags, devId, ptId: parentId, dataType: 1, dataLen: data.length }, { payloads: [{ offset: 32, buffer: data }] });
     const childId = readU32(IOCTLS.IOMMU_HWPT_ALLOC.layout, nested().bytes, 'outHwptId');
     const entry = (fields: Partial<{ addr: bigint; npages: bigint; flags: number }> = {}) =>
       encodeStruct(IOMMU_HWPT_VTD_S1_INVALIDATE_LAYOUT, { addr: 0n, npages: 1n, flags: 0, ...fields });
@@ -362,10 +476,19 @@ describe('the dry-run iommufd enforces the uAPI', () => {
     assert.equal(nested(reserved).result, -ERRNO.EOPNOTSUPP);
     const tail = new Uint8Array(32);
     tail.set(s1());
-    assert.equal(send('IOMMU_HWPT_ALLOC', { devId, ptId: parentId, dataType: 1, dataLen: 32 }, { payloads: [{ offset: 32, buffer: tail }] }).result, 0);
+    assert.equal(
+      send('IOMMU_HWPT_ALLOC', { devId, ptId: parentId, dataType: 1, dataLen: 32 }, { payloads: [{ offset: 32, buffer: tail }] }).result,
+      0,
+    );
     tail[30] = 1;
-    assert.equal(send('IOMMU_HWPT_ALLOC', { devId, ptId: parentId, dataType: 1, dataLen: 32 }, { payloads: [{ offset: 32, buffer: tail }] }).result, -ERRNO.E2BIG);
-    assert.equal(send('IOMMU_HWPT_ALLOC', { devId, ptId: parentId, dataType: 1, dataLen: 16 }, { payloads: [{ offset: 32, buffer: s1() }] }).result, -ERRNO.EINVAL);
+    assert.equal(
+      send('IOMMU_HWPT_ALLOC', { devId, ptId: parentId, dataType: 1, dataLen: 32 }, { payloads: [{ offset: 32, buffer: tail }] }).result,
+      -ERRNO.E2BIG,
+    );
+    assert.equal(
+      send('IOMMU_HWPT_ALLOC', { devId, ptId: parentId, dataType: 1, dataLen: 16 }, { payloads: [{ offset: 32, buffer: s1() }] }).result,
+      -ERRNO.EINVAL,
+    );
     assert.equal(send('IOMMU_HWPT_ALLOC', { devId, ptId: parentId, dataType: 1, dataLen: 24 }).result, -ERRNO.EFAULT, 'data_uptr NULL');
     assert.equal(send('IOMMU_HWPT_ALLOC', { devId, ptId: ioasId, dataType: 0, dataLen: 24 }).result, -ERRNO.EINVAL);
     assert.equal(send('IOMMU_GET_HW_INFO', { flags: 2, devId }).result, -ERRNO.EOPNOTSUPP);
@@ -377,8 +500,14 @@ describe('the dry-run iommufd enforces the uAPI', () => {
     assert.equal(send('IOMMU_HWPT_ALLOC', { devId: 999, ptId: ioasId }).result, -ERRNO.ENOENT);
     assert.equal(send('IOMMU_HWPT_ALLOC', { devId, ptId: 999 }).result, -ERRNO.EINVAL);
     const plainParent = readU32(IOCTLS.IOMMU_HWPT_ALLOC.layout, send('IOMMU_HWPT_ALLOC', { devId, ptId: ioasId }).bytes, 'outHwptId');
-    assert.equal(send('IOMMU_HWPT_ALLOC', { devId, ptId: plainParent, dataType: 1, dataLen: 24 }, { payloads: [{ offset: 32, buffer: s1() }] }).result, -ERRNO.EINVAL);
-    assert.equal(send('IOMMU_HWPT_ALLOC', { devId, ptId: childId, dataType: 1, dataLen: 24 }, { payloads: [{ offset: 32, buffer: s1() }] }).result, -ERRNO.EINVAL);
+    assert.equal(
+      send('IOMMU_HWPT_ALLOC', { devId, ptId: plainParent, dataType: 1, dataLen: 24 }, { payloads: [{ offset: 32, buffer: s1() }] }).result,
+      -ERRNO.EINVAL,
+    );
+    assert.equal(
+      send('IOMMU_HWPT_ALLOC', { devId, ptId: childId, dataType: 1, dataLen: 24 }, { payloads: [{ offset: 32, buffer: s1() }] }).result,
+      -ERRNO.EINVAL,
+    );
     assert.equal(nested(s1(), HWPT_ALLOC_FLAGS.bits.FAULT_ID_VALID).result, -ERRNO.ENOENT, 'fault_id 0 names no fault queue');
     assert.equal(send('VFIO_DEVICE_ATTACH_IOMMUFD_PT', { ptId: 999 }, { device: cdev }).result, -ERRNO.ENOENT);
     assert.equal(send('IOMMU_DESTROY', { id: 999 }).result, -ERRNO.ENOENT);
@@ -412,7 +541,11 @@ describe('the dry-run iommufd enforces the uAPI', () => {
     const short = encodeStruct(IOCTLS.VFIO_DEVICE_ATTACH_IOMMUFD_PT.layout, { argsz: 12, flags: 1, ptId: pasidCapable, pasid: 3 });
     assert.equal(kernel.ioctl(IOCTLS.VFIO_DEVICE_ATTACH_IOMMUFD_PT.request, short, { device: cdev }), -ERRNO.EINVAL);
     const shortRid = encodeStruct(IOCTLS.VFIO_DEVICE_ATTACH_IOMMUFD_PT.layout, { argsz: 12, flags: 0, ptId: childId, pasid: 0 });
-    assert.equal(kernel.ioctl(IOCTLS.VFIO_DEVICE_ATTACH_IOMMUFD_PT.request, shortRid, { device: cdev }), -ERRNO.EINVAL, 'a RID HWPT without the PASID flag beside an attached PASID');
+    assert.equal(
+      kernel.ioctl(IOCTLS.VFIO_DEVICE_ATTACH_IOMMUFD_PT.request, shortRid, { device: cdev }),
+      -ERRNO.EINVAL,
+      'a RID HWPT without the PASID flag beside an attached PASID',
+    );
     const detach = encodeStruct(IOCTLS.VFIO_DEVICE_DETACH_IOMMUFD_PT.layout, { argsz: 8, flags: 1, pasid: 3 });
     assert.equal(kernel.ioctl(IOCTLS.VFIO_DEVICE_DETACH_IOMMUFD_PT.request, detach, { device: cdev }), -ERRNO.EINVAL);
     assert.equal(send('VFIO_DEVICE_DETACH_IOMMUFD_PT', { flags: 4 }, { device: cdev }).result, -ERRNO.EINVAL);
@@ -468,7 +601,11 @@ describe('the dry-run iommufd enforces the uAPI', () => {
     const readOnly = { flags: 5, ioasId, length: 0x1000n, iova: 0x40_0000n };
     assert.equal(send('IOMMU_IOAS_MAP', readOnly, { payloads: [{ offset: 16, buffer: new Uint8Array(0x1000) }] }).result, 0);
     assert.equal(send('IOMMU_HWPT_ALLOC', { flags: 1, devId, ptId: ioasId }).result, -ERRNO.EINVAL);
-    assert.equal(send('IOMMU_IOAS_MAP', { ...readOnly, flags: 7 }, { payloads: [{ offset: 16, buffer: new Uint8Array(0x1000) }] }).result, -ERRNO.EEXIST, 'overlap');
+    assert.equal(
+      send('IOMMU_IOAS_MAP', { ...readOnly, flags: 7 }, { payloads: [{ offset: 16, buffer: new Uint8Array(0x1000) }] }).result,
+      -ERRNO.EEXIST,
+      'overlap',
+    );
     assert.equal(send('IOMMU_IOAS_MAP', { ...readOnly, flags: 7, iova: 0x50_0000n }).result, -ERRNO.EFAULT, 'user_va NULL');
     // IommufdNesting maps guest RAM read-write, so its parent is allowed on such a host.
     const kernel = new IommufdDryRun({ ...FULL_VTD_HOST, errata: true });
@@ -497,8 +634,20 @@ describe('IommufdDevice (the real channel)', () => {
     const cdev = iommu.openVfioDevice('/dev/vfio/devices/vfio0');
     const alloc = encodeStruct(IOCTLS.IOMMU_FAULT_QUEUE_ALLOC.layout, { size: 16, flags: 0, outFaultId: 0, outFaultFd: 0 });
     assert.equal(iommu.ioctl(IOCTLS.IOMMU_FAULT_QUEUE_ALLOC.request, alloc, { outFds: [12] }), 0);
-    assert.equal(iommu.ioctl(IOCTLS.VFIO_DEVICE_ATTACH_IOMMUFD_PT.request, new Uint8Array(16), { device: cdev, payloads: [{ offset: 8, buffer: new Uint8Array(4) }] }), 0);
-    assert.deepEqual(calls.map((call) => [call.fd, call.pointers]), [[iommu.iommufd, 0], [device, 1]]);
+    assert.equal(
+      iommu.ioctl(IOCTLS.VFIO_DEVICE_ATTACH_IOMMUFD_PT.request, new Uint8Array(16), {
+        device: cdev,
+        payloads: [{ offset: 8, buffer: new Uint8Array(4) }],
+      }),
+      0,
+    );
+    assert.deepEqual(
+      calls.map((call) => [call.fd, call.pointers]),
+      [
+        [iommu.iommufd, 0],
+        [device, 1],
+      ],
+    );
     assert.equal(iommu.readFaults(faultFd, new Uint8Array(40)), 0, '/dev/null reads as an empty queue');
     assert.equal(iommu.writeFaultResponses(faultFd, new Uint8Array(8)), 8);
     assert.equal(iommu.readFaults(12345, new Uint8Array(40)), -ERRNO.EBADF);

@@ -7,11 +7,28 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import fc from 'fast-check';
 import {
-  IOCTLS, IOMMUFD_LAYOUTS, IOMMU_DESTROY_LAYOUT, IOMMU_FAULT_ALLOC_LAYOUT, IOMMU_HW_INFO_LAYOUT,
-  IOMMU_HW_INFO_VTD_LAYOUT, IOMMU_HWPT_ALLOC_LAYOUT, IOMMU_HWPT_INVALIDATE_LAYOUT, IOMMU_HWPT_PAGE_RESPONSE_LAYOUT,
-  IOMMU_HWPT_PGFAULT_LAYOUT, IOMMU_HWPT_VTD_S1_INVALIDATE_LAYOUT, IOMMU_HWPT_VTD_S1_LAYOUT, IOMMU_IOAS_ALLOC_LAYOUT,
-  IOMMU_IOAS_MAP_LAYOUT, VFIO_DEVICE_ATTACH_IOMMUFD_PT_LAYOUT, VFIO_DEVICE_BIND_IOMMUFD_LAYOUT,
-  VFIO_DEVICE_DETACH_IOMMUFD_PT_LAYOUT, decodeStruct, encodeStruct, errnoName, ioctlByRequest, ioctlNumber,
+  IOCTLS,
+  IOMMUFD_LAYOUTS,
+  IOMMU_DESTROY_LAYOUT,
+  IOMMU_FAULT_ALLOC_LAYOUT,
+  IOMMU_HW_INFO_LAYOUT,
+  IOMMU_HW_INFO_VTD_LAYOUT,
+  IOMMU_HWPT_ALLOC_LAYOUT,
+  IOMMU_HWPT_INVALIDATE_LAYOUT,
+  IOMMU_HWPT_PAGE_RESPONSE_LAYOUT,
+  IOMMU_HWPT_PGFAULT_LAYOUT,
+  IOMMU_HWPT_VTD_S1_INVALIDATE_LAYOUT,
+  IOMMU_HWPT_VTD_S1_LAYOUT,
+  IOMMU_IOAS_ALLOC_LAYOUT,
+  IOMMU_IOAS_MAP_LAYOUT,
+  VFIO_DEVICE_ATTACH_IOMMUFD_PT_LAYOUT,
+  VFIO_DEVICE_BIND_IOMMUFD_LAYOUT,
+  VFIO_DEVICE_DETACH_IOMMUFD_PT_LAYOUT,
+  decodeStruct,
+  encodeStruct,
+  errnoName,
+  ioctlByRequest,
+  ioctlNumber,
   nonZeroReserved,
 } from '../../lib/host/iommufd-uapi';
 import type { FieldSpec, StructLayout } from '../../lib/byte-layout';
@@ -68,7 +85,11 @@ const CASES: { layout: AnyLayout; value: Record<string, number | bigint>; bytes:
     value: { addr: 0x7000n, npages: (1n << 64n) - 1n, flags: 1 },
     bytes: '0070000000000000 ffffffffffffffff 01000000 00000000',
   },
-  { layout: IOMMU_FAULT_ALLOC_LAYOUT as never, value: { size: 16, flags: 0, outFaultId: 4, outFaultFd: 33 }, bytes: '10000000 00000000 04000000 21000000' },
+  {
+    layout: IOMMU_FAULT_ALLOC_LAYOUT as never,
+    value: { size: 16, flags: 0, outFaultId: 4, outFaultFd: 33 },
+    bytes: '10000000 00000000 04000000 21000000',
+  },
   {
     layout: IOMMU_HWPT_PGFAULT_LAYOUT as never,
     value: { flags: 3, devId: 2, pasid: 0x12345, grpid: 7, perm: 0xb, addr: 0xdead000n, length: 4096, cookie: 99 },
@@ -95,11 +116,33 @@ const REFERENCE: Record<string, { size: number; offsets: Record<string, number> 
   iommu_ioas_map: { size: 40, offsets: { size: 0, flags: 4, ioas_id: 8, __reserved: 12, user_va: 16, length: 24, iova: 32 } },
   iommu_hwpt_alloc: {
     size: 48,
-    offsets: { size: 0, flags: 4, dev_id: 8, pt_id: 12, out_hwpt_id: 16, __reserved: 20, data_type: 24, data_len: 28, data_uptr: 32, fault_id: 40, __reserved2: 44 },
+    offsets: {
+      size: 0,
+      flags: 4,
+      dev_id: 8,
+      pt_id: 12,
+      out_hwpt_id: 16,
+      __reserved: 20,
+      data_type: 24,
+      data_len: 28,
+      data_uptr: 32,
+      fault_id: 40,
+      __reserved2: 44,
+    },
   },
   iommu_hw_info: {
     size: 40,
-    offsets: { size: 0, flags: 4, dev_id: 8, data_len: 12, data_uptr: 16, out_data_type: 24, out_max_pasid_log2: 28, __reserved: 29, out_capabilities: 32 },
+    offsets: {
+      size: 0,
+      flags: 4,
+      dev_id: 8,
+      data_len: 12,
+      data_uptr: 16,
+      out_data_type: 24,
+      out_max_pasid_log2: 28,
+      __reserved: 29,
+      out_capabilities: 32,
+    },
   },
   iommu_hw_info_vtd: { size: 24, offsets: { flags: 0, __reserved: 4, cap_reg: 8, ecap_reg: 16 } },
   iommu_hwpt_vtd_s1: { size: 24, offsets: { flags: 0, pgtbl_addr: 8, addr_width: 16, __reserved: 20 } },
@@ -141,7 +184,15 @@ describe('iommufd uAPI layouts', () => {
 
   it('finds a non-zero reserved field and refuses short buffers', () => {
     const bytes = encodeStruct(IOMMU_HWPT_ALLOC_LAYOUT, {
-      size: 48, flags: 0, devId: 1, ptId: 2, outHwptId: 0, dataType: 0, dataLen: 0, dataUptr: 0n, faultId: 0,
+      size: 48,
+      flags: 0,
+      devId: 1,
+      ptId: 2,
+      outHwptId: 0,
+      dataType: 0,
+      dataLen: 0,
+      dataUptr: 0n,
+      faultId: 0,
     });
     assert.equal(nonZeroReserved(IOMMU_HWPT_ALLOC_LAYOUT, bytes), undefined);
     bytes[45] = 1;
@@ -157,14 +208,18 @@ describe('iommufd uAPI layouts', () => {
       const fields: Record<string, fc.Arbitrary<number | bigint>> = {};
       for (const field of layout.fields) {
         if (field.reserved) continue;
-        fields[field.key] = field.width === 8 ? fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }) : fc.integer({ min: 0, max: 2 ** (8 * field.width) - 1 });
+        fields[field.key] =
+          field.width === 8 ? fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }) : fc.integer({ min: 0, max: 2 ** (8 * field.width) - 1 });
       }
-      fc.assert(fc.property(fc.record(fields), (value) => {
-        const bytes = encodeStruct(layout, value as never);
-        assert.equal(bytes.length, layout.size);
-        assert.deepEqual(decodeStruct(layout, bytes), { ...value });
-        assert.equal(nonZeroReserved(layout, bytes), undefined);
-      }), { numRuns: 200 });
+      fc.assert(
+        fc.property(fc.record(fields), (value) => {
+          const bytes = encodeStruct(layout, value as never);
+          assert.equal(bytes.length, layout.size);
+          assert.deepEqual(decodeStruct(layout, bytes), { ...value });
+          assert.equal(nonZeroReserved(layout, bytes), undefined);
+        }),
+        { numRuns: 200 },
+      );
     }
   });
 });
@@ -173,9 +228,16 @@ describe('iommufd ioctl numbers', () => {
   it('are _IO(";", nr): 0x3B00 | nr, with VFIO numbered from VFIO_BASE = 100', () => {
     assert.equal(ioctlNumber(0x3b, 0x80), 0x3b80);
     const expected: Record<string, number> = {
-      IOMMU_DESTROY: 0x3b80, IOMMU_IOAS_ALLOC: 0x3b81, IOMMU_IOAS_MAP: 0x3b85, IOMMU_HWPT_ALLOC: 0x3b89,
-      IOMMU_GET_HW_INFO: 0x3b8a, IOMMU_HWPT_INVALIDATE: 0x3b8d, IOMMU_FAULT_QUEUE_ALLOC: 0x3b8e,
-      VFIO_DEVICE_BIND_IOMMUFD: 0x3b76, VFIO_DEVICE_ATTACH_IOMMUFD_PT: 0x3b77, VFIO_DEVICE_DETACH_IOMMUFD_PT: 0x3b78,
+      IOMMU_DESTROY: 0x3b80,
+      IOMMU_IOAS_ALLOC: 0x3b81,
+      IOMMU_IOAS_MAP: 0x3b85,
+      IOMMU_HWPT_ALLOC: 0x3b89,
+      IOMMU_GET_HW_INFO: 0x3b8a,
+      IOMMU_HWPT_INVALIDATE: 0x3b8d,
+      IOMMU_FAULT_QUEUE_ALLOC: 0x3b8e,
+      VFIO_DEVICE_BIND_IOMMUFD: 0x3b76,
+      VFIO_DEVICE_ATTACH_IOMMUFD_PT: 0x3b77,
+      VFIO_DEVICE_DETACH_IOMMUFD_PT: 0x3b78,
     };
     for (const [name, spec] of Object.entries(IOCTLS)) {
       assert.equal(spec.request, expected[name], name);
@@ -217,7 +279,10 @@ describe('iommufd uAPI layouts against the C compiler', () => {
       console.log('      skipped: no C compiler (cc) on this machine');
       this.skip();
     }
-    const text = headers.filter((file) => fs.existsSync(file)).map((file) => fs.readFileSync(file, 'utf8')).join('\n');
+    const text = headers
+      .filter((file) => fs.existsSync(file))
+      .map((file) => fs.readFileSync(file, 'utf8'))
+      .join('\n');
     // Older headers hold older versions of some structs: only members the installed struct declares are compared,
     // and sizeof only when it declares them all.
     const present = (IOMMUFD_LAYOUTS as readonly AnyLayout[]).flatMap((layout) => {
@@ -238,18 +303,30 @@ describe('iommufd uAPI layouts against the C compiler', () => {
       ...(all ? [`printf("${layout.name} %zu\\n", sizeof(struct ${layout.name}));`] : []),
       ...members.map((member) => `printf("${layout.name}.${member} %zu\\n", offsetof(struct ${layout.name}, ${member}));`),
     ]);
-    const source = `#include <stddef.h>\n#include <stdio.h>\n#include <linux/types.h>\n${headers.filter((file) => fs.existsSync(file)).map((file) => `#include <linux/${path.basename(file)}>`).join('\n')}\nint main(void) {\n${lines.join('\n')}\nreturn 0;\n}\n`;
+    const source = `#include <stddef.h>\n#include <stdio.h>\n#include <linux/types.h>\n${headers
+      .filter((file) => fs.existsSync(file))
+      .map((file) => `#include <linux/${path.basename(file)}>`)
+      .join('\n')}\nint main(void) {\n${lines.join('\n')}\nreturn 0;\n}\n`;
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'viommu-iommufd-layout-'));
     try {
       fs.writeFileSync(path.join(dir, 'layout.c'), source);
       const build = spawnSync('cc', ['-I', includeDir, '-o', path.join(dir, 'layout'), path.join(dir, 'layout.c')], { encoding: 'utf8' });
       assert.equal(build.status, 0, build.stderr);
       const run = spawnSync(path.join(dir, 'layout'), [], { encoding: 'utf8' });
-      const measured = new Map(run.stdout.trim().split('\n').map((line) => line.split(' ') as [string, string]));
+      const measured = new Map(
+        run.stdout
+          .trim()
+          .split('\n')
+          .map((line) => line.split(' ') as [string, string]),
+      );
       for (const { layout, members, all } of present) {
         if (all) assert.equal(Number(measured.get(layout.name)), layout.size, `sizeof(struct ${layout.name})`);
         for (const member of members) {
-          assert.equal(Number(measured.get(`${layout.name}.${member}`)), layout.fields.find((field) => field.spec === member)!.offset, `${layout.name}.${member}`);
+          assert.equal(
+            Number(measured.get(`${layout.name}.${member}`)),
+            layout.fields.find((field) => field.spec === member)!.offset,
+            `${layout.name}.${member}`,
+          );
         }
       }
     } finally {

@@ -52,13 +52,19 @@ describe('NestingBackend (VtdUnit to iommufd nesting)', () => {
     const top = firstStageEntry(guest, SID, 5, 3);
     guest.invalidate(P.cachePasid(3, 5));
     const bind = since();
-    assert.deepEqual(bind.map((r) => r.name), ['IOMMU_HWPT_ALLOC', 'VFIO_DEVICE_ATTACH_IOMMUFD_PT']);
+    assert.deepEqual(
+      bind.map((r) => r.name),
+      ['IOMMU_HWPT_ALLOC', 'VFIO_DEVICE_ATTACH_IOMMUFD_PT'],
+    );
     assert.deepEqual(bind[0]!.payload, { vtdS1: { flags: 0n, pgtblAddr: BigInt(top), addrWidth: 48 } });
     assert.equal(bind[1]!.fields.pasid, 5);
     guest.writer.mapFirst(top, 4, 0x7000n, 0x90000);
     guest.invalidate(P.iotlbPages(3, 5, 0x4000, 2));
     const invalidation = since();
-    assert.deepEqual(invalidation.map((r) => r.name), ['IOMMU_HWPT_INVALIDATE']);
+    assert.deepEqual(
+      invalidation.map((r) => r.name),
+      ['IOMMU_HWPT_INVALIDATE'],
+    );
     assert.deepEqual(invalidation[0]!.payload, { entries: [{ addr: 0x4000n, npages: 4n, flags: 0 }] });
     guest.invalidate(P.iotlbPasid(3, 6));
     assert.deepEqual(since(), [], 'another PASID of the DID: nothing to forward');
@@ -74,7 +80,11 @@ describe('NestingBackend (VtdUnit to iommufd nesting)', () => {
     guest.setupWideQueue();
     backend.attach(SID, [5]);
     backend.attach(OTHER_SID, [5]);
-    assert.deepEqual(since().map((r) => r.name), ['IOMMU_HWPT_ALLOC', 'VFIO_DEVICE_ATTACH_IOMMUFD_PT', 'VFIO_DEVICE_ATTACH_IOMMUFD_PT'], 'one shared HWPT');
+    assert.deepEqual(
+      since().map((r) => r.name),
+      ['IOMMU_HWPT_ALLOC', 'VFIO_DEVICE_ATTACH_IOMMUFD_PT', 'VFIO_DEVICE_ATTACH_IOMMUFD_PT'],
+      'one shared HWPT',
+    );
     guest.invalidate(P.iotlbPages(3, 5, 0x10000));
     assert.equal(since().filter((r) => r.name === 'IOMMU_HWPT_INVALIDATE').length, 1);
     guest.invalidate(P.iotlbPasid(3, 5));
@@ -94,11 +104,17 @@ describe('NestingBackend (VtdUnit to iommufd nesting)', () => {
     const moved = firstStageEntry(guest, SID, 5, 4);
     guest.invalidate(P.cachePasid(3, 5));
     const rebind = since();
-    assert.deepEqual(rebind.map((r) => r.name), ['IOMMU_HWPT_ALLOC', 'VFIO_DEVICE_ATTACH_IOMMUFD_PT', 'IOMMU_DESTROY']);
+    assert.deepEqual(
+      rebind.map((r) => r.name),
+      ['IOMMU_HWPT_ALLOC', 'VFIO_DEVICE_ATTACH_IOMMUFD_PT', 'IOMMU_DESTROY'],
+    );
     assert.equal((rebind[0]!.payload as { vtdS1: { pgtblAddr: bigint } }).vtdS1.pgtblAddr, BigInt(moved));
     guest.pasidEntry(SID, 5, { P: 0 });
     guest.invalidate(P.cachePasid(4, 5));
-    assert.deepEqual(since().map((r) => r.name), ['VFIO_DEVICE_DETACH_IOMMUFD_PT', 'IOMMU_DESTROY']);
+    assert.deepEqual(
+      since().map((r) => r.name),
+      ['VFIO_DEVICE_DETACH_IOMMUFD_PT', 'IOMMU_DESTROY'],
+    );
   });
 
   it('attaches the parent for a pass-through entry and refuses a second-stage one, which the host cannot nest', () => {
@@ -109,10 +125,16 @@ describe('NestingBackend (VtdUnit to iommufd nesting)', () => {
     guest.enableScalable();
     guest.setupWideQueue();
     backend.attach(SID, [5]);
-    assert.deepEqual(since().map((r) => r.name), ['VFIO_DEVICE_ATTACH_IOMMUFD_PT']);
+    assert.deepEqual(
+      since().map((r) => r.name),
+      ['VFIO_DEVICE_ATTACH_IOMMUFD_PT'],
+    );
     guest.secondStage(SID, 5, 2);
     guest.invalidate(P.cachePasid(2, 5));
-    assert.deepEqual(since().map((r) => r.name), ['VFIO_DEVICE_DETACH_IOMMUFD_PT']);
+    assert.deepEqual(
+      since().map((r) => r.name),
+      ['VFIO_DEVICE_DETACH_IOMMUFD_PT'],
+    );
     assert.equal(events.length, 1);
     assert.match(events[0]!, /second-stage domain .* cannot be nested/);
   });
@@ -137,14 +159,35 @@ describe('NestingBackend (VtdUnit to iommufd nesting)', () => {
 
   it('says what a unit configuration offers that the host cannot back', () => {
     const problems = nestingConfigProblems(vtdConfigFromString(`${UNIT},x-nested=on`), {
-      pageTableFormats: ['vtd-s1'], addressWidths: [48], firstStage1GiBPages: false, supervisorRequests: false, extendedAccessedFlag: false,
-      nested: true, maxPasidLog2: 10, readOnlyParentErratum: false, cap: 0n, ecap: 0n,
+      pageTableFormats: ['vtd-s1'],
+      addressWidths: [48],
+      firstStage1GiBPages: false,
+      supervisorRequests: false,
+      extendedAccessedFlag: false,
+      nested: true,
+      maxPasidLog2: 10,
+      readOnlyParentErratum: false,
+      cap: 0n,
+      ecap: 0n,
     });
     assert.equal(problems.length, 3, problems.join('\n'));
-    assert.ok(problems.some((p) => /x-nested=off/.test(p)) && problems.some((p) => /FS1GP/.test(p)) && problems.some((p) => /x-pasid-bits=10/.test(p)));
-    assert.deepEqual(nestingConfigProblems(vtdConfigFromString(`${UNIT},x-pasid-bits=10`), {
-      pageTableFormats: ['vtd-s1'], addressWidths: [48], firstStage1GiBPages: true, supervisorRequests: false, extendedAccessedFlag: false,
-      nested: true, maxPasidLog2: 10, readOnlyParentErratum: false, cap: 0n, ecap: 0n,
-    }), []);
+    assert.ok(
+      problems.some((p) => /x-nested=off/.test(p)) && problems.some((p) => /FS1GP/.test(p)) && problems.some((p) => /x-pasid-bits=10/.test(p)),
+    );
+    assert.deepEqual(
+      nestingConfigProblems(vtdConfigFromString(`${UNIT},x-pasid-bits=10`), {
+        pageTableFormats: ['vtd-s1'],
+        addressWidths: [48],
+        firstStage1GiBPages: true,
+        supervisorRequests: false,
+        extendedAccessedFlag: false,
+        nested: true,
+        maxPasidLog2: 10,
+        readOnlyParentErratum: false,
+        cap: 0n,
+        ecap: 0n,
+      }),
+      [],
+    );
   });
 });

@@ -10,7 +10,14 @@ import { VfioUserClient } from '../../lib/vfio-user/client';
 import { VfioUserDevice } from '../../lib/vfio-user/server/device';
 import type { DmaMapping } from '../../lib/vfio-user/server/dma-maps';
 import { VfioUserServer } from '../../lib/vfio-user/server/server';
-import { MAPPING_ACCESS, type DeviceDomainListener, type DomainInvalidationListener, type DomainMappingListener, type MappedRun, type VtdDomain } from '../../lib/vtd/address-space';
+import {
+  MAPPING_ACCESS,
+  type DeviceDomainListener,
+  type DomainInvalidationListener,
+  type DomainMappingListener,
+  type MappedRun,
+  type VtdDomain,
+} from '../../lib/vtd/address-space';
 import { openFdCount, tempSocketPath } from '../helpers';
 
 const PAGE = 4096;
@@ -25,7 +32,10 @@ class PageMapDomain implements VtdDomain {
   private readonly rangeListeners = new Set<DomainInvalidationListener>();
   walks = 0;
 
-  constructor(readonly key: string, readonly did: number) {}
+  constructor(
+    readonly key: string,
+    readonly did: number,
+  ) {}
 
   mappings(firstPage: number, pageCount: number): MappedRun[] {
     this.walks++;
@@ -191,7 +201,8 @@ describe('ShadowBackend with a real vfio-user server', () => {
     const attachment = backend.attach(0x20, {
       ...target,
       maxDmaMaps: target.maxDmaMaps,
-      dmaUnmap: (address: bigint, size: bigint) => (failUnmaps-- > 0 ? Promise.reject(new Error('DMA_UNMAP timed out')) : target.dmaUnmap(address, size)),
+      dmaUnmap: (address: bigint, size: bigint) =>
+        failUnmaps-- > 0 ? Promise.reject(new Error('DMA_UNMAP timed out')) : target.dmaUnmap(address, size),
     });
     await attachment.settled();
     assert.equal(served.table.size, 2);
@@ -204,7 +215,10 @@ describe('ShadowBackend with a real vfio-user server', () => {
     domain.invalidate(0x300, 1);
     await attachment.settled();
     assert.equal(served.table.size, 2);
-    assert.deepEqual(errors.map((error) => (error as { code?: string }).code ?? error.message), ['DMA_UNMAP timed out', 'DMA_UNMAP timed out', 'ERR_VIOMMU_SHADOW_STALE']);
+    assert.deepEqual(
+      errors.map((error) => (error as { code?: string }).code ?? error.message),
+      ['DMA_UNMAP timed out', 'DMA_UNMAP timed out', 'ERR_VIOMMU_SHADOW_STALE'],
+    );
 
     await attachment.detach();
     assert.equal(served.table.size, 0, 'detach unmaps the runs whose unmaps failed');

@@ -19,7 +19,10 @@ class RuleKeepingPeer {
     }
     for (const run of changes.map) {
       for (const other of this.table.values()) {
-        assert.ok(run.iovaPage + run.pages <= other.iovaPage || other.iovaPage + other.pages <= run.iovaPage, `map of ${run.iovaPage}+${run.pages} overlaps`);
+        assert.ok(
+          run.iovaPage + run.pages <= other.iovaPage || other.iovaPage + other.pages <= run.iovaPage,
+          `map of ${run.iovaPage}+${run.pages} overlaps`,
+        );
       }
       this.table.set(run.iovaPage, run);
       this.messages++;
@@ -45,7 +48,11 @@ function runsOf(pages: Map<number, [number, number]>, from: number, to: number):
 describe('ShadowMappings', () => {
   it('coalesces contiguous pages into one run and maps it with one message', () => {
     const shadow = new ShadowMappings();
-    const changes = shadow.update(16, 8, [0, 1, 2, 3].map((i) => ({ iovaPage: 16 + i, gpaPage: 100 + i, pages: 1, access: RW })));
+    const changes = shadow.update(
+      16,
+      8,
+      [0, 1, 2, 3].map((i) => ({ iovaPage: 16 + i, gpaPage: 100 + i, pages: 1, access: RW })),
+    );
     assert.deepEqual(changes, { unmap: [], map: [{ iovaPage: 16, gpaPage: 100, pages: 4, access: RW }] });
     assert.equal(shadow.count, 1);
     assert.deepEqual(shadow.lookup(19), { iovaPage: 16, gpaPage: 100, pages: 4, access: RW });
@@ -85,14 +92,22 @@ describe('ShadowMappings', () => {
     const shadow = new ShadowMappings();
     assert.throws(() => shadow.update(0, 4, [{ iovaPage: 3, gpaPage: 0, pages: 2, access: RW }]), { code: 'ERR_VIOMMU_SHADOW_RANGE' });
     assert.throws(
-      () => shadow.update(0, 8, [{ iovaPage: 4, gpaPage: 0, pages: 1, access: RW }, { iovaPage: 2, gpaPage: 0, pages: 1, access: RW }]),
+      () =>
+        shadow.update(0, 8, [
+          { iovaPage: 4, gpaPage: 0, pages: 1, access: RW },
+          { iovaPage: 2, gpaPage: 0, pages: 1, access: RW },
+        ]),
       { code: 'ERR_VIOMMU_SHADOW_RANGE' },
     );
   });
 
   it('keeps a rule-keeping peer equal to the guest page model over random update sequences, with maximal runs', () => {
     const pageEntry = fc.option(fc.tuple(fc.integer({ min: 0, max: 40 }), fc.constantFrom(SHADOW_ACCESS.READ, RW)), { nil: undefined });
-    const step = fc.record({ first: fc.integer({ min: 0, max: 40 }), count: fc.integer({ min: 0, max: 24 }), entries: fc.array(pageEntry, { minLength: 24, maxLength: 24 }) });
+    const step = fc.record({
+      first: fc.integer({ min: 0, max: 40 }),
+      count: fc.integer({ min: 0, max: 24 }),
+      entries: fc.array(pageEntry, { minLength: 24, maxLength: 24 }),
+    });
     fc.assert(
       fc.property(fc.array(step, { maxLength: 25 }), fc.boolean(), (steps, contiguousBias) => {
         const shadow = new ShadowMappings();

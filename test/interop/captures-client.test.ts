@@ -17,7 +17,10 @@ const ENUMERATED = ['client-server.src.jsonl', 'old-client-server.src.jsonl', 'p
 function expectedDevice(records: CaptureRecord[]) {
   const replies = exchanges(records).flatMap(({ answer, reply }) => (answer?.type === 'reply' ? [{ body: answer.body, reply }] : []));
   const version = replies.find(({ body }) => body.command === 'VERSION')!.body as Extract<(typeof replies)[number]['body'], { command: 'VERSION' }>;
-  const info = replies.find(({ body }) => body.command === 'DEVICE_GET_INFO')!.body as Extract<(typeof replies)[number]['body'], { command: 'DEVICE_GET_INFO' }>;
+  const info = replies.find(({ body }) => body.command === 'DEVICE_GET_INFO')!.body as Extract<
+    (typeof replies)[number]['body'],
+    { command: 'DEVICE_GET_INFO' }
+  >;
   const regions = Array.from({ length: info.numRegions }, (_, index) => {
     const answers = replies.filter(({ body }) => body.command === 'DEVICE_GET_REGION_INFO' && body.index === index);
     const fullest = answers.sort((x, y) => y.reply.size - x.reply.size)[0]!;
@@ -32,7 +35,9 @@ function expectedDevice(records: CaptureRecord[]) {
       hasFd: fullest.reply.nfds > 0,
     };
   });
-  const irqs = replies.flatMap(({ body }) => (body.command === 'DEVICE_GET_IRQ_INFO' ? [{ index: body.index, flags: body.flags, count: body.count }] : []));
+  const irqs = replies.flatMap(({ body }) =>
+    body.command === 'DEVICE_GET_IRQ_INFO' ? [{ index: body.index, flags: body.flags, count: body.count }] : [],
+  );
   return {
     version: { major: version.major, minor: version.minor },
     twinSocket: version.capabilities.twinSocket?.fdIndex !== undefined,
@@ -73,7 +78,14 @@ describe('interop: our client accepts the recorded server replies', function () 
           version: description.version,
           twinSocket: description.twinSocket,
           device: description.device,
-          regions: description.regions.map((r) => ({ index: r.index, flags: r.flags, size: r.size, argsz: r.argsz, sparseAreas: r.sparse ? r.mmapAreas : undefined, hasFd: r.hasFd })),
+          regions: description.regions.map((r) => ({
+            index: r.index,
+            flags: r.flags,
+            size: r.size,
+            argsz: r.argsz,
+            sparseAreas: r.sparse ? r.mmapAreas : undefined,
+            hasFd: r.hasFd,
+          })),
           irqs: description.irqs.map((irq) => ({ index: irq.index, flags: irq.flags, count: irq.count })),
         },
         expected,
@@ -86,18 +98,30 @@ describe('interop: our client accepts the recorded server replies', function () 
       // A region the server offers for mmap maps, with every area the capture names.
       for (const region of client.regions.filter((r) => r.mappable)) {
         const areas = client.mapRegion(region.index);
-        assert.deepEqual(areas.map((a) => [a.offset, a.size]), region.description.mmapAreas.map((a) => [a.offset, a.size]));
+        assert.deepEqual(
+          areas.map((a) => [a.offset, a.size]),
+          region.description.mmapAreas.map((a) => [a.offset, a.size]),
+        );
       }
     });
   }
 
-  it('client-server.src.jsonl: the README\'s facts (BAR1 sparse areas with an fd, config 256 bytes, INTx 1)', async function () {
+  it("client-server.src.jsonl: the README's facts (BAR1 sparse areas with an fd, config 256 bytes, INTx 1)", async function () {
     skipWithoutCaptures(this);
     const { client } = await replayTo('client-server.src.jsonl');
     const bar1 = client.description.regions[1]!;
     assert.deepEqual(
       { size: bar1.size, flags: bar1.flags, argsz: bar1.argsz, areas: bar1.mmapAreas, hasFd: bar1.hasFd },
-      { size: 0x4000n, flags: 0xf, argsz: 80, areas: [{ offset: 0x0n, size: 0x1000n }, { offset: 0x2000n, size: 0x1000n }], hasFd: true },
+      {
+        size: 0x4000n,
+        flags: 0xf,
+        argsz: 80,
+        areas: [
+          { offset: 0x0n, size: 0x1000n },
+          { offset: 0x2000n, size: 0x1000n },
+        ],
+        hasFd: true,
+      },
     );
     assert.equal(client.description.regions[7]!.size, 256n);
     assert.equal(client.description.regions[0]!.size, 8n);
@@ -110,13 +134,16 @@ describe('interop: our client accepts the recorded server replies', function () 
     skipWithoutCaptures(this);
     const { client } = await replayTo('probe-gpio.jsonl');
     assert.deepEqual([client.description.regions[2]!.size, client.description.regions[2]!.flags], [0x100n, 3]);
-    assert.deepEqual(client.irqs.map((irq) => irq.count), [1, 0, 0, 1, 1]);
+    assert.deepEqual(
+      client.irqs.map((irq) => irq.count),
+      [1, 0, 0, 1, 1],
+    );
     assert.equal(client.description.twinSocket, true);
     const header = await client.regionRead(7, 0, 64);
     assert.deepEqual([header[0], header[1], header[2], header[3]], [0x4f, 0x49, 0xc8, 0x0d]);
   });
 
-  it('probetwin-server.jsonl: answers the server\'s twin-socket DMA byte for byte as the recorded client did', async function () {
+  it("probetwin-server.jsonl: answers the server's twin-socket DMA byte for byte as the recorded client did", async function () {
     skipWithoutCaptures(this);
     const memory = new GuestMemory();
     memory.addRegion({ name: 'ram', start: 0, buffer: new ArrayBuffer(0x2000) });

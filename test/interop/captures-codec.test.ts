@@ -156,7 +156,10 @@ describe('interop: golden captures through the codec', function () {
           const recordedPayload = bytes.subarray(HEADER_SIZE);
           const canonicalPayload = encoded.subarray(HEADER_SIZE);
           assert.deepStrictEqual(recordedPayload.subarray(0, canonicalPayload.length), canonicalPayload, `seq ${record.seq}: ${nonCanonical}`);
-          assert.ok(recordedPayload.subarray(canonicalPayload.length).every((byte) => byte === 0), `seq ${record.seq}: padding is zero`);
+          assert.ok(
+            recordedPayload.subarray(canonicalPayload.length).every((byte) => byte === 0),
+            `seq ${record.seq}: padding is zero`,
+          );
           assert.deepStrictEqual(decodeMessage(encoded), decoded, `seq ${record.seq}: canonical form decodes the same`);
         }
       });
@@ -165,10 +168,11 @@ describe('interop: golden captures through the codec', function () {
 
   describe('facts from the captures README', () => {
     /** `it` for a test that needs `file`; without it, the test says so and skips. */
-    const onlyIf = (file: string) => (title: string, test: () => void | PromiseLike<unknown>) => it(title, function () {
-      skipWithoutCaptureFile(this, file);
-      return test();
-    });
+    const onlyIf = (file: string) => (title: string, test: () => void | PromiseLike<unknown>) =>
+      it(title, function () {
+        skipWithoutCaptureFile(this, file);
+        return test();
+      });
 
     onlyIf('client-server.src.jsonl')('VERSION capabilities of the sample client and server', () => {
       const [clientVersion] = commandsOf('client-server.src.jsonl', 'VERSION');
@@ -207,7 +211,13 @@ describe('interop: golden captures through the codec', function () {
         { argsz: 80, flags: 0xf, size: 0x4000n, nfds: 1 },
       );
       assert.deepStrictEqual(full!.body.capabilities, [
-        { kind: 'sparse-mmap', areas: [{ offset: 0x0n, size: 0x1000n }, { offset: 0x2000n, size: 0x1000n }] },
+        {
+          kind: 'sparse-mmap',
+          areas: [
+            { offset: 0x0n, size: 0x1000n },
+            { offset: 0x2000n, size: 0x1000n },
+          ],
+        },
       ]);
     });
 
@@ -220,7 +230,14 @@ describe('interop: golden captures through the codec', function () {
       const maps = commandsOf('client-server.src.jsonl', 'DMA_MAP');
       assert.equal(maps.length, 16);
       maps.forEach(({ body, record }, i) => {
-        assert.deepStrictEqual(body, { command: 'DMA_MAP', argsz: 32, flags: 3, offset: BigInt(i * 0x1000), address: BigInt(i * 0x1000), size: 0x1000n });
+        assert.deepStrictEqual(body, {
+          command: 'DMA_MAP',
+          argsz: 32,
+          flags: 3,
+          offset: BigInt(i * 0x1000),
+          address: BigInt(i * 0x1000),
+          size: 0x1000n,
+        });
         assert.equal(record.nfds, 1);
       });
     });
@@ -230,8 +247,13 @@ describe('interop: golden captures through the codec', function () {
         .filter(({ body }) => body.feature === DEVICE_FEATURES.values.MIG_DEVICE_STATE)
         .map(({ body }) => decodeMigrationStateFeature(body.data));
       const { PRE_COPY, STOP_COPY, STOP } = MIGRATION_STATES.values;
-      assert.deepStrictEqual(states, [PRE_COPY, STOP_COPY, STOP].map((deviceState) => ({ deviceState, dataFd: 0xffffffff })));
-      const reports = repliesTo('client-server.src.jsonl', 'DEVICE_FEATURE').filter(({ body }) => body.feature === DEVICE_FEATURES.values.DMA_LOGGING_REPORT);
+      assert.deepStrictEqual(
+        states,
+        [PRE_COPY, STOP_COPY, STOP].map((deviceState) => ({ deviceState, dataFd: 0xffffffff })),
+      );
+      const reports = repliesTo('client-server.src.jsonl', 'DEVICE_FEATURE').filter(
+        ({ body }) => body.feature === DEVICE_FEATURES.values.DMA_LOGGING_REPORT,
+      );
       assert.equal(reports.length, 16);
       for (const { body } of reports) {
         assert.equal(body.get, true);
@@ -258,7 +280,10 @@ describe('interop: golden captures through the codec', function () {
       assert.deepStrictEqual(echo!.body.unmapped, { argsz: 24, flags: 2, address: 0n, size: 0n });
       const writes = commandsOf('client-server.dst.jsonl', 'MIG_DATA_WRITE');
       assert.equal(writes.length, 17);
-      assert.deepStrictEqual({ argsz: writes[16]!.body.argsz, size: writes[16]!.body.data.length, msgSize: writes[16]!.record.size }, { argsz: 16, size: 8, msgSize: 32 });
+      assert.deepStrictEqual(
+        { argsz: writes[16]!.body.argsz, size: writes[16]!.body.data.length, msgSize: writes[16]!.record.size },
+        { argsz: 16, size: 8, msgSize: 32 },
+      );
     });
 
     onlyIf('client-server.src.jsonl')('only the two documented paddings are non-canonical', () => {
@@ -285,14 +310,23 @@ describe('interop: golden captures through the codec', function () {
 
     onlyIf('probetwin-server.jsonl')('server DMA on the twin channel: 4 x 1024-byte writes, 2 x 2048-byte reads', () => {
       const writes = commandsOf('probetwin-server.jsonl', 'DMA_WRITE');
-      assert.deepStrictEqual(writes.map(({ record }) => record.chan), ['twin', 'twin', 'twin', 'twin']);
+      assert.deepStrictEqual(
+        writes.map(({ record }) => record.chan),
+        ['twin', 'twin', 'twin', 'twin'],
+      );
       writes.forEach(({ body, record }, i) => {
         assert.equal(record.msg_id, i + 1);
         assert.equal(body.address, BigInt(i * 0x400));
         assert.ok(body.data.length === 1024 && body.data.every((byte) => byte === 0x41 + i));
       });
       const reads = repliesTo('probetwin-server.jsonl', 'DMA_READ');
-      assert.deepStrictEqual(reads.map(({ body }) => [body.address, body.data.length]), [[0n, 2048], [0x800n, 2048]]);
+      assert.deepStrictEqual(
+        reads.map(({ body }) => [body.address, body.data.length]),
+        [
+          [0n, 2048],
+          [0x800n, 2048],
+        ],
+      );
       const written = Buffer.concat(writes.map(({ body }) => body.data));
       assert.deepStrictEqual(Buffer.concat(reads.map(({ body }) => body.data)), written);
     });

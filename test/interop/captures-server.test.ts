@@ -36,7 +36,8 @@ function sampleServer(bar1Size: number): { device: VfioUserDevice; done: () => b
   const runTimer = async () => {
     const lowest = [...mappings].sort((a, b) => (a.address < b.address ? -1 : 1))[0];
     if (lowest === undefined || device === undefined) return;
-    for (const mapping of mappings) if (mapping.memory !== undefined) device.dma.write(mapping.address, new Uint8Array(Number(mapping.size)).fill(0x5a));
+    for (const mapping of mappings)
+      if (mapping.memory !== undefined) device.dma.write(mapping.address, new Uint8Array(Number(mapping.size)).fill(0x5a));
     for (let i = 0; i < 4; i++) await device.dmaByMessage.write(lowest.address + BigInt(i * 1024), new Uint8Array(1024).fill(0x41 + i));
     for (let i = 0; i < 2; i++) await device.dmaByMessage.read(lowest.address + BigInt(i * 2048), new Uint8Array(2048));
     if (device.irqs.count('INTX') > 0) device.irqs.trigger('INTX');
@@ -55,7 +56,16 @@ function sampleServer(bar1Size: number): { device: VfioUserDevice; done: () => b
     pci: { identity: { vendorId: 0xdead, deviceId: 0xbeef, subsystemVendorId: 0xcafe, subsystemId: 0xbabe, classCode: 0 } },
     regions: {
       BAR0: { size: 8, handler: timerRegister, bar: { kind: 'io' } },
-      BAR1: { size: bar1Size, mmap: { areas: [{ offset: 0n, size: 0x1000n }, { offset: 0x2000n, size: 0x1000n }] }, bar: { kind: 'io' } },
+      BAR1: {
+        size: bar1Size,
+        mmap: {
+          areas: [
+            { offset: 0n, size: 0x1000n },
+            { offset: 0x2000n, size: 0x1000n },
+          ],
+        },
+        bar: { kind: 'io' },
+      },
     },
     irqs: { INTX: { count: 1, maskable: false }, MSI: { count: 0, maskable: false }, MSIX: { count: 0, maskable: false }, ERR: 1, REQ: 1 },
     onDmaMap: (mapping) => mappings.push(mapping),
@@ -129,8 +139,14 @@ interface Received {
 
 /** A raw client: sends recorded bytes, queues what the server sends per channel, replies apart from commands. */
 class RawClient {
-  readonly replies = new Map<string, Received[]>([['main', []], ['twin', []]]);
-  readonly commands = new Map<string, Received[]>([['main', []], ['twin', []]]);
+  readonly replies = new Map<string, Received[]>([
+    ['main', []],
+    ['twin', []],
+  ]);
+  readonly commands = new Map<string, Received[]>([
+    ['main', []],
+    ['twin', []],
+  ]);
   readonly sockets = new Map<string, MessageSocket>();
   private readonly held: FileDescriptor[] = [];
 
@@ -183,7 +199,11 @@ function withMsgId(bytes: Uint8Array, msgId: number): Uint8Array {
 }
 
 function plainBody(message: VfioUserMessage | VfioUserProtocolError): unknown {
-  return JSON.parse(JSON.stringify(message, (_key, value: unknown) => (typeof value === 'bigint' ? `0x${value.toString(16)}` : value instanceof Uint8Array ? Buffer.from(value).toString('hex') : value)));
+  return JSON.parse(
+    JSON.stringify(message, (_key, value: unknown) =>
+      typeof value === 'bigint' ? `0x${value.toString(16)}` : value instanceof Uint8Array ? Buffer.from(value).toString('hex') : value,
+    ),
+  );
 }
 
 interface Outcome {
@@ -226,17 +246,23 @@ function compareReply(name: string, recorded: Uint8Array, recordedFds: number, o
       for (const key of ['maxMsgFds', 'maxDataXferSize'] as const) {
         if (r.capabilities[key] !== b.capabilities[key]) problems.push(`${name}: ${key} ${b.capabilities[key]}, recorded ${r.capabilities[key]}`);
       }
-      if (Boolean(r.capabilities.twinSocket?.supported) !== Boolean(b.capabilities.twinSocket?.supported)) problems.push(`${name}: twin socket offer differs`);
+      if (Boolean(r.capabilities.twinSocket?.supported) !== Boolean(b.capabilities.twinSocket?.supported))
+        problems.push(`${name}: twin socket offer differs`);
       break;
     }
     case 'REGION_READ': {
       const r = a as typeof b;
       if (r.offset !== b.offset || r.region !== b.region || r.data.length !== b.data.length || theirs.messageSize !== mine.messageSize) {
-        problems.push(`${name}: read ${b.data.length} bytes of region ${b.region} at ${b.offset}, recorded ${r.data.length} of ${r.region} at ${r.offset}`);
+        problems.push(
+          `${name}: read ${b.data.length} bytes of region ${b.region} at ${b.offset}, recorded ${r.data.length} of ${r.region} at ${r.offset}`,
+        );
       }
       if (b.region === REGION_INDEXES.values.CONFIG && b.offset === 0n && b.data.length >= 0x30) {
         // The IDs must match; the rest of the header is device-specific (libvfio-user marks every non-memory BAR as I/O).
-        for (const [at, width] of [[0, 4], [0x2c, 4]] as const) {
+        for (const [at, width] of [
+          [0, 4],
+          [0x2c, 4],
+        ] as const) {
           if (Buffer.compare(Buffer.from(r.data.subarray(at, at + width)), Buffer.from(b.data.subarray(at, at + width))) !== 0) {
             problems.push(`${name}: config bytes at 0x${at.toString(16)} differ`);
           }
@@ -284,7 +310,9 @@ async function replayAgainstServer(setup: CaptureSetup): Promise<Outcome> {
         const fds = standIns(record, memory);
         closers.push(fds.close);
         client.send(record.chan, bytes, fds.fds);
-        const answer = records.slice(i + 1).find((r) => r.dir === 's2c' && isReply(r.flags) && r.chan === record.chan && r.msg_id === record.msg_id && r.cmd === record.cmd);
+        const answer = records
+          .slice(i + 1)
+          .find((r) => r.dir === 's2c' && isReply(r.flags) && r.chan === record.chan && r.msg_id === record.msg_id && r.cmd === record.cmd);
         assert.ok(answer, `${name}: no recorded reply`);
         const ours = await client.next('reply', record.chan, `our reply to ${name}`);
         if (MIGRATION_COMMANDS.has(record.cmd)) {
@@ -308,7 +336,9 @@ async function replayAgainstServer(setup: CaptureSetup): Promise<Outcome> {
         const mine = decodeHeader(ours.bytes);
         ourServerIds.set(key, mine.msgId);
         if (JSON.stringify(headerShape(theirs)) !== JSON.stringify(headerShape(mine)) || theirs.messageSize !== mine.messageSize) {
-          outcome.differences.push(`${name}: our command header ${JSON.stringify({ ...headerShape(mine), size: mine.messageSize })}, recorded ${JSON.stringify({ ...headerShape(theirs), size: theirs.messageSize })}`);
+          outcome.differences.push(
+            `${name}: our command header ${JSON.stringify({ ...headerShape(mine), size: mine.messageSize })}, recorded ${JSON.stringify({ ...headerShape(theirs), size: theirs.messageSize })}`,
+          );
         } else if (JSON.stringify(plainBody(decodeLoosely(bytes))) !== JSON.stringify(plainBody(decodeLoosely(ours.bytes)))) {
           outcome.differences.push(`${name}: our command body differs from the recording`);
         }
@@ -350,7 +380,8 @@ describe('captures: our server answers recorded client commands like the recorde
 
   it('lists where ours differs on purpose, and nothing else', async () => {
     const declared = (await replayAgainstServer(SETUPS.find((setup) => setup.file === 'probe-null.jsonl')!)).declared;
-    assert.deepEqual(declared, ['seq 48 VFIO_USER_DMA_UNMAP: the spec says the reply echoes the request; libvfio-user without a DMA controller sends none']);
+    assert.deepEqual(declared, [
+      'seq 48 VFIO_USER_DMA_UNMAP: the spec says the reply echoes the request; libvfio-user without a DMA controller sends none',
+    ]);
   });
 });
-

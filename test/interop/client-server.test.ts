@@ -124,10 +124,28 @@ describe('interop: our client against `viommu serve --device dma-engine` in anot
             [8, 0n, 0],
           ],
         );
-        assert.deepEqual(description.irqs.map((irq) => [irq.name, irq.count]), [['INTX', 1], ['MSI', 1], ['MSIX', 0], ['ERR', 1], ['REQ', 1]]);
-        const pci = describePciConfig(await client.regionRead(CONFIG, 0, 256), client.regions.map((region) => region.size));
-        assert.deepEqual([pci.header.vendorId, pci.header.deviceId, pci.header.revisionId], [EDU_PCI_IDENTITY.vendorId, EDU_PCI_IDENTITY.deviceId, EDU_PCI_IDENTITY.revision]);
-        assert.deepEqual(pci.bars.map((bar) => [bar.index, bar.kind, bar.width, bar.size]), [[0, 'memory', 32, 1n << 20n]]);
+        assert.deepEqual(
+          description.irqs.map((irq) => [irq.name, irq.count]),
+          [
+            ['INTX', 1],
+            ['MSI', 1],
+            ['MSIX', 0],
+            ['ERR', 1],
+            ['REQ', 1],
+          ],
+        );
+        const pci = describePciConfig(
+          await client.regionRead(CONFIG, 0, 256),
+          client.regions.map((region) => region.size),
+        );
+        assert.deepEqual(
+          [pci.header.vendorId, pci.header.deviceId, pci.header.revisionId],
+          [EDU_PCI_IDENTITY.vendorId, EDU_PCI_IDENTITY.deviceId, EDU_PCI_IDENTITY.revision],
+        );
+        assert.deepEqual(
+          pci.bars.map((bar) => [bar.index, bar.kind, bar.width, bar.size]),
+          [[0, 'memory', 32, 1n << 20n]],
+        );
         const msiCapability = pci.capabilities.find((capability) => capability.id === PCI_CAPABILITY_IDS.MSI);
         assert.ok(msiCapability, 'the MSI capability is listed');
         assert.deepEqual(pci.problems, []);
@@ -140,7 +158,10 @@ describe('interop: our client against `viommu serve --device dma-engine` in anot
         const control = msiCapability.offset + 2;
         const controlValue = Number(fromLe(await client.regionRead(CONFIG, control, 2)));
         await client.regionWrite(CONFIG, control, le(BigInt(controlValue | MSI_CONTROL.bits.ENABLE), 4).subarray(0, 2));
-        assert.match(describePciConfig(await client.regionRead(CONFIG, 0, 256)).capabilities.find((c) => c.id === PCI_CAPABILITY_IDS.MSI)!.detail!, /^Enable\+ Count=1\/1/);
+        assert.match(
+          describePciConfig(await client.regionRead(CONFIG, 0, 256)).capabilities.find((c) => c.id === PCI_CAPABILITY_IDS.MSI)!.detail!,
+          /^Enable\+ Count=1\/1/,
+        );
 
         /** RAM -> device buffer -> elsewhere in RAM, one MSI per transfer. */
         async function roundTrip(label: string, from: number, to: number, length: number): Promise<void> {
@@ -175,7 +196,10 @@ describe('interop: our client against `viommu serve --device dma-engine` in anot
         await edu.transfer(UNMAPPED_IOVA, BigInt(EDU_BUFFER_ADDRESS), 16, false);
         await waitFor(() => msiCount === msisBefore + 1, 'the MSI of the refused transfer');
         await edu.acknowledge();
-        await waitFor(() => /dma-engine: DMA of 16 bytes from 0x200000 to 0x40000 failed: 0x200000 is not in any DMA mapping \(errno 14\)/.test(server.stderr), `the server's log of the refused DMA (stderr: ${server.stderr})`);
+        await waitFor(
+          () => /dma-engine: DMA of 16 bytes from 0x200000 to 0x40000 failed: 0x200000 is not in any DMA mapping \(errno 14\)/.test(server.stderr),
+          `the server's log of the refused DMA (stderr: ${server.stderr})`,
+        );
         assert.deepEqual([byMessage, faults], [[], []], 'nothing reached the client');
 
         // ---- (c') mapped without RAM behind it: the client answers EFAULT and tells the VMM; the server logs it --
@@ -184,8 +208,14 @@ describe('interop: our client against `viommu serve --device dma-engine` in anot
         await edu.transfer(BigInt(EDU_BUFFER_ADDRESS), HOLE_IOVA, 16, true);
         await waitFor(() => msiCount === msisBefore + 1, 'the MSI of the faulted transfer');
         await edu.acknowledge();
-        assert.deepEqual(faults.map((fault) => [fault.access, fault.address, fault.length, fault.errno]), [['write', HOLE_IOVA, 16, EFAULT]]);
-        await waitFor(() => /dma-engine: DMA of 16 bytes from 0x40000 to 0x300000 failed: the client refused the DMA_WRITE \(errno 14\)/.test(server.stderr), `the server's log of the faulted DMA (stderr: ${server.stderr})`);
+        assert.deepEqual(
+          faults.map((fault) => [fault.access, fault.address, fault.length, fault.errno]),
+          [['write', HOLE_IOVA, 16, EFAULT]],
+        );
+        await waitFor(
+          () => /dma-engine: DMA of 16 bytes from 0x40000 to 0x300000 failed: the client refused the DMA_WRITE \(errno 14\)/.test(server.stderr),
+          `the server's log of the faulted DMA (stderr: ${server.stderr})`,
+        );
 
         // The server keeps serving: the buffer still holds what (b) put there, and moves it again.
         await edu.transfer(BigInt(EDU_BUFFER_ADDRESS), BigInt(RAM_BASE + 0x5000), 256, true);
@@ -230,7 +260,10 @@ describe('interop: our client against `viommu serve --device dma-engine` in anot
       assert.deepEqual(await server.stop(), [0, null], server.stderr);
       assert.ok(!fs.existsSync(server.socketPath), 'the socket file is removed');
       assert.match(server.stderr, /viommu serve: stopped\n$/);
-      await waitFor(() => openFdCount() === fdsBeforeServer, `every fd of the session to be closed (${openFdCount()} open, ${fdsBeforeServer} before)`);
+      await waitFor(
+        () => openFdCount() === fdsBeforeServer,
+        `every fd of the session to be closed (${openFdCount()} open, ${fdsBeforeServer} before)`,
+      );
     } finally {
       server.kill();
     }
@@ -244,7 +277,12 @@ describe('interop: our client against `viommu serve --device dma-engine` in anot
     const pieces: string[] = [];
     const dmaSpace = recordingDma(memory, (access, _address, length) => pieces.push(`${access} ${length}`));
     try {
-      const client = await VfioUserClient.connect(server.socketPath, { twinSocket: true, dmaSpace, capabilities: { maxDataXferSize: 1024 }, requestTimeoutMs: 10000 });
+      const client = await VfioUserClient.connect(server.socketPath, {
+        twinSocket: true,
+        dmaSpace,
+        capabilities: { maxDataXferSize: 1024 },
+        requestTimeoutMs: 10000,
+      });
       try {
         assert.equal(client.description.twinSocket, false, 'the server declined the twin socket');
         const edu = new EduDriver(client);

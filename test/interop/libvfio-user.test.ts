@@ -102,7 +102,13 @@ async function runSampleClient(socketPath: string): Promise<{ status: number | n
 }
 
 function show(title: string, text: string): void {
-  console.log(`      ${title}:\n${text.trimEnd().split('\n').map((line) => `        ${line}`).join('\n')}`);
+  console.log(
+    `      ${title}:\n${text
+      .trimEnd()
+      .split('\n')
+      .map((line) => `        ${line}`)
+      .join('\n')}`,
+  );
 }
 
 /** DMA_MAP sizes the peer refused in its log (libvfio-user: "DMA region size N > max M"). */
@@ -202,7 +208,7 @@ describe('interop: libvfio-user sample programs', function () {
         assert.equal(await qtest.inl(0xcfc), 0x0dc8494f);
         assert.equal(await qtest.inw(0xcfe), 0x0dc8, 'a word at byte lane 2');
         await qtest.outl(0xcf8, configAddress(0x3c));
-        assert.equal((await qtest.inl(0xcfc)) >>> 8 & 0xff, 1, 'interrupt pin A');
+        assert.equal(((await qtest.inl(0xcfc)) >>> 8) & 0xff, 1, 'interrupt pin A');
         assert.deepEqual(await sizeBar(qtest, 0x18, 0xc001), { flags: 0x1, sized: 0xffffff01, programmed: 0xc001 });
         // libvfio-user marks even an absent BAR as I/O space; it takes no size and no address.
         assert.deepEqual(await sizeBar(qtest, 0x10, 0xd001), { flags: 0x1, sized: 0x1, programmed: 0x1 });
@@ -226,7 +232,7 @@ describe('interop: libvfio-user sample programs', function () {
       assert.equal(again.code, 0, again.stderr);
     });
 
-    it('attaches server and reads its identity and both BARs\' sizing through the testbed', async () => {
+    it("attaches server and reads its identity and both BARs' sizing through the testbed", async () => {
       const server = await startPeer('server');
       const qtest = await ViommuQtest.start({ extraArgs: ['--device-socket', server.socketPath], startTimeoutMs: 20000 });
       try {
@@ -273,14 +279,30 @@ describe('interop: libvfio-user sample programs', function () {
       }
     });
 
-    it('against a device with the sample\'s IDs on our server: DMA_MAPs with its temp-file fds (unsealed: refused unless allowed), IRQs, then stops at dirty-page logging', async () => {
+    it("against a device with the sample's IDs on our server: DMA_MAPs with its temp-file fds (unsealed: refused unless allowed), IRQs, then stops at dirty-page logging", async () => {
       const mappings: DmaMapping[] = [];
       const bar0 = new Uint8Array(8);
       const device = new VfioUserDevice({
         pci: { identity: { vendorId: 0xdead, deviceId: 0xbeef, subsystemVendorId: 0xcafe, subsystemId: 0xbabe, classCode: 0 } },
         regions: {
-          BAR0: { size: 8, bar: { kind: 'io' }, handler: { read: (offset, into) => void into.set(bar0.subarray(offset, offset + into.length)), write: (offset, data) => void bar0.set(data, offset) } },
-          BAR1: { size: 0x4000, bar: { kind: 'io' }, mmap: { areas: [{ offset: 0n, size: 0x1000n }, { offset: 0x2000n, size: 0x1000n }] } },
+          BAR0: {
+            size: 8,
+            bar: { kind: 'io' },
+            handler: {
+              read: (offset, into) => void into.set(bar0.subarray(offset, offset + into.length)),
+              write: (offset, data) => void bar0.set(data, offset),
+            },
+          },
+          BAR1: {
+            size: 0x4000,
+            bar: { kind: 'io' },
+            mmap: {
+              areas: [
+                { offset: 0n, size: 0x1000n },
+                { offset: 0x2000n, size: 0x1000n },
+              ],
+            },
+          },
         },
         irqs: { INTX: { count: 1, maskable: false }, MSI: { count: 0, maskable: false }, MSIX: { count: 0, maskable: false }, ERR: 1, REQ: 1 },
         onDmaMap: (mapping) => mappings.push(mapping),

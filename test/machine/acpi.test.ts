@@ -78,12 +78,18 @@ const withIoapic = (change: Partial<AcpiPlatform['ioapic']>): AcpiPlatform => ({
 const withDmar = (change: Partial<AcpiPlatform['dmar']>): AcpiPlatform => ({ ...Q35_LIKE, dmar: { ...Q35_LIKE.dmar, ...change } });
 
 describe('ACPI tables', () => {
-  for (const [label, platform] of [['q35-like', Q35_LIKE], ['unusual', UNUSUAL]] as const) {
+  for (const [label, platform] of [
+    ['q35-like', Q35_LIKE],
+    ['unusual', UNUSUAL],
+  ] as const) {
     describe(label, () => {
       const image = buildAcpiTables(platform, BIOS_AREA);
 
       it('lays out RSDP, XSDT, RSDT, MADT, DMAR in order, 16-byte aligned and without overlap, filling the blob', () => {
-        assert.deepEqual(image.tables.map((t) => t.signature), ['RSD PTR ', 'XSDT', 'RSDT', 'APIC', 'DMAR']);
+        assert.deepEqual(
+          image.tables.map((t) => t.signature),
+          ['RSD PTR ', 'XSDT', 'RSDT', 'APIC', 'DMAR'],
+        );
         assert.equal(image.tables[0]!.address, BIOS_AREA);
         for (const [i, table] of image.tables.entries()) {
           assert.equal(table.address % 16, 0, `${table.signature} at ${table.address.toString(16)}`);
@@ -115,7 +121,10 @@ describe('ACPI tables', () => {
         const byAddress = Object.fromEntries(image.tables.map((t) => [t.signature, t.address]));
         assert.equal(u64(memory, rsdp + 24), byAddress.XSDT);
         assert.equal(u32(memory, rsdp + 16), byAddress.RSDT);
-        const expected = [{ signature: 'APIC', address: byAddress.APIC }, { signature: 'DMAR', address: byAddress.DMAR }];
+        const expected = [
+          { signature: 'APIC', address: byAddress.APIC },
+          { signature: 'DMAR', address: byAddress.DMAR },
+        ];
         assert.deepEqual(rootEntries(memory, u64(memory, rsdp + 24), 8), expected);
         assert.deepEqual(rootEntries(memory, u32(memory, rsdp + 16), 4), expected);
       });
@@ -140,11 +149,19 @@ describe('ACPI tables', () => {
 
     it('maps aw-bits, intremap and eim as QEMU fills its DMAR', () => {
       assert.deepEqual(acpiPlatformFromUnit(vtdConfigFromString(''), wiring), Q35_LIKE);
-      assert.deepEqual(acpiPlatformFromUnit(vtdConfigFromString('aw-bits=48,intremap=on,eim=on'), wiring).dmar,
-        { registerBase: 0xfed90000, addressWidthBits: 48, interruptRemapping: true, x2apicOptOut: false });
+      assert.deepEqual(acpiPlatformFromUnit(vtdConfigFromString('aw-bits=48,intremap=on,eim=on'), wiring).dmar, {
+        registerBase: 0xfed90000,
+        addressWidthBits: 48,
+        interruptRemapping: true,
+        x2apicOptOut: false,
+      });
       // X2APIC_OPT_OUT means nothing without INTR_REMAP (VT-d 8.1), so it stays clear.
-      assert.deepEqual(acpiPlatformFromUnit(vtdConfigFromString('intremap=off'), wiring).dmar,
-        { registerBase: 0xfed90000, addressWidthBits: 39, interruptRemapping: false, x2apicOptOut: false });
+      assert.deepEqual(acpiPlatformFromUnit(vtdConfigFromString('intremap=off'), wiring).dmar, {
+        registerBase: 0xfed90000,
+        addressWidthBits: 39,
+        interruptRemapping: false,
+        x2apicOptOut: false,
+      });
     });
   });
 
@@ -277,7 +294,10 @@ describe('ACPI tables read by iasl', function () {
     }
   }
 
-  for (const [label, platform] of [['q35-like', Q35_LIKE], ['unusual', UNUSUAL]] as const) {
+  for (const [label, platform] of [
+    ['q35-like', Q35_LIKE],
+    ['unusual', UNUSUAL],
+  ] as const) {
     describe(label, () => {
       const image = buildAcpiTables(platform, BIOS_AREA);
       const address = (signature: string) => image.tables.find((t) => t.signature === signature)!.address;
@@ -311,15 +331,24 @@ describe('ACPI tables read by iasl', function () {
         assert.equal(one(fields, 'Local Apic Address'), 0xfee00000);
         assert.equal(one(fields, 'PC-AT Compatibility'), 1);
         assert.deepEqual(hexNumbers(fields, 'Local Apic ID'), platform.cpuApicIds);
-        assert.deepEqual(hexNumbers(fields, 'Processor ID'), platform.cpuApicIds.map((_, uid) => uid));
-        assert.deepEqual(values(fields, 'Processor Enabled'), platform.cpuApicIds.map(() => '1'));
+        assert.deepEqual(
+          hexNumbers(fields, 'Processor ID'),
+          platform.cpuApicIds.map((_, uid) => uid),
+        );
+        assert.deepEqual(
+          values(fields, 'Processor Enabled'),
+          platform.cpuApicIds.map(() => '1'),
+        );
         assert.equal(one(fields, 'I/O Apic ID'), ioapic.id);
         assert.equal(one(fields, 'Address'), ioapic.address);
         const [ioapicGsiBase, overrideGsi] = hexNumbers(fields, 'Interrupt');
         assert.equal(ioapicGsiBase, ioapic.gsiBase);
         assert.equal(one(fields, 'Source'), 0, 'ISA IRQ 0');
         assert.equal(overrideGsi, ioapic.gsiBase + 2, 'to the I/O APIC pin 2');
-        assert.deepEqual(values(fields, 'Subtable Type').map((v) => parseInt(v, 16)), [...platform.cpuApicIds.map(() => 0), 1, 2]);
+        assert.deepEqual(
+          values(fields, 'Subtable Type').map((v) => parseInt(v, 16)),
+          [...platform.cpuApicIds.map(() => 0), 1, 2],
+        );
         assertRecompiles(bytes, `${label}-apic`);
       });
 

@@ -93,11 +93,17 @@ export class GuestCode {
 
 /** The code as a Multiboot image loaded at GUEST_LOAD_ADDRESS with a page of zeroed bss after it. */
 export function multibootImage(code: GuestCode): Uint8Array {
-  const checksum = (-(MULTIBOOT_MAGIC + MULTIBOOT_ADDRESSES_IN_HEADER)) >>> 0;
+  const checksum = -(MULTIBOOT_MAGIC + MULTIBOOT_ADDRESSES_IN_HEADER) >>> 0;
   const entry = GUEST_LOAD_ADDRESS + HEADER_BYTES;
   const header = [
-    ...u32(MULTIBOOT_MAGIC), ...u32(MULTIBOOT_ADDRESSES_IN_HEADER), ...u32(checksum),
-    ...u32(GUEST_LOAD_ADDRESS), ...u32(GUEST_LOAD_ADDRESS), ...u32(0), ...u32(GUEST_LOAD_ADDRESS + 0x1000), ...u32(entry),
+    ...u32(MULTIBOOT_MAGIC),
+    ...u32(MULTIBOOT_ADDRESSES_IN_HEADER),
+    ...u32(checksum),
+    ...u32(GUEST_LOAD_ADDRESS),
+    ...u32(GUEST_LOAD_ADDRESS),
+    ...u32(0),
+    ...u32(GUEST_LOAD_ADDRESS + 0x1000),
+    ...u32(entry),
   ];
   return Uint8Array.from([...header, ...code.bytes]);
 }

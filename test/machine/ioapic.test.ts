@@ -118,7 +118,10 @@ describe('Ioapic', () => {
         h.writeRegister(index, 0xffffffff);
         assert.equal(h.readRegister(index), 0, `index 0x${index.toString(16)}`);
       }
-      assert.deepEqual(Array.from({ length: 48 }, (_, i) => h.readRegister(0x10 + i)), before);
+      assert.deepEqual(
+        Array.from({ length: 48 }, (_, i) => h.readRegister(0x10 + i)),
+        before,
+      );
       assert.deepEqual(h.take(), []);
     });
 
@@ -149,7 +152,10 @@ describe('Ioapic', () => {
         assert.throws(() => new Ioapic({ ...options, deliver }), ViommuError);
       }
       const ioapic = new Ioapic({ id: 0, pins: 120, deliver });
-      assert.throws(() => ioapic.setPin(120, true), (error: ViommuError) => error.code === 'ERR_IOAPIC_PIN');
+      assert.throws(
+        () => ioapic.setPin(120, true),
+        (error: ViommuError) => error.code === 'ERR_IOAPIC_PIN',
+      );
       assert.throws(() => ioapic.setPin(-1, true), ViommuError);
     });
   });
@@ -159,7 +165,10 @@ describe('Ioapic', () => {
       const h = new Harness();
       h.setRte(4, 0x24);
       h.ioapic.setPin(4, true);
-      assert.deepEqual(h.take().map((m) => m.pin), [4]);
+      assert.deepEqual(
+        h.take().map((m) => m.pin),
+        [4],
+      );
       h.ioapic.setPin(4, true);
       h.ioapic.setPin(4, false);
       assert.deepEqual(h.take(), []);
@@ -250,7 +259,10 @@ describe('Ioapic', () => {
       assert.deepEqual(h.take(), []);
       assert.equal(h.low(10) & RIRR, 0);
       h.setRte(10, 0x3a | LEVEL);
-      assert.deepEqual(h.take().map((m) => m.pin), [10]);
+      assert.deepEqual(
+        h.take().map((m) => m.pin),
+        [10],
+      );
 
       h.setRte(11, 0x3b | LEVEL | MASKED);
       h.ioapic.setPin(11, true);
@@ -342,55 +354,68 @@ describe('Ioapic', () => {
     });
 
     it('property: any RTE sends its vector, and its index (remappable) or destination (compatibility)', () => {
-      fc.assert(fc.property(fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }), (entry) => {
-        const h = new Harness();
-        // Unmasked, edge and active high, so one rising edge sends exactly one message.
-        const low = Number(entry & 0xffffffffn) & ~MASKED & ~LEVEL & ~ACTIVE_LOW;
-        const high = Number(entry >> 32n);
-        h.setRte(7, low, high);
-        h.ioapic.setPin(7, true);
-        const [message, ...rest] = h.take();
-        assert.equal(rest.length, 0);
-        const read = (field: keyof typeof MSI_REMAPPABLE_ADDRESS.f): number => getField([message!.address], MSI_REMAPPABLE_ADDRESS.f[field]);
-        assert.equal(read('BASE'), 0xfee);
-        assert.equal(message!.data & 0xff, low & 0xff);
-        assert.equal((message!.data >> 8) & 7, (low >> 8) & 7);
-        const remappable = (high >>> 16) & 1;
-        assert.equal(read('IF'), remappable);
-        if (remappable) {
-          const index = (high >>> 17) | (((low >>> 11) & 1) << 15);
-          assert.equal(read('HANDLE_LO') + read('HANDLE_HI') * 0x8000, index);
-          assert.equal(read('SHV'), 0, 'no subhandle: the data is not part of the handle');
-          assert.equal(h.ioapic.entries()[7]!.index, index);
-        } else {
-          assert.equal((message!.address >>> 12) & 0xff, high >>> 24);
-          assert.equal(h.ioapic.entries()[7]!.destination, high >>> 24);
-        }
-      }));
+      fc.assert(
+        fc.property(fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }), (entry) => {
+          const h = new Harness();
+          // Unmasked, edge and active high, so one rising edge sends exactly one message.
+          const low = Number(entry & 0xffffffffn) & ~MASKED & ~LEVEL & ~ACTIVE_LOW;
+          const high = Number(entry >> 32n);
+          h.setRte(7, low, high);
+          h.ioapic.setPin(7, true);
+          const [message, ...rest] = h.take();
+          assert.equal(rest.length, 0);
+          const read = (field: keyof typeof MSI_REMAPPABLE_ADDRESS.f): number => getField([message!.address], MSI_REMAPPABLE_ADDRESS.f[field]);
+          assert.equal(read('BASE'), 0xfee);
+          assert.equal(message!.data & 0xff, low & 0xff);
+          assert.equal((message!.data >> 8) & 7, (low >> 8) & 7);
+          const remappable = (high >>> 16) & 1;
+          assert.equal(read('IF'), remappable);
+          if (remappable) {
+            const index = (high >>> 17) | (((low >>> 11) & 1) << 15);
+            assert.equal(read('HANDLE_LO') + read('HANDLE_HI') * 0x8000, index);
+            assert.equal(read('SHV'), 0, 'no subhandle: the data is not part of the handle');
+            assert.equal(h.ioapic.entries()[7]!.index, index);
+          } else {
+            assert.equal((message!.address >>> 12) & 0xff, high >>> 24);
+            assert.equal(h.ioapic.entries()[7]!.destination, high >>> 24);
+          }
+        }),
+      );
     });
 
     it('property: no guest access sequence throws, and edge entries never hold Remote IRR', () => {
       const access = fc.oneof(
-        fc.record({ kind: fc.constant('write' as const), offset: fc.constantFrom(0, 0x10, 0x40, 0x14, 0x1000 - 4), size: fc.constantFrom(1, 2, 4, 8) as fc.Arbitrary<1 | 2 | 4 | 8>, value: fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }) }),
-        fc.record({ kind: fc.constant('read' as const), offset: fc.constantFrom(0, 0x10, 0x40, 0x3), size: fc.constantFrom(1, 2, 4, 8) as fc.Arbitrary<1 | 2 | 4 | 8> }),
+        fc.record({
+          kind: fc.constant('write' as const),
+          offset: fc.constantFrom(0, 0x10, 0x40, 0x14, 0x1000 - 4),
+          size: fc.constantFrom(1, 2, 4, 8) as fc.Arbitrary<1 | 2 | 4 | 8>,
+          value: fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }),
+        }),
+        fc.record({
+          kind: fc.constant('read' as const),
+          offset: fc.constantFrom(0, 0x10, 0x40, 0x3),
+          size: fc.constantFrom(1, 2, 4, 8) as fc.Arbitrary<1 | 2 | 4 | 8>,
+        }),
         fc.record({ kind: fc.constant('select' as const), index: fc.integer({ min: 0, max: 0xff }) }),
         fc.record({ kind: fc.constant('pin' as const), pin: fc.integer({ min: 0, max: 3 }), level: fc.boolean() }),
         fc.record({ kind: fc.constant('eoi' as const), vector: fc.integer({ min: 0, max: 0xff }) }),
       );
-      fc.assert(fc.property(fc.array(access, { maxLength: 60 }), (steps) => {
-        const h = new Harness(4);
-        for (const step of steps) {
-          if (step.kind === 'write') h.ioapic.write(step.offset, step.size, step.value);
-          else if (step.kind === 'read') assert.equal(typeof h.ioapic.read(step.offset, step.size), 'bigint');
-          else if (step.kind === 'select') h.ioapic.write(IOREGSEL, 4, BigInt(step.index));
-          else if (step.kind === 'pin') h.ioapic.setPin(step.pin, step.level);
-          else h.ioapic.endOfInterrupt(step.vector);
-        }
-        for (const entry of h.ioapic.entries()) {
-          if (entry.trigger === 'edge') assert.equal(entry.remoteIrr, false);
-        }
-        for (const message of h.sent) assert.equal(message.address >>> 20, 0xfee);
-      }));
+      fc.assert(
+        fc.property(fc.array(access, { maxLength: 60 }), (steps) => {
+          const h = new Harness(4);
+          for (const step of steps) {
+            if (step.kind === 'write') h.ioapic.write(step.offset, step.size, step.value);
+            else if (step.kind === 'read') assert.equal(typeof h.ioapic.read(step.offset, step.size), 'bigint');
+            else if (step.kind === 'select') h.ioapic.write(IOREGSEL, 4, BigInt(step.index));
+            else if (step.kind === 'pin') h.ioapic.setPin(step.pin, step.level);
+            else h.ioapic.endOfInterrupt(step.vector);
+          }
+          for (const entry of h.ioapic.entries()) {
+            if (entry.trigger === 'edge') assert.equal(entry.remoteIrr, false);
+          }
+          for (const message of h.sent) assert.equal(message.address >>> 20, 0xfee);
+        }),
+      );
     });
   });
 });

@@ -24,9 +24,17 @@ async function runGuest(code: GuestCode, timeoutMs = 10_000, iommu = ''): Promis
   machine.load(multibootImage(code));
   const outcome = await machine.run(timeoutMs);
   const report = renderSmokeReport({
-    image: 'test guest', iommu, timeoutMs, checks: parseGuestChecks(''), outcome,
-    unit: summarizeUnit(machine.unit, machine.placedFunctions.map((fn) => fn.devfn)),
-    deviceErrors: machine.deviceErrors, unclaimedMmio: machine.unclaimedMmio,
+    image: 'test guest',
+    iommu,
+    timeoutMs,
+    checks: parseGuestChecks(''),
+    outcome,
+    unit: summarizeUnit(
+      machine.unit,
+      machine.placedFunctions.map((fn) => fn.devfn),
+    ),
+    deviceErrors: machine.deviceErrors,
+    unclaimedMmio: machine.unclaimedMmio,
   });
   return { machine, outcome, report };
 }
@@ -84,12 +92,17 @@ describe('KVM machine with tiny guests', function () {
     // Translation on over an empty root table, then edu reads 4 bytes at IOVA 0x1000.
     const rootTable = 0x20_0000;
     const code = new GuestCode()
-      .store32(DMAR_BASE + OFFSET.RTADDR, rootTable).store32(DMAR_BASE + OFFSET.RTADDR + 4, 0)
-      .store32(DMAR_BASE + OFFSET.GCMD, GCMD.SRTP).waitFor(DMAR_BASE + OFFSET.GSTS, GSTS.RTPS)
-      .store32(DMAR_BASE + OFFSET.GCMD, GCMD.TE).waitFor(DMAR_BASE + OFFSET.GSTS, GSTS.TES)
+      .store32(DMAR_BASE + OFFSET.RTADDR, rootTable)
+      .store32(DMAR_BASE + OFFSET.RTADDR + 4, 0)
+      .store32(DMAR_BASE + OFFSET.GCMD, GCMD.SRTP)
+      .waitFor(DMAR_BASE + OFFSET.GSTS, GSTS.RTPS)
+      .store32(DMAR_BASE + OFFSET.GCMD, GCMD.TE)
+      .waitFor(DMAR_BASE + OFFSET.GSTS, GSTS.TES)
       .pciConfigWrite(EDU_DEVFN, 0x04, 0x0006) // memory decoding and bus mastering
-      .store32(EDU_BAR0 + EDU_REGISTERS.dmaSource, 0x1000).store32(EDU_BAR0 + EDU_REGISTERS.dmaSource + 4, 0)
-      .store32(EDU_BAR0 + EDU_REGISTERS.dmaDestination, 0x40000).store32(EDU_BAR0 + EDU_REGISTERS.dmaDestination + 4, 0)
+      .store32(EDU_BAR0 + EDU_REGISTERS.dmaSource, 0x1000)
+      .store32(EDU_BAR0 + EDU_REGISTERS.dmaSource + 4, 0)
+      .store32(EDU_BAR0 + EDU_REGISTERS.dmaDestination, 0x40000)
+      .store32(EDU_BAR0 + EDU_REGISTERS.dmaDestination + 4, 0)
       .store32(EDU_BAR0 + EDU_REGISTERS.dmaCount, 4)
       .store32(EDU_BAR0 + EDU_REGISTERS.dmaCommand, 1)
       .waitFor(EDU_BAR0 + EDU_REGISTERS.dmaCommand, 1, true)

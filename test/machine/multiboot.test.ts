@@ -53,7 +53,10 @@ class FlatMemory extends TestMemory {
   }
 
   write(address: number, data: Uint8Array): void {
-    assert.ok(address >= 0 && address + data.length <= this.bytes.length, `write [0x${address.toString(16)}, +0x${data.length.toString(16)}) outside RAM`);
+    assert.ok(
+      address >= 0 && address + data.length <= this.bytes.length,
+      `write [0x${address.toString(16)}, +0x${data.length.toString(16)}) outside RAM`,
+    );
     this.bytes.set(data, address);
   }
 
@@ -81,7 +84,11 @@ class SparseMemory extends TestMemory {
   }
 }
 
-interface MmapEntry { base: number; length: number; type: number }
+interface MmapEntry {
+  base: number;
+  length: number;
+  type: number;
+}
 
 /** The guest's view of the information block, read back field by field from guest memory. */
 function readInfo(memory: TestMemory, info: number) {
@@ -94,7 +101,10 @@ function readInfo(memory: TestMemory, info: number) {
     mmap.push({ base: memory.u64(at + 4), length: memory.u64(at + 12), type: memory.u32(at + 20) });
   }
   /** Every block the information occupies, so placement can be checked. */
-  const pieces = [{ base: info, length: 116 }, { base: mmapAddress, length: mmapEnd - mmapAddress }];
+  const pieces = [
+    { base: info, length: 116 },
+    { base: mmapAddress, length: mmapEnd - mmapAddress },
+  ];
   const string = (address: number): string => {
     const text = memory.cString(address);
     pieces.push({ base: address, length: Buffer.byteLength(text) + 1 });
@@ -132,16 +142,36 @@ function put32(bytes: Uint8Array, at: number, values: readonly number[]): void {
 }
 
 /** A file loaded through header flag 16: header at `headerOffset`, bytes patterned so misplacement shows. */
-function aoutImage(o: { load: number; fileLength: number; bss?: number; headerOffset?: number; entryOffset?: number; loadEndZero?: boolean; flags?: number }): Uint8Array {
+function aoutImage(o: {
+  load: number;
+  fileLength: number;
+  bss?: number;
+  headerOffset?: number;
+  entryOffset?: number;
+  loadEndZero?: boolean;
+  flags?: number;
+}): Uint8Array {
   const headerOffset = o.headerOffset ?? 0x40;
   const image = Uint8Array.from({ length: o.fileLength }, (_, i) => (i * 7 + 3) & 0xff);
   const loadEnd = o.load + o.fileLength;
   const flags = o.flags ?? 0x10003;
-  put32(image, headerOffset, [...header(flags), o.load + headerOffset, o.load, o.loadEndZero ? 0 : loadEnd, o.bss ? loadEnd + o.bss : 0, o.load + (o.entryOffset ?? 0x80)]);
+  put32(image, headerOffset, [
+    ...header(flags),
+    o.load + headerOffset,
+    o.load,
+    o.loadEndZero ? 0 : loadEnd,
+    o.bss ? loadEnd + o.bss : 0,
+    o.load + (o.entryOffset ?? 0x80),
+  ]);
   return image;
 }
 
-interface ElfSegment { vaddr: number | bigint; paddr: number; data: Uint8Array; memsz: number }
+interface ElfSegment {
+  vaddr: number | bigint;
+  paddr: number;
+  data: Uint8Array;
+  memsz: number;
+}
 
 /** A minimal ELF executable (32- or 64-bit) with a multiboot header at file offset 0x200, outside every segment. */
 function elfImage(elfClass: 32 | 64, segments: readonly ElfSegment[], entry: number | bigint, headerFlags = 0): Uint8Array {
@@ -161,7 +191,8 @@ function elfImage(elfClass: 32 | 64, segments: readonly ElfSegment[], entry: num
   view.setUint16(16, 2, true);
   view.setUint16(18, is64 ? 62 : 3, true);
   view.setUint32(20, 1, true);
-  const word = (at: number, value: number | bigint): void => (is64 ? view.setBigUint64(at, BigInt(value), true) : view.setUint32(at, Number(value), true));
+  const word = (at: number, value: number | bigint): void =>
+    is64 ? view.setBigUint64(at, BigInt(value), true) : view.setUint32(at, Number(value), true);
   word(24, entry);
   word(is64 ? 32 : 28, ehsize);
   view.setUint16(is64 ? 52 : 40, ehsize, true);
@@ -201,13 +232,23 @@ describe('loadMultiboot', () => {
       const boot = loadMultiboot(memory, image!, { ramBytes, reserved: [{ base: 0xe0000, length: 0x20000 }] });
       assert.equal(boot.entry, KUT_ENTRY);
       assert.equal(boot.magic, 0x2badb002);
-      assert.deepEqual(boot.loaded, KUT_SEGMENTS.map((s) => ({ base: s.base, length: s.length })));
+      assert.deepEqual(
+        boot.loaded,
+        KUT_SEGMENTS.map((s) => ({ base: s.base, length: s.length })),
+      );
       for (const s of KUT_SEGMENTS) {
         assert.deepEqual(memory.read(s.base, s.fileLength), image!.subarray(s.offset, s.offset + s.fileLength));
         const bss = memory.read(s.base + s.fileLength, s.length - s.fileLength);
-        assert.ok(bss.every((b) => b === 0), 'bss zeroed');
+        assert.ok(
+          bss.every((b) => b === 0),
+          'bss zeroed',
+        );
       }
-      assert.deepEqual([...memory.read(boot.entry - 12, 4)], [0x02, 0xb0, 0xad, 0x1b], 'the entry follows the multiboot header, as cstart64.S lays it out');
+      assert.deepEqual(
+        [...memory.read(boot.entry - 12, 4)],
+        [0x02, 0xb0, 0xad, 0x1b],
+        'the entry follows the multiboot header, as cstart64.S lays it out',
+      );
     });
 
     it('describes RAM, the command line and the environment module where cstart64.S and setup.c read them', () => {
@@ -295,10 +336,14 @@ describe('loadMultiboot', () => {
       const memory = new SparseMemory();
       const text = pattern(0x123, 5);
       const data = pattern(0x40, 9);
-      const image = elfImage(32, [
-        { vaddr: 0xc0100000, paddr: 0x100000, data: text, memsz: text.length },
-        { vaddr: 0xc0200000, paddr: 0x200000, data, memsz: 0x3000 },
-      ], 0xc0100010);
+      const image = elfImage(
+        32,
+        [
+          { vaddr: 0xc0100000, paddr: 0x100000, data: text, memsz: text.length },
+          { vaddr: 0xc0200000, paddr: 0x200000, data, memsz: 0x3000 },
+        ],
+        0xc0100010,
+      );
       const boot = loadMultiboot(memory, image, { ramBytes: 8 * MIB, reserved: [] });
       assert.equal(boot.entry, 0x100010);
       assert.deepEqual(memory.read(0x100000, text.length), text);
@@ -352,7 +397,10 @@ describe('loadMultiboot', () => {
       refuses(aoutImage({ load: 0x7ff000, fileLength: 0x100, bss: 0x1000 }), 'ERR_MULTIBOOT_SEGMENT_RESERVED');
       refuses(aoutImage({ load: 0xf0000, fileLength: 0x100 }), 'ERR_MULTIBOOT_SEGMENT_RESERVED');
       refuses(aoutImage({ load: 0xfff000, fileLength: 0x100, bss: 0x1000 }), 'ERR_MULTIBOOT_SEGMENT_OUTSIDE_RAM');
-      refuses(elfImage(32, [{ vaddr: 0x2000000, paddr: 0x2000000, data: pattern(16, 0), memsz: 16 }], 0x2000000), 'ERR_MULTIBOOT_SEGMENT_OUTSIDE_RAM');
+      refuses(
+        elfImage(32, [{ vaddr: 0x2000000, paddr: 0x2000000, data: pattern(16, 0), memsz: 16 }], 0x2000000),
+        'ERR_MULTIBOOT_SEGMENT_OUTSIDE_RAM',
+      );
     });
 
     it('an entry point outside what it loads, and ELF it cannot load', () => {
@@ -373,62 +421,81 @@ describe('loadMultiboot', () => {
     });
 
     it('modules that do not fit in RAM', () => {
-      refuses(aoutImage({ load: 0x200000, fileLength: 0x100 }), 'ERR_MULTIBOOT_NO_ROOM', { ramBytes: 4 * MIB, reserved: [], modules: [{ bytes: new Uint8Array(4 * MIB), commandLine: '' }] });
+      refuses(aoutImage({ load: 0x200000, fileLength: 0x100 }), 'ERR_MULTIBOOT_NO_ROOM', {
+        ramBytes: 4 * MIB,
+        reserved: [],
+        modules: [{ bytes: new Uint8Array(4 * MIB), commandLine: '' }],
+      });
     });
   });
 
   it('lays out a memory map that covers RAM exactly and places everything in available RAM apart: property', () => {
     const image = aoutImage({ load: MIB, fileLength: 0x800, bss: 0x800 });
     const imageSpan = { base: MIB, length: 0x1000 };
-    const ranges = fc.array(fc.record({ page: fc.integer({ min: 0x200, max: 0x3ffff }), pages: fc.integer({ min: 1, max: 0x800 }) }), { maxLength: 6 });
-    const modules = fc.array(fc.record({ length: fc.integer({ min: 0, max: 0x3000 }), commandLine: fc.string({ maxLength: 20 }).filter((s) => !s.includes('\0')) }), { maxLength: 3 });
-    fc.assert(fc.property(fc.integer({ min: 0x800, max: 0x100000 }), ranges, modules, fc.string({ maxLength: 40 }).filter((s) => !s.includes('\0')), (ramPages, reservedPages, moduleSpecs, commandLine) => {
-      const ramBytes = ramPages * PAGE;
-      const reserved = reservedPages
-        .map((r) => ({ base: r.page * PAGE, length: r.pages * PAGE }))
-        .filter((r) => r.base + r.length <= ramBytes);
-      const memory = new SparseMemory();
-      const boot = loadMultiboot(memory, image, {
-        ramBytes,
-        reserved,
-        commandLine,
-        modules: moduleSpecs.map((m, i) => ({ bytes: pattern(m.length, i), commandLine: m.commandLine })),
-      });
-      const info = readInfo(memory, boot.infoAddress);
-      assert.equal(info.commandLine, commandLine);
+    const ranges = fc.array(fc.record({ page: fc.integer({ min: 0x200, max: 0x3ffff }), pages: fc.integer({ min: 1, max: 0x800 }) }), {
+      maxLength: 6,
+    });
+    const modules = fc.array(
+      fc.record({ length: fc.integer({ min: 0, max: 0x3000 }), commandLine: fc.string({ maxLength: 20 }).filter((s) => !s.includes('\0')) }),
+      { maxLength: 3 },
+    );
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 0x800, max: 0x100000 }),
+        ranges,
+        modules,
+        fc.string({ maxLength: 40 }).filter((s) => !s.includes('\0')),
+        (ramPages, reservedPages, moduleSpecs, commandLine) => {
+          const ramBytes = ramPages * PAGE;
+          const reserved = reservedPages.map((r) => ({ base: r.page * PAGE, length: r.pages * PAGE })).filter((r) => r.base + r.length <= ramBytes);
+          const memory = new SparseMemory();
+          const boot = loadMultiboot(memory, image, {
+            ramBytes,
+            reserved,
+            commandLine,
+            modules: moduleSpecs.map((m, i) => ({ bytes: pattern(m.length, i), commandLine: m.commandLine })),
+          });
+          const info = readInfo(memory, boot.infoAddress);
+          assert.equal(info.commandLine, commandLine);
 
-      // Sorted, contiguous from 0 to the end of RAM, neighbours of different types.
-      let expected = 0;
-      info.mmap.forEach((entry, i) => {
-        assert.equal(entry.base, expected);
-        assert.ok(entry.length > 0);
-        if (i > 0) assert.notEqual(entry.type, info.mmap[i - 1].type);
-        expected += entry.length;
-      });
-      assert.equal(expected, ramBytes);
-      const typeAt = (address: number): number | undefined => info.mmap.find((e) => address >= e.base && address < e.base + e.length)?.type;
-      for (const r of [...reserved, { base: 0x9fc00, length: MIB - 0x9fc00 }]) {
-        assert.ok(info.mmap.some((e) => e.type === 2 && e.base <= r.base && r.base + r.length <= e.base + e.length), 'each reserved range inside one reserved entry');
-      }
-      const upperRun = info.mmap.find((e) => e.base === MIB);
-      assert.equal(info.memUpper, upperRun?.type === 1 ? Math.min(upperRun.length, 2 ** 32 - MIB) / 1024 : 0);
+          // Sorted, contiguous from 0 to the end of RAM, neighbours of different types.
+          let expected = 0;
+          info.mmap.forEach((entry, i) => {
+            assert.equal(entry.base, expected);
+            assert.ok(entry.length > 0);
+            if (i > 0) assert.notEqual(entry.type, info.mmap[i - 1].type);
+            expected += entry.length;
+          });
+          assert.equal(expected, ramBytes);
+          const typeAt = (address: number): number | undefined => info.mmap.find((e) => address >= e.base && address < e.base + e.length)?.type;
+          for (const r of [...reserved, { base: 0x9fc00, length: MIB - 0x9fc00 }]) {
+            assert.ok(
+              info.mmap.some((e) => e.type === 2 && e.base <= r.base && r.base + r.length <= e.base + e.length),
+              'each reserved range inside one reserved entry',
+            );
+          }
+          const upperRun = info.mmap.find((e) => e.base === MIB);
+          assert.equal(info.memUpper, upperRun?.type === 1 ? Math.min(upperRun.length, 2 ** 32 - MIB) / 1024 : 0);
 
-      // Information, module table, strings and modules: in available RAM, off the first page, clear of the image and each other.
-      const placed = [...info.pieces, ...info.modules.map((m) => ({ base: m.start, length: Math.max(1, m.end - m.start) }))];
-      info.modules.forEach((m, i) => {
-        assert.equal(m.start % PAGE, 0);
-        assert.equal(m.end - m.start, moduleSpecs[i].length);
-        assert.deepEqual(memory.read(m.start, m.end - m.start), pattern(moduleSpecs[i].length, i));
-        assert.equal(m.commandLine, moduleSpecs[i].commandLine);
-      });
-      for (const [i, p] of placed.entries()) {
-        assert.ok(p.base >= PAGE && p.base + p.length <= 2 ** 32);
-        for (let at = p.base; at < p.base + p.length; at += PAGE) assert.equal(typeAt(at), 1);
-        assert.equal(typeAt(p.base + p.length - 1), 1);
-        for (const other of [imageSpan, ...placed.slice(i + 1)]) {
-          assert.ok(p.base + p.length <= other.base || other.base + other.length <= p.base, 'no overlap');
-        }
-      }
-    }), { numRuns: 150 });
+          // Information, module table, strings and modules: in available RAM, off the first page, clear of the image and each other.
+          const placed = [...info.pieces, ...info.modules.map((m) => ({ base: m.start, length: Math.max(1, m.end - m.start) }))];
+          info.modules.forEach((m, i) => {
+            assert.equal(m.start % PAGE, 0);
+            assert.equal(m.end - m.start, moduleSpecs[i].length);
+            assert.deepEqual(memory.read(m.start, m.end - m.start), pattern(moduleSpecs[i].length, i));
+            assert.equal(m.commandLine, moduleSpecs[i].commandLine);
+          });
+          for (const [i, p] of placed.entries()) {
+            assert.ok(p.base >= PAGE && p.base + p.length <= 2 ** 32);
+            for (let at = p.base; at < p.base + p.length; at += PAGE) assert.equal(typeAt(at), 1);
+            assert.equal(typeAt(p.base + p.length - 1), 1);
+            for (const other of [imageSpan, ...placed.slice(i + 1)]) {
+              assert.ok(p.base + p.length <= other.base || other.base + other.length <= p.base, 'no overlap');
+            }
+          }
+        },
+      ),
+      { numRuns: 150 },
+    );
   });
 });

@@ -171,7 +171,7 @@ describe('FwCfg', () => {
     assert.equal(readSync(bus, FW_CFG_PORTS.selector, 1), 0x4d, 'one 2-port region decoded by size: a byte read at the selector reads data');
   });
 
-  it('serves arbitrary items, unaffected by later changes to the caller\'s buffers', () => {
+  it("serves arbitrary items, unaffected by later changes to the caller's buffers", () => {
     const blob = Uint8Array.from([9, 8, 7]);
     const bus = new PortBus();
     bus.map('fw_cfg', FW_CFG_PORTS.selector, 2, new FwCfg(new Map([[0x8001, blob]])));
@@ -180,13 +180,19 @@ describe('FwCfg', () => {
   });
 
   it('refuses machine facts it cannot encode', () => {
-    assert.throws(() => FwCfg.forMachine({ ramBytes, cpus: 0 }), (e: unknown) => e instanceof ViommuError && e.code === 'ERR_FW_CFG_VALUE');
-    assert.throws(() => FwCfg.forMachine({ ramBytes: -1, cpus: 1 }), (e: unknown) => e instanceof ViommuError && e.code === 'ERR_FW_CFG_VALUE');
+    assert.throws(
+      () => FwCfg.forMachine({ ramBytes, cpus: 0 }),
+      (e: unknown) => e instanceof ViommuError && e.code === 'ERR_FW_CFG_VALUE',
+    );
+    assert.throws(
+      () => FwCfg.forMachine({ ramBytes: -1, cpus: 1 }),
+      (e: unknown) => e instanceof ViommuError && e.code === 'ERR_FW_CFG_VALUE',
+    );
   });
 });
 
 describe('DebugExit', () => {
-  it('reports QEMU\'s exit status (value << 1) | 1 for any width at any of its four ports', () => {
+  it("reports QEMU's exit status (value << 1) | 1 for any width at any of its four ports", () => {
     const exits: [number, number][] = [];
     const bus = new PortBus();
     bus.map('isa-debug-exit', DEBUG_EXIT_PORT, 4, new DebugExit((status, written) => exits.push([status, written])));
@@ -194,7 +200,12 @@ describe('DebugExit', () => {
     bus.write(DEBUG_EXIT_PORT, 1, 0x7f);
     bus.write(DEBUG_EXIT_PORT + 2, 2, 0x1234);
     bus.write(DEBUG_EXIT_PORT, 4, 0xffffffff);
-    assert.deepEqual(exits, [[1, 0], [0xff, 0x7f], [0x2469, 0x1234], [2 ** 33 - 1, 0xffffffff]]);
+    assert.deepEqual(exits, [
+      [1, 0],
+      [0xff, 0x7f],
+      [0x2469, 0x1234],
+      [2 ** 33 - 1, 0xffffffff],
+    ]);
     assert.equal(readSync(bus, DEBUG_EXIT_PORT, 1), 0xff);
   });
 });
@@ -218,7 +229,10 @@ describe('PortBus', () => {
   it('refuses overlapping claims, naming both, and accepts adjacent ones', () => {
     const bus = new PortBus();
     bus.map('a', 0x60, 4, new ProbeDevice(1));
-    assert.throws(() => bus.map('b', 0x63, 2, new ProbeDevice(2)), (e: unknown) => isCode('ERR_PORT_OVERLAP')(e) && /'b'.*'a'/.test((e as Error).message));
+    assert.throws(
+      () => bus.map('b', 0x63, 2, new ProbeDevice(2)),
+      (e: unknown) => isCode('ERR_PORT_OVERLAP')(e) && /'b'.*'a'/.test((e as Error).message),
+    );
     assert.throws(() => bus.map('c', 0x5f, 8, new ProbeDevice(3)), isCode('ERR_PORT_OVERLAP'));
     bus.map('d', 0x64, 1, new ProbeDevice(4));
     bus.map('e', 0x5c, 4, new ProbeDevice(5));
@@ -232,7 +246,13 @@ describe('PortBus', () => {
     assert.equal(bus.read(0x80, 2), 0xffff);
     assert.equal(bus.read(0xcf8, 4), 0xffffffff);
     bus.write(0x80, 1, 0x12);
-    assert.deepEqual([...bus.unclaimed], [[0x80, { reads: 2, writes: 1 }], [0xcf8, { reads: 1, writes: 0 }]]);
+    assert.deepEqual(
+      [...bus.unclaimed],
+      [
+        [0x80, { reads: 2, writes: 1 }],
+        [0xcf8, { reads: 1, writes: 0 }],
+      ],
+    );
   });
 
   it('hands a device absolute ports and size-masked values', () => {
@@ -244,7 +264,7 @@ describe('PortBus', () => {
     assert.deepEqual(device.accesses, ['w2@404=2345', 'r1@407']);
   });
 
-  it('splits an access straddling a claim\'s edge into bytes, each to its owner or the empty bus', () => {
+  it("splits an access straddling a claim's edge into bytes, each to its owner or the empty bus", () => {
     const bus = new PortBus();
     const low = new ProbeDevice(0xaa);
     bus.map('low', 0x500, 2, low);
@@ -257,8 +277,14 @@ describe('PortBus', () => {
   it('passes asynchronous device results through, in order, also when split', async () => {
     const order: string[] = [];
     const slow: PortDevice = {
-      readPort: async (port) => { await new Promise((r) => setTimeout(r, 2)); return port & 0xff; },
-      writePort: async (port, _size, value) => { await new Promise((r) => setTimeout(r, port === 0x600 ? 5 : 0)); order.push(`${port.toString(16)}=${value}`); },
+      readPort: async (port) => {
+        await new Promise((r) => setTimeout(r, 2));
+        return port & 0xff;
+      },
+      writePort: async (port, _size, value) => {
+        await new Promise((r) => setTimeout(r, port === 0x600 ? 5 : 0));
+        order.push(`${port.toString(16)}=${value}`);
+      },
     };
     const bus = new PortBus();
     bus.map('slow', 0x600, 2, slow);
@@ -276,24 +302,26 @@ describe('PortBus', () => {
   });
 
   it('routes every access to the claim holding its port, or all-ones: property over random claims', () => {
-    fc.assert(fc.property(
-      fc.array(fc.record({ base: fc.integer({ min: 0, max: 0xff }), length: fc.integer({ min: 1, max: 16 }) }), { maxLength: 8 }),
-      fc.integer({ min: 0, max: 0x10f }),
-      (claims, port) => {
-        const bus = new PortBus();
-        const owners = new Map<number, number>();
-        claims.forEach((claim, tag) => {
-          const overlaps = [...Array(claim.length).keys()].some((i) => owners.has(claim.base + i));
-          try {
-            bus.map(`c${tag}`, claim.base, claim.length, new ProbeDevice(tag));
-            assert.ok(!overlaps);
-            for (let i = 0; i < claim.length; i++) owners.set(claim.base + i, tag);
-          } catch (e) {
-            assert.ok(overlaps && isCode('ERR_PORT_OVERLAP')(e));
-          }
-        });
-        assert.equal(bus.read(port, 1), owners.get(port) ?? 0xff);
-      },
-    ));
+    fc.assert(
+      fc.property(
+        fc.array(fc.record({ base: fc.integer({ min: 0, max: 0xff }), length: fc.integer({ min: 1, max: 16 }) }), { maxLength: 8 }),
+        fc.integer({ min: 0, max: 0x10f }),
+        (claims, port) => {
+          const bus = new PortBus();
+          const owners = new Map<number, number>();
+          claims.forEach((claim, tag) => {
+            const overlaps = [...Array(claim.length).keys()].some((i) => owners.has(claim.base + i));
+            try {
+              bus.map(`c${tag}`, claim.base, claim.length, new ProbeDevice(tag));
+              assert.ok(!overlaps);
+              for (let i = 0; i < claim.length; i++) owners.set(claim.base + i, tag);
+            } catch (e) {
+              assert.ok(overlaps && isCode('ERR_PORT_OVERLAP')(e));
+            }
+          });
+          assert.equal(bus.read(port, 1), owners.get(port) ?? 0xff);
+        },
+      ),
+    );
   });
 });

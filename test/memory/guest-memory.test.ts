@@ -43,7 +43,10 @@ describe('GuestMemory', () => {
   });
 
   it('refuses writes to read-only regions with their own code', () => {
-    assert.throws(() => memory.writeU32(0x10000, 1), (error: any) => error.code === 'ERR_GUEST_MEMORY_READ_ONLY');
+    assert.throws(
+      () => memory.writeU32(0x10000, 1),
+      (error: any) => error.code === 'ERR_GUEST_MEMORY_READ_ONLY',
+    );
     assert.equal(memory.readU32(0x10000), 0x33333333);
     assert.equal(memory.writeEntry(0x10000, 1, 2), false);
   });
@@ -98,22 +101,39 @@ describe('GuestMemory', () => {
     assert.equal(m.regions[0]!.backing!.region, shared);
     shared.close();
     assert.equal(m.regions.length, 0);
-    assert.throws(() => m.readU32(0x100010), (error: any) => error.code === 'ERR_GUEST_MEMORY_UNMAPPED');
+    assert.throws(
+      () => m.readU32(0x100010),
+      (error: any) => error.code === 'ERR_GUEST_MEMORY_UNMAPPED',
+    );
     assert.equal(m.readEntry(0x100010, { lo: 0, hi: 0 }), false);
   });
 
   it('serves untranslated DMA and fails it with EFAULT outside RAM, transferring nothing', () => {
     const into = new Uint8Array(4);
     memory.dma.read(0x1000n, into);
-    assert.throws(() => memory.dma.read(0x2fffn, new Uint8Array(4)), (error: any) => error.errno === ERRNO.EFAULT);
-    assert.throws(() => memory.dma.write(1n << 60n, into), (error: any) => error.name === 'DmaFault');
+    assert.throws(
+      () => memory.dma.read(0x2fffn, new Uint8Array(4)),
+      (error: any) => error.errno === ERRNO.EFAULT,
+    );
+    assert.throws(
+      () => memory.dma.write(1n << 60n, into),
+      (error: any) => error.name === 'DmaFault',
+    );
   });
 
   it('agrees with a byte-array model on random regions and accesses', () => {
     fc.assert(
       fc.property(
         fc.array(fc.record({ page: fc.integer({ min: 0, max: 15 }), pages: fc.integer({ min: 1, max: 3 }) }), { maxLength: 6 }),
-        fc.array(fc.record({ address: fc.integer({ min: 0, max: 20 * 256 }), length: fc.integer({ min: 1, max: 600 }), write: fc.boolean(), seed: fc.integer({ min: 0, max: 255 }) }), { maxLength: 30 }),
+        fc.array(
+          fc.record({
+            address: fc.integer({ min: 0, max: 20 * 256 }),
+            length: fc.integer({ min: 1, max: 600 }),
+            write: fc.boolean(),
+            seed: fc.integer({ min: 0, max: 255 }),
+          }),
+          { maxLength: 30 },
+        ),
         (layout, accesses) => {
           const m = new GuestMemory();
           const model = new Int16Array(20 * 256).fill(-1); // -1: no RAM
@@ -160,16 +180,18 @@ describe('GuestMemory.readTableEntry', () => {
   it('reads what readEntry reads at page * 4096 + index * 8, in and out of RAM, whatever region was used last', () => {
     const memory = new GuestMemory();
     layout(memory);
-    fc.assert(fc.property(fc.array(fc.tuple(fc.constantFrom(...pages), fc.integer({ min: 0, max: 511 })), { minLength: 1, maxLength: 40 }), (reads) => {
-      for (const [page, index] of reads) {
-        const viaTable = { lo: -1, hi: -1 };
-        const viaEntry = { lo: -1, hi: -1 };
-        const tableOk = memory.readTableEntry(page, index, viaTable);
-        const entryOk = memory.readEntry(page * 4096 + index * 8, viaEntry);
-        assert.equal(tableOk, entryOk, `page 0x${page.toString(16)} index ${index}`);
-        if (entryOk) assert.deepEqual(viaTable, viaEntry);
-      }
-    }));
+    fc.assert(
+      fc.property(fc.array(fc.tuple(fc.constantFrom(...pages), fc.integer({ min: 0, max: 511 })), { minLength: 1, maxLength: 40 }), (reads) => {
+        for (const [page, index] of reads) {
+          const viaTable = { lo: -1, hi: -1 };
+          const viaEntry = { lo: -1, hi: -1 };
+          const tableOk = memory.readTableEntry(page, index, viaTable);
+          const entryOk = memory.readEntry(page * 4096 + index * 8, viaEntry);
+          assert.equal(tableOk, entryOk, `page 0x${page.toString(16)} index ${index}`);
+          if (entryOk) assert.deepEqual(viaTable, viaEntry);
+        }
+      }),
+    );
   });
 
   it('goes through an overriding readEntry of a subclass for every table read', () => {

@@ -29,7 +29,7 @@ describe('native ioctl', () => {
     return pair;
   }
 
-  it('moves the kernel\'s answer into the argument (FIONREAD on a socket)', () => {
+  it("moves the kernel's answer into the argument (FIONREAD on a socket)", () => {
     const [writer, reader] = socketPair();
     fs.writeSync(writer.fd, Buffer.from('hello'));
     const count = new Uint8Array(4).fill(0xee);
@@ -37,7 +37,7 @@ describe('native ioctl', () => {
     assert.equal(new DataView(count.buffer).getInt32(0, true), 5);
   });
 
-  it('writes a buffer\'s address into a pointer field, and the kernel fills that buffer (SIOCGIFCONF)', () => {
+  it("writes a buffer's address into a pointer field, and the kernel fills that buffer (SIOCGIFCONF)", () => {
     const [socket] = socketPair();
     const ifconf = new Uint8Array(IFCONF_SIZE);
     const view = new DataView(ifconf.buffer);
@@ -73,7 +73,10 @@ describe('native ioctl', () => {
     const fd = native.adoptFd(io.openDevice('/dev/null'));
     open.push(fd);
     assert.equal(fd.identity().flags & 3, fs.constants.O_RDWR);
-    assert.throws(() => io.openDevice('/nonexistent/iommu'), (error: unknown) => code('ENOENT')(error) && (error as { syscall?: string }).syscall === 'open');
+    assert.throws(
+      () => io.openDevice('/nonexistent/iommu'),
+      (error: unknown) => code('ENOENT')(error) && (error as { syscall?: string }).syscall === 'open',
+    );
     assert.throws(() => io.openDevice(3 as unknown as string), code('ERR_INVALID_ARG_TYPE'));
   });
 
@@ -85,7 +88,10 @@ describe('native ioctl', () => {
     assert.throws(() => io.ioctl(-1, FIONREAD, argument), code('ERR_INVALID_ARG_TYPE'));
     assert.throws(() => io.ioctl(socket.fd, FIONREAD, [0, 0, 0, 0] as unknown as Uint8Array), code('ERR_INVALID_ARG_TYPE'));
     assert.throws(() => io.ioctl(socket.fd, SIOCGIFCONF, argument, [{ offset: 9, buffer: new Uint8Array(8) }]), code('ERR_INVALID_ARG_VALUE'));
-    assert.throws(() => io.ioctl(socket.fd, SIOCGIFCONF, argument, [{ offset: 8, buffer: 'x' as unknown as Uint8Array }]), code('ERR_INVALID_ARG_TYPE'));
+    assert.throws(
+      () => io.ioctl(socket.fd, SIOCGIFCONF, argument, [{ offset: 8, buffer: 'x' as unknown as Uint8Array }]),
+      code('ERR_INVALID_ARG_TYPE'),
+    );
     assert.throws(() => io.ioctl(socket.fd, SIOCGIFCONF, argument, {} as never), code('ERR_INVALID_ARG_TYPE'));
     assert.deepEqual(argument, new Uint8Array(16), 'nothing was written before the refusal');
   });

@@ -41,7 +41,10 @@ describe('native mappings larger than 4 GiB', () => {
     assert.throws(() => mapping.buffer, isSystemError('EFBIG'));
     for (const index of [0, 3, 4, 7]) assert.equal(mapping.window(index).byteLength, GiB);
     assert.throws(() => mapping.window(8), isSystemError('ERANGE'));
-    assert.throws(() => mapping.window(-1), (error: unknown) => (error as { code?: string }).code === 'ERR_INVALID_ARG_VALUE');
+    assert.throws(
+      () => mapping.window(-1),
+      (error: unknown) => (error as { code?: string }).code === 'ERR_INVALID_ARG_VALUE',
+    );
 
     // The window at 4 GiB is the file at 4 GiB: written through the mapping, read back with pread.
     new Uint8Array(mapping.window(4), 0, 4).set([1, 2, 3, 4]);
@@ -83,8 +86,14 @@ describe('native mappings larger than 4 GiB', () => {
       assert.deepEqual(back, across);
       assert.equal(region.view(2 * GiB - 32, 64), undefined, 'no single view spans two windows');
       assert.deepEqual(region.view(2 * GiB - 32, 32), across.subarray(0, 32));
-      assert.throws(() => region.copyOut(3 * GiB - 8, new Uint8Array(16)), (error: unknown) => (error as { code?: string }).code === 'ERR_REGION_RANGE');
-      assert.throws(() => region.copyOut(-1, new Uint8Array(1)), (error: unknown) => (error as { code?: string }).code === 'ERR_REGION_RANGE');
+      assert.throws(
+        () => region.copyOut(3 * GiB - 8, new Uint8Array(16)),
+        (error: unknown) => (error as { code?: string }).code === 'ERR_REGION_RANGE',
+      );
+      assert.throws(
+        () => region.copyOut(-1, new Uint8Array(1)),
+        (error: unknown) => (error as { code?: string }).code === 'ERR_REGION_RANGE',
+      );
     } finally {
       region.close();
     }

@@ -8,7 +8,7 @@ import { openFdCount } from '../helpers';
 const page = native.pageSize;
 
 describe('native shared memory', () => {
-  it('maps one memfd twice and each mapping sees the other one\'s writes', () => {
+  it("maps one memfd twice and each mapping sees the other one's writes", () => {
     const fd = native.memfdCreate('twice', 2 * page);
     const a = native.mapFd(fd, 0, 2 * page, true);
     const b = native.mapFd(fd, page, page, true);
@@ -41,7 +41,10 @@ describe('native shared memory', () => {
     assert.equal(bytes[0], undefined);
     bytes[0] = 7; // a write into a detached view is dropped by the engine
     assert.throws(() => view.getUint8(0), TypeError);
-    assert.throws(() => mapping.buffer, (error: NodeJS.ErrnoException) => error.code === 'EBADF');
+    assert.throws(
+      () => mapping.buffer,
+      (error: NodeJS.ErrnoException) => error.code === 'EBADF',
+    );
     assert.equal(mapping.unmap(), false);
     fd.close();
   });
@@ -52,7 +55,7 @@ describe('native shared memory', () => {
     const readOnly = native.mapFd(fd, 0, page, false);
     assert.equal(readOnly.writable, false);
     new Uint8Array(writable.buffer)[0] = 0x11;
-    assert.equal(new Uint8Array(readOnly.buffer)[0], 0x11, 'sees the peer\'s writes');
+    assert.equal(new Uint8Array(readOnly.buffer)[0], 0x11, "sees the peer's writes");
     new Uint8Array(readOnly.buffer)[1] = 0x22;
     assert.equal(new Uint8Array(writable.buffer)[1], 0, 'own writes stay private');
     writable.unmap();
@@ -62,20 +65,37 @@ describe('native shared memory', () => {
 
   it('refuses ranges past the end of the file, unaligned offsets and closed fds with errno-named errors', () => {
     const fd = native.memfdCreate('small', page);
-    assert.throws(() => native.mapFd(fd, 0, 2 * page, true), (error: any) =>
-      error.code === 'ENXIO' && error.syscall === 'mmap' && /beyond the file/.test(error.message) && error.errno === 6);
-    assert.throws(() => native.mapFd(fd, 1, 16, true), (error: any) => error.code === 'EINVAL');
-    assert.throws(() => native.mapFd(fd, 0, 0, true), (error: any) => error.code === 'ERR_INVALID_ARG_VALUE');
+    assert.throws(
+      () => native.mapFd(fd, 0, 2 * page, true),
+      (error: any) => error.code === 'ENXIO' && error.syscall === 'mmap' && /beyond the file/.test(error.message) && error.errno === 6,
+    );
+    assert.throws(
+      () => native.mapFd(fd, 1, 16, true),
+      (error: any) => error.code === 'EINVAL',
+    );
+    assert.throws(
+      () => native.mapFd(fd, 0, 0, true),
+      (error: any) => error.code === 'ERR_INVALID_ARG_VALUE',
+    );
     fd.close();
-    assert.throws(() => native.mapFd(fd, 0, page, true), (error: any) => error.code === 'EBADF');
-    assert.throws(() => native.mapFd({} as never, 0, page, true), (error: any) => error.code === 'ERR_INVALID_ARG_TYPE');
+    assert.throws(
+      () => native.mapFd(fd, 0, page, true),
+      (error: any) => error.code === 'EBADF',
+    );
+    assert.throws(
+      () => native.mapFd({} as never, 0, page, true),
+      (error: any) => error.code === 'ERR_INVALID_ARG_TYPE',
+    );
   });
 
   it('reports seals: a memfd from memfdCreate cannot shrink, a plain file and an eventfd have none', () => {
     const memfd = native.memfdCreate('sealed', page);
     assert.equal(memfd.seals() & FILE_SEALS.SHRINK, FILE_SEALS.SHRINK);
     memfd.close();
-    assert.throws(() => memfd.seals(), (error: any) => error.code === 'EBADF');
+    assert.throws(
+      () => memfd.seals(),
+      (error: any) => error.code === 'EBADF',
+    );
     const file = fs.openSync(__filename, 'r');
     const plain = native.adoptFd(file);
     assert.equal(plain.seals(), 0);
@@ -87,7 +107,10 @@ describe('native shared memory', () => {
 
   it('refuses to map what is not a regular file or memfd', () => {
     const fd = native.eventfdCreate();
-    assert.throws(() => native.mapFd(fd, 0, 8, true), (error: any) => error.code === 'ENODEV');
+    assert.throws(
+      () => native.mapFd(fd, 0, 8, true),
+      (error: any) => error.code === 'ENODEV',
+    );
     fd.close();
   });
 
@@ -117,7 +140,10 @@ describe('native shared memory', () => {
   });
 
   it('adopts inherited fds and refuses numbers that are not open', () => {
-    assert.throws(() => native.adoptFd(987654), (error: any) => error.code === 'EBADF');
+    assert.throws(
+      () => native.adoptFd(987654),
+      (error: any) => error.code === 'EBADF',
+    );
     const raw = fs.openSync('/dev/null', 'r');
     const adopted = native.adoptFd(raw);
     assert.equal(adopted.fd, raw);

@@ -119,7 +119,10 @@ function waitUntilOpen(child: ChildProcess, retryMs: number, timeoutMs: number):
       }
     };
     const retry = setInterval(probe, retryMs);
-    const deadline = setTimeout(() => finish(new Error(`no answer to ${sent} 'endianness' lines sent ${retryMs} ms apart within ${timeoutMs} ms of start`)), timeoutMs);
+    const deadline = setTimeout(
+      () => finish(new Error(`no answer to ${sent} 'endianness' lines sent ${retryMs} ms apart within ${timeoutMs} ms of start`)),
+      timeoutMs,
+    );
     stdout.on('data', onData);
     child.once('exit', onExit);
     child.once('error', onError);
@@ -193,7 +196,9 @@ export class ChildQtestPeer extends QtestClient {
         liveChildren.delete(child);
         options.onExit?.();
         const tail = stderr.text.trim();
-        throw new QtestConnectionError(`${options.name} failed to start: ${(error as Error).message}\n  command: ${options.command} ${options.args.join(' ')}${tail ? `\n  stderr: ${tail.split('\n').slice(-20).join('\n          ')}` : ''}`);
+        throw new QtestConnectionError(
+          `${options.name} failed to start: ${(error as Error).message}\n  command: ${options.command} ${options.args.join(' ')}${tail ? `\n  stderr: ${tail.split('\n').slice(-20).join('\n          ')}` : ''}`,
+        );
       }
     }
     const peer = create(child, stderr, options);
@@ -202,7 +207,10 @@ export class ChildQtestPeer extends QtestClient {
     const startTimeoutMs = options.startTimeoutMs ?? 20_000;
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_resolve, reject) => {
-      timer = setTimeout(() => reject(new Error(`${options.name}: no answer within ${startTimeoutMs} ms of start${peer.describe()}`)), startTimeoutMs);
+      timer = setTimeout(
+        () => reject(new Error(`${options.name}: no answer within ${startTimeoutMs} ms of start${peer.describe()}`)),
+        startTimeoutMs,
+      );
     });
     try {
       const answer = await Promise.race([handshake, timeout]);

@@ -79,7 +79,12 @@ async function run(access: 'read' | 'write', flags: Entries): Promise<{ end: str
 
 function kvmModule(): string {
   try {
-    return fs.readdirSync('/sys/module').filter((name) => /^kvm_/.test(name)).join(', ') || 'kvm';
+    return (
+      fs
+        .readdirSync('/sys/module')
+        .filter((name) => /^kvm_/.test(name))
+        .join(', ') || 'kvm'
+    );
   } catch {
     return 'unknown';
   }
@@ -106,7 +111,14 @@ function shadowPaging(): boolean {
   return ept === 'N' || ept === '0' || npt === '0' || npt === 'N';
 }
 
-const flagsOf = (value: bigint): string => [['A', A], ['D', D]].filter(([, bit]) => (value & (bit as bigint)) !== 0n).map(([name]) => name).join('') || '-';
+const flagsOf = (value: bigint): string =>
+  [
+    ['A', A],
+    ['D', D],
+  ]
+    .filter(([, bit]) => (value & (bit as bigint)) !== 0n)
+    .map(([name]) => name)
+    .join('') || '-';
 
 describe('the CPU (a KVM vCPU) on the A and D flags of a faulting access', function () {
   this.timeout(60_000);
@@ -117,11 +129,35 @@ describe('the CPU (a KVM vCPU) on the A and D flags of a faulting access', funct
 
   const table = P | RW | US;
   const cases: Array<{ name: string; access: 'read' | 'write'; flags: Entries; end: string; after: [string, string, string] }> = [
-    { name: 'a write to a writable page (control)', access: 'write', flags: { pdpte: table, pde: table, pte: table }, end: 'exit 1', after: ['A', 'A', 'AD'] },
+    {
+      name: 'a write to a writable page (control)',
+      access: 'write',
+      flags: { pdpte: table, pde: table, pte: table },
+      end: 'exit 1',
+      after: ['A', 'A', 'AD'],
+    },
     { name: 'a read of a page (control)', access: 'read', flags: { pdpte: table, pde: table, pte: table }, end: 'exit 1', after: ['A', 'A', 'A'] },
-    { name: 'a supervisor write to a read-only page (CR0.WP)', access: 'write', flags: { pdpte: table, pde: table, pte: P | US }, end: 'shutdown', after: ['-', '-', '-'] },
-    { name: 'a supervisor write under a read-only PDE (CR0.WP)', access: 'write', flags: { pdpte: table, pde: P | US, pte: table }, end: 'shutdown', after: ['-', '-', '-'] },
-    { name: 'a read of a not-present page', access: 'read', flags: { pdpte: table, pde: table, pte: RW | US }, end: 'shutdown', after: ['-', '-', '-'] },
+    {
+      name: 'a supervisor write to a read-only page (CR0.WP)',
+      access: 'write',
+      flags: { pdpte: table, pde: table, pte: P | US },
+      end: 'shutdown',
+      after: ['-', '-', '-'],
+    },
+    {
+      name: 'a supervisor write under a read-only PDE (CR0.WP)',
+      access: 'write',
+      flags: { pdpte: table, pde: P | US, pte: table },
+      end: 'shutdown',
+      after: ['-', '-', '-'],
+    },
+    {
+      name: 'a read of a not-present page',
+      access: 'read',
+      flags: { pdpte: table, pde: table, pte: RW | US },
+      end: 'shutdown',
+      after: ['-', '-', '-'],
+    },
   ];
   for (const c of cases) {
     it(`${c.name}: ${c.end}, A/D afterwards PDPTE ${c.after[0]}, PDE ${c.after[1]}, PTE ${c.after[2]}`, async function () {

@@ -114,11 +114,14 @@ describe('differential: GCMD/GSTS and register-based invalidation, QEMU 7.2 vs v
 
   for (const props of ['', 'aw-bits=48']) {
     it(`agrees on command sequences, invalidation read-backs and event registers (${props || 'default props'})`, async () => {
-      await differential(async (guest) => {
-        await commands(guest);
-        await registerInvalidation(guest);
-        await eventRegisters(guest);
-      }, { props, checkSpecMode: true });
+      await differential(
+        async (guest) => {
+          await commands(guest);
+          await registerInvalidation(guest);
+          await eventRegisters(guest);
+        },
+        { props, checkSpecMode: true },
+      );
     });
   }
 });

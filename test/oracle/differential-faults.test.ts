@@ -41,7 +41,13 @@ async function faultReasons(guest: OracleGuest): Promise<void> {
   /** A read that works loads the buffer from 0x300000 (IOVA 0x200000); written out to 0x300800, it is checked. */
   const READ_OK = outcome.moved(0x300000);
   const writeOut = () => guest.dma('to-ram', 0x200800, 16, outcome.moved(0x300800), 0x100);
-  const probe = async (label: string, iova: number | bigint, expected: DmaOutcome, direction: 'to-device' | 'to-ram' = 'to-device', quirks: QuirkId[] = []) => {
+  const probe = async (
+    label: string,
+    iova: number | bigint,
+    expected: DmaOutcome,
+    direction: 'to-device' | 'to-ram' = 'to-device',
+    quirks: QuirkId[] = [],
+  ) => {
     await guest.dma(direction, iova, 16, expected, 0x100);
     await guest.observeFault(label, { quirks });
     await guest.observeInterrupts(`${label}: MSIs`, quirks);
@@ -118,10 +124,18 @@ async function faultReasons(guest: OracleGuest): Promise<void> {
 
   // Reserved and ignored bits of a 4 KiB leaf (SNP without snoop control, TM without device TLBs, high address).
   const leafCases: ReadonlyArray<[string, bigint, DmaOutcome]> = [
-    ['bit 7 (ignored in a 4 KiB leaf)', 1n << 7n, READ_OK], ['SNP (C)', 1n << 11n, FAULT], ['TM (C)', 1n << 62n, FAULT],
-    ['address bit 45 (C)', 1n << 45n, FAULT], ['address bit 39 (C)', 1n << 39n, FAULT], ['address bit 38', 1n << 38n, NO_RAM],
-    ['bit 52 (ignored)', 1n << 52n, READ_OK], ['A (bit 8)', 1n << 8n, READ_OK], ['X (bit 2)', 1n << 2n, READ_OK],
-    ['EMT and IPAT (bits 6:3)', 0x78n, READ_OK], ['bit 63 (ignored)', 1n << 63n, READ_OK], ['bit 10 (ignored)', 1n << 10n, READ_OK],
+    ['bit 7 (ignored in a 4 KiB leaf)', 1n << 7n, READ_OK],
+    ['SNP (C)', 1n << 11n, FAULT],
+    ['TM (C)', 1n << 62n, FAULT],
+    ['address bit 45 (C)', 1n << 45n, FAULT],
+    ['address bit 39 (C)', 1n << 39n, FAULT],
+    ['address bit 38', 1n << 38n, NO_RAM],
+    ['bit 52 (ignored)', 1n << 52n, READ_OK],
+    ['A (bit 8)', 1n << 8n, READ_OK],
+    ['X (bit 2)', 1n << 2n, READ_OK],
+    ['EMT and IPAT (bits 6:3)', 0x78n, READ_OK],
+    ['bit 63 (ignored)', 1n << 63n, READ_OK],
+    ['bit 10 (ignored)', 1n << 10n, READ_OK],
   ];
   for (const [label, bits, expected] of leafCases) {
     await guest.map(top, 3, 0x200000, 0x300000, { extra: bits });
@@ -137,7 +151,13 @@ async function faultReasons(guest: OracleGuest): Promise<void> {
   await guest.observeFault('a read caches the read-only page');
   await writeOut();
   const CACHED_MISS = 'iotlb-hit-without-permission-not-recorded';
-  await guest.dma('to-ram', 0x201000, 16, outcome.byQuirk(CACHED_MISS, outcome.unrecorded('a permission miss on a cached translation', 0x301000), outcome.fault(0x301000)), 0x100);
+  await guest.dma(
+    'to-ram',
+    0x201000,
+    16,
+    outcome.byQuirk(CACHED_MISS, outcome.unrecorded('a permission miss on a cached translation', 0x301000), outcome.fault(0x301000)),
+    0x100,
+  );
   await guest.observeFault('a write hits the cached read-only page', { quirks: [CACHED_MISS] });
   await guest.observeInterrupts('MSIs for it', [CACHED_MISS]);
   guest.note('the read-only page is unchanged', await guest.peer.readBytes(0x301000, 16));

@@ -13,7 +13,12 @@ import { strict as assert } from 'node:assert';
 import { assertAgreement, playBoth, type DifferentialRun } from './harness';
 import { FIRST_STAGE_PROPS } from './first-stage-guest';
 import {
-  FirstStageRandom, RANDOM_OPERATIONS, cachedReadOnlyWrite, fixedFirstStage, pageSelectiveInvalidation, randomFirstStage,
+  FirstStageRandom,
+  RANDOM_OPERATIONS,
+  cachedReadOnlyWrite,
+  fixedFirstStage,
+  pageSelectiveInvalidation,
+  randomFirstStage,
 } from './first-stage-scenarios';
 import { skipWithoutQemu10 } from './qemu10';
 

@@ -20,15 +20,25 @@ const STAGING = 0x200000;
 
 /** What a request must do: an MSI; blocked without a record by QEMU 7.2 and recorded by the spec; or as `quirk` has it. */
 const MSI = outcome.interrupt;
-const BLOCKED: DmaOutcome = outcome.byQuirk(NOT_RECORDED, outcome.unrecorded('QEMU 7.2 drops a failed interrupt request unrecorded'), outcome.fault());
+const BLOCKED: DmaOutcome = outcome.byQuirk(
+  NOT_RECORDED,
+  outcome.unrecorded('QEMU 7.2 drops a failed interrupt request unrecorded'),
+  outcome.fault(),
+);
 /** Where QEMU 7.2 lets through a request the spec blocks (and records unless `blocked` says otherwise). */
 const passesWith = (quirk: QuirkId, blocked: DmaOutcome = BLOCKED): DmaOutcome => outcome.byQuirk(quirk, MSI, blocked);
 
 /** A remappable-format MSI address for interrupt `handle` (bits 19:5 and 2), with SHV when a subhandle is used. */
 function remappable(handle: number, subhandleValid = false): number {
-  return Number(encodeBig(MSI_REMAPPABLE_ADDRESS, {
-    BASE: 0xfee, IF: 1, HANDLE_LO: handle & 0x7fff, HANDLE_HI: handle >> 15, SHV: subhandleValid ? 1 : 0,
-  }));
+  return Number(
+    encodeBig(MSI_REMAPPABLE_ADDRESS, {
+      BASE: 0xfee,
+      IF: 1,
+      HANDLE_LO: handle & 0x7fff,
+      HANDLE_HI: handle >> 15,
+      SHV: subhandleValid ? 1 : 0,
+    }),
+  );
 }
 
 /** Sends interrupt requests from the edu device: each request is one DWORD DMA write from a prepared buffer slot. */
@@ -113,13 +123,20 @@ async function remapping(guest: OracleGuest): Promise<void> {
   await sender.send('SVT 3 (0x24)', remappable(15), 0, passesWith(NO_SOURCE_CHECK), [NOT_RECORDED, NO_SOURCE_CHECK]);
   await sender.send('posted format without CAP.PI (0x24)', remappable(16), 0, passesWith(LOOSE_ENTRIES), [NOT_RECORDED, LOOSE_ENTRIES]);
   await sender.send('FPD, not present', remappable(17), 0, outcome.unrecorded('FPD is set in the IRTE'));
-  await sender.send('FPD, source id mismatch', remappable(18), 0, passesWith(NO_SOURCE_CHECK, outcome.unrecorded('FPD is set in the IRTE')), [NO_SOURCE_CHECK]);
+  await sender.send('FPD, source id mismatch', remappable(18), 0, passesWith(NO_SOURCE_CHECK, outcome.unrecorded('FPD is set in the IRTE')), [
+    NO_SOURCE_CHECK,
+  ]);
   await sender.send('NMI delivery', remappable(19), 0, MSI);
   await sender.send('index 300 beyond 256 entries (0x21)', remappable(300), 0, BLOCKED, [NOT_RECORDED]);
   await sender.send('handle 255 + subhandle 1 (0x21)', remappable(255, true), 1, BLOCKED, [NOT_RECORDED]);
   await sender.send('handle bit 15 (0x21)', remappable(0x8005), 0, BLOCKED, [NOT_RECORDED]);
   await sender.send('compatibility format without CFI (0x25)', 0xfee01000, 0x4031, passesWith(COMPAT_PASSES), [NOT_RECORDED, COMPAT_PASSES]);
-  await sender.send('a write not DWORD aligned is no interrupt', remappable(5) | 2, 0, outcome.unrecorded('a write that is not a whole aligned DWORD is no interrupt request'));
+  await sender.send(
+    'a write not DWORD aligned is no interrupt',
+    remappable(5) | 2,
+    0,
+    outcome.unrecorded('a write that is not a whole aligned DWORD is no interrupt request'),
+  );
   await guest.gcmd(GCMD.IRE | GCMD.CFI);
   await guest.observe('GSTS', 'GSTS after IRE | CFI', ['gcmd-cfi-ignored']);
   await sender.send('compatibility format with CFI', 0xfee01000, 0x4031, MSI, [NOT_RECORDED, COMPAT_PASSES, 'gcmd-cfi-ignored']);
@@ -158,7 +175,11 @@ async function interruptRangeRead(guest: OracleGuest): Promise<void> {
   await guest.enableEdu();
   await guest.fill(STAGING, 64, 9);
   // QEMU 7.2 completes the read with zeros; the spec blocks it, and what the device buffer then holds is unknown.
-  const rangeRead = outcome.byQuirk(RANGE_READ_ZEROS, outcome.movedBytes(new Uint8Array(16)), outcome.unrecorded('a read of the interrupt range is an illegal request'));
+  const rangeRead = outcome.byQuirk(
+    RANGE_READ_ZEROS,
+    outcome.movedBytes(new Uint8Array(16)),
+    outcome.unrecorded('a read of the interrupt range is an illegal request'),
+  );
   const zerosArrived = guest.quirks.has(RANGE_READ_ZEROS);
   await guest.dma('to-device', STAGING, 64, outcome.moved(STAGING), 0x800);
   await guest.dma('to-device', 0xfee00000, 16, rangeRead, 0x800);

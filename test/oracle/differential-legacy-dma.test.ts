@@ -4,7 +4,6 @@ import { QemuQtest, ViommuQtest, qemuAvailability } from './qemu';
 import type { QtestPeer } from '../../lib/vmm/qtest/client';
 import { DMAR, eduDma, enableEdu, hex, programUnit } from './legacy-dma-scenario';
 
-
 const SOURCE = Buffer.from('data the device reads through the IOMMU, 64 bytes long..........');
 const PPF = 0x2;
 

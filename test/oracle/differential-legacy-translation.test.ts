@@ -57,12 +57,48 @@ async function pageSizes(guest: OracleGuest, levels: 3 | 4): Promise<void> {
   await guest.observe('GSTS');
   await guest.fill(0x300000, 0x2000, 1);
   const spare = [0x201800, 0x301800] as const;
-  await copy(guest, '4 KiB to a 2 MiB page', { from: 0x200010, source: 0x300010, to: 0x40000000 + 0x123450, landing: 0x800000 + 0x123450, count: 100 });
-  await copy(guest, 'across two 4 KiB pages to a 1 GiB page', { from: 0x200f80, source: 0x300f80, to: 0x80000000 + 0x5ff0000, landing: 0x5ff0000, count: 0x200 });
-  await copy(guest, 'within the 1 GiB page, across its 2 MiB boundaries', { from: 0x80000000 + 0x5ff0000, source: 0x5ff0000, to: 0x80000000 + 0x61fff80, landing: 0x61fff80, count: 0x100 });
-  if (levels === 4) await copy(guest, 'to an IOVA above 2^39', { from: 0x200000, source: 0x300000, to: 2 ** 40 + 0x10, landing: 0x400010, count: 64 });
-  else await copy(guest, 'to an IOVA above 2^39 with 3 levels (4)', { from: 0x200000, source: 0x300000, to: 2 ** 40 + 0x10, landing: 0x400010, count: 64, write: outcome.fault(0x400010), spare });
-  await copy(guest, 'to an IOVA above 2^48 (4)', { from: 0x200000, source: 0x300000, to: 2n ** 48n, landing: 0x400000, count: 16, write: outcome.fault(0x400000), spare });
+  await copy(guest, '4 KiB to a 2 MiB page', {
+    from: 0x200010,
+    source: 0x300010,
+    to: 0x40000000 + 0x123450,
+    landing: 0x800000 + 0x123450,
+    count: 100,
+  });
+  await copy(guest, 'across two 4 KiB pages to a 1 GiB page', {
+    from: 0x200f80,
+    source: 0x300f80,
+    to: 0x80000000 + 0x5ff0000,
+    landing: 0x5ff0000,
+    count: 0x200,
+  });
+  await copy(guest, 'within the 1 GiB page, across its 2 MiB boundaries', {
+    from: 0x80000000 + 0x5ff0000,
+    source: 0x5ff0000,
+    to: 0x80000000 + 0x61fff80,
+    landing: 0x61fff80,
+    count: 0x100,
+  });
+  if (levels === 4)
+    await copy(guest, 'to an IOVA above 2^39', { from: 0x200000, source: 0x300000, to: 2 ** 40 + 0x10, landing: 0x400010, count: 64 });
+  else
+    await copy(guest, 'to an IOVA above 2^39 with 3 levels (4)', {
+      from: 0x200000,
+      source: 0x300000,
+      to: 2 ** 40 + 0x10,
+      landing: 0x400010,
+      count: 64,
+      write: outcome.fault(0x400010),
+      spare,
+    });
+  await copy(guest, 'to an IOVA above 2^48 (4)', {
+    from: 0x200000,
+    source: 0x300000,
+    to: 2n ** 48n,
+    landing: 0x400000,
+    count: 16,
+    write: outcome.fault(0x400000),
+    spare,
+  });
   await faultingRead(guest, 'from an unmapped 2 MiB region (6)', 0x40200000, 16);
 }
 
@@ -76,11 +112,27 @@ async function misplacedLargePages(guest: OracleGuest): Promise<void> {
   await guest.enableTranslation(root);
   await guest.fill(0x300000, 64, 2);
   const spare = [0x200800, 0x300800] as const;
-  await copy(guest, 'PS in a PML4 entry (C)', { from: 0x200000, source: 0x300000, to: 2 ** 39, landing: 0x1000, count: 16, write: outcome.fault(0x1000), spare });
+  await copy(guest, 'PS in a PML4 entry (C)', {
+    from: 0x200000,
+    source: 0x300000,
+    to: 2 ** 39,
+    landing: 0x1000,
+    count: 16,
+    write: outcome.fault(0x1000),
+    spare,
+  });
   // A 2 MiB leaf whose address bits 20:12 are set (reserved in a 2 MiB leaf).
   await guest.map(top, 4, 0x40000000, 0x800000, { size: '2m', extra: 0x1000n });
   await guest.setReg('IOTLB', 0x9000000000000000n);
-  await copy(guest, '2 MiB leaf with address bits 20:12 set (C)', { from: 0x200000, source: 0x300000, to: 0x40000000, landing: 0x800000, count: 16, write: outcome.fault(0x800000), spare });
+  await copy(guest, '2 MiB leaf with address bits 20:12 set (C)', {
+    from: 0x200000,
+    source: 0x300000,
+    to: 0x40000000,
+    landing: 0x800000,
+    count: 16,
+    write: outcome.fault(0x800000),
+    spare,
+  });
 }
 
 /** Changing mappings: stale until invalidated (page-selective, domain, global), SRTP flushing, pass-through. */
@@ -103,7 +155,13 @@ async function invalidationAndModes(guest: OracleGuest): Promise<void> {
   // Remap 0x200000 to 0x380000 and invalidate it page-selectively: the next read sees the new page.
   await guest.map(top, 3, 0x200000, 0x380000);
   await page(3, 0x200000, 0);
-  await copy(guest, 'after remapping and a page-selective invalidation', { from: 0x200000, source: 0x380000, to: 0x201000, landing: 0x301000, count: 64 });
+  await copy(guest, 'after remapping and a page-selective invalidation', {
+    from: 0x200000,
+    source: 0x380000,
+    to: 0x201000,
+    landing: 0x301000,
+    count: 64,
+  });
   // AM 4 covers 0x210000 (16 pages from 0x210000), a different domain id does not.
   await guest.map(top, 3, 0x210000, 0x300000);
   await page(9, 0x210000, 4);
@@ -117,15 +175,27 @@ async function invalidationAndModes(guest: OracleGuest): Promise<void> {
   // SRTP drops cached translations (QEMU 7.2 does so without being asked).
   await guest.map(top, 3, 0x210000, 0x310000);
   await guest.gcmd(0xc0000000);
-  await copy(guest, 'after re-mapping and SRTP', { from: 0x210000, source: 0x310000, to: 0x201000, landing: 0x301000, count: 64, quirks: ['srtp-flushes-caches'] });
+  await copy(guest, 'after re-mapping and SRTP', {
+    from: 0x210000,
+    source: 0x310000,
+    to: 0x201000,
+    landing: 0x301000,
+    count: 64,
+    quirks: ['srtp-flushes-caches'],
+  });
   // Pass-through (TT 2): IOVA = guest-physical address.
   await guest.setContext(root, EDU_SID, { aw: 1, did: 3, tt: 2, table: top });
   await guest.setReg('CCMD', 0xa000000000000000n);
   await guest.setReg('IOTLB', 0x9000000000000000n);
   await copy(guest, 'pass-through', { from: 0x380000, source: 0x380000, to: 0x390000, landing: 0x390000, count: 64 });
   await copy(guest, 'pass-through beyond RAM', {
-    from: 0x380000, source: 0x380000, to: 0x40000000, landing: 0x390000, count: 16,
-    write: outcome.unrecorded('pass-through to an address no RAM answers', 0x390000), spare: [0x3b0000, 0x3b0000],
+    from: 0x380000,
+    source: 0x380000,
+    to: 0x40000000,
+    landing: 0x390000,
+    count: 16,
+    write: outcome.unrecorded('pass-through to an address no RAM answers', 0x390000),
+    spare: [0x3b0000, 0x3b0000],
   });
   // Translation off: the same.
   await guest.gcmd(0x40000000);

@@ -18,12 +18,28 @@ import { skipWithoutQemu10, startQemu10 } from './qemu10';
 import { ScalableGuest } from './scalable-guest';
 
 const PROPERTY_SETS = [
-  '', 'aw-bits=39', 'caching-mode=on', 'x-scalable-mode=on', 'x-scalable-mode=on,x-pasid-mode=on', 'x-scalable-mode=on,x-flts=on',
-  'x-scalable-mode=on,x-flts=on,x-pasid-mode=on,caching-mode=on', 'device-iotlb=on', 'pt=off', 'intremap=off', 'dma-drain=off',
+  '',
+  'aw-bits=39',
+  'caching-mode=on',
+  'x-scalable-mode=on',
+  'x-scalable-mode=on,x-pasid-mode=on',
+  'x-scalable-mode=on,x-flts=on',
+  'x-scalable-mode=on,x-flts=on,x-pasid-mode=on,caching-mode=on',
+  'device-iotlb=on',
+  'pt=off',
+  'intremap=off',
+  'dma-drain=off',
 ];
 
 /** Two pages through the translation under test: a read that moves data, a write that writes it out. */
-async function throughAndBack(guest: OracleGuest, label: string, iova: number | bigint, gpa: number, back: { iova: number | bigint; gpa: number }, offset: number): Promise<void> {
+async function throughAndBack(
+  guest: OracleGuest,
+  label: string,
+  iova: number | bigint,
+  gpa: number,
+  back: { iova: number | bigint; gpa: number },
+  offset: number,
+): Promise<void> {
   await guest.fill(gpa, 256, offset);
   await guest.dma('to-device', iova, 128, outcome.moved(gpa), offset);
   await guest.dma('to-ram', back.iova, 128, outcome.moved(back.gpa), offset);
@@ -63,7 +79,9 @@ async function scalablePassThroughAndSecondStage(guest: OracleGuest, flts: boole
   await s.invalidate();
   await throughAndBack(guest, 'PGTT 2, 4 levels', 0x80_4000_0000, 0x340000, { iova: 0x80_4020_0000, gpa: 0x600000 }, 256);
   await guest.dma('to-ram', 0x80_4000_1000, 16, outcome.fault(0x341000), 256);
-  await guest.observeFault('PGTT 2: a write to a read-only page', { quirks: ['scalable-faults-use-legacy-reasons', 'scalable-rid-pasid-recorded-as-pasid'] });
+  await guest.observeFault('PGTT 2: a write to a read-only page', {
+    quirks: ['scalable-faults-use-legacy-reasons', 'scalable-rid-pasid-recorded-as-pasid'],
+  });
 }
 
 const SID_QUIRK: QuirkId = 'interrupt-dma-write-faults-recorded-with-sid-ffff';
@@ -97,7 +115,8 @@ describe('differential: QEMU 10.0 registers, pass-through, 4-level second stage 
       try {
         const expected = await readAllRegisters(qemu);
         const actual = await readAllRegisters(ours);
-        const differences = [...expected].filter(([key, value]) => actual.get(key) !== value)
+        const differences = [...expected]
+          .filter(([key, value]) => actual.get(key) !== value)
           .map(([key, value]) => `${key}: QEMU 10.0 0x${value.toString(16)}, viommu 0x${actual.get(key)?.toString(16)}`);
         assert.deepEqual(differences, [], `registers differ with '${props}'`);
       } finally {
@@ -112,11 +131,19 @@ describe('differential: QEMU 10.0 registers, pass-through, 4-level second stage 
   });
 
   it('agrees on scalable pass-through (PGTT 4) and 4-level second-stage translation (PGTT 2)', async () => {
-    await differential((guest) => scalablePassThroughAndSecondStage(guest, false), { props: 'x-scalable-mode=on,aw-bits=48', oracle: 'qemu-10.0', checkSpecMode: true });
+    await differential((guest) => scalablePassThroughAndSecondStage(guest, false), {
+      props: 'x-scalable-mode=on,aw-bits=48',
+      oracle: 'qemu-10.0',
+      checkSpecMode: true,
+    });
   });
 
   it('agrees on scalable pass-through (PGTT 4) beside first-stage translation (x-flts)', async () => {
-    await differential((guest) => scalablePassThroughAndSecondStage(guest, true), { props: 'x-scalable-mode=on,x-flts=on,aw-bits=48', oracle: 'qemu-10.0', checkSpecMode: true });
+    await differential((guest) => scalablePassThroughAndSecondStage(guest, true), {
+      props: 'x-scalable-mode=on,x-flts=on,aw-bits=48',
+      oracle: 'qemu-10.0',
+      checkSpecMode: true,
+    });
   });
 
   it('agrees on the fault record of a DMA write to the interrupt range (its SID)', async () => {

@@ -50,8 +50,12 @@ async function queueScenario(guest: OracleGuest): Promise<void> {
   await queue.submit(D.context({ G: 1 }), D.iotlb({ G: 1, DW: 1, DR: 1 }), D.wait({ SW: 1, SDATA: 5, address: status }));
   await after('context + IOTLB + wait');
   await queue.submit(
-    D.context({ G: 2, DID: 7 }), D.context({ G: 3, SID: 0x20, FM: 1 }), D.iotlb({ G: 2, DID: 9 }),
-    D.iotlb({ G: 3, DID: 9, ADDR: 0x200, AM: 1, IH: 1 }), D.interruptEntry({ G: 0 }), D.interruptEntry({ G: 1, IIDX: 0x40, IM: 3 }),
+    D.context({ G: 2, DID: 7 }),
+    D.context({ G: 3, SID: 0x20, FM: 1 }),
+    D.iotlb({ G: 2, DID: 9 }),
+    D.iotlb({ G: 3, DID: 9, ADDR: 0x200, AM: 1, IH: 1 }),
+    D.interruptEntry({ G: 0 }),
+    D.interruptEntry({ G: 1, IIDX: 0x40, IM: 3 }),
     D.wait({ SW: 1, SDATA: 6, address: status }),
   );
   await after('every granularity');

@@ -102,10 +102,11 @@ async function scenario(guest: OracleGuest, c: RandomCase, levels: number): Prom
   const root = guest.allocPage();
   const top = await guest.setContext(root, EDU_SID, { aw: levels - 2, did: DID });
   const mappings: Mapping[] = [];
-  const occupied = (iova: number, kind: PageKind) => mappings.some((m) => {
-    const end = m.iova + PAGE_SIZES[m.kind];
-    return iova < end && iova + PAGE_SIZES[kind] > m.iova;
-  });
+  const occupied = (iova: number, kind: PageKind) =>
+    mappings.some((m) => {
+      const end = m.iova + PAGE_SIZES[m.kind];
+      return iova < end && iova + PAGE_SIZES[kind] > m.iova;
+    });
   const add = async (mapping: Mapping) => {
     const extra = mapping.reserved ? 1n << 11n : 0n; // SNP without snoop control
     await guest.map(top, levels, mapping.iova, mapping.gpa, { ...mapping, size: mapping.kind, extra });
@@ -118,7 +119,13 @@ async function scenario(guest: OracleGuest, c: RandomCase, levels: number): Prom
     const iova = randomIova(c, kind, levels);
     if (occupied(iova, kind) || (kind === '1g' && mappings.some((m) => m.kind !== '1g' && Math.floor(m.iova / 2 ** 30) === iova / 2 ** 30))) continue;
     if (kind !== '1g' && mappings.some((m) => m.kind === '1g' && Math.floor(iova / 2 ** 30) === m.iova / 2 ** 30)) continue;
-    const rights = c.pick([[true, true], [true, true], [true, false], [false, true], [false, false]] as const);
+    const rights = c.pick([
+      [true, true],
+      [true, true],
+      [true, false],
+      [false, true],
+      [false, false],
+    ] as const);
     await add({ iova, kind, gpa: randomGpa(c, kind), read: rights[0], write: rights[1], reserved: c.chance(0.05) });
   }
   // A top-level entry may lose W: the right applies to everything below it.
@@ -162,11 +169,14 @@ async function scenario(guest: OracleGuest, c: RandomCase, levels: number): Prom
     const target = mapping ?? mappings.find((m) => iova >= m.iova && iova < m.iova + PAGE_SIZES[m.kind]);
     // Only a miss on a page an earlier access cached is where QEMU 7.2 skips the record. The IOTLB knows pages, not
     // how the script picked the IOVA: a random one inside a cached large page hits that page's entry too.
-    const tags = (write: boolean): QuirkId[] => (target && cached.has(target) && !allowed(target, write) ? ['iotlb-hit-without-permission-not-recorded'] : []);
+    const tags = (write: boolean): QuirkId[] =>
+      target && cached.has(target) && !allowed(target, write) ? ['iotlb-hit-without-permission-not-recorded'] : [];
     const expect = (write: boolean): DmaOutcome => {
       if (target !== undefined && allowed(target, write)) return outcome.moved(target.gpa + (iova - target.iova));
       const [quirk] = tags(write);
-      return quirk === undefined ? outcome.fault() : outcome.byQuirk(quirk, outcome.unrecorded('a permission miss on a cached translation'), outcome.fault());
+      return quirk === undefined
+        ? outcome.fault()
+        : outcome.byQuirk(quirk, outcome.unrecorded('a permission miss on a cached translation'), outcome.fault());
     };
 
     if (action === 'remap' && mapping) {

@@ -22,7 +22,8 @@ describe('differential: VT-d reset values, QEMU 7.2 vs viommu', function () {
       try {
         const expected = await readAllRegisters(qemu);
         const actual = await readAllRegisters(ours);
-        const differences = [...expected].filter(([key, value]) => actual.get(key) !== value)
+        const differences = [...expected]
+          .filter(([key, value]) => actual.get(key) !== value)
           .map(([key, value]) => `${key}: QEMU 0x${value.toString(16)}, viommu 0x${actual.get(key)?.toString(16)}`);
         assert.deepEqual(differences, [], `registers differ with '${props}'`);
       } finally {

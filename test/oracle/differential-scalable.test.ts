@@ -64,7 +64,12 @@ async function scalableSecondStage(guest: OracleGuest): Promise<void> {
   // QEMU 7.2 blocks this write unrecorded: the read left a read-only translation in its IOTLB.
   const cachedMiss = outcome.unrecorded('a permission miss on a cached translation', 0x300000);
   await guest.dma('to-ram', 0x200000, 16, outcome.byQuirk(RID_PASID_WITHOUT_RPS, cachedMiss, outcome.fault(0x300000)));
-  await probe('RID_PASID 1: a write to its read-only page', [RID_PASID_WITHOUT_RPS, LEGACY_REASONS, RID_PASID_PP, 'iotlb-hit-without-permission-not-recorded']);
+  await probe('RID_PASID 1: a write to its read-only page', [
+    RID_PASID_WITHOUT_RPS,
+    LEGACY_REASONS,
+    RID_PASID_PP,
+    'iotlb-hit-without-permission-not-recorded',
+  ]);
   await s.context();
   await s.invalidate();
   // Only where the read moved data (QEMU 7.2's way) is there something to write out and check; the DMA adds no
@@ -92,13 +97,48 @@ async function scalableSecondStage(guest: OracleGuest): Promise<void> {
     await repair();
     await s.invalidate();
   };
-  await broken('PASID entry not present', () => s.pasidEntry(0, { P: 0 }), () => s.pasidEntry(0), [LEGACY_REASONS]);
-  await broken('PASID directory entry not present', () => s.directoryEntry({ P: 0 }), () => s.directoryEntry(), [LEGACY_REASONS]);
-  await broken('context entry not present', () => s.context({ P: 0 }), () => s.context(), [LEGACY_REASONS]);
-  await broken('root entry lower half not present', () => s.rootEntry({ LP: 0 }), () => s.rootEntry(), [LEGACY_REASONS]);
-  await broken('PASID entry with PGTT 0', () => s.pasidEntry(0, { PGTT: 0 }), () => s.pasidEntry(0), [LEGACY_REASONS]);
-  await broken('PASID entry with AW 2 (48-bit, not offered)', () => s.pasidEntry(0, { AW: 2 }), () => s.pasidEntry(0), [LEGACY_REASONS]);
-  await broken('PASID table outside RAM', () => s.directoryEntry({ PTP: 0x40000000 / PAGE }), () => s.directoryEntry(), [LEGACY_REASONS]);
+  await broken(
+    'PASID entry not present',
+    () => s.pasidEntry(0, { P: 0 }),
+    () => s.pasidEntry(0),
+    [LEGACY_REASONS],
+  );
+  await broken(
+    'PASID directory entry not present',
+    () => s.directoryEntry({ P: 0 }),
+    () => s.directoryEntry(),
+    [LEGACY_REASONS],
+  );
+  await broken(
+    'context entry not present',
+    () => s.context({ P: 0 }),
+    () => s.context(),
+    [LEGACY_REASONS],
+  );
+  await broken(
+    'root entry lower half not present',
+    () => s.rootEntry({ LP: 0 }),
+    () => s.rootEntry(),
+    [LEGACY_REASONS],
+  );
+  await broken(
+    'PASID entry with PGTT 0',
+    () => s.pasidEntry(0, { PGTT: 0 }),
+    () => s.pasidEntry(0),
+    [LEGACY_REASONS],
+  );
+  await broken(
+    'PASID entry with AW 2 (48-bit, not offered)',
+    () => s.pasidEntry(0, { AW: 2 }),
+    () => s.pasidEntry(0),
+    [LEGACY_REASONS],
+  );
+  await broken(
+    'PASID table outside RAM',
+    () => s.directoryEntry({ PTP: 0x40000000 / PAGE }),
+    () => s.directoryEntry(),
+    [LEGACY_REASONS],
+  );
   await guest.dma('to-device', 0x200000, 16, outcome.moved(0x302000));
   await probe('all repaired');
   await guest.dma('to-ram', 0x202c00, 16, outcome.moved(0x302c00));

@@ -1,8 +1,6 @@
 /** A guest's first-stage (PGTT 1) structures for the edu device, for differential tests against QEMU 10.0 (x-flts). */
 import { encodeBig, type FieldTable } from '../../lib/vtd/bitfield';
-import {
-  FIRST_STAGE_2M_LEAF, FIRST_STAGE_4K_LEAF, FIRST_STAGE_TABLE_ENTRY, FIRST_STAGE_TOP_ENTRY, PASID_PGTT,
-} from '../../lib/vtd/structures';
+import { FIRST_STAGE_2M_LEAF, FIRST_STAGE_4K_LEAF, FIRST_STAGE_TABLE_ENTRY, FIRST_STAGE_TOP_ENTRY, PASID_PGTT } from '../../lib/vtd/structures';
 import { PAGE, type OracleGuest } from './harness';
 import { ScalableGuest, type Values } from './scalable-guest';
 
@@ -88,7 +86,11 @@ export class FirstStageGuest {
    * by level (4 PML4E, 3 PDPTE, 2 PDE), applied where this call creates or rewrites them. Tables are shared between
    * mappings; a table entry that exists is rewritten only when `tables` names its level.
    */
-  async map(iova: number, gpa: number, options: { size?: '4k' | '2m'; leaf?: EntryFlags; tables?: Partial<Record<2 | 3 | 4, EntryFlags>> } = {}): Promise<MappedEntries> {
+  async map(
+    iova: number,
+    gpa: number,
+    options: { size?: '4k' | '2m'; leaf?: EntryFlags; tables?: Partial<Record<2 | 3 | 4, EntryFlags>> } = {},
+  ): Promise<MappedEntries> {
     const leafLevel = options.size === '2m' ? 2 : 1;
     const addresses: number[] = [];
     const names: EntryName[] = [];

@@ -9,7 +9,9 @@ import { FirstStageGuest, type EntryFlags, type MappedEntries } from './first-st
  * excuses only the fields it names.
  */
 export const FAULT_QUIRKS: readonly QuirkId[] = [
-  'scalable-rid-pasid-recorded-as-pasid', 'first-stage-rights-checked-per-level', 'scalable-faults-use-legacy-reasons',
+  'scalable-rid-pasid-recorded-as-pasid',
+  'first-stage-rights-checked-per-level',
+  'scalable-faults-use-legacy-reasons',
 ];
 /** Quirks a first-stage entry read back may show: which A and D flags a walk wrote. */
 export const ENTRY_QUIRKS: readonly QuirkId[] = ['first-stage-rights-checked-per-level', 'first-stage-flags-written-only-when-all-clear'];
@@ -26,8 +28,15 @@ export async function fixedFirstStage(guest: OracleGuest): Promise<void> {
   await guest.observe('ECAP');
   const probe = (label: string, quirks: readonly QuirkId[] = FAULT_QUIRKS) => guest.observeFault(label, { quirks });
   const entries = (label: string, mapped: MappedEntries) => fs.observeEntries(label, mapped, ENTRY_QUIRKS);
-  const fresh = async (label: string, iova: number, gpa: number, direction: 'to-device' | 'to-ram', want: DmaOutcome,
-    options: { size?: '4k' | '2m'; leaf?: EntryFlags; tables?: Partial<Record<2 | 3 | 4, EntryFlags>> } = {}, bufferOffset = 0) => {
+  const fresh = async (
+    label: string,
+    iova: number,
+    gpa: number,
+    direction: 'to-device' | 'to-ram',
+    want: DmaOutcome,
+    options: { size?: '4k' | '2m'; leaf?: EntryFlags; tables?: Partial<Record<2 | 3 | 4, EntryFlags>> } = {},
+    bufferOffset = 0,
+  ) => {
     const mapped = await fs.map(iova, gpa, options);
     await fs.invalidate();
     // A failed load leaves the buffer bytes it covers unknown: those go to a part of the buffer nothing writes out.
@@ -70,16 +79,39 @@ export async function fixedFirstStage(guest: OracleGuest): Promise<void> {
   await fresh('read of a not-present PTE', 0x11003000, 0x315000, 'to-device', outcome.fault(), { leaf: { P: 0 } });
   await fresh('read under a not-present PDE', 3 * GiB, 0x316000, 'to-device', outcome.fault(), { tables: { 2: { P: 0 } } });
   await fresh('read of a PTE with reserved bit 51', 0x11004000, 0x317000, 'to-device', outcome.fault(), { leaf: { raw: 1n << 51n } });
-  await fresh('read of a 2 MiB page with reserved bit 13', 0x21200000, 0xc00000, 'to-device', outcome.fault(), { size: '2m', leaf: { raw: 1n << 13n } });
+  await fresh('read of a 2 MiB page with reserved bit 13', 0x21200000, 0xc00000, 'to-device', outcome.fault(), {
+    size: '2m',
+    leaf: { raw: 1n << 13n },
+  });
   // Which condition wins when a walk meets two.
-  await fresh('read under a supervisor PDE with a not-present PTE', 4 * GiB, 0x318000, 'to-device', outcome.fault(), { tables: { 2: { US: 0 } }, leaf: { P: 0 } });
-  await fresh('write under a read-only PDE to a not-present PTE', 5 * GiB, 0x319000, 'to-ram', outcome.fault(0x319000), { tables: { 2: { RW: 0 } }, leaf: { P: 0 } });
-  await fresh('write to a read-only PTE with reserved bit 51', 0x11006000, 0x31c000, 'to-ram', outcome.fault(0x31c000), { leaf: { RW: 0, raw: 1n << 51n } });
-  await fresh('read of a supervisor PTE with reserved bit 51', 0x11007000, 0x31d000, 'to-device', outcome.fault(), { leaf: { US: 0, raw: 1n << 51n } });
-  await fresh('read under a supervisor PDE with reserved bit 51', 6 * GiB, 0x31e000, 'to-device', outcome.fault(), { tables: { 2: { US: 0, raw: 1n << 51n } } });
+  await fresh('read under a supervisor PDE with a not-present PTE', 4 * GiB, 0x318000, 'to-device', outcome.fault(), {
+    tables: { 2: { US: 0 } },
+    leaf: { P: 0 },
+  });
+  await fresh('write under a read-only PDE to a not-present PTE', 5 * GiB, 0x319000, 'to-ram', outcome.fault(0x319000), {
+    tables: { 2: { RW: 0 } },
+    leaf: { P: 0 },
+  });
+  await fresh('write to a read-only PTE with reserved bit 51', 0x11006000, 0x31c000, 'to-ram', outcome.fault(0x31c000), {
+    leaf: { RW: 0, raw: 1n << 51n },
+  });
+  await fresh('read of a supervisor PTE with reserved bit 51', 0x11007000, 0x31d000, 'to-device', outcome.fault(), {
+    leaf: { US: 0, raw: 1n << 51n },
+  });
+  await fresh('read under a supervisor PDE with reserved bit 51', 6 * GiB, 0x31e000, 'to-device', outcome.fault(), {
+    tables: { 2: { US: 0, raw: 1n << 51n } },
+  });
   // D without A, and a read of a page with D set but A clear.
   await fresh('write to a page with D set and A clear', 0x10005000, 0x305000, 'to-ram', outcome.moved(0x305000), { leaf: { D: 1 } });
-  await fresh('read of a 2 MiB page with D set and A clear', 0x20400000, 0xe00000, 'to-device', outcome.moved(0xe00000), { size: '2m', leaf: { D: 1 } }, 1536);
+  await fresh(
+    'read of a 2 MiB page with D set and A clear',
+    0x20400000,
+    0xe00000,
+    'to-device',
+    outcome.moved(0xe00000),
+    { size: '2m', leaf: { D: 1 } },
+    1536,
+  );
   await guest.dma('to-ram', 0x10005000, 64, outcome.moved(0x305000), 1536);
 
   // A non-canonical input address (bit 47 set, 63:48 clear).
@@ -134,8 +166,16 @@ export async function cachedReadOnlyWrite(guest: OracleGuest): Promise<void> {
   await guest.dma('to-device', 0x12000000, 64, outcome.moved(0x320000));
   await guest.observeFault('read of a read-only page', { quirks: FAULT_QUIRKS });
   await fs.observeEntries('read of a read-only page', cached, ENTRY_QUIRKS);
-  await guest.dma('to-ram', 0x12000000, 64, outcome.byQuirk('iotlb-hit-without-permission-not-recorded',
-    outcome.unrecorded('a permission miss on a cached translation', 0x320000), outcome.fault(0x320000)));
+  await guest.dma(
+    'to-ram',
+    0x12000000,
+    64,
+    outcome.byQuirk(
+      'iotlb-hit-without-permission-not-recorded',
+      outcome.unrecorded('a permission miss on a cached translation', 0x320000),
+      outcome.fault(0x320000),
+    ),
+  );
   await guest.observeFault('then a write to it', { quirks: [...FAULT_QUIRKS, 'iotlb-hit-without-permission-not-recorded'] });
   await fs.observeEntries('then a write to it', cached, ENTRY_QUIRKS);
   await guest.dma('to-ram', 0x12001000, 64, outcome.moved(0x321000));
@@ -226,8 +266,14 @@ export async function randomFirstStage(guest: OracleGuest, r: FirstStageRandom):
     const iova = (i + 1) * GiB + r.int(512) * 0x20_0000 + (size === '4k' ? r.int(512) * PAGE : 0);
     const gpa = size === '2m' ? 0x0200_0000 + i * 0x20_0000 : 0x0100_0000 + i * PAGE;
     const m: RandomMapping = {
-      iova, gpa, size, pdpte: randomFlags(r, false, size), pde: randomFlags(r, false, size), leaf: randomFlags(r, true, size),
-      entries: { addresses: [], names: [] }, cachedReadOnly: false,
+      iova,
+      gpa,
+      size,
+      pdpte: randomFlags(r, false, size),
+      pde: randomFlags(r, false, size),
+      leaf: randomFlags(r, true, size),
+      entries: { addresses: [], names: [] },
+      cachedReadOnly: false,
     };
     m.entries = await fs.map(iova, gpa, { size, leaf: m.leaf, tables: size === '4k' ? { 3: m.pdpte, 2: m.pde } : { 3: m.pdpte } });
     mappings.push(m);

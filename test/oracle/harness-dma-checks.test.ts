@@ -49,7 +49,12 @@ describe('differential harness: every DMA is checked on its own peer', function 
     // BAR the run bit reads 0 at once, nothing moves on either side, and the comparison passes.
     const unchecked = async (guest: OracleGuest) => {
       await domain(guest);
-      for (const [register, value] of [[EDU_REGISTERS.dmaSource, 0x200000n], [EDU_REGISTERS.dmaDestination, 0x40000n], [EDU_REGISTERS.dmaCount, 64n], [EDU_REGISTERS.dmaCommand, 1n]] as const) {
+      for (const [register, value] of [
+        [EDU_REGISTERS.dmaSource, 0x200000n],
+        [EDU_REGISTERS.dmaDestination, 0x40000n],
+        [EDU_REGISTERS.dmaCount, 64n],
+        [EDU_REGISTERS.dmaCommand, 1n],
+      ] as const) {
         await guest.peer.writeq(EDU_BAR + register, value);
       }
       guest.note('run bit', (await guest.peer.readq(EDU_BAR + EDU_REGISTERS.dmaCommand)) & 1n);

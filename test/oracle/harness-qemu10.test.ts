@@ -18,7 +18,9 @@ function deafServer(deafMs: number): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'viommu-deaf-'));
   process.once('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
   const file = path.join(dir, 'server.js');
-  fs.writeFileSync(file, `
+  fs.writeFileSync(
+    file,
+    `
     const started = Date.now();
     let buffered = '';
     let ignored = 0;
@@ -35,7 +37,8 @@ function deafServer(deafMs: number): string {
       }
     });
     process.stdin.on('end', () => process.exit(0));
-  `);
+  `,
+  );
   return file;
 }
 
@@ -70,7 +73,7 @@ describe('differential harness: QEMU 10.0 parts', function () {
     assert.equal(quirkRegisterMask('first-stage-flags-written-only-when-all-clear', 'FS_TABLE_ENTRY'), 0n);
   });
 
-  it('compat=qemu-10.0 has 10.0\'s quirks, not 7.2\'s that 10.0 dropped, and defaults to aw-bits=48 like QEMU 10', () => {
+  it("compat=qemu-10.0 has 10.0's quirks, not 7.2's that 10.0 dropped, and defaults to aw-bits=48 like QEMU 10", () => {
     const ten = quirksFor(vtdConfigFromString('compat=qemu-10.0'));
     assert.ok(ten.has('first-stage-rights-checked-per-level') && ten.has('frcd-pv-ffff-without-pasid'));
     assert.ok(!ten.has('interrupt-remapping-faults-not-recorded') && !ten.has('iec-descriptor-reserved-bits-ignored'));

@@ -5,10 +5,20 @@ import { encodeBig } from '../../lib/vtd/bitfield';
 import { FRCD_HI_FIELDS, FSTS_FIELDS } from '../../lib/vtd/registers';
 import { assertAgreement, type DifferentialRun, type Observation } from './harness';
 
-const o = (label: string, value: string, quirks: Observation['quirks'] = [], kind: Observation['kind'] = 'value'): Observation => ({ label, value, quirks, kind });
+const o = (label: string, value: string, quirks: Observation['quirks'] = [], kind: Observation['kind'] = 'value'): Observation => ({
+  label,
+  value,
+  quirks,
+  kind,
+});
 /** A register observation, as OracleGuest.observe() and observeFault() make them. */
 const r = (label: string, register: string, bits: bigint, quirks: Observation['quirks'] = []): Observation => ({
-  label, value: `0x${bits.toString(16)}`, quirks, kind: 'register', register, bits,
+  label,
+  value: `0x${bits.toString(16)}`,
+  quirks,
+  kind: 'register',
+  register,
+  bits,
 });
 
 function run(qemu: Observation[], ours: Observation[], spec?: Observation[]): DifferentialRun {
@@ -45,9 +55,14 @@ describe('differential harness comparison', () => {
       /FRCD0_HI bits 0x300000000 differ outside the fields frcd-pv-ffff-without-pasid change/,
     );
     // A second tag widens the excuse by its own fields only.
-    const both = [r('FRCD hi', 'FRCD0_HI', hi | encodeBig(FRCD_HI_FIELDS, { PV: 0xffff }), ['frcd-pv-ffff-without-pasid', 'scalable-faults-use-legacy-reasons'])];
+    const both = [
+      r('FRCD hi', 'FRCD0_HI', hi | encodeBig(FRCD_HI_FIELDS, { PV: 0xffff }), ['frcd-pv-ffff-without-pasid', 'scalable-faults-use-legacy-reasons']),
+    ];
     assertAgreement(run(both, both, [r('FRCD hi', 'FRCD0_HI', encodeBig(FRCD_HI_FIELDS, { F: 1, T: 1, FR: 0x86, SID: 0x20 }))]));
-    assert.throws(() => assertAgreement(run(both, both, [r('FRCD hi', 'FRCD0_HI', hi | encodeBig(FRCD_HI_FIELDS, { PV: 0xffff, SID: 0x28 }))])), /bits 0x8 differ/);
+    assert.throws(
+      () => assertAgreement(run(both, both, [r('FRCD hi', 'FRCD0_HI', hi | encodeBig(FRCD_HI_FIELDS, { PV: 0xffff, SID: 0x28 }))])),
+      /bits 0x8 differ/,
+    );
   });
 
   it('in spec mode a quirk excuses no observation kind it does not change', () => {

@@ -6,8 +6,16 @@ import { vtdConfigFromString } from '../../lib/vtd/config';
 import { FSTS } from '../../lib/vtd/register-bits';
 import { findRegister } from '../../lib/vtd/registers';
 import {
-  CONTEXT_CACHE_INVALIDATE, INTERRUPT_ENTRY_CACHE_INVALIDATE, INVALIDATION_WAIT, IOTLB_INVALIDATE, LEGACY_CONTEXT_ENTRY,
-  LEGACY_ROOT_ENTRY, SECOND_STAGE_1G_LEAF, SECOND_STAGE_2M_LEAF, SECOND_STAGE_4K_LEAF, SECOND_STAGE_TABLE_ENTRY,
+  CONTEXT_CACHE_INVALIDATE,
+  INTERRUPT_ENTRY_CACHE_INVALIDATE,
+  INVALIDATION_WAIT,
+  IOTLB_INVALIDATE,
+  LEGACY_CONTEXT_ENTRY,
+  LEGACY_ROOT_ENTRY,
+  SECOND_STAGE_1G_LEAF,
+  SECOND_STAGE_2M_LEAF,
+  SECOND_STAGE_4K_LEAF,
+  SECOND_STAGE_TABLE_ENTRY,
 } from '../../lib/vtd/structures';
 import { EDU_BUFFER_ADDRESS, EDU_BUFFER_SIZE, EDU_DMA_COMMAND, EDU_REGISTERS } from '../../lib/devices/edu';
 import type { QtestPeer } from '../../lib/vmm/qtest/client';
@@ -155,7 +163,8 @@ export const outcome = {
   /** An interrupt request: an MSI goes out, no fault is recorded. */
   interrupt: { kind: 'interrupt' } as DmaOutcome,
   /** Blocked without a record (FPD, compression, a quirk...): FSTS shows nothing new; `untouched` as for fault. */
-  unrecorded: (why: string, untouched?: number): DmaOutcome => (untouched === undefined ? { kind: 'unrecorded', why } : { kind: 'unrecorded', why, untouched }),
+  unrecorded: (why: string, untouched?: number): DmaOutcome =>
+    untouched === undefined ? { kind: 'unrecorded', why } : { kind: 'unrecorded', why, untouched },
   /** `withQuirk` on a peer that has `quirk` (QEMU 7.2 has every qemu-7.2 quirk), else `withoutQuirk`. */
   byQuirk: (quirk: QuirkId, withQuirk: DmaOutcome, withoutQuirk: DmaOutcome): DmaOutcome => ({ kind: 'quirk', quirk, withQuirk, withoutQuirk }),
 };
@@ -330,7 +339,14 @@ export class OracleGuest {
    * then checked against `expected` on this peer alone (DmaCheckError when it did something else).
    * QEMU runs it from a 100 ms timer; viommu at once.
    */
-  async dma(direction: 'to-device' | 'to-ram', iova: bigint | number, count: number, expected: DmaOutcome, bufferOffset = 0, slot = EDU_SLOT): Promise<void> {
+  async dma(
+    direction: 'to-device' | 'to-ram',
+    iova: bigint | number,
+    count: number,
+    expected: DmaOutcome,
+    bufferOffset = 0,
+    slot = EDU_SLOT,
+  ): Promise<void> {
     if (count < 1 || bufferOffset + count > EDU_MAX_COUNT) throw new RangeError(`edu transfer of ${count} at buffer +${bufferOffset}`);
     const want = this.resolve(expected);
     const toRam = direction === 'to-ram';
@@ -339,7 +355,8 @@ export class OracleGuest {
       throw new DmaCheckError(`${this.peer.name}: ${what}: ${message}`);
     };
     const buffer = this.buffer(slot);
-    if (want.kind === 'moved' && want.gpa === undefined && (toRam || want.bytes === undefined)) fail('outcome.moved needs the guest-physical address');
+    if (want.kind === 'moved' && want.gpa === undefined && (toRam || want.bytes === undefined))
+      fail('outcome.moved needs the guest-physical address');
 
     // Before: the fault status, the MSIs so far, and what a to-ram transfer must (or must not) change.
     const fstsBefore = await this.reg('FSTS');
@@ -347,12 +364,17 @@ export class OracleGuest {
     let arriving: { at: number; bytes: Uint8Array } | undefined;
     let loading: Uint8Array | undefined;
     if (want.kind === 'moved' && toRam) {
-      const bytes = buffer.expected(bufferOffset, count) ?? fail('what the buffer holds there is not known: load it with a to-device transfer expecting outcome.moved first');
+      const bytes =
+        buffer.expected(bufferOffset, count) ??
+        fail('what the buffer holds there is not known: load it with a to-device transfer expecting outcome.moved first');
       arriving = { at: want.gpa!, bytes };
       // Whatever was there, the check must be able to tell that the transfer wrote it.
-      await this.peer.writeBytes(arriving.at, Uint8Array.from(bytes, (byte) => byte ^ 0xff));
+      await this.peer.writeBytes(
+        arriving.at,
+        Uint8Array.from(bytes, (byte) => byte ^ 0xff),
+      );
     } else if (want.kind === 'moved') {
-      loading = want.bytes ?? await this.peer.readBytes(want.gpa!, count);
+      loading = want.bytes ?? (await this.peer.readBytes(want.gpa!, count));
       if (loading.length !== count) fail(`outcome.movedBytes has ${loading.length} bytes`);
     }
     const untouchedAt = 'untouched' in want ? want.untouched : undefined;
@@ -394,14 +416,22 @@ export class OracleGuest {
     }
     if (untouchedBefore !== undefined) {
       const now = await this.peer.readBytes(untouchedAt!, count);
-      if (Buffer.compare(Buffer.from(now), Buffer.from(untouchedBefore)) !== 0) fail(`the RAM at 0x${untouchedAt!.toString(16)} changed: ${hexHead(now)} (was ${hexHead(untouchedBefore)})`);
+      if (Buffer.compare(Buffer.from(now), Buffer.from(untouchedBefore)) !== 0)
+        fail(`the RAM at 0x${untouchedAt!.toString(16)} changed: ${hexHead(now)} (was ${hexHead(untouchedBefore)})`);
     }
     // A load that moved is what the buffer holds now (checked when written out); any other leaves it unknown.
     if (!toRam) buffer.loaded(bufferOffset, count, loading, what);
   }
 
   /** Programs one edu transfer and waits for the device to clear its run bit, checking that the device answers. */
-  private async runEdu(direction: 'to-device' | 'to-ram', iova: bigint | number, count: number, bufferOffset: number, slot: number, fail: (message: string) => never): Promise<void> {
+  private async runEdu(
+    direction: 'to-device' | 'to-ram',
+    iova: bigint | number,
+    count: number,
+    bufferOffset: number,
+    slot: number,
+    fail: (message: string) => never,
+  ): Promise<void> {
     const device = BigInt(EDU_BUFFER + bufferOffset);
     const toRam = direction === 'to-ram';
     const bar = eduBar(slot);
@@ -410,7 +440,10 @@ export class OracleGuest {
     await this.peer.writeq(bar + EDU_REGISTERS.dmaCount, BigInt(count));
     // A device whose BAR is not decoded reads 0 here, and its run bit reads 0 as if the transfer were done.
     const countBack = await this.peer.readq(bar + EDU_REGISTERS.dmaCount);
-    if (countBack !== BigInt(count)) fail(`the edu device at 0x${bar.toString(16)} does not answer (its DMA count reads back 0x${countBack.toString(16)}): is its BAR enabled (enableEdu)?`);
+    if (countBack !== BigInt(count))
+      fail(
+        `the edu device at 0x${bar.toString(16)} does not answer (its DMA count reads back 0x${countBack.toString(16)}): is its BAR enabled (enableEdu)?`,
+      );
     await this.peer.writeq(bar + EDU_REGISTERS.dmaCommand, EDU_RUN | (toRam ? EDU_TO_RAM : 0n));
     for (let attempt = 0; attempt < 200; attempt++) {
       if (((await this.peer.readq(bar + EDU_REGISTERS.dmaCommand)) & EDU_RUN) === 0n) return;
@@ -447,7 +480,9 @@ export class OracleGuest {
   finish(): void {
     const unchecked = [...this.buffers.values()].flatMap((model) => model.unchecked());
     if (unchecked.length > 0) {
-      throw new DmaCheckError(`${this.peer.name}: nothing wrote out (a to-ram transfer expecting outcome.moved) what these loads moved, so nothing shows they moved it: ${unchecked.join('; ')}`);
+      throw new DmaCheckError(
+        `${this.peer.name}: nothing wrote out (a to-ram transfer expecting outcome.moved) what these loads moved, so nothing shows they moved it: ${unchecked.join('; ')}`,
+      );
     }
   }
 
@@ -464,12 +499,23 @@ export class OracleGuest {
   }
 
   /** A context entry for `sid`; returns its second-stage table (allocated unless given). */
-  async setContext(root: number, sid: number, options: { did?: number; aw?: number; tt?: number; fpd?: boolean; table?: number; raw?: bigint } = {}): Promise<number> {
+  async setContext(
+    root: number,
+    sid: number,
+    options: { did?: number; aw?: number; tt?: number; fpd?: boolean; table?: number; raw?: bigint } = {},
+  ): Promise<number> {
     const contexts = await this.contextTable(root, sid >> 8);
     const table = options.table ?? this.allocPage();
-    const value = options.raw ?? encodeBig(LEGACY_CONTEXT_ENTRY, {
-      P: 1, FPD: options.fpd ? 1 : 0, TT: options.tt ?? 0, SLPTPTR: table / PAGE, AW: options.aw ?? 1, DID: options.did ?? 1,
-    });
+    const value =
+      options.raw ??
+      encodeBig(LEGACY_CONTEXT_ENTRY, {
+        P: 1,
+        FPD: options.fpd ? 1 : 0,
+        TT: options.tt ?? 0,
+        SLPTPTR: table / PAGE,
+        AW: options.aw ?? 1,
+        DID: options.did ?? 1,
+      });
     await this.write128(contexts + (sid & 0xff) * 16, value);
     return table;
   }
@@ -478,7 +524,13 @@ export class OracleGuest {
    * Maps `iova` to `gpa` under the second-stage table `top` with `levels` levels, creating intermediate tables
    * (read-write). Returns the address of the leaf entry.
    */
-  async map(top: number, levels: number, iova: number, gpa: number, options: { read?: boolean; write?: boolean; size?: '4k' | '2m' | '1g'; extra?: bigint } = {}): Promise<number> {
+  async map(
+    top: number,
+    levels: number,
+    iova: number,
+    gpa: number,
+    options: { read?: boolean; write?: boolean; size?: '4k' | '2m' | '1g'; extra?: bigint } = {},
+  ): Promise<number> {
     const leafLevel = options.size === '1g' ? 3 : options.size === '2m' ? 2 : 1;
     let table = top;
     for (let level = levels; level > leafLevel; level--) {
@@ -491,13 +543,14 @@ export class OracleGuest {
       table = next;
     }
     const at = table + (Math.floor(iova / 2 ** (12 + 9 * (leafLevel - 1))) % 512) * 8;
-    const r = options.read ?? true ? 1 : 0;
-    const w = options.write ?? true ? 1 : 0;
-    const leaf = leafLevel === 1
-      ? encodeBig(SECOND_STAGE_4K_LEAF, { R: r, W: w, ADDR: gpa / PAGE })
-      : leafLevel === 2
-        ? encodeBig(SECOND_STAGE_2M_LEAF, { R: r, W: w, PS: 1, ADDR: gpa / 2 ** 21 })
-        : encodeBig(SECOND_STAGE_1G_LEAF, { R: r, W: w, PS: 1, ADDR: gpa / 2 ** 30 });
+    const r = (options.read ?? true) ? 1 : 0;
+    const w = (options.write ?? true) ? 1 : 0;
+    const leaf =
+      leafLevel === 1
+        ? encodeBig(SECOND_STAGE_4K_LEAF, { R: r, W: w, ADDR: gpa / PAGE })
+        : leafLevel === 2
+          ? encodeBig(SECOND_STAGE_2M_LEAF, { R: r, W: w, PS: 1, ADDR: gpa / 2 ** 21 })
+          : encodeBig(SECOND_STAGE_1G_LEAF, { R: r, W: w, PS: 1, ADDR: gpa / 2 ** 30 });
     await this.writeq(at, leaf | (options.extra ?? 0n));
     return at;
   }
@@ -623,7 +676,8 @@ async function play(peer: QemuQtest | ViommuQtest, scenario: Scenario, quirks: R
     await scenario(guest);
     guest.finish();
   } catch (error) {
-    (error as Error).message += `\n  (${peer.name}; observations so far: ${guest.observations.length}, last: ${JSON.stringify(guest.observations.at(-1), (_key, value: unknown) => (typeof value === 'bigint' ? `0x${value.toString(16)}` : value))})`;
+    (error as Error).message +=
+      `\n  (${peer.name}; observations so far: ${guest.observations.length}, last: ${JSON.stringify(guest.observations.at(-1), (_key, value: unknown) => (typeof value === 'bigint' ? `0x${value.toString(16)}` : value))})`;
     throw error;
   }
   return guest.observations;
@@ -634,7 +688,7 @@ export async function playBoth(scenario: Scenario, options: DifferentialOptions 
   const oracle = options.oracle ?? defaultOracle();
   // A QEMU 7.2 scenario replayed on QEMU 10.0 ($VIOMMU_ORACLE) keeps 7.2's default geometry: aw-bits=39.
   const replayed = options.oracle === undefined && oracle === 'qemu-10.0' && !/(^|,)aw-bits=/.test(options.props ?? '');
-  const props = replayed ? [options.props, 'aw-bits=39'].filter((p) => p !== undefined && p !== '').join(',') : options.props ?? '';
+  const props = replayed ? [options.props, 'aw-bits=39'].filter((p) => p !== undefined && p !== '').join(',') : (options.props ?? '');
   const maskBits = options.eduDmaMaskBits ?? 64;
   const qemuMask = `0x${((1n << BigInt(maskBits)) - 1n).toString(16)}`;
   const slots = options.extraEduSlots ?? [];
@@ -642,9 +696,12 @@ export async function playBoth(scenario: Scenario, options: DifferentialOptions 
   const started: QtestPeer[] = [];
   try {
     const qemuOptions: QemuQtestOptions = {
-      ...options.qemu, iommuProps: props, withoutEdu: true,
+      ...options.qemu,
+      iommuProps: props,
+      withoutEdu: true,
       devices: [
-        `edu,addr=0x4,dma_mask=${qemuMask}`, ...slots.map((slot) => `edu,addr=0x${slot.toString(16)},dma_mask=${qemuMask}`),
+        `edu,addr=0x4,dma_mask=${qemuMask}`,
+        ...slots.map((slot) => `edu,addr=0x${slot.toString(16)},dma_mask=${qemuMask}`),
         ...(options.qemu?.devices ?? []),
       ],
       extraArgs: [...QEMU_TRACE_ARGS, ...(options.qemu?.extraArgs ?? [])],
@@ -715,7 +772,8 @@ export function assertAgreement(run: DifferentialRun, scenarioProps = ''): void 
     const expected = run.qemu[i];
     const actual = run.spec[i];
     if (expected?.label === actual?.label && expected?.value === actual?.value) continue;
-    const why = expected === undefined || actual === undefined || expected.label !== actual.label ? undefined : unexplainedBy(expected, actual, specQuirks);
+    const why =
+      expected === undefined || actual === undefined || expected.label !== actual.label ? undefined : unexplainedBy(expected, actual, specQuirks);
     if (why !== '') unexplained.push(`${describeDifference(i, expected, actual, 'viommu(spec)')}${why ? `\n      (${why})` : ''}`);
   }
   fail(`${oracleName(oracle)} and viommu in spec mode differ where no listed quirk explains it`, unexplained);
@@ -736,7 +794,12 @@ export function unexplainedBy(expected: Observation, actual: Observation, specQu
     const stray = (expected.bits ^ actual.bits) & ~mask;
     return stray === 0n ? '' : `${expected.register} bits 0x${stray.toString(16)} differ outside the fields ${excusing.join(', ')} change`;
   }
-  if (expected.kind !== 'register' && expected.kind !== 'value' && excusing.some((quirk) => quirkChangesObservation(quirk, expected.kind as ObservationKind))) return '';
+  if (
+    expected.kind !== 'register' &&
+    expected.kind !== 'value' &&
+    excusing.some((quirk) => quirkChangesObservation(quirk, expected.kind as ObservationKind))
+  )
+    return '';
   return `${excusing.join(', ')} change no ${expected.kind === 'register' ? `${expected.register ?? 'register'} value` : `${expected.kind} observation`}`;
 }
 
@@ -751,8 +814,10 @@ export async function differential(scenario: Scenario, options: DifferentialOpti
 
 export const descriptors = {
   context: (values: Partial<Record<'G' | 'DID' | 'SID' | 'FM', number>>): bigint => encodeBig(CONTEXT_CACHE_INVALIDATE, { TYPE_LO: 1, ...values }),
-  iotlb: (values: Partial<Record<'G' | 'DW' | 'DR' | 'DID' | 'AM' | 'IH' | 'ADDR', number>>): bigint => encodeBig(IOTLB_INVALIDATE, { TYPE_LO: 2, ...values }),
-  interruptEntry: (values: Partial<Record<'G' | 'IM' | 'IIDX', number>>): bigint => encodeBig(INTERRUPT_ENTRY_CACHE_INVALIDATE, { TYPE_LO: 4, ...values }),
+  iotlb: (values: Partial<Record<'G' | 'DW' | 'DR' | 'DID' | 'AM' | 'IH' | 'ADDR', number>>): bigint =>
+    encodeBig(IOTLB_INVALIDATE, { TYPE_LO: 2, ...values }),
+  interruptEntry: (values: Partial<Record<'G' | 'IM' | 'IIDX', number>>): bigint =>
+    encodeBig(INTERRUPT_ENTRY_CACHE_INVALIDATE, { TYPE_LO: 4, ...values }),
   wait: (values: Partial<Record<'IF' | 'SW' | 'FN' | 'PD' | 'SDATA', number>> & { address?: number }): bigint => {
     const { address, ...rest } = values;
     return encodeBig(INVALIDATION_WAIT, { TYPE_LO: 5, ...rest, SADDR: (address ?? 0) / 4 });

@@ -46,7 +46,8 @@ export async function eduDma(peer: QtestPeer, source: bigint, destination: bigin
   await peer.writeq(EDU + 0x90, count);
   // A device whose BAR is not decoded reads 0 everywhere, its run bit included: the poll below would see "done".
   const countBack = await peer.readq(EDU + 0x90);
-  if (countBack !== count) throw new Error(`${peer.name}: the edu device does not answer (DMA count reads back 0x${countBack.toString(16)}): is its BAR enabled?`);
+  if (countBack !== count)
+    throw new Error(`${peer.name}: the edu device does not answer (DMA count reads back 0x${countBack.toString(16)}): is its BAR enabled?`);
   await peer.writeq(EDU + 0x98, toRam ? 3n : 1n);
   for (let attempt = 0; attempt < 500; attempt++) {
     if (((await peer.readq(EDU + 0x98)) & 1n) === 0n) return;

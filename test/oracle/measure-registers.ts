@@ -5,13 +5,48 @@ export const DMAR_BASE = 0xfed90000;
 
 /** Register names by offset, for the table only (QEMU 7.2: IRO = 0xf0, FRO = 0x220, one fault record). */
 export const VTD_REGISTER_NAMES: Readonly<Record<number, string>> = {
-  0x00: 'VER', 0x08: 'CAP', 0x10: 'ECAP', 0x18: 'GCMD', 0x1c: 'GSTS', 0x20: 'RTADDR', 0x28: 'CCMD',
-  0x34: 'FSTS', 0x38: 'FECTL', 0x3c: 'FEDATA', 0x40: 'FEADDR', 0x44: 'FEUADDR', 0x58: 'AFLOG',
-  0x64: 'PMEN', 0x68: 'PLMBASE', 0x6c: 'PLMLIMIT', 0x70: 'PHMBASE', 0x78: 'PHMLIMIT',
-  0x80: 'IQH', 0x88: 'IQT', 0x90: 'IQA', 0x9c: 'ICS', 0xa0: 'IECTL', 0xa4: 'IEDATA', 0xa8: 'IEADDR', 0xac: 'IEUADDR',
-  0xb0: 'IQERCD', 0xb8: 'IRTA', 0xc0: 'PQH', 0xc8: 'PQT', 0xd0: 'PQA', 0xdc: 'PRS', 0xe0: 'PECTL', 0xe4: 'PEDATA',
-  0xe8: 'PEADDR', 0xec: 'PEUADDR', 0xf0: 'IVA', 0xf8: 'IOTLB', 0x100: 'MTRRCAP',
-  0x220: 'FRCD0 lo', 0x228: 'FRCD0 hi', 0x230: 'FRCD1 lo (past NFR)',
+  0x00: 'VER',
+  0x08: 'CAP',
+  0x10: 'ECAP',
+  0x18: 'GCMD',
+  0x1c: 'GSTS',
+  0x20: 'RTADDR',
+  0x28: 'CCMD',
+  0x34: 'FSTS',
+  0x38: 'FECTL',
+  0x3c: 'FEDATA',
+  0x40: 'FEADDR',
+  0x44: 'FEUADDR',
+  0x58: 'AFLOG',
+  0x64: 'PMEN',
+  0x68: 'PLMBASE',
+  0x6c: 'PLMLIMIT',
+  0x70: 'PHMBASE',
+  0x78: 'PHMLIMIT',
+  0x80: 'IQH',
+  0x88: 'IQT',
+  0x90: 'IQA',
+  0x9c: 'ICS',
+  0xa0: 'IECTL',
+  0xa4: 'IEDATA',
+  0xa8: 'IEADDR',
+  0xac: 'IEUADDR',
+  0xb0: 'IQERCD',
+  0xb8: 'IRTA',
+  0xc0: 'PQH',
+  0xc8: 'PQT',
+  0xd0: 'PQA',
+  0xdc: 'PRS',
+  0xe0: 'PECTL',
+  0xe4: 'PEDATA',
+  0xe8: 'PEADDR',
+  0xec: 'PEUADDR',
+  0xf0: 'IVA',
+  0xf8: 'IOTLB',
+  0x100: 'MTRRCAP',
+  0x220: 'FRCD0 lo',
+  0x228: 'FRCD0 hi',
+  0x230: 'FRCD1 lo (past NFR)',
 };
 
 export interface MeasuredConfiguration {
@@ -75,7 +110,9 @@ export function splitReadMismatches(measurement: RegisterMeasurement): string[] 
     const low = measurement.dwords.get(offset) ?? 0;
     const high = measurement.dwords.get(offset + 4) ?? 0;
     if (BigInt(low) !== (qword & 0xffffffffn) || BigInt(high) !== qword >> 32n) {
-      notes.push(`0x${offset.toString(16)}: readq ${hex64(qword)}, readl 0x${high.toString(16).padStart(8, '0')}_${low.toString(16).padStart(8, '0')} (high_low)`);
+      notes.push(
+        `0x${offset.toString(16)}: readq ${hex64(qword)}, readl 0x${high.toString(16).padStart(8, '0')}_${low.toString(16).padStart(8, '0')} (high_low)`,
+      );
     }
   }
   return notes;
@@ -102,8 +139,10 @@ export function renderMarkdown(measurements: readonly RegisterMeasurement[]): st
   lines.push('');
   for (const measurement of measurements) {
     const mismatches = splitReadMismatches(measurement);
-    lines.push(`- ${measurement.label}: readl halves ${mismatches.length === 0 ? 'equal readq everywhere' : `differ at ${mismatches.join('; ')}`}` +
-      (measurement.stderr.length > 0 ? `; QEMU stderr: \`${measurement.stderr.replace(/\n/g, ' ')}\`` : ''));
+    lines.push(
+      `- ${measurement.label}: readl halves ${mismatches.length === 0 ? 'equal readq everywhere' : `differ at ${mismatches.join('; ')}`}` +
+        (measurement.stderr.length > 0 ? `; QEMU stderr: \`${measurement.stderr.replace(/\n/g, ' ')}\`` : ''),
+    );
   }
   return lines.join('\n');
 }

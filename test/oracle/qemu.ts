@@ -117,17 +117,19 @@ export class QemuQtest extends ChildQtestPeer {
     if (options.binary === undefined && !availability.available) {
       throw new Error(`QEMU is not available: ${availability.reason}`);
     }
-    return QemuQtest.launch({
-      name: `${options.label ?? 'qemu'}(${formatIommuProps(options.iommuProps) || 'default'})`,
-      command: binary,
-      args: qemuArguments(options, haltFirmware()),
-      ...(options.commandTimeoutMs !== undefined ? { commandTimeoutMs: options.commandTimeoutMs } : {}),
-      ...(options.startTimeoutMs !== undefined ? { startTimeoutMs: options.startTimeoutMs } : {}),
-      ...(options.openRetryMs !== undefined ? { openRetryMs: options.openRetryMs } : {}),
-    }, (child, stderr, opts) => new QemuQtest(child, stderr, opts));
+    return QemuQtest.launch(
+      {
+        name: `${options.label ?? 'qemu'}(${formatIommuProps(options.iommuProps) || 'default'})`,
+        command: binary,
+        args: qemuArguments(options, haltFirmware()),
+        ...(options.commandTimeoutMs !== undefined ? { commandTimeoutMs: options.commandTimeoutMs } : {}),
+        ...(options.startTimeoutMs !== undefined ? { startTimeoutMs: options.startTimeoutMs } : {}),
+        ...(options.openRetryMs !== undefined ? { openRetryMs: options.openRetryMs } : {}),
+      },
+      (child, stderr, opts) => new QemuQtest(child, stderr, opts),
+    );
   }
 }
-
 
 export interface ViommuQtestOptions {
   iommuProps?: IommuProps;
@@ -147,14 +149,17 @@ export class ViommuQtest extends ChildQtestPeer {
       file: process.execPath,
       args: [path.join(repositoryRoot(), 'bin', 'viommu.js'), 'qtest', '--iommu', props, ...(options.extraArgs ?? [])],
     };
-    return ViommuQtest.launch({
-      name: `viommu(${props || 'default'})`,
-      command: command.file,
-      args: command.args,
-      exitGraceMs: 1000,
-      ...(options.commandTimeoutMs !== undefined ? { commandTimeoutMs: options.commandTimeoutMs } : {}),
-      ...(options.startTimeoutMs !== undefined ? { startTimeoutMs: options.startTimeoutMs } : {}),
-    }, (child, stderr, opts) => new ViommuQtest(child, stderr, opts));
+    return ViommuQtest.launch(
+      {
+        name: `viommu(${props || 'default'})`,
+        command: command.file,
+        args: command.args,
+        exitGraceMs: 1000,
+        ...(options.commandTimeoutMs !== undefined ? { commandTimeoutMs: options.commandTimeoutMs } : {}),
+        ...(options.startTimeoutMs !== undefined ? { startTimeoutMs: options.startTimeoutMs } : {}),
+      },
+      (child, stderr, opts) => new ViommuQtest(child, stderr, opts),
+    );
   }
 }
 

@@ -56,9 +56,10 @@ export function qemu10Availability(): Qemu10Availability {
     cached = { available: false, binary, version, reason: `${binary} is '${version}', not QEMU ${QEMU10_VERSION}.x (${install})` };
   } else {
     const dataDirs = dataDirsOf(binary);
-    cached = dataDirs.length === 0
-      ? { available: false, binary, version, reason: `no share/qemu beside ${binary} for -L (${install})` }
-      : { available: true, binary, version, dataDirs };
+    cached =
+      dataDirs.length === 0
+        ? { available: false, binary, version, reason: `no share/qemu beside ${binary} for -L (${install})` }
+        : { available: true, binary, version, dataDirs };
   }
   return cached;
 }

@@ -43,7 +43,12 @@ export class ScalableGuest {
 
   async pasidEntry(pasid: number, values: Values = {}): Promise<void> {
     await this.write(this.pasids + pasid * 64, SCALABLE_PASID_ENTRY, {
-      P: 1, PGTT: PASID_PGTT.SECOND_STAGE, AW: 1, SSPTPTR: this.top / PAGE, DID: 3, ...values,
+      P: 1,
+      PGTT: PASID_PGTT.SECOND_STAGE,
+      AW: 1,
+      SSPTPTR: this.top / PAGE,
+      DID: 3,
+      ...values,
     });
   }
 

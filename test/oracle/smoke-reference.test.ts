@@ -11,19 +11,45 @@ import { INTEL_IOMMU_FLAT, requireKvm } from '../machine/kvm-support';
 import { qemuAvailability } from './qemu';
 
 /** The guest's lines that carry register values or programming choices, not addresses its allocator picked. */
-const COMPARED = /^(smp: waiting for .*|VT-d version:.*|\s+cap:.*|\s+ecap:.*|(PASS|FAIL|SKIP): .*|vtd_setup_msi: .*|INTR: alloc IRTE index .*|map 4K page IOVA 0 to 0x[0-9a-f]+ \(sid=.*\)|SUMMARY: .*)$/;
+const COMPARED =
+  /^(smp: waiting for .*|VT-d version:.*|\s+cap:.*|\s+ecap:.*|(PASS|FAIL|SKIP): .*|vtd_setup_msi: .*|INTR: alloc IRTE index .*|map 4K page IOVA 0 to 0x[0-9a-f]+ \(sid=.*\)|SUMMARY: .*)$/;
 
 function comparedLines(serial: string): string[] {
-  return serial.split('\n').map((line) => line.replace(/\r$/, '')).filter((line) => COMPARED.test(line))
-    // The page the guest maps is wherever its allocator found RAM: QEMU's firmware lays memory out differently.
-    .map((line) => line.replace(/to 0x[0-9a-f]+ /, 'to (page) '));
+  return (
+    serial
+      .split('\n')
+      .map((line) => line.replace(/\r$/, ''))
+      .filter((line) => COMPARED.test(line))
+      // The page the guest maps is wherever its allocator found RAM: QEMU's firmware lays memory out differently.
+      .map((line) => line.replace(/to 0x[0-9a-f]+ /, 'to (page) '))
+  );
 }
 
 function runQemu(iommu: string, cpus: number): Promise<{ code: number | null; serial: string }> {
   const args = [
-    '-accel', 'kvm', '-cpu', 'host,-arch-capabilities', '-M', 'q35,kernel-irqchip=split', '-smp', String(cpus), '-m', '256M',
-    '-display', 'none', '-serial', 'stdio', '-no-reboot', '-device', 'isa-debug-exit,iobase=0xf4,iosize=0x4',
-    '-device', `intel-iommu,${iommu}`, '-device', 'edu,addr=4', '-kernel', INTEL_IOMMU_FLAT,
+    '-accel',
+    'kvm',
+    '-cpu',
+    'host,-arch-capabilities',
+    '-M',
+    'q35,kernel-irqchip=split',
+    '-smp',
+    String(cpus),
+    '-m',
+    '256M',
+    '-display',
+    'none',
+    '-serial',
+    'stdio',
+    '-no-reboot',
+    '-device',
+    'isa-debug-exit,iobase=0xf4,iosize=0x4',
+    '-device',
+    `intel-iommu,${iommu}`,
+    '-device',
+    'edu,addr=4',
+    '-kernel',
+    INTEL_IOMMU_FLAT,
   ];
   return new Promise((resolve, reject) => {
     const child = spawn(qemuAvailability().binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -38,7 +64,10 @@ async function runOurs(iommu: string, cpus: number): Promise<{ code: number; ser
   const stdout = new PassThrough();
   let serial = '';
   stdout.on('data', (chunk: Buffer) => (serial += chunk.toString('latin1')));
-  const code = await runSmoke({ kernel: INTEL_IOMMU_FLAT, iommu, timeout: '60', ram: '256', smp: String(cpus) }, { stdout, stderr: new PassThrough() });
+  const code = await runSmoke(
+    { kernel: INTEL_IOMMU_FLAT, iommu, timeout: '60', ram: '256', smp: String(cpus) },
+    { stdout, stderr: new PassThrough() },
+  );
   return { code, serial: serial.slice(0, serial.indexOf('==== viommu smoke report ====')) };
 }
 

@@ -8,7 +8,7 @@ import { MessageSocket, UnixServer } from '../../lib/os';
 import { frame, openFdCount, tempSocketPath, waitFor } from '../helpers';
 
 describe('shared memory across processes', () => {
-  it('maps a region created by another process and both sides see each other\'s writes', async () => {
+  it("maps a region created by another process and both sides see each other's writes", async () => {
     const before = openFdCount();
     const socketPath = tempSocketPath();
     const server = UnixServer.listen(socketPath);
@@ -20,12 +20,12 @@ describe('shared memory across processes', () => {
       if (fds.count === 1) region = SharedRegion.fromFd(fds.take(0));
       else replies.push(bytes.subarray(16).toString());
     });
-    await waitFor(() => region !== undefined, 'the child\'s region');
+    await waitFor(() => region !== undefined, "the child's region");
     assert.match(region!.name, /memfd:child-region/);
     assert.equal(Buffer.from(region!.buffer, 0, 20).toString(), 'written by the child');
     new Uint8Array(region!.buffer).set(Buffer.from('written by the parent'), 100);
     peer.send(frame('check'));
-    await waitFor(() => replies.length === 1, 'the child\'s verdict');
+    await waitFor(() => replies.length === 1, "the child's verdict");
     assert.equal(replies[0], 'ok');
     const [code] = await once(child, 'exit');
     assert.equal(code, 0);

@@ -45,7 +45,10 @@ describe('EventFd', () => {
     const before = openFdCount();
     const event = EventFd.create();
     event.watch(() => undefined);
-    assert.throws(() => event.fd.close(), (error: any) => error.code === 'EBUSY');
+    assert.throws(
+      () => event.fd.close(),
+      (error: any) => error.code === 'EBUSY',
+    );
     event.close();
     assert.equal(event.closed, true);
     assert.equal(openFdCount(), before);

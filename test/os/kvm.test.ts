@@ -99,7 +99,10 @@ describe('KVM translation oracle: the OS edge', function () {
       assert.equal(kvm.createVcpu(), 1);
       assert.equal(kvm.vcpuCount, 2);
       assert.equal(openFdCount(), before + 4, '/dev/kvm, the VM and two vCPUs');
-      assert.ok(kvm.supportedCpuid().some((entry) => entry.function === 0x8000_0008), 'CPUID carries the address sizes');
+      assert.ok(
+        kvm.supportedCpuid().some((entry) => entry.function === 0x8000_0008),
+        'CPUID carries the address sizes',
+      );
       assert.equal(kvm.close(), true);
       assert.equal(kvm.close(), false);
       assert.equal(kvm.closed, true);

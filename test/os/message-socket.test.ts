@@ -33,13 +33,16 @@ describe('MessageSocket', () => {
     b.on('message', (bytes) => received.push(bytes.subarray(16).toString()));
     for (let i = 0; i < 100; i++) a.send(frame(`message ${i}`, i));
     await waitFor(() => received.length === 100, '100 messages');
-    assert.deepEqual(received, Array.from({ length: 100 }, (_, i) => `message ${i}`));
+    assert.deepEqual(
+      received,
+      Array.from({ length: 100 }, (_, i) => `message ${i}`),
+    );
     a.close();
     const [error] = await once(b, 'close');
     assert.equal(error, undefined, 'a peer closing between messages is a clean close');
   });
 
-  it('passes fds with a message: the receiver maps a memfd and sees the sender\'s bytes', async () => {
+  it("passes fds with a message: the receiver maps a memfd and sees the sender's bytes", async () => {
     const [a, b] = MessageSocket.pair();
     const region = SharedRegion.create('passed', native.pageSize);
     new Uint8Array(region.buffer).set([1, 2, 3, 4]);
@@ -71,8 +74,14 @@ describe('MessageSocket', () => {
     a.send(frame(Buffer.concat([Buffer.from('large '), Buffer.alloc(100_000)])), [event, memory]);
     a.send(frame('fifth '), [event]);
     await waitFor(() => seen.length === 5, 'five messages');
-    assert.deepEqual(seen.map((m) => m.text), ['first ', 'second', 'third ', 'large ', 'fifth ']);
-    assert.deepEqual(seen.map((m) => m.fds.length), [0, 1, 0, 2, 1]);
+    assert.deepEqual(
+      seen.map((m) => m.text),
+      ['first ', 'second', 'third ', 'large ', 'fifth '],
+    );
+    assert.deepEqual(
+      seen.map((m) => m.fds.length),
+      [0, 1, 0, 2, 1],
+    );
     assert.match(seen[1]!.fds[0]!, /memfd:second/);
     assert.match(seen[3]!.fds[0]!, /eventfd/);
     assert.match(seen[3]!.fds[1]!, /memfd:second/);
@@ -164,10 +173,19 @@ describe('MessageSocket', () => {
     const [a, b] = MessageSocket.pair();
     const bad = frame('abc');
     bad.writeUInt32LE(999, 4);
-    assert.throws(() => a.send(bad), (error: any) => error.code === 'ERR_INVALID_ARG_VALUE');
-    assert.throws(() => a.send(Buffer.alloc(8)), (error: any) => error.code === 'ERR_INVALID_ARG_VALUE');
+    assert.throws(
+      () => a.send(bad),
+      (error: any) => error.code === 'ERR_INVALID_ARG_VALUE',
+    );
+    assert.throws(
+      () => a.send(Buffer.alloc(8)),
+      (error: any) => error.code === 'ERR_INVALID_ARG_VALUE',
+    );
     a.close();
-    assert.throws(() => a.send(frame()), (error: any) => error.code === 'EPIPE');
+    assert.throws(
+      () => a.send(frame()),
+      (error: any) => error.code === 'EPIPE',
+    );
     b.close();
   });
 
@@ -250,7 +268,10 @@ describe('UnixServer', () => {
   it('replaces a stale socket file but refuses a live one', () => {
     const path = tempSocketPath();
     const first = UnixServer.listen(path);
-    assert.throws(() => UnixServer.listen(path), (error: any) => error.code === 'EADDRINUSE');
+    assert.throws(
+      () => UnixServer.listen(path),
+      (error: any) => error.code === 'EADDRINUSE',
+    );
     // Simulate a crashed server: the file stays, nobody listens.
     const fd = native.unixListen(`${path}.stale`);
     fd.close();
@@ -261,7 +282,9 @@ describe('UnixServer', () => {
   });
 
   it('reports connect failures with the errno name, the call and the path', () => {
-    assert.throws(() => MessageSocket.connect('/nonexistent/viommu.sock'), (error: any) =>
-      error.code === 'ENOENT' && error.syscall === 'connect' && /\/nonexistent\/viommu.sock/.test(error.message));
+    assert.throws(
+      () => MessageSocket.connect('/nonexistent/viommu.sock'),
+      (error: any) => error.code === 'ENOENT' && error.syscall === 'connect' && /\/nonexistent\/viommu.sock/.test(error.message),
+    );
   });
 });

@@ -2,13 +2,7 @@
 
 import fc from 'fast-check';
 import { versionBody } from '../../lib/vfio-user/codec';
-import type {
-  RegionCapability,
-  SubRegionIoFd,
-  VfioUserCommand,
-  VfioUserMessage,
-  VfioUserReply,
-} from '../../lib/vfio-user/messages';
+import type { RegionCapability, SubRegionIoFd, VfioUserCommand, VfioUserMessage, VfioUserReply } from '../../lib/vfio-user/messages';
 import {
   DEVICE_INFO_FLAGS,
   DMA_MAP_FLAGS,
@@ -158,9 +152,7 @@ export const replyBodies: { [N in VfioUserReply['command']]: fc.Arbitrary<Extrac
   VERSION: version.map(tag('VERSION')),
   DMA_MAP: fc.constant({}).map(tag('DMA_MAP')),
   DMA_UNMAP: fc.record({ unmapped: fc.option(dmaUnmap, { nil: null }) }).map(tag('DMA_UNMAP')),
-  DEVICE_GET_INFO: fc
-    .record({ argsz: argszFrom(16), flags: flagsOf(DEVICE_INFO_FLAGS), numRegions: u32, numIrqs: u32 })
-    .map(tag('DEVICE_GET_INFO')),
+  DEVICE_GET_INFO: fc.record({ argsz: argszFrom(16), flags: flagsOf(DEVICE_INFO_FLAGS), numRegions: u32, numIrqs: u32 }).map(tag('DEVICE_GET_INFO')),
   DEVICE_GET_REGION_INFO: regionInfoReply.map(tag('DEVICE_GET_REGION_INFO')),
   DEVICE_GET_REGION_IO_FDS: regionIoFdsReply.map(tag('DEVICE_GET_REGION_IO_FDS')),
   DEVICE_GET_IRQ_INFO: fc.record({ argsz: argszFrom(16), flags: flagsOf(IRQ_INFO_FLAGS), index: u32, count: u32 }).map(tag('DEVICE_GET_IRQ_INFO')),

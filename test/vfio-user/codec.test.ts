@@ -60,10 +60,7 @@ const EXAMPLES: [VfioUserCommand, VfioUserReply][] = [
     { command: 'VERSION', ...versionBody(0, 2, { maxMsgFds: 8, maxDataXferSize: 1048576, twinSocket: { supported: true } }) },
     { command: 'VERSION', ...versionBody(0, 2, { maxMsgFds: 8, migration: { pgsize: 4096 }, twinSocket: { supported: true, fdIndex: 0 } }) },
   ],
-  [
-    { command: 'DMA_MAP', argsz: 32, flags: 3, offset: 0x1000n, address: 0xffff_ffff_ffff_f000n, size: 0x1000n },
-    { command: 'DMA_MAP' },
-  ],
+  [{ command: 'DMA_MAP', argsz: 32, flags: 3, offset: 0x1000n, address: 0xffff_ffff_ffff_f000n, size: 0x1000n }, { command: 'DMA_MAP' }],
   [
     { command: 'DMA_UNMAP', argsz: 24, flags: 0, address: 0x1_0000_0000n, size: 0x2000n },
     { command: 'DMA_UNMAP', unmapped: { argsz: 24, flags: 0, address: 0x1_0000_0000n, size: 0x2000n } },
@@ -81,7 +78,15 @@ const EXAMPLES: [VfioUserCommand, VfioUserReply][] = [
       index: 1,
       size: 0x4000n,
       offset: 0n,
-      capabilities: [{ kind: 'sparse-mmap', areas: [{ offset: 0n, size: 0x1000n }, { offset: 0x2000n, size: 0x1000n }] }],
+      capabilities: [
+        {
+          kind: 'sparse-mmap',
+          areas: [
+            { offset: 0n, size: 0x1000n },
+            { offset: 0x2000n, size: 0x1000n },
+          ],
+        },
+      ],
     },
   ],
   [
@@ -98,10 +103,7 @@ const EXAMPLES: [VfioUserCommand, VfioUserReply][] = [
     { command: 'DEVICE_GET_IRQ_INFO', argsz: 16, index: 2 },
     { command: 'DEVICE_GET_IRQ_INFO', argsz: 16, flags: 9, index: 2, count: 32 },
   ],
-  [
-    { command: 'DEVICE_SET_IRQS', argsz: 24, flags: 0x22, index: 2, start: 0, count: 4, data: bytesOf(1, 0, 1, 1) },
-    { command: 'DEVICE_SET_IRQS' },
-  ],
+  [{ command: 'DEVICE_SET_IRQS', argsz: 24, flags: 0x22, index: 2, start: 0, count: 4, data: bytesOf(1, 0, 1, 1) }, { command: 'DEVICE_SET_IRQS' }],
   [
     { command: 'REGION_READ', offset: 0x10n, region: 7, count: 4 },
     { command: 'REGION_READ', offset: 0x10n, region: 7, data: bytesOf(0xef, 0xbe, 0xad, 0xde) },
@@ -175,17 +177,26 @@ describe('vfio-user codec', () => {
   describe('properties', () => {
     for (const [name, arbitrary] of Object.entries(commandBodies)) {
       it(`${name} command: encode then decode is the identity`, () => {
-        fc.assert(fc.property(arbitrary, fc.integer({ min: 0, max: 65535 }), (body, msgId) => void roundTrip(command(body as VfioUserCommand, msgId))), { numRuns: 150 });
+        fc.assert(
+          fc.property(arbitrary, fc.integer({ min: 0, max: 65535 }), (body, msgId) => void roundTrip(command(body as VfioUserCommand, msgId))),
+          { numRuns: 150 },
+        );
       });
     }
     for (const [name, arbitrary] of Object.entries(replyBodies)) {
       it(`${name} reply: encode then decode is the identity`, () => {
-        fc.assert(fc.property(arbitrary, (body) => void roundTrip(reply(body as VfioUserReply))), { numRuns: 150 });
+        fc.assert(
+          fc.property(arbitrary, (body) => void roundTrip(reply(body as VfioUserReply))),
+          { numRuns: 150 },
+        );
       });
     }
 
     it('any message: decode(encode(m)) equals m', () => {
-      fc.assert(fc.property(anyMessage, (message) => void roundTrip(message)), { numRuns: 500 });
+      fc.assert(
+        fc.property(anyMessage, (message) => void roundTrip(message)),
+        { numRuns: 500 },
+      );
     });
 
     const onlyProtocolErrors = (bytes: Uint8Array, context = {}) => {
@@ -198,7 +209,10 @@ describe('vfio-user codec', () => {
     };
 
     it('random bytes only ever throw VfioUserProtocolError', () => {
-      fc.assert(fc.property(fc.uint8Array({ maxLength: 96 }), (bytes) => onlyProtocolErrors(bytes)), { numRuns: 2000 });
+      fc.assert(
+        fc.property(fc.uint8Array({ maxLength: 96 }), (bytes) => onlyProtocolErrors(bytes)),
+        { numRuns: 2000 },
+      );
     });
 
     it('a valid header over random payload bytes only ever throws VfioUserProtocolError', () => {
@@ -325,7 +339,11 @@ describe('vfio-user codec', () => {
 
     it('rejects payloads too short for their struct or their count', () => {
       const short = (name: keyof typeof COMMANDS.values, size: number, flags = 0) =>
-        expectProtocolError(() => decodeMessage(rawMessage({ command: COMMANDS.values[name], flags, payload: new Uint8Array(size) })), 'ERR_VFIO_USER_PAYLOAD_SIZE', EINVAL);
+        expectProtocolError(
+          () => decodeMessage(rawMessage({ command: COMMANDS.values[name], flags, payload: new Uint8Array(size) })),
+          'ERR_VFIO_USER_PAYLOAD_SIZE',
+          EINVAL,
+        );
       short('VERSION', 3);
       short('DEVICE_SET_IRQS', 19);
       short('REGION_WRITE', 15);
@@ -383,7 +401,9 @@ describe('vfio-user codec', () => {
     });
 
     it('rejects SET_IRQS without exactly one data and one action flag', () => {
-      const irqs = encodeMessage(command({ command: 'DEVICE_SET_IRQS', argsz: 20, flags: 0x21, index: 0, start: 0, count: 0, data: new Uint8Array(0) }));
+      const irqs = encodeMessage(
+        command({ command: 'DEVICE_SET_IRQS', argsz: 20, flags: 0x21, index: 0, start: 0, count: 0, data: new Uint8Array(0) }),
+      );
       const { DATA_NONE, DATA_EVENTFD, ACTION_TRIGGER, ACTION_MASK } = SET_IRQS_FLAGS.bits;
       for (const flags of [DATA_NONE, ACTION_TRIGGER, DATA_NONE | DATA_EVENTFD | ACTION_TRIGGER, DATA_NONE | ACTION_MASK | ACTION_TRIGGER]) {
         expectProtocolError(() => decodeMessage(patchPayload(irqs, SET_IRQS_LAYOUT, 'flags', flags)), 'ERR_VFIO_USER_BAD_FIELD', EINVAL);

@@ -91,7 +91,10 @@ for (const [kind, makePair] of Object.entries(KINDS)) {
       const [a, b] = makePair();
       const client = new VfioUserConnection(a, { role: 'client', ...clientOptions });
       const server = new VfioUserConnection(b, { role: 'server', ...serverOptions });
-      cleanup.push(() => client.close(), () => server.close());
+      cleanup.push(
+        () => client.close(),
+        () => server.close(),
+      );
       return { client, server };
     }
 
@@ -99,7 +102,10 @@ for (const [kind, makePair] of Object.entries(KINDS)) {
       const [a, b] = makePair();
       const connection = new VfioUserConnection(a, { role, ...options });
       const raw = new RawPeer(b);
-      cleanup.push(() => connection.close(), () => b.close());
+      cleanup.push(
+        () => connection.close(),
+        () => b.close(),
+      );
       return { connection, raw };
     }
 
@@ -131,7 +137,10 @@ for (const [kind, makePair] of Object.entries(KINDS)) {
       const sent = raw.received.map((r) => r.message!.msgId);
       assert.deepEqual(sent, [65535, 0, 1]);
       for (const id of sent) raw.transport.send(encodeReply(id, { command: 'DEVICE_RESET' }));
-      assert.deepEqual((await Promise.all([first, second, third])).map((r) => r.msgId), sent);
+      assert.deepEqual(
+        (await Promise.all([first, second, third])).map((r) => r.msgId),
+        sent,
+      );
     });
 
     it('reports a reply that cannot be encoded and answers EIO', async () => {
@@ -144,7 +153,10 @@ for (const [kind, makePair] of Object.entries(KINDS)) {
       server.onCommand('DEVICE_RESET', () => replyWithFds<'DEVICE_RESET'>({}, eventfds));
       await assert.rejects(client.request('DEVICE_RESET', {}), (e: unknown) => e instanceof VfioUserRemoteError && e.errno === ERRNO.EINVAL);
       assert.equal(reported.length, 1);
-      assert.ok(eventfds.every((fd) => !fd.closed), 'the handler keeps fds it did not transfer');
+      assert.ok(
+        eventfds.every((fd) => !fd.closed),
+        'the handler keeps fds it did not transfer',
+      );
     });
 
     it('rejects with VfioUserRemoteError carrying the errno of an error reply', async () => {
@@ -193,7 +205,10 @@ for (const [kind, makePair] of Object.entries(KINDS)) {
       const { connection, raw } = withRawPeer('client');
       const order: string[] = [];
       const track = (name: string, request: Promise<unknown>) =>
-        request.then(() => order.push(`${name} answered`), (error) => order.push(error instanceof VfioUserTimeoutError ? `${name} timed out` : `${name} ${error}`));
+        request.then(
+          () => order.push(`${name} answered`),
+          (error) => order.push(error instanceof VfioUserTimeoutError ? `${name} timed out` : `${name} ${error}`),
+        );
       const long = track('long', connection.request('DEVICE_RESET', {}, { timeoutMs: 600 }));
       const answered = track('answered', connection.request('DEVICE_RESET', {}, { timeoutMs: 1000 }));
       const short = track('short', connection.request('DEVICE_RESET', {}, { timeoutMs: 150 }));
@@ -325,7 +340,7 @@ for (const [kind, makePair] of Object.entries(KINDS)) {
       assert.equal(openFdCount(), before);
     });
 
-    it('splits region and DMA transfers to the peer\'s max_data_xfer_size and refuses oversized ones', async () => {
+    it("splits region and DMA transfers to the peer's max_data_xfer_size and refuses oversized ones", async () => {
       const { client, server } = connections({ capabilities: { maxDataXferSize: 48 } }, { capabilities: { maxDataXferSize: 64 } });
       serveVersion(server);
       await negotiateVersion(client);
@@ -399,7 +414,7 @@ for (const [kind, makePair] of Object.entries(KINDS)) {
       assert.equal(raw.received[1]!.bytes.readUInt32LE(12), ERRNO.EINVAL);
     });
 
-    it('takes libvfio-user\'s captured VERSION reply and its twin socket fd', async () => {
+    it("takes libvfio-user's captured VERSION reply and its twin socket fd", async () => {
       const { connection, raw } = withRawPeer('client');
       const captured = versionReplyFromCapture('probe-server.jsonl');
       const [mine, theirs] = native.unixSocketPair();
@@ -443,9 +458,18 @@ for (const [kind, makePair] of Object.entries(KINDS)) {
       const data = Uint8Array.from({ length: 2048 }, (_, i) => i & 255);
       await Promise.all([dmaWrite(server, 0n, data), client.request('DEVICE_RESET', {})]);
       assert.deepEqual(await dmaRead(server, 0n, 2048), data);
-      assert.deepEqual(channels.filter((c) => c.startsWith('write')), ['write:twin', 'write:twin']);
-      assert.deepEqual(channels.filter((c) => c.startsWith('read')), ['read:twin', 'read:twin']);
-      assert.deepEqual(channels.filter((c) => c.startsWith('reset')), ['reset:main']);
+      assert.deepEqual(
+        channels.filter((c) => c.startsWith('write')),
+        ['write:twin', 'write:twin'],
+      );
+      assert.deepEqual(
+        channels.filter((c) => c.startsWith('read')),
+        ['read:twin', 'read:twin'],
+      );
+      assert.deepEqual(
+        channels.filter((c) => c.startsWith('reset')),
+        ['reset:main'],
+      );
 
       const closed = new Promise((resolve) => server.once('close', resolve));
       client.close();

@@ -33,13 +33,7 @@ export function rawMessage(message: RawMessage): Uint8Array {
 }
 
 /** A copy of `bytes` with one field of a struct (at `structAt`) set to `value`, reserved fields included. */
-export function patchField(
-  bytes: Uint8Array,
-  layout: StructShape,
-  key: string,
-  value: number | bigint,
-  structAt: number,
-): Uint8Array {
+export function patchField(bytes: Uint8Array, layout: StructShape, key: string, value: number | bigint, structAt: number): Uint8Array {
   const copy = bytes.slice();
   const field = layout.fields.find((candidate) => candidate.key === key);
   assert.ok(field, `${layout.name} has no field ${key}`);
@@ -53,13 +47,7 @@ export function patchField(
 }
 
 /** Patches a payload field of a whole message (the struct starts `structAt` bytes into the payload). */
-export function patchPayload(
-  message: Uint8Array,
-  layout: StructShape,
-  key: string,
-  value: number | bigint,
-  structAt = 0,
-): Uint8Array {
+export function patchPayload(message: Uint8Array, layout: StructShape, key: string, value: number | bigint, structAt = 0): Uint8Array {
   return patchField(message, layout, key, value, HEADER_SIZE + structAt);
 }
 

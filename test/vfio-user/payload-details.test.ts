@@ -44,7 +44,14 @@ describe('vfio-user layouts', () => {
   it('decodes every message layout at the offsets the spec gives', () => {
     assert.deepStrictEqual(
       REGION_INFO_LAYOUT.fields.map((field) => [field.spec, field.offset, field.width]),
-      [['argsz', 0, 4], ['flags', 4, 4], ['index', 8, 4], ['cap_offset', 12, 4], ['size', 16, 8], ['offset', 24, 8]],
+      [
+        ['argsz', 0, 4],
+        ['flags', 4, 4],
+        ['index', 8, 4],
+        ['cap_offset', 12, 4],
+        ['size', 16, 8],
+        ['offset', 24, 8],
+      ],
     );
     assert.equal(SUB_REGION_IO_FD_LAYOUT.size, 40);
   });
@@ -98,7 +105,10 @@ describe('vfio-user VERSION data', () => {
 
   it('formats capabilities that parse back to themselves', () => {
     const body = versionBody(0, 2, { maxMsgFds: 8, pgsizes: 0x40201000n, writeMultiple: true, migration: { pgsize: 4096, maxBitmapSize: 1 } });
-    assert.equal(body.json, '{"capabilities":{"max_msg_fds":8,"pgsizes":1075843072,"write_multiple":true,"migration":{"pgsize":4096,"max_bitmap_size":1}}}');
+    assert.equal(
+      body.json,
+      '{"capabilities":{"max_msg_fds":8,"pgsizes":1075843072,"write_multiple":true,"migration":{"pgsize":4096,"max_bitmap_size":1}}}',
+    );
     assert.deepStrictEqual(parseVersionCapabilities(body.json), body.capabilities);
   });
 });
@@ -126,7 +136,11 @@ describe('vfio-user region info capabilities', () => {
   });
 
   it('rejects a chain that loops or points backwards', () => {
-    expectProtocolError(() => decodeMessage(patchPayload(bytes, CAP_HEADER_LAYOUT, 'next', firstCap, firstCap)), 'ERR_VFIO_USER_BAD_CAPABILITY', EINVAL);
+    expectProtocolError(
+      () => decodeMessage(patchPayload(bytes, CAP_HEADER_LAYOUT, 'next', firstCap, firstCap)),
+      'ERR_VFIO_USER_BAD_CAPABILITY',
+      EINVAL,
+    );
     expectProtocolError(() => decodeMessage(patchPayload(bytes, REGION_INFO_LAYOUT, 'capOffset', 8)), 'ERR_VFIO_USER_BAD_CAPABILITY', EINVAL);
     expectProtocolError(() => decodeMessage(patchPayload(bytes, CAP_HEADER_LAYOUT, 'next', 4096, firstCap)), 'ERR_VFIO_USER_PAYLOAD_SIZE', EINVAL);
   });
@@ -178,7 +192,9 @@ describe('vfio-user leniencies toward real peers', () => {
   };
 
   it("reads QEMU's DMA_READ reply layout with data at 12", () => {
-    const decoded = decodeMessage(dmaReadReply(qemuPayload(0x1000n, [1, 2, 3, 4, 5])), { command: { command: 'DMA_READ', address: 0x1000n, count: 5n } });
+    const decoded = decodeMessage(dmaReadReply(qemuPayload(0x1000n, [1, 2, 3, 4, 5])), {
+      command: { command: 'DMA_READ', address: 0x1000n, count: 5n },
+    });
     assert.ok(decoded.type === 'reply' && decoded.body.command === 'DMA_READ');
     assert.deepStrictEqual(decoded.body.data, new Uint8Array([1, 2, 3, 4, 5]));
   });
@@ -190,7 +206,11 @@ describe('vfio-user leniencies toward real peers', () => {
     assert.ok(auto.body.command === 'DMA_READ' && qemu.body.command === 'DMA_READ');
     assert.deepStrictEqual(auto.body.data, new Uint8Array([9, 9, 9, 9, 0, 0, 0, 0]));
     assert.deepStrictEqual(qemu.body.data, new Uint8Array([0, 0, 0, 0, 9, 9, 9, 9]));
-    expectProtocolError(() => decodeMessage(dmaReadReply(qemuPayload(0n, [1, 2, 3])), { dmaReadReplyLayout: 'spec' }), 'ERR_VFIO_USER_PAYLOAD_SIZE', EINVAL);
+    expectProtocolError(
+      () => decodeMessage(dmaReadReply(qemuPayload(0n, [1, 2, 3])), { dmaReadReplyLayout: 'spec' }),
+      'ERR_VFIO_USER_PAYLOAD_SIZE',
+      EINVAL,
+    );
   });
 
   it('accepts DMA_WRITE replies of 16 bytes (libvfio-user), 12 bytes (the spec table) and 0 bytes (QEMU)', () => {
@@ -207,7 +227,10 @@ describe('vfio-user leniencies toward real peers', () => {
   });
 
   it('ignores zero padding after a region-info request and after a MIG_DATA_READ reply', () => {
-    const request = rawMessage({ command: COMMANDS.values.DEVICE_GET_REGION_INFO, payload: patchField(new Uint8Array(80), REGION_INFO_LAYOUT, 'argsz', 80, 0) });
+    const request = rawMessage({
+      command: COMMANDS.values.DEVICE_GET_REGION_INFO,
+      payload: patchField(new Uint8Array(80), REGION_INFO_LAYOUT, 'argsz', 80, 0),
+    });
     assert.deepStrictEqual((decodeMessage(request) as { body: unknown }).body, { command: 'DEVICE_GET_REGION_INFO', argsz: 80, index: 0 });
     const padded = new Uint8Array(8 + 1024);
     padded.set([16, 0, 0, 0, 8, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
@@ -218,7 +241,12 @@ describe('vfio-user leniencies toward real peers', () => {
   });
 
   it('accepts any argsz in MIG_DATA_WRITE (the spec and libvfio-user disagree on its meaning)', () => {
-    const write = encodeMessage({ type: 'command', msgId: 1, noReply: false, body: { command: 'MIG_DATA_WRITE', argsz: 0, data: new Uint8Array(3) } });
+    const write = encodeMessage({
+      type: 'command',
+      msgId: 1,
+      noReply: false,
+      body: { command: 'MIG_DATA_WRITE', argsz: 0, data: new Uint8Array(3) },
+    });
     assert.equal(decodeMessage(write).type, 'command');
   });
 });
@@ -238,6 +266,10 @@ describe('vfio-user DEVICE_FEATURE data', () => {
   it('rejects unknown migration flags and short feature data', () => {
     expectProtocolError(() => decodeMigrationFeature(encodeMigrationFeature({ flags: 8n })), 'ERR_VFIO_USER_UNKNOWN_FLAGS', EINVAL);
     expectProtocolError(() => decodeMigrationStateFeature(new Uint8Array(4)), 'ERR_VFIO_USER_PAYLOAD_SIZE', EINVAL);
-    expectProtocolError(() => decodeDmaLoggingStart(encodeDmaLoggingStart({ pageSize: 1n, ranges: [] }).subarray(0, 8)), 'ERR_VFIO_USER_PAYLOAD_SIZE', EINVAL);
+    expectProtocolError(
+      () => decodeDmaLoggingStart(encodeDmaLoggingStart({ pageSize: 1n, ranges: [] }).subarray(0, 8)),
+      'ERR_VFIO_USER_PAYLOAD_SIZE',
+      EINVAL,
+    );
   });
 });

@@ -27,7 +27,14 @@ class FlakyPeer implements DmaMapPeer {
       this.failMaps--;
       throw new Error(`DMA_MAP of 0x${request.address.toString(16)} refused (ENOMEM)`);
     }
-    const entry = this.table.reserve({ address: request.address, size: request.size, readable: true, writable: true, withFd: request.fd !== undefined, offset: 0n });
+    const entry = this.table.reserve({
+      address: request.address,
+      size: request.size,
+      readable: true,
+      writable: true,
+      withFd: request.fd !== undefined,
+      offset: 0n,
+    });
     entry.state = 'mapped';
   }
 
@@ -48,7 +55,10 @@ class FlakyPeer implements DmaMapPeer {
 
 /** The peer's mappings and the table's holes tile the whole space, and the fd mappings are exactly the table's runs. */
 function assertCovered(peer: FlakyPeer, table: DeviceDmaTable): void {
-  const pieces = [...peer.view.map(([start, end]) => [start, end] as const), ...table.unmappedGaps.map((hole) => [hole.address, hole.address + hole.size] as const)];
+  const pieces = [
+    ...peer.view.map(([start, end]) => [start, end] as const),
+    ...table.unmappedGaps.map((hole) => [hole.address, hole.address + hole.size] as const),
+  ];
   pieces.sort((a, b) => (a[0] < b[0] ? -1 : 1));
   let cursor = 0n;
   for (const [start, end] of pieces) {
@@ -95,7 +105,11 @@ describe('vmm: DeviceDmaTable when the peer refuses maps', () => {
 
     await table.dmaMap(run(0x10n));
     assert.deepEqual(table.unmappedGaps, []);
-    assert.deepEqual(peer.view, [[0n, 0x10000n, false], [0x10000n, 0x11000n, true], [0x11000n, DMA_SPACE_END, false]]);
+    assert.deepEqual(peer.view, [
+      [0n, 0x10000n, false],
+      [0x10000n, 0x11000n, true],
+      [0x11000n, DMA_SPACE_END, false],
+    ]);
   });
 
   it('keeps a run whose neighbouring piece was refused: the run resolves, the piece is reported and mapped later', async () => {
@@ -117,7 +131,13 @@ describe('vmm: DeviceDmaTable when the peer refuses maps', () => {
     await table.dmaUnmap(0x10000n, 0x1000n);
     assert.deepEqual(table.unmappedGaps, []);
     assertCovered(peer, table);
-    assert.deepEqual(peer.view, [[0n, 0x18000n, false], [0x18000n, 0x19000n, true], [0x19000n, 0x20000n, false], [0x20000n, 0x21000n, true], [0x21000n, DMA_SPACE_END, false]]);
+    assert.deepEqual(peer.view, [
+      [0n, 0x18000n, false],
+      [0x18000n, 0x19000n, true],
+      [0x19000n, 0x20000n, false],
+      [0x20000n, 0x21000n, true],
+      [0x21000n, DMA_SPACE_END, false],
+    ]);
   });
 
   it('maps the freed pieces back one by one when the merged gap of an unmap is refused', async () => {
@@ -125,7 +145,11 @@ describe('vmm: DeviceDmaTable when the peer refuses maps', () => {
     peer.failMaps = 1; // the merged gap [0, END)
     await table.dmaUnmap(0x10000n, 0x1000n);
     assert.equal(errors.length, 1);
-    assert.deepEqual(peer.view, [[0n, 0x10000n, false], [0x10000n, 0x11000n, false], [0x11000n, DMA_SPACE_END, false]]);
+    assert.deepEqual(peer.view, [
+      [0n, 0x10000n, false],
+      [0x10000n, 0x11000n, false],
+      [0x11000n, DMA_SPACE_END, false],
+    ]);
     assertCovered(peer, table);
   });
 
@@ -164,7 +188,9 @@ describe('vmm: DeviceDmaTable when the peer refuses maps', () => {
           flaky.failMaps = failMaps;
           flaky.failUnmaps = failUnmaps;
           const held = subject.shared.some((shared) => shared.address === BigInt(page) * PAGE);
-          await (map && !held ? subject.dmaMap(run(BigInt(page))) : held ? subject.dmaUnmap(BigInt(page) * PAGE, PAGE) : Promise.resolve()).catch(() => undefined);
+          await (map && !held ? subject.dmaMap(run(BigInt(page))) : held ? subject.dmaUnmap(BigInt(page) * PAGE, PAGE) : Promise.resolve()).catch(
+            () => undefined,
+          );
           assertCovered(flaky, subject);
         }
         flaky.failMaps = 0;
@@ -206,7 +232,10 @@ class SizeLimitedPeer extends FlakyPeer {
 
 /** The peer's fd-less mappings and the table's holes tile `windows` exactly; none crosses a multiple of `piece`. */
 function assertCoveredIn(peer: FlakyPeer, table: DeviceDmaTable, windows: readonly { address: bigint; size: bigint }[], piece: bigint): void {
-  const gaps = [...peer.view.filter(([, , withFd]) => !withFd).map(([start, end]) => [start, end] as const), ...table.unmappedGaps.map((hole) => [hole.address, hole.address + hole.size] as const)];
+  const gaps = [
+    ...peer.view.filter(([, , withFd]) => !withFd).map(([start, end]) => [start, end] as const),
+    ...table.unmappedGaps.map((hole) => [hole.address, hole.address + hole.size] as const),
+  ];
   const runs = peer.view.filter(([, , withFd]) => withFd).map(([start, end]) => [start, end] as const);
   for (const [start, end] of gaps) {
     assert.ok(end - start <= piece, `gap [0x${start.toString(16)}, 0x${end.toString(16)}) is larger than a piece`);
@@ -223,10 +252,16 @@ function assertCoveredIn(peer: FlakyPeer, table: DeviceDmaTable, windows: readon
   // Runs may stick out of the windows; everything inside them is covered, and gaps never leave them.
   for (const window of windows) {
     const end = window.address + window.size;
-    assert.ok(covered.some(([start, stop]) => start <= window.address && end <= stop), `window [0x${window.address.toString(16)}, 0x${end.toString(16)}) is covered`);
+    assert.ok(
+      covered.some(([start, stop]) => start <= window.address && end <= stop),
+      `window [0x${window.address.toString(16)}, 0x${end.toString(16)}) is covered`,
+    );
   }
   for (const [start, end] of gaps) {
-    assert.ok(windows.some((window) => window.address <= start && end <= window.address + window.size), `gap [0x${start.toString(16)}, 0x${end.toString(16)}) lies in a window`);
+    assert.ok(
+      windows.some((window) => window.address <= start && end <= window.address + window.size),
+      `gap [0x${start.toString(16)}, 0x${end.toString(16)}) lies in a window`,
+    );
   }
 }
 
@@ -266,7 +301,12 @@ describe('vmm: DeviceDmaTable against a peer that limits the size of a mapping (
     const before = peer.view;
     const inside = run(0x10n);
     await table.dmaMap(inside);
-    assert.deepEqual(peer.view.slice(0, 4), [[0n, 0x10000n, false], [0x10000n, 0x11000n, true], [0x11000n, LIBVFIO_USER_MAX_DMA_SIZE, false], [LIBVFIO_USER_MAX_DMA_SIZE, 2n * LIBVFIO_USER_MAX_DMA_SIZE, false]]);
+    assert.deepEqual(peer.view.slice(0, 4), [
+      [0n, 0x10000n, false],
+      [0x10000n, 0x11000n, true],
+      [0x11000n, LIBVFIO_USER_MAX_DMA_SIZE, false],
+      [LIBVFIO_USER_MAX_DMA_SIZE, 2n * LIBVFIO_USER_MAX_DMA_SIZE, false],
+    ]);
     const boundaryPage = LIBVFIO_USER_MAX_DMA_SIZE / PAGE;
     await table.dmaMap(run(boundaryPage - 1n, 2n));
     assert.deepEqual(peer.view.slice(2, 6), [
@@ -295,10 +335,13 @@ describe('vmm: DeviceDmaTable against a peer that limits the size of a mapping (
   it('gives up with a typed error when covering would take more than half of max_dma_maps', async () => {
     const peer = new SizeLimitedPeer(LIBVFIO_USER_MAX_DMA_SIZE, 16);
     const table = new DeviceDmaTable(peer);
-    await assert.rejects(table.start(), { code: 'ERR_VIOMMU_DMA_TABLE', message: /errno 28\).*refused pieces down to 70368744177664 bytes.*more than half of its 16 mappings \(max_dma_maps\)/ });
+    await assert.rejects(table.start(), {
+      code: 'ERR_VIOMMU_DMA_TABLE',
+      message: /errno 28\).*refused pieces down to 70368744177664 bytes.*more than half of its 16 mappings \(max_dma_maps\)/,
+    });
   });
 
-  it('does not guess a limit from a failure that is not the peer\'s errno', async () => {
+  it("does not guess a limit from a failure that is not the peer's errno", async () => {
     const peer = new FlakyPeer();
     peer.failMaps = 1;
     const table = new DeviceDmaTable(peer);
@@ -308,7 +351,10 @@ describe('vmm: DeviceDmaTable against a peer that limits the size of a mapping (
 
   it('covers the windows after any mix of maps, unmaps and refusals, no gap larger than a piece', async () => {
     const piece = 0x8000n;
-    const windows = [{ address: 0n, size: 0x20000n }, { address: 0x40000n, size: 0x10000n }];
+    const windows = [
+      { address: 0n, size: 0x20000n },
+      { address: 0x40000n, size: 0x10000n },
+    ];
     const step = fc.record({
       page: fc.integer({ min: 0, max: 0x50 }),
       pages: fc.integer({ min: 1, max: 12 }),

@@ -2,8 +2,18 @@
 import { strict as assert } from 'node:assert';
 import fc from 'fast-check';
 import {
-  FIRST_STAGE_FORMAT, GuestPhysicalTables, LEGACY_INVALIDATIONS, PASID_ENTRY, PASID_INVALIDATIONS, PageAllocator, PagingTables,
-  ScalableTables, SECOND_STAGE_FORMAT, VtdDriver, ramTables, type PageAccess,
+  FIRST_STAGE_FORMAT,
+  GuestPhysicalTables,
+  LEGACY_INVALIDATIONS,
+  PASID_ENTRY,
+  PASID_INVALIDATIONS,
+  PageAllocator,
+  PagingTables,
+  ScalableTables,
+  SECOND_STAGE_FORMAT,
+  VtdDriver,
+  ramTables,
+  type PageAccess,
 } from '../../lib/vmm/guest-driver';
 import { DMAR_BASE, TestbedMachine } from '../../lib/vmm/testbed';
 import { decodeBig } from '../../lib/vtd/bitfield';
@@ -32,7 +42,11 @@ class Guest {
   readonly tables: ScalableTables;
 
   constructor(config = CONFIG) {
-    this.machine = new TestbedMachine({ builtInEdu: false, ramBytes: 64 << 20, iommu: (memory) => (this.unit = new VtdUnit({ memory, config, onInterrupt: () => undefined })) });
+    this.machine = new TestbedMachine({
+      builtInEdu: false,
+      ramBytes: 64 << 20,
+      iommu: (memory) => (this.unit = new VtdUnit({ memory, config, onInterrupt: () => undefined })),
+    });
     this.pages = new PageAllocator(this.machine, 0x100000);
     this.vtd = new VtdDriver(this.machine, DMAR_BASE, this.pages);
     this.tables = new ScalableTables(this.machine, this.pages);
@@ -126,22 +140,28 @@ describe('guest driver: scalable mode', () => {
   });
 
   it('first stage agrees with the unit on random mappings (IA-32e entries from the field tables)', async () => {
-    await fc.assert(fc.asyncProperty(
-      fc.uniqueArray(fc.record({ page: fc.integer({ min: 0, max: (1 << 24) - 1 }), target: fc.integer({ min: 0x3000, max: 0x3fff }), write: fc.boolean() }), { minLength: 1, maxLength: 12, selector: (m) => m.page }),
-      async (mappings) => {
-        guest?.machine.close();
-        guest = new Guest();
-        const first = await guest.paging(FIRST_STAGE_FORMAT);
-        for (const m of mappings) await first.map(m.page * PAGE, m.target * PAGE, 1, { read: true, write: m.write });
-        await guest.tables.addDevice(SID);
-        await guest.tables.setPasidEntry(SID, 0, PASID_ENTRY.firstStage(1, first));
-        await guest.enable();
-        for (const m of mappings) {
-          assert.equal(guest.reach(m.page * PAGE + 0x321), hex(m.target * PAGE + 0x321));
-          assert.equal(guest.reach(m.page * PAGE, { write: true }), m.write ? hex(m.target * PAGE) : fault('SM_WRITE'));
-        }
-      },
-    ), { numRuns: 15 });
+    await fc.assert(
+      fc.asyncProperty(
+        fc.uniqueArray(
+          fc.record({ page: fc.integer({ min: 0, max: (1 << 24) - 1 }), target: fc.integer({ min: 0x3000, max: 0x3fff }), write: fc.boolean() }),
+          { minLength: 1, maxLength: 12, selector: (m) => m.page },
+        ),
+        async (mappings) => {
+          guest?.machine.close();
+          guest = new Guest();
+          const first = await guest.paging(FIRST_STAGE_FORMAT);
+          for (const m of mappings) await first.map(m.page * PAGE, m.target * PAGE, 1, { read: true, write: m.write });
+          await guest.tables.addDevice(SID);
+          await guest.tables.setPasidEntry(SID, 0, PASID_ENTRY.firstStage(1, first));
+          await guest.enable();
+          for (const m of mappings) {
+            assert.equal(guest.reach(m.page * PAGE + 0x321), hex(m.target * PAGE + 0x321));
+            assert.equal(guest.reach(m.page * PAGE, { write: true }), m.write ? hex(m.target * PAGE) : fault('SM_WRITE'));
+          }
+        },
+      ),
+      { numRuns: 15 },
+    );
   });
 
   it('nested (PGTT 3): first-stage tables in guest-physical space; taking the top table out of the second stage faults in it', async () => {
@@ -174,7 +194,7 @@ describe('guest driver: scalable mode', () => {
     await first.unmap(IOVA + PAGE, 1);
     assert.equal(guest.reach(IOVA + PAGE), hex(GPA + PAGE), 'the unit may use its cached translation until the guest invalidates');
     await guest.vtd.invalidate([PASID_INVALIDATIONS.iotlbPages(5, 1, IOVA + PAGE)]);
-    assert.equal(guest.reach(IOVA + PAGE), hex(GPA + PAGE), 'another PASID\'s invalidation leaves it');
+    assert.equal(guest.reach(IOVA + PAGE), hex(GPA + PAGE), "another PASID's invalidation leaves it");
     await guest.vtd.invalidate([PASID_INVALIDATIONS.iotlbPages(5, 0, IOVA + PAGE)]);
     assert.equal(guest.reach(IOVA + PAGE), fault('SM_FIRST_STAGE_NOT_PRESENT'));
     assert.equal(guest.reach(IOVA), hex(GPA), 'the page beside it stays');
@@ -200,11 +220,17 @@ describe('guest driver: scalable mode', () => {
     // The unit has one fault record (as QEMU): read each before the next fault.
     assert.equal(guest.reach(IOVA, { pasid: 5 }), fault('SM_PASID_ENTRY_NOT_PRESENT'));
     const withPasid = await guest.vtd.faults();
-    assert.deepEqual(withPasid.records.map((r) => [r.reason, r.pasid, r.address, r.write]), [[faultCode('SM_PASID_ENTRY_NOT_PRESENT'), 5, BigInt(IOVA), false]]);
+    assert.deepEqual(
+      withPasid.records.map((r) => [r.reason, r.pasid, r.address, r.write]),
+      [[faultCode('SM_PASID_ENTRY_NOT_PRESENT'), 5, BigInt(IOVA), false]],
+    );
     await guest.vtd.clearFaults(withPasid.records);
     assert.equal(guest.reach(IOVA + PAGE, { write: true }), fault('SM_WRITE'));
     const { records } = await guest.vtd.faults();
-    assert.deepEqual(records.map((r) => [r.reason, r.pasid, r.address, r.write]), [[faultCode('SM_WRITE'), undefined, BigInt(IOVA + PAGE), true]]);
+    assert.deepEqual(
+      records.map((r) => [r.reason, r.pasid, r.address, r.write]),
+      [[faultCode('SM_WRITE'), undefined, BigInt(IOVA + PAGE), true]],
+    );
     await guest.vtd.clearFaults(records);
     assert.deepEqual((await guest.vtd.faults()).records, []);
   });

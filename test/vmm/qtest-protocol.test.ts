@@ -139,14 +139,25 @@ describe('qtest protocol: parsing each command', () => {
     const address = fc.bigInt({ min: 0n, max: (1n << 64n) - 1n });
     const bytes = fc.uint8Array({ minLength: 1, maxLength: 64 });
     const command: fc.Arbitrary<QtestCommand> = fc.oneof(
-      fc.record({ kind: fc.constant('out' as const), size: fc.constantFrom(1 as const, 2 as const, 4 as const), port: fc.integer({ min: 0, max: 0xffff }), value: fc.integer({ min: 0, max: 0xff }) }),
-      fc.record({ kind: fc.constant('in' as const), size: fc.constantFrom(1 as const, 2 as const, 4 as const), port: fc.integer({ min: 0, max: 0xffff }) }),
+      fc.record({
+        kind: fc.constant('out' as const),
+        size: fc.constantFrom(1 as const, 2 as const, 4 as const),
+        port: fc.integer({ min: 0, max: 0xffff }),
+        value: fc.integer({ min: 0, max: 0xff }),
+      }),
+      fc.record({
+        kind: fc.constant('in' as const),
+        size: fc.constantFrom(1 as const, 2 as const, 4 as const),
+        port: fc.integer({ min: 0, max: 0xffff }),
+      }),
       fc.record({ kind: fc.constant('writeValue' as const), size: fc.constant(8 as const), address, value: address }),
       fc.record({ kind: fc.constant('readValue' as const), size: fc.constantFrom(1 as const, 2 as const, 4 as const, 8 as const), address }),
       fc.record({ kind: fc.constant('read' as const), address, length: fc.integer({ min: 1, max: 4096 }) }),
       fc.record({ kind: fc.constant('b64read' as const), address, length: fc.integer({ min: 0, max: 4096 }) }),
       bytes.chain((data) => fc.record({ kind: fc.constant('write' as const), address, length: fc.constant(data.length), data: fc.constant(data) })),
-      fc.uint8Array({ minLength: 2, maxLength: 64 }).chain((data) => fc.record({ kind: fc.constant('b64write' as const), address, length: fc.constant(data.length), data: fc.constant(data) })),
+      fc
+        .uint8Array({ minLength: 2, maxLength: 64 })
+        .chain((data) => fc.record({ kind: fc.constant('b64write' as const), address, length: fc.constant(data.length), data: fc.constant(data) })),
       fc.record({ kind: fc.constant('memset' as const), address, length: fc.integer({ min: 0, max: 4096 }), byte: fc.integer({ min: 0, max: 255 }) }),
     );
     fc.assert(fc.property(command, (original) => assert.deepEqual(parsed(formatQtestCommand(original)), { ...original })));
@@ -289,7 +300,10 @@ describe('qtest server and client over in-memory streams', () => {
   it('keeps serving after malformed lines, answering each one in order', async () => {
     const { client } = openSession();
     const answers = await playQtestScript(client, ['', 'readq', 'bogus 1 2', 'writeq 0x10 0x55', 'outb 0x10000 1', 'write 0 2 0x', 'readq 0x10']);
-    assert.deepEqual(answers.map((answer) => answer.split(' ')[0]), ['FAIL', 'FAIL', 'FAIL', 'OK', 'FAIL', 'ERR', 'OK']);
+    assert.deepEqual(
+      answers.map((answer) => answer.split(' ')[0]),
+      ['FAIL', 'FAIL', 'FAIL', 'OK', 'FAIL', 'ERR', 'OK'],
+    );
     assert.equal(answers[6], 'OK 0x0000000000000055');
     await assert.rejects(client.command('bogus'), QtestCommandError);
     assert.equal(await client.readq(0x10), 0x55n);
@@ -368,7 +382,10 @@ describe('qtest server and client over in-memory streams', () => {
   it('times out a command with no answer and fails later commands at once', async () => {
     const silent = new PassThrough();
     const client = new QtestClient(new PassThrough(), silent, { name: 'silent', commandTimeoutMs: 30 });
-    await assert.rejects(client.readq(0), (error: unknown) => error instanceof QtestConnectionError && /no answer to 'readq 0x0' within 30 ms/.test(error.message));
+    await assert.rejects(
+      client.readq(0),
+      (error: unknown) => error instanceof QtestConnectionError && /no answer to 'readq 0x0' within 30 ms/.test(error.message),
+    );
     await assert.rejects(client.readq(0), QtestConnectionError);
   });
 

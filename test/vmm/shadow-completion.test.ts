@@ -26,7 +26,8 @@ describe('testbed: completions wait for the shadowed device, register writes do 
     const engine = createDmaEngine();
     const server = VfioUserServer.listen(socketPath, engine.device, { twinSocket: true });
     const machine = new TestbedMachine({
-      builtInEdu: false, ramBytes: 64 << 20,
+      builtInEdu: false,
+      ramBytes: 64 << 20,
       iommu: (memory) => new VtdUnit({ memory, config: 'caching-mode=on,aw-bits=48', onInterrupt: () => undefined }),
     });
     try {

@@ -107,14 +107,20 @@ describe('vmm: a vfio-user device attached to the testbed', function () {
     await edu.transfer(BigInt(IOVA + 0x10), BigInt(EDU_BUFFER_ADDRESS), pattern.length, false, false);
     await edu.transfer(BigInt(EDU_BUFFER_ADDRESS), BigInt(IOVA + 0x1f00), pattern.length, true, false);
     assert.deepEqual(await machine.readBytes(BigInt(GPA + 0x1f00), pattern.length), pattern, 'RAM -> engine -> RAM across the IOVA page boundary');
-    assert.deepEqual(bench.outcomes.map((outcome) => outcome.error), [undefined, undefined]);
+    assert.deepEqual(
+      bench.outcomes.map((outcome) => outcome.error),
+      [undefined, undefined],
+    );
     assert.equal(device.shadowed, false);
 
     await edu.transfer(BigInt(UNMAPPED_IOVA), BigInt(EDU_BUFFER_ADDRESS), 16, false, false);
     const failed = bench.outcomes[2]!.error;
     assert.ok(failed instanceof DmaFault, 'the server saw its DMA refused');
     assert.equal(failed.errno, EFAULT);
-    assert.deepEqual(device.dmaFaults.map((fault) => [fault.access, fault.address, fault.errno]), [['read', BigInt(UNMAPPED_IOVA), EFAULT]]);
+    assert.deepEqual(
+      device.dmaFaults.map((fault) => [fault.access, fault.address, fault.errno]),
+      [['read', BigInt(UNMAPPED_IOVA), EFAULT]],
+    );
     const faults = await vtd.faults();
     assert.equal(faults.fsts & 0x2, 0x2, 'FSTS.PPF');
     assert.deepEqual(faults.records, [{ index: 0, sid: SID, reason: faultCode('READ'), write: false, address: BigInt(UNMAPPED_IOVA) }]);
@@ -128,11 +134,14 @@ describe('vmm: a vfio-user device attached to the testbed', function () {
     await machine.writeMemory(BigInt(BAR0 + EDU_REGISTERS.raiseInterrupt), 4, 1);
     await waitFor(() => bench!.delivered.length === 1, 'the MSI through the unit');
     assert.deepEqual(bench.delivered, [{ address: 0xfee01000, data: 0x4242 }]);
-    assert.deepEqual(machine.deviceInterrupts.map(({ sid, address, data }) => [sid, address, data]), [[SID, 0xfee01000n, 0x4242]]);
+    assert.deepEqual(
+      machine.deviceInterrupts.map(({ sid, address, data }) => [sid, address, data]),
+      [[SID, 0xfee01000n, 0x4242]],
+    );
     assert.equal(await edu.acknowledge(), 1);
   });
 
-  it('reports an MSI the host fails to take in the attachment\'s errors, not as an unhandled rejection', async () => {
+  it("reports an MSI the host fails to take in the attachment's errors, not as an unhandled rejection", async () => {
     bench = await new Bench('').attach();
     const { machine, pci, device } = bench;
     const unhandled: unknown[] = [];
@@ -143,7 +152,7 @@ describe('vmm: a vfio-user device attached to the testbed', function () {
       await pci.enable(EDU_DEVFN, BAR0);
       await pci.enableMsi(EDU_DEVFN, 0xfee01000, 0x4242);
       await machine.writeMemory(BigInt(BAR0 + EDU_REGISTERS.raiseInterrupt), 4, 1);
-      await waitFor(() => device.errors.length === 1, 'the failed delivery in the attachment\'s errors');
+      await waitFor(() => device.errors.length === 1, "the failed delivery in the attachment's errors");
       assert.match(device.errors[0]!.message, /the interrupt controller is gone/);
       await new Promise((resolve) => setImmediate(resolve));
       assert.deepEqual(unhandled, []);
@@ -160,12 +169,17 @@ describe('vmm: a vfio-user device attached to the testbed', function () {
     const view = () => device.client.dmaMappings.map((m) => [m.address, m.size, m.withFd]);
     assert.deepEqual(view(), [[0n, DMA_SPACE_END, false]]);
     const own = new DeviceDmaTable({ maxDmaMaps: 65535, dmaMap: async () => undefined, dmaUnmap: async () => undefined });
-    assert.equal(own.maxDmaMaps, 32767, 'each run may split a gap, so runs get half the peer\'s mappings');
+    assert.equal(own.maxDmaMaps, 32767, "each run may split a gap, so runs get half the peer's mappings");
 
     await table.dmaMap({ address: 0x10000n, size: 0x2000n, readable: true, writable: true, fd: machine.ram.fd, offset: BigInt(GPA) });
     await table.dmaMap({ address: 0x12000n, size: 0x1000n, readable: true, writable: false, fd: machine.ram.fd, offset: BigInt(GPA + 0x8000) });
     await table.dmaMap({ address: 0x20000n, size: 0x1000n, readable: true, writable: true }); // no fd: stays by message
-    assert.deepEqual(view(), [[0n, 0x10000n, false], [0x10000n, 0x2000n, true], [0x12000n, 0x1000n, true], [0x13000n, DMA_SPACE_END - 0x13000n, false]]);
+    assert.deepEqual(view(), [
+      [0n, 0x10000n, false],
+      [0x10000n, 0x2000n, true],
+      [0x12000n, 0x1000n, true],
+      [0x13000n, DMA_SPACE_END - 0x13000n, false],
+    ]);
     // The engine now reaches guest RAM directly at IOVA 0x10000 (no translation: TE is off, and the map says where).
     await bench.pci.enable(EDU_DEVFN, BAR0);
     await machine.writeBytes(BigInt(GPA), Uint8Array.of(9, 8, 7, 6));
@@ -175,7 +189,11 @@ describe('vmm: a vfio-user device attached to the testbed', function () {
 
     await table.dmaUnmap(0x12000n, 0x1000n);
     await table.dmaUnmap(0x20000n, 0x1000n);
-    assert.deepEqual(view(), [[0n, 0x10000n, false], [0x10000n, 0x2000n, true], [0x12000n, DMA_SPACE_END - 0x12000n, false]]);
+    assert.deepEqual(view(), [
+      [0n, 0x10000n, false],
+      [0x10000n, 0x2000n, true],
+      [0x12000n, DMA_SPACE_END - 0x12000n, false],
+    ]);
     await table.dmaUnmap(0x10000n, 0x2000n);
     assert.deepEqual(view(), [[0n, DMA_SPACE_END, false]]);
     await assert.rejects(table.dmaMap({ address: 0x1000n, size: 0x1000n, readable: true, writable: true, fd: machine.ram.fd, offset: 1n << 40n }));

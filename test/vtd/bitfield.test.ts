@@ -5,9 +5,25 @@ import * as interruptRemapTables from '../../lib/vtd/interrupt-remap';
 import * as registerTables from '../../lib/vtd/registers';
 import * as structureTables from '../../lib/vtd/structures';
 import {
-  bigToNumber, fieldReader, readField,
-  bigToWords, decodeBig, defineFields, encodeBig, getField, getField64, getFieldBig, hasReservedBits, isSet,
-  renderFields, reservedMaskBig, reservedWords, setField, setFieldBig, wordsToBig, type FieldTable,
+  bigToNumber,
+  fieldReader,
+  readField,
+  bigToWords,
+  decodeBig,
+  defineFields,
+  encodeBig,
+  getField,
+  getField64,
+  getFieldBig,
+  hasReservedBits,
+  isSet,
+  renderFields,
+  reservedMaskBig,
+  reservedWords,
+  setField,
+  setFieldBig,
+  wordsToBig,
+  type FieldTable,
 } from '../../lib/vtd/bitfield';
 import { ViommuError } from '../../lib/errors';
 import { CAP_FIELDS, ECAP_FIELDS, FRCD_HI_FIELDS, IOTLB_FIELDS } from '../../lib/vtd/registers';
@@ -22,8 +38,9 @@ const SAMPLE = defineFields('sample', 128, [
 ] as const);
 
 function valueFor(width: number): fc.Arbitrary<number> {
-  return fc.integer({ min: 0, max: 2 ** Math.min(width, 31) - 1 }).chain((low) =>
-    width <= 31 ? fc.constant(low) : fc.integer({ min: 0, max: 2 ** (width - 31) - 1 }).map((high) => high * 2 ** 31 + low));
+  return fc
+    .integer({ min: 0, max: 2 ** Math.min(width, 31) - 1 })
+    .chain((low) => (width <= 31 ? fc.constant(low) : fc.integer({ min: 0, max: 2 ** (width - 31) - 1 }).map((high) => high * 2 ** 31 + low)));
 }
 
 function structureFor(table: FieldTable): fc.Arbitrary<bigint> {
@@ -35,63 +52,87 @@ const TABLES: FieldTable[] = [SAMPLE, CAP_FIELDS, ECAP_FIELDS, IOTLB_FIELDS, FRC
 describe('bitfield', () => {
   it('reads every field the same way on the number path and the bigint path', () => {
     for (const table of TABLES) {
-      fc.assert(fc.property(structureFor(table), (structure) => {
-        const words = bigToWords(structure, table.sizeWords);
-        for (const field of table.fields) {
-          assert.equal(BigInt(getField(words, field)), getFieldBig(structure, field), `${table.name}.${field.name}`);
-          assert.equal(isSet(words, field), getFieldBig(structure, field) !== 0n);
-        }
-      }), { numRuns: 200 });
+      fc.assert(
+        fc.property(structureFor(table), (structure) => {
+          const words = bigToWords(structure, table.sizeWords);
+          for (const field of table.fields) {
+            assert.equal(BigInt(getField(words, field)), getFieldBig(structure, field), `${table.name}.${field.name}`);
+            assert.equal(isSet(words, field), getFieldBig(structure, field) !== 0n);
+          }
+        }),
+        { numRuns: 200 },
+      );
     }
   });
 
   it('reads 64-bit fields from two halves like from a word array', () => {
-    fc.assert(fc.property(fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }), (value) => {
-      const [lo, hi] = bigToWords(value, 2);
-      for (const field of [...CAP_FIELDS.fields, ...FRCD_HI_FIELDS.fields]) {
-        assert.equal(getField64(lo!, hi!, field), Number(getFieldBig(value, field)));
-      }
-    }));
+    fc.assert(
+      fc.property(fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }), (value) => {
+        const [lo, hi] = bigToWords(value, 2);
+        for (const field of [...CAP_FIELDS.fields, ...FRCD_HI_FIELDS.fields]) {
+          assert.equal(getField64(lo!, hi!, field), Number(getFieldBig(value, field)));
+        }
+      }),
+    );
   });
 
   it('setField changes only its own bits and reads back what it wrote', () => {
     for (const table of TABLES) {
       const cases = table.fields.map((field) => fc.tuple(fc.constant(field), valueFor(field.width), structureFor(table)));
-      fc.assert(fc.property(fc.oneof(...cases), ([field, value, structure]) => {
-        const words = bigToWords(structure, table.sizeWords);
-        setField(words, field, value);
-        assert.equal(getField(words, field), value);
-        const fieldMask = ((1n << BigInt(field.width)) - 1n) << BigInt(field.lsb);
-        assert.equal(wordsToBig(words) & ~fieldMask, structure & ~fieldMask, `${table.name}.${field.name} disturbed others`);
-        assert.equal(wordsToBig(words), setFieldBig(structure, field, value));
-      }), { numRuns: 300 });
+      fc.assert(
+        fc.property(fc.oneof(...cases), ([field, value, structure]) => {
+          const words = bigToWords(structure, table.sizeWords);
+          setField(words, field, value);
+          assert.equal(getField(words, field), value);
+          const fieldMask = ((1n << BigInt(field.width)) - 1n) << BigInt(field.lsb);
+          assert.equal(wordsToBig(words) & ~fieldMask, structure & ~fieldMask, `${table.name}.${field.name} disturbed others`);
+          assert.equal(wordsToBig(words), setFieldBig(structure, field, value));
+        }),
+        { numRuns: 300 },
+      );
     }
   });
 
   it('encodes and decodes whole structures without loss (reserved bits aside)', () => {
     for (const table of TABLES) {
-      fc.assert(fc.property(structureFor(table), (structure) => {
-        const clean = structure & ~reservedMaskBig(table, { features: ['FEATURE', 'SC', 'DT'] });
-        assert.equal(encodeBig(table, decodeBig(table, clean)), clean);
-      }), { numRuns: 100 });
+      fc.assert(
+        fc.property(structureFor(table), (structure) => {
+          const clean = structure & ~reservedMaskBig(table, { features: ['FEATURE', 'SC', 'DT'] });
+          assert.equal(encodeBig(table, decodeBig(table, clean)), clean);
+        }),
+        { numRuns: 100 },
+      );
     }
   });
 
   it('refuses values that do not fit', () => {
     const words = new Uint32Array(4);
-    assert.throws(() => setField(words, SAMPLE.f.MODE, 8), (e: unknown) => e instanceof ViommuError && e.code === 'ERR_FIELD_RANGE');
+    assert.throws(
+      () => setField(words, SAMPLE.f.MODE, 8),
+      (e: unknown) => e instanceof ViommuError && e.code === 'ERR_FIELD_RANGE',
+    );
     assert.throws(() => setField(words, SAMPLE.f.MODE, 1.5), ViommuError);
     assert.throws(() => setFieldBig(0n, SAMPLE.f.FLAG, 2n), ViommuError);
   });
 
   it('refuses overlapping, duplicate and out-of-range fields when a table is defined', () => {
     const code = (e: unknown) => e instanceof ViommuError && e.code === 'ERR_FIELD_TABLE';
-    assert.throws(() => defineFields('x', 32, [
-      { name: 'A', bit: 0, width: 4, description: '' }, { name: 'B', bit: 3, width: 1, description: '' },
-    ]), code);
-    assert.throws(() => defineFields('x', 32, [
-      { name: 'A', bit: 0, width: 1, description: '' }, { name: 'A', bit: 1, width: 1, description: '' },
-    ]), code);
+    assert.throws(
+      () =>
+        defineFields('x', 32, [
+          { name: 'A', bit: 0, width: 4, description: '' },
+          { name: 'B', bit: 3, width: 1, description: '' },
+        ]),
+      code,
+    );
+    assert.throws(
+      () =>
+        defineFields('x', 32, [
+          { name: 'A', bit: 0, width: 1, description: '' },
+          { name: 'A', bit: 1, width: 1, description: '' },
+        ]),
+      code,
+    );
     assert.throws(() => defineFields('x', 32, [{ name: 'A', bit: 30, width: 4, description: '' }]), code);
     assert.throws(() => defineFields('x', 64, [{ name: 'A', bit: 0, width: 64, description: '' }]), code);
   });
@@ -146,10 +187,13 @@ describe('hot-path readers', () => {
     const wordsFor = (sizeWords: number) => fc.array(fc.integer({ min: 0, max: 2 ** 32 - 1 }), { minLength: sizeWords, maxLength: sizeWords });
     for (const { table, field } of fields) {
       const reader = fieldReader(field);
-      fc.assert(fc.property(wordsFor(table.sizeWords), (list) => {
-        const words = Uint32Array.from(list);
-        return readField(words, reader) === getField(words, field);
-      }), { numRuns: 20, examples: [[new Array(table.sizeWords).fill(2 ** 32 - 1)], [new Array(table.sizeWords).fill(0)]] });
+      fc.assert(
+        fc.property(wordsFor(table.sizeWords), (list) => {
+          const words = Uint32Array.from(list);
+          return readField(words, reader) === getField(words, field);
+        }),
+        { numRuns: 20, examples: [[new Array(table.sizeWords).fill(2 ** 32 - 1)], [new Array(table.sizeWords).fill(0)]] },
+      );
     }
   });
 });

@@ -2,8 +2,16 @@
 import { strict as assert } from 'node:assert';
 import { ViommuError } from '../../lib/errors';
 import {
-  CAPABILITY_EXTENSIONS, CONFIG_RULES, VtdConfigError, VtdPropertyError, capabilityField, computeCapabilities,
-  enabledFeatures, parseVtdProperties, resolveVtdConfig, vtdConfigFromString,
+  CAPABILITY_EXTENSIONS,
+  CONFIG_RULES,
+  VtdConfigError,
+  VtdPropertyError,
+  capabilityField,
+  computeCapabilities,
+  enabledFeatures,
+  parseVtdProperties,
+  resolveVtdConfig,
+  vtdConfigFromString,
 } from '../../lib/vtd/config';
 
 function caps(text: string) {
@@ -139,7 +147,8 @@ describe('vtd config', () => {
   describe('parsing property strings', () => {
     it('reads QEMU-style lists with the driver name and later values winning', () => {
       assert.deepEqual(parseVtdProperties('intel-iommu,aw-bits=48,caching-mode=on,caching-mode=off'), {
-        'aw-bits': 48, 'caching-mode': false,
+        'aw-bits': 48,
+        'caching-mode': false,
       });
       assert.deepEqual(parseVtdProperties(''), {});
       assert.deepEqual(parseVtdProperties('aw-bits=0x27'), { 'aw-bits': 39 });
@@ -157,7 +166,11 @@ describe('vtd config', () => {
 
     it('refuses unknown properties, bad values and malformed items with ERR_VTD_PROPERTY', () => {
       for (const text of ['bogus=on', 'pt=maybe', 'pt', 'aw-bits=big', 'aw-bits=-1', '=on', 'compat=qemu-6.0', 'caching-mode=ON']) {
-        assert.throws(() => parseVtdProperties(text), (e: unknown) => e instanceof VtdPropertyError && e.code === 'ERR_VTD_PROPERTY', text);
+        assert.throws(
+          () => parseVtdProperties(text),
+          (e: unknown) => e instanceof VtdPropertyError && e.code === 'ERR_VTD_PROPERTY',
+          text,
+        );
       }
       assert.throws(() => parseVtdProperties('bogus=on'), /intel-iommu\.bogus/);
     });

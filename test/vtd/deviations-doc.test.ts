@@ -10,14 +10,16 @@ import { repositoryRoot } from '../helpers';
 import { COMPAT_QUIRKS, UNREPRODUCED_QEMU_DIFFERENCES, type CompatQuirk } from '../../lib/vtd/compat-quirks';
 import { CAPABILITY_EXTENSIONS } from '../../lib/vtd/config';
 
-
 const DOC = 'docs/qemu-deviations.md';
 /** The line after which the file is written by hand; the generator keeps what follows. */
 export const HAND_WRITTEN = '<!-- Written by hand below this line: kept as it is when the tables above are regenerated. -->';
 
 /** The evidence files a quirk names (comma-separated). */
 function evidenceFiles(quirk: CompatQuirk): string[] {
-  return quirk.evidence.split(',').map((file) => file.trim()).filter((file) => file.length > 0);
+  return quirk.evidence
+    .split(',')
+    .map((file) => file.trim())
+    .filter((file) => file.length > 0);
 }
 
 function cell(text: string): string {
@@ -38,8 +40,8 @@ export function renderDeviationsDoc(): string {
     '<!-- Generated from lib/vtd/compat-quirks.ts and lib/vtd/config.ts by test/vtd/deviations-doc.test.ts;',
     '     edit those tables, then run the test with VIOMMU_UPDATE_DOCS=1. -->',
     '',
-    "The unit follows the VT-d specification. `compat=qemu-7.2` and `compat=qemu-10.0` (viommu-only intel-iommu",
-    "properties) add the departures from it of QEMU 7.2 (Debian 12) and QEMU 10.0.2 (Debian bookworm-backports, x-flts),",
+    'The unit follows the VT-d specification. `compat=qemu-7.2` and `compat=qemu-10.0` (viommu-only intel-iommu',
+    'properties) add the departures from it of QEMU 7.2 (Debian 12) and QEMU 10.0.2 (Debian bookworm-backports, x-flts),',
     'so that the differential tests in test/oracle/ can compare every value exactly; they also run the default mode and',
     'accept a difference only where a quirk below is named for that value, and only within what the quirk changes (its',
     'register or page-table-entry fields, bit by bit, or the kind of value: memory data, MSIs).',
@@ -55,13 +57,7 @@ export function renderDeviationsDoc(): string {
     const when = quirk.compat === 'all' ? 'always' : quirk.compat.map((c) => `compat=${c}`).join(', ');
     lines.push(`| \`${quirk.id}\` | ${when} | ${cell(quirk.description)} | ${cell(changes(quirk))} | ${cell(quirk.evidence)} |`);
   }
-  lines.push(
-    '',
-    '## QEMU behaviour no mode reproduces',
-    '',
-    '| difference | QEMU | why not |',
-    '|---|---|---|',
-  );
+  lines.push('', '## QEMU behaviour no mode reproduces', '', '| difference | QEMU | why not |', '|---|---|---|');
   for (const difference of UNREPRODUCED_QEMU_DIFFERENCES) {
     lines.push(`| \`${difference.id}\` | ${cell(difference.description)} | ${cell(difference.why)} |`);
   }
@@ -73,7 +69,9 @@ export function renderDeviationsDoc(): string {
     '|---|---|---|---|---|---|',
   );
   for (const extension of CAPABILITY_EXTENSIONS) {
-    lines.push(`| ${extension.register} | ${extension.field} | ${extension.shown ?? String(extension.value)} | its property is set | ${cell(extension.origin)} | ${cell(extension.note)} |`);
+    lines.push(
+      `| ${extension.register} | ${extension.field} | ${extension.shown ?? String(extension.value)} | its property is set | ${cell(extension.origin)} | ${cell(extension.note)} |`,
+    );
   }
   lines.push('', HAND_WRITTEN, '');
   return lines.join('\n');

@@ -25,11 +25,21 @@ class CountingMemory extends GuestMemory {
 }
 
 function enumeratorFor(memory: GuestMemory, maxEntryReads?: number): MappingEnumerator {
-  return new MappingEnumerator(memory, { addressWidth: HAW, sllps: 0b11, features: new Set(['SMTS']), fs1gp: true, ...(maxEntryReads ? { maxEntryReads } : {}) });
+  return new MappingEnumerator(memory, {
+    addressWidth: HAW,
+    sllps: 0b11,
+    features: new Set(['SMTS']),
+    fs1gp: true,
+    ...(maxEntryReads ? { maxEntryReads } : {}),
+  });
 }
 
 function legacyWalker(memory: GuestMemory): LegacyWalker {
-  return new LegacyWalker(memory, { addressWidth: HAW, sagaw: 0b110, sllps: 0b11, deviceTlb: false, passThrough: true, features: new Set(['SMTS']) }, new Set());
+  return new LegacyWalker(
+    memory,
+    { addressWidth: HAW, sagaw: 0b110, sllps: 0b11, deviceTlb: false, passThrough: true, features: new Set(['SMTS']) },
+    new Set(),
+  );
 }
 
 function runAt(runs: readonly MappedRun[], page: number): MappedRun | undefined {
@@ -91,13 +101,14 @@ interface LeafPlan {
   b: boolean;
 }
 
-const leafPlan = (levels: number): fc.Arbitrary<LeafPlan> => fc.record({
-  indices: fc.array(indexAt, { minLength: levels, maxLength: levels }),
-  size: fc.constantFrom<PageSize>('4k', '4k', '2m', '1g'),
-  outPage: fc.integer({ min: 0, max: 2 ** 26 - 1 }),
-  a: fc.boolean(),
-  b: fc.boolean(),
-});
+const leafPlan = (levels: number): fc.Arbitrary<LeafPlan> =>
+  fc.record({
+    indices: fc.array(indexAt, { minLength: levels, maxLength: levels }),
+    size: fc.constantFrom<PageSize>('4k', '4k', '2m', '1g'),
+    outPage: fc.integer({ min: 0, max: 2 ** 26 - 1 }),
+    a: fc.boolean(),
+    b: fc.boolean(),
+  });
 
 interface Mutation {
   leaf: number;
@@ -147,7 +158,14 @@ function candidates(leaves: Array<{ page: number; size: PageSize }>, limit: numb
   return [...pages];
 }
 
-function applyMutations(t: TableMemory, top: number, levels: number, leaves: Array<{ page: number; size: PageSize }>, mutations: Mutation[], bits: bigint[]): void {
+function applyMutations(
+  t: TableMemory,
+  top: number,
+  levels: number,
+  leaves: Array<{ page: number; size: PageSize }>,
+  mutations: Mutation[],
+  bits: bigint[],
+): void {
   if (leaves.length === 0) return;
   // Entries are located before any is changed: a changed address bit would send the search astray.
   const entries = mutations.map((m) => {
@@ -168,47 +186,60 @@ describe('mapping enumeration: second stage', () => {
   const SS_BITS = [1n, 2n, 3n, 1n << 50n, 1n << 7n];
 
   it('agrees with LegacyWalker.walk page by page on random 3- and 4-level tables with 2 MiB and 1 GiB pages', () => {
-    fc.assert(fc.property(
-      fc.constantFrom(3, 4).chain((levels) => fc.tuple(fc.constant(levels), fc.array(leafPlan(levels), { maxLength: 24 }), fc.array(mutation, { maxLength: 6 }), fc.tuple(fc.nat(), fc.nat()))),
-      ([levels, plans, mutations, [cutA, cutB]]) => {
-        const t = new TableMemory(4 * 1024 * 1024);
-        const top = t.page();
-        const leaves = placeLeaves(plans, levels, false);
-        for (const leaf of leaves) {
-          const aligned = leaf.outPage - (leaf.outPage % PAGES_OF[leaf.size]);
-          t.mapSecond(top, levels, leaf.page * PAGE, aligned * PAGE, { size: leaf.size, read: leaf.a || !leaf.b, write: leaf.b });
-        }
-        applyMutations(t, top, levels, leaves, mutations, SS_BITS);
-        const inputWidth = Math.min(12 + 9 * levels, HAW);
-        const tables: SecondStageTables = { table: top, levels, inputWidth };
-        const limit = 2 ** (inputWidth - 12);
-        const runs = enumeratorFor(t.memory).secondStage(tables, 0, limit);
-        assertWellFormed(runs, 0, limit);
-
-        const walker = legacyWalker(t.memory);
-        const context = { sid: 0, did: 1, tt: 0, fpd: false, levels, tableAddress: top, limit: 2 ** inputWidth };
-        for (const page of candidates(leaves, limit)) {
-          const read = walker.walk(context, page * PAGE, false);
-          const write = walker.walk(context, page * PAGE, true);
-          const access = (read.ok ? READ : 0) | (write.ok ? WRITE : 0);
-          const found = enumerated(runs, page);
-          assert.equal(found?.[1] ?? 0, access, `access of page 0x${page.toString(16)}`);
-          const hit = read.ok ? read : write.ok ? write : undefined;
-          if (hit !== undefined) assert.equal(found![0], hit.address / PAGE + (page % (hit.pageSize / PAGE)), `output of page 0x${page.toString(16)}`);
-        }
-        // Every page of every run is one the walker maps the same way (checked at its ends).
-        for (const run of runs) {
-          for (const page of [run.iovaPage, run.iovaPage + run.pages - 1]) {
-            const walk = walker.walk(context, page * PAGE, (run.access & READ) === 0);
-            assert.ok(walk.ok, `page 0x${page.toString(16)} enumerated but not walkable`);
+    fc.assert(
+      fc.property(
+        fc
+          .constantFrom(3, 4)
+          .chain((levels) =>
+            fc.tuple(
+              fc.constant(levels),
+              fc.array(leafPlan(levels), { maxLength: 24 }),
+              fc.array(mutation, { maxLength: 6 }),
+              fc.tuple(fc.nat(), fc.nat()),
+            ),
+          ),
+        ([levels, plans, mutations, [cutA, cutB]]) => {
+          const t = new TableMemory(4 * 1024 * 1024);
+          const top = t.page();
+          const leaves = placeLeaves(plans, levels, false);
+          for (const leaf of leaves) {
+            const aligned = leaf.outPage - (leaf.outPage % PAGES_OF[leaf.size]);
+            t.mapSecond(top, levels, leaf.page * PAGE, aligned * PAGE, { size: leaf.size, read: leaf.a || !leaf.b, write: leaf.b });
           }
-        }
-        // A sub-range enumerates to the same runs as the whole, clipped.
-        const from = cutA % limit;
-        const to = Math.min(limit, from + 1 + (cutB % (4 * 512 * 512)));
-        assert.deepEqual(enumeratorFor(t.memory).secondStage(tables, from, to - from), clipped(runs, from, to));
-      },
-    ), { numRuns: 60 });
+          applyMutations(t, top, levels, leaves, mutations, SS_BITS);
+          const inputWidth = Math.min(12 + 9 * levels, HAW);
+          const tables: SecondStageTables = { table: top, levels, inputWidth };
+          const limit = 2 ** (inputWidth - 12);
+          const runs = enumeratorFor(t.memory).secondStage(tables, 0, limit);
+          assertWellFormed(runs, 0, limit);
+
+          const walker = legacyWalker(t.memory);
+          const context = { sid: 0, did: 1, tt: 0, fpd: false, levels, tableAddress: top, limit: 2 ** inputWidth };
+          for (const page of candidates(leaves, limit)) {
+            const read = walker.walk(context, page * PAGE, false);
+            const write = walker.walk(context, page * PAGE, true);
+            const access = (read.ok ? READ : 0) | (write.ok ? WRITE : 0);
+            const found = enumerated(runs, page);
+            assert.equal(found?.[1] ?? 0, access, `access of page 0x${page.toString(16)}`);
+            const hit = read.ok ? read : write.ok ? write : undefined;
+            if (hit !== undefined)
+              assert.equal(found![0], hit.address / PAGE + (page % (hit.pageSize / PAGE)), `output of page 0x${page.toString(16)}`);
+          }
+          // Every page of every run is one the walker maps the same way (checked at its ends).
+          for (const run of runs) {
+            for (const page of [run.iovaPage, run.iovaPage + run.pages - 1]) {
+              const walk = walker.walk(context, page * PAGE, (run.access & READ) === 0);
+              assert.ok(walk.ok, `page 0x${page.toString(16)} enumerated but not walkable`);
+            }
+          }
+          // A sub-range enumerates to the same runs as the whole, clipped.
+          const from = cutA % limit;
+          const to = Math.min(limit, from + 1 + (cutB % (4 * 512 * 512)));
+          assert.deepEqual(enumeratorFor(t.memory).secondStage(tables, from, to - from), clipped(runs, from, to));
+        },
+      ),
+      { numRuns: 60 },
+    );
   });
 
   it('yields one run for a 1 GiB page and one for a 2 MiB page, clipped to the range asked', () => {
@@ -290,37 +321,46 @@ describe('mapping enumeration: first stage', () => {
   const FS_BITS = [1n, 2n, 4n, 1n << 50n, 1n << 7n];
 
   it('agrees with FirstStageWalker page by page on random 4- and 5-level tables, both canonical halves', () => {
-    fc.assert(fc.property(
-      fc.constantFrom(4, 5).chain((levels) => fc.tuple(
-        fc.constant(levels), fc.array(leafPlan(levels), { maxLength: 24 }), fc.array(mutation, { maxLength: 6 }),
-        fc.record({ supervisor: fc.boolean(), wpe: fc.boolean() }),
-      )),
-      ([levels, plans, mutations, rights]) => {
-        const t = new TableMemory(4 * 1024 * 1024);
-        const top = t.page();
-        const leaves = placeLeaves(plans, levels, true);
-        for (const leaf of leaves) {
-          const aligned = leaf.outPage - (leaf.outPage % PAGES_OF[leaf.size]);
-          t.mapFirst(top, levels, BigInt(leaf.page) * 4096n, aligned * PAGE, { size: leaf.size, rw: leaf.a, us: leaf.b || leaf.a });
-        }
-        applyMutations(t, top, levels, leaves, mutations, FS_BITS);
-        const tables: FirstStageTables = { table: top, levels, wpe: rights.wpe, eafe: false, supervisor: rights.supervisor };
-        const runs = enumeratorFor(t.memory).firstStage(tables, 0, 2 ** 52);
-        assertWellFormed(runs, 0, 2 ** 52);
-        const walker = new FirstStageWalker(t.memory, { addressWidth: HAW, fs1gp: true });
-        const params = { fsTable: top, fsLevels: levels, wpe: rights.wpe, eafe: false, fpd: false };
-        for (const page of candidates(leaves, 2 ** 52)) {
-          const request = (write: boolean) => ({ ...splitAddress(BigInt(page) * 4096n), write, execute: false, supervisor: rights.supervisor });
-          const read = walker.walk(params, request(false));
-          const write = walker.walk(params, request(true));
-          const access = (read.ok ? READ : 0) | (write.ok ? WRITE : 0);
-          const found = enumerated(runs, page);
-          assert.equal(found?.[1] ?? 0, access, `access of page 0x${page.toString(16)}`);
-          const hit = read.ok ? read : write.ok ? write : undefined;
-          if (hit !== undefined) assert.equal(found![0], hit.address / PAGE + (page % (hit.pageSize / PAGE)));
-        }
-      },
-    ), { numRuns: 60 });
+    fc.assert(
+      fc.property(
+        fc
+          .constantFrom(4, 5)
+          .chain((levels) =>
+            fc.tuple(
+              fc.constant(levels),
+              fc.array(leafPlan(levels), { maxLength: 24 }),
+              fc.array(mutation, { maxLength: 6 }),
+              fc.record({ supervisor: fc.boolean(), wpe: fc.boolean() }),
+            ),
+          ),
+        ([levels, plans, mutations, rights]) => {
+          const t = new TableMemory(4 * 1024 * 1024);
+          const top = t.page();
+          const leaves = placeLeaves(plans, levels, true);
+          for (const leaf of leaves) {
+            const aligned = leaf.outPage - (leaf.outPage % PAGES_OF[leaf.size]);
+            t.mapFirst(top, levels, BigInt(leaf.page) * 4096n, aligned * PAGE, { size: leaf.size, rw: leaf.a, us: leaf.b || leaf.a });
+          }
+          applyMutations(t, top, levels, leaves, mutations, FS_BITS);
+          const tables: FirstStageTables = { table: top, levels, wpe: rights.wpe, eafe: false, supervisor: rights.supervisor };
+          const runs = enumeratorFor(t.memory).firstStage(tables, 0, 2 ** 52);
+          assertWellFormed(runs, 0, 2 ** 52);
+          const walker = new FirstStageWalker(t.memory, { addressWidth: HAW, fs1gp: true });
+          const params = { fsTable: top, fsLevels: levels, wpe: rights.wpe, eafe: false, fpd: false };
+          for (const page of candidates(leaves, 2 ** 52)) {
+            const request = (write: boolean) => ({ ...splitAddress(BigInt(page) * 4096n), write, execute: false, supervisor: rights.supervisor });
+            const read = walker.walk(params, request(false));
+            const write = walker.walk(params, request(true));
+            const access = (read.ok ? READ : 0) | (write.ok ? WRITE : 0);
+            const found = enumerated(runs, page);
+            assert.equal(found?.[1] ?? 0, access, `access of page 0x${page.toString(16)}`);
+            const hit = read.ok ? read : write.ok ? write : undefined;
+            if (hit !== undefined) assert.equal(found![0], hit.address / PAGE + (page % (hit.pageSize / PAGE)));
+          }
+        },
+      ),
+      { numRuns: 60 },
+    );
   });
 
   it('leaves out entries whose Accessed flag a walk would have to set in a read-only table', () => {
@@ -336,7 +376,8 @@ describe('mapping enumeration: first stage', () => {
     assert.equal(enumeratorFor(memory).firstStage(tables, 0, 2 ** 52).length, 1);
     assert.deepEqual(enumeratorFor(readOnly).firstStage(tables, 0, 2 ** 52), []);
     const walk = new FirstStageWalker(readOnly, { addressWidth: HAW, fs1gp: true }).walk(
-      { fsTable: top, fsLevels: 4, wpe: false, eafe: false, fpd: false }, { ...splitAddress(0x5000n), write: false, execute: false, supervisor: false },
+      { fsTable: top, fsLevels: 4, wpe: false, eafe: false, fpd: false },
+      { ...splitAddress(0x5000n), write: false, execute: false, supervisor: false },
     );
     assert.equal(walk.ok, false);
   });
@@ -347,53 +388,74 @@ describe('mapping enumeration: nested', () => {
   const OUT_BASE = 0x4000_0000 / PAGE;
 
   it('agrees with NestedWalker page by page: first-stage output and tables through a random second stage', () => {
-    fc.assert(fc.property(
-      fc.array(fc.record({ va: fc.integer({ min: 0, max: 2 ** 20 - 1 }), large: fc.boolean(), out: fc.integer({ min: 0, max: 16 * CHUNK - 1 }), rw: fc.boolean() }), { maxLength: 16 }),
-      fc.array(fc.record({ kind: fc.constantFrom('absent', '2m', '4k'), read: fc.boolean(), write: fc.boolean(), host: fc.integer({ min: 1, max: 4000 }) }), { minLength: 16, maxLength: 16 }),
-      fc.array(fc.boolean(), { minLength: 2, maxLength: 2 }),
-      fc.boolean(),
-      (fsLeaves, chunks, tableChunkWritable, supervisor) => {
-        const t = new TableMemory(4 * 1024 * 1024);
-        const ssTop = t.page();
-        const fsTop = t.page();
-        // Guest tables live at GPA = HPA in the first 4 MiB; the second stage may make them read-only.
-        tableChunkWritable.forEach((writable, i) => t.mapSecond(ssTop, 4, i * 2 ** 21, i * 2 ** 21, { size: '2m', write: writable }));
-        chunks.forEach((chunk, i) => {
-          const gpa = (OUT_BASE + i * CHUNK) * PAGE;
-          const hpa = chunk.host * 2 ** 21;
-          if (chunk.kind === '2m') t.mapSecond(ssTop, 4, gpa, hpa, { size: '2m', read: chunk.read, write: chunk.write });
-          if (chunk.kind === '4k') for (const p of [0, 1, 2, 7, 511]) t.mapSecond(ssTop, 4, gpa + p * PAGE, hpa + p * PAGE * 3, { read: chunk.read || p % 2 === 0, write: chunk.write });
-        });
-        const used = new Set<number>();
-        const leaves: Array<{ page: number; size: PageSize }> = [];
-        for (const leaf of fsLeaves) {
-          const size: PageSize = leaf.large ? '2m' : '4k';
-          const page = leaf.large ? leaf.va - (leaf.va % CHUNK) : leaf.va;
-          const chunk = Math.floor(page / CHUNK);
-          if (used.has(chunk)) continue;
-          used.add(chunk);
-          const out = leaf.large ? leaf.out - (leaf.out % CHUNK) : leaf.out;
-          t.mapFirst(fsTop, 4, BigInt(page) * 4096n, (OUT_BASE + out) * PAGE, { size, rw: leaf.rw });
-          leaves.push({ page, size });
-        }
-        const first: FirstStageTables = { table: fsTop, levels: 4, wpe: false, eafe: false, supervisor };
-        const second: SecondStageTables = { table: ssTop, levels: 4, inputWidth: 48 };
-        const runs = enumeratorFor(t.memory).nested(first, second, 0, 2 ** 52);
-        assertWellFormed(runs, 0, 2 ** 52);
-        const nested = new NestedWalker(legacyWalker(t.memory), new FirstStageWalker(t.memory, { addressWidth: HAW, fs1gp: true }));
-        const params = { fsTable: fsTop, fsLevels: 4, wpe: false, eafe: false, fpd: false, ssTable: ssTop, ssLevels: 4, ssInputWidth: 48 };
-        for (const page of candidates(leaves, 2 ** 52)) {
-          const request = (write: boolean) => ({ ...splitAddress(BigInt(page) * 4096n), write, execute: false, supervisor });
-          const read = nested.walk(params, request(false));
-          const write = nested.walk(params, request(true));
-          const access = (read.ok ? READ : 0) | (write.ok ? WRITE : 0);
-          const found = enumerated(runs, page);
-          assert.equal(found?.[1] ?? 0, access, `access of page 0x${page.toString(16)}`);
-          const hit = read.ok ? read : write.ok ? write : undefined;
-          if (hit !== undefined) assert.equal(found![0], hit.address / PAGE + (page % (hit.pageSize / PAGE)));
-        }
-      },
-    ), { numRuns: 60 });
+    fc.assert(
+      fc.property(
+        fc.array(
+          fc.record({
+            va: fc.integer({ min: 0, max: 2 ** 20 - 1 }),
+            large: fc.boolean(),
+            out: fc.integer({ min: 0, max: 16 * CHUNK - 1 }),
+            rw: fc.boolean(),
+          }),
+          { maxLength: 16 },
+        ),
+        fc.array(
+          fc.record({
+            kind: fc.constantFrom('absent', '2m', '4k'),
+            read: fc.boolean(),
+            write: fc.boolean(),
+            host: fc.integer({ min: 1, max: 4000 }),
+          }),
+          { minLength: 16, maxLength: 16 },
+        ),
+        fc.array(fc.boolean(), { minLength: 2, maxLength: 2 }),
+        fc.boolean(),
+        (fsLeaves, chunks, tableChunkWritable, supervisor) => {
+          const t = new TableMemory(4 * 1024 * 1024);
+          const ssTop = t.page();
+          const fsTop = t.page();
+          // Guest tables live at GPA = HPA in the first 4 MiB; the second stage may make them read-only.
+          tableChunkWritable.forEach((writable, i) => t.mapSecond(ssTop, 4, i * 2 ** 21, i * 2 ** 21, { size: '2m', write: writable }));
+          chunks.forEach((chunk, i) => {
+            const gpa = (OUT_BASE + i * CHUNK) * PAGE;
+            const hpa = chunk.host * 2 ** 21;
+            if (chunk.kind === '2m') t.mapSecond(ssTop, 4, gpa, hpa, { size: '2m', read: chunk.read, write: chunk.write });
+            if (chunk.kind === '4k')
+              for (const p of [0, 1, 2, 7, 511])
+                t.mapSecond(ssTop, 4, gpa + p * PAGE, hpa + p * PAGE * 3, { read: chunk.read || p % 2 === 0, write: chunk.write });
+          });
+          const used = new Set<number>();
+          const leaves: Array<{ page: number; size: PageSize }> = [];
+          for (const leaf of fsLeaves) {
+            const size: PageSize = leaf.large ? '2m' : '4k';
+            const page = leaf.large ? leaf.va - (leaf.va % CHUNK) : leaf.va;
+            const chunk = Math.floor(page / CHUNK);
+            if (used.has(chunk)) continue;
+            used.add(chunk);
+            const out = leaf.large ? leaf.out - (leaf.out % CHUNK) : leaf.out;
+            t.mapFirst(fsTop, 4, BigInt(page) * 4096n, (OUT_BASE + out) * PAGE, { size, rw: leaf.rw });
+            leaves.push({ page, size });
+          }
+          const first: FirstStageTables = { table: fsTop, levels: 4, wpe: false, eafe: false, supervisor };
+          const second: SecondStageTables = { table: ssTop, levels: 4, inputWidth: 48 };
+          const runs = enumeratorFor(t.memory).nested(first, second, 0, 2 ** 52);
+          assertWellFormed(runs, 0, 2 ** 52);
+          const nested = new NestedWalker(legacyWalker(t.memory), new FirstStageWalker(t.memory, { addressWidth: HAW, fs1gp: true }));
+          const params = { fsTable: fsTop, fsLevels: 4, wpe: false, eafe: false, fpd: false, ssTable: ssTop, ssLevels: 4, ssInputWidth: 48 };
+          for (const page of candidates(leaves, 2 ** 52)) {
+            const request = (write: boolean) => ({ ...splitAddress(BigInt(page) * 4096n), write, execute: false, supervisor });
+            const read = nested.walk(params, request(false));
+            const write = nested.walk(params, request(true));
+            const access = (read.ok ? READ : 0) | (write.ok ? WRITE : 0);
+            const found = enumerated(runs, page);
+            assert.equal(found?.[1] ?? 0, access, `access of page 0x${page.toString(16)}`);
+            const hit = read.ok ? read : write.ok ? write : undefined;
+            if (hit !== undefined) assert.equal(found![0], hit.address / PAGE + (page % (hit.pageSize / PAGE)));
+          }
+        },
+      ),
+      { numRuns: 60 },
+    );
   });
 });
 
@@ -419,7 +481,13 @@ class Tables {
   }
 
   descriptor(did: number, pasid?: number): DomainDescriptor {
-    return { kind: 'second-stage', did, withoutPasid: pasid === undefined, ...(pasid !== undefined ? { pasid } : {}), secondStage: { table: this.top(did), levels: 4, inputWidth: 48 } };
+    return {
+      kind: 'second-stage',
+      did,
+      withoutPasid: pasid === undefined,
+      ...(pasid !== undefined ? { pasid } : {}),
+      secondStage: { table: this.top(did), levels: 4, inputWidth: 48 },
+    };
   }
 }
 
@@ -489,7 +557,8 @@ describe('DomainRegistry', () => {
     tables.map(1, 0x42, 0x99);
     registry.mappingsInvalidated(1, 0x40, 4);
     assert.equal(spy.callCount, 1);
-    for (const listener of listeners) assert.deepEqual(listener.calls, [[0x40, 4, [{ iovaPage: 0x42, gpaPage: 0x99, pages: 1, access: READ | WRITE }]]]);
+    for (const listener of listeners)
+      assert.deepEqual(listener.calls, [[0x40, 4, [{ iovaPage: 0x42, gpaPage: 0x99, pages: 1, access: READ | WRITE }]]]);
     assert.equal(otherListener.calls.length, 0);
 
     tables.unmap(1, 0x42);
@@ -554,7 +623,12 @@ describe('DomainRegistry', () => {
     placement.set(2, tables.descriptor(1));
     const domain = watch(2).domains[0]!;
     const calls: number[] = [];
-    const unlisten = domain.listen({ mappingsChanged: () => { calls.push(1); unlisten(); } });
+    const unlisten = domain.listen({
+      mappingsChanged: () => {
+        calls.push(1);
+        unlisten();
+      },
+    });
     domain.listen({ mappingsChanged: () => calls.push(2) });
     registry.mappingsInvalidated(1);
     registry.mappingsInvalidated(1);
@@ -563,7 +637,13 @@ describe('DomainRegistry', () => {
 
   it('reaches domains by PASID for PASID-based invalidations', () => {
     placement.set(1 * 2 ** 20 + 7, tables.descriptor(1, 7));
-    placement.set(2 * 2 ** 20 + 8, { kind: 'second-stage', did: 1, pasid: 8, withoutPasid: false, secondStage: { table: tables.t.page(), levels: 4, inputWidth: 48 } });
+    placement.set(2 * 2 ** 20 + 8, {
+      kind: 'second-stage',
+      did: 1,
+      pasid: 8,
+      withoutPasid: false,
+      secondStage: { table: tables.t.page(), levels: 4, inputWidth: 48 },
+    });
     const seven = watch(1, 7).domains[0]!;
     const eight = watch(2, 8).domains[0]!;
     assert.notEqual(seven, eight);
@@ -587,7 +667,14 @@ describe('DomainRegistry', () => {
     t.mapFirst(fsTop, 4, 0x10n * 4096n, 0x10000 * PAGE, { rw: true });
     t.mapSecond(ssTop, 4, 0x10000 * PAGE, 0x100 * PAGE);
     const firstStage: FirstStageTables = { table: fsTop, levels: 4, wpe: false, eafe: false, supervisor: false };
-    placement.set(1 * 2 ** 20 + 5, { kind: 'nested', did: 3, pasid: 5, withoutPasid: false, firstStage, secondStage: { table: ssTop, levels: 4, inputWidth: 48 } });
+    placement.set(1 * 2 ** 20 + 5, {
+      kind: 'nested',
+      did: 3,
+      pasid: 5,
+      withoutPasid: false,
+      firstStage,
+      secondStage: { table: ssTop, levels: 4, inputWidth: 48 },
+    });
     placement.set(2 * 2 ** 20 + 6, { kind: 'first-stage', did: 3, pasid: 6, withoutPasid: false, firstStage });
     placement.set(3, tables.descriptor(3));
     const nested = watch(1, 5).domains[0]!;
@@ -625,7 +712,10 @@ describe('DomainRegistry', () => {
     const memory = new GuestMemory();
     memory.addRegion({ name: 'low', start: 0, buffer: new ArrayBuffer(16 * PAGE) });
     memory.addRegion({ name: 'rom', start: 0x10_0000, buffer: new ArrayBuffer(2 * PAGE), readOnly: true });
-    const identity = new DomainRegistry({ enumerator: enumeratorFor(memory), resolve: () => ({ kind: 'identity', did: 0, inputWidth: 52, withoutPasid: true }) });
+    const identity = new DomainRegistry({
+      enumerator: enumeratorFor(memory),
+      resolve: () => ({ kind: 'identity', did: 0, inputWidth: 52, withoutPasid: true }),
+    });
     const domains: Array<VtdDomain | undefined> = [];
     identity.watchDevice(1, { domainChanged: (d) => domains.push(d) });
     const domain = domains[0]!;

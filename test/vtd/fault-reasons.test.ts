@@ -13,8 +13,22 @@ describe('vtd fault reasons', () => {
   it('covers legacy 1..0xE, interrupt remapping 0x20..0x26 and the scalable-mode ranges', () => {
     for (let code = 1; code <= 0xe; code++) assert.equal(faultReason(code)?.mode, 'legacy', `0x${code.toString(16)}`);
     for (let code = 0x20; code <= 0x26; code++) assert.equal(faultReason(code)?.mode, 'interrupt-remapping');
-    const scalable = [0x30, 0x31, 0x32, 0x38, 0x39, 0x3a, ...range(0x40, 0x48), 0x50, 0x51, 0x52, ...range(0x58, 0x5d),
-      ...range(0x70, 0x7c), ...range(0x80, 0x87), 0x90];
+    const scalable = [
+      0x30,
+      0x31,
+      0x32,
+      0x38,
+      0x39,
+      0x3a,
+      ...range(0x40, 0x48),
+      0x50,
+      0x51,
+      0x52,
+      ...range(0x58, 0x5d),
+      ...range(0x70, 0x7c),
+      ...range(0x80, 0x87),
+      0x90,
+    ];
     for (const code of scalable) assert.equal(faultReason(code)?.mode, 'scalable', `0x${code.toString(16)}`);
   });
 
@@ -40,7 +54,10 @@ describe('vtd fault reasons', () => {
   it('maps names to codes and refuses unknown names', () => {
     assert.equal(faultCode('CONTEXT_ENTRY_NOT_PRESENT'), 2);
     assert.equal(faultCode('SM_READ'), 0x86);
-    assert.throws(() => faultCode('NO_SUCH_REASON'), (e: unknown) => e instanceof ViommuError && e.code === 'ERR_FAULT_REASON');
+    assert.throws(
+      () => faultCode('NO_SUCH_REASON'),
+      (e: unknown) => e instanceof ViommuError && e.code === 'ERR_FAULT_REASON',
+    );
   });
 
   it('gives every reason a condition and an explanation', () => {

@@ -33,9 +33,7 @@ import { SharedRegion } from '../../lib/memory/shared-region';
 import { KvmTranslator, type KvmTranslation } from '../../lib/os/kvm';
 import { encodeBig, type Field } from '../../lib/vtd/bitfield';
 import { faultReason } from '../../lib/vtd/fault-reasons';
-import {
-  FirstStageWalker, FS_FR, splitAddress, type FirstStagePage, type FirstStageRequest,
-} from '../../lib/vtd/first-stage-walk';
+import { FirstStageWalker, FS_FR, splitAddress, type FirstStagePage, type FirstStageRequest } from '../../lib/vtd/first-stage-walk';
 import { FIRST_STAGE_TABLE_ENTRY } from '../../lib/vtd/structures';
 import { PAGE, indexOf } from './paging-builder';
 
@@ -93,23 +91,36 @@ function target(haw: number): fc.Arbitrary<bigint> {
 
 /** A random entry of any kind: its meaning depends on the level that reads it, as with a hostile guest. */
 function entry(haw: number): fc.Arbitrary<bigint> {
-  return fc.record({
-    present: fc.oneof({ weight: 19, arbitrary: fc.constant(1) }, { weight: 1, arbitrary: fc.constant(0) }),
-    rw: fc.nat(1),
-    us: fc.oneof({ weight: 3, arbitrary: fc.constant(1) }, { weight: 1, arbitrary: fc.constant(0) }),
-    pwt: fc.nat(1),
-    pcd: fc.nat(1),
-    accessed: fc.nat(1),
-    ps: fc.oneof({ weight: 5, arbitrary: fc.constant(0) }, { weight: 1, arbitrary: fc.constant(1) }),
-    xd: fc.nat(1),
-    address: target(haw),
-    noise: fc.oneof(
-      { weight: 2, arbitrary: fc.constant(0n) },
-      { weight: 1, arbitrary: fc.bigInt(0n, (1n << 64n) - 1n).map((bits) => bits & IGNORED) },
-    ),
-  }).map((e) => encodeBig(FIRST_STAGE_TABLE_ENTRY, {
-    P: e.present, RW: e.rw, US: e.us, PWT: e.pwt, PCD: e.pcd, A: e.accessed, PS: e.ps, XD: e.xd, ADDR: e.address >> 12n,
-  }) | e.noise);
+  return fc
+    .record({
+      present: fc.oneof({ weight: 19, arbitrary: fc.constant(1) }, { weight: 1, arbitrary: fc.constant(0) }),
+      rw: fc.nat(1),
+      us: fc.oneof({ weight: 3, arbitrary: fc.constant(1) }, { weight: 1, arbitrary: fc.constant(0) }),
+      pwt: fc.nat(1),
+      pcd: fc.nat(1),
+      accessed: fc.nat(1),
+      ps: fc.oneof({ weight: 5, arbitrary: fc.constant(0) }, { weight: 1, arbitrary: fc.constant(1) }),
+      xd: fc.nat(1),
+      address: target(haw),
+      noise: fc.oneof(
+        { weight: 2, arbitrary: fc.constant(0n) },
+        { weight: 1, arbitrary: fc.bigInt(0n, (1n << 64n) - 1n).map((bits) => bits & IGNORED) },
+      ),
+    })
+    .map(
+      (e) =>
+        encodeBig(FIRST_STAGE_TABLE_ENTRY, {
+          P: e.present,
+          RW: e.rw,
+          US: e.us,
+          PWT: e.pwt,
+          PCD: e.pcd,
+          A: e.accessed,
+          PS: e.ps,
+          XD: e.xd,
+          ADDR: e.address >> 12n,
+        }) | e.noise,
+    );
 }
 
 /** The canonical address that uses these indexes: top-level indexes 256-511 land in the upper half. */
@@ -149,10 +160,17 @@ describe('first-stage walk: agrees with KVM walking the same tables (KVM_TRANSLA
     mirrorMemory.addRegion({ name: 'mirror', start: BASE, buffer: mirror });
     for (const wanted of WANTED) {
       const opened = KvmTranslator.open(region, BASE, {
-        levels: wanted.levels, physicalAddressBits: wanted.haw, pages1g: wanted.fs1gp, devicePath: DEVICE,
+        levels: wanted.levels,
+        physicalAddressBits: wanted.haw,
+        pages1g: wanted.fs1gp,
+        devicePath: DEVICE,
       });
       if (opened.translator) {
-        configs.push({ ...wanted, translator: opened.translator, walker: new FirstStageWalker(mirrorMemory, { addressWidth: wanted.haw, fs1gp: wanted.fs1gp }) });
+        configs.push({
+          ...wanted,
+          translator: opened.translator,
+          walker: new FirstStageWalker(mirrorMemory, { addressWidth: wanted.haw, fs1gp: wanted.fs1gp }),
+        });
       } else if (opened.cause === 'kvm') {
         unavailable = opened.reason;
         break;
@@ -184,54 +202,70 @@ describe('first-stage walk: agrees with KVM walking the same tables (KVM_TRANSLA
     const mirrorBytes = new Uint8Array(mirror);
     const put = (address: number, value: bigint) => ramView.setBigUint64(address - BASE, value, true);
 
-    const scenario = fc.nat(configs.length - 1).chain((c) => fc.record({
-      config: fc.constant(c),
-      topInPool: fc.oneof({ weight: 15, arbitrary: fc.constant(true) }, { weight: 1, arbitrary: fc.constant(false) }),
-      indexes: fc.array(fc.nat(511), { minLength: 5, maxLength: 5 }),
-      offset: fc.nat(PAGE - 1),
-      walkEntries: fc.array(fc.array(entry(configs[c]!.haw), { minLength: 5, maxLength: 5 }), { minLength: POOL.length, maxLength: POOL.length }),
-      strays: fc.array(fc.tuple(fc.nat(POOL.length - 1), fc.nat(511), entry(configs[c]!.haw)), { maxLength: 8 }),
-    }));
+    const scenario = fc.nat(configs.length - 1).chain((c) =>
+      fc.record({
+        config: fc.constant(c),
+        topInPool: fc.oneof({ weight: 15, arbitrary: fc.constant(true) }, { weight: 1, arbitrary: fc.constant(false) }),
+        indexes: fc.array(fc.nat(511), { minLength: 5, maxLength: 5 }),
+        offset: fc.nat(PAGE - 1),
+        walkEntries: fc.array(fc.array(entry(configs[c]!.haw), { minLength: 5, maxLength: 5 }), { minLength: POOL.length, maxLength: POOL.length }),
+        strays: fc.array(fc.tuple(fc.nat(POOL.length - 1), fc.nat(511), entry(configs[c]!.haw)), { maxLength: 8 }),
+      }),
+    );
 
     const seen = new Map<string, number>();
     const count = (outcome: string) => seen.set(outcome, (seen.get(outcome) ?? 0) + 1);
     const seed = Number(process.env['VIOMMU_KVM_SEED'] ?? Math.floor(Math.random() * 2 ** 31));
     try {
-      fc.assert(fc.property(scenario, (s) => {
-        const config = configs[s.config]!;
-        const va = linearAddress(config.levels, s.indexes, s.offset);
-        ramBytes.fill(0);
-        POOL.forEach((page, p) => {
-          for (let level = 1; level <= config.levels; level++) put(page + indexOf(va, level) * 8, s.walkEntries[p]![level - 1]!);
-        });
-        for (const [p, index, value] of s.strays) put(POOL[p]! + index * 8, value);
-        const top = s.topInPool ? POOL[0]! : OUTSIDE;
-        config.translator.setRoot(top);
-        mirrorBytes.set(ramBytes);
+      fc.assert(
+        fc.property(scenario, (s) => {
+          const config = configs[s.config]!;
+          const va = linearAddress(config.levels, s.indexes, s.offset);
+          ramBytes.fill(0);
+          POOL.forEach((page, p) => {
+            for (let level = 1; level <= config.levels; level++) put(page + indexOf(va, level) * 8, s.walkEntries[p]![level - 1]!);
+          });
+          for (const [p, index, value] of s.strays) put(POOL[p]! + index * 8, value);
+          const top = s.topInPool ? POOL[0]! : OUTSIDE;
+          config.translator.setRoot(top);
+          mirrorBytes.set(ramBytes);
 
-        const kvm = config.translator.translate(va);
-        const params = { fsTable: top, fsLevels: config.levels, wpe: true, eafe: false, fpd: false };
-        const ours = config.walker.walk(params, read(va, true));
-        count(ours.ok ? `page ${ours.pageSize}` : `fault ${faultReason(ours.reason)?.name}`);
-        const where = `0x${va.toString(16)} (${config.levels}-level, ${config.haw}-bit${config.fs1gp ? ', 1 GiB pages' : ''})`;
-        assert.equal(kvm.valid, ours.ok, `${where}: KVM ${describeKvm(kvm)}, ours ${describeOurs(ours)}`);
-        if (!ours.ok) return;
-        const expected = ours.address + Number(va & BigInt(ours.pageSize - 1));
-        assert.equal(kvm.physicalAddress, expected, `${where}: KVM ${describeKvm(kvm)}, ours ${describeOurs(ours)}`);
-        assert.ok(Buffer.from(ram.buffer).equals(Buffer.from(mirror)), `${where}: KVM and our walk left different Accessed flags`);
-        if (kvm.userPage !== undefined) {
-          const user = config.walker.walk(params, read(va, false));
-          count(kvm.userPage ? 'user page' : 'supervisor page');
-          assert.equal(kvm.userPage, user.ok, `${where}: KVM says ${kvm.userPage ? 'user' : 'supervisor'} page, our user read gives ${describeOurs(user)}`);
-          if (!user.ok) assert.equal(user.reason, FS_FR.USER_SUPERVISOR);
-        }
-      }), { seed, numRuns: RUNS });
+          const kvm = config.translator.translate(va);
+          const params = { fsTable: top, fsLevels: config.levels, wpe: true, eafe: false, fpd: false };
+          const ours = config.walker.walk(params, read(va, true));
+          count(ours.ok ? `page ${ours.pageSize}` : `fault ${faultReason(ours.reason)?.name}`);
+          const where = `0x${va.toString(16)} (${config.levels}-level, ${config.haw}-bit${config.fs1gp ? ', 1 GiB pages' : ''})`;
+          assert.equal(kvm.valid, ours.ok, `${where}: KVM ${describeKvm(kvm)}, ours ${describeOurs(ours)}`);
+          if (!ours.ok) return;
+          const expected = ours.address + Number(va & BigInt(ours.pageSize - 1));
+          assert.equal(kvm.physicalAddress, expected, `${where}: KVM ${describeKvm(kvm)}, ours ${describeOurs(ours)}`);
+          assert.ok(Buffer.from(ram.buffer).equals(Buffer.from(mirror)), `${where}: KVM and our walk left different Accessed flags`);
+          if (kvm.userPage !== undefined) {
+            const user = config.walker.walk(params, read(va, false));
+            count(kvm.userPage ? 'user page' : 'supervisor page');
+            assert.equal(
+              kvm.userPage,
+              user.ok,
+              `${where}: KVM says ${kvm.userPage ? 'user' : 'supervisor'} page, our user read gives ${describeOurs(user)}`,
+            );
+            if (!user.ok) assert.equal(user.reason, FS_FR.USER_SUPERVISOR);
+          }
+        }),
+        { seed, numRuns: RUNS },
+      );
     } catch (error) {
       throw new Error(`KVM oracle disagreed with seed ${seed} (replay with VIOMMU_KVM_SEED=${seed}): ${(error as Error).message}`, { cause: error });
     }
 
     // Agreement proves little unless the random tables reached every outcome.
-    const wanted = ['page 4096', 'page 2097152', 'fault SM_FIRST_STAGE_NOT_PRESENT', 'fault SM_FIRST_STAGE_RESERVED', 'fault SM_FIRST_STAGE_PML4_ACCESS', 'fault SM_FIRST_STAGE_ACCESS'];
+    const wanted = [
+      'page 4096',
+      'page 2097152',
+      'fault SM_FIRST_STAGE_NOT_PRESENT',
+      'fault SM_FIRST_STAGE_RESERVED',
+      'fault SM_FIRST_STAGE_PML4_ACCESS',
+      'fault SM_FIRST_STAGE_ACCESS',
+    ];
     if (configs.some((c) => c.fs1gp)) wanted.push('page 1073741824');
     if (configs.some((c) => c.translator.userPageProbe)) wanted.push('user page', 'supervisor page');
     if (RUNS >= 1000) for (const outcome of wanted) assert.ok(seen.has(outcome), `no run ended in ${outcome}: ${JSON.stringify([...seen])}`);

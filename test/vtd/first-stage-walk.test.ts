@@ -5,7 +5,12 @@ import fc from 'fast-check';
 import { GuestMemory, type EntryWords } from '../../lib/memory/guest-memory';
 import { faultReason } from '../../lib/vtd/fault-reasons';
 import {
-  FirstStageWalker, FS_FR, splitAddress, type FirstStagePage, type FirstStageParams, type FirstStageRequest,
+  FirstStageWalker,
+  FS_FR,
+  splitAddress,
+  type FirstStagePage,
+  type FirstStageParams,
+  type FirstStageRequest,
 } from '../../lib/vtd/first-stage-walk';
 import { FIRST_STAGE_4K_LEAF, FIRST_STAGE_TABLE_ENTRY, FIRST_STAGE_TOP_ENTRY } from '../../lib/vtd/structures';
 import { WalkTrace, type WalkStep } from '../../lib/vtd/walk-trace';
@@ -20,7 +25,10 @@ const EA = 1n << 10n;
 class RacingMemory extends GuestMemory {
   rewrite: () => void = () => undefined;
 
-  constructor(private readonly real: GuestMemory, private readonly watched: number) {
+  constructor(
+    private readonly real: GuestMemory,
+    private readonly watched: number,
+  ) {
     super();
   }
 
@@ -44,7 +52,8 @@ function params(top: number, o: Partial<FirstStageParams> = {}): FirstStageParam
 }
 
 function ok(result: FirstStagePage | FaultRecord): FirstStagePage {
-  if (!result.ok) assert.fail(`expected a translation, got fault 0x${result.reason.toString(16)} (${faultReason(result.reason)?.name}) at level ${result.level}`);
+  if (!result.ok)
+    assert.fail(`expected a translation, got fault 0x${result.reason.toString(16)} (${faultReason(result.reason)?.name}) at level ${result.level}`);
   return result;
 }
 
@@ -240,7 +249,7 @@ describe('first-stage walk: hand-built tables', () => {
     const pde = t.firstEntryAddress(top, 4, va, 2);
     t.writeStructure(pde, FIRST_STAGE_TABLE_ENTRY, { P: 1, RW: 1, US: 1, A: 1, ADDR: romStart / PAGE });
     const rom = new DataView(romBuffer);
-    const pte = (flags: bigint) => rom.setBigUint64(indexOf(va, 1) * 8, (0x1000n | 0x7n | flags), true);
+    const pte = (flags: bigint) => rom.setBigUint64(indexOf(va, 1) * 8, 0x1000n | 0x7n | flags, true);
     pte(0n);
     t.memory.addRegion({ name: 'rom', start: romStart, buffer: romBuffer, readOnly: true });
     faulted(walker.walk(params(top), req(va)), FS_FR.ACCESS, 1);
@@ -277,15 +286,24 @@ describe('first-stage walk: hand-built tables', () => {
     const trace = new WalkTrace();
     ok(walker.walk(params(top), req(va, { write: true }), undefined, trace));
     const steps = trace.records as WalkStep[];
-    assert.deepEqual(steps.map((s) => s.level), [4, 3, 2, 1]);
-    assert.deepEqual(steps.map((s) => s.flagsSet), [['A'], ['A'], ['A'], ['A', 'D']]);
+    assert.deepEqual(
+      steps.map((s) => s.level),
+      [4, 3, 2, 1],
+    );
+    assert.deepEqual(
+      steps.map((s) => s.flagsSet),
+      [['A'], ['A'], ['A'], ['A', 'D']],
+    );
     assert.equal(steps[0]!.layout, FIRST_STAGE_TOP_ENTRY);
     assert.equal(steps[3]!.layout, FIRST_STAGE_4K_LEAF);
     assert.equal(steps[3]!.entryAddress, t.firstEntryAddress(top, 4, va, 1));
     assert.equal(steps[3]!.value & A, 0n, 'the value as read, before the update');
     const again = new WalkTrace();
     ok(walker.walk(params(top), req(va), undefined, again));
-    assert.ok((again.records as WalkStep[]).every((s) => s.flagsSet === undefined), 'nothing left to set');
+    assert.ok(
+      (again.records as WalkStep[]).every((s) => s.flagsSet === undefined),
+      'nothing left to set',
+    );
   });
 });
 
@@ -328,10 +346,11 @@ function modelWalk(memory: Map<bigint, bigint>, cfg: ModelConfig, r: ModelReques
     if (!has(0)) return { kind: 'fault', reason: 0x71, level, entry: at, reads: reads + 1 };
     const large = (level === 2 || level === 3) && has(7);
     const beyondWidth = (e & ((1n << 52n) - 1n)) >> BigInt(cfg.haw);
-    const reserved = beyondWidth !== 0n
-      || (level >= 4 && has(7))
-      || (level === 3 && large && (!cfg.fs1gp || ((e >> 13n) & 0x1ffffn) !== 0n))
-      || (level === 2 && large && ((e >> 13n) & 0xffn) !== 0n);
+    const reserved =
+      beyondWidth !== 0n ||
+      (level >= 4 && has(7)) ||
+      (level === 3 && large && (!cfg.fs1gp || ((e >> 13n) & 0x1ffffn) !== 0n)) ||
+      (level === 2 && large && ((e >> 13n) & 0xffn) !== 0n);
     if (reserved) return { kind: 'fault', reason: 0x72, level, entry: at, reads: reads + 1 };
     const allRw = rw && has(1);
     const allUs = us && has(2);
@@ -350,7 +369,9 @@ function modelWalk(memory: Map<bigint, bigint>, cfg: ModelConfig, r: ModelReques
     if (refused !== 0) return { kind: 'fault', reason: refused, level, entry: at, reads: reads + 1 };
     const size = 1n << BigInt(12 + 9 * (level - 1));
     return {
-      kind: 'page', base: e & ADDRESS_BITS & ~(size - 1n), size,
+      kind: 'page',
+      base: e & ADDRESS_BITS & ~(size - 1n),
+      size,
       writable: r.supervisor ? !cfg.wpe || allRw : allUs && allRw,
       executable: !anyXd && (r.supervisor || allUs),
       dirty: ((e | flags) & D) !== 0n,
@@ -364,45 +385,67 @@ describe('first-stage walk: agrees with a model of CPU paging on random tables',
   const RAM = 0x10_0000;
   const POOL = [0x1_0000, 0x1_1000, 0x1_2000, 0x1_3000, 0x1_4000, 0x1_5000];
 
-  const target = (haw: number) => fc.oneof(
-    { weight: 30, arbitrary: fc.constantFrom(...POOL).map(BigInt) },
-    { weight: 2, arbitrary: fc.constantFrom(0n, 0x20_0000n, 0x4000_0000n, 0x8_0000_0000n, 0x7_0000n) },
-    { weight: 1, arbitrary: fc.constant(1n << BigInt(haw)) },
-  );
+  const target = (haw: number) =>
+    fc.oneof(
+      { weight: 30, arbitrary: fc.constantFrom(...POOL).map(BigInt) },
+      { weight: 2, arbitrary: fc.constantFrom(0n, 0x20_0000n, 0x4000_0000n, 0x8_0000_0000n, 0x7_0000n) },
+      { weight: 1, arbitrary: fc.constant(1n << BigInt(haw)) },
+    );
   /** Large-page targets aligned to the page size of `level`, so PS leaves can translate rather than only fault. */
-  const alignedTarget = (level: number) => level === 3
-    ? fc.constantFrom(0n, 0x4000_0000n, 0x8_0000_0000n)
-    : fc.constantFrom(0n, 0x20_0000n, 0x4000_0000n, 0x1_2340_0000n);
+  const alignedTarget = (level: number) =>
+    level === 3 ? fc.constantFrom(0n, 0x4000_0000n, 0x8_0000_0000n) : fc.constantFrom(0n, 0x20_0000n, 0x4000_0000n, 0x1_2340_0000n);
   /** True with the given percentage (unbiased: fast-check otherwise favours small integers). */
   const bit = (percent: number) => fc.noBias(fc.integer({ min: 0, max: 99 })).map((n) => n < percent);
-  const entry = (haw: number, level: number) => fc.record({
-    target: target(haw), aligned: alignedTarget(level), useAligned: bit(70),
-    p: bit(96), rw: bit(85), us: bit(90), ps: bit(level === 2 || level === 3 ? 25 : level === 1 ? 10 : 3),
-    xd: bit(10), a: bit(30), d: bit(20),
-    ignored: fc.constantFrom(0n, 1n << 9n, 1n << 11n, EA, 0x155n << 52n),
-    reserved: fc.oneof({ weight: 30, arbitrary: fc.constant(0n) }, { weight: 1, arbitrary: fc.constantFrom(1n << 13n, 1n << 20n, 1n << 51n) }),
-  }).map((f) => (f.ps && f.useAligned && (level === 2 || level === 3) ? f.aligned : f.target)
-    | (f.p ? 1n : 0n) | (f.rw ? 2n : 0n) | (f.us ? 4n : 0n) | (f.ps ? 1n << 7n : 0n)
-    | (f.xd ? 1n << 63n : 0n) | (f.a ? A : 0n) | (f.d ? D : 0n) | f.ignored | f.reserved);
+  const entry = (haw: number, level: number) =>
+    fc
+      .record({
+        target: target(haw),
+        aligned: alignedTarget(level),
+        useAligned: bit(70),
+        p: bit(96),
+        rw: bit(85),
+        us: bit(90),
+        ps: bit(level === 2 || level === 3 ? 25 : level === 1 ? 10 : 3),
+        xd: bit(10),
+        a: bit(30),
+        d: bit(20),
+        ignored: fc.constantFrom(0n, 1n << 9n, 1n << 11n, EA, 0x155n << 52n),
+        reserved: fc.oneof({ weight: 30, arbitrary: fc.constant(0n) }, { weight: 1, arbitrary: fc.constantFrom(1n << 13n, 1n << 20n, 1n << 51n) }),
+      })
+      .map(
+        (f) =>
+          (f.ps && f.useAligned && (level === 2 || level === 3) ? f.aligned : f.target) |
+          (f.p ? 1n : 0n) |
+          (f.rw ? 2n : 0n) |
+          (f.us ? 4n : 0n) |
+          (f.ps ? 1n << 7n : 0n) |
+          (f.xd ? 1n << 63n : 0n) |
+          (f.a ? A : 0n) |
+          (f.d ? D : 0n) |
+          f.ignored |
+          f.reserved,
+      );
   const entriesPerPage = (haw: number) => fc.tuple(entry(haw, 1), entry(haw, 2), entry(haw, 3), entry(haw, 4), entry(haw, 5));
 
-  const scenario = fc.constantFrom(39, 48).chain((haw) => fc.record({
-    haw: fc.constant(haw),
-    levels: fc.constantFrom(4, 5),
-    fs1gp: fc.boolean(),
-    wpe: fc.boolean(),
-    eafe: fc.boolean(),
-    topIsPool: bit(95),
-    indexes: fc.array(fc.nat(511), { minLength: 5, maxLength: 5 }),
-    offset: fc.nat(0xfff),
-    negative: fc.boolean(),
-    breakCanonical: bit(8),
-    write: fc.boolean(),
-    execute: fc.boolean(),
-    supervisor: fc.boolean(),
-    walkEntries: fc.array(entriesPerPage(haw), { minLength: POOL.length, maxLength: POOL.length }),
-    strayEntries: fc.array(fc.tuple(fc.nat(POOL.length - 1), fc.nat(511), entry(haw, 1)), { maxLength: 8 }),
-  }));
+  const scenario = fc.constantFrom(39, 48).chain((haw) =>
+    fc.record({
+      haw: fc.constant(haw),
+      levels: fc.constantFrom(4, 5),
+      fs1gp: fc.boolean(),
+      wpe: fc.boolean(),
+      eafe: fc.boolean(),
+      topIsPool: bit(95),
+      indexes: fc.array(fc.nat(511), { minLength: 5, maxLength: 5 }),
+      offset: fc.nat(0xfff),
+      negative: fc.boolean(),
+      breakCanonical: bit(8),
+      write: fc.boolean(),
+      execute: fc.boolean(),
+      supervisor: fc.boolean(),
+      walkEntries: fc.array(entriesPerPage(haw), { minLength: POOL.length, maxLength: POOL.length }),
+      strayEntries: fc.array(fc.tuple(fc.nat(POOL.length - 1), fc.nat(511), entry(haw, 1)), { maxLength: 8 }),
+    }),
+  );
 
   function addressOf(s: { levels: number; indexes: number[]; offset: number; negative: boolean; breakCanonical: boolean }): bigint {
     let va = BigInt(s.offset);
@@ -416,51 +459,56 @@ describe('first-stage walk: agrees with a model of CPU paging on random tables',
 
   it('gives the same translation or fault, and leaves the same A/EA/D flags in memory', () => {
     const seen = new Map<string, number>();
-    fc.assert(fc.property(scenario, (s) => {
-      const memory = new GuestMemory();
-      const ram = new ArrayBuffer(RAM);
-      memory.addRegion({ name: 'ram', start: 0, buffer: ram });
-      const model = new Map<bigint, bigint>();
-      const put = (address: number, value: bigint) => {
-        memory.writeU64(address, value);
-        model.set(BigInt(address), value);
-      };
-      const va = addressOf(s);
-      // Every pool page gets an entry at each index the walk can use, so whichever page a level lands on, it
-      // finds a random entry there (cycles included); a few stray entries land elsewhere.
-      POOL.forEach((page, p) => {
-        for (let level = 1; level <= 5; level++) put(page + indexOf(va, level) * 8, s.walkEntries[p]![level - 1]!);
-      });
-      for (const [p, index, value] of s.strayEntries) put(POOL[p]! + index * 8, value);
-      const top = s.topIsPool ? POOL[0]! : 0x4000_0000;
-      const cfg: ModelConfig = { haw: s.haw, fs1gp: s.fs1gp, levels: s.levels, wpe: s.wpe, eafe: s.eafe, top: BigInt(top), ramSize: BigInt(RAM) };
-      const expected = modelWalk(model, cfg, { va, write: s.write, execute: s.execute, supervisor: s.supervisor });
-      const outcome = expected.kind === 'fault' ? `0x${expected.reason.toString(16)}` : `page ${expected.size}`;
-      seen.set(outcome, (seen.get(outcome) ?? 0) + 1);
+    fc.assert(
+      fc.property(scenario, (s) => {
+        const memory = new GuestMemory();
+        const ram = new ArrayBuffer(RAM);
+        memory.addRegion({ name: 'ram', start: 0, buffer: ram });
+        const model = new Map<bigint, bigint>();
+        const put = (address: number, value: bigint) => {
+          memory.writeU64(address, value);
+          model.set(BigInt(address), value);
+        };
+        const va = addressOf(s);
+        // Every pool page gets an entry at each index the walk can use, so whichever page a level lands on, it
+        // finds a random entry there (cycles included); a few stray entries land elsewhere.
+        POOL.forEach((page, p) => {
+          for (let level = 1; level <= 5; level++) put(page + indexOf(va, level) * 8, s.walkEntries[p]![level - 1]!);
+        });
+        for (const [p, index, value] of s.strayEntries) put(POOL[p]! + index * 8, value);
+        const top = s.topIsPool ? POOL[0]! : 0x4000_0000;
+        const cfg: ModelConfig = { haw: s.haw, fs1gp: s.fs1gp, levels: s.levels, wpe: s.wpe, eafe: s.eafe, top: BigInt(top), ramSize: BigInt(RAM) };
+        const expected = modelWalk(model, cfg, { va, write: s.write, execute: s.execute, supervisor: s.supervisor });
+        const outcome = expected.kind === 'fault' ? `0x${expected.reason.toString(16)}` : `page ${expected.size}`;
+        seen.set(outcome, (seen.get(outcome) ?? 0) + 1);
 
-      const walker = new FirstStageWalker(memory, { addressWidth: s.haw, fs1gp: s.fs1gp });
-      const trace = new WalkTrace();
-      const actual = walker.walk(
-        { fsTable: top, fsLevels: s.levels, wpe: s.wpe, eafe: s.eafe, fpd: false },
-        req(va, { write: s.write, execute: s.execute, supervisor: s.supervisor }), undefined, trace,
-      );
-      if (expected.kind === 'fault') {
-        assert.equal(actual.ok, false, `model faults with 0x${expected.reason.toString(16)} at level ${expected.level}`);
-        const f = actual as FaultRecord;
-        assert.equal(f.reason, expected.reason);
-        assert.equal(f.level, expected.level);
-        if (expected.entry !== undefined) assert.equal(f.entryAddress, Number(expected.entry));
-      } else {
-        const page = ok(actual);
-        assert.equal(page.address, Number(expected.base));
-        assert.equal(page.pageSize, Number(expected.size));
-        assert.equal(page.writable, expected.writable);
-        assert.equal(page.executable, expected.executable);
-        assert.equal(page.dirty, expected.dirty);
-      }
-      assert.equal(trace.records.length, expected.reads, 'one trace step per entry read');
-      for (const [address, value] of model) assert.equal(memory.readU64(Number(address)), value, `entry at 0x${address.toString(16)}`);
-    }), { numRuns: 1000 });
+        const walker = new FirstStageWalker(memory, { addressWidth: s.haw, fs1gp: s.fs1gp });
+        const trace = new WalkTrace();
+        const actual = walker.walk(
+          { fsTable: top, fsLevels: s.levels, wpe: s.wpe, eafe: s.eafe, fpd: false },
+          req(va, { write: s.write, execute: s.execute, supervisor: s.supervisor }),
+          undefined,
+          trace,
+        );
+        if (expected.kind === 'fault') {
+          assert.equal(actual.ok, false, `model faults with 0x${expected.reason.toString(16)} at level ${expected.level}`);
+          const f = actual as FaultRecord;
+          assert.equal(f.reason, expected.reason);
+          assert.equal(f.level, expected.level);
+          if (expected.entry !== undefined) assert.equal(f.entryAddress, Number(expected.entry));
+        } else {
+          const page = ok(actual);
+          assert.equal(page.address, Number(expected.base));
+          assert.equal(page.pageSize, Number(expected.size));
+          assert.equal(page.writable, expected.writable);
+          assert.equal(page.executable, expected.executable);
+          assert.equal(page.dirty, expected.dirty);
+        }
+        assert.equal(trace.records.length, expected.reads, 'one trace step per entry read');
+        for (const [address, value] of model) assert.equal(memory.readU64(Number(address)), value, `entry at 0x${address.toString(16)}`);
+      }),
+      { numRuns: 1000 },
+    );
     // The random tables must reach every outcome, or agreement would prove little.
     const wanted = ['page 4096', 'page 2097152', 'page 1073741824', '0x70', '0x71', '0x72', '0x73', '0x80', '0x81', '0x82', '0x85'];
     for (const outcome of wanted) assert.ok(seen.has(outcome), `no run ended in ${outcome}: ${JSON.stringify([...seen])}`);

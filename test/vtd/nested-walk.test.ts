@@ -4,9 +4,7 @@ import { strict as assert } from 'node:assert';
 import fc from 'fast-check';
 import { GuestMemory, type EntryWords } from '../../lib/memory/guest-memory';
 import { faultReason } from '../../lib/vtd/fault-reasons';
-import {
-  FirstStageWalker, FS_FR, splitAddress, type FirstStagePage, type FirstStageRequest,
-} from '../../lib/vtd/first-stage-walk';
+import { FirstStageWalker, FS_FR, splitAddress, type FirstStagePage, type FirstStageRequest } from '../../lib/vtd/first-stage-walk';
 import { LegacyWalker, type PageFound } from '../../lib/vtd/legacy-walk';
 import { NestedWalker, SS_FR, type NestedPage, type NestedParams } from '../../lib/vtd/nested-walk';
 import { ScalableWalker, type ScalablePage } from '../../lib/vtd/scalable-walk';
@@ -28,7 +26,11 @@ class CountingMemory extends GuestMemory {
 }
 
 function legacyWalker(memory: GuestMemory): LegacyWalker {
-  return new LegacyWalker(memory, { addressWidth: HAW, sagaw: 0b110, sllps: 0b11, deviceTlb: false, passThrough: true, features: new Set(['SMTS']) }, new Set());
+  return new LegacyWalker(
+    memory,
+    { addressWidth: HAW, sagaw: 0b110, sllps: 0b11, deviceTlb: false, passThrough: true, features: new Set(['SMTS']) },
+    new Set(),
+  );
 }
 
 /**
@@ -42,7 +44,11 @@ class TwoStages {
   readonly guest: TableWriter;
   readonly hostOf = new Map<number, number>();
 
-  constructor(readonly ssLevels = 4, memory = new GuestMemory(), ramSize = 16 * 1024 * 1024) {
+  constructor(
+    readonly ssLevels = 4,
+    memory = new GuestMemory(),
+    ramSize = 16 * 1024 * 1024,
+  ) {
     this.host = new TableMemory(ramSize, 0x10_0000, memory);
     this.ssTop = this.host.page();
     // eslint-disable-next-line @typescript-eslint/no-this-alias -- the writer subclass below calls back into this object
@@ -59,7 +65,14 @@ class TwoStages {
   /** Maps guest page `gpa` to host page `hpa` in the second stage and aliases it in the view. */
   backGuestPage(gpa: number, hpa: number, leaf: SecondStageLeaf = {}): void {
     this.host.mapSecond(this.ssTop, this.ssLevels, gpa, hpa, leaf);
-    this.view.addRegion({ name: `gpa 0x${gpa.toString(16)}`, start: gpa, buffer: this.host.ram, byteOffset: hpa, length: PAGE, readOnly: leaf.write === false });
+    this.view.addRegion({
+      name: `gpa 0x${gpa.toString(16)}`,
+      start: gpa,
+      buffer: this.host.ram,
+      byteOffset: hpa,
+      length: PAGE,
+      readOnly: leaf.write === false,
+    });
     this.hostOf.set(gpa, hpa);
   }
 
@@ -70,7 +83,17 @@ class TwoStages {
   }
 
   params(fsTable: number, o: Partial<NestedParams> = {}): NestedParams {
-    return { fsTable, fsLevels: 4, wpe: false, eafe: false, fpd: false, ssTable: this.ssTop, ssLevels: this.ssLevels, ssInputWidth: 39 + 9 * (this.ssLevels - 3), ...o };
+    return {
+      fsTable,
+      fsLevels: 4,
+      wpe: false,
+      eafe: false,
+      fpd: false,
+      ssTable: this.ssTop,
+      ssLevels: this.ssLevels,
+      ssInputWidth: 39 + 9 * (this.ssLevels - 3),
+      ...o,
+    };
   }
 }
 
@@ -79,11 +102,19 @@ function req(va: bigint, o: { write?: boolean; execute?: boolean; supervisor?: b
 }
 
 function ok(result: NestedPage | FaultRecord): NestedPage {
-  if (!result.ok) assert.fail(`expected a translation, got fault 0x${result.reason.toString(16)} (${faultReason(result.reason)?.name}), ${result.stage} stage, level ${result.level}`);
+  if (!result.ok)
+    assert.fail(
+      `expected a translation, got fault 0x${result.reason.toString(16)} (${faultReason(result.reason)?.name}), ${result.stage} stage, level ${result.level}`,
+    );
   return result;
 }
 
-function faulted(result: NestedPage | FirstStagePage | PageFound | ScalablePage | FaultRecord, reason: number, stage: 'first-stage' | 'second-stage', level: number | undefined): FaultRecord {
+function faulted(
+  result: NestedPage | FirstStagePage | PageFound | ScalablePage | FaultRecord,
+  reason: number,
+  stage: 'first-stage' | 'second-stage',
+  level: number | undefined,
+): FaultRecord {
   if (result.ok) assert.fail(`expected fault 0x${reason.toString(16)} (${faultReason(reason)?.name}), got a translation`);
   const f = result as FaultRecord;
   assert.equal(f.reason, reason, `got 0x${f.reason.toString(16)} (${faultReason(f.reason)?.name})`);
@@ -120,7 +151,13 @@ describe('nested walk: hand-built tables', () => {
 
   it('combines page sizes: the smaller of the two stages wins, and the output is the second stage of the first', () => {
     const sizes = { '4k': PAGE, '2m': 2 ** 21, '1g': 2 ** 30 } as const;
-    const cases: Array<['4k' | '2m' | '1g', '4k' | '2m' | '1g']> = [['2m', '4k'], ['4k', '2m'], ['2m', '1g'], ['1g', '2m'], ['1g', '1g']];
+    const cases: Array<['4k' | '2m' | '1g', '4k' | '2m' | '1g']> = [
+      ['2m', '4k'],
+      ['4k', '2m'],
+      ['2m', '1g'],
+      ['1g', '2m'],
+      ['1g', '1g'],
+    ];
     const offset = 0x1234_5678;
     cases.forEach(([fsSize, ssSize], i) => {
       const va = (BigInt(i + 1) << 39n) | BigInt(offset);
@@ -223,9 +260,20 @@ describe('nested walk: hand-built tables', () => {
     const shape = trace.records.map((r) => `${r.structure}:${r.level}`);
     const secondStageWalk = ['second-stage:4', 'second-stage:3', 'second-stage:2', 'second-stage:1'];
     assert.deepEqual(shape, [
-      ...secondStageWalk, 'second-stage-translation:4', 'first-stage:4', ...secondStageWalk, 'second-stage-translation:3', 'first-stage:3',
-      ...secondStageWalk, 'second-stage-translation:2', 'first-stage:2', ...secondStageWalk, 'second-stage-translation:1', 'first-stage:1',
-      ...secondStageWalk, 'second-stage-translation:0',
+      ...secondStageWalk,
+      'second-stage-translation:4',
+      'first-stage:4',
+      ...secondStageWalk,
+      'second-stage-translation:3',
+      'first-stage:3',
+      ...secondStageWalk,
+      'second-stage-translation:2',
+      'first-stage:2',
+      ...secondStageWalk,
+      'second-stage-translation:1',
+      'first-stage:1',
+      ...secondStageWalk,
+      'second-stage-translation:0',
     ]);
     const translations = trace.records.filter((r): r is SecondStageStep => r.structure === 'second-stage-translation');
     const firstStage = trace.records.filter((r): r is WalkStep => r.structure === 'first-stage');
@@ -242,7 +290,19 @@ describe('nested walk: hand-built tables', () => {
     s.guest.mapFirst(fsTop, 4, va, 0x6200_0000);
     s.host.mapSecond(s.ssTop, 4, 0x6200_0000, 0xd000);
     s.host.mapSecond(s.ssTop, 4, 0xa000, 0xe000);
-    const entry = { ...s.params(fsTop), pasid: 1, address: 0, did: 9, pgtt: 0, ssee: false, ssade: false, sre: false, ere: false, pwsnp: false, pgsnp: false };
+    const entry = {
+      ...s.params(fsTop),
+      pasid: 1,
+      address: 0,
+      did: 9,
+      pgtt: 0,
+      ssee: false,
+      ssade: false,
+      sre: false,
+      ere: false,
+      pwsnp: false,
+      pgsnp: false,
+    };
     const nestedPage = scalable.translate({ ...entry, pgtt: PASID_PGTT.NESTED }, req(va));
     assert.deepEqual(nestedPage.ok && [nestedPage.address, nestedPage.did], [0xd000, 9]);
     const secondOnly = scalable.translate({ ...entry, pgtt: PASID_PGTT.SECOND_STAGE }, req(va));
@@ -258,7 +318,6 @@ describe('nested walk: hand-built tables', () => {
     faulted(scalable.translate({ ...entry, pgtt: PASID_PGTT.PASS_THROUGH }, req(1n << 48n)), SS_FR.INPUT_BEYOND, 'second-stage', undefined);
   });
 });
-
 
 describe('nested walk: equals the composition of its two stages on random tables', () => {
   /** Guest pages that may hold first-stage tables, and the host pages behind them. */
@@ -279,12 +338,32 @@ describe('nested walk: equals the composition of its two stages on random tables
     { weight: 1, arbitrary: fc.constantFrom(0x3000_0000, 2 ** 40) },
   );
   /** Large leaves mostly point at data regions aligned for them, so they can translate rather than only fault. */
-  const aligned = (level: number) => level === 3 ? fc.constant(0x4000_0000) : fc.constantFrom(0x2020_0000, 0x4000_0000, 0x2000_0000);
-  const entry = (level: number) => fc.record({
-    target, aligned: aligned(level), useAligned: bit(75),
-    p: bit(95), rw: bit(85), us: bit(92), ps: bit(level === 2 ? 30 : level === 3 ? 10 : 4), xd: bit(8), a: bit(40), d: bit(30),
-  }).map((f) => BigInt(f.ps && f.useAligned && (level === 2 || level === 3) ? f.aligned : f.target) | (f.p ? 1n : 0n) | (f.rw ? 2n : 0n) | (f.us ? 4n : 0n) | (f.ps ? 1n << 7n : 0n)
-    | (f.xd ? 1n << 63n : 0n) | (f.a ? A : 0n) | (f.d ? D : 0n));
+  const aligned = (level: number) => (level === 3 ? fc.constant(0x4000_0000) : fc.constantFrom(0x2020_0000, 0x4000_0000, 0x2000_0000));
+  const entry = (level: number) =>
+    fc
+      .record({
+        target,
+        aligned: aligned(level),
+        useAligned: bit(75),
+        p: bit(95),
+        rw: bit(85),
+        us: bit(92),
+        ps: bit(level === 2 ? 30 : level === 3 ? 10 : 4),
+        xd: bit(8),
+        a: bit(40),
+        d: bit(30),
+      })
+      .map(
+        (f) =>
+          BigInt(f.ps && f.useAligned && (level === 2 || level === 3) ? f.aligned : f.target) |
+          (f.p ? 1n : 0n) |
+          (f.rw ? 2n : 0n) |
+          (f.us ? 4n : 0n) |
+          (f.ps ? 1n << 7n : 0n) |
+          (f.xd ? 1n << 63n : 0n) |
+          (f.a ? A : 0n) |
+          (f.d ? D : 0n),
+      );
   const scenario = fc.record({
     tableAccess: fc.array(access, { minLength: GUEST_TABLES.length, maxLength: GUEST_TABLES.length }),
     dataAccess: fc.array(access, { minLength: DATA.length, maxLength: DATA.length }),
@@ -310,7 +389,8 @@ describe('nested walk: equals the composition of its two stages on random tables
       if (sc.tableAccess[i] !== 'none') stages.backGuestPage(gpa, hpa, { write: sc.tableAccess[i] === 'rw' });
     });
     DATA.forEach((d, i) => {
-      if (sc.dataAccess[i] !== 'none') stages.host.mapSecond(stages.ssTop, sc.ssLevels, d.gpa, d.hpa, { size: d.size, write: sc.dataAccess[i] === 'rw' });
+      if (sc.dataAccess[i] !== 'none')
+        stages.host.mapSecond(stages.ssTop, sc.ssLevels, d.gpa, d.hpa, { size: d.size, write: sc.dataAccess[i] === 'rw' });
     });
     return { stages, va };
   }
@@ -319,12 +399,17 @@ describe('nested walk: equals the composition of its two stages on random tables
    * The composition: the first stage alone over the flat guest view (where a page the second stage refuses is
    * missing or read-only), then the second stage alone on its output. Returns what nesting must report.
    */
-  function composed(sc: Scenario, stages: TwoStages, va: bigint): { fault: { reason: number; stage: string; level: number | undefined } } | { address: number; pageSize: number; writable: boolean } {
+  function composed(
+    sc: Scenario,
+    stages: TwoStages,
+    va: bigint,
+  ): { fault: { reason: number; stage: string; level: number | undefined } } | { address: number; pageSize: number; writable: boolean } {
     const params = stages.params(GUEST_TABLES[sc.topIndex]!);
     const width = params.ssInputWidth;
     const flat = new FirstStageWalker(stages.view, { addressWidth: HAW, fs1gp: true }).walk(params, req(va, sc));
     if (!flat.ok) {
-      if (flat.reason !== FS_FR.ACCESS && flat.reason !== FS_FR.TOP_ACCESS) return { fault: { reason: flat.reason, stage: 'first-stage', level: flat.level } };
+      if (flat.reason !== FS_FR.ACCESS && flat.reason !== FS_FR.TOP_ACCESS)
+        return { fault: { reason: flat.reason, stage: 'first-stage', level: flat.level } };
       // The flat view could not read or update the entry: ask the second stage alone why.
       const entry = flat.entryAddress!;
       if (entry >= 2 ** width) return { fault: { reason: SS_FR.TABLE_BEYOND, stage: 'second-stage', level: flat.level } };
@@ -352,27 +437,30 @@ describe('nested walk: equals the composition of its two stages on random tables
 
   it('gives the second stage of the first stage, the fault the spec names, and the same flags in memory', () => {
     const seen = new Set<string>();
-    fc.assert(fc.property(scenario, (sc) => {
-      const world1 = build(sc);
-      const world2 = build(sc);
-      const memory = world1.stages.host.memory as CountingMemory;
-      const actual = world1.stages.walkers().nested.walk(world1.stages.params(GUEST_TABLES[sc.topIndex]!), req(world1.va, sc));
-      const reads = memory.reads;
-      const expected = composed(sc, world2.stages, world2.va);
-      if ('fault' in expected) {
-        seen.add(`0x${expected.fault.reason.toString(16)}`);
-        assert.equal(actual.ok, false, `expected fault 0x${expected.fault.reason.toString(16)}`);
-        const f = actual as FaultRecord;
-        assert.deepEqual({ reason: f.reason, stage: f.stage, level: f.level }, expected.fault);
-      } else {
-        seen.add(`page ${expected.pageSize}`);
-        const page = ok(actual);
-        assert.deepEqual({ address: page.address, pageSize: page.pageSize, writable: page.writable }, expected);
-      }
-      assert.ok(Buffer.from(world1.stages.host.ram).equals(Buffer.from(world2.stages.host.ram)), 'same A/D flags in memory');
-      // 4 first-stage levels, each behind a second-stage walk, plus the output's: bounded whatever the tables hold.
-      assert.ok(reads <= 5 * sc.ssLevels + 4 * 2, `${reads} entry reads`);
-    }), { numRuns: 500 });
+    fc.assert(
+      fc.property(scenario, (sc) => {
+        const world1 = build(sc);
+        const world2 = build(sc);
+        const memory = world1.stages.host.memory as CountingMemory;
+        const actual = world1.stages.walkers().nested.walk(world1.stages.params(GUEST_TABLES[sc.topIndex]!), req(world1.va, sc));
+        const reads = memory.reads;
+        const expected = composed(sc, world2.stages, world2.va);
+        if ('fault' in expected) {
+          seen.add(`0x${expected.fault.reason.toString(16)}`);
+          assert.equal(actual.ok, false, `expected fault 0x${expected.fault.reason.toString(16)}`);
+          const f = actual as FaultRecord;
+          assert.deepEqual({ reason: f.reason, stage: f.stage, level: f.level }, expected.fault);
+        } else {
+          seen.add(`page ${expected.pageSize}`);
+          const page = ok(actual);
+          assert.deepEqual({ address: page.address, pageSize: page.pageSize, writable: page.writable }, expected);
+        }
+        assert.ok(Buffer.from(world1.stages.host.ram).equals(Buffer.from(world2.stages.host.ram)), 'same A/D flags in memory');
+        // 4 first-stage levels, each behind a second-stage walk, plus the output's: bounded whatever the tables hold.
+        assert.ok(reads <= 5 * sc.ssLevels + 4 * 2, `${reads} entry reads`);
+      }),
+      { numRuns: 500 },
+    );
     for (const outcome of ['page 4096', 'page 2097152', '0x71', '0x72', '0x75', '0x76', '0x77', '0x85', '0x86', '0x74', '0x81']) {
       assert.ok(seen.has(outcome), `no run ended in ${outcome}: ${[...seen].join(' ')}`);
     }

@@ -2,8 +2,16 @@
 import { GuestMemory } from '../../lib/memory/guest-memory';
 import { encodeBig, type FieldTable } from '../../lib/vtd/bitfield';
 import {
-  FIRST_STAGE_1G_LEAF, FIRST_STAGE_2M_LEAF, FIRST_STAGE_4K_LEAF, FIRST_STAGE_TABLE_ENTRY, FIRST_STAGE_TOP_ENTRY,
-  SECOND_STAGE_1G_LEAF, SECOND_STAGE_2M_LEAF, SECOND_STAGE_4K_LEAF, SECOND_STAGE_TABLE_ENTRY, SECOND_STAGE_TOP_ENTRY,
+  FIRST_STAGE_1G_LEAF,
+  FIRST_STAGE_2M_LEAF,
+  FIRST_STAGE_4K_LEAF,
+  FIRST_STAGE_TABLE_ENTRY,
+  FIRST_STAGE_TOP_ENTRY,
+  SECOND_STAGE_1G_LEAF,
+  SECOND_STAGE_2M_LEAF,
+  SECOND_STAGE_4K_LEAF,
+  SECOND_STAGE_TABLE_ENTRY,
+  SECOND_STAGE_TOP_ENTRY,
 } from '../../lib/vtd/structures';
 
 export const PAGE = 4096;
@@ -89,11 +97,19 @@ export class TableWriter {
     }
     const layout: FieldTable = leafLevel === 1 ? FIRST_STAGE_4K_LEAF : leafLevel === 2 ? FIRST_STAGE_2M_LEAF : FIRST_STAGE_1G_LEAF;
     const shift = shiftOf(leafLevel);
-    this.writeStructure(table + indexOf(va, leafLevel) * 8, layout, {
-      P: 1, RW: leaf.rw === false ? 0 : 1, US: leaf.us === false ? 0 : 1, XD: leaf.xd ? 1 : 0,
-      ...(leafLevel > 1 ? { PS: 1 } : {}),
-      ADDR: Math.floor(pa / 2 ** shift),
-    }, leaf.extra ?? 0n);
+    this.writeStructure(
+      table + indexOf(va, leafLevel) * 8,
+      layout,
+      {
+        P: 1,
+        RW: leaf.rw === false ? 0 : 1,
+        US: leaf.us === false ? 0 : 1,
+        XD: leaf.xd ? 1 : 0,
+        ...(leafLevel > 1 ? { PS: 1 } : {}),
+        ADDR: Math.floor(pa / 2 ** shift),
+      },
+      leaf.extra ?? 0n,
+    );
   }
 
   /** Maps guest-physical `gpa` to `hpa` in the second-stage tables under `top`. */
@@ -113,11 +129,17 @@ export class TableWriter {
       }
     }
     const layout: FieldTable = leafLevel === 1 ? SECOND_STAGE_4K_LEAF : leafLevel === 2 ? SECOND_STAGE_2M_LEAF : SECOND_STAGE_1G_LEAF;
-    this.writeStructure(table + indexOf(BigInt(gpa), leafLevel) * 8, layout, {
-      R: leaf.read === false ? 0 : 1, W: leaf.write === false ? 0 : 1,
-      ...(leafLevel > 1 ? { PS: 1 } : {}),
-      ADDR: Math.floor(hpa / 2 ** shiftOf(leafLevel)),
-    }, leaf.extra ?? 0n);
+    this.writeStructure(
+      table + indexOf(BigInt(gpa), leafLevel) * 8,
+      layout,
+      {
+        R: leaf.read === false ? 0 : 1,
+        W: leaf.write === false ? 0 : 1,
+        ...(leafLevel > 1 ? { PS: 1 } : {}),
+        ADDR: Math.floor(hpa / 2 ** shiftOf(leafLevel)),
+      },
+      leaf.extra ?? 0n,
+    );
   }
 
   /** Address of the first-stage entry for `va` at `level`, following present table entries from `top`. */
@@ -132,7 +154,11 @@ export class TableWriter {
 export class TableMemory extends TableWriter {
   readonly ram: ArrayBuffer;
 
-  constructor(readonly size = 16 * 1024 * 1024, firstTable = 0x100000, memory = new GuestMemory()) {
+  constructor(
+    readonly size = 16 * 1024 * 1024,
+    firstTable = 0x100000,
+    memory = new GuestMemory(),
+  ) {
     const ram = new ArrayBuffer(size);
     memory.addRegion({ name: 'ram', start: 0, buffer: ram });
     super(memory, firstTable);

@@ -131,13 +131,19 @@ describe('paging-structure cache (legacy second stage)', () => {
     };
     fill();
     guest.unit.write(OFFSET.IOTLB, 8, encodeBig(IOTLB_FIELDS, { IVT: 1, IIRG: 2, DID: 2 }));
-    assert.deepEqual(cache.entries().map((e) => e.did), [1]);
+    assert.deepEqual(
+      cache.entries().map((e) => e.did),
+      [1],
+    );
     guest.globalIotlbInvalidate();
     assert.equal(cache.size, 0);
     fill();
     guest.setupQueue();
     guest.submit([descriptor.iotlbDomain(1)], 0);
-    assert.deepEqual(cache.entries().map((e) => e.did), [2]);
+    assert.deepEqual(
+      cache.entries().map((e) => e.did),
+      [2],
+    );
     guest.submit([descriptor.iotlbGlobal()], 1);
     assert.equal(cache.size, 0);
   });
@@ -149,7 +155,11 @@ describe('paging-structure cache (legacy second stage)', () => {
     for (let r = 0; r < 80; r++) guest.map(SID, first + r * REGION, 0x800000 + r * PAGE);
     for (let r = 0; r < 80; r++) assert.ok(guest.translate(first + r * REGION).ok);
     const cache = guest.unit.pagingStructures;
-    const regions = (): number[] => cache.entries().map((e) => (e.pfn * PAGE - first) / REGION).sort((x, y) => x - y);
+    const regions = (): number[] =>
+      cache
+        .entries()
+        .map((e) => (e.pfn * PAGE - first) / REGION)
+        .sort((x, y) => x - y);
     const size = (): number => cache.size;
     assert.equal(size(), 80);
     guest.setupQueue();
@@ -163,7 +173,10 @@ describe('paging-structure cache (legacy second stage)', () => {
     assert.equal(size(), 79, 'another domain: nothing');
     // AM = 11: 8 MiB aligned, regions 4..7 of the first 1 GiB's last 40 are 0..3, 4..7 here: (first + 4 REGION) is aligned.
     submit(ihPageInvalidation(DID, first + 5 * REGION, 11, 0));
-    assert.deepEqual(regions().filter((r) => r < 12), [0, 1, 2, 8, 9, 10, 11]);
+    assert.deepEqual(
+      regions().filter((r) => r < 12),
+      [0, 1, 2, 8, 9, 10, 11],
+    );
     // AM = 18 (1 GiB): the first 40 regions are the end of one 1 GiB, the rest the start of the next.
     submit(ihPageInvalidation(DID, first + 50 * REGION, 18, 0));
     assert.deepEqual(regions(), [0, 1, 2, 8, 9, 10, 11, ...Array.from({ length: 28 }, (_, i) => 12 + i)]);
@@ -187,7 +200,10 @@ describe('paging-structure cache (legacy second stage)', () => {
     assert.ok(guest.translate(BASE).ok, 'a read caches the region');
     assert.equal(guest.unit.pagingStructures.entries()[0]!.writable, false);
     const write = guest.translate(BASE + PAGE, true);
-    assert.ok(!write.ok && write.reason === FR.WRITE && write.level === 4, JSON.stringify(write, (_k, v) => (typeof v === 'bigint' ? v.toString(16) : v)));
+    assert.ok(
+      !write.ok && write.reason === FR.WRITE && write.level === 4,
+      JSON.stringify(write, (_k, v) => (typeof v === 'bigint' ? v.toString(16) : v)),
+    );
     // Leaf faults through a cached entry: not present, reserved bits.
     guest.memory.writeU64(guest.leafAddress(SID, BASE + 2 * PAGE), 0n);
     const absent = guest.translate(BASE + 2 * PAGE);
@@ -242,76 +258,105 @@ describe('paging-structure cache (legacy second stage)', () => {
   it('gives every request the result of a full walk, over random tables, requests and invalidations', () => {
     const sizes = ['4k', '4k', '4k', '2m', '1g'] as const;
     const mapping = fc.record({
-      top: fc.constantFrom(1, 2), gib: fc.constantFrom(1, 3), region: fc.constantFrom(1, 2, 5), page: fc.integer({ min: 0, max: 511 }),
-      size: fc.constantFrom(...sizes), read: fc.boolean(), write: fc.boolean(), reserved: fc.integer({ min: 0, max: 19 }),
+      top: fc.constantFrom(1, 2),
+      gib: fc.constantFrom(1, 3),
+      region: fc.constantFrom(1, 2, 5),
+      page: fc.integer({ min: 0, max: 511 }),
+      size: fc.constantFrom(...sizes),
+      read: fc.boolean(),
+      write: fc.boolean(),
+      reserved: fc.integer({ min: 0, max: 19 }),
     });
     const upper = fc.record({ mapping: fc.nat(), level: fc.constantFrom(2, 3, 4), clear: fc.constantFrom(1n, 2n, 3n) });
     const request = fc.oneof(
       fc.record({ kind: fc.constant('translate' as const), mapping: fc.nat(), offset: fc.integer({ min: 0, max: 8 }), write: fc.boolean() }),
-      fc.record({ kind: fc.constant('invalidate' as const), scope: fc.constantFrom('page', 'page-ih', 'domain', 'global'), mapping: fc.nat(), am: fc.constantFrom(0, 3, 9, 10) }),
+      fc.record({
+        kind: fc.constant('invalidate' as const),
+        scope: fc.constantFrom('page', 'page-ih', 'domain', 'global'),
+        mapping: fc.nat(),
+        am: fc.constantFrom(0, 3, 9, 10),
+      }),
     );
-    fc.assert(fc.property(fc.array(mapping, { minLength: 1, maxLength: 10 }), fc.array(upper, { maxLength: 3 }), fc.array(request, { maxLength: 40 }),
-      (mappings, uppers, requests) => {
-        const guest = new TestGuest('aw-bits=48');
-        guest.setContext(SID, { did: DID, aw: 2 });
-        const iovas: number[] = [];
-        for (const [i, m] of mappings.entries()) {
-          const iova = m.top * 2 ** 39 + m.gib * 2 ** 30 + (m.size === '1g' ? 0 : m.region * REGION + (m.size === '2m' ? 0 : m.page * PAGE));
-          iovas.push(iova);
-          const gpa = m.size === '1g' ? 0 : m.size === '2m' ? 0x1000000 : 0x800000 + i * PAGE;
-          guest.map(SID, iova, gpa, { size: m.size, read: m.read, write: m.write, extra: m.reserved === 0 ? 1n << 11n : 0n });
-        }
-        for (const u of uppers) {
-          const at = entryAddress(guest, iovas[u.mapping % iovas.length]!, u.level);
-          guest.memory.writeU64(at, guest.memory.readU64(at) & ~u.clear);
-        }
-        guest.enable();
-        // The oracle: a second unit over the same tables that empties its caches before every request.
-        const oracle = new VtdUnit({ memory: guest.memory, config: 'aw-bits=48', onInterrupt: () => undefined });
-        oracle.write(OFFSET.RTADDR, 8, BigInt(guest.root));
-        oracle.write(OFFSET.GCMD, 4, GCMD.SRTP);
-        oracle.write(OFFSET.GCMD, 4, GCMD.TE);
-        const outcome = (r: TranslationResult): string => (r.ok ? `ok ${r.address} ${r.pageSize} ${r.readable} ${r.writable}` : `fault ${r.reason} ${r.level} ${r.notPresent}`);
-        for (const q of requests) {
-          const iova = iovas[q.mapping % iovas.length]!;
-          if (q.kind === 'invalidate') {
-            if (q.scope === 'global') guest.globalIotlbInvalidate();
-            else if (q.scope === 'domain') guest.unit.iotlbDomain(DID);
-            else guest.pageIotlbInvalidate(DID, iova - (iova % (PAGE * 2 ** q.am)), q.am, q.scope === 'page-ih' ? 1 : 0);
-            continue;
+    fc.assert(
+      fc.property(
+        fc.array(mapping, { minLength: 1, maxLength: 10 }),
+        fc.array(upper, { maxLength: 3 }),
+        fc.array(request, { maxLength: 40 }),
+        (mappings, uppers, requests) => {
+          const guest = new TestGuest('aw-bits=48');
+          guest.setContext(SID, { did: DID, aw: 2 });
+          const iovas: number[] = [];
+          for (const [i, m] of mappings.entries()) {
+            const iova = m.top * 2 ** 39 + m.gib * 2 ** 30 + (m.size === '1g' ? 0 : m.region * REGION + (m.size === '2m' ? 0 : m.page * PAGE));
+            iovas.push(iova);
+            const gpa = m.size === '1g' ? 0 : m.size === '2m' ? 0x1000000 : 0x800000 + i * PAGE;
+            guest.map(SID, iova, gpa, { size: m.size, read: m.read, write: m.write, extra: m.reserved === 0 ? 1n << 11n : 0n });
           }
-          const target = iova + q.offset * PAGE;
-          oracle.iotlbGlobal();
-          const expected = outcome(oracle.translate({ sid: SID, iova: BigInt(target), write: q.write }));
-          assert.equal(outcome(guest.translate(target, q.write)), expected, `0x${target.toString(16)} ${q.write ? 'write' : 'read'}`);
-        }
-      }), { numRuns: 150 });
+          for (const u of uppers) {
+            const at = entryAddress(guest, iovas[u.mapping % iovas.length]!, u.level);
+            guest.memory.writeU64(at, guest.memory.readU64(at) & ~u.clear);
+          }
+          guest.enable();
+          // The oracle: a second unit over the same tables that empties its caches before every request.
+          const oracle = new VtdUnit({ memory: guest.memory, config: 'aw-bits=48', onInterrupt: () => undefined });
+          oracle.write(OFFSET.RTADDR, 8, BigInt(guest.root));
+          oracle.write(OFFSET.GCMD, 4, GCMD.SRTP);
+          oracle.write(OFFSET.GCMD, 4, GCMD.TE);
+          const outcome = (r: TranslationResult): string =>
+            r.ok ? `ok ${r.address} ${r.pageSize} ${r.readable} ${r.writable}` : `fault ${r.reason} ${r.level} ${r.notPresent}`;
+          for (const q of requests) {
+            const iova = iovas[q.mapping % iovas.length]!;
+            if (q.kind === 'invalidate') {
+              if (q.scope === 'global') guest.globalIotlbInvalidate();
+              else if (q.scope === 'domain') guest.unit.iotlbDomain(DID);
+              else guest.pageIotlbInvalidate(DID, iova - (iova % (PAGE * 2 ** q.am)), q.am, q.scope === 'page-ih' ? 1 : 0);
+              continue;
+            }
+            const target = iova + q.offset * PAGE;
+            oracle.iotlbGlobal();
+            const expected = outcome(oracle.translate({ sid: SID, iova: BigInt(target), write: q.write }));
+            assert.equal(outcome(guest.translate(target, q.write)), expected, `0x${target.toString(16)} ${q.write ? 'write' : 'read'}`);
+          }
+        },
+      ),
+      { numRuns: 150 },
+    );
   });
 });
 
 describe('PagingStructureCache', () => {
   it('finds an entry by domain, region and root only, and an aligned page range drops exactly the regions it overlaps', () => {
-    fc.assert(fc.property(fc.uniqueArray(fc.tuple(fc.integer({ min: 0, max: 3 }), fc.integer({ min: 0, max: 2 ** 20 })), { maxLength: 40, selector: ([d, r]) => `${d}/${r}` }),
-      fc.integer({ min: 0, max: 3 }), fc.integer({ min: 0, max: 2 ** 29 }), fc.integer({ min: 0, max: 30 }),
-      (entries, did, pfn, am) => {
-        const cache = new PagingStructureCache();
-        cache.useGeneration(0);
-        const kept = new Map<string, [number, number]>();
-        for (const [d, r] of entries) {
-          cache.store(d, r, 0x1000 + 4, r, 3, undefined, 0);
-          kept.set(`${cache.find(d, r, 0x1000 + 4)}`, [d, r]); // direct-mapped: a later entry may take an earlier one's slot
-        }
-        const held = [...kept.values()].filter(([d, r]) => cache.find(d, r, 0x1000 + 4) >= 0);
-        assert.equal(cache.size, held.length);
-        for (const [d, r] of held) assert.equal(cache.find(d, r, 0x2000 + 4), -1, 'another root misses');
-        cache.invalidatePages(did, Math.floor(pfn / 512), am);
-        const span = 2 ** am;
-        const first = pfn - (pfn % span);
-        for (const [d, r] of held) {
-          const touched = d === did && r * 512 < first + span && (r + 1) * 512 > first;
-          assert.equal(cache.find(d, r, 0x1000 + 4) < 0, touched, `entry ${d}/${r}`);
-        }
-        assert.equal(cache.size, held.filter(([d, r]) => !(d === did && r * 512 < first + span && (r + 1) * 512 > first)).length);
-      }), { numRuns: 300 });
+    fc.assert(
+      fc.property(
+        fc.uniqueArray(fc.tuple(fc.integer({ min: 0, max: 3 }), fc.integer({ min: 0, max: 2 ** 20 })), {
+          maxLength: 40,
+          selector: ([d, r]) => `${d}/${r}`,
+        }),
+        fc.integer({ min: 0, max: 3 }),
+        fc.integer({ min: 0, max: 2 ** 29 }),
+        fc.integer({ min: 0, max: 30 }),
+        (entries, did, pfn, am) => {
+          const cache = new PagingStructureCache();
+          cache.useGeneration(0);
+          const kept = new Map<string, [number, number]>();
+          for (const [d, r] of entries) {
+            cache.store(d, r, 0x1000 + 4, r, 3, undefined, 0);
+            kept.set(`${cache.find(d, r, 0x1000 + 4)}`, [d, r]); // direct-mapped: a later entry may take an earlier one's slot
+          }
+          const held = [...kept.values()].filter(([d, r]) => cache.find(d, r, 0x1000 + 4) >= 0);
+          assert.equal(cache.size, held.length);
+          for (const [d, r] of held) assert.equal(cache.find(d, r, 0x2000 + 4), -1, 'another root misses');
+          cache.invalidatePages(did, Math.floor(pfn / 512), am);
+          const span = 2 ** am;
+          const first = pfn - (pfn % span);
+          for (const [d, r] of held) {
+            const touched = d === did && r * 512 < first + span && (r + 1) * 512 > first;
+            assert.equal(cache.find(d, r, 0x1000 + 4) < 0, touched, `entry ${d}/${r}`);
+          }
+          assert.equal(cache.size, held.filter(([d, r]) => !(d === did && r * 512 < first + span && (r + 1) * 512 > first)).length);
+        },
+      ),
+      { numRuns: 300 },
+    );
   });
 });

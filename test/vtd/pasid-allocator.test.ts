@@ -1,9 +1,7 @@
 /** PasidAllocator: the range, private data, quota sets, the quarantine rules, bad input, and a model-based property test. */
 import { strict as assert } from 'node:assert';
 import fc from 'fast-check';
-import {
-  PASID_SPACE, PasidAllocator, PasidAllocatorError, RID_PASID, type PasidAllocation, type PasidSet,
-} from '../../lib/vtd/pasid-allocator';
+import { PASID_SPACE, PasidAllocator, PasidAllocatorError, RID_PASID, type PasidAllocation, type PasidSet } from '../../lib/vtd/pasid-allocator';
 
 const DEVICE_A = 0x0010;
 const DEVICE_B = 0x0018;
@@ -44,12 +42,22 @@ describe('PasidAllocator', () => {
     it('reaches the last PASID of a full 2^20 range and then answers range-exhausted', () => {
       const allocator = new PasidAllocator({ min: PASID_SPACE - 3, max: PASID_SPACE });
       const set = allocator.createSet('vm', 100);
-      assert.deepEqual([pasidOf(set.allocate()), pasidOf(set.allocate()), pasidOf(set.allocate())], [PASID_SPACE - 3, PASID_SPACE - 2, PASID_SPACE - 1]);
+      assert.deepEqual(
+        [pasidOf(set.allocate()), pasidOf(set.allocate()), pasidOf(set.allocate())],
+        [PASID_SPACE - 3, PASID_SPACE - 2, PASID_SPACE - 1],
+      );
       assert.deepEqual(set.allocate(), { ok: false, reason: 'range-exhausted' });
     });
 
     it('refuses ranges that include 0, pass 2^20, are empty or are not integers', () => {
-      for (const range of [{ min: 0, max: 8 }, { min: 1, max: PASID_SPACE + 1 }, { min: 5, max: 5 }, { min: 6, max: 5 }, { min: 1.5, max: 8 }, { max: Number.NaN }]) {
+      for (const range of [
+        { min: 0, max: 8 },
+        { min: 1, max: PASID_SPACE + 1 },
+        { min: 5, max: 5 },
+        { min: 6, max: 5 },
+        { min: 1.5, max: 8 },
+        { max: Number.NaN },
+      ]) {
         throwsCode(() => new PasidAllocator(range), 'ERR_PASID_RANGE');
       }
     });
@@ -124,7 +132,7 @@ describe('PasidAllocator', () => {
       assert.notEqual(second, first);
     });
 
-    it('refuses to free what the set does not hold: another set\'s, a free, a quarantined or an out-of-range PASID', () => {
+    it("refuses to free what the set does not hold: another set's, a free, a quarantined or an out-of-range PASID", () => {
       const allocator = new PasidAllocator({ max: 8 });
       const mine = allocator.createSet('mine', 4);
       const theirs = allocator.createSet('theirs', 4);
@@ -147,7 +155,10 @@ describe('PasidAllocator', () => {
       const pasids = [0, 1, 2, 3, 4].map(() => pasidOf(set.allocate()));
       set.free(pasids[1]!);
       set.free(pasids[3]!);
-      assert.deepEqual(set.held().sort((a, b) => a - b), [pasids[0], pasids[2], pasids[4]]);
+      assert.deepEqual(
+        set.held().sort((a, b) => a - b),
+        [pasids[0], pasids[2], pasids[4]],
+      );
       assert.ok(set.holds(pasids[0]!) && !set.holds(pasids[1]!));
       assert.equal(set.heldCount, 3);
     });
@@ -169,7 +180,8 @@ describe('PasidAllocator', () => {
 
     it('refuses quotas that are not non-negative integers', () => {
       const allocator = new PasidAllocator({ max: 16 });
-      for (const quota of [-1, 1.5, Number.NaN, Number.POSITIVE_INFINITY]) throwsCode(() => allocator.createSet(`q${quota}`, quota), 'ERR_PASID_QUOTA');
+      for (const quota of [-1, 1.5, Number.NaN, Number.POSITIVE_INFINITY])
+        throwsCode(() => allocator.createSet(`q${quota}`, quota), 'ERR_PASID_QUOTA');
     });
   });
 
@@ -267,7 +279,7 @@ describe('PasidAllocator', () => {
       assert.equal(allocator.state(second), 'free');
     });
 
-    it('a set\'s own invalidations and fences release only what that set freed (units sharing one allocator)', () => {
+    it("a set's own invalidations and fences release only what that set freed (units sharing one allocator)", () => {
       const allocator = new PasidAllocator({ max: 16 });
       const a = allocator.createSet('vm-a', 4);
       const b = allocator.createSet('vm-b', 4);
@@ -354,13 +366,28 @@ describe('PasidAllocator', () => {
       covered: boolean;
       data: string | undefined;
     }
-    interface ModelSet { quota: number; closed: boolean }
-    interface Model { min: number; max: number; pasids: Map<number, ModelPasid>; sets: ModelSet[]; nextData: number }
-    interface Real { allocator: PasidAllocator<string>; sets: PasidSet<string>[] }
+    interface ModelSet {
+      quota: number;
+      closed: boolean;
+    }
+    interface Model {
+      min: number;
+      max: number;
+      pasids: Map<number, ModelPasid>;
+      sets: ModelSet[];
+      nextData: number;
+    }
+    interface Real {
+      allocator: PasidAllocator<string>;
+      sets: PasidSet<string>[];
+    }
     type Cmd = fc.Command<Model, Real>;
 
     const heldBy = (model: Model, set: number): number[] =>
-      [...model.pasids].filter(([, p]) => p.status === 'held' && p.owner === set).map(([pasid]) => pasid).sort((a, b) => a - b);
+      [...model.pasids]
+        .filter(([, p]) => p.status === 'held' && p.owner === set)
+        .map(([pasid]) => pasid)
+        .sort((a, b) => a - b);
 
     /** Every observable of the allocator agrees with the model, for every PASID up to just past the range. */
     function agree(model: Model, real: Real): void {
@@ -380,7 +407,10 @@ describe('PasidAllocator', () => {
       model.sets.forEach((modelSet, index) => {
         const set = real.sets[index]!;
         const expected = heldBy(model, index);
-        assert.deepEqual(set.held().sort((a, b) => a - b), expected);
+        assert.deepEqual(
+          set.held().sort((a, b) => a - b),
+          expected,
+        );
         assert.ok(set.heldCount <= modelSet.quota, 'quota exceeded');
         assert.equal(set.quarantinedCount, [...model.pasids.values()].filter((p) => p.status === 'quarantined' && p.owner === index).length);
         assert.equal(set.closed, modelSet.closed);
@@ -388,8 +418,13 @@ describe('PasidAllocator', () => {
     }
 
     class Allocate implements Cmd {
-      constructor(readonly set: number, readonly withData: boolean) {}
-      check(): boolean { return true; }
+      constructor(
+        readonly set: number,
+        readonly withData: boolean,
+      ) {}
+      check(): boolean {
+        return true;
+      }
       run(model: Model, real: Real): void {
         const set = this.set % model.sets.length;
         const modelSet = model.sets[set]!;
@@ -404,18 +439,32 @@ describe('PasidAllocator', () => {
         else if (!rangeHasFree) assert.deepEqual(result, { ok: false, reason: 'range-exhausted' });
         else {
           assert.ok(result.ok, `expected a PASID, got ${result.ok ? '' : result.reason}`);
-          assert.ok(Number.isInteger(result.pasid) && result.pasid >= model.min && result.pasid < model.max, `PASID ${result.pasid} outside the range`);
-          assert.equal(model.pasids.get(result.pasid)?.status, undefined, `PASID ${result.pasid} handed out while ${model.pasids.get(result.pasid)?.status}`);
+          assert.ok(
+            Number.isInteger(result.pasid) && result.pasid >= model.min && result.pasid < model.max,
+            `PASID ${result.pasid} outside the range`,
+          );
+          assert.equal(
+            model.pasids.get(result.pasid)?.status,
+            undefined,
+            `PASID ${result.pasid} handed out while ${model.pasids.get(result.pasid)?.status}`,
+          );
           model.pasids.set(result.pasid, { owner: set, status: 'held', devices: new Set(), covered: false, data });
         }
         agree(model, real);
       }
-      toString(): string { return `allocate(set ${this.set}${this.withData ? ', data' : ''})`; }
+      toString(): string {
+        return `allocate(set ${this.set}${this.withData ? ', data' : ''})`;
+      }
     }
 
     class Free implements Cmd {
-      constructor(readonly set: number, readonly pasid: number) {}
-      check(): boolean { return true; }
+      constructor(
+        readonly set: number,
+        readonly pasid: number,
+      ) {}
+      check(): boolean {
+        return true;
+      }
       run(model: Model, real: Real): void {
         const set = this.set % model.sets.length;
         const entry = model.pasids.get(this.pasid);
@@ -427,12 +476,19 @@ describe('PasidAllocator', () => {
         } else assert.deepEqual(result, { ok: false, reason: 'not-held' });
         agree(model, real);
       }
-      toString(): string { return `free(set ${this.set}, ${this.pasid})`; }
+      toString(): string {
+        return `free(set ${this.set}, ${this.pasid})`;
+      }
     }
 
     class Bind implements Cmd {
-      constructor(readonly pasid: number, readonly device: number) {}
-      check(): boolean { return true; }
+      constructor(
+        readonly pasid: number,
+        readonly device: number,
+      ) {}
+      check(): boolean {
+        return true;
+      }
       run(model: Model, real: Real): void {
         const entry = model.pasids.get(this.pasid);
         const expected = entry?.status === 'held';
@@ -440,12 +496,19 @@ describe('PasidAllocator', () => {
         if (expected) entry!.devices.add(this.device);
         agree(model, real);
       }
-      toString(): string { return `bind(${this.pasid}, ${this.device})`; }
+      toString(): string {
+        return `bind(${this.pasid}, ${this.device})`;
+      }
     }
 
     class Unbind implements Cmd {
-      constructor(readonly pasid: number, readonly device: number) {}
-      check(): boolean { return true; }
+      constructor(
+        readonly pasid: number,
+        readonly device: number,
+      ) {}
+      check(): boolean {
+        return true;
+      }
       run(model: Model, real: Real): void {
         const entry = model.pasids.get(this.pasid);
         const expected = entry?.devices.has(this.device) ?? false;
@@ -453,12 +516,16 @@ describe('PasidAllocator', () => {
         if (expected) entry!.devices.delete(this.device);
         agree(model, real);
       }
-      toString(): string { return `unbind(${this.pasid}, ${this.device})`; }
+      toString(): string {
+        return `unbind(${this.pasid}, ${this.device})`;
+      }
     }
 
     class Invalidate implements Cmd {
       constructor(readonly pasid: number | 'all') {}
-      check(): boolean { return true; }
+      check(): boolean {
+        return true;
+      }
       run(model: Model, real: Real): void {
         real.allocator.invalidated(this.pasid);
         for (const [pasid, entry] of model.pasids) {
@@ -466,23 +533,31 @@ describe('PasidAllocator', () => {
         }
         agree(model, real);
       }
-      toString(): string { return `invalidated(${this.pasid})`; }
+      toString(): string {
+        return `invalidated(${this.pasid})`;
+      }
     }
 
     class Fence implements Cmd {
-      check(): boolean { return true; }
+      check(): boolean {
+        return true;
+      }
       run(model: Model, real: Real): void {
         const released = [...model.pasids].filter(([, entry]) => entry.status === 'quarantined' && entry.covered).map(([pasid]) => pasid);
         assert.equal(real.allocator.fenceCompleted(), released.length);
         for (const pasid of released) model.pasids.delete(pasid);
         agree(model, real);
       }
-      toString(): string { return 'fenceCompleted()'; }
+      toString(): string {
+        return 'fenceCompleted()';
+      }
     }
 
     class Close implements Cmd {
       constructor(readonly set: number) {}
-      check(): boolean { return true; }
+      check(): boolean {
+        return true;
+      }
       run(model: Model, real: Real): void {
         const set = this.set % model.sets.length;
         const held = model.sets[set]!.closed ? [] : heldBy(model, set);
@@ -495,13 +570,20 @@ describe('PasidAllocator', () => {
         model.sets[set]!.closed = true;
         agree(model, real);
       }
-      toString(): string { return `close(set ${this.set})`; }
+      toString(): string {
+        return `close(set ${this.set})`;
+      }
     }
 
     /** A value no 20-bit field can hold, through one of the entry points: a typed error and no change. */
     class BadInput implements Cmd {
-      constructor(readonly operation: number, readonly value: number) {}
-      check(): boolean { return true; }
+      constructor(
+        readonly operation: number,
+        readonly value: number,
+      ) {}
+      check(): boolean {
+        return true;
+      }
       run(model: Model, real: Real): void {
         const { allocator } = real;
         const operations: Array<() => unknown> = [
@@ -514,26 +596,27 @@ describe('PasidAllocator', () => {
         throwsCode(operations[this.operation % operations.length]!, 'ERR_PASID_VALUE');
         agree(model, real);
       }
-      toString(): string { return `bad(${this.operation}, ${this.value})`; }
+      toString(): string {
+        return `bad(${this.operation}, ${this.value})`;
+      }
     }
 
     const pasid = fc.integer({ min: 0, max: 12 });
     const device = fc.integer({ min: 0, max: 2 });
-    const badValue = fc.oneof(
-      fc.integer({ min: -1000, max: -1 }),
-      fc.integer({ min: PASID_SPACE, max: 2 ** 31 }),
-      fc.double({ noInteger: true }),
+    const badValue = fc.oneof(fc.integer({ min: -1000, max: -1 }), fc.integer({ min: PASID_SPACE, max: 2 ** 31 }), fc.double({ noInteger: true }));
+    const commands = fc.commands<Model, Real>(
+      [
+        fc.tuple(fc.nat(3), fc.boolean()).map(([set, withData]) => new Allocate(set, withData)),
+        fc.tuple(fc.nat(3), pasid).map(([set, p]) => new Free(set, p)),
+        fc.tuple(pasid, device).map(([p, d]) => new Bind(p, d)),
+        fc.tuple(pasid, device).map(([p, d]) => new Unbind(p, d)),
+        fc.oneof(pasid, fc.constant('all' as const)).map((p) => new Invalidate(p)),
+        fc.constant(new Fence()),
+        fc.nat(3).map((set) => new Close(set)),
+        fc.tuple(fc.nat(4), badValue).map(([operation, value]) => new BadInput(operation, value)),
+      ],
+      { size: '+1' },
     );
-    const commands = fc.commands<Model, Real>([
-      fc.tuple(fc.nat(3), fc.boolean()).map(([set, withData]) => new Allocate(set, withData)),
-      fc.tuple(fc.nat(3), pasid).map(([set, p]) => new Free(set, p)),
-      fc.tuple(pasid, device).map(([p, d]) => new Bind(p, d)),
-      fc.tuple(pasid, device).map(([p, d]) => new Unbind(p, d)),
-      fc.oneof(pasid, fc.constant('all' as const)).map((p) => new Invalidate(p)),
-      fc.constant(new Fence()),
-      fc.nat(3).map((set) => new Close(set)),
-      fc.tuple(fc.nat(4), badValue).map(([operation, value]) => new BadInput(operation, value)),
-    ], { size: '+1' });
 
     it('never holds a PASID twice, never reuses one in quarantine, keeps quotas and the range, and refuses what is not held', () => {
       fc.assert(

@@ -10,7 +10,6 @@ import { CONFIG_RULES, VTD_PROPERTIES, resolveVtdConfig } from '../../lib/vtd/co
 
 const DOC = 'docs/properties.md';
 
-
 function cell(text: string): string {
   return text.replace(/\|/g, '\\|');
 }
@@ -39,7 +38,7 @@ export function renderPropertiesDoc(): string {
     '',
     '## Combinations refused',
     '',
-    'A configuration that breaks one of these rules is refused with the rule\'s id in the message (VtdConfigError).',
+    "A configuration that breaks one of these rules is refused with the rule's id in the message (VtdConfigError).",
     '',
     '| rule | from | message |',
     '|---|---|---|',

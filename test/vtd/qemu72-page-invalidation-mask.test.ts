@@ -62,7 +62,11 @@ describe('page-selective IOTLB invalidation: QEMU 7.2 compares the page numbers 
         const guest = guestWithStaleEntry(config, false);
         guest.pageIotlbInvalidate(DID, page * PAGE, am);
         const address = translatedTo(guest);
-        assert.equal(address, dropped ? SECOND_GPA : FIRST_GPA, `translated to 0x${address?.toString(16)}: the entry was ${address === FIRST_GPA ? 'kept' : 'dropped'}`);
+        assert.equal(
+          address,
+          dropped ? SECOND_GPA : FIRST_GPA,
+          `translated to 0x${address?.toString(16)}: the entry was ${address === FIRST_GPA ? 'kept' : 'dropped'}`,
+        );
       });
     }
   }

@@ -97,7 +97,10 @@ describe('vtd register file', () => {
     assert.equal(regs.read(0x3c, 4), 0xabcd);
     assert.equal(regs.read(0x38, 8), 0x0000abcd00000000n);
     assert.equal(hook.callCount, 2);
-    assert.deepEqual(hook.getCalls().map((c) => (c.args[0] as RegisterWriteEvent).register.name), ['FECTL', 'FEDATA']);
+    assert.deepEqual(
+      hook.getCalls().map((c) => (c.args[0] as RegisterWriteEvent).register.name),
+      ['FECTL', 'FEDATA'],
+    );
     assert.equal((hook.secondCall.args[0] as RegisterWriteEvent).offset, 0x3c);
   });
 
@@ -116,14 +119,20 @@ describe('vtd register file', () => {
     assert.equal(hook.callCount, 0);
     // A 64-bit write half over a register and half over a hole touches only the register.
     const events = regs.write(0x40, 8, 0xffffffffffffffffn); // FEADDR then FEUADDR (reads 0 in QEMU)
-    assert.deepEqual(events.map((e) => e.register.name), ['FEADDR', 'FEUADDR']);
+    assert.deepEqual(
+      events.map((e) => e.register.name),
+      ['FEADDR', 'FEUADDR'],
+    );
     assert.equal(regs.read(0x40, 4), 0xfffffffc);
     assert.equal(regs.read(0x44, 4), 0);
   });
 
   it('refuses access sizes other than 4 and 8 as a programmer error', () => {
     const regs = registerFile();
-    assert.throws(() => regs.read(0, 2 as 4), (e: unknown) => e instanceof ViommuError && e.code === 'ERR_VTD_ACCESS_SIZE');
+    assert.throws(
+      () => regs.read(0, 2 as 4),
+      (e: unknown) => e instanceof ViommuError && e.code === 'ERR_VTD_ACCESS_SIZE',
+    );
     assert.throws(() => regs.write(0, 1 as 4, 0), ViommuError);
   });
 
@@ -136,7 +145,10 @@ describe('vtd register file', () => {
     assert.equal(withPrs.read(0xe0, 4), 0x80000000);
     const withVcs = new RegisterFile({ cap: 0n, ecap: 1n << 44n, vccap: 1n });
     assert.equal(withVcs.read(0xe30, 8), 1n);
-    assert.throws(() => regs.readRaw('PQH'), (e: unknown) => e instanceof ViommuError && e.code === 'ERR_UNKNOWN_REGISTER');
+    assert.throws(
+      () => regs.readRaw('PQH'),
+      (e: unknown) => e instanceof ViommuError && e.code === 'ERR_UNKNOWN_REGISTER',
+    );
   });
 
   it('resets everything the guest changed', () => {
@@ -164,10 +176,52 @@ describe('vtd register file', () => {
       assert.equal(register.writeOnly & ~register.writable, 0n, `${register.name}: write-only bits must be writable`);
       assert.equal(findRegister(register.name), register);
     }
-    const names = ['VER', 'CAP', 'ECAP', 'GCMD', 'GSTS', 'RTADDR', 'CCMD', 'FSTS', 'FECTL', 'FEDATA', 'FEADDR', 'FEUADDR',
-      'AFLOG', 'PMEN', 'PLMBASE', 'PLMLIMIT', 'PHMBASE', 'PHMLIMIT', 'IQH', 'IQT', 'IQA', 'ICS', 'IECTL', 'IEDATA', 'IEADDR',
-      'IEUADDR', 'IRTA', 'PQH', 'PQT', 'PQA', 'PRS', 'PECTL', 'PEDATA', 'PEADDR', 'PEUADDR', 'MTRRCAP', 'MTRRDEF',
-      'VCCAP', 'VCMD', 'VCRSP', 'IVA', 'IOTLB', 'FRCD0_LO', 'FRCD0_HI'];
+    const names = [
+      'VER',
+      'CAP',
+      'ECAP',
+      'GCMD',
+      'GSTS',
+      'RTADDR',
+      'CCMD',
+      'FSTS',
+      'FECTL',
+      'FEDATA',
+      'FEADDR',
+      'FEUADDR',
+      'AFLOG',
+      'PMEN',
+      'PLMBASE',
+      'PLMLIMIT',
+      'PHMBASE',
+      'PHMLIMIT',
+      'IQH',
+      'IQT',
+      'IQA',
+      'ICS',
+      'IECTL',
+      'IEDATA',
+      'IEADDR',
+      'IEUADDR',
+      'IRTA',
+      'PQH',
+      'PQT',
+      'PQA',
+      'PRS',
+      'PECTL',
+      'PEDATA',
+      'PEADDR',
+      'PEUADDR',
+      'MTRRCAP',
+      'MTRRDEF',
+      'VCCAP',
+      'VCMD',
+      'VCRSP',
+      'IVA',
+      'IOTLB',
+      'FRCD0_LO',
+      'FRCD0_HI',
+    ];
     for (const name of names) assert.ok(findRegister(name), `${name} missing`);
     assert.equal(findRegister('IOTLB')!.offset, 0xf8);
     assert.equal(findRegister('FRCD0_LO')!.offset, 0x220);

@@ -3,12 +3,8 @@ import type { FaultRecord } from '../../lib/vtd/fault';
 import { strict as assert } from 'node:assert';
 import fc from 'fast-check';
 import { faultReason } from '../../lib/vtd/fault-reasons';
-import {
-  ScalableContextReader, SM_FR, type ScalableLookupOptions, type ScalableRequest, type ScalableTarget,
-} from '../../lib/vtd/scalable-context';
-import {
-  PASID_DIRECTORY_ENTRY, PASID_PGTT, SCALABLE_CONTEXT_ENTRY, SCALABLE_PASID_ENTRY, SCALABLE_ROOT_ENTRY,
-} from '../../lib/vtd/structures';
+import { ScalableContextReader, SM_FR, type ScalableLookupOptions, type ScalableRequest, type ScalableTarget } from '../../lib/vtd/scalable-context';
+import { PASID_DIRECTORY_ENTRY, PASID_PGTT, SCALABLE_CONTEXT_ENTRY, SCALABLE_PASID_ENTRY, SCALABLE_ROOT_ENTRY } from '../../lib/vtd/structures';
 import { WalkTrace, type WalkStep } from '../../lib/vtd/walk-trace';
 import { PAGE, TableMemory } from './paging-builder';
 
@@ -32,7 +28,12 @@ class Structures {
 
   rootEntry(bus: number, values: Values<typeof SCALABLE_ROOT_ENTRY> = {}, extra = 0n): number {
     const address = this.root + bus * 16;
-    this.t.writeStructure(address, SCALABLE_ROOT_ENTRY, { LP: 1, LCTP: this.lowerContexts / PAGE, UP: 1, UCTP: this.upperContexts / PAGE, ...values }, extra);
+    this.t.writeStructure(
+      address,
+      SCALABLE_ROOT_ENTRY,
+      { LP: 1, LCTP: this.lowerContexts / PAGE, UP: 1, UCTP: this.upperContexts / PAGE, ...values },
+      extra,
+    );
     return address;
   }
 
@@ -50,9 +51,20 @@ class Structures {
 
   pasidEntry(index: number, values: Values<typeof SCALABLE_PASID_ENTRY> = {}, extra = 0n, table = this.pasidTable): number {
     const address = table + index * 64;
-    this.t.writeStructure(address, SCALABLE_PASID_ENTRY, {
-      P: 1, PGTT: PASID_PGTT.SECOND_STAGE, AW: 2, SSPTPTR: 0x20_0000 / PAGE, FSPTPTR: 0x30_0000 / PAGE, DID: 7, ...values,
-    }, extra);
+    this.t.writeStructure(
+      address,
+      SCALABLE_PASID_ENTRY,
+      {
+        P: 1,
+        PGTT: PASID_PGTT.SECOND_STAGE,
+        AW: 2,
+        SSPTPTR: 0x20_0000 / PAGE,
+        FSPTPTR: 0x30_0000 / PAGE,
+        DID: 7,
+        ...values,
+      },
+      extra,
+    );
     return address;
   }
 
@@ -69,7 +81,8 @@ class Structures {
 const SID = 0x0010;
 
 function found(result: ScalableTarget | FaultRecord): ScalableTarget {
-  if (!result.ok) assert.fail(`expected a PASID entry, got fault 0x${result.reason.toString(16)} (${faultReason(result.reason)?.name}) in ${result.stage}`);
+  if (!result.ok)
+    assert.fail(`expected a PASID entry, got fault 0x${result.reason.toString(16)} (${faultReason(result.reason)?.name}) in ${result.stage}`);
   return result;
 }
 
@@ -305,13 +318,45 @@ describe('scalable-mode lookup', () => {
     it('decodes the PASID entry once: DID, PGTT, both table pointers, levels and the input width', () => {
       s.standard();
       s.pasidEntry(0, {
-        PGTT: PASID_PGTT.NESTED, DID: 0x4321, AW: 1, SSPTPTR: 0x12_3000 / PAGE, FSPTPTR: 0x45_6000 / PAGE,
-        FSPM: 1, WPE: 1, EAFE: 1, SRE: 1, PGSNP: 1,
+        PGTT: PASID_PGTT.NESTED,
+        DID: 0x4321,
+        AW: 1,
+        SSPTPTR: 0x12_3000 / PAGE,
+        FSPTPTR: 0x45_6000 / PAGE,
+        FSPM: 1,
+        WPE: 1,
+        EAFE: 1,
+        SRE: 1,
+        PGSNP: 1,
       });
       const entry = found(resolve()).entry;
       assert.deepEqual(
-        { did: entry.did, pgtt: entry.pgtt, ssTable: entry.ssTable, ssLevels: entry.ssLevels, ssInputWidth: entry.ssInputWidth, fsTable: entry.fsTable, fsLevels: entry.fsLevels, wpe: entry.wpe, eafe: entry.eafe, sre: entry.sre, pgsnp: entry.pgsnp },
-        { did: 0x4321, pgtt: 3, ssTable: 0x12_3000, ssLevels: 3, ssInputWidth: 39, fsTable: 0x45_6000, fsLevels: 5, wpe: true, eafe: true, sre: true, pgsnp: true },
+        {
+          did: entry.did,
+          pgtt: entry.pgtt,
+          ssTable: entry.ssTable,
+          ssLevels: entry.ssLevels,
+          ssInputWidth: entry.ssInputWidth,
+          fsTable: entry.fsTable,
+          fsLevels: entry.fsLevels,
+          wpe: entry.wpe,
+          eafe: entry.eafe,
+          sre: entry.sre,
+          pgsnp: entry.pgsnp,
+        },
+        {
+          did: 0x4321,
+          pgtt: 3,
+          ssTable: 0x12_3000,
+          ssLevels: 3,
+          ssInputWidth: 39,
+          fsTable: 0x45_6000,
+          fsLevels: 5,
+          wpe: true,
+          eafe: true,
+          sre: true,
+          pgsnp: true,
+        },
       );
     });
 
@@ -320,27 +365,36 @@ describe('scalable-mode lookup', () => {
       const trace = new WalkTrace();
       found(reader.resolve(s.root, { sid: SID, pasid: 0 }, trace));
       const steps = trace.records as WalkStep[];
-      assert.deepEqual(steps.map((step) => step.structure), ['root', 'context', 'pasid-directory', 'pasid-table']);
-      assert.deepEqual(steps.map((step) => step.layout), [SCALABLE_ROOT_ENTRY, SCALABLE_CONTEXT_ENTRY, PASID_DIRECTORY_ENTRY, SCALABLE_PASID_ENTRY]);
+      assert.deepEqual(
+        steps.map((step) => step.structure),
+        ['root', 'context', 'pasid-directory', 'pasid-table'],
+      );
+      assert.deepEqual(
+        steps.map((step) => step.layout),
+        [SCALABLE_ROOT_ENTRY, SCALABLE_CONTEXT_ENTRY, PASID_DIRECTORY_ENTRY, SCALABLE_PASID_ENTRY],
+      );
       for (const step of steps) assert.equal(step.value, s.t.readStructure(step.entryAddress, step.layout));
     });
   });
 
   it('finds the entry of any PASID the directory covers, and no other', () => {
-    fc.assert(fc.property(fc.integer({ min: 0, max: 7 }), fc.nat(2 ** 20 - 1), fc.boolean(), (pdts, pasid, withPasid) => {
-      s = new Structures();
-      reader = new ScalableContextReader(s.t.memory, options());
-      s.rootEntry(0);
-      s.contextEntry(0x10, { PDTS: pdts, RID_PASID: pasid });
-      const table = s.t.page();
-      const directoryIndex = pasid >> 6;
-      const inRange = directoryIndex < 2 ** (pdts + 7);
-      if (inRange) s.directoryEntry(directoryIndex, { PTP: table / PAGE });
-      s.pasidEntry(pasid & 63, { DID: pasid & 0xffff }, 0n, table);
-      s.pasidEntry((pasid + 1) & 63, { DID: 0xffff - (pasid & 0xffff) }, 0n, table);
-      const result = resolve(withPasid ? { pasid } : {});
-      if (inRange) assert.equal(found(result).entry.did, pasid & 0xffff);
-      else refused(result, withPasid ? SM_FR.PASID_TOO_LARGE : SM_FR.RID_PASID_ERROR, 'context');
-    }), { numRuns: 300 });
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: 7 }), fc.nat(2 ** 20 - 1), fc.boolean(), (pdts, pasid, withPasid) => {
+        s = new Structures();
+        reader = new ScalableContextReader(s.t.memory, options());
+        s.rootEntry(0);
+        s.contextEntry(0x10, { PDTS: pdts, RID_PASID: pasid });
+        const table = s.t.page();
+        const directoryIndex = pasid >> 6;
+        const inRange = directoryIndex < 2 ** (pdts + 7);
+        if (inRange) s.directoryEntry(directoryIndex, { PTP: table / PAGE });
+        s.pasidEntry(pasid & 63, { DID: pasid & 0xffff }, 0n, table);
+        s.pasidEntry((pasid + 1) & 63, { DID: 0xffff - (pasid & 0xffff) }, 0n, table);
+        const result = resolve(withPasid ? { pasid } : {});
+        if (inRange) assert.equal(found(result).entry.did, pasid & 0xffff);
+        else refused(result, withPasid ? SM_FR.PASID_TOO_LARGE : SM_FR.RID_PASID_ERROR, 'context');
+      }),
+      { numRuns: 300 },
+    );
   });
 });

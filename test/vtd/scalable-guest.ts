@@ -2,8 +2,14 @@
 import { encodeBig } from '../../lib/vtd/bitfield';
 import { GCMD, OFFSET } from '../../lib/vtd/register-bits';
 import {
-  PASID_CACHE_INVALIDATE, PASID_DEVICE_TLB_INVALIDATE, PASID_DIRECTORY_ENTRY, PASID_IOTLB_INVALIDATE, PASID_PGTT,
-  SCALABLE_CONTEXT_ENTRY, SCALABLE_PASID_ENTRY, SCALABLE_ROOT_ENTRY,
+  PASID_CACHE_INVALIDATE,
+  PASID_DEVICE_TLB_INVALIDATE,
+  PASID_DIRECTORY_ENTRY,
+  PASID_IOTLB_INVALIDATE,
+  PASID_PGTT,
+  SCALABLE_CONTEXT_ENTRY,
+  SCALABLE_PASID_ENTRY,
+  SCALABLE_ROOT_ENTRY,
 } from '../../lib/vtd/structures';
 import type { TranslationResult } from '../../lib/vtd/unit';
 import { PAGE, TableWriter } from './paging-builder';
@@ -30,9 +36,18 @@ export class ScalableGuest extends TestGuest {
   }
 
   rootEntry(bus: number, values: Values = {}, extra = 0n): void {
-    this.writer.writeStructure(this.root + bus * 16, SCALABLE_ROOT_ENTRY, {
-      LP: 1, LCTP: this.contexts.lower / PAGE, UP: 1, UCTP: this.contexts.upper / PAGE, ...values,
-    }, extra);
+    this.writer.writeStructure(
+      this.root + bus * 16,
+      SCALABLE_ROOT_ENTRY,
+      {
+        LP: 1,
+        LCTP: this.contexts.lower / PAGE,
+        UP: 1,
+        UCTP: this.contexts.upper / PAGE,
+        ...values,
+      },
+      extra,
+    );
   }
 
   directoryOf(sid: number): number {
@@ -50,9 +65,18 @@ export class ScalableGuest extends TestGuest {
   }
 
   scalableContext(sid = SID, values: Values = {}, extra = 0n): void {
-    this.writer.writeStructure(this.contextAddress(sid), SCALABLE_CONTEXT_ENTRY, {
-      P: 1, PASIDE: 1, PDTS: 0, PASIDDIRPTR: this.directoryOf(sid) / PAGE, ...values,
-    }, extra);
+    this.writer.writeStructure(
+      this.contextAddress(sid),
+      SCALABLE_CONTEXT_ENTRY,
+      {
+        P: 1,
+        PASIDE: 1,
+        PDTS: 0,
+        PASIDDIRPTR: this.directoryOf(sid) / PAGE,
+        ...values,
+      },
+      extra,
+    );
   }
 
   /** The PASID table for `pasid >> 6` of `sid`, with its directory entry (present) written on first use. */
@@ -102,7 +126,10 @@ export class ScalableGuest extends TestGuest {
     this.command(GCMD.TE);
   }
 
-  request(iova: number | bigint, options: { write?: boolean; pasid?: number; supervisor?: boolean; execute?: boolean; sid?: number } = {}): TranslationResult {
+  request(
+    iova: number | bigint,
+    options: { write?: boolean; pasid?: number; supervisor?: boolean; execute?: boolean; sid?: number } = {},
+  ): TranslationResult {
     const { write = false, sid = SID, ...rest } = options;
     return this.unit.translate({ sid, iova: BigInt(iova), write, ...rest });
   }
@@ -150,6 +177,12 @@ export const pasidDescriptor = {
 /** FRCD hi for a recorded fault: F, T (1 = read), PV/PP when the request had a PASID, FR and SID. */
 export function frcdHi(reason: number, options: { read?: boolean; pasid?: number; sid?: number } = {}): bigint {
   const pasid = options.pasid;
-  return (1n << 63n) | (options.read ? 1n << 62n : 0n) | (BigInt(pasid ?? 0) << 40n) | (BigInt(reason) << 32n)
-    | (pasid === undefined ? 0n : 1n << 31n) | BigInt(options.sid ?? SID);
+  return (
+    (1n << 63n) |
+    (options.read ? 1n << 62n : 0n) |
+    (BigInt(pasid ?? 0) << 40n) |
+    (BigInt(reason) << 32n) |
+    (pasid === undefined ? 0n : 1n << 31n) |
+    BigInt(options.sid ?? SID)
+  );
 }

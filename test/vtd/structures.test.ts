@@ -3,11 +3,28 @@ import { strict as assert } from 'node:assert';
 import fc from 'fast-check';
 import { bigToWords, decodeBig, encodeBig, reservedMaskBig, type FieldTable } from '../../lib/vtd/bitfield';
 import {
-  CONTEXT_CACHE_INVALIDATE, DEVICE_TLB_INVALIDATE, INVALIDATION_DESCRIPTORS, INVALIDATION_WAIT, IOTLB_INVALIDATE,
-  IRTE, LEGACY_CONTEXT_ENTRY, LEGACY_ROOT_ENTRY, PASID_DIRECTORY_ENTRY, PASID_IOTLB_INVALIDATE, SCALABLE_CONTEXT_ENTRY,
-  SCALABLE_PASID_ENTRY, SECOND_STAGE_1G_LEAF, SECOND_STAGE_2M_LEAF, SECOND_STAGE_4K_LEAF, SECOND_STAGE_TABLE_ENTRY,
+  CONTEXT_CACHE_INVALIDATE,
+  DEVICE_TLB_INVALIDATE,
+  INVALIDATION_DESCRIPTORS,
+  INVALIDATION_WAIT,
+  IOTLB_INVALIDATE,
+  IRTE,
+  LEGACY_CONTEXT_ENTRY,
+  LEGACY_ROOT_ENTRY,
+  PASID_DIRECTORY_ENTRY,
+  PASID_IOTLB_INVALIDATE,
+  SCALABLE_CONTEXT_ENTRY,
+  SCALABLE_PASID_ENTRY,
+  SECOND_STAGE_1G_LEAF,
+  SECOND_STAGE_2M_LEAF,
+  SECOND_STAGE_4K_LEAF,
+  SECOND_STAGE_TABLE_ENTRY,
   SECOND_STAGE_TOP_ENTRY,
-  FIRST_STAGE_2M_LEAF, FIRST_STAGE_4K_LEAF, FIRST_STAGE_TOP_ENTRY, descriptorKind, descriptorType,
+  FIRST_STAGE_2M_LEAF,
+  FIRST_STAGE_4K_LEAF,
+  FIRST_STAGE_TOP_ENTRY,
+  descriptorKind,
+  descriptorType,
 } from '../../lib/vtd/structures';
 
 const QWORD = (1n << 64n) - 1n;
@@ -102,7 +119,16 @@ describe('vtd structures', () => {
 
   it('places scalable PASID entry fields at the absolute bits Linux pasid.h uses', () => {
     const value = encodeBig(SCALABLE_PASID_ENTRY, {
-      P: 1, PGTT: 3, SSPTPTR: 0x1234n, DID: 7, PGSNP: 1, SRE: 1, FSPM: 1, WPE: 1, EAFE: 1, FSPTPTR: 0x5678n,
+      P: 1,
+      PGTT: 3,
+      SSPTPTR: 0x1234n,
+      DID: 7,
+      PGSNP: 1,
+      SRE: 1,
+      FSPM: 1,
+      WPE: 1,
+      EAFE: 1,
+      FSPTPTR: 0x5678n,
     });
     assert.equal(value & QWORD, 1n | (3n << 6n) | 0x1234000n);
     assert.equal((value >> 64n) & QWORD, 7n | (1n << 24n));
@@ -126,12 +152,14 @@ describe('vtd structures', () => {
   });
 
   it('round-trips PASID directory entries through encode and decode', () => {
-    fc.assert(fc.property(fc.bigInt({ min: 0n, max: (1n << 52n) - 1n }), fc.boolean(), fc.boolean(), (ptp, p, fpd) => {
-      const value = encodeBig(PASID_DIRECTORY_ENTRY, { P: p ? 1 : 0, FPD: fpd ? 1 : 0, PTP: ptp });
-      const decoded = decodeBig(PASID_DIRECTORY_ENTRY, value);
-      assert.equal(decoded.PTP, ptp);
-      assert.equal(decoded.P, p ? 1n : 0n);
-      assert.equal(value & reservedMaskBig(PASID_DIRECTORY_ENTRY), 0n);
-    }));
+    fc.assert(
+      fc.property(fc.bigInt({ min: 0n, max: (1n << 52n) - 1n }), fc.boolean(), fc.boolean(), (ptp, p, fpd) => {
+        const value = encodeBig(PASID_DIRECTORY_ENTRY, { P: p ? 1 : 0, FPD: fpd ? 1 : 0, PTP: ptp });
+        const decoded = decodeBig(PASID_DIRECTORY_ENTRY, value);
+        assert.equal(decoded.PTP, ptp);
+        assert.equal(decoded.P, p ? 1n : 0n);
+        assert.equal(value & reservedMaskBig(PASID_DIRECTORY_ENTRY), 0n);
+      }),
+    );
   });
 });

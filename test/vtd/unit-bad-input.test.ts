@@ -132,7 +132,8 @@ describe('VtdUnit against a hostile guest', () => {
 
   it('an interrupt table outside RAM, or 2^16 entries of which the end is outside RAM: fault 0x23', () => {
     const guest = new TestGuest();
-    const address = (handle: number) => Number(encodeBig(MSI_REMAPPABLE_ADDRESS, { BASE: 0xfee, IF: 1, HANDLE_LO: handle & 0x7fff, HANDLE_HI: handle >> 15 }));
+    const address = (handle: number) =>
+      Number(encodeBig(MSI_REMAPPABLE_ADDRESS, { BASE: 0xfee, IF: 1, HANDLE_LO: handle & 0x7fff, HANDLE_HI: handle >> 15 }));
     guest.unit.write(OFFSET.IRTA, 8, encodeBig(IRTA_FIELDS, { IRTA: (RAM_SIZE - PAGE) / PAGE, S: 15 }));
     guest.command(GCMD.SIRTP);
     guest.command(GCMD.IRE);
@@ -154,7 +155,7 @@ describe('VtdUnit against a hostile guest', () => {
     assert.ok(result.ok && result.address === 0x500123);
   });
 
-  it('a source id outside 16 bits or a PASID outside 20 bits is the caller\'s mistake: VtdRequestError, before any cache is consulted', () => {
+  it("a source id outside 16 bits or a PASID outside 20 bits is the caller's mistake: VtdRequestError, before any cache is consulted", () => {
     const guest = new ScalableGuest('x-scalable-mode=on,x-flts=on,aw-bits=48,x-pasid-mode=on');
     // Device SID + 1 has PASID 0 cached; (SID, 2^20) would share its PASID-cache key SID * 2^20 + 2^20.
     for (const sid of [SID, SID + 1]) guest.scalableContext(sid);

@@ -37,7 +37,10 @@ describe('compat quirks', () => {
         assert.equal(set.has(quirk.id), wanted, `${quirk.id} with compat=${compat}`);
       }
       if (quirk.compat !== 'all') {
-        assert.ok(quirk.compat.length > 0 && !quirk.compat.includes('spec') && !quirk.compat.includes('qemu-latest'), `${quirk.id}: only QEMU versions`);
+        assert.ok(
+          quirk.compat.length > 0 && !quirk.compat.includes('spec') && !quirk.compat.includes('qemu-latest'),
+          `${quirk.id}: only QEMU versions`,
+        );
       }
     }
   });
@@ -57,7 +60,10 @@ describe('compat quirks', () => {
   });
 
   it('frcd-pv-ffff-without-pasid: PV 0xffff only for faults past the context entry', () => {
-    for (const [config, walkPv] of [['', 0n], [QEMU, 0xffffn]] as const) {
+    for (const [config, walkPv] of [
+      ['', 0n],
+      [QEMU, 0xffffn],
+    ] as const) {
       const guest = new TestGuest(config);
       guest.setContext(SID);
       guest.enable();
@@ -71,7 +77,10 @@ describe('compat quirks', () => {
   });
 
   it('iotlb-hit-without-permission-not-recorded: a write after a cached read of a read-only page', () => {
-    for (const [config, recording] of [['', 'recorded'], [QEMU, 'none']] as const) {
+    for (const [config, recording] of [
+      ['', 'recorded'],
+      [QEMU, 'none'],
+    ] as const) {
       const guest = new TestGuest(config);
       guest.setContext(SID);
       guest.map(SID, 0x1000, 0x300000, { write: false });
@@ -83,7 +92,10 @@ describe('compat quirks', () => {
   });
 
   it('gcmd-cfi-ignored: CFIS follows CFI unless QEMU', () => {
-    for (const [config, cfis] of [['', GSTS.CFIS], [QEMU, 0]] as const) {
+    for (const [config, cfis] of [
+      ['', GSTS.CFIS],
+      [QEMU, 0],
+    ] as const) {
       const { guest } = irGuest(config);
       guest.command(GCMD.CFI);
       assert.equal(guest.read32(OFFSET.GSTS) & GSTS.CFIS, cfis, config);
@@ -91,7 +103,10 @@ describe('compat quirks', () => {
   });
 
   it('fectl-ip-kept-when-records-cleared: clearing F clears IP unless QEMU', () => {
-    for (const [config, fectl] of [['', 0x80000000], [QEMU, 0xc0000000]] as const) {
+    for (const [config, fectl] of [
+      ['', 0x80000000],
+      [QEMU, 0xc0000000],
+    ] as const) {
       const guest = new TestGuest(config);
       guest.setContext(SID);
       guest.enable();
@@ -107,7 +122,10 @@ describe('compat quirks', () => {
   it('iec-descriptor-reserved-bits-ignored and pasid-descriptors-accepted-unchecked: IQE unless QEMU', () => {
     const bad = [encodeBig(INTERRUPT_ENTRY_CACHE_INVALIDATE, { TYPE_LO: 4 }) | (1n << 5n), 0x26n, 0x37n];
     for (const descriptor of bad) {
-      for (const [config, fsts] of [['', 0x10], [QEMU, 0]] as const) {
+      for (const [config, fsts] of [
+        ['', 0x10],
+        [QEMU, 0],
+      ] as const) {
         const guest = new TestGuest(config);
         guest.setupQueue(0);
         guest.submit([descriptor], 0);
@@ -117,7 +135,10 @@ describe('compat quirks', () => {
   });
 
   it('interrupt-remapping-faults-not-recorded: a not-present IRTE is recorded unless QEMU', () => {
-    for (const [config, recording] of [['', 'recorded'], [QEMU, 'none']] as const) {
+    for (const [config, recording] of [
+      ['', 'recorded'],
+      [QEMU, 'none'],
+    ] as const) {
       const { guest } = irGuest(config);
       const result = guest.unit.remapInterrupt({ sid: SID, address: remappable(9), data: 0 });
       assert.ok(!result.ok && result.reason === IR_FAULT.ENTRY_NOT_PRESENT && result.recording === recording, config);
@@ -126,7 +147,10 @@ describe('compat quirks', () => {
 
   it('irte-posted-and-xapic-destination-unchecked: fault 0x24 unless QEMU', () => {
     for (const fields of [{ IM: 1 }, { DST: 0x101 }]) {
-      for (const [config, ok] of [['', false], [QEMU, true]] as const) {
+      for (const [config, ok] of [
+        ['', false],
+        [QEMU, true],
+      ] as const) {
         const { guest, table } = irGuest(config);
         guest.write128(table + 4 * 16, encodeBig(IRTE, { P: 1, V: 0x30, DST: 0x100, ...fields }));
         const result = guest.unit.remapInterrupt({ sid: SID, address: remappable(4), data: 0 });
@@ -138,7 +162,10 @@ describe('compat quirks', () => {
   });
 
   it('interrupt-dma-writes-skip-source-id-check: only plain DMA writes, only with QEMU', () => {
-    for (const [config, dmaOk] of [['', false], [QEMU, true]] as const) {
+    for (const [config, dmaOk] of [
+      ['', false],
+      [QEMU, true],
+    ] as const) {
       const { guest, table } = irGuest(config);
       guest.write128(table + 4 * 16, encodeBig(IRTE, { P: 1, V: 0x30, DST: 0x100, SVT: 1, SID: 0x28 }));
       const message = guest.unit.interruptRequest({ sid: SID, address: remappable(4), data: 0 });
@@ -166,7 +193,10 @@ describe('compat quirks', () => {
     }
 
     it('first-stage-rights-checked-per-level: a refusing entry faults at once, without A, before lower not-present entries', () => {
-      for (const [quirks, reason, pdeA] of [[[], FS_FR.NOT_PRESENT, A], [['first-stage-rights-checked-per-level'], FS_FR.USER_SUPERVISOR, 0n]] as const) {
+      for (const [quirks, reason, pdeA] of [
+        [[], FS_FR.NOT_PRESENT, A],
+        [['first-stage-rights-checked-per-level'], FS_FR.USER_SUPERVISOR, 0n],
+      ] as const) {
         const { t, walker, top } = setUp(quirks);
         t.mapFirst(top, 4, 0x4000_0000n, 0x300000);
         const pde = t.firstEntryAddress(top, 4, 0x4000_0000n, 2);
@@ -177,19 +207,28 @@ describe('compat quirks', () => {
         assert.ok(!result.ok && result.reason === reason, `${quirks.join() || 'spec'}: reason`);
         assert.equal(t.memory.readU64(pde) & A, pdeA, `${quirks.join() || 'spec'}: A of the PDE`);
       }
-      for (const [quirks, leafA] of [[[], A], [['first-stage-rights-checked-per-level'], 0n]] as const) {
+      for (const [quirks, leafA] of [
+        [[], A],
+        [['first-stage-rights-checked-per-level'], 0n],
+      ] as const) {
         const { t, walker, top } = setUp(quirks);
         t.mapFirst(top, 4, 0x1000n, 0x300000, { rw: false });
         const result = walk(walker, top, 0x1000n, true);
         assert.ok(!result.ok && result.reason === FS_FR.WRITE);
-        assert.equal(t.memory.readU64(t.firstEntryAddress(top, 4, 0x1000n, 1)) & A, leafA, `${quirks.join() || 'spec'}: A of a read-only leaf a write refused`);
+        assert.equal(
+          t.memory.readU64(t.firstEntryAddress(top, 4, 0x1000n, 1)) & A,
+          leafA,
+          `${quirks.join() || 'spec'}: A of a read-only leaf a write refused`,
+        );
       }
     });
 
     it('first-stage-flags-written-only-when-all-clear: a write through a leaf with A set leaves D clear, with D set leaves A clear', () => {
       for (const [preset, quirks, after] of [
-        [A, [], A | D], [A, ['first-stage-flags-written-only-when-all-clear'], A],
-        [D, [], A | D], [D, ['first-stage-flags-written-only-when-all-clear'], D],
+        [A, [], A | D],
+        [A, ['first-stage-flags-written-only-when-all-clear'], A],
+        [D, [], A | D],
+        [D, ['first-stage-flags-written-only-when-all-clear'], D],
         [0n, ['first-stage-flags-written-only-when-all-clear'], A | D],
       ] as const) {
         const { t, walker, top } = setUp(quirks);
@@ -204,7 +243,10 @@ describe('compat quirks', () => {
     });
 
     it('first-stage-canonical-check-uses-pasid-aw: AW 1 (39 bits) makes a canonical 48-bit address above 2^38 fault', () => {
-      for (const [quirks, ok] of [[[], true], [['first-stage-canonical-check-uses-pasid-aw'], false]] as const) {
+      for (const [quirks, ok] of [
+        [[], true],
+        [['first-stage-canonical-check-uses-pasid-aw'], false],
+      ] as const) {
         const { t, walker, top } = setUp(quirks);
         t.mapFirst(top, 4, 0x80_0000_0000n, 0x300000);
         const result = walk(walker, top, 0x80_0000_0000n, false, 39);

@@ -26,8 +26,15 @@ describe('vtd unit: the fault record out of translate()', () => {
       guest.enable();
       const leaf = guest.leafAddress(SID, 0x40_1000);
       const expected = {
-        ok: false, reason: faultCode('WRITE'), stage: 'second-stage', level: 1, entryAddress: leaf, entryValue: guest.memory.readU64(leaf),
-        fpd: false, notPresent: false, pastContext: true,
+        ok: false,
+        reason: faultCode('WRITE'),
+        stage: 'second-stage',
+        level: 1,
+        entryAddress: leaf,
+        entryValue: guest.memory.readU64(leaf),
+        fpd: false,
+        notPresent: false,
+        pastContext: true,
       };
       // A fresh walk, then one that finds the leaf table in the paging-structure cache (its neighbour was translated).
       assert.deepEqual(recordOf(guest.translate(0x40_1000, true)), expected);
@@ -50,7 +57,7 @@ describe('vtd unit: the fault record out of translate()', () => {
       assert.equal(fault.level, undefined);
     });
 
-    it('calls an input in the interrupt range the request\'s own fault, and an output there the output\'s', () => {
+    it("calls an input in the interrupt range the request's own fault, and an output there the output's", () => {
       const guest = new TestGuest('aw-bits=48');
       guest.setContext(SID, { aw: 2 });
       guest.map(SID, 0x50_0000, 0xfee0_0000);
@@ -69,7 +76,14 @@ describe('vtd unit: the fault record out of translate()', () => {
       guest.enableScalable();
       const fault = recordOf(guest.request(0x1000, { pasid: 5 }));
       assert.deepEqual(
-        { reason: fault.reason, stage: fault.stage, entryAddress: fault.entryAddress, entryValue: fault.entryValue, pasid: fault.pasid, notPresent: fault.notPresent },
+        {
+          reason: fault.reason,
+          stage: fault.stage,
+          entryAddress: fault.entryAddress,
+          entryValue: fault.entryValue,
+          pasid: fault.pasid,
+          notPresent: fault.notPresent,
+        },
         { reason: faultCode('SM_PASID_ENTRY_NOT_PRESENT'), stage: 'pasid-table', entryAddress: address, entryValue: 0n, pasid: 5, notPresent: true },
       );
     });
@@ -104,10 +118,10 @@ describe('vtd unit: the fault record out of translate()', () => {
       const result = guest.request(0x3abc, { pasid: 7 });
       const fault = recordOf(result);
       assert.equal(fault.stage, 'second-stage');
-      assert.equal(fault.level, 0, 'the first stage\'s output was being translated');
+      assert.equal(fault.level, 0, "the first stage's output was being translated");
       assert.ok(fault.secondStageLevel !== undefined && fault.secondStageLevel >= 1 && fault.secondStageLevel <= 4);
       assert.equal(fault.pasid, 7);
-      assert.equal(!result.ok && result.level, fault.secondStageLevel, 'the failure\'s one level is where the output\'s walk stopped');
+      assert.equal(!result.ok && result.level, fault.secondStageLevel, "the failure's one level is where the output's walk stopped");
     });
   });
 });

@@ -46,7 +46,7 @@ describe('VtdUnit fault recording', () => {
     assert.equal(legacyOnly.read64(FRCD + 8), 0n);
   });
 
-  it('checks an entry\'s access right before its reserved bits (QEMU\'s order; the spec gives none)', () => {
+  it("checks an entry's access right before its reserved bits (QEMU's order; the spec gives none)", () => {
     const guest = new TestGuest();
     guest.setContext(SID);
     // A read-only leaf whose address has a bit above the host address width: a reserved bit.

@@ -5,8 +5,15 @@ import { encodeBig } from '../../lib/vtd/bitfield';
 import { GCMD, GSTS, OFFSET } from '../../lib/vtd/register-bits';
 import { CCMD_FIELDS, IOTLB_FIELDS, IQA_FIELDS, IVA_FIELDS } from '../../lib/vtd/registers';
 import {
-  CONTEXT_CACHE_INVALIDATE, INVALIDATION_WAIT, IOTLB_INVALIDATE, LEGACY_CONTEXT_ENTRY, LEGACY_ROOT_ENTRY,
-  SECOND_STAGE_1G_LEAF, SECOND_STAGE_2M_LEAF, SECOND_STAGE_4K_LEAF, SECOND_STAGE_TABLE_ENTRY,
+  CONTEXT_CACHE_INVALIDATE,
+  INVALIDATION_WAIT,
+  IOTLB_INVALIDATE,
+  LEGACY_CONTEXT_ENTRY,
+  LEGACY_ROOT_ENTRY,
+  SECOND_STAGE_1G_LEAF,
+  SECOND_STAGE_2M_LEAF,
+  SECOND_STAGE_4K_LEAF,
+  SECOND_STAGE_TABLE_ENTRY,
 } from '../../lib/vtd/structures';
 import { VtdUnit } from '../../lib/vtd/unit';
 import type { VtdConfig } from '../../lib/vtd/config';
@@ -88,9 +95,16 @@ export class TestGuest {
     }
     const aw = options.aw ?? 1;
     const table = this.allocPage();
-    const value = rawOverride ?? encodeBig(LEGACY_CONTEXT_ENTRY, {
-      P: present ? 1 : 0, FPD: options.fpd ? 1 : 0, TT: options.tt ?? 0, SLPTPTR: table / PAGE, AW: aw, DID: options.did ?? 1,
-    });
+    const value =
+      rawOverride ??
+      encodeBig(LEGACY_CONTEXT_ENTRY, {
+        P: present ? 1 : 0,
+        FPD: options.fpd ? 1 : 0,
+        TT: options.tt ?? 0,
+        SLPTPTR: table / PAGE,
+        AW: aw,
+        DID: options.did ?? 1,
+      });
     this.write128(contextTable + (sid & 0xff) * 16, value);
     this.tables.set(sid, { table, levels: aw + 2 });
     return table;
@@ -112,13 +126,14 @@ export class TestGuest {
       table = next;
     }
     const index = Math.floor(iova / 2 ** (12 + 9 * (leafLevel - 1))) % 512;
-    const r = options.read ?? true ? 1 : 0;
-    const w = options.write ?? true ? 1 : 0;
-    const leaf = leafLevel === 1
-      ? encodeBig(SECOND_STAGE_4K_LEAF, { R: r, W: w, ADDR: gpa / PAGE })
-      : leafLevel === 2
-        ? encodeBig(SECOND_STAGE_2M_LEAF, { R: r, W: w, PS: 1, ADDR: gpa / 2 ** 21 })
-        : encodeBig(SECOND_STAGE_1G_LEAF, { R: r, W: w, PS: 1, ADDR: gpa / 2 ** 30 });
+    const r = (options.read ?? true) ? 1 : 0;
+    const w = (options.write ?? true) ? 1 : 0;
+    const leaf =
+      leafLevel === 1
+        ? encodeBig(SECOND_STAGE_4K_LEAF, { R: r, W: w, ADDR: gpa / PAGE })
+        : leafLevel === 2
+          ? encodeBig(SECOND_STAGE_2M_LEAF, { R: r, W: w, PS: 1, ADDR: gpa / 2 ** 21 })
+          : encodeBig(SECOND_STAGE_1G_LEAF, { R: r, W: w, PS: 1, ADDR: gpa / 2 ** 30 });
     this.memory.writeU64(table + index * 8, leaf | (options.extra ?? 0n));
   }
 
@@ -188,7 +203,12 @@ export const descriptor = {
   iotlbGlobal: (): bigint => encodeBig(IOTLB_INVALIDATE, { TYPE_LO: 2, G: 1 }),
   iotlbDomain: (did: number): bigint => encodeBig(IOTLB_INVALIDATE, { TYPE_LO: 2, G: 2, DID: did }),
   iotlbPage: (did: number, iova: number, am = 0): bigint => encodeBig(IOTLB_INVALIDATE, { TYPE_LO: 2, G: 3, DID: did, ADDR: iova / PAGE, AM: am }),
-  wait: (options: { sw?: boolean; if?: boolean; data?: number; address?: number }): bigint => encodeBig(INVALIDATION_WAIT, {
-    TYPE_LO: 5, SW: options.sw ? 1 : 0, IF: options.if ? 1 : 0, SDATA: options.data ?? 0, SADDR: (options.address ?? 0) / 4,
-  }),
+  wait: (options: { sw?: boolean; if?: boolean; data?: number; address?: number }): bigint =>
+    encodeBig(INVALIDATION_WAIT, {
+      TYPE_LO: 5,
+      SW: options.sw ? 1 : 0,
+      IF: options.if ? 1 : 0,
+      SDATA: options.data ?? 0,
+      SADDR: (options.address ?? 0) / 4,
+    }),
 };

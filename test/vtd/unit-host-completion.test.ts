@@ -110,7 +110,11 @@ describe('VtdUnit completions held for host backends', () => {
     guest.enable();
     const stop = guest.unit.watchDevice(SID, {
       domainChanged: (domain) => {
-        domain?.listen({ mappingsChanged: () => { throw new RangeError('Maximum call stack size exceeded'); } });
+        domain?.listen({
+          mappingsChanged: () => {
+            throw new RangeError('Maximum call stack size exceeded');
+          },
+        });
       },
     });
     guest.setupQueue();

@@ -15,7 +15,12 @@ function remappable(handle: number): number {
 const iec = (values: Partial<Record<'G' | 'IM' | 'IIDX', number>>): bigint => encodeBig(INTERRUPT_ENTRY_CACHE_INVALIDATE, { TYPE_LO: 4, ...values });
 
 /** IR on, QI on, 256 entries; entry i has vector 0x40 + i. */
-function guestWithEntries(count = 32): { guest: TestGuest; table: number; setVector: (index: number, vector: number) => void; vector: (index: number) => number } {
+function guestWithEntries(count = 32): {
+  guest: TestGuest;
+  table: number;
+  setVector: (index: number, vector: number) => void;
+  vector: (index: number) => number;
+} {
   const guest = new TestGuest();
   const table = guest.allocPage();
   const setVector = (index: number, vector: number) => guest.write128(table + index * 16, encodeBig(IRTE, { P: 1, V: vector, DST: 0x100 }));

@@ -31,7 +31,14 @@ describe('dmaSpace and the interrupt address range', () => {
         guest.enable();
       }
       guest.unit.dmaSpace(SID).write(0xfee01000n, dwords(0x4031, 0x4032));
-      assert.deepEqual(guest.interrupts.args, [[0xfee01000, 0x4031], [0xfee01004, 0x4032]], `TE ${translate}`);
+      assert.deepEqual(
+        guest.interrupts.args,
+        [
+          [0xfee01000, 0x4031],
+          [0xfee01004, 0x4032],
+        ],
+        `TE ${translate}`,
+      );
       assert.equal(guest.read32(OFFSET.FSTS), 0, 'an interrupt request is not a DMA fault');
     }
   });
@@ -55,7 +62,10 @@ describe('dmaSpace and the interrupt address range', () => {
   it('a read there is an illegal request: blocked without a record (QEMU 7.2: zeros)', () => {
     const spec = new TestGuest();
     const into = new Uint8Array(8).fill(0xaa);
-    assert.throws(() => spec.unit.dmaSpace(SID).read(0xfee00000n, into), (error: unknown) => error instanceof DmaFault && error.errno === EFAULT);
+    assert.throws(
+      () => spec.unit.dmaSpace(SID).read(0xfee00000n, into),
+      (error: unknown) => error instanceof DmaFault && error.errno === EFAULT,
+    );
     assert.deepEqual(into, new Uint8Array(8).fill(0xaa));
     assert.equal(spec.read32(OFFSET.FSTS), 0);
     const qemu = new TestGuest('compat=qemu-7.2');
@@ -66,8 +76,14 @@ describe('dmaSpace and the interrupt address range', () => {
   it('a write that is not whole aligned DWORDs is illegal: nothing is delivered and nothing else is written', () => {
     const guest = new TestGuest();
     const dma = guest.unit.dmaSpace(SID);
-    for (const [address, length] of [[0xfee00002n, 4], [0xfee00000n, 6]] as const) {
-      assert.throws(() => dma.write(address, new Uint8Array(length)), (error: unknown) => error instanceof DmaFault && error.errno === EFAULT);
+    for (const [address, length] of [
+      [0xfee00002n, 4],
+      [0xfee00000n, 6],
+    ] as const) {
+      assert.throws(
+        () => dma.write(address, new Uint8Array(length)),
+        (error: unknown) => error instanceof DmaFault && error.errno === EFAULT,
+      );
     }
     // A transfer that runs from RAM into the window moves nothing at all.
     assert.throws(() => dma.write(0xfedffffen, new Uint8Array(6).fill(1)), DmaFault);

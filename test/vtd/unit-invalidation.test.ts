@@ -60,7 +60,7 @@ describe('VtdUnit register-based invalidation', () => {
   it('domain-selective IOTLB invalidation touches only that domain', () => {
     const guest = cachedGuest();
     guest.unit.write(OFFSET.IOTLB, 8, encodeBig(IOTLB_FIELDS, { IVT: 1, IIRG: 2, DID: 2 }));
-    assert.equal(guest.read64(OFFSET.IOTLB) >> 57n & 3n, 2n, 'IAIG domain');
+    assert.equal((guest.read64(OFFSET.IOTLB) >> 57n) & 3n, 2n, 'IAIG domain');
     assert.equal(address(guest, 0x1000, 0x20), 0x300000);
     assert.equal(address(guest, 0x1000, 0x28), 0x400000);
   });
@@ -73,7 +73,7 @@ describe('VtdUnit register-based invalidation', () => {
     assert.equal(address(guest, 0x1000, 0x28), 0x300000, 'other domain untouched');
     guest.pageIotlbInvalidate(1, 0x0, 2);
     assert.equal(address(guest, 0x2000), 0x401000);
-    assert.equal(guest.read64(OFFSET.IOTLB) >> 57n & 3n, 3n, 'IAIG page');
+    assert.equal((guest.read64(OFFSET.IOTLB) >> 57n) & 3n, 3n, 'IAIG page');
   });
 
   it('page-selective invalidation removes a large page it overlaps', () => {
@@ -90,7 +90,7 @@ describe('VtdUnit register-based invalidation', () => {
   it('AM above MAMV is refused: IAIG 0 and nothing dropped', () => {
     const guest = cachedGuest();
     guest.pageIotlbInvalidate(1, 0, 19);
-    assert.equal(guest.read64(OFFSET.IOTLB) >> 57n & 3n, 0n);
+    assert.equal((guest.read64(OFFSET.IOTLB) >> 57n) & 3n, 0n);
     assert.equal(address(guest, 0x1000), 0x300000);
   });
 
@@ -107,12 +107,12 @@ describe('VtdUnit register-based invalidation', () => {
     assert.equal(guest.unit.contextCache.size, 3);
     // Device 0x20 with FM 1 (function bit 2 masked) also covers 0x24, not 0x28.
     guest.unit.write(OFFSET.CCMD, 8, encodeBig(CCMD_FIELDS, { ICC: 1, CIRG: 3, SID: 0x20, FM: 1 }));
-    assert.equal(guest.read64(OFFSET.CCMD) >> 59n & 3n, 3n, 'CAIG device');
+    assert.equal((guest.read64(OFFSET.CCMD) >> 59n) & 3n, 3n, 'CAIG device');
     assert.ok(!guest.translate(0x1000, false, 0x20).ok);
     assert.ok(!guest.translate(0x1000, false, 0x24).ok);
     assert.ok(guest.translate(0x1000, false, 0x28).ok);
     guest.unit.write(OFFSET.CCMD, 8, encodeBig(CCMD_FIELDS, { ICC: 1, CIRG: 2, DID: 0x28 }));
-    assert.equal(guest.read64(OFFSET.CCMD) >> 59n & 3n, 1n, 'CAIG global: QEMU does domain requests globally');
+    assert.equal((guest.read64(OFFSET.CCMD) >> 59n) & 3n, 1n, 'CAIG global: QEMU does domain requests globally');
     assert.ok(!guest.translate(0x1000, false, 0x28).ok);
     assert.equal(guest.unit.contextCache.size, 0);
   });

@@ -60,10 +60,38 @@ describe('VtdUnit interrupt remapping', () => {
       ['bad address', () => ({ address: 0xfed00010 }), IR_FAULT.REQUEST_RESERVED],
       ['index over', () => ({ address: remappable(256) }), IR_FAULT.INDEX_OVER],
       ['not present', () => ({ address: remappable(1) }), IR_FAULT.ENTRY_NOT_PRESENT],
-      ['reserved', (g, t) => { setIrte(g, t, 2, { V: 1 }, 1n << 12n); return { address: remappable(2) }; }, IR_FAULT.ENTRY_RESERVED],
-      ['xAPIC destination low byte', (g, t) => { setIrte(g, t, 2, { DST: 1 }); return { address: remappable(2) }; }, IR_FAULT.ENTRY_RESERVED],
-      ['SID mismatch', (g, t) => { setIrte(g, t, 4, { SVT: 1, SID: 0x28 }); return { address: remappable(4) }; }, IR_FAULT.SOURCE_ID_MISMATCH],
-      ['bus range', (g, t) => { setIrte(g, t, 4, { SVT: 2, SID: 0x0203 }); return { address: remappable(4) }; }, IR_FAULT.SOURCE_ID_MISMATCH],
+      [
+        'reserved',
+        (g, t) => {
+          setIrte(g, t, 2, { V: 1 }, 1n << 12n);
+          return { address: remappable(2) };
+        },
+        IR_FAULT.ENTRY_RESERVED,
+      ],
+      [
+        'xAPIC destination low byte',
+        (g, t) => {
+          setIrte(g, t, 2, { DST: 1 });
+          return { address: remappable(2) };
+        },
+        IR_FAULT.ENTRY_RESERVED,
+      ],
+      [
+        'SID mismatch',
+        (g, t) => {
+          setIrte(g, t, 4, { SVT: 1, SID: 0x28 });
+          return { address: remappable(4) };
+        },
+        IR_FAULT.SOURCE_ID_MISMATCH,
+      ],
+      [
+        'bus range',
+        (g, t) => {
+          setIrte(g, t, 4, { SVT: 2, SID: 0x0203 });
+          return { address: remappable(4) };
+        },
+        IR_FAULT.SOURCE_ID_MISMATCH,
+      ],
     ];
     for (const [name, prepare, reason] of cases) {
       const { guest, table } = irGuest();

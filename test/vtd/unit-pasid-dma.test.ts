@@ -117,7 +117,7 @@ describe('vtd unit: DMA with PASID (dmaSpace(sid, tag))', () => {
     assert.equal(legacy.frcdHi(), frcdHi(faultCode('SM_TTM0_PASID_REQUEST'), { pasid: 1 }));
   });
 
-  it('refuses a PASID outside 20 bits as the caller\'s mistake', () => {
+  it("refuses a PASID outside 20 bits as the caller's mistake", () => {
     const guest = new ScalableGuest(FIRST);
     assert.throws(() => guest.unit.dmaSpace(SID, { pasid: 1 << 20 }), /pasid/);
   });

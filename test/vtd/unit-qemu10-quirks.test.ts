@@ -25,7 +25,10 @@ function firstStageUnit(compat: string, map: (guest: ScalableGuest, top: number)
 
 describe('vtd unit: compat=qemu-10.0 quirks', () => {
   it('a write through a first-stage leaf whose A is set leaves D clear (10.0); the spec sets D', () => {
-    for (const [compat, dirty] of [[',compat=qemu-10.0', false], ['', true]] as const) {
+    for (const [compat, dirty] of [
+      [',compat=qemu-10.0', false],
+      ['', true],
+    ] as const) {
       let leaf = 0;
       const guest = firstStageUnit(compat, (g, top) => {
         g.writer.mapFirst(top, 4, 0x1000n, 0x400000, { extra: A });
@@ -37,7 +40,10 @@ describe('vtd unit: compat=qemu-10.0 quirks', () => {
   });
 
   it('a write hitting a read-only first-stage translation cached by a read goes unrecorded (10.0); the spec records 0x85', () => {
-    for (const [compat, recorded] of [[',compat=qemu-10.0', false], ['', true]] as const) {
+    for (const [compat, recorded] of [
+      [',compat=qemu-10.0', false],
+      ['', true],
+    ] as const) {
       const guest = firstStageUnit(compat, (g, top) => g.writer.mapFirst(top, 4, 0x2000n, 0x401000, { rw: false }));
       assert.ok(guest.request(0x2000).ok);
       const write = guest.request(0x2000, { write: true });
@@ -47,7 +53,7 @@ describe('vtd unit: compat=qemu-10.0 quirks', () => {
     }
   });
 
-  it('records 10.0\'s codes: legacy ones for root, context and second-stage faults, scalable ones for PASID-structure and first-stage faults', () => {
+  it("records 10.0's codes: legacy ones for root, context and second-stage faults, scalable ones for PASID-structure and first-stage faults", () => {
     const pasidAbsent = new ScalableGuest('x-scalable-mode=on,compat=qemu-10.0');
     pasidAbsent.scalableContext(SID, { PASIDE: 0 });
     pasidAbsent.pasidEntry(SID, 0, { P: 0 });
@@ -73,8 +79,11 @@ describe('vtd unit: compat=qemu-10.0 quirks', () => {
     assert.ok(!old.ok && old.reason === faultCode('SM_PASID_ENTRY_ACCESS'), '7.2 records 0x58 for every PASID-entry fault');
   });
 
-  it('records a plain DMA write\'s interrupt-remapping fault with SID 0xffff (10.0); the spec records the requester', () => {
-    for (const [compat, sid] of [['compat=qemu-10.0', 0xffffn], ['x-scalable-mode=on', BigInt(SID)]] as const) {
+  it("records a plain DMA write's interrupt-remapping fault with SID 0xffff (10.0); the spec records the requester", () => {
+    for (const [compat, sid] of [
+      ['compat=qemu-10.0', 0xffffn],
+      ['x-scalable-mode=on', BigInt(SID)],
+    ] as const) {
       const guest = new ScalableGuest(compat);
       const table = guest.writer.page();
       guest.unit.write(OFFSET.IRTA, 8, BigInt(table) | 7n);
@@ -86,7 +95,7 @@ describe('vtd unit: compat=qemu-10.0 quirks', () => {
     }
   });
 
-  it('a page-selective IOTLB invalidation of another page drops the domain\'s first-stage translations (spec and 10.0)', () => {
+  it("a page-selective IOTLB invalidation of another page drops the domain's first-stage translations (spec and 10.0)", () => {
     for (const compat of ['', ',compat=qemu-10.0']) {
       const guest = firstStageUnit(compat, (g, top) => g.writer.mapFirst(top, 4, 0x1000n, 0x400000));
       assert.equal(guest.request(0x1000).ok, true);

@@ -174,7 +174,10 @@ describe('VtdUnit queued invalidation', () => {
   });
 
   it('disabling QI resets IQH (spec); compat qemu-7.2 refuses unless the queue ended with a wait descriptor', () => {
-    for (const [config, disabled] of [['', true], ['compat=qemu-7.2', false]] as const) {
+    for (const [config, disabled] of [
+      ['', true],
+      ['compat=qemu-7.2', false],
+    ] as const) {
       const guest = new TestGuest(config);
       guest.setupQueue(0);
       guest.submit([descriptor.contextGlobal()], 0);

@@ -136,7 +136,10 @@ describe('VtdUnit scalable-mode invalidation scopes', () => {
   });
 
   it('PASID descriptors in a 128-bit queue are invalid (spec); compat=qemu-7.2 takes them', () => {
-    for (const [config, expected] of [['x-scalable-mode=on', true], ['x-scalable-mode=on,compat=qemu-7.2', false]] as const) {
+    for (const [config, expected] of [
+      ['x-scalable-mode=on', true],
+      ['x-scalable-mode=on,compat=qemu-7.2', false],
+    ] as const) {
       const guest = new ScalableGuest(config);
       guest.setupQueue();
       guest.submit([P.cacheGlobal()], 0);

@@ -176,7 +176,7 @@ describe('VtdUnit scalable mode', () => {
       assert.equal(guest.frcdHi(), frcdHi(0x50, { read: true }), 'an unreadable directory is not a qualified fault');
     });
 
-    it('compat=qemu-7.2 uses a non-zero RID_PASID and records QEMU\'s codes with PP = 1 for page faults', () => {
+    it("compat=qemu-7.2 uses a non-zero RID_PASID and records QEMU's codes with PP = 1 for page faults", () => {
       const guest = new ScalableGuest(`${SCALABLE},compat=qemu-7.2`);
       guest.scalableContext(SID, { RID_PASID: 1 });
       const top = guest.secondStage(SID, 1, 1);
@@ -220,16 +220,28 @@ describe('VtdUnit scalable mode', () => {
     it('permission faults of scalable second-stage (0x85) and first-stage (0x81) translation are EPERM; unmapped is EFAULT', () => {
       const { guest } = secondStageGuest();
       const dma = guest.unit.dmaSpace(SID);
-      assert.equal(errnoOf(() => dma.write(0x201000n, new Uint8Array(4))), EPERM, '0x85 on a read-only page');
-      assert.equal(errnoOf(() => dma.read(0x900000n, new Uint8Array(4))), EFAULT, 'nothing mapped');
+      assert.equal(
+        errnoOf(() => dma.write(0x201000n, new Uint8Array(4))),
+        EPERM,
+        '0x85 on a read-only page',
+      );
+      assert.equal(
+        errnoOf(() => dma.read(0x900000n, new Uint8Array(4))),
+        EFAULT,
+        'nothing mapped',
+      );
 
       const user = new ScalableGuest(FIRST_STAGE);
       user.scalableContext();
       const top = user.firstStage(SID, 0, 9);
       user.writer.mapFirst(top, 4, 0x7000_1000n, 0x401000, { us: false });
       user.enableScalable();
-      assert.equal(errnoOf(() => user.unit.dmaSpace(SID).read(0x7000_1000n, new Uint8Array(4))), EPERM, '0x81: a user request to a supervisor page');
-      assert.equal(user.frcdHi() >> 32n & 0xffn, 0x81n);
+      assert.equal(
+        errnoOf(() => user.unit.dmaSpace(SID).read(0x7000_1000n, new Uint8Array(4))),
+        EPERM,
+        '0x81: a user request to a supervisor page',
+      );
+      assert.equal((user.frcdHi() >> 32n) & 0xffn, 0x81n);
     });
   });
 });

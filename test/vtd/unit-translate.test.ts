@@ -132,7 +132,11 @@ describe('VtdUnit translation (legacy)', () => {
   });
 
   it('an unreadable top-level table: fault 7 (spec, qemu-latest), fault 3 with compat qemu-7.2', () => {
-    const cases = [['', FR.PAGING_ENTRY_INVALID], ['compat=qemu-7.2', FR.CONTEXT_ENTRY_INVALID], ['compat=qemu-latest,aw-bits=39', FR.PAGING_ENTRY_INVALID]] as const;
+    const cases = [
+      ['', FR.PAGING_ENTRY_INVALID],
+      ['compat=qemu-7.2', FR.CONTEXT_ENTRY_INVALID],
+      ['compat=qemu-latest,aw-bits=39', FR.PAGING_ENTRY_INVALID],
+    ] as const;
     for (const [config, reason] of cases) {
       const guest = new TestGuest(config);
       guest.setContext(SID, {}, true, encodeBig(LEGACY_CONTEXT_ENTRY, { P: 1, SLPTPTR: 0x40000000 / PAGE, AW: 1, DID: 1 }));
@@ -247,7 +251,10 @@ describe('VtdUnit translation (legacy)', () => {
       guest.map(SID, 0x10000, 0x500000);
       guest.enable();
       const dma = guest.unit.dmaSpace(SID);
-      assert.throws(() => dma.write(0x10ff0n, new Uint8Array(32).fill(7)), (error: unknown) => error instanceof DmaFault && error.errno === EFAULT);
+      assert.throws(
+        () => dma.write(0x10ff0n, new Uint8Array(32).fill(7)),
+        (error: unknown) => error instanceof DmaFault && error.errno === EFAULT,
+      );
       assert.deepEqual(guest.memory.read(0x500ff0, 16), new Uint8Array(16));
       assert.equal(frcdReason(guest), FR.WRITE);
     });
@@ -258,7 +265,10 @@ describe('VtdUnit translation (legacy)', () => {
       guest.map(SID, 0x202000, 0x202000, { write: false });
       guest.enable();
       const dma = guest.unit.dmaSpace(SID);
-      assert.throws(() => dma.write(0x202000n, new Uint8Array(4)), (error: unknown) => error instanceof DmaFault && error.errno === EPERM);
+      assert.throws(
+        () => dma.write(0x202000n, new Uint8Array(4)),
+        (error: unknown) => error instanceof DmaFault && error.errno === EPERM,
+      );
       assert.equal(guest.read32(OFFSET.FSTS), 0x2);
     });
 
@@ -268,7 +278,10 @@ describe('VtdUnit translation (legacy)', () => {
       guest.map(SID, 0x10000, 0x1fff000);
       guest.map(SID, 0x11000, 0x2000000); // mapped, but beyond RAM
       guest.enable();
-      assert.throws(() => guest.unit.dmaSpace(SID).write(0x10ff0n, new Uint8Array(32).fill(9)), (error: unknown) => error instanceof DmaFault && error.errno === EFAULT);
+      assert.throws(
+        () => guest.unit.dmaSpace(SID).write(0x10ff0n, new Uint8Array(32).fill(9)),
+        (error: unknown) => error instanceof DmaFault && error.errno === EFAULT,
+      );
       assert.deepEqual(guest.memory.read(0x1fffff0, 16), new Uint8Array(16));
     });
 
@@ -290,9 +303,12 @@ describe('VtdUnit translation (legacy)', () => {
       const iova = 0x7f_8040_3000;
       const index = (level: number) => Math.floor(iova / 2 ** (12 + 9 * level)) % 512;
       for (let level = 3; level >= 1; level--) {
-        guest.memory.writeU64(tables[level]! + index(level) * 8, encodeBig(SECOND_STAGE_TABLE_ENTRY, { R: 1, W: 1, ADDR: tables[level - 1]! / PAGE }));
+        guest.memory.writeU64(
+          tables[level]! + index(level) * 8,
+          encodeBig(SECOND_STAGE_TABLE_ENTRY, { R: 1, W: 1, ADDR: tables[level - 1]! / PAGE }),
+        );
       }
-      guest.memory.writeU64(tables[0]! + index(0) * 8, (0x5000n) | 3n);
+      guest.memory.writeU64(tables[0]! + index(0) * 8, 0x5000n | 3n);
       guest.setContext(SID, {}, true, encodeBig(LEGACY_CONTEXT_ENTRY, { P: 1, SLPTPTR: tables[3]! / PAGE, AW: 2, DID: 1 }));
       guest.enable();
       return guest;
@@ -303,7 +319,10 @@ describe('VtdUnit translation (legacy)', () => {
         const high = [0, 1, 2, 3].map((bit) => ((mask >> bit) & 1) === 1);
         const guest = guestWithTables(high);
         const result = guest.translate(0x7f_8040_3abc, true);
-        assert.ok(result.ok && result.address === 0x5abc, `tables high: ${high.join(',')}: ${result.ok ? result.address.toString(16) : result.reason}`);
+        assert.ok(
+          result.ok && result.address === 0x5abc,
+          `tables high: ${high.join(',')}: ${result.ok ? result.address.toString(16) : result.reason}`,
+        );
         const unmapped = guest.translate(0x7f_8040_4000, false);
         assert.ok(!unmapped.ok && unmapped.reason === FR.READ, 'a neighbour entry of the same (zeroed) table');
       }

@@ -81,7 +81,7 @@ describe('vtd unit: virtual command interface (x-vcmd)', () => {
     }
   });
 
-  it('answers status 16 when no PASID is left in the unit\'s width, and to a free of a PASID the guest does not hold', () => {
+  it("answers status 16 when no PASID is left in the unit's width, and to a free of a PASID the guest does not hold", () => {
     const guest = queueGuest(`${VCMD_UNIT},x-pasid-bits=2`);
     const pasids = [allocate(guest), allocate(guest), allocate(guest)].map((r) => r.result);
     assert.deepEqual(pasids.sort(), [1, 2, 3]);
@@ -137,20 +137,32 @@ describe('vtd unit: virtual command interface (x-vcmd)', () => {
 
   it('shares a host-wide allocator between units, each within its quota', () => {
     const allocator = new PasidAllocator<unknown>({ min: 1, max: 1 << 20 });
-    const units = ['vm-a', 'vm-b'].map((name) => new VtdUnit({
-      memory: ramOf(1 << 20), config: VCMD_UNIT, onInterrupt: () => {}, pasids: { allocator, set: allocator.createSet(name, 2) },
-    }));
-    const results = units.flatMap((unit) => [1, 2, 3].map(() => {
-      unit.write(OFFSET.VCMD, 8, BigInt(VIRTUAL_COMMAND.ALLOCATE_PASID));
-      const response = unit.read(VCRSP, 8);
-      return { status: Number(getFieldBig(response, VCRSP_FIELDS.f.SC)), pasid: Number(getFieldBig(response, VCRSP_FIELDS.f.RESULT)) };
-    }));
-    assert.deepEqual(results.map((r) => r.status), [0, 0, 16, 0, 0, 16], 'the third allocation of each VM is over its quota');
+    const units = ['vm-a', 'vm-b'].map(
+      (name) =>
+        new VtdUnit({
+          memory: ramOf(1 << 20),
+          config: VCMD_UNIT,
+          onInterrupt: () => {},
+          pasids: { allocator, set: allocator.createSet(name, 2) },
+        }),
+    );
+    const results = units.flatMap((unit) =>
+      [1, 2, 3].map(() => {
+        unit.write(OFFSET.VCMD, 8, BigInt(VIRTUAL_COMMAND.ALLOCATE_PASID));
+        const response = unit.read(VCRSP, 8);
+        return { status: Number(getFieldBig(response, VCRSP_FIELDS.f.SC)), pasid: Number(getFieldBig(response, VCRSP_FIELDS.f.RESULT)) };
+      }),
+    );
+    assert.deepEqual(
+      results.map((r) => r.status),
+      [0, 0, 16, 0, 0, 16],
+      'the third allocation of each VM is over its quota',
+    );
     const granted = results.filter((r) => r.status === 0).map((r) => r.pasid);
     assert.equal(new Set(granted).size, 4, 'no PASID is given to both VMs');
   });
 
-  it('releases the guest\'s PASIDs on reset, through the quarantine', () => {
+  it("releases the guest's PASIDs on reset, through the quarantine", () => {
     const guest = queueGuest(`${VCMD_UNIT},x-pasid-bits=1`);
     assert.equal(allocate(guest).result, 1);
     guest.unit.reset();

@@ -257,7 +257,10 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
       const reply = await this.connection.request('REGION_READ', { offset: at, region: index, count: piece.length }, this.timeout(options));
       for (const fd of reply.fds) fd.close();
       if (reply.body.data.length !== piece.length) {
-        throw new VfioUserClientError('ERR_VFIO_USER_SHORT_ACCESS', `REGION_READ of region ${index} at 0x${at.toString(16)}: asked ${piece.length} bytes, got ${reply.body.data.length}`);
+        throw new VfioUserClientError(
+          'ERR_VFIO_USER_SHORT_ACCESS',
+          `REGION_READ of region ${index} at 0x${at.toString(16)}: asked ${piece.length} bytes, got ${reply.body.data.length}`,
+        );
       }
       result.set(reply.body.data, piece.at);
     }
@@ -284,7 +287,10 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
       const reply = await this.connection.request('REGION_WRITE', body, this.timeout(options));
       for (const fd of reply.fds) fd.close();
       if (reply.body.count !== piece.length) {
-        throw new VfioUserClientError('ERR_VFIO_USER_SHORT_ACCESS', `REGION_WRITE of region ${index} at 0x${at.toString(16)}: wrote ${reply.body.count} of ${piece.length} bytes`);
+        throw new VfioUserClientError(
+          'ERR_VFIO_USER_SHORT_ACCESS',
+          `REGION_WRITE of region ${index} at 0x${at.toString(16)}: wrote ${reply.body.count} of ${piece.length} bytes`,
+        );
       }
     }
   }
@@ -298,7 +304,11 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     if (this.deviceInfo === undefined) return;
     const region = this.region(index);
     const allowed = access === 'read' ? region.readable : region.writable;
-    if (!allowed) throw new VfioUserClientError('ERR_VFIO_USER_REGION_ACCESS', `region ${index} does not allow ${access}s (flags 0x${region.description.flags.toString(16)})`);
+    if (!allowed)
+      throw new VfioUserClientError(
+        'ERR_VFIO_USER_REGION_ACCESS',
+        `region ${index} does not allow ${access}s (flags 0x${region.description.flags.toString(16)})`,
+      );
     if (offset + BigInt(length) > region.size) {
       throw new VfioUserClientError(
         'ERR_VFIO_USER_REGION_ACCESS',
@@ -321,19 +331,35 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     const writable = request.writable ?? true;
     const offset = request.fd === undefined ? 0n : (request.offset ?? 0n);
     const page = smallestPage(this.connection.peerCapabilities.pgsizes);
-    for (const [name, value] of [['address', request.address], ['size', request.size], ['offset', offset]] as const) {
+    for (const [name, value] of [
+      ['address', request.address],
+      ['size', request.size],
+      ['offset', offset],
+    ] as const) {
       if (value % page !== 0n) {
-        throw new VfioUserClientError('ERR_VFIO_USER_DMA_RANGE', `DMA_MAP ${name} 0x${value.toString(16)} is not a multiple of the server's page size 0x${page.toString(16)}`);
+        throw new VfioUserClientError(
+          'ERR_VFIO_USER_DMA_RANGE',
+          `DMA_MAP ${name} 0x${value.toString(16)} is not a multiple of the server's page size 0x${page.toString(16)}`,
+        );
       }
     }
-    const entry = this.dmaMaps.reserve({ address: request.address, size: request.size, readable, writable, withFd: request.fd !== undefined, offset });
+    const entry = this.dmaMaps.reserve({
+      address: request.address,
+      size: request.size,
+      readable,
+      writable,
+      withFd: request.fd !== undefined,
+      offset,
+    });
     const flags = (readable ? DMA_MAP_FLAGS.bits.READ : 0) | (writable ? DMA_MAP_FLAGS.bits.WRITE : 0);
     try {
-      const reply = await this.inFlight(this.connection.request(
-        'DMA_MAP',
-        { argsz: DMA_MAP_LAYOUT.size, flags, offset, address: request.address, size: request.size },
-        request.fd === undefined ? {} : { fds: [request.fd] },
-      ));
+      const reply = await this.inFlight(
+        this.connection.request(
+          'DMA_MAP',
+          { argsz: DMA_MAP_LAYOUT.size, flags, offset, address: request.address, size: request.size },
+          request.fd === undefined ? {} : { fds: [request.fd] },
+        ),
+      );
       for (const fd of reply.fds) fd.close();
     } catch (error) {
       if (error instanceof VfioUserTimeoutError) throw this.dmaOutcomeUnknown(error, [entry]);
@@ -350,7 +376,10 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     this.refuseDuringUnmapAll('DMA_UNMAP');
     const entry = this.dmaMaps.exact(address, size);
     if (entry.state !== 'mapped') {
-      throw new VfioUserClientError('ERR_VFIO_USER_DMA_NOT_MAPPED', `DMA_UNMAP of [0x${address.toString(16)}, +0x${size.toString(16)}) while it is ${entry.state}`);
+      throw new VfioUserClientError(
+        'ERR_VFIO_USER_DMA_NOT_MAPPED',
+        `DMA_UNMAP of [0x${address.toString(16)}, +0x${size.toString(16)}) while it is ${entry.state}`,
+      );
     }
     entry.state = 'unmapping';
     try {
@@ -379,7 +408,12 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
       const affected = this.dmaMaps.entries.filter((entry) => entry.state === 'mapped');
       for (const entry of affected) entry.state = 'unmapping';
       try {
-        const reply = await this.connection.request('DMA_UNMAP', { argsz: DMA_UNMAP_LAYOUT.size, flags: DMA_UNMAP_FLAGS.bits.ALL, address: 0n, size: 0n });
+        const reply = await this.connection.request('DMA_UNMAP', {
+          argsz: DMA_UNMAP_LAYOUT.size,
+          flags: DMA_UNMAP_FLAGS.bits.ALL,
+          address: 0n,
+          size: 0n,
+        });
         for (const fd of reply.fds) fd.close();
       } catch (error) {
         if (error instanceof VfioUserTimeoutError) throw this.dmaOutcomeUnknown(error, affected);
@@ -430,7 +464,10 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     const carried = request.data === 'eventfd' ? request.eventfds?.length : request.data === 'bool' ? request.bools?.length : request.count;
     if (carried !== request.count) {
       // libvfio-user refuses a count that differs from the fds sent; disableIrqs() is the way to release them.
-      throw new VfioUserClientError('ERR_VFIO_USER_IRQ_RANGE', `SET_IRQS with DATA_${request.data.toUpperCase()} for ${request.count} vectors needs ${request.count} ${request.data === 'bool' ? 'bools' : 'eventfds'}, got ${carried ?? 0}`);
+      throw new VfioUserClientError(
+        'ERR_VFIO_USER_IRQ_RANGE',
+        `SET_IRQS with DATA_${request.data.toUpperCase()} for ${request.count} vectors needs ${request.count} ${request.data === 'bool' ? 'bools' : 'eventfds'}, got ${carried ?? 0}`,
+      );
     }
     if (request.data === 'eventfd') {
       if (request.action !== 'trigger') {
@@ -493,7 +530,10 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
       throw new VfioUserClientError('ERR_VFIO_USER_IRQ_RANGE', `the server described ${this.irqList.length} IRQ indexes; there is no index ${index}`);
     }
     if (count > 0 && (start >= irq.count || start + count > irq.count)) {
-      throw new VfioUserClientError('ERR_VFIO_USER_IRQ_RANGE', `vectors ${start}..${start + count - 1} are outside IRQ index ${index} (${irq.name ?? index}), which has ${irq.count}`);
+      throw new VfioUserClientError(
+        'ERR_VFIO_USER_IRQ_RANGE',
+        `vectors ${start}..${start + count - 1} are outside IRQ index ${index} (${irq.name ?? index}), which has ${irq.count}`,
+      );
     }
   }
 

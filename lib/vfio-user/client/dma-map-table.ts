@@ -71,7 +71,10 @@ export class DmaMapTable {
   /** Adds a mapping in state 'mapping'; refuses an overlap or a table already at the server's max_dma_maps. */
   reserve(request: DmaMappingRequest): DmaMapping {
     if (request.size <= 0n || request.address < 0n || request.address + request.size > U64_END) {
-      throw new VfioUserClientError('ERR_VFIO_USER_DMA_RANGE', `DMA range at ${hex(request.address)} of ${request.size} bytes is empty or leaves the 64-bit IOVA space`);
+      throw new VfioUserClientError(
+        'ERR_VFIO_USER_DMA_RANGE',
+        `DMA range at ${hex(request.address)} of ${request.size} bytes is empty or leaves the 64-bit IOVA space`,
+      );
     }
     const at = this.firstEndingAfter(request.address);
     const next = this.list[at];
@@ -83,12 +86,20 @@ export class DmaMapTable {
     }
     const limit = this.limit();
     if (this.list.length >= limit) {
-      throw new VfioUserClientError('ERR_VFIO_USER_DMA_LIMIT', `DMA_MAP ${describe(request)}: the server allows at most ${limit} mappings (max_dma_maps) and all are in use`);
+      throw new VfioUserClientError(
+        'ERR_VFIO_USER_DMA_LIMIT',
+        `DMA_MAP ${describe(request)}: the server allows at most ${limit} mappings (max_dma_maps) and all are in use`,
+      );
     }
     // A plain literal: spreading the request costs more than the rest of the bookkeeping.
     const entry: DmaMapping = {
-      address: request.address, size: request.size, readable: request.readable, writable: request.writable,
-      withFd: request.withFd, offset: request.offset, state: 'mapping',
+      address: request.address,
+      size: request.size,
+      readable: request.readable,
+      writable: request.writable,
+      withFd: request.withFd,
+      offset: request.offset,
+      state: 'mapping',
     };
     this.list.splice(at, 0, entry);
     return entry;

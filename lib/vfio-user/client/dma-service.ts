@@ -27,7 +27,13 @@ export interface DmaServiceHooks {
  */
 export function serveDma(connection: VfioUserConnection, hooks: DmaServiceHooks): void {
   /** Runs the access: synchronously when the space is synchronous, so a plain DmaSpace costs no promise. */
-  const run = <T>(access: DmaAccess, address: bigint, length: number, perform: (space: AsyncDmaSpace) => void | Promise<void>, reply: () => T): T | Promise<T> => {
+  const run = <T>(
+    access: DmaAccess,
+    address: bigint,
+    length: number,
+    perform: (space: AsyncDmaSpace) => void | Promise<void>,
+    reply: () => T,
+  ): T | Promise<T> => {
     // The event describes the server's request; the fault's own address may be a page inside it.
     const reported = (error: unknown): never => {
       if (error instanceof DmaFault) hooks.onFault({ access, address, length, errno: error.errno, reason: error.reason });
@@ -49,7 +55,13 @@ export function serveDma(connection: VfioUserConnection, hooks: DmaServiceHooks)
     // The connection already refused counts above our max_data_xfer_size, so this allocation is bounded.
     const length = Number(command.count);
     const data = new Uint8Array(length);
-    return run<DmaDataBody>('read', command.address, length, (space) => space.read(command.address, data), () => ({ address: command.address, data }));
+    return run<DmaDataBody>(
+      'read',
+      command.address,
+      length,
+      (space) => space.read(command.address, data),
+      () => ({ address: command.address, data }),
+    );
   });
 
   connection.onCommand('DMA_WRITE', (command) => {

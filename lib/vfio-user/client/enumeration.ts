@@ -43,7 +43,9 @@ export async function getDeviceInfo(connection: VfioUserConnection, options: Enu
   const maxRegions = options.maxRegions ?? DEFAULT_MAX_INDEXES;
   const maxIrqs = options.maxIrqIndexes ?? DEFAULT_MAX_INDEXES;
   if (body.numRegions > maxRegions || body.numIrqs > maxIrqs) {
-    throw enumerationError(`the server announces ${body.numRegions} regions and ${body.numIrqs} IRQ indexes; we accept at most ${maxRegions} and ${maxIrqs}`);
+    throw enumerationError(
+      `the server announces ${body.numRegions} regions and ${body.numIrqs} IRQ indexes; we accept at most ${maxRegions} and ${maxIrqs}`,
+    );
   }
   return { flags: body.flags, numRegions: body.numRegions, numIrqs: body.numIrqs };
 }

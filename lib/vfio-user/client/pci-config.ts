@@ -117,7 +117,10 @@ function describeCapability(bytes: Uint8Array, offset: number, id: number): Capa
       const enabled = 1 << MSI_CONTROL.get(control, 'MULTIPLE_MESSAGE_ENABLE');
       const capable = 1 << MSI_CONTROL.get(control, 'MULTIPLE_MESSAGE_CAPABLE');
       const { bits } = MSI_CONTROL;
-      return { ...none, detail: `${flag('Enable', control, bits.ENABLE)} Count=${enabled}/${capable} ${flag('Maskable', control, bits.PER_VECTOR_MASKING)} ${flag('64bit', control, bits.ADDRESS_64)}` };
+      return {
+        ...none,
+        detail: `${flag('Enable', control, bits.ENABLE)} Count=${enabled}/${capable} ${flag('Maskable', control, bits.PER_VECTOR_MASKING)} ${flag('64bit', control, bits.ADDRESS_64)}`,
+      };
     }
     case PCI_CAPABILITY_IDS.MSIX: {
       if (!fits(MSIX_STRUCTURE.size)) return cutShort;
@@ -139,7 +142,10 @@ function describeCapability(bytes: Uint8Array, offset: number, id: number): Capa
       const { capabilities } = EXPRESS_STRUCTURE.decode(bytes, offset);
       const portType = EXPRESS_CAPABILITIES.get(capabilities, 'PORT_TYPE');
       const portName = EXPRESS_PORT_TYPES.nameOf(portType) ?? `port type ${portType}`;
-      return { ...none, detail: `(v${EXPRESS_CAPABILITIES.get(capabilities, 'VERSION')}) ${portName}, MSI ${hex(EXPRESS_CAPABILITIES.get(capabilities, 'INTERRUPT_MESSAGE'))}` };
+      return {
+        ...none,
+        detail: `(v${EXPRESS_CAPABILITIES.get(capabilities, 'VERSION')}) ${portName}, MSI ${hex(EXPRESS_CAPABILITIES.get(capabilities, 'INTERRUPT_MESSAGE'))}`,
+      };
     }
     case PCI_CAPABILITY_IDS.VENDOR_SPECIFIC: {
       if (!fits(VENDOR_STRUCTURE.size)) return cutShort;

@@ -110,7 +110,10 @@ export class ClientRegion {
     if (this.areas !== undefined) return this.areas;
     const fd = this.fd;
     if (fd === undefined || !this.mappable) {
-      throw new VfioUserClientError('ERR_VFIO_USER_REGION_ACCESS', `region ${this.index} cannot be mmapped: ${fd === undefined ? 'the server sent no fd' : 'it has no MMAP flag or no area'}`);
+      throw new VfioUserClientError(
+        'ERR_VFIO_USER_REGION_ACCESS',
+        `region ${this.index} cannot be mmapped: ${fd === undefined ? 'the server sent no fd' : 'it has no MMAP flag or no area'}`,
+      );
     }
     const areas: LiveArea[] = [];
     try {

@@ -155,7 +155,7 @@ export class VfioUserDeviceDma implements AsyncDmaSpace {
     const end = address + BigInt(length);
     if (address < 0n || end > U64_END) throw new DmaFault(address, length, access, 'the range leaves the 64-bit IOVA space', EFAULT);
     const pieces: Piece[] = [];
-    for (let at = address; at < end; ) {
+    for (let at = address; at < end;) {
       const mapping = path.table.lookup(at);
       if (mapping === undefined) throw new DmaFault(address, length, access, `0x${at.toString(16)} is not in any DMA mapping`, EFAULT);
       if (access === 'read' ? !mapping.readable : !mapping.writable) {

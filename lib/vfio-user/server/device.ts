@@ -1,11 +1,6 @@
 /** VfioUserDevice: the device-model API (config space, regions, IRQs, DMA, reset) that a vfio-user server exposes. */
 
-import {
-  PciConfigSpace,
-  type PciBarDefinition,
-  type PciCapabilityDefinition,
-  type PciIdentity,
-} from '../../devices/pci-config-space';
+import { PciConfigSpace, type PciBarDefinition, type PciCapabilityDefinition, type PciIdentity } from '../../devices/pci-config-space';
 import { PCI_BAR_COUNT } from '../../devices/pci-layout';
 import { ViommuError } from '../../errors';
 import type { SharedRegion } from '../../memory';

@@ -206,7 +206,8 @@ class MappedAccess implements DirectDmaAccess {
 
   private refuse(offset: number, length: number): string | undefined {
     if (this.closed) return 'the mapping was unmapped';
-    if (!Number.isSafeInteger(offset) || offset < 0 || offset + length > this.size) return `[${offset}, ${offset + length}) is outside the mapping of ${this.size} bytes`;
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset + length > this.size)
+      return `[${offset}, ${offset + length}) is outside the mapping of ${this.size} bytes`;
     return undefined;
   }
 }
@@ -245,7 +246,8 @@ class FileAccess implements DirectDmaAccess {
 
   private refuse(offset: number, length: number): string | undefined {
     if (this.closed) return 'the mapping was unmapped';
-    if (!Number.isSafeInteger(offset) || offset < 0 || offset + length > this.size) return `[${offset}, ${offset + length}) is outside the mapping of ${this.size} bytes`;
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset + length > this.size)
+      return `[${offset}, ${offset + length}) is outside the mapping of ${this.size} bytes`;
     return undefined;
   }
 
@@ -255,7 +257,9 @@ class FileAccess implements DirectDmaAccess {
       return "the client's file shrank during the access";
     } catch (error) {
       if (!isSystemCallError(error)) throw error;
-      return error.code === 'ENXIO' ? "the client's file no longer covers the range (truncated after DMA_MAP)" : `${error.code} from ${error.syscall}`;
+      return error.code === 'ENXIO'
+        ? "the client's file no longer covers the range (truncated after DMA_MAP)"
+        : `${error.code} from ${error.syscall}`;
     }
   }
 }
@@ -435,7 +439,11 @@ export class DmaMapTable {
    * reached through the file's mapping (bounds and rights are the range's own); an unsealed one only ever with
    * pread/pwrite, checked against the file's size each time.
    */
-  private reach(body: DmaMapBody, fd: FileDescriptor, writable: boolean): Pick<EntryFields, 'backing' | 'sealed' | 'fdDescription' | 'direct' | 'view'> {
+  private reach(
+    body: DmaMapBody,
+    fd: FileDescriptor,
+    writable: boolean,
+  ): Pick<EntryFields, 'backing' | 'sealed' | 'fdDescription' | 'direct' | 'view'> {
     const end = body.offset + body.size;
     const fdDescription = fd.describe();
     let fileSize: number;
@@ -452,7 +460,10 @@ export class DmaMapTable {
       throw new VfioUserErrnoError('EINVAL', `DMA_MAP ${describe(body)}: the fd (${fdDescription}) has ${fileSize} bytes, the mapping needs ${end}`);
     }
     if (end > BigInt(native.maxMappingLength)) {
-      throw new VfioUserErrnoError('EINVAL', `DMA_MAP ${describe(body)}: ends at ${hex(end)} in the fd, past the ${hex(BigInt(native.maxMappingLength))} this server reaches`);
+      throw new VfioUserErrnoError(
+        'EINVAL',
+        `DMA_MAP ${describe(body)}: ends at ${hex(end)} in the fd, past the ${hex(BigInt(native.maxMappingLength))} this server reaches`,
+      );
     }
     // Seals belong to the file, not to the fd, and can only be added: every fd of a file sealed once says so.
     // Checking each fd that arrives costs one fcntl and needs no such argument.
@@ -478,7 +489,13 @@ export class DmaMapTable {
     if (!sealed) return { backing: 'file', sealed, fdDescription, direct: new FileAccess(file, offset, size) };
     try {
       const { mapping, start } = file.map(offset, size, writable);
-      return { backing: 'mapped', sealed, fdDescription, direct: new MappedAccess(file, mapping, start, size), view: new RangeView(file, offset, size, writable) };
+      return {
+        backing: 'mapped',
+        sealed,
+        fdDescription,
+        direct: new MappedAccess(file, mapping, start, size),
+        view: new RangeView(file, offset, size, writable),
+      };
     } catch (error) {
       file.release();
       const why = isSystemCallError(error) ? `${error.code} from ${error.syscall}` : (error as Error).message;

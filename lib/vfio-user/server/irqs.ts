@@ -58,7 +58,10 @@ export interface IrqEvents {
 export class DeviceIrqs {
   private readonly indexes: IrqIndex[] = [];
 
-  constructor(definitions: IrqDefinitions, private readonly events: IrqEvents = {}) {
+  constructor(
+    definitions: IrqDefinitions,
+    private readonly events: IrqEvents = {},
+  ) {
     for (let index = 0; index < IRQ_INDEX_COUNT; index++) {
       const name = IRQ_INDEXES.nameOf(index)!;
       const raw = definitions[name];

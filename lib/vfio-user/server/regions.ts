@@ -121,7 +121,11 @@ export class DeviceRegions {
         continue;
       }
       const definition = definitions[name as Exclude<RegionName, 'CONFIG'>];
-      this.regions.push(definition === undefined ? { index, size: 0n, flags: 0, handler: undefined, memory: undefined, areas: [] } : this.build(index, name, definition));
+      this.regions.push(
+        definition === undefined
+          ? { index, size: 0n, flags: 0, handler: undefined, memory: undefined, areas: [] }
+          : this.build(index, name, definition),
+      );
     }
   }
 

@@ -5,14 +5,7 @@ import { isPromiseLike } from '../../memory';
 import { VfioUserConnection, replyWithFds, type CommandHandler, type FailedCommandInfo } from '../connection';
 import { VfioUserErrnoError } from '../connection-errors';
 import { versionHandler } from '../negotiation';
-import {
-  CAPABILITY_DEFAULTS,
-  DEVICE_INFO_FLAGS,
-  DEVICE_INFO_LAYOUT,
-  DMA_UNMAP_FLAGS,
-  REGION_IO_FDS_LAYOUT,
-  type CommandName,
-} from '../protocol';
+import { CAPABILITY_DEFAULTS, DEVICE_INFO_FLAGS, DEVICE_INFO_LAYOUT, DMA_UNMAP_FLAGS, REGION_IO_FDS_LAYOUT, type CommandName } from '../protocol';
 import type { Transport } from '../transport';
 import type { VersionCapabilities } from '../version';
 import type { VfioUserDevice } from './device';
@@ -126,7 +119,10 @@ export class VfioUserSession extends EventEmitter<SessionEvents> {
       const mapping = this.dmaMaps.add(body, fds.count === 1 ? fds.take(0) : undefined);
       if (mapping.sealed === false && !this.warnedUnsealed) {
         this.warnedUnsealed = true;
-        this.emit('warning', `DMA_MAP fd ${mapping.fdDescription} is not sealed against shrinking: reached by pread/pwrite, not mapped; device DMA past a truncation fails with EFAULT`);
+        this.emit(
+          'warning',
+          `DMA_MAP fd ${mapping.fdDescription} is not sealed against shrinking: reached by pread/pwrite, not mapped; device DMA past a truncation fails with EFAULT`,
+        );
       }
       try {
         device.dmaMapped(mapping);
@@ -151,7 +147,12 @@ export class VfioUserSession extends EventEmitter<SessionEvents> {
       return notices.some(isPromiseLike) ? Promise.all(notices).then(done) : done();
     });
 
-    this.handle('DEVICE_GET_INFO', () => ({ argsz: DEVICE_INFO_LAYOUT.size, flags: DEVICE_FLAGS, numRegions: REGION_COUNT, numIrqs: IRQ_INDEX_COUNT }));
+    this.handle('DEVICE_GET_INFO', () => ({
+      argsz: DEVICE_INFO_LAYOUT.size,
+      flags: DEVICE_FLAGS,
+      numRegions: REGION_COUNT,
+      numIrqs: IRQ_INDEX_COUNT,
+    }));
 
     this.handle('DEVICE_GET_REGION_INFO', (body) => {
       const { body: reply, fd } = device.regions.info(body.index, body.argsz);

@@ -67,7 +67,7 @@ export function parseQtestNumber(word: string): bigint | undefined {
   else if (digits.length > 1 && digits.startsWith('0')) magnitude = BigInt(`0o${digits.slice(1)}`);
   else magnitude = BigInt(digits);
   if (magnitude > U64_MASK) return undefined;
-  return sign === '-' ? (-magnitude) & U64_MASK : magnitude;
+  return sign === '-' ? -magnitude & U64_MASK : magnitude;
 }
 
 function fail(message: string): { ok: false; answer: string } {

@@ -138,7 +138,8 @@ export class CaptureReplayServer {
       }
       if (kind.includes('eventfd')) return native.eventfdCreate();
       const answer = exchange.answer;
-      const size = answer?.type === 'reply' && answer.body.command === 'DEVICE_GET_REGION_INFO' ? Number(answer.body.offset + answer.body.size) : 4096;
+      const size =
+        answer?.type === 'reply' && answer.body.command === 'DEVICE_GET_REGION_INFO' ? Number(answer.body.offset + answer.body.size) : 4096;
       const pageSize = native.pageSize;
       return native.memfdCreate('replayed-region', Math.max(pageSize, Math.ceil(size / pageSize) * pageSize));
     });

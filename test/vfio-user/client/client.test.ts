@@ -52,21 +52,58 @@ for (const [kind, makePair] of Object.entries(KINDS)) {
       const bar1 = description.regions[1]!;
       assert.equal(bar1.name, 'BAR1');
       assert.equal(bar1.size, BigInt(BAR1_SIZE));
-      assert.equal(bar1.flags, REGION_INFO_FLAGS.bits.READ | REGION_INFO_FLAGS.bits.WRITE | REGION_INFO_FLAGS.bits.MMAP | REGION_INFO_FLAGS.bits.CAPS);
+      assert.equal(
+        bar1.flags,
+        REGION_INFO_FLAGS.bits.READ | REGION_INFO_FLAGS.bits.WRITE | REGION_INFO_FLAGS.bits.MMAP | REGION_INFO_FLAGS.bits.CAPS,
+      );
       assert.equal(bar1.sparse, true);
       assert.deepEqual(bar1.mmapAreas, BAR1_AREAS);
       assert.equal(bar1.hasFd, true);
       assert.equal(bar1.argsz, 80);
       assert.match(client.region(1).describeFd() ?? '', /memfd:bar1/);
       assert.deepEqual(description.regions[7], {
-        index: 7, name: 'CONFIG', flags: 3, size: 256n, offset: 0n, argsz: 32, mmapAreas: [], sparse: false, type: undefined, otherCapabilities: [], hasFd: false,
+        index: 7,
+        name: 'CONFIG',
+        flags: 3,
+        size: 256n,
+        offset: 0n,
+        argsz: 32,
+        mmapAreas: [],
+        sparse: false,
+        type: undefined,
+        otherCapabilities: [],
+        hasFd: false,
       });
       assert.deepEqual(description.regions[8]!.type, REGION_TYPE);
-      assert.deepEqual(description.regions.slice(2, 7).map((r) => [r.index, r.size, r.flags]), [2, 3, 4, 5, 6].map((i) => [i, 0n, 0]));
-      assert.deepEqual(description.irqs.map((irq) => [irq.name, irq.count]), [['INTX', 1], ['MSI', 4], ['MSIX', 0], ['ERR', 1], ['REQ', 1]]);
+      assert.deepEqual(
+        description.regions.slice(2, 7).map((r) => [r.index, r.size, r.flags]),
+        [2, 3, 4, 5, 6].map((i) => [i, 0n, 0]),
+      );
+      assert.deepEqual(
+        description.irqs.map((irq) => [irq.name, irq.count]),
+        [
+          ['INTX', 1],
+          ['MSI', 4],
+          ['MSIX', 0],
+          ['ERR', 1],
+          ['REQ', 1],
+        ],
+      );
       // Regions with caps did not fit 32 bytes: asked with 32, told the size, asked again with it; the others once.
-      assert.deepEqual(server.regionInfoRequests.filter((r) => r.index === 1), [{ index: 1, argsz: 32 }, { index: 1, argsz: 80 }]);
-      assert.deepEqual(server.regionInfoRequests.filter((r) => r.index === 8), [{ index: 8, argsz: 32 }, { index: 8, argsz: 48 }]);
+      assert.deepEqual(
+        server.regionInfoRequests.filter((r) => r.index === 1),
+        [
+          { index: 1, argsz: 32 },
+          { index: 1, argsz: 80 },
+        ],
+      );
+      assert.deepEqual(
+        server.regionInfoRequests.filter((r) => r.index === 8),
+        [
+          { index: 8, argsz: 32 },
+          { index: 8, argsz: 48 },
+        ],
+      );
       assert.equal(server.regionInfoRequests.length, 11);
     });
 
@@ -82,25 +119,51 @@ for (const [kind, makePair] of Object.entries(KINDS)) {
       assert.equal(openFdCount(), before);
     });
 
-    it('splits region I/O to the server\'s max_data_xfer_size, posts writes with NO_REPLY on request', async () => {
+    it("splits region I/O to the server's max_data_xfer_size, posts writes with NO_REPLY on request", async () => {
       const { client, server } = await start({ capabilities: { maxDataXferSize: 80 } }, { capabilities: { maxDataXferSize: 64 } });
       const data = Uint8Array.from({ length: 200 }, (_, i) => i + 1);
       await client.regionWrite(0, 16, data);
-      assert.deepEqual(server.accesses.map((a) => [a.offset, a.length]), [[16n, 64], [80n, 64], [144n, 64], [208n, 8]]);
+      assert.deepEqual(
+        server.accesses.map((a) => [a.offset, a.length]),
+        [
+          [16n, 64],
+          [80n, 64],
+          [144n, 64],
+          [208n, 8],
+        ],
+      );
       assert.deepEqual(server.bar0.subarray(16, 216), data);
       assert.deepEqual(await client.regionRead(0, 16n, 200), data);
-      assert.deepEqual(server.accesses.slice(4).map((a) => a.length), [64, 64, 64, 8]);
+      assert.deepEqual(
+        server.accesses.slice(4).map((a) => a.length),
+        [64, 64, 64, 8],
+      );
 
       // Read replies carry the data, so our own limit bounds read pieces too.
       const small = await start({ capabilities: { maxDataXferSize: 48 } }, { capabilities: { maxDataXferSize: 64 } });
       await small.client.regionWrite(0, 0, data.subarray(0, 100));
       assert.deepEqual(await small.client.regionRead(0, 0, 100), data.subarray(0, 100));
-      assert.deepEqual(small.server.accesses.map((a) => [a.command, a.length]), [['REGION_WRITE', 64], ['REGION_WRITE', 36], ['REGION_READ', 48], ['REGION_READ', 48], ['REGION_READ', 4]]);
+      assert.deepEqual(
+        small.server.accesses.map((a) => [a.command, a.length]),
+        [
+          ['REGION_WRITE', 64],
+          ['REGION_WRITE', 36],
+          ['REGION_READ', 48],
+          ['REGION_READ', 48],
+          ['REGION_READ', 4],
+        ],
+      );
 
       server.accesses.length = 0;
       await client.regionWrite(7, 0x40, Uint8Array.of(1, 2, 3, 4), { posted: true });
       assert.deepEqual(await client.regionRead(7, 0x40, 4), Uint8Array.of(1, 2, 3, 4));
-      assert.deepEqual(server.accesses.map((a) => [a.command, a.noReply]), [['REGION_WRITE', true], ['REGION_READ', false]]);
+      assert.deepEqual(
+        server.accesses.map((a) => [a.command, a.noReply]),
+        [
+          ['REGION_WRITE', true],
+          ['REGION_READ', false],
+        ],
+      );
     });
 
     it('refuses region accesses outside a region or against its flags before sending', async () => {
@@ -121,7 +184,13 @@ for (const [kind, makePair] of Object.entries(KINDS)) {
       const { client, server } = await start();
       assert.equal(client.region(1).mapped, false);
       const areas = client.mapRegion(1);
-      assert.deepEqual(areas.map((a) => [a.offset, a.size, a.bytes.length]), [[0n, 0x1000n, 0x1000], [0x2000n, 0x1000n, 0x1000]]);
+      assert.deepEqual(
+        areas.map((a) => [a.offset, a.size, a.bytes.length]),
+        [
+          [0n, 0x1000n, 0x1000],
+          [0x2000n, 0x1000n, 0x1000],
+        ],
+      );
       const serverBar1 = new Uint8Array(server.bar1.buffer);
       serverBar1.set([9, 8, 7, 6], 0x2010);
       assert.deepEqual(await client.regionRead(1, 0x2010, 4), Uint8Array.of(9, 8, 7, 6));
@@ -131,7 +200,10 @@ for (const [kind, makePair] of Object.entries(KINDS)) {
       serverBar1[0x1800] = 0x33;
       assert.deepEqual(await client.regionRead(1, 0x1800, 1), Uint8Array.of(0x33));
       assert.deepEqual(await client.regionRead(1, 0x2010, 1, { viaMessage: true }), Uint8Array.of(9));
-      assert.deepEqual(server.accesses.map((a) => a.offset), [0x1800n, 0x2010n]);
+      assert.deepEqual(
+        server.accesses.map((a) => a.offset),
+        [0x1800n, 0x2010n],
+      );
       assert.throws(() => client.mapRegion(0), isClientError('ERR_VFIO_USER_REGION_ACCESS'));
       const view = areas[1]!.bytes;
       client.close();
@@ -150,7 +222,10 @@ for (const [kind, makePair] of Object.entries(KINDS)) {
       assert.equal(Buffer.from(server.mappedBytes(0x100000n, 11)).toString(), 'guest bytes');
       server.mappedBytes(0x100020n, 2).set([0x12, 0x34]);
       assert.deepEqual(new Uint8Array(ram.buffer, 0x1020, 2), Uint8Array.of(0x12, 0x34));
-      assert.deepEqual(client.dmaMappings.map((m) => [m.address, m.size, m.withFd]), [[0x100000n, 0x2000n, true]]);
+      assert.deepEqual(
+        client.dmaMappings.map((m) => [m.address, m.size, m.withFd]),
+        [[0x100000n, 0x2000n, true]],
+      );
       await client.dmaUnmap(0x100000n, 0x2000n);
       assert.deepEqual(client.dmaMappings, []);
       assert.equal(server.maps.length, 0);
@@ -171,7 +246,10 @@ for (const [kind, makePair] of Object.entries(KINDS)) {
       await assert.rejects(client.dmaMap({ address: 0x40000n, size: 0x1000n }), isClientError('ERR_VFIO_USER_DMA_LIMIT'));
       await assert.rejects(client.dmaUnmap(0x10000n, 0x1000n), isClientError('ERR_VFIO_USER_DMA_NOT_MAPPED'));
       await assert.rejects(client.dmaUnmap(0x50000n, 0x1000n), isClientError('ERR_VFIO_USER_DMA_NOT_MAPPED'));
-      assert.deepEqual(server.maps.map((m) => m.body.address), [0x10000n, 0x20000n, 0x12000n]);
+      assert.deepEqual(
+        server.maps.map((m) => m.body.address),
+        [0x10000n, 0x20000n, 0x12000n],
+      );
       assert.equal(server.unmaps.length, 0);
       await client.dmaUnmapAll();
       assert.deepEqual(server.unmaps, [{ address: 0n, size: 0n, flags: 2 }]);
@@ -179,7 +257,7 @@ for (const [kind, makePair] of Object.entries(KINDS)) {
       await client.dmaMap({ address: 0x11000n, size: 0x1000n });
     });
 
-    it('hands eventfds over with SET_IRQS, split to max_msg_fds; the server\'s signal reaches our EventFd', async () => {
+    it("hands eventfds over with SET_IRQS, split to max_msg_fds; the server's signal reaches our EventFd", async () => {
       const { client, server } = await start({}, { capabilities: { maxMsgFds: 2 } });
       const eventfds = [EventFd.create(), EventFd.create(), EventFd.create()];
       cleanup.push(() => eventfds.forEach((e) => e.close()));
@@ -187,10 +265,16 @@ for (const [kind, makePair] of Object.entries(KINDS)) {
       const { DATA_EVENTFD, ACTION_TRIGGER, DATA_NONE, ACTION_MASK, ACTION_UNMASK } = SET_IRQS_FLAGS.bits;
       assert.deepEqual(
         server.setIrqs.map(({ body, fds }) => [body.index, body.start, body.count, body.flags, body.argsz, fds]),
-        [[1, 0, 2, DATA_EVENTFD | ACTION_TRIGGER, 20, 2], [1, 2, 1, DATA_EVENTFD | ACTION_TRIGGER, 20, 1]],
+        [
+          [1, 0, 2, DATA_EVENTFD | ACTION_TRIGGER, 20, 2],
+          [1, 2, 1, DATA_EVENTFD | ACTION_TRIGGER, 20, 1],
+        ],
       );
       server.irqFds.forEach((fd, vector) => native.eventfdWrite(fd, vector + 1));
-      assert.deepEqual(eventfds.map((e) => e.read()), [1, 2, 3]);
+      assert.deepEqual(
+        eventfds.map((e) => e.read()),
+        [1, 2, 3],
+      );
 
       const signalled: number[] = [];
       eventfds[0]!.watch((count) => signalled.push(count));
@@ -205,7 +289,12 @@ for (const [kind, makePair] of Object.entries(KINDS)) {
       await client.disableIrqs(IRQ_INDEXES.values.MSI);
       assert.deepEqual(
         server.setIrqs.map(({ body }) => [body.flags, body.start, body.count]),
-        [[DATA_NONE | ACTION_MASK, 1, 2], [DATA_NONE | ACTION_UNMASK, 1, 2], [DATA_NONE | ACTION_TRIGGER, 0, 1], [DATA_NONE | ACTION_TRIGGER, 0, 0]],
+        [
+          [DATA_NONE | ACTION_MASK, 1, 2],
+          [DATA_NONE | ACTION_UNMASK, 1, 2],
+          [DATA_NONE | ACTION_TRIGGER, 0, 1],
+          [DATA_NONE | ACTION_TRIGGER, 0, 0],
+        ],
       );
       await client.setIrqs(IRQ_INDEXES.values.MSI, { start: 1, count: 3, data: 'bool', action: 'trigger', bools: [true, false, true] });
       const last = server.setIrqs.pop()!.body;
@@ -221,7 +310,7 @@ for (const [kind, makePair] of Object.entries(KINDS)) {
       assert.deepEqual(IRQ_COUNTS[1], 4);
     });
 
-    it('serves the server\'s DMA_READ/DMA_WRITE from a GuestMemory DmaSpace, with faults answered by errno', async () => {
+    it("serves the server's DMA_READ/DMA_WRITE from a GuestMemory DmaSpace, with faults answered by errno", async () => {
       const memory = new GuestMemory();
       const ram = SharedRegion.create('guest-ram', 0x10000);
       cleanup.push(() => ram.close());
@@ -245,7 +334,14 @@ for (const [kind, makePair] of Object.entries(KINDS)) {
       await assert.rejects(dmaWrite(server.connection, 0x200000n, Uint8Array.of(1)), isRemoteErrno(ERRNO.EFAULT));
       await assert.rejects(dmaWrite(server.connection, 0x104000n, Uint8Array.of(1)), isRemoteErrno(ERRNO.EFAULT));
       await assert.rejects(dmaRead(server.connection, 0x300000n, 8), isRemoteErrno(ERRNO.EFAULT));
-      assert.deepEqual(faults.map((f) => [f.access, f.address, f.errno]), [['write', 0x200000n, ERRNO.EFAULT], ['write', 0x104000n, ERRNO.EFAULT], ['read', 0x300000n, ERRNO.EFAULT]]);
+      assert.deepEqual(
+        faults.map((f) => [f.access, f.address, f.errno]),
+        [
+          ['write', 0x200000n, ERRNO.EFAULT],
+          ['write', 0x104000n, ERRNO.EFAULT],
+          ['read', 0x300000n, ERRNO.EFAULT],
+        ],
+      );
       assert.match(faults[1]!.reason, /does not allow the device to write/);
       assert.match(faults[0]!.reason, /no writable guest RAM/);
 

@@ -63,7 +63,10 @@ describe('VfioUserClient DMA table against a slow or silent server', function ()
   it('closes the client when a DMA_MAP times out: the server may have applied it', async () => {
     const { client, table, closed, neverReply } = await start();
     neverReply();
-    await assert.rejects(client.dmaMap({ address: 0x10000n, size: 0x1000n }), { code: 'ERR_VFIO_USER_DMA_OUTCOME_UNKNOWN', message: /DMA_MAP.*may or may not have applied it/ });
+    await assert.rejects(client.dmaMap({ address: 0x10000n, size: 0x1000n }), {
+      code: 'ERR_VFIO_USER_DMA_OUTCOME_UNKNOWN',
+      message: /DMA_MAP.*may or may not have applied it/,
+    });
     assert.deepEqual([...table], ['65536+4096'], 'the server did apply it');
     assert.equal(client.closed, true);
     assert.equal(((await closed) as { code?: string } | undefined)?.code, 'ERR_VFIO_USER_DMA_OUTCOME_UNKNOWN');
@@ -89,7 +92,10 @@ describe('VfioUserClient DMA table against a slow or silent server', function ()
     const all = client.dmaUnmapAll();
     await tick(20);
     assert.equal(table.size, 2, 'no unmap of everything went out while a map was in flight');
-    await assert.rejects(client.dmaMap({ address: 0x30000n, size: 0x1000n }), (error: unknown) => error instanceof VfioUserClientError && error.code === 'ERR_VFIO_USER_CLIENT_STATE' && /dmaUnmapAll/.test(error.message));
+    await assert.rejects(
+      client.dmaMap({ address: 0x30000n, size: 0x1000n }),
+      (error: unknown) => error instanceof VfioUserClientError && error.code === 'ERR_VFIO_USER_CLIENT_STATE' && /dmaUnmapAll/.test(error.message),
+    );
     await assert.rejects(client.dmaUnmap(0x10000n, 0x1000n), { code: 'ERR_VFIO_USER_CLIENT_STATE' });
     release();
     await inFlight;

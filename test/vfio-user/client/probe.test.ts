@@ -14,7 +14,6 @@ import { runViommu } from '../cli-process';
 import { CaptureReplayServer, capturesPresent, readCapture } from './capture-replay';
 import { ScriptedServer, type ScriptedServerOptions } from './scripted-server';
 
-
 interface CapSpec {
   at: number;
   id: number;
@@ -24,7 +23,10 @@ interface CapSpec {
 }
 
 /** A 256-byte type-0 config space with a capability list, written field by field. */
-function configSpace(caps: CapSpec[], overrides: { vendor?: number; device?: number; classCode?: number; command?: number; bars?: number[] } = {}): Uint8Array {
+function configSpace(
+  caps: CapSpec[],
+  overrides: { vendor?: number; device?: number; classCode?: number; command?: number; bars?: number[] } = {},
+): Uint8Array {
   const bytes = new Uint8Array(256);
   const view = new DataView(bytes.buffer);
   view.setUint16(0x00, overrides.vendor ?? 0x1234, true);
@@ -108,7 +110,10 @@ describe('viommu probe', () => {
       '\tRegion 1: I/O ports at <unassigned> [size=16K]',
       '\tCapabilities: none',
     ]);
-    const json = JSON.parse(probeToJson(description)) as { regions: { size: string; flagNames: string[] }[]; config: { bytes: string; pci: { header: { vendorId: number } } } };
+    const json = JSON.parse(probeToJson(description)) as {
+      regions: { size: string; flagNames: string[] }[];
+      config: { bytes: string; pci: { header: { vendorId: number } } };
+    };
     assert.equal(json.regions[1]!.size, '0x4000');
     assert.deepEqual(json.regions[1]!.flagNames, ['READ', 'WRITE', 'MMAP', 'CAPS']);
     assert.equal(json.config.pci.header.vendorId, 0xdead);
@@ -118,7 +123,14 @@ describe('viommu probe', () => {
 
   it('tells the capabilities a server sent from the defaults it left to the spec', async () => {
     const sentAll = await describeScripted({
-      capabilities: { maxMsgFds: 4, maxDataXferSize: 4096, maxDmaMaps: 16, pgsizes: 0x201000n, writeMultiple: false, migration: { pgsize: 4096, maxBitmapSize: 1 } },
+      capabilities: {
+        maxMsgFds: 4,
+        maxDataXferSize: 4096,
+        maxDmaMaps: 16,
+        pgsizes: 0x201000n,
+        writeMultiple: false,
+        migration: { pgsize: 4096, maxBitmapSize: 1 },
+      },
       twinSocket: true,
     });
     const allLines = renderProbe(sentAll).slice(2, 4);
@@ -133,7 +145,11 @@ describe('viommu probe', () => {
       '\tCapabilities sent: max_msg_fds=8 max_data_xfer_size=1048576 write_multiple+',
       '\tCapability defaults (not sent): max_dma_maps=65535 pgsizes=0x1000 twin_socket- migration-',
     ]);
-    const json = JSON.parse(probeToJson(sentFew)) as { capabilitiesSent: Record<string, unknown>; capabilitiesDefaulted: string[]; capabilities: { maxDmaMaps: number } };
+    const json = JSON.parse(probeToJson(sentFew)) as {
+      capabilitiesSent: Record<string, unknown>;
+      capabilitiesDefaulted: string[];
+      capabilities: { maxDmaMaps: number };
+    };
     assert.deepEqual(json.capabilitiesSent, { maxMsgFds: 8, maxDataXferSize: 1048576, writeMultiple: true });
     assert.deepEqual(json.capabilitiesDefaulted, ['max_dma_maps', 'pgsizes', 'twin_socket', 'migration']);
     assert.equal(json.capabilities.maxDmaMaps, 65535);
@@ -163,7 +179,10 @@ describe('viommu probe', () => {
 
   it('stops a capability list that loops or points into the header, and says so', () => {
     const looped = describePciConfig(configSpace([MSI, { ...MSIX, next: 0x40 }]));
-    assert.deepEqual(looped.capabilities.map((c) => c.offset), [0x40, 0x50]);
+    assert.deepEqual(
+      looped.capabilities.map((c) => c.offset),
+      [0x40, 0x50],
+    );
     assert.deepEqual(looped.problems, ['the capability list loops: the capability at [50] points back to [40]']);
     const selfLoop = describePciConfig(configSpace([{ at: 0x40, id: 0x05, next: 0x40 }]));
     assert.equal(selfLoop.capabilities.length, 1);
@@ -181,8 +200,17 @@ describe('viommu probe', () => {
     view.setUint32(0x100, 0x0001 | (2 << 16) | (0x140 << 20), true);
     view.setUint32(0x140, 0x001b | (1 << 16) | (0x100 << 20), true);
     const pci = describePciConfig(bytes);
-    assert.deepEqual(pci.capabilities.map((c) => [c.name, c.detail]), [['Express', '(v2) Endpoint, MSI 00']]);
-    assert.deepEqual(pci.extendedCapabilities.map((c) => [c.offset, c.name, c.version]), [[0x100, 'Advanced Error Reporting', 2], [0x140, 'Process Address Space ID', 1]]);
+    assert.deepEqual(
+      pci.capabilities.map((c) => [c.name, c.detail]),
+      [['Express', '(v2) Endpoint, MSI 00']],
+    );
+    assert.deepEqual(
+      pci.extendedCapabilities.map((c) => [c.offset, c.name, c.version]),
+      [
+        [0x100, 'Advanced Error Reporting', 2],
+        [0x140, 'Process Address Space ID', 1],
+      ],
+    );
     assert.deepEqual(pci.problems, ['the extended capability list loops: [140] points back to [100]']);
   });
 
@@ -226,7 +254,10 @@ describe('viommu probe', () => {
       const parsed = JSON.parse(json.stdout) as { twinSocket: boolean; device: { numRegions: number }; irqs: { count: number }[] };
       assert.equal(parsed.twinSocket, false);
       assert.equal(parsed.device.numRegions, 9);
-      assert.deepEqual(parsed.irqs.map((irq) => irq.count), [1, 4, 0, 1, 1]);
+      assert.deepEqual(
+        parsed.irqs.map((irq) => irq.count),
+        [1, 4, 0, 1, 1],
+      );
     });
 
     it('prints what it can, then fails, when the capability list loops', async function () {
@@ -295,11 +326,16 @@ describe('viommu probe', () => {
       const socketPath = tempSocketPath('probe');
       const listener = UnixServer.listen(socketPath);
       const servers: ScriptedServer[] = [];
-      listener.on('connection', (socket) => servers.push(new ScriptedServer(socketTransport(socket), { twinSocket: true, config: configSpace([MSI]) })));
+      listener.on('connection', (socket) =>
+        servers.push(new ScriptedServer(socketTransport(socket), { twinSocket: true, config: configSpace([MSI]) })),
+      );
       const lines: string[] = [];
       await runProbe({ socket: socketPath, timeoutMs: 5000 }, (line) => lines.push(line));
       assert.ok(lines.length > 20);
-      await assert.rejects(runProbe({ socket: `${socketPath}.absent`, timeoutMs: 5000 }, () => undefined), /cannot connect/);
+      await assert.rejects(
+        runProbe({ socket: `${socketPath}.absent`, timeoutMs: 5000 }, () => undefined),
+        /cannot connect/,
+      );
       await tick(20);
       servers.forEach((server) => server.close());
       listener.close();

@@ -67,7 +67,12 @@ export class ScriptedServer {
     const empty: RegionModel = { flags: 0, size: 0, capabilities: [] };
     this.regions = [
       { flags: READ | WRITE, size: this.bar0.length, capabilities: [], bytes: this.bar0 },
-      { flags: READ | WRITE | MMAP | CAPS, size: BAR1_SIZE, capabilities: [{ kind: 'sparse-mmap', areas: BAR1_AREAS }], bytes: new Uint8Array(this.bar1.buffer) },
+      {
+        flags: READ | WRITE | MMAP | CAPS,
+        size: BAR1_SIZE,
+        capabilities: [{ kind: 'sparse-mmap', areas: BAR1_AREAS }],
+        bytes: new Uint8Array(this.bar1.buffer),
+      },
       empty,
       empty,
       empty,
@@ -87,7 +92,14 @@ export class ScriptedServer {
       this.regionInfoRequests.push({ index: command.index, argsz: command.argsz });
       const model = this.regions[command.index];
       if (model === undefined) throw new VfioUserErrnoError('EINVAL', `no region ${command.index}`);
-      const full: RegionInfoReplyBody = { argsz: 0, flags: model.flags, index: command.index, size: BigInt(model.size), offset: 0n, capabilities: model.capabilities };
+      const full: RegionInfoReplyBody = {
+        argsz: 0,
+        flags: model.flags,
+        index: command.index,
+        size: BigInt(model.size),
+        offset: 0n,
+        capabilities: model.capabilities,
+      };
       let needed = encodeRegionInfoReply(full).length;
       if (options.growingArgsz && command.index === 1) needed = command.argsz + 8;
       if (command.argsz < needed) {
@@ -113,7 +125,13 @@ export class ScriptedServer {
       return { offset: command.offset, region: command.region, data: options.shortReads ? data.subarray(1) : data };
     });
     connection.onCommand('REGION_WRITE', (command, _fds, info) => {
-      this.accesses.push({ command: 'REGION_WRITE', region: command.region, offset: command.offset, length: command.data.length, noReply: info.noReply });
+      this.accesses.push({
+        command: 'REGION_WRITE',
+        region: command.region,
+        offset: command.offset,
+        length: command.data.length,
+        noReply: info.noReply,
+      });
       bytesOf(command.region, command.offset, command.data.length).set(command.data);
       return { offset: command.offset, region: command.region, count: command.data.length };
     });

@@ -54,7 +54,14 @@ class RawClient {
         this.serverCommands.push(header.command);
         return;
       }
-      this.answers.push({ msgId: header.msgId, command: header.command, flags: header.flags, error: header.error, size: header.messageSize, fds: fds.count });
+      this.answers.push({
+        msgId: header.msgId,
+        command: header.command,
+        flags: header.flags,
+        error: header.error,
+        size: header.messageSize,
+        fds: fds.count,
+      });
     });
     socket.on('close', (error) => {
       this.closed = true;
@@ -66,7 +73,9 @@ class RawClient {
     const client = new RawClient(MessageSocket.connect(served.path));
     cleanup.add(() => client.socket.close());
     if (negotiate) {
-      const answer = await client.exchange(encodeCommand(0xfff0, { command: 'VERSION', ...versionBody(0, PROTOCOL_VERSION.minor, { maxMsgFds: 8 }) }));
+      const answer = await client.exchange(
+        encodeCommand(0xfff0, { command: 'VERSION', ...versionBody(0, PROTOCOL_VERSION.minor, { maxMsgFds: 8 }) }),
+      );
       assert.equal(answer.flags, REPLY);
     }
     return client;
@@ -126,7 +135,11 @@ describe('vfio-user server: bad input', () => {
     await expectErrno(client, rawMessage({ command: 0x7777, msgId: 10, payload: new Uint8Array(8) }), ERRNO.EINVAL);
     await expectErrno(client, rawMessage({ command: 14, msgId: 11 }), ERRNO.EINVAL);
     const map = command(12, { command: 'DMA_MAP', argsz: 32, flags: 3, offset: 0n, address: 0n, size: 0x1000n });
-    await expectErrno(client, rawMessage({ command: COMMANDS.values.DMA_MAP, msgId: 12, payload: map.subarray(HEADER_SIZE, HEADER_SIZE + 24) }), ERRNO.EINVAL);
+    await expectErrno(
+      client,
+      rawMessage({ command: COMMANDS.values.DMA_MAP, msgId: 12, payload: map.subarray(HEADER_SIZE, HEADER_SIZE + 24) }),
+      ERRNO.EINVAL,
+    );
     await expectErrno(client, patchPayload(map, DMA_MAP_LAYOUT, 'argsz', 8), ERRNO.EINVAL);
     await expectErrno(client, patchPayload(map, DMA_MAP_LAYOUT, 'flags', 0x80), ERRNO.EINVAL);
     await expectErrno(client, rawMessage({ command: COMMANDS.values.DEVICE_GET_INFO, msgId: 13, payload: new Uint8Array(8) }), ERRNO.EINVAL);
@@ -170,7 +183,12 @@ describe('vfio-user server: bad input', () => {
     const connected = openFdCount();
     const withFd = await client.exchange(command(30, { command: 'DEVICE_GET_INFO', argsz: 16 }), [efd.fd]);
     assert.equal(withFd.flags, REPLY);
-    await expectErrno(client, command(31, { command: 'DMA_UNMAP', argsz: 24, flags: 2, address: 0n, size: 0n }).slice(), ERRNO.EINVAL, Array(9).fill(efd.fd));
+    await expectErrno(
+      client,
+      command(31, { command: 'DMA_UNMAP', argsz: 24, flags: 2, address: 0n, size: 0n }).slice(),
+      ERRNO.EINVAL,
+      Array(9).fill(efd.fd),
+    );
     await waitFor(() => openFdCount() === connected, 'the server to close every fd it was sent');
     await client.stillServing();
   });
@@ -201,7 +219,10 @@ describe('vfio-user server: bad input', () => {
       await serverIdle(served);
     }
     assert.equal(disconnects.length, 2);
-    assert.ok(disconnects.every((error) => error !== undefined), 'each close says why');
+    assert.ok(
+      disconnects.every((error) => error !== undefined),
+      'each close says why',
+    );
     const next = await RawClient.connect(served, cleanup);
     await next.stillServing();
   });
@@ -227,22 +248,23 @@ describe('vfio-user server: bad input', () => {
         payload: fc.uint8Array({ maxLength: 80 }),
       })
       .map((message) => rawMessage(message));
-    const mutated = recorded.length === 0
-      ? randomMessage
-      : fc
-          .record({
-            base: fc.constantFrom(...recorded),
-            edits: fc.array(fc.record({ at: fc.nat(), value: fc.integer({ min: 0, max: 255 }) }), { minLength: 1, maxLength: 6 }),
-            cut: fc.option(fc.nat(), { nil: undefined }),
-            msgId: fc.integer({ min: 0, max: 0xefff }),
-          })
-          .map(({ base, edits, cut, msgId }) => {
-            let payload = base.subarray(HEADER_SIZE).slice();
-            if (cut !== undefined) payload = payload.subarray(0, cut % (payload.length + 1));
-            for (const edit of edits) if (payload.length > 0) payload[edit.at % payload.length] = edit.value;
-            const header = decodeHeader(base);
-            return rawMessage({ command: header.command, flags: header.flags, msgId, payload });
-          });
+    const mutated =
+      recorded.length === 0
+        ? randomMessage
+        : fc
+            .record({
+              base: fc.constantFrom(...recorded),
+              edits: fc.array(fc.record({ at: fc.nat(), value: fc.integer({ min: 0, max: 255 }) }), { minLength: 1, maxLength: 6 }),
+              cut: fc.option(fc.nat(), { nil: undefined }),
+              msgId: fc.integer({ min: 0, max: 0xefff }),
+            })
+            .map(({ base, edits, cut, msgId }) => {
+              let payload = base.subarray(HEADER_SIZE).slice();
+              if (cut !== undefined) payload = payload.subarray(0, cut % (payload.length + 1));
+              for (const edit of edits) if (payload.length > 0) payload[edit.at % payload.length] = edit.value;
+              const header = decodeHeader(base);
+              return rawMessage({ command: header.command, flags: header.flags, msgId, payload });
+            });
     const message = fc.record({ bytes: fc.oneof(randomMessage, mutated), withFd: fc.boolean() });
     let sentinel = 0;
     await fc.assert(
@@ -267,7 +289,8 @@ function captureCommands(): Uint8Array[] {
     for (const line of fs.readFileSync(path.join(CAPTURES, file), 'utf8').split('\n')) {
       if (line.trim() === '') continue;
       const record = JSON.parse(line) as { dir: string; flags: number; cmd: number; hex: string };
-      if (record.dir === 'c2s' && (record.flags & 0xf) === 0 && record.cmd !== COMMANDS.values.VERSION) out.push(new Uint8Array(Buffer.from(record.hex, 'hex')));
+      if (record.dir === 'c2s' && (record.flags & 0xf) === 0 && record.cmd !== COMMANDS.values.VERSION)
+        out.push(new Uint8Array(Buffer.from(record.hex, 'hex')));
     }
   }
   return out;

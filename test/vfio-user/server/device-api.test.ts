@@ -49,7 +49,15 @@ describe('vfio-user device-model API', () => {
         ],
       },
       regions: {
-        BAR1: { size: 0x4000, mmap: { areas: [{ offset: 0n, size: 0x1000n }, { offset: 0x2000n, size: 0x1000n }] } },
+        BAR1: {
+          size: 0x4000,
+          mmap: {
+            areas: [
+              { offset: 0n, size: 0x1000n },
+              { offset: 0x2000n, size: 0x1000n },
+            ],
+          },
+        },
         BAR2: { size: 256, handler: bufferRegion(bar2) },
       },
       irqs: { INTX: 1, ERR: 1, REQ: 1 },
@@ -84,7 +92,15 @@ describe('vfio-user device-model API', () => {
       assert.equal(reply.body.argsz, 80);
       assert.equal(reply.body.flags, READ | WRITE | MMAP | CAPS);
       assert.equal(reply.body.size, 0x4000n);
-      assert.deepEqual(reply.body.capabilities, [{ kind: 'sparse-mmap', areas: [{ offset: 0n, size: 0x1000n }, { offset: 0x2000n, size: 0x1000n }] }]);
+      assert.deepEqual(reply.body.capabilities, [
+        {
+          kind: 'sparse-mmap',
+          areas: [
+            { offset: 0n, size: 0x1000n },
+            { offset: 0x2000n, size: 0x1000n },
+          ],
+        },
+      ]);
       assert.equal(reply.fds.length, 1);
       assert.match(reply.fds[0]!.describe(), /memfd:vfio-user-bar1/);
       const region = SharedRegion.fromFd(reply.fds[0]!, { offset: 0, length: 0x1000 });
@@ -143,9 +159,15 @@ describe('vfio-user device-model API', () => {
       await c.request('DEVICE_SET_IRQS', setIrqs(1, DATA_EVENTFD | ACTION_TRIGGER, 1, 2), { fds: efds.map((efd) => efd.fd) });
       // Loopback trigger from the client: DATA_NONE fires every vector in range, DATA_BOOL the ones set.
       await c.request('DEVICE_SET_IRQS', setIrqs(1, DATA_NONE | ACTION_TRIGGER, 1, 2));
-      assert.deepEqual(efds.map((efd) => efd.read()), [1, 1]);
+      assert.deepEqual(
+        efds.map((efd) => efd.read()),
+        [1, 1],
+      );
       await c.request('DEVICE_SET_IRQS', setIrqs(1, DATA_BOOL | ACTION_TRIGGER, 1, 2, Uint8Array.of(0, 1)));
-      assert.deepEqual(efds.map((efd) => efd.read()), [0, 1]);
+      assert.deepEqual(
+        efds.map((efd) => efd.read()),
+        [0, 1],
+      );
       // A masked vector holds its interrupt until unmasked.
       await c.request('DEVICE_SET_IRQS', setIrqs(1, DATA_NONE | ACTION_MASK, 1, 1));
       assert.equal(device.irqs.trigger('MSI', 1), false);
@@ -211,10 +233,13 @@ describe('vfio-user device-model API', () => {
       cleanup.add(() => ram.close());
       await c.request('DMA_MAP', dmaMapBody(0x10000n, 0x1000n, DMA_MAP_FLAGS.bits.READ, 0x1000n), { fds: [ram.fd] });
       await c.request('DMA_MAP', dmaMapBody(0x20000n, 0x1000n));
-      assert.deepEqual(mapped.map((m) => [m.address, m.readable, m.writable, m.memory !== undefined, m.sealed]), [
-        [0x10000n, true, false, true, true],
-        [0x20000n, true, true, false, undefined],
-      ]);
+      assert.deepEqual(
+        mapped.map((m) => [m.address, m.readable, m.writable, m.memory !== undefined, m.sealed]),
+        [
+          [0x10000n, true, false, true, true],
+          [0x20000n, true, true, false, undefined],
+        ],
+      );
       await expectErrno(c.request('DMA_MAP', dmaMapBody(0x10800n, 0x1000n)), ERRNO.EEXIST);
       await expectErrno(c.request('DMA_MAP', dmaMapBody(0x0fff0n, 0x20n)), ERRNO.EEXIST);
       await expectErrno(c.request('DMA_UNMAP', { argsz: 24, flags: 0, address: 0x10000n, size: 0x800n }), ERRNO.ENOENT);
@@ -223,7 +248,10 @@ describe('vfio-user device-model API', () => {
       assert.deepEqual(one.body.unmapped, { argsz: 24, flags: 0, address: 0x20000n, size: 0x1000n });
       const all = await c.request('DMA_UNMAP', { argsz: 24, flags: DMA_UNMAP_FLAGS.bits.ALL, address: 0n, size: 0n });
       assert.equal(all.body.unmapped?.flags, DMA_UNMAP_FLAGS.bits.ALL);
-      assert.deepEqual(unmapped.map((m) => m.address), [0x20000n, 0x10000n]);
+      assert.deepEqual(
+        unmapped.map((m) => m.address),
+        [0x20000n, 0x10000n],
+      );
       assert.equal(mapped[0]!.memory!.byteLength, 0, 'the mapping is gone from this process');
     });
 

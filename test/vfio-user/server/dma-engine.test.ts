@@ -45,13 +45,16 @@ describe('dma-engine over vfio-user', () => {
     const { path } = serveEngine(cleanup);
     const client = await connect(cleanup, path);
     const info = await client.request('DEVICE_GET_INFO', { argsz: 16 });
-    assert.deepEqual({ ...info.body }, {
-      command: 'DEVICE_GET_INFO',
-      argsz: 16,
-      flags: DEVICE_INFO_FLAGS.bits.RESET | DEVICE_INFO_FLAGS.bits.PCI,
-      numRegions: 9,
-      numIrqs: 5,
-    });
+    assert.deepEqual(
+      { ...info.body },
+      {
+        command: 'DEVICE_GET_INFO',
+        argsz: 16,
+        flags: DEVICE_INFO_FLAGS.bits.RESET | DEVICE_INFO_FLAGS.bits.PCI,
+        numRegions: 9,
+        numIrqs: 5,
+      },
+    );
     const sizes: bigint[] = [];
     for (let index = 0; index < 9; index++) {
       const region = await client.request('DEVICE_GET_REGION_INFO', { argsz: 32, index });
@@ -192,7 +195,7 @@ describe('dma-engine over vfio-user', () => {
     });
   }
 
-  it('splits DMA by message into pieces of the client\'s max_data_xfer_size', async () => {
+  it("splits DMA by message into pieces of the client's max_data_xfer_size", async () => {
     const { path } = serveEngine(cleanup);
     const client = await connect(cleanup, path, { capabilities: { maxDataXferSize: 1024 } });
     const sizes: number[] = [];

@@ -34,11 +34,17 @@ describe('DmaMapTable', () => {
           if (op === 'map') {
             const overlaps = model.some((m) => m.start < page + pages && page < m.end);
             const expected = overlaps ? ERRNO.EEXIST : model.length >= maxMappings ? ERRNO.EINVAL : undefined;
-            assert.equal(errnoOf(() => table.add({ argsz: 32, flags: 3, offset: 0n, address, size }, undefined)), expected);
+            assert.equal(
+              errnoOf(() => table.add({ argsz: 32, flags: 3, offset: 0n, address, size }, undefined)),
+              expected,
+            );
             if (expected === undefined) model.push({ start: page, end: page + pages });
           } else if (op === 'unmap') {
             const at = model.findIndex((m) => m.start === page && m.end === page + pages);
-            assert.equal(errnoOf(() => table.remove(address, size)), at < 0 ? ERRNO.ENOENT : undefined);
+            assert.equal(
+              errnoOf(() => table.remove(address, size)),
+              at < 0 ? ERRNO.ENOENT : undefined,
+            );
             if (at >= 0) model.splice(at, 1);
           } else {
             const hit = model.find((m) => m.start <= page && page < m.end);
@@ -46,7 +52,10 @@ describe('DmaMapTable', () => {
           }
           assert.equal(table.size, model.length);
           const addresses = table.mappings.map((m) => m.address);
-          assert.deepEqual(addresses, [...addresses].sort((a, b) => (a < b ? -1 : 1)));
+          assert.deepEqual(
+            addresses,
+            [...addresses].sort((a, b) => (a < b ? -1 : 1)),
+          );
         }
       }),
       { numRuns: 300 },

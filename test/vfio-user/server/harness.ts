@@ -49,7 +49,9 @@ export async function expectFdsBack(before: Map<string, string>): Promise<void> 
     const now = openFdTargets();
     const opened = [...now].filter(([fd, target]) => before.get(fd) !== target).map(([fd, target]) => `${fd} -> ${target}`);
     const closed = [...before].filter(([fd, target]) => now.get(fd) !== target).map(([fd, target]) => `${fd} -> ${target}`);
-    throw new Error(`open fds did not return to the ${before.size} of before the test (now ${now.size}); still open: [${opened.join(', ')}]; closed: [${closed.join(', ')}]`);
+    throw new Error(
+      `open fds did not return to the ${before.size} of before the test (now ${now.size}); still open: [${opened.join(', ')}]; closed: [${closed.join(', ')}]`,
+    );
   }
 }
 

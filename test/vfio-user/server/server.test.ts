@@ -14,7 +14,18 @@ import { PROTOCOL_VERSION } from '../../../lib/vfio-user/protocol';
 import { socketTransport } from '../../../lib/vfio-user/transport';
 import { waitFor } from '../../helpers';
 import { ServeProcess } from '../cli-process';
-import { BAR0, cleanupAfterEachTest, connect, dmaMapBody, readU32, serveEngine, serverIdle, socketGone, startEduDma, waitForEduIdle } from './harness';
+import {
+  BAR0,
+  cleanupAfterEachTest,
+  connect,
+  dmaMapBody,
+  readU32,
+  serveEngine,
+  serverIdle,
+  socketGone,
+  startEduDma,
+  waitForEduIdle,
+} from './harness';
 
 describe('VfioUserServer', () => {
   const cleanup = cleanupAfterEachTest();

@@ -50,7 +50,13 @@ function isFault(errno: number): (error: unknown) => boolean {
 }
 
 /** Sends DMA_MAPs in batches (each carrying its own copy of `fd`, as SCM_RIGHTS gives one per message). */
-async function mapPieces(c: VfioUserConnection, count: number, fdOf: (piece: number) => FileDescriptor, flags = RW, pages = 2 * count): Promise<void> {
+async function mapPieces(
+  c: VfioUserConnection,
+  count: number,
+  fdOf: (piece: number) => FileDescriptor,
+  flags = RW,
+  pages = 2 * count,
+): Promise<void> {
   const batch = 100;
   for (let first = 0; first < count; first += batch) {
     const requests: Promise<unknown>[] = [];

@@ -33,7 +33,11 @@ describe('vfio-user server: WaitingTransport', () => {
     });
     assert.throws(() => waiting.activate(), /the dispatcher broke/);
     assert.deepEqual(seen, ['first']);
-    assert.deepEqual(fds.map((fd) => fd.closed), [true, true, true], 'every held fd is closed');
+    assert.deepEqual(
+      fds.map((fd) => fd.closed),
+      [true, true, true],
+      'every held fd is closed',
+    );
   });
 
   it('replays held messages in order and hands over the fds a listener takes', () => {
