@@ -135,6 +135,16 @@ export class NestingBackend extends EventEmitter<NestingBackendEvents> {
     watched.unwatch = this.unit.watchDevice(sid, { domainChanged: (domain) => this.follow(watched, domain) }, pasid);
   }
 
+  /** Stops following device `sid` (its requests without PASID and each PASID) and unbinds what is bound for it. */
+  detach(sid: number): void {
+    for (const [key, watched] of this.watched) {
+      if (watched.sid !== sid) continue;
+      watched.unwatch();
+      this.follow(watched, undefined);
+      this.watched.delete(key);
+    }
+  }
+
   /** Stops following every device and unbinds what is bound. */
   close(): void {
     for (const watched of this.watched.values()) {

@@ -193,7 +193,8 @@ export class KvmMachine {
     this.ports.map('isa-debug-exit', DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_COUNT, new DebugExit((status, written) => this.guestExited(status, written)));
     testbed.pci.add(new PciFunction('host-bridge', 0, 0, HOST_BRIDGE, []));
     // A device that refused a shadow DMA_MAP/UNMAP (or outgrew its max_dma_maps) works on by message: say so.
-    testbed.shadow?.on('error', (sid, error) => this.deviceError(`device ${hex(sid)} shadow: ${error.message}`));
+    const hostBackend = testbed.hostBackend;
+    hostBackend?.on('error', (sid, _pasid, error) => this.deviceError(`device ${hex(sid)} ${hostBackend.name}: ${error.message}`));
     vm.addMemory(0, 0, testbed.ram);
     // vCPU 0 is the boot CPU; the others wait in KVM for the INIT and SIPI the guest sends them.
     for (let i = 0; i < (options.cpus ?? 1); i++) this.vcpus.push(vm.createVcpu());

@@ -7,7 +7,9 @@
 import { ViommuError } from '../errors';
 import type { DmaSpace, GuestMemory } from '../memory';
 import { INTERRUPT_WINDOW_END, INTERRUPT_WINDOW_START } from '../memory/geometry';
+import type { HostIommuBackend } from '../host/host-backend';
 import { ShadowBackend } from '../host/shadow-backend';
+import { ShadowHostBackend } from '../host/shadow-host-backend';
 import type { DeviceDomainListener } from '../vtd/address-space';
 import type { HostPending } from '../vtd/host-completion';
 import { REGISTER_WINDOW_SIZE } from '../vtd/registers';
@@ -235,14 +237,14 @@ export class DeviceRegistry {
 // ---- host backends ----
 
 /**
- * With caching mode on and an IOMMU that tells domains: a ShadowBackend for vfio-user devices (their DMA tables
- * follow the guest's mappings), with the IOMMU's completions held while it settles. Otherwise undefined: devices
- * reach guest memory by message through the unit only.
+ * With caching mode on and an IOMMU that tells domains: the shadow host backend for vfio-user devices (their DMA
+ * tables follow the guest's mappings), with the IOMMU's completions held while it settles. Otherwise undefined:
+ * devices reach guest memory by message through the unit only.
  */
-export function shadowBackendFor(iommu: EmbeddedIommu, memory: GuestMemory): ShadowBackend | undefined {
+export function shadowBackendFor(iommu: EmbeddedIommu, memory: GuestMemory): HostIommuBackend | undefined {
   if (iommu.watchDevice === undefined || iommu.config?.['caching-mode'] !== true) return undefined;
-  const shadow = new ShadowBackend(memory, { watchDevice: (sid, listener) => iommu.watchDevice!(sid, listener) });
+  const backend = new ShadowHostBackend(new ShadowBackend(memory, { watchDevice: (sid, listener) => iommu.watchDevice!(sid, listener) }));
   // The guest sees its invalidations complete only once attached devices have followed them.
-  iommu.holdCompletionsWhile?.(() => shadow.pending());
-  return shadow;
+  iommu.holdCompletionsWhile?.(() => backend.pending());
+  return backend;
 }

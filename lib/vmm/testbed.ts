@@ -1,6 +1,6 @@
 /** The testbed machine: guest RAM, PCI config ports, an MMIO bus with the DMAR unit, and DMA devices (edu, the PASID engine, vfio-user). */
 import { GuestMemory, SharedRegion, isPromiseLike } from '../memory';
-import type { ShadowBackend } from '../host/shadow-backend';
+import type { HostIommuBackend } from '../host/host-backend';
 import type { QtestMachine, QtestNarrowSize } from './qtest/machine';
 import type { QtestPortSize } from './qtest/protocol';
 import { DeviceRegistry, IOMMU_WINDOW_SIZE, registerWindow, shadowBackendFor, type DeviceInterrupt, type EmbeddedIommu } from './embedding';
@@ -77,8 +77,11 @@ export class TestbedMachine implements QtestMachine {
   /** The PASID DMA engine at `pasidEngineSlot` (undefined without one). */
   readonly pasidEngine: PasidDmaEngine | undefined;
   readonly iommu: TestbedIommu | undefined;
-  /** Keeps attached vfio-user devices' DMA tables equal to the guest's mappings (caching mode with a unit that tells domains). */
-  readonly shadow: ShadowBackend | undefined;
+  /**
+   * The host backend vfio-user devices attach to: the shadow one, which keeps their DMA tables equal to the guest's
+   * mappings (caching mode with a unit that tells domains); undefined otherwise.
+   */
+  readonly hostBackend: HostIommuBackend | undefined;
   /** The last device MSIs, oldest first. */
   readonly deviceInterrupts: DeviceInterrupt[] = [];
   readonly attachments: VfioUserAttachment[] = [];
@@ -100,7 +103,7 @@ export class TestbedMachine implements QtestMachine {
     this.iommu = options.iommu?.(this.memory);
     const iommu = this.iommu;
     this.devices = new DeviceRegistry({ memory: this.memory, iommu, onInterrupt: (interrupt) => this.logInterrupt(interrupt) });
-    this.shadow = iommu ? shadowBackendFor(iommu, this.memory) : undefined;
+    this.hostBackend = iommu ? shadowBackendFor(iommu, this.memory) : undefined;
     // QEMU's DMAR window: 4- and 8-byte accesses, narrower ones read 0 and are dropped. Writes complete at once:
     // what shadowing costs shows in the unit's completions (held wait descriptors, ICC/IVT, RTPS/TES).
     if (iommu) this.mmio.map('dmar', DMAR_BASE, DMAR_WINDOW_SIZE, registerWindow(iommu));
@@ -145,7 +148,7 @@ export class TestbedMachine implements QtestMachine {
           memory: this.memory,
           mmio: this.mmio,
           pci: this.pci,
-          shadow: this.shadow,
+          hostBackend: this.hostBackend,
           dmaSpace: () => device.dma,
           deviceInterrupt: (sid, address, data) => this.deviceInterrupt(sid, address, data),
           ...(this.onIntx !== undefined ? { deviceIntx: (sid: number) => this.pulseIntx(sid) } : {}),

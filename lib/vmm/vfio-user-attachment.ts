@@ -4,7 +4,7 @@
  * DMA table shadowing the guest's mappings.
  */
 import type { DmaSpace, GuestMemory } from '../memory';
-import type { ShadowAttachment, ShadowBackend } from '../host/shadow-backend';
+import type { HostDeviceAttachment, HostIommuBackend } from '../host/host-backend';
 import { readConfigField } from '../devices/config-table';
 import { bytesToValue, valueToBytes, type AccessSize } from '../devices/register-access';
 import {
@@ -53,8 +53,11 @@ export interface AttachmentHost {
   deviceInterrupt(sid: number, address: bigint, data: number): void;
   /** The device signalled its INTx eventfd (vfio-user carries edges, not levels); absent: INTx is not wired. */
   deviceIntx?(sid: number): void;
-  /** The shadow backend when the IOMMU shadows (caching mode and a unit that tells domains). */
-  readonly shadow: ShadowBackend | undefined;
+  /**
+   * The host backend when the IOMMU has one (the shadow backend: caching mode and a unit that tells domains). The
+   * device's DMA table is attached to it when it takes vfio-user DMA tables; otherwise the device's DMA goes by message.
+   */
+  readonly hostBackend: HostIommuBackend | undefined;
 }
 
 export interface AttachOptions {
@@ -82,7 +85,7 @@ export class VfioUserAttachment implements PciEndpoint {
   /** Which IRQ index the server signals: INTx until the guest enables MSI, when INTx is wired at all. */
   private interruptMode: 'intx' | 'msi' | 'none' = 'none';
   private msiCapability: number | undefined;
-  private shadowAttachment: ShadowAttachment | undefined;
+  private shadowAttachment: HostDeviceAttachment | undefined;
   private isClosed = false;
 
   private constructor(
@@ -180,7 +183,10 @@ export class VfioUserAttachment implements PciEndpoint {
     const covered = this.table.start();
     // Should attach() throw, the start's own failure must not go unhandled meanwhile.
     covered.catch(() => undefined);
-    if (this.host.shadow !== undefined) this.shadowAttachment = this.host.shadow.attach(this.sourceId, this.table);
+    const backend = this.host.hostBackend;
+    if (backend?.attachKinds.includes('vfio-user-dma-table')) {
+      this.shadowAttachment = backend.attach({ kind: 'vfio-user-dma-table', sid: this.sourceId, table: this.table });
+    }
     await covered;
     this.host.pci.add(this);
   }

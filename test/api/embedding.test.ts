@@ -3,7 +3,7 @@ import { strict as assert } from 'node:assert';
 import * as sinon from 'sinon';
 import { GuestMemory, DmaFault, type DmaSpace } from '../../lib/memory';
 import { ViommuError } from '../../lib/errors';
-import { ShadowBackend } from '../../lib/host/shadow-backend';
+import { ShadowHostBackend } from '../../lib/host/shadow-host-backend';
 import {
   DeviceRegistry,
   INTERRUPT_ADDRESS_RANGE,
@@ -166,7 +166,8 @@ describe('embedding contract', () => {
       const caching = unitWith('caching-mode=on');
       const hold = sinon.spy(caching.unit, 'holdCompletionsWhile');
       const shadow = shadowBackendFor(caching.unit, caching.memory);
-      assert.ok(shadow instanceof ShadowBackend);
+      assert.ok(shadow instanceof ShadowHostBackend);
+      assert.equal(shadow.name, 'shadow');
       assert.equal(hold.callCount, 1);
       assert.equal(hold.firstCall.args[0]!(), undefined, 'nothing attached: nothing to wait for');
     });

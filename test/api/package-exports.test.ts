@@ -75,7 +75,7 @@ const EXPECTED: Record<string, readonly string[]> = {
     'VfioUserProtocolError',
     'errnoOf',
   ],
-  'viommu/host': ['ShadowBackend', 'ShadowMappings'],
+  'viommu/host': ['ShadowBackend', 'ShadowMappings', 'ShadowHostBackend', 'NestingHostBackend', 'NestingBackend', 'nestingConfigProblems'],
   'viommu/machine': ['KvmMachine', 'MACHINE_LAYOUT', 'renderSmokeReport', 'summarizeUnit'],
   'viommu/memory': ['GuestMemory', 'SharedRegion', 'DmaFault', 'isPromiseLike'],
   'viommu/os': ['MessageSocket', 'UnixServer', 'EventFd', 'KvmTranslator', 'KvmVirtualMachine'],
@@ -210,7 +210,7 @@ describe('package entry points, installed from a packed tarball', function () {
       import { LEGACY_ROOT_ENTRY, encodeBig, type VtdUnitOptions, type TranslationResult } from 'viommu/vtd';
       import { registerWindow, requesterId, type AttachedDevice, type EmbeddedIommu } from 'viommu/vmm';
       import { VfioUserClient, VfioUserServer } from 'viommu/vfio-user';
-      import { ShadowBackend } from 'viommu/host';
+      import { ShadowBackend, type HostIommuBackend } from 'viommu/host';
       import { KvmMachine, type KvmMachineOptions } from 'viommu/machine';
       import { SharedRegion, type DmaSpace } from 'viommu/memory';
       import { EventFd } from 'viommu/os';
@@ -222,7 +222,8 @@ describe('package entry points, installed from a packed tarball', function () {
       const dma: DmaSpace = device.dma;
       const machine: KvmMachineOptions = { iommu: 'caching-mode=on' };
       export const uses = [registerWindow(unit), dma, machine, encodeBig(LEGACY_ROOT_ENTRY, { P: 1 }), VfioUserClient, VfioUserServer,
-        ShadowBackend, KvmMachine, SharedRegion, EventFd, ViommuError, undefined as TranslationResult | undefined];
+        ShadowBackend, KvmMachine, SharedRegion, EventFd, ViommuError, undefined as TranslationResult | undefined,
+        undefined as HostIommuBackend | undefined];
     `,
     );
     // Both programs in this process, sharing parsed files: the second costs a fraction of the first.

@@ -119,7 +119,7 @@ describe('cli: viommu smoke with kvm-unit-tests intel-iommu.flat', function () {
       // What the guest left out after making its context entry and PTE present: context-cache and IOTLB invalidations.
       machine.unit.contextGlobal();
       machine.unit.iotlbGlobal();
-      await machine.testbed.shadow!.settled();
+      await machine.testbed.hostBackend!.settled();
       assert.deepEqual(machine.attachment!.table.shared, [{ address: 0n, size: 0x1000n }]);
       assert.deepEqual(machine.unshadowedMappings(), []);
     } finally {

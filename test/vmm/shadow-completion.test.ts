@@ -49,14 +49,14 @@ describe('testbed: completions wait for the shadowed device, register writes do 
       const iqtWrites: { returned: unknown; deviceBusy: boolean }[] = [];
       machine.writeMemory64 = (address, value) => {
         const returned = writeMemory64(address, value);
-        if (address === iqt) iqtWrites.push({ returned, deviceBusy: machine.shadow!.pending() !== undefined });
+        if (address === iqt) iqtWrites.push({ returned, deviceBusy: machine.hostBackend!.pending() !== undefined });
         return returned;
       };
       await vtd.invalidate([LEGACY_INVALIDATIONS.iotlbGlobal()]);
       assert.deepEqual(iqtWrites, [{ returned: undefined, deviceBusy: true }]);
       // The driver saw its wait status only now: by then the device held every page it was told about.
       assert.equal(device.table.shared.length, SCATTERED_PAGES);
-      assert.equal(machine.shadow!.pending(), undefined);
+      assert.equal(machine.hostBackend!.pending(), undefined);
     } finally {
       machine.close();
       await server.close();
