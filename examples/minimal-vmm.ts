@@ -30,6 +30,7 @@ import {
   describeFaultReason,
   encodeBig,
   registerOffset,
+  type RegisterName,
   type Field,
   type FieldTable,
 } from '../lib/api/vtd';
@@ -117,14 +118,14 @@ export function runMinimalVmm(print: (line: string) => void): boolean {
 
   // ---- the guest driver: everything below goes through the vCPU's accesses ----
 
-  const reg = (name: string): number => DMAR_BASE + registerOffset(name);
+  const reg = (name: RegisterName): number => DMAR_BASE + registerOffset(name);
   /** Writes a structure (its encoded value, qword by qword) into guest RAM. */
   const writeStructure = <N extends string>(address: number, table: FieldTable<N>, values: Partial<Record<N, bigint | number>>): void => {
     const value = encodeBig(table, values);
     for (let q = 0; q < table.sizeBits / 64; q++) cpu.write(address + 8 * q, 8, BigInt.asUintN(64, value >> BigInt(64 * q)));
   };
   /** Polls a one-bit field until it reads `want`, as a driver does (bounded, so a unit that never answers fails the run). */
-  const waitFor = (register: string, field: Field, want: bigint): void => {
+  const waitFor = (register: RegisterName, field: Field, want: bigint): void => {
     const size = field.msb < 32 ? 4 : 8;
     for (let polls = 0; polls < 1000; polls++) if (((cpu.read(reg(register), size) >> BigInt(field.lsb)) & 1n) === want) return;
     check(false, `${register}.${field.name} never became ${want}`);

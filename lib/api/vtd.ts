@@ -41,8 +41,8 @@ export {
 export type { VtdConfig, VtdProperties, Compat, AddressWidth, OnOffAuto } from '../vtd/config';
 
 // Fault reasons: one table indexed by the hardware code (FRCD.FR).
-export { FAULT_REASONS, faultReason, faultCode, describeFaultReason, isPermissionFault } from '../vtd/fault-reasons';
-export type { FaultReason, FaultMode } from '../vtd/fault-reasons';
+export { FAULT_REASONS, faultReason, faultCode, parseFaultReasonName, describeFaultReason, isPermissionFault } from '../vtd/fault-reasons';
+export type { FaultReason, FaultReasonName, FaultMode } from '../vtd/fault-reasons';
 
 // Domains, for host backends that follow what the guest maps (ShadowBackend is one: viommu/host).
 export { MAPPING_ACCESS } from '../vtd/address-space';
@@ -51,7 +51,7 @@ export type { HostPending } from '../vtd/host-completion';
 
 // The hardware described once: registers, in-memory structures and descriptors as field tables, with their
 // encoder, decoder and renderer. A guest driver (or a test, or a VMM's firmware) programs the unit with these.
-export { REGISTERS, REGISTER_WINDOW_SIZE, findRegister } from '../vtd/registers';
+export { REGISTERS, REGISTER_WINDOW_SIZE, findRegister, parseRegisterName, faultRecordRegister } from '../vtd/registers';
 export {
   CAP_FIELDS,
   ECAP_FIELDS,
@@ -72,7 +72,7 @@ export {
   MSI_DATA_FIELDS,
   MSI_ADDRESS_FIELDS,
 } from '../vtd/registers';
-export type { RegisterSpec } from '../vtd/registers';
+export type { RegisterSpec, RegisterName, FaultRecordHalf } from '../vtd/registers';
 export { registerOffset } from '../vtd/register-bits';
 export {
   LEGACY_ROOT_ENTRY,
@@ -102,6 +102,8 @@ export {
   PASID_CACHE_INVALIDATE,
   PASID_DEVICE_TLB_INVALIDATE,
   INVALIDATION_DESCRIPTORS,
+  descriptorKindNamed,
 } from '../vtd/structures';
+export type { DescriptorKind, DescriptorName } from '../vtd/structures';
 export { encodeBig, decodeBig, getFieldBig, setFieldBig, renderFields } from '../vtd/bitfield';
 export type { Field, FieldTable, RenderOptions } from '../vtd/bitfield';

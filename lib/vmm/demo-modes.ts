@@ -5,7 +5,7 @@
 import { EDU_BUFFER_ADDRESS } from '../devices/edu';
 import { PAGE_SHIFT } from '../memory/geometry';
 import type { GuestMemory } from '../memory/guest-memory';
-import { faultCode, faultReason } from '../vtd/fault-reasons';
+import { faultCode, faultReason, type FaultReasonName } from '../vtd/fault-reasons';
 import type { FaultRecord } from '../vtd/fault';
 import { VtdUnit, type TranslationFailure } from '../vtd/unit';
 import {
@@ -197,7 +197,7 @@ export interface DemoFault {
   readonly iova: number;
   /** What is wrong with the IOVA, for the "fault" line. */
   readonly why: string;
-  readonly reason: string;
+  readonly reason: FaultReasonName;
 }
 
 /**
@@ -212,7 +212,7 @@ export interface DemoTranslation {
   summary(): readonly string[];
   readonly faults: readonly DemoFault[];
   /** The reason (by name) a write to the page taken back must record. */
-  readonly unmappedWriteReason: string;
+  readonly unmappedWriteReason: FaultReasonName;
   /** Names the stage each fault was found in (nested translation), from the unit's record of it. */
   readonly stageText?: (fault: FaultRecord) => string;
   setUp(context: DemoContext, sid: number): Promise<void>;

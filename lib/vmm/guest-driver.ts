@@ -13,7 +13,8 @@ import {
   FIRST_STAGE_4K_LEAF,
   FIRST_STAGE_TABLE_ENTRY,
   FIRST_STAGE_TOP_ENTRY,
-  INVALIDATION_DESCRIPTORS,
+  descriptorKindNamed,
+  type DescriptorName,
   INVALIDATION_WAIT,
   IOTLB_INVALIDATE,
   LEGACY_CONTEXT_ENTRY,
@@ -286,10 +287,8 @@ export class VtdDriver {
   }
 }
 
-function descriptorType(name: string): number {
-  const kind = INVALIDATION_DESCRIPTORS.find((candidate) => candidate.name === name);
-  if (kind === undefined) throw driverError(`no invalidation descriptor named ${name}`);
-  return kind.type;
+function descriptorType(name: DescriptorName): number {
+  return descriptorKindNamed(name).type;
 }
 
 /** The legacy-mode descriptors a driver queues (context-cache and IOTLB ones serve scalable mode's second stage too). */

@@ -2,7 +2,7 @@
 
 import type { FieldTable } from './bitfield';
 import type { Compat, VtdConfig } from './config';
-import { FRCD_HI_FIELDS, FRCD_LO_FIELDS, findRegister } from './registers';
+import { FRCD_HI_FIELDS, FRCD_LO_FIELDS, findRegister, parseRegisterName } from './registers';
 import { FIRST_STAGE_2M_LEAF, FIRST_STAGE_4K_LEAF, FIRST_STAGE_TABLE_ENTRY, FIRST_STAGE_TOP_ENTRY } from './structures';
 
 export type QuirkId =
@@ -343,7 +343,8 @@ export const ENTRY_FIELDS: Readonly<Record<string, FieldTable>> = {
 function registerFields(name: string): FieldTable | undefined {
   if (/^FRCD\d*_LO$/.test(name)) return FRCD_LO_FIELDS;
   if (/^FRCD\d*_HI$/.test(name)) return FRCD_HI_FIELDS;
-  return ENTRY_FIELDS[name] ?? findRegister(name)?.fields;
+  const register = parseRegisterName(name);
+  return ENTRY_FIELDS[name] ?? (register === undefined ? undefined : findRegister(register).fields);
 }
 
 /** Register names as a quirk's `changes` spells them: every fault-recording register is FRCD_LO / FRCD_HI. */

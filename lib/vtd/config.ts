@@ -332,23 +332,30 @@ export function vtdConfigFromString(text: string): VtdConfig {
 
 /** Values QEMU hard-wires, expressed as field values (the bit positions live in CAP_FIELDS/ECAP_FIELDS). */
 const DOMAIN_ID_BITS = 16;
-const FIXED_CAP = {
+const FIXED_CAP: CapabilityFieldValues<'CAP'> = {
   ND: (DOMAIN_ID_BITS - 4) / 2,
   FRO: FAULT_RECORD_OFFSET / 16,
   NFR: FAULT_RECORD_COUNT - 1,
   MAMV: 18,
   PSI: 1,
   SLLPS: 0b0011,
-} as const;
-const FIXED_ECAP = { QI: 1, IRO: IOTLB_REGISTERS_OFFSET / 16 } as const;
+};
+const FIXED_ECAP: CapabilityFieldValues<'ECAP'> = { QI: 1, IRO: IOTLB_REGISTERS_OFFSET / 16 };
 const MAX_HANDLE_MASK = 15;
 const SAGAW_39 = 0b00010;
 const SAGAW_48 = 0b00100;
-type CapabilityRegister = 'CAP' | 'ECAP';
+const CAPABILITY_TABLES = { CAP: CAP_FIELDS, ECAP: ECAP_FIELDS } as const;
+export type CapabilityRegister = keyof typeof CAPABILITY_TABLES;
+/** The field names of capability register R (of either register when R is the union). */
+export type CapabilityFieldName<R extends CapabilityRegister> = R extends CapabilityRegister ? keyof (typeof CAPABILITY_TABLES)[R]['f'] : never;
+type CapabilityFieldValues<R extends CapabilityRegister> = Partial<Readonly<Record<CapabilityFieldName<R>, number>>>;
 
-export interface CapabilityExtension {
-  readonly register: CapabilityRegister;
-  readonly field: string;
+/** One extension bit; `field` is checked against its own register's table. */
+export type CapabilityExtension = { readonly [R in CapabilityRegister]: CapabilityExtensionOf<R> }[CapabilityRegister];
+
+interface CapabilityExtensionOf<R extends CapabilityRegister> {
+  readonly register: R;
+  readonly field: CapabilityFieldName<R>;
   /** The field's value, or how the configuration gives it (`shown` then says so in documents). */
   readonly value: number | ((config: VtdConfig) => number);
   readonly shown?: string;
@@ -429,11 +436,16 @@ export const CAPABILITY_EXTENSIONS: readonly CapabilityExtension[] = [
   },
 ];
 
-function fieldOf(register: CapabilityRegister, name: string): Field {
-  const table = register === 'CAP' ? CAP_FIELDS : ECAP_FIELDS;
-  const field = (table.f as Record<string, Field | undefined>)[name];
-  if (!field) throw new ViommuError('ERR_FIELD_TABLE', `${register} has no field ${name}`);
-  return field;
+function fieldOf<R extends CapabilityRegister>(register: R, name: CapabilityFieldName<R>): Field {
+  // The conditional type ties `name` to `register`'s table; TypeScript cannot follow that into the index.
+  return (CAPABILITY_TABLES[register].f as Readonly<Record<CapabilityFieldName<R>, Field>>)[name];
+}
+
+function setFixedFields<R extends CapabilityRegister>(words: Uint32Array, register: R, values: CapabilityFieldValues<R>): void {
+  for (const field of CAPABILITY_TABLES[register].fields) {
+    const value = (values as Readonly<Record<string, number | undefined>>)[field.name];
+    if (value !== undefined) setField(words, field, value);
+  }
 }
 
 /** CAP, ECAP and VCCAP for a configuration: QEMU 7.2's vtd_init logic, then CAPABILITY_EXTENSIONS. */
@@ -443,7 +455,7 @@ export function computeCapabilities(config: VtdConfig): CapabilityValues {
   const c = CAP_FIELDS.f;
   const e = ECAP_FIELDS.f;
 
-  for (const [name, value] of Object.entries(FIXED_CAP)) setField(cap, fieldOf('CAP', name), value);
+  setFixedFields(cap, 'CAP', FIXED_CAP);
   setField(cap, c.MGAW, config['aw-bits'] - 1);
   if (config['dma-drain']) {
     setField(cap, c.DRD, 1);
@@ -452,7 +464,7 @@ export function computeCapabilities(config: VtdConfig): CapabilityValues {
   if (config['dma-translation']) setField(cap, c.SAGAW, config['aw-bits'] === 48 ? SAGAW_39 | SAGAW_48 : SAGAW_39);
   if (config['caching-mode']) setField(cap, c.CM, 1);
 
-  for (const [name, value] of Object.entries(FIXED_ECAP)) setField(ecap, fieldOf('ECAP', name), value);
+  setFixedFields(ecap, 'ECAP', FIXED_ECAP);
   if (config.intremap) {
     setField(ecap, e.IR, 1);
     setField(ecap, e.MHMV, MAX_HANDLE_MASK);
@@ -484,7 +496,7 @@ function vccapWords(): Uint32Array {
 }
 
 /** Reads one capability field by name, e.g. capabilityField(caps, 'ECAP', 'SMTS'). */
-export function capabilityField(caps: CapabilityValues, register: CapabilityRegister, name: string): number {
+export function capabilityField<R extends CapabilityRegister>(caps: CapabilityValues, register: R, name: CapabilityFieldName<R>): number {
   const value = register === 'CAP' ? caps.cap : caps.ecap;
   return Number(getFieldBig(value, fieldOf(register, name)));
 }

@@ -1,14 +1,12 @@
 /** Fault reason codes, indexed by the hardware code written to FRCD.FR, with one bounds-checked lookup. */
 
-import { ViommuError } from '../errors';
-
 export type FaultMode = 'legacy' | 'interrupt-remapping' | 'scalable';
 
 export interface FaultReason {
   readonly code: number;
   readonly mode: FaultMode;
   /** Stable identifier for code and traces. */
-  readonly name: string;
+  readonly name: FaultReasonName;
   /** The condition as the specification states it. */
   readonly condition: string;
   /** What usually causes it, for `viommu explain`. */
@@ -20,9 +18,14 @@ export interface FaultReason {
   readonly kind?: 'permission';
 }
 
-type Row = readonly [code: number, name: string, condition: string, explanation: string, kind?: 'permission'];
+type Row<N extends string = string> = readonly [code: number, name: N, condition: string, explanation: string, kind?: 'permission'];
 
-const LEGACY: readonly Row[] = [
+/** Keeps each row's name as a literal type, so FaultReasonName is derived from the rows themselves. */
+function reasonRows<const R extends readonly Row[]>(rows: R): R {
+  return rows;
+}
+
+const LEGACY = reasonRows([
   [0x1, 'ROOT_ENTRY_NOT_PRESENT', 'Present bit in root entry is clear', 'no context table for this bus: the root entry for the bus has P = 0'],
   [0x2, 'CONTEXT_ENTRY_NOT_PRESENT', 'Present bit in context entry is clear', 'the device (devfn) has no context entry: P = 0'],
   [0x3, 'CONTEXT_ENTRY_INVALID', 'Invalid context entry', 'context entry programmed wrongly, e.g. an AW the unit does not support or a reserved TT'],
@@ -57,9 +60,9 @@ const LEGACY: readonly Row[] = [
     'Output address in the interrupt address range',
     'translation produced an address in 0xfee00000-0xfeefffff, which is reserved for interrupts',
   ],
-];
+]);
 
-const INTERRUPT_REMAPPING: readonly Row[] = [
+const INTERRUPT_REMAPPING = reasonRows([
   [
     0x20,
     'IR_REQUEST_RESERVED',
@@ -82,9 +85,9 @@ const INTERRUPT_REMAPPING: readonly Row[] = [
     'Blocked an interrupt request due to source-id verification failure',
     'the requester id does not match the IRTE SID/SQ/SVT check',
   ],
-];
+]);
 
-const SCALABLE: readonly Row[] = [
+const SCALABLE = reasonRows([
   [0x30, 'SM_ROOT_TABLE_ADDRESS_INVALID', 'SM: Invalid Root Table Address', 'RTADDR in scalable mode is invalid'],
   [0x31, 'SM_TTM0_PASID_REQUEST', 'SM: TTM 0 for request with PASID', 'a request with PASID while RTADDR.TTM selects legacy mode'],
   [0x32, 'SM_TTM0_PAGE_GROUP_REQUEST', 'SM: TTM 0 for page group request', 'a page request while RTADDR.TTM selects legacy mode'],
@@ -223,9 +226,12 @@ const SCALABLE: readonly Row[] = [
     'QEMU: failed A/D bit update (not in the specification)',
     'newer QEMU records this when it cannot write A/D back to memory',
   ],
-];
+]);
 
-function build(rows: readonly Row[], mode: FaultMode): FaultReason[] {
+/** Every reason name the table has, as a type: a misspelt reason is a compile error. */
+export type FaultReasonName = (typeof LEGACY | typeof INTERRUPT_REMAPPING | typeof SCALABLE)[number][1];
+
+function build(rows: readonly Row<FaultReasonName>[], mode: FaultMode): FaultReason[] {
   return rows.map(([code, name, condition, explanation, kind]) => ({ code, mode, name, condition, explanation, ...(kind ? { kind } : {}) }));
 }
 
@@ -238,7 +244,7 @@ export const FAULT_REASONS: readonly (FaultReason | undefined)[] = (() => {
   return table;
 })();
 
-const reasonsByName = new Map(FAULT_REASONS.filter((r): r is FaultReason => r !== undefined).map((r) => [r.name, r]));
+const reasonsByName = new Map<string, FaultReason>(FAULT_REASONS.filter((r): r is FaultReason => r !== undefined).map((r) => [r.name, r]));
 
 /** The reason for a hardware code; undefined for reserved or out-of-range codes (never throws). */
 export function faultReason(code: number): FaultReason | undefined {
@@ -259,8 +265,11 @@ export function describeFaultReason(code: number): string {
 }
 
 /** The code for a reason name; for the walker, so names (not numbers) appear in its source. */
-export function faultCode(name: string): number {
-  const reason = reasonsByName.get(name);
-  if (!reason) throw new ViommuError('ERR_FAULT_REASON', `unknown fault reason name ${name}; see FAULT_REASONS`);
-  return reason.code;
+export function faultCode(name: FaultReasonName): number {
+  return reasonsByName.get(name)!.code;
+}
+
+/** A reason name that comes from outside the program (CLI, snapshot, trace); undefined when the table has no such reason. */
+export function parseFaultReasonName(text: string): FaultReasonName | undefined {
+  return reasonsByName.get(text)?.name;
 }

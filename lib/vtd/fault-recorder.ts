@@ -4,7 +4,7 @@ import { encodeBig } from './bitfield';
 import type { QuirkId } from './compat-quirks';
 import type { RegisterFile } from './register-file';
 import { EVENT_CONTROL, FSTS, OFFSET, wordMask } from './register-bits';
-import { FRCD_HI_FIELDS, FRCD_LO_FIELDS } from './registers';
+import { FRCD_HI_FIELDS, FRCD_LO_FIELDS, faultRecordRegister } from './registers';
 
 /** What a DMA-remapping fault record holds. */
 export interface FaultRecord {
@@ -91,8 +91,8 @@ export class FaultRecorder {
       F: 1,
     });
     const index = this.next;
-    this.regs.writeRaw(`FRCD${index}_LO`, BigInt.asUintN(64, fault.iova) & PAGE_MASK);
-    this.regs.writeRaw(`FRCD${index}_HI`, hi);
+    this.regs.writeRaw(faultRecordRegister(index, 'LO'), BigInt.asUintN(64, fault.iova) & PAGE_MASK);
+    this.regs.writeRaw(faultRecordRegister(index, 'HI'), hi);
     this.next = (index + 1) % this.slotCount;
     if (fsts & FSTS.PPF) {
       // Software has not serviced the earlier faults yet: no new event, FRI keeps pointing at the first one.

@@ -2,7 +2,7 @@
 
 import { ViommuError } from '../errors';
 import type { Field } from './bitfield';
-import { EVENT_CONTROL_FIELDS, FSTS_FIELDS, GCMD_FIELDS, GSTS_FIELDS, ICS_FIELDS, findRegister } from './registers';
+import { EVENT_CONTROL_FIELDS, FSTS_FIELDS, GCMD_FIELDS, GSTS_FIELDS, ICS_FIELDS, findRegister, type RegisterName } from './registers';
 
 /** The mask of a field that lies inside one 32-bit word, positioned within that word. */
 export function wordMask(field: Field): number {
@@ -14,10 +14,8 @@ export function wordMask(field: Field): number {
 }
 
 /** Offset of a register by name (the table is the only place offsets are written). */
-export function registerOffset(name: string): number {
-  const spec = findRegister(name);
-  if (!spec) throw new ViommuError('ERR_UNKNOWN_REGISTER', `no register ${name} in REGISTERS`);
-  return spec.offset;
+export function registerOffset(name: RegisterName): number {
+  return findRegister(name).offset;
 }
 
 export const OFFSET = {

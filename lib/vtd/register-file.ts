@@ -2,7 +2,7 @@
 
 import { ViommuError } from '../errors';
 import { bigToWords, getFieldBig } from './bitfield';
-import { ECAP_FIELDS, REGISTER_WINDOW_SIZE, REGISTERS, type CapabilityValues, type RegisterSpec } from './registers';
+import { ECAP_FIELDS, REGISTER_WINDOW_SIZE, REGISTERS, type CapabilityValues, type RegisterName, type RegisterSpec } from './registers';
 
 export type AccessSize = 4 | 8;
 
@@ -42,7 +42,7 @@ export class RegisterFile {
   /** Index into `registers` for each word, or NO_REGISTER. */
   private readonly registerAtWord = new Int16Array(WORD_COUNT).fill(NO_REGISTER);
   private readonly registers: readonly RegisterSpec[];
-  private readonly byName = new Map<string, RegisterSpec>();
+  private readonly byName = new Map<RegisterName, RegisterSpec>();
 
   constructor(
     capabilities: CapabilityValues,
@@ -161,7 +161,7 @@ export class RegisterFile {
   // ---- the unit's own view (no masks) ----
 
   /** Current contents of a register, ignoring write-only masking. */
-  readRaw(register: RegisterSpec | string): bigint {
+  readRaw(register: RegisterSpec | RegisterName): bigint {
     const spec = this.resolve(register);
     const word = spec.offset >>> 2;
     if (spec.width === 32) return BigInt(this.values[word]! >>> 0);
@@ -169,7 +169,7 @@ export class RegisterFile {
   }
 
   /** Sets a register regardless of masks: hardware-owned state such as GSTS, FSTS, IQH, FRCD. */
-  writeRaw(register: RegisterSpec | string, value: bigint): void {
+  writeRaw(register: RegisterSpec | RegisterName, value: bigint): void {
     const spec = this.resolve(register);
     const words = bigToWords(value, spec.width / 32);
     this.values.set(words, spec.offset >>> 2);
@@ -192,7 +192,7 @@ export class RegisterFile {
     return next;
   }
 
-  private resolve(register: RegisterSpec | string): RegisterSpec {
+  private resolve(register: RegisterSpec | RegisterName): RegisterSpec {
     const spec = typeof register === 'string' ? this.byName.get(register) : register;
     if (!spec || this.registers[this.registerAtWord[spec.offset >>> 2]!] !== spec) {
       const name = typeof register === 'string' ? register : register.name;

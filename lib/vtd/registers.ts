@@ -1,5 +1,6 @@
 /** The DMAR unit's register file and register field layouts, each described once (offsets, masks, fields). */
 
+import { ViommuError } from '../errors';
 import { defineFields, type FieldTable } from './bitfield';
 
 // ---- capability registers ----
@@ -220,7 +221,7 @@ export interface CapabilityValues {
 export type RegisterWidth = 32 | 64;
 
 export interface RegisterSpec {
-  readonly name: string;
+  readonly name: RegisterName;
   readonly offset: number;
   readonly width: RegisterWidth;
   /** A constant, or the capability register the value comes from. */
@@ -238,15 +239,16 @@ export interface RegisterSpec {
 }
 
 /** QEMU 7.2 uses one fault-recording register; CAP.NFR and CAP.FRO are derived from these. */
-export const FAULT_RECORD_COUNT = 1;
+const FAULT_RECORD_INDICES = [0] as const;
+export const FAULT_RECORD_COUNT = FAULT_RECORD_INDICES.length;
 export const FAULT_RECORD_OFFSET = 0x220;
 /** ECAP.IRO is derived from this (QEMU: IVA at 0xf0, IOTLB at 0xf8). */
 export const IOTLB_REGISTERS_OFFSET = 0xf0;
 /** The MMIO window the unit decodes; the virtual-command registers sit near its end. */
 export const REGISTER_WINDOW_SIZE = 0x1000;
 
-type Row = [
-  name: string,
+type Row<N extends string = string> = readonly [
+  name: N,
   offset: number,
   width: RegisterWidth,
   reset: bigint | keyof CapabilityValues,
@@ -257,7 +259,12 @@ type Row = [
   notes: string,
 ];
 
-const fixedRows: Row[] = [
+/** Keeps each row's name as a literal type, so the names below are derived from the rows themselves. */
+function registerRows<const R extends readonly Row[]>(rows: R): R {
+  return rows;
+}
+
+const fixedRows = registerRows([
   // name        offset width reset      writable               W1C                    write-only
   ['VER', 0x00, 32, 0x10n, 0n, 0n, 0n, undefined, 'architecture version 1.0'],
   ['CAP', 0x08, 64, 'cap', 0n, 0n, 0n, CAP_FIELDS, 'capabilities, read-only'],
@@ -288,10 +295,10 @@ const fixedRows: Row[] = [
   ['IRTA', 0xb8, 64, 0n, 0xfffffffffffff80fn, 0n, 0n, IRTA_FIELDS, 'latched by GCMD.SIRTP'],
   ['IVA', IOTLB_REGISTERS_OFFSET, 64, 0n, 0xfffffffffffff07fn, 0n, 0xfffffffffffff07fn, IVA_FIELDS, 'page-selective invalidation address; reads 0'],
   ['IOTLB', IOTLB_REGISTERS_OFFSET + 8, 64, 0n, 0xb003ffff00000000n, 0n, 0n, IOTLB_FIELDS, 'acts on a 64-bit write or a write of the upper dword'],
-];
+]);
 
 /** Only with ECAP.PRS (QEMU 7.2 has none): masks follow the spec. */
-const pageRequestRows: Row[] = [
+const pageRequestRows = registerRows([
   ['PQH', 0xc0, 64, 0n, 0x7ffe0n, 0n, 0n, undefined, 'page request queue head (bits 18:5)'],
   ['PQT', 0xc8, 64, 0n, 0n, 0n, 0n, undefined, 'page request queue tail, advanced by the unit'],
   ['PQA', 0xd0, 64, 0n, 0xfffffffffffff007n, 0n, 0n, undefined, 'page request queue base and size'],
@@ -300,35 +307,47 @@ const pageRequestRows: Row[] = [
   ['PEDATA', 0xe4, 32, 0n, 0xffffffffn, 0n, 0n, MSI_DATA_FIELDS, 'page request event MSI data'],
   ['PEADDR', 0xe8, 32, 0n, 0xfffffffcn, 0n, 0n, MSI_ADDRESS_FIELDS, 'page request event MSI address'],
   ['PEUADDR', 0xec, 32, 0n, 0n, 0n, 0n, undefined, 'page request event MSI upper address'],
-];
+]);
 
 /** Spec 3.3 layout; only with ECAP.VCS (QEMU never offers it). */
-const virtualCommandRows: Row[] = [
+const virtualCommandRows = registerRows([
   ['VCMD', 0xe00, 64, 0n, 0xffffffffffffffffn, 0n, 0n, VCMD_FIELDS, 'command 7:0, operand from bit 16; a write runs the command'],
   ['VCRSP', 0xe10, 64, 0n, 0n, 0n, 0n, VCRSP_FIELDS, 'IP bit 0, status 7:1, result from bit 16; set by the unit'],
   ['VCCAP', 0xe30, 64, 'vccap', 0n, 0n, 0n, VCCAP_FIELDS, 'virtual command capabilities'],
-];
+]);
 
-function memoryTypeRows(): Row[] {
-  const rows: Row[] = [
-    ['MTRRCAP', 0x100, 64, 0n, 0n, 0n, 0n, undefined, 'ECAP.MTS is 0: MTRRs read 0'],
-    ['MTRRDEF', 0x108, 64, 0n, 0n, 0n, 0n, undefined, 'reads 0'],
-    ['MTRR_FIX64K_00000', 0x120, 64, 0n, 0n, 0n, 0n, undefined, 'reads 0'],
-    ['MTRR_FIX16K_80000', 0x128, 64, 0n, 0n, 0n, 0n, undefined, 'reads 0'],
-    ['MTRR_FIX16K_A0000', 0x130, 64, 0n, 0n, 0n, 0n, undefined, 'reads 0'],
-  ];
-  const fixed4k = ['C0000', 'C8000', 'D0000', 'D8000', 'E0000', 'E8000', 'F0000', 'F8000'];
-  fixed4k.forEach((base, i) => rows.push([`MTRR_FIX4K_${base}`, 0x138 + 8 * i, 64, 0n, 0n, 0n, 0n, undefined, 'reads 0']));
-  for (let n = 0; n < 10; n++) {
+const memoryTypeFixedRows = registerRows([
+  ['MTRRCAP', 0x100, 64, 0n, 0n, 0n, 0n, undefined, 'ECAP.MTS is 0: MTRRs read 0'],
+  ['MTRRDEF', 0x108, 64, 0n, 0n, 0n, 0n, undefined, 'reads 0'],
+  ['MTRR_FIX64K_00000', 0x120, 64, 0n, 0n, 0n, 0n, undefined, 'reads 0'],
+  ['MTRR_FIX16K_80000', 0x128, 64, 0n, 0n, 0n, 0n, undefined, 'reads 0'],
+  ['MTRR_FIX16K_A0000', 0x130, 64, 0n, 0n, 0n, 0n, undefined, 'reads 0'],
+]);
+const MTRR_FIXED_4K_BASES = ['C0000', 'C8000', 'D0000', 'D8000', 'E0000', 'E8000', 'F0000', 'F8000'] as const;
+const MTRR_VARIABLE_INDICES = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9] as const;
+type MtrrVariableIndex = (typeof MTRR_VARIABLE_INDICES)[number];
+type MemoryTypeRegisterName =
+  | (typeof memoryTypeFixedRows)[number][0]
+  | `MTRR_FIX4K_${(typeof MTRR_FIXED_4K_BASES)[number]}`
+  | `MTRR_PHYSBASE${MtrrVariableIndex}`
+  | `MTRR_PHYSMASK${MtrrVariableIndex}`;
+
+function memoryTypeRows(): Row<MemoryTypeRegisterName>[] {
+  const rows: Row<MemoryTypeRegisterName>[] = [...memoryTypeFixedRows];
+  MTRR_FIXED_4K_BASES.forEach((base, i) => rows.push([`MTRR_FIX4K_${base}`, 0x138 + 8 * i, 64, 0n, 0n, 0n, 0n, undefined, 'reads 0']));
+  for (const n of MTRR_VARIABLE_INDICES) {
     rows.push([`MTRR_PHYSBASE${n}`, 0x180 + 16 * n, 64, 0n, 0n, 0n, 0n, undefined, 'reads 0']);
     rows.push([`MTRR_PHYSMASK${n}`, 0x188 + 16 * n, 64, 0n, 0n, 0n, 0n, undefined, 'reads 0']);
   }
   return rows;
 }
 
-function faultRecordRows(): Row[] {
-  const rows: Row[] = [];
-  for (let n = 0; n < FAULT_RECORD_COUNT; n++) {
+export type FaultRecordHalf = 'LO' | 'HI';
+type FaultRecordRegisterName = `FRCD${(typeof FAULT_RECORD_INDICES)[number]}_${FaultRecordHalf}`;
+
+function faultRecordRows(): Row<FaultRecordRegisterName>[] {
+  const rows: Row<FaultRecordRegisterName>[] = [];
+  for (const n of FAULT_RECORD_INDICES) {
     const offset = FAULT_RECORD_OFFSET + 16 * n;
     rows.push([`FRCD${n}_LO`, offset, 64, 0n, 0n, 0n, 0n, FRCD_LO_FIELDS, 'fault record: page address']);
     rows.push([`FRCD${n}_HI`, offset + 8, 64, 0n, 0n, 0x8000000000000000n, 0n, FRCD_HI_FIELDS, 'fault record: F is W1C']);
@@ -336,7 +355,15 @@ function faultRecordRows(): Row[] {
   return rows;
 }
 
-function toSpec(row: Row, presentWith?: 'PRS' | 'VCS'): RegisterSpec {
+/** Every name REGISTERS has, as a type: a misspelt register name is a compile error. */
+export type RegisterName =
+  | (typeof fixedRows)[number][0]
+  | (typeof pageRequestRows)[number][0]
+  | (typeof virtualCommandRows)[number][0]
+  | MemoryTypeRegisterName
+  | FaultRecordRegisterName;
+
+function toSpec(row: Row<RegisterName>, presentWith?: 'PRS' | 'VCS'): RegisterSpec {
   const [name, offset, width, reset, writable, writeOneToClear, writeOnly, fields, notes] = row;
   return {
     name,
@@ -361,9 +388,23 @@ export const REGISTERS: readonly RegisterSpec[] = [
   ...virtualCommandRows.map((row) => toSpec(row, 'VCS')),
 ].sort((a, b) => a.offset - b.offset);
 
-const registersByName = new Map(REGISTERS.map((r) => [r.name, r]));
+const registersByName = new Map<string, RegisterSpec>(REGISTERS.map((r) => [r.name, r]));
 
-/** Looks a register up by name; undefined for names the table does not have. */
-export function findRegister(name: string): RegisterSpec | undefined {
-  return registersByName.get(name);
+/** The register named `name`; every RegisterName is in the table. */
+export function findRegister(name: RegisterName): RegisterSpec {
+  return registersByName.get(name)!;
+}
+
+/** A register name that comes from outside the program (CLI, snapshot, qtest); undefined when REGISTERS has no such register. */
+export function parseRegisterName(text: string): RegisterName | undefined {
+  return registersByName.get(text)?.name;
+}
+
+/** The name of fault-recording register `index`'s low or high half; throws for an index the unit does not have. */
+export function faultRecordRegister(index: number, half: FaultRecordHalf): RegisterName {
+  const name = parseRegisterName(`FRCD${index}_${half}`);
+  if (name === undefined) {
+    throw new ViommuError('ERR_UNKNOWN_REGISTER', `no fault-recording register ${index}: the unit has ${FAULT_RECORD_COUNT} (FAULT_RECORD_COUNT)`);
+  }
+  return name;
 }

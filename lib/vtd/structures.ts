@@ -338,16 +338,20 @@ export const PAGE_GROUP_RESPONSE = defineFields('page group response', 128, [
   { name: 'PRGI', bit: 67, width: 9, description: 'page request group index' },
 ] as const);
 
-export interface DescriptorKind {
+export interface DescriptorKind<N extends string = DescriptorName> {
   readonly type: number;
-  readonly name: string;
+  readonly name: N;
   readonly fields: FieldTable;
   /** A scalable-mode descriptor: valid only in a 256-bit queue (IQA.DW = 1); in a 128-bit queue it is an IQE. */
   readonly wideOnly: boolean;
 }
 
-/** Descriptor types by number, the way the queue decoder dispatches. */
-export const INVALIDATION_DESCRIPTORS: readonly DescriptorKind[] = [
+/** Keeps each descriptor's name as a literal type, so DescriptorName is derived from the table itself. */
+function descriptorRows<const K extends readonly DescriptorKind<string>[]>(kinds: K): K {
+  return kinds;
+}
+
+const DESCRIPTOR_ROWS = descriptorRows([
   { type: 1, name: 'context-cache', fields: CONTEXT_CACHE_INVALIDATE, wideOnly: false },
   { type: 2, name: 'IOTLB', fields: IOTLB_INVALIDATE, wideOnly: false },
   { type: 3, name: 'device-TLB', fields: DEVICE_TLB_INVALIDATE, wideOnly: false },
@@ -357,9 +361,16 @@ export const INVALIDATION_DESCRIPTORS: readonly DescriptorKind[] = [
   { type: 7, name: 'PASID cache', fields: PASID_CACHE_INVALIDATE, wideOnly: true },
   { type: 8, name: 'PASID-based device-TLB', fields: PASID_DEVICE_TLB_INVALIDATE, wideOnly: true },
   { type: 9, name: 'page group response', fields: PAGE_GROUP_RESPONSE, wideOnly: true },
-];
+]);
+
+/** Every descriptor name the table has, as a type: a misspelt descriptor name is a compile error. */
+export type DescriptorName = (typeof DESCRIPTOR_ROWS)[number]['name'];
+
+/** Descriptor types by number, the way the queue decoder dispatches. */
+export const INVALIDATION_DESCRIPTORS: readonly DescriptorKind[] = DESCRIPTOR_ROWS;
 
 const descriptorsByType = new Map(INVALIDATION_DESCRIPTORS.map((d) => [d.type, d]));
+const descriptorsByName = new Map(INVALIDATION_DESCRIPTORS.map((d) => [d.name, d]));
 const TYPE_LO: Field = CONTEXT_CACHE_INVALIDATE.f.TYPE_LO;
 const TYPE_HI: Field = CONTEXT_CACHE_INVALIDATE.f.TYPE_HI;
 const TYPE_LO_BITS = 4;
@@ -372,4 +383,9 @@ export function descriptorType(words: ArrayLike<number>, base = 0): number {
 /** The layout for a descriptor type, or undefined for types the unit does not know (an IQE for the guest). */
 export function descriptorKind(type: number): DescriptorKind | undefined {
   return descriptorsByType.get(type);
+}
+
+/** The layout of the descriptor named `name`; every DescriptorName is in the table. */
+export function descriptorKindNamed(name: DescriptorName): DescriptorKind {
+  return descriptorsByName.get(name)!;
 }

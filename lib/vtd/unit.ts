@@ -1029,15 +1029,17 @@ export class VtdUnit implements InvalidationTarget {
 const LEGACY_REASON_IN_QEMU_7_2: ReadonlyMap<number, number> = new Map([
   [faultCode('SM_ROOT_ENTRY_NOT_PRESENT'), FR.ROOT_ENTRY_NOT_PRESENT],
   [faultCode('SM_CONTEXT_ENTRY_NOT_PRESENT'), FR.CONTEXT_ENTRY_NOT_PRESENT],
-  ...[
-    'SM_PASID_DIRECTORY_ACCESS',
-    'SM_PASID_DIRECTORY_NOT_PRESENT',
-    'SM_PASID_DIRECTORY_RESERVED',
-    'SM_PASID_ENTRY_ACCESS',
-    'SM_PASID_ENTRY_NOT_PRESENT',
-    'SM_PASID_ENTRY_RESERVED',
-    'SM_PASID_ENTRY_INVALID',
-  ].map((name) => [faultCode(name), faultCode('SM_PASID_ENTRY_ACCESS')] as const),
+  ...(
+    [
+      'SM_PASID_DIRECTORY_ACCESS',
+      'SM_PASID_DIRECTORY_NOT_PRESENT',
+      'SM_PASID_DIRECTORY_RESERVED',
+      'SM_PASID_ENTRY_ACCESS',
+      'SM_PASID_ENTRY_NOT_PRESENT',
+      'SM_PASID_ENTRY_RESERVED',
+      'SM_PASID_ENTRY_INVALID',
+    ] as const
+  ).map((name) => [faultCode(name), faultCode('SM_PASID_ENTRY_ACCESS')] as const),
   [faultCode('SM_WRITE'), FR.WRITE],
   [faultCode('SM_READ'), FR.READ],
 ]);

@@ -95,7 +95,7 @@ async function registerInvalidation(guest: OracleGuest): Promise<void> {
 
 /** The fault and invalidation event registers take what the guest writes, within their masks. */
 async function eventRegisters(guest: OracleGuest): Promise<void> {
-  for (const name of ['FECTL', 'FEDATA', 'FEADDR', 'FEUADDR', 'IECTL', 'IEDATA', 'IEADDR', 'IEUADDR', 'FSTS', 'ICS']) {
+  for (const name of ['FECTL', 'FEDATA', 'FEADDR', 'FEUADDR', 'IECTL', 'IEDATA', 'IEADDR', 'IEUADDR', 'FSTS', 'ICS'] as const) {
     await guest.setReg(name, 0xffffffff);
     await guest.observe(name, `${name} after writing all ones`);
   }

@@ -4,7 +4,7 @@ import { encodeBig } from '../../lib/vtd/bitfield';
 import { quirkChangesObservation, quirkRegisterMask, quirksFor, type ObservationKind, type QuirkId } from '../../lib/vtd/compat-quirks';
 import { vtdConfigFromString } from '../../lib/vtd/config';
 import { FSTS } from '../../lib/vtd/register-bits';
-import { findRegister } from '../../lib/vtd/registers';
+import { findRegister, type RegisterName } from '../../lib/vtd/registers';
 import {
   CONTEXT_CACHE_INVALIDATE,
   INTERRUPT_ENTRY_CACHE_INVALIDATE,
@@ -69,9 +69,8 @@ function render(value: Observed): string {
   return `0x${value.toString(16)}`;
 }
 
-function register(name: string): { offset: number; width: 32 | 64 } {
+function register(name: RegisterName): { offset: number; width: 32 | 64 } {
   const spec = findRegister(name);
-  if (spec === undefined) throw new Error(`no VT-d register ${name}`);
   return { offset: spec.offset, width: spec.width };
 }
 
@@ -266,19 +265,19 @@ export class OracleGuest {
 
   // ---- DMAR registers, by the names of lib/vtd/registers.ts ----
 
-  async reg(name: string): Promise<bigint> {
+  async reg(name: RegisterName): Promise<bigint> {
     const { offset, width } = register(name);
     return width === 32 ? BigInt(await this.peer.readl(DMAR + offset)) : this.peer.readq(DMAR + offset);
   }
 
   /** Reads a register and records it under `label` (default: its name). */
-  async observe(name: string, label = name, quirks: readonly QuirkId[] = []): Promise<bigint> {
+  async observe(name: RegisterName, label: string = name, quirks: readonly QuirkId[] = []): Promise<bigint> {
     const value = await this.reg(name);
     this.noteRegister(label, name, value, quirks);
     return value;
   }
 
-  async setReg(name: string, value: bigint | number): Promise<void> {
+  async setReg(name: RegisterName, value: bigint | number): Promise<void> {
     const { offset, width } = register(name);
     if (width === 32) await this.peer.writel(DMAR + offset, Number(BigInt.asUintN(32, BigInt(value))));
     else await this.peer.writeq(DMAR + offset, BigInt(value));

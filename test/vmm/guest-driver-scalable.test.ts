@@ -17,7 +17,7 @@ import {
 } from '../../lib/vmm/guest-driver';
 import { DMAR_BASE, TestbedMachine } from '../../lib/vmm/testbed';
 import { decodeBig } from '../../lib/vtd/bitfield';
-import { faultCode } from '../../lib/vtd/fault-reasons';
+import { faultCode, type FaultReasonName } from '../../lib/vtd/fault-reasons';
 import { FSTS, OFFSET } from '../../lib/vtd/register-bits';
 import { QUEUE_POINTER_FIELDS, RTADDR_FIELDS } from '../../lib/vtd/registers';
 import { SCALABLE_CONTEXT_ENTRY, SCALABLE_ROOT_ENTRY } from '../../lib/vtd/structures';
@@ -77,7 +77,7 @@ class Guest {
 }
 
 const hex = (value: number) => `0x${value.toString(16)}`;
-const fault = (name: string) => `fault ${hex(faultCode(name))}`;
+const fault = (name: FaultReasonName) => `fault ${hex(faultCode(name))}`;
 
 describe('guest driver: scalable mode', () => {
   let guest: Guest;

@@ -4,7 +4,15 @@ import sinon from 'sinon';
 import { ViommuError } from '../../lib/errors';
 import { computeCapabilities, vtdConfigFromString } from '../../lib/vtd/config';
 import { RegisterFile, type RegisterWriteEvent } from '../../lib/vtd/register-file';
-import { REGISTERS, findRegister } from '../../lib/vtd/registers';
+import {
+  FAULT_RECORD_COUNT,
+  FAULT_RECORD_OFFSET,
+  REGISTERS,
+  faultRecordRegister,
+  findRegister,
+  parseRegisterName,
+  type RegisterName,
+} from '../../lib/vtd/registers';
 
 function registerFile(properties = '', hook?: (event: RegisterWriteEvent) => void): RegisterFile {
   return new RegisterFile(computeCapabilities(vtdConfigFromString(properties)), hook);
@@ -176,7 +184,7 @@ describe('vtd register file', () => {
       assert.equal(register.writeOnly & ~register.writable, 0n, `${register.name}: write-only bits must be writable`);
       assert.equal(findRegister(register.name), register);
     }
-    const names = [
+    const names: RegisterName[] = [
       'VER',
       'CAP',
       'ECAP',
@@ -225,5 +233,24 @@ describe('vtd register file', () => {
     for (const name of names) assert.ok(findRegister(name), `${name} missing`);
     assert.equal(findRegister('IOTLB')!.offset, 0xf8);
     assert.equal(findRegister('FRCD0_LO')!.offset, 0x220);
+  });
+
+  it('parses register names from outside the program, and only names the table has', () => {
+    for (const register of REGISTERS) assert.equal(parseRegisterName(register.name), register.name);
+    for (const text of ['', 'gcmd', 'FRCD1_LO', 'FRCD0', 'MTRR_PHYSBASE10', 'toString', '__proto__']) {
+      assert.equal(parseRegisterName(text), undefined, text);
+    }
+  });
+
+  it('names fault-recording registers by index and half, and refuses an index the unit lacks', () => {
+    assert.equal(faultRecordRegister(0, 'LO'), 'FRCD0_LO');
+    assert.equal(findRegister(faultRecordRegister(0, 'HI')).offset, FAULT_RECORD_OFFSET + 8);
+    for (const index of [FAULT_RECORD_COUNT, -1, 0.5]) {
+      assert.throws(
+        () => faultRecordRegister(index, 'LO'),
+        (e: unknown) => e instanceof ViommuError && e.code === 'ERR_UNKNOWN_REGISTER',
+        String(index),
+      );
+    }
   });
 });

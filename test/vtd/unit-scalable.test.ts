@@ -1,7 +1,7 @@
 /** VtdUnit in scalable mode, programmed as a guest: each PGTT, the scalable fault reasons in FRCD, FPD, TTM values. */
 import { strict as assert } from 'node:assert';
 import { DmaFault, EFAULT, EPERM } from '../../lib/memory/dma-space';
-import { faultCode } from '../../lib/vtd/fault-reasons';
+import { faultCode, type FaultReasonName } from '../../lib/vtd/fault-reasons';
 import { FSTS, OFFSET } from '../../lib/vtd/register-bits';
 import { PASID_PGTT } from '../../lib/vtd/structures';
 import { ScalableGuest, TTM_SCALABLE, frcdHi } from './scalable-guest';
@@ -20,7 +20,7 @@ function ok(guest: ScalableGuest, iova: number | bigint, options: Parameters<Sca
   return result.address;
 }
 
-function refused(guest: ScalableGuest, reason: string, iova: number | bigint, options: Parameters<ScalableGuest['request']>[1] = {}): void {
+function refused(guest: ScalableGuest, reason: FaultReasonName, iova: number | bigint, options: Parameters<ScalableGuest['request']>[1] = {}): void {
   const result = guest.request(iova, options);
   if (result.ok) assert.fail(`expected fault ${reason}, got 0x${result.address.toString(16)}`);
   assert.equal(result.reason, code(reason), `${reason}: got 0x${result.reason.toString(16)}`);
@@ -130,7 +130,7 @@ describe('VtdUnit scalable mode', () => {
   });
 
   describe('scalable fault reasons in FRCD', () => {
-    const cases: Array<[string, (guest: ScalableGuest) => void, Parameters<ScalableGuest['request']>[1]?]> = [
+    const cases: Array<[FaultReasonName, (guest: ScalableGuest) => void, Parameters<ScalableGuest['request']>[1]?]> = [
       ['SM_ROOT_ENTRY_NOT_PRESENT', (g) => g.rootEntry(0, { LP: 0 })],
       ['SM_ROOT_ENTRY_RESERVED', (g) => g.rootEntry(0, {}, 1n << 5n)],
       ['SM_CONTEXT_ENTRY_NOT_PRESENT', (g) => g.scalableContext(SID, { P: 0 })],
