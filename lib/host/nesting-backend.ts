@@ -167,14 +167,22 @@ export class NestingBackend extends EventEmitter<NestingBackendEvents> {
   pollFaults(): number {
     const faults = this.nesting.readFaults();
     for (const fault of faults) {
-      const walked = this.options.walkGuest({
-        sid: fault.device,
-        iova: fault.address,
-        write: fault.perm.write,
-        ...(fault.pasid === undefined || fault.pasid === RID_PASID
-          ? {}
-          : { pasid: fault.pasid, supervisor: fault.perm.priv, execute: fault.perm.exec }),
-      });
+      let walked: ReturnType<GuestFaultWalk>;
+      try {
+        walked = this.options.walkGuest({
+          sid: fault.device,
+          iova: fault.address,
+          write: fault.perm.write,
+          ...(fault.pasid === undefined || fault.pasid === RID_PASID
+            ? {}
+            : { pasid: fault.pasid, supervisor: fault.perm.priv, execute: fault.perm.exec }),
+        });
+      } catch (error) {
+        // A fault no request could carry (a PASID beyond 20 bits): the host's record is bad, not the guest's tables.
+        this.emit('error', fault.device, fault.pasid, error instanceof Error ? error : new ViommuError('ERR_NESTING', String(error)));
+        if (fault.lastPage) this.nesting.respond(fault, 'invalid');
+        continue;
+      }
       if (walked.ok) this.emit('hostFault', fault);
       else this.emit('guestFault', fault, walked.reason ?? 0);
       if (fault.lastPage) this.nesting.respond(fault, walked.ok ? 'success' : 'invalid');

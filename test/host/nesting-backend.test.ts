@@ -157,6 +157,29 @@ describe('NestingBackend (VtdUnit to iommufd nesting)', () => {
     assert.deepEqual(host.responses, [{ cookie, code: 1 }]);
   });
 
+  it('answers a host fault no request could carry (a PASID beyond 20 bits) "invalid" and keeps routing the others', () => {
+    const { guest, host, backend, events } = rig();
+    guest.scalableContext(SID);
+    firstStageEntry(guest, SID, 5, 3);
+    guest.enableScalable();
+    guest.setupWideQueue();
+    backend.attach(SID, [5]);
+    const guestFaults: number[] = [];
+    backend.on('guestFault', (_fault, reason) => guestFaults.push(reason));
+    const [faultFd] = host.faultQueueFds();
+    const devId = host.objectsOf('device')[0]!;
+    const bad = host.injectFault(faultFd!, { flags: 3, devId, pasid: 1 << 20, grpid: 1, perm: 1, addr: 0x5000n, length: 0 });
+    const good = host.injectFault(faultFd!, { flags: 3, devId, pasid: 5, grpid: 2, perm: 1, addr: 0x5000n, length: 0 });
+    assert.equal(backend.pollFaults(), 2);
+    assert.equal(events.length, 1);
+    assert.match(events[0]!, /^error 32\/1048576: /);
+    assert.deepEqual(guestFaults, [faultCode('SM_FIRST_STAGE_NOT_PRESENT')]);
+    assert.deepEqual(host.responses, [
+      { cookie: bad, code: 1 },
+      { cookie: good, code: 1 },
+    ]);
+  });
+
   it('says what a unit configuration offers that the host cannot back', () => {
     const problems = nestingConfigProblems(vtdConfigFromString(`${UNIT},x-nested=on`), {
       pageTableFormats: ['vtd-s1'],
