@@ -4,6 +4,7 @@
  * host-wide allocator with a quota each; freed PASIDs go through the allocator's quarantine.
  */
 
+import { ViommuError } from '../errors';
 import { encodeBig, getFieldBig } from './bitfield';
 import { PasidAllocator, type PasidSet } from './pasid-allocator';
 import type { RegisterFile } from './register-file';
@@ -28,20 +29,10 @@ export interface VirtualCommandOptions {
   readonly pasids?: { readonly allocator: PasidAllocator<unknown>; readonly set: PasidSet<unknown> };
 }
 
-/** One VCMD command as the guest wrote it, and the response the unit gave: for traces and reports. */
-export interface VirtualCommandRecord {
-  readonly command: number;
-  readonly operand: bigint;
-  readonly status: number;
-  readonly result: bigint;
-}
-
 export class VirtualCommandInterface {
   readonly allocator: PasidAllocator<unknown>;
   readonly pasids: PasidSet<unknown>;
   private readonly limit: number;
-  /** The last commands run, newest last (bounded), for a unit summary. */
-  readonly recent: VirtualCommandRecord[] = [];
 
   constructor(
     private readonly registers: RegisterFile,
@@ -49,6 +40,13 @@ export class VirtualCommandInterface {
   ) {
     this.limit = 2 ** options.pasidBits;
     if (options.pasids !== undefined) {
+      // Every PASID the set may hand out must fit the guest's PASID fields (ECAP.PSS): checked once, here.
+      if (options.pasids.allocator.max > this.limit) {
+        throw new ViommuError(
+          'ERR_PASID_RANGE',
+          `the PASID allocator hands out PASIDs up to ${options.pasids.allocator.max - 1}, beyond this unit's ${options.pasidBits}-bit PASIDs; give the unit x-pasid-bits to match, or an allocator with max <= 2^${options.pasidBits}`,
+        );
+      }
       this.allocator = options.pasids.allocator;
       this.pasids = options.pasids.set;
     } else {
@@ -64,8 +62,6 @@ export class VirtualCommandInterface {
     const operand = getFieldBig(written, VCMD_FIELDS.f.OPERAND);
     const { status, result } = this.run(command, operand);
     this.registers.writeRaw('VCRSP', encodeBig(VCRSP_FIELDS, { IP: 0, SC: status, RESULT: result }));
-    this.recent.push({ command, operand, status, result });
-    if (this.recent.length > RECENT_LIMIT) this.recent.shift();
   }
 
   /**
@@ -77,18 +73,12 @@ export class VirtualCommandInterface {
       this.pasids.free(pasid);
       this.pasids.invalidated(pasid);
     }
-    this.recent.length = 0;
   }
 
   private run(command: number, operand: bigint): { status: number; result: bigint } {
     switch (command) {
       case VIRTUAL_COMMAND.ALLOCATE_PASID: {
         const allocation = this.pasids.allocate();
-        // A PASID of a shared allocator beyond this unit's width would not fit the guest's PASID fields.
-        if (allocation.ok && allocation.pasid >= this.limit) {
-          this.pasids.free(allocation.pasid);
-          return { status: VIRTUAL_COMMAND_STATUS.PASID_ERROR, result: 0n };
-        }
         return allocation.ok
           ? { status: VIRTUAL_COMMAND_STATUS.SUCCESS, result: BigInt(allocation.pasid) }
           : { status: VIRTUAL_COMMAND_STATUS.PASID_ERROR, result: 0n };
@@ -104,5 +94,3 @@ export class VirtualCommandInterface {
     }
   }
 }
-
-const RECENT_LIMIT = 64;

@@ -135,6 +135,14 @@ describe('vtd unit: virtual command interface (x-vcmd)', () => {
     assert.equal(allocate(guest).result, only, 'unbound, invalidated after, fenced');
   });
 
+  it("refuses, at construction, a shared allocator whose PASIDs would not fit the unit's width", () => {
+    const allocator = new PasidAllocator<unknown>({ min: 1, max: 1 << 20 });
+    const make = (config: string) =>
+      new VtdUnit({ memory: ramOf(1 << 20), config, onInterrupt: () => {}, pasids: { allocator, set: allocator.createSet(config, 2) } });
+    assert.throws(() => make(`${VCMD_UNIT},x-pasid-bits=8`), /ERR_PASID_RANGE|beyond this unit's 8-bit PASIDs/);
+    assert.doesNotThrow(() => make(VCMD_UNIT));
+  });
+
   it('shares a host-wide allocator between units, each within its quota', () => {
     const allocator = new PasidAllocator<unknown>({ min: 1, max: 1 << 20 });
     const units = ['vm-a', 'vm-b'].map(
