@@ -34,11 +34,10 @@ import {
 import { NestingBackend, nestingConfigProblems } from '../host/nesting-backend';
 import { IommufdDevice } from '../os/iommufd-device';
 import type { FieldSpec, FlagSet, NumberTable, StructLayout } from '../byte-layout';
-import { decodeBig, encodeBig, getFieldBig } from '../vtd/bitfield';
+import { encodeBig, getFieldBig } from '../vtd/bitfield';
 import { faultCode } from '../vtd/fault-reasons';
 import { OFFSET, registerOffset } from '../vtd/register-bits';
 import { ECAP_FIELDS, VCCAP_FIELDS, VCMD_FIELDS, VCRSP_FIELDS } from '../vtd/registers';
-import { PASID_DIRECTORY_ENTRY, SCALABLE_CONTEXT_ENTRY, SCALABLE_PASID_ENTRY, SCALABLE_ROOT_ENTRY } from '../vtd/structures';
 import type { UnitTraceEvent } from '../vtd/unit-trace';
 import { VtdUnit } from '../vtd/unit';
 import { VIRTUAL_COMMAND, VIRTUAL_COMMAND_STATUS } from '../vtd/virtual-command';
@@ -54,7 +53,6 @@ import {
   ramTables,
   ScalableTables,
   VtdDriver,
-  type GuestCpu,
 } from './guest-driver';
 import { DMAR_BASE, EDU_DEVFN, TestbedMachine } from './testbed';
 
@@ -73,8 +71,6 @@ const GPA_MAPPED = 0x00800000;
 const IOVA_FAULT = IOVA_MAPPED + PAGE_SIZE;
 const VCRSP = registerOffset('VCRSP');
 const VCCAP = registerOffset('VCCAP');
-const PASIDS_PER_TABLE = PAGE_SIZE / (SCALABLE_PASID_ENTRY.sizeBits / 8);
-const DEVFNS_PER_CONTEXT_TABLE = 128;
 const POLL_LIMIT = 1000;
 
 // ---- host requests, decoded and rendered from the uAPI layouts ----
@@ -307,29 +303,6 @@ async function virtualCommand(vtd: VtdDriver, command: number, operand = 0n): Pr
 
 function statusName(status: number): string {
   return VCRSP_FIELDS.f.SC.values?.[status] ?? `status ${status}`;
-}
-
-/** Where `pasid`'s entry of `sid` is, found as a driver that keeps no pointers would: root, context, directory, table. */
-async function pasidEntryAddress(cpu: GuestCpu, root: number, sid: number, pasid: number): Promise<number> {
-  const read = async (address: number) => BigInt(await cpu.readMemory64(BigInt(address)));
-  const rootEntry = decodeBig(SCALABLE_ROOT_ENTRY, await read(root + (sid >> 8) * 16));
-  const devfn = sid & 0xff;
-  const contextTable = Number(devfn >= DEVFNS_PER_CONTEXT_TABLE ? rootEntry.UCTP : rootEntry.LCTP) * PAGE_SIZE;
-  const context = decodeBig(
-    SCALABLE_CONTEXT_ENTRY,
-    await read(contextTable + (devfn % DEVFNS_PER_CONTEXT_TABLE) * (SCALABLE_CONTEXT_ENTRY.sizeBits / 8)),
-  );
-  const directory = Number(context.PASIDDIRPTR) * PAGE_SIZE;
-  const directoryEntry = decodeBig(
-    PASID_DIRECTORY_ENTRY,
-    await read(directory + Math.floor(pasid / PASIDS_PER_TABLE) * (PASID_DIRECTORY_ENTRY.sizeBits / 8)),
-  );
-  return Number(directoryEntry.PTP) * PAGE_SIZE + (pasid % PASIDS_PER_TABLE) * (SCALABLE_PASID_ENTRY.sizeBits / 8);
-}
-
-/** Clears a PASID entry as Linux tears one down: the qword holding P first, then the rest. */
-async function clearPasidEntry(cpu: GuestCpu, address: number): Promise<void> {
-  for (let q = 0; q < SCALABLE_PASID_ENTRY.sizeBits / 64; q++) await cpu.writeMemory64(BigInt(address + q * 8), 0n);
 }
 
 // ---- the scenario ----
@@ -672,7 +645,7 @@ export async function runBindScenario(options: BindScenarioOptions = {}): Promis
       'unbind',
       `clears PASID ${pasid}'s entry, PASID-cache (PASID) and PASID-based IOTLB (all of PASID) invalidations, waits`,
       async () => {
-        await clearPasidEntry(machine, await pasidEntryAddress(machine, await tables.root, SID, pasid));
+        await tables.clearPasidEntry(SID, pasid);
         await vtd.invalidate([PASID_INVALIDATIONS.pasidCache(DID, pasid), PASID_INVALIDATIONS.iotlbPasid(DID, pasid)]);
       },
     );

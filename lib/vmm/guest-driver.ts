@@ -638,4 +638,12 @@ export class ScalableTables {
     }
     await writeStructure(this.cpu, table + (pasid % PASIDS_PER_TABLE) * PASID_ENTRY_BYTES, SCALABLE_PASID_ENTRY, { ...values, P: 1 });
   }
+
+  /** Clears `pasid`'s entry for `sid` as Linux tears one down: the qword holding P first, then the rest. */
+  async clearPasidEntry(sid: number, pasid: number): Promise<void> {
+    const table = this.pasidTables.get(`${sid}/${Math.floor(pasid / PASIDS_PER_TABLE)}`);
+    if (table === undefined) throw driverError(`no PASID table holds PASID ${pasid} of SID 0x${sid.toString(16)}; setPasidEntry first`);
+    const entry = table + (pasid % PASIDS_PER_TABLE) * PASID_ENTRY_BYTES;
+    for (let q = 0; q < PASID_ENTRY_BYTES / 8; q++) await this.cpu.writeMemory64(BigInt(entry + q * 8), 0n);
+  }
 }
