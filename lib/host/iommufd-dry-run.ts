@@ -5,6 +5,7 @@
  * without /dev/iommu, and what the tests hold the nesting code to; it moves no DMA.
  */
 import { ERRNO, type ErrnoName } from '../errno';
+import { PAGE_BYTES } from '../memory/geometry';
 import { encodeBig } from '../vtd/bitfield';
 import { CAP_FIELDS, ECAP_FIELDS } from '../vtd/registers';
 import type { IoctlOptions, IommufdChannel } from './iommufd-nesting';
@@ -98,7 +99,7 @@ const MIN_SIZE: Readonly<Record<string, number>> = {
   VFIO_DEVICE_DETACH_IOMMUFD_PT: 8,
 };
 
-const PAGE = 4096n;
+const PAGE = BigInt(PAGE_BYTES);
 const FAKE_USER_BASE = 0x7f00_0000_0000n;
 
 class Refused {

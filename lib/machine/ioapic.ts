@@ -1,6 +1,7 @@
 /** Ioapic: an I/O APIC (82093AA registers, ICH version 0x20 with the EOI register) that turns pin changes into MSI messages for a split irqchip. */
 import type { AccessSize, MmioHandler } from '../devices/register-access';
 import { ViommuError } from '../errors';
+import { INTERRUPT_WINDOW_START } from '../memory/geometry';
 import { defineFields, getField, isSet, setField, wordsToBig, type Field, type FieldTable } from '../vtd/bitfield';
 import { MSI_COMPAT_ADDRESS, MSI_REMAPPABLE_ADDRESS } from '../vtd/interrupt-remap';
 
@@ -17,8 +18,6 @@ const REG = { ID: 0x00, VER: 0x01, ARB: 0x02, REDTBL: 0x10 } as const;
 const DEFAULT_PINS = 24;
 /** IOREGSEL is 8 bits wide, so the last RTE's high dword (0x11 + 2n) must stay at or below 0xff. */
 const MAX_PINS = (0x100 - REG.REDTBL) / 2;
-/** Top 12 bits of every interrupt message address (0xfee00000). */
-const MSI_BASE = 0xfee;
 
 export const IOAPIC_ID_FIELDS = defineFields('IOAPICID', 32, [
   { name: 'ID', bit: 24, width: 4, description: 'I/O APIC id (ARB reads the same: hardware loads it from ID)' },
@@ -64,6 +63,8 @@ export const IOAPIC_MSI_ADDRESS = defineFields('I/O APIC message address', 32, [
   { name: 'DEST', bit: 12, width: 8, description: 'RTE bits 63:56: destination or handle[14:7]' },
   { name: 'BASE', bit: 20, width: 12, description: '0xfee' },
 ] as const);
+/** Top 12 bits of every interrupt message address: the interrupt window's base. */
+const MSI_BASE = INTERRUPT_WINDOW_START / 2 ** IOAPIC_MSI_ADDRESS.f.BASE.lsb;
 
 /** No level-assert bit 14, as QEMU: KVM and the remapping unit treat every message as an assert. */
 export const IOAPIC_MSI_DATA = defineFields('I/O APIC message data', 32, [

@@ -5,6 +5,7 @@
  */
 import { ViommuError } from '../errors';
 import { isPromiseLike } from '../memory';
+import { PAGE_BYTES } from '../memory/geometry';
 import { KvmVirtualMachine, type KvmExit, type KvmRegs, type KvmSregs, type KvmVcpuRunner } from '../os/kvm-vm';
 import { PciFunction } from '../vmm/pci';
 import { DMAR_BASE, TestbedMachine, type DeviceInterrupt } from '../vmm/testbed';
@@ -54,7 +55,6 @@ const MAX_RAM_BYTES = MACHINE_LAYOUT.pciMemory.start;
 export const MAX_CPUS = 8;
 const SERIAL_KEEP_BYTES = 1 << 20;
 const EVENT_KEEP = 4096;
-const PAGE_BYTES = 4096;
 
 /**
  * Something that happened in the machine, for `--trace` and reports: the unit's own trace events (register writes,
@@ -203,7 +203,7 @@ export class KvmMachine {
   /** Builds the machine, or says why KVM cannot run it here. Bad options throw ViommuError. */
   static async create(options: KvmMachineOptions = {}): Promise<KvmMachineCreateResult> {
     const ramBytes = options.ramBytes ?? 256 << 20;
-    if (!Number.isSafeInteger(ramBytes) || ramBytes < 16 << 20 || ramBytes > MAX_RAM_BYTES || ramBytes % 4096 !== 0) {
+    if (!Number.isSafeInteger(ramBytes) || ramBytes < 16 << 20 || ramBytes > MAX_RAM_BYTES || ramBytes % PAGE_BYTES !== 0) {
       throw new ViommuError('ERR_MACHINE_RAM', `RAM of ${ramBytes} bytes: a multiple of 4 KiB from 16 MiB to 3 GiB (the PCI window starts at 3 GiB)`);
     }
     const cpus = options.cpus ?? 1;

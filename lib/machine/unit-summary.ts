@@ -6,7 +6,7 @@ import { CAP_FIELDS, FRCD_HI_FIELDS, FRCD_LO_FIELDS, FSTS_FIELDS, GSTS_FIELDS, I
 import type { VtdDomain } from '../vtd/address-space';
 import { MAPPING_ACCESS } from '../vtd/address-space';
 import type { VtdUnit } from '../vtd/unit';
-import { PAGE_BYTES } from '../memory/geometry';
+import { PAGE_BYTES, PAGE_SHIFT } from '../memory/geometry';
 
 export interface DomainSummary {
   readonly sid: number;
@@ -45,7 +45,8 @@ export interface UnitSummary {
 const MAPPING_LIMIT = 64;
 const FRCD_BYTES = 16;
 const FRCD_HI_BYTE = 8;
-const QUEUE_PAGE_BYTES = 4096;
+/** Table, queue and fault addresses are held as 4 KiB page numbers. */
+const PAGE_SHIFT_BIG = BigInt(PAGE_SHIFT);
 const DESCRIPTOR_BYTES = { '128-bit': 16, '256-bit': 32 } as const;
 
 function setFlags(table: FieldTable, value: bigint): string[] {
@@ -72,19 +73,19 @@ export function summarizeUnit(unit: VtdUnit, sids: readonly number[]): UnitSumma
   return {
     status,
     mode: RTADDR_FIELDS.f.TTM.values?.[Number(rtaddr.TTM)] ?? `TTM ${rtaddr.TTM}`,
-    rootTable: rtaddr.RTA << 12n,
+    rootTable: rtaddr.RTA << PAGE_SHIFT_BIG,
     queue:
       status.includes('QIES') || iqa.IQA !== 0n
         ? {
             enabled: status.includes('QIES'),
-            base: iqa.IQA << 12n,
-            entries: (QUEUE_PAGE_BYTES << Number(iqa.QS)) / DESCRIPTOR_BYTES[width],
+            base: iqa.IQA << PAGE_SHIFT_BIG,
+            entries: (PAGE_BYTES << Number(iqa.QS)) / DESCRIPTOR_BYTES[width],
             descriptorWidth: width,
           }
         : undefined,
     interruptRemapping:
       status.includes('IRTPS') || status.includes('IRES')
-        ? { enabled: status.includes('IRES'), table: irta.IRTA << 12n, entries: 2 ** (Number(irta.S) + 1), extended: irta.EIME === 1n }
+        ? { enabled: status.includes('IRES'), table: irta.IRTA << PAGE_SHIFT_BIG, entries: 2 ** (Number(irta.S) + 1), extended: irta.EIME === 1n }
         : undefined,
     faultStatus: setFlags(FSTS_FIELDS, BigInt(unit.read(OFFSET.FSTS, 4))),
     faults: faultRecords(unit),
@@ -106,7 +107,7 @@ function faultRecords(unit: VtdUnit): FaultSummary[] {
       reason: Number(hi.FR),
       description: describeFaultReason(Number(hi.FR)),
       access: FRCD_HI_FIELDS.f.T.values?.[Number(hi.T)] ?? String(hi.T),
-      address: lo.FI << 12n,
+      address: lo.FI << PAGE_SHIFT_BIG,
       ...(hi.PP === 1n ? { pasid: Number(hi.PV) } : {}),
     });
   }

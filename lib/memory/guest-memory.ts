@@ -4,6 +4,7 @@ import { GuestMemoryError, ViommuError } from '../errors';
 import { checkedEnd, hex, MAX_GUEST_ADDRESS } from './addresses';
 import type { DmaSpace } from './dma-space';
 import { DmaFault, EFAULT } from './dma-space';
+import { PAGE_BYTES } from './geometry';
 import type { SharedRegion } from './shared-region';
 
 /** Where a region's bytes live in a shareable fd, so a peer can map the same guest RAM. */
@@ -32,8 +33,8 @@ export interface EntryWords {
 }
 
 const littleEndianHost = os.endianness() === 'LE';
-/** Page tables are 4 KiB pages of 8-byte entries. */
-const TABLE_PAGE_BYTES = 4096;
+/** Page tables are platform pages of 8-byte entries. */
+const TABLE_PAGE_BYTES = PAGE_BYTES;
 const TABLE_ENTRY_BYTES = 8;
 const TABLE_INDEX_MASK = TABLE_PAGE_BYTES / TABLE_ENTRY_BYTES - 1;
 /** 32-bit words in a 4 KiB table page (see tableRegion). */

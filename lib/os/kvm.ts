@@ -1,5 +1,6 @@
 /** KvmTranslator: the host CPU's paging rules, through KVM_TRANSLATE, as an oracle for IA-32e tables in guest memory. */
 import { ViommuError } from '../errors';
+import { PAGE_BYTES } from '../memory/geometry';
 import { isSystemCallError, native, type KvmCpuidEntry, type KvmSegment, type KvmSregs, type NativeKvmVm } from '../native';
 
 /** What the VM is given as guest RAM: a SharedRegion fits (its buffer is its memfd mapping, page aligned). */
@@ -66,7 +67,6 @@ const PHYSICAL_BITS_MASK = 0xff;
 const INTEL_VENDOR = { ebx: 0x756e_6547, edx: 0x4965_6e69, ecx: 0x6c65_746e } as const;
 const SEGMENT_TYPE = { DATA_READ_WRITE_ACCESSED: 3, CODE_EXECUTE_READ_ACCESSED: 11 } as const;
 const SELECTOR = { CODE: 0x08, DATA: 0x10 } as const;
-const PAGE_SIZE = 4096;
 const MIN_PHYSICAL_BITS = 32;
 const MAX_PHYSICAL_BITS = 52;
 /** vCPU 0 walks as the CPU does with SMAP off; vCPU 1, when the host allows it, has CR4.SMAP set. */
@@ -242,7 +242,7 @@ export class KvmTranslator {
 
   /** Points CR3 at the top table (PML4 or PML5) at `address`: page aligned and below 2^physicalAddressBits. */
   setRoot(address: number): void {
-    if (!Number.isSafeInteger(address) || address < 0 || address % PAGE_SIZE !== 0 || address >= 2 ** this.options.physicalAddressBits) {
+    if (!Number.isSafeInteger(address) || address < 0 || address % PAGE_BYTES !== 0 || address >= 2 ** this.options.physicalAddressBits) {
       throw new ViommuError(
         'ERR_KVM_ROOT',
         `table root 0x${address.toString(16)} must be page aligned and below 2^${this.options.physicalAddressBits}`,
@@ -286,7 +286,7 @@ function checkOptions(options: Required<KvmTranslatorOptions>, base: number): vo
   if (!Number.isInteger(bits) || bits < MIN_PHYSICAL_BITS || bits > MAX_PHYSICAL_BITS) {
     throw new ViommuError('ERR_KVM_OPTIONS', `physicalAddressBits must be an integer in [${MIN_PHYSICAL_BITS}, ${MAX_PHYSICAL_BITS}], not ${bits}`);
   }
-  if (!Number.isSafeInteger(base) || base < 0 || base % PAGE_SIZE !== 0 || base >= 2 ** bits) {
+  if (!Number.isSafeInteger(base) || base < 0 || base % PAGE_BYTES !== 0 || base >= 2 ** bits) {
     throw new ViommuError('ERR_KVM_OPTIONS', `guestPhysicalBase 0x${base.toString(16)} must be page aligned and below 2^${bits}`);
   }
 }

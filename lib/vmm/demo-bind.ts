@@ -33,6 +33,7 @@ import {
 } from '../host/iommufd-uapi';
 import { NestingBackend, nestingConfigProblems } from '../host/nesting-backend';
 import { IommufdDevice } from '../os/iommufd-device';
+import { PAGE_BYTES } from '../memory/geometry';
 import type { FieldSpec, FlagSet, NumberTable, StructLayout } from '../byte-layout';
 import { encodeBig, getFieldBig } from '../vtd/bitfield';
 import { faultCode } from '../vtd/fault-reasons';
@@ -49,7 +50,6 @@ import {
   PagingTables,
   PASID_ENTRY,
   PASID_INVALIDATIONS,
-  PAGE_SIZE,
   ramTables,
   ScalableTables,
   VtdDriver,
@@ -68,7 +68,7 @@ const TABLES_START = 0x100000;
 const IOVA_MAPPED = 0x10000000;
 const GPA_MAPPED = 0x00800000;
 /** The page right after the mapped one: the guest never maps it, so the host's fault there is the guest's. */
-const IOVA_FAULT = IOVA_MAPPED + PAGE_SIZE;
+const IOVA_FAULT = IOVA_MAPPED + PAGE_BYTES;
 const VCRSP = registerOffset('VCRSP');
 const VCCAP = registerOffset('VCCAP');
 const POLL_LIMIT = 1000;

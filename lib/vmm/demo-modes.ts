@@ -3,7 +3,7 @@
  * 00:04.0, the guest-driver sequence of that mode, DMA both ways, a fault, an unmap; each returns what the guest saw.
  */
 import { EDU_BUFFER_ADDRESS } from '../devices/edu';
-import { PAGE_SHIFT } from '../memory/geometry';
+import { INTERRUPT_WINDOW_START, PAGE_BYTES, PAGE_SHIFT } from '../memory/geometry';
 import type { GuestMemory } from '../memory/guest-memory';
 import { faultCode, faultReason, type FaultReasonName } from '../vtd/fault-reasons';
 import type { FaultRecord } from '../vtd/fault';
@@ -29,7 +29,8 @@ import { DMAR_BASE, EDU_DEVFN, TestbedMachine } from './testbed';
 import type { VfioUserAttachment } from './vfio-user-attachment';
 
 const BAR0 = 0xfe000000;
-const MSI_ADDRESS = 0xfee00000;
+/** The window's base: a compatibility-format message to APIC 0, physical destination mode. */
+const MSI_ADDRESS = INTERRUPT_WINDOW_START;
 const MSI_DATA = 0x41;
 const TABLES_START = 0x100000;
 const DID = 1;
@@ -286,7 +287,7 @@ async function runScenario(context: DemoContext, translation: DemoTranslation): 
   }
 
   // The guest takes a page back: after its invalidation the device can no longer reach it.
-  const taken = IOVA_RW + 0x1000;
+  const taken = IOVA_RW + PAGE_BYTES;
   const invalidation = await translation.unmapPage(context, sid, taken);
   await device.settled();
   const before = await machine.readBytes(BigInt(GPA_RW + 0x1800), 16);
@@ -442,7 +443,7 @@ function nestedTranslation(): DemoTranslation {
       `${SCALABLE_PATH}: PGTT 3 (nested), DID ${did}`,
       `first stage (4-level IA-32e; FSPTPTR and its ${tableSpace!.size} tables at L2-GPA ${hex(first!.top)}..): IOVA ${hex(IOVA_RW)}+0x2000 -> L2-GPA ${hex(L2_RW)} (rw),`,
       `  IOVA ${hex(IOVA_RO)}+0x1000 -> L2-GPA ${hex(L2_RO)} (r), IOVA ${hex(IOVA_SECOND_STAGE_HOLE)} -> L2-GPA ${hex(L2_UNBACKED)}`,
-      `second stage (4-level): L2-GPA ${hex(L2_TABLES)}+${hex(tableSpace!.size * 0x1000)} -> the tables' RAM pages (rw), L2-GPA ${hex(L2_RW)}+0x2000 -> GPA ${hex(GPA_RW)} (rw),`,
+      `second stage (4-level): L2-GPA ${hex(L2_TABLES)}+${hex(tableSpace!.size * PAGE_BYTES)} -> the tables' RAM pages (rw), L2-GPA ${hex(L2_RW)}+0x2000 -> GPA ${hex(GPA_RW)} (rw),`,
       `  L2-GPA ${hex(L2_RO)}+0x1000 -> GPA ${hex(GPA_RO)} (r); nothing at L2-GPA ${hex(L2_UNBACKED)}`,
     ],
     faults: [

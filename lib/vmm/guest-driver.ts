@@ -33,6 +33,7 @@ import {
 import { CONFIG_ADDRESS_ENABLE, CONFIG_ADDRESS_PORT, CONFIG_DATA_PORT } from './pci';
 import type { QtestMachine } from './qtest/machine';
 import { ViommuError } from '../errors';
+import { PAGE_BYTES, PAGE_SHIFT } from '../memory/geometry';
 
 /** The CPU accesses a guest driver makes. */
 export type GuestCpu = Pick<
@@ -40,7 +41,6 @@ export type GuestCpu = Pick<
   'readPort' | 'writePort' | 'readMemory' | 'writeMemory' | 'readMemory64' | 'writeMemory64' | 'readBytes' | 'writeBytes'
 >;
 
-export const PAGE_SIZE = 4096;
 const CAP_OFFSET = registerOffset('CAP');
 /** A fault record: FRCD.lo then FRCD.hi, 64 bits each (CAP.FRO counts in these units). */
 const FRCD_HI_BYTE = 8;
@@ -74,8 +74,8 @@ export class PageAllocator {
 
   async page(): Promise<number> {
     const address = this.next;
-    this.next += PAGE_SIZE;
-    await this.cpu.writeBytes(BigInt(address), new Uint8Array(PAGE_SIZE));
+    this.next += PAGE_BYTES;
+    await this.cpu.writeBytes(BigInt(address), new Uint8Array(PAGE_BYTES));
     return address;
   }
 }
@@ -209,7 +209,7 @@ export class VtdDriver {
 
   /** RTADDR with the root table and its mode (scalable: RTADDR.TTM = 01), then SRTP. */
   async setRootTable(rootTable: number, mode: TranslationTableMode = 'legacy'): Promise<void> {
-    await this.write64(OFFSET.RTADDR, encodeBig(RTADDR_FIELDS, { RTA: rootTable / PAGE_SIZE, TTM: valueNamed(RTADDR_FIELDS.f.TTM, mode) }));
+    await this.write64(OFFSET.RTADDR, encodeBig(RTADDR_FIELDS, { RTA: rootTable / PAGE_BYTES, TTM: valueNamed(RTADDR_FIELDS.f.TTM, mode) }));
     await this.command(GCMD.SRTP, GSTS.RTPS);
   }
 
@@ -221,10 +221,10 @@ export class VtdDriver {
     this.queueBase = await this.pages.page();
     this.statusPage = await this.pages.page();
     this.descriptorBytes = descriptorBits / 8;
-    this.queueEntries = PAGE_SIZE / this.descriptorBytes;
+    this.queueEntries = PAGE_BYTES / this.descriptorBytes;
     this.queueTail = 0;
     const width = valueNamed(IQA_FIELDS.f.DW, `${descriptorBits}-bit`);
-    await this.write64(OFFSET.IQA, encodeBig(IQA_FIELDS, { IQA: this.queueBase / PAGE_SIZE, QS: 0, DW: width }));
+    await this.write64(OFFSET.IQA, encodeBig(IQA_FIELDS, { IQA: this.queueBase / PAGE_BYTES, QS: 0, DW: width }));
     await this.write64(OFFSET.IQT, 0n);
     await this.command(GCMD.QIE, GSTS.QIES);
   }
@@ -271,7 +271,7 @@ export class VtdDriver {
         sid: Number(fields.SID),
         reason: Number(fields.FR),
         write: fields.T === 0n,
-        address: decodeBig(FRCD_LO_FIELDS, lo).FI << 12n,
+        address: decodeBig(FRCD_LO_FIELDS, lo).FI << BigInt(PAGE_SHIFT),
         ...(fields.PP === 1n ? { pasid: Number(fields.PV) } : {}),
       });
     }
@@ -296,7 +296,7 @@ export const LEGACY_INVALIDATIONS = {
   contextGlobal: (): bigint => encodeBig(CONTEXT_CACHE_INVALIDATE, { TYPE_LO: descriptorType('context-cache'), G: 1 }),
   iotlbGlobal: (): bigint => encodeBig(IOTLB_INVALIDATE, { TYPE_LO: descriptorType('IOTLB'), G: 1 }),
   iotlbPage: (did: number, iova: number, am = 0): bigint =>
-    encodeBig(IOTLB_INVALIDATE, { TYPE_LO: descriptorType('IOTLB'), G: 3, DID: did, ADDR: iova / PAGE_SIZE, AM: am }),
+    encodeBig(IOTLB_INVALIDATE, { TYPE_LO: descriptorType('IOTLB'), G: 3, DID: did, ADDR: iova / PAGE_BYTES, AM: am }),
 };
 
 /** Scalable mode's PASID-based descriptors (256-bit queue only), granularities by their names in the field tables. */
@@ -327,7 +327,7 @@ export const PASID_INVALIDATIONS = {
       G: valueNamed(PASID_IOTLB_INVALIDATE.f.G, 'page in PASID'),
       DID: did,
       PASID: pasid,
-      ADDR: iova / PAGE_SIZE,
+      ADDR: iova / PAGE_BYTES,
       AM: am,
       IH: leafOnly ? 1 : 0,
     }),
@@ -412,16 +412,16 @@ export class GuestPhysicalTables implements TableSpace {
   async allocate(): Promise<number> {
     const ram = await this.pages.page();
     const address = this.next;
-    this.next += PAGE_SIZE;
+    this.next += PAGE_BYTES;
     await this.second.map(address, ram, 1, { read: true, write: true });
     this.ramOf.set(address, ram);
     return address;
   }
 
   ramAddress(address: number): number {
-    const ram = this.ramOf.get(address - (address % PAGE_SIZE));
+    const ram = this.ramOf.get(address - (address % PAGE_BYTES));
     if (ram === undefined) throw driverError(`guest-physical 0x${address.toString(16)} holds no table of this space`);
-    return ram + (address % PAGE_SIZE);
+    return ram + (address % PAGE_BYTES);
   }
 
   /** How many table pages the space holds. */
@@ -449,33 +449,33 @@ export class PagingTables {
   private async leafEntry(iova: number): Promise<number> {
     let table = this.top;
     for (let level = this.levels; level > 1; level--) {
-      const entry = this.space.ramAddress(table) + (Math.floor(iova / 2 ** (12 + 9 * (level - 1))) % 512) * 8;
+      const entry = this.space.ramAddress(table) + (Math.floor(iova / 2 ** (PAGE_SHIFT + 9 * (level - 1))) % 512) * 8;
       const layout = this.format.tableLayout(level);
       const current = decodeBig(layout, await this.cpu.readMemory64(BigInt(entry)));
       if (this.format.present(current)) {
-        table = Number(current.ADDR) * PAGE_SIZE;
+        table = Number(current.ADDR) * PAGE_BYTES;
         continue;
       }
       table = await this.space.allocate();
-      await this.cpu.writeMemory64(BigInt(entry), encodeBig(layout, { ...this.format.tableValues, ADDR: table / PAGE_SIZE }));
+      await this.cpu.writeMemory64(BigInt(entry), encodeBig(layout, { ...this.format.tableValues, ADDR: table / PAGE_BYTES }));
     }
-    return this.space.ramAddress(table) + (Math.floor(iova / PAGE_SIZE) % 512) * 8;
+    return this.space.ramAddress(table) + (Math.floor(iova / PAGE_BYTES) % 512) * 8;
   }
 
   /** Maps `pages` 4 KiB pages from `iova` to `output` with `access`. */
   async map(iova: number, output: number, pages: number, access: PageAccess): Promise<void> {
     for (let i = 0; i < pages; i++) {
-      const entry = await this.leafEntry(iova + i * PAGE_SIZE);
+      const entry = await this.leafEntry(iova + i * PAGE_BYTES);
       await this.cpu.writeMemory64(
         BigInt(entry),
-        encodeBig(this.format.leafLayout, { ...this.format.leafValues(access), ADDR: output / PAGE_SIZE + i }),
+        encodeBig(this.format.leafLayout, { ...this.format.leafValues(access), ADDR: output / PAGE_BYTES + i }),
       );
     }
   }
 
   /** Clears the leaves of `pages` pages from `iova` (tables stay, as Linux leaves them until the domain goes). */
   async unmap(iova: number, pages: number): Promise<void> {
-    for (let i = 0; i < pages; i++) await this.cpu.writeMemory64(BigInt(await this.leafEntry(iova + i * PAGE_SIZE)), 0n);
+    for (let i = 0; i < pages; i++) await this.cpu.writeMemory64(BigInt(await this.leafEntry(iova + i * PAGE_BYTES)), 0n);
   }
 }
 
@@ -509,16 +509,16 @@ export class LegacyTables {
   /** Gives `sid` its own domain `did` with an empty `levels`-level table. */
   async addDevice(sid: number, did: number, levels = 4): Promise<void> {
     const rootEntry = (await this.root) + (sid >> 8) * 16;
-    let contextTable = Number((await readStructure(this.cpu, rootEntry, LEGACY_ROOT_ENTRY)).CTP) * PAGE_SIZE;
+    let contextTable = Number((await readStructure(this.cpu, rootEntry, LEGACY_ROOT_ENTRY)).CTP) * PAGE_BYTES;
     if (contextTable === 0) {
       contextTable = await this.pages.page();
-      await writeStructure(this.cpu, rootEntry, LEGACY_ROOT_ENTRY, { P: 1, CTP: contextTable / PAGE_SIZE });
+      await writeStructure(this.cpu, rootEntry, LEGACY_ROOT_ENTRY, { P: 1, CTP: contextTable / PAGE_BYTES });
     }
     const tables = await PagingTables.create(this.cpu, SECOND_STAGE_FORMAT, ramTables(this.pages), levels);
     await writeStructure(this.cpu, contextTable + (sid & 0xff) * 16, LEGACY_CONTEXT_ENTRY, {
       P: 1,
       TT: 0,
-      SLPTPTR: tables.top / PAGE_SIZE,
+      SLPTPTR: tables.top / PAGE_BYTES,
       AW: levels - 2,
       DID: did,
     });
@@ -550,23 +550,23 @@ export const PASID_ENTRY = {
   secondStage: (did: number, second: PagingTables): Values => ({
     PGTT: PASID_PGTT.SECOND_STAGE,
     AW: second.levels - 2,
-    SSPTPTR: second.top / PAGE_SIZE,
+    SSPTPTR: second.top / PAGE_BYTES,
     DID: did,
   }),
   /** 4-level (FSPM 0) or 5-level (FSPM 1) first stage; SRE stays clear, so supervisor requests fault. */
   firstStage: (did: number, first: PagingTables): Values => ({
     PGTT: PASID_PGTT.FIRST_STAGE,
     FSPM: first.levels - 4,
-    FSPTPTR: first.top / PAGE_SIZE,
+    FSPTPTR: first.top / PAGE_BYTES,
     DID: did,
   }),
   /** FSPTPTR is guest-physical: the second stage translates it, every first-stage table and the output. */
   nested: (did: number, first: PagingTables, second: PagingTables): Values => ({
     PGTT: PASID_PGTT.NESTED,
     AW: second.levels - 2,
-    SSPTPTR: second.top / PAGE_SIZE,
+    SSPTPTR: second.top / PAGE_BYTES,
     FSPM: first.levels - 4,
-    FSPTPTR: first.top / PAGE_SIZE,
+    FSPTPTR: first.top / PAGE_BYTES,
     DID: did,
   }),
 };
@@ -577,7 +577,7 @@ const SCALABLE_CONTEXT_BYTES = SCALABLE_CONTEXT_ENTRY.sizeBits / 8;
 const PASID_DIRECTORY_ENTRY_BYTES = PASID_DIRECTORY_ENTRY.sizeBits / 8;
 const PASID_ENTRY_BYTES = SCALABLE_PASID_ENTRY.sizeBits / 8;
 /** A PASID table is one page of 64 entries: the directory index is PASID >> 6. */
-const PASIDS_PER_TABLE = PAGE_SIZE / PASID_ENTRY_BYTES;
+const PASIDS_PER_TABLE = PAGE_BYTES / PASID_ENTRY_BYTES;
 
 /**
  * Scalable-mode structures: a root table whose entries hold a lower and an upper context table, 256-bit context
@@ -605,12 +605,12 @@ export class ScalableTables {
     const rootEntry = (await this.root) + (sid >> 8) * 16;
     const upper = (sid & 0xff) >= DEVFNS_PER_CONTEXT_TABLE;
     const current = await readStructure(this.cpu, rootEntry, SCALABLE_ROOT_ENTRY);
-    let contextTable = Number(upper ? current.UCTP : current.LCTP) * PAGE_SIZE;
+    let contextTable = Number(upper ? current.UCTP : current.LCTP) * PAGE_BYTES;
     if (contextTable === 0) {
       contextTable = await this.pages.page();
       await writeStructure(this.cpu, rootEntry, SCALABLE_ROOT_ENTRY, {
         ...current,
-        ...(upper ? { UP: 1, UCTP: contextTable / PAGE_SIZE } : { LP: 1, LCTP: contextTable / PAGE_SIZE }),
+        ...(upper ? { UP: 1, UCTP: contextTable / PAGE_BYTES } : { LP: 1, LCTP: contextTable / PAGE_BYTES }),
       });
     }
     const directory = await this.pages.page();
@@ -619,7 +619,7 @@ export class ScalableTables {
       P: 1,
       PASIDE: pasidEnabled ? 1 : 0,
       PDTS: 0,
-      PASIDDIRPTR: directory / PAGE_SIZE,
+      PASIDDIRPTR: directory / PAGE_BYTES,
       RID_PASID: ridPasid,
     });
   }
@@ -634,7 +634,7 @@ export class ScalableTables {
     if (table === undefined) {
       table = await this.pages.page();
       this.pasidTables.set(key, table);
-      await writeStructure(this.cpu, directory + index * PASID_DIRECTORY_ENTRY_BYTES, PASID_DIRECTORY_ENTRY, { P: 1, PTP: table / PAGE_SIZE });
+      await writeStructure(this.cpu, directory + index * PASID_DIRECTORY_ENTRY_BYTES, PASID_DIRECTORY_ENTRY, { P: 1, PTP: table / PAGE_BYTES });
     }
     await writeStructure(this.cpu, table + (pasid % PASIDS_PER_TABLE) * PASID_ENTRY_BYTES, SCALABLE_PASID_ENTRY, { ...values, P: 1 });
   }

@@ -1,5 +1,6 @@
 /** Queued invalidation: IQA/IQH/IQT, descriptor fetch and dispatch, wait descriptors and the completion event. */
 
+import { PAGE_BYTES } from '../memory/geometry';
 import type { EntryWords, GuestMemory } from '../memory/guest-memory';
 import { fieldReader, getField, getField64, hasReservedBits, readField, readWordField, reservedWords, wordFieldReader } from './bitfield';
 import type { QuirkId } from './compat-quirks';
@@ -51,7 +52,6 @@ export interface QueueOptions {
   readonly features: ReadonlySet<string>;
 }
 
-const PAGE_BYTES = 4096;
 const NARROW_BYTES = 16;
 const WIDE_BYTES = 32;
 const GRANULARITY = { GLOBAL: 1, DOMAIN: 2, SELECTIVE: 3 } as const;
