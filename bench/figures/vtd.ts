@@ -2,7 +2,7 @@
 import type { EntryWords } from '../../lib/memory/guest-memory';
 import { IOTLB_CAPACITY } from '../../lib/vtd/caches';
 import { FSTS } from '../../lib/vtd/register-bits';
-import type { TranslationRequest } from '../../lib/vtd/unit';
+import type { TranslationRequest } from '../../lib/vtd/translation-result';
 import { rate, rateExcludingSetup, type Figure } from '../harness';
 import { BenchGuest, PAGE, pageInvalidation } from '../vtd-guest';
 

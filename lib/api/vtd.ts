@@ -2,18 +2,9 @@
 
 // The unit: a VMM routes its register window to read/write, and gives each device dmaSpace(sid).
 export { VtdUnit, VtdRequestError } from '../vtd/unit';
-export type {
-  VtdUnitOptions,
-  TranslationRequest,
-  TranslationResult,
-  TranslationSuccess,
-  TranslationFailure,
-  InterruptResult,
-  InterruptFailure,
-  InterruptOrigin,
-  PasidTag,
-  TracedWalk,
-} from '../vtd/unit';
+export type { VtdUnitOptions, InterruptResult, InterruptFailure, InterruptOrigin, TracedWalk } from '../vtd/unit';
+export type { TranslationRequest, TranslationResult, TranslationSuccess, TranslationFailure } from '../vtd/translation-result';
+export type { PasidTag } from '../vtd/unit-dma';
 export type { InterruptRequest, RemappedInterrupt, InterruptFault } from '../vtd/interrupt-remap';
 export type { RecordOutcome } from '../vtd/fault-recorder';
 // Where and why a translation failed (TranslationFailure.fault, TracedWalk): stage, levels, the entry that decided.

@@ -10,7 +10,7 @@ import { renderWalkText } from '../explain/render-text';
 import { readSnapshot } from '../explain/snapshot-file';
 import { hex } from '../explain/walk-words';
 import { describeFaultReason } from '../vtd/fault-reasons';
-import type { TranslationRequest } from '../vtd/unit';
+import type { TranslationRequest } from '../vtd/translation-result';
 import { replaySnapshot, type UnitSnapshot } from '../vtd/unit-snapshot';
 
 export interface ExplainCommandOptions {

@@ -9,7 +9,8 @@ import type { FaultStage } from '../vtd/fault';
 import { faultReason, type FaultReason } from '../vtd/fault-reasons';
 import type { ReplayedWalk } from '../vtd/unit-snapshot';
 import { LEGACY_CONTEXT_ENTRY, PASID_PGTT, SCALABLE_PASID_ENTRY } from '../vtd/structures';
-import type { TracedWalk, TranslationRequest } from '../vtd/unit';
+import type { TranslationRequest } from '../vtd/translation-result';
+import type { TracedWalk } from '../vtd/unit';
 import type { VtdConfig } from '../vtd/config';
 import type { SecondStageStep, WalkStep } from '../vtd/walk-trace';
 

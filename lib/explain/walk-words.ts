@@ -1,7 +1,7 @@
 /** The words both renderers use for a walk: structure and level names, the request, and the sentence saying where and why it stopped. */
 
 import { PASID_PGTT } from '../vtd/structures';
-import type { TranslationRequest } from '../vtd/unit';
+import type { TranslationRequest } from '../vtd/translation-result';
 import type { WalkStep } from '../vtd/walk-trace';
 import type { WalkModel } from './walk-model';
 

@@ -7,7 +7,8 @@ import { INTERRUPT_WINDOW_START, PAGE_BYTES, PAGE_SHIFT } from '../memory/geomet
 import type { GuestMemory } from '../memory/guest-memory';
 import { faultCode, faultReason, type FaultReasonName } from '../vtd/fault-reasons';
 import type { FaultRecord } from '../vtd/fault';
-import { VtdUnit, type TranslationFailure } from '../vtd/unit';
+import type { TranslationFailure } from '../vtd/translation-result';
+import { VtdUnit } from '../vtd/unit';
 import {
   EduDriver,
   FIRST_STAGE_FORMAT,

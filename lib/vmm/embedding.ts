@@ -13,7 +13,7 @@ import { ShadowHostBackend } from '../host/shadow-host-backend';
 import type { DeviceDomainListener } from '../vtd/address-space';
 import type { HostPending } from '../vtd/host-completion';
 import { REGISTER_WINDOW_SIZE } from '../vtd/registers';
-import type { PasidTag } from '../vtd/unit';
+import type { PasidTag } from '../vtd/unit-dma';
 
 /**
  * What a VMM gives the unit. VtdUnit's options take it as it is: `new VtdUnit({ ...host, config: 'aw-bits=48' })`.

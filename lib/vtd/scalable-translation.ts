@@ -8,7 +8,8 @@ import { faultRecord, withFault, type FaultRecord } from './fault';
 import { FirstStageWalker, splitAddress, type FirstStageRequest } from './first-stage-walk';
 import { isInterruptAddress, overlapsInterruptRange, type LegacyWalker } from './legacy-walk';
 import { NestedWalker } from './nested-walk';
-import { ScalableContextReader, pasidEntryRefusal, type PasidEntry, type ScalableContext, type ScalableLookupOptions } from './scalable-context';
+import type { DomainDescriptor } from './domains';
+import { ScalableContextReader, pasidEntryRefusal, type PasidEntry, type ScalableLookupOptions } from './scalable-context';
 import { ScalableWalker } from './scalable-walk';
 import { PASID_PGTT } from './structures';
 import type { WalkTraceSink } from './walk-trace';
@@ -118,16 +119,39 @@ export class ScalableTranslator {
   }
 
   /**
-   * The context and PASID entry a device's requests (with `pasid`, or without PASID) resolve to, read afresh and
-   * recording nothing: what the domain registry keys a domain by. Undefined when the lookup would fault.
+   * The domain a device's requests (with `pasid`, or without PASID) translate through, from its context and PASID
+   * entry read afresh, recording nothing: what the domain registry keys a domain by. Undefined when the lookup
+   * would fault. `addressWidth` is a pass-through entry's input width.
    */
-  resolve(rootTable: number, sid: number, pasid: number | undefined): { context: ScalableContext; entry: PasidEntry } | undefined {
+  resolveDomain(rootTable: number, sid: number, pasid: number | undefined, addressWidth: number): DomainDescriptor | undefined {
     const found = this.reader.lookupContext(rootTable, sid);
     if (!found.ok) return undefined;
     const context = found.context;
     if (this.reader.contextRefusal(context, pasid !== undefined) !== 0) return undefined;
     const looked = this.reader.lookupPasidEntry(context, pasid ?? context.ridPasid, pasid === undefined);
-    return looked.ok ? { context, entry: looked.entry } : undefined;
+    if (!looked.ok) return undefined;
+    const entry = looked.entry;
+    const common = { did: entry.did, pasid: entry.pasid, withoutPasid: pasid === undefined };
+    const secondStage = { table: entry.ssTable, levels: entry.ssLevels, inputWidth: entry.ssInputWidth };
+    const firstStage = {
+      table: entry.fsTable,
+      levels: entry.fsLevels,
+      wpe: entry.wpe,
+      eafe: entry.eafe,
+      supervisor: pasid === undefined && context.ridPrivileged,
+    };
+    switch (entry.pgtt) {
+      case PASID_PGTT.FIRST_STAGE:
+        return { ...common, kind: 'first-stage', firstStage };
+      case PASID_PGTT.SECOND_STAGE:
+        return { ...common, kind: 'second-stage', secondStage };
+      case PASID_PGTT.NESTED:
+        return { ...common, kind: 'nested', firstStage, secondStage };
+      case PASID_PGTT.PASS_THROUGH:
+        return { ...common, kind: 'identity', inputWidth: addressWidth };
+      default:
+        return undefined;
+    }
   }
 
   private translatePage(

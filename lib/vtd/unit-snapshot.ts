@@ -12,7 +12,8 @@ import { VTD_PROPERTIES, type VtdConfig } from './config';
 import { GCMD, OFFSET } from './register-bits';
 import { RTADDR_FIELDS } from './registers';
 import { setFieldBig } from './bitfield';
-import { VtdUnit, type TracedWalk, type TranslationFailure, type TranslationRequest } from './unit';
+import type { TranslationFailure, TranslationRequest } from './translation-result';
+import { VtdUnit, type TracedWalk } from './unit';
 import { WalkTrace, type TraceRecord } from './walk-trace';
 
 export const SNAPSHOT_FORMAT = 'viommu-fault-snapshot';

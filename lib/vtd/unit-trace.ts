@@ -10,7 +10,8 @@ import type { InterruptRequest } from './interrupt-remap';
 import { InvalidationQueue, type InvalidationTarget, type QueueOptions } from './invalidation-queue';
 import type { AccessSize, RegisterFile } from './register-file';
 import { INVALIDATION_DESCRIPTORS } from './structures';
-import type { InterruptOrigin, InterruptResult, TranslationRequest, TranslationResult } from './unit';
+import type { TranslationRequest, TranslationResult } from './translation-result';
+import type { InterruptOrigin, InterruptResult } from './unit';
 
 declare const valueType: unique symbol;
 

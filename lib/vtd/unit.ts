@@ -1,12 +1,12 @@
 /** VtdUnit: one emulated DMAR unit in legacy and scalable mode, wiring registers and commands to translation, caches, invalidation, faults and IR. */
 
 import { ViommuError } from '../errors';
-import { MAX_GUEST_ADDRESS } from '../memory/addresses';
-import { DmaFault, EFAULT, EPERM, type DmaAccess, type DmaSpace } from '../memory/dma-space';
+import type { DmaSpace } from '../memory/dma-space';
+import { PAGE_BYTES } from '../memory/geometry';
 import type { GuestMemory } from '../memory/guest-memory';
 import { bigToNumber, getField64, getFieldBig, setFieldBig } from './bitfield';
 import type { DeviceDomainListener } from './address-space';
-import { ContextCache, Iotlb, POWERS_OF_TWO, PagingStructureCache, alignDown, type CachedContext } from './caches';
+import { ContextCache, Iotlb, POWERS_OF_TWO, PagingStructureCache, alignDown } from './caches';
 import { quirksFor, type QuirkId } from './compat-quirks';
 import {
   capabilityField,
@@ -15,27 +15,36 @@ import {
   resolveVtdConfig,
   vtdConfigFromString,
   MAX_PASID_BITS,
-  type Compat,
   type VtdConfig,
 } from './config';
 import { DomainRegistry, type DomainDescriptor } from './domains';
 import { FaultRecorder, type RecordOutcome } from './fault-recorder';
-import { describeFaultReason, isPermissionFault } from './fault-reasons';
-import { faultLevel, faultRecord, withFault, type FaultRecord } from './fault';
+import { faultCode } from './fault-reasons';
+import { faultRecord, type FaultRecord } from './fault';
 import { InterruptEntryCache } from './interrupt-entry-cache';
 import { InterruptRemapper, type InterruptFault, type InterruptRequest, type RemappedInterrupt } from './interrupt-remap';
 import { HostCompletion, type HostPending } from './host-completion';
 import { InvalidationQueue, type InvalidationTarget } from './invalidation-queue';
-import { FR, INTERRUPT_RANGE_END, INTERRUPT_RANGE_START, LegacyWalker, TT, isInterruptAddress, overlapsInterruptRange } from './legacy-walk';
+import { LegacyTranslator } from './legacy-translator';
+import { FR, LegacyWalker } from './legacy-walk';
 import { MappingEnumerator } from './mapping-enumerator';
 import { RegisterFile, type AccessSize, type RegisterWriteEvent } from './register-file';
-import { faultCode } from './fault-reasons';
-import { ScalableTranslator, type ScalableRequestInput } from './scalable-translation';
+import { ScalableTranslator } from './scalable-translation';
+import {
+  BEYOND_INPUT,
+  TranslationFaults,
+  failure,
+  interruptRangeRefusal,
+  requestInput,
+  type TranslationRequest,
+  type TranslationResult,
+  type TranslationSuccess,
+} from './translation-result';
+import { translatedDmaSpace, type PasidTag, type UnitDmaPort } from './unit-dma';
 import { VirtualCommandInterface, type VirtualCommandOptions } from './virtual-command';
 import { UnitTracer, type UnitTraceSink } from './unit-trace';
 import type { WalkTraceSink } from './walk-trace';
 import { GCMD, GSTS, OFFSET } from './register-bits';
-import { PASID_PGTT } from './structures';
 import { CCMD_FIELDS, IOTLB_FIELDS, IVA_FIELDS, RTADDR_FIELDS, type CapabilityValues } from './registers';
 
 export interface VtdUnitOptions {
@@ -64,16 +73,6 @@ export interface VtdUnitOptions {
    */
   readonly trace?: UnitTraceSink;
 }
-
-/** What a request with PASID carries besides its address: the PASID, and privileged-mode and execute requested. */
-export interface PasidTag {
-  readonly pasid: number;
-  readonly supervisor?: boolean;
-  readonly execute?: boolean;
-}
-
-/** One DMA request: requester id (bus << 8 | devfn), input address, write or read, and the PASID it carries, if any. */
-export type TranslationRequest = ScalableRequestInput;
 
 const SOURCE_ID_MASK = 0xffff;
 /** The source id QEMU 10.0 records for a request that reached it without one. */
@@ -104,38 +103,6 @@ function requireSource(sid: number, pasid: number | undefined): void {
   if (pasid !== undefined && (pasid & PASID_MASK) !== pasid) throw new VtdRequestError('pasid', pasid);
 }
 
-export interface TranslationSuccess {
-  readonly ok: true;
-  /** Guest-physical address the IOVA maps to. */
-  readonly address: number;
-  /** Size of the page that maps it (the translation holds for the whole page). */
-  readonly pageSize: number;
-  readonly readable: boolean;
-  readonly writable: boolean;
-}
-
-export interface TranslationFailure {
-  readonly ok: false;
-  /** Fault reason code (FRCD.FR), as recorded (compat quirks applied): fault.reason. */
-  readonly reason: number;
-  /** The level the fault names in one number (faultLevel): the paging level, or where a nested walk's output stopped. */
-  readonly level?: number;
-  readonly sid: number;
-  readonly iova: bigint;
-  readonly write: boolean;
-  /** The entry that stopped the walk was not present (as opposed to a permission or programming error). */
-  readonly notPresent: boolean;
-  /**
-   * What happened to the record: written, suppressed by FPD, or lost (collapse / overflow); 'none' when no record
-   * is due (TE off, an input in the interrupt range, which is not DMA-remapped, or a QEMU 7.2 quirk).
-   */
-  readonly recording: RecordOutcome | 'suppressed-fpd' | 'none';
-  /** Where and why: stage, levels, the entry that decided, the PASID used. */
-  readonly fault: FaultRecord;
-}
-
-export type TranslationResult = TranslationSuccess | TranslationFailure;
-
 /**
  * What traceRequest() found: the translation mode, then the page or the fault record, whose reason is the
  * architectural one (before compat quirks rename it).
@@ -155,20 +122,8 @@ export type InterruptResult = RemappedInterrupt | InterruptFailure;
 /** How an interrupt request reached the unit: an MSI, a plain DMA write into the interrupt range, or a platform source without a requester id. */
 export type InterruptOrigin = 'message' | 'dma-write' | 'platform';
 
-const PAGE = 4096;
-/** For the paging-structure cache's coordinates of an IOVA: its 2 MiB region and its page in the region (0..511). */
-const INVERSE_PAGE = 1 / PAGE;
-const INVERSE_REGION_BYTES = 1 / 2 ** 21;
-const INVERSE_PAGES_PER_REGION = PAGE / 2 ** 21;
-const PAGE_INDEX_MASK = 511;
-const UNTRANSLATED_LIMIT = BigInt(MAX_GUEST_ADDRESS) + 1n;
-const IOVA_LIMIT = 1n << 64n;
-const INTERRUPT_RANGE_FIRST = BigInt(INTERRUPT_RANGE_START);
-const INTERRUPT_RANGE_LIMIT = BigInt(INTERRUPT_RANGE_END);
-/** An IOVA at or above 2^52 (or negative), as a number. */
-const BEYOND = -1;
-/** Interrupt messages are DWORD writes. */
-const MSI_BYTES = 4;
+/** The page-selective invalidation's page number to the paging-structure cache's 2 MiB region. */
+const INVERSE_PAGES_PER_REGION = PAGE_BYTES / 2 ** 21;
 /** Interrupt faults carry the interrupt index in FRCD.FI bits 63:48. */
 const INDEX_SHIFT = 48n;
 /** Requested-granularity codes shared by CCMD.CIRG and IOTLB.IIRG. */
@@ -192,17 +147,21 @@ export class VtdUnit implements InvalidationTarget {
   readonly capabilities: CapabilityValues;
   readonly quirks: ReadonlySet<QuirkId>;
   readonly registers: RegisterFile;
-  readonly contextCache = new ContextCache();
+  /** Shared by both translators: entries carry the PASID and the kind of translation. */
   readonly iotlb = new Iotlb();
-  /** Leaf tables of the legacy second-stage walk by domain and 2 MiB region; invalidated with the IOTLB. */
-  readonly pagingStructures = new PagingStructureCache();
-  /** The IOVA of the IOTLB miss translatePage() hands to walkPage(). */
-  private readonly missInput = new Float64Array(1);
+  /** Legacy-mode lookup, walk and caches. */
+  private readonly legacy: LegacyTranslator;
+  /** The legacy context cache (legacy.contexts), for inspection. */
+  readonly contextCache: ContextCache;
+  /** Leaf tables of the legacy second-stage walk by domain and 2 MiB region (legacy.pagingStructures); invalidated with the IOTLB. */
+  readonly pagingStructures: PagingStructureCache;
   readonly interruptEntries = new InterruptEntryCache();
   private readonly memory: GuestMemory;
   private readonly recorder: FaultRecorder;
+  private readonly faults: TranslationFaults;
+  /** What dmaSpace() views reach the unit through. */
+  private readonly dmaPort: UnitDmaPort;
   private readonly queue: InvalidationQueue;
-  private readonly walker: LegacyWalker;
   /** Scalable-mode lookup, walks and the scalable context and PASID caches (it shares this.iotlb). */
   readonly scalable: ScalableTranslator;
   private readonly scalableOffered: boolean;
@@ -219,6 +178,8 @@ export class VtdUnit implements InvalidationTarget {
   private rootTable = 0;
   private rootMode = 0;
   private translationEnabled = false;
+  /** TE on with a legacy root table: translate()'s fast path, kept in step with the two by command(). */
+  private legacyTranslation = false;
   /** IRTA as latched by SIRTP; IRTEs are read afresh for every interrupt. */
   private interruptTable = 0n;
   /** The last host backend failures (when no onHostError is given), oldest first. */
@@ -248,7 +209,7 @@ export class VtdUnit implements InvalidationTarget {
       this.quirks,
       tracer === undefined ? deliver : tracer.delivery('fault-event', deliver),
     );
-    this.walker = new LegacyWalker(
+    const secondStage = new LegacyWalker(
       this.memory,
       {
         addressWidth: this.config['aw-bits'],
@@ -260,6 +221,14 @@ export class VtdUnit implements InvalidationTarget {
       },
       this.quirks,
     );
+    const hitWithoutPermissionUnrecorded = this.quirks.has('iotlb-hit-without-permission-not-recorded');
+    this.faults = new TranslationFaults(this.recorder, this.quirks, this.config.compat);
+    this.legacy = new LegacyTranslator(secondStage, this.iotlb, this.faults, {
+      addressWidth: this.config['aw-bits'],
+      hitWithoutPermissionUnrecorded,
+    });
+    this.contextCache = this.legacy.contexts;
+    this.pagingStructures = this.legacy.pagingStructures;
     this.scalableOffered = capabilityField(caps, 'ECAP', 'SMTS') === 1;
     this.virtualCommands = this.config['x-vcmd']
       ? new VirtualCommandInterface(this.registers, {
@@ -269,7 +238,7 @@ export class VtdUnit implements InvalidationTarget {
       : undefined;
     this.scalable = new ScalableTranslator(
       this.memory,
-      this.walker,
+      secondStage,
       {
         lookup: {
           addressWidth: this.config['aw-bits'],
@@ -280,7 +249,7 @@ export class VtdUnit implements InvalidationTarget {
         },
         addressWidth: this.config['aw-bits'],
         fs1gp: capabilityField(caps, 'CAP', 'FS1GP') === 1,
-        hitWithoutPermissionUnrecorded: this.quirks.has('iotlb-hit-without-permission-not-recorded'),
+        hitWithoutPermissionUnrecorded,
         quirks: this.quirks,
       },
       this.iotlb,
@@ -321,6 +290,13 @@ export class VtdUnit implements InvalidationTarget {
     this.maxAddressMask = capabilityField(caps, 'CAP', 'MAMV');
     this.pageInvalidationMaskTruncated = this.quirks.has('iotlb-page-invalidation-mask-truncated');
     this.hasInterruptRemapping = capabilityField(caps, 'ECAP', 'IR') === 1;
+    const interruptReadsReturnZeros = this.quirks.has('interrupt-range-read-returns-zeros');
+    this.dmaPort = {
+      memory: this.memory,
+      translate: (request) => this.translate(request),
+      interruptWritten: (request) => void this.interruptRequest(request, 'dma-write'),
+      interruptReadsReturnZeros,
+    };
     tracer?.instrument(this);
   }
 
@@ -351,10 +327,9 @@ export class VtdUnit implements InvalidationTarget {
   reset(): void {
     this.completion.reset();
     this.registers.reset();
-    this.contextCache.invalidateAll();
+    this.legacy.invalidateAll();
     this.scalable.invalidateAll();
     this.iotlb.invalidateAll();
-    this.pagingStructures.invalidateAll();
     this.interruptEntries.invalidateAll();
     this.queue.reset();
     this.recorder.reset();
@@ -362,6 +337,7 @@ export class VtdUnit implements InvalidationTarget {
     this.rootTable = 0;
     this.rootMode = 0;
     this.translationEnabled = false;
+    this.legacyTranslation = false;
     this.interruptTable = 0n;
     this.domains.devicesChanged();
   }
@@ -467,13 +443,12 @@ export class VtdUnit implements InvalidationTarget {
     const wasEnabled = this.translationEnabled;
     if (value & GCMD.SRTP) {
       const [lo, hi] = splitRaw(regs.readRaw('RTADDR'));
-      this.rootTable = getField64(lo, hi, RTADDR_FIELDS.f.RTA) * PAGE;
+      this.rootTable = getField64(lo, hi, RTADDR_FIELDS.f.RTA) * PAGE_BYTES;
       this.rootMode = getField64(lo, hi, RTADDR_FIELDS.f.TTM);
       if (this.quirks.has('srtp-flushes-caches')) {
-        this.contextCache.invalidateAll();
+        this.legacy.invalidateAll();
         this.scalable.invalidateAll();
         this.iotlb.invalidateAll();
-        this.pagingStructures.invalidateAll();
       }
     }
     if (value & GCMD.SIRTP) {
@@ -485,6 +460,7 @@ export class VtdUnit implements InvalidationTarget {
     // WBF completes at once (CAP.RWBF is 0), so WBFS is never seen set.
     const te = (value & GCMD.TE) !== 0;
     this.translationEnabled = te;
+    this.legacyTranslation = te && this.rootMode === TTM.LEGACY;
     const qie = (value & GCMD.QIE) !== 0;
     const qies = (regs.readWordRaw(OFFSET.GSTS) & GSTS.QIES) !== 0;
     // The queue publishes QIES itself: enabling processes a tail that was set before (QEMU), so QIES must show first.
@@ -687,84 +663,34 @@ export class VtdUnit implements InvalidationTarget {
   private resolveDomain(sid: number, pasid: number | undefined): DomainDescriptor | undefined {
     const withoutPasid = pasid === undefined;
     if (!this.translationEnabled) return withoutPasid ? { kind: 'identity', did: 0, inputWidth: 52, withoutPasid } : undefined;
-    if (this.rootMode === TTM.SCALABLE && this.scalableOffered) return this.resolveScalableDomain(sid, pasid);
+    if (this.rootMode === TTM.SCALABLE && this.scalableOffered)
+      return this.scalable.resolveDomain(this.rootTable, sid, pasid, this.config['aw-bits']);
     if (this.rootMode !== TTM.LEGACY || !withoutPasid) return undefined;
-    const found = this.walker.lookupContext(this.rootTable, sid);
-    if (!found.ok) return undefined;
-    const context = found.context;
-    if (context.tt === TT.PASS_THROUGH) return { kind: 'identity', did: context.did, inputWidth: this.config['aw-bits'], withoutPasid };
-    return {
-      kind: 'second-stage',
-      did: context.did,
-      withoutPasid,
-      secondStage: { table: context.tableAddress, levels: context.levels, inputWidth: Math.log2(context.limit) },
-    };
-  }
-
-  private resolveScalableDomain(sid: number, pasid: number | undefined): DomainDescriptor | undefined {
-    const resolved = this.scalable.resolve(this.rootTable, sid, pasid);
-    if (resolved === undefined) return undefined;
-    const { context, entry } = resolved;
-    const common = { did: entry.did, pasid: entry.pasid, withoutPasid: pasid === undefined };
-    const secondStage = { table: entry.ssTable, levels: entry.ssLevels, inputWidth: entry.ssInputWidth };
-    const firstStage = {
-      table: entry.fsTable,
-      levels: entry.fsLevels,
-      wpe: entry.wpe,
-      eafe: entry.eafe,
-      supervisor: pasid === undefined && context.ridPrivileged,
-    };
-    switch (entry.pgtt) {
-      case PASID_PGTT.FIRST_STAGE:
-        return { ...common, kind: 'first-stage', firstStage };
-      case PASID_PGTT.SECOND_STAGE:
-        return { ...common, kind: 'second-stage', secondStage };
-      case PASID_PGTT.NESTED:
-        return { ...common, kind: 'nested', firstStage, secondStage };
-      case PASID_PGTT.PASS_THROUGH:
-        return { ...common, kind: 'identity', inputWidth: this.config['aw-bits'] };
-      default:
-        return undefined;
-    }
+    return this.legacy.resolveDomain(this.rootTable, sid);
   }
 
   // ---- translation ----
 
   /** Translates one request; a failure has already been recorded (unless FPD, TE off or the ring says otherwise). */
   translate(request: TranslationRequest): TranslationResult {
-    const { sid, iova } = request;
-    requireSource(sid, request.pasid);
-    // The one BigInt step: below 2^52 the IOVA is an exact number (any MGAW is smaller); -1 stands for beyond.
-    const input = iova >= 0n && iova < UNTRANSLATED_LIMIT ? bigToNumber(iova) : BEYOND;
-    // Requests without PASID to the interrupt range are interrupt requests, never DMA-remapped (spec 3.14).
-    if (input >= INTERRUPT_RANGE_START && input < INTERRUPT_RANGE_END && request.pasid === undefined) {
-      return this.failure(request, faultRecord(FR.INTERRUPT_ADDRESS, 'request', false), 'none');
+    requireSource(request.sid, request.pasid);
+    if (this.legacyTranslation && request.pasid === undefined) return this.legacy.translate(this.rootTable, request);
+    return this.translateOther(request);
+  }
+
+  /** Everything but a legacy request without PASID under translation: TE off, PASIDs under legacy tables, scalable mode, a bad root. */
+  private translateOther(request: TranslationRequest): TranslationResult {
+    const input = requestInput(request.iova);
+    const refused = interruptRangeRefusal(request, input);
+    if (refused !== undefined) return refused;
+    if (!this.translationEnabled) return this.untranslated(request, input);
+    if (this.rootMode === TTM.LEGACY) return this.legacyPasidRequest(request);
+    if (this.rootMode === TTM.SCALABLE && this.scalableOffered) {
+      const result = this.scalable.translate(this.rootTable, request);
+      return result.ok ? result : this.faults.reportScalable(request, result);
     }
-    if (!this.translationEnabled) {
-      if (input === BEYOND) return this.failure(request, faultRecord(FR.ADDRESS_BEYOND_MGAW, 'request', false), 'none');
-      // Without remapping there is no PASID table to resolve a PASID through: such requests are unsupported.
-      if (request.pasid !== undefined)
-        return this.failure(request, faultRecord(SM_TTM0_PASID_REQUEST, 'request', false, { pasid: request.pasid }), 'none');
-      return { ok: true, address: input, pageSize: PAGE, readable: true, writable: true };
-    }
-    if (this.rootMode !== TTM.LEGACY) {
-      if (this.rootMode === TTM.SCALABLE && this.scalableOffered) return this.translateScalable(request);
-      // TTM 10 is reserved and 11 (abort DMA) needs ECAP.ADMS: the root table pointer is invalid.
-      return this.report(request, this.invalidRoot(request));
-    }
-    // Legacy tables have no PASID: a unit that could do scalable mode records 0x31; one that cannot never sees PASIDs.
-    if (request.pasid !== undefined) return this.legacyPasidRequest(request);
-    let context = this.contextCache.get(sid);
-    if (context === undefined) {
-      const found = this.walker.lookupContext(this.rootTable, sid);
-      if (!found.ok) return this.report(request, found);
-      context = found.context;
-      this.contextCache.set(context);
-    }
-    // context.limit is at most 2^MGAW, so this is also the MGAW check.
-    if (input === BEYOND || input >= context.limit) return this.report(request, beyondWidth(context.fpd));
-    if (context.tt === TT.PASS_THROUGH) return { ok: true, address: input, pageSize: PAGE, readable: true, writable: true };
-    return this.translatePage(request, context, input);
+    // TTM 10 is reserved and 11 (abort DMA) needs ECAP.ADMS: the root table pointer is invalid.
+    return this.faults.report(request, this.invalidRoot(request));
   }
 
   /**
@@ -774,119 +700,40 @@ export class VtdUnit implements InvalidationTarget {
    */
   traceRequest(request: TranslationRequest, trace: WalkTraceSink): TracedWalk {
     requireSource(request.sid, request.pasid);
-    const mode = !this.translationEnabled
-      ? 'off'
-      : this.rootMode === TTM.LEGACY
-        ? 'legacy'
-        : this.rootMode === TTM.SCALABLE && this.scalableOffered
-          ? 'scalable'
-          : 'invalid-root';
-    if (mode === 'scalable') {
-      const result = this.scalable.translate(this.rootTable, request, trace);
-      if (result.ok)
-        return { mode, ok: true, address: result.address, pageSize: result.pageSize, readable: result.readable, writable: result.writable };
-      return { mode, ok: false, fault: result };
+    const converted = requestInput(request.iova);
+    const input = converted === BEYOND_INPUT ? Infinity : converted;
+    let mode: TracedWalk['mode'];
+    let result: TranslationSuccess | FaultRecord;
+    if (!this.translationEnabled) {
+      mode = 'off';
+      result = { ok: true, address: bigToNumber(request.iova), pageSize: PAGE_BYTES, readable: true, writable: true };
+    } else if (this.rootMode === TTM.LEGACY) {
+      mode = 'legacy';
+      result = this.legacy.trace(this.rootTable, request, input, trace);
+    } else if (this.rootMode === TTM.SCALABLE && this.scalableOffered) {
+      mode = 'scalable';
+      result = this.scalable.translate(this.rootTable, request, trace);
+    } else {
+      mode = 'invalid-root';
+      result = this.invalidRoot(request);
     }
-    if (mode === 'legacy') {
-      const found = this.walker.lookupContext(this.rootTable, request.sid, trace);
-      if (!found.ok) return { mode, ok: false, fault: found };
-      const input = request.iova >= 0n && request.iova < UNTRANSLATED_LIMIT ? bigToNumber(request.iova) : Infinity;
-      if (input >= found.context.limit) return { mode, ok: false, fault: beyondWidth(found.context.fpd) };
-      if (found.context.tt === TT.PASS_THROUGH) return { mode, ok: true, address: input, pageSize: PAGE, readable: true, writable: true };
-      const page = this.walker.walk(found.context, input, request.write, trace);
-      if (!page.ok) return { mode, ok: false, fault: page };
-      return {
-        mode,
-        ok: true,
-        address: page.address + (input % page.pageSize),
-        pageSize: page.pageSize,
-        readable: page.readable,
-        writable: page.writable,
-      };
-    }
-    if (mode === 'off') return { mode, ok: true, address: bigToNumber(request.iova), pageSize: PAGE, readable: true, writable: true };
-    return { mode, ok: false, fault: this.invalidRoot(request) };
+    if (!result.ok) return { mode, ok: false, fault: result };
+    const { address, pageSize, readable, writable } = result;
+    return { mode, ok: true, address, pageSize, readable, writable };
   }
 
+  /** With translation off an IOVA is the guest-physical address; a PASID has no table to resolve it through. */
+  private untranslated(request: TranslationRequest, input: number): TranslationResult {
+    if (input === BEYOND_INPUT) return failure(request, faultRecord(FR.ADDRESS_BEYOND_MGAW, 'request', false), 'none');
+    if (request.pasid !== undefined) return failure(request, faultRecord(SM_TTM0_PASID_REQUEST, 'request', false, { pasid: request.pasid }), 'none');
+    return { ok: true, address: input, pageSize: PAGE_BYTES, readable: true, writable: true };
+  }
+
+  /** Legacy tables have no PASID: a unit that could do scalable mode records 0x31; one that cannot never sees PASIDs. */
   private legacyPasidRequest(request: TranslationRequest): TranslationResult {
     const fault = faultRecord(SM_TTM0_PASID_REQUEST, 'request', false, { pasid: request.pasid });
-    if (!this.scalableOffered) return this.failure(request, fault, 'none');
-    return this.report(request, fault);
-  }
-
-  /** The IOTLB hit, kept small so that it compiles into translate(); anything else goes to walkPage(). */
-  private translatePage(request: TranslationRequest, context: CachedContext, input: number): TranslationResult {
-    const pfn = Math.floor(input / PAGE);
-    const iotlb = this.iotlb;
-    const hit = iotlb.findSlot(context.did, pfn);
-    if (hit >= 0 && (request.write ? iotlb.slotWritable(hit) : iotlb.slotReadable(hit))) {
-      // The offset from the entry's first page, not input % pageSize: % on a double above 2^31 is slow.
-      const address = iotlb.slotAddress(hit) + (input - iotlb.slotPfn(hit) * PAGE);
-      return { ok: true, address, pageSize: iotlb.slotPageSize(hit), readable: iotlb.slotReadable(hit), writable: iotlb.slotWritable(hit) };
-    }
-    this.missInput[0] = input;
-    return this.walkPage(request, context, hit >= 0);
-  }
-
-  /**
-   * An IOTLB miss (or a hit without the right): walk, check, cache. V8 compiles it on its own, with the walk and
-   * the IOTLB insert inlined: it is larger than V8 inlines (460 bytes of bytecode), so translate() spends its
-   * inlining budget on the IOTLB hit. Hence the IOVA comes through missInput: as an argument, a double would be a
-   * new heap number on every call.
-   */
-  private walkPage(request: TranslationRequest, context: CachedContext, cached: boolean): TranslationResult {
-    const input = this.missInput[0]!;
-    const pfn = Math.floor(input / PAGE);
-    const write = request.write;
-    if (cached && this.quirks.has('iotlb-hit-without-permission-not-recorded')) {
-      return this.failure(request, faultRecord(write ? FR.WRITE : FR.READ, 'second-stage', context.fpd, { unrecorded: true }), 'none');
-    }
-    // The spec: a cached entry without the right is a fault like an uncached one; walking again reports it.
-    const walker = this.walker;
-    const failed = walker.walkLeafCached(
-      context,
-      Math.floor(input * INVERSE_REGION_BYTES),
-      (input * INVERSE_PAGE) & PAGE_INDEX_MASK,
-      write,
-      this.pagingStructures,
-    );
-    if (failed !== undefined) return this.report(request, failed);
-    const pageAddress = walker.leafAddress;
-    const pageSize = walker.leafPageSize;
-    const readable = walker.leafReadable;
-    const writable = walker.leafWritable;
-    // A 4 KiB page needs no alignment: skip the divisions a large page's first page number costs.
-    const pagesPerEntry = pageSize === PAGE ? 1 : pageSize / PAGE;
-    const firstPfn = pagesPerEntry === 1 ? pfn : Math.floor(pfn / pagesPerEntry) * pagesPerEntry;
-    const address = pageAddress + (input - firstPfn * PAGE);
-    if (isInterruptAddress(address)) return this.report(request, faultRecord(FR.INTERRUPT_ADDRESS, 'output', context.fpd));
-    if (!overlapsInterruptRange(pageAddress, pageSize)) {
-      this.iotlb.insertSecondStage(context.did, firstPfn, pageAddress, pageSize, readable, writable);
-    }
-    return { ok: true, address, pageSize, readable, writable };
-  }
-
-  private translateScalable(request: TranslationRequest): TranslationResult {
-    const result = this.scalable.translate(this.rootTable, request);
-    if (result.ok) return result;
-    let fault = result;
-    if (this.quirks.has('scalable-faults-use-legacy-reasons')) {
-      const reason = legacyReason(fault.reason, this.config.compat, fault.stage === 'first-stage');
-      if (reason !== fault.reason) fault = withFault(fault, { reason });
-    }
-    if (fault.unrecorded === true) return this.failure(request, fault, 'none');
-    if (fault.fpd) return this.failure(request, fault, 'suppressed-fpd');
-    // PP and PV say which PASID a request carried; requests without PASID have none (QEMU 7.2 records RID_PASID).
-    const pasid = request.pasid ?? (fault.pastContext && this.quirks.has('scalable-rid-pasid-recorded-as-pasid') ? fault.pasid : undefined);
-    const outcome = this.recorder.record({
-      sid: request.sid,
-      reason: fault.reason,
-      iova: request.iova,
-      write: request.write,
-      pasid,
-      pastContext: fault.pastContext,
-    });
-    return this.failure(request, fault, outcome);
+    if (!this.scalableOffered) return failure(request, fault, 'none');
+    return this.faults.report(request, fault);
   }
 
   /** The fault a root table pointer the unit cannot use (TTM reserved, or abort-DMA without ADMS) raises. */
@@ -894,187 +741,14 @@ export class VtdUnit implements InvalidationTarget {
     return faultRecord(this.scalableOffered ? SM_ROOT_TABLE_ADDRESS_INVALID : FR.ROOT_TABLE_INVALID, 'root', false, { pasid: request.pasid });
   }
 
-  /** Records `fault` (unless FPD) with the request's PASID. */
-  private report(request: TranslationRequest, fault: FaultRecord): TranslationFailure {
-    if (fault.fpd) return this.failure(request, fault, 'suppressed-fpd');
-    const outcome = this.recorder.record({
-      sid: request.sid,
-      reason: fault.reason,
-      iova: request.iova,
-      write: request.write,
-      pasid: request.pasid,
-      pastContext: fault.pastContext,
-    });
-    return this.failure(request, fault, outcome);
-  }
-
-  private failure(request: TranslationRequest, fault: FaultRecord, recording: TranslationFailure['recording']): TranslationFailure {
-    const base = {
-      ok: false as const,
-      reason: fault.reason,
-      sid: request.sid,
-      iova: request.iova,
-      write: request.write,
-      notPresent: fault.notPresent,
-      recording,
-      fault,
-    };
-    const level = faultLevel(fault);
-    return level === undefined ? base : { ...base, level };
-  }
-
   // ---- DMA ----
 
   /**
-   * A device's DMA view through this unit: page-by-page translation, all or nothing. DWORD writes to the
-   * interrupt range are interrupt messages (remapped, then delivered through onInterrupt once the whole write
-   * has been accepted); reads there are illegal requests. With `tag`, every request carries that PASID (and its
-   * privilege and execute bits): PCIe PASID-prefixed requests, translated through the PASID's entry; the
-   * interrupt range is then ordinary input.
+   * A device's DMA view through this unit (see unit-dma.ts): page-by-page translation, all or nothing; DWORD
+   * writes to the interrupt range are interrupt messages. With `tag`, every request carries that PASID.
    */
   dmaSpace(sid: number, tag?: PasidTag): DmaSpace {
     requireSource(sid, tag?.pasid);
-    return {
-      read: (address, into) => {
-        const staging = new Uint8Array(into.length);
-        this.dma(sid, tag, address, into.length, 'read', (piece) => {
-          // Zero pieces (QEMU 7.2's reads of the interrupt range) stay as the staging buffer was made.
-          return piece.kind === 'zeros' || this.memory.tryRead(piece.address, staging.subarray(piece.position, piece.position + piece.count));
-        });
-        into.set(staging);
-      },
-      write: (address, data) => {
-        const undo: Array<[number, Uint8Array]> = [];
-        const messages: InterruptRequest[] = [];
-        try {
-          this.dma(sid, tag, address, data.length, 'write', (piece) => {
-            const bytes = data.subarray(piece.position, piece.position + piece.count);
-            if (piece.kind === 'interrupt') {
-              const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-              for (let at = 0; at < piece.count; at += MSI_BYTES) {
-                messages.push({ sid, address: piece.address + at, data: view.getUint32(at, true) });
-              }
-              return true;
-            }
-            const before = new Uint8Array(piece.count);
-            if (!this.memory.tryRead(piece.address, before)) return false;
-            if (!this.memory.tryWrite(piece.address, bytes)) return false;
-            undo.push([piece.address, before]);
-            return true;
-          });
-        } catch (error) {
-          for (const [gpa, before] of undo.reverse()) this.memory.tryWrite(gpa, before);
-          throw error;
-        }
-        // A blocked interrupt is recorded by the remapping (unless compat says otherwise), never reported to the writer.
-        for (const message of messages) this.interruptRequest(message, 'dma-write');
-      },
-    };
+    return translatedDmaSpace(this.dmaPort, sid, tag);
   }
-
-  /** Translates every page first (faults recorded, nothing moved), then moves the pieces. */
-  private dma(sid: number, tag: PasidTag | undefined, address: bigint, length: number, access: DmaAccess, move: (piece: DmaPiece) => boolean): void {
-    if (address < 0n || address + BigInt(length) > IOVA_LIMIT) {
-      throw new DmaFault(address, length, access, 'beyond the 64-bit IOVA space', EFAULT);
-    }
-    const pieces: DmaPiece[] = [];
-    const write = access === 'write';
-    let position = 0;
-    while (position < length) {
-      const iova = address + BigInt(position);
-      // Only requests without PASID can be interrupt requests; with a PASID the range is translated as any other.
-      if (tag === undefined && iova >= INTERRUPT_RANGE_FIRST && iova < INTERRUPT_RANGE_LIMIT) {
-        const at = Number(iova);
-        const count = Math.min(length - position, INTERRUPT_RANGE_END - at);
-        pieces.push({ kind: this.interruptRangePiece(address, length, access, at, count), address: at, position, count });
-        position += count;
-        continue;
-      }
-      const result = this.translate(tag === undefined ? { sid, iova, write } : { sid, iova, write, ...tag });
-      if (!result.ok) {
-        const permission = isPermissionFault(result.reason) && !result.notPresent;
-        throw new DmaFault(address, length, access, describeFaultReason(result.reason), permission ? EPERM : EFAULT);
-      }
-      let count = Math.min(length - position, result.pageSize - (result.address % result.pageSize));
-      // A large page may run on into the interrupt range: stop there, so that the next piece is translated (and faults).
-      if (result.address < INTERRUPT_RANGE_START && result.address + count > INTERRUPT_RANGE_START) {
-        count = INTERRUPT_RANGE_START - result.address;
-      }
-      pieces.push({ kind: 'ram', address: result.address, position, count });
-      position += count;
-    }
-    for (const piece of pieces) {
-      if (!move(piece)) {
-        throw new DmaFault(address, length, access, `no ${write ? 'writable ' : ''}guest RAM at 0x${piece.address.toString(16)}`, EFAULT);
-      }
-    }
-  }
-
-  /** What a transfer piece inside 0xfee00000-0xfeefffff is; illegal requests (spec 3.14) throw, unrecorded. */
-  private interruptRangePiece(address: bigint, length: number, access: DmaAccess, at: number, count: number): DmaPiece['kind'] {
-    if (access === 'write') {
-      if (at % MSI_BYTES === 0 && count % MSI_BYTES === 0) return 'interrupt';
-      throw new DmaFault(address, length, access, 'a write to the interrupt address range that is not whole DWORDs', EFAULT);
-    }
-    if (this.quirks.has('interrupt-range-read-returns-zeros')) return 'zeros';
-    throw new DmaFault(address, length, access, 'a read of the interrupt address range (an illegal request)', EFAULT);
-  }
-}
-
-/**
- * The codes QEMU 7.2 records for scalable-mode faults (quirk scalable-faults-use-legacy-reasons), as measured by
- * test/oracle/differential-scalable.test.ts: legacy codes for the root, context and paging faults, and 0x58
- * (its VTD_FR_PASID_TABLE_INV) for every PASID directory and PASID entry fault.
- */
-const LEGACY_REASON_IN_QEMU_7_2: ReadonlyMap<number, number> = new Map([
-  [faultCode('SM_ROOT_ENTRY_NOT_PRESENT'), FR.ROOT_ENTRY_NOT_PRESENT],
-  [faultCode('SM_CONTEXT_ENTRY_NOT_PRESENT'), FR.CONTEXT_ENTRY_NOT_PRESENT],
-  ...(
-    [
-      'SM_PASID_DIRECTORY_ACCESS',
-      'SM_PASID_DIRECTORY_NOT_PRESENT',
-      'SM_PASID_DIRECTORY_RESERVED',
-      'SM_PASID_ENTRY_ACCESS',
-      'SM_PASID_ENTRY_NOT_PRESENT',
-      'SM_PASID_ENTRY_RESERVED',
-      'SM_PASID_ENTRY_INVALID',
-    ] as const
-  ).map((name) => [faultCode(name), faultCode('SM_PASID_ENTRY_ACCESS')] as const),
-  [faultCode('SM_WRITE'), FR.WRITE],
-  [faultCode('SM_READ'), FR.READ],
-]);
-
-/**
- * The codes QEMU 10.0.2 records for scalable-mode faults (quirk scalable-faults-use-legacy-reasons), as measured by
- * test/oracle/differential-qemu10.test.ts and differential-first-stage.test.ts: legacy codes for root and context
- * entries not present and for the read and write faults of second-stage walks; PASID-structure faults and
- * first-stage faults keep their scalable-mode codes.
- */
-const LEGACY_REASON_IN_QEMU_10_0: ReadonlyMap<number, number> = new Map([
-  [faultCode('SM_ROOT_ENTRY_NOT_PRESENT'), FR.ROOT_ENTRY_NOT_PRESENT],
-  [faultCode('SM_CONTEXT_ENTRY_NOT_PRESENT'), FR.CONTEXT_ENTRY_NOT_PRESENT],
-  [faultCode('SM_WRITE'), FR.WRITE],
-  [faultCode('SM_READ'), FR.READ],
-]);
-
-/** A legacy input at or beyond the width the context entry's AW gives: the context decides, once the walk's input reaches it. */
-function beyondWidth(fpd: boolean): FaultRecord {
-  return faultRecord(FR.ADDRESS_BEYOND_MGAW, 'context', fpd, { pastContext: true });
-}
-
-/** The reason QEMU records for scalable-mode fault `reason` under `compat` (quirk scalable-faults-use-legacy-reasons). */
-function legacyReason(reason: number, compat: Compat, firstStage: boolean): number {
-  if (compat !== 'qemu-10.0') return LEGACY_REASON_IN_QEMU_7_2.get(reason) ?? reason;
-  if (firstStage) return reason;
-  return LEGACY_REASON_IN_QEMU_10_0.get(reason) ?? reason;
-}
-
-/** One contiguous part of a DMA transfer: guest RAM, interrupt messages, or (QEMU 7.2) zeros. */
-interface DmaPiece {
-  readonly kind: 'ram' | 'interrupt' | 'zeros';
-  /** Guest-physical address (RAM) or interrupt-range address. */
-  readonly address: number;
-  /** Offset of the piece in the transfer. */
-  readonly position: number;
-  readonly count: number;
 }

@@ -7,7 +7,7 @@ import { buildWalkModel } from '../../lib/explain/walk-model';
 import { renderWalkText } from '../../lib/explain/render-text';
 import { readSnapshot, writeSnapshot } from '../../lib/explain/snapshot-file';
 import { PASID_PGTT } from '../../lib/vtd/structures';
-import type { TranslationRequest } from '../../lib/vtd/unit';
+import type { TranslationRequest } from '../../lib/vtd/translation-result';
 import { replaySnapshot, takeSnapshot, type UnitSnapshot } from '../../lib/vtd/unit-snapshot';
 import { ScalableGuest } from '../vtd/scalable-guest';
 import { PAGE, SID, type TestGuest } from '../vtd/unit-guest';

@@ -8,7 +8,7 @@ import { renderWalkHtml, type WalkPage } from '../../lib/explain/render-html';
 import { FAULT_COLOUR, PASSED_COLOUR } from '../../lib/explain/walk-diagram';
 import { buildWalkModel } from '../../lib/explain/walk-model';
 import { replaySnapshot, takeSnapshot } from '../../lib/vtd/unit-snapshot';
-import type { TranslationRequest } from '../../lib/vtd/unit';
+import type { TranslationRequest } from '../../lib/vtd/translation-result';
 import { SID } from '../vtd/unit-guest';
 import { NESTED_IOVA, NESTED_PASID, OUTPUT_GPA, nestedGuest } from './fault-guests';
 import { decodePng, pixelColour } from './png';

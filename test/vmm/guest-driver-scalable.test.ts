@@ -21,7 +21,8 @@ import { faultCode, type FaultReasonName } from '../../lib/vtd/fault-reasons';
 import { FSTS, OFFSET } from '../../lib/vtd/register-bits';
 import { QUEUE_POINTER_FIELDS, RTADDR_FIELDS } from '../../lib/vtd/registers';
 import { SCALABLE_CONTEXT_ENTRY, SCALABLE_ROOT_ENTRY } from '../../lib/vtd/structures';
-import { VtdUnit, type TranslationRequest } from '../../lib/vtd/unit';
+import type { TranslationRequest } from '../../lib/vtd/translation-result';
+import { VtdUnit } from '../../lib/vtd/unit';
 
 const CONFIG = 'caching-mode=on,x-scalable-mode=on,x-flts=on,x-nested=on,aw-bits=48';
 const SID = 0x20;

@@ -8,7 +8,8 @@ import { FR } from '../../lib/vtd/legacy-walk';
 import { GCMD, OFFSET } from '../../lib/vtd/register-bits';
 import { IOTLB_FIELDS } from '../../lib/vtd/registers';
 import { IOTLB_INVALIDATE, SECOND_STAGE_TABLE_ENTRY } from '../../lib/vtd/structures';
-import { VtdUnit, type TranslationResult } from '../../lib/vtd/unit';
+import type { TranslationResult } from '../../lib/vtd/translation-result';
+import { VtdUnit } from '../../lib/vtd/unit';
 import { PAGE, SID, TestGuest, descriptor } from './unit-guest';
 
 const REGION = 2 ** 21;

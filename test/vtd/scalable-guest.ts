@@ -11,7 +11,7 @@ import {
   SCALABLE_PASID_ENTRY,
   SCALABLE_ROOT_ENTRY,
 } from '../../lib/vtd/structures';
-import type { TranslationResult } from '../../lib/vtd/unit';
+import type { TranslationResult } from '../../lib/vtd/translation-result';
 import { PAGE, TableWriter } from './paging-builder';
 import { FRCD, SID, TestGuest, descriptor } from './unit-guest';
 

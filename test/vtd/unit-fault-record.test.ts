@@ -3,7 +3,7 @@ import { strict as assert } from 'node:assert';
 import type { FaultRecord } from '../../lib/vtd/fault';
 import { faultCode } from '../../lib/vtd/fault-reasons';
 import { PASID_PGTT } from '../../lib/vtd/structures';
-import type { TranslationResult } from '../../lib/vtd/unit';
+import type { TranslationResult } from '../../lib/vtd/translation-result';
 import { ScalableGuest } from './scalable-guest';
 import { PAGE, SID, TestGuest } from './unit-guest';
 
