@@ -3,6 +3,7 @@
  * that maps guest RAM, guest invalidations forwarded once per nested HWPT, and host page faults read back.
  */
 
+import { PAGE_BYTES, PAGE_SHIFT } from '../memory/geometry';
 import { ERRNO, errnoName } from '../errno';
 import { ViommuError } from '../errors';
 import { decodeBig } from '../vtd/bitfield';
@@ -202,8 +203,8 @@ export interface BindingInfo {
   readonly passThrough: boolean;
 }
 
-const PAGE_SHIFT = 12n;
-const PAGE_MASK = (1n << PAGE_SHIFT) - 1n;
+const PAGE_SHIFT_BIG = BigInt(PAGE_SHIFT);
+const PAGE_MASK = BigInt(PAGE_BYTES) - 1n;
 /** The PASID a device's requests without PASID use (VT-d RID_PASID): attached without the PASID flag. */
 const DEFAULT_PASID = 0;
 const FAULT_READ_RECORDS = 64;
@@ -487,7 +488,7 @@ export class IommufdNesting {
     if (!capabilities.pageTableFormats.includes('vtd-s1')) {
       throw new NestingRefusal('nested', 'the host IOMMU offers no VT-d first-stage nesting (ECAP.NEST, ECAP.FSTS)');
     }
-    if (!Number.isSafeInteger(firstStage.table) || firstStage.table < 0 || firstStage.table % 4096 !== 0) {
+    if (!Number.isSafeInteger(firstStage.table) || firstStage.table < 0 || firstStage.table % PAGE_BYTES !== 0) {
       throw new NestingRefusal('table', `first-stage table 0x${firstStage.table.toString(16)} is not a 4 KiB aligned guest-physical address`);
     }
     if (firstStage.addressWidth !== 48 && firstStage.addressWidth !== 57) {
@@ -655,7 +656,7 @@ function checkRange(range: InvalidateRange): void {
       `invalidation {addr 0x${range.addr.toString(16)}, ${range.npages} pages}: addr must be 4 KiB aligned and npages at least 1`,
     );
   }
-  if (range.addr + (range.npages << PAGE_SHIFT) > 1n << 64n) {
+  if (range.addr + (range.npages << PAGE_SHIFT_BIG) > 1n << 64n) {
     throw new NestingRefusal('range', `invalidation {addr 0x${range.addr.toString(16)}, ${range.npages} pages} runs past 2^64`);
   }
 }

@@ -14,6 +14,7 @@
  * IOMMU fault record. The window cannot be closed without a protocol change; what is guaranteed is that it closes:
  * any part of a gap that a failed DMA_MAP left unmapped is a "hole", reported and mapped again on the next change.
  */
+import { PAGE_BYTES } from '../memory/geometry';
 import type { FileDescriptor } from '../native';
 import type { ShadowTarget } from '../host/shadow-backend';
 import { VfioUserRemoteError } from '../vfio-user/connection-errors';
@@ -47,7 +48,7 @@ interface Range {
 }
 
 /** The top of the space a DMA_MAP can describe: address + size must fit 64 bits and stay page aligned. */
-export const DMA_SPACE_END = (1n << 64n) - 4096n;
+export const DMA_SPACE_END = (1n << 64n) - BigInt(PAGE_BYTES);
 
 const U64_SPAN = 1n << 64n;
 /** aw-bits is 39 or 48 (lib/vtd/config.ts): second-stage IOVAs, and the lower half of first-stage ones, lie below. */

@@ -8,7 +8,7 @@ import { entryValue, faultRecord, type FaultRecord } from './fault';
 import { wordMask } from './register-bits';
 import { FIRST_STAGE_1G_LEAF, FIRST_STAGE_2M_LEAF, FIRST_STAGE_4K_LEAF, FIRST_STAGE_TABLE_ENTRY, FIRST_STAGE_TOP_ENTRY } from './structures';
 import type { WalkTraceSink } from './walk-trace';
-import { PAGE_SHIFT } from '../memory/geometry';
+import { PAGE_BYTES, PAGE_SHIFT } from '../memory/geometry';
 
 export const FS_FR = {
   ACCESS: faultCode('SM_FIRST_STAGE_ACCESS'),
@@ -111,7 +111,6 @@ export function levelShift(level: number): number {
 }
 
 /** Scales computed once at load: ** with a variable exponent is a slow call on the walk path. */
-const PAGE_BYTES = 2 ** PAGE_SHIFT;
 /** Bytes a leaf maps at each level (index = level; 0 unused). */
 const PAGE_SIZE_AT_LEVEL = [0, 1, 2, 3, 4, 5].map((level) => 2 ** levelShift(level));
 /** Multiplier from a leaf's address field to its guest-physical address, per leaf level - 1. */

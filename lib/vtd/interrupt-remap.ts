@@ -4,7 +4,7 @@ import type { EntryWords, GuestMemory } from '../memory/guest-memory';
 import { defineFields, getField, getField64, hasReservedBits, reservedWords } from './bitfield';
 import { faultCode } from './fault-reasons';
 import type { InterruptEntryCache } from './interrupt-entry-cache';
-import { INTERRUPT_RANGE_START } from './legacy-walk';
+import { INTERRUPT_WINDOW_START, PAGE_BYTES } from '../memory/geometry';
 import { IRTA_FIELDS } from './registers';
 import { IRTE } from './structures';
 
@@ -91,7 +91,7 @@ export interface RemapState {
 }
 
 /** The top 12 bits of every MSI address (0xfee00000..0xfeefffff). */
-const MSI_BASE = INTERRUPT_RANGE_START / 2 ** MSI_REMAPPABLE_ADDRESS.f.BASE.lsb;
+const MSI_BASE = INTERRUPT_WINDOW_START / 2 ** MSI_REMAPPABLE_ADDRESS.f.BASE.lsb;
 const IRTE_BYTES = IRTE.sizeBits / 8;
 const HANDLE_LO_BITS = MSI_REMAPPABLE_ADDRESS.f.HANDLE_LO.width;
 /** SVT values and SQ function-bit masks (spec table 25). */
@@ -139,7 +139,7 @@ export class InterruptRemapper {
     const f = IRTE.f;
     let w: ArrayLike<number> | undefined = this.cache.get(index);
     if (w === undefined) {
-      const table = getField64(irtaLo, irtaHi, IRTA_FIELDS.f.IRTA) * 4096;
+      const table = getField64(irtaLo, irtaHi, IRTA_FIELDS.f.IRTA) * PAGE_BYTES;
       if (!this.readIrte(table + index * IRTE_BYTES)) return fault(IR_FAULT.TABLE_INVALID, false, index);
       w = this.words;
       // Like a context entry's, the IRTE's FPD covers its own P = 0 (a qualified fault).

@@ -36,12 +36,9 @@ export const FR = {
   INTERRUPT_ADDRESS: faultCode('INTERRUPT_ADDRESS'),
 } as const;
 
-/** Addresses 0xfee00000..0xfeefffff carry interrupt messages, never DMA (spec 3.15). */
-export const INTERRUPT_RANGE_START = INTERRUPT_WINDOW_START;
-export const INTERRUPT_RANGE_END = INTERRUPT_WINDOW_END;
-
+/** Addresses in the interrupt window carry interrupt messages, never DMA (spec 3.15). */
 export function isInterruptAddress(address: number): boolean {
-  return address >= INTERRUPT_RANGE_START && address < INTERRUPT_RANGE_END;
+  return address >= INTERRUPT_WINDOW_START && address < INTERRUPT_WINDOW_END;
 }
 
 /**
@@ -49,7 +46,7 @@ export function isInterruptAddress(address: number): boolean {
  * that every access through them walks and meets the output check (the IOTLB hit path stays a lookup).
  */
 export function overlapsInterruptRange(address: number, size: number): boolean {
-  return address < INTERRUPT_RANGE_END && address + size > INTERRUPT_RANGE_START;
+  return address < INTERRUPT_WINDOW_END && address + size > INTERRUPT_WINDOW_START;
 }
 
 /** Translation types of a legacy context entry. */

@@ -3,7 +3,6 @@
 import type { EntryWords, GuestMemory } from '../memory/guest-memory';
 import { getField64, reservedWords, type Field } from './bitfield';
 import { MAPPING_ACCESS, type MappedRun } from './address-space';
-import { INTERRUPT_RANGE_END, INTERRUPT_RANGE_START } from './legacy-walk';
 import { wordMask } from './register-bits';
 import {
   FIRST_STAGE_1G_LEAF,
@@ -17,7 +16,7 @@ import {
   SECOND_STAGE_TABLE_ENTRY,
   SECOND_STAGE_TOP_ENTRY,
 } from './structures';
-import { PAGE_BYTES, PAGE_SHIFT } from '../memory/geometry';
+import { INTERRUPT_WINDOW_END, INTERRUPT_WINDOW_START, PAGE_BYTES, PAGE_SHIFT } from '../memory/geometry';
 
 /*
  * The rules are the walkers' (legacy-walk.ts, first-stage-walk.ts, nested-walk.ts), applied to whole tables
@@ -39,8 +38,8 @@ export const INPUT_SPACE_PAGES = 2 ** 52;
 /** Default work bound of one enumeration: about a second of reads, and 16 GiB of 4 KiB mappings. */
 const DEFAULT_MAX_ENTRY_READS = 2 ** 22;
 
-export const INTERRUPT_WINDOW_FIRST_PAGE = INTERRUPT_RANGE_START / PAGE;
-export const INTERRUPT_WINDOW_END_PAGE = INTERRUPT_RANGE_END / PAGE;
+export const INTERRUPT_WINDOW_FIRST_PAGE = INTERRUPT_WINDOW_START / PAGE;
+export const INTERRUPT_WINDOW_END_PAGE = INTERRUPT_WINDOW_END / PAGE;
 
 /** Pages one entry at `level` covers. */
 function spanPages(level: number): number {

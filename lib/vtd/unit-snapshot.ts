@@ -7,6 +7,7 @@
 
 import { ViommuError } from '../errors';
 import { MAX_GUEST_ADDRESS } from '../memory/addresses';
+import { PAGE_BYTES } from '../memory/geometry';
 import { GuestMemory, type GuestRegion } from '../memory/guest-memory';
 import { VTD_PROPERTIES, type VtdConfig } from './config';
 import { GCMD, OFFSET } from './register-bits';
@@ -18,7 +19,7 @@ import { WalkTrace, type TraceRecord } from './walk-trace';
 
 export const SNAPSHOT_FORMAT = 'viommu-fault-snapshot';
 export const SNAPSHOT_VERSION = 1;
-export const SNAPSHOT_PAGE_BYTES = 4096;
+export const SNAPSHOT_PAGE_BYTES = PAGE_BYTES;
 
 /** The translation state a guest latched into the unit: what a restore writes back through RTADDR and GCMD. */
 export interface SnapshotRegisters {
