@@ -1,6 +1,7 @@
 /** The ACPI tables a guest reads to find its CPUs, its I/O APIC and the VT-d unit: RSDP, XSDT/RSDT, MADT and DMAR. */
 
 import { ViommuError } from '../errors';
+import { PAGE_BYTES } from '../memory/geometry';
 import type { VtdConfig } from '../vtd/config';
 
 export interface AcpiPlatform {
@@ -426,7 +427,7 @@ function validate(platform: AcpiPlatform, address: number): void {
       `DMAR address width ${String(dmar.addressWidthBits)} bits is not one VT-d page tables cover; use ${ADDRESS_WIDTHS.join(', ')} (the unit's aw-bits)`,
     );
   }
-  if (!Number.isSafeInteger(dmar.registerBase) || dmar.registerBase <= 0 || dmar.registerBase % 0x1000 !== 0) {
+  if (!Number.isSafeInteger(dmar.registerBase) || dmar.registerBase <= 0 || dmar.registerBase % PAGE_BYTES !== 0) {
     throw invalid(
       'ERR_ACPI_REGISTER_BASE',
       `DMAR register base ${String(dmar.registerBase)} must be a non-zero 4 KiB-aligned address (e.g. 0xfed90000), where the unit's registers are mapped`,
