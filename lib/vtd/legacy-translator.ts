@@ -34,7 +34,7 @@ export interface LegacyTranslatorOptions {
 }
 
 /** An input at or beyond the width the context entry's AW gives: the context decides, once the walk's input reaches it. */
-export function beyondWidth(fpd: boolean): FaultRecord {
+function beyondWidth(fpd: boolean): FaultRecord {
   return faultRecord(FR.ADDRESS_BEYOND_MGAW, 'context', fpd, { pastContext: true });
 }
 
