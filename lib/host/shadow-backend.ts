@@ -51,9 +51,12 @@ interface DomainShadow {
   readonly unlisten: () => void;
 }
 
-/** One batch of changes for one device; 'held' unmaps what the device holds when the batch starts. */
+/** One batch of changes for one device. */
 interface Batch {
-  readonly unmap: readonly ShadowExtent[] | 'held';
+  /** The runs to unmap; for a batch that unmaps everything, the domain table the batches before it left. */
+  readonly unmap: readonly ShadowExtent[];
+  /** Unmaps everything the device holds when the batch starts: the table as corrected by HeldRuns. */
+  readonly everything: boolean;
   readonly map: readonly ShadowExtent[];
   /** Called once the batch is answered: settled() callers waiting for it (made when the first one asks). */
   done: (() => void)[] | undefined;
@@ -77,8 +80,8 @@ type ShadowMapRequest = Parameters<ShadowTarget['dmaMap']>[0];
  */
 class DeviceShadow implements ShadowAttachment {
   domain: VtdDomain | undefined;
-  /** Runs the device holds right now (as sent): what a later move away from the domain must unmap. */
-  readonly held = new HeldRuns();
+  /** Where what the device holds differs from its batches: what a later move away from the domain must unmap. */
+  private readonly held = new HeldRuns();
   stopWatching: () => void = () => undefined;
   private readonly batches: Batch[] = [];
   private phase: 'unmap' | 'map' = 'unmap';
@@ -116,11 +119,21 @@ class DeviceShadow implements ShadowAttachment {
     return this.backend.detach(this);
   }
 
-  /** Queues a batch; 'everything' unmaps what the device holds when the batch runs (earlier batches may still be on their way). */
-  send(changes: ShadowChanges | 'everything'): void {
-    if (changes !== 'everything' && changes.unmap.length === 0 && changes.map.length === 0) return;
-    const batch: Batch =
-      changes === 'everything' ? { unmap: 'held', map: [], done: undefined } : { unmap: changes.unmap, map: changes.map, done: undefined };
+  /** Queues a batch of the domain's changes. */
+  send(changes: ShadowChanges): void {
+    if (changes.unmap.length === 0 && changes.map.length === 0) return;
+    this.queue({ unmap: changes.unmap, everything: false, map: changes.map, done: undefined });
+  }
+
+  /**
+   * Queues a batch that unmaps everything the device holds when it runs (earlier batches may still be on their
+   * way); `table` is the domain's table now, which those batches leave the device with.
+   */
+  leave(table: readonly ShadowExtent[]): void {
+    this.queue({ unmap: table, everything: true, map: [], done: undefined });
+  }
+
+  private queue(batch: Batch): void {
     this.batches.push(batch);
     if (this.batches.length > 1) return;
     this.beginBatch();
@@ -130,7 +143,7 @@ class DeviceShadow implements ShadowAttachment {
   private beginBatch(): void {
     const batch = this.batches[0]!;
     this.phase = 'unmap';
-    this.runs = batch.unmap === 'held' ? this.held.values() : batch.unmap;
+    this.runs = batch.everything ? this.held.left(batch.unmap) : batch.unmap;
     this.nextRun = 0;
   }
 
@@ -158,7 +171,7 @@ class DeviceShadow implements ShadowAttachment {
 
   private unmap(run: ShadowExtent): void {
     // The run leaves `held` as it goes out, so a map of the same page in this batch does not see it.
-    if (!this.held.delete(run.iovaPage)) return;
+    if (!this.held.released(run)) return;
     const messages = this.backend.messagesOf(run);
     this.inFlight++;
     let answer: Promise<void>;
@@ -169,7 +182,7 @@ class DeviceShadow implements ShadowAttachment {
     }
     answer.then(this.answered, (error: unknown) => {
       // The device still holds it (or may: a timed-out unmap), so a later unmap of everything must name it again.
-      this.held.set(run.iovaPage, run);
+      this.held.unmapFailed(run);
       this.backend.report(this.sid, error as Error);
       this.requestDone();
     });
@@ -184,9 +197,10 @@ class DeviceShadow implements ShadowAttachment {
           `device ${sidName(this.sid)} takes at most ${this.target.maxDmaMaps} DMA mappings; IOVA page 0x${run.iovaPage.toString(16)} stays unmapped`,
         ),
       );
+      this.held.withheld(run);
       return;
     }
-    const kept = this.held.get(run.iovaPage);
+    const kept = this.held.keptAt(run.iovaPage);
     if (kept !== undefined) {
       // Only a refused unmap leaves a run here; the device would refuse the overlap too, and `held` must keep naming it.
       this.backend.report(
@@ -196,9 +210,10 @@ class DeviceShadow implements ShadowAttachment {
           `device ${sidName(this.sid)} still holds IOVA pages 0x${kept.iovaPage.toString(16)}+${kept.pages} (its unmap failed); the new mapping there is not sent`,
         ),
       );
+      this.held.withheld(run);
       return;
     }
-    this.held.set(run.iovaPage, run);
+    this.held.claimed();
     this.inFlight++;
     let answer: Promise<unknown>;
     try {
@@ -207,8 +222,7 @@ class DeviceShadow implements ShadowAttachment {
       answer = Promise.reject(error);
     }
     answer.then(this.answered, (error: unknown) => {
-      // Only its own entry: a failed unmap of an older run at this page may have put that one back.
-      if (this.held.get(run.iovaPage) === run) this.held.delete(run.iovaPage);
+      this.held.mapFailed(run);
       this.backend.report(this.sid, error as Error);
       this.requestDone();
     });
@@ -322,7 +336,8 @@ export class ShadowBackend extends EventEmitter<ShadowBackendEvents> {
         shadow.unlisten();
         this.domains.delete(previous);
       }
-      device.send('everything');
+      // The domain's table now: the batches already queued for the device leave it holding that (less HeldRuns' exceptions).
+      device.leave(shadow?.mappings.extents ?? []);
     }
     device.domain = domain;
     if (domain === undefined) return;

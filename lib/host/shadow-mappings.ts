@@ -39,6 +39,7 @@ export class ShadowMappings {
     this.sameBacking = options.sameBacking ?? (() => true);
   }
 
+  /** The runs in IOVA order. A snapshot: the table is replaced on each change, never edited in place, so it stays valid. */
   get extents(): readonly ShadowExtent[] {
     return this.runs;
   }
