@@ -38,9 +38,20 @@ export type GuestFaultWalk = (request: { sid: number; iova: bigint; write: boole
   readonly recording?: string;
 };
 
+/** Where the guest's PASIDs come from (a PasidAllocator: VtdUnit.virtualCommands.allocator), told which devices use each. */
+export interface PasidUse {
+  bind(pasid: number, device: number): boolean;
+  unbind(pasid: number, device: number): boolean;
+}
+
 export interface NestingBackendOptions {
   /** Re-walks a host fault through the guest's tables (VtdUnit.translate: it records the fault the guest's tables give). */
   readonly walkGuest: GuestFaultWalk;
+  /**
+   * The allocator of the guest's PASIDs: a PASID attached on the host counts as bound to that device there, so a
+   * PASID the guest frees is reused only after the host detach and an invalidation and a wait after it.
+   */
+  readonly pasidUse?: PasidUse;
 }
 
 /** What the backend did, for the VMM's log and for `viommu demo`. */
@@ -197,11 +208,11 @@ export class NestingBackend extends EventEmitter<NestingBackendEvents> {
     try {
       if (domain?.kind === 'first-stage' && domain.firstStage !== undefined) {
         this.nesting.bind(watched.sid, pasid, domain.did, firstStageTableOf(domain.firstStage));
-        watched.bound = 'first-stage';
+        this.bound(watched, 'first-stage');
         this.hear(watched, domain);
       } else if (domain?.kind === 'identity') {
         this.nesting.bindPassThrough(watched.sid, pasid);
-        watched.bound = 'pass-through';
+        this.bound(watched, 'pass-through');
       } else {
         if (domain !== undefined)
           this.emit(
@@ -222,10 +233,16 @@ export class NestingBackend extends EventEmitter<NestingBackendEvents> {
     }
   }
 
+  private bound(watched: Watched, kind: NonNullable<Watched['bound']>): void {
+    watched.bound = kind;
+    if (watched.pasid !== undefined) this.options.pasidUse?.bind(watched.pasid, watched.sid);
+  }
+
   private unbind(watched: Watched): void {
     if (watched.bound === undefined) return;
     watched.bound = undefined;
     this.nesting.unbind(watched.sid, hostPasid(watched.pasid));
+    if (watched.pasid !== undefined) this.options.pasidUse?.unbind(watched.pasid, watched.sid);
   }
 
   /** Listens to a bound domain's invalidations once, however many (device, PASID) pairs translate through it. */

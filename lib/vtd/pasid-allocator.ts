@@ -1,4 +1,4 @@
-/** PasidAllocator: PASIDs from [min, max) handed to per-VM quota sets, held back after free until devices unbind and invalidations complete. */
+/** PasidAllocator: PASIDs from [min, max) handed to per-VM quota sets, reused only once no device is bound and their caches are known clean. */
 
 import { ViommuError } from '../errors';
 import { PASID_CACHE_INVALIDATE } from './structures';
@@ -7,8 +7,20 @@ import { PASID_CACHE_INVALIDATE } from './structures';
  * Why a quarantine: after a guest frees a PASID, hardware may still hold it in its PASID cache, IOTLB or device
  * TLBs, and devices may still be bound to it (their requests still carry it). Handing the number to another VM
  * before those are gone would let one VM's stale translations or in-flight requests land in another's address
- * space. So a freed PASID waits until (a) every bound device has unbound and then (b) an invalidation covering it
- * has been processed and (c) a wait descriptor after that invalidation has been written. Only then is it released.
+ * space. So a PASID is reused only once (a) no device is bound to it, (b) its owner's queue has processed an
+ * invalidation covering it (per PASID or global) after it became quiet, and (c) a wait descriptor of that queue has
+ * completed after that invalidation.
+ *
+ * Quiet means held with no device bound: from its allocation, or from its last unbind. Nothing fills a cache for a
+ * quiet PASID except the guest's own use of it, so an invalidation after it became quiet empties everything its
+ * last use left, and a completed wait after that invalidation says the emptying is done. That is why the
+ * invalidation may come before the free: Linux clears the PASID entry, invalidates the PASID cache and IOTLB for it,
+ * waits, and only then frees it; such a PASID is released by the free itself. An invalidation seen while a device
+ * was bound does not count (the device could refill the caches after it; the unbind makes the PASID quiet again,
+ * later), and only the owner's queue counts: another VM's invalidation says nothing about this VM's caches. So at
+ * free, with no device bound, a PASID is released at once if such an invalidation and a wait after it are both
+ * seen; goes to 'awaiting-fence' if only the invalidation is; else to 'awaiting-invalidation'. With a device still
+ * bound it goes to 'draining', and its last unbind moves it to 'awaiting-invalidation'.
  *
  * Which mistakes are whose:
  *  - A PASID value is guest-controlled (the VCMD operand and descriptor PASID fields are 20 bits wide), so any
@@ -20,8 +32,11 @@ import { PASID_CACHE_INVALIDATE } from './structures';
  *
  * Cost: every operation is O(1) amortised. Released PASIDs go on a stack, never-used ones come from a cursor; a
  * PASID waiting for an invalidation sits in a list it can leave in O(1) (swap with the last), and one waiting for a
- * fence sits in a pending list that the fence empties, so a fence touches only what it releases. Per-PASID state
- * lives in typed arrays indexed by PASID that grow with the cursor, so a large unused range costs nothing.
+ * fence sits in a pending list that the fence empties, so a fence touches only what it releases. "Came after" is
+ * decided by stamps from one event clock: per PASID when it became quiet and its first owner invalidation since;
+ * per set its last global invalidation and its last fence. A fence or a global invalidation writes its set's stamp
+ * and visits no held PASID. Per-PASID state lives in typed arrays indexed by PASID that grow with the cursor, so a
+ * large unused range costs nothing.
  */
 
 /** The PASID a request without PASID uses in scalable mode; never allocated. */
@@ -70,14 +85,18 @@ export interface PasidSet<T> {
   readonly closed: boolean;
   /** Takes a PASID that is neither held nor quarantined, with optional private data; quota is checked first. */
   allocate(data?: T): PasidAllocation;
-  /** Puts a PASID this set holds into quarantine; any other PASID is answered "not held" and nothing changes. */
+  /**
+   * Gives up a PASID this set holds: released at once when no device is bound and an invalidation of it and a wait
+   * after that have both come since it became quiet, else quarantined. Any other PASID is answered "not held" and
+   * nothing changes.
+   */
   free(pasid: number): PasidRelease;
   holds(pasid: number): boolean;
   /** The PASIDs this set holds, in no particular order. */
   held(): number[];
-  /** This VM's queue processed an invalidation covering `pasid` ('all': a global one): counts only for PASIDs this set freed. */
+  /** This VM's queue processed an invalidation covering `pasid` ('all': a global one): counts only for PASIDs this set holds or freed. */
   invalidated(pasid: number | 'all'): void;
-  /** This VM's wait descriptor completed: releases the PASIDs this set freed whose invalidation it follows; returns how many. */
+  /** This VM's wait descriptor completed: releases the PASIDs this set freed whose invalidation it follows; returns how many (not those a free released at once). */
   fenceCompleted(): number;
   /** The VM is gone: frees everything it holds (into quarantine), frees its name for reuse; returns how many. */
   close(): number;
@@ -115,7 +134,12 @@ class PasidSpace<T> {
   stage = new Uint8Array(0);
   owner = new Int32Array(0);
   listPosition = new Int32Array(0);
+  /** Per PASID, stamps of `clock`: when it last became quiet (held, no device bound), and its first owner invalidation since then (counts only if later). */
+  quietSince = new Float64Array(0);
+  invalidatedAt = new Float64Array(0);
   capacity = 0;
+  /** Orders allocations, unbinds, invalidations and fences; a double counts exactly to 2^53 events. */
+  clock = 0;
   /** Every PASID below the cursor has been handed out at least once. */
   cursor: number;
   readonly released: number[] = [];
@@ -142,6 +166,7 @@ class PasidSpace<T> {
     } else return RANGE_EXHAUSTED;
     this.stage[pasid] = Stage.Held;
     this.owner[pasid] = set.index;
+    this.quietSince[pasid] = ++this.clock;
     this.listPosition[pasid] = set.heldList.length;
     set.heldList.push(pasid);
     if (data !== undefined) this.data.set(pasid, data);
@@ -154,11 +179,26 @@ class PasidSpace<T> {
     if (!this.isHeldBy(set, pasid)) return NOT_HELD;
     removeAt(set.heldList, this.listPosition, this.listPosition[pasid]!);
     this.heldCount--;
-    this.quarantinedCount++;
-    set.quarantinedCount++;
     const devices = this.bindings.get(pasid);
-    if (devices !== undefined && devices.size !== 0) this.stage[pasid] = Stage.Draining;
-    else this.awaitInvalidation(pasid);
+    if (devices !== undefined && devices.size !== 0) {
+      this.quarantine(set);
+      this.stage[pasid] = Stage.Draining;
+      return FREED;
+    }
+    const quiet = this.quietSince[pasid]!;
+    const own = this.invalidatedAt[pasid]!;
+    const invalidated = own > quiet;
+    if ((invalidated && own < set.fencedAt) || set.fencedGlobalAt > quiet) {
+      this.stage[pasid] = Stage.Free;
+      this.data.delete(pasid);
+      this.released.push(pasid);
+      return FREED;
+    }
+    this.quarantine(set);
+    if (invalidated || set.globalAt > quiet) {
+      this.stage[pasid] = Stage.AwaitingFence;
+      set.awaitingFence.push(pasid);
+    } else this.awaitInvalidation(pasid);
     return FREED;
   }
 
@@ -184,13 +224,21 @@ class PasidSpace<T> {
     if (devices.size !== 0) return true;
     this.bindings.delete(pasid);
     // An invalidation seen while a device was still bound does not count: the device could refill caches after it.
+    this.quietSince[pasid] = ++this.clock;
     if (this.stage[pasid] === Stage.Draining) this.awaitInvalidation(pasid);
     return true;
   }
 
   /** `pasid` was invalidated by the queue of `by` (any set's when undefined): only its owner's invalidations count. */
   invalidated(pasid: number, by?: QuotaSet<T>): void {
-    if (this.stageOf(pasid) !== Stage.AwaitingInvalidation) return;
+    const stage = this.stageOf(pasid);
+    if (stage === Stage.Held) {
+      if (by !== undefined && by.index !== this.owner[pasid]) return;
+      // The first one since it became quiet is kept: a fence after it is all a free needs to see.
+      if (this.invalidatedAt[pasid]! <= this.quietSince[pasid]!) this.invalidatedAt[pasid] = ++this.clock;
+      return;
+    }
+    if (stage !== Stage.AwaitingInvalidation) return;
     const owner = this.sets[this.owner[pasid]!]!;
     if (by !== undefined && by !== owner) return;
     removeAt(owner.awaitingInvalidation, this.listPosition, this.listPosition[pasid]!);
@@ -199,6 +247,7 @@ class PasidSpace<T> {
   }
 
   invalidatedAll(set: QuotaSet<T>): void {
+    set.globalAt = ++this.clock;
     const waiting = set.awaitingInvalidation;
     for (let i = 0; i < waiting.length; i++) {
       const pasid = waiting[i]!;
@@ -209,6 +258,8 @@ class PasidSpace<T> {
   }
 
   fenceCompleted(set: QuotaSet<T>): number {
+    set.fencedAt = ++this.clock;
+    set.fencedGlobalAt = set.globalAt;
     const pending = set.awaitingFence;
     const count = pending.length;
     const hasData = this.data.size !== 0;
@@ -222,6 +273,11 @@ class PasidSpace<T> {
     set.quarantinedCount -= count;
     this.quarantinedCount -= count;
     return count;
+  }
+
+  private quarantine(set: QuotaSet<T>): void {
+    this.quarantinedCount++;
+    set.quarantinedCount++;
   }
 
   private awaitInvalidation(pasid: number): void {
@@ -239,9 +295,15 @@ class PasidSpace<T> {
     owner.set(this.owner);
     const listPosition = new Int32Array(capacity);
     listPosition.set(this.listPosition);
+    const quietSince = new Float64Array(capacity);
+    quietSince.set(this.quietSince);
+    const invalidatedAt = new Float64Array(capacity);
+    invalidatedAt.set(this.invalidatedAt);
     this.stage = stage;
     this.owner = owner;
     this.listPosition = listPosition;
+    this.quietSince = quietSince;
+    this.invalidatedAt = invalidatedAt;
     this.capacity = capacity;
   }
 }
@@ -261,6 +323,10 @@ class QuotaSet<T> implements PasidSet<T> {
   readonly awaitingInvalidation: number[] = [];
   /** Quarantined PASIDs this set freed, covered by an invalidation since its last fence. */
   readonly awaitingFence: number[] = [];
+  /** Clock stamps: this set's last global invalidation, its last fence, and the last global invalidation before that fence. */
+  globalAt = 0;
+  fencedAt = 0;
+  fencedGlobalAt = 0;
   quarantinedCount = 0;
   closed = false;
 
@@ -423,7 +489,8 @@ export class PasidAllocator<T = unknown> {
 
   /**
    * The guest's queue processed a PASID-cache or PASID-based IOTLB invalidation covering `pasid` ('all': a global
-   * one). It counts for a quarantined PASID only once no device is bound to it.
+   * one). It counts for a PASID only if it comes after the PASID became quiet (allocated or last unbound), so a
+   * held PASID invalidated and fenced before its free is released by the free.
    */
   invalidated(pasid: number | 'all'): void {
     const space = this.#space;

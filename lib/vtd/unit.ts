@@ -635,7 +635,7 @@ export class VtdUnit implements InvalidationTarget {
     this.domains.devicesChanged();
   }
 
-  /** A wait descriptor completed: everything queued before it is done, so PASIDs freed and invalidated before it may be reused. */
+  /** A wait descriptor completed: everything queued before it is done, so PASIDs invalidated before it (before or after their free) may be reused. */
   waitCompleted(): void {
     this.virtualCommands?.pasids.fenceCompleted();
   }

@@ -65,8 +65,9 @@ export class VirtualCommandInterface {
   }
 
   /**
-   * The guest was reset and forgot its PASIDs: each goes to quarantine, counted as invalidated (reset dropped every
-   * cache), so the next completed wait releases those no device is still bound to.
+   * The guest was reset and forgot its PASIDs: each is freed, then counted as invalidated (reset dropped every
+   * cache). One already invalidated and waited for since it became quiet is released by the free; the others by
+   * the next completed wait, unless a device is still bound.
    */
   reset(): void {
     for (const pasid of this.pasids.held()) {

@@ -33,6 +33,7 @@ describe('cli: viommu demo --mode bind', function () {
       /^ {4}host fault {2}iommu_hwpt_pgfault dev_id=1 pasid=1 addr=0x10001000 perm=READ grpid=1 cookie=1 LAST_PAGE$/m,
       /^ {4}guest reads FRCD\[0\] read by 00:04\.0 with PASID 1 at IOVA 0x10001000, reason 0x71 SM_FIRST_STAGE_NOT_PRESENT /m,
       /^ {4}host {8}VFIO_DEVICE_DETACH_IOMMUFD_PT flags=PASID pasid=1\n {16}IOMMU_DESTROY id=5$/m,
+      /^ {2}guest {9}VCMD free PASID 1\n {16}VCRSP: success; PASID 1 is free again at once, with no quarantine: /m,
       /^ {2}result {8}all checks passed$/m,
       /^viommu demo: every mode passed$/m,
     ])

@@ -16,13 +16,17 @@ import { SID } from '../vtd/unit-guest';
 const UNIT = 'x-scalable-mode=on,x-pasid-mode=on,x-flts=on,aw-bits=48';
 const OTHER_SID = SID + 8;
 
-function rig(sids = [SID], config = UNIT) {
+function rig(sids = [SID], config = UNIT, options: { pasidUse?: boolean } = {}) {
   const guest = new ScalableGuest(config);
   const host = new IommufdDryRun(FULL_VTD_HOST);
   const nesting = new IommufdNesting(host, { guestRam: [{ guestPhysical: 0, bytes: new Uint8Array(1 << 20) }] });
   for (const sid of sids) nesting.addDevice(sid, host.addVfioDevice());
   nesting.setUp();
-  const backend = new NestingBackend(nesting, guest.unit, { walkGuest: (request) => guest.unit.translate(request) });
+  const allocator = guest.unit.virtualCommands?.allocator;
+  const backend = new NestingBackend(nesting, guest.unit, {
+    walkGuest: (request) => guest.unit.translate(request),
+    ...(options.pasidUse === true && allocator !== undefined ? { pasidUse: allocator } : {}),
+  });
   const events: string[] = [];
   backend.on('refused', (sid, pasid, reason) => events.push(`refused ${sid}/${pasid}: ${reason}`));
   backend.on('error', (sid, pasid, error) => events.push(`error ${sid}/${pasid}: ${error.message}`));
@@ -178,6 +182,54 @@ describe('NestingBackend (VtdUnit to iommufd nesting)', () => {
       { cookie: bad, code: 1 },
       { cookie: good, code: 1 },
     ]);
+  });
+
+  it("counts a PASID attached on the host as bound in the unit's allocator: a freed PASID waits for the host detach, then an invalidation and a wait", () => {
+    const { guest, backend, since } = rig([SID], `${UNIT},x-vcmd=on`, { pasidUse: true });
+    const pasids = guest.unit.virtualCommands!.pasids;
+    const allocator = guest.unit.virtualCommands!.allocator;
+    const allocated = pasids.allocate();
+    assert.ok(allocated.ok);
+    const pasid = allocated.pasid;
+    guest.scalableContext(SID);
+    guest.enableScalable();
+    guest.setupWideQueue();
+    backend.attach(SID, [pasid]);
+    firstStageEntry(guest, SID, pasid, 3);
+    guest.invalidate(P.cachePasid(3, pasid));
+    assert.deepEqual(allocator.boundDevices(pasid), [SID], 'the host attach is a bind');
+    // Invalidated and waited for while the host still has it attached: that cannot make the free safe.
+    guest.invalidate(P.iotlbPasid(3, pasid));
+    assert.equal(pasids.free(pasid).ok, true);
+    assert.equal(allocator.quarantineStage(pasid), 'draining');
+    guest.pasidEntry(SID, pasid, { P: 0 });
+    guest.invalidate(P.cachePasid(3, pasid));
+    assert.deepEqual(
+      since().map((r) => r.name),
+      ['IOMMU_HWPT_ALLOC', 'VFIO_DEVICE_ATTACH_IOMMUFD_PT', 'IOMMU_HWPT_INVALIDATE', 'VFIO_DEVICE_DETACH_IOMMUFD_PT', 'IOMMU_DESTROY'],
+    );
+    assert.deepEqual(allocator.boundDevices(pasid), [], 'the host detach is an unbind');
+    assert.equal(allocator.quarantineStage(pasid), 'awaiting-invalidation');
+    guest.invalidate(P.iotlbPasid(3, pasid));
+    assert.equal(allocator.state(pasid), 'free');
+  });
+
+  it('releases at the free a PASID the guest detached, invalidated and waited for before freeing it (the Linux order)', () => {
+    const { guest, backend } = rig([SID], `${UNIT},x-vcmd=on`, { pasidUse: true });
+    const pasids = guest.unit.virtualCommands!.pasids;
+    const allocated = pasids.allocate();
+    assert.ok(allocated.ok);
+    const pasid = allocated.pasid;
+    guest.scalableContext(SID);
+    guest.enableScalable();
+    guest.setupWideQueue();
+    backend.attach(SID, [pasid]);
+    firstStageEntry(guest, SID, pasid, 3);
+    guest.invalidate(P.cachePasid(3, pasid));
+    guest.pasidEntry(SID, pasid, { P: 0 });
+    guest.invalidate(P.cachePasid(3, pasid), P.iotlbPasid(3, pasid));
+    assert.equal(pasids.free(pasid).ok, true);
+    assert.equal(guest.unit.virtualCommands!.allocator.state(pasid), 'free');
   });
 
   it('says what a unit configuration offers that the host cannot back', () => {

@@ -217,14 +217,6 @@ describe('PasidAllocator', () => {
       assert.equal(pasidOf(set.allocate()), pasid);
     });
 
-    it('an invalidation before the free does not count', () => {
-      allocator.invalidated(pasid);
-      allocator.invalidated('all');
-      set.free(pasid);
-      allocator.fenceCompleted();
-      assert.equal(allocator.state(pasid), 'quarantined');
-    });
-
     it('an invalidation of another PASID does not count', () => {
       set.free(pasid);
       allocator.invalidated(pasid + 1);
@@ -318,6 +310,134 @@ describe('PasidAllocator', () => {
     });
   });
 
+  describe('invalidations before the free (the Linux order: clear the entry, invalidate, wait, free)', () => {
+    let allocator: PasidAllocator<string>;
+    let set: PasidSet<string>;
+    let pasid: number;
+
+    beforeEach(() => {
+      allocator = new PasidAllocator<string>({ max: 4 });
+      set = allocator.createSet('vm', 3);
+      pasid = pasidOf(set.allocate('tables at 0x2000'));
+    });
+
+    it('an invalidation and a fence, then the free: released by the free itself, data dropped', () => {
+      set.invalidated(pasid);
+      assert.equal(set.fenceCompleted(), 0, 'a held PASID is not released by a fence');
+      assert.equal(allocator.state(pasid), 'held');
+      assert.deepEqual(set.free(pasid), { ok: true });
+      assert.equal(allocator.state(pasid), 'free');
+      assert.equal(allocator.quarantineStage(pasid), undefined);
+      assert.equal(allocator.data(pasid), undefined);
+      assert.deepEqual([set.heldCount, set.quarantinedCount, allocator.heldCount, allocator.quarantinedCount], [0, 0, 0, 0]);
+      assert.equal(set.fenceCompleted(), 0, 'nothing was left for a fence to release');
+      assert.equal(pasidOf(set.allocate()), pasid, 'handed out again first');
+    });
+
+    it('an invalidation without a fence after it, then the free: waits only for the fence', () => {
+      set.fenceCompleted();
+      allocator.invalidated(pasid);
+      set.free(pasid);
+      assert.equal(allocator.quarantineStage(pasid), 'awaiting-fence');
+      assert.equal(allocator.data(pasid), 'tables at 0x2000', 'kept until the release');
+      assert.equal(set.fenceCompleted(), 1);
+      assert.equal(allocator.state(pasid), 'free');
+      assert.equal(allocator.data(pasid), undefined);
+    });
+
+    it("the owner's global invalidation before the free counts like one of the PASID", () => {
+      set.invalidated('all');
+      set.fenceCompleted();
+      const second = pasidOf(set.allocate());
+      set.free(pasid);
+      assert.equal(allocator.state(pasid), 'free');
+      set.free(second);
+      assert.equal(allocator.quarantineStage(second), 'awaiting-invalidation', 'allocated after that invalidation');
+      assert.equal(pasidOf(set.allocate()), pasid);
+      set.invalidated('all');
+      assert.equal(allocator.quarantineStage(second), 'awaiting-fence');
+      set.free(pasid);
+      assert.equal(allocator.quarantineStage(pasid), 'awaiting-fence', 'allocated again before the global one');
+      assert.equal(set.fenceCompleted(), 2);
+      assert.deepEqual([allocator.state(pasid), allocator.state(second)], ['free', 'free']);
+    });
+
+    it('a later invalidation with no fence after it does not undo an earlier invalidation and fence', () => {
+      set.invalidated(pasid);
+      set.fenceCompleted();
+      set.invalidated(pasid);
+      set.free(pasid);
+      assert.equal(allocator.state(pasid), 'free', 'of the PASID');
+      const second = pasidOf(set.allocate());
+      set.invalidated('all');
+      set.fenceCompleted();
+      set.invalidated('all');
+      set.free(second);
+      assert.equal(allocator.state(second), 'free', 'global');
+    });
+
+    it('a device bound after the invalidation holds the PASID back, and its unbind starts over', () => {
+      set.invalidated(pasid);
+      set.fenceCompleted();
+      allocator.bind(pasid, DEVICE_A);
+      set.free(pasid);
+      assert.equal(allocator.quarantineStage(pasid), 'draining');
+      allocator.unbind(pasid, DEVICE_A);
+      assert.equal(allocator.quarantineStage(pasid), 'awaiting-invalidation');
+      set.fenceCompleted();
+      assert.equal(allocator.state(pasid), 'quarantined');
+      set.invalidated(pasid);
+      assert.equal(set.fenceCompleted(), 1);
+      assert.equal(allocator.state(pasid), 'free');
+    });
+
+    it('invalidations while a device is bound do not count, even with a fence before its unbind', () => {
+      allocator.bind(pasid, DEVICE_A);
+      set.invalidated(pasid);
+      set.invalidated('all');
+      set.fenceCompleted();
+      allocator.unbind(pasid, DEVICE_A);
+      set.fenceCompleted();
+      set.free(pasid);
+      assert.equal(allocator.quarantineStage(pasid), 'awaiting-invalidation', 'the invalidations came while the device was bound');
+    });
+
+    it('an unbind after the invalidation and fence makes them not count', () => {
+      allocator.bind(pasid, DEVICE_A);
+      allocator.unbind(pasid, DEVICE_A);
+      set.invalidated(pasid);
+      allocator.bind(pasid, DEVICE_B);
+      set.fenceCompleted();
+      allocator.unbind(pasid, DEVICE_B);
+      set.free(pasid);
+      assert.equal(allocator.quarantineStage(pasid), 'awaiting-invalidation');
+    });
+
+    it("another VM's invalidations never count, and its fence completes none of ours", () => {
+      const other = allocator.createSet('other-vm', 3);
+      other.invalidated(pasid);
+      other.invalidated('all');
+      other.fenceCompleted();
+      set.fenceCompleted();
+      set.free(pasid);
+      assert.equal(allocator.quarantineStage(pasid), 'awaiting-invalidation');
+      const second = pasidOf(set.allocate());
+      set.invalidated(second);
+      other.fenceCompleted();
+      set.free(second);
+      assert.equal(allocator.quarantineStage(second), 'awaiting-fence', "vm's invalidation counts, other-vm's fence does not");
+    });
+
+    it("an invalidation from the PASID's previous life does not count", () => {
+      set.invalidated(pasid);
+      set.fenceCompleted();
+      set.free(pasid);
+      assert.equal(pasidOf(set.allocate()), pasid);
+      set.free(pasid);
+      assert.equal(allocator.quarantineStage(pasid), 'awaiting-invalidation');
+    });
+  });
+
   describe('bad input', () => {
     it('answers architecturally for every 20-bit value outside the range, and changes nothing', () => {
       const allocator = new PasidAllocator({ min: 16, max: 32 });
@@ -358,12 +478,16 @@ describe('PasidAllocator', () => {
   });
 
   describe('against a model (fast-check commands)', () => {
+    /**
+     * Since the PASID last became quiet (allocated, or its last device unbound): nothing yet; an owner invalidation
+     * while no device was bound; or such an invalidation and then an owner fence.
+     */
+    type Cleanliness = 'dirty' | 'invalidated' | 'fenced';
     interface ModelPasid {
       owner: number;
       status: 'held' | 'quarantined';
       devices: Set<number>;
-      /** An invalidation came after the free and after the last unbind. */
-      covered: boolean;
+      clean: Cleanliness;
       data: string | undefined;
     }
     interface ModelSet {
@@ -383,6 +507,53 @@ describe('PasidAllocator', () => {
     }
     type Cmd = fc.Command<Model, Real>;
 
+    const stageOf = (entry: ModelPasid | undefined): string | undefined =>
+      entry?.status !== 'quarantined'
+        ? undefined
+        : entry.devices.size !== 0
+          ? 'draining'
+          : entry.clean === 'invalidated'
+            ? 'awaiting-fence'
+            : 'awaiting-invalidation';
+
+    /** A free (or a close) of a PASID its set holds: released at once when clean, else quarantined. */
+    function freeInModel(model: Model, pasid: number): void {
+      const entry = model.pasids.get(pasid)!;
+      if (entry.devices.size === 0 && entry.clean === 'fenced') model.pasids.delete(pasid);
+      else {
+        entry.status = 'quarantined';
+        // Nothing counts while draining: the last unbind starts it over.
+        if (entry.devices.size !== 0) entry.clean = 'dirty';
+      }
+    }
+
+    /** An invalidation by `set`'s queue (undefined: through the allocator, any set's) covering `target`. */
+    function invalidateInModel(model: Model, target: number | 'all', set: number | undefined): void {
+      for (const [pasid, entry] of model.pasids) {
+        if (
+          (target === 'all' || target === pasid) &&
+          (set === undefined || set === entry.owner) &&
+          entry.devices.size === 0 &&
+          entry.clean === 'dirty'
+        )
+          entry.clean = 'invalidated';
+      }
+    }
+
+    /** A fence of `set` (undefined: every set's): returns how many quarantined PASIDs it released. */
+    function fenceInModel(model: Model, set: number | undefined): number {
+      let released = 0;
+      for (const [pasid, entry] of [...model.pasids]) {
+        if ((set !== undefined && set !== entry.owner) || entry.clean !== 'invalidated') continue;
+        if (entry.status === 'held') entry.clean = 'fenced';
+        else {
+          model.pasids.delete(pasid);
+          released++;
+        }
+      }
+      return released;
+    }
+
     const heldBy = (model: Model, set: number): number[] =>
       [...model.pasids]
         .filter(([, p]) => p.status === 'held' && p.owner === set)
@@ -397,6 +568,7 @@ describe('PasidAllocator', () => {
       for (let pasid = 0; pasid < model.max + 3; pasid++) {
         const entry = model.pasids.get(pasid);
         assert.equal(allocator.state(pasid), entry?.status ?? 'free', `state of ${pasid}`);
+        assert.equal(allocator.quarantineStage(pasid), stageOf(entry), `quarantine stage of ${pasid}`);
         assert.equal(allocator.data(pasid), entry?.data, `data of ${pasid}`);
         assert.deepEqual(allocator.boundDevices(pasid).sort(), [...(entry?.devices ?? [])].sort(), `devices of ${pasid}`);
         if (entry?.status === 'held') held++;
@@ -448,7 +620,7 @@ describe('PasidAllocator', () => {
             undefined,
             `PASID ${result.pasid} handed out while ${model.pasids.get(result.pasid)?.status}`,
           );
-          model.pasids.set(result.pasid, { owner: set, status: 'held', devices: new Set(), covered: false, data });
+          model.pasids.set(result.pasid, { owner: set, status: 'held', devices: new Set(), clean: 'dirty', data });
         }
         agree(model, real);
       }
@@ -471,8 +643,7 @@ describe('PasidAllocator', () => {
         const result = real.sets[set]!.free(this.pasid);
         if (entry?.status === 'held' && entry.owner === set) {
           assert.deepEqual(result, { ok: true });
-          entry.status = 'quarantined';
-          entry.covered = false;
+          freeInModel(model, this.pasid);
         } else assert.deepEqual(result, { ok: false, reason: 'not-held' });
         agree(model, real);
       }
@@ -513,7 +684,10 @@ describe('PasidAllocator', () => {
         const entry = model.pasids.get(this.pasid);
         const expected = entry?.devices.has(this.device) ?? false;
         assert.equal(real.allocator.unbind(this.pasid, this.device), expected);
-        if (expected) entry!.devices.delete(this.device);
+        if (expected) {
+          entry!.devices.delete(this.device);
+          if (entry!.devices.size === 0) entry!.clean = 'dirty';
+        }
         agree(model, real);
       }
       toString(): string {
@@ -528,13 +702,31 @@ describe('PasidAllocator', () => {
       }
       run(model: Model, real: Real): void {
         real.allocator.invalidated(this.pasid);
-        for (const [pasid, entry] of model.pasids) {
-          if (entry.status === 'quarantined' && entry.devices.size === 0 && (this.pasid === 'all' || this.pasid === pasid)) entry.covered = true;
-        }
+        invalidateInModel(model, this.pasid, undefined);
         agree(model, real);
       }
       toString(): string {
         return `invalidated(${this.pasid})`;
+      }
+    }
+
+    /** One VM's queue invalidates: it counts only for that set's PASIDs. */
+    class SetInvalidate implements Cmd {
+      constructor(
+        readonly set: number,
+        readonly pasid: number | 'all',
+      ) {}
+      check(): boolean {
+        return true;
+      }
+      run(model: Model, real: Real): void {
+        const set = this.set % model.sets.length;
+        real.sets[set]!.invalidated(this.pasid);
+        invalidateInModel(model, this.pasid, set);
+        agree(model, real);
+      }
+      toString(): string {
+        return `set ${this.set}.invalidated(${this.pasid})`;
       }
     }
 
@@ -543,13 +735,29 @@ describe('PasidAllocator', () => {
         return true;
       }
       run(model: Model, real: Real): void {
-        const released = [...model.pasids].filter(([, entry]) => entry.status === 'quarantined' && entry.covered).map(([pasid]) => pasid);
-        assert.equal(real.allocator.fenceCompleted(), released.length);
-        for (const pasid of released) model.pasids.delete(pasid);
+        const released = fenceInModel(model, undefined);
+        assert.equal(real.allocator.fenceCompleted(), released);
         agree(model, real);
       }
       toString(): string {
         return 'fenceCompleted()';
+      }
+    }
+
+    /** One VM's wait descriptor completes: it completes only that set's invalidations. */
+    class SetFence implements Cmd {
+      constructor(readonly set: number) {}
+      check(): boolean {
+        return true;
+      }
+      run(model: Model, real: Real): void {
+        const set = this.set % model.sets.length;
+        const released = fenceInModel(model, set);
+        assert.equal(real.sets[set]!.fenceCompleted(), released);
+        agree(model, real);
+      }
+      toString(): string {
+        return `set ${this.set}.fenceCompleted()`;
       }
     }
 
@@ -562,11 +770,7 @@ describe('PasidAllocator', () => {
         const set = this.set % model.sets.length;
         const held = model.sets[set]!.closed ? [] : heldBy(model, set);
         assert.equal(real.sets[set]!.close(), held.length);
-        for (const pasid of held) {
-          const entry = model.pasids.get(pasid)!;
-          entry.status = 'quarantined';
-          entry.covered = false;
-        }
+        for (const pasid of held) freeInModel(model, pasid);
         model.sets[set]!.closed = true;
         agree(model, real);
       }
@@ -591,6 +795,7 @@ describe('PasidAllocator', () => {
           () => allocator.bind(this.value, DEVICE_A),
           () => allocator.unbind(this.value, DEVICE_A),
           () => allocator.invalidated(this.value),
+          () => real.sets[0]!.invalidated(this.value),
           () => allocator.setData(this.value, 'x'),
         ];
         throwsCode(operations[this.operation % operations.length]!, 'ERR_PASID_VALUE');
@@ -611,9 +816,11 @@ describe('PasidAllocator', () => {
         fc.tuple(pasid, device).map(([p, d]) => new Bind(p, d)),
         fc.tuple(pasid, device).map(([p, d]) => new Unbind(p, d)),
         fc.oneof(pasid, fc.constant('all' as const)).map((p) => new Invalidate(p)),
+        fc.tuple(fc.nat(3), fc.oneof(pasid, fc.constant('all' as const))).map(([set, p]) => new SetInvalidate(set, p)),
         fc.constant(new Fence()),
+        fc.nat(3).map((set) => new SetFence(set)),
         fc.nat(3).map((set) => new Close(set)),
-        fc.tuple(fc.nat(4), badValue).map(([operation, value]) => new BadInput(operation, value)),
+        fc.tuple(fc.nat(5), badValue).map(([operation, value]) => new BadInput(operation, value)),
       ],
       { size: '+1' },
     );

@@ -12,6 +12,7 @@ import { VIRTUAL_COMMAND, VIRTUAL_COMMAND_STATUS } from '../../lib/vtd/virtual-c
 import { VtdUnit } from '../../lib/vtd/unit';
 import { GuestMemory } from '../../lib/memory/guest-memory';
 import { ScalableGuest, pasidDescriptor as P } from './scalable-guest';
+import { SID } from './unit-guest';
 
 const VCMD_UNIT = 'x-scalable-mode=on,x-pasid-mode=on,x-vcmd=on';
 const VCRSP = findRegister('VCRSP')!.offset;
@@ -119,6 +120,31 @@ describe('vtd unit: virtual command interface (x-vcmd)', () => {
     const again = allocate(guest);
     assert.equal(again.status, VIRTUAL_COMMAND_STATUS.SUCCESS, 'its PASID-cache invalidation and the wait after it release it');
     assert.equal(again.result, victim);
+  });
+
+  it('hands a PASID out again right after its free when the guest tore it down first (the Linux order), and still waits in the old order', () => {
+    const guest = queueGuest(`${VCMD_UNIT},x-pasid-bits=2`);
+    const [linux, late, other] = [allocate(guest).result, allocate(guest).result, allocate(guest).result] as [number, number, number];
+    guest.scalableContext(SID);
+    guest.firstStage(SID, linux, 5);
+    guest.invalidate(P.cachePasid(5, linux));
+    // Caching mode is off, so making an entry present needs no invalidation: nothing has covered `late` before its free.
+    guest.firstStage(SID, late, 6);
+    // Linux: clear the entry, PASID-cache and PASID-based IOTLB invalidation of the PASID, a wait, then the VCMD free.
+    guest.pasidEntry(SID, linux, { P: 0 });
+    guest.invalidate(P.cachePasid(5, linux), P.iotlbPasid(5, linux));
+    assert.equal(free(guest, linux).status, VIRTUAL_COMMAND_STATUS.SUCCESS);
+    assert.equal(guest.unit.virtualCommands!.allocator.state(linux), 'free', 'its caches were clean, and known clean, when it was freed');
+    const again = allocate(guest);
+    assert.deepEqual([again.status, again.result], [VIRTUAL_COMMAND_STATUS.SUCCESS, linux], 'allocatable at once');
+    // The other order: freed first, so only an invalidation after the free (and a wait) may release it.
+    assert.equal(free(guest, late).status, VIRTUAL_COMMAND_STATUS.SUCCESS);
+    assert.equal(allocate(guest).status, VIRTUAL_COMMAND_STATUS.PASID_ERROR, 'quarantined until invalidated');
+    guest.invalidate(P.cachePasid(1, other));
+    assert.equal(allocate(guest).status, VIRTUAL_COMMAND_STATUS.PASID_ERROR, 'an invalidation of another PASID releases nothing');
+    guest.pasidEntry(SID, late, { P: 0 });
+    guest.invalidate(P.cachePasid(6, late), P.iotlbPasid(6, late));
+    assert.equal(allocate(guest).result, late, 'released by its invalidation and the wait after it');
   });
 
   it('counts PASID-based IOTLB and global PASID-cache invalidations too; a device still bound holds the PASID back', () => {
