@@ -5,6 +5,7 @@ export {
   DeviceRegistry,
   registerWindow,
   shadowBackendFor,
+  nestingBackendFor,
   requesterId,
   splitRequesterId,
   formatRequesterId,

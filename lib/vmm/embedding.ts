@@ -10,6 +10,9 @@ import { INTERRUPT_WINDOW_END, INTERRUPT_WINDOW_START } from '../memory/geometry
 import type { HostIommuBackend } from '../host/host-backend';
 import { ShadowBackend } from '../host/shadow-backend';
 import { ShadowHostBackend } from '../host/shadow-host-backend';
+import type { IommufdNesting } from '../host/iommufd-nesting';
+import type { GuestFaultWalk, PasidUse } from '../host/nesting-backend';
+import { NestingHostBackend } from '../host/nesting-host-backend';
 import type { DeviceDomainListener } from '../vtd/address-space';
 import type { HostPending } from '../vtd/host-completion';
 import { REGISTER_WINDOW_SIZE } from '../vtd/registers';
@@ -52,8 +55,12 @@ export interface EmbeddedIommu {
    * under a split irqchip), whose `sid` only fills fault records.
    */
   interruptRequest?(request: { sid: number; address: number; data: number }, origin: 'message' | 'platform'): unknown;
-  /** Which domain a device translates through, for host backends (lib/vtd/address-space.ts). */
-  watchDevice?(sid: number, listener: DeviceDomainListener): () => void;
+  /** Which domain a device's requests (with `pasid`, or without PASID) translate through, for host backends (lib/vtd/address-space.ts). */
+  watchDevice?(sid: number, listener: DeviceDomainListener, pasid?: number): () => void;
+  /** Translates one request, recording its fault: how the nesting backend walks a host fault again through the guest's tables. */
+  translate?: GuestFaultWalk;
+  /** The guest's PASID allocator (x-vcmd), told which PASIDs the nesting backend has attached on the host. */
+  readonly virtualCommands?: { readonly allocator: PasidUse } | undefined;
   /** From now on the unit's architectural completions wait for `pending` (see lib/vtd/host-completion.ts). */
   holdCompletionsWhile?(pending: HostPending | undefined): void;
   readonly config?: { readonly 'caching-mode'?: boolean };
@@ -247,4 +254,21 @@ export function shadowBackendFor(iommu: EmbeddedIommu, memory: GuestMemory): Hos
   // The guest sees its invalidations complete only once attached devices have followed them.
   iommu.holdCompletionsWhile?.(() => backend.pending());
   return backend;
+}
+
+/**
+ * The iommufd nesting backend for `iommu`: the guest's first-stage tables bound under the host IOMMU through
+ * `nesting` (set up, its devices added), host faults walked again through the guest's tables, and the guest's
+ * PASID allocator told which PASIDs the host has attached. Undefined when `iommu` cannot say which domain a device
+ * translates through or cannot translate a request. Check `configProblems(config)` before the guest runs.
+ */
+export function nestingBackendFor(iommu: EmbeddedIommu, nesting: IommufdNesting): NestingHostBackend | undefined {
+  const { watchDevice, translate } = iommu;
+  if (watchDevice === undefined || translate === undefined) return undefined;
+  const allocator = iommu.virtualCommands?.allocator;
+  return new NestingHostBackend(
+    nesting,
+    { watchDevice: (sid, listener, pasid) => watchDevice.call(iommu, sid, listener, pasid) },
+    { walkGuest: (request) => translate.call(iommu, request), ...(allocator === undefined ? {} : { pasidUse: allocator }) },
+  );
 }

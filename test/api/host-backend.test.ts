@@ -6,10 +6,9 @@ import { strict as assert } from 'node:assert';
 import type { HostIommuBackend, HostIommuBackendEvents } from '../../lib/host/host-backend';
 import { FULL_VTD_HOST, IommufdDryRun, PLAIN_VTD_HOST, type HostIommuModel } from '../../lib/host/iommufd-dry-run';
 import { IommufdNesting } from '../../lib/host/iommufd-nesting';
-import { NestingHostBackend } from '../../lib/host/nesting-host-backend';
 import type { ShadowTarget } from '../../lib/host/shadow-backend';
 import { ViommuError } from '../../lib/errors';
-import { shadowBackendFor } from '../../lib/vmm/embedding';
+import { nestingBackendFor, shadowBackendFor } from '../../lib/vmm/embedding';
 import { vtdConfigFromString } from '../../lib/vtd/config';
 import { faultCode } from '../../lib/vtd/fault-reasons';
 import { PASID_PGTT } from '../../lib/vtd/structures';
@@ -64,8 +63,9 @@ function nestingRig(model: HostIommuModel = FULL_VTD_HOST, config = NESTED_UNIT)
   const nesting = new IommufdNesting(host, { guestRam: [{ guestPhysical: 0, bytes: new Uint8Array(1 << 20) }] });
   nesting.addDevice(SID, host.addVfioDevice());
   nesting.setUp();
-  const backend: HostIommuBackend = new NestingHostBackend(nesting, guest.unit, { walkGuest: (request) => guest.unit.translate(request) });
-  return { guest, host, backend };
+  const backend: HostIommuBackend | undefined = nestingBackendFor(guest.unit, nesting);
+  assert.ok(backend, 'a unit that tells domains and translates: a nesting backend');
+  return { guest, host, nesting, backend };
 }
 
 /** Every event the backend emits, as text. */
@@ -155,6 +155,25 @@ describe('HostIommuBackend', () => {
       guest.pasidEntry(SID, 5, { PGTT: PASID_PGTT.FIRST_STAGE, AW: 2, FSPTPTR: guest.writer.page() / 4096, DID: 3 });
       guest.invalidate(P.cachePasid(3, 5));
       assert.equal(host.requests.length, bound + 2, 'a detached device follows the guest no more');
+    });
+
+    it('comes from nestingBackendFor only for an IOMMU that tells domains and translates; with x-vcmd the guest PASID allocator hears host attaches', async () => {
+      const { guest, nesting, backend } = nestingRig(FULL_VTD_HOST, `${NESTED_UNIT},x-vcmd=on`);
+      const unit = guest.unit;
+      const windowOnly = { read: unit.read.bind(unit), write: unit.write.bind(unit), dmaSpace: unit.dmaSpace.bind(unit) };
+      assert.equal(nestingBackendFor(windowOnly, nesting), undefined, 'no domains to follow');
+      assert.equal(nestingBackendFor({ ...windowOnly, watchDevice: unit.watchDevice.bind(unit) }, nesting), undefined, 'no way to walk a host fault');
+      const allocated = unit.virtualCommands!.pasids.allocate();
+      assert.ok(allocated.ok);
+      guest.scalableContext(SID);
+      guest.pasidEntry(SID, allocated.pasid, { PGTT: PASID_PGTT.FIRST_STAGE, AW: 2, FSPTPTR: guest.writer.page() / 4096, DID: 3 });
+      guest.enableScalable();
+      guest.setupWideQueue();
+      const device = backend.attach({ kind: 'iommufd-device', sid: SID, pasids: [allocated.pasid] });
+      await device.settled();
+      assert.deepEqual(unit.virtualCommands!.allocator.boundDevices(allocated.pasid), [SID], 'attached on the host: bound in the allocator');
+      await device.detach();
+      assert.deepEqual(unit.virtualCommands!.allocator.boundDevices(allocated.pasid), [], 'detached: unbound');
     });
 
     it('refuses a vfio-user DMA table attachment, naming the kind it takes', () => {
