@@ -5,29 +5,21 @@ import * as path from 'node:path';
 /** dist/test -> the repository's test/fixtures/captures: copies of the shared captures, so a clone on its own replays them. */
 export const CAPTURES = process.env.VIOMMU_CAPTURES ?? path.resolve(__dirname, '../../test/fixtures/captures');
 
-export const capturesPresent = fs.existsSync(CAPTURES);
-
-/** Why the capture-dependent tests cannot run here; undefined when they can. */
-export const capturesMissingReason: string | undefined = capturesPresent
-  ? undefined
-  : `the vfio-user captures are not at ${CAPTURES} (test/fixtures/captures in the repository; VIOMMU_CAPTURES names another folder of *.jsonl captures)`;
-
-// Said once, when the first capture-dependent test file is loaded, so that no test skips without a word.
-if (capturesMissingReason !== undefined) console.log(`note: ${capturesMissingReason}: the tests that replay them skip`);
-
-/** Skips the suite (in `before`) or the test, printing why, when the captures are not there. */
-export function skipWithoutCaptures(context: Mocha.Context): void {
-  if (capturesMissingReason === undefined) return;
-  console.log(`      skipped: ${capturesMissingReason}`);
-  context.skip();
+/**
+ * The captures are recorded data kept in the repository, so their absence is a broken checkout (or a wrong
+ * $VIOMMU_CAPTURES), not a reason to skip: every test file that replays them fails to load, saying where it looked.
+ */
+if (!fs.existsSync(CAPTURES)) {
+  throw new Error(
+    `the vfio-user captures are not at ${CAPTURES}: test/fixtures/captures is part of the repository (VIOMMU_CAPTURES names another folder of *.jsonl captures)`,
+  );
 }
 
-/** Skips a test that needs one capture file, printing why, when that file is not there. */
-export function skipWithoutCaptureFile(context: Mocha.Context, file: string): void {
-  skipWithoutCaptures(context);
-  if (fs.existsSync(path.join(CAPTURES, file))) return;
-  console.log(`      skipped: ${file} is not in ${CAPTURES}`);
-  context.skip();
+/** A capture file by name; a missing one fails the test that needs it, saying where it was looked for. */
+export function captureFile(file: string): string {
+  const at = path.join(CAPTURES, file);
+  if (!fs.existsSync(at)) throw new Error(`the capture ${file} is not in ${CAPTURES}`);
+  return at;
 }
 
 /** One message as the capture README describes its JSON lines. */
@@ -46,19 +38,17 @@ export interface CaptureRecord {
   hex: string;
 }
 
-/** The capture files, sorted by name (empty when the captures are not there). */
+/** The capture files, sorted by name. */
 export function captureFiles(): string[] {
-  return capturesPresent
-    ? fs
-        .readdirSync(CAPTURES)
-        .filter((file) => file.endsWith('.jsonl'))
-        .sort()
-    : [];
+  return fs
+    .readdirSync(CAPTURES)
+    .filter((file) => file.endsWith('.jsonl'))
+    .sort();
 }
 
 export function readCapture(file: string): CaptureRecord[] {
   return fs
-    .readFileSync(path.join(CAPTURES, file), 'utf8')
+    .readFileSync(captureFile(file), 'utf8')
     .split('\n')
     .filter((line) => line.trim().length > 0)
     .map((line) => JSON.parse(line) as CaptureRecord);

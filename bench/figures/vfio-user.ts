@@ -16,6 +16,7 @@ import { REGION_INDEXES } from '../../lib/vfio-user/protocol';
 import { VfioUserDevice } from '../../lib/vfio-user/server/device';
 import { createDmaEngine } from '../../lib/vfio-user/server/dma-engine';
 import { bufferRegion } from '../../lib/vfio-user/server/regions';
+import { PEERS } from '../../test/peers';
 import { ServeProcess } from '../../test/vfio-user/cli-process';
 import { rate, type Figure } from '../harness';
 import {
@@ -247,8 +248,6 @@ export function vfioUserFigures(): Figure[] {
 
 // ---- vfio.d: another process, driven by a C client ----------------------------------------------------------
 
-/** Where the peers live (../shared/peers beside the repository, or $VIOMMU_PEERS), as the interop tests find them. */
-const PEERS = process.env.VIOMMU_PEERS ?? path.resolve(__dirname, '..', '..', '..', '..', 'shared', 'peers');
 const GPIO = path.join(PEERS, 'libvfio-user', 'gpio-pci-idio-16');
 const CLIENT_WARMUP_MS = 200;
 const CLIENT_MEASURE_MS = 400;

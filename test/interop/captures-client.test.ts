@@ -7,7 +7,6 @@ import { decodeMessage } from '../../lib/vfio-user/codec';
 import { REGION_INFO_FLAGS } from '../../lib/vfio-user/protocol';
 import { InMemoryTransport, type Transport } from '../../lib/vfio-user/transport';
 import { waitFor } from '../helpers';
-import { skipWithoutCaptures } from '../captures';
 import { CaptureReplayServer, exchanges, readCapture, type CaptureRecord } from '../vfio-user/client/capture-replay';
 
 /** The files whose client enumerated the device (the migration destinations never ask). */
@@ -48,10 +47,6 @@ function expectedDevice(records: CaptureRecord[]) {
 }
 
 describe('interop: our client accepts the recorded server replies', function () {
-  before(function () {
-    skipWithoutCaptures(this);
-  });
-
   const cleanup: (() => void)[] = [];
   afterEach(() => {
     for (const run of cleanup.splice(0).reverse()) run();
@@ -69,7 +64,6 @@ describe('interop: our client accepts the recorded server replies', function () 
 
   for (const file of ENUMERATED) {
     it(`${file}: enumerates the device exactly as the capture describes it`, async function () {
-      skipWithoutCaptures(this);
       const { client, replay, records } = await replayTo(file);
       const expected = expectedDevice(records);
       const description = client.description;
@@ -107,7 +101,6 @@ describe('interop: our client accepts the recorded server replies', function () 
   }
 
   it("client-server.src.jsonl: the README's facts (BAR1 sparse areas with an fd, config 256 bytes, INTx 1)", async function () {
-    skipWithoutCaptures(this);
     const { client } = await replayTo('client-server.src.jsonl');
     const bar1 = client.description.regions[1]!;
     assert.deepEqual(
@@ -131,7 +124,6 @@ describe('interop: our client accepts the recorded server replies', function () 
   });
 
   it('probe-gpio.jsonl: BAR2 of 0x100 bytes, INTx/ERR/REQ one vector each, and the config header read back', async function () {
-    skipWithoutCaptures(this);
     const { client } = await replayTo('probe-gpio.jsonl');
     assert.deepEqual([client.description.regions[2]!.size, client.description.regions[2]!.flags], [0x100n, 3]);
     assert.deepEqual(
@@ -144,7 +136,6 @@ describe('interop: our client accepts the recorded server replies', function () 
   });
 
   it("probetwin-server.jsonl: answers the server's twin-socket DMA byte for byte as the recorded client did", async function () {
-    skipWithoutCaptures(this);
     const memory = new GuestMemory();
     memory.addRegion({ name: 'ram', start: 0, buffer: new ArrayBuffer(0x2000) });
     const { client, replay, records } = await replayTo('probetwin-server.jsonl', { enumerate: false, dmaSpace: memory.dma });

@@ -7,7 +7,7 @@ import { decodeDmaLoggingReport, decodeMigrationStateFeature } from '../../lib/v
 import { VfioUserProtocolError } from '../../lib/vfio-user/errors';
 import type { ReplyOf, VfioUserCommand } from '../../lib/vfio-user/messages';
 import { DEVICE_FEATURES, HEADER_FLAGS, HEADER_SIZE, MESSAGE_TYPES, MIGRATION_STATES, REGION_INDEXES } from '../../lib/vfio-user/protocol';
-import { captureFiles, CAPTURES, readCapture, skipWithoutCaptureFile, skipWithoutCaptures, type CaptureRecord } from '../captures';
+import { captureFiles, CAPTURES, readCapture, type CaptureRecord } from '../captures';
 
 interface Replayed {
   record: CaptureRecord;
@@ -94,10 +94,6 @@ function commandsOf<N extends VfioUserCommand['command']>(file: string, name: N)
 }
 
 describe('interop: golden captures through the codec', function () {
-  before(function () {
-    skipWithoutCaptures(this);
-  });
-
   it('finds the capture files', () => {
     assert.ok(files.length >= 8, `expected the 8 capture files in ${CAPTURES}, found ${files.length}`);
   });
@@ -167,14 +163,10 @@ describe('interop: golden captures through the codec', function () {
   }
 
   describe('facts from the captures README', () => {
-    /** `it` for a test that needs `file`; without it, the test says so and skips. */
-    const onlyIf = (file: string) => (title: string, test: () => void | PromiseLike<unknown>) =>
-      it(title, function () {
-        skipWithoutCaptureFile(this, file);
-        return test();
-      });
+    /** `it` for a test that reads `file` (readCapture fails the test, saying where it looked, when the file is missing). */
+    const fromCapture = (file: string) => (title: string, test: () => void | PromiseLike<unknown>) => it(`${file}: ${title}`, () => test());
 
-    onlyIf('client-server.src.jsonl')('VERSION capabilities of the sample client and server', () => {
+    fromCapture('client-server.src.jsonl')('VERSION capabilities of the sample client and server', () => {
       const [clientVersion] = commandsOf('client-server.src.jsonl', 'VERSION');
       assert.deepStrictEqual(clientVersion!.body.capabilities, { maxMsgFds: 32, maxDataXferSize: 1024 });
       assert.equal(clientVersion!.body.json, '{"capabilities":{"max_msg_fds":32,"max_data_xfer_size":1024}}');
@@ -185,7 +177,7 @@ describe('interop: golden captures through the codec', function () {
       );
     });
 
-    onlyIf('probe-server.jsonl')('VERSION with a twin socket at fd_index 0', () => {
+    fromCapture('probe-server.jsonl')('VERSION with a twin socket at fd_index 0', () => {
       const [probe] = commandsOf('probe-server.jsonl', 'VERSION');
       assert.deepStrictEqual(probe!.body.capabilities, {
         maxMsgFds: 8,
@@ -198,7 +190,7 @@ describe('interop: golden captures through the codec', function () {
       assert.equal(server!.record.nfds, 1);
     });
 
-    onlyIf('client-server.src.jsonl')('the sparse-mmap capability of BAR1, and its truncated form', () => {
+    fromCapture('client-server.src.jsonl')('the sparse-mmap capability of BAR1, and its truncated form', () => {
       const bar1 = repliesTo('client-server.src.jsonl', 'DEVICE_GET_REGION_INFO').filter((r) => r.body.index === REGION_INDEXES.values.BAR1);
       assert.equal(bar1.length, 2);
       const [truncated, full] = bar1;
@@ -221,7 +213,7 @@ describe('interop: golden captures through the codec', function () {
       ]);
     });
 
-    onlyIf('client-server.src.jsonl')('device info, the EINVAL for region 0xdeadbeef, and 16 R|W DMA maps', () => {
+    fromCapture('client-server.src.jsonl')('device info, the EINVAL for region 0xdeadbeef, and 16 R|W DMA maps', () => {
       const [info] = repliesTo('client-server.src.jsonl', 'DEVICE_GET_INFO');
       assert.deepStrictEqual(info!.body, { command: 'DEVICE_GET_INFO', argsz: 16, flags: 3, numRegions: 9, numIrqs: 5 });
       const replayed = decodedOnly(messages('client-server.src.jsonl'));
@@ -242,7 +234,7 @@ describe('interop: golden captures through the codec', function () {
       });
     });
 
-    onlyIf('client-server.src.jsonl')('DEVICE_FEATURE data: migration states and a dirty-page report bitmap', () => {
+    fromCapture('client-server.src.jsonl')('DEVICE_FEATURE data: migration states and a dirty-page report bitmap', () => {
       const states = commandsOf('client-server.src.jsonl', 'DEVICE_FEATURE')
         .filter(({ body }) => body.feature === DEVICE_FEATURES.values.MIG_DEVICE_STATE)
         .map(({ body }) => decodeMigrationStateFeature(body.data));
@@ -263,7 +255,7 @@ describe('interop: golden captures through the codec', function () {
       }
     });
 
-    onlyIf('client-server.src.jsonl')('the last MIG_DATA_READ reply: 8 data bytes in a zero-padded 1048-byte message', () => {
+    fromCapture('client-server.src.jsonl')('the last MIG_DATA_READ reply: 8 data bytes in a zero-padded 1048-byte message', () => {
       const reads = repliesTo('client-server.src.jsonl', 'MIG_DATA_READ');
       assert.equal(reads.length, 33);
       const last = reads[reads.length - 1]!;
@@ -273,7 +265,7 @@ describe('interop: golden captures through the codec', function () {
       assert.ok(reads.slice(0, -1).every(({ body }) => body.argsz === 1032 && body.data.length === 1024));
     });
 
-    onlyIf('client-server.dst.jsonl')('DMA_UNMAP flag 2 (unmap all) with address and size 0, echoed', () => {
+    fromCapture('client-server.dst.jsonl')('DMA_UNMAP flag 2 (unmap all) with address and size 0, echoed', () => {
       const [unmap] = commandsOf('client-server.dst.jsonl', 'DMA_UNMAP');
       assert.deepStrictEqual(unmap!.body, { command: 'DMA_UNMAP', argsz: 24, flags: 2, address: 0n, size: 0n });
       const [echo] = repliesTo('client-server.dst.jsonl', 'DMA_UNMAP');
@@ -286,7 +278,7 @@ describe('interop: golden captures through the codec', function () {
       );
     });
 
-    onlyIf('client-server.src.jsonl')('only the two documented paddings are non-canonical', () => {
+    fromCapture('client-server.src.jsonl')('only the two documented paddings are non-canonical', () => {
       for (const file of files) {
         const reasons = messages(file).flatMap((r) => (r.nonCanonical === undefined ? [] : [r.nonCanonical]));
         const expected = file.endsWith('client-server.src.jsonl')
@@ -296,19 +288,19 @@ describe('interop: golden captures through the codec', function () {
       }
     });
 
-    onlyIf('probe-null.jsonl')('the null sample answers DMA_UNMAP with no payload', () => {
+    fromCapture('probe-null.jsonl')('the null sample answers DMA_UNMAP with no payload', () => {
       const [echo] = repliesTo('probe-null.jsonl', 'DMA_UNMAP');
       assert.equal(echo!.body.unmapped, null);
     });
 
-    onlyIf('probe-gpio.jsonl')('config space of the GPIO sample starts with vendor 0x494f, device 0x0dc8', () => {
+    fromCapture('probe-gpio.jsonl')('config space of the GPIO sample starts with vendor 0x494f, device 0x0dc8', () => {
       const config = repliesTo('probe-gpio.jsonl', 'REGION_READ').find(({ body }) => body.region === REGION_INDEXES.values.CONFIG);
       const view = new DataView(config!.body.data.buffer, config!.body.data.byteOffset);
       assert.equal(config!.body.data.length, 64);
       assert.deepStrictEqual([view.getUint16(0, true), view.getUint16(2, true)], [0x494f, 0x0dc8]);
     });
 
-    onlyIf('probetwin-server.jsonl')('server DMA on the twin channel: 4 x 1024-byte writes, 2 x 2048-byte reads', () => {
+    fromCapture('probetwin-server.jsonl')('server DMA on the twin channel: 4 x 1024-byte writes, 2 x 2048-byte reads', () => {
       const writes = commandsOf('probetwin-server.jsonl', 'DMA_WRITE');
       assert.deepStrictEqual(
         writes.map(({ record }) => record.chan),

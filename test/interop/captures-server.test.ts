@@ -13,7 +13,7 @@ import type { DmaMapping } from '../../lib/vfio-user/server/dma-maps';
 import { bufferRegion, type RegionHandler } from '../../lib/vfio-user/server/regions';
 import { VfioUserServer } from '../../lib/vfio-user/server/server';
 import { openFdCount, tempSocketPath, waitFor } from '../helpers';
-import { readCapture, skipWithoutCaptures, type CaptureRecord } from '../captures';
+import { readCapture, type CaptureRecord } from '../captures';
 
 const isReply = (flags: number) => (flags & HEADER_FLAGS.bits.TYPE) === MESSAGE_TYPES.values.REPLY;
 const MIGRATION_COMMANDS = new Set<number>([COMMANDS.values.DEVICE_FEATURE, COMMANDS.values.MIG_DATA_READ, COMMANDS.values.MIG_DATA_WRITE]);
@@ -363,10 +363,6 @@ async function replayAgainstServer(setup: CaptureSetup): Promise<Outcome> {
 }
 
 describe('captures: our server answers recorded client commands like the recorded server', function () {
-  before(function () {
-    skipWithoutCaptures(this);
-  });
-
   for (const setup of SETUPS) {
     it(`${setup.file}`, async () => {
       const fdsBefore = openFdCount();

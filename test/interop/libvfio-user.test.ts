@@ -17,10 +17,10 @@ import { COMMANDS, HEADER_FLAGS, MESSAGE_TYPES, REGION_INDEXES } from '../../lib
 import { VfioUserDevice, VfioUserServer, type DmaMapping } from '../../lib/vfio-user/server';
 import { socketTransport } from '../../lib/vfio-user/transport';
 import { tempSocketPath, waitFor } from '../helpers';
+import { PEERS } from '../peers';
 import { ViommuQtest } from '../oracle/qemu';
 import { runViommu, ServeProcess } from '../vfio-user/cli-process';
 
-const PEERS = process.env.VIOMMU_PEERS ?? path.resolve(__dirname, '../../../../shared/peers');
 const SAMPLES = path.join(PEERS, 'libvfio-user');
 const PROGRAMS = ['gpio-pci-idio-16', 'server', 'null', 'client'] as const;
 type Program = (typeof PROGRAMS)[number];

@@ -2,9 +2,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { KvmVirtualMachine } from '../../lib/os/kvm-vm';
+import { PEERS } from '../peers';
 
-/** dist/test/machine -> the repository's parent, where `shared/peers` lives next to the repository. */
-export const PEERS = process.env.VIOMMU_PEERS ?? path.resolve(__dirname, '../../../../shared/peers');
 export const INTEL_IOMMU_FLAT = path.join(PEERS, 'kvm-unit-tests', 'intel-iommu.flat');
 
 let kvmReason: string | undefined | null = null;

@@ -1,12 +1,11 @@
 /** loadMultiboot: the real kvm-unit-tests VT-d image, synthetic a.out-kludge and ELF images, and the images it must refuse. */
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
 import fc from 'fast-check';
 import { ViommuError } from '../../lib/errors';
 import { loadMultiboot, type MultibootOptions } from '../../lib/machine/multiboot';
+import { INTEL_IOMMU_FLAT as KUT_IMAGE, peerGuestMissingReason } from './kvm-support';
 
-const KUT_IMAGE = join(__dirname, '../../../../shared/peers/kvm-unit-tests/intel-iommu.flat');
 /** From `readelf -h -l intel-iommu.flat` (kvm-unit-tests 1da1819e). */
 const KUT_ENTRY = 0x4000bc;
 const KUT_SEGMENTS = [
@@ -219,8 +218,9 @@ describe('loadMultiboot', () => {
   describe('the kvm-unit-tests intel-iommu image', () => {
     let image: Uint8Array | undefined;
     before(function () {
-      if (!existsSync(KUT_IMAGE)) {
-        console.log(`      (skipped: ${KUT_IMAGE} is missing; it comes from the shared peers directory next to the clone)`);
+      const missing = peerGuestMissingReason();
+      if (missing !== undefined) {
+        console.log(`      (skipped: ${missing})`);
         this.skip();
       }
       image = new Uint8Array(readFileSync(KUT_IMAGE));

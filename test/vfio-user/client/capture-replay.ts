@@ -7,8 +7,8 @@ import { ERRNO } from '../../../lib/errno';
 import type { VfioUserCommand, VfioUserMessage } from '../../../lib/vfio-user/messages';
 import { HEADER_FLAGS, MESSAGE_TYPES } from '../../../lib/vfio-user/protocol';
 import { socketTransport, type Transport } from '../../../lib/vfio-user/transport';
-import { CAPTURES, capturesPresent, readCapture, type CaptureRecord } from '../../captures';
-export { CAPTURES, capturesPresent, readCapture, type CaptureRecord };
+import { CAPTURES, readCapture, type CaptureRecord } from '../../captures';
+export { CAPTURES, readCapture, type CaptureRecord };
 
 export interface RecordedExchange {
   readonly command: CaptureRecord;
