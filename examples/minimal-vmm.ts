@@ -35,9 +35,7 @@ import {
   type FieldTable,
 } from '../lib/api/vtd';
 import { DeviceRegistry, formatRequesterId, registerWindow, requesterId, splitRequesterId, type RegisterWindow } from '../lib/api/vmm';
-import { DmaFault, GuestMemory, SharedRegion } from '../lib/memory';
-
-const PAGE = 4096;
+import { DmaFault, GuestMemory, INTERRUPT_WINDOW_START, PAGE_BYTES as PAGE, SharedRegion } from '../lib/memory';
 const RAM_BYTES = 16 << 20;
 /** Where this VMM puts the unit's registers (q35's choice; your ACPI DMAR table names it). */
 const DMAR_BASE = 0xfed90000;
@@ -155,7 +153,7 @@ export function runMinimalVmm(print: (line: string) => void): boolean {
 
   // Fault events to vector 0x31 of CPU 0, unmasked.
   cpu.write(reg('FEDATA'), 4, encodeBig(MSI_DATA_FIELDS, { IMD: 0x31 }));
-  cpu.write(reg('FEADDR'), 4, encodeBig(MSI_ADDRESS_FIELDS, { MA: 0xfee00000 / 4 }));
+  cpu.write(reg('FEADDR'), 4, encodeBig(MSI_ADDRESS_FIELDS, { MA: INTERRUPT_WINDOW_START / 4 }));
   cpu.write(reg('FECTL'), 4, encodeBig(EVENT_CONTROL_FIELDS, { IM: 0 }));
 
   // Root table pointer, global context-cache and IOTLB invalidation (register based), then translation on.

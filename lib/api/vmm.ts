@@ -1,18 +1,23 @@
-/** `viommu/vmm`: the embedding contract (docs/embedding.md) and the testbed machine built on it. */
+/**
+ * `viommu/vmm`: the embedding contract (docs/embedding.md; defined beside the unit, in lib/vtd/embedding.ts, and
+ * offered here too, where a VMM author looks for it), the host backends an embedder may add, and the testbed
+ * machine built on both.
+ */
 
 // The contract: what a VMM gives the unit and what each device gets back.
 export {
   DeviceRegistry,
   registerWindow,
-  shadowBackendFor,
-  nestingBackendFor,
   requesterId,
   splitRequesterId,
   formatRequesterId,
   IOMMU_WINDOW_SIZE,
   INTERRUPT_ADDRESS_RANGE,
-} from '../vmm/embedding';
-export type { IommuHost, EmbeddedIommu, RegisterWindow, AttachedDevice, DeviceInterrupt, DeviceRegistryOptions } from '../vmm/embedding';
+} from '../vtd/embedding';
+export type { IommuHost, EmbeddedIommu, RegisterWindow, AttachedDevice, DeviceInterrupt, DeviceRegistryOptions } from '../vtd/embedding';
+
+// Host IOMMU backends for an embedded unit.
+export { shadowBackendFor, nestingBackendFor } from '../vmm/host-backends';
 
 // The testbed: guest RAM, PCI host on bus 0, the unit at q35's address, edu, and vfio-user devices by socket path.
 export { TestbedMachine, DMAR_BASE, DMAR_WINDOW_SIZE, EDU_DEVFN } from '../vmm/testbed';

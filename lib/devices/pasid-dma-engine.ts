@@ -121,7 +121,7 @@ export interface EngineTag {
 
 /**
  * What the engine needs of its VMM: a plain DMA view, one per PASID tag, and MSI delivery. AttachedDevice
- * (lib/vmm/embedding.ts) is one.
+ * (lib/vtd/embedding.ts) is one.
  */
 export interface PasidDmaPort {
   readonly dma: AsyncDmaSpace;

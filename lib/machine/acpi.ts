@@ -1,7 +1,7 @@
 /** The ACPI tables a guest reads to find its CPUs, its I/O APIC and the VT-d unit: RSDP, XSDT/RSDT, MADT and DMAR. */
 
 import { ViommuError } from '../errors';
-import { PAGE_BYTES } from '../memory/geometry';
+import { INTERRUPT_WINDOW_START, PAGE_BYTES } from '../memory/geometry';
 import type { VtdConfig } from '../vtd/config';
 
 export interface AcpiPlatform {
@@ -261,8 +261,8 @@ const DEVICE_SCOPE_IOAPIC = 3;
 
 const OEM = { OemId: 'VIOMMU', OemTableId: 'VIOMMU  ', OemRevision: 1, CreatorId: 'VIOM', CreatorRevision: 1 } as const;
 
-/** The architectural xAPIC MMIO base; x2APIC guests ignore it, but the field is mandatory. */
-const LOCAL_APIC_ADDRESS = 0xfee00000;
+/** The architectural xAPIC MMIO base, where the interrupt window starts; x2APIC guests ignore it, but the field is mandatory. */
+const LOCAL_APIC_ADDRESS = INTERRUPT_WINDOW_START;
 /**
  * On PCs the 8254 timer's output reaches the I/O APIC on pin 2 (pin 0 carries the 8259's ExtINT), so ISA IRQ 0
  * needs an override; QEMU declares the same one. Flags 0: polarity and trigger conform to the ISA bus.

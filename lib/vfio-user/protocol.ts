@@ -1,6 +1,7 @@
 /** The vfio-user protocol described once, as data: command numbers, flag bits, indexes and payload struct layouts. */
 
 import { defineFlags, defineNumbers, defineStruct } from '../byte-layout';
+import { PAGE_BYTES } from '../memory/geometry';
 
 /** The protocol version we speak (libvfio-user answers min(client minor, 2)). */
 export const PROTOCOL_VERSION = { major: 0, minor: 2 } as const;
@@ -58,7 +59,7 @@ export const CAPABILITY_DEFAULTS = {
   maxMsgFds: 1,
   maxDataXferSize: 1048576,
   maxDmaMaps: 65535,
-  pgsizes: 4096,
+  pgsizes: PAGE_BYTES,
   twinSocket: { supported: false },
   writeMultiple: false,
   migration: undefined,

@@ -3,7 +3,8 @@ import { GuestMemory, SharedRegion, isPromiseLike } from '../memory';
 import type { HostIommuBackend } from '../host/host-backend';
 import type { QtestMachine, QtestNarrowSize } from './qtest/machine';
 import type { QtestPortSize } from './qtest/protocol';
-import { DeviceRegistry, IOMMU_WINDOW_SIZE, registerWindow, shadowBackendFor, type DeviceInterrupt, type EmbeddedIommu } from './embedding';
+import { DeviceRegistry, IOMMU_WINDOW_SIZE, registerWindow, type DeviceInterrupt, type EmbeddedIommu } from '../vtd/embedding';
+import { shadowBackendFor } from './host-backends';
 import { MmioBus, type AccessSize } from './mmio-bus';
 import { CONFIG_ADDRESS_PORT, PciFunction, PciHost, touchesDecoding, type PciEndpoint } from './pci';
 import { PortBus } from './port-bus';
@@ -11,6 +12,7 @@ import { VfioUserAttachment, type AttachOptions } from './vfio-user-attachment';
 import { EduDevice, EDU_BAR_SIZE, EDU_PCI_CAPABILITIES, EDU_PCI_IDENTITY, type EduDmaOutcome } from '../devices/edu';
 import { PasidDmaEngine, PASID_ENGINE_BAR_SIZE, type PasidDmaOutcome } from '../devices/pasid-dma-engine';
 import type { PciConfigSpace } from '../devices/pci-config-space';
+import { PCI_EXTENDED_CONFIG_SIZE } from '../devices/pci-layout';
 import type { AccessSize as DeviceAccessSize } from '../devices/register-access';
 import { ViommuError } from '../errors';
 
@@ -24,12 +26,11 @@ export const EDU_DEVFN = 4 << 3;
  * devfn << 12). The port mechanism reaches only the first 256 bytes, so PCI Express extended space needs this.
  */
 export const ECAM_BASE = 0xb0000000;
-const ECAM_FUNCTION_SIZE = 0x1000;
 
-/** What the testbed needs of an IOMMU: the embedding contract's (lib/vmm/embedding.ts), which VtdUnit meets. */
+/** What the testbed needs of an IOMMU: the embedding contract's (lib/vtd/embedding.ts), which VtdUnit implements. */
 export type TestbedIommu = EmbeddedIommu;
 
-export type { DeviceInterrupt } from './embedding';
+export type { DeviceInterrupt } from '../vtd/embedding';
 
 export interface TestbedOptions {
   /** Guest RAM size in bytes (default 256 MiB, as the oracle's QEMU runs with -m 256M). */
@@ -212,7 +213,7 @@ export class TestbedMachine implements QtestMachine {
     if (this.devices.has(devfn)) {
       throw new ViommuError('ERR_TESTBED_SLOT_TAKEN', `slot ${slot} already holds '${this.devices.get(devfn)!.name}'; pick another pasidEngineSlot`);
     }
-    const ecam = ECAM_BASE + devfn * ECAM_FUNCTION_SIZE;
+    const ecam = ECAM_BASE + devfn * PCI_EXTENDED_CONFIG_SIZE;
     if (this.ramBytes > ECAM_BASE)
       throw new ViommuError(
         'ERR_TESTBED_ECAM',
@@ -249,7 +250,7 @@ export class TestbedMachine implements QtestMachine {
       },
     };
     this.pci.add(endpoint);
-    this.mmio.map(`${name}.ecam`, ecam, ECAM_FUNCTION_SIZE, {
+    this.mmio.map(`${name}.ecam`, ecam, PCI_EXTENDED_CONFIG_SIZE, {
       read: (offset: number, size: DeviceAccessSize) => readConfigBytes(config, offset, size),
       write: (offset: number, size: DeviceAccessSize, value: bigint) => {
         config.write(

@@ -1,4 +1,4 @@
-/** The embedding contract (lib/vmm/embedding.ts): requester ids on any bus, the register window, the registry, shadowing. */
+/** The embedding contract (lib/vtd/embedding.ts): requester ids on any bus, the register window, the registry, shadowing. */
 import { strict as assert } from 'node:assert';
 import * as sinon from 'sinon';
 import { GuestMemory, DmaFault, type DmaSpace } from '../../lib/memory';
@@ -11,12 +11,12 @@ import {
   formatRequesterId,
   registerWindow,
   requesterId,
-  shadowBackendFor,
   splitRequesterId,
   type DeviceInterrupt,
   type EmbeddedIommu,
   type IommuHost,
-} from '../../lib/vmm/embedding';
+} from '../../lib/vtd/embedding';
+import { shadowBackendFor } from '../../lib/vmm/host-backends';
 import { EDU_DEVFN, TestbedMachine, type TestbedIommu } from '../../lib/vmm/testbed';
 import { VtdUnit } from '../../lib/vtd/unit';
 import { decodeBig, encodeBig } from '../../lib/vtd/bitfield';

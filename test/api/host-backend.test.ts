@@ -8,7 +8,7 @@ import { FULL_VTD_HOST, IommufdDryRun, PLAIN_VTD_HOST, type HostIommuModel } fro
 import { IommufdNesting } from '../../lib/host/iommufd-nesting';
 import type { ShadowTarget } from '../../lib/host/shadow-backend';
 import { ViommuError } from '../../lib/errors';
-import { nestingBackendFor, shadowBackendFor } from '../../lib/vmm/embedding';
+import { nestingBackendFor, shadowBackendFor } from '../../lib/vmm/host-backends';
 import { vtdConfigFromString } from '../../lib/vtd/config';
 import { faultCode } from '../../lib/vtd/fault-reasons';
 import { PASID_PGTT } from '../../lib/vtd/structures';

@@ -36,7 +36,7 @@ import {
 } from '../../lib/devices/pci-layout';
 import { DmaFault, EFAULT, EPERM, type AsyncDmaSpace } from '../../lib/memory';
 import { describePciConfig } from '../../lib/vfio-user/client/pci-config';
-import { DeviceRegistry, type DeviceInterrupt } from '../../lib/vmm/embedding';
+import { DeviceRegistry, type DeviceInterrupt } from '../../lib/vtd/embedding';
 import { ECAM_BASE, TestbedMachine } from '../../lib/vmm/testbed';
 import { faultCode } from '../../lib/vtd/fault-reasons';
 import { ScalableGuest, frcdHi } from '../vtd/scalable-guest';

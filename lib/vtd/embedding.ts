@@ -1,22 +1,19 @@
 /**
  * The embedding contract: what a VMM gives the IOMMU (guest memory, an interrupt sink, the register window routed
  * from its MMIO dispatch, its devices by full requester id) and what each device gets back (a DmaSpace and an
- * interrupt function). The testbed, the KVM machine and third-party VMMs (docs/embedding.md) all wire the unit
- * through it.
+ * interrupt function). VtdUnit implements it; the testbed, the KVM machine and third-party VMMs
+ * (docs/embedding.md) all wire the unit through it. It sits in the unit's layer so that the unit can promise it;
+ * the host backends a VMM may add (lib/vmm/host-backends.ts) sit above.
  */
 import { ViommuError } from '../errors';
 import type { DmaSpace, GuestMemory } from '../memory';
 import { INTERRUPT_WINDOW_END, INTERRUPT_WINDOW_START } from '../memory/geometry';
-import type { HostIommuBackend } from '../host/host-backend';
-import { ShadowBackend } from '../host/shadow-backend';
-import { ShadowHostBackend } from '../host/shadow-host-backend';
-import type { IommufdNesting } from '../host/iommufd-nesting';
-import type { GuestFaultWalk, PasidUse } from '../host/nesting-backend';
-import { NestingHostBackend } from '../host/nesting-host-backend';
-import type { DeviceDomainListener } from '../vtd/address-space';
-import type { HostPending } from '../vtd/host-completion';
-import { REGISTER_WINDOW_SIZE } from '../vtd/registers';
-import type { PasidTag } from '../vtd/unit-dma';
+import type { DeviceDomainListener } from './address-space';
+import type { HostPending } from './host-completion';
+import type { PasidAllocator } from './pasid-allocator';
+import { REGISTER_WINDOW_SIZE } from './registers';
+import type { TranslationRequest, TranslationResult } from './translation-result';
+import type { PasidTag } from './unit-dma';
 
 /**
  * What a VMM gives the unit. VtdUnit's options take it as it is: `new VtdUnit({ ...host, config: 'aw-bits=48' })`.
@@ -58,9 +55,9 @@ export interface EmbeddedIommu {
   /** Which domain a device's requests (with `pasid`, or without PASID) translate through, for host backends (lib/vtd/address-space.ts). */
   watchDevice?(sid: number, listener: DeviceDomainListener, pasid?: number): () => void;
   /** Translates one request, recording its fault: how the nesting backend walks a host fault again through the guest's tables. */
-  translate?: GuestFaultWalk;
+  translate?(request: TranslationRequest): TranslationResult;
   /** The guest's PASID allocator (x-vcmd), told which PASIDs the nesting backend has attached on the host. */
-  readonly virtualCommands?: { readonly allocator: PasidUse } | undefined;
+  readonly virtualCommands?: { readonly allocator: Pick<PasidAllocator, 'bind' | 'unbind'> } | undefined;
   /** From now on the unit's architectural completions wait for `pending` (see lib/vtd/host-completion.ts). */
   holdCompletionsWhile?(pending: HostPending | undefined): void;
   readonly config?: { readonly 'caching-mode'?: boolean };
@@ -239,36 +236,4 @@ export class DeviceRegistry {
     this.options.onInterrupt?.(interrupt);
     return interrupt;
   }
-}
-
-// ---- host backends ----
-
-/**
- * With caching mode on and an IOMMU that tells domains: the shadow host backend for vfio-user devices (their DMA
- * tables follow the guest's mappings), with the IOMMU's completions held while it settles. Otherwise undefined:
- * devices reach guest memory by message through the unit only.
- */
-export function shadowBackendFor(iommu: EmbeddedIommu, memory: GuestMemory): HostIommuBackend | undefined {
-  if (iommu.watchDevice === undefined || iommu.config?.['caching-mode'] !== true) return undefined;
-  const backend = new ShadowHostBackend(new ShadowBackend(memory, { watchDevice: (sid, listener) => iommu.watchDevice!(sid, listener) }));
-  // The guest sees its invalidations complete only once attached devices have followed them.
-  iommu.holdCompletionsWhile?.(() => backend.pending());
-  return backend;
-}
-
-/**
- * The iommufd nesting backend for `iommu`: the guest's first-stage tables bound under the host IOMMU through
- * `nesting` (set up, its devices added), host faults walked again through the guest's tables, and the guest's
- * PASID allocator told which PASIDs the host has attached. Undefined when `iommu` cannot say which domain a device
- * translates through or cannot translate a request. Check `configProblems(config)` before the guest runs.
- */
-export function nestingBackendFor(iommu: EmbeddedIommu, nesting: IommufdNesting): NestingHostBackend | undefined {
-  const { watchDevice, translate } = iommu;
-  if (watchDevice === undefined || translate === undefined) return undefined;
-  const allocator = iommu.virtualCommands?.allocator;
-  return new NestingHostBackend(
-    nesting,
-    { watchDevice: (sid, listener, pasid) => watchDevice.call(iommu, sid, listener, pasid) },
-    { walkGuest: (request) => translate.call(iommu, request), ...(allocator === undefined ? {} : { pasidUse: allocator }) },
-  );
 }
