@@ -12,6 +12,7 @@ import * as path from 'node:path';
 import { foundationFigures } from './figures/foundation';
 import { MACHINE_FIGURES } from './figures/machine';
 import { PASID_FIGURES } from './figures/pasid';
+import { readmeFigure } from './figures/readme';
 import { shadowFigures } from './figures/shadow';
 import { softNestingFigures } from './figures/soft-nesting';
 import { serverProcessFigure, vfioUserFigures } from './figures/vfio-user';
@@ -37,6 +38,7 @@ const FIGURES: Readonly<Record<string, () => Figure>> = {
   'shadow.b': fromSet(shadowFigures, 'shadow.b'),
   ...MACHINE_FIGURES,
   ...PASID_FIGURES,
+  'readme.a': readmeFigure,
 };
 
 interface Row {

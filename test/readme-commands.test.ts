@@ -1,7 +1,9 @@
 /**
- * README's two commands, run as a newcomer types them, in a fresh clone of this checkout's last commit: the set-up
- * and main job (`npm ci && npx viommu demo`) and the test command (`npm test`, here with a --grep that selects no
- * test, since this suite is what it runs). Skips, saying why, without git, a commit, or the npm registry.
+ * README's commands, run as a newcomer types them, in a fresh clone of this checkout's last commit: the set-up and
+ * main job (`npm ci && npx viommu demo`), `npx viommu --help`, the test command (`npm test`, here with a --grep that
+ * selects no test, since this suite is what it runs) and the bench commands (one figure, one round). Skips, saying
+ * why, without git, a commit, or the npm registry. How long the main job takes after set-up is a bench figure
+ * (readme.a), not an assertion here.
  */
 import { strict as assert } from 'node:assert';
 import { spawnSync } from 'node:child_process';
@@ -9,18 +11,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { repositoryRoot } from './helpers';
-
-/** The first ```sh block under `heading` in README.md, as lines without comments. */
-function commandsUnder(readme: string, heading: string): string[] {
-  const at = readme.indexOf(`\n## ${heading}\n`);
-  assert.ok(at >= 0, `README.md has a "## ${heading}" section`);
-  const block = /```sh\n([\s\S]*?)```/.exec(readme.slice(at));
-  assert.ok(block, `README.md's "${heading}" section has a sh block`);
-  return block[1]!
-    .split('\n')
-    .map((line) => line.replace(/#.*$/, '').trim())
-    .filter((line) => line !== '');
-}
+import { commandsUnder, readReadme, setUpAndMainJob } from './readme';
 
 function run(command: string, cwd: string, timeoutMs: number): { status: number | null; output: string; seconds: number } {
   const started = process.hrtime.bigint();
@@ -40,7 +31,7 @@ function skipReason(root: string): string | undefined {
 describe("README's commands, as written, in a fresh clone", function () {
   this.timeout(15 * 60_000);
   const root = repositoryRoot();
-  const readme = fs.readFileSync(path.join(root, 'README.md'), 'utf8');
+  const readme = readReadme(root);
   let clone = '';
 
   before(function () {
@@ -59,16 +50,25 @@ describe("README's commands, as written, in a fresh clone", function () {
   });
 
   it('sets up and runs the main job: every demo mode passes', () => {
-    const [setUp, ...rest] = commandsUnder(readme, 'Set up and run');
-    assert.deepEqual(rest, [], 'one command');
-    const first = run(setUp!, clone, 10 * 60_000);
+    const { whole, mainJob } = setUpAndMainJob(readme);
+    const first = run(whole, clone, 10 * 60_000);
     assert.equal(first.status, 0, first.output.slice(-3000));
     assert.match(first.output, /viommu demo: every mode passed/);
-    // After set-up, the main job alone (the part after `npm ci &&`), for the time a newcomer waits.
-    const mainJob = setUp!.split('&&').slice(1).join('&&').trim();
+    // After set-up, the main job alone, as a newcomer runs it again.
     const again = run(mainJob, clone, 60_000);
     assert.equal(again.status, 0, again.output.slice(-3000));
+    assert.match(again.output, /viommu demo: every mode passed/);
     console.log(`      \`${mainJob}\` after set-up: ${again.seconds.toFixed(2)} s`);
+  });
+
+  it("lists the other commands with the README's `npx viommu --help`", () => {
+    assert.ok(readme.includes('`npx viommu --help`'), 'README names `npx viommu --help`');
+    const result = run('npx viommu --help', clone, 60_000);
+    assert.equal(result.status, 0, result.output.slice(-3000));
+    for (const command of ['demo', 'serve', 'probe', 'qtest', 'smoke', 'explain']) {
+      assert.ok(readme.includes(`\`viommu ${command}`), `README describes viommu ${command}`);
+      assert.match(result.output, new RegExp(`^\\s+${command}\\b`, 'm'), `--help lists ${command}`);
+    }
   });
 
   it('runs the test command (selecting no test: this suite is what it runs)', () => {
@@ -78,5 +78,17 @@ describe("README's commands, as written, in a fresh clone", function () {
     const result = run(`${test} -- --grep 'no test has this title'`, clone, 10 * 60_000);
     assert.equal(result.status, 0, result.output.slice(-3000));
     assert.match(result.output, /0 passing/);
+  });
+
+  it('runs the bench commands: one figure for one round, and a selection of no figure', () => {
+    const commands = commandsUnder(readme, 'Benchmarks');
+    assert.deepEqual(commands, ['npm run bench', 'npm run bench -- foundation.a']);
+    const none = run(`${commands[0]} -- no-figure-has-this-id`, clone, 5 * 60_000);
+    assert.equal(none.status, 0, none.output.slice(-3000));
+    assert.match(none.output, /0 figures/);
+    const one = run(`BENCH_ROUNDS=1 ${commands[1]}`, clone, 5 * 60_000);
+    assert.equal(one.status, 0, one.output.slice(-3000));
+    assert.match(one.output, /foundation\.a/);
+    assert.match(one.output, /ratio [\d.]+x/);
   });
 });

@@ -6,7 +6,7 @@
  * in its title, and its rounds return NaN for both sides, the marker bench/run.ts itself writes for a figure it
  * could not measure (NaN rates and ratio; it is listed under "targets not met", never counted as met).
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { EDU_IDENTIFICATION } from '../../lib/devices/edu';
 import { KvmMachine } from '../../lib/machine/kvm-machine';
@@ -14,6 +14,7 @@ import { GuestCode, multibootImage } from '../../test/machine/guest-images';
 import { INTEL_IOMMU_FLAT, kvmUnusableReason, peerGuestMissingReason } from '../../test/machine/kvm-support';
 import { ServeProcess } from '../../test/vfio-user/cli-process';
 import type { Figure } from '../harness';
+import { tail, timedProcess, type ProcessRun } from '../timed-process';
 
 /** dist/bench/figures -> the repository's bin/viommu.js. */
 const VIOMMU_BIN = path.resolve(__dirname, '..', '..', '..', 'bin', 'viommu.js');
@@ -46,37 +47,6 @@ function notMeasured(figure: Figure, reason: string): Figure {
     title: `NOT MEASURED (${reason}): ${figure.title}`,
     measure: () => Promise.resolve({ subject: NaN, baseline: NaN }),
   };
-}
-
-interface ProcessRun {
-  readonly seconds: number;
-  readonly code: number | null;
-  readonly signal: NodeJS.Signals | null;
-  readonly output: string;
-}
-
-/** Spawns `command args`, and resolves to its wall time from spawn to exit (pipes closed), exit status and output. */
-function timedProcess(command: string, args: readonly string[]): Promise<ProcessRun> {
-  return new Promise((resolve, reject) => {
-    const start = process.hrtime.bigint();
-    const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let output = '';
-    child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString('latin1')));
-    child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString('latin1')));
-    const timer = setTimeout(() => child.kill('SIGKILL'), RUN_TIMEOUT_MS);
-    child.on('error', (error) => {
-      clearTimeout(timer);
-      reject(error);
-    });
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ seconds: Number(process.hrtime.bigint() - start) / 1e9, code, signal, output });
-    });
-  });
-}
-
-function tail(output: string, lines = 8): string {
-  return output.trimEnd().split('\n').slice(-lines).join('\n');
 }
 
 const SMOKE_ARGS = [VIOMMU_BIN, 'smoke', '--kernel', INTEL_IOMMU_FLAT, '--iommu', IOMMU_PROPERTIES];
