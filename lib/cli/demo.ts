@@ -9,16 +9,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { FaultSnapshots } from '../explain/fault-snapshots';
-import {
-  BIND_IOMMU,
-  BIND_TITLE,
-  chooseBindHost,
-  runBindScenario,
-  type BindHostRequest,
-  type BindReport,
-  type BindTraceEvent,
-} from '../vmm/demo-bind';
+import { BIND_IOMMU, BIND_TITLE, chooseBindHost, runBindScenario, type BindHostRequest, type BindReport } from '../vmm/demo-bind';
 import { DEMO_MODES, runDemoMode, type DemoMode, type DemoModeReport } from '../vmm/demo-modes';
+import { TraceFile } from './trace-file';
 
 /** bin/viommu.js, from dist/lib/cli/. */
 const VIOMMU_BIN = path.resolve(__dirname, '..', '..', '..', 'bin', 'viommu.js');
@@ -34,7 +27,7 @@ export interface DemoOptions {
   readonly snapshotOnFault?: string;
   /** Run the bind mode after the engine modes, on this host (default: the engine modes alone). */
   readonly bind?: BindHostRequest;
-  /** Write the bind mode's unit and host events to this file as JSON lines. */
+  /** Write every mode's unit events (and the bind mode's host events) to this file as JSON lines, each with its `mode`. */
   readonly trace?: string;
 }
 
@@ -58,7 +51,10 @@ export function registerDemoCommand(program: Command): void {
       '--vfio-cdev <path>',
       'bind mode: the VFIO device cdev (e.g. /dev/vfio/devices/vfio0) to bind on /dev/iommu; without it (or without /dev/iommu) the dry-run iommufd answers',
     )
-    .option('--trace <file>', "bind mode: write the unit's and the host's events as JSON lines to this file")
+    .option(
+      '--trace <file>',
+      "write each mode's unit events (register writes, descriptors, translations, faults, interrupts sent; the bind mode's host requests and faults too) to this file as JSON lines, each with t and the mode (docs/trace.md)",
+    )
     .action(async (options: { mode?: string; snapshotOnFault?: string; vfioCdev?: string; trace?: string }) => {
       const chosen =
         options.mode === undefined
@@ -72,8 +68,7 @@ export function registerDemoCommand(program: Command): void {
         throw new Error(`demo: no mode named ${unknown.join(', ') || '(none)'}; the modes are ${names.join(', ')}`);
       const modes = DEMO_MODES.filter((mode) => chosen.includes(modeOptionName(mode)));
       const withBind = chosen.includes(BIND_MODE_NAME);
-      if (!withBind && (options.trace !== undefined || options.vfioCdev !== undefined))
-        throw new Error('demo: --trace and --vfio-cdev belong to the bind mode, which --mode leaves out');
+      if (!withBind && options.vfioCdev !== undefined) throw new Error('demo: --vfio-cdev belongs to the bind mode, which --mode leaves out');
       const demoOptions: DemoOptions = {
         ...(options.snapshotOnFault === undefined ? {} : { snapshotOnFault: options.snapshotOnFault }),
         ...(withBind ? { bind: options.vfioCdev === undefined ? {} : { vfioCdev: options.vfioCdev } } : {}),
@@ -85,47 +80,19 @@ export function registerDemoCommand(program: Command): void {
     });
 }
 
-/** Bigints as 0x hex strings (JSON has no 64-bit integers). */
-function jsonValue(_key: string, value: unknown): unknown {
-  return typeof value === 'bigint' ? `0x${value.toString(16)}` : value;
-}
-
-/** A JSON-lines file of trace events, each stamped with the milliseconds since the file was opened. */
-class TraceFile {
-  private readonly fd: number;
-  private readonly start = performance.now();
-
-  constructor(readonly file: string) {
-    this.fd = fs.openSync(file, 'w');
-  }
-
-  readonly write = (event: BindTraceEvent): void => {
-    const t = Math.round((performance.now() - this.start) * 1000) / 1000;
-    fs.writeSync(this.fd, `${JSON.stringify({ t, ...event }, jsonValue)}\n`);
-  };
-
-  close(): void {
-    fs.closeSync(this.fd);
-  }
-}
-
 /** Runs the bind mode, printing its block like the engine modes'; resolves to whether every check passed. */
-async function runBindMode(say: (line: string) => void, host: BindHostRequest, traceFile: string | undefined): Promise<boolean> {
-  const trace = traceFile === undefined ? undefined : new TraceFile(traceFile);
+async function runBindMode(say: (line: string) => void, host: BindHostRequest, trace: TraceFile | undefined): Promise<boolean> {
   let report: Pick<BindReport, 'mode' | 'lines' | 'failures'>;
   try {
-    report = await runBindScenario({ host: chooseBindHost(host), ...(trace ? { trace: trace.write } : {}) });
+    report = await runBindScenario({ host: chooseBindHost(host), ...(trace ? { trace: trace.tagged({ mode: BIND_MODE_NAME }) } : {}) });
   } catch (error) {
     report = { mode: BIND_TITLE, lines: [], failures: [`the mode stopped: ${(error as Error).message}`] };
-  } finally {
-    trace?.close();
   }
   say('');
   say(`[${report.mode}]`);
   for (const line of report.lines) say(`  ${line}`);
   for (const failure of report.failures) say(`  CHECK FAILED: ${failure}`);
   say(`  result        ${report.failures.length === 0 ? 'all checks passed' : `${report.failures.length} check(s) failed`}`);
-  if (trace !== undefined) say(`  trace         ${trace.file} (JSON lines: the unit's events and each host request and fault)`);
   return report.failures.length === 0;
 }
 
@@ -200,6 +167,8 @@ class EngineProcess {
 /** Runs every mode (and the bind mode with `options.bind`); resolves to the exit code (0 when every check passed). */
 export async function runDemo(io: DemoIo, modes: readonly DemoMode[] = DEMO_MODES, options: DemoOptions = {}): Promise<number> {
   const snapshots = options.snapshotOnFault === undefined ? undefined : new FaultSnapshots(options.snapshotOnFault);
+  // Opened first, so that a path it cannot create stops the demo before anything runs.
+  const trace = options.trace === undefined ? undefined : TraceFile.open(options.trace);
   const directory = fs.mkdtempSync(path.join(os.tmpdir(), 'viommu-demo-'));
   const socketPath = path.join(directory, 'dma-engine.sock');
   const say = (line: string) => io.stdout.write(`${line}\n`);
@@ -217,15 +186,10 @@ export async function runDemo(io: DemoIo, modes: readonly DemoMode[] = DEMO_MODE
     for (const mode of modes) {
       let report: DemoModeReport;
       try {
-        report = await runDemoMode(
-          mode,
-          socketPath,
-          snapshots === undefined
-            ? {}
-            : {
-                onUnit: (unit, memory) => snapshots.watch(unit, memory, `viommu demo, mode ${mode.name}`),
-              },
-        );
+        report = await runDemoMode(mode, socketPath, {
+          ...(snapshots === undefined ? {} : { onUnit: (unit, memory) => snapshots.watch(unit, memory, `viommu demo, mode ${mode.name}`) }),
+          ...(trace === undefined ? {} : { trace: trace.tagged({ mode: modeOptionName(mode) }) }),
+        });
       } catch (error) {
         report = { mode: mode.name, lines: [], failures: [`the mode stopped: ${(error as Error).message}`] };
       }
@@ -236,7 +200,7 @@ export async function runDemo(io: DemoIo, modes: readonly DemoMode[] = DEMO_MODE
       say(`  result        ${report.failures.length === 0 ? 'all checks passed' : `${report.failures.length} check(s) failed`}`);
       if (report.failures.length > 0) failed++;
     }
-    if (options.bind !== undefined && !(await runBindMode(say, options.bind, options.trace))) failed++;
+    if (options.bind !== undefined && !(await runBindMode(say, options.bind, trace))) failed++;
     say('');
     for (const line of configurationLines(modes, options.bind !== undefined)) say(line);
     if (snapshots !== undefined) {
@@ -244,12 +208,14 @@ export async function runDemo(io: DemoIo, modes: readonly DemoMode[] = DEMO_MODE
       for (const file of snapshots.written) say(`  ${file}`);
       if (snapshots.written.length > 0) say(`  explain one with: viommu explain ${snapshots.written[snapshots.written.length - 1]}`);
     }
+    if (trace !== undefined) say(`trace: ${trace.file} (JSON lines, each with the mode it came from; docs/trace.md)`);
   } catch (error) {
     io.stderr.write(`viommu demo: ${(error as Error).message}\n`);
     return 1;
   } finally {
     await engine?.stop();
     fs.rmSync(directory, { recursive: true, force: true });
+    trace?.finish(io.stderr, 'demo');
   }
   say(failed === 0 ? 'viommu demo: every mode passed' : `viommu demo: ${failed} mode(s) failed`);
   return failed === 0 ? 0 : 1;

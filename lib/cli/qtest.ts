@@ -1,11 +1,10 @@
 /** `viommu qtest`: the testbed machine behind the qtest line protocol on stdin/stdout, as QEMU's -qtest stdio. */
-import * as fs from 'node:fs';
 import type { Command } from 'commander';
 import { FaultSnapshots } from '../explain/fault-snapshots';
 import { VtdUnit } from '../vtd/unit';
-import type { UnitTraceSink } from '../vtd/unit-trace';
 import { TestbedMachine } from '../vmm/testbed';
 import { QtestServer } from '../vmm/qtest/server';
+import { TraceFile } from './trace-file';
 
 export interface QtestCommandOptions {
   iommu?: string;
@@ -41,7 +40,7 @@ export function registerQtestCommand(program: Command): void {
     )
     .option(
       '--trace <file>',
-      "write the unit's events (register writes, descriptors executed, translations, faults, interrupts sent) to this file as JSON lines, each with t, milliseconds since start (docs/trace.md)",
+      "write the unit's events (register writes, descriptors executed, translations, faults, interrupts sent) to this file as JSON lines, each with t, milliseconds since the file was opened (docs/trace.md)",
     )
     .option('--edu-dma-mask-bits <bits>', "the edu device's DMA address mask in bits, as QEMU's -device edu,dma_mask=2^bits-1 (default 28)")
     .action(async (options: QtestCommandOptions) => {
@@ -64,8 +63,7 @@ export async function runQtest(options: QtestCommandOptions, input: NodeJS.Reada
     throw new Error(`--extra-edu ${options.extraEdu}: slot numbers from 0 to 31 other than 4 (the first edu)`);
   }
   const snapshots = options.snapshotOnFault === undefined ? undefined : new FaultSnapshots(options.snapshotOnFault);
-  const trace = options.trace === undefined ? undefined : openTraceFile(options.trace);
-  let traced: VtdUnit | undefined;
+  const trace = options.trace === undefined ? undefined : TraceFile.open(options.trace);
   const machine = new TestbedMachine({
     extraEduSlots: extraSlots,
     builtInEdu: options.deviceSocket === undefined,
@@ -79,9 +77,8 @@ export async function runQtest(options: QtestCommandOptions, input: NodeJS.Reada
           options.traceInterrupts === true
             ? (address, data) => process.stderr.write(`interrupt address 0x${(address >>> 0).toString(16)} data 0x${(data >>> 0).toString(16)}\n`)
             : () => undefined,
-        ...(trace ? { trace: trace.sink } : {}),
+        ...(trace ? { trace: trace.write } : {}),
       });
-      traced = unit;
       snapshots?.watch(unit, memory, 'viommu qtest');
       return unit;
     },
@@ -97,6 +94,7 @@ export async function runQtest(options: QtestCommandOptions, input: NodeJS.Reada
       );
     } catch (error) {
       machine.close();
+      trace?.finish(process.stderr, 'qtest');
       throw new Error(`--device-socket ${options.deviceSocket}: ${(error as Error).message}`);
     }
   }
@@ -107,45 +105,6 @@ export async function runQtest(options: QtestCommandOptions, input: NodeJS.Reada
     machine.close();
     // stdout carries the protocol: the summary goes to stderr.
     if (snapshots !== undefined) process.stderr.write(`viommu qtest: ${snapshots.summary()}\n`);
-    if (trace !== undefined) {
-      await trace.close();
-      const failure = trace.failure ?? (traced !== undefined && traced.traceErrors > 0 ? traced.traceFailure : undefined);
-      if (failure !== undefined)
-        process.stderr.write(`viommu qtest: --trace ${options.trace} is incomplete: ${(failure as Error).message ?? String(failure)}\n`);
-    }
+    trace?.finish(process.stderr, 'qtest');
   }
-}
-
-interface TraceFile {
-  readonly sink: UnitTraceSink;
-  /** Why writing stopped, if it did. */
-  readonly failure: Error | undefined;
-  close(): Promise<void>;
-}
-
-/** Opens `file` at once (so a bad path is an option error) and writes each event as a line `{ "t": ms since now, ...event }`. */
-function openTraceFile(file: string): TraceFile {
-  let fd: number;
-  try {
-    fd = fs.openSync(file, 'w');
-  } catch (error) {
-    throw new Error(`--trace ${file}: ${(error as Error).message}`);
-  }
-  const started = Date.now();
-  const stream = fs.createWriteStream(file, { fd });
-  let failure: Error | undefined;
-  stream.on('error', (error) => (failure ??= error));
-  return {
-    sink: (event) => {
-      if (failure === undefined) stream.write(`${JSON.stringify({ t: Date.now() - started, ...event })}\n`);
-    },
-    get failure() {
-      return failure;
-    },
-    close: () =>
-      new Promise<void>((resolve) => {
-        if (stream.destroyed) resolve();
-        else stream.end(() => resolve());
-      }),
-  };
 }

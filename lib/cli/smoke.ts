@@ -3,10 +3,11 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { FaultSnapshots } from '../explain/fault-snapshots';
-import { KvmMachine, MAX_CPUS, type MachineEvent } from '../machine/kvm-machine';
+import { KvmMachine, MAX_CPUS } from '../machine/kvm-machine';
 import { parseGuestChecks, renderSmokeReport, smokeExitCode } from '../machine/smoke-report';
 import { summarizeUnit } from '../machine/unit-summary';
 import { setCommandExitCode } from './exit-code';
+import { TraceFile } from './trace-file';
 
 export interface SmokeCommandOptions {
   kernel: string;
@@ -64,20 +65,21 @@ export async function runSmoke(options: SmokeCommandOptions, io: SmokeIo): Promi
   const image = readFile(options.kernel, '--kernel');
   const modules = options.initrd === undefined ? [] : [{ bytes: readFile(options.initrd, '--initrd'), commandLine: options.initrd }];
   const snapshots = options.snapshotOnFault === undefined ? undefined : new FaultSnapshots(options.snapshotOnFault);
-  const trace = options.trace === undefined ? undefined : fs.createWriteStream(options.trace);
+  const trace = options.trace === undefined ? undefined : TraceFile.open(options.trace);
   const created = await KvmMachine.create({
     iommu: options.iommu,
     ramBytes: ramMiB << 20,
     cpus,
     ...(options.deviceSocket !== undefined ? { deviceSocket: options.deviceSocket } : {}),
     onSerialOutput: (byte) => io.stdout.write(Buffer.of(byte)),
-    ...(trace ? { onEvent: (event: MachineEvent, atMs: number) => trace.write(`${JSON.stringify({ t: atMs, ...event })}\n`) } : {}),
+    // One clock for the whole file: the file's, not the machine's (which starts later, when the machine exists).
+    ...(trace ? { onEvent: trace.write } : {}),
   }).catch((error: Error) => {
-    trace?.end();
+    trace?.finish(io.stderr, 'smoke');
     throw new Error(options.deviceSocket !== undefined ? `--device-socket ${options.deviceSocket}: ${error.message}` : error.message);
   });
   if (!created.machine) {
-    trace?.end();
+    trace?.finish(io.stderr, 'smoke');
     throw new Error(`KVM cannot run the guest here: ${created.reason}`);
   }
   const machine = created.machine;
@@ -101,11 +103,11 @@ export async function runSmoke(options: SmokeCommandOptions, io: SmokeIo): Promi
       }),
     );
     if (snapshots !== undefined) io.stdout.write(`fault snapshots: ${snapshots.summary()}\n`);
-    trace?.write(`${JSON.stringify({ t: outcome.elapsedMs, kind: 'end', end: outcome.end })}\n`);
+    trace?.write({ kind: 'end', end: outcome.end });
     return smokeExitCode(outcome.end);
   } finally {
     machine.close();
-    await new Promise<void>((resolve) => (trace ? trace.end(resolve) : resolve()));
+    trace?.finish(io.stderr, 'smoke');
   }
 }
 

@@ -39,7 +39,7 @@ import { encodeBig, getFieldBig } from '../vtd/bitfield';
 import { faultCode } from '../vtd/fault-reasons';
 import { OFFSET, registerOffset } from '../vtd/register-bits';
 import { ECAP_FIELDS, VCCAP_FIELDS, VCMD_FIELDS, VCRSP_FIELDS } from '../vtd/registers';
-import type { UnitTraceEvent } from '../vtd/unit-trace';
+import { always, sometimes, type TraceEventOf, type TraceSchema, type UnitTraceEvent } from '../vtd/unit-trace';
 import { VtdUnit } from '../vtd/unit';
 import { VIRTUAL_COMMAND, VIRTUAL_COMMAND_STATUS } from '../vtd/virtual-command';
 import { recordText } from './demo-modes';
@@ -307,30 +307,51 @@ function statusName(status: number): string {
 
 // ---- the scenario ----
 
-/** A host-side trace event; unit events (lib/vtd/unit-trace.ts) go to the same sink. */
-export type HostTraceEvent =
-  | {
-      readonly kind: 'host-request';
-      readonly step: string;
-      readonly name: string;
-      readonly fields: Fields;
-      readonly payload?: HostRequest['payload'];
-      readonly result: number;
-    }
-  | {
-      readonly kind: 'host-fault';
-      readonly step: string;
-      readonly sid: number;
-      readonly dev_id: number;
-      readonly pasid?: number;
-      readonly address: bigint;
-      readonly perm: string;
-      readonly grpid: number;
-      readonly cookie: number;
-      readonly routed: 'guest' | 'host';
-      readonly reason?: number;
-    }
-  | { readonly kind: 'host-page-response'; readonly step: string; readonly cookie: number; readonly code: string; readonly result: number };
+/**
+ * The host side of the bind mode's trace, described once like the unit's (UNIT_TRACE_KINDS): HostTraceEvent is
+ * derived from it and docs/trace.md lists it. Unit events go to the same sink. Bigints are written as 0x hex.
+ */
+export const BIND_HOST_TRACE_KINDS = {
+  'host-request': {
+    when: 'the backend made a request of the host IOMMU (an iommufd or VFIO ioctl), after the host answered',
+    fields: {
+      step: always<string>('the guest step that caused it'),
+      name: always<string>("the request's uAPI name (IOMMU_HWPT_ALLOC, VFIO_DEVICE_ATTACH_IOMMUFD_PT, ...)"),
+      fields: always<Fields>(
+        "the struct after the call, by the uAPI's field names (out fields as the host filled them; size and pointer fields left out)",
+      ),
+      payload: sometimes<Fields | Fields[]>('what the pointer fields pointed at, decoded: VTD_S1 data, invalidation entries, VT-d hardware info'),
+      result: always<number>('0, or the negative errno the host answered'),
+    },
+  },
+  'host-fault': {
+    when: 'the host IOMMU reported a page fault on its fault queue',
+    fields: {
+      step: always<string>('the guest step during which it came'),
+      sid: always<number>("the device's requester id"),
+      dev_id: always<number>("the device's iommufd id"),
+      pasid: sometimes<number>('the PASID the faulting request carried, if any'),
+      address: always<bigint>('the faulting address'),
+      perm: always<string>('the access, as PGFAULT_PERM flags (READ|WRITE|EXEC|PRIV)'),
+      grpid: always<number>('the page-request group'),
+      cookie: always<number>('the cookie a page response names'),
+      routed: always<'guest' | 'host'>("'guest' (the guest's tables refuse it: recorded in the unit) or 'host' (answered by the host side)"),
+      reason: sometimes<number>('when routed to the guest: the fault reason code the unit recorded'),
+    },
+  },
+  'host-page-response': {
+    when: "the backend answered a host fault's page-request group",
+    fields: {
+      step: always<string>('the guest step during which it answered'),
+      cookie: always<number>('the cookie of the fault answered'),
+      code: always<string>('the response code by its uAPI name (SUCCESS, INVALID)'),
+      result: always<number>('what the write to the fault queue returned: the bytes written, or a negative errno'),
+    },
+  },
+} as const satisfies TraceSchema;
+
+/** A host-side trace event (BIND_HOST_TRACE_KINDS). */
+export type HostTraceEvent = TraceEventOf<typeof BIND_HOST_TRACE_KINDS>;
 
 export type BindTraceEvent = HostTraceEvent | UnitTraceEvent;
 export type BindTraceSink = (event: BindTraceEvent) => void;
@@ -442,7 +463,11 @@ export async function runBindScenario(options: BindScenarioOptions = {}): Promis
   if (ram === undefined) throw new Error('guest RAM is not one window');
   const nesting = new IommufdNesting(channel, { guestRam: [{ guestPhysical: 0, bytes: ram }] });
   const backend = new NestingBackend(nesting, unit, {
-    walkGuest: (request) => unit.translate(request),
+    // The backend's contract takes the reason at the top; the unit keeps it in the fault record.
+    walkGuest: (request) => {
+      const walked = unit.translate(request);
+      return walked.ok ? walked : { ok: false, reason: walked.fault.reason, recording: walked.recording };
+    },
     ...(unit.virtualCommands ? { pasidUse: unit.virtualCommands.allocator } : {}),
   });
   const events: string[] = [];

@@ -9,6 +9,7 @@ import { faultCode, faultReason, type FaultReasonName } from '../vtd/fault-reaso
 import type { FaultRecord } from '../vtd/fault';
 import type { TranslationFailure } from '../vtd/translation-result';
 import { VtdUnit } from '../vtd/unit';
+import type { UnitTraceSink } from '../vtd/unit-trace';
 import {
   EduDriver,
   FIRST_STAGE_FORMAT,
@@ -145,6 +146,8 @@ async function waitUntil(condition: () => boolean, timeoutMs: number): Promise<b
 export interface DemoModeOptions {
   /** Sees the mode's unit and the guest RAM under it as soon as they exist (to watch its faults, say). */
   readonly onUnit?: (unit: VtdUnit, memory: GuestMemory) => void;
+  /** Receives the mode's unit's trace events (docs/trace.md). */
+  readonly trace?: UnitTraceSink;
 }
 
 /** Runs one mode against the vfio-user device served at `socketPath` on a machine of its own. */
@@ -155,7 +158,12 @@ export async function runDemoMode(mode: DemoMode, socketPath: string, options: D
     builtInEdu: false,
     ramBytes: 64 << 20,
     iommu: (memory) => {
-      const unit = new VtdUnit({ memory, config: mode.iommu, onInterrupt: (address, data) => delivered.push({ address, data }) });
+      const unit = new VtdUnit({
+        memory,
+        config: mode.iommu,
+        onInterrupt: (address, data) => delivered.push({ address, data }),
+        ...(options.trace === undefined ? {} : { trace: options.trace }),
+      });
       keepFailures(unit, failures);
       options.onUnit?.(unit, memory);
       return unit;

@@ -3,10 +3,11 @@
 import type { GuestMemory } from '../memory/guest-memory';
 import { getField, type Field } from './bitfield';
 import type { QuirkId } from './compat-quirks';
+import type { FaultRecord, FaultStage } from './fault';
 import { faultReason } from './fault-reasons';
 import type { FaultRecorder } from './fault-recorder';
 import type { HostCompletion } from './host-completion';
-import type { InterruptRequest } from './interrupt-remap';
+import type { InterruptFault, InterruptRequest } from './interrupt-remap';
 import { InvalidationQueue, type InvalidationTarget, type QueueOptions } from './invalidation-queue';
 import type { AccessSize, RegisterFile } from './register-file';
 import { INVALIDATION_DESCRIPTORS } from './structures';
@@ -22,16 +23,30 @@ export interface TraceFieldSpec<T, Optional extends boolean> {
   readonly [valueType]?: T;
 }
 
-function always<T>(meaning: string): TraceFieldSpec<T, false> {
+/** A field every event of its kind has. */
+export function always<T>(meaning: string): TraceFieldSpec<T, false> {
   return { optional: false, meaning };
 }
 
-function sometimes<T>(meaning: string): TraceFieldSpec<T, true> {
+/** A field some events of its kind have. */
+export function sometimes<T>(meaning: string): TraceFieldSpec<T, true> {
   return { optional: true, meaning };
 }
 
+/** One event kind of a trace schema: when it is reported, and its fields by name. */
+export interface TraceKindSpec {
+  readonly when: string;
+  readonly fields: { readonly [name: string]: TraceFieldSpec<unknown, boolean> };
+}
+
+/** A trace schema: event kinds by name (UNIT_TRACE_KINDS here; the bind demo's host events in lib/vmm/demo-bind.ts). */
+export type TraceSchema = { readonly [kind: string]: TraceKindSpec };
+
 /** The interrupts the unit sends: its two events, and device interrupts after remapping. */
 export type UnitInterruptSource = 'fault-event' | 'invalidation-completion' | 'device';
+
+/** Where a traced fault was found: a translation fault's stage, or interrupt remapping. */
+export type TraceFaultStage = FaultStage | 'interrupt-remapping';
 
 /**
  * Every event kind, when it is reported, and its fields: the one place the schema lives. UnitTraceEvent is derived
@@ -83,6 +98,19 @@ export const UNIT_TRACE_KINDS = {
       recording: always<string>(
         "what became of the fault record: 'recorded', 'overflow', 'collapsed', 'dropped-pfo', 'suppressed-fpd', or 'none' (no record is due)",
       ),
+      stage: always<TraceFaultStage>(
+        "where the fault was found: a translation fault's stage ('request', 'root', 'context', 'pasid-directory', 'pasid-table', 'first-stage', 'second-stage', 'output'), or 'interrupt-remapping'",
+      ),
+      level: sometimes<number>(
+        'the paging level being processed: first-stage level (5..1) in first-stage and nested walks, 0 while a nested walk translated its output; the second-stage level in legacy and second-stage walks',
+      ),
+      secondStageLevel: sometimes<number>('nested walks at stage second-stage: the second-stage level where that walk stopped'),
+      entryAddress: sometimes<string>(
+        'address of the entry that decided, 0x hex (in a nested walk, the guest address of the first-stage entry whose translation failed)',
+      ),
+      entryValue: sometimes<string>('that entry as read, the whole entry as one 0x hex number (absent when it could not be read)'),
+      walkPasid: sometimes<number>("the PASID the walk used: the request's, or the context entry's RID_PASID for a request without one"),
+      index: sometimes<number>('interrupt remapping faults: the interrupt index, when the request got that far'),
     },
   },
   interrupt: {
@@ -93,23 +121,24 @@ export const UNIT_TRACE_KINDS = {
       data: always<string>('MSI data, 0x hex'),
     },
   },
-} as const;
+} as const satisfies TraceSchema;
 
-type Schema = typeof UNIT_TRACE_KINDS;
-export type UnitTraceKind = keyof Schema;
-type FieldsOf<K extends UnitTraceKind> = Schema[K]['fields'];
 type ValueOf<F> = F extends TraceFieldSpec<infer T, boolean> ? T : never;
 type AlwaysNames<Fs> = { [N in keyof Fs]: Fs[N] extends TraceFieldSpec<unknown, false> ? N : never }[keyof Fs];
 type SometimesNames<Fs> = Exclude<keyof Fs, AlwaysNames<Fs>>;
 type Flat<T> = { [P in keyof T]: T[P] };
-type EventOf<K extends UnitTraceKind> = Flat<
-  { readonly kind: K } & { readonly [N in AlwaysNames<FieldsOf<K>>]: ValueOf<FieldsOf<K>[N]> } & {
-    readonly [N in SometimesNames<FieldsOf<K>>]?: ValueOf<FieldsOf<K>[N]>;
+type EventOf<Fs, K> = Flat<
+  { readonly kind: K } & { readonly [N in AlwaysNames<Fs>]: ValueOf<Fs[N]> } & {
+    readonly [N in SometimesNames<Fs>]?: ValueOf<Fs[N]>;
   }
 >;
 
+/** The events a schema describes: `kind`, the fields each kind always has, and the ones it may have. */
+export type TraceEventOf<S extends TraceSchema> = { [K in keyof S & string]: EventOf<S[K]['fields'], K> }[keyof S & string];
+
+export type UnitTraceKind = keyof typeof UNIT_TRACE_KINDS;
 /** One event of the unit's trace (see UNIT_TRACE_KINDS and docs/trace.md). */
-export type UnitTraceEvent = { [K in UnitTraceKind]: EventOf<K> }[UnitTraceKind];
+export type UnitTraceEvent = TraceEventOf<typeof UNIT_TRACE_KINDS>;
 export type UnitTraceSink = (event: UnitTraceEvent) => void;
 
 /** The kinds in schema order, and each kind's field names (`kind` itself not included). */
@@ -184,18 +213,41 @@ export function translationEvent(request: TranslationRequest, result: Translatio
     iova: hex(request.iova),
     write: request.write,
   };
-  return result.ok ? { ...common, ok: true, address: hex(result.address) } : { ...common, ok: false, reason: result.reason };
+  return result.ok ? { ...common, ok: true, address: hex(result.address) } : { ...common, ok: false, reason: result.fault.reason };
 }
 
-function faultEvent(sid: number, pasid: number | undefined, iova: string, reason: number, recording: string): UnitTraceEvent {
+/** What every fault event has: the request, the reason, and what became of the record. */
+function faultBase(sid: number, pasid: number | undefined, iova: string, reason: number, recording: string) {
   return {
-    kind: 'fault',
+    kind: 'fault' as const,
     sid,
     ...(pasid === undefined ? {} : { pasid }),
     iova,
     reason,
     reasonName: faultReason(reason)?.name ?? 'reserved',
     recording,
+  };
+}
+
+/** A failed translation's fault: the request, then where and why from its fault record. */
+export function translationFaultEvent(request: TranslationRequest, fault: FaultRecord, recording: string): UnitTraceEvent {
+  return {
+    ...faultBase(request.sid, request.pasid, hex(request.iova), fault.reason, recording),
+    stage: fault.stage,
+    ...(fault.level === undefined ? {} : { level: fault.level }),
+    ...(fault.secondStageLevel === undefined ? {} : { secondStageLevel: fault.secondStageLevel }),
+    ...(fault.entryAddress === undefined ? {} : { entryAddress: hex(fault.entryAddress) }),
+    ...(fault.entryValue === undefined ? {} : { entryValue: hex(fault.entryValue) }),
+    ...(fault.pasid === undefined ? {} : { walkPasid: fault.pasid }),
+  };
+}
+
+/** An interrupt request remapping refused. */
+export function interruptFaultEvent(request: InterruptRequest, fault: InterruptFault, recording: string): UnitTraceEvent {
+  return {
+    ...faultBase(request.sid, undefined, hex(request.address >>> 0), fault.reason, recording),
+    stage: 'interrupt-remapping',
+    ...(fault.index === undefined ? {} : { index: fault.index }),
   };
 }
 
@@ -282,14 +334,14 @@ export class UnitTracer {
         () => translate.call(unit, request),
         (result) => {
           this.emit(translationEvent(request, result));
-          if (!result.ok) this.emit(faultEvent(request.sid, request.pasid, hex(request.iova), result.reason, result.recording));
+          if (!result.ok) this.emit(translationFaultEvent(request, result.fault, result.recording));
         },
       );
     unit.remapInterrupt = (request, origin) =>
       this.request(
         () => remapInterrupt.call(unit, request, origin),
         (result) => {
-          if (!result.ok) this.emit(faultEvent(request.sid, undefined, hex(request.address >>> 0), result.reason, result.recording));
+          if (!result.ok) this.emit(interruptFaultEvent(request, result, result.recording));
         },
       );
   }

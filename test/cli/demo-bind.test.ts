@@ -51,8 +51,9 @@ describe('cli: viommu demo --mode bind', function () {
       events.every((event, i) => typeof event.t === 'number' && (i === 0 || event.t >= (events[i - 1]!.t as number))),
       'each event has a time, in order',
     );
+    assert.deepEqual(new Set(events.map((event) => event.mode)), new Set(['bind']), 'each line names the mode');
     const alloc = events.find((event) => event.kind === 'host-request' && event.name === 'IOMMU_HWPT_ALLOC' && event.step === 'bind')!;
-    assert.deepEqual(Object.keys(alloc), ['t', 'kind', 'step', 'name', 'fields', 'payload', 'result']);
+    assert.deepEqual(Object.keys(alloc), ['t', 'mode', 'kind', 'step', 'name', 'fields', 'payload', 'result']);
     assert.match((alloc.payload as { pgtbl_addr: string }).pgtbl_addr, /^0x[0-9a-f]+$/, 'bigints as 0x hex strings');
     assert.equal(alloc.result, 0);
     const hostFault = events.find((event) => event.kind === 'host-fault')!;

@@ -77,6 +77,7 @@ describe('cli: viommu qtest --trace FILE', function () {
     assert.equal(lines.pop(), '', 'the file ends with a newline');
     const events = lines.map((line) => JSON.parse(line) as TraceLine);
     let last = 0;
+    assert.ok(events.length > 0);
     for (const event of events) {
       assert.ok(typeof event.t === 'number' && event.t >= last, `t goes forward: ${JSON.stringify(event)}`);
       last = event.t;
@@ -125,6 +126,17 @@ describe('cli: viommu qtest --trace FILE', function () {
     });
     const completion = find((e) => e.kind === 'interrupt' && e.source === 'invalidation-completion' && e.data === '0x42', 'the completion event');
     assert.ok(events.indexOf(wait) < events.indexOf(completion));
+  });
+
+  it('says on stderr when the trace could not be written to the end, and answers the protocol as ever', async () => {
+    const peer = await ViommuQtest.start({ extraArgs: ['--trace', '/dev/full'] });
+    try {
+      await programUnit(peer);
+      assert.equal(((await peer.readl(GSTS)) & 0x80000000) >>> 0, 0x80000000, 'translation is on');
+    } finally {
+      await peer.close();
+    }
+    assert.match(peer.stderrText, /^viommu qtest: --trace \/dev\/full is incomplete: ENOSPC/m);
   });
 
   it('refuses a trace file it cannot create before speaking the protocol', async () => {

@@ -14,6 +14,7 @@ import {
   UNIT_TRACE_KIND_NAMES,
   UnitTracer,
   unitTraceFieldNames,
+  type TraceFaultStage,
   type UnitTraceEvent,
   type UnitTraceSink,
 } from '../../lib/vtd/unit-trace';
@@ -41,6 +42,13 @@ type PromisedShape =
       readonly reason: number;
       readonly reasonName: string;
       readonly recording: string;
+      readonly stage: TraceFaultStage;
+      readonly level?: number;
+      readonly secondStageLevel?: number;
+      readonly entryAddress?: string;
+      readonly entryValue?: string;
+      readonly walkPasid?: number;
+      readonly index?: number;
     }
   | {
       readonly kind: 'interrupt';
@@ -148,9 +156,23 @@ describe('VtdUnit trace', () => {
     assert.deepEqual(translations[2], { kind: 'translation', sid: SID, pasid: 7, iova: '0x200000', write: false, ok: false, reason: 0x31 });
 
     const faults = ofKind(events, 'fault');
-    assert.deepEqual(faults[0], { kind: 'fault', sid: SID, iova: '0x201000', reason: 0x5, reasonName: 'WRITE', recording: 'recorded' });
+    // Where and why, from the fault record: the leaf of the 4-level walk (level 1) refused the write, and its entry.
+    const leaf = guest.leafAddress(SID, READ_ONLY_IOVA);
+    assert.deepEqual(faults[0], {
+      kind: 'fault',
+      sid: SID,
+      iova: '0x201000',
+      reason: 0x5,
+      reasonName: 'WRITE',
+      recording: 'recorded',
+      stage: 'second-stage',
+      level: 1,
+      entryAddress: `0x${leaf.toString(16)}`,
+      entryValue: `0x${guest.memory.readU64(leaf).toString(16)}`,
+    });
     assert.equal(faults[1]!.pasid, 7);
     assert.equal(faults[1]!.reasonName, 'SM_TTM0_PASID_REQUEST');
+    assert.equal(faults[1]!.stage, 'request');
     assert.deepEqual(faults[2], {
       kind: 'fault',
       sid: SID,
@@ -158,6 +180,8 @@ describe('VtdUnit trace', () => {
       reason: 0x22,
       reasonName: 'IR_ENTRY_NOT_PRESENT',
       recording: 'collapsed',
+      stage: 'interrupt-remapping',
+      index: 9,
     });
     // A fault follows its translation at once, and the fault event it raised follows the fault.
     assert.equal(events[events.indexOf(translations[1]!) + 1], faults[0]);
