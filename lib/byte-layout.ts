@@ -28,22 +28,41 @@ export type StructValue<F extends readonly FieldSpec[]> = {
   [E in F[number] as E extends { reserved: true } ? never : E['key']]: FieldValue<E>;
 };
 
+/** The keys a field table defines: a misspelt key is a compile error wherever a layout's type is known. */
 export type FieldKey<F extends readonly FieldSpec[]> = F[number]['key'];
 
-/** What every layout offers whatever its fields: enough for tools that point into structs by field name. */
-export interface StructShape {
+/** The row of table `F` whose key is `K` (any row, for a table whose keys are only known as strings). */
+export type FieldOf<F extends readonly FieldSpec[], K extends FieldKey<F>> =
+  string extends FieldKey<F> ? F[number] : Extract<F[number], { readonly key: K }>;
+
+/**
+ * The keys of `F`'s integer fields, or of those `W` bytes wide. A table whose widths are only known as `number`
+ * (a layout seen through the untyped StructShape) admits any key, and its fields are checked when used.
+ */
+export type IntegerKey<F extends readonly FieldSpec[], W extends number = number> = number extends F[number]['width']
+  ? FieldKey<F>
+  : Exclude<Extract<F[number], { readonly width: W }>, { readonly kind: 'bytes' }>['key'];
+
+/** What an integer field holds: a bigint for 8 bytes, a number below that (either, where the width is unknown). */
+export type IntegerValue<E extends FieldSpec> = number extends E['width'] ? number | bigint : E extends { readonly width: 8 } ? bigint : number;
+
+/**
+ * What every layout offers whatever its fields: enough for tools that point into structs by field name. Generic
+ * over the table so that the keys are the table's own; `StructShape` alone (any table) accepts any string.
+ */
+export interface StructShape<F extends readonly FieldSpec[] = readonly FieldSpec[]> {
   readonly name: string;
   readonly size: number;
-  readonly fields: readonly FieldSpec[];
-  /** The field's byte offset, for code that must point into a struct (e.g. tests that corrupt one field). */
-  offsetOf(key: string): number;
-}
-
-export interface StructLayout<F extends readonly FieldSpec[]> extends StructShape {
   readonly fields: F;
   /** The field named `key` (its table row); throws ViommuError for a key the table does not have. */
   field(key: FieldKey<F>): F[number];
-  has(key: string): key is FieldKey<F>;
+  /** The field's byte offset, for code that must point into a struct (e.g. tests that corrupt one field). */
+  offsetOf(key: FieldKey<F>): number;
+}
+
+export interface StructLayout<F extends readonly FieldSpec[]> extends StructShape<F> {
+  /** Whether this table has field `key`: for the fields that only some variants of a structure have (MSI's upper address). */
+  has(key: FieldKey<F>): boolean;
   /**
    * Reads every non-reserved field of the struct at `at`. Integer fields past the end of `bytes` read as zero
    * (a configuration dump cut short); callers that must refuse short input check `size` first.
@@ -93,10 +112,29 @@ export function writeUnsigned(bytes: Uint8Array, at: number, width: 1 | 2 | 4, v
   for (let i = 0; i < width; i++) bytes[at + i] = Math.floor(value / 2 ** (8 * i)) & 0xff;
 }
 
-function writeU64(bytes: Uint8Array, at: number, value: unknown): boolean {
-  if (typeof value !== 'bigint' || value < 0n || value >= U64_LIMIT) return false;
+/** Little-endian stores of a value that already fits (isU16, isU32): the hot paths' writers (message headers). */
+export function writeU16(bytes: Uint8Array, at: number, value: number): void {
+  bytes[at] = value;
+  bytes[at + 1] = value >>> 8;
+}
+
+export function writeU32(bytes: Uint8Array, at: number, value: number): void {
+  bytes[at] = value;
+  bytes[at + 1] = value >>> 8;
+  bytes[at + 2] = value >>> 16;
+  bytes[at + 3] = value >>> 24;
+}
+
+/** Stores a bigint in [0, 2^64) (see fitsField). */
+export function writeU64(bytes: Uint8Array, at: number, value: bigint): void {
   WIDE.setBigUint64(0, value, true);
   for (let i = 0; i < 8; i++) bytes[at + i] = WIDE_BYTES[i]!;
+}
+
+/** writeU64 for an unchecked value: false, and nothing written, when it is not a bigint in [0, 2^64). */
+function writeU64IfFits(bytes: Uint8Array, at: number, value: unknown): boolean {
+  if (typeof value !== 'bigint' || value < 0n || value >= U64_LIMIT) return false;
+  writeU64(bytes, at, value);
   return true;
 }
 
@@ -107,15 +145,15 @@ function writeBytes(bytes: Uint8Array, at: number, width: number, value: unknown
   return true;
 }
 
-function isU8(value: unknown): value is number {
+export function isU8(value: unknown): value is number {
   return typeof value === 'number' && Number.isInteger(value) && value >= 0 && value < 0x100;
 }
 
-function isU16(value: unknown): value is number {
+export function isU16(value: unknown): value is number {
   return typeof value === 'number' && Number.isInteger(value) && value >= 0 && value < 0x1_0000;
 }
 
-function isU32(value: unknown): value is number {
+export function isU32(value: unknown): value is number {
   return typeof value === 'number' && Number.isInteger(value) && value >= 0 && value < 0x1_0000_0000;
 }
 
@@ -189,11 +227,11 @@ function writeStatements(field: CompiledField): string {
     case 4:
       return `${load} if (!isU32(v)) return false; bytes[${p}] = v; bytes[${p} + 1] = v >>> 8; bytes[${p} + 2] = v >>> 16; bytes[${p} + 3] = v >>> 24;`;
     default:
-      return `${load} if (!writeU64(bytes, ${p}, v)) return false;`;
+      return `${load} if (!writeU64IfFits(bytes, ${p}, v)) return false;`;
   }
 }
 
-const HELPERS = { readU16, readU32, readU64, writeU64, writeBytes, isU8, isU16, isU32 };
+const HELPERS = { readU16, readU32, readU64, writeU64IfFits, writeBytes, isU8, isU16, isU32 };
 
 /** The accessors as generated code; undefined where the process forbids code generation from strings. */
 function generated(visible: readonly CompiledField[], reserved: readonly CompiledField[]): [Decoder, Encoder] | undefined {
@@ -232,7 +270,7 @@ function interpreted(visible: readonly FieldSpec[], reserved: readonly FieldSpec
       const v = value[field.key];
       if (!fitsField(field, v)) return false;
       if (field.kind === 'bytes') writeBytes(bytes, p, field.width, v);
-      else if (field.width === 8) writeU64(bytes, p, v);
+      else if (field.width === 8) writeU64(bytes, p, v as bigint);
       else writeUnsigned(bytes, p, field.width as 1 | 2 | 4, v as number);
     }
     for (const field of reserved) bytes.fill(0, at + field.offset, at + field.offset + field.width);
@@ -292,7 +330,7 @@ export function defineStruct<const F extends readonly FieldSpec[]>(name: string,
     size: structSize,
     fields,
     field,
-    has: (key): key is FieldKey<F> => byKey.has(key),
+    has: (key) => byKey.has(key),
     offsetOf: (key) => field(key).offset,
     decode: (bytes, at = 0) => (accessors ?? compile())[0](bytes, at) as StructValue<F>,
     encode(value, bytes, at = 0) {
@@ -314,19 +352,65 @@ export function defineStruct<const F extends readonly FieldSpec[]>(name: string,
 }
 
 /**
- * The offsets of `layout`'s fields, for code that reads a hot struct field by field: checked once against the
- * widths that code reads, so a change of the table fails at load time instead of misreading the bytes.
+ * The offsets of `layout`'s fields, for code that reads a hot struct field by field. The keys and widths are the
+ * table's own at compile time, and checked again once at load time (for a table seen only as StructShape), so a
+ * change of the table fails before any bytes are misread.
  */
-export function fieldOffsets<K extends string>(layout: StructShape, widths: Readonly<Record<K, number>>): Readonly<Record<K, number>> {
+export function fieldOffsets<F extends readonly FieldSpec[], K extends IntegerKey<F>>(
+  layout: StructShape<F>,
+  widths: { readonly [P in K]: FieldOf<F, P>['width'] },
+): Readonly<Record<K, number>> {
   const offsets = {} as Record<K, number>;
   for (const key of Object.keys(widths) as K[]) {
     const field = layout.fields.find((candidate) => candidate.key === key);
-    if (field === undefined || field.width !== widths[key] || field.kind === 'bytes') {
-      throw layoutError(`${layout.name}.${key} is not the ${widths[key]}-byte integer this code reads`);
+    const width: number = widths[key];
+    if (field === undefined || field.width !== width || field.kind === 'bytes') {
+      throw layoutError(`${layout.name}.${key} is not the ${width}-byte integer this code reads`);
     }
     offsets[key] = field.offset;
   }
   return offsets;
+}
+
+/** The integer field `key` of the struct at `at`, checked to lie inside `bytes`. */
+function integerField(layout: StructShape, bytes: Uint8Array, key: string, at: number): FieldSpec {
+  const field = layout.field(key);
+  if (field.kind === 'bytes') throw layoutError(`${layout.name}.${key} is a byte string, not an integer`);
+  if (!(at >= 0 && at + field.offset + field.width <= bytes.length)) {
+    throw layoutError(`${layout.name}.${key} at ${at} lies beyond the ${bytes.length} bytes given`);
+  }
+  return field;
+}
+
+/**
+ * Reads one integer field of an encoded struct in place, by the table's key (an out field a kernel filled, a
+ * size field): no decode of the rest. Throws ViommuError when the field lies beyond `bytes`.
+ */
+export function readField<F extends readonly FieldSpec[], K extends IntegerKey<F>>(
+  layout: StructShape<F>,
+  bytes: Uint8Array,
+  key: K,
+  at = 0,
+): IntegerValue<FieldOf<F, K>> {
+  const field = integerField(layout, bytes, key, at);
+  const p = at + field.offset;
+  const value = field.width === 8 ? readU64(bytes, p) : readUnsigned(bytes, p, field.width as 1 | 2 | 4);
+  return value as IntegerValue<FieldOf<F, K>>;
+}
+
+/** Writes one integer field of an encoded struct in place, by the table's key; throws ViommuError if it does not fit. */
+export function writeField<F extends readonly FieldSpec[], K extends IntegerKey<F>>(
+  layout: StructShape<F>,
+  bytes: Uint8Array,
+  key: K,
+  value: IntegerValue<FieldOf<F, K>>,
+  at = 0,
+): void {
+  const field = integerField(layout, bytes, key, at);
+  if (!fitsField(field, value)) throw misfit(layout.name, field);
+  const p = at + field.offset;
+  if (field.width === 8) writeU64(bytes, p, value as bigint);
+  else writeUnsigned(bytes, p, field.width as 1 | 2 | 4, value as number);
 }
 
 // ---- flags and numbers -----------------------------------------------------------------------------------------

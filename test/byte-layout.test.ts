@@ -2,7 +2,20 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import fc from 'fast-check';
-import { defineFlags, defineNumbers, defineStruct, fieldOffsets, readUnsigned, type StructValue } from '../lib/byte-layout';
+import {
+  defineFlags,
+  defineNumbers,
+  defineStruct,
+  fieldOffsets,
+  readField,
+  readUnsigned,
+  writeField,
+  writeU16,
+  writeU32,
+  writeU64,
+  type StructShape,
+  type StructValue,
+} from '../lib/byte-layout';
 import { ViommuError } from '../lib/errors';
 
 const isLayoutError = (error: unknown) => error instanceof ViommuError && error.code === 'ERR_BYTE_LAYOUT';
@@ -85,11 +98,64 @@ describe('byte layout', () => {
     bytes[MIXED.offsetOf('pad')] = 1;
     assert.equal(MIXED.findNonZeroReserved(bytes)?.key, 'pad');
     assert.equal(MIXED.field('u64').offset, 8);
-    assert.equal(MIXED.has('u64'), true);
-    assert.equal(MIXED.has('u128'), false);
-    assert.throws(() => MIXED.offsetOf('u128'), /mixed has no field u128/);
     assert.deepStrictEqual(fieldOffsets(MIXED, { u16: 2, u32: 4 }), { u16: 2, u32: 4 });
+    // A table seen only as StructShape has no key or width types: the same mistakes are caught when it is used.
+    const untyped: StructShape = MIXED;
+    assert.throws(() => untyped.offsetOf('u128'), /mixed has no field u128/);
+    assert.throws(() => fieldOffsets(untyped, { u16: 4 }), /mixed\.u16 is not the 4-byte integer/);
+  });
+
+  it('says whether a variant of a structure has a field that only some variants define', () => {
+    const variant = (wide: boolean) =>
+      defineStruct('variant', [
+        { key: 'low', spec: 'low', offset: 0, width: 4 },
+        ...(wide ? [{ key: 'high', spec: 'high', offset: 4, width: 4 } as const] : []),
+      ]);
+    assert.equal(variant(true).has('high'), true);
+    assert.equal(variant(false).has('high'), false);
+    assert.equal(variant(false).has('low'), true);
+  });
+
+  // Each @ts-expect-error below must meet a compile error (tsc -p . fails on an unused one), so the key and width
+  // typing cannot quietly fall back to plain strings; at run time the same calls are refused as well.
+  it('takes only the keys and widths its table defines, at compile time', () => {
+    const bytes = new Uint8Array(MIXED.size);
+    // @ts-expect-error: MIXED has no field u128.
+    assert.throws(() => MIXED.offsetOf('u128'), /mixed has no field u128/);
+    // @ts-expect-error: MIXED has no field u128.
+    assert.throws(() => MIXED.field('u128'), /mixed has no field u128/);
+    // @ts-expect-error: MIXED has no field u128.
+    assert.equal(MIXED.has('u128'), false);
+    // @ts-expect-error: u16 is 2 bytes wide.
     assert.throws(() => fieldOffsets(MIXED, { u16: 4 }), isLayoutError);
+    // @ts-expect-error: name is a byte string, not an integer.
+    assert.throws(() => readField(MIXED, bytes, 'name'), /mixed\.name is a byte string/);
+    // @ts-expect-error: a u64 field holds a bigint.
+    assert.throws(() => writeField(MIXED, bytes, 'u64', 1), /mixed\.u64 must be a bigint/);
+    // @ts-expect-error: a u32 field holds a number.
+    assert.throws(() => writeField(MIXED, bytes, 'u32', 1n), /mixed\.u32 must be an integer/);
+  });
+
+  it('reads and writes one integer field in place by its key, inside the bytes given', () => {
+    const bytes = new Uint8Array(2 + MIXED.size).fill(0xa5);
+    writeField(MIXED, bytes, 'u16', 0x1234, 2);
+    writeField(MIXED, bytes, 'u64', 0x0102030405060708n, 2);
+    const wide: bigint = readField(MIXED, bytes, 'u64', 2);
+    const narrow: number = readField(MIXED, bytes, 'u16', 2);
+    assert.deepStrictEqual([narrow, wide], [0x1234, 0x0102030405060708n]);
+    assert.deepStrictEqual([...bytes.subarray(2 + 2, 2 + 4)], [0x34, 0x12]);
+    assert.equal(bytes[2 + MIXED.offsetOf('u32')], 0xa5, 'nothing beyond the field');
+    assert.throws(() => writeField(MIXED, bytes, 'u16', 0x10000), /mixed\.u16 must be an integer in \[0, 2\^16\)/);
+    assert.throws(() => readField(MIXED, bytes.subarray(0, 15), 'u64'), /mixed\.u64 at 0 lies beyond the 15 bytes given/);
+    assert.throws(() => writeField(MIXED, bytes, 'u8', 1, -1), isLayoutError);
+  });
+
+  it('writes little-endian integers as the struct encoder does', () => {
+    const bytes = new Uint8Array(14);
+    writeU16(bytes, 0, 0xbeef);
+    writeU32(bytes, 2, 0xdeadbeef);
+    writeU64(bytes, 6, 0xfedcba9876543210n);
+    assert.deepStrictEqual([...bytes], [0xef, 0xbe, 0xef, 0xbe, 0xad, 0xde, 0x10, 0x32, 0x54, 0x76, 0x98, 0xba, 0xdc, 0xfe]);
   });
 
   it('encodes and decodes alike where the process forbids generated code', () => {

@@ -32,10 +32,12 @@ import {
   encodeStruct,
   ioctlByRequest,
   nonZeroReserved,
-  writeU32,
-  type IoctlSpec,
+  readU32,
+  writeU64,
+  type IOCTLS,
+  type IoctlName,
 } from './iommufd-uapi';
-import type { StructValue } from '../byte-layout';
+import { writeField, type IntegerKey, type StructValue } from '../byte-layout';
 
 /** The host IOMMU the double pretends to be behind every device. */
 export interface HostIommuModel {
@@ -78,6 +80,26 @@ export interface RecordedRequest {
 type VtdS1 = StructValue<typeof IOMMU_HWPT_VTD_S1_LAYOUT.fields>;
 type VtdInvalidate = StructValue<typeof IOMMU_HWPT_VTD_S1_INVALIDATE_LAYOUT.fields>;
 
+/** The field table of request `N`. */
+type FieldsOf<N extends IoctlName> = (typeof IOCTLS)[N]['layout']['fields'];
+
+/**
+ * A request decoded under its own name: `f` holds its struct's fields and `out` what the kernel writes back into
+ * it (ids, lengths, counts), both keyed by the request's own table, so a handler cannot name another's field.
+ */
+type Request = {
+  [N in IoctlName]: {
+    readonly name: N;
+    readonly f: StructValue<FieldsOf<N>>;
+    readonly out: { [K in IntegerKey<FieldsOf<N>, 1 | 2 | 4>]?: number };
+  };
+}[IoctlName];
+
+type RequestNamed<N extends IoctlName> = Extract<Request, { readonly name: N }>;
+
+/** A spec found by request number: one of IOCTLS, its layout seen as any table. */
+type KnownSpec = NonNullable<ReturnType<typeof ioctlByRequest>>;
+
 type KernelObject =
   | { readonly kind: 'ioas'; readonly maps: { iova: bigint; length: bigint; writable: boolean }[] }
   | { readonly kind: 'device'; readonly cdev: number }
@@ -86,7 +108,7 @@ type KernelObject =
   | { readonly kind: 'fault'; readonly fd: number };
 
 /** The smallest size (argsz) each request accepts: the end of its last mandatory field. */
-const MIN_SIZE: Readonly<Record<string, number>> = {
+const MIN_SIZE: Readonly<Record<IoctlName, number>> = {
   IOMMU_DESTROY: 8,
   IOMMU_IOAS_ALLOC: 12,
   IOMMU_IOAS_MAP: 40,
@@ -181,7 +203,8 @@ export class IommufdDryRun implements IommufdChannel {
     let size = 0;
     const writeBack = (): void => {
       for (const [key, value] of Object.entries(out)) {
-        if (spec.layout.offsetOf(key) + 4 <= size) writeU32(spec.layout, argument, key, value);
+        const field = spec.layout.field(key);
+        if (field.offset + field.width <= size) writeField(spec.layout, argument, key, value);
       }
     };
     try {
@@ -192,7 +215,8 @@ export class IommufdDryRun implements IommufdChannel {
       const copy = new Uint8Array(spec.layout.size);
       copy.set(argument.subarray(0, Math.min(size, spec.layout.size)));
       fields = decodeStruct(spec.layout as never, copy) as Record<string, number | bigint>;
-      payload = this.handle(spec, fields, copy, payloads, options, out);
+      // The one place the struct meets its name: decoded by the spec of that very name, it has that name's fields.
+      payload = this.handle(spec, { name: spec.name, f: fields, out } as Request, copy, payloads, options);
       writeBack();
       return this.record({ ...base, fields, ...(payload !== undefined ? { payload } : {}), result: 0 });
     } catch (error) {
@@ -240,7 +264,7 @@ export class IommufdDryRun implements IommufdChannel {
     return request.result;
   }
 
-  private checkTarget(spec: IoctlSpec, options: IoctlOptions): void {
+  private checkTarget(spec: KnownSpec, options: IoctlOptions): void {
     if (spec.target === 'iommufd') {
       // A VFIO cdev does not know iommufd's numbers.
       if (options.device !== undefined) fail('ENOTTY');
@@ -250,10 +274,10 @@ export class IommufdDryRun implements IommufdChannel {
     if (!this.cdevs.has(options.device)) fail('EBADF');
   }
 
-  private checkSize(spec: IoctlSpec, argument: Uint8Array): number {
+  private checkSize(spec: KnownSpec, argument: Uint8Array): number {
     if (argument.length < 4) fail('EFAULT');
-    const size = new DataView(argument.buffer, argument.byteOffset, argument.byteLength).getUint32(0, true);
-    if (size < MIN_SIZE[spec.name]!) fail('EINVAL');
+    const size = readU32(spec.layout, argument, spec.sizeField);
+    if (size < MIN_SIZE[spec.name]) fail('EINVAL');
     if (argument.length < Math.min(size, spec.layout.size)) fail('EFAULT');
     if (spec.target === 'iommufd' && size > spec.layout.size) {
       // iommufd: bytes beyond what the kernel knows must be zero (E2BIG); VFIO simply ignores them.
@@ -263,12 +287,11 @@ export class IommufdDryRun implements IommufdChannel {
     return size;
   }
 
-  private fillPointers(spec: IoctlSpec, argument: Uint8Array, options: IoctlOptions, payloads: Map<string, Uint8Array>): void {
-    const view = new DataView(argument.buffer, argument.byteOffset, argument.byteLength);
+  private fillPointers(spec: KnownSpec, argument: Uint8Array, options: IoctlOptions, payloads: Map<string, Uint8Array>): void {
     for (const { offset, buffer } of options.payloads ?? []) {
       const field = spec.pointerFields.find((key) => spec.layout.offsetOf(key) === offset);
       if (!field) throw new Error(`${spec.name}: offset ${offset} is not a pointer field (${spec.pointerFields.join(', ') || 'none'})`);
-      view.setBigUint64(offset, this.nextUserAddress, true);
+      writeU64(spec.layout, argument, field, this.nextUserAddress);
       this.nextUserAddress += (BigInt(buffer.length) + PAGE) & ~(PAGE - 1n);
       payloads.set(field, buffer);
     }
@@ -278,8 +301,13 @@ export class IommufdDryRun implements IommufdChannel {
     }
   }
 
-  /** A pointer field's buffer; EFAULT for NULL, or when it is shorter than the length the struct claims. */
-  private pointed(fields: Record<string, number | bigint>, payloads: Map<string, Uint8Array>, key: string, length: number): Uint8Array {
+  /** Pointer field `key`'s buffer; EFAULT for NULL, or when it is shorter than the length the struct claims. */
+  private pointed<K extends string>(
+    fields: NoInfer<Readonly<Record<K, bigint>>>,
+    payloads: ReadonlyMap<string, Uint8Array>,
+    key: K,
+    length: number,
+  ): Uint8Array {
     const buffer = payloads.get(key);
     if (fields[key] === 0n || !buffer || buffer.length < length) fail('EFAULT');
     return buffer;
@@ -304,19 +332,10 @@ export class IommufdDryRun implements IommufdChannel {
 
   // ---- the requests ----
 
-  private handle(
-    spec: IoctlSpec,
-    f: Record<string, number | bigint>,
-    raw: Uint8Array,
-    payloads: Map<string, Uint8Array>,
-    options: IoctlOptions,
-    out: Record<string, number>,
-  ): unknown {
-    const n = (key: string): number => f[key] as number;
-    const big = (key: string): bigint => f[key] as bigint;
-    switch (spec.name) {
+  private handle(spec: KnownSpec, request: Request, raw: Uint8Array, payloads: Map<string, Uint8Array>, options: IoctlOptions): unknown {
+    switch (request.name) {
       case 'IOMMU_DESTROY': {
-        const id = n('id');
+        const { id } = request.f;
         const object = this.objects.get(id);
         if (!object || object.kind === 'device') fail('ENOENT');
         if (this.inUse(id)) fail('EBUSY');
@@ -325,30 +344,32 @@ export class IommufdDryRun implements IommufdChannel {
         return undefined;
       }
       case 'IOMMU_IOAS_ALLOC':
-        if (n('flags') !== 0) fail('EOPNOTSUPP');
-        out.outIoasId = this.add({ kind: 'ioas', maps: [] });
+        if (request.f.flags !== 0) fail('EOPNOTSUPP');
+        request.out.outIoasId = this.add({ kind: 'ioas', maps: [] });
         return undefined;
       case 'IOMMU_IOAS_MAP': {
-        if (IOAS_MAP_FLAGS.unknownBits(n('flags')) !== 0 || nonZeroReserved(spec.layout as never, raw)) fail('EOPNOTSUPP');
-        const ioas = this.object(n('ioasId'), 'ioas');
-        const length = big('length');
+        const { f } = request;
+        if (IOAS_MAP_FLAGS.unknownBits(f.flags) !== 0 || nonZeroReserved(spec.layout as never, raw)) fail('EOPNOTSUPP');
+        const ioas = this.object(f.ioasId, 'ioas');
+        const length = f.length;
         if (length === 0n) fail('EINVAL');
         const ram = this.pointed(f, payloads, 'userVa', Number(length));
-        const fixed = (n('flags') & IOAS_MAP_FLAGS.bits.FIXED_IOVA) !== 0;
-        const iova = fixed ? big('iova') : ioas.maps.reduce((end, map) => (map.iova + map.length > end ? map.iova + map.length : end), 0n);
+        const fixed = (f.flags & IOAS_MAP_FLAGS.bits.FIXED_IOVA) !== 0;
+        const iova = fixed ? f.iova : ioas.maps.reduce((end, map) => (map.iova + map.length > end ? map.iova + map.length : end), 0n);
         if (iova % PAGE !== 0n || length % PAGE !== 0n) fail('EINVAL');
         if (ioas.maps.some((map) => iova < map.iova + map.length && map.iova < iova + length)) fail('EEXIST');
-        ioas.maps.push({ iova, length, writable: (n('flags') & IOAS_MAP_FLAGS.bits.WRITEABLE) !== 0 });
+        ioas.maps.push({ iova, length, writable: (f.flags & IOAS_MAP_FLAGS.bits.WRITEABLE) !== 0 });
         return { ramBytes: ram.length };
       }
       case 'IOMMU_HWPT_ALLOC':
-        return this.hwptAlloc(spec, f, raw, payloads, out);
+        return this.hwptAlloc(spec, request, raw, payloads);
       case 'IOMMU_GET_HW_INFO': {
-        if (HW_INFO_FLAGS.unknownBits(n('flags')) !== 0 || nonZeroReserved(spec.layout as never, raw)) fail('EOPNOTSUPP');
-        this.object(n('devId'), 'device');
+        const { f, out } = request;
+        if (HW_INFO_FLAGS.unknownBits(f.flags) !== 0 || nonZeroReserved(spec.layout as never, raw)) fail('EOPNOTSUPP');
+        this.object(f.devId, 'device');
         const type = this.host.infoType ?? HW_INFO_TYPE.values.INTEL_VTD;
-        if ((n('flags') & HW_INFO_FLAGS.bits.INPUT_TYPE) !== 0 && n('dataType') !== 0 && n('dataType') !== type) fail('EOPNOTSUPP');
-        const dataLen = n('dataLen');
+        if ((f.flags & HW_INFO_FLAGS.bits.INPUT_TYPE) !== 0 && f.dataType !== 0 && f.dataType !== type) fail('EOPNOTSUPP');
+        const dataLen = f.dataLen;
         if (dataLen > 0) {
           const buffer = this.pointed(f, payloads, 'dataUptr', dataLen);
           const info = encodeStruct(IOMMU_HW_INFO_VTD_LAYOUT, {
@@ -365,33 +386,35 @@ export class IommufdDryRun implements IommufdChannel {
         return undefined;
       }
       case 'IOMMU_HWPT_INVALIDATE':
-        return this.hwptInvalidate(spec, f, raw, payloads, out);
+        return this.hwptInvalidate(spec, request, raw, payloads);
       case 'IOMMU_FAULT_QUEUE_ALLOC': {
-        if (n('flags') !== 0) fail('EOPNOTSUPP');
+        if (request.f.flags !== 0) fail('EOPNOTSUPP');
         const fd = 500 + this.nextId;
-        out.outFaultId = this.add({ kind: 'fault', fd });
-        out.outFaultFd = fd;
+        request.out.outFaultId = this.add({ kind: 'fault', fd });
+        request.out.outFaultFd = fd;
         this.faultQueues.set(fd, { queued: [], pending: new Set() });
         return undefined;
       }
       case 'VFIO_DEVICE_BIND_IOMMUFD': {
-        if (VFIO_BIND_FLAGS.unknownBits(n('flags')) !== 0) fail('EINVAL');
-        if ((n('flags') & VFIO_BIND_FLAGS.bits.TOKEN) !== 0) this.pointed(f, payloads, 'tokenUuidPtr', 16);
+        const { f } = request;
+        if (VFIO_BIND_FLAGS.unknownBits(f.flags) !== 0) fail('EINVAL');
+        if ((f.flags & VFIO_BIND_FLAGS.bits.TOKEN) !== 0) this.pointed(f, payloads, 'tokenUuidPtr', 16);
         if (this.deviceIdOf(options.device!) !== undefined) fail('EINVAL');
-        if (n('iommufd') !== this.iommufd) fail('EBADF');
-        out.outDevid = this.add({ kind: 'device', cdev: options.device! });
+        if (f.iommufd !== this.iommufd) fail('EBADF');
+        request.out.outDevid = this.add({ kind: 'device', cdev: options.device! });
         return undefined;
       }
       case 'VFIO_DEVICE_ATTACH_IOMMUFD_PT':
-        return this.attach(f, options);
+        return this.attach(request.f, options);
       case 'VFIO_DEVICE_DETACH_IOMMUFD_PT': {
-        if (VFIO_DETACH_FLAGS.unknownBits(n('flags')) !== 0) fail('EINVAL');
-        const onPasid = (n('flags') & VFIO_DETACH_FLAGS.bits.PASID) !== 0;
-        if (onPasid && n('argsz') < 12) fail('EINVAL');
+        const { f } = request;
+        if (VFIO_DETACH_FLAGS.unknownBits(f.flags) !== 0) fail('EINVAL');
+        const onPasid = (f.flags & VFIO_DETACH_FLAGS.bits.PASID) !== 0;
+        if (onPasid && f.argsz < 12) fail('EINVAL');
         const devId = this.deviceIdOf(options.device!);
         if (devId === undefined) fail('EINVAL');
         // Detaching what is not attached succeeds: VFIO only warns.
-        this.attached.delete(`${devId}/${onPasid ? n('pasid') : 'rid'}`);
+        this.attached.delete(`${devId}/${onPasid ? f.pasid : 'rid'}`);
         return undefined;
       }
       default:
@@ -408,24 +431,16 @@ export class IommufdDryRun implements IommufdChannel {
     return false;
   }
 
-  private hwptAlloc(
-    spec: IoctlSpec,
-    f: Record<string, number | bigint>,
-    raw: Uint8Array,
-    payloads: Map<string, Uint8Array>,
-    out: Record<string, number>,
-  ): unknown {
-    const flags = f.flags as number;
-    const dataType = f.dataType as number;
-    const dataLen = f.dataLen as number;
+  private hwptAlloc(spec: KnownSpec, { f, out }: RequestNamed<'IOMMU_HWPT_ALLOC'>, raw: Uint8Array, payloads: Map<string, Uint8Array>): unknown {
+    const { flags, dataType, dataLen } = f;
     if (nonZeroReserved(spec.layout as never, raw)) fail('EOPNOTSUPP');
     if ((dataType === HWPT_DATA_TYPE.values.NONE) !== (dataLen === 0)) fail('EINVAL');
-    this.object(f.devId as number, 'device');
-    const pt = this.objects.get(f.ptId as number);
+    this.object(f.devId, 'device');
+    const pt = this.objects.get(f.ptId);
     if (!pt) fail('EINVAL');
     let faultId: number | undefined;
     if ((flags & HWPT_ALLOC_FLAGS.bits.FAULT_ID_VALID) !== 0) {
-      faultId = f.faultId as number;
+      faultId = f.faultId;
       this.object(faultId, 'fault');
     }
     const pasidCompat = (flags & HWPT_ALLOC_FLAGS.bits.PASID) !== 0;
@@ -435,7 +450,7 @@ export class IommufdDryRun implements IommufdChannel {
       const nestParent = (flags & HWPT_ALLOC_FLAGS.bits.NEST_PARENT) !== 0;
       // Erratum 772415_SPR17: a nesting parent must not hold read-only mappings.
       if (nestParent && this.host.errata && pt.maps.some((map) => !map.writable)) fail('EINVAL');
-      out.outHwptId = this.add({ kind: 'hwpt-paging', ioasId: f.ptId as number, nestParent, pasidCompat });
+      out.outHwptId = this.add({ kind: 'hwpt-paging', ioasId: f.ptId, nestParent, pasidCompat });
       return undefined;
     }
     if (pt.kind !== 'hwpt-paging' || !pt.nestParent) fail('EINVAL');
@@ -448,7 +463,7 @@ export class IommufdDryRun implements IommufdChannel {
     if ((data.flags & ~BigInt(VTD_S1_FLAGS.known)) !== 0n || nonZeroReserved(IOMMU_HWPT_VTD_S1_LAYOUT, bytes)) fail('EOPNOTSUPP');
     out.outHwptId = this.add({
       kind: 'hwpt-nested',
-      parentId: f.ptId as number,
+      parentId: f.ptId,
       pasidCompat,
       ...(faultId !== undefined ? { faultId } : {}),
       data,
@@ -465,17 +480,15 @@ export class IommufdDryRun implements IommufdChannel {
   }
 
   private hwptInvalidate(
-    spec: IoctlSpec,
-    f: Record<string, number | bigint>,
+    spec: KnownSpec,
+    { f, out }: RequestNamed<'IOMMU_HWPT_INVALIDATE'>,
     raw: Uint8Array,
     payloads: Map<string, Uint8Array>,
-    out: Record<string, number>,
   ): unknown {
-    const entryNum = f.entryNum as number;
-    const entryLen = f.entryLen as number;
+    const { entryNum, entryLen } = f;
     if (nonZeroReserved(spec.layout as never, raw)) fail('EOPNOTSUPP');
     if (entryNum > 0 && (f.dataUptr === 0n || entryLen === 0)) fail('EINVAL');
-    const hwpt = this.objects.get(f.hwptId as number);
+    const hwpt = this.objects.get(f.hwptId);
     if (!hwpt) fail('ENOENT');
     if (hwpt.kind !== 'hwpt-nested') fail('EINVAL');
     if (f.dataType !== HWPT_INVALIDATE_DATA_TYPE.values.VTD_S1) fail('EINVAL');
@@ -505,18 +518,18 @@ export class IommufdDryRun implements IommufdChannel {
     return { entries };
   }
 
-  private attach(f: Record<string, number | bigint>, options: IoctlOptions): unknown {
-    const flags = f.flags as number;
+  private attach(f: RequestNamed<'VFIO_DEVICE_ATTACH_IOMMUFD_PT'>['f'], options: IoctlOptions): unknown {
+    const flags = f.flags;
     if (VFIO_ATTACH_FLAGS.unknownBits(flags) !== 0) fail('EINVAL');
     const onPasid = (flags & VFIO_ATTACH_FLAGS.bits.PASID) !== 0;
-    if (onPasid && (f.argsz as number) < 16) fail('EINVAL');
+    if (onPasid && f.argsz < 16) fail('EINVAL');
     const devId = this.deviceIdOf(options.device!);
     if (devId === undefined) fail('EINVAL');
-    const ptId = f.ptId as number;
+    const ptId = f.ptId;
     const pt = this.objects.get(ptId);
     if (!pt) fail('ENOENT');
     if (pt.kind === 'device' || pt.kind === 'fault') fail('EINVAL');
-    const pasid = f.pasid as number;
+    const pasid = f.pasid;
     // A domain on a PASID must be PASID-capable, and so must the RID's domain while any PASID is attached.
     const compatible = pt.kind !== 'ioas' && pt.pasidCompat;
     if (onPasid) {

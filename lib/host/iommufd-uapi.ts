@@ -1,7 +1,18 @@
 /** The iommufd and VFIO-cdev uAPI that VT-d nesting uses: each struct, flag set and ioctl number described once. */
 
 import { ViommuError } from '../errors';
-import { defineFlags, defineNumbers, defineStruct, type FieldSpec, type StructLayout, type StructShape, type StructValue } from '../byte-layout';
+import {
+  defineFlags,
+  defineNumbers,
+  defineStruct,
+  readField,
+  writeField,
+  type FieldSpec,
+  type IntegerKey,
+  type StructLayout,
+  type StructShape,
+  type StructValue,
+} from '../byte-layout';
 
 // The byte-layout helper fits these structs exactly: packed little-endian fields at byte offsets, u64s as
 // bigint, "__reserved" fields that must be zero. lib/vtd/bitfield.ts describes bit fields inside words instead.
@@ -201,20 +212,31 @@ export const INVALIDATE_ALL_PAGES = (1n << 64n) - 1n;
 /** Which file an ioctl goes to: the iommufd itself, or a VFIO device cdev bound to it. */
 export type IoctlTarget = 'iommufd' | 'vfio-device';
 
-export interface IoctlSpec<L extends StructShape = StructShape> {
-  readonly name: string;
+/** The keys of layout `L`'s fields (any string for a spec seen as plain IoctlSpec). */
+type LayoutKey<L extends StructShape> = L['fields'][number]['key'];
+
+/** One ioctl, its fields named by the keys of its own layout. */
+export interface IoctlSpec<L extends StructShape = StructShape, N extends string = string> {
+  readonly name: N;
   readonly request: number;
   readonly target: IoctlTarget;
   readonly layout: L;
-  /** The field holding the struct's size (`size` for iommufd, `argsz` for VFIO). */
-  readonly sizeField: string;
-  /** Fields that carry a user-space pointer: the channel fills them from the payload buffers it is given. */
-  readonly pointerFields: readonly string[];
-  /** Out fields in which the kernel returns a new fd that the caller then owns. */
-  readonly fdFields: readonly string[];
+  /** The u32 field holding the struct's size (`size` for iommufd, `argsz` for VFIO). */
+  readonly sizeField: LayoutKey<L>;
+  /** u64 fields that carry a user-space pointer: the channel fills them from the payload buffers it is given. */
+  readonly pointerFields: readonly LayoutKey<L>[];
+  /** u32 out fields in which the kernel returns a new fd that the caller then owns. */
+  readonly fdFields: readonly LayoutKey<L>[];
 }
 
-function ioctl<L extends StructShape>(spec: IoctlSpec<L>): IoctlSpec<L> {
+/** A spec whose fields the compiler has checked to be the layout's, of the widths their roles need. */
+type CheckedIoctlSpec<L extends StructShape, N extends string> = IoctlSpec<L, N> & {
+  readonly sizeField: IntegerKey<L['fields'], 4>;
+  readonly pointerFields: readonly IntegerKey<L['fields'], 8>[];
+  readonly fdFields: readonly IntegerKey<L['fields'], 4>[];
+};
+
+function ioctl<L extends StructShape, const N extends string>(spec: CheckedIoctlSpec<L, N>): IoctlSpec<L, N> {
   for (const key of [spec.sizeField, ...spec.pointerFields, ...spec.fdFields]) spec.layout.offsetOf(key);
   return spec;
 }
@@ -314,10 +336,10 @@ export const IOCTLS = {
 
 export type IoctlName = keyof typeof IOCTLS;
 
-const BY_REQUEST = new Map<number, IoctlSpec>(Object.values(IOCTLS).map((spec) => [spec.request, spec as IoctlSpec]));
+const BY_REQUEST = new Map<number, IoctlSpec<StructShape, IoctlName>>(Object.values(IOCTLS).map((spec) => [spec.request, spec]));
 
 /** The spec of a request number, or undefined for numbers this module does not describe. */
-export function ioctlByRequest(request: number): IoctlSpec | undefined {
+export function ioctlByRequest(request: number): IoctlSpec<StructShape, IoctlName> | undefined {
   return BY_REQUEST.get(request);
 }
 
@@ -347,21 +369,34 @@ export function nonZeroReserved(
   return layout.findNonZeroReserved(bytes, at);
 }
 
-/** Reads or writes a u32 field of an encoded struct in place (out fields the kernel fills, size fields). */
-export function readU32(layout: StructShape, bytes: Uint8Array, key: string): number {
-  return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(layout.offsetOf(key), true);
+/**
+ * Reads or writes a u32 or u64 field of an encoded struct in place (out fields the kernel fills, size fields), by
+ * the layout's key and checked against its width; writes wrap the value to the field, as the C assignment does.
+ */
+export function readU32<F extends readonly FieldSpec[]>(layout: StructShape<F>, bytes: Uint8Array, key: IntegerKey<F, 4>): number {
+  return readField(ofWidth(layout, key, 4), bytes, key) as number;
 }
 
-export function writeU32(layout: StructShape, bytes: Uint8Array, key: string, value: number): void {
-  new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).setUint32(layout.offsetOf(key), value >>> 0, true);
+export function writeU32<F extends readonly FieldSpec[]>(layout: StructShape<F>, bytes: Uint8Array, key: IntegerKey<F, 4>, value: number): void {
+  writeField(ofWidth(layout, key, 4), bytes, key, value >>> 0);
 }
 
-export function writeU64(layout: StructShape, bytes: Uint8Array, key: string, value: bigint): void {
-  new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).setBigUint64(layout.offsetOf(key), value, true);
+export function writeU64<F extends readonly FieldSpec[]>(layout: StructShape<F>, bytes: Uint8Array, key: IntegerKey<F, 8>, value: bigint): void {
+  writeField(ofWidth(layout, key, 8), bytes, key, BigInt.asUintN(64, value));
 }
 
-export function readU64(layout: StructShape, bytes: Uint8Array, key: string): bigint {
-  return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getBigUint64(layout.offsetOf(key), true);
+export function readU64<F extends readonly FieldSpec[]>(layout: StructShape<F>, bytes: Uint8Array, key: IntegerKey<F, 8>): bigint {
+  return readField(ofWidth(layout, key, 8), bytes, key) as bigint;
+}
+
+/**
+ * `layout`, once its field `key` is known to be `width` bytes wide: the compiler knows it for a typed layout, a
+ * layout seen as plain StructShape (a spec found by request number) is checked here.
+ */
+function ofWidth(layout: StructShape, key: string, width: 4 | 8): StructShape {
+  const actual = layout.field(key).width;
+  if (actual !== width) throw new ViommuError('ERR_BYTE_LAYOUT', `${layout.name}.${key} is ${actual} bytes wide, not ${width}`);
+  return layout;
 }
 
 // ---- errno ----

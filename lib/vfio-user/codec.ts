@@ -13,7 +13,7 @@ import type {
   VfioUserMessage,
   VfioUserReply,
 } from './messages';
-import { fieldOffsets, readU16, readU32 } from '../byte-layout';
+import { fieldOffsets, isU16, isU32, readU16, readU32, writeU16, writeU32 } from '../byte-layout';
 import { encodeError, PayloadReader, PayloadWriter, takeFramable, zeroedMessageBuffer } from './payload-io';
 import { PAYLOAD_CODECS, type PayloadCodec } from './payloads';
 import { COMMANDS, HEADER_FLAGS, HEADER_LAYOUT, HEADER_SIZE, MESSAGE_TYPES, type CommandName } from './protocol';
@@ -194,7 +194,7 @@ function frame(msgId: number, command: number, flags: number, error: number, pay
  * value that does not fit its field goes to HEADER_LAYOUT.encode, which throws the layout's error.
  */
 function writeHeader(message: Uint8Array, msgId: number, command: number, messageSize: number, flags: number, error: number): void {
-  if (!fitsU16(msgId) || !fitsU16(command) || !fitsU32(messageSize) || !fitsU32(flags) || !fitsU32(error)) {
+  if (!isU16(msgId) || !isU16(command) || !isU32(messageSize) || !isU32(flags) || !isU32(error)) {
     HEADER_LAYOUT.encode({ msgId, command, messageSize, flags, error }, message);
     return;
   }
@@ -203,26 +203,6 @@ function writeHeader(message: Uint8Array, msgId: number, command: number, messag
   writeU32(message, HEADER_AT.messageSize, messageSize);
   writeU32(message, HEADER_AT.flags, flags);
   writeU32(message, HEADER_AT.error, error);
-}
-
-function fitsU16(value: number): boolean {
-  return Number.isInteger(value) && value >= 0 && value <= 0xffff;
-}
-
-function fitsU32(value: number): boolean {
-  return Number.isInteger(value) && value >= 0 && value <= 0xffff_ffff;
-}
-
-function writeU16(bytes: Uint8Array, at: number, value: number): void {
-  bytes[at] = value;
-  bytes[at + 1] = value >>> 8;
-}
-
-function writeU32(bytes: Uint8Array, at: number, value: number): void {
-  bytes[at] = value;
-  bytes[at + 1] = value >>> 8;
-  bytes[at + 2] = value >>> 16;
-  bytes[at + 3] = value >>> 24;
 }
 
 function copyBehindHeader(payload: Uint8Array): Uint8Array {

@@ -2,7 +2,21 @@
 
 import type { FieldTable } from './bitfield';
 import type { Compat, VtdConfig } from './config';
-import { FRCD_HI_FIELDS, FRCD_LO_FIELDS, findRegister, parseRegisterName } from './registers';
+import { ViommuError } from '../errors';
+import {
+  CCMD_FIELDS,
+  EVENT_CONTROL_FIELDS,
+  FRCD_HI_FIELDS,
+  FRCD_LO_FIELDS,
+  FSTS_FIELDS,
+  GSTS_FIELDS,
+  IQA_FIELDS,
+  QUEUE_POINTER_FIELDS,
+  RTADDR_FIELDS,
+  faultRecordRegister,
+  findRegister,
+  type RegisterName,
+} from './registers';
 import { FIRST_STAGE_2M_LEAF, FIRST_STAGE_4K_LEAF, FIRST_STAGE_TABLE_ENTRY, FIRST_STAGE_TOP_ENTRY } from './structures';
 
 export type QuirkId =
@@ -59,15 +73,65 @@ export type ObservationKind =
   /** The MSIs the unit delivered: fault and completion events, remapped interrupts. */
   | 'interrupts';
 
+/**
+ * Paging entries that differential tests read back from guest memory (the A and D flags the walk sets) and
+ * compare bit by bit like registers, by the names a quirk's `changes` uses for them.
+ */
+export const ENTRY_FIELDS = {
+  FS_TOP_ENTRY: FIRST_STAGE_TOP_ENTRY,
+  FS_TABLE_ENTRY: FIRST_STAGE_TABLE_ENTRY,
+  FS_4K_LEAF: FIRST_STAGE_4K_LEAF,
+  FS_2M_LEAF: FIRST_STAGE_2M_LEAF,
+} as const satisfies Readonly<Record<string, FieldTable>>;
+
+/**
+ * The registers whose fields a quirk may change, with their field tables: the tables of lib/vtd/registers.ts (a
+ * register that is listed with another table fails at load), here again only so that the compiler knows each
+ * register's field names. A quirk that changes a register first needs its row here.
+ */
+const CHANGEABLE_REGISTERS = {
+  GSTS: GSTS_FIELDS,
+  RTADDR: RTADDR_FIELDS,
+  CCMD: CCMD_FIELDS,
+  FSTS: FSTS_FIELDS,
+  FECTL: EVENT_CONTROL_FIELDS,
+  IQH: QUEUE_POINTER_FIELDS,
+  IQA: IQA_FIELDS,
+} as const satisfies Partial<Readonly<Record<RegisterName, FieldTable>>>;
+
+/** FRCD_LO and FRCD_HI stand for every fault-recording register's halves (FRCD0_LO, FRCD0_HI, ...). */
+const FAULT_RECORD_HALVES = { FRCD_LO: FRCD_LO_FIELDS, FRCD_HI: FRCD_HI_FIELDS } as const;
+
+const CHANGEABLE = { ...CHANGEABLE_REGISTERS, ...FAULT_RECORD_HALVES, ...ENTRY_FIELDS };
+
+for (const [name, table] of Object.entries(CHANGEABLE_REGISTERS) as [keyof typeof CHANGEABLE_REGISTERS, FieldTable][]) {
+  if (findRegister(name).fields !== table)
+    throw new ViommuError('ERR_FIELD_TABLE', `compat quirks: ${name} is listed with ${table.name}, not its own table`);
+}
+if (findRegister(faultRecordRegister(0, 'LO')).fields !== FRCD_LO_FIELDS || findRegister(faultRecordRegister(0, 'HI')).fields !== FRCD_HI_FIELDS) {
+  throw new ViommuError('ERR_FIELD_TABLE', 'compat quirks: the fault-recording registers are not described by FRCD_LO_FIELDS and FRCD_HI_FIELDS');
+}
+
+/** A register or entry a quirk's `changes` can name: a register of CHANGEABLE_REGISTERS, FRCD_LO / FRCD_HI, or an ENTRY_FIELDS entry. */
+export type QuirkChangeTarget = keyof typeof CHANGEABLE;
+
+/** The field names of what `changes` calls `T`, as its field table defines them. */
+type FieldNameOf<T extends QuirkChangeTarget> = keyof (typeof CHANGEABLE)[T]['f'] & string;
+
+/** Per register or entry, the fields a quirk may change there: a misspelt register or field does not compile. */
+export type QuirkRegisterChanges = { readonly [T in QuirkChangeTarget]?: readonly FieldNameOf<T>[] };
+
 export interface QuirkChanges {
-  /**
-   * Register name (as in lib/vtd/registers.ts; FRCD_LO and FRCD_HI stand for every fault-recording register), or a
-   * paging-entry name of ENTRY_FIELDS (entries the tests read back from guest memory), to the names of the fields
-   * the quirk may change there.
-   */
-  readonly registers?: Readonly<Record<string, readonly string[]>>;
+  /** The fields the quirk may change, by register (FRCD_LO and FRCD_HI for every fault record) or paging entry. */
+  readonly registers?: QuirkRegisterChanges;
   /** Observations other than register values that it may change as a whole. */
   readonly observations?: readonly ObservationKind[];
+}
+
+/** Every field of what `changes` calls `target`, by name: a table's fields carry exactly the names it defines. */
+function everyField<T extends QuirkChangeTarget>(target: T): readonly FieldNameOf<T>[] {
+  const table: FieldTable = CHANGEABLE[target];
+  return table.fields.map((field) => field.name as FieldNameOf<T>);
 }
 
 /** What a fault that is recorded in one mode and not in the other changes: the record, the status and the event. */
@@ -75,8 +139,8 @@ const FAULT_RECORD: QuirkChanges = {
   registers: {
     FSTS: ['PFO', 'PPF', 'FRI'],
     FECTL: ['IP'],
-    FRCD_LO: FRCD_LO_FIELDS.fields.map((field) => field.name),
-    FRCD_HI: FRCD_HI_FIELDS.fields.map((field) => field.name),
+    FRCD_LO: everyField('FRCD_LO'),
+    FRCD_HI: everyField('FRCD_HI'),
   },
   observations: ['interrupts'],
 };
@@ -88,13 +152,17 @@ const QUEUE_ERROR: QuirkChanges = {
 };
 
 function merge(...parts: QuirkChanges[]): QuirkChanges {
-  const registers: Record<string, string[]> = {};
+  const registers = new Map<QuirkChangeTarget, Set<string>>();
   const observations = new Set<ObservationKind>();
   for (const part of parts) {
-    for (const [name, fields] of Object.entries(part.registers ?? {})) registers[name] = [...new Set([...(registers[name] ?? []), ...fields])];
+    for (const [target, fields] of Object.entries(part.registers ?? {}) as [QuirkChangeTarget, readonly string[]][]) {
+      registers.set(target, new Set([...(registers.get(target) ?? []), ...fields]));
+    }
     for (const kind of part.observations ?? []) observations.add(kind);
   }
-  return { registers, observations: [...observations] };
+  // Each target's fields come from parts that are QuirkChanges themselves, so the union is one too.
+  const merged = Object.fromEntries([...registers].map(([target, fields]) => [target, [...fields]])) as QuirkRegisterChanges;
+  return { registers: merged, observations: [...observations] };
 }
 
 const QEMU_7_2: readonly Compat[] = ['qemu-7.2'];
@@ -103,9 +171,14 @@ const QEMU_7_2_AND_10_0: readonly Compat[] = ['qemu-7.2', 'qemu-10.0'];
 
 /** The first-stage entries the tests read back, by their ENTRY_FIELDS names. */
 const FIRST_STAGE_ENTRIES = ['FS_TOP_ENTRY', 'FS_TABLE_ENTRY', 'FS_4K_LEAF', 'FS_2M_LEAF'] as const;
+const FIRST_STAGE_LEAVES = ['FS_4K_LEAF', 'FS_2M_LEAF'] as const;
 
-function inFirstStageEntries(fields: readonly string[], leavesOnly = false): Record<string, readonly string[]> {
-  const names = leavesOnly ? FIRST_STAGE_ENTRIES.filter((name) => name.endsWith('LEAF')) : FIRST_STAGE_ENTRIES;
+/** The same fields in each first-stage entry (in the leaves only, with leavesOnly): names every entry defines. */
+// FieldNameOf of a union of entries is the names that all of them define (keyof a union).
+function inFirstStageEntries(fields: readonly FieldNameOf<(typeof FIRST_STAGE_ENTRIES)[number]>[]): QuirkRegisterChanges;
+function inFirstStageEntries(fields: readonly FieldNameOf<(typeof FIRST_STAGE_LEAVES)[number]>[], leavesOnly: true): QuirkRegisterChanges;
+function inFirstStageEntries(fields: readonly string[], leavesOnly = false): QuirkRegisterChanges {
+  const names = leavesOnly ? FIRST_STAGE_LEAVES : FIRST_STAGE_ENTRIES;
   return Object.fromEntries(names.map((name) => [name, fields]));
 }
 
@@ -329,47 +402,34 @@ export function quirksFor(config: Pick<VtdConfig, 'compat'>): ReadonlySet<QuirkI
 }
 
 /**
- * Paging entries that differential tests read back from guest memory (the A and D flags the walk sets) and
- * compare bit by bit like registers, by the names a quirk's `changes` uses for them.
+ * What `changes` calls an observed register or entry name: a fault-recording register (FRCDn_LO, FRCDn_HI) by
+ * its half; undefined for a name no quirk can name (such a register has no bits a quirk may change).
  */
-export const ENTRY_FIELDS: Readonly<Record<string, FieldTable>> = {
-  FS_TOP_ENTRY: FIRST_STAGE_TOP_ENTRY,
-  FS_TABLE_ENTRY: FIRST_STAGE_TABLE_ENTRY,
-  FS_4K_LEAF: FIRST_STAGE_4K_LEAF,
-  FS_2M_LEAF: FIRST_STAGE_2M_LEAF,
-};
-
-/** The field table of register `name` (FRCD_LO / FRCD_HI, or FRCDn_LO / FRCDn_HI, for the fault records) or entry `name`. */
-function registerFields(name: string): FieldTable | undefined {
-  if (/^FRCD\d*_LO$/.test(name)) return FRCD_LO_FIELDS;
-  if (/^FRCD\d*_HI$/.test(name)) return FRCD_HI_FIELDS;
-  const register = parseRegisterName(name);
-  return ENTRY_FIELDS[name] ?? (register === undefined ? undefined : findRegister(register).fields);
+function changeTarget(name: string): QuirkChangeTarget | undefined {
+  const key = name.replace(/^FRCD\d+_/, 'FRCD_');
+  return Object.hasOwn(CHANGEABLE, key) ? (key as QuirkChangeTarget) : undefined;
 }
 
-/** Register names as a quirk's `changes` spells them: every fault-recording register is FRCD_LO / FRCD_HI. */
-function changesKey(name: string): string {
-  return name.replace(/^FRCD\d+_/, 'FRCD_');
+/** The bits of `fields` in what `changes` calls `target` (QuirkRegisterChanges names only fields its table has). */
+function fieldMask(target: QuirkChangeTarget, fields: readonly string[]): bigint {
+  const table: FieldTable = CHANGEABLE[target];
+  let mask = 0n;
+  for (const name of fields) {
+    const field = table.f[name]!;
+    mask |= ((1n << BigInt(field.msb - field.lsb + 1)) - 1n) << BigInt(field.lsb);
+  }
+  return mask;
 }
 
 /**
- * The bits of register `name` (a name of lib/vtd/registers.ts) that quirk `id` may change: the union of the
- * fields its `changes` lists there, 0n when it lists none. Throws for a field the register does not have.
+ * The bits of register `name` (a name of lib/vtd/registers.ts as an observation carries it, or an ENTRY_FIELDS
+ * entry) that quirk `id` may change: the union of the fields its `changes` lists there, 0n when it lists none.
  */
 export function quirkRegisterMask(id: QuirkId, name: string): bigint {
   const quirk = COMPAT_QUIRKS.find((q) => q.id === id);
   if (quirk === undefined) throw new Error(`no compat quirk ${id}`);
-  const fields = quirk.changes.registers?.[changesKey(name)] ?? [];
-  if (fields.length === 0) return 0n;
-  const table = registerFields(name);
-  if (table === undefined) throw new Error(`${id}: register ${name} has no field table`);
-  let mask = 0n;
-  for (const fieldName of fields) {
-    const field = table.fields.find((f) => f.name === fieldName);
-    if (field === undefined) throw new Error(`${id}: register ${name} has no field ${fieldName}`);
-    mask |= ((1n << BigInt(field.msb - field.lsb + 1)) - 1n) << BigInt(field.lsb);
-  }
-  return mask;
+  const target = changeTarget(name);
+  return target === undefined ? 0n : fieldMask(target, quirk.changes.registers?.[target] ?? []);
 }
 
 /** Whether quirk `id` may change an observation of `kind` (not a register value) as a whole. */

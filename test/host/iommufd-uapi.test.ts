@@ -30,8 +30,12 @@ import {
   ioctlByRequest,
   ioctlNumber,
   nonZeroReserved,
+  readU32,
+  readU64,
+  writeU32,
+  writeU64,
 } from '../../lib/host/iommufd-uapi';
-import type { FieldSpec, StructLayout } from '../../lib/byte-layout';
+import type { FieldSpec, StructLayout, StructShape } from '../../lib/byte-layout';
 
 function hex(bytes: Uint8Array): string {
   return Buffer.from(bytes).toString('hex');
@@ -246,6 +250,34 @@ describe('iommufd ioctl numbers', () => {
     assert.equal(ioctlByRequest(0x3b84), undefined);
     assert.equal(errnoName(-22), 'EINVAL');
     assert.equal(errnoName(200), 'errno 200');
+  });
+
+  it('read and write one field in place by its layout key, of the width the accessor names', () => {
+    const layout = IOMMU_HWPT_ALLOC_LAYOUT;
+    const bytes = encodeStruct(layout, { size: 48, flags: 0, devId: 1, ptId: 2, outHwptId: 0, dataType: 0, dataLen: 0, dataUptr: 0n, faultId: 0 });
+    writeU32(layout, bytes, 'outHwptId', 0x12345678);
+    writeU64(layout, bytes, 'dataUptr', 0x7f00_1234_5000n);
+    assert.equal(hex(bytes.subarray(16, 20)), '78563412');
+    assert.equal(readU32(layout, bytes, 'outHwptId'), 0x12345678);
+    assert.equal(readU64(layout, bytes, 'dataUptr'), 0x7f00_1234_5000n);
+    writeU32(layout, bytes, 'outHwptId', -1);
+    writeU64(layout, bytes, 'dataUptr', -1n);
+    assert.deepEqual(
+      [readU32(layout, bytes, 'outHwptId'), readU64(layout, bytes, 'dataUptr')],
+      [0xffffffff, (1n << 64n) - 1n],
+      'wrapped to the field',
+    );
+    assert.throws(() => readU32(layout, bytes.subarray(0, 16), 'outHwptId'), /iommu_hwpt_alloc\.outHwptId at 0 lies beyond the 16 bytes/);
+    // Checked by tsc: each @ts-expect-error must meet an error, so a misspelt or mis-sized key cannot compile.
+    // @ts-expect-error: the field is outHwptId.
+    assert.throws(() => readU32(layout, bytes, 'outHwptID'), /iommu_hwpt_alloc has no field outHwptID/);
+    // @ts-expect-error: dataUptr is a u64.
+    assert.throws(() => readU32(layout, bytes, 'dataUptr'), /iommu_hwpt_alloc\.dataUptr is 8 bytes wide, not 4/);
+    // @ts-expect-error: outHwptId is a u32.
+    assert.throws(() => writeU64(layout, bytes, 'outHwptId', 1n), /iommu_hwpt_alloc\.outHwptId is 4 bytes wide, not 8/);
+    // A layout seen as plain StructShape (a spec found by request number) is checked when the field is used.
+    const plain: StructShape = layout;
+    assert.throws(() => readU32(plain, bytes, 'dataUptr'), /is 8 bytes wide, not 4/);
   });
 
   it('name where the kernel writes pointers and fds', () => {

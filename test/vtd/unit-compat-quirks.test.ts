@@ -2,7 +2,7 @@
 import type { FaultRecord } from '../../lib/vtd/fault';
 import { strict as assert } from 'node:assert';
 import { encodeBig } from '../../lib/vtd/bitfield';
-import { COMPAT_QUIRKS, quirkRegisterMask, quirksFor, type QuirkId } from '../../lib/vtd/compat-quirks';
+import { COMPAT_QUIRKS, quirkRegisterMask, quirksFor, type QuirkId, type QuirkRegisterChanges } from '../../lib/vtd/compat-quirks';
 import { COMPAT_VALUES } from '../../lib/vtd/config';
 import { FirstStageWalker, FS_FR, splitAddress, type FirstStagePage } from '../../lib/vtd/first-stage-walk';
 import { IR_FAULT, MSI_REMAPPABLE_ADDRESS } from '../../lib/vtd/interrupt-remap';
@@ -59,6 +59,21 @@ describe('compat quirks', () => {
     assert.throws(() => quirkRegisterMask('no-such-quirk' as never, 'GSTS'), /no compat quirk/);
   });
 
+  it('names registers, entries and fields in changes only as their tables define them (checked by tsc)', () => {
+    // Each @ts-expect-error must meet a compile error, so a misspelt name in COMPAT_QUIRKS cannot compile.
+    const valid: QuirkRegisterChanges = { GSTS: ['CFIS'], FRCD_HI: ['PV'], FS_4K_LEAF: ['A', 'D'] };
+    // @ts-expect-error: the register is RTADDR.
+    const misspeltRegister: QuirkRegisterChanges = { RTADR: ['RTA'] };
+    // @ts-expect-error: CAIG is a field of CCMD, not of GSTS.
+    const fieldOfAnother: QuirkRegisterChanges = { GSTS: ['CAIG'] };
+    // @ts-expect-error: first-stage table entries have no D flag (only the leaves do).
+    const entryField: QuirkRegisterChanges = { FS_TABLE_ENTRY: ['D'] };
+    assert.deepEqual(
+      [valid, misspeltRegister, fieldOfAnother, entryField].map((changes) => Object.keys(changes).length),
+      [3, 1, 1, 1],
+    );
+  });
+
   it('frcd-pv-ffff-without-pasid: PV 0xffff only for faults past the context entry', () => {
     for (const [config, walkPv] of [
       ['', 0n],
@@ -87,7 +102,7 @@ describe('compat quirks', () => {
       guest.enable();
       assert.ok(guest.translate(0x1000, false).ok);
       const write = guest.translate(0x1000, true);
-      assert.ok(!write.ok && write.reason === FR.WRITE && write.recording === recording, config);
+      assert.ok(!write.ok && write.fault.reason === FR.WRITE && write.recording === recording, config);
     }
   });
 

@@ -28,6 +28,7 @@ import {
   VENDOR_STRUCTURE,
   type PciHeader,
 } from '../../devices/pci-layout';
+import { readU32 } from '../../byte-layout';
 
 export interface PciBar {
   readonly index: number;
@@ -194,11 +195,11 @@ function walkCapabilities(bytes: Uint8Array, header: PciHeader, problems: string
 function walkExtendedCapabilities(bytes: Uint8Array, problems: string[]): PciExtendedCapability[] {
   const found: PciExtendedCapability[] = [];
   if (bytes.length < PCI_CONFIG_SIZE + 4) return found;
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const visited = new Set<number>();
   let offset = PCI_CONFIG_SIZE;
   for (;;) {
-    const word = view.getUint32(offset, true);
+    // readU32 would read bytes past the end as zero: the first offset is checked above, every next one below.
+    const word = readU32(bytes, offset);
     if (word === 0 || word === 0xffffffff) break;
     visited.add(offset);
     const id = EXTENDED_CAPABILITY_HEADER.get(word, 'ID');
