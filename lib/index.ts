@@ -14,6 +14,8 @@ export type { IommuHost, EmbeddedIommu, RegisterWindow, AttachedDevice, DeviceIn
 
 // Guest memory and the DMA view devices get.
 export { GuestMemory, SharedRegion, DmaFault } from './memory';
+// What a device's DMA through the unit throws when a page does not translate: a DmaFault carrying the fault record.
+export { TranslationDmaFault } from './api/vtd';
 export type { DmaSpace, AsyncDmaSpace, DmaAccess } from './memory';
 
 // Errors: programmer mistakes throw these, with a stable code.

@@ -5,9 +5,23 @@ export { VtdUnit, VtdRequestError } from '../vtd/unit';
 export type { VtdUnitOptions, InterruptResult, InterruptFailure, InterruptOrigin, TracedWalk } from '../vtd/unit';
 export type { TranslationRequest, TranslationResult, TranslationSuccess, TranslationFailure } from '../vtd/translation-result';
 export type { PasidTag } from '../vtd/unit-dma';
+
+// The embedding contract the unit implements (docs/embedding.md; viommu/vmm offers it too).
+export {
+  DeviceRegistry,
+  registerWindow,
+  requesterId,
+  splitRequesterId,
+  formatRequesterId,
+  IOMMU_WINDOW_SIZE,
+  INTERRUPT_ADDRESS_RANGE,
+} from '../vtd/embedding';
+export type { IommuHost, EmbeddedIommu, RegisterWindow, AttachedDevice, DeviceInterrupt, DeviceRegistryOptions } from '../vtd/embedding';
+// What dmaSpace(sid) throws when a page does not translate: a DmaFault (viommu, viommu/memory) with the fault record.
+export { TranslationDmaFault } from '../vtd/unit-dma';
 export type { InterruptRequest, RemappedInterrupt, InterruptFault } from '../vtd/interrupt-remap';
 export type { RecordOutcome } from '../vtd/fault-recorder';
-// Where and why a translation failed (TranslationFailure.fault, TracedWalk): stage, levels, the entry that decided.
+// Where and why a translation failed (TranslationFailure.fault, TranslationDmaFault.fault, TracedWalk): stage, levels, the entry that decided.
 export type { FaultRecord, FaultStage } from '../vtd/fault';
 
 // The unit's trace (VtdUnitOptions.trace): one event per register write, descriptor, translation, fault and interrupt.

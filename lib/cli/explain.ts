@@ -8,8 +8,9 @@ import { buildWalkModel } from '../explain/walk-model';
 import { renderWalkHtml } from '../explain/render-html';
 import { renderWalkText } from '../explain/render-text';
 import { readSnapshot } from '../explain/snapshot-file';
-import { hex } from '../explain/walk-words';
+import { faultPlace, hex } from '../explain/walk-words';
 import { describeFaultReason } from '../vtd/fault-reasons';
+import { PASID_PGTT } from '../vtd/structures';
 import type { TranslationRequest } from '../vtd/translation-result';
 import { replaySnapshot, type UnitSnapshot } from '../vtd/unit-snapshot';
 
@@ -85,15 +86,24 @@ export function requestFromOptions(snapshot: UnitSnapshot, options: ExplainComma
   };
 }
 
-/** Where the snapshot came from, and what the live unit reported when it was taken. */
-function snapshotHeading(file: string, snapshot: UnitSnapshot, ownRequest: boolean): string[] {
+/**
+ * Where the snapshot came from, and what the live unit reported when it was taken: the reason it recorded and where
+ * its walk stopped (`nested`: the snapshot's walk is nested, which that place may depend on).
+ */
+function snapshotHeading(file: string, snapshot: UnitSnapshot, ownRequest: boolean, nested: boolean): string[] {
   const lines = [
     `snapshot: ${file} (taken ${snapshot.takenAt}${snapshot.source === undefined ? '' : ` by ${snapshot.source}`}, ${snapshot.pages.size} page(s))`,
   ];
   const observed = snapshot.observed;
   if (ownRequest && observed !== undefined) {
-    const level = observed.level === undefined ? '' : `, level ${observed.level}`;
-    lines.push(`live unit: ${describeFaultReason(observed.reason)}${level}; fault record: ${observed.recording}`);
+    if ('fault' in observed) {
+      const { fault } = observed;
+      lines.push(`live unit: ${describeFaultReason(fault.reason)}; ${faultPlace(fault, nested)}; fault record: ${observed.recording}`);
+    } else {
+      // A version 1 snapshot kept the reason and one level number only.
+      const level = observed.level === undefined ? '' : `, level ${observed.level}`;
+      lines.push(`live unit: ${describeFaultReason(observed.reason)}${level}; fault record: ${observed.recording}`);
+    }
   } else if (!ownRequest) {
     lines.push("explaining another request against the snapshot's state (its pages are those the snapshot's own request read)");
   }
@@ -104,7 +114,7 @@ export function runExplain(file: string, options: ExplainCommandOptions, io: Exp
   const snapshot = readSnapshot(file);
   const request = requestFromOptions(snapshot, options);
   const model = buildWalkModel(replaySnapshot(snapshot, request));
-  const heading = snapshotHeading(file, snapshot, request === snapshot.request);
+  const heading = snapshotHeading(file, snapshot, request === snapshot.request, model.pgtt === PASID_PGTT.NESTED);
   io.stdout.write(`${[...heading, '', renderWalkText(model)].join('\n')}\n`);
   if (options.html !== undefined) {
     try {

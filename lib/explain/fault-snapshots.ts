@@ -64,7 +64,7 @@ export class FaultSnapshots {
       requesterName(request.sid).replace(/[:.]/g, '-'),
       ...(request.pasid === undefined ? [] : [`pasid-${request.pasid}`]),
       `iova-${BigInt.asUintN(64, request.iova).toString(16)}`,
-      (faultReason(failure.reason)?.name ?? `reason-${failure.reason}`).toLowerCase(),
+      (faultReason(failure.fault.reason)?.name ?? `reason-${failure.fault.reason}`).toLowerCase(),
     ]
       .filter((part) => part !== '')
       .join('-');

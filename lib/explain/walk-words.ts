@@ -1,5 +1,7 @@
 /** The words both renderers use for a walk: structure and level names, the request, and the sentence saying where and why it stopped. */
 
+import type { FaultRecord } from '../vtd/fault';
+import { faultCode } from '../vtd/fault-reasons';
 import { PASID_PGTT } from '../vtd/structures';
 import type { TranslationRequest } from '../vtd/translation-result';
 import type { WalkStep } from '../vtd/walk-trace';
@@ -80,6 +82,39 @@ export function stopPlace(model: WalkModel): string {
       if (stop.firstStageLevel === 0) return `second stage, translating the first stage's output${gpa}${at}`;
       const what = stop.secondStageWalk?.translation === undefined ? 'allowing the walk to set A/D in the' : 'translating the';
       return `second stage, ${what} level ${stop.firstStageLevel} (${levelName('first-stage', stop.firstStageLevel)}) table of the first stage${gpa}${at}`;
+    }
+  }
+}
+
+const TABLE_WRITE_NESTED = faultCode('SM_FIRST_STAGE_WRITE_NESTED');
+
+/**
+ * Where a unit's fault record says its walk stopped, in the words stopPlace() uses for a replayed walk. A record
+ * alone does not say whether a second-stage fault ended a nested walk when the second stage stopped before any
+ * level: `nested` (the walk's PGTT) says so.
+ */
+export function faultPlace(fault: FaultRecord, nested: boolean): string {
+  switch (fault.stage) {
+    case 'request':
+      return 'the request itself, before any table was read';
+    case 'root':
+    case 'context':
+    case 'pasid-directory':
+    case 'pasid-table':
+      return `the ${structureName(fault.stage)}, before either paging stage`;
+    case 'first-stage':
+      return fault.level === undefined ? 'first stage' : `first stage, level ${fault.level} (${levelName('first-stage', fault.level)})`;
+    case 'output':
+      return 'the translated address, in the interrupt range';
+    case 'second-stage': {
+      if (!nested && fault.secondStageLevel === undefined) {
+        return fault.level === undefined ? 'second stage' : `second stage, at ${levelName('second-stage', fault.level)}`;
+      }
+      const at = fault.secondStageLevel === undefined ? '' : `, at ${levelName('second-stage', fault.secondStageLevel)}`;
+      const firstStageLevel = fault.level ?? 0;
+      if (firstStageLevel === 0) return `second stage, translating the first stage's output${at}`;
+      const what = fault.reason === TABLE_WRITE_NESTED ? 'allowing the walk to set A/D in the' : 'translating the';
+      return `second stage, ${what} level ${firstStageLevel} (${levelName('first-stage', firstStageLevel)}) table of the first stage${at}`;
     }
   }
 }

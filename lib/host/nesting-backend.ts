@@ -9,6 +9,7 @@ import { EventEmitter } from 'node:events';
 import { ViommuError } from '../errors';
 import type { DeviceDomainListener, FirstStageTableRoot, VtdDomain } from '../vtd/address-space';
 import type { VtdConfig } from '../vtd/config';
+import type { TranslationRequest, TranslationResult } from '../vtd/translation-result';
 import {
   INVALIDATE_ALL,
   NestingRefusal,
@@ -31,12 +32,11 @@ export interface NestingDomainSource {
   watchDevice(sid: number, listener: DeviceDomainListener, pasid?: number): () => void;
 }
 
-/** A host fault walked again through the guest's tables: ok when the guest's tables allow the access. */
-export type GuestFaultWalk = (request: { sid: number; iova: bigint; write: boolean; pasid?: number; supervisor?: boolean; execute?: boolean }) => {
-  readonly ok: boolean;
-  readonly reason?: number;
-  readonly recording?: string;
-};
+/**
+ * A host fault walked again through the guest's tables (VtdUnit.translate): ok when the guest's tables allow the
+ * access, else the fault record the unit recorded.
+ */
+export type GuestFaultWalk = (request: TranslationRequest) => TranslationResult;
 
 /** Where the guest's PASIDs come from (a PasidAllocator: VtdUnit.virtualCommands.allocator), told which devices use each. */
 export interface PasidUse {
@@ -195,7 +195,7 @@ export class NestingBackend extends EventEmitter<NestingBackendEvents> {
         continue;
       }
       if (walked.ok) this.emit('hostFault', fault);
-      else this.emit('guestFault', fault, walked.reason ?? 0);
+      else this.emit('guestFault', fault, walked.fault.reason);
       if (fault.lastPage) this.nesting.respond(fault, walked.ok ? 'success' : 'invalid');
     }
     return faults.length;

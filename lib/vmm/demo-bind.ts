@@ -463,11 +463,7 @@ export async function runBindScenario(options: BindScenarioOptions = {}): Promis
   if (ram === undefined) throw new Error('guest RAM is not one window');
   const nesting = new IommufdNesting(channel, { guestRam: [{ guestPhysical: 0, bytes: ram }] });
   const backend = new NestingBackend(nesting, unit, {
-    // The backend's contract takes the reason at the top; the unit keeps it in the fault record.
-    walkGuest: (request) => {
-      const walked = unit.translate(request);
-      return walked.ok ? walked : { ok: false, reason: walked.fault.reason, recording: walked.recording };
-    },
+    walkGuest: (request) => unit.translate(request),
     ...(unit.virtualCommands ? { pasidUse: unit.virtualCommands.allocator } : {}),
   });
   const events: string[] = [];

@@ -8,7 +8,8 @@ import { wordsToBig } from './bitfield';
  * the lookup structures in the order they are read; the two paging stages; 'output': the translated address
  * (in the interrupt range).
  */
-export type FaultStage = 'request' | 'root' | 'context' | 'pasid-directory' | 'pasid-table' | 'first-stage' | 'second-stage' | 'output';
+export const FAULT_STAGES = ['request', 'root', 'context', 'pasid-directory', 'pasid-table', 'first-stage', 'second-stage', 'output'] as const;
+export type FaultStage = (typeof FAULT_STAGES)[number];
 
 export interface FaultRecord {
   readonly ok: false;
@@ -84,12 +85,4 @@ export function withFault(record: FaultRecord, changes: Partial<Pick<FaultRecord
 /** A 64-bit entry given as its two 32-bit halves, as the record's value. */
 export function entryValue(lo: number, hi: number): bigint {
   return wordsToBig([lo >>> 0, hi >>> 0]);
-}
-
-/**
- * The level a fault names in one number, as FRCD-adjacent callers have always read it: the paging level, or for
- * a nested walk's output the second-stage level where it stopped.
- */
-export function faultLevel(record: FaultRecord): number | undefined {
-  return record.level || record.secondStageLevel;
 }

@@ -8,7 +8,7 @@ import { INTERRUPT_WINDOW_END, INTERRUPT_WINDOW_START } from '../memory/geometry
 import { bigToNumber } from './bitfield';
 import type { Compat } from './config';
 import type { QuirkId } from './compat-quirks';
-import { faultLevel, faultRecord, withFault, type FaultRecord } from './fault';
+import { faultRecord, withFault, type FaultRecord } from './fault';
 import { FR } from './legacy-walk';
 import { faultCode } from './fault-reasons';
 import type { FaultRecorder, RecordOutcome } from './fault-recorder';
@@ -29,21 +29,15 @@ export interface TranslationSuccess {
 
 export interface TranslationFailure {
   readonly ok: false;
-  /** Fault reason code (FRCD.FR), as recorded (compat quirks applied): fault.reason. */
-  readonly reason: number;
-  /** The level the fault names in one number (faultLevel): the paging level, or where a nested walk's output stopped. */
-  readonly level?: number;
   readonly sid: number;
   readonly iova: bigint;
   readonly write: boolean;
-  /** The entry that stopped the walk was not present (as opposed to a permission or programming error). */
-  readonly notPresent: boolean;
   /**
    * What happened to the record: written, suppressed by FPD, or lost (collapse / overflow); 'none' when no record
    * is due (TE off, an input in the interrupt range, which is not DMA-remapped, or a QEMU 7.2 quirk).
    */
   readonly recording: RecordOutcome | 'suppressed-fpd' | 'none';
-  /** Where and why: stage, levels, the entry that decided, the PASID used. */
+  /** Where and why, as recorded (compat quirks applied to the reason): stage, levels, the entry that decided, the PASID used. */
   readonly fault: FaultRecord;
 }
 
@@ -148,16 +142,5 @@ export class TranslationFaults {
 
 /** `request` refused with `fault`, whose record had `recording` as its fate. */
 export function failure(request: TranslationRequest, fault: FaultRecord, recording: TranslationFailure['recording']): TranslationFailure {
-  const base = {
-    ok: false as const,
-    reason: fault.reason,
-    sid: request.sid,
-    iova: request.iova,
-    write: request.write,
-    notPresent: fault.notPresent,
-    recording,
-    fault,
-  };
-  const level = faultLevel(fault);
-  return level === undefined ? base : { ...base, level };
+  return { ok: false, sid: request.sid, iova: request.iova, write: request.write, recording, fault };
 }

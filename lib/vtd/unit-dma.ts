@@ -6,6 +6,7 @@
 import { DmaFault, EFAULT, EPERM, type DmaAccess, type DmaSpace } from '../memory/dma-space';
 import type { GuestMemory } from '../memory/guest-memory';
 import { INTERRUPT_WINDOW_END, INTERRUPT_WINDOW_START } from '../memory/geometry';
+import type { FaultRecord } from './fault';
 import { describeFaultReason, isPermissionFault } from './fault-reasons';
 import type { InterruptRequest } from './interrupt-remap';
 import type { TranslationRequest, TranslationResult } from './translation-result';
@@ -26,6 +27,23 @@ export interface UnitDmaPort {
   interruptWritten(request: InterruptRequest): void;
   /** QEMU 7.2 (quirk interrupt-range-read-returns-zeros): a read of the interrupt window completes with zeros. */
   readonly interruptReadsReturnZeros: boolean;
+}
+
+/**
+ * A DMA the unit refused because one of its pages did not translate: the fault record of that page (as recorded,
+ * compat quirks applied) rides along, so that a device model or VMM sees the stage, level and entry, not just an errno.
+ */
+export class TranslationDmaFault extends DmaFault {
+  constructor(
+    address: bigint,
+    length: number,
+    access: DmaAccess,
+    readonly fault: FaultRecord,
+  ) {
+    // A present entry refusing the access is EPERM; anything missing or malformed on the way is EFAULT.
+    super(address, length, access, describeFaultReason(fault.reason), isPermissionFault(fault.reason) && !fault.notPresent ? EPERM : EFAULT);
+    this.name = 'TranslationDmaFault';
+  }
 }
 
 const IOVA_LIMIT = 1n << 64n;
@@ -117,10 +135,7 @@ function transfer(
       continue;
     }
     const result = port.translate(tag === undefined ? { sid, iova, write } : { sid, iova, write, ...tag });
-    if (!result.ok) {
-      const permission = isPermissionFault(result.reason) && !result.notPresent;
-      throw new DmaFault(address, length, access, describeFaultReason(result.reason), permission ? EPERM : EFAULT);
-    }
+    if (!result.ok) throw new TranslationDmaFault(address, length, access, result.fault);
     let count = Math.min(length - position, result.pageSize - (result.address % result.pageSize));
     // A large page may run on into the interrupt range: stop there, so that the next piece is translated (and faults).
     if (result.address < INTERRUPT_WINDOW_START && result.address + count > INTERRUPT_WINDOW_START) {

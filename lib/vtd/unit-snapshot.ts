@@ -13,12 +13,15 @@ import { VTD_PROPERTIES, type VtdConfig } from './config';
 import { GCMD, OFFSET } from './register-bits';
 import { RTADDR_FIELDS } from './registers';
 import { setFieldBig } from './bitfield';
+import { FAULT_STAGES, type FaultRecord, type FaultStage } from './fault';
 import type { TranslationFailure, TranslationRequest } from './translation-result';
 import { VtdUnit, type TracedWalk } from './unit';
 import { WalkTrace, type TraceRecord } from './walk-trace';
 
 export const SNAPSHOT_FORMAT = 'viommu-fault-snapshot';
-export const SNAPSHOT_VERSION = 1;
+/** Version 2 keeps the live unit's whole fault record; version 1 kept its reason and level only (still read). */
+export const SNAPSHOT_VERSION = 2;
+const READABLE_VERSIONS: readonly number[] = [1, SNAPSHOT_VERSION];
 export const SNAPSHOT_PAGE_BYTES = PAGE_BYTES;
 
 /** The translation state a guest latched into the unit: what a restore writes back through RTADDR and GCMD. */
@@ -33,8 +36,17 @@ export interface SnapshotRegisters {
   readonly translationEnabled: boolean;
 }
 
-/** What the live unit reported for the request when the snapshot was taken (after compat quirks). */
+/** What the live unit reported for the request when the snapshot was taken: its fault record (compat quirks applied) and the record's fate. */
 export interface ObservedFault {
+  readonly fault: FaultRecord;
+  readonly recording: TranslationFailure['recording'];
+}
+
+/**
+ * What a version 1 file kept of the observed fault: the reason and one level number (the paging level, or for a
+ * nested walk's output the second-stage level where it stopped).
+ */
+export interface ObservedFaultSummary {
   readonly reason: number;
   readonly level?: number;
   readonly recording: TranslationFailure['recording'];
@@ -49,7 +61,8 @@ export interface UnitSnapshot {
   readonly pages: ReadonlyMap<number, Uint8Array>;
   /** Pages the walk tried to read that no guest RAM backed. */
   readonly unbacked: readonly number[];
-  readonly observed?: ObservedFault;
+  /** The live unit's fault; only its summary when read from a version 1 file. */
+  readonly observed?: ObservedFault | ObservedFaultSummary;
   /** ISO time the snapshot was taken. */
   readonly takenAt: string;
   /** Who took it (e.g. 'viommu demo, mode nested'). */
@@ -170,11 +183,7 @@ export function takeSnapshot(
     request,
     pages: new Map([...copies.pristine].sort(([a], [b]) => a - b)),
     unbacked: [...copies.unbacked].sort((a, b) => a - b),
-    ...(observed === undefined
-      ? {}
-      : {
-          observed: { reason: observed.reason, ...(observed.level === undefined ? {} : { level: observed.level }), recording: observed.recording },
-        }),
+    ...(observed === undefined ? {} : { observed: { fault: observed.fault, recording: observed.recording } }),
     takenAt: new Date().toISOString(),
     ...(options.source === undefined ? {} : { source: options.source }),
   };
@@ -225,25 +234,61 @@ export function replaySnapshot(snapshot: UnitSnapshot, request: TranslationReque
 
 // ---- the file ----
 
+/** A fault record in the file: addresses and entry values as hex, like every address in it. */
+interface FaultRecordFile {
+  reason: number;
+  stage: FaultStage;
+  level?: number;
+  secondStageLevel?: number;
+  entryAddress?: string;
+  entryValue?: string;
+  pasid?: number;
+  fpd: boolean;
+  notPresent: boolean;
+  pastContext: boolean;
+  unrecorded?: boolean;
+}
+
 interface SnapshotFile {
   format: typeof SNAPSHOT_FORMAT;
-  version: typeof SNAPSHOT_VERSION;
+  /** 1 only for a snapshot read from a version 1 file (its observed fault is a summary), written back as it was. */
+  version: 1 | typeof SNAPSHOT_VERSION;
   takenAt: string;
   source?: string;
   config: string;
   registers: { RTADDR: string; RTADDR_REGISTER: string; GSTS: string; TE: boolean };
   request: { sid: number; iova: string; write: boolean; pasid?: number; supervisor?: boolean; execute?: boolean };
-  observed?: { reason: number; level?: number; recording: string };
+  observed?: { fault: FaultRecordFile; recording: string } | { reason: number; level?: number; recording: string };
   pages: Array<{ address: string; data: string }>;
   unbacked: string[];
 }
 
+function isSummary(observed: ObservedFault | ObservedFaultSummary): observed is ObservedFaultSummary {
+  return !('fault' in observed);
+}
+
+function faultRecordFile(fault: FaultRecord): FaultRecordFile {
+  return {
+    reason: fault.reason,
+    stage: fault.stage,
+    ...(fault.level === undefined ? {} : { level: fault.level }),
+    ...(fault.secondStageLevel === undefined ? {} : { secondStageLevel: fault.secondStageLevel }),
+    ...(fault.entryAddress === undefined ? {} : { entryAddress: hex(fault.entryAddress) }),
+    ...(fault.entryValue === undefined ? {} : { entryValue: hex(fault.entryValue) }),
+    ...(fault.pasid === undefined ? {} : { pasid: fault.pasid }),
+    fpd: fault.fpd,
+    notPresent: fault.notPresent,
+    pastContext: fault.pastContext,
+    ...(fault.unrecorded === true ? { unrecorded: true } : {}),
+  };
+}
+
 /** The snapshot as JSON text (what a snapshot file holds). */
 export function serializeSnapshot(snapshot: UnitSnapshot): string {
-  const { request, registers } = snapshot;
+  const { request, registers, observed } = snapshot;
   const file: SnapshotFile = {
     format: SNAPSHOT_FORMAT,
-    version: SNAPSHOT_VERSION,
+    version: observed !== undefined && isSummary(observed) ? 1 : SNAPSHOT_VERSION,
     takenAt: snapshot.takenAt,
     ...(snapshot.source === undefined ? {} : { source: snapshot.source }),
     config: snapshot.config,
@@ -261,7 +306,9 @@ export function serializeSnapshot(snapshot: UnitSnapshot): string {
       ...(request.supervisor === undefined ? {} : { supervisor: request.supervisor }),
       ...(request.execute === undefined ? {} : { execute: request.execute }),
     },
-    ...(snapshot.observed === undefined ? {} : { observed: { ...snapshot.observed } }),
+    ...(observed === undefined
+      ? {}
+      : { observed: isSummary(observed) ? { ...observed } : { fault: faultRecordFile(observed.fault), recording: observed.recording } }),
     pages: [...snapshot.pages].map(([address, bytes]) => ({ address: hex(address), data: Buffer.from(bytes).toString('base64') })),
     unbacked: snapshot.unbacked.map(hex),
   };
@@ -307,9 +354,52 @@ class FieldReader {
   optional<T>(value: unknown, read: (value: unknown) => T): T | undefined {
     return value === undefined ? undefined : read(value);
   }
+
+  oneOf<T extends string>(value: unknown, path: string, allowed: readonly T[]): T {
+    if (typeof value !== 'string' || !(allowed as readonly string[]).includes(value)) this.fail(path, allowed.join(', '), value);
+    return value as T;
+  }
 }
 
-const RECORDINGS: ReadonlySet<string> = new Set(['recorded', 'collapsed', 'overflow', 'dropped-pfo', 'suppressed-fpd', 'none']);
+const RECORDINGS: readonly TranslationFailure['recording'][] = ['recorded', 'collapsed', 'overflow', 'dropped-pfo', 'suppressed-fpd', 'none'];
+/** Paging levels run 5..1; 0 is a nested walk's output. */
+const LEVEL_LIMIT = 6;
+/** The widest entry a walk decides on: a scalable-mode PASID entry, 512 bits. */
+const ENTRY_VALUE_LIMIT = 1n << 512n;
+
+/** Reads a fault record written by faultRecordFile(). */
+function readFaultRecord(read: FieldReader, value: unknown, path: string): FaultRecord {
+  const field = read.object(value, path);
+  const level = read.optional(field['level'], (v) => read.integer(v, `${path}.level`, LEVEL_LIMIT));
+  const secondStageLevel = read.optional(field['secondStageLevel'], (v) => read.integer(v, `${path}.secondStageLevel`, LEVEL_LIMIT));
+  const entryAddress = read.optional(field['entryAddress'], (v) => Number(read.hex(v, `${path}.entryAddress`, BigInt(MAX_GUEST_ADDRESS) + 1n)));
+  const entryValue = read.optional(field['entryValue'], (v) => read.hex(v, `${path}.entryValue`, ENTRY_VALUE_LIMIT));
+  const pasid = read.optional(field['pasid'], (v) => read.integer(v, `${path}.pasid`, 2 ** 20));
+  const unrecorded = read.optional(field['unrecorded'], (v) => read.boolean(v, `${path}.unrecorded`));
+  return {
+    ok: false,
+    reason: read.integer(field['reason'], `${path}.reason`, 256),
+    stage: read.oneOf(field['stage'], `${path}.stage`, FAULT_STAGES),
+    ...(level === undefined ? {} : { level }),
+    ...(secondStageLevel === undefined ? {} : { secondStageLevel }),
+    ...(entryAddress === undefined ? {} : { entryAddress }),
+    ...(entryValue === undefined ? {} : { entryValue }),
+    ...(pasid === undefined ? {} : { pasid }),
+    fpd: read.boolean(field['fpd'], `${path}.fpd`),
+    notPresent: read.boolean(field['notPresent'], `${path}.notPresent`),
+    pastContext: read.boolean(field['pastContext'], `${path}.pastContext`),
+    ...(unrecorded === true ? { unrecorded } : {}),
+  };
+}
+
+/** The observed fault as `version` wrote it: the whole record (2), or the reason and level (1). */
+function readObserved(read: FieldReader, value: unknown, version: number): ObservedFault | ObservedFaultSummary {
+  const field = read.object(value, 'observed');
+  const recording = read.oneOf(field['recording'], 'observed.recording', RECORDINGS);
+  if (version !== 1) return { fault: readFaultRecord(read, field['fault'], 'observed.fault'), recording };
+  const level = read.optional(field['level'], (v) => read.integer(v, 'observed.level', LEVEL_LIMIT));
+  return { reason: read.integer(field['reason'], 'observed.reason', 256), ...(level === undefined ? {} : { level }), recording };
+}
 
 /** Parses and checks snapshot JSON text; `origin` names it in errors (a file name). */
 export function parseSnapshot(text: string, origin = 'snapshot'): UnitSnapshot {
@@ -327,8 +417,11 @@ export function parseSnapshot(text: string, origin = 'snapshot'): UnitSnapshot {
       `${origin}: not a viommu fault snapshot (format ${JSON.stringify(top['format'] ?? null)}, expected '${SNAPSHOT_FORMAT}')`,
     );
   }
-  if (top['version'] !== SNAPSHOT_VERSION) {
-    throw new SnapshotError(`${origin}: snapshot version ${JSON.stringify(top['version'] ?? null)}; this viommu reads version ${SNAPSHOT_VERSION}`);
+  const version = top['version'];
+  if (typeof version !== 'number' || !READABLE_VERSIONS.includes(version)) {
+    throw new SnapshotError(
+      `${origin}: snapshot version ${JSON.stringify(version ?? null)}; this viommu reads versions ${READABLE_VERSIONS.join(' and ')}`,
+    );
   }
   const config = read.string(top['config'], 'config');
   const registers = read.object(top['registers'], 'registers');
@@ -349,19 +442,7 @@ export function parseSnapshot(text: string, origin = 'snapshot'): UnitSnapshot {
   });
   const unbackedList = top['unbacked'] ?? [];
   if (!Array.isArray(unbackedList)) read.fail('unbacked', 'a list', unbackedList);
-  const observedField = read.optional(top['observed'], (value) => read.object(value, 'observed'));
-  const observed: ObservedFault | undefined =
-    observedField === undefined
-      ? undefined
-      : {
-          reason: read.integer(observedField['reason'], 'observed.reason', 256),
-          ...(observedField['level'] === undefined ? {} : { level: read.integer(observedField['level'], 'observed.level', 6) }),
-          recording: (() => {
-            const recording = read.string(observedField['recording'], 'observed.recording');
-            if (!RECORDINGS.has(recording)) read.fail('observed.recording', [...RECORDINGS].join(', '), recording);
-            return recording as ObservedFault['recording'];
-          })(),
-        };
+  const observed = read.optional(top['observed'], (value) => readObserved(read, value, version));
   const pasid = read.optional(request['pasid'], (value) => read.integer(value, 'request.pasid', 2 ** 20));
   const supervisor = read.optional(request['supervisor'], (value) => read.boolean(value, 'request.supervisor'));
   const execute = read.optional(request['execute'], (value) => read.boolean(value, 'request.execute'));

@@ -18,6 +18,7 @@ import {
   type VtdConfig,
 } from './config';
 import { DomainRegistry, type DomainDescriptor } from './domains';
+import type { EmbeddedIommu, IommuHost } from './embedding';
 import { FaultRecorder, type RecordOutcome } from './fault-recorder';
 import { faultCode } from './fault-reasons';
 import { faultRecord, type FaultRecord } from './fault';
@@ -47,20 +48,10 @@ import type { WalkTraceSink } from './walk-trace';
 import { GCMD, GSTS, OFFSET } from './register-bits';
 import { CCMD_FIELDS, IOTLB_FIELDS, IVA_FIELDS, RTADDR_FIELDS, type CapabilityValues } from './registers';
 
-export interface VtdUnitOptions {
-  readonly memory: GuestMemory;
+/** What a VMM gives the unit (IommuHost: guest memory, the interrupt sink, host errors), and how to build it. */
+export interface VtdUnitOptions extends IommuHost {
   /** A resolved configuration, or QEMU-style properties such as 'aw-bits=48,caching-mode=on'. */
   readonly config?: VtdConfig | string;
-  /**
-   * Delivers an MSI toward the CPUs: the unit's own events (fault event, invalidation completion; address and data
-   * as the guest set them) and device interrupts, i.e. DMA writes to 0xfee00000-0xfeefffff, after remapping.
-   */
-  readonly onInterrupt: (address: number, data: number) => void;
-  /**
-   * A host backend following the unit's domains failed (a listener threw). The guest's command completes anyway;
-   * the VMM decides what to do. Default: kept in `hostErrors`.
-   */
-  readonly onHostError?: (error: Error) => void;
   /**
    * With x-vcmd: the PASIDs VCMD hands out, a set of an allocator the VMM may share between units (a quota per VM).
    * Default: the unit's own allocator over its whole PASID width.
@@ -142,7 +133,7 @@ function alignedFirstPage(pfn: number, am: number): number {
   return alignDown(pfn, POWERS_OF_TWO[am]!);
 }
 
-export class VtdUnit implements InvalidationTarget {
+export class VtdUnit implements EmbeddedIommu, InvalidationTarget {
   readonly config: VtdConfig;
   readonly capabilities: CapabilityValues;
   readonly quirks: ReadonlySet<QuirkId>;

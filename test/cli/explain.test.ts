@@ -6,6 +6,59 @@ import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { VIOMMU_BIN, runViommu } from '../vfio-user/cli-process';
 
+const EXPLAIN_DOC = path.resolve(__dirname, '..', '..', '..', 'docs', 'explain.md');
+/** Where the doc's commands keep their files; the test runs them with a fresh temporary directory in its place. */
+const DOC_TEMP = '/tmp/';
+/** A line of a quoted output that stands for one or more lines left out. */
+const ELISION = '...';
+
+/** A command docs/explain.md shows (```, then `$ viommu ARGS`, then its output) and the output it quotes. */
+interface QuotedRun {
+  readonly args: readonly string[];
+  readonly output: readonly string[];
+}
+
+function quotedRuns(doc: string): QuotedRun[] {
+  return [...doc.matchAll(/^```\n\$ viommu (.*)\n([\s\S]*?)^```$/gm)].map((match) => ({
+    args: match[1]!.split(' '),
+    output: match[2]!.replace(/\n$/, '').split('\n'),
+  }));
+}
+
+/** What legitimately differs between runs: the time a snapshot was taken. */
+function maskTime(line: string): string {
+  return line.replace(/\(taken \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z /, '(taken <time> ');
+}
+
+/** `actual` is what `quoted` shows: line for line, an ELISION line standing for at least one line of `actual`. */
+function assertQuotes(quoted: readonly string[], actual: readonly string[], what: string): void {
+  const segments: string[][] = [[]];
+  for (const line of quoted) {
+    if (line === ELISION) segments.push([]);
+    else segments.at(-1)!.push(line);
+  }
+  const text = (lines: readonly string[]) => lines.join('\n');
+  if (segments.length === 1) {
+    assert.equal(text(actual), text(quoted), `${what}: the doc quotes the whole output`);
+    return;
+  }
+  const head = segments[0]!;
+  const tail = segments.at(-1)!;
+  assert.equal(text(actual.slice(0, head.length)), text(head), `${what}: the start the doc quotes`);
+  assert.equal(text(actual.slice(actual.length - tail.length)), text(tail), `${what}: the end the doc quotes`);
+  let at = head.length;
+  for (const middle of segments.slice(1, -1)) {
+    let found = at + 1;
+    while (found + middle.length <= actual.length && text(actual.slice(found, found + middle.length)) !== text(middle)) found++;
+    assert.ok(
+      found + middle.length <= actual.length,
+      `${what}: the output lacks these lines the doc quotes:\n${text(middle)}\n\noutput:\n${text(actual)}`,
+    );
+    at = found + middle.length;
+  }
+  assert.ok(at < actual.length - tail.length, `${what}: each '${ELISION}' stands for lines left out, but none are:\n${text(actual)}`);
+}
+
 /** A qtest session as QEMU's libqtest would send it: edu at 00:04.0 with BAR0 and bus mastering, translation on over an empty root table, one edu DMA read of IOVA 0x1000. */
 const QTEST_FAULTING_DMA = [
   'outl 0xcf8 0x80002010',
@@ -65,7 +118,7 @@ describe('cli: viommu explain', function () {
     const out = result.stdout;
     for (const pattern of [
       new RegExp(`^snapshot: ${file.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')} \\(taken .* by viommu demo, mode nested, \\d+ page\\(s\\)\\)$`),
-      /^live unit: 0x86 SM_READ: SM: No read permission for Read\/AtomicOp request, level \d; fault record: recorded$/,
+      /^live unit: 0x86 SM_READ: SM: No read permission for Read\/AtomicOp request; second stage, translating the first stage's output, at L2 SL-PDE; fault record: recorded$/,
       /^request: read by 00:04\.0 \(SID 0x20\) without PASID at IOVA 0xb001000$/,
       /^translation: scalable mode \(RTADDR\.TTM = 01\), PASID entry PGTT 3 \(nested\)$/,
       /^ {4}entry \[1\] at GPA 0x80004008 \(host 0x[0-9a-f]+\) = 0x9f000027$/,
@@ -102,9 +155,31 @@ describe('cli: viommu explain', function () {
     assert.equal(file, 'fault-001-qtest-00-04-0-iova-1000-root_entry_not_present.json');
     const result = await runViommu(['explain', path.join(faults, file!)]);
     assert.equal(result.code, 0, result.stderr);
-    assert.match(result.stdout, /^live unit: 0x1 ROOT_ENTRY_NOT_PRESENT: Present bit in root entry is clear; fault record: recorded$/m);
+    assert.match(
+      result.stdout,
+      /^live unit: 0x1 ROOT_ENTRY_NOT_PRESENT: Present bit in root entry is clear; the root entry, before either paging stage; fault record: recorded$/m,
+    );
     assert.match(result.stdout, /^translation: legacy mode \(RTADDR\.TTM = 00\)$/m);
     assert.match(result.stdout, /^stopped: the root entry, before either paging stage$/m);
+  });
+
+  it('docs/explain.md quotes the output of the commands it shows, as they run now', async () => {
+    const runs = quotedRuns(fs.readFileSync(EXPLAIN_DOC, 'utf8'));
+    assert.ok(runs.length >= 3, `docs/explain.md shows the demo and two explain runs; found ${runs.length} quoted run(s)`);
+    const temp = fs.mkdtempSync(path.join(os.tmpdir(), 'viommu-explain-doc-'));
+    try {
+      // In order: the explain runs read the snapshots the demo run writes.
+      for (const run of runs) {
+        const command = `viommu ${run.args.join(' ')}`;
+        const result = await runViommu(run.args.map((arg) => (arg.startsWith(DOC_TEMP) ? path.join(temp, arg.slice(DOC_TEMP.length)) : arg)));
+        assert.equal(result.code, 0, `${command}\nstdout:\n${result.stdout}\nstderr:\n${result.stderr}`);
+        assert.equal(result.stderr, '', command);
+        const actual = result.stdout.split(`${temp}${path.sep}`).join(DOC_TEMP).replace(/\n$/, '').split('\n');
+        assertQuotes(run.output.map(maskTime), actual.map(maskTime), command);
+      }
+    } finally {
+      fs.rmSync(temp, { recursive: true, force: true });
+    }
   });
 
   it('refuses a corrupt snapshot with a message that says what is wrong, and exit code 1', async () => {

@@ -61,7 +61,12 @@ describe('explain: fault snapshots', () => {
   it('a nested walk whose level-3 table pointer the second stage does not map', () => {
     const { guest } = nestedGuest({ unmappedTableLevel: 3 });
     const { snapshot } = faultAndSnapshot(guest, nestedRead);
-    assert.equal(snapshot.observed?.reason, 0x76);
+    const observed = snapshot.observed;
+    assert.ok(observed !== undefined && 'fault' in observed, 'a version 2 snapshot keeps the whole record');
+    assert.equal(observed.fault.reason, 0x76);
+    assert.equal(observed.fault.stage, 'second-stage');
+    assert.equal(observed.fault.level, 3, "translating the first stage's level-3 table");
+    assert.equal(observed.recording, 'recorded');
     assert.equal(snapshot.source, 'a test');
     const text = explain(snapshot);
     for (const pattern of [

@@ -5,8 +5,18 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { FaultSnapshots } from '../../lib/explain/fault-snapshots';
 import { readSnapshot } from '../../lib/explain/snapshot-file';
+import { TranslationDmaFault } from '../../lib/vtd/unit-dma';
 import { SID } from '../vtd/unit-guest';
 import { SECOND_STAGE_FAR_IOVA, SECOND_STAGE_IOVA, secondStageGuest } from './fault-guests';
+
+function thrownBy(action: () => void): unknown {
+  try {
+    action();
+  } catch (error) {
+    return error;
+  }
+  return assert.fail('expected an exception');
+}
 
 describe('explain: fault snapshots on fault', () => {
   let directory: string;
@@ -19,14 +29,19 @@ describe('explain: fault snapshots on fault', () => {
     snapshots.watch(guest.unit, guest.memory, 'viommu test');
     const dma = guest.unit.dmaSpace(SID);
     dma.read(BigInt(SECOND_STAGE_FAR_IOVA), new Uint8Array(8));
-    for (let i = 0; i < 3; i++) assert.throws(() => dma.write(BigInt(SECOND_STAGE_IOVA) + BigInt(i * 8), new Uint8Array(8)), /SM_WRITE/);
+    const thrown = [0, 1, 2].map((i) => thrownBy(() => dma.write(BigInt(SECOND_STAGE_IOVA) + BigInt(i * 8), new Uint8Array(8))));
+    for (const error of thrown) assert.match(String(error), /SM_WRITE/);
+    const firstFault = thrown[0];
+    assert.ok(firstFault instanceof TranslationDmaFault);
     assert.equal(snapshots.written.length, 2);
     assert.equal(snapshots.skipped, 1);
     assert.equal(snapshots.summary(), `2 fault snapshot(s) in ${path.join(directory, 'out')}; 1 later fault(s) not snapshotted (limit 2)`);
     assert.match(path.basename(snapshots.written[0]!), /^fault-001-test-00-04-0-iova-200000-sm_write\.json$/);
     const first = readSnapshot(snapshots.written[0]!);
     assert.deepEqual(first.request, { sid: SID, iova: BigInt(SECOND_STAGE_IOVA), write: true });
-    assert.deepEqual(first.observed, { reason: 0x85, level: 1, recording: 'recorded' });
+    assert.deepEqual(first.observed, { fault: firstFault.fault, recording: 'recorded' });
+    assert.equal(firstFault.fault.reason, 0x85);
+    assert.equal(firstFault.fault.level, 1);
     assert.equal(first.source, 'viommu test');
     assert.equal(readSnapshot(snapshots.written[1]!).request.iova, BigInt(SECOND_STAGE_IOVA + 8));
   });

@@ -36,7 +36,9 @@ describe('explain: snapshot files', () => {
     writeSnapshot(file, snapshot);
     const read = readSnapshot(file);
     assert.deepEqual(read, snapshot);
-    assert.equal(read.observed?.reason, 0x76);
+    assert.ok(read.observed !== undefined && 'fault' in read.observed);
+    assert.equal(read.observed.fault.reason, 0x76);
+    assert.equal(typeof read.observed.fault.entryAddress, 'number');
     assert.equal(read.registers.translationEnabled, true);
     assert.equal(read.registers.rtaddr & 0xc00n, 0x400n, 'RTADDR.TTM as latched: scalable');
     // The pages the walk read: root, context, PASID directory and table, the second-stage tables, two first-stage tables.
@@ -57,7 +59,22 @@ describe('explain: snapshot files', () => {
       () => JSON.stringify({ name: 'viommu', version: '1.0.0' }),
       /: not a viommu fault snapshot \(format null, expected 'viommu-fault-snapshot'\)/,
     ],
-    ['another version', (text) => text.replace('"version": 1', '"version": 99'), /: snapshot version 99; this viommu reads version 1/],
+    ['another version', (text) => text.replace('"version": 2', '"version": 99'), /: snapshot version 99; this viommu reads versions 1 and 2/],
+    [
+      'an observed fault at a stage that does not exist',
+      (text) => text.replace(/"stage": "second-stage"/, '"stage": "third-stage"'),
+      /: observed\.fault\.stage should be request, root, context, pasid-directory, pasid-table, first-stage, second-stage, output, found "third-stage"/,
+    ],
+    [
+      'an observed entry address that is not hex',
+      (text) => text.replace(/"entryAddress": "0x[0-9a-f]+"/, '"entryAddress": 12'),
+      /: observed\.fault\.entryAddress should be a hex number below 0x[0-9a-f]+, found 12/,
+    ],
+    [
+      'a version 2 observed fault without its record',
+      (text) => text.replace(/"fault": \{[^}]*\},/, '"reason": 118,'),
+      /: observed\.fault should be an object, found nothing/,
+    ],
     [
       'a page cut short',
       (text) => text.replace(/"data": "[A-Za-z0-9+/]{8}/, '"data": "'),
@@ -97,6 +114,22 @@ describe('explain: snapshot files', () => {
       );
     });
   }
+
+  it('reads a version 1 file, whose observed fault is its reason and level only, and writes it back as version 1', () => {
+    const file = JSON.parse(serializeSnapshot(nestedSnapshot())) as Record<string, unknown>;
+    const summary = { reason: 0x76, level: 2, recording: 'recorded' };
+    const older = JSON.stringify({ ...file, version: 1, observed: summary });
+    const read = parseSnapshot(older, 'older.json');
+    assert.deepEqual(read.observed, summary);
+    const written = serializeSnapshot(read);
+    assert.equal((JSON.parse(written) as { version: unknown }).version, 1);
+    assert.deepEqual(parseSnapshot(written), read);
+    // A version 1 file has no record to read.
+    assert.throws(
+      () => parseSnapshot(JSON.stringify({ ...file, version: 1 }), 'mixed.json'),
+      /mixed\.json: observed\.reason should be an integer from 0 to 255, found nothing/,
+    );
+  });
 
   it('names a missing file and a directory', () => {
     assert.throws(() => readSnapshot(path.join(directory, 'none.json')), /none\.json: no such file/);

@@ -67,7 +67,7 @@ class Guest {
   /** The address a request reaches, or `fault 0x..`. */
   reach(iova: number, options: Partial<TranslationRequest> = {}): string {
     const result = this.unit.translate({ sid: SID, iova: BigInt(iova), write: false, ...options });
-    return result.ok ? `0x${result.address.toString(16)}` : `fault 0x${result.reason.toString(16)}`;
+    return result.ok ? `0x${result.address.toString(16)}` : `fault 0x${result.fault.reason.toString(16)}`;
   }
 
   async readStructure(address: number, qwords: number): Promise<bigint> {

@@ -11,6 +11,7 @@ import { DMAR_BASE, EDU_DEVFN, TestbedMachine } from '../../lib/vmm/testbed';
 import type { VfioUserAttachment } from '../../lib/vmm/vfio-user-attachment';
 import { faultCode } from '../../lib/vtd/fault-reasons';
 import { VtdUnit } from '../../lib/vtd/unit';
+import { TranslationDmaFault } from '../../lib/vtd/unit-dma';
 import { tempSocketPath, waitFor } from '../helpers';
 
 const BAR0 = 0xfe000000;
@@ -121,6 +122,9 @@ describe('vmm: a vfio-user device attached to the testbed', function () {
       device.dmaFaults.map((fault) => [fault.access, fault.address, fault.errno]),
       [['read', BigInt(UNMAPPED_IOVA), EFAULT]],
     );
+    const cause = device.dmaFaults[0]!.cause;
+    assert.ok(cause instanceof TranslationDmaFault, "the VMM's fault event carries the unit's fault record");
+    assert.deepEqual([cause.fault.reason, cause.fault.stage, cause.fault.notPresent], [faultCode('READ'), 'second-stage', true]);
     const faults = await vtd.faults();
     assert.equal(faults.fsts & 0x2, 0x2, 'FSTS.PPF');
     assert.deepEqual(faults.records, [{ index: 0, sid: SID, reason: faultCode('READ'), write: false, address: BigInt(UNMAPPED_IOVA) }]);

@@ -202,16 +202,16 @@ describe('paging-structure cache (legacy second stage)', () => {
     assert.equal(guest.unit.pagingStructures.entries()[0]!.writable, false);
     const write = guest.translate(BASE + PAGE, true);
     assert.ok(
-      !write.ok && write.reason === FR.WRITE && write.level === 4,
+      !write.ok && write.fault.reason === FR.WRITE && write.fault.level === 4,
       JSON.stringify(write, (_k, v) => (typeof v === 'bigint' ? v.toString(16) : v)),
     );
     // Leaf faults through a cached entry: not present, reserved bits.
     guest.memory.writeU64(guest.leafAddress(SID, BASE + 2 * PAGE), 0n);
     const absent = guest.translate(BASE + 2 * PAGE);
-    assert.ok(!absent.ok && absent.reason === FR.READ && absent.level === 1 && absent.notPresent);
+    assert.ok(!absent.ok && absent.fault.reason === FR.READ && absent.fault.level === 1 && absent.fault.notPresent);
     guest.memory.writeU64(guest.leafAddress(SID, BASE + 3 * PAGE), BigInt((0x800000 + 3 * PAGE) | 3) | (1n << 11n));
     const reserved = guest.translate(BASE + 3 * PAGE);
-    assert.ok(!reserved.ok && reserved.reason === FR.PAGING_ENTRY_RESERVED && reserved.level === 1);
+    assert.ok(!reserved.ok && reserved.fault.reason === FR.PAGING_ENTRY_RESERVED && reserved.fault.level === 1);
   });
 
   it('is emptied by a reset, by SRTP (srtp-flushes-caches) and when guest memory changes', () => {
@@ -304,7 +304,7 @@ describe('paging-structure cache (legacy second stage)', () => {
           oracle.write(OFFSET.GCMD, 4, GCMD.SRTP);
           oracle.write(OFFSET.GCMD, 4, GCMD.TE);
           const outcome = (r: TranslationResult): string =>
-            r.ok ? `ok ${r.address} ${r.pageSize} ${r.readable} ${r.writable}` : `fault ${r.reason} ${r.level} ${r.notPresent}`;
+            r.ok ? `ok ${r.address} ${r.pageSize} ${r.readable} ${r.writable}` : `fault ${r.fault.reason} ${r.fault.level} ${r.fault.notPresent}`;
           for (const q of requests) {
             const iova = iovas[q.mapping % iovas.length]!;
             if (q.kind === 'invalidate') {

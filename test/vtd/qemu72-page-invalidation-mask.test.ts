@@ -97,7 +97,7 @@ describe('page-selective IOTLB invalidation: QEMU 7.2 compares the page numbers 
       assert.equal(guest.translate(CACHED_PAGE * PAGE).ok, true);
       guest.pageIotlbInvalidate(DID, 0x40000 * PAGE, 9);
       const write = guest.translate(CACHED_PAGE * PAGE, true);
-      assert.ok(!write.ok && write.reason === FR.WRITE, config || 'spec');
+      assert.ok(!write.ok && write.fault.reason === FR.WRITE, config || 'spec');
       assert.equal(write.recording, recordings[config], config || 'spec');
     }
   });

@@ -137,7 +137,7 @@ export class ScalableGuest extends TestGuest {
   /** The address a request reaches, or a description of its fault. */
   reach(iova: number | bigint, options: Parameters<ScalableGuest['request']>[1] = {}): string {
     const result = this.request(iova, options);
-    return result.ok ? `0x${result.address.toString(16)}` : `fault 0x${result.reason.toString(16)}`;
+    return result.ok ? `0x${result.address.toString(16)}` : `fault 0x${result.fault.reason.toString(16)}`;
   }
 
   frcdHi(): bigint {

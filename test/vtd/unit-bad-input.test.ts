@@ -57,7 +57,7 @@ describe('VtdUnit against a hostile guest', () => {
     const reads = readsDuring(guest, () => {
       // devfn 0 of bus 0 reads the root entry as its context entry: present, but AW 0 is not a supported width.
       const result = guest.translate(0x1000, false, 0);
-      assert.ok(!result.ok && result.reason === FR.CONTEXT_ENTRY_INVALID);
+      assert.ok(!result.ok && result.fault.reason === FR.CONTEXT_ENTRY_INVALID);
     });
     assert.ok(reads <= WALK_READS);
   });
@@ -67,17 +67,17 @@ describe('VtdUnit against a hostile guest', () => {
     guest.setContext(SID, {}, true, encodeBig(LEGACY_CONTEXT_ENTRY, { P: 1, AW: 2, DID: 1, SLPTPTR: 0xffff_ffff_f000 / PAGE }));
     guest.enable();
     const top = guest.translate(0x1000, false);
-    assert.ok(!top.ok && top.reason === FR.PAGING_ENTRY_INVALID);
+    assert.ok(!top.ok && top.fault.reason === FR.PAGING_ENTRY_INVALID);
     clearFault(guest);
     guest.write128(guest.root, encodeBig(LEGACY_ROOT_ENTRY, { P: 1, CTP: RAM_SIZE / PAGE }));
     guest.globalContextInvalidate();
     const context = guest.translate(0x1000, false);
-    assert.ok(!context.ok && context.reason === FR.CONTEXT_TABLE_INVALID);
+    assert.ok(!context.ok && context.fault.reason === FR.CONTEXT_TABLE_INVALID);
     clearFault(guest);
     guest.unit.write(OFFSET.RTADDR, 8, 0xffff_ffff_ffff_f000n);
     guest.command(GCMD.SRTP);
     const root = guest.translate(0x1000, false);
-    assert.ok(!root.ok && root.reason === FR.ROOT_TABLE_INVALID);
+    assert.ok(!root.ok && root.fault.reason === FR.ROOT_TABLE_INVALID);
   });
 
   it('a queue outside RAM: IQE with IQH on the first descriptor; the unit recovers once IQA is fixed', () => {

@@ -11,8 +11,6 @@ const NESTED = 'x-scalable-mode=on,x-flts=on,aw-bits=48,x-nested=on';
 
 function recordOf(result: TranslationResult): FaultRecord {
   if (result.ok) assert.fail(`expected a fault, got a translation to 0x${result.address.toString(16)}`);
-  assert.equal(result.fault.reason, result.reason, 'the failure and its record name one reason');
-  assert.equal(result.fault.notPresent, result.notPresent);
   return result.fault;
 }
 
@@ -121,7 +119,6 @@ describe('vtd unit: the fault record out of translate()', () => {
       assert.equal(fault.level, 0, "the first stage's output was being translated");
       assert.ok(fault.secondStageLevel !== undefined && fault.secondStageLevel >= 1 && fault.secondStageLevel <= 4);
       assert.equal(fault.pasid, 7);
-      assert.equal(!result.ok && result.level, fault.secondStageLevel, "the failure's one level is where the output's walk stopped");
     });
   });
 });

@@ -53,9 +53,9 @@ describe('VtdUnit fault recording', () => {
     guest.map(SID, 0x202000, 0x202000, { write: false, extra: 1n << 51n });
     guest.enable();
     const write = guest.translate(0x202000, true);
-    assert.ok(!write.ok && write.reason === FR.WRITE, `write: ${write.ok ? 'ok' : write.reason}`);
+    assert.ok(!write.ok && write.fault.reason === FR.WRITE, `write: ${write.ok ? 'ok' : write.fault.reason}`);
     const read = guest.translate(0x202000, false);
-    assert.ok(!read.ok && read.reason === FR.PAGING_ENTRY_RESERVED, `read: ${read.ok ? 'ok' : read.reason}`);
+    assert.ok(!read.ok && read.fault.reason === FR.PAGING_ENTRY_RESERVED, `read: ${read.ok ? 'ok' : read.fault.reason}`);
   });
 
   it('T is 1 for reads: an unmapped read gives FR 6 with T = 1', () => {

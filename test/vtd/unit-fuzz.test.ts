@@ -91,7 +91,7 @@ function apply(guest: TestGuest, o: Op): void {
     case 'translate': {
       const result = guest.unit.translate({ sid: o.sid, iova: o.iova, write: o.write });
       if (result.ok) assert.ok(Number.isSafeInteger(result.address) && result.pageSize >= 4096);
-      else assert.ok(result.reason >= 1 && result.reason <= 0xe, `legacy fault reason 0x${result.reason.toString(16)}`);
+      else assert.ok(result.fault.reason >= 1 && result.fault.reason <= 0xe, `legacy fault reason 0x${result.fault.reason.toString(16)}`);
       break;
     }
     case 'dma': {

@@ -100,7 +100,7 @@ describe('dmaSpace and the interrupt address range', () => {
       assert.ok(outside.ok && outside.address === 0xfef00000);
       const inside = guest.translate(0x40000010);
       assert.ok(!inside.ok, `reached 0x${inside.ok ? inside.address.toString(16) : ''}`);
-      assert.equal(inside.reason, FR.INTERRUPT_ADDRESS);
+      assert.equal(inside.fault.reason, FR.INTERRUPT_ADDRESS);
     });
 
     it('scalable: the same through a second-stage PASID entry', () => {

@@ -49,7 +49,7 @@ describe('vtd unit: compat=qemu-10.0 quirks', () => {
       const write = guest.request(0x2000, { write: true });
       assert.ok(!write.ok);
       assert.equal(write.recording !== 'none', recorded, compat || 'spec');
-      if (recorded) assert.equal(write.reason, faultCode('SM_WRITE'));
+      if (recorded) assert.equal(write.fault.reason, faultCode('SM_WRITE'));
     }
   });
 
@@ -59,24 +59,24 @@ describe('vtd unit: compat=qemu-10.0 quirks', () => {
     pasidAbsent.pasidEntry(SID, 0, { P: 0 });
     pasidAbsent.enableScalable();
     const absent = pasidAbsent.request(0x1000);
-    assert.ok(!absent.ok && absent.reason === faultCode('SM_PASID_ENTRY_NOT_PRESENT'), 'PASID entry not present: 0x59');
+    assert.ok(!absent.ok && absent.fault.reason === faultCode('SM_PASID_ENTRY_NOT_PRESENT'), 'PASID entry not present: 0x59');
 
     const noContext = new ScalableGuest('x-scalable-mode=on,compat=qemu-10.0');
     noContext.enableScalable();
     // Bus 2 has no root entry.
     const missing = noContext.unit.translate({ sid: 0x200, iova: 0x1000n, write: false });
-    assert.ok(!missing.ok && missing.reason === FR.ROOT_ENTRY_NOT_PRESENT, 'root entry not present: 1');
+    assert.ok(!missing.ok && missing.fault.reason === FR.ROOT_ENTRY_NOT_PRESENT, 'root entry not present: 1');
 
     const readOnly = firstStageUnit(',compat=qemu-10.0', (g, top) => g.writer.mapFirst(top, 4, 0x3000n, 0x402000, { rw: false }));
     const write = readOnly.request(0x3000, { write: true });
-    assert.ok(!write.ok && write.reason === faultCode('SM_WRITE'), 'a first-stage write fault keeps 0x85');
+    assert.ok(!write.ok && write.fault.reason === faultCode('SM_WRITE'), 'a first-stage write fault keeps 0x85');
 
     const sevenTwo = new ScalableGuest('x-scalable-mode=on,compat=qemu-7.2');
     sevenTwo.scalableContext(SID, { PASIDE: 0 });
     sevenTwo.pasidEntry(SID, 0, { P: 0 });
     sevenTwo.enableScalable();
     const old = sevenTwo.request(0x1000);
-    assert.ok(!old.ok && old.reason === faultCode('SM_PASID_ENTRY_ACCESS'), '7.2 records 0x58 for every PASID-entry fault');
+    assert.ok(!old.ok && old.fault.reason === faultCode('SM_PASID_ENTRY_ACCESS'), '7.2 records 0x58 for every PASID-entry fault');
   });
 
   it("records a plain DMA write's interrupt-remapping fault with SID 0xffff (10.0); the spec records the requester", () => {

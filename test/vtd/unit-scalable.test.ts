@@ -16,14 +16,14 @@ const D = 1n << 6n;
 
 function ok(guest: ScalableGuest, iova: number | bigint, options: Parameters<ScalableGuest['request']>[1] = {}): number {
   const result = guest.request(iova, options);
-  if (!result.ok) assert.fail(`expected a translation of 0x${iova.toString(16)}, got fault 0x${result.reason.toString(16)}`);
+  if (!result.ok) assert.fail(`expected a translation of 0x${iova.toString(16)}, got fault 0x${result.fault.reason.toString(16)}`);
   return result.address;
 }
 
 function refused(guest: ScalableGuest, reason: FaultReasonName, iova: number | bigint, options: Parameters<ScalableGuest['request']>[1] = {}): void {
   const result = guest.request(iova, options);
   if (result.ok) assert.fail(`expected fault ${reason}, got 0x${result.address.toString(16)}`);
-  assert.equal(result.reason, code(reason), `${reason}: got 0x${result.reason.toString(16)}`);
+  assert.equal(result.fault.reason, code(reason), `${reason}: got 0x${result.fault.reason.toString(16)}`);
 }
 
 /** A device in scalable mode with a 4-level second-stage domain (DID 1) at RID_PASID 0. */

@@ -14,7 +14,7 @@ function frcdReason(guest: TestGuest, index = 0): number {
 function expectFault(guest: TestGuest, iova: number | bigint, write: boolean, reason: number, sid = SID): void {
   const result = guest.translate(iova, write, sid);
   assert.equal(result.ok, false, `expected fault 0x${reason.toString(16)}`);
-  if (!result.ok) assert.equal(result.reason, reason, `fault reason 0x${result.reason.toString(16)}`);
+  if (!result.ok) assert.equal(result.fault.reason, reason, `fault reason 0x${result.fault.reason.toString(16)}`);
 }
 
 describe('VtdUnit translation (legacy)', () => {
@@ -83,7 +83,7 @@ describe('VtdUnit translation (legacy)', () => {
     guest.setContext(SID);
     guest.enable();
     const result = guest.translate(0x5000);
-    assert.ok(!result.ok && result.reason === FR.READ && result.notPresent && result.level === 3);
+    assert.ok(!result.ok && result.fault.reason === FR.READ && result.fault.notPresent && result.fault.level === 3);
   });
 
   it('pass-through context (TT 2) maps IOVA to the same address', () => {
@@ -183,10 +183,10 @@ describe('VtdUnit translation (legacy)', () => {
     guest.map(SID, 0xfee01000, 0x300000);
     guest.enable();
     const input = guest.translate(0xfee01000, true);
-    assert.ok(!input.ok && input.reason === FR.INTERRUPT_ADDRESS && input.recording === 'none');
+    assert.ok(!input.ok && input.fault.reason === FR.INTERRUPT_ADDRESS && input.recording === 'none');
     assert.equal(guest.read32(OFFSET.FSTS), 0);
     const output = guest.translate(0x1000, true);
-    assert.ok(!output.ok && output.reason === FR.INTERRUPT_ADDRESS && output.recording === 'recorded');
+    assert.ok(!output.ok && output.fault.reason === FR.INTERRUPT_ADDRESS && output.recording === 'recorded');
   });
 
   it('FPD suppresses the qualified faults at and after the context entry (P = 0 included), never reserved bits or earlier faults', () => {
@@ -197,18 +197,18 @@ describe('VtdUnit translation (legacy)', () => {
     guest.setContext(SID + 3, {}, true, encodeBig(LEGACY_CONTEXT_ENTRY, { P: 1, FPD: 1, AW: 1, DID: 1 }) | (1n << 5n));
     guest.enable();
     const suppressed = guest.translate(0x1000, true);
-    assert.ok(!suppressed.ok && suppressed.recording === 'suppressed-fpd' && suppressed.reason === FR.WRITE);
+    assert.ok(!suppressed.ok && suppressed.recording === 'suppressed-fpd' && suppressed.fault.reason === FR.WRITE);
     const notPresent = guest.translate(0x1000, true, SID + 1);
-    assert.ok(!notPresent.ok && notPresent.recording === 'suppressed-fpd' && notPresent.reason === FR.CONTEXT_ENTRY_NOT_PRESENT);
+    assert.ok(!notPresent.ok && notPresent.recording === 'suppressed-fpd' && notPresent.fault.reason === FR.CONTEXT_ENTRY_NOT_PRESENT);
     assert.equal(guest.read32(OFFSET.FSTS), 0);
     const recorded = guest.translate(0x1000, true, SID + 2);
-    assert.ok(!recorded.ok && recorded.recording === 'recorded' && recorded.reason === FR.CONTEXT_ENTRY_NOT_PRESENT);
+    assert.ok(!recorded.ok && recorded.recording === 'recorded' && recorded.fault.reason === FR.CONTEXT_ENTRY_NOT_PRESENT);
     guest.unit.write(FRCD + 0xc, 4, 0x80000000);
     const reserved = guest.translate(0x1000, true, SID + 3);
-    assert.ok(!reserved.ok && reserved.recording === 'recorded' && reserved.reason === FR.CONTEXT_ENTRY_RESERVED);
+    assert.ok(!reserved.ok && reserved.recording === 'recorded' && reserved.fault.reason === FR.CONTEXT_ENTRY_RESERVED);
     guest.unit.write(FRCD + 0xc, 4, 0x80000000);
     const noRoot = guest.translate(0x1000, true, 0x520);
-    assert.ok(!noRoot.ok && noRoot.recording === 'recorded' && noRoot.reason === FR.ROOT_ENTRY_NOT_PRESENT);
+    assert.ok(!noRoot.ok && noRoot.recording === 'recorded' && noRoot.fault.reason === FR.ROOT_ENTRY_NOT_PRESENT);
   });
 
   it('a cached translation equals a fresh walk', () => {
@@ -321,10 +321,10 @@ describe('VtdUnit translation (legacy)', () => {
         const result = guest.translate(0x7f_8040_3abc, true);
         assert.ok(
           result.ok && result.address === 0x5abc,
-          `tables high: ${high.join(',')}: ${result.ok ? result.address.toString(16) : result.reason}`,
+          `tables high: ${high.join(',')}: ${result.ok ? result.address.toString(16) : result.fault.reason}`,
         );
         const unmapped = guest.translate(0x7f_8040_4000, false);
-        assert.ok(!unmapped.ok && unmapped.reason === FR.READ, 'a neighbour entry of the same (zeroed) table');
+        assert.ok(!unmapped.ok && unmapped.fault.reason === FR.READ, 'a neighbour entry of the same (zeroed) table');
       }
     });
   });

@@ -11,6 +11,8 @@ export interface DmaFaultEvent {
   readonly length: number;
   readonly errno: number;
   readonly reason: string;
+  /** The DmaFault itself: from a vIOMMU's DMA space, a subclass may carry more (the unit's TranslationDmaFault: its fault record). */
+  readonly cause: DmaFault;
 }
 
 export interface DmaServiceHooks {
@@ -36,7 +38,7 @@ export function serveDma(connection: VfioUserConnection, hooks: DmaServiceHooks)
   ): T | Promise<T> => {
     // The event describes the server's request; the fault's own address may be a page inside it.
     const reported = (error: unknown): never => {
-      if (error instanceof DmaFault) hooks.onFault({ access, address, length, errno: error.errno, reason: error.reason });
+      if (error instanceof DmaFault) hooks.onFault({ access, address, length, errno: error.errno, reason: error.reason, cause: error });
       throw error;
     };
     const space = hooks.space();
