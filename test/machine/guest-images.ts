@@ -1,4 +1,9 @@
 /** Tiny Multiboot guests for machine tests and benches: a few 32-bit instructions assembled here, in an a.out-kludge image. */
+import { EDU_BUFFER_ADDRESS, EDU_DMA_COMMAND, EDU_REGISTERS } from '../../lib/devices/edu';
+import { PCI_COMMAND, TYPE0_HEADER } from '../../lib/devices/pci-layout';
+import { MACHINE_LAYOUT } from '../../lib/machine/kvm-machine';
+import { DMAR_BASE, EDU_DEVFN } from '../../lib/vmm/testbed';
+import { GCMD, GSTS, OFFSET } from '../../lib/vtd/register-bits';
 
 /** Where the images load and start (1 MiB, above the PC's reserved area). */
 export const GUEST_LOAD_ADDRESS = 0x10_0000;
@@ -6,6 +11,8 @@ const MULTIBOOT_MAGIC = 0x1bad_b002;
 /** Header flag 16: the header carries the load addresses, so no ELF is needed. */
 const MULTIBOOT_ADDRESSES_IN_HEADER = 1 << 16;
 const HEADER_BYTES = 32;
+/** Where the machine's firmware puts edu's BAR0: the PCI memory window's start, edu's 1 MiB BAR being the largest there. */
+export const EDU_BAR0 = MACHINE_LAYOUT.pciMemory.start;
 
 function u32(value: number): number[] {
   return [value & 0xff, (value >>> 8) & 0xff, (value >>> 16) & 0xff, (value >>> 24) & 0xff];
@@ -29,6 +36,11 @@ export class GuestCode {
   load32(address: number): this {
     this.bytes.push(0xa1, ...u32(address));
     return this;
+  }
+
+  /** A 64-bit store as two dword stores, low half first (a 32-bit guest's way to write a qword register or table entry). */
+  store64(address: number, value: bigint): this {
+    return this.store32(address, Number(BigInt.asUintN(32, value))).store32(address + 4, Number(BigInt.asUintN(32, value >> 32n)));
   }
 
   /** mov [address], eax */
@@ -69,6 +81,27 @@ export class GuestCode {
     this.bytes.push(0x49); // dec ecx
     this.bytes.push(0x75, (top - (this.bytes.length + 2)) & 0xff);
     return this;
+  }
+
+  /** Points the VT-d unit at `rootTable` and turns DMA remapping on, as a driver does: RTADDR, SRTP, then TE, each awaited in GSTS. */
+  enableDmaRemapping(rootTable: number): this {
+    return this.store64(DMAR_BASE + OFFSET.RTADDR, BigInt(rootTable))
+      .store32(DMAR_BASE + OFFSET.GCMD, GCMD.SRTP)
+      .waitFor(DMAR_BASE + OFFSET.GSTS, GSTS.RTPS)
+      .store32(DMAR_BASE + OFFSET.GCMD, GCMD.TE)
+      .waitFor(DMAR_BASE + OFFSET.GSTS, GSTS.TES);
+  }
+
+  /** Lets edu (00:04.0) master the bus and has its engine read `bytes` at `iova` into its buffer; waits until the engine is done. */
+  eduDmaRead(iova: number, bytes: number): this {
+    const command = TYPE0_HEADER.field('command').offset;
+    const edu = (register: number) => EDU_BAR0 + register;
+    return this.pciConfigWrite(EDU_DEVFN, command, PCI_COMMAND.bits.MEMORY_SPACE | PCI_COMMAND.bits.BUS_MASTER)
+      .store64(edu(EDU_REGISTERS.dmaSource), BigInt(iova))
+      .store64(edu(EDU_REGISTERS.dmaDestination), BigInt(EDU_BUFFER_ADDRESS))
+      .store64(edu(EDU_REGISTERS.dmaCount), BigInt(bytes))
+      .store32(edu(EDU_REGISTERS.dmaCommand), EDU_DMA_COMMAND.RUN)
+      .waitFor(edu(EDU_REGISTERS.dmaCommand), EDU_DMA_COMMAND.RUN, true);
   }
 
   /** isa-debug-exit: the machine ends with this status. */
