@@ -212,7 +212,13 @@ const SCALABLE = reasonRows([
     'a second-stage output address is beyond the host width',
   ],
   [0x85, 'SM_WRITE', 'SM: No write permission for Write/AtomicOp request', 'a write to a page mapped read-only (or not mapped)', 'permission'],
-  [0x86, 'SM_READ', 'SM: No read permission for Read/AtomicOp request', 'a read of a page mapped without read permission (or not mapped)', 'permission'],
+  [
+    0x86,
+    'SM_READ',
+    'SM: No read permission for Read/AtomicOp request',
+    'a read of a page mapped without read permission (or not mapped)',
+    'permission',
+  ],
   [0x87, 'SM_INTERRUPT_ADDRESS', 'SM: Invalid address-interrupt address', 'translation produced an address in the interrupt range'],
   [
     0x90,
