@@ -3,6 +3,7 @@
  * that maps guest RAM, guest invalidations forwarded once per nested HWPT, and host page faults read back.
  */
 
+import type { IntegerKey } from '../byte-layout';
 import { PAGE_BYTES, PAGE_SHIFT } from '../memory/geometry';
 import { ERRNO, errnoName } from '../errno';
 import { ViommuError } from '../errors';
@@ -35,6 +36,9 @@ import {
   type IoctlName,
   type IoctlSpec,
 } from './iommufd-uapi';
+
+/** The u64 fields of ioctl `N`'s struct: those a payload's address can go in. */
+type PointerKey<N extends IoctlName> = IntegerKey<(typeof IOCTLS)[N]['layout']['fields'], 8>;
 
 /** A user-space buffer a struct points at: the channel writes its address as a u64 at `offset` before the call. */
 export interface PayloadPointer {
@@ -628,11 +632,11 @@ export class IommufdNesting {
     };
   }
 
-  /** Sends one request; pointer fields are named by layout key here and passed to the channel as offsets. */
-  private issue(
-    name: IoctlName,
+  /** Sends one request; pointer fields are named by their layout's key here and passed to the channel as offsets. */
+  private issue<N extends IoctlName>(
+    name: N,
     argument: Uint8Array,
-    options: { device?: number; payloads?: readonly { field: string; buffer: Uint8Array }[] },
+    options: { device?: number; payloads?: readonly { field: PointerKey<N>; buffer: Uint8Array }[] },
     detail: string,
   ): void {
     const spec: IoctlSpec = IOCTLS[name];

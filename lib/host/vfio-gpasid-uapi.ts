@@ -8,7 +8,7 @@
  * minimum, so a user of that layout learns exactly why, and no second set of offsets has to be kept alive.
  */
 
-import { defineFlags, defineNumbers, defineStruct, type StructValue } from '../byte-layout';
+import { defineFlags, defineNumbers, defineStruct, readField, readU32, type StructValue } from '../byte-layout';
 import { ERRNO } from '../errno';
 import { decodeStruct, encodeStruct, nonZeroReserved } from './iommufd-uapi';
 
@@ -142,13 +142,12 @@ function refuse(errno: 'EINVAL' | 'EFAULT', rule: GpasidRule, message: string): 
   return { ok: false, refusal: { errno, errnoValue: ERRNO[errno], rule, message } };
 }
 
-function u32(bytes: Uint8Array, at: number): number {
-  return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(at, true);
-}
-
-/** The earlier layout put version (1) where argsz now is, and a known format right after it. */
+/**
+ * The earlier layout put version (1) where argsz now is, and a known format right after it. Its second word is
+ * read as a plain u32: that layout is only recognised, never described.
+ */
 function looksPreArgsz(bytes: Uint8Array, argsz: number, secondWord: (value: number) => boolean): boolean {
-  return argsz === 1 && bytes.length >= 8 && secondWord(u32(bytes, 4));
+  return argsz === 1 && bytes.length >= 8 && secondWord(readU32(bytes, 4));
 }
 
 // VT-d first-stage tables are 4- or 5-level; PASIDs are 20 bits, 0 being RID_PASID (never a bind target).
@@ -175,7 +174,7 @@ export function gpasidBindRequest(fields: Omit<GpasidBindData, 'argsz' | 'versio
 export function decodeGpasidBind(bytes: Uint8Array, operation: 'bind' | 'unbind' = 'bind'): GpasidDecodeResult<GpasidBindData> {
   const what = `${operation} ${GPASID_BIND_LAYOUT.name}`;
   if (bytes.length < 4) return refuse('EFAULT', 'unreadable', `${what}: argsz is not readable (${bytes.length} bytes)`);
-  const argsz = u32(bytes, 0);
+  const argsz = readField(GPASID_BIND_LAYOUT, bytes, 'argsz');
   if (argsz < GPASID_BIND_MINSZ) {
     if (looksPreArgsz(bytes, argsz, (format) => format === PASID_FORMAT.values.INTEL_VTD)) {
       return refuse(
@@ -189,11 +188,11 @@ export function decodeGpasidBind(bytes: Uint8Array, operation: 'bind' | 'unbind'
   if (bytes.length < GPASID_BIND_MINSZ) {
     return refuse('EFAULT', 'unreadable', `${what}: only ${bytes.length} of the ${GPASID_BIND_MINSZ} mandatory bytes are readable`);
   }
-  const version = u32(bytes, GPASID_BIND_LAYOUT.offsetOf('version'));
+  const version = readField(GPASID_BIND_LAYOUT, bytes, 'version');
   if (version !== GPASID_BIND_VERSION) {
     return refuse('EINVAL', 'version', `${what}: version ${version} is unknown (only ${GPASID_BIND_VERSION})`);
   }
-  const format = u32(bytes, GPASID_BIND_LAYOUT.offsetOf('format'));
+  const format = readField(GPASID_BIND_LAYOUT, bytes, 'format');
   const vendorSize = VENDOR_DATA_SIZE[format];
   if (vendorSize === undefined) {
     return refuse(
@@ -256,7 +255,7 @@ export function encodeCacheInvalidate(info: CacheInvalidateInfo): Uint8Array {
 export function decodeCacheInvalidate(bytes: Uint8Array): GpasidDecodeResult<CacheInvalidateInfo> {
   const what = CACHE_INVALIDATE_HEADER_LAYOUT.name;
   if (bytes.length < 4) return refuse('EFAULT', 'unreadable', `${what}: argsz is not readable (${bytes.length} bytes)`);
-  const argsz = u32(bytes, 0);
+  const argsz = readField(CACHE_INVALIDATE_HEADER_LAYOUT, bytes, 'argsz');
   if (argsz < CACHE_INVALIDATE_MINSZ) {
     // The earlier layout: version (1) at 0, then cache and granularity bytes at 4 and 5.
     if (

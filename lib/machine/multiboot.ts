@@ -1,44 +1,32 @@
 /** Multiboot 1 loader: puts a kernel image (ELF32, ELF64 or a.out-kludge), its modules and the boot information into guest RAM, as GRUB or QEMU's -kernel would. */
+import { defineStruct, readField, type StructValue } from '../byte-layout';
 import { ViommuError } from '../errors';
 import { PAGE_BYTES } from '../memory/geometry';
 
-/*
- * Multiboot header (Multiboot Specification 0.6.96, section 3.1), 4-byte aligned within the image's first 8 KiB:
- *
- * | off | field         | use                                                                 |
- * |-----|---------------|---------------------------------------------------------------------|
- * | 0   | magic         | 0x1BADB002                                                          |
- * | 4   | flags         | bits 0-15 required features, bits 16-31 optional (see HEADER_FLAG)  |
- * | 8   | checksum      | magic + flags + checksum = 0 (mod 2^32)                             |
- * | 12  | header_addr   | flag 16: physical address of this header                            |
- * | 16  | load_addr     | flag 16: physical address of the first loaded byte (<= header_addr) |
- * | 20  | load_end_addr | flag 16: end of text+data; 0 = to the end of the file               |
- * | 24  | bss_end_addr  | flag 16: end of the zeroed area after the data; 0 = no bss          |
- * | 28  | entry_addr    | flag 16: entry point                                                |
- *
- * Multiboot information (section 3.3), the structure EBX points to; fields are u32:
- *
- * | off    | field                  | flag bit | filled                                                  |
- * |--------|------------------------|----------|---------------------------------------------------------|
- * | 0      | flags                  |          | which fields below are valid                            |
- * | 4      | mem_lower              | 0        | KiB of RAM from 0, at most 640                          |
- * | 8      | mem_upper              | 0        | KiB of RAM from 1 MiB to the first hole (at most 4 GiB) |
- * | 12     | boot_device            | 1        | no                                                      |
- * | 16     | cmdline                | 2        | address of a NUL-terminated string ("" if none given)   |
- * | 20, 24 | mods_count, mods_addr  | 3        | module table of 16-byte entries (start, end, string, 0) |
- * | 28-43  | a.out/ELF symbols      | 4 or 5   | no                                                      |
- * | 44, 48 | mmap_length, mmap_addr | 6        | memory map entries (below)                              |
- * | 52-60  | drives, config_table   | 7, 8     | no                                                      |
- * | 64     | boot_loader_name       | 9        | address of a NUL-terminated string                      |
- * | 68-115 | APM, VBE, framebuffer  | 10-12    | no (zero)                                               |
- *
- * Memory map entry: u32 size (20, not counting itself), u64 base_addr, u64 length, u32 type (1 available, 2 reserved).
- */
+/** Multiboot header (Multiboot Specification 0.6.96, section 3.1), 4-byte aligned within the image's first 8 KiB. */
+const MULTIBOOT_HEADER = defineStruct('multiboot_header', [
+  { key: 'magic', spec: 'magic', offset: 0, width: 4 },
+  /** Bits 0-15 are features the kernel requires, bits 16-31 optional ones (HEADER_FLAG). */
+  { key: 'flags', spec: 'flags', offset: 4, width: 4 },
+  /** magic + flags + checksum = 0 (mod 2^32). */
+  { key: 'checksum', spec: 'checksum', offset: 8, width: 4 },
+  // The rest counts only with flag 16: where the file goes, whatever its format (the "a.out kludge").
+  /** Physical address of this header. */
+  { key: 'headerAddr', spec: 'header_addr', offset: 12, width: 4 },
+  /** Physical address of the first loaded byte (at or below header_addr). */
+  { key: 'loadAddr', spec: 'load_addr', offset: 16, width: 4 },
+  /** End of text and data; 0 loads to the end of the file. */
+  { key: 'loadEndAddr', spec: 'load_end_addr', offset: 20, width: 4 },
+  /** End of the zeroed area after the data; 0 means no bss. */
+  { key: 'bssEndAddr', spec: 'bss_end_addr', offset: 24, width: 4 },
+  { key: 'entryAddr', spec: 'entry_addr', offset: 28, width: 4 },
+] as const);
+
 const HEADER_MAGIC = 0x1badb002;
 export const MULTIBOOT_BOOTLOADER_MAGIC = 0x2badb002;
 const HEADER_SEARCH_BYTES = 8192;
-const HEADER_BYTES = 12;
-const ADDRESS_HEADER_BYTES = 32;
+/** What every header has; the address fields follow only where flag 16 asks for them. */
+const HEADER_BYTES = MULTIBOOT_HEADER.offsetOf('headerAddr');
 
 const HEADER_FLAG = {
   /** Modules page-aligned: always done, so honoured. */
@@ -54,23 +42,72 @@ const HEADER_FLAG = {
 const HONOURED_REQUIRED_FLAGS = HEADER_FLAG.pageAlignModules | HEADER_FLAG.memoryInfo;
 const REQUIRED_FLAGS_MASK = 0xffff;
 
+/**
+ * Multiboot information (section 3.3), the structure EBX points to. `flags` says which fields are valid; this
+ * loader fills those of INFO_FLAG and leaves the rest zero (the whole table is written, so a kernel reading every
+ * field reads zeros, not our strings).
+ */
+const MULTIBOOT_INFO = defineStruct('multiboot_info', [
+  { key: 'flags', spec: 'flags', offset: 0, width: 4 },
+  /** Flag 0: KiB of RAM from 0, at most 640. */
+  { key: 'memLower', spec: 'mem_lower', offset: 4, width: 4 },
+  /** Flag 0: KiB of RAM from 1 MiB to the first hole (at most 4 GiB). */
+  { key: 'memUpper', spec: 'mem_upper', offset: 8, width: 4 },
+  { key: 'bootDevice', spec: 'boot_device', offset: 12, width: 4 },
+  /** Flag 2: address of a NUL-terminated string ("" if none was given). */
+  { key: 'cmdline', spec: 'cmdline', offset: 16, width: 4 },
+  /** Flag 3: the module table (MODULE_ENTRY). */
+  { key: 'modsCount', spec: 'mods_count', offset: 20, width: 4 },
+  { key: 'modsAddr', spec: 'mods_addr', offset: 24, width: 4 },
+  /** Flags 4 or 5: the a.out symbol table or the ELF section headers (a union). */
+  { key: 'syms', spec: 'u.aout_sym / u.elf_sec', offset: 28, width: 16, kind: 'bytes' },
+  /** Flag 6: the memory map (MMAP_ENTRY). */
+  { key: 'mmapLength', spec: 'mmap_length', offset: 44, width: 4 },
+  { key: 'mmapAddr', spec: 'mmap_addr', offset: 48, width: 4 },
+  { key: 'drivesLength', spec: 'drives_length', offset: 52, width: 4 },
+  { key: 'drivesAddr', spec: 'drives_addr', offset: 56, width: 4 },
+  { key: 'configTable', spec: 'config_table', offset: 60, width: 4 },
+  /** Flag 9: address of a NUL-terminated string. */
+  { key: 'bootLoaderName', spec: 'boot_loader_name', offset: 64, width: 4 },
+  { key: 'apmTable', spec: 'apm_table', offset: 68, width: 4 },
+  { key: 'vbeControlInfo', spec: 'vbe_control_info', offset: 72, width: 4 },
+  { key: 'vbeModeInfo', spec: 'vbe_mode_info', offset: 76, width: 4 },
+  { key: 'vbeMode', spec: 'vbe_mode', offset: 80, width: 2 },
+  { key: 'vbeInterfaceSeg', spec: 'vbe_interface_seg', offset: 82, width: 2 },
+  { key: 'vbeInterfaceOff', spec: 'vbe_interface_off', offset: 84, width: 2 },
+  { key: 'vbeInterfaceLen', spec: 'vbe_interface_len', offset: 86, width: 2 },
+  { key: 'framebufferAddr', spec: 'framebuffer_addr', offset: 88, width: 8 },
+  { key: 'framebufferPitch', spec: 'framebuffer_pitch', offset: 96, width: 4 },
+  { key: 'framebufferWidth', spec: 'framebuffer_width', offset: 100, width: 4 },
+  { key: 'framebufferHeight', spec: 'framebuffer_height', offset: 104, width: 4 },
+  { key: 'framebufferBpp', spec: 'framebuffer_bpp', offset: 108, width: 1 },
+  { key: 'framebufferType', spec: 'framebuffer_type', offset: 109, width: 1 },
+  /** The palette or the RGB field positions, by framebuffer_type (a union). */
+  { key: 'colorInfo', spec: 'color_info', offset: 110, width: 6, kind: 'bytes' },
+] as const);
+
 const INFO_FLAG = { memory: 1 << 0, cmdline: 1 << 2, modules: 1 << 3, memoryMap: 1 << 6, bootLoaderName: 1 << 9 } as const;
-const INFO = {
-  flags: 0,
-  memLower: 4,
-  memUpper: 8,
-  cmdline: 16,
-  modsCount: 20,
-  modsAddr: 24,
-  mmapLength: 44,
-  mmapAddr: 48,
-  bootLoaderName: 64,
-} as const;
-/** Up to the framebuffer fields' end, so a kernel reading the whole structure reads zeros, not our strings. */
-const INFO_BYTES = 116;
-const MODULE_ENTRY_BYTES = 16;
-const MMAP_ENTRY_BYTES = 24;
-const MMAP_ENTRY_SIZE_FIELD = 20;
+/** Every field zero: the start of the information this loader gives, for the fields whose flag it leaves clear. */
+const INFO_NOT_GIVEN: StructValue<typeof MULTIBOOT_INFO.fields> = MULTIBOOT_INFO.decode(new Uint8Array(MULTIBOOT_INFO.size));
+
+/** One module (section 3.3, mods_addr); mod_end is exclusive. */
+const MODULE_ENTRY = defineStruct('multiboot_mod_list', [
+  { key: 'modStart', spec: 'mod_start', offset: 0, width: 4 },
+  { key: 'modEnd', spec: 'mod_end', offset: 4, width: 4 },
+  /** Address of the module's NUL-terminated command line. */
+  { key: 'cmdline', spec: 'string', offset: 8, width: 4 },
+  { key: 'pad', spec: 'reserved', offset: 12, width: 4, reserved: true },
+] as const);
+
+/** One memory map entry (section 3.3, mmap_addr); `size` counts the bytes after itself, so a reader can step over entries. */
+const MMAP_ENTRY = defineStruct('multiboot_mmap_entry', [
+  { key: 'size', spec: 'size', offset: 0, width: 4 },
+  { key: 'baseAddr', spec: 'base_addr', offset: 4, width: 8 },
+  { key: 'length', spec: 'length', offset: 12, width: 8 },
+  /** MEMORY_TYPE. */
+  { key: 'type', spec: 'type', offset: 20, width: 4 },
+] as const);
+const MMAP_ENTRY_SIZE_FIELD = MMAP_ENTRY.size - MMAP_ENTRY.offsetOf('baseAddr');
 export const MEMORY_TYPE = { available: 1, reserved: 2 } as const;
 
 const PAGE = PAGE_BYTES;
@@ -136,8 +173,8 @@ interface Kernel {
  *
  * Placement: image segments where they ask; the information, memory map and strings first-fit in available RAM at or
  * above 0x9000 (low memory for any ordinary image); modules page-aligned first-fit from the image's end. None of them
- * touches the first page, a reserved range or the image; all stay below 4 GiB, since the structure holds 32-bit
- * addresses. The memory map is a PC's: [0, 0x9fc00) available, [0x9fc00, 0x100000) reserved (EBDA, VGA, ROMs),
+ * touches the first page, a reserved range or the image; all end below 4 GiB, since the structure holds 32-bit
+ * addresses (a module's exclusive end among them). The memory map is a PC's: [0, 0x9fc00) available, [0x9fc00, 0x100000) reserved (EBDA, VGA, ROMs),
  * `reserved` as reserved, the rest of RAM available.
  *
  * The machine must then start the boot CPU as the spec's section 3.2 requires: 32-bit protected mode, paging off,
@@ -184,9 +221,10 @@ export function loadMultiboot(
   );
   const modules = options.modules ?? [];
   const strings = new StringTable([options.commandLine ?? '', BOOT_LOADER_NAME, ...modules.map((m) => m.commandLine)]);
-  const mmapOffset = INFO_BYTES;
-  const modulesOffset = mmapOffset + memoryMap.length * MMAP_ENTRY_BYTES;
-  const stringsOffset = modulesOffset + modules.length * MODULE_ENTRY_BYTES;
+  const mmapOffset = MULTIBOOT_INFO.size;
+  const mmapLength = memoryMap.length * MMAP_ENTRY.size;
+  const modulesOffset = mmapOffset + mmapLength;
+  const stringsOffset = modulesOffset + modules.length * MODULE_ENTRY.size;
   const infoLength = stringsOffset + strings.bytes.length;
   const infoAddress = free.take(infoLength, 16, INFO_PREFERRED_FLOOR) ?? free.take(infoLength, 16, PAGE);
   if (infoAddress === undefined) throw noRoom(`the ${infoLength}-byte boot information`);
@@ -201,28 +239,32 @@ export function loadMultiboot(
   });
 
   const info = new Uint8Array(infoLength);
-  const view = new DataView(info.buffer);
-  view.setUint32(INFO.flags, INFO_FLAG.memory | INFO_FLAG.cmdline | INFO_FLAG.modules | INFO_FLAG.memoryMap | INFO_FLAG.bootLoaderName, true);
-  view.setUint32(INFO.memLower, lowerMemoryKib(options.ramBytes, reserved), true);
-  view.setUint32(INFO.memUpper, upperMemoryKib(memoryMap), true);
-  view.setUint32(INFO.cmdline, infoAddress + stringsOffset + strings.offsets[0], true);
-  view.setUint32(INFO.modsCount, modules.length, true);
-  view.setUint32(INFO.modsAddr, modules.length ? infoAddress + modulesOffset : 0, true);
-  view.setUint32(INFO.mmapLength, memoryMap.length * MMAP_ENTRY_BYTES, true);
-  view.setUint32(INFO.mmapAddr, infoAddress + mmapOffset, true);
-  view.setUint32(INFO.bootLoaderName, infoAddress + stringsOffset + strings.offsets[1], true);
+  MULTIBOOT_INFO.encode(
+    {
+      ...INFO_NOT_GIVEN,
+      flags: INFO_FLAG.memory | INFO_FLAG.cmdline | INFO_FLAG.modules | INFO_FLAG.memoryMap | INFO_FLAG.bootLoaderName,
+      memLower: lowerMemoryKib(options.ramBytes, reserved),
+      memUpper: upperMemoryKib(memoryMap),
+      cmdline: infoAddress + stringsOffset + strings.offsets[0],
+      modsCount: modules.length,
+      modsAddr: modules.length ? infoAddress + modulesOffset : 0,
+      mmapLength,
+      mmapAddr: infoAddress + mmapOffset,
+      bootLoaderName: infoAddress + stringsOffset + strings.offsets[1],
+    },
+    info,
+  );
   memoryMap.forEach((entry, i) => {
-    const at = mmapOffset + i * MMAP_ENTRY_BYTES;
-    view.setUint32(at, MMAP_ENTRY_SIZE_FIELD, true);
-    view.setBigUint64(at + 4, BigInt(entry.start), true);
-    view.setBigUint64(at + 12, BigInt(entry.end - entry.start), true);
-    view.setUint32(at + 20, entry.type, true);
+    const value = { size: MMAP_ENTRY_SIZE_FIELD, baseAddr: BigInt(entry.start), length: BigInt(entry.end - entry.start), type: entry.type };
+    MMAP_ENTRY.encode(value, info, mmapOffset + i * MMAP_ENTRY.size);
   });
   modules.forEach((module, i) => {
-    const at = modulesOffset + i * MODULE_ENTRY_BYTES;
-    view.setUint32(at, moduleAddresses[i], true);
-    view.setUint32(at + 4, moduleAddresses[i] + module.bytes.length, true);
-    view.setUint32(at + 8, infoAddress + stringsOffset + strings.offsets[2 + i], true);
+    const value = {
+      modStart: moduleAddresses[i],
+      modEnd: moduleAddresses[i] + module.bytes.length,
+      cmdline: infoAddress + stringsOffset + strings.offsets[2 + i],
+    };
+    MODULE_ENTRY.encode(value, info, modulesOffset + i * MODULE_ENTRY.size);
   });
   info.set(strings.bytes, stringsOffset);
 
@@ -270,14 +312,13 @@ function checkOptions(options: MultibootOptions): void {
 }
 
 function findHeader(image: Uint8Array): { offset: number; flags: number } {
-  const view = dataView(image);
   const searchEnd = Math.min(HEADER_SEARCH_BYTES, image.length);
   let badChecksumAt: number | undefined;
   for (let offset = 0; offset + HEADER_BYTES <= searchEnd; offset += 4) {
-    if (view.getUint32(offset, true) !== HEADER_MAGIC) continue;
-    const flags = view.getUint32(offset + 4, true);
+    if (readField(MULTIBOOT_HEADER, image, 'magic', offset) !== HEADER_MAGIC) continue;
+    const flags = readField(MULTIBOOT_HEADER, image, 'flags', offset);
     // The magic can occur by chance; like GRUB, keep looking past one whose checksum fails.
-    if ((HEADER_MAGIC + flags + view.getUint32(offset + 8, true)) >>> 0 === 0) return { offset, flags };
+    if ((HEADER_MAGIC + flags + readField(MULTIBOOT_HEADER, image, 'checksum', offset)) >>> 0 === 0) return { offset, flags };
     badChecksumAt ??= offset;
   }
   if (badChecksumAt !== undefined) {
@@ -296,42 +337,102 @@ function findHeader(image: Uint8Array): { offset: number; flags: number } {
 function headerAddressedKernel(image: Uint8Array, headerOffset: number): Kernel {
   const bad = (why: string): ViommuError =>
     new ViommuError('ERR_MULTIBOOT_BAD_ADDRESSES', `the multiboot header's load addresses are unusable: ${why}; fix the image's header`);
-  if (headerOffset + ADDRESS_HEADER_BYTES > image.length) throw bad('the header is cut short before entry_addr');
-  const view = dataView(image);
-  const [headerAddress, loadAddress, loadEndAddress, bssEndAddress, entry] = [12, 16, 20, 24, 28].map((at) =>
-    view.getUint32(headerOffset + at, true),
-  ) as [number, number, number, number, number];
-  if (loadAddress > headerAddress) throw bad(`load_addr 0x${hex(loadAddress)} is above header_addr 0x${hex(headerAddress)}`);
-  const fileOffset = headerOffset - (headerAddress - loadAddress);
-  if (fileOffset < 0) throw bad(`load_addr 0x${hex(loadAddress)} is before the start of the file`);
-  if (loadEndAddress !== 0 && loadEndAddress < loadAddress) throw bad(`load_end_addr 0x${hex(loadEndAddress)} is below load_addr`);
-  const fileLength = loadEndAddress === 0 ? image.length - fileOffset : loadEndAddress - loadAddress;
+  if (headerOffset + MULTIBOOT_HEADER.size > image.length) throw bad('the header is cut short before entry_addr');
+  const { headerAddr, loadAddr, loadEndAddr, bssEndAddr, entryAddr } = MULTIBOOT_HEADER.decode(image, headerOffset);
+  if (loadAddr > headerAddr) throw bad(`load_addr 0x${hex(loadAddr)} is above header_addr 0x${hex(headerAddr)}`);
+  const fileOffset = headerOffset - (headerAddr - loadAddr);
+  if (fileOffset < 0) throw bad(`load_addr 0x${hex(loadAddr)} is before the start of the file`);
+  if (loadEndAddr !== 0 && loadEndAddr < loadAddr) throw bad(`load_end_addr 0x${hex(loadEndAddr)} is below load_addr`);
+  const fileLength = loadEndAddr === 0 ? image.length - fileOffset : loadEndAddr - loadAddr;
   if (fileOffset + fileLength > image.length)
     throw bad(`[load_addr, load_end_addr) needs 0x${hex(fileLength)} bytes from file offset 0x${hex(fileOffset)}, past the file's end`);
-  const loadEnd = loadAddress + fileLength;
-  if (bssEndAddress !== 0 && bssEndAddress < loadEnd)
-    throw bad(`bss_end_addr 0x${hex(bssEndAddress)} is below the loaded data's end 0x${hex(loadEnd)}`);
-  const memoryLength = (bssEndAddress === 0 ? loadEnd : bssEndAddress) - loadAddress;
-  return { segments: [{ address: loadAddress, file: image.subarray(fileOffset, fileOffset + fileLength), memoryLength }], entry };
+  const loadEnd = loadAddr + fileLength;
+  if (bssEndAddr !== 0 && bssEndAddr < loadEnd) throw bad(`bss_end_addr 0x${hex(bssEndAddr)} is below the loaded data's end 0x${hex(loadEnd)}`);
+  const memoryLength = (bssEndAddr === 0 ? loadEnd : bssEndAddr) - loadAddr;
+  return { segments: [{ address: loadAddr, file: image.subarray(fileOffset, fileOffset + fileLength), memoryLength }], entry: entryAddr };
 }
 
-/*
- * The ELF fields read, by class (offsets in bytes):
- *
- * | field       | ELF32 | ELF64 |   | program header | ELF32 | ELF64 |
- * |-------------|-------|-------|---|----------------|-------|-------|
- * | e_type      | 16    | 16    |   | p_type         | 0     | 0     |
- * | e_machine   | 18    | 18    |   | p_offset       | 4     | 8     |
- * | e_entry     | 24    | 24    |   | p_vaddr        | 8     | 16    |
- * | e_phoff     | 28    | 32    |   | p_paddr        | 12    | 24    |
- * | e_phentsize | 42    | 54    |   | p_filesz       | 16    | 32    |
- * | e_phnum     | 44    | 56    |   | p_memsz        | 20    | 40    |
- */
-const ELF_LAYOUT = {
-  1: { word: 4, entry: 24, phoff: 28, phentsize: 42, phnum: 44, phdrBytes: 32, pOffset: 4, pVaddr: 8, pPaddr: 12, pFilesz: 16, pMemsz: 20 },
-  2: { word: 8, entry: 24, phoff: 32, phentsize: 54, phnum: 56, phdrBytes: 56, pOffset: 8, pVaddr: 16, pPaddr: 24, pFilesz: 32, pMemsz: 40 },
+/** The start of every ELF file (System V ABI, e_ident), before the class is known. */
+const ELF_IDENT = defineStruct(
+  'e_ident',
+  [
+    { key: 'magic', spec: 'EI_MAG0-EI_MAG3', offset: 0, width: 4 },
+    /** 1 for ELF32, 2 for ELF64: picks the tables below. */
+    { key: 'class', spec: 'EI_CLASS', offset: 4, width: 1 },
+    { key: 'data', spec: 'EI_DATA', offset: 5, width: 1 },
+    { key: 'version', spec: 'EI_VERSION', offset: 6, width: 1 },
+    { key: 'osAbi', spec: 'EI_OSABI', offset: 7, width: 1 },
+    { key: 'abiVersion', spec: 'EI_ABIVERSION', offset: 8, width: 1 },
+  ] as const,
+  16,
+);
+
+// The ELF file header and program header of each class: the same fields, addresses and offsets 4 or 8 bytes wide.
+const ELF32_HEADER = defineStruct('Elf32_Ehdr', [
+  { key: 'ident', spec: 'e_ident', offset: 0, width: ELF_IDENT.size, kind: 'bytes' },
+  { key: 'type', spec: 'e_type', offset: 16, width: 2 },
+  { key: 'machine', spec: 'e_machine', offset: 18, width: 2 },
+  { key: 'version', spec: 'e_version', offset: 20, width: 4 },
+  { key: 'entry', spec: 'e_entry', offset: 24, width: 4 },
+  { key: 'phoff', spec: 'e_phoff', offset: 28, width: 4 },
+  { key: 'shoff', spec: 'e_shoff', offset: 32, width: 4 },
+  { key: 'flags', spec: 'e_flags', offset: 36, width: 4 },
+  { key: 'ehsize', spec: 'e_ehsize', offset: 40, width: 2 },
+  { key: 'phentsize', spec: 'e_phentsize', offset: 42, width: 2 },
+  { key: 'phnum', spec: 'e_phnum', offset: 44, width: 2 },
+  { key: 'shentsize', spec: 'e_shentsize', offset: 46, width: 2 },
+  { key: 'shnum', spec: 'e_shnum', offset: 48, width: 2 },
+  { key: 'shstrndx', spec: 'e_shstrndx', offset: 50, width: 2 },
+] as const);
+
+const ELF64_HEADER = defineStruct('Elf64_Ehdr', [
+  { key: 'ident', spec: 'e_ident', offset: 0, width: ELF_IDENT.size, kind: 'bytes' },
+  { key: 'type', spec: 'e_type', offset: 16, width: 2 },
+  { key: 'machine', spec: 'e_machine', offset: 18, width: 2 },
+  { key: 'version', spec: 'e_version', offset: 20, width: 4 },
+  { key: 'entry', spec: 'e_entry', offset: 24, width: 8 },
+  { key: 'phoff', spec: 'e_phoff', offset: 32, width: 8 },
+  { key: 'shoff', spec: 'e_shoff', offset: 40, width: 8 },
+  { key: 'flags', spec: 'e_flags', offset: 48, width: 4 },
+  { key: 'ehsize', spec: 'e_ehsize', offset: 52, width: 2 },
+  { key: 'phentsize', spec: 'e_phentsize', offset: 54, width: 2 },
+  { key: 'phnum', spec: 'e_phnum', offset: 56, width: 2 },
+  { key: 'shentsize', spec: 'e_shentsize', offset: 58, width: 2 },
+  { key: 'shnum', spec: 'e_shnum', offset: 60, width: 2 },
+  { key: 'shstrndx', spec: 'e_shstrndx', offset: 62, width: 2 },
+] as const);
+
+const ELF32_PROGRAM_HEADER = defineStruct('Elf32_Phdr', [
+  { key: 'type', spec: 'p_type', offset: 0, width: 4 },
+  { key: 'offset', spec: 'p_offset', offset: 4, width: 4 },
+  { key: 'vaddr', spec: 'p_vaddr', offset: 8, width: 4 },
+  { key: 'paddr', spec: 'p_paddr', offset: 12, width: 4 },
+  { key: 'filesz', spec: 'p_filesz', offset: 16, width: 4 },
+  { key: 'memsz', spec: 'p_memsz', offset: 20, width: 4 },
+  { key: 'flags', spec: 'p_flags', offset: 24, width: 4 },
+  { key: 'align', spec: 'p_align', offset: 28, width: 4 },
+] as const);
+
+const ELF64_PROGRAM_HEADER = defineStruct('Elf64_Phdr', [
+  { key: 'type', spec: 'p_type', offset: 0, width: 4 },
+  { key: 'flags', spec: 'p_flags', offset: 4, width: 4 },
+  { key: 'offset', spec: 'p_offset', offset: 8, width: 8 },
+  { key: 'vaddr', spec: 'p_vaddr', offset: 16, width: 8 },
+  { key: 'paddr', spec: 'p_paddr', offset: 24, width: 8 },
+  { key: 'filesz', spec: 'p_filesz', offset: 32, width: 8 },
+  { key: 'memsz', spec: 'p_memsz', offset: 40, width: 8 },
+  { key: 'align', spec: 'p_align', offset: 48, width: 8 },
+] as const);
+
+/** The tables of each EI_CLASS. */
+const ELF_CLASS = {
+  1: { header: ELF32_HEADER, programHeader: ELF32_PROGRAM_HEADER },
+  2: { header: ELF64_HEADER, programHeader: ELF64_PROGRAM_HEADER },
 } as const;
-const ELF_MAGIC = [0x7f, 0x45, 0x4c, 0x46];
+/** The larger class's header: no loadable ELF file of either class is shorter. */
+const ELF_MIN_BYTES = ELF64_HEADER.size;
+/** "\x7fELF", read as a little-endian u32. */
+const ELF_MAGIC = 0x464c457f;
 const ELF_DATA_LITTLE_ENDIAN = 1;
 const ET_EXEC = 2;
 const EM_386 = 3;
@@ -342,36 +443,32 @@ const PT_LOAD = 1;
 function elfKernel(image: Uint8Array): Kernel {
   const bad = (why: string): ViommuError =>
     new ViommuError('ERR_MULTIBOOT_BAD_ELF', `the multiboot image ${why}; pass an ELF executable or set header flag 16 with load addresses`);
-  if (image.length < 64 || ELF_MAGIC.some((byte, i) => image[i] !== byte)) throw bad('is not ELF and its header has no load addresses');
-  const elfClass = image[4];
-  if (elfClass !== 1 && elfClass !== 2) throw bad(`has unknown ELF class ${elfClass}`);
-  if (image[5] !== ELF_DATA_LITTLE_ENDIAN) throw bad('is big-endian ELF');
-  const layout = ELF_LAYOUT[elfClass];
-  const view = dataView(image);
-  // Virtual addresses stay exact (a higher-half ELF64 entry needs all 64 bits); the rest become numbers via `small`.
-  const word = (at: number): bigint => (layout.word === 4 ? BigInt(view.getUint32(at, true)) : view.getBigUint64(at, true));
-  if (view.getUint16(16, true) !== ET_EXEC) throw bad('is not an ELF executable (e_type is not ET_EXEC)');
-  const machine = view.getUint16(18, true);
-  if (machine !== EM_386 && machine !== EM_X86_64) throw bad(`is for ELF machine ${machine}, not x86`);
-  const phoff = small(word(layout.phoff));
-  const phentsize = view.getUint16(layout.phentsize, true);
-  const phnum = view.getUint16(layout.phnum, true);
-  if (phentsize < layout.phdrBytes || phoff + phnum * phentsize > image.length) throw bad('has program headers past the end of the file');
+  const ident = image.length >= ELF_MIN_BYTES ? ELF_IDENT.decode(image) : undefined;
+  if (ident?.magic !== ELF_MAGIC) throw bad('is not ELF and its header has no load addresses');
+  if (ident.class !== 1 && ident.class !== 2) throw bad(`has unknown ELF class ${ident.class}`);
+  if (ident.data !== ELF_DATA_LITTLE_ENDIAN) throw bad('is big-endian ELF');
+  const { header: headerLayout, programHeader } = ELF_CLASS[ident.class];
+  // Virtual addresses stay exact as bigints (a higher-half ELF64 entry needs all 64 bits); the rest become numbers via `small`.
+  const header = headerLayout.decode(image);
+  if (header.type !== ET_EXEC) throw bad('is not an ELF executable (e_type is not ET_EXEC)');
+  if (header.machine !== EM_386 && header.machine !== EM_X86_64) throw bad(`is for ELF machine ${header.machine}, not x86`);
+  const phoff = small(BigInt(header.phoff));
+  const { phentsize, phnum } = header;
+  if (phentsize < programHeader.size || phoff + phnum * phentsize > image.length) throw bad('has program headers past the end of the file');
 
   const segments: Segment[] = [];
   const virtualRanges: { vaddr: bigint; paddr: bigint; memsz: bigint }[] = [];
   for (let i = 0; i < phnum; i++) {
-    const at = phoff + i * phentsize;
-    if (view.getUint32(at, true) !== PT_LOAD) continue;
-    const [offset, vaddr, paddr, filesz, memsz] = [layout.pOffset, layout.pVaddr, layout.pPaddr, layout.pFilesz, layout.pMemsz].map((field) =>
-      word(at + field),
-    ) as [bigint, bigint, bigint, bigint, bigint];
-    if (filesz > memsz) throw bad(`has segment ${i} with p_filesz 0x${filesz.toString(16)} above p_memsz 0x${memsz.toString(16)}`);
+    const segment = programHeader.decode(image, phoff + i * phentsize);
+    if (segment.type !== PT_LOAD) continue;
+    const [offset, filesz] = [BigInt(segment.offset), BigInt(segment.filesz)];
+    const range = { vaddr: BigInt(segment.vaddr), paddr: BigInt(segment.paddr), memsz: BigInt(segment.memsz) };
+    if (filesz > range.memsz) throw bad(`has segment ${i} with p_filesz 0x${filesz.toString(16)} above p_memsz 0x${range.memsz.toString(16)}`);
     if (offset + filesz > BigInt(image.length)) throw bad(`has segment ${i} reaching past the end of the file`);
-    segments.push({ address: small(paddr), file: image.subarray(Number(offset), Number(offset + filesz)), memoryLength: small(memsz) });
-    virtualRanges.push({ vaddr, paddr, memsz });
+    segments.push({ address: small(range.paddr), file: image.subarray(Number(offset), Number(offset + filesz)), memoryLength: small(range.memsz) });
+    virtualRanges.push(range);
   }
-  const elfEntry = word(layout.entry);
+  const elfEntry = BigInt(header.entry);
   const holder = virtualRanges.find((r) => elfEntry >= r.vaddr && elfEntry < r.vaddr + r.memsz);
   return { segments, entry: small(holder ? elfEntry - holder.vaddr + holder.paddr : elfEntry) };
 }
@@ -432,14 +529,17 @@ function upperMemoryKib(memoryMap: readonly MemoryMapEntry[]): number {
   return run ? Math.floor((Math.min(run.end, FOUR_GIB) - MIB) / KIB) : 0;
 }
 
-/** Available RAM the loader may still use: not the first page, not the image, below 4 GiB. */
+/**
+ * Available RAM the loader may still use: not the first page, not the image, and ending below 4 GiB by a byte,
+ * since the information holds 32-bit addresses and a module's end (mod_end, exclusive) is one of them.
+ */
 class FreeSpace {
   private spans: Span[];
 
   constructor(memoryMap: readonly MemoryMapEntry[], taken: readonly Span[]) {
     this.spans = memoryMap
       .filter((e) => e.type === MEMORY_TYPE.available)
-      .map((e) => ({ start: Math.max(e.start, PAGE), end: Math.min(e.end, FOUR_GIB) }))
+      .map((e) => ({ start: Math.max(e.start, PAGE), end: Math.min(e.end, FOUR_GIB - 1) }))
       .filter((s) => s.end > s.start);
     for (const span of taken) this.remove(span);
   }
@@ -498,10 +598,6 @@ function noRoom(what: string): ViommuError {
     'ERR_MULTIBOOT_NO_ROOM',
     `no free RAM below 4 GiB (outside the image, reserved ranges and the first page) holds ${what}; give the machine more RAM`,
   );
-}
-
-function dataView(bytes: Uint8Array): DataView {
-  return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
 function alignUp(value: number, align: number): number {

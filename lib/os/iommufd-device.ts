@@ -3,10 +3,14 @@
  * It fits lib/host's IommufdChannel by shape (os/ sits below host/ and imports nothing from it).
  */
 import * as fs from 'node:fs';
+import { readU32 } from '../byte-layout';
 import { ERRNO, errnoNumber } from '../errno';
+import { ViommuError } from '../errors';
 import { native, nativeIoctl, type FileDescriptor, type NativeIoctlAddon } from '../native';
 
 export const IOMMUFD_DEVICE_PATH = '/dev/iommu';
+/** An fd out field is a u32. */
+const FD_FIELD_BYTES = 4;
 
 /** What one ioctl call may carry besides the struct: see IommufdChannel's IoctlOptions. */
 export interface IommufdIoctlOptions {
@@ -68,11 +72,19 @@ export class IommufdDevice {
   ioctl(request: number, argument: Uint8Array, options: IommufdIoctlOptions = {}): number {
     const target = options.device === undefined ? this.file : this.cdevs.get(options.device);
     if (!target || target.closed) return -ERRNO.EBADF;
+    const outFds = options.outFds ?? [];
+    // Checked before the kernel makes an fd: a u32 read past the argument's end would read 0 and adopt stdin.
+    const misplaced = outFds.find((offset) => !(Number.isInteger(offset) && offset >= 0 && offset + FD_FIELD_BYTES <= argument.length));
+    if (misplaced !== undefined) {
+      throw new ViommuError(
+        'ERR_IOMMUFD_OUT_FD',
+        `out fd offset ${misplaced} is not a u32 inside the ${argument.length}-byte argument; pass the offsets of the struct's fd fields`,
+      );
+    }
     const result = this.addon.ioctl.ioctl(target.fd, request, argument, options.payloads ?? []);
     if (result >= 0) {
-      const view = new DataView(argument.buffer, argument.byteOffset, argument.byteLength);
-      for (const offset of options.outFds ?? []) {
-        const fd = this.addon.adoptFd(view.getUint32(offset, true));
+      for (const offset of outFds) {
+        const fd = this.addon.adoptFd(readU32(argument, offset));
         this.kernelFds.set(fd.fd, fd);
       }
     }

@@ -1,5 +1,6 @@
 /** Queued invalidation: IQA/IQH/IQT, descriptor fetch and dispatch, wait descriptors and the completion event. */
 
+import { writeU32 } from '../byte-layout';
 import { PAGE_BYTES } from '../memory/geometry';
 import type { EntryWords, GuestMemory } from '../memory/guest-memory';
 import { fieldReader, getField, getField64, hasReservedBits, readField, readWordField, reservedWords, wordFieldReader } from './bitfield';
@@ -378,7 +379,7 @@ export class InvalidationQueue {
     const f = INVALIDATION_WAIT.f;
     if (getField(w, f.SW)) {
       const data = getField(w, f.SDATA);
-      new DataView(this.status.buffer).setUint32(0, data, true);
+      writeU32(this.status, 0, data);
       if (!this.memory.tryWrite(getField(w, f.SADDR) * 2 ** f.SADDR.addressShift!, this.status)) return false;
     }
     if (getField(w, f.IF)) this.completionEvent();

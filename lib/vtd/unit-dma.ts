@@ -3,6 +3,7 @@
  * writes into the interrupt window taken as interrupt requests.
  */
 
+import { readU32 } from '../byte-layout';
 import { DmaFault, EFAULT, EPERM, type DmaAccess, type DmaSpace } from '../memory/dma-space';
 import type { GuestMemory } from '../memory/guest-memory';
 import { INTERRUPT_WINDOW_END, INTERRUPT_WINDOW_START } from '../memory/geometry';
@@ -86,9 +87,8 @@ export function translatedDmaSpace(port: UnitDmaPort, sid: number, tag?: PasidTa
         transfer(port, sid, tag, address, data.length, 'write', (piece) => {
           const bytes = data.subarray(piece.position, piece.position + piece.count);
           if (piece.kind === 'interrupt') {
-            const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
             for (let at = 0; at < piece.count; at += MSI_BYTES) {
-              messages.push({ sid, address: piece.address + at, data: view.getUint32(at, true) });
+              messages.push({ sid, address: piece.address + at, data: readU32(bytes, at) });
             }
             return true;
           }

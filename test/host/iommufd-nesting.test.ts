@@ -25,7 +25,7 @@ import {
 } from '../../lib/host/iommufd-uapi';
 import { IommufdDevice } from '../../lib/os/iommufd-device';
 import { ERRNO } from '../../lib/errno';
-import type { FieldSpec } from '../../lib/byte-layout';
+import { writeField, type FieldSpec } from '../../lib/byte-layout';
 import { native, nativeIoctl } from '../../lib/native';
 import { FULL_VTD_HOST, IommufdDryRun, PLAIN_VTD_HOST, type HostIommuModel } from '../../lib/host/iommufd-dry-run';
 
@@ -619,6 +619,7 @@ describe('the dry-run iommufd enforces the uAPI', () => {
 
 describe('IommufdDevice (the real channel)', () => {
   it('moves structs, pointers and returned fds through the ioctl addon, and reads the fds it adopted', () => {
+    const faultAlloc = IOCTLS.IOMMU_FAULT_QUEUE_ALLOC;
     const calls: { fd: number; request: number; pointers: number }[] = [];
     const device = fs.openSync('/dev/null', 'r');
     const faultFd = fs.openSync('/dev/null', 'r+');
@@ -628,14 +629,15 @@ describe('IommufdDevice (the real channel)', () => {
         openDevice: (path) => (path === '/dev/iommu-stand-in' ? fs.openSync('/dev/null', 'r') : device),
         ioctl: (fd, request, argument, pointers = []) => {
           calls.push({ fd, request, pointers: pointers.length });
-          if (request === IOCTLS.IOMMU_FAULT_QUEUE_ALLOC.request) new DataView(argument.buffer, argument.byteOffset).setUint32(12, faultFd, true);
+          if (request === faultAlloc.request) writeField(faultAlloc.layout, argument, 'outFaultFd', faultFd);
           return 0;
         },
       },
     });
     const cdev = iommu.openVfioDevice('/dev/vfio/devices/vfio0');
-    const alloc = encodeStruct(IOCTLS.IOMMU_FAULT_QUEUE_ALLOC.layout, { size: 16, flags: 0, outFaultId: 0, outFaultFd: 0 });
-    assert.equal(iommu.ioctl(IOCTLS.IOMMU_FAULT_QUEUE_ALLOC.request, alloc, { outFds: [12] }), 0);
+    const alloc = encodeStruct(faultAlloc.layout, { size: 16, flags: 0, outFaultId: 0, outFaultFd: 0 });
+    const outFds = [faultAlloc.layout.offsetOf('outFaultFd')];
+    assert.equal(iommu.ioctl(faultAlloc.request, alloc, { outFds }), 0);
     assert.equal(
       iommu.ioctl(IOCTLS.VFIO_DEVICE_ATTACH_IOMMUFD_PT.request, new Uint8Array(16), {
         device: cdev,
@@ -654,6 +656,10 @@ describe('IommufdDevice (the real channel)', () => {
     assert.equal(iommu.writeFaultResponses(faultFd, new Uint8Array(8)), 8);
     assert.equal(iommu.readFaults(12345, new Uint8Array(40)), -ERRNO.EBADF);
     assert.equal(iommu.ioctl(1, new Uint8Array(4), { device: 99 }), -ERRNO.EBADF);
+    // An fd field past the argument's end would read as fd 0: refused before the kernel is asked (and makes an fd).
+    assert.throws(() => iommu.ioctl(faultAlloc.request, alloc.subarray(0, 14), { outFds }), { code: 'ERR_IOMMUFD_OUT_FD' });
+    assert.throws(() => iommu.ioctl(faultAlloc.request, alloc, { outFds: [-1] }), { code: 'ERR_IOMMUFD_OUT_FD' });
+    assert.equal(calls.length, 2);
     iommu.close();
     assert.throws(() => fs.fstatSync(faultFd), { code: 'EBADF' });
     assert.throws(() => fs.fstatSync(device), { code: 'EBADF' });

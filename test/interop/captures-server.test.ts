@@ -1,6 +1,7 @@
 /** Our server fed the recorded client commands of real libvfio-user sessions answers with replies of the same shape. */
 
 import assert from 'node:assert/strict';
+import { writeField } from '../../lib/byte-layout';
 import { SharedRegion } from '../../lib/memory';
 import type { FileDescriptor } from '../../lib/native';
 import { EventFd, MessageSocket } from '../../lib/os';
@@ -194,7 +195,7 @@ function decodeLoosely(bytes: Uint8Array, command?: VfioUserCommand): VfioUserMe
 
 function withMsgId(bytes: Uint8Array, msgId: number): Uint8Array {
   const copy = bytes.slice();
-  new DataView(copy.buffer).setUint16(HEADER_LAYOUT.offsetOf('msgId'), msgId, true);
+  writeField(HEADER_LAYOUT, copy, 'msgId', msgId);
   return copy;
 }
 

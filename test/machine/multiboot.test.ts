@@ -429,6 +429,21 @@ describe('loadMultiboot', () => {
     });
   });
 
+  it('places no module where its end, the exclusive mod_end, would not fit in 32 bits', () => {
+    const memory = new SparseMemory();
+    const top = 2 ** 32 - PAGE;
+    // Past the image, only the last page below 4 GiB is free: a one-page module there would end at 2^32.
+    const boot = loadMultiboot(memory, aoutImage({ load: MIB, fileLength: 0x1000 }), {
+      ramBytes: 2 ** 32 + MIB,
+      reserved: [{ base: MIB + 0x1000, length: top - MIB - 0x1000 }],
+      modules: [{ bytes: pattern(PAGE, 4), commandLine: 'page' }],
+    });
+    const [module] = readInfo(memory, boot.infoAddress).modules;
+    assert.equal(module.end - module.start, PAGE);
+    assert.ok(module.end < 2 ** 32, `module at 0x${module.start.toString(16)}`);
+    assert.deepEqual(memory.read(module.start, PAGE), pattern(PAGE, 4));
+  });
+
   it('lays out a memory map that covers RAM exactly and places everything in available RAM apart: property', () => {
     const image = aoutImage({ load: MIB, fileLength: 0x800, bss: 0x800 });
     const imageSpan = { base: MIB, length: 0x1000 };

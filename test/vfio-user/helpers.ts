@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { encodeHeader } from '../../lib/vfio-user/codec';
 import { VfioUserProtocolError, type VfioUserProtocolErrorCode } from '../../lib/vfio-user/errors';
-import type { StructShape } from '../../lib/byte-layout';
+import { writeField, type FieldOf, type FieldSpec, type IntegerKey, type IntegerValue, type StructShape } from '../../lib/byte-layout';
 import { HEADER_LAYOUT, HEADER_SIZE } from '../../lib/vfio-user/protocol';
 
 export interface RawMessage {
@@ -32,26 +32,38 @@ export function rawMessage(message: RawMessage): Uint8Array {
   return bytes;
 }
 
-/** A copy of `bytes` with one field of a struct (at `structAt`) set to `value`, reserved fields included. */
-export function patchField(bytes: Uint8Array, layout: StructShape, key: string, value: number | bigint, structAt: number): Uint8Array {
+/**
+ * A copy of `bytes` with one integer field of a struct (at `structAt`) set to `value`, reserved fields included.
+ * The key and the value's type are the layout's own; a value the field cannot hold throws.
+ */
+export function patchField<F extends readonly FieldSpec[], K extends IntegerKey<F>>(
+  bytes: Uint8Array,
+  layout: StructShape<F>,
+  key: K,
+  value: IntegerValue<FieldOf<F, K>>,
+  structAt: number,
+): Uint8Array {
   const copy = bytes.slice();
-  const field = layout.fields.find((candidate) => candidate.key === key);
-  assert.ok(field, `${layout.name} has no field ${key}`);
-  const view = new DataView(copy.buffer);
-  const at = structAt + layout.offsetOf(key);
-  if (field.width === 8) view.setBigUint64(at, BigInt(value), true);
-  else if (field.width === 4) view.setUint32(at, Number(value), true);
-  else if (field.width === 2) view.setUint16(at, Number(value), true);
-  else view.setUint8(at, Number(value));
+  writeField(layout, copy, key, value, structAt);
   return copy;
 }
 
 /** Patches a payload field of a whole message (the struct starts `structAt` bytes into the payload). */
-export function patchPayload(message: Uint8Array, layout: StructShape, key: string, value: number | bigint, structAt = 0): Uint8Array {
+export function patchPayload<F extends readonly FieldSpec[], K extends IntegerKey<F>>(
+  message: Uint8Array,
+  layout: StructShape<F>,
+  key: K,
+  value: IntegerValue<FieldOf<F, K>>,
+  structAt = 0,
+): Uint8Array {
   return patchField(message, layout, key, value, HEADER_SIZE + structAt);
 }
 
-export function patchHeader(message: Uint8Array, key: string, value: number): Uint8Array {
+export function patchHeader<K extends IntegerKey<typeof HEADER_LAYOUT.fields>>(
+  message: Uint8Array,
+  key: K,
+  value: IntegerValue<FieldOf<typeof HEADER_LAYOUT.fields, K>>,
+): Uint8Array {
   return patchField(message, HEADER_LAYOUT, key, value, 0);
 }
 
