@@ -179,7 +179,7 @@ export class PasidCache {
 
 /** Paging-structure cache slots: direct-mapped by domain and 2 MiB region, so neighbouring regions never evict each other. */
 const PSC_SLOT_BITS = 8;
-const PSC_SLOTS = 2 ** PSC_SLOT_BITS;
+const PSC_SLOTS = 1 << PSC_SLOT_BITS;
 const PSC_SLOT_MASK = PSC_SLOTS - 1;
 /** An odd multiplier that spreads domains over the slots. */
 const PSC_DID_STRIDE = 97;
@@ -188,7 +188,7 @@ const PSC_DID_BUCKETS = 256;
 const PSC_DID_BUCKET_MASK = PSC_DID_BUCKETS - 1;
 /** 4 KiB pages one leaf table maps (2^9): a paging-structure cache entry serves this many. */
 const LEAF_TABLE_BITS = 9;
-const PAGES_PER_LEAF_TABLE = 2 ** LEAF_TABLE_BITS;
+const PAGES_PER_LEAF_TABLE = 1 << LEAF_TABLE_BITS;
 /** Regions above this many per invalidation are dropped by one pass over the slots instead of a probe each. */
 const PSC_PROBE_LIMIT = PSC_SLOTS / 4;
 /** The last word index a kept view may start at: base + 2 * 511 + 1 stays a 32-bit integer. */
@@ -403,7 +403,7 @@ export function alignDown(value: number, size: number): number {
 
 /** Table slots: a power of two, four per entry the IOTLB can hold, so linear probes stay short. */
 const SLOT_BITS = 12;
-const SLOTS = 2 ** SLOT_BITS;
+const SLOTS = 1 << SLOT_BITS;
 const SLOT_MASK = SLOTS - 1;
 const EMPTY = -1;
 /** Page-selective invalidations up to this many pages probe for each page; wider ones scan the table. */
@@ -431,8 +431,8 @@ const ALLOWS_BITS = 5;
 const KIND_BITS = 2;
 const KIND_SHIFT = ALLOWS_BITS;
 const ORDER_SHIFT = KIND_SHIFT + KIND_BITS;
-const ALLOWS_MASK = 2 ** ALLOWS_BITS - 1;
-const KIND_MASK = 2 ** KIND_BITS - 1;
+const ALLOWS_MASK = (1 << ALLOWS_BITS) - 1;
+const KIND_MASK = (1 << KIND_BITS) - 1;
 
 function packMeta(order: number, kind: number, allows: number): number {
   return (order << ORDER_SHIFT) | (kind << KIND_SHIFT) | allows;

@@ -18,7 +18,7 @@ import {
   SECOND_STAGE_TOP_ENTRY,
 } from './structures';
 import type { WalkTraceSink } from './walk-trace';
-import { INTERRUPT_WINDOW_END, INTERRUPT_WINDOW_START, PAGE_SHIFT } from '../memory/geometry';
+import { INTERRUPT_WINDOW_END, INTERRUPT_WINDOW_START, PAGE_BYTES, PAGE_SHIFT } from '../memory/geometry';
 
 export const FR = {
   ROOT_ENTRY_NOT_PRESENT: faultCode('ROOT_ENTRY_NOT_PRESENT'),
@@ -115,7 +115,7 @@ const LEVEL_SPAN = [0, 1, 2, 3, 4, 5].map((level) => 2 ** (PAGE_SHIFT + BITS_PER
 const LEVEL_SCALE = LEVEL_SPAN.map((span) => (span === 0 ? 0 : 1 / span));
 /** The IOVA span one leaf table maps (2 MiB): what a paging-structure cache entry covers. */
 const REGION_BYTES = LEVEL_SPAN[2]!;
-const TABLE_PAGE_BYTES = 2 ** PAGE_SHIFT;
+const TABLE_PAGE_BYTES = PAGE_BYTES;
 /** Page numbers below 2^31 (tables below 2^43) are small integers to V8. */
 const SMALL_PAGE_LIMIT = 2 ** 31;
 /** An in-place address field's high-word bits sit this far up in a page number... */

@@ -137,7 +137,7 @@ const DIRECTORY_ENTRY_BYTES = PASID_DIRECTORY_ENTRY.sizeBits / 8;
 const PASID_ENTRY_BYTES = SCALABLE_PASID_ENTRY.sizeBits / 8;
 /** A PASID table holds 64 entries: PASID bits 5:0 index it, the rest index the directory. */
 const PASID_TABLE_BITS = 6;
-const PASID_TABLE_ENTRIES = 2 ** PASID_TABLE_BITS;
+const PASID_TABLE_ENTRIES = 1 << PASID_TABLE_BITS;
 const DIRECTORY_SIZE_BIAS = 7;
 /** AW encodes levels - 2. */
 const AW_LEVEL_BIAS = 2;
