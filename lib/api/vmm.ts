@@ -5,16 +5,7 @@
  */
 
 // The contract: what a VMM gives the unit and what each device gets back.
-export {
-  DeviceRegistry,
-  registerWindow,
-  requesterId,
-  splitRequesterId,
-  formatRequesterId,
-  IOMMU_WINDOW_SIZE,
-  INTERRUPT_ADDRESS_RANGE,
-} from '../vtd/embedding';
-export type { IommuHost, EmbeddedIommu, RegisterWindow, AttachedDevice, DeviceInterrupt, DeviceRegistryOptions } from '../vtd/embedding';
+export * from './contract';
 
 // Host IOMMU backends for an embedded unit.
 export { shadowBackendFor, nestingBackendFor } from '../vmm/host-backends';

@@ -7,16 +7,7 @@ export type { TranslationRequest, TranslationResult, TranslationSuccess, Transla
 export type { PasidTag } from '../vtd/unit-dma';
 
 // The embedding contract the unit implements (docs/embedding.md; viommu/vmm offers it too).
-export {
-  DeviceRegistry,
-  registerWindow,
-  requesterId,
-  splitRequesterId,
-  formatRequesterId,
-  IOMMU_WINDOW_SIZE,
-  INTERRUPT_ADDRESS_RANGE,
-} from '../vtd/embedding';
-export type { IommuHost, EmbeddedIommu, RegisterWindow, AttachedDevice, DeviceInterrupt, DeviceRegistryOptions } from '../vtd/embedding';
+export * from './contract';
 // What dmaSpace(sid) throws when a page does not translate: a DmaFault (viommu, viommu/memory) with the fault record.
 export { TranslationDmaFault } from '../vtd/unit-dma';
 export type { InterruptRequest, RemappedInterrupt, InterruptFault } from '../vtd/interrupt-remap';

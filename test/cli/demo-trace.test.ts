@@ -6,6 +6,7 @@ import * as path from 'node:path';
 import { BIND_HOST_TRACE_KINDS } from '../../lib/vmm/demo-bind';
 import { UNIT_TRACE_KINDS, type TraceSchema } from '../../lib/vtd/unit-trace';
 import { runViommu } from '../vfio-user/cli-process';
+import { repositoryRoot } from '../helpers';
 
 const ENGINE_MODES = ['legacy', 'scalable-second-stage', 'scalable-first-stage', 'nested'];
 const MODES = [...ENGINE_MODES, 'bind'];
@@ -21,16 +22,6 @@ interface TraceLine {
 interface DocumentedField {
   readonly type: string;
   readonly optional: boolean;
-}
-
-function repositoryRoot(): string {
-  let dir = __dirname;
-  while (!fs.existsSync(path.join(dir, 'package.json'))) {
-    const parent = path.dirname(dir);
-    if (parent === dir) throw new Error(`no package.json above ${__dirname}`);
-    dir = parent;
-  }
-  return dir;
 }
 
 /** The rows `| \`name\` | type | meaning |` of a section's table (`kind` itself left out). */

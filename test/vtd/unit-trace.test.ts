@@ -19,6 +19,7 @@ import {
   type UnitTraceSink,
 } from '../../lib/vtd/unit-trace';
 import { FRCD, PAGE, SID, TestGuest, descriptor } from './unit-guest';
+import { repositoryRoot } from '../helpers';
 
 /** The event shape other code is written against: the derived type must stay exactly this. */
 type PromisedShape =
@@ -108,16 +109,6 @@ function driverSequence(guest: TestGuest): void {
 
 function ofKind<K extends UnitTraceEvent['kind']>(events: readonly UnitTraceEvent[], kind: K): Extract<UnitTraceEvent, { kind: K }>[] {
   return events.filter((event): event is Extract<UnitTraceEvent, { kind: K }> => event.kind === kind);
-}
-
-function repositoryRoot(): string {
-  let dir = __dirname;
-  while (!fs.existsSync(path.join(dir, 'package.json'))) {
-    const parent = path.dirname(dir);
-    if (parent === dir) throw new Error(`no package.json above ${__dirname}`);
-    dir = parent;
-  }
-  return dir;
 }
 
 describe('VtdUnit trace', () => {
